@@ -1,0 +1,101 @@
+//! Flags shared by the subcommands, and how they combine with `BITNET_*` variables and the
+//! TOML config file into one [`Settings`].
+
+use anyhow::Result;
+use bitnet_inference::settings::{SamplingOverrides, Settings};
+use clap::Args;
+use std::path::PathBuf;
+
+/// The model the README's first command runs when no model is named.
+pub const DEFAULT_MODEL: &str = "models/bitnet-b1.58-kjv-i2_s.gguf";
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct ModelArgs {
+    /// GGUF file or Hugging Face folder [env: BITNET_MODEL] [default: models/bitnet-b1.58-kjv-i2_s.gguf]
+    #[arg(short, long)]
+    pub model: Option<PathBuf>,
+    /// Folder with tokenizer.json to use instead of the model's own tokenizer [env: BITNET_TOKENIZER]
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// Worker threads [env: BITNET_THREADS] [default: physical cores]
+    #[arg(short, long)]
+    pub threads: Option<usize>,
+    /// Context size in tokens (KV cache) [env: BITNET_CTX_SIZE] [default: the model's]
+    #[arg(short, long = "ctx-size")]
+    pub ctx_size: Option<usize>,
+    /// Prompt tokens per batch [env: BITNET_BATCH_SIZE] [default: 512]
+    #[arg(short, long = "batch-size")]
+    pub batch_size: Option<usize>,
+    /// TOML settings file (same keys as the flags, snake_case; sampling keys under [sampling]) [env: BITNET_CONFIG]
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct SamplingArgs {
+    /// Temperature; 0 = greedy [env: BITNET_TEMPERATURE] [default: 0.8]
+    #[arg(long = "temp", alias = "temperature")]
+    pub temperature: Option<f32>,
+    /// Top-k; 0 = off [env: BITNET_TOP_K] [default: 40]
+    #[arg(long = "top-k")]
+    pub top_k: Option<usize>,
+    /// Top-p (nucleus); 1 = off [env: BITNET_TOP_P] [default: 0.95]
+    #[arg(long = "top-p")]
+    pub top_p: Option<f32>,
+    /// Min-p; 0 = off [env: BITNET_MIN_P] [default: 0.05]
+    #[arg(long = "min-p")]
+    pub min_p: Option<f32>,
+    /// Repetition penalty; 1 = off [env: BITNET_REPEAT_PENALTY] [default: 1.0]
+    #[arg(long = "repeat-penalty")]
+    pub repeat_penalty: Option<f32>,
+    /// Tokens the repetition penalty looks back over [env: BITNET_REPEAT_LAST_N] [default: 64]
+    #[arg(long = "repeat-last-n")]
+    pub repeat_last_n: Option<usize>,
+    /// Presence penalty (OpenAI semantics) [env: BITNET_PRESENCE_PENALTY] [default: 0]
+    #[arg(long = "presence-penalty")]
+    pub presence_penalty: Option<f32>,
+    /// Frequency penalty (OpenAI semantics) [env: BITNET_FREQUENCY_PENALTY] [default: 0]
+    #[arg(long = "frequency-penalty")]
+    pub frequency_penalty: Option<f32>,
+    /// Random seed for reproducible sampling [env: BITNET_SEED]
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Maximum tokens to generate [env: BITNET_MAX_TOKENS] [default: 128]
+    #[arg(short = 'n', long = "max-tokens", alias = "n-predict")]
+    pub max_tokens: Option<usize>,
+}
+
+/// Defaults < TOML file < environment < flags.
+pub fn resolve(model: &ModelArgs, sampling: Option<&SamplingArgs>) -> Result<Settings> {
+    let config_path = model.config.clone().or_else(|| std::env::var_os("BITNET_CONFIG").map(PathBuf::from));
+    let file = match config_path {
+        Some(p) => Settings::from_toml_file(&p)?,
+        None => Settings::default(),
+    };
+    let env = Settings::from_env_vars(std::env::vars())?;
+    let s = sampling.cloned().unwrap_or_default();
+    let flags = Settings {
+        model: model.model.clone(),
+        tokenizer: model.tokenizer.clone(),
+        threads: model.threads,
+        ctx_size: model.ctx_size,
+        batch_size: model.batch_size,
+        max_tokens: s.max_tokens,
+        sampling: SamplingOverrides {
+            temperature: s.temperature,
+            top_k: s.top_k,
+            top_p: s.top_p,
+            min_p: s.min_p,
+            repeat_penalty: s.repeat_penalty,
+            repeat_last_n: s.repeat_last_n,
+            presence_penalty: s.presence_penalty,
+            frequency_penalty: s.frequency_penalty,
+            seed: s.seed,
+        },
+    };
+    let mut out = Settings::default().overlay(&file).overlay(&env).overlay(&flags);
+    if out.model.is_none() {
+        out.model = Some(PathBuf::from(DEFAULT_MODEL));
+    }
+    Ok(out)
+}

@@ -1,0 +1,136 @@
+use crate::args::{resolve, ModelArgs};
+use anyhow::Result;
+use bitnet_inference::{Engine, EngineOptions, Logits, Rng};
+use clap::Args;
+use std::time::Instant;
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Prompt lengths to measure (pp); comma-separated, 0 to skip
+    #[arg(short = 'p', long = "n-prompt", default_value = "512", value_delimiter = ',')]
+    n_prompt: Vec<usize>,
+    /// Generation lengths to measure (tg); comma-separated, 0 to skip
+    #[arg(short = 'n', long = "n-gen", default_value = "128", value_delimiter = ',')]
+    n_gen: Vec<usize>,
+    /// Thread counts to measure; comma-separated [default: physical cores]
+    #[arg(long = "threads-list", value_delimiter = ',')]
+    threads_list: Vec<usize>,
+    /// Repetitions of each test
+    #[arg(short, long, default_value_t = 3)]
+    repetitions: usize,
+    /// Print one JSON object per result instead of the table
+    #[arg(long)]
+    json: bool,
+}
+
+fn mean_std(v: &[f64]) -> (f64, f64) {
+    let n = v.len().max(1) as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+    (mean, var.sqrt())
+}
+
+/// Peak resident memory of this process, from /proc (Linux).
+pub fn peak_rss_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Like llama-bench: pp N evaluates N random tokens as one prompt (from an empty cache); tg N
+/// generates N tokens one at a time after a one-token prompt. Each test runs once unmeasured.
+pub fn run(a: BenchArgs) -> Result<()> {
+    let s = resolve(&a.model, None)?;
+    let path = s.model.clone().unwrap_or_default();
+    let model = bitnet_models::load(&path, s.tokenizer.as_deref())?;
+    let file_bytes = model.file_bytes;
+    let threads_list = if a.threads_list.is_empty() {
+        vec![s.threads.unwrap_or_else(bitnet_inference::settings::physical_cores)]
+    } else {
+        a.threads_list.clone()
+    };
+    let engine0 = Engine::from_model(model, &EngineOptions { threads: Some(threads_list[0]), ..Default::default() })?;
+    let c = engine0.config().clone();
+    let max_len = a.n_prompt.iter().chain(&a.n_gen).copied().max().unwrap_or(1) + 1;
+    let name = path.file_name().map(|x| x.to_string_lossy().into_owned()).unwrap_or_default();
+    if !a.json {
+        println!(
+            "model: {name} ({} arch, {} layers, hidden {}, ffn {}, vocab {}), file {:.1} MiB, kernels {:?}",
+            c.arch.gguf_name(),
+            c.num_layers,
+            c.hidden_size,
+            c.intermediate_size,
+            c.vocab_size,
+            file_bytes as f64 / (1 << 20) as f64,
+            bitnet_kernels::detected_isa()
+        );
+        println!("| {:>7} | {:>8} | {:>16} |", "threads", "test", "t/s");
+        println!("| {:>7} | {:>8} | {:>16} |", "------:", "-------:", "---------------:");
+    }
+    let mut rng = Rng::new(1234);
+    let mut tokens = |n: usize| -> Vec<u32> { (0..n).map(|_| (rng.next_u64() % c.vocab_size as u64) as u32).collect() };
+    let reps = a.repetitions.max(1);
+    for &threads in &threads_list {
+        let engine = if threads == engine0.threads() {
+            engine0.clone()
+        } else {
+            // Same weights, new pool: the model stays mapped once.
+            engine0.with_threads(threads)?
+        };
+        let mut session = engine.session(Some(max_len))?;
+        let report = |test: String, samples: Vec<f64>| {
+            let (m, sd) = mean_std(&samples);
+            if a.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"model": name, "threads": threads, "test": test, "tps_mean": m, "tps_std": sd, "samples": samples})
+                );
+            } else {
+                println!("| {threads:>7} | {test:>8} | {:>16} |", format!("{m:.2} ± {sd:.2}"));
+            }
+        };
+        for &p in a.n_prompt.iter().filter(|&&p| p > 0) {
+            let mut samples = Vec::new();
+            for rep in 0..=reps {
+                session.reset();
+                let toks = tokens(p);
+                let t = Instant::now();
+                session.eval(&toks, Logits::Last)?;
+                if rep > 0 {
+                    samples.push(p as f64 / t.elapsed().as_secs_f64());
+                }
+            }
+            report(format!("pp{p}"), samples);
+        }
+        for &n in a.n_gen.iter().filter(|&&n| n > 0) {
+            let mut samples = Vec::new();
+            for rep in 0..=reps {
+                session.reset();
+                let toks = tokens(n);
+                session.eval(&toks[..1], Logits::Last)?;
+                let t = Instant::now();
+                for &tok in &toks[1..] {
+                    session.eval(&[tok], Logits::Last)?;
+                }
+                // The first token was the prompt; n-1 decode steps plus its own = n evaluations.
+                if rep > 0 {
+                    samples.push((n - 1).max(1) as f64 / t.elapsed().as_secs_f64());
+                }
+            }
+            report(format!("tg{n}"), samples);
+        }
+    }
+    if !a.json {
+        if let Some(rss) = peak_rss_bytes() {
+            println!(
+                "peak resident memory {:.1} MiB (model file {:.1} MiB)",
+                rss as f64 / (1 << 20) as f64,
+                file_bytes as f64 / (1 << 20) as f64
+            );
+        }
+    }
+    Ok(())
+}

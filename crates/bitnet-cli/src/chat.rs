@@ -1,0 +1,81 @@
+use crate::args::{resolve, ModelArgs, SamplingArgs};
+use anyhow::Result;
+use bitnet_inference::GenerateOptions;
+use bitnet_tokenizers::ChatMessage;
+use clap::Args;
+use std::io::{BufRead, Write};
+
+#[derive(Args, Debug)]
+pub struct ChatArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    /// A system message to start the conversation with
+    #[arg(long)]
+    system: Option<String>,
+    /// No timing report on stderr
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+/// Reads user turns from stdin (one line each; `/reset` clears the history, `/exit` or EOF
+/// quits), renders the whole history with the chat template and lets the session reuse the
+/// KV cache of the unchanged prefix.
+pub fn run(a: ChatArgs) -> Result<()> {
+    let s = resolve(&a.model, Some(&a.sampling))?;
+    let engine = crate::load_engine(&s, a.quiet)?;
+    let tok = engine.tokenizer();
+    if tok.chat_template().is_none() {
+        anyhow::bail!("the model has no chat template; use `bitnet run` instead");
+    }
+    let mut session = crate::open_session(&engine, &s, a.quiet)?;
+    let opts = GenerateOptions { max_tokens: s.max_tokens.unwrap_or(256), sampling: s.sampling_params(), ..Default::default() };
+    let mut history: Vec<ChatMessage> = Vec::new();
+    let reset = |h: &mut Vec<ChatMessage>| {
+        h.clear();
+        if let Some(sys) = &a.system {
+            h.push(ChatMessage { role: "system".into(), content: sys.clone() });
+        }
+    };
+    reset(&mut history);
+    let stdin = std::io::stdin();
+    let mut out = std::io::stdout();
+    loop {
+        write!(out, "> ")?;
+        out.flush()?;
+        let mut line = String::new();
+        if stdin.lock().read_line(&mut line)? == 0 {
+            break;
+        }
+        let line = line.trim_end_matches(['\n', '\r']);
+        match line {
+            "/exit" | "/quit" => break,
+            "/reset" => {
+                reset(&mut history);
+                session.reset();
+                continue;
+            }
+            "" => continue,
+            _ => {}
+        }
+        history.push(ChatMessage { role: "user".into(), content: line.to_string() });
+        let prompt = tok.apply_chat_template(&history, true)?;
+        let ids = tok.encode(&prompt, false)?;
+        let g = match session.generate(&ids, &opts, |t| write!(out, "{t}").and_then(|_| out.flush()).is_ok()) {
+            Ok(g) => g,
+            Err(e @ bitnet_inference::EngineError::PromptTooLong { .. }) => {
+                eprintln!("\n{e}; type /reset to start over");
+                history.pop();
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        writeln!(out)?;
+        if !a.quiet {
+            eprintln!("[{} tokens, {:.2} tokens/s, {:?}]", g.tokens.len(), g.timings.generation_tps(), g.finish);
+        }
+        history.push(ChatMessage { role: "assistant".into(), content: g.text.trim().to_string() });
+    }
+    Ok(())
+}

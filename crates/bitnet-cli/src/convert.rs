@@ -1,0 +1,38 @@
+use anyhow::{anyhow, Context, Result};
+use bitnet_models::export::{write_gguf, DenseFormat, ExportOptions, TernaryFormat};
+use clap::Args;
+use std::path::PathBuf;
+
+#[derive(Args, Debug)]
+pub struct ConvertArgs {
+    /// Input: GGUF file or Hugging Face folder
+    input: PathBuf,
+    /// Output GGUF file
+    output: PathBuf,
+    /// Ternary weight format: i2_s (bitnet.cpp), tq2_0, tq1_0 (llama.cpp), f16, f32
+    #[arg(long = "type", default_value = "i2_s")]
+    ty: String,
+    /// Embedding / head format: f16, bf16, f32
+    #[arg(long, default_value = "f16")]
+    embed: String,
+    /// Folder with tokenizer.json to embed instead of the input's own tokenizer
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// general.name to record
+    #[arg(long)]
+    name: Option<String>,
+}
+
+pub fn run(a: ConvertArgs) -> Result<()> {
+    let ternary = TernaryFormat::parse(&a.ty).ok_or_else(|| anyhow!("unknown --type {} (i2_s, tq2_0, tq1_0, f16, f32)", a.ty))?;
+    let dense = DenseFormat::parse(&a.embed).ok_or_else(|| anyhow!("unknown --embed {} (f16, bf16, f32)", a.embed))?;
+    let model = bitnet_models::load(&a.input, a.tokenizer.as_deref()).with_context(|| format!("loading {}", a.input.display()))?;
+    let vocab = model.vocab.as_ref().ok_or_else(|| anyhow!("the input's tokenizer cannot be stored as GGUF metadata"))?;
+    // A folder's whole name ("bitnet-b1.58-kjv"), a file's name without its extension.
+    let stem = if a.input.is_dir() { a.input.file_name() } else { a.input.file_stem() };
+    let name = a.name.clone().unwrap_or_else(|| stem.map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "bitnet".into()));
+    write_gguf(&model.weights, vocab, &ExportOptions { ternary, dense, name }, &a.output)?;
+    let size = std::fs::metadata(&a.output).map(|m| m.len()).unwrap_or(0);
+    eprintln!("wrote {} ({} bytes, ternary {:?}, embeddings {:?})", a.output.display(), size, ternary, dense);
+    Ok(())
+}

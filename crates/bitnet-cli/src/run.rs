@@ -1,0 +1,89 @@
+use crate::args::{resolve, ModelArgs, SamplingArgs};
+use anyhow::{Context, Result};
+use bitnet_inference::{GenerateOptions, SamplingParams};
+use bitnet_tokenizers::ChatMessage;
+use clap::Args;
+use std::io::Write;
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    /// The prompt (or use --file)
+    #[arg(short, long, default_value = "In the beginning")]
+    prompt: String,
+    /// Read the prompt from a file instead
+    #[arg(short, long, conflicts_with = "prompt")]
+    file: Option<std::path::PathBuf>,
+    /// Wrap the prompt as a user message in the model's chat template
+    #[arg(long)]
+    chat_template: bool,
+    /// Greedy decoding (same as --temp 0)
+    #[arg(long)]
+    greedy: bool,
+    /// Stop before this string (repeatable)
+    #[arg(long = "stop")]
+    stop: Vec<String>,
+    /// Do not prepend the BOS token
+    #[arg(long)]
+    no_bos: bool,
+    /// Keep generating past end-of-sequence tokens
+    #[arg(long)]
+    ignore_eos: bool,
+    /// Do not echo the prompt before the generated text
+    #[arg(long)]
+    no_echo: bool,
+    /// No load/timing report on stderr
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+pub fn run(a: RunArgs) -> Result<()> {
+    let mut s = resolve(&a.model, Some(&a.sampling))?;
+    if a.greedy {
+        s.sampling.temperature = Some(0.0);
+    }
+    let engine = crate::load_engine(&s, a.quiet)?;
+    let tok = engine.tokenizer();
+    let mut prompt = match &a.file {
+        Some(f) => std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
+        None => a.prompt.clone(),
+    };
+    let ids = if a.chat_template {
+        prompt = tok.apply_chat_template(&[ChatMessage { role: "user".into(), content: prompt }], true)?;
+        // The rendered template already carries BOS.
+        tok.encode(&prompt, false)?
+    } else {
+        tok.encode(&prompt, !a.no_bos && tok.add_bos_default())?
+    };
+    let mut session = crate::open_session(&engine, &s, a.quiet)?;
+    let opts = GenerateOptions {
+        max_tokens: s.max_tokens.unwrap_or(128),
+        sampling: SamplingParams { ..s.sampling_params() },
+        stop: a.stop.clone(),
+        ignore_eos: a.ignore_eos,
+    };
+    let mut out = std::io::stdout().lock();
+    if !a.no_echo {
+        write!(out, "{prompt}")?;
+        out.flush()?;
+    }
+    let g = session.generate(&ids, &opts, |text| write!(out, "{text}").and_then(|_| out.flush()).is_ok())?;
+    writeln!(out)?;
+    if !a.quiet {
+        let t = &g.timings;
+        eprintln!(
+            "prompt: {} tokens in {:.3}s ({:.2} tokens/s) | generation: {} tokens in {:.3}s ({:.2} tokens/s) | finish: {:?}",
+            t.prompt_tokens,
+            t.prompt_time.as_secs_f64(),
+            t.prompt_tps(),
+            t.generated_tokens,
+            t.generation_time.as_secs_f64(),
+            t.generation_tps(),
+            g.finish
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,312 @@
+//! GGUF v3 writer, laid out exactly as llama.cpp's `gguf_write_to_file`: header, metadata,
+//! tensor infos, zero padding to the alignment, then each tensor's data followed by zero padding
+//! to the alignment.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bitnet_common::Storage;
+
+use crate::reader::{
+    align_up, alignment_from_value, check_alignment, ALIGNMENT_KEY, DEFAULT_ALIGNMENT, MAGIC,
+    MAX_ARRAY_DEPTH,
+};
+use crate::types::{GgmlType, MetadataValue};
+use crate::{GgufError, Result};
+
+const VERSION: u32 = 3;
+
+struct PendingTensor {
+    name: String,
+    dims: Vec<u64>,
+    ty: GgmlType,
+    data: Storage,
+}
+
+/// Builds a GGUF file in memory (metadata and tensor data), then writes it in one go.
+///
+/// Everything is validated when added, so that whatever this writes, [`crate::GgufFile`] reads
+/// back identically.
+pub struct GgufWriter {
+    alignment: u64,
+    metadata: Vec<(String, MetadataValue)>,
+    key_index: HashMap<String, usize>,
+    tensors: Vec<PendingTensor>,
+    tensor_names: HashSet<String>,
+}
+
+impl Default for GgufWriter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl GgufWriter {
+    /// Version 3, alignment 32 (the GGUF default, so no `general.alignment` key is written).
+    pub fn new() -> Self {
+        GgufWriter {
+            alignment: DEFAULT_ALIGNMENT,
+            metadata: Vec::new(),
+            key_index: HashMap::new(),
+            tensors: Vec::new(),
+            tensor_names: HashSet::new(),
+        }
+    }
+
+    /// Sets the alignment and records it as `general.alignment` (u32): updated in place if the
+    /// key exists, appended otherwise. Must be a power of two no larger than 2^31.
+    pub fn set_alignment(&mut self, a: u64) -> Result<()> {
+        let a = check_alignment(i128::from(a))?;
+        // check_alignment caps at 2^31, so this cannot fail.
+        let value = MetadataValue::U32(
+            u32::try_from(a).map_err(|_| GgufError::BadAlignment { value: a.into() })?,
+        );
+        match self
+            .key_index
+            .get(ALIGNMENT_KEY)
+            .and_then(|&i| self.metadata.get_mut(i))
+        {
+            Some((_, v)) => *v = value,
+            None => {
+                self.key_index
+                    .insert(ALIGNMENT_KEY.to_owned(), self.metadata.len());
+                self.metadata.push((ALIGNMENT_KEY.to_owned(), value));
+            }
+        }
+        self.alignment = a;
+        Ok(())
+    }
+
+    pub fn alignment(&self) -> u64 {
+        self.alignment
+    }
+
+    /// Appends a metadata entry. Rejects duplicate keys, arrays whose items do not match their
+    /// declared element type, arrays nested deeper than the reader accepts, and an invalid
+    /// `general.alignment` (which also sets the alignment).
+    pub fn add_metadata(&mut self, key: impl Into<String>, value: MetadataValue) -> Result<()> {
+        let key = key.into();
+        if self.key_index.contains_key(&key) {
+            return Err(GgufError::DuplicateKey { key });
+        }
+        check_value(&value, 0).map_err(|e| e.in_context(&format!("metadata key {key:?}")))?;
+        if key == ALIGNMENT_KEY {
+            self.alignment = alignment_from_value(&value)?;
+        }
+        self.key_index.insert(key.clone(), self.metadata.len());
+        self.metadata.push((key, value));
+        Ok(())
+    }
+
+    /// Appends a tensor; `data` must be exactly `ty.tensor_nbytes(&dims)` bytes.
+    pub fn add_tensor(
+        &mut self,
+        name: impl Into<String>,
+        dims: Vec<u64>,
+        ty: GgmlType,
+        data: Vec<u8>,
+    ) -> Result<()> {
+        self.add_tensor_storage(name, dims, ty, Storage::from_vec(data))
+    }
+
+    /// Like [`GgufWriter::add_tensor`], but takes shared bytes, e.g. a slice of a memory-mapped
+    /// file, so that rewriting a model does not copy its weights into memory.
+    pub fn add_tensor_storage(
+        &mut self,
+        name: impl Into<String>,
+        dims: Vec<u64>,
+        ty: GgmlType,
+        data: Storage,
+    ) -> Result<()> {
+        let name = name.into();
+        if self.tensor_names.contains(&name) {
+            return Err(GgufError::DuplicateTensor { name });
+        }
+        let expected = ty.tensor_nbytes(&dims).map_err(|e| e.for_tensor(&name))?;
+        let actual = data.len() as u64;
+        if actual != expected {
+            return Err(GgufError::TensorSizeMismatch {
+                tensor: name,
+                expected,
+                actual,
+            });
+        }
+        self.tensor_names.insert(name.clone());
+        self.tensors.push(PendingTensor {
+            name,
+            dims,
+            ty,
+            data,
+        });
+        Ok(())
+    }
+
+    /// Writes the whole file. Nothing is validated here (that happened when things were added),
+    /// so the only possible errors are I/O errors.
+    pub fn write_to<W: Write>(&self, w: &mut W) -> Result<()> {
+        let header = self.header()?;
+        w.write_all(&header)?;
+        let mut pos = header.len() as u64;
+        pos = self.pad(w, pos)?;
+        for t in &self.tensors {
+            w.write_all(&t.data)?;
+            pos += t.data.len() as u64;
+            pos = self.pad(w, pos)?;
+        }
+        Ok(())
+    }
+
+    /// Writes to a temporary file beside `path`, syncs it, then renames it over `path`, so a
+    /// crash or error never leaves a half-written file under the final name.
+    pub fn write_file(&self, path: &Path) -> Result<()> {
+        let tmp = temp_path(path)?;
+        let result = self.write_temp(&tmp).and_then(|()| {
+            std::fs::rename(&tmp, path).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot rename {} to {}: {e}", tmp.display(), path.display()),
+                )
+            })
+        });
+        if result.is_err() {
+            // Best effort: the original error is the one worth reporting.
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result.map_err(GgufError::Io)
+    }
+
+    fn write_temp(&self, tmp: &Path) -> io::Result<()> {
+        let with_path =
+            |e: io::Error| io::Error::new(e.kind(), format!("cannot write {}: {e}", tmp.display()));
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(tmp)
+            .map_err(with_path)?;
+        let mut out = io::BufWriter::with_capacity(1 << 20, file);
+        self.write_to(&mut out).map_err(|e| match e {
+            GgufError::Io(e) => with_path(e),
+            other => io::Error::other(other.to_string()),
+        })?;
+        let file = out.into_inner().map_err(|e| with_path(e.into_error()))?;
+        file.sync_all().map_err(with_path)
+    }
+
+    /// Header, metadata and tensor infos, without the padding that follows them.
+    fn header(&self) -> Result<Vec<u8>> {
+        let mut h = Vec::new();
+        h.extend_from_slice(&MAGIC);
+        h.extend_from_slice(&VERSION.to_le_bytes());
+        h.extend_from_slice(&(self.tensors.len() as u64).to_le_bytes());
+        h.extend_from_slice(&(self.metadata.len() as u64).to_le_bytes());
+        for (key, value) in &self.metadata {
+            put_string(&mut h, key);
+            h.extend_from_slice(&value.value_type().id().to_le_bytes());
+            put_value(&mut h, value);
+        }
+        let mut offset = 0u64;
+        for t in &self.tensors {
+            put_string(&mut h, &t.name);
+            h.extend_from_slice(&(t.dims.len() as u32).to_le_bytes());
+            for d in &t.dims {
+                h.extend_from_slice(&d.to_le_bytes());
+            }
+            h.extend_from_slice(&t.ty.id().to_le_bytes());
+            h.extend_from_slice(&offset.to_le_bytes());
+            offset = offset
+                .checked_add(t.data.len() as u64)
+                .and_then(|end| align_up(end, self.alignment))
+                .ok_or_else(|| io::Error::other("tensor data offsets overflow u64"))?;
+        }
+        Ok(h)
+    }
+
+    /// Zero-fills from `pos` up to the next multiple of the alignment; returns the new position.
+    fn pad<W: Write>(&self, w: &mut W, pos: u64) -> Result<u64> {
+        let end = align_up(pos, self.alignment)
+            .ok_or_else(|| io::Error::other("file size overflows u64"))?;
+        const ZEROS: [u8; 4096] = [0; 4096];
+        let mut left = end - pos;
+        while left > 0 {
+            let n = left.min(ZEROS.len() as u64) as usize;
+            w.write_all(&ZEROS[..n])?;
+            left -= n as u64;
+        }
+        Ok(end)
+    }
+}
+
+/// Rejects values the reader would refuse (or read back differently).
+fn check_value(value: &MetadataValue, depth: usize) -> Result<()> {
+    if let MetadataValue::Array { elem, items } = value {
+        if depth >= MAX_ARRAY_DEPTH {
+            return Err(GgufError::NestingTooDeep {
+                what: "array".to_owned(),
+                offset: 0,
+                max: MAX_ARRAY_DEPTH,
+            });
+        }
+        for item in items {
+            if item.value_type() != *elem {
+                return Err(GgufError::ArrayTypeMismatch {
+                    what: "array".to_owned(),
+                    expected: *elem,
+                    found: item.value_type(),
+                });
+            }
+            check_value(item, depth + 1)?;
+        }
+    }
+    Ok(())
+}
+
+fn put_string(h: &mut Vec<u8>, s: &str) {
+    h.extend_from_slice(&(s.len() as u64).to_le_bytes());
+    h.extend_from_slice(s.as_bytes());
+}
+
+fn put_value(h: &mut Vec<u8>, value: &MetadataValue) {
+    use MetadataValue as V;
+    match value {
+        V::U8(v) => h.extend_from_slice(&v.to_le_bytes()),
+        V::I8(v) => h.extend_from_slice(&v.to_le_bytes()),
+        V::U16(v) => h.extend_from_slice(&v.to_le_bytes()),
+        V::I16(v) => h.extend_from_slice(&v.to_le_bytes()),
+        V::U32(v) => h.extend_from_slice(&v.to_le_bytes()),
+        V::I32(v) => h.extend_from_slice(&v.to_le_bytes()),
+        V::F32(v) => h.extend_from_slice(&v.to_le_bytes()),
+        V::Bool(v) => h.push(u8::from(*v)),
+        V::String(s) => put_string(h, s),
+        V::U64(v) => h.extend_from_slice(&v.to_le_bytes()),
+        V::I64(v) => h.extend_from_slice(&v.to_le_bytes()),
+        V::F64(v) => h.extend_from_slice(&v.to_le_bytes()),
+        V::Array { elem, items } => {
+            h.extend_from_slice(&elem.id().to_le_bytes());
+            h.extend_from_slice(&(items.len() as u64).to_le_bytes());
+            for item in items {
+                put_value(h, item);
+            }
+        }
+    }
+}
+
+/// A fresh name in the same directory (so the rename is atomic on POSIX filesystems).
+fn temp_path(path: &Path) -> Result<PathBuf> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let file_name = path.file_name().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} does not name a file", path.display()),
+        )
+    })?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(file_name);
+    tmp_name.push(format!(
+        ".{}.{}.tmp",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    Ok(path.with_file_name(tmp_name))
+}

@@ -1,0 +1,359 @@
+//! The public engine API: load a model once ([`Engine`]), open any number of [`Session`]s (each
+//! with its own KV cache), and generate with a callback or as an async stream.
+
+use crate::error::{EngineError, Result};
+use crate::forward::{forward, Logits, Rope, Scratch};
+use crate::kv_cache::KvCache;
+use crate::sampler::{Sampler, SamplingParams};
+use crate::stop::{StopMatcher, StopResult};
+use bitnet_models::{LoadedModel, ModelConfig};
+use bitnet_tokenizers::Tokenizer;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Debug)]
+pub struct EngineOptions {
+    /// Worker threads; `None` = physical cores.
+    pub threads: Option<usize>,
+    /// Folder with a tokenizer.json that replaces the model's own tokenizer.
+    pub tokenizer: Option<PathBuf>,
+    /// Prompt tokens per forward batch.
+    pub batch_size: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions { threads: None, tokenizer: None, batch_size: 512 }
+    }
+}
+
+struct Inner {
+    model: Arc<LoadedModel>,
+    rope: Rope,
+    pool: rayon::ThreadPool,
+    threads: usize,
+    batch_size: usize,
+}
+
+fn build_pool(threads: usize) -> Result<rayon::ThreadPool> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("bitnet-worker-{i}"))
+        .build()
+        .map_err(|e| EngineError::ThreadPool(e.to_string()))
+}
+
+/// A loaded model and its worker threads. Cheap to clone; share it between sessions and threads.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl Engine {
+    pub fn load(path: &Path, opts: &EngineOptions) -> Result<Engine> {
+        let model = bitnet_models::load(path, opts.tokenizer.as_deref())?;
+        Engine::from_model(model, opts)
+    }
+
+    pub fn from_model(model: LoadedModel, opts: &EngineOptions) -> Result<Engine> {
+        let threads = opts.threads.unwrap_or_else(crate::settings::physical_cores).max(1);
+        let pool = build_pool(threads)?;
+        let rope = Rope::new(&model.weights.config);
+        let batch_size = opts.batch_size.max(1);
+        Ok(Engine { inner: Arc::new(Inner { model: Arc::new(model), rope, pool, threads, batch_size }) })
+    }
+
+    /// The same model (shared, not reloaded) with a different number of worker threads.
+    pub fn with_threads(&self, threads: usize) -> Result<Engine> {
+        let inner = &self.inner;
+        let pool = build_pool(threads.max(1))?;
+        Ok(Engine {
+            inner: Arc::new(Inner {
+                model: Arc::clone(&inner.model),
+                rope: Rope::new(&inner.model.weights.config),
+                pool,
+                threads: threads.max(1),
+                batch_size: inner.batch_size,
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.inner.model.weights.config
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.inner.model.tokenizer
+    }
+
+    pub fn model(&self) -> &LoadedModel {
+        &self.inner.model
+    }
+
+    pub fn threads(&self) -> usize {
+        self.inner.threads
+    }
+
+    /// A new session whose KV cache holds `ctx` tokens (default: the model's trained context).
+    pub fn session(&self, ctx: Option<usize>) -> Result<Session> {
+        let c = self.config();
+        let ctx = ctx.unwrap_or(c.max_position_embeddings);
+        if ctx == 0 {
+            return Err(EngineError::Settings("context size must be at least 1".into()));
+        }
+        // Refuse caches that cannot possibly be allocated instead of aborting on OOM.
+        let bytes = KvCache::nbytes_for(c.num_layers, c.kv_dim(), ctx);
+        if ctx > (1 << 24) || bytes > (1usize << 40) {
+            return Err(EngineError::Settings(format!("context size {ctx} needs a {bytes}-byte KV cache")));
+        }
+        Ok(Session {
+            engine: self.clone(),
+            cache: KvCache::new(c.num_layers, c.kv_dim(), ctx),
+            scratch: Scratch::default(),
+            tokens: Vec::new(),
+        })
+    }
+}
+
+/// What to generate.
+#[derive(Clone, Debug)]
+pub struct GenerateOptions {
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    /// Generation stops before any of these strings; the string itself is not returned.
+    pub stop: Vec<String>,
+    /// Keep going past end-of-sequence tokens (benchmarks).
+    pub ignore_eos: bool,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        GenerateOptions { max_tokens: 128, sampling: SamplingParams::default(), stop: Vec::new(), ignore_eos: false }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FinishReason {
+    /// An end-of-sequence / end-of-turn token.
+    Eos,
+    /// One of the stop strings.
+    StopString,
+    /// `max_tokens` reached.
+    Length,
+    /// The KV cache is full.
+    ContextFull,
+    /// The callback asked to stop.
+    Cancelled,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Timings {
+    pub prompt_tokens: usize,
+    pub prompt_time: Duration,
+    pub generated_tokens: usize,
+    pub generation_time: Duration,
+}
+
+impl Timings {
+    pub fn prompt_tps(&self) -> f64 {
+        rate(self.prompt_tokens, self.prompt_time)
+    }
+    pub fn generation_tps(&self) -> f64 {
+        rate(self.generated_tokens, self.generation_time)
+    }
+}
+
+fn rate(n: usize, t: Duration) -> f64 {
+    if t.is_zero() {
+        0.0
+    } else {
+        n as f64 / t.as_secs_f64()
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Generation {
+    pub text: String,
+    pub tokens: Vec<u32>,
+    pub finish: FinishReason,
+    pub timings: Timings,
+}
+
+/// One conversation's state: the KV cache and the tokens it holds.
+pub struct Session {
+    engine: Engine,
+    cache: KvCache,
+    scratch: Scratch,
+    tokens: Vec<u32>,
+}
+
+impl Session {
+    pub fn ctx_size(&self) -> usize {
+        self.cache.capacity()
+    }
+
+    /// Tokens currently in the cache.
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
+    pub fn kv_cache_bytes(&self) -> usize {
+        self.cache.nbytes()
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Forgets everything after the first `n` tokens (the cache entries beyond are overwritten later).
+    pub fn truncate(&mut self, n: usize) {
+        self.tokens.truncate(n);
+    }
+
+    pub fn reset(&mut self) {
+        self.tokens.clear();
+    }
+
+    /// Appends `tokens` to the context and returns logits (`vocab` values per requested
+    /// position). The prompt is processed in batches, matrix-matrix.
+    pub fn eval(&mut self, tokens: &[u32], want: Logits) -> Result<Vec<f32>> {
+        let vocab = self.engine.config().vocab_size;
+        if let Some(&id) = tokens.iter().find(|&&id| id as usize >= vocab) {
+            return Err(EngineError::BadToken { id, vocab });
+        }
+        let ctx = self.cache.capacity();
+        if self.tokens.len() + tokens.len() > ctx {
+            if self.tokens.is_empty() {
+                return Err(EngineError::PromptTooLong { prompt: tokens.len(), ctx });
+            }
+            return Err(EngineError::ContextFull { ctx });
+        }
+        let inner = Arc::clone(&self.engine.inner);
+        let chunks: Vec<&[u32]> = tokens.chunks(inner.batch_size).collect();
+        let mut out = Vec::new();
+        for (i, chunk) in chunks.iter().enumerate() {
+            let last = i + 1 == chunks.len();
+            let chunk_want = match want {
+                Logits::All => Logits::All,
+                Logits::Last if last => Logits::Last,
+                _ => Logits::None,
+            };
+            let start = self.tokens.len();
+            let (cache, scratch) = (&mut self.cache, &mut self.scratch);
+            let logits = inner.pool.install(|| {
+                forward(&inner.model.weights, &inner.rope, cache, scratch, chunk, start, chunk_want)
+            });
+            self.tokens.extend_from_slice(chunk);
+            out.extend(logits);
+        }
+        Ok(out)
+    }
+
+    /// Generates a continuation of `prompt`. Any prefix of `prompt` already in the cache (a
+    /// previous chat turn) is reused. `on_text` receives text as it becomes final and returns
+    /// `false` to stop.
+    pub fn generate(
+        &mut self,
+        prompt: &[u32],
+        opts: &GenerateOptions,
+        mut on_text: impl FnMut(&str) -> bool,
+    ) -> Result<Generation> {
+        if prompt.is_empty() {
+            return Err(EngineError::EmptyPrompt);
+        }
+        opts.sampling.validate().map_err(EngineError::Settings)?;
+        let ctx = self.cache.capacity();
+        if prompt.len() > ctx {
+            return Err(EngineError::PromptTooLong { prompt: prompt.len(), ctx });
+        }
+        let engine = self.engine.clone();
+        let tokenizer = engine.tokenizer();
+        // Reuse the cached prefix, but always evaluate at least one token to get logits.
+        let common = self.tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+        self.truncate(common.min(prompt.len() - 1));
+        let t0 = Instant::now();
+        let new_prompt = &prompt[self.tokens.len()..];
+        let mut logits = self.eval(new_prompt, Logits::Last)?;
+        let mut timings =
+            Timings { prompt_tokens: new_prompt.len(), prompt_time: t0.elapsed(), ..Default::default() };
+
+        let mut sampler = Sampler::new(opts.sampling.clone());
+        let mut stops = StopMatcher::new(&opts.stop);
+        let mut decoder = tokenizer.stream_decoder();
+        let stop_ids = tokenizer.stop_ids().to_vec();
+        let mut text = String::new();
+        let mut generated = Vec::new();
+        let gen_start = self.tokens.len();
+        let t1 = Instant::now();
+        let finish = loop {
+            if generated.len() >= opts.max_tokens {
+                break FinishReason::Length;
+            }
+            let next = sampler.sample(&mut logits, &self.tokens, gen_start);
+            if !opts.ignore_eos && stop_ids.contains(&next) {
+                break FinishReason::Eos;
+            }
+            generated.push(next);
+            let piece = decoder.push(next)?;
+            let mut stop_hit = false;
+            let emit = match stops.push(&piece) {
+                StopResult::Continue(s) => s,
+                StopResult::Stop(s) => {
+                    stop_hit = true;
+                    s
+                }
+            };
+            if !emit.is_empty() {
+                text.push_str(&emit);
+                if !on_text(&emit) {
+                    break FinishReason::Cancelled;
+                }
+            }
+            if stop_hit {
+                break FinishReason::StopString;
+            }
+            if self.tokens.len() >= ctx {
+                break FinishReason::ContextFull;
+            }
+            if generated.len() >= opts.max_tokens {
+                break FinishReason::Length;
+            }
+            logits = self.eval(&[next], Logits::Last)?;
+        };
+        if finish != FinishReason::StopString {
+            let mut rest = decoder.finish()?;
+            rest.insert_str(0, &stops.finish());
+            if !rest.is_empty() {
+                text.push_str(&rest);
+                on_text(&rest);
+            }
+        }
+        timings.generated_tokens = generated.len();
+        timings.generation_time = t1.elapsed();
+        Ok(Generation { text, tokens: generated, finish, timings })
+    }
+}
+
+/// An item of [`generate_stream`].
+#[derive(Clone, Debug)]
+pub enum StreamEvent {
+    Text(String),
+    Done(Generation),
+}
+
+/// Generates on a dedicated thread (the work is CPU-bound and must not block an async runtime)
+/// and yields text as an async `Stream`. Dropping the stream cancels generation.
+pub fn generate_stream(
+    mut session: Session,
+    prompt: Vec<u32>,
+    opts: GenerateOptions,
+) -> impl futures::Stream<Item = Result<StreamEvent>> {
+    let (tx, rx) = futures::channel::mpsc::unbounded();
+    std::thread::spawn(move || {
+        let tx2 = tx.clone();
+        let result = session.generate(&prompt, &opts, |t| tx2.unbounded_send(Ok(StreamEvent::Text(t.to_string()))).is_ok());
+        let _ = tx.unbounded_send(result.map(StreamEvent::Done));
+    });
+    rx
+}

@@ -1,0 +1,21 @@
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Model(#[from] bitnet_models::ModelError),
+    #[error(transparent)]
+    Tokenizer(#[from] bitnet_tokenizers::TokenizerError),
+    #[error("the prompt has {prompt} tokens but the context holds {ctx}; use a larger --ctx-size or a shorter prompt")]
+    PromptTooLong { prompt: usize, ctx: usize },
+    #[error("the context of {ctx} tokens is full")]
+    ContextFull { ctx: usize },
+    #[error("token id {id} is outside the vocabulary of {vocab}")]
+    BadToken { id: u32, vocab: usize },
+    #[error("empty prompt: at least one token is needed")]
+    EmptyPrompt,
+    #[error("invalid setting: {0}")]
+    Settings(String),
+    #[error("thread pool: {0}")]
+    ThreadPool(String),
+}
+
+pub type Result<T> = std::result::Result<T, EngineError>;

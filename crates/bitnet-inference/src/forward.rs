@@ -1,0 +1,189 @@
+//! The BitNet b1.58 forward pass over a batch of tokens.
+//!
+//! Per block: `x += o(attn_sub_norm(attn(rope(q(n1(x))), rope(k(..)), v(..))))`, then
+//! `x += down(ffn_sub_norm(act(gate(n2(x))) * up(n2(x))))`. Every BitLinear quantizes its input
+//! per token to int8 once (shared by q/k/v and by gate/up) and accumulates in integers.
+
+use crate::kv_cache::KvCache;
+use bitnet_kernels::{ops, ternary_matmul, QuantizedActivations};
+use bitnet_models::{Activation, ModelConfig, ModelWeights};
+use rayon::prelude::*;
+
+/// Precomputed RoPE frequencies, as transformers computes them (f32 `inv_freq`).
+pub(crate) struct Rope {
+    inv_freq: Vec<f32>,
+}
+
+impl Rope {
+    pub(crate) fn new(c: &ModelConfig) -> Rope {
+        let d = c.head_dim;
+        let inv_freq =
+            (0..d / 2).map(|i| 1.0 / c.rope_theta.powf((2 * i) as f32 / d as f32)).collect();
+        Rope { inv_freq }
+    }
+
+    /// Rotates every head of `x` (`n_heads * head_dim` values) for position `pos`, pairing
+    /// element i with i + head_dim/2 (NEOX / transformers' rotate_half).
+    fn apply(&self, x: &mut [f32], head_dim: usize, pos: usize, cos: &mut [f32], sin: &mut [f32]) {
+        let half = head_dim / 2;
+        for (i, f) in self.inv_freq.iter().enumerate() {
+            let angle = pos as f32 * f;
+            cos[i] = angle.cos();
+            sin[i] = angle.sin();
+        }
+        for head in x.chunks_exact_mut(head_dim) {
+            let (a, b) = head.split_at_mut(half);
+            for i in 0..half {
+                let (x0, x1) = (a[i], b[i]);
+                a[i] = x0 * cos[i] - x1 * sin[i];
+                b[i] = x1 * cos[i] + x0 * sin[i];
+            }
+        }
+    }
+}
+
+/// Reusable buffers for one batch; sized on first use.
+#[derive(Default)]
+pub(crate) struct Scratch {
+    x: Vec<f32>,
+    xn: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    attn: Vec<f32>,
+    proj: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    hidden: Vec<f32>,
+    acts: QuantizedActivations,
+}
+
+fn resize(v: &mut Vec<f32>, n: usize) {
+    v.clear();
+    v.resize(n, 0.0);
+}
+
+/// Which positions of the batch need logits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logits {
+    Last,
+    All,
+    None,
+}
+
+/// Runs `tokens` (already checked against the vocabulary and the cache capacity) at positions
+/// `start..start + tokens.len()`, fills the cache, and returns logits for the requested positions.
+pub(crate) fn forward(
+    w: &ModelWeights,
+    rope: &Rope,
+    cache: &mut KvCache,
+    s: &mut Scratch,
+    tokens: &[u32],
+    start: usize,
+    want: Logits,
+) -> Vec<f32> {
+    let c = &w.config;
+    let t = tokens.len();
+    let (h, qd, kvd, ffn) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size);
+    resize(&mut s.x, t * h);
+    for (row, &id) in s.x.chunks_exact_mut(h).zip(tokens) {
+        w.token_embd.row_f32(id as usize, row);
+    }
+    resize(&mut s.xn, t * h);
+    resize(&mut s.q, t * qd);
+    resize(&mut s.k, t * kvd);
+    resize(&mut s.v, t * kvd);
+    resize(&mut s.attn, t * qd);
+    resize(&mut s.proj, t * h);
+    resize(&mut s.gate, t * ffn);
+    resize(&mut s.up, t * ffn);
+    resize(&mut s.hidden, t * ffn);
+    let mut cos = vec![0f32; c.head_dim / 2];
+    let mut sin = vec![0f32; c.head_dim / 2];
+
+    for (l, lw) in w.layers.iter().enumerate() {
+        // Attention.
+        norm_rows(&s.x, &lw.attn_norm, c.rms_norm_eps, &mut s.xn, h);
+        s.acts.quantize(&s.xn, t, h);
+        ternary_matmul(&lw.wq, &s.acts, &mut s.q);
+        ternary_matmul(&lw.wk, &s.acts, &mut s.k);
+        ternary_matmul(&lw.wv, &s.acts, &mut s.v);
+        for i in 0..t {
+            rope.apply(&mut s.q[i * qd..(i + 1) * qd], c.head_dim, start + i, &mut cos, &mut sin);
+            rope.apply(&mut s.k[i * kvd..(i + 1) * kvd], c.head_dim, start + i, &mut cos, &mut sin);
+        }
+        cache.k[l][start * kvd..(start + t) * kvd].copy_from_slice(&s.k);
+        cache.v[l][start * kvd..(start + t) * kvd].copy_from_slice(&s.v);
+        attention(c, &s.q, &cache.k[l], &cache.v[l], start, &mut s.attn);
+        norm_rows_inplace(&mut s.attn, &lw.attn_sub_norm, c.rms_norm_eps, qd);
+        s.acts.quantize(&s.attn, t, qd);
+        ternary_matmul(&lw.wo, &s.acts, &mut s.proj);
+        add_assign(&mut s.x, &s.proj);
+
+        // Feed-forward.
+        norm_rows(&s.x, &lw.ffn_norm, c.rms_norm_eps, &mut s.xn, h);
+        s.acts.quantize(&s.xn, t, h);
+        ternary_matmul(&lw.w_gate, &s.acts, &mut s.gate);
+        ternary_matmul(&lw.w_up, &s.acts, &mut s.up);
+        match c.activation() {
+            Activation::Relu2 => ops::relu2_mul(&s.gate, &s.up, &mut s.hidden),
+            Activation::Silu => ops::silu_mul(&s.gate, &s.up, &mut s.hidden),
+        }
+        norm_rows_inplace(&mut s.hidden, &lw.ffn_sub_norm, c.rms_norm_eps, ffn);
+        s.acts.quantize(&s.hidden, t, ffn);
+        ternary_matmul(&lw.w_down, &s.acts, &mut s.proj);
+        add_assign(&mut s.x, &s.proj);
+    }
+
+    let rows: Vec<usize> = match want {
+        Logits::None => return Vec::new(),
+        Logits::Last => vec![t - 1],
+        Logits::All => (0..t).collect(),
+    };
+    let mut normed = vec![0f32; rows.len() * h];
+    for (out, &r) in normed.chunks_exact_mut(h).zip(&rows) {
+        ops::rms_norm(&s.x[r * h..(r + 1) * h], &w.output_norm, c.rms_norm_eps, out);
+    }
+    let head = w.lm_head();
+    let mut logits = vec![0f32; rows.len() * head.rows()];
+    head.matmul(&normed, rows.len(), &mut logits);
+    logits
+}
+
+fn norm_rows(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32], dim: usize) {
+    for (xi, oi) in x.chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
+        ops::rms_norm(xi, weight, eps, oi);
+    }
+}
+
+fn norm_rows_inplace(x: &mut [f32], weight: &[f32], eps: f32, dim: usize) {
+    let mut tmp = vec![0f32; dim];
+    for row in x.chunks_exact_mut(dim) {
+        ops::rms_norm(row, weight, eps, &mut tmp);
+        row.copy_from_slice(&tmp);
+    }
+}
+
+fn add_assign(x: &mut [f32], y: &[f32]) {
+    ops::axpy(1.0, y, x);
+}
+
+/// Causal grouped-query attention for the `t` new tokens at `start..start+t`, reading keys and
+/// values for positions `0..=start+i` from the cache. One task per (token, head).
+fn attention(c: &ModelConfig, q: &[f32], k: &[f32], v: &[f32], start: usize, out: &mut [f32]) {
+    let (hd, nh, kvd) = (c.head_dim, c.num_heads, c.kv_dim());
+    let group = c.num_heads / c.num_kv_heads;
+    let scale = 1.0 / (hd as f32).sqrt();
+    out.par_chunks_mut(hd).enumerate().for_each(|(idx, o)| {
+        let (i, head) = (idx / nh, idx % nh);
+        let kvh = head / group;
+        let qv = &q[i * nh * hd + head * hd..][..hd];
+        let n = start + i + 1;
+        let mut scores: Vec<f32> = (0..n).map(|p| ops::dot(qv, &k[p * kvd + kvh * hd..][..hd]) * scale).collect();
+        ops::softmax_inplace(&mut scores);
+        o.fill(0.0);
+        for (p, &a) in scores.iter().enumerate() {
+            ops::axpy(a, &v[p * kvd + kvh * hd..][..hd], o);
+        }
+    });
+}

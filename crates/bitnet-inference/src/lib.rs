@@ -1,0 +1,30 @@
+//! The bitnet-rs engine.
+//!
+//! ```no_run
+//! use bitnet_inference::{Engine, EngineOptions, GenerateOptions, SamplingParams};
+//! let engine = Engine::load("model.gguf".as_ref(), &EngineOptions::default())?;
+//! let mut session = engine.session(Some(1024))?;
+//! let prompt = engine.tokenizer().encode("In the beginning", true)?;
+//! let opts = GenerateOptions { max_tokens: 32, sampling: SamplingParams::greedy(), ..Default::default() };
+//! let out = session.generate(&prompt, &opts, |text| { print!("{text}"); true })?;
+//! eprintln!("{:.1} tokens/s", out.timings.generation_tps());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod engine;
+mod error;
+mod forward;
+mod kv_cache;
+mod sampler;
+pub mod settings;
+mod stop;
+
+pub use engine::{
+    generate_stream, Engine, EngineOptions, FinishReason, GenerateOptions, Generation, Session, StreamEvent, Timings,
+};
+pub use error::{EngineError, Result};
+pub use forward::Logits;
+pub use kv_cache::KvCache;
+pub use sampler::{argmax, Rng, Sampler, SamplingParams};
+pub use settings::Settings;
+pub use stop::{StopMatcher, StopResult};

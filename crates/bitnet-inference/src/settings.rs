@@ -1,0 +1,183 @@
+//! One settings type for every front end. Values come from, in increasing precedence:
+//! built-in defaults, a TOML file, `BITNET_*` environment variables, then command-line flags.
+
+use crate::error::{EngineError, Result};
+use crate::sampler::SamplingParams;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// GGUF file or Hugging Face folder.
+    pub model: Option<PathBuf>,
+    /// Folder with tokenizer.json to use instead of the model's own tokenizer.
+    pub tokenizer: Option<PathBuf>,
+    /// Worker threads; default: the number of physical cores.
+    pub threads: Option<usize>,
+    /// Context length in tokens (KV cache size); default: the model's trained context.
+    pub ctx_size: Option<usize>,
+    /// Tokens per prompt-processing batch.
+    pub batch_size: Option<usize>,
+    /// Tokens to generate at most.
+    pub max_tokens: Option<usize>,
+    pub sampling: SamplingOverrides,
+}
+
+/// Sampling fields that may be left unset at any layer.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SamplingOverrides {
+    pub temperature: Option<f32>,
+    pub top_k: Option<usize>,
+    pub top_p: Option<f32>,
+    pub min_p: Option<f32>,
+    pub repeat_penalty: Option<f32>,
+    pub repeat_last_n: Option<usize>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub seed: Option<u64>,
+}
+
+macro_rules! overlay {
+    ($dst:expr, $src:expr, $($f:ident),*) => { $( if $src.$f.is_some() { $dst.$f = $src.$f.clone(); } )* };
+}
+
+impl Settings {
+    pub fn from_toml_str(text: &str) -> Result<Settings> {
+        toml::from_str(text).map_err(|e| EngineError::Settings(format!("config file: {e}")))
+    }
+
+    pub fn from_toml_file(path: &Path) -> Result<Settings> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| EngineError::Settings(format!("cannot read {}: {e}", path.display())))?;
+        Self::from_toml_str(&text).map_err(|e| EngineError::Settings(format!("{}: {e}", path.display())))
+    }
+
+    /// Reads `BITNET_MODEL`, `BITNET_THREADS`, `BITNET_CTX_SIZE`, `BITNET_TEMPERATURE`, ... (the
+    /// field names upper-cased); malformed values are errors, not silently ignored.
+    pub fn from_env_vars(vars: impl Iterator<Item = (String, String)>) -> Result<Settings> {
+        let mut s = Settings::default();
+        for (k, v) in vars {
+            let Some(name) = k.strip_prefix("BITNET_") else { continue };
+            let bad = |e: &dyn std::fmt::Display| EngineError::Settings(format!("{k}={v}: {e}"));
+            let sp = &mut s.sampling;
+            match name {
+                "MODEL" => s.model = Some(v.clone().into()),
+                "TOKENIZER" => s.tokenizer = Some(v.clone().into()),
+                "THREADS" => s.threads = Some(v.parse().map_err(|e| bad(&e))?),
+                "CTX_SIZE" => s.ctx_size = Some(v.parse().map_err(|e| bad(&e))?),
+                "BATCH_SIZE" => s.batch_size = Some(v.parse().map_err(|e| bad(&e))?),
+                "MAX_TOKENS" => s.max_tokens = Some(v.parse().map_err(|e| bad(&e))?),
+                "TEMPERATURE" => sp.temperature = Some(v.parse().map_err(|e| bad(&e))?),
+                "TOP_K" => sp.top_k = Some(v.parse().map_err(|e| bad(&e))?),
+                "TOP_P" => sp.top_p = Some(v.parse().map_err(|e| bad(&e))?),
+                "MIN_P" => sp.min_p = Some(v.parse().map_err(|e| bad(&e))?),
+                "REPEAT_PENALTY" => sp.repeat_penalty = Some(v.parse().map_err(|e| bad(&e))?),
+                "REPEAT_LAST_N" => sp.repeat_last_n = Some(v.parse().map_err(|e| bad(&e))?),
+                "PRESENCE_PENALTY" => sp.presence_penalty = Some(v.parse().map_err(|e| bad(&e))?),
+                "FREQUENCY_PENALTY" => sp.frequency_penalty = Some(v.parse().map_err(|e| bad(&e))?),
+                "SEED" => sp.seed = Some(v.parse().map_err(|e| bad(&e))?),
+                // Other BITNET_* variables (BITNET_CONFIG, BITNET_FORCE_SCALAR, ...) belong to
+                // other layers.
+                _ => {}
+            }
+        }
+        Ok(s)
+    }
+
+    /// `self` with every value that `over` sets replaced.
+    pub fn overlay(mut self, over: &Settings) -> Settings {
+        overlay!(self, over, model, tokenizer, threads, ctx_size, batch_size, max_tokens);
+        overlay!(
+            self.sampling,
+            over.sampling,
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+            repeat_penalty,
+            repeat_last_n,
+            presence_penalty,
+            frequency_penalty,
+            seed
+        );
+        self
+    }
+
+    /// Sampling parameters with defaults filled in.
+    pub fn sampling_params(&self) -> SamplingParams {
+        let d = SamplingParams::default();
+        let o = &self.sampling;
+        SamplingParams {
+            temperature: o.temperature.unwrap_or(d.temperature),
+            top_k: o.top_k.unwrap_or(d.top_k),
+            top_p: o.top_p.unwrap_or(d.top_p),
+            min_p: o.min_p.unwrap_or(d.min_p),
+            repeat_penalty: o.repeat_penalty.unwrap_or(d.repeat_penalty),
+            repeat_last_n: o.repeat_last_n.unwrap_or(d.repeat_last_n),
+            presence_penalty: o.presence_penalty.unwrap_or(d.presence_penalty),
+            frequency_penalty: o.frequency_penalty.unwrap_or(d.frequency_penalty),
+            seed: o.seed,
+        }
+    }
+}
+
+/// Physical cores: hyper-threads share the core's memory bandwidth and SIMD units, and decode
+/// is bandwidth-bound, so extra logical threads only add synchronisation.
+pub fn physical_cores() -> usize {
+    let logical = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    #[cfg(target_os = "linux")]
+    if let Ok(text) = std::fs::read_to_string("/proc/cpuinfo") {
+        let mut cores = std::collections::HashSet::new();
+        let (mut phys, mut core) = (None, None);
+        for line in text.lines().chain(std::iter::once("")) {
+            if line.trim().is_empty() {
+                if let (Some(p), Some(c)) = (phys.take(), core.take()) {
+                    cores.insert((p, c));
+                }
+                continue;
+            }
+            let mut kv = line.splitn(2, ':');
+            let (k, v) = (kv.next().unwrap_or("").trim(), kv.next().unwrap_or("").trim());
+            match k {
+                "physical id" => phys = Some(v.to_string()),
+                "core id" => core = Some(v.to_string()),
+                _ => {}
+            }
+        }
+        if !cores.is_empty() {
+            return cores.len().min(logical);
+        }
+    }
+    logical
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn precedence_is_flags_then_env_then_file() {
+        let file = Settings::from_toml_str("threads = 3\nctx_size = 256\n[sampling]\ntemperature = 0.5\ntop_k = 7\n").unwrap();
+        let env = Settings::from_env_vars(
+            [("BITNET_THREADS", "5"), ("BITNET_TOP_K", "9"), ("PATH", "/bin")].into_iter().map(|(a, b)| (a.into(), b.into())),
+        )
+        .unwrap();
+        let flags = Settings { threads: Some(1), ..Default::default() };
+        let s = Settings::default().overlay(&file).overlay(&env).overlay(&flags);
+        assert_eq!(s.threads, Some(1));
+        assert_eq!(s.ctx_size, Some(256));
+        assert_eq!(s.sampling.top_k, Some(9));
+        let p = s.sampling_params();
+        assert_eq!((p.temperature, p.top_k, p.top_p), (0.5, 9, SamplingParams::default().top_p));
+    }
+
+    #[test]
+    fn bad_values_are_errors() {
+        assert!(Settings::from_toml_str("thread = 3").is_err());
+        let e = Settings::from_env_vars(std::iter::once(("BITNET_THREADS".into(), "many".into()))).unwrap_err();
+        assert!(e.to_string().contains("BITNET_THREADS=many"), "{e}");
+        assert!(physical_cores() >= 1);
+    }
+}

@@ -1,0 +1,607 @@
+//! x86-64 AVX2 + FMA + F16C kernels. Every function here requires those three features; the
+//! dispatch in lib.rs only routes here after checking them at run time.
+
+use crate::dense::{DenseKernel, DenseType};
+use crate::ternary::TernaryKernel;
+use bitnet_quantization::SCALE_EPS;
+use std::arch::x86_64::*;
+
+pub(crate) struct Avx2;
+
+/// Blocks of 128 weights whose `maddubs` partial sums may be added in i16 before widening.
+/// Per i16 lane one block adds 4 pairs of `code (0..=2) * q (-128..=127)`, i.e. a value in
+/// [-2048, 2032]; 16 blocks stay within [-32768, 32512], so no wrap and the result is exact.
+const I16_BLOCKS: usize = 16;
+
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn hsum_i32(v: __m256i) -> i32 {
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+    _mm_cvtsi128_si32(s)
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn hsum_ps(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
+}
+
+/// Horizontal max of lanes that are known not to be NaN.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn hmax_ps(v: __m256) -> f32 {
+    let s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_max_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn loadu_si(p: *const i8) -> __m256i {
+    unsafe { _mm256_loadu_si256(p as *const __m256i) }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ternary x int8
+
+/// Raw sums `sum_k code_k * q_t[k]` of one packed row against `T` tokens. The 2-bit codes of a
+/// 32-byte block are unpacked once (shift + mask; 16-bit shifts are fine because the mask drops
+/// the bits that cross into the neighbouring byte) and reused for every token, as in
+/// bitnet.cpp's `ggml_vec_dot_i2_i8_s` and llama.cpp's TQ2_0 kernel.
+#[target_feature(enable = "avx2")]
+unsafe fn ternary_dot<const T: usize>(w: &[u8], q: [&[i8]; T]) -> [i32; T] {
+    let nb = w.len() / 32;
+    let wp = w.as_ptr();
+    let mut qp = [std::ptr::null::<i8>(); T];
+    for t in 0..T {
+        debug_assert!(q[t].len() >= nb * 128);
+        qp[t] = q[t].as_ptr();
+    }
+    let mask = _mm256_set1_epi8(3);
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_si256(); T];
+    let mut b = 0;
+    while b < nb {
+        let end = (b + I16_BLOCKS).min(nb);
+        let mut acc16 = [_mm256_setzero_si256(); T];
+        while b < end {
+            // SAFETY: b < nb, so 32 bytes of w and 128 of each q[t] are in bounds.
+            unsafe {
+                let wv = _mm256_loadu_si256(wp.add(b * 32) as *const __m256i);
+                let c0 = _mm256_and_si256(_mm256_srli_epi16::<6>(wv), mask); // elements 0..32
+                let c1 = _mm256_and_si256(_mm256_srli_epi16::<4>(wv), mask); // 32..64
+                let c2 = _mm256_and_si256(_mm256_srli_epi16::<2>(wv), mask); // 64..96
+                let c3 = _mm256_and_si256(wv, mask); // 96..128
+                for t in 0..T {
+                    let a = qp[t].add(b * 128);
+                    let p0 = _mm256_maddubs_epi16(c0, loadu_si(a));
+                    let p1 = _mm256_maddubs_epi16(c1, loadu_si(a.add(32)));
+                    let p2 = _mm256_maddubs_epi16(c2, loadu_si(a.add(64)));
+                    let p3 = _mm256_maddubs_epi16(c3, loadu_si(a.add(96)));
+                    let s = _mm256_add_epi16(_mm256_add_epi16(p0, p1), _mm256_add_epi16(p2, p3));
+                    acc16[t] = _mm256_add_epi16(acc16[t], s);
+                }
+            }
+            b += 1;
+        }
+        for t in 0..T {
+            acc[t] = _mm256_add_epi32(acc[t], _mm256_madd_epi16(acc16[t], ones));
+        }
+    }
+    let mut out = [0i32; T];
+    for t in 0..T {
+        out[t] = hsum_i32(acc[t]);
+    }
+    out
+}
+
+/// Sum of the four `maddubs` of block `b` (i16 lanes in [-2048, 2032]).
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn block_sum(wp: *const u8, qp: *const i8, b: usize, mask: __m256i) -> __m256i {
+    // SAFETY: the caller guarantees block b exists in both the weights and the activations.
+    unsafe {
+        let wv = _mm256_loadu_si256(wp.add(b * 32) as *const __m256i);
+        let a = qp.add(b * 128);
+        let p0 = _mm256_maddubs_epi16(
+            _mm256_and_si256(_mm256_srli_epi16::<6>(wv), mask),
+            loadu_si(a),
+        );
+        let p1 = _mm256_maddubs_epi16(
+            _mm256_and_si256(_mm256_srli_epi16::<4>(wv), mask),
+            loadu_si(a.add(32)),
+        );
+        let p2 = _mm256_maddubs_epi16(
+            _mm256_and_si256(_mm256_srli_epi16::<2>(wv), mask),
+            loadu_si(a.add(64)),
+        );
+        let p3 = _mm256_maddubs_epi16(_mm256_and_si256(wv, mask), loadu_si(a.add(96)));
+        _mm256_add_epi16(_mm256_add_epi16(p0, p1), _mm256_add_epi16(p2, p3))
+    }
+}
+
+/// One token (decode): two blocks per iteration into two i16 accumulators, so the add chains
+/// of consecutive blocks overlap instead of serialising on one register.
+#[target_feature(enable = "avx2")]
+unsafe fn ternary_dot1(w: &[u8], q: &[i8]) -> i32 {
+    let nb = w.len() / 32;
+    debug_assert!(q.len() >= nb * 128);
+    let (wp, qp) = (w.as_ptr(), q.as_ptr());
+    let mask = _mm256_set1_epi8(3);
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = _mm256_setzero_si256();
+    let mut b = 0;
+    while b < nb {
+        // Each accumulator takes at most I16_BLOCKS blocks before widening.
+        let end = (b + 2 * I16_BLOCKS).min(nb);
+        let (mut even, mut odd) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+        while b + 2 <= end {
+            even = _mm256_add_epi16(even, block_sum(wp, qp, b, mask));
+            odd = _mm256_add_epi16(odd, block_sum(wp, qp, b + 1, mask));
+            b += 2;
+        }
+        if b < end {
+            even = _mm256_add_epi16(even, block_sum(wp, qp, b, mask));
+            b += 1;
+        }
+        acc = _mm256_add_epi32(
+            acc,
+            _mm256_add_epi32(_mm256_madd_epi16(even, ones), _mm256_madd_epi16(odd, ones)),
+        );
+    }
+    hsum_i32(acc)
+}
+
+impl TernaryKernel for Avx2 {
+    unsafe fn dot<const T: usize>(w: &[u8], q: [&[i8]; T]) -> [i32; T] {
+        // SAFETY (both): forwarded contract (AVX2 present, q long enough).
+        if T == 1 {
+            let mut out = [0i32; T];
+            out[0] = unsafe { ternary_dot1(w, q[0]) };
+            out
+        } else {
+            unsafe { ternary_dot::<T>(w, q) }
+        }
+    }
+}
+
+/// `clamp(round_half_even(x * s), -128, 127)` of 8 floats at `p`, as i32.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn quantize8(p: *const f32, s: __m256, lo: __m256, hi: __m256) -> __m256i {
+    // SAFETY: the caller guarantees 8 readable floats.
+    let v = _mm256_mul_ps(unsafe { _mm256_loadu_ps(p) }, s);
+    let r = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
+    // vmaxps returns its second operand for NaN: max(NaN, -128) = -128 like the scalar
+    // `.max(-128.0)`.
+    _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(r, lo), hi))
+}
+
+/// Absmax int8 quantization of one row; bit-identical to
+/// `bitnet_quantization::quantize_activation_row` (same f32 ops: `|x|` max, `127 / max`, `x * s`,
+/// round-half-even, clamp with the same NaN behaviour). Returns `(s_x, sum of q)`.
+#[target_feature(enable = "avx2")]
+pub(crate) unsafe fn quantize_row(x: &[f32], q: &mut [i8]) -> (f32, i32) {
+    debug_assert_eq!(x.len(), q.len());
+    let n = x.len().min(q.len());
+    let xp = x.as_ptr();
+    let sign = _mm256_set1_ps(-0.0);
+    let mut m = _mm256_setzero_ps();
+    let mut i = 0;
+    while i + 8 <= n {
+        // SAFETY: i + 8 <= n.
+        let v = _mm256_andnot_ps(sign, unsafe { _mm256_loadu_ps(xp.add(i)) });
+        // vmaxps returns its second operand when either is NaN: NaNs are skipped like f32::max.
+        m = _mm256_max_ps(v, m);
+        i += 8;
+    }
+    let mut amax = hmax_ps(m);
+    for &v in &x[i..n] {
+        amax = v.abs().max(amax);
+    }
+    let s = 127.0f32 / amax.max(SCALE_EPS);
+
+    let sv = _mm256_set1_ps(s);
+    let lo = _mm256_set1_ps(-128.0);
+    let hi = _mm256_set1_ps(127.0);
+    let perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    let mut sumv = _mm256_setzero_si256();
+    let qp = q.as_mut_ptr();
+    i = 0;
+    while i + 32 <= n {
+        // SAFETY: i + 32 <= n for both x and q.
+        unsafe {
+            let a = quantize8(xp.add(i), sv, lo, hi);
+            let b = quantize8(xp.add(i + 8), sv, lo, hi);
+            let c = quantize8(xp.add(i + 16), sv, lo, hi);
+            let d = quantize8(xp.add(i + 24), sv, lo, hi);
+            sumv = _mm256_add_epi32(
+                sumv,
+                _mm256_add_epi32(_mm256_add_epi32(a, b), _mm256_add_epi32(c, d)),
+            );
+            // packs work per 128-bit lane; the permute restores element order.
+            let abcd = _mm256_packs_epi16(_mm256_packs_epi32(a, b), _mm256_packs_epi32(c, d));
+            _mm256_storeu_si256(
+                qp.add(i) as *mut __m256i,
+                _mm256_permutevar8x32_epi32(abcd, perm),
+            );
+        }
+        i += 32;
+    }
+    let mut sum = hsum_i32(sumv);
+    for (qi, &xi) in q[i..n].iter_mut().zip(&x[i..n]) {
+        // Same expression as the scalar definition (not `clamp`, which keeps NaN).
+        #[allow(clippy::manual_clamp)]
+        let v = (xi * s).round_ties_even().max(-128.0).min(127.0);
+        *qi = v as i8;
+        sum += i32::from(*qi);
+    }
+    (s, sum)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dense F32 / F16 / BF16
+
+const TY_F32: u8 = 0;
+const TY_F16: u8 = 1;
+const TY_BF16: u8 = 2;
+
+/// 8 elements of type `TY` at `p` as f32 (unaligned).
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn load8<const TY: u8>(p: *const u8) -> __m256 {
+    // SAFETY: callers guarantee 8 readable elements.
+    unsafe {
+        match TY {
+            TY_F32 => _mm256_loadu_ps(p as *const f32),
+            TY_F16 => _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)),
+            // bf16 is the top half of an f32.
+            _ => _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(
+                _mm_loadu_si128(p as *const __m128i),
+            ))),
+        }
+    }
+}
+
+fn load1<const TY: u8>(b: &[u8], k: usize) -> f32 {
+    match TY {
+        TY_F32 => f32::from_le_bytes([b[4 * k], b[4 * k + 1], b[4 * k + 2], b[4 * k + 3]]),
+        TY_F16 => half::f16::from_le_bytes([b[2 * k], b[2 * k + 1]]).to_f32(),
+        _ => half::bf16::from_le_bytes([b[2 * k], b[2 * k + 1]]).to_f32(),
+    }
+}
+
+const fn ty_size(ty: u8) -> usize {
+    if ty == TY_F32 {
+        4
+    } else {
+        2
+    }
+}
+
+/// `dot(row, x[t])` for T tokens: each 16-element slice of the row is converted once and
+/// FMA'd into every token's two accumulators.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dense_dot<const T: usize, const TY: u8>(row: &[u8], x: [&[f32]; T]) -> [f32; T] {
+    let es = ty_size(TY);
+    let cols = row.len() / es;
+    let rp = row.as_ptr();
+    let mut xp = [std::ptr::null::<f32>(); T];
+    for t in 0..T {
+        debug_assert_eq!(x[t].len(), cols);
+        xp[t] = x[t].as_ptr();
+    }
+    let mut acc0 = [_mm256_setzero_ps(); T];
+    let mut acc1 = [_mm256_setzero_ps(); T];
+    let mut i = 0;
+    // SAFETY (loops): i + 16 (resp. 8) <= cols bounds every row and x access.
+    while i + 16 <= cols {
+        unsafe {
+            let w0 = load8::<TY>(rp.add(i * es));
+            let w1 = load8::<TY>(rp.add((i + 8) * es));
+            for t in 0..T {
+                acc0[t] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xp[t].add(i)), acc0[t]);
+                acc1[t] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xp[t].add(i + 8)), acc1[t]);
+            }
+        }
+        i += 16;
+    }
+    if i + 8 <= cols {
+        unsafe {
+            let w0 = load8::<TY>(rp.add(i * es));
+            for t in 0..T {
+                acc0[t] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xp[t].add(i)), acc0[t]);
+            }
+        }
+        i += 8;
+    }
+    let mut out = [0.0f32; T];
+    for t in 0..T {
+        let mut s = hsum_ps(_mm256_add_ps(acc0[t], acc1[t]));
+        for (k, &xv) in x[t].iter().enumerate().skip(i) {
+            s += load1::<TY>(row, k) * xv;
+        }
+        out[t] = s;
+    }
+    out
+}
+
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn row_to_f32_ty<const TY: u8>(row: &[u8], out: &mut [f32]) {
+    let es = ty_size(TY);
+    let cols = out.len().min(row.len() / es);
+    let mut i = 0;
+    while i + 8 <= cols {
+        // SAFETY: i + 8 <= cols for both.
+        unsafe {
+            _mm256_storeu_ps(
+                out.as_mut_ptr().add(i),
+                load8::<TY>(row.as_ptr().add(i * es)),
+            )
+        };
+        i += 8;
+    }
+    for (k, o) in out.iter_mut().enumerate().take(cols).skip(i) {
+        *o = load1::<TY>(row, k);
+    }
+}
+
+impl DenseKernel for Avx2 {
+    unsafe fn dot<const T: usize>(
+        row: &[u8],
+        ty: DenseType,
+        x: [&[f32]; T],
+        _buf: &mut Vec<f32>,
+    ) -> [f32; T] {
+        // SAFETY: forwarded contract.
+        unsafe {
+            match ty {
+                DenseType::F32 => dense_dot::<T, TY_F32>(row, x),
+                DenseType::F16 => dense_dot::<T, TY_F16>(row, x),
+                DenseType::BF16 => dense_dot::<T, TY_BF16>(row, x),
+            }
+        }
+    }
+
+    unsafe fn row_to_f32(row: &[u8], ty: DenseType, out: &mut [f32]) {
+        // SAFETY: forwarded contract.
+        unsafe {
+            match ty {
+                DenseType::F32 => row_to_f32_ty::<TY_F32>(row, out),
+                DenseType::F16 => row_to_f32_ty::<TY_F16>(row, out),
+                DenseType::BF16 => row_to_f32_ty::<TY_BF16>(row, out),
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// f32 vector ops (lengths are checked by the public wrappers in ops.rs)
+
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (ap, bp) = (a.as_ptr(), b.as_ptr());
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 32 <= n {
+        for (j, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: i + 32 <= n.
+            unsafe {
+                *acc = _mm256_fmadd_ps(
+                    _mm256_loadu_ps(ap.add(i + 8 * j)),
+                    _mm256_loadu_ps(bp.add(i + 8 * j)),
+                    *acc,
+                );
+            }
+        }
+        i += 32;
+    }
+    while i + 8 <= n {
+        // SAFETY: i + 8 <= n.
+        unsafe {
+            acc[0] = _mm256_fmadd_ps(
+                _mm256_loadu_ps(ap.add(i)),
+                _mm256_loadu_ps(bp.add(i)),
+                acc[0],
+            )
+        };
+        i += 8;
+    }
+    let mut s = hsum_ps(_mm256_add_ps(
+        _mm256_add_ps(acc[0], acc[1]),
+        _mm256_add_ps(acc[2], acc[3]),
+    ));
+    for k in i..n {
+        s += a[k] * b[k];
+    }
+    s
+}
+
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
+    let n = x.len().min(y.len());
+    let av = _mm256_set1_ps(alpha);
+    let (xp, yp) = (x.as_ptr(), y.as_mut_ptr());
+    let mut i = 0;
+    while i + 8 <= n {
+        // SAFETY: i + 8 <= n.
+        unsafe {
+            _mm256_storeu_ps(
+                yp.add(i),
+                _mm256_fmadd_ps(av, _mm256_loadu_ps(xp.add(i)), _mm256_loadu_ps(yp.add(i))),
+            )
+        };
+        i += 8;
+    }
+    for k in i..n {
+        y[k] += alpha * x[k];
+    }
+}
+
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    let n = x.len().min(weight.len()).min(out.len());
+    if n == 0 {
+        return;
+    }
+    // SAFETY: same features.
+    let ss = unsafe { dot(&x[..n], &x[..n]) };
+    let r = 1.0 / (ss / n as f32 + eps).sqrt();
+    let rv = _mm256_set1_ps(r);
+    let mut i = 0;
+    while i + 8 <= n {
+        // SAFETY: i + 8 <= n. Same op order as the scalar version: w * (x * r).
+        unsafe {
+            let v = _mm256_mul_ps(_mm256_loadu_ps(x.as_ptr().add(i)), rv);
+            _mm256_storeu_ps(
+                out.as_mut_ptr().add(i),
+                _mm256_mul_ps(_mm256_loadu_ps(weight.as_ptr().add(i)), v),
+            );
+        }
+        i += 8;
+    }
+    for k in i..n {
+        out[k] = weight[k] * (x[k] * r);
+    }
+}
+
+/// e^x for 8 lanes, Cephes `expf` polynomial (about 1 ulp on normal results). 2^n is applied as
+/// two factors so results that overflow become inf and tiny ones go through the subnormals to
+/// 0, like `f32::exp`; NaN propagates.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn exp256(x: __m256) -> __m256 {
+    // max/min return their second operand when one is NaN: putting x second keeps NaN.
+    let x = _mm256_min_ps(
+        _mm256_set1_ps(88.8),
+        _mm256_max_ps(_mm256_set1_ps(-104.0), x),
+    );
+    let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
+        x,
+        _mm256_set1_ps(std::f32::consts::LOG2_E),
+    ));
+    // r = x - n*ln2 in two steps (ln2 = 0.693359375 - 2.12194440e-4, the first part exact).
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
+    let mut p = _mm256_set1_ps(1.987_569_1e-4);
+    for c in [
+        1.398_199_9e-3,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        1.666_666_5e-1,
+        0.5,
+    ] {
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+    }
+    let y = _mm256_fmadd_ps(
+        p,
+        _mm256_mul_ps(r, r),
+        _mm256_add_ps(r, _mm256_set1_ps(1.0)),
+    );
+    let ni = _mm256_cvtps_epi32(n); // n in [-150, 128]
+    let n1 = _mm256_srai_epi32::<1>(ni);
+    let n2 = _mm256_sub_epi32(ni, n1);
+    let bias = _mm256_set1_epi32(127);
+    let f1 = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(n1, bias)));
+    let f2 = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(n2, bias)));
+    _mm256_mul_ps(_mm256_mul_ps(y, f1), f2)
+}
+
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn softmax_inplace(x: &mut [f32]) {
+    let n = x.len();
+    if n == 0 {
+        return;
+    }
+    let p = x.as_mut_ptr();
+    let mut mv = _mm256_set1_ps(f32::NEG_INFINITY);
+    let mut i = 0;
+    while i + 8 <= n {
+        // SAFETY: i + 8 <= n. NaN lanes are skipped (second operand), like f32::max.
+        mv = _mm256_max_ps(unsafe { _mm256_loadu_ps(p.add(i)) }, mv);
+        i += 8;
+    }
+    let mut max = hmax_ps(mv);
+    for &v in &x[i..] {
+        max = v.max(max);
+    }
+    let maxv = _mm256_set1_ps(max);
+    let mut sv = _mm256_setzero_ps();
+    i = 0;
+    while i + 8 <= n {
+        // SAFETY: i + 8 <= n.
+        unsafe {
+            let e = exp256(_mm256_sub_ps(_mm256_loadu_ps(p.add(i)), maxv));
+            _mm256_storeu_ps(p.add(i), e);
+            sv = _mm256_add_ps(sv, e);
+        }
+        i += 8;
+    }
+    let mut sum = hsum_ps(sv);
+    for v in &mut x[i..] {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    let iv = _mm256_set1_ps(inv);
+    i = 0;
+    while i + 8 <= n {
+        // SAFETY: i + 8 <= n.
+        unsafe { _mm256_storeu_ps(p.add(i), _mm256_mul_ps(_mm256_loadu_ps(p.add(i)), iv)) };
+        i += 8;
+    }
+    for v in &mut x[i..] {
+        *v *= inv;
+    }
+}
+
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn relu2_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    let n = gate.len().min(up.len()).min(out.len());
+    let zero = _mm256_setzero_ps();
+    let mut i = 0;
+    while i + 8 <= n {
+        // SAFETY: i + 8 <= n. max(g, 0) maps NaN to 0 like f32::max; same op order as scalar.
+        unsafe {
+            let r = _mm256_max_ps(_mm256_loadu_ps(gate.as_ptr().add(i)), zero);
+            let v = _mm256_mul_ps(_mm256_mul_ps(r, r), _mm256_loadu_ps(up.as_ptr().add(i)));
+            _mm256_storeu_ps(out.as_mut_ptr().add(i), v);
+        }
+        i += 8;
+    }
+    for k in i..n {
+        let r = gate[k].max(0.0);
+        out[k] = r * r * up[k];
+    }
+}
+
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    let n = gate.len().min(up.len()).min(out.len());
+    let one = _mm256_set1_ps(1.0);
+    let sign = _mm256_set1_ps(-0.0);
+    let mut i = 0;
+    while i + 8 <= n {
+        // SAFETY: i + 8 <= n.
+        unsafe {
+            let g = _mm256_loadu_ps(gate.as_ptr().add(i));
+            let e = exp256(_mm256_xor_ps(g, sign));
+            let v = _mm256_mul_ps(
+                _mm256_div_ps(g, _mm256_add_ps(one, e)),
+                _mm256_loadu_ps(up.as_ptr().add(i)),
+            );
+            _mm256_storeu_ps(out.as_mut_ptr().add(i), v);
+        }
+        i += 8;
+    }
+    for k in i..n {
+        out[k] = gate[k] / (1.0 + (-gate[k]).exp()) * up[k];
+    }
+}

@@ -1,0 +1,248 @@
+//! Dense F32 / F16 / BF16 matrices: the token embedding and the (tied) LM head.
+//!
+//! The weights stay in their file type and are converted on the fly inside the dot product:
+//! the LM head is the largest tensor of a BitNet model (656 MB in F16 for 2B4T) and decoding is
+//! memory-bound, so widening it to f32 in memory would double the bytes read per token.
+
+use crate::{check_isa, detected_isa, row_chunk, Isa, KernelError, SharedOut};
+use bitnet_common::Storage;
+use rayon::prelude::*;
+
+/// Element type of a [`DenseMatrix`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DenseType {
+    F32,
+    F16,
+    BF16,
+}
+
+impl DenseType {
+    pub fn size(self) -> usize {
+        match self {
+            DenseType::F32 => 4,
+            DenseType::F16 | DenseType::BF16 => 2,
+        }
+    }
+}
+
+/// Row-major `[rows x cols]` matrix in a [`Storage`] (little-endian, possibly unaligned bytes).
+#[derive(Clone, Debug)]
+pub struct DenseMatrix {
+    rows: usize,
+    cols: usize,
+    ty: DenseType,
+    data: Storage,
+}
+
+/// Tokens per pass over a weight row.
+const TOKEN_TILE: usize = 4;
+const CHUNK_BYTES: usize = 256 * 1024;
+const SERIAL_WORK: usize = 64 * 1024;
+
+/// Dense dot kernels for one ISA.
+pub(crate) trait DenseKernel {
+    /// `dot(row, x[t])` for `T` tokens; `buf` is scratch the kernel may use.
+    ///
+    /// # Safety
+    /// The CPU must support the ISA; `row.len() == x[t].len() * ty.size()`.
+    unsafe fn dot<const T: usize>(
+        row: &[u8],
+        ty: DenseType,
+        x: [&[f32]; T],
+        buf: &mut Vec<f32>,
+    ) -> [f32; T];
+
+    /// # Safety
+    /// The CPU must support the ISA; `row.len() == out.len() * ty.size()`.
+    unsafe fn row_to_f32(row: &[u8], ty: DenseType, out: &mut [f32]);
+}
+
+impl DenseMatrix {
+    /// Checks that `data` holds exactly `rows * cols` elements of `ty`.
+    pub fn new(
+        rows: usize,
+        cols: usize,
+        ty: DenseType,
+        data: Storage,
+    ) -> Result<Self, KernelError> {
+        let n = rows
+            .checked_mul(cols)
+            .and_then(|n| n.checked_mul(ty.size()))
+            .ok_or(KernelError::Overflow("dense matrix bytes"))?;
+        if data.len() != n {
+            return Err(KernelError::Shape {
+                what: "dense matrix bytes",
+                expected: n,
+                got: data.len(),
+            });
+        }
+        Ok(DenseMatrix {
+            rows,
+            cols,
+            ty,
+            data,
+        })
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    pub fn ty(&self) -> DenseType {
+        self.ty
+    }
+
+    pub fn nbytes(&self) -> usize {
+        self.data.len()
+    }
+
+    pub fn data(&self) -> &Storage {
+        &self.data
+    }
+
+    fn row_bytes(&self) -> usize {
+        self.cols * self.ty.size()
+    }
+
+    fn row(&self, r: usize) -> &[u8] {
+        &self.data[r * self.row_bytes()..][..self.row_bytes()]
+    }
+
+    /// Row `r` as f32 (embedding lookup).
+    ///
+    /// # Panics
+    /// If `r >= rows` or `out.len() != cols`.
+    pub fn row_f32(&self, r: usize, out: &mut [f32]) {
+        assert!(
+            r < self.rows,
+            "DenseMatrix::row_f32: row {r} out of {}",
+            self.rows
+        );
+        assert_eq!(
+            out.len(),
+            self.cols,
+            "DenseMatrix::row_f32: out.len() != cols"
+        );
+        match detected_isa() {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: detected_isa only returns Avx2 when the CPU supports it; lengths checked.
+            Isa::Avx2 => unsafe {
+                <crate::avx2::Avx2 as DenseKernel>::row_to_f32(self.row(r), self.ty, out)
+            },
+            _ => crate::scalar::row_to_f32(self.row(r), self.ty, out),
+        }
+    }
+
+    /// `out[t * rows + r] = dot(x[t], row r)` with f32 accumulation, over row chunks on the
+    /// current rayon pool.
+    ///
+    /// # Panics
+    /// If `x.len() != tokens * cols` or `out.len() != tokens * rows`.
+    pub fn matmul(&self, x: &[f32], tokens: usize, out: &mut [f32]) {
+        self.matmul_with(detected_isa(), x, tokens, out)
+    }
+
+    /// Scalar reference of [`Self::matmul`] (same as `matmul_with(Isa::Scalar, ..)`).
+    pub fn matmul_scalar(&self, x: &[f32], tokens: usize, out: &mut [f32]) {
+        self.matmul_with(Isa::Scalar, x, tokens, out)
+    }
+
+    /// [`Self::matmul`] with an explicit ISA. Panics if the CPU does not support it.
+    pub fn matmul_with(&self, isa: Isa, x: &[f32], tokens: usize, out: &mut [f32]) {
+        check_isa(isa);
+        assert_eq!(
+            Some(x.len()),
+            tokens.checked_mul(self.cols),
+            "DenseMatrix::matmul: x.len() != tokens * cols"
+        );
+        assert_eq!(
+            Some(out.len()),
+            tokens.checked_mul(self.rows),
+            "DenseMatrix::matmul: out.len() != tokens * rows"
+        );
+        if self.rows == 0 || tokens == 0 {
+            return;
+        }
+        if self.cols == 0 {
+            out.fill(0.0);
+            return;
+        }
+        let chunk = row_chunk(self.rows, self.row_bytes(), CHUNK_BYTES);
+        let shared = SharedOut::new(out);
+        let run = |c: usize| {
+            let r0 = c * chunk;
+            let r1 = (r0 + chunk).min(self.rows);
+            match isa {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: check_isa verified the CPU; shapes checked above.
+                Isa::Avx2 => unsafe {
+                    self.rows_kernel::<crate::avx2::Avx2>(x, tokens, r0, r1, shared)
+                },
+                // SAFETY: scalar code runs anywhere.
+                _ => unsafe {
+                    self.rows_kernel::<crate::scalar::Scalar>(x, tokens, r0, r1, shared)
+                },
+            }
+        };
+        let n_chunks = self.rows.div_ceil(chunk);
+        if rayon::current_num_threads() <= 1 || self.nbytes() * tokens < SERIAL_WORK {
+            (0..n_chunks).for_each(run);
+        } else {
+            (0..n_chunks).into_par_iter().for_each(run);
+        }
+    }
+
+    /// Rows `r0..r1` for all tokens, token tiles outermost (weights of the chunk stay in cache).
+    ///
+    /// # Safety
+    /// The CPU must support `K`'s ISA; shapes checked by the caller; no other task writes
+    /// rows `r0..r1` of `out`.
+    unsafe fn rows_kernel<K: DenseKernel>(
+        &self,
+        x: &[f32],
+        tokens: usize,
+        r0: usize,
+        r1: usize,
+        out: SharedOut<f32>,
+    ) {
+        let cols = self.cols;
+        let xt = |t: usize| &x[t * cols..][..cols];
+        let mut buf = Vec::new();
+        let mut t0 = 0;
+        while t0 < tokens {
+            let nt = (tokens - t0).min(TOKEN_TILE);
+            for r in r0..r1 {
+                let row = self.row(r);
+                // SAFETY: ISA and lengths guaranteed by the caller; (t, r) written once.
+                unsafe {
+                    let put = |i: usize, v: f32| out.write((t0 + i) * self.rows + r, v);
+                    match nt {
+                        4 => K::dot::<4>(
+                            row,
+                            self.ty,
+                            [xt(t0), xt(t0 + 1), xt(t0 + 2), xt(t0 + 3)],
+                            &mut buf,
+                        )
+                        .into_iter()
+                        .enumerate()
+                        .for_each(|(i, v)| put(i, v)),
+                        3 => K::dot::<3>(row, self.ty, [xt(t0), xt(t0 + 1), xt(t0 + 2)], &mut buf)
+                            .into_iter()
+                            .enumerate()
+                            .for_each(|(i, v)| put(i, v)),
+                        2 => K::dot::<2>(row, self.ty, [xt(t0), xt(t0 + 1)], &mut buf)
+                            .into_iter()
+                            .enumerate()
+                            .for_each(|(i, v)| put(i, v)),
+                        _ => put(0, K::dot::<1>(row, self.ty, [xt(t0)], &mut buf)[0]),
+                    }
+                }
+            }
+            t0 += nt;
+        }
+    }
+}

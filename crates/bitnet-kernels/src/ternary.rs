@@ -1,0 +1,465 @@
+//! Ternary weights x int8 activations.
+//!
+//! Weights keep bitnet.cpp's I2_S block layout per row (128 elements -> 32 bytes, MSB-first,
+//! code = t + 1), so an I2_S tensor with `cols % 128 == 0` is used straight from the mmap.
+//! The kernels compute `raw = sum code_k * q_k` with unsigned codes (what `maddubs` wants) and
+//! subtract the precomputed `sum q_k`, giving the exact integer `sum t_k * q_k`. Padding is
+//! code 1 against activation 0, so it contributes nothing to either sum.
+
+use crate::{check_isa, detected_isa, row_chunk, Isa, KernelError, SharedOut};
+use bitnet_common::Storage;
+use bitnet_quantization::i2s;
+use rayon::prelude::*;
+
+/// Elements per packed block (I2_S).
+pub(crate) const BLOCK: usize = i2s::BLOCK;
+const BLOCK_BYTES: usize = i2s::BLOCK_BYTES;
+
+/// Largest supported `cols`: keeps `sum code * q` (|.| <= 2 * 128 * cols) inside i32, which is
+/// what makes every kernel exact.
+pub const MAX_COLS: usize = 1 << 22;
+
+/// Tokens that share one pass over a weight row: enough to amortize the 2-bit unpacking, few
+/// enough that codes + accumulators stay in the 16 ymm registers.
+const TOKEN_TILE: usize = 4;
+
+/// Weight bytes per rayon task, sized to stay in L2 while all token tiles stream over them.
+const CHUNK_BYTES: usize = 256 * 1024;
+
+/// Below this many weight-bytes x tokens a call runs on the calling thread: rayon's fork/join
+/// costs more than the work.
+const SERIAL_WORK: usize = 64 * 1024;
+
+/// Ternary matrix `[rows x cols]`, one per-tensor multiplicative scale.
+#[derive(Clone, Debug)]
+pub struct TernaryMatrix {
+    rows: usize,
+    cols: usize,
+    row_bytes: usize,
+    data: Storage,
+    scale: f32,
+}
+
+fn shape_err(what: &'static str, expected: usize, got: usize) -> KernelError {
+    KernelError::Shape {
+        what,
+        expected,
+        got,
+    }
+}
+
+/// True if any 2-bit field is 3. Checked on load so a corrupt file cannot make the kernels
+/// compute with a weight of +2.
+fn has_code_3(bytes: &[u8]) -> bool {
+    let (words, tail) = bytes.split_at(bytes.len() / 8 * 8);
+    let word_hit = words.chunks_exact(8).any(|c| {
+        let w = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+        w & (w >> 1) & 0x5555_5555_5555_5555 != 0
+    });
+    word_hit || tail.iter().any(|&b| b & (b >> 1) & 0x55 != 0)
+}
+
+impl TernaryMatrix {
+    fn check_dims(rows: usize, cols: usize) -> Result<(usize, usize), KernelError> {
+        if cols > MAX_COLS {
+            return Err(shape_err("ternary matrix cols (max)", MAX_COLS, cols));
+        }
+        let row_bytes = i2s::packed_len(cols);
+        let total = rows
+            .checked_mul(row_bytes)
+            .ok_or(KernelError::Overflow("ternary matrix bytes"))?;
+        Ok((row_bytes, total))
+    }
+
+    /// Packs row-major codes in {-1, 0, 1}.
+    pub fn from_codes(
+        rows: usize,
+        cols: usize,
+        codes: &[i8],
+        scale: f32,
+    ) -> Result<Self, KernelError> {
+        let (row_bytes, total) = Self::check_dims(rows, cols)?;
+        let n = rows
+            .checked_mul(cols)
+            .ok_or(KernelError::Overflow("ternary matrix elements"))?;
+        if codes.len() != n {
+            return Err(shape_err("ternary codes (rows * cols)", n, codes.len()));
+        }
+        if let Some(index) = codes.iter().position(|c| !(-1..=1).contains(c)) {
+            return Err(bitnet_quantization::QuantError::InvalidCode {
+                index,
+                code: codes[index],
+            }
+            .into());
+        }
+        let mut data = vec![0u8; total];
+        if cols > 0 {
+            for (src, dst) in codes
+                .chunks_exact(cols)
+                .zip(data.chunks_exact_mut(row_bytes))
+            {
+                i2s::pack_into(src, dst);
+            }
+        }
+        Ok(TernaryMatrix {
+            rows,
+            cols,
+            row_bytes,
+            data: Storage::from_vec(data),
+            scale,
+        })
+    }
+
+    /// Wraps an I2_S tensor as stored in a GGUF file (packed codes; a trailing scale tail may be
+    /// included and is ignored: pass the scale from `i2s::scale`). With `cols % 128 == 0` the
+    /// rows are already in kernel layout and the storage is shared, not copied. Otherwise the
+    /// flattened 128-blocks straddle rows, so the codes are unpacked and repacked per row.
+    pub fn from_i2s(
+        rows: usize,
+        cols: usize,
+        data: Storage,
+        scale: f32,
+    ) -> Result<Self, KernelError> {
+        let (row_bytes, total) = Self::check_dims(rows, cols)?;
+        let n = rows
+            .checked_mul(cols)
+            .ok_or(KernelError::Overflow("ternary matrix elements"))?;
+        let need = i2s::packed_len(n);
+        if data.len() < need {
+            return Err(shape_err("i2s tensor bytes", need, data.len()));
+        }
+        if cols % BLOCK == 0 {
+            debug_assert_eq!(need, total);
+            let data = data
+                .slice(0, total)
+                .ok_or(KernelError::Overflow("i2s slice"))?;
+            if has_code_3(&data) {
+                // Locate it for the error message (cold path).
+                let mut codes = vec![0i8; n];
+                i2s::unpack_into(&data, &mut codes)?;
+            }
+            Ok(TernaryMatrix {
+                rows,
+                cols,
+                row_bytes,
+                data,
+                scale,
+            })
+        } else {
+            let mut codes = vec![0i8; n];
+            i2s::unpack_into(&data, &mut codes)?;
+            Self::from_codes(rows, cols, &codes, scale)
+        }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    pub fn scale(&self) -> f32 {
+        self.scale
+    }
+
+    /// Bytes per packed row (`ceil(cols / 128) * 32`).
+    pub fn row_bytes(&self) -> usize {
+        self.row_bytes
+    }
+
+    /// Bytes of packed weights (what one matmul streams from memory).
+    pub fn nbytes(&self) -> usize {
+        self.rows * self.row_bytes
+    }
+
+    /// The packed weights, `rows * row_bytes` bytes.
+    pub fn data(&self) -> &Storage {
+        &self.data
+    }
+
+    /// Packed bytes of row `r`.
+    pub fn row(&self, r: usize) -> &[u8] {
+        &self.data[r * self.row_bytes..][..self.row_bytes]
+    }
+
+    /// Ternary codes of row `r` (for tests and export).
+    pub fn codes_row(&self, r: usize) -> Vec<i8> {
+        let mut out = vec![0i8; self.cols];
+        // Rows were validated (code 3 rejected) at construction, so this cannot fail.
+        let _ = i2s::unpack_into(self.row(r), &mut out);
+        out
+    }
+
+    /// Code-minus-one at column `k` of row `r`, straight from the layout (reference kernels).
+    fn weight(&self, r: usize, k: usize) -> i32 {
+        let b = self.row(r)[(k / BLOCK) * BLOCK_BYTES + k % 32];
+        i32::from((b >> (6 - 2 * ((k % BLOCK) / 32))) & 3) - 1
+    }
+}
+
+/// Per-token int8 activations (absmax, transformers `ActQuant`), each token padded with zeros to
+/// a multiple of 128 so the kernels never need a tail loop. Reuse one value across calls: its
+/// buffers only grow.
+#[derive(Clone, Debug, Default)]
+pub struct QuantizedActivations {
+    tokens: usize,
+    cols: usize,
+    stride: usize,
+    q: Vec<i8>,
+    scales: Vec<f32>,
+    sums: Vec<i32>,
+}
+
+impl QuantizedActivations {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Quantizes `tokens` rows of `cols` floats (row-major `x`), bit-identical to
+    /// `bitnet_quantization::quantize_activation_row` on every ISA.
+    ///
+    /// # Panics
+    /// If `x.len() != tokens * cols`.
+    pub fn quantize(&mut self, x: &[f32], tokens: usize, cols: usize) {
+        self.quantize_with(detected_isa(), x, tokens, cols)
+    }
+
+    /// [`Self::quantize`] with an explicit ISA (tests, benchmarks).
+    ///
+    /// # Panics
+    /// If `x.len() != tokens * cols` or `isa` is not supported by this CPU.
+    pub fn quantize_with(&mut self, isa: Isa, x: &[f32], tokens: usize, cols: usize) {
+        check_isa(isa);
+        assert_eq!(
+            Some(x.len()),
+            tokens.checked_mul(cols),
+            "QuantizedActivations: x.len() != tokens * cols"
+        );
+        let stride = cols.div_ceil(BLOCK) * BLOCK;
+        self.tokens = tokens;
+        self.cols = cols;
+        self.stride = stride;
+        // `clear` + `resize` reuses capacity, so steady-state decoding allocates nothing.
+        self.q.clear();
+        self.q.resize(tokens * stride, 0);
+        self.scales.clear();
+        self.sums.clear();
+        if cols == 0 {
+            self.scales
+                .resize(tokens, 127.0 / bitnet_quantization::SCALE_EPS);
+            self.sums.resize(tokens, 0);
+            return;
+        }
+        for (xt, qt) in x.chunks_exact(cols).zip(self.q.chunks_exact_mut(stride)) {
+            let qt = &mut qt[..cols];
+            let (s, sum) = match isa {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: check_isa verified AVX2/FMA/F16C.
+                Isa::Avx2 => unsafe { crate::avx2::quantize_row(xt, qt) },
+                _ => {
+                    let s = bitnet_quantization::quantize_activation_row(xt, qt);
+                    (s, qt.iter().map(|&v| i32::from(v)).sum())
+                }
+            };
+            self.scales.push(s);
+            self.sums.push(sum);
+        }
+    }
+
+    pub fn tokens(&self) -> usize {
+        self.tokens
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Elements per token in [`Self::q`], `cols` rounded up to a multiple of 128.
+    pub fn stride(&self) -> usize {
+        self.stride
+    }
+
+    /// Quantized values of token `t` including the zero padding (`stride` values).
+    pub fn q(&self, t: usize) -> &[i8] {
+        &self.q[t * self.stride..][..self.stride]
+    }
+
+    /// `s_x` per token: dequantized activation = q / s_x.
+    pub fn scales(&self) -> &[f32] {
+        &self.scales
+    }
+
+    /// Sum of q per token (the correction for unsigned weight codes).
+    pub fn sums(&self) -> &[i32] {
+        &self.sums
+    }
+}
+
+/// A ternary dot kernel for one ISA: raw sums `sum_k code_k * q_t[k]` of one packed weight row
+/// against `T` tokens' activations, each `w.len() / 32 * 128` long.
+pub(crate) trait TernaryKernel {
+    /// # Safety
+    /// The CPU must support the kernel's ISA; `q[t].len() >= w.len() * 4`.
+    unsafe fn dot<const T: usize>(w: &[u8], q: [&[i8]; T]) -> [i32; T];
+}
+
+fn check_shapes(w: &TernaryMatrix, a: &QuantizedActivations, out_len: usize) {
+    assert_eq!(
+        a.cols, w.cols,
+        "ternary_matmul: activation cols != weight cols"
+    );
+    assert_eq!(
+        out_len,
+        a.tokens * w.rows,
+        "ternary_matmul: out.len() != tokens * rows"
+    );
+}
+
+/// Rows `r0..r1` for every token, token tiles outermost so the chunk's weights are read from
+/// memory once and then reused from cache by every tile.
+///
+/// # Safety
+/// The CPU must support `K`'s ISA.
+unsafe fn rows_kernel<K: TernaryKernel>(
+    w: &TernaryMatrix,
+    a: &QuantizedActivations,
+    r0: usize,
+    r1: usize,
+    emit: &(impl Fn(usize, usize, i32) + Sync),
+) {
+    let mut t0 = 0;
+    while t0 < a.tokens {
+        let nt = (a.tokens - t0).min(TOKEN_TILE);
+        for r in r0..r1 {
+            let wr = w.row(r);
+            // SAFETY (all arms): the caller guarantees the ISA; every q(t) is `stride` =
+            // row_bytes * 4 long.
+            unsafe {
+                match nt {
+                    4 => {
+                        let acc = K::dot::<4>(wr, [a.q(t0), a.q(t0 + 1), a.q(t0 + 2), a.q(t0 + 3)]);
+                        for (i, v) in acc.into_iter().enumerate() {
+                            emit(t0 + i, r, v - a.sums[t0 + i]);
+                        }
+                    }
+                    3 => {
+                        let acc = K::dot::<3>(wr, [a.q(t0), a.q(t0 + 1), a.q(t0 + 2)]);
+                        for (i, v) in acc.into_iter().enumerate() {
+                            emit(t0 + i, r, v - a.sums[t0 + i]);
+                        }
+                    }
+                    2 => {
+                        let acc = K::dot::<2>(wr, [a.q(t0), a.q(t0 + 1)]);
+                        for (i, v) in acc.into_iter().enumerate() {
+                            emit(t0 + i, r, v - a.sums[t0 + i]);
+                        }
+                    }
+                    _ => {
+                        let [v] = K::dot::<1>(wr, [a.q(t0)]);
+                        emit(t0, r, v - a.sums[t0]);
+                    }
+                }
+            }
+        }
+        t0 += nt;
+    }
+}
+
+/// Runs the tiled kernel over all rows, in parallel on the current rayon pool, calling
+/// `emit(token, row, sum_k t_k * q_k)` exactly once per output.
+fn drive(
+    isa: Isa,
+    w: &TernaryMatrix,
+    a: &QuantizedActivations,
+    emit: impl Fn(usize, usize, i32) + Sync,
+) {
+    if w.rows == 0 || a.tokens == 0 {
+        return;
+    }
+    let chunk = row_chunk(w.rows, w.row_bytes, CHUNK_BYTES);
+    let run = |c: usize| {
+        let r0 = c * chunk;
+        let r1 = (r0 + chunk).min(w.rows);
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the public entry points checked the ISA with check_isa.
+            Isa::Avx2 => unsafe { rows_kernel::<crate::avx2::Avx2>(w, a, r0, r1, &emit) },
+            // SAFETY: scalar code runs anywhere.
+            _ => unsafe { rows_kernel::<crate::scalar::Scalar>(w, a, r0, r1, &emit) },
+        }
+    };
+    let n_chunks = w.rows.div_ceil(chunk);
+    if rayon::current_num_threads() <= 1 || w.nbytes() * a.tokens < SERIAL_WORK {
+        (0..n_chunks).for_each(run);
+    } else {
+        (0..n_chunks).into_par_iter().for_each(run);
+    }
+}
+
+/// `out[t * w.rows() + r] = (sum_k t_rk * q_tk) as f32 / s_x[t] * w.scale()`, the BitLinear
+/// output for every token `t` and row `r`. Multithreaded over row chunks on the current rayon
+/// pool (install one to choose the thread count); bit-identical for any thread count.
+///
+/// # Panics
+/// If `a.cols() != w.cols()` or `out.len() != a.tokens() * w.rows()`.
+pub fn ternary_matmul(w: &TernaryMatrix, a: &QuantizedActivations, out: &mut [f32]) {
+    ternary_matmul_with(detected_isa(), w, a, out)
+}
+
+/// [`ternary_matmul`] with an explicit ISA. Panics if the CPU does not support it.
+pub fn ternary_matmul_with(isa: Isa, w: &TernaryMatrix, a: &QuantizedActivations, out: &mut [f32]) {
+    check_isa(isa);
+    check_shapes(w, a, out.len());
+    let (rows, scale) = (w.rows, w.scale);
+    let scales = &a.scales;
+    let out = SharedOut::new(out);
+    drive(isa, w, a, |t, r, acc| {
+        // SAFETY: t < tokens and r < rows, and drive emits each (t, r) exactly once.
+        unsafe { out.write(t * rows + r, acc as f32 / scales[t] * scale) }
+    });
+}
+
+/// The exact integer dot products `out[t * rows + r] = sum_k t_rk * q_tk` (what the float
+/// output is computed from); the ISA comparison tests use this.
+pub fn ternary_matmul_i32(w: &TernaryMatrix, a: &QuantizedActivations, out: &mut [i32]) {
+    ternary_matmul_i32_with(detected_isa(), w, a, out)
+}
+
+/// [`ternary_matmul_i32`] with an explicit ISA. Panics if the CPU does not support it.
+pub fn ternary_matmul_i32_with(
+    isa: Isa,
+    w: &TernaryMatrix,
+    a: &QuantizedActivations,
+    out: &mut [i32],
+) {
+    check_isa(isa);
+    check_shapes(w, a, out.len());
+    let rows = w.rows;
+    let out = SharedOut::new(out);
+    drive(isa, w, a, |t, r, acc| {
+        // SAFETY: as in ternary_matmul_with.
+        unsafe { out.write(t * rows + r, acc) }
+    });
+}
+
+/// Reference: element by element from the definition, single-threaded, no tiling.
+pub fn ternary_matmul_i32_scalar(w: &TernaryMatrix, a: &QuantizedActivations, out: &mut [i32]) {
+    check_shapes(w, a, out.len());
+    for t in 0..a.tokens {
+        let q = a.q(t);
+        for r in 0..w.rows {
+            out[t * w.rows + r] = (0..w.cols).map(|k| w.weight(r, k) * i32::from(q[k])).sum();
+        }
+    }
+}
+
+/// Reference float output: [`ternary_matmul_i32_scalar`] then `acc as f32 / s_x * scale`.
+pub fn ternary_matmul_scalar(w: &TernaryMatrix, a: &QuantizedActivations, out: &mut [f32]) {
+    let mut acc = vec![0i32; out.len()];
+    ternary_matmul_i32_scalar(w, a, &mut acc);
+    for (i, (o, v)) in out.iter_mut().zip(acc).enumerate() {
+        *o = v as f32 / a.scales[i / w.rows.max(1)] * w.scale;
+    }
+}

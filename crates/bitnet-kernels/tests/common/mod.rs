@@ -1,0 +1,47 @@
+//! Shared helpers for the kernel tests (in a directory so cargo does not build it as a test).
+#![allow(dead_code)]
+
+use bitnet_kernels::Isa;
+use std::sync::OnceLock;
+
+/// Rayon pools of 1, 2 and 3 threads, built once per test binary.
+pub fn pools() -> &'static [rayon::ThreadPool] {
+    static POOLS: OnceLock<Vec<rayon::ThreadPool>> = OnceLock::new();
+    POOLS.get_or_init(|| {
+        (1..=3)
+            .map(|n| {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(n)
+                    .build()
+                    .unwrap()
+            })
+            .collect()
+    })
+}
+
+/// Every ISA this CPU can run; tests compare each against the scalar reference.
+pub fn isas() -> Vec<Isa> {
+    [Isa::Scalar, Isa::Avx2]
+        .into_iter()
+        .filter(|i| i.is_supported())
+        .collect()
+}
+
+/// Small deterministic PRNG (xorshift*) so tests need no extra dependency.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    /// Uniform in [-1, 1).
+    pub fn f32(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+    pub fn ternary(&mut self) -> i8 {
+        (self.next_u64() % 3) as i8 - 1
+    }
+}

@@ -1,0 +1,120 @@
+//! Vector ops: the dispatched (AVX2 here) versions against the scalar references.
+
+mod common;
+
+use bitnet_kernels::ops;
+use common::Rng;
+use proptest::prelude::*;
+
+fn close(a: f32, b: f32) -> bool {
+    // 1e-5 relative; the absolute floor covers results in the subnormal range, where the AVX2
+    // exp and libm differ by a few subnormal steps.
+    a.to_bits() == b.to_bits() || (a - b).abs() <= 1e-5 * b.abs() + 1e-37
+}
+
+fn vecs(n: usize, seed: u64, scale: f32) -> (Vec<f32>, Vec<f32>) {
+    let mut rng = Rng(seed | 1);
+    (
+        (0..n).map(|_| rng.f32() * scale).collect(),
+        (0..n).map(|_| rng.f32() * scale).collect(),
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn ops_match_scalar(n in 0usize..300, seed in any::<u64>(), scale in prop_oneof![Just(1.0f32), Just(30.0), Just(150.0)]) {
+        let (a, b) = vecs(n, seed, scale);
+
+        let (d, ds) = (ops::dot(&a, &b), ops::dot_scalar(&a, &b));
+        let mag: f32 = a.iter().zip(&b).map(|(x, y)| (x * y).abs()).sum();
+        prop_assert!((d - ds).abs() <= 1e-5 * mag + 1e-30, "dot {} vs {}", d, ds);
+
+        let mut y = b.clone();
+        let mut ys = b.clone();
+        ops::axpy(0.37, &a, &mut y);
+        ops::axpy_scalar(0.37, &a, &mut ys);
+        prop_assert!(y.iter().zip(&ys).all(|(p, q)| (p - q).abs() <= 1e-5 * (q.abs() + 0.37 * scale)));
+
+        let w: Vec<f32> = b.iter().map(|v| v + 1.5).collect();
+        let mut o = vec![0f32; n];
+        let mut os = vec![0f32; n];
+        ops::rms_norm(&a, &w, 1e-5, &mut o);
+        ops::rms_norm_scalar(&a, &w, 1e-5, &mut os);
+        prop_assert!(o.iter().zip(&os).all(|(p, q)| close(*p, *q)), "rms_norm");
+
+        ops::relu2_mul(&a, &b, &mut o);
+        ops::relu2_mul_scalar(&a, &b, &mut os);
+        prop_assert!(o.iter().zip(&os).all(|(p, q)| p.to_bits() == q.to_bits()), "relu2_mul is exact");
+
+        ops::silu_mul(&a, &b, &mut o);
+        ops::silu_mul_scalar(&a, &b, &mut os);
+        prop_assert!(o.iter().zip(&os).all(|(p, q)| close(*p, *q)), "silu_mul {:?} vs {:?}", o, os);
+
+        let mut s = a.clone();
+        let mut ss = a.clone();
+        ops::softmax_inplace(&mut s);
+        ops::softmax_inplace_scalar(&mut ss);
+        prop_assert!(s.iter().zip(&ss).all(|(p, q)| close(*p, *q)), "softmax {:?} vs {:?}", s, ss);
+    }
+}
+
+#[test]
+fn exp_edge_cases_through_softmax_and_silu() {
+    // Spread of 200: the smallest terms underflow through the subnormals to 0.
+    let mut x: Vec<f32> = (0..64).map(|i| -(i as f32) * 3.2).collect();
+    let mut xs = x.clone();
+    ops::softmax_inplace(&mut x);
+    ops::softmax_inplace_scalar(&mut xs);
+    assert!(x.iter().zip(&xs).all(|(p, q)| close(*p, *q)));
+    assert_eq!(x[63], 0.0);
+    // silu at extremes: exp(-g) overflows to inf (-> -0), or g is large (-> g).
+    let g: Vec<f32> = [
+        -200.0,
+        -100.0,
+        -88.0,
+        -20.0,
+        0.0,
+        20.0,
+        88.0,
+        100.0,
+        f32::NAN,
+    ]
+    .repeat(2);
+    let u = vec![1.0f32; g.len()];
+    let mut o = vec![0f32; g.len()];
+    let mut os = vec![0f32; g.len()];
+    ops::silu_mul(&g, &u, &mut o);
+    ops::silu_mul_scalar(&g, &u, &mut os);
+    for (p, q) in o.iter().zip(&os) {
+        assert!(close(*p, *q) || (p.is_nan() && q.is_nan()), "{p} vs {q}");
+    }
+    // Dense grid over the range where silu is neither ~0 nor ~g: checks the vector exp.
+    let g: Vec<f32> = (-12_000..12_000).map(|i| i as f32 / 100.0).collect();
+    let u = vec![1.0f32; g.len()];
+    let mut o = vec![0f32; g.len()];
+    let mut os = vec![0f32; g.len()];
+    ops::silu_mul(&g, &u, &mut o);
+    ops::silu_mul_scalar(&g, &u, &mut os);
+    let worst = o
+        .iter()
+        .zip(&os)
+        .map(|(p, q)| ((p - q) / q).abs())
+        .filter(|e| e.is_finite())
+        .fold(0f32, f32::max);
+    assert!(worst < 1e-6, "silu worst relative error {worst}");
+    // Softmax of a constant row is uniform.
+    let mut c = vec![3.0f32; 20];
+    ops::softmax_inplace(&mut c);
+    assert!(c.iter().all(|&v| (v - 0.05).abs() < 1e-7));
+}
+
+#[test]
+fn rms_norm_definition() {
+    let x = [3.0f32, 4.0];
+    let mut o = [0f32; 2];
+    ops::rms_norm(&x, &[1.0, 2.0], 0.0, &mut o);
+    let r = 1.0 / 12.5f32.sqrt();
+    assert_eq!(o, [3.0 * r, 2.0 * (4.0 * r)]);
+}

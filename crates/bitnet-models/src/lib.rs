@@ -1,0 +1,81 @@
+//! BitNet b1.58 model files.
+//!
+//! [`load`] opens a GGUF file (bitnet.cpp's I2_S, llama.cpp's TQ1_0/TQ2_0, F16/F32/BF16) or a
+//! Hugging Face checkpoint folder and returns packed ternary weights plus the tokenizer.
+//! I2_S weights whose rows are a multiple of 128 stay in the memory map (zero-copy); everything
+//! else is repacked once into the kernel layout. [`export`] writes any loaded model back as GGUF.
+
+pub mod config;
+pub mod error;
+pub mod export;
+pub mod fixture;
+pub mod gguf_load;
+pub mod hf_load;
+pub mod weights;
+
+pub use config::{Activation, Arch, ModelConfig};
+pub use error::{ModelError, Result};
+pub use weights::{LayerWeights, ModelWeights, Role};
+
+use bitnet_gguf::GgufFile;
+use bitnet_tokenizers::{GgufVocab, Tokenizer};
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SourceFormat {
+    Gguf,
+    HfFolder,
+}
+
+/// A model ready for the engine.
+pub struct LoadedModel {
+    pub weights: ModelWeights,
+    pub tokenizer: Tokenizer,
+    /// The tokenizer in GGUF form, kept so the model can be re-exported.
+    pub vocab: Option<GgufVocab>,
+    pub path: PathBuf,
+    pub format: SourceFormat,
+    /// Size of the model file(s) on disk.
+    pub file_bytes: u64,
+}
+
+/// Loads a GGUF file or a Hugging Face folder. `tokenizer_dir` overrides where the tokenizer
+/// comes from (a folder with `tokenizer.json`); by default GGUF files use their embedded vocab
+/// and folders their own `tokenizer.json`.
+pub fn load(path: &Path, tokenizer_dir: Option<&Path>) -> Result<LoadedModel> {
+    if path.is_dir() {
+        let ckpt = hf_load::HfCheckpoint::open(path)?;
+        let weights = ckpt.load_weights()?;
+        let tok_dir = tokenizer_dir.unwrap_or(path);
+        let tokenizer = Tokenizer::from_hf_dir(tok_dir)?;
+        let vocab = GgufVocab::from_hf_dir(tok_dir).ok();
+        return Ok(LoadedModel {
+            weights,
+            tokenizer,
+            vocab,
+            path: path.to_path_buf(),
+            format: SourceFormat::HfFolder,
+            file_bytes: ckpt.file_bytes,
+        });
+    }
+    if !path.exists() {
+        return Err(ModelError::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or folder")));
+    }
+    let file = GgufFile::open(path)?;
+    let weights = gguf_load::load_weights(&file)?;
+    let (tokenizer, vocab) = match tokenizer_dir {
+        Some(dir) => (Tokenizer::from_hf_dir(dir)?, GgufVocab::from_hf_dir(dir).ok()),
+        None => {
+            let vocab = gguf_load::vocab_from_gguf(&file)?;
+            (Tokenizer::from_gguf_vocab(&vocab)?, Some(vocab))
+        }
+    };
+    Ok(LoadedModel {
+        weights,
+        tokenizer,
+        vocab,
+        path: path.to_path_buf(),
+        format: SourceFormat::Gguf,
+        file_bytes: file.file_size(),
+    })
+}

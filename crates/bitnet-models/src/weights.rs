@@ -1,0 +1,244 @@
+//! The in-memory model: packed ternary matrices, dense embeddings/head, f32 norm vectors.
+//!
+//! Both file loaders (GGUF, Hugging Face) implement [`TensorSource`]; [`ModelWeights::build`]
+//! asks it for every tensor by role, so the shape checks and the model layout live in one place.
+
+use crate::config::ModelConfig;
+use crate::error::{ModelError, Result};
+use bitnet_kernels::{DenseMatrix, TernaryMatrix};
+
+/// A tensor's role in the model, independent of how a file names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    TokenEmbd,
+    OutputNorm,
+    Output,
+    AttnNorm(usize),
+    AttnQ(usize),
+    AttnK(usize),
+    AttnV(usize),
+    AttnOutput(usize),
+    AttnSubNorm(usize),
+    FfnNorm(usize),
+    FfnGate(usize),
+    FfnUp(usize),
+    FfnDown(usize),
+    FfnSubNorm(usize),
+}
+
+impl Role {
+    /// llama.cpp / bitnet.cpp tensor name.
+    pub fn gguf_name(self) -> String {
+        match self {
+            Role::TokenEmbd => "token_embd.weight".into(),
+            Role::OutputNorm => "output_norm.weight".into(),
+            Role::Output => "output.weight".into(),
+            Role::AttnNorm(l) => format!("blk.{l}.attn_norm.weight"),
+            Role::AttnQ(l) => format!("blk.{l}.attn_q.weight"),
+            Role::AttnK(l) => format!("blk.{l}.attn_k.weight"),
+            Role::AttnV(l) => format!("blk.{l}.attn_v.weight"),
+            Role::AttnOutput(l) => format!("blk.{l}.attn_output.weight"),
+            Role::AttnSubNorm(l) => format!("blk.{l}.attn_sub_norm.weight"),
+            Role::FfnNorm(l) => format!("blk.{l}.ffn_norm.weight"),
+            Role::FfnGate(l) => format!("blk.{l}.ffn_gate.weight"),
+            Role::FfnUp(l) => format!("blk.{l}.ffn_up.weight"),
+            Role::FfnDown(l) => format!("blk.{l}.ffn_down.weight"),
+            Role::FfnSubNorm(l) => format!("blk.{l}.ffn_sub_norm.weight"),
+        }
+    }
+
+    /// Hugging Face names, transformers' `BitNetForCausalLM` first, then the 1bitLLM names.
+    pub fn hf_names(self) -> Vec<String> {
+        let p = |l: usize| format!("model.layers.{l}");
+        match self {
+            Role::TokenEmbd => vec!["model.embed_tokens.weight".into()],
+            Role::OutputNorm => vec!["model.norm.weight".into()],
+            Role::Output => vec!["lm_head.weight".into()],
+            Role::AttnNorm(l) => vec![format!("{}.input_layernorm.weight", p(l))],
+            Role::AttnQ(l) => vec![format!("{}.self_attn.q_proj.weight", p(l))],
+            Role::AttnK(l) => vec![format!("{}.self_attn.k_proj.weight", p(l))],
+            Role::AttnV(l) => vec![format!("{}.self_attn.v_proj.weight", p(l))],
+            Role::AttnOutput(l) => vec![format!("{}.self_attn.o_proj.weight", p(l))],
+            Role::AttnSubNorm(l) => vec![
+                format!("{}.self_attn.attn_sub_norm.weight", p(l)),
+                format!("{}.self_attn.inner_attn_ln.weight", p(l)),
+            ],
+            Role::FfnNorm(l) => vec![format!("{}.post_attention_layernorm.weight", p(l))],
+            Role::FfnGate(l) => vec![format!("{}.mlp.gate_proj.weight", p(l))],
+            Role::FfnUp(l) => vec![format!("{}.mlp.up_proj.weight", p(l))],
+            Role::FfnDown(l) => vec![format!("{}.mlp.down_proj.weight", p(l))],
+            Role::FfnSubNorm(l) => vec![
+                format!("{}.mlp.ffn_sub_norm.weight", p(l)),
+                format!("{}.mlp.ffn_layernorm.weight", p(l)),
+            ],
+        }
+    }
+}
+
+/// What a file loader provides. `rows x cols` is the PyTorch `[out_features, in_features]` shape.
+pub trait TensorSource {
+    fn has(&self, role: Role) -> bool;
+    fn dense(&self, role: Role, rows: usize, cols: usize) -> Result<DenseMatrix>;
+    fn vector(&self, role: Role, len: usize) -> Result<Vec<f32>>;
+    fn ternary(&self, role: Role, rows: usize, cols: usize) -> Result<TernaryMatrix>;
+}
+
+#[derive(Clone, Debug)]
+pub struct LayerWeights {
+    pub attn_norm: Vec<f32>,
+    pub wq: TernaryMatrix,
+    pub wk: TernaryMatrix,
+    pub wv: TernaryMatrix,
+    pub wo: TernaryMatrix,
+    pub attn_sub_norm: Vec<f32>,
+    pub ffn_norm: Vec<f32>,
+    pub w_gate: TernaryMatrix,
+    pub w_up: TernaryMatrix,
+    pub w_down: TernaryMatrix,
+    pub ffn_sub_norm: Vec<f32>,
+}
+
+impl LayerWeights {
+    /// The seven ternary matrices with their roles, in file order.
+    pub fn ternaries(&self, l: usize) -> [(Role, &TernaryMatrix); 7] {
+        [
+            (Role::AttnQ(l), &self.wq),
+            (Role::AttnK(l), &self.wk),
+            (Role::AttnV(l), &self.wv),
+            (Role::AttnOutput(l), &self.wo),
+            (Role::FfnGate(l), &self.w_gate),
+            (Role::FfnUp(l), &self.w_up),
+            (Role::FfnDown(l), &self.w_down),
+        ]
+    }
+
+    /// The five norm vectors with their roles.
+    pub fn norms(&self, l: usize) -> [(Role, &[f32]); 4] {
+        [
+            (Role::AttnNorm(l), &self.attn_norm[..]),
+            (Role::AttnSubNorm(l), &self.attn_sub_norm[..]),
+            (Role::FfnNorm(l), &self.ffn_norm[..]),
+            (Role::FfnSubNorm(l), &self.ffn_sub_norm[..]),
+        ]
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ModelWeights {
+    pub config: ModelConfig,
+    pub token_embd: DenseMatrix,
+    pub output_norm: Vec<f32>,
+    /// `None` when the head is tied to the token embedding.
+    pub output: Option<DenseMatrix>,
+    pub layers: Vec<LayerWeights>,
+}
+
+impl ModelWeights {
+    pub fn build(config: ModelConfig, src: &dyn TensorSource) -> Result<ModelWeights> {
+        let c = &config;
+        let (h, ffn, q, kv) = (c.hidden_size, c.intermediate_size, c.q_dim(), c.kv_dim());
+        let token_embd = src.dense(Role::TokenEmbd, c.vocab_size, h)?;
+        let output = if src.has(Role::Output) {
+            Some(src.dense(Role::Output, c.vocab_size, h)?)
+        } else if c.tie_word_embeddings {
+            None
+        } else {
+            return Err(ModelError::MissingTensor(
+                "output / lm_head (config says the head is not tied)".into(),
+            ));
+        };
+        let output_norm = src.vector(Role::OutputNorm, h)?;
+        let mut layers = Vec::with_capacity(c.num_layers);
+        for l in 0..c.num_layers {
+            layers.push(LayerWeights {
+                attn_norm: src.vector(Role::AttnNorm(l), h)?,
+                wq: src.ternary(Role::AttnQ(l), q, h)?,
+                wk: src.ternary(Role::AttnK(l), kv, h)?,
+                wv: src.ternary(Role::AttnV(l), kv, h)?,
+                wo: src.ternary(Role::AttnOutput(l), h, q)?,
+                attn_sub_norm: src.vector(Role::AttnSubNorm(l), q)?,
+                ffn_norm: src.vector(Role::FfnNorm(l), h)?,
+                w_gate: src.ternary(Role::FfnGate(l), ffn, h)?,
+                w_up: src.ternary(Role::FfnUp(l), ffn, h)?,
+                w_down: src.ternary(Role::FfnDown(l), h, ffn)?,
+                ffn_sub_norm: src.vector(Role::FfnSubNorm(l), ffn)?,
+            });
+        }
+        Ok(ModelWeights { config, token_embd, output_norm, output, layers })
+    }
+
+    pub fn lm_head(&self) -> &DenseMatrix {
+        self.output.as_ref().unwrap_or(&self.token_embd)
+    }
+
+    /// Bytes the weights occupy (mapped or owned), for memory reports.
+    pub fn nbytes(&self) -> usize {
+        let norms: usize = self
+            .layers
+            .iter()
+            .enumerate()
+            .flat_map(|(l, w)| w.norms(l).map(|(_, v)| v.len() * 4))
+            .sum();
+        let ternary: usize = self
+            .layers
+            .iter()
+            .enumerate()
+            .flat_map(|(l, w)| w.ternaries(l).map(|(_, m)| m.nbytes()))
+            .sum();
+        self.token_embd.nbytes()
+            + self.output.as_ref().map_or(0, |o| o.nbytes())
+            + self.output_norm.len() * 4
+            + norms
+            + ternary
+    }
+}
+
+/// Little-endian f32 bytes to values (tensor data need not be 4-byte aligned).
+pub fn f32_from_le_bytes(bytes: &[u8], out: &mut [f32]) {
+    for (o, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+        *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    }
+}
+
+/// Turns dense weights into ternary codes and a per-tensor scale.
+///
+/// Files that already hold ternary values times one scale (llama.cpp's F16/F32 BitNet
+/// conversions) must keep that scale: re-running absmean on them would shrink it by the
+/// fraction of non-zero weights. Master weights get transformers' absmean quantization.
+pub fn ternarize_dense(w: &[f32]) -> (Vec<i8>, f32) {
+    let mut level = 0.0f32;
+    let already_ternary = w.iter().all(|&x| {
+        let a = x.abs();
+        if a == 0.0 {
+            return true;
+        }
+        if level == 0.0 {
+            level = a;
+        }
+        a == level
+    });
+    if already_ternary && level > 0.0 {
+        let codes = w
+            .iter()
+            .map(|&x| if x > 0.0 { 1 } else if x < 0.0 { -1 } else { 0 })
+            .collect();
+        return (codes, level);
+    }
+    bitnet_quantization::ternarize_absmean(w)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pre_ternarized_weights_keep_their_scale() {
+        let (c, s) = ternarize_dense(&[0.5, 0.0, -0.5, 0.5]);
+        assert_eq!(c, vec![1, 0, -1, 1]);
+        assert_eq!(s, 0.5);
+        // Master weights: absmean, as transformers does.
+        let (c, s) = ternarize_dense(&[0.1, -0.4, 0.02, 0.3]);
+        assert!((s - 0.205).abs() < 1e-6);
+        assert_eq!(c, vec![0, -1, 0, 1]);
+    }
+}

@@ -1,0 +1,351 @@
+//! [`Tokenizer`]: encode/decode, special ids and chat templates over one
+//! `tokenizers::Tokenizer`, whichever source (tokenizer.json or GGUF) it came from.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use tokenizers::DecoderWrapper;
+
+use crate::chat::{self, ChatMessage};
+use crate::gguf_build;
+use crate::hf_files::{self, GenerationConfig, TokenizerConfig};
+use crate::specials;
+use crate::stream::StreamDecoder;
+use crate::{GgufVocab, TokenizerError};
+
+/// How the streaming decoder turns ids into text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum DecodeMode {
+    /// `ByteLevel` decoder: text is the lossy UTF-8 of the concatenated token
+    /// bytes, so streaming can work on bytes exactly.
+    ByteLevel,
+    /// Any other decoder: stream by decoding windows of ids and diffing.
+    Generic,
+}
+
+/// A text tokenizer for the engine: BPE encode/decode plus the special-token
+/// facts (BOS/EOS/stop ids) and the chat template that go with a model.
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    vocab_size: usize,
+    bos_id: Option<u32>,
+    eos_id: Option<u32>,
+    add_bos: bool,
+    stop_ids: Vec<u32>,
+    bos_token: Option<String>,
+    eos_token: Option<String>,
+    chat_template: Option<String>,
+    special_ids: HashSet<u32>,
+    decode_mode: DecodeMode,
+}
+
+/// Special-token facts gathered by a loader before assembly.
+struct Specials {
+    bos_id: Option<u32>,
+    eos_id: Option<u32>,
+    add_bos: bool,
+    stop_ids: Vec<u32>,
+    bos_token: Option<String>,
+    eos_token: Option<String>,
+    chat_template: Option<String>,
+}
+
+impl Tokenizer {
+    /// Loads a Hugging Face folder: `tokenizer.json` (required; a missing file is
+    /// [`TokenizerError::Missing`] with its path), `tokenizer_config.json` (BOS/EOS
+    /// token texts, `add_bos_token`, chat template; optional), `chat_template.jinja`
+    /// (optional) and `generation_config.json` (`eos_token_id` list -> stop ids; optional).
+    pub fn from_hf_dir(dir: &Path) -> Result<Tokenizer, TokenizerError> {
+        let path = dir.join(hf_files::TOKENIZER_JSON);
+        let bytes = hf_files::read_required(&path)?;
+        let json = hf_files::parse_json(&path, &bytes)?;
+        let inner =
+            tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| hf_files::bad_file(&path, e))?;
+        let cfg = TokenizerConfig::load(dir)?;
+        let gen = GenerationConfig::load(dir)?;
+
+        let lookup = |s: &str| inner.token_to_id(s);
+        let template = hf_files::template_specials(&json);
+        let template_first = template.first.as_deref().and_then(lookup);
+        let bos_id = cfg
+            .bos_token
+            .as_deref()
+            .and_then(lookup)
+            .or(template_first)
+            .or(gen.bos_token_id);
+        let eos_id = cfg
+            .eos_token
+            .as_deref()
+            .and_then(lookup)
+            .or(gen.eos_token_ids.first().copied());
+        // An explicit `add_bos_token` wins; otherwise do what the post-processor
+        // does under `add_special_tokens=True`.
+        let add_bos = cfg
+            .add_bos_token
+            .unwrap_or(bos_id.is_some() && template_first == bos_id);
+        let eot_id = specials::find_eot(lookup);
+        let eom_id = lookup(specials::EOM_TEXT);
+        let stop_ids = specials::dedup_ids(
+            eos_id
+                .into_iter()
+                .chain(eot_id)
+                .chain(eom_id)
+                .chain(gen.eos_token_ids),
+        );
+
+        let specials = Specials {
+            bos_token: cfg
+                .bos_token
+                .clone()
+                .or_else(|| bos_id.and_then(|id| inner.id_to_token(id))),
+            eos_token: cfg
+                .eos_token
+                .clone()
+                .or_else(|| eos_id.and_then(|id| inner.id_to_token(id))),
+            bos_id,
+            eos_id,
+            add_bos,
+            stop_ids,
+            chat_template: cfg.chat_template,
+        };
+        Ok(Tokenizer::assemble(inner, specials))
+    }
+
+    /// Builds the tokenizer from GGUF metadata. Model "gpt2" is byte-level BPE
+    /// with the pre-tokenizer `pre` selects (a missing/"default" `pre` on a Llama
+    /// 3 vocabulary uses the Llama 3 regex); model "llama" is SentencePiece BPE
+    /// rebuilt from the scores.
+    pub fn from_gguf_vocab(v: &GgufVocab) -> Result<Tokenizer, TokenizerError> {
+        let built = match v.model.as_str() {
+            "gpt2" => gguf_build::build_gpt2(v)?,
+            "llama" => gguf_build::build_llama(v)?,
+            other => {
+                return Err(TokenizerError::Unsupported(format!(
+                    "GGUF tokenizer model '{other}'"
+                )))
+            }
+        };
+        let n = v.tokens.len();
+        let check = |key: &str, id: Option<u32>| match id {
+            Some(id) if id as usize >= n => Err(TokenizerError::InvalidVocab(format!(
+                "tokenizer.ggml.{key} = {id} is outside the vocabulary ({n} tokens)"
+            ))),
+            _ => Ok(id),
+        };
+        let bos_id = check("bos_token_id", v.bos_id)?;
+        let eos_id = check("eos_token_id", v.eos_id)?;
+        let inner = built.inner;
+        let lookup = |s: &str| inner.token_to_id(s);
+        let eot_id = check("eot_token_id", v.eot_id)?.or_else(|| specials::find_eot(lookup));
+        let eom_id = lookup(specials::EOM_TEXT);
+        let add_bos = v.add_bos.unwrap_or(built.add_bos_default) && bos_id.is_some();
+        let token_text = |id: Option<u32>| id.and_then(|id| v.tokens.get(id as usize)).cloned();
+        let specials = Specials {
+            bos_token: token_text(bos_id),
+            eos_token: token_text(eos_id),
+            bos_id,
+            eos_id,
+            add_bos,
+            stop_ids: specials::dedup_ids(eos_id.into_iter().chain(eot_id).chain(eom_id)),
+            chat_template: v.chat_template.clone(),
+        };
+        Ok(Tokenizer::assemble(inner, specials))
+    }
+
+    fn assemble(inner: tokenizers::Tokenizer, s: Specials) -> Tokenizer {
+        // Ids can have gaps, so the size is one past the largest id, not a count.
+        let vocab_size = inner
+            .get_vocab(true)
+            .values()
+            .max()
+            .map_or(0, |&m| m as usize + 1);
+        let special_ids = inner
+            .get_added_tokens_decoder()
+            .iter()
+            .filter(|(_, t)| t.special)
+            .map(|(&id, _)| id)
+            .collect();
+        let decode_mode = match inner.get_decoder() {
+            Some(DecoderWrapper::ByteLevel(_)) => DecodeMode::ByteLevel,
+            _ => DecodeMode::Generic,
+        };
+        Tokenizer {
+            inner,
+            vocab_size,
+            bos_id: s.bos_id,
+            eos_id: s.eos_id,
+            add_bos: s.add_bos,
+            stop_ids: s.stop_ids,
+            bos_token: s.bos_token,
+            eos_token: s.eos_token,
+            chat_template: s.chat_template,
+            special_ids,
+            decode_mode,
+        }
+    }
+
+    /// Encodes text. Special tokens written in the text (`<|eot_id|>`) are
+    /// recognised as such. With `add_bos`, BOS is prepended unless the text
+    /// already produced it as its first token, so it never appears twice.
+    pub fn encode(&self, text: &str, add_bos: bool) -> Result<Vec<u32>, TokenizerError> {
+        let encoding = self
+            .inner
+            .encode_fast(text, false)
+            .map_err(TokenizerError::backend)?;
+        let mut ids = encoding.get_ids().to_vec();
+        if add_bos {
+            let bos = self.bos_id.ok_or_else(|| {
+                TokenizerError::InvalidVocab(
+                    "BOS requested but the tokenizer has no BOS token".into(),
+                )
+            })?;
+            if ids.first() != Some(&bos) {
+                ids.insert(0, bos);
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Decodes ids to text; `skip_special` drops control tokens (BOS, EOT, ...).
+    /// Ids outside the vocabulary are an error rather than silently dropped.
+    pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String, TokenizerError> {
+        for &id in ids {
+            self.check_id(id)?;
+        }
+        self.inner
+            .decode(ids, skip_special)
+            .map_err(TokenizerError::backend)
+    }
+
+    pub(crate) fn check_id(&self, id: u32) -> Result<(), TokenizerError> {
+        if (id as usize) < self.vocab_size {
+            Ok(())
+        } else {
+            Err(TokenizerError::UnknownId {
+                id,
+                vocab_size: self.vocab_size,
+            })
+        }
+    }
+
+    /// One past the largest token id (special tokens included).
+    pub fn vocab_size(&self) -> usize {
+        self.vocab_size
+    }
+
+    pub fn bos_id(&self) -> Option<u32> {
+        self.bos_id
+    }
+
+    pub fn eos_id(&self) -> Option<u32> {
+        self.eos_id
+    }
+
+    /// Whether prompts should start with BOS by default (post-processor /
+    /// `add_bos_token` / GGUF `add_bos_token`).
+    pub fn add_bos_default(&self) -> bool {
+        self.add_bos
+    }
+
+    /// Ids that end generation: EOS, EOT (`<|eot_id|>` and llama.cpp's other
+    /// end-of-turn texts), `<|eom_id|>`, and every `eos_token_id` of
+    /// generation_config.json; de-duplicated, in that order.
+    pub fn stop_ids(&self) -> &[u32] {
+        &self.stop_ids
+    }
+
+    /// The id of a token given its vocabulary string (byte-level form for BPE).
+    pub fn token_to_id(&self, s: &str) -> Option<u32> {
+        self.inner.token_to_id(s)
+    }
+
+    /// The vocabulary string of a token id (byte-level form for BPE, e.g. `Ġthe`).
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
+    pub fn chat_template(&self) -> Option<&str> {
+        self.chat_template.as_deref()
+    }
+
+    /// Text of the BOS token, as chat templates see it (`bos_token`).
+    pub fn bos_token(&self) -> Option<&str> {
+        self.bos_token.as_deref()
+    }
+
+    /// Text of the EOS token, as chat templates see it (`eos_token`).
+    pub fn eos_token(&self) -> Option<&str> {
+        self.eos_token.as_deref()
+    }
+
+    /// Renders the chat template (minijinja, with transformers' settings:
+    /// `trim_blocks`, `lstrip_blocks`, `raise_exception`, `strftime_now`, Python
+    /// string methods). The result already holds whatever BOS the template
+    /// writes, so encode it with `add_bos = false` (see [`Tokenizer::encode_chat`]).
+    pub fn apply_chat_template(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String, TokenizerError> {
+        let template = self
+            .chat_template
+            .as_deref()
+            .ok_or(TokenizerError::NoChatTemplate)?;
+        chat::render(
+            template,
+            messages,
+            self.bos_token.as_deref(),
+            self.eos_token.as_deref(),
+            add_generation_prompt,
+        )
+    }
+
+    /// Renders the chat template and encodes the result without adding BOS, as
+    /// transformers' `apply_chat_template(tokenize=True)` does.
+    pub fn encode_chat(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<Vec<u32>, TokenizerError> {
+        let text = self.apply_chat_template(messages, add_generation_prompt)?;
+        self.encode(&text, false)
+    }
+
+    /// An incremental decoder for streaming output, skipping special tokens
+    /// (its output equals `decode(ids, true)`).
+    pub fn stream_decoder(&self) -> StreamDecoder<'_> {
+        StreamDecoder::new(self, true)
+    }
+
+    /// Like [`Tokenizer::stream_decoder`], choosing whether special tokens are
+    /// skipped (output equals `decode(ids, skip_special)`).
+    pub fn stream_decoder_with(&self, skip_special: bool) -> StreamDecoder<'_> {
+        StreamDecoder::new(self, skip_special)
+    }
+
+    /// The underlying Hugging Face tokenizer, for anything not wrapped here.
+    pub fn backend(&self) -> &tokenizers::Tokenizer {
+        &self.inner
+    }
+
+    pub(crate) fn decode_mode(&self) -> DecodeMode {
+        self.decode_mode
+    }
+
+    pub(crate) fn is_special(&self, id: u32) -> bool {
+        self.special_ids.contains(&id)
+    }
+}
+
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokenizer")
+            .field("vocab_size", &self.vocab_size)
+            .field("bos_id", &self.bos_id)
+            .field("eos_id", &self.eos_id)
+            .field("add_bos", &self.add_bos)
+            .field("stop_ids", &self.stop_ids)
+            .field("has_chat_template", &self.chat_template.is_some())
+            .finish_non_exhaustive()
+    }
+}
