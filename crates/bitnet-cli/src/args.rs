@@ -67,7 +67,10 @@ pub struct SamplingArgs {
 
 /// Defaults < TOML file < environment < flags.
 pub fn resolve(model: &ModelArgs, sampling: Option<&SamplingArgs>) -> Result<Settings> {
-    let config_path = model.config.clone().or_else(|| std::env::var_os("BITNET_CONFIG").map(PathBuf::from));
+    let config_path = model
+        .config
+        .clone()
+        .or_else(|| std::env::var_os("BITNET_CONFIG").map(PathBuf::from));
     let file = match config_path {
         Some(p) => Settings::from_toml_file(&p)?,
         None => Settings::default(),
@@ -93,7 +96,10 @@ pub fn resolve(model: &ModelArgs, sampling: Option<&SamplingArgs>) -> Result<Set
             seed: s.seed,
         },
     };
-    let mut out = Settings::default().overlay(&file).overlay(&env).overlay(&flags);
+    let mut out = Settings::default()
+        .overlay(&file)
+        .overlay(&env)
+        .overlay(&flags);
     if out.model.is_none() {
         out.model = Some(PathBuf::from(DEFAULT_MODEL));
     }

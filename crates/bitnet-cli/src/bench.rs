@@ -9,10 +9,20 @@ pub struct BenchArgs {
     #[command(flatten)]
     model: ModelArgs,
     /// Prompt lengths to measure (pp); comma-separated, 0 to skip
-    #[arg(short = 'p', long = "n-prompt", default_value = "512", value_delimiter = ',')]
+    #[arg(
+        short = 'p',
+        long = "n-prompt",
+        default_value = "512",
+        value_delimiter = ','
+    )]
     n_prompt: Vec<usize>,
     /// Generation lengths to measure (tg); comma-separated, 0 to skip
-    #[arg(short = 'n', long = "n-gen", default_value = "128", value_delimiter = ',')]
+    #[arg(
+        short = 'n',
+        long = "n-gen",
+        default_value = "128",
+        value_delimiter = ','
+    )]
     n_gen: Vec<usize>,
     /// Thread counts to measure; comma-separated [default: physical cores]
     #[arg(long = "threads-list", value_delimiter = ',')]
@@ -48,14 +58,32 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let model = bitnet_models::load(&path, s.tokenizer.as_deref())?;
     let file_bytes = model.file_bytes;
     let threads_list = if a.threads_list.is_empty() {
-        vec![s.threads.unwrap_or_else(bitnet_inference::settings::physical_cores)]
+        vec![s
+            .threads
+            .unwrap_or_else(bitnet_inference::settings::physical_cores)]
     } else {
         a.threads_list.clone()
     };
-    let engine0 = Engine::from_model(model, &EngineOptions { threads: Some(threads_list[0]), ..Default::default() })?;
+    let engine0 = Engine::from_model(
+        model,
+        &EngineOptions {
+            threads: Some(threads_list[0]),
+            ..Default::default()
+        },
+    )?;
     let c = engine0.config().clone();
-    let max_len = a.n_prompt.iter().chain(&a.n_gen).copied().max().unwrap_or(1) + 1;
-    let name = path.file_name().map(|x| x.to_string_lossy().into_owned()).unwrap_or_default();
+    let max_len = a
+        .n_prompt
+        .iter()
+        .chain(&a.n_gen)
+        .copied()
+        .max()
+        .unwrap_or(1)
+        + 1;
+    let name = path
+        .file_name()
+        .map(|x| x.to_string_lossy().into_owned())
+        .unwrap_or_default();
     if !a.json {
         println!(
             "model: {name} ({} arch, {} layers, hidden {}, ffn {}, vocab {}), file {:.1} MiB, kernels {:?}",
@@ -68,10 +96,17 @@ pub fn run(a: BenchArgs) -> Result<()> {
             bitnet_kernels::detected_isa()
         );
         println!("| {:>7} | {:>8} | {:>16} |", "threads", "test", "t/s");
-        println!("| {:>7} | {:>8} | {:>16} |", "------:", "-------:", "---------------:");
+        println!(
+            "| {:>7} | {:>8} | {:>16} |",
+            "------:", "-------:", "---------------:"
+        );
     }
     let mut rng = Rng::new(1234);
-    let mut tokens = |n: usize| -> Vec<u32> { (0..n).map(|_| (rng.next_u64() % c.vocab_size as u64) as u32).collect() };
+    let mut tokens = |n: usize| -> Vec<u32> {
+        (0..n)
+            .map(|_| (rng.next_u64() % c.vocab_size as u64) as u32)
+            .collect()
+    };
     let reps = a.repetitions.max(1);
     for &threads in &threads_list {
         let engine = if threads == engine0.threads() {
@@ -89,7 +124,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
                     serde_json::json!({"model": name, "threads": threads, "test": test, "tps_mean": m, "tps_std": sd, "samples": samples})
                 );
             } else {
-                println!("| {threads:>7} | {test:>8} | {:>16} |", format!("{m:.2} ± {sd:.2}"));
+                println!(
+                    "| {threads:>7} | {test:>8} | {:>16} |",
+                    format!("{m:.2} ± {sd:.2}")
+                );
             }
         };
         for &p in a.n_prompt.iter().filter(|&&p| p > 0) {

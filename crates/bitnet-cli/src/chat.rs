@@ -30,12 +30,19 @@ pub fn run(a: ChatArgs) -> Result<()> {
         anyhow::bail!("the model has no chat template; use `bitnet run` instead");
     }
     let mut session = crate::open_session(&engine, &s, a.quiet)?;
-    let opts = GenerateOptions { max_tokens: s.max_tokens.unwrap_or(256), sampling: s.sampling_params(), ..Default::default() };
+    let opts = GenerateOptions {
+        max_tokens: s.max_tokens.unwrap_or(256),
+        sampling: s.sampling_params(),
+        ..Default::default()
+    };
     let mut history: Vec<ChatMessage> = Vec::new();
     let reset = |h: &mut Vec<ChatMessage>| {
         h.clear();
         if let Some(sys) = &a.system {
-            h.push(ChatMessage { role: "system".into(), content: sys.clone() });
+            h.push(ChatMessage {
+                role: "system".into(),
+                content: sys.clone(),
+            });
         }
     };
     reset(&mut history);
@@ -59,10 +66,15 @@ pub fn run(a: ChatArgs) -> Result<()> {
             "" => continue,
             _ => {}
         }
-        history.push(ChatMessage { role: "user".into(), content: line.to_string() });
+        history.push(ChatMessage {
+            role: "user".into(),
+            content: line.to_string(),
+        });
         let prompt = tok.apply_chat_template(&history, true)?;
         let ids = tok.encode(&prompt, false)?;
-        let g = match session.generate(&ids, &opts, |t| write!(out, "{t}").and_then(|_| out.flush()).is_ok()) {
+        let g = match session.generate(&ids, &opts, |t| {
+            write!(out, "{t}").and_then(|_| out.flush()).is_ok()
+        }) {
             Ok(g) => g,
             Err(e @ bitnet_inference::EngineError::PromptTooLong { .. }) => {
                 eprintln!("\n{e}; type /reset to start over");
@@ -73,9 +85,17 @@ pub fn run(a: ChatArgs) -> Result<()> {
         };
         writeln!(out)?;
         if !a.quiet {
-            eprintln!("[{} tokens, {:.2} tokens/s, {:?}]", g.tokens.len(), g.timings.generation_tps(), g.finish);
+            eprintln!(
+                "[{} tokens, {:.2} tokens/s, {:?}]",
+                g.tokens.len(),
+                g.timings.generation_tps(),
+                g.finish
+            );
         }
-        history.push(ChatMessage { role: "assistant".into(), content: g.text.trim().to_string() });
+        history.push(ChatMessage {
+            role: "assistant".into(),
+            content: g.text.trim().to_string(),
+        });
     }
     Ok(())
 }

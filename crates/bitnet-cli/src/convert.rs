@@ -24,15 +24,43 @@ pub struct ConvertArgs {
 }
 
 pub fn run(a: ConvertArgs) -> Result<()> {
-    let ternary = TernaryFormat::parse(&a.ty).ok_or_else(|| anyhow!("unknown --type {} (i2_s, tq2_0, tq1_0, f16, f32)", a.ty))?;
-    let dense = DenseFormat::parse(&a.embed).ok_or_else(|| anyhow!("unknown --embed {} (f16, bf16, f32)", a.embed))?;
-    let model = bitnet_models::load(&a.input, a.tokenizer.as_deref()).with_context(|| format!("loading {}", a.input.display()))?;
-    let vocab = model.vocab.as_ref().ok_or_else(|| anyhow!("the input's tokenizer cannot be stored as GGUF metadata"))?;
+    let ternary = TernaryFormat::parse(&a.ty)
+        .ok_or_else(|| anyhow!("unknown --type {} (i2_s, tq2_0, tq1_0, f16, f32)", a.ty))?;
+    let dense = DenseFormat::parse(&a.embed)
+        .ok_or_else(|| anyhow!("unknown --embed {} (f16, bf16, f32)", a.embed))?;
+    let model = bitnet_models::load(&a.input, a.tokenizer.as_deref())
+        .with_context(|| format!("loading {}", a.input.display()))?;
+    let vocab = model
+        .vocab
+        .as_ref()
+        .ok_or_else(|| anyhow!("the input's tokenizer cannot be stored as GGUF metadata"))?;
     // A folder's whole name ("bitnet-b1.58-kjv"), a file's name without its extension.
-    let stem = if a.input.is_dir() { a.input.file_name() } else { a.input.file_stem() };
-    let name = a.name.clone().unwrap_or_else(|| stem.map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "bitnet".into()));
-    write_gguf(&model.weights, vocab, &ExportOptions { ternary, dense, name }, &a.output)?;
+    let stem = if a.input.is_dir() {
+        a.input.file_name()
+    } else {
+        a.input.file_stem()
+    };
+    let name = a.name.clone().unwrap_or_else(|| {
+        stem.map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "bitnet".into())
+    });
+    write_gguf(
+        &model.weights,
+        vocab,
+        &ExportOptions {
+            ternary,
+            dense,
+            name,
+        },
+        &a.output,
+    )?;
     let size = std::fs::metadata(&a.output).map(|m| m.len()).unwrap_or(0);
-    eprintln!("wrote {} ({} bytes, ternary {:?}, embeddings {:?})", a.output.display(), size, ternary, dense);
+    eprintln!(
+        "wrote {} ({} bytes, ternary {:?}, embeddings {:?})",
+        a.output.display(),
+        size,
+        ternary,
+        dense
+    );
     Ok(())
 }

@@ -37,7 +37,11 @@ pub fn run(a: FixtureArgs) -> Result<()> {
     let ternary = TernaryFormat::parse(&a.ty).ok_or_else(|| anyhow!("unknown --type {}", a.ty))?;
     let weights = fixture::random_weights(&config, a.seed)?;
     let vocab = fixture::synthetic_vocab(config.vocab_size);
-    let opts = ExportOptions { ternary, dense: DenseFormat::F16, name: format!("random-{}", a.shape) };
+    let opts = ExportOptions {
+        ternary,
+        dense: DenseFormat::F16,
+        name: format!("random-{}", a.shape),
+    };
     write_gguf(&weights, &vocab, &opts, &a.output)?;
     eprintln!("wrote {}", a.output.display());
     Ok(())

@@ -18,12 +18,24 @@ pub struct InspectArgs {
 
 fn show_value(v: &MetadataValue, full: bool) -> String {
     match v {
-        MetadataValue::String(s) if !full && s.len() > 200 => format!("{:?}... ({} bytes)", &s[..s.floor_char_boundary(200)], s.len()),
+        MetadataValue::String(s) if !full && s.len() > 200 => format!(
+            "{:?}... ({} bytes)",
+            &s[..s.floor_char_boundary(200)],
+            s.len()
+        ),
         MetadataValue::String(s) => format!("{s:?}"),
         MetadataValue::Array { elem, items } => {
-            let n = if full { items.len() } else { items.len().min(8) };
+            let n = if full {
+                items.len()
+            } else {
+                items.len().min(8)
+            };
             let shown: Vec<String> = items[..n].iter().map(|x| show_value(x, full)).collect();
-            let more = if n < items.len() { format!(", ... ({} {:?} items)", items.len(), elem) } else { String::new() };
+            let more = if n < items.len() {
+                format!(", ... ({} {:?} items)", items.len(), elem)
+            } else {
+                String::new()
+            };
             format!("[{}{}]", shown.join(", "), more)
         }
         other => format!("{other:?}"),
@@ -37,18 +49,36 @@ pub fn run(a: InspectArgs) -> Result<()> {
     }
     let f = GgufFile::open(&a.path).with_context(|| format!("reading {}", a.path.display()))?;
     writeln!(out, "file: {} ({} bytes)", a.path.display(), f.file_size())?;
-    writeln!(out, "GGUF version {}, alignment {}, data at offset {}", f.version(), f.alignment(), f.data_offset())?;
+    writeln!(
+        out,
+        "GGUF version {}, alignment {}, data at offset {}",
+        f.version(),
+        f.alignment(),
+        f.data_offset()
+    )?;
     writeln!(out, "\nmetadata ({} keys):", f.metadata().len())?;
     for (k, v) in f.metadata() {
         writeln!(out, "  {k} = {}", show_value(v, a.full))?;
     }
     if !a.no_tensors {
         writeln!(out, "\ntensors ({}):", f.tensors().len())?;
-        writeln!(out, "  {:<40} {:>6} {:>18} {:>12} {:>12}", "name", "type", "dims", "bytes", "offset")?;
+        writeln!(
+            out,
+            "  {:<40} {:>6} {:>18} {:>12} {:>12}",
+            "name", "type", "dims", "bytes", "offset"
+        )?;
         let mut total = 0u64;
         for t in f.tensors() {
             total += t.n_bytes;
-            writeln!(out, "  {:<40} {:>6} {:>18} {:>12} {:>12}", t.name, t.ty.name(), format!("{:?}", t.dims), t.n_bytes, t.offset)?;
+            writeln!(
+                out,
+                "  {:<40} {:>6} {:>18} {:>12} {:>12}",
+                t.name,
+                t.ty.name(),
+                format!("{:?}", t.dims),
+                t.n_bytes,
+                t.offset
+            )?;
         }
         writeln!(out, "  total tensor bytes: {total}")?;
     }
@@ -61,7 +91,12 @@ pub fn run(a: InspectArgs) -> Result<()> {
 
 fn inspect_hf(a: &InspectArgs, out: &mut impl Write) -> Result<()> {
     let ck = bitnet_models::hf_load::HfCheckpoint::open(&a.path)?;
-    writeln!(out, "Hugging Face folder: {} ({} bytes of safetensors)", a.path.display(), ck.file_bytes)?;
+    writeln!(
+        out,
+        "Hugging Face folder: {} ({} bytes of safetensors)",
+        a.path.display(),
+        ck.file_bytes
+    )?;
     writeln!(out, "model: {:?}", ck.config)?;
     if !a.no_tensors {
         let mut names: Vec<&String> = ck.tensors.keys().collect();
@@ -69,7 +104,13 @@ fn inspect_hf(a: &InspectArgs, out: &mut impl Write) -> Result<()> {
         writeln!(out, "\ntensors ({}):", names.len())?;
         for n in names {
             let t = &ck.tensors[n];
-            writeln!(out, "  {:<56} {:>5} {:?}", n, format!("{:?}", t.dtype), t.shape)?;
+            writeln!(
+                out,
+                "  {:<56} {:>5} {:?}",
+                n,
+                format!("{:?}", t.dtype),
+                t.shape
+            )?;
         }
     }
     Ok(())

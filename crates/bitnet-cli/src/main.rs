@@ -48,7 +48,9 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         if let Some(ee) = cause.downcast_ref::<EngineError>() {
             return match ee {
                 EngineError::Model(_) => 3,
-                EngineError::PromptTooLong { .. } | EngineError::BadToken { .. } | EngineError::EmptyPrompt => 4,
+                EngineError::PromptTooLong { .. }
+                | EngineError::BadToken { .. }
+                | EngineError::EmptyPrompt => 4,
                 _ => 1,
             };
         }
@@ -76,7 +78,10 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         // `bitnet inspect x | head` closing the pipe early is not a failure.
-        Err(e) if e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) => {
+        Err(e)
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -87,9 +92,15 @@ fn main() -> ExitCode {
 }
 
 /// Loads the engine the settings name, reporting what was loaded on stderr.
-pub(crate) fn load_engine(s: &bitnet_inference::Settings, quiet: bool) -> anyhow::Result<bitnet_inference::Engine> {
+pub(crate) fn load_engine(
+    s: &bitnet_inference::Settings,
+    quiet: bool,
+) -> anyhow::Result<bitnet_inference::Engine> {
     use anyhow::Context;
-    let path = s.model.clone().unwrap_or_else(|| args::DEFAULT_MODEL.into());
+    let path = s
+        .model
+        .clone()
+        .unwrap_or_else(|| args::DEFAULT_MODEL.into());
     let opts = bitnet_inference::EngineOptions {
         threads: s.threads,
         tokenizer: s.tokenizer.clone(),

@@ -22,13 +22,24 @@ pub struct PerplexityArgs {
 pub fn run(a: PerplexityArgs) -> Result<()> {
     let s = resolve(&a.model, None)?;
     let engine = crate::load_engine(&s, false)?;
-    let text = std::fs::read_to_string(&a.file).with_context(|| format!("reading {}", a.file.display()))?;
+    let text = std::fs::read_to_string(&a.file)
+        .with_context(|| format!("reading {}", a.file.display()))?;
     let r = perplexity(&engine, &text, a.chunk)?;
-    println!("chunks {} tokens {} loss {:.4} nats/token perplexity {:.3}", r.0, r.1, r.2, r.2.exp());
+    println!(
+        "chunks {} tokens {} loss {:.4} nats/token perplexity {:.3}",
+        r.0,
+        r.1,
+        r.2,
+        r.2.exp()
+    );
     Ok(())
 }
 
-pub fn perplexity(engine: &bitnet_inference::Engine, text: &str, chunk: usize) -> Result<(usize, usize, f64)> {
+pub fn perplexity(
+    engine: &bitnet_inference::Engine,
+    text: &str,
+    chunk: usize,
+) -> Result<(usize, usize, f64)> {
     let tok = engine.tokenizer();
     let bos = tok.bos_id().context("the tokenizer has no BOS token")?;
     let mut chunks: Vec<Vec<u32>> = Vec::new();
@@ -53,7 +64,12 @@ pub fn perplexity(engine: &bitnet_inference::Engine, text: &str, chunk: usize) -
         let logits = session.eval(&c[..c.len() - 1], Logits::All)?;
         for (row, &target) in logits.chunks_exact(vocab).zip(&c[1..]) {
             let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-            let lse = max + row.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
+            let lse = max
+                + row
+                    .iter()
+                    .map(|&x| (x as f64 - max).exp())
+                    .sum::<f64>()
+                    .ln();
             nll += lse - row[target as usize] as f64;
             n += 1;
         }

@@ -48,11 +48,19 @@ pub fn run(a: RunArgs) -> Result<()> {
     let engine = crate::load_engine(&s, a.quiet)?;
     let tok = engine.tokenizer();
     let mut prompt = match &a.file {
-        Some(f) => std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
+        Some(f) => {
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?
+        }
         None => a.prompt.clone(),
     };
     let ids = if a.chat_template {
-        prompt = tok.apply_chat_template(&[ChatMessage { role: "user".into(), content: prompt }], true)?;
+        prompt = tok.apply_chat_template(
+            &[ChatMessage {
+                role: "user".into(),
+                content: prompt,
+            }],
+            true,
+        )?;
         // The rendered template already carries BOS.
         tok.encode(&prompt, false)?
     } else {
@@ -61,7 +69,9 @@ pub fn run(a: RunArgs) -> Result<()> {
     let mut session = crate::open_session(&engine, &s, a.quiet)?;
     let opts = GenerateOptions {
         max_tokens: s.max_tokens.unwrap_or(128),
-        sampling: SamplingParams { ..s.sampling_params() },
+        sampling: SamplingParams {
+            ..s.sampling_params()
+        },
         stop: a.stop.clone(),
         ignore_eos: a.ignore_eos,
     };
@@ -70,7 +80,9 @@ pub fn run(a: RunArgs) -> Result<()> {
         write!(out, "{prompt}")?;
         out.flush()?;
     }
-    let g = session.generate(&ids, &opts, |text| write!(out, "{text}").and_then(|_| out.flush()).is_ok())?;
+    let g = session.generate(&ids, &opts, |text| {
+        write!(out, "{text}").and_then(|_| out.flush()).is_ok()
+    })?;
     writeln!(out)?;
     if !a.quiet {
         let t = &g.timings;

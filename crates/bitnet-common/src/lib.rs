@@ -22,7 +22,11 @@ impl Storage {
     /// Takes ownership of a byte vector.
     pub fn from_vec(bytes: Vec<u8>) -> Self {
         let len = bytes.len();
-        Storage { owner: Arc::new(bytes), offset: 0, len }
+        Storage {
+            owner: Arc::new(bytes),
+            offset: 0,
+            len,
+        }
     }
 
     /// Memory-maps a whole file read-only.
@@ -32,7 +36,11 @@ impl Storage {
         // the file not being truncated while the model is loaded.
         let map = unsafe { memmap2::Mmap::map(&file)? };
         let len = map.len();
-        Ok(Storage { owner: Arc::new(map), offset: 0, len })
+        Ok(Storage {
+            owner: Arc::new(map),
+            offset: 0,
+            len,
+        })
     }
 
     /// A sub-range of this storage, or `None` if it falls outside.
@@ -41,7 +49,11 @@ impl Storage {
         if end > self.len {
             return None;
         }
-        Some(Storage { owner: Arc::clone(&self.owner), offset: self.offset + offset, len })
+        Some(Storage {
+            owner: Arc::clone(&self.owner),
+            offset: self.offset + offset,
+            len,
+        })
     }
 
     pub fn len(&self) -> usize {

@@ -237,7 +237,7 @@ impl GgmlType {
                 .ok_or_else(|| invalid("element count overflows i64"))?;
         }
         if self == GgmlType::I2S {
-            if n_elements % 4 != 0 {
+            if !n_elements.is_multiple_of(4) {
                 return Err(invalid("I2_S element count must be a multiple of 4"));
             }
             return Ok(n_elements / 4 + I2S_TAIL_BYTES);

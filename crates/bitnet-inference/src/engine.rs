@@ -24,7 +24,11 @@ pub struct EngineOptions {
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions { threads: None, tokenizer: None, batch_size: 512 }
+        EngineOptions {
+            threads: None,
+            tokenizer: None,
+            batch_size: 512,
+        }
     }
 }
 
@@ -57,11 +61,22 @@ impl Engine {
     }
 
     pub fn from_model(model: LoadedModel, opts: &EngineOptions) -> Result<Engine> {
-        let threads = opts.threads.unwrap_or_else(crate::settings::physical_cores).max(1);
+        let threads = opts
+            .threads
+            .unwrap_or_else(crate::settings::physical_cores)
+            .max(1);
         let pool = build_pool(threads)?;
         let rope = Rope::new(&model.weights.config);
         let batch_size = opts.batch_size.max(1);
-        Ok(Engine { inner: Arc::new(Inner { model: Arc::new(model), rope, pool, threads, batch_size }) })
+        Ok(Engine {
+            inner: Arc::new(Inner {
+                model: Arc::new(model),
+                rope,
+                pool,
+                threads,
+                batch_size,
+            }),
+        })
     }
 
     /// The same model (shared, not reloaded) with a different number of worker threads.
@@ -100,12 +115,16 @@ impl Engine {
         let c = self.config();
         let ctx = ctx.unwrap_or(c.max_position_embeddings);
         if ctx == 0 {
-            return Err(EngineError::Settings("context size must be at least 1".into()));
+            return Err(EngineError::Settings(
+                "context size must be at least 1".into(),
+            ));
         }
         // Refuse caches that cannot possibly be allocated instead of aborting on OOM.
         let bytes = KvCache::nbytes_for(c.num_layers, c.kv_dim(), ctx);
         if ctx > (1 << 24) || bytes > (1usize << 40) {
-            return Err(EngineError::Settings(format!("context size {ctx} needs a {bytes}-byte KV cache")));
+            return Err(EngineError::Settings(format!(
+                "context size {ctx} needs a {bytes}-byte KV cache"
+            )));
         }
         Ok(Session {
             engine: self.clone(),
@@ -129,7 +148,12 @@ pub struct GenerateOptions {
 
 impl Default for GenerateOptions {
     fn default() -> Self {
-        GenerateOptions { max_tokens: 128, sampling: SamplingParams::default(), stop: Vec::new(), ignore_eos: false }
+        GenerateOptions {
+            max_tokens: 128,
+            sampling: SamplingParams::default(),
+            stop: Vec::new(),
+            ignore_eos: false,
+        }
     }
 }
 
@@ -225,7 +249,10 @@ impl Session {
         let ctx = self.cache.capacity();
         if self.tokens.len() + tokens.len() > ctx {
             if self.tokens.is_empty() {
-                return Err(EngineError::PromptTooLong { prompt: tokens.len(), ctx });
+                return Err(EngineError::PromptTooLong {
+                    prompt: tokens.len(),
+                    ctx,
+                });
             }
             return Err(EngineError::ContextFull { ctx });
         }
@@ -242,7 +269,15 @@ impl Session {
             let start = self.tokens.len();
             let (cache, scratch) = (&mut self.cache, &mut self.scratch);
             let logits = inner.pool.install(|| {
-                forward(&inner.model.weights, &inner.rope, cache, scratch, chunk, start, chunk_want)
+                forward(
+                    &inner.model.weights,
+                    &inner.rope,
+                    cache,
+                    scratch,
+                    chunk,
+                    start,
+                    chunk_want,
+                )
             });
             self.tokens.extend_from_slice(chunk);
             out.extend(logits);
@@ -265,18 +300,29 @@ impl Session {
         opts.sampling.validate().map_err(EngineError::Settings)?;
         let ctx = self.cache.capacity();
         if prompt.len() > ctx {
-            return Err(EngineError::PromptTooLong { prompt: prompt.len(), ctx });
+            return Err(EngineError::PromptTooLong {
+                prompt: prompt.len(),
+                ctx,
+            });
         }
         let engine = self.engine.clone();
         let tokenizer = engine.tokenizer();
         // Reuse the cached prefix, but always evaluate at least one token to get logits.
-        let common = self.tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+        let common = self
+            .tokens
+            .iter()
+            .zip(prompt)
+            .take_while(|(a, b)| a == b)
+            .count();
         self.truncate(common.min(prompt.len() - 1));
         let t0 = Instant::now();
         let new_prompt = &prompt[self.tokens.len()..];
         let mut logits = self.eval(new_prompt, Logits::Last)?;
-        let mut timings =
-            Timings { prompt_tokens: new_prompt.len(), prompt_time: t0.elapsed(), ..Default::default() };
+        let mut timings = Timings {
+            prompt_tokens: new_prompt.len(),
+            prompt_time: t0.elapsed(),
+            ..Default::default()
+        };
 
         let mut sampler = Sampler::new(opts.sampling.clone());
         let mut stops = StopMatcher::new(&opts.stop);
@@ -331,7 +377,12 @@ impl Session {
         }
         timings.generated_tokens = generated.len();
         timings.generation_time = t1.elapsed();
-        Ok(Generation { text, tokens: generated, finish, timings })
+        Ok(Generation {
+            text,
+            tokens: generated,
+            finish,
+            timings,
+        })
     }
 }
 
@@ -352,7 +403,10 @@ pub fn generate_stream(
     let (tx, rx) = futures::channel::mpsc::unbounded();
     std::thread::spawn(move || {
         let tx2 = tx.clone();
-        let result = session.generate(&prompt, &opts, |t| tx2.unbounded_send(Ok(StreamEvent::Text(t.to_string()))).is_ok());
+        let result = session.generate(&prompt, &opts, |t| {
+            tx2.unbounded_send(Ok(StreamEvent::Text(t.to_string())))
+                .is_ok()
+        });
         let _ = tx.unbounded_send(result.map(StreamEvent::Done));
     });
     rx

@@ -17,8 +17,9 @@ pub(crate) struct Rope {
 impl Rope {
     pub(crate) fn new(c: &ModelConfig) -> Rope {
         let d = c.head_dim;
-        let inv_freq =
-            (0..d / 2).map(|i| 1.0 / c.rope_theta.powf((2 * i) as f32 / d as f32)).collect();
+        let inv_freq = (0..d / 2)
+            .map(|i| 1.0 / c.rope_theta.powf((2 * i) as f32 / d as f32))
+            .collect();
         Rope { inv_freq }
     }
 
@@ -109,8 +110,20 @@ pub(crate) fn forward(
         ternary_matmul(&lw.wk, &s.acts, &mut s.k);
         ternary_matmul(&lw.wv, &s.acts, &mut s.v);
         for i in 0..t {
-            rope.apply(&mut s.q[i * qd..(i + 1) * qd], c.head_dim, start + i, &mut cos, &mut sin);
-            rope.apply(&mut s.k[i * kvd..(i + 1) * kvd], c.head_dim, start + i, &mut cos, &mut sin);
+            rope.apply(
+                &mut s.q[i * qd..(i + 1) * qd],
+                c.head_dim,
+                start + i,
+                &mut cos,
+                &mut sin,
+            );
+            rope.apply(
+                &mut s.k[i * kvd..(i + 1) * kvd],
+                c.head_dim,
+                start + i,
+                &mut cos,
+                &mut sin,
+            );
         }
         cache.k[l][start * kvd..(start + t) * kvd].copy_from_slice(&s.k);
         cache.v[l][start * kvd..(start + t) * kvd].copy_from_slice(&s.v);
@@ -142,7 +155,12 @@ pub(crate) fn forward(
     };
     let mut normed = vec![0f32; rows.len() * h];
     for (out, &r) in normed.chunks_exact_mut(h).zip(&rows) {
-        ops::rms_norm(&s.x[r * h..(r + 1) * h], &w.output_norm, c.rms_norm_eps, out);
+        ops::rms_norm(
+            &s.x[r * h..(r + 1) * h],
+            &w.output_norm,
+            c.rms_norm_eps,
+            out,
+        );
     }
     let head = w.lm_head();
     let mut logits = vec![0f32; rows.len() * head.rows()];
@@ -179,7 +197,9 @@ fn attention(c: &ModelConfig, q: &[f32], k: &[f32], v: &[f32], start: usize, out
         let kvh = head / group;
         let qv = &q[i * nh * hd + head * hd..][..hd];
         let n = start + i + 1;
-        let mut scores: Vec<f32> = (0..n).map(|p| ops::dot(qv, &k[p * kvd + kvh * hd..][..hd]) * scale).collect();
+        let mut scores: Vec<f32> = (0..n)
+            .map(|p| ops::dot(qv, &k[p * kvd + kvh * hd..][..hd]) * scale)
+            .collect();
         ops::softmax_inplace(&mut scores);
         o.fill(0.0);
         for (p, &a) in scores.iter().enumerate() {

@@ -20,7 +20,8 @@ pub mod settings;
 mod stop;
 
 pub use engine::{
-    generate_stream, Engine, EngineOptions, FinishReason, GenerateOptions, Generation, Session, StreamEvent, Timings,
+    generate_stream, Engine, EngineOptions, FinishReason, GenerateOptions, Generation, Session,
+    StreamEvent, Timings,
 };
 pub use error::{EngineError, Result};
 pub use forward::Logits;

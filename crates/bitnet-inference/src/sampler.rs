@@ -46,12 +46,18 @@ impl Default for SamplingParams {
 
 impl SamplingParams {
     pub fn greedy() -> Self {
-        SamplingParams { temperature: 0.0, ..Default::default() }
+        SamplingParams {
+            temperature: 0.0,
+            ..Default::default()
+        }
     }
 
     pub fn validate(&self) -> Result<(), String> {
         if !(self.temperature.is_finite() && self.temperature >= 0.0) {
-            return Err(format!("temperature must be >= 0, got {}", self.temperature));
+            return Err(format!(
+                "temperature must be >= 0, got {}",
+                self.temperature
+            ));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return Err(format!("top_p must be in (0, 1], got {}", self.top_p));
@@ -60,9 +66,15 @@ impl SamplingParams {
             return Err(format!("min_p must be in [0, 1], got {}", self.min_p));
         }
         if !(self.repeat_penalty.is_finite() && self.repeat_penalty > 0.0) {
-            return Err(format!("repeat_penalty must be > 0, got {}", self.repeat_penalty));
+            return Err(format!(
+                "repeat_penalty must be > 0, got {}",
+                self.repeat_penalty
+            ));
         }
-        for (n, v) in [("presence_penalty", self.presence_penalty), ("frequency_penalty", self.frequency_penalty)] {
+        for (n, v) in [
+            ("presence_penalty", self.presence_penalty),
+            ("frequency_penalty", self.frequency_penalty),
+        ] {
             if !v.is_finite() {
                 return Err(format!("{n} must be finite"));
             }
@@ -88,7 +100,9 @@ impl Rng {
             x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
             x ^ (x >> 31)
         };
-        Rng { s: [next(), next(), next(), next()] }
+        Rng {
+            s: [next(), next(), next(), next()],
+        }
     }
 
     pub fn next_u64(&mut self) -> u64 {
@@ -117,10 +131,16 @@ pub struct Sampler {
 impl Sampler {
     pub fn new(params: SamplingParams) -> Sampler {
         let seed = params.seed.unwrap_or_else(|| {
-            let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
             t as u64 ^ (std::process::id() as u64).rotate_left(32)
         });
-        Sampler { rng: Rng::new(seed), params }
+        Sampler {
+            rng: Rng::new(seed),
+            params,
+        }
     }
 
     pub fn params(&self) -> &SamplingParams {
@@ -136,8 +156,11 @@ impl Sampler {
         if p.temperature == 0.0 {
             return argmax(logits);
         }
-        let mut cand: Vec<(u32, f32)> =
-            logits.iter().enumerate().map(|(i, &l)| (i as u32, l / p.temperature)).collect();
+        let mut cand: Vec<(u32, f32)> = logits
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| (i as u32, l / p.temperature))
+            .collect();
         if p.top_k > 0 && p.top_k < cand.len() {
             cand.select_nth_unstable_by(p.top_k - 1, |a, b| b.1.total_cmp(&a.1));
             cand.truncate(p.top_k);
@@ -184,7 +207,11 @@ impl Sampler {
             for id in seen {
                 if let Some(l) = logits.get_mut(id as usize) {
                     // As in CTRL / transformers: shrink positive logits, grow negative ones.
-                    *l = if *l > 0.0 { *l / p.repeat_penalty } else { *l * p.repeat_penalty };
+                    *l = if *l > 0.0 {
+                        *l / p.repeat_penalty
+                    } else {
+                        *l * p.repeat_penalty
+                    };
                 }
             }
         }
@@ -226,41 +253,75 @@ mod tests {
     #[test]
     fn seeded_sampling_is_reproducible_and_respects_top_k() {
         let logits: Vec<f32> = (0..100).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
-        let params = SamplingParams { temperature: 1.0, top_k: 3, top_p: 1.0, min_p: 0.0, seed: Some(42), ..Default::default() };
+        let params = SamplingParams {
+            temperature: 1.0,
+            top_k: 3,
+            top_p: 1.0,
+            min_p: 0.0,
+            seed: Some(42),
+            ..Default::default()
+        };
         let mut top3: Vec<u32> = (0..100u32).collect();
         top3.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]));
         top3.truncate(3);
         let run = || {
             let mut s = Sampler::new(params.clone());
-            (0..50).map(|_| s.sample(&mut logits.clone(), &[], 0)).collect::<Vec<_>>()
+            (0..50)
+                .map(|_| s.sample(&mut logits.clone(), &[], 0))
+                .collect::<Vec<_>>()
         };
         let a = run();
         assert_eq!(a, run());
         assert!(a.iter().all(|t| top3.contains(t)));
-        assert!(top3.iter().filter(|t| a.contains(t)).count() >= 2, "samples should vary: {a:?}");
+        assert!(
+            top3.iter().filter(|t| a.contains(t)).count() >= 2,
+            "samples should vary: {a:?}"
+        );
     }
 
     #[test]
     fn penalties_push_seen_tokens_down() {
-        let params = SamplingParams { repeat_penalty: 2.0, presence_penalty: 0.5, frequency_penalty: 0.25, ..SamplingParams::greedy() };
+        let params = SamplingParams {
+            repeat_penalty: 2.0,
+            presence_penalty: 0.5,
+            frequency_penalty: 0.25,
+            ..SamplingParams::greedy()
+        };
         let s = Sampler::new(params);
         let mut logits = vec![4.0, -1.0, 3.9];
         s.apply_penalties(&mut logits, &[0, 1, 0, 0], 2);
         assert_eq!(logits[0], 4.0 / 2.0 - 0.5 - 0.5);
         assert_eq!(logits[1], -2.0);
         assert_eq!(logits[2], 3.9);
-        let mut s = Sampler::new(SamplingParams { repeat_penalty: 2.0, ..SamplingParams::greedy() });
+        let mut s = Sampler::new(SamplingParams {
+            repeat_penalty: 2.0,
+            ..SamplingParams::greedy()
+        });
         assert_eq!(s.sample(&mut [4.0, -1.0, 3.9], &[0], 0), 2);
     }
 
     #[test]
     fn min_p_and_top_p_cut_the_tail() {
-        let params = SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.5, seed: Some(1), ..Default::default() };
+        let params = SamplingParams {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.5,
+            seed: Some(1),
+            ..Default::default()
+        };
         let mut s = Sampler::new(params);
         for _ in 0..100 {
             assert_eq!(s.sample(&mut [10.0, 0.0, 0.0, 9.9], &[], 0) % 3, 0);
         }
-        let params = SamplingParams { temperature: 1.0, top_k: 0, top_p: 0.5, min_p: 0.0, seed: Some(1), ..Default::default() };
+        let params = SamplingParams {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 0.5,
+            min_p: 0.0,
+            seed: Some(1),
+            ..Default::default()
+        };
         let mut s = Sampler::new(params);
         for _ in 0..100 {
             assert_eq!(s.sample(&mut [10.0, 0.0, 0.0, 1.0], &[], 0), 0);

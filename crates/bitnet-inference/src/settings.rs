@@ -51,7 +51,8 @@ impl Settings {
     pub fn from_toml_file(path: &Path) -> Result<Settings> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| EngineError::Settings(format!("cannot read {}: {e}", path.display())))?;
-        Self::from_toml_str(&text).map_err(|e| EngineError::Settings(format!("{}: {e}", path.display())))
+        Self::from_toml_str(&text)
+            .map_err(|e| EngineError::Settings(format!("{}: {e}", path.display())))
     }
 
     /// Reads `BITNET_MODEL`, `BITNET_THREADS`, `BITNET_CTX_SIZE`, `BITNET_TEMPERATURE`, ... (the
@@ -59,7 +60,9 @@ impl Settings {
     pub fn from_env_vars(vars: impl Iterator<Item = (String, String)>) -> Result<Settings> {
         let mut s = Settings::default();
         for (k, v) in vars {
-            let Some(name) = k.strip_prefix("BITNET_") else { continue };
+            let Some(name) = k.strip_prefix("BITNET_") else {
+                continue;
+            };
             let bad = |e: &dyn std::fmt::Display| EngineError::Settings(format!("{k}={v}: {e}"));
             let sp = &mut s.sampling;
             match name {
@@ -126,7 +129,9 @@ impl Settings {
 /// Physical cores: hyper-threads share the core's memory bandwidth and SIMD units, and decode
 /// is bandwidth-bound, so extra logical threads only add synchronisation.
 pub fn physical_cores() -> usize {
-    let logical = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let logical = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     #[cfg(target_os = "linux")]
     if let Ok(text) = std::fs::read_to_string("/proc/cpuinfo") {
         let mut cores = std::collections::HashSet::new();
@@ -139,7 +144,10 @@ pub fn physical_cores() -> usize {
                 continue;
             }
             let mut kv = line.splitn(2, ':');
-            let (k, v) = (kv.next().unwrap_or("").trim(), kv.next().unwrap_or("").trim());
+            let (k, v) = (
+                kv.next().unwrap_or("").trim(),
+                kv.next().unwrap_or("").trim(),
+            );
             match k {
                 "physical id" => phys = Some(v.to_string()),
                 "core id" => core = Some(v.to_string()),
@@ -159,24 +167,43 @@ mod tests {
 
     #[test]
     fn precedence_is_flags_then_env_then_file() {
-        let file = Settings::from_toml_str("threads = 3\nctx_size = 256\n[sampling]\ntemperature = 0.5\ntop_k = 7\n").unwrap();
-        let env = Settings::from_env_vars(
-            [("BITNET_THREADS", "5"), ("BITNET_TOP_K", "9"), ("PATH", "/bin")].into_iter().map(|(a, b)| (a.into(), b.into())),
+        let file = Settings::from_toml_str(
+            "threads = 3\nctx_size = 256\n[sampling]\ntemperature = 0.5\ntop_k = 7\n",
         )
         .unwrap();
-        let flags = Settings { threads: Some(1), ..Default::default() };
-        let s = Settings::default().overlay(&file).overlay(&env).overlay(&flags);
+        let env = Settings::from_env_vars(
+            [
+                ("BITNET_THREADS", "5"),
+                ("BITNET_TOP_K", "9"),
+                ("PATH", "/bin"),
+            ]
+            .into_iter()
+            .map(|(a, b)| (a.into(), b.into())),
+        )
+        .unwrap();
+        let flags = Settings {
+            threads: Some(1),
+            ..Default::default()
+        };
+        let s = Settings::default()
+            .overlay(&file)
+            .overlay(&env)
+            .overlay(&flags);
         assert_eq!(s.threads, Some(1));
         assert_eq!(s.ctx_size, Some(256));
         assert_eq!(s.sampling.top_k, Some(9));
         let p = s.sampling_params();
-        assert_eq!((p.temperature, p.top_k, p.top_p), (0.5, 9, SamplingParams::default().top_p));
+        assert_eq!(
+            (p.temperature, p.top_k, p.top_p),
+            (0.5, 9, SamplingParams::default().top_p)
+        );
     }
 
     #[test]
     fn bad_values_are_errors() {
         assert!(Settings::from_toml_str("thread = 3").is_err());
-        let e = Settings::from_env_vars(std::iter::once(("BITNET_THREADS".into(), "many".into()))).unwrap_err();
+        let e = Settings::from_env_vars(std::iter::once(("BITNET_THREADS".into(), "many".into())))
+            .unwrap_err();
         assert!(e.to_string().contains("BITNET_THREADS=many"), "{e}");
         assert!(physical_cores() >= 1);
     }

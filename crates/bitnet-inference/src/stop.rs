@@ -15,12 +15,20 @@ pub enum StopResult {
 
 impl StopMatcher {
     pub fn new(stops: &[String]) -> StopMatcher {
-        StopMatcher { stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(), pending: String::new() }
+        StopMatcher {
+            stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(),
+            pending: String::new(),
+        }
     }
 
     pub fn push(&mut self, text: &str) -> StopResult {
         self.pending.push_str(text);
-        if let Some(at) = self.stops.iter().filter_map(|s| self.pending.find(s.as_str())).min() {
+        if let Some(at) = self
+            .stops
+            .iter()
+            .filter_map(|s| self.pending.find(s.as_str()))
+            .min()
+        {
             let out = self.pending[..at].to_string();
             self.pending.clear();
             return StopResult::Stop(out);
@@ -71,7 +79,10 @@ mod tests {
 
     #[test]
     fn stops_across_chunk_boundaries() {
-        assert_eq!(run(&["\nUser:"], &["Hello", " there\nUs", "er: more"]), ("Hello there".into(), true));
+        assert_eq!(
+            run(&["\nUser:"], &["Hello", " there\nUs", "er: more"]),
+            ("Hello there".into(), true)
+        );
         assert_eq!(run(&["END"], &["a", "E", "N", "x"]), ("aENx".into(), false));
         assert_eq!(run(&[], &["abc"]), ("abc".into(), false));
         assert_eq!(run(&["é!"], &["caf", "é", "!"]), ("caf".into(), true));

@@ -15,8 +15,14 @@ use std::path::{Path, PathBuf};
 const LOGIT_TOL: f32 = 0.15;
 
 fn engine(path: &Path) -> Engine {
-    Engine::load(path, &EngineOptions { threads: Some(2), ..Default::default() })
-        .unwrap_or_else(|e| panic!("loading {}: {e}", path.display()))
+    Engine::load(
+        path,
+        &EngineOptions {
+            threads: Some(2),
+            ..Default::default()
+        },
+    )
+    .unwrap_or_else(|e| panic!("loading {}: {e}", path.display()))
 }
 
 fn prompt_ids(engine: &Engine, p: &RefPrompt) -> Vec<u32> {
@@ -39,10 +45,22 @@ fn check_against_reference(label: &str, engine: &Engine, tol: f32) -> f32 {
         let logits = s.eval(&ids, Logits::Last).unwrap();
         let d = max_abs_diff(&logits, &p.final_logits);
         let mean = mean_abs_diff(&logits, &p.final_logits);
-        println!("{label}/{}: final logits max |diff| {d:.5}, mean {mean:.6}", p.name);
+        println!(
+            "{label}/{}: final logits max |diff| {d:.5}, mean {mean:.6}",
+            p.name
+        );
         worst = worst.max(d);
-        assert!(d <= tol, "{label}/{}: final logits differ by {d} > {tol}", p.name);
-        assert_eq!(bitnet_inference::argmax(&logits), p.final_argmax, "{label}/{}: argmax", p.name);
+        assert!(
+            d <= tol,
+            "{label}/{}: final logits differ by {d} > {tol}",
+            p.name
+        );
+        assert_eq!(
+            bitnet_inference::argmax(&logits),
+            p.final_argmax,
+            "{label}/{}: argmax",
+            p.name
+        );
 
         let mut s = engine.session(Some(128)).unwrap();
         let opts = GenerateOptions {
@@ -52,7 +70,11 @@ fn check_against_reference(label: &str, engine: &Engine, tol: f32) -> f32 {
             ..Default::default()
         };
         let g = s.generate(&ids, &opts, |_| true).unwrap();
-        assert_eq!(g.tokens, p.greedy_new, "{label}/{}: greedy continuation", p.name);
+        assert_eq!(
+            g.tokens, p.greedy_new,
+            "{label}/{}: greedy continuation",
+            p.name
+        );
         assert_eq!(g.text, p.greedy_text, "{label}/{}: greedy text", p.name);
     }
     println!("{label}: worst final-logit max |diff| over all prompts = {worst:.5}");
@@ -74,7 +96,11 @@ fn converted(ternary: TernaryFormat, name: &str) -> (tempdir::Dir, PathBuf) {
     let dir = tempdir::Dir::new(name);
     let out = dir.path().join(format!("{name}.gguf"));
     let model = bitnet_models::load(&kjv_dir(), None).unwrap();
-    let opts = ExportOptions { ternary, dense: DenseFormat::F16, name: "bitnet-b1.58-kjv".into() };
+    let opts = ExportOptions {
+        ternary,
+        dense: DenseFormat::F16,
+        name: "bitnet-b1.58-kjv".into(),
+    };
     write_gguf(&model.weights, model.vocab.as_ref().unwrap(), &opts, &out).unwrap();
     (dir, out)
 }
@@ -106,7 +132,10 @@ fn committed_default_model_is_our_conversion_and_matches() {
     let (_d, fresh) = converted(TernaryFormat::I2S, "default");
     let a = std::fs::read(&committed).expect("models/bitnet-b1.58-kjv-i2_s.gguf is committed");
     let b = std::fs::read(&fresh).unwrap();
-    assert!(a == b, "the committed default model differs from what `bitnet convert` writes today");
+    assert!(
+        a == b,
+        "the committed default model differs from what `bitnet convert` writes today"
+    );
     check_against_reference("default-model", &engine(&committed), LOGIT_TOL);
 }
 
@@ -141,11 +170,20 @@ fn validation_perplexity_matches_reference() {
         }
     }
     let loss = nll / n as f64;
-    println!("validation: {} chunks, {n} tokens, loss {loss:.5} (reference {:.5}), ppl {:.3}", chunks.len(), r.val_loss, loss.exp());
+    println!(
+        "validation: {} chunks, {n} tokens, loss {loss:.5} (reference {:.5}), ppl {:.3}",
+        chunks.len(),
+        r.val_loss,
+        loss.exp()
+    );
     assert_eq!(n, r.val_tokens);
     // Integer accumulation vs float matmul moves logits by ~1e-5 typically: the mean loss agrees
     // to well under 0.1%.
-    assert!((loss - r.val_loss).abs() < 2e-3, "loss {loss} vs reference {}", r.val_loss);
+    assert!(
+        (loss - r.val_loss).abs() < 2e-3,
+        "loss {loss} vs reference {}",
+        r.val_loss
+    );
 }
 
 /// A throwaway folder under the target dir, removed on drop.

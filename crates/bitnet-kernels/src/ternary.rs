@@ -128,7 +128,7 @@ impl TernaryMatrix {
         if data.len() < need {
             return Err(shape_err("i2s tensor bytes", need, data.len()));
         }
-        if cols % BLOCK == 0 {
+        if cols.is_multiple_of(BLOCK) {
             debug_assert_eq!(need, total);
             let data = data
                 .slice(0, total)

@@ -94,26 +94,36 @@ impl ModelConfig {
             ("num_key_value_heads", self.num_kv_heads, MAX_DIM),
             ("head_dim", self.head_dim, MAX_DIM),
             ("vocab_size", self.vocab_size, MAX_VOCAB),
-            ("max_position_embeddings", self.max_position_embeddings, MAX_CTX),
+            (
+                "max_position_embeddings",
+                self.max_position_embeddings,
+                MAX_CTX,
+            ),
         ] {
             if v == 0 || v > max {
                 return bad(format!("{name} = {v} is out of range (1..={max})"));
             }
         }
-        if self.num_heads % self.num_kv_heads != 0 {
+        if !self.num_heads.is_multiple_of(self.num_kv_heads) {
             return bad(format!(
                 "num_attention_heads ({}) is not a multiple of num_key_value_heads ({})",
                 self.num_heads, self.num_kv_heads
             ));
         }
-        if self.head_dim % 2 != 0 {
-            return bad(format!("head_dim ({}) must be even for RoPE", self.head_dim));
+        if !self.head_dim.is_multiple_of(2) {
+            return bad(format!(
+                "head_dim ({}) must be even for RoPE",
+                self.head_dim
+            ));
         }
         if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
             return bad(format!("rope_theta ({}) must be positive", self.rope_theta));
         }
         if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps >= 0.0) {
-            return bad(format!("rms_norm_eps ({}) must be non-negative", self.rms_norm_eps));
+            return bad(format!(
+                "rms_norm_eps ({}) must be non-negative",
+                self.rms_norm_eps
+            ));
         }
         Ok(())
     }
@@ -126,7 +136,9 @@ impl ModelConfig {
         let arch_names = c.architectures.clone().unwrap_or_default();
         let model_type = c.model_type.clone().unwrap_or_default();
         let is_bitnet = model_type == "bitnet"
-            || arch_names.iter().any(|a| a.eq_ignore_ascii_case("BitnetForCausalLM"));
+            || arch_names
+                .iter()
+                .any(|a| a.eq_ignore_ascii_case("BitnetForCausalLM"));
         if !is_bitnet {
             return Err(ModelError::UnsupportedArch(format!(
                 "model_type '{model_type}', architectures {arch_names:?}"
@@ -185,7 +197,10 @@ impl ModelConfig {
                 .get(&key(k))
                 .ok_or_else(|| ModelError::Config(format!("missing metadata key {}", key(k))))?;
             usize_of(v).ok_or_else(|| {
-                ModelError::Config(format!("metadata key {} is not a valid count: {v:?}", key(k)))
+                ModelError::Config(format!(
+                    "metadata key {} is not a valid count: {v:?}",
+                    key(k)
+                ))
             })
         };
         let get_opt_f32 = |k: &str| -> Result<Option<f32>> {
@@ -200,7 +215,10 @@ impl ModelConfig {
         let num_heads = get_usize("attention.head_count")?;
         let num_kv_heads = match file.get(&key("attention.head_count_kv")) {
             Some(v) => usize_of(v).ok_or_else(|| {
-                ModelError::Config(format!("{} is not a valid count", key("attention.head_count_kv")))
+                ModelError::Config(format!(
+                    "{} is not a valid count",
+                    key("attention.head_count_kv")
+                ))
             })?,
             None => num_heads,
         };
@@ -211,7 +229,9 @@ impl ModelConfig {
             None => 0,
         };
         let vocab_size = match file.get(&key("vocab_size")) {
-            Some(v) => usize_of(v).ok_or_else(|| ModelError::Config("vocab_size is invalid".into()))?,
+            Some(v) => {
+                usize_of(v).ok_or_else(|| ModelError::Config("vocab_size is invalid".into()))?
+            }
             None => file
                 .get("tokenizer.ggml.tokens")
                 .and_then(|v| v.as_array())
@@ -247,15 +267,27 @@ impl ModelConfig {
         let u = |v: usize| MetadataValue::U32(v as u32);
         vec![
             (format!("{a}.vocab_size"), u(self.vocab_size)),
-            (format!("{a}.context_length"), u(self.max_position_embeddings)),
+            (
+                format!("{a}.context_length"),
+                u(self.max_position_embeddings),
+            ),
             (format!("{a}.embedding_length"), u(self.hidden_size)),
             (format!("{a}.block_count"), u(self.num_layers)),
-            (format!("{a}.feed_forward_length"), u(self.intermediate_size)),
+            (
+                format!("{a}.feed_forward_length"),
+                u(self.intermediate_size),
+            ),
             (format!("{a}.rope.dimension_count"), u(self.head_dim)),
             (format!("{a}.attention.head_count"), u(self.num_heads)),
             (format!("{a}.attention.head_count_kv"), u(self.num_kv_heads)),
-            (format!("{a}.attention.layer_norm_rms_epsilon"), MetadataValue::F32(self.rms_norm_eps)),
-            (format!("{a}.rope.freq_base"), MetadataValue::F32(self.rope_theta)),
+            (
+                format!("{a}.attention.layer_norm_rms_epsilon"),
+                MetadataValue::F32(self.rms_norm_eps),
+            ),
+            (
+                format!("{a}.rope.freq_base"),
+                MetadataValue::F32(self.rope_theta),
+            ),
         ]
     }
 }
@@ -303,7 +335,10 @@ mod tests {
             .expect("shared model present");
         let c = ModelConfig::from_hf_json(&text).unwrap();
         assert_eq!(c.arch, Arch::BitnetB158);
-        assert_eq!((c.hidden_size, c.num_layers, c.num_heads, c.num_kv_heads), (512, 6, 8, 2));
+        assert_eq!(
+            (c.hidden_size, c.num_layers, c.num_heads, c.num_kv_heads),
+            (512, 6, 8, 2)
+        );
         assert_eq!(c.head_dim, 64);
         assert_eq!(c.rope_theta, 500000.0);
         assert!(c.tie_word_embeddings);

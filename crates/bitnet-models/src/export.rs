@@ -94,7 +94,14 @@ fn ternary_bytes(m: &TernaryMatrix, fmt: TernaryFormat) -> Result<Vec<u8>> {
         TernaryFormat::Tq1_0 => quant::tq1_0::encode(&codes, s)?,
         TernaryFormat::F16 | TernaryFormat::F32 => {
             let v: Vec<f32> = codes.iter().map(|&c| c as f32 * s).collect();
-            float_bytes(&v, if fmt == TernaryFormat::F16 { DenseFormat::F16 } else { DenseFormat::F32 })
+            float_bytes(
+                &v,
+                if fmt == TernaryFormat::F16 {
+                    DenseFormat::F16
+                } else {
+                    DenseFormat::F32
+                },
+            )
         }
     })
 }
@@ -127,9 +134,15 @@ fn dense_type(fmt: DenseFormat) -> GgmlType {
 pub fn to_gguf(w: &ModelWeights, vocab: &GgufVocab, opts: &ExportOptions) -> Result<GgufWriter> {
     let c = &w.config;
     let mut g = GgufWriter::new();
-    g.add_metadata("general.architecture", MetadataValue::String(c.arch.gguf_name().into()))?;
+    g.add_metadata(
+        "general.architecture",
+        MetadataValue::String(c.arch.gguf_name().into()),
+    )?;
     g.add_metadata("general.name", MetadataValue::String(opts.name.clone()))?;
-    g.add_metadata("general.file_type", MetadataValue::U32(opts.ternary.file_type()))?;
+    g.add_metadata(
+        "general.file_type",
+        MetadataValue::U32(opts.ternary.file_type()),
+    )?;
     g.add_metadata("general.quantization_version", MetadataValue::U32(2))?;
     for (k, v) in c.gguf_metadata() {
         g.add_metadata(k, v)?;
@@ -139,11 +152,21 @@ pub fn to_gguf(w: &ModelWeights, vocab: &GgufVocab, opts: &ExportOptions) -> Res
     }
     let dims2 = |m_rows: usize, m_cols: usize| vec![m_cols as u64, m_rows as u64];
     let add_dense = |g: &mut GgufWriter, role: Role, m: &DenseMatrix| -> Result<()> {
-        g.add_tensor(role.gguf_name(), dims2(m.rows(), m.cols()), dense_type(opts.dense), dense_bytes(m, opts.dense))?;
+        g.add_tensor(
+            role.gguf_name(),
+            dims2(m.rows(), m.cols()),
+            dense_type(opts.dense),
+            dense_bytes(m, opts.dense),
+        )?;
         Ok(())
     };
     let add_vec = |g: &mut GgufWriter, role: Role, v: &[f32]| -> Result<()> {
-        g.add_tensor(role.gguf_name(), vec![v.len() as u64], GgmlType::F32, float_bytes(v, DenseFormat::F32))?;
+        g.add_tensor(
+            role.gguf_name(),
+            vec![v.len() as u64],
+            GgmlType::F32,
+            float_bytes(v, DenseFormat::F32),
+        )?;
         Ok(())
     };
     add_dense(&mut g, Role::TokenEmbd, &w.token_embd)?;
@@ -160,13 +183,23 @@ pub fn to_gguf(w: &ModelWeights, vocab: &GgufVocab, opts: &ExportOptions) -> Res
                 name: role.gguf_name(),
                 message: format!("cannot store as {:?}: {e}", opts.ternary),
             })?;
-            g.add_tensor(role.gguf_name(), dims2(m.rows(), m.cols()), opts.ternary.ggml_type(), bytes)?;
+            g.add_tensor(
+                role.gguf_name(),
+                dims2(m.rows(), m.cols()),
+                opts.ternary.ggml_type(),
+                bytes,
+            )?;
         }
     }
     Ok(g)
 }
 
-pub fn write_gguf(w: &ModelWeights, vocab: &GgufVocab, opts: &ExportOptions, path: &Path) -> Result<()> {
+pub fn write_gguf(
+    w: &ModelWeights,
+    vocab: &GgufVocab,
+    opts: &ExportOptions,
+    path: &Path,
+) -> Result<()> {
     to_gguf(w, vocab, opts)?.write_file(path)?;
     Ok(())
 }

@@ -48,7 +48,9 @@ pub fn random_weights(config: &ModelConfig, seed: u64) -> Result<ModelWeights> {
     let mut rng = Mix(seed);
     let c = config;
     let mut ternary = |rows: usize, cols: usize| -> Result<TernaryMatrix> {
-        let codes: Vec<i8> = (0..rows * cols).map(|_| (rng.next() % 3) as i8 - 1).collect();
+        let codes: Vec<i8> = (0..rows * cols)
+            .map(|_| (rng.next() % 3) as i8 - 1)
+            .collect();
         Ok(TernaryMatrix::from_codes(rows, cols, &codes, 0.02)?)
     };
     let (h, f, q, kv) = (c.hidden_size, c.intermediate_size, c.q_dim(), c.kv_dim());
@@ -72,7 +74,13 @@ pub fn random_weights(config: &ModelConfig, seed: u64) -> Result<ModelWeights> {
     let embd: Vec<f32> = (0..c.vocab_size * h).map(|_| rng.unit() * 0.05).collect();
     let bytes = bitnet_quantization::float::f32_to_f16_bytes(&embd);
     let token_embd = DenseMatrix::new(c.vocab_size, h, DenseType::F16, Storage::from_vec(bytes))?;
-    Ok(ModelWeights { config: config.clone(), token_embd, output_norm: vec![1.0; h], output: None, layers })
+    Ok(ModelWeights {
+        config: config.clone(),
+        token_embd,
+        output_norm: vec![1.0; h],
+        output: None,
+        layers,
+    })
 }
 
 /// A byte-level BPE vocabulary of the requested size that llama.cpp and our tokenizer both
@@ -122,7 +130,8 @@ fn byte_level_alphabet() -> Vec<String> {
     let mut out = Vec::with_capacity(256);
     let mut extra = 0u32;
     for b in 0u32..256 {
-        let printable = (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+        let printable =
+            (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
         let cp = if printable {
             b
         } else {

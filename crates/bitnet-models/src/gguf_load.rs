@@ -16,18 +16,28 @@ pub struct GgufSource<'a> {
 impl GgufSource<'_> {
     fn info(&self, role: Role) -> Result<&TensorInfo> {
         let name = role.gguf_name();
-        self.file.tensor(&name).ok_or(ModelError::MissingTensor(name))
+        self.file
+            .tensor(&name)
+            .ok_or(ModelError::MissingTensor(name))
     }
 
     fn check_shape(info: &TensorInfo, rows: usize, cols: usize) -> Result<()> {
         // GGUF lists dims innermost first: [cols, rows].
-        let expected = if rows == 1 { vec![cols as u64] } else { vec![cols as u64, rows as u64] };
+        let expected = if rows == 1 {
+            vec![cols as u64]
+        } else {
+            vec![cols as u64, rows as u64]
+        };
         let mut found = info.dims.clone();
         while found.len() > expected.len() && found.last() == Some(&1) {
             found.pop();
         }
         if found != expected {
-            return Err(ModelError::Shape { name: info.name.clone(), found: info.dims.clone(), expected });
+            return Err(ModelError::Shape {
+                name: info.name.clone(),
+                found: info.dims.clone(),
+                expected,
+            });
         }
         Ok(())
     }
@@ -61,7 +71,10 @@ impl GgufSource<'_> {
                 let v = self.to_f32(info)?;
                 match v.as_slice() {
                     [s] => Ok(*s),
-                    _ => Err(ModelError::BadTensor { name, message: "expected one scale value".into() }),
+                    _ => Err(ModelError::BadTensor {
+                        name,
+                        message: "expected one scale value".into(),
+                    }),
                 }
             }
         }
@@ -85,7 +98,12 @@ impl TensorSource for GgufSource<'_> {
                 // Quantized embeddings (Q8_0 and friends) are widened once at load.
                 let v = self.to_f32(info)?;
                 let bytes = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-                return Ok(DenseMatrix::new(rows, cols, DenseType::F32, Storage::from_vec(bytes))?);
+                return Ok(DenseMatrix::new(
+                    rows,
+                    cols,
+                    DenseType::F32,
+                    Storage::from_vec(bytes),
+                )?);
             }
         };
         Ok(DenseMatrix::new(rows, cols, ty, data)?)
@@ -103,7 +121,10 @@ impl TensorSource for GgufSource<'_> {
         let extra = self.extra_scale(role)?;
         let data = self.file.tensor_data(info);
         let n = rows * cols;
-        let bad = |message: String| ModelError::BadTensor { name: info.name.clone(), message };
+        let bad = |message: String| ModelError::BadTensor {
+            name: info.name.clone(),
+            message,
+        };
         match info.ty {
             GgmlType::I2S => {
                 // The f32 scale sits right after the packed codes (bitnet.cpp's ggml_nbytes).
@@ -111,7 +132,12 @@ impl TensorSource for GgufSource<'_> {
                 let scale_bytes = data
                     .get(at..at + 4)
                     .ok_or_else(|| bad("I2_S tensor too short for its scale".into()))?;
-                let scale = f32::from_le_bytes([scale_bytes[0], scale_bytes[1], scale_bytes[2], scale_bytes[3]]);
+                let scale = f32::from_le_bytes([
+                    scale_bytes[0],
+                    scale_bytes[1],
+                    scale_bytes[2],
+                    scale_bytes[3],
+                ]);
                 if !scale.is_finite() {
                     return Err(bad(format!("I2_S scale is {scale}")));
                 }
@@ -124,14 +150,27 @@ impl TensorSource for GgufSource<'_> {
                     quant::tq1_0::decode(&data, n)?
                 };
                 let scale = common_block_scale(&codes, &ds, 256).map_err(bad)?;
-                Ok(TernaryMatrix::from_codes(rows, cols, &codes, scale * extra)?)
+                Ok(TernaryMatrix::from_codes(
+                    rows,
+                    cols,
+                    &codes,
+                    scale * extra,
+                )?)
             }
             GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => {
                 let w = self.to_f32(info)?;
                 let (codes, scale) = ternarize_dense(&w);
-                Ok(TernaryMatrix::from_codes(rows, cols, &codes, scale * extra)?)
+                Ok(TernaryMatrix::from_codes(
+                    rows,
+                    cols,
+                    &codes,
+                    scale * extra,
+                )?)
             }
-            ty => Err(ModelError::UnsupportedTensorType { name: info.name.clone(), ty: ty.name().into() }),
+            ty => Err(ModelError::UnsupportedTensorType {
+                name: info.name.clone(),
+                ty: ty.name().into(),
+            }),
         }
     }
 }
@@ -143,7 +182,10 @@ fn common_block_scale(codes: &[i8], ds: &[f32], block: usize) -> std::result::Re
     for (b, &d) in ds.iter().enumerate() {
         let start = b * block;
         let end = (start + block).min(codes.len());
-        if codes.get(start..end).is_none_or(|c| c.iter().all(|&x| x == 0)) {
+        if codes
+            .get(start..end)
+            .is_none_or(|c| c.iter().all(|&x| x == 0))
+        {
             continue;
         }
         match scale {
@@ -176,10 +218,16 @@ pub fn vocab_from_gguf(file: &GgufFile) -> Result<GgufVocab> {
                 .ok_or_else(|| ModelError::Config(format!("{k} is not an array of strings"))),
         }
     };
-    let id = |k: &str| -> Option<u32> { get(k).and_then(MetadataValue::as_u64).and_then(|x| u32::try_from(x).ok()) };
+    let id = |k: &str| -> Option<u32> {
+        get(k)
+            .and_then(MetadataValue::as_u64)
+            .and_then(|x| u32::try_from(x).ok())
+    };
     let model = get("tokenizer.ggml.model")
         .and_then(MetadataValue::as_str)
-        .ok_or_else(|| ModelError::Config("the GGUF file has no tokenizer (tokenizer.ggml.model)".into()))?
+        .ok_or_else(|| {
+            ModelError::Config("the GGUF file has no tokenizer (tokenizer.ggml.model)".into())
+        })?
         .to_string();
     let tokens = strings("tokenizer.ggml.tokens")?
         .ok_or_else(|| ModelError::Config("the GGUF file has no tokenizer.ggml.tokens".into()))?;
@@ -187,7 +235,9 @@ pub fn vocab_from_gguf(file: &GgufFile) -> Result<GgufVocab> {
         None => None,
         Some(v) => Some(
             v.as_array()
-                .ok_or_else(|| ModelError::Config("tokenizer.ggml.token_type is not an array".into()))?
+                .ok_or_else(|| {
+                    ModelError::Config("tokenizer.ggml.token_type is not an array".into())
+                })?
                 .iter()
                 .map(|x| x.as_i64().and_then(|i| i32::try_from(i).ok()).unwrap_or(1))
                 .collect(),
@@ -205,7 +255,9 @@ pub fn vocab_from_gguf(file: &GgufFile) -> Result<GgufVocab> {
     };
     Ok(GgufVocab {
         model,
-        pre: get("tokenizer.ggml.pre").and_then(MetadataValue::as_str).map(str::to_string),
+        pre: get("tokenizer.ggml.pre")
+            .and_then(MetadataValue::as_str)
+            .map(str::to_string),
         tokens,
         token_types,
         merges: strings("tokenizer.ggml.merges")?.unwrap_or_default(),
@@ -216,7 +268,9 @@ pub fn vocab_from_gguf(file: &GgufFile) -> Result<GgufVocab> {
         pad_id: id("tokenizer.ggml.padding_token_id"),
         add_bos: get("tokenizer.ggml.add_bos_token").and_then(MetadataValue::as_bool),
         add_eos: get("tokenizer.ggml.add_eos_token").and_then(MetadataValue::as_bool),
-        chat_template: get("tokenizer.chat_template").and_then(MetadataValue::as_str).map(str::to_string),
+        chat_template: get("tokenizer.chat_template")
+            .and_then(MetadataValue::as_str)
+            .map(str::to_string),
     })
 }
 
@@ -225,25 +279,38 @@ pub fn vocab_to_metadata(v: &GgufVocab) -> Vec<(String, MetadataValue)> {
     use bitnet_gguf::ValueType;
     let str_array = |items: &[String]| MetadataValue::Array {
         elem: ValueType::String,
-        items: items.iter().map(|s| MetadataValue::String(s.clone())).collect(),
+        items: items
+            .iter()
+            .map(|s| MetadataValue::String(s.clone()))
+            .collect(),
     };
-    let mut out = vec![
-        ("tokenizer.ggml.model".to_string(), MetadataValue::String(v.model.clone())),
-    ];
+    let mut out = vec![(
+        "tokenizer.ggml.model".to_string(),
+        MetadataValue::String(v.model.clone()),
+    )];
     if let Some(pre) = &v.pre {
-        out.push(("tokenizer.ggml.pre".into(), MetadataValue::String(pre.clone())));
+        out.push((
+            "tokenizer.ggml.pre".into(),
+            MetadataValue::String(pre.clone()),
+        ));
     }
     out.push(("tokenizer.ggml.tokens".into(), str_array(&v.tokens)));
     if let Some(tt) = &v.token_types {
         out.push((
             "tokenizer.ggml.token_type".into(),
-            MetadataValue::Array { elem: ValueType::I32, items: tt.iter().map(|&t| MetadataValue::I32(t)).collect() },
+            MetadataValue::Array {
+                elem: ValueType::I32,
+                items: tt.iter().map(|&t| MetadataValue::I32(t)).collect(),
+            },
         ));
     }
     if let Some(sc) = &v.scores {
         out.push((
             "tokenizer.ggml.scores".into(),
-            MetadataValue::Array { elem: ValueType::F32, items: sc.iter().map(|&t| MetadataValue::F32(t)).collect() },
+            MetadataValue::Array {
+                elem: ValueType::F32,
+                items: sc.iter().map(|&t| MetadataValue::F32(t)).collect(),
+            },
         ));
     }
     if !v.merges.is_empty() {
@@ -259,13 +326,19 @@ pub fn vocab_to_metadata(v: &GgufVocab) -> Vec<(String, MetadataValue)> {
             out.push((k.into(), MetadataValue::U32(id)));
         }
     }
-    for (k, b) in [("tokenizer.ggml.add_bos_token", v.add_bos), ("tokenizer.ggml.add_eos_token", v.add_eos)] {
+    for (k, b) in [
+        ("tokenizer.ggml.add_bos_token", v.add_bos),
+        ("tokenizer.ggml.add_eos_token", v.add_eos),
+    ] {
         if let Some(b) = b {
             out.push((k.into(), MetadataValue::Bool(b)));
         }
     }
     if let Some(t) = &v.chat_template {
-        out.push(("tokenizer.chat_template".into(), MetadataValue::String(t.clone())));
+        out.push((
+            "tokenizer.chat_template".into(),
+            MetadataValue::String(t.clone()),
+        ));
     }
     out
 }

@@ -32,16 +32,20 @@ pub struct HfCheckpoint {
 impl HfCheckpoint {
     pub fn open(dir: &Path) -> Result<HfCheckpoint> {
         let config_path = dir.join("config.json");
-        let text = std::fs::read_to_string(&config_path).map_err(|e| ModelError::io(&config_path, e))?;
+        let text =
+            std::fs::read_to_string(&config_path).map_err(|e| ModelError::io(&config_path, e))?;
         let config = ModelConfig::from_hf_json(&text)?;
         let mut tensors = HashMap::new();
         let mut file_bytes = 0;
         for file in safetensors_files(dir)? {
             let storage = Storage::map_file(&file).map_err(|e| ModelError::io(&file, e))?;
             file_bytes += storage.len() as u64;
-            let st_err = |message: String| ModelError::SafeTensors { path: file.clone(), message };
-            let (header_len, meta) =
-                safetensors::SafeTensors::read_metadata(&storage).map_err(|e| st_err(e.to_string()))?;
+            let st_err = |message: String| ModelError::SafeTensors {
+                path: file.clone(),
+                message,
+            };
+            let (header_len, meta) = safetensors::SafeTensors::read_metadata(&storage)
+                .map_err(|e| st_err(e.to_string()))?;
             let base = 8 + header_len;
             for (name, info) in meta.tensors() {
                 let (start, end) = info.data_offsets;
@@ -49,15 +53,27 @@ impl HfCheckpoint {
                     .slice(base + start, end.saturating_sub(start))
                     .ok_or_else(|| st_err(format!("tensor {name} lies outside the file")))?;
                 if tensors.contains_key(&name) {
-                    return Err(st_err(format!("tensor {name} appears in more than one shard")));
+                    return Err(st_err(format!(
+                        "tensor {name} appears in more than one shard"
+                    )));
                 }
                 tensors.insert(
                     name,
-                    HfTensor { dtype: info.dtype, shape: info.shape.clone(), data, file: file.clone() },
+                    HfTensor {
+                        dtype: info.dtype,
+                        shape: info.shape.clone(),
+                        data,
+                        file: file.clone(),
+                    },
                 );
             }
         }
-        Ok(HfCheckpoint { dir: dir.to_path_buf(), config, tensors, file_bytes })
+        Ok(HfCheckpoint {
+            dir: dir.to_path_buf(),
+            config,
+            tensors,
+            file_bytes,
+        })
     }
 
     fn find(&self, role: Role) -> Result<(String, &HfTensor)> {
@@ -89,12 +105,18 @@ fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
             .ok_or_else(|| ModelError::Config(format!("{}: no weight_map", index.display())))?;
         let mut files: Vec<PathBuf> = Vec::new();
         for f in map.values() {
-            let name = f
-                .as_str()
-                .ok_or_else(|| ModelError::Config(format!("{}: weight_map values must be file names", index.display())))?;
+            let name = f.as_str().ok_or_else(|| {
+                ModelError::Config(format!(
+                    "{}: weight_map values must be file names",
+                    index.display()
+                ))
+            })?;
             // The index names files beside it; refuse paths that would escape the folder.
             if name.contains('/') || name.contains('\\') || name == ".." {
-                return Err(ModelError::Config(format!("{}: bad shard name {name}", index.display())));
+                return Err(ModelError::Config(format!(
+                    "{}: bad shard name {name}",
+                    index.display()
+                )));
             }
             let p = dir.join(name);
             if !files.contains(&p) {
@@ -115,7 +137,10 @@ fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
         .collect();
     files.sort();
     if files.is_empty() {
-        return Err(ModelError::Other(format!("no *.safetensors files in {}", dir.display())));
+        return Err(ModelError::Other(format!(
+            "no *.safetensors files in {}",
+            dir.display()
+        )));
     }
     Ok(files)
 }
@@ -136,7 +161,10 @@ fn to_f32(name: &str, t: &HfTensor) -> Result<Vec<f32>> {
         Dtype::F16 => quant::float::f16_to_f32(&t.data, &mut out),
         Dtype::BF16 => quant::float::bf16_to_f32(&t.data, &mut out),
         other => {
-            return Err(ModelError::UnsupportedTensorType { name: name.into(), ty: format!("{other:?}") })
+            return Err(ModelError::UnsupportedTensorType {
+                name: name.into(),
+                ty: format!("{other:?}"),
+            })
         }
     }
     Ok(out)
@@ -166,7 +194,10 @@ impl TensorSource for HfCheckpoint {
             Dtype::F16 => DenseType::F16,
             Dtype::BF16 => DenseType::BF16,
             other => {
-                return Err(ModelError::UnsupportedTensorType { name, ty: format!("{other:?}") })
+                return Err(ModelError::UnsupportedTensorType {
+                    name,
+                    ty: format!("{other:?}"),
+                })
             }
         };
         Ok(DenseMatrix::new(rows, cols, ty, t.data.clone())?)
@@ -181,7 +212,7 @@ impl TensorSource for HfCheckpoint {
     fn ternary(&self, role: Role, rows: usize, cols: usize) -> Result<TernaryMatrix> {
         let (name, t) = self.find(role)?;
         if t.dtype == Dtype::U8 {
-            if rows % 4 != 0 {
+            if !rows.is_multiple_of(4) {
                 return Err(ModelError::BadTensor {
                     name,
                     message: format!("packed layout needs out_features ({rows}) divisible by 4"),
@@ -190,7 +221,10 @@ impl TensorSource for HfCheckpoint {
             check_shape(&name, t, &[rows / 4, cols])?;
             let codes = quant::hf_packed::unpack(&t.data, rows, cols)?;
             let scale_name = format!("{name}_scale");
-            let st = self.tensors.get(&scale_name).ok_or(ModelError::MissingTensor(scale_name.clone()))?;
+            let st = self
+                .tensors
+                .get(&scale_name)
+                .ok_or(ModelError::MissingTensor(scale_name.clone()))?;
             let scale = match to_f32(&scale_name, st)?.as_slice() {
                 [s] => *s,
                 other => {

@@ -59,12 +59,18 @@ pub fn load(path: &Path, tokenizer_dir: Option<&Path>) -> Result<LoadedModel> {
         });
     }
     if !path.exists() {
-        return Err(ModelError::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or folder")));
+        return Err(ModelError::io(
+            path,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or folder"),
+        ));
     }
     let file = GgufFile::open(path)?;
     let weights = gguf_load::load_weights(&file)?;
     let (tokenizer, vocab) = match tokenizer_dir {
-        Some(dir) => (Tokenizer::from_hf_dir(dir)?, GgufVocab::from_hf_dir(dir).ok()),
+        Some(dir) => (
+            Tokenizer::from_hf_dir(dir)?,
+            GgufVocab::from_hf_dir(dir).ok(),
+        ),
         None => {
             let vocab = gguf_load::vocab_from_gguf(&file)?;
             (Tokenizer::from_gguf_vocab(&vocab)?, Some(vocab))

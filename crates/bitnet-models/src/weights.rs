@@ -164,7 +164,13 @@ impl ModelWeights {
                 ffn_sub_norm: src.vector(Role::FfnSubNorm(l), ffn)?,
             });
         }
-        Ok(ModelWeights { config, token_embd, output_norm, output, layers })
+        Ok(ModelWeights {
+            config,
+            token_embd,
+            output_norm,
+            output,
+            layers,
+        })
     }
 
     pub fn lm_head(&self) -> &DenseMatrix {
@@ -220,7 +226,15 @@ pub fn ternarize_dense(w: &[f32]) -> (Vec<i8>, f32) {
     if already_ternary && level > 0.0 {
         let codes = w
             .iter()
-            .map(|&x| if x > 0.0 { 1 } else if x < 0.0 { -1 } else { 0 })
+            .map(|&x| {
+                if x > 0.0 {
+                    1
+                } else if x < 0.0 {
+                    -1
+                } else {
+                    0
+                }
+            })
             .collect();
         return (codes, level);
     }

@@ -122,7 +122,7 @@ pub(crate) fn check_len(what: &'static str, expected: usize, got: usize) -> Resu
 }
 
 pub(crate) fn check_multiple(what: &'static str, n: usize, multiple: usize) -> Result<()> {
-    if n % multiple == 0 {
+    if n.is_multiple_of(multiple) {
         Ok(())
     } else {
         Err(QuantError::NotMultiple { what, n, multiple })

@@ -32,7 +32,11 @@ pub struct Reference {
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().expect("array").iter().map(|x| x.as_u64().expect("id") as u32).collect()
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x.as_u64().expect("id") as u32)
+        .collect()
 }
 
 pub fn reference() -> Reference {
@@ -48,7 +52,12 @@ pub fn reference() -> Reference {
             text: p["text"].as_str().unwrap().to_string(),
             is_chat: p["name"] == "chat",
             token_ids: ids(&p["token_ids"]),
-            final_logits: p["final_logits"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect(),
+            final_logits: p["final_logits"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect(),
             final_argmax: p["final_argmax"].as_u64().unwrap() as u32,
             greedy_new: ids(&p["greedy_new_token_ids"]),
             greedy_text: p["greedy_text"].as_str().unwrap().to_string(),
@@ -64,7 +73,10 @@ pub fn reference() -> Reference {
 
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 pub fn mean_abs_diff(a: &[f32], b: &[f32]) -> f32 {
