@@ -13,9 +13,24 @@ use std::sync::Arc;
 /// Cloning is cheap (an `Arc` bump); slicing never copies.
 #[derive(Clone)]
 pub struct Storage {
-    owner: Arc<dyn AsRef<[u8]> + Send + Sync>,
+    owner: Owner,
     offset: usize,
     len: usize,
+}
+
+#[derive(Clone)]
+enum Owner {
+    Mapped(Arc<memmap2::Mmap>),
+    Owned(Arc<Vec<u8>>),
+}
+
+impl Owner {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Owner::Mapped(m) => m,
+            Owner::Owned(v) => v,
+        }
+    }
 }
 
 impl Storage {
@@ -23,7 +38,7 @@ impl Storage {
     pub fn from_vec(bytes: Vec<u8>) -> Self {
         let len = bytes.len();
         Storage {
-            owner: Arc::new(bytes),
+            owner: Owner::Owned(Arc::new(bytes)),
             offset: 0,
             len,
         }
@@ -37,7 +52,7 @@ impl Storage {
         let map = unsafe { memmap2::Mmap::map(&file)? };
         let len = map.len();
         Ok(Storage {
-            owner: Arc::new(map),
+            owner: Owner::Mapped(Arc::new(map)),
             offset: 0,
             len,
         })
@@ -50,10 +65,35 @@ impl Storage {
             return None;
         }
         Some(Storage {
-            owner: Arc::clone(&self.owner),
+            owner: self.owner.clone(),
             offset: self.offset + offset,
             len,
         })
+    }
+
+    /// Tells the OS that the mapped pages of this range are not needed any more (after a
+    /// tensor was repacked into owned memory), so they stop counting towards resident memory.
+    /// A hint only: the bytes stay readable and are paged in again if touched.
+    pub fn release_pages(&self) {
+        if let Owner::Mapped(map) = &self.owner {
+            // SAFETY: the map is a private read-only file mapping, for which MADV_DONTNEED only
+            // drops clean pages that the kernel re-reads from the file on the next access.
+            #[cfg(unix)]
+            unsafe {
+                let _ = map.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    self.offset,
+                    self.len,
+                );
+            }
+            #[cfg(not(unix))]
+            let _ = map;
+        }
+    }
+
+    /// Whether the bytes live in a memory map (zero-copy) rather than owned memory.
+    pub fn is_mapped(&self) -> bool {
+        matches!(self.owner, Owner::Mapped(_))
     }
 
     pub fn len(&self) -> usize {
@@ -65,7 +105,7 @@ impl Storage {
     }
 
     pub fn as_bytes(&self) -> &[u8] {
-        &(*self.owner).as_ref()[self.offset..self.offset + self.len]
+        &self.owner.bytes()[self.offset..self.offset + self.len]
     }
 }
 
@@ -101,5 +141,19 @@ mod tests {
         assert_eq!(&*u, &[3, 4]);
         assert!(t.slice(4, 2).is_none());
         assert!(s.slice(usize::MAX, 2).is_none());
+        assert!(!s.is_mapped());
+    }
+
+    #[test]
+    fn released_mapped_pages_read_back_the_same() {
+        let path = std::env::temp_dir().join(format!("bitnet-common-{}", std::process::id()));
+        let data: Vec<u8> = (0..3 * 4096 + 17).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let s = Storage::map_file(&path).unwrap();
+        assert!(s.is_mapped());
+        let part = s.slice(100, 5000).unwrap();
+        part.release_pages();
+        assert_eq!(&*s, &data[..]);
+        std::fs::remove_file(&path).unwrap();
     }
 }

@@ -125,7 +125,7 @@ impl TensorSource for GgufSource<'_> {
             name: info.name.clone(),
             message,
         };
-        match info.ty {
+        let (codes, scale) = match info.ty {
             GgmlType::I2S => {
                 // The f32 scale sits right after the packed codes (bitnet.cpp's ggml_nbytes).
                 let at = n / 4;
@@ -141,7 +141,11 @@ impl TensorSource for GgufSource<'_> {
                 if !scale.is_finite() {
                     return Err(bad(format!("I2_S scale is {scale}")));
                 }
-                Ok(TernaryMatrix::from_i2s(rows, cols, data, scale * extra)?)
+                let m = TernaryMatrix::from_i2s(rows, cols, data.clone(), scale * extra)?;
+                if !m.data().is_mapped() {
+                    data.release_pages();
+                }
+                return Ok(m);
             }
             GgmlType::TQ1_0 | GgmlType::TQ2_0 => {
                 let (codes, ds) = if info.ty == GgmlType::TQ2_0 {
@@ -150,28 +154,20 @@ impl TensorSource for GgufSource<'_> {
                     quant::tq1_0::decode(&data, n)?
                 };
                 let scale = common_block_scale(&codes, &ds, 256).map_err(bad)?;
-                Ok(TernaryMatrix::from_codes(
-                    rows,
-                    cols,
-                    &codes,
-                    scale * extra,
-                )?)
+                (codes, scale)
             }
-            GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => {
-                let w = self.to_f32(info)?;
-                let (codes, scale) = ternarize_dense(&w);
-                Ok(TernaryMatrix::from_codes(
-                    rows,
-                    cols,
-                    &codes,
-                    scale * extra,
-                )?)
+            GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => ternarize_dense(&self.to_f32(info)?),
+            ty => {
+                return Err(ModelError::UnsupportedTensorType {
+                    name: info.name.clone(),
+                    ty: ty.name().into(),
+                })
             }
-            ty => Err(ModelError::UnsupportedTensorType {
-                name: info.name.clone(),
-                ty: ty.name().into(),
-            }),
-        }
+        };
+        let m = TernaryMatrix::from_codes(rows, cols, &codes, scale * extra)?;
+        // The repacked copy replaces the file's bytes; keep only one of them resident.
+        data.release_pages();
+        Ok(m)
     }
 }
 

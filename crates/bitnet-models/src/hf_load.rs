@@ -235,13 +235,19 @@ impl TensorSource for HfCheckpoint {
                 }
             };
             // AutoBitLinear (offline) multiplies by weight_scale; see shared/notes/formats.md 4.5.
-            return Ok(TernaryMatrix::from_codes(rows, cols, &codes, scale)?);
+            let m = TernaryMatrix::from_codes(rows, cols, &codes, scale)?;
+            // The repacked copy replaces the file's bytes; keep only one of them resident.
+            t.data.release_pages();
+            return Ok(m);
         }
         check_shape(&name, t, &[rows, cols])?;
         let w = to_f32(&name, t)?;
         // Always absmean, even for values that already look ternary: that is what
         // transformers' online AutoBitLinear, the reference for this layout, computes.
         let (codes, scale) = quant::ternarize_absmean(&w);
-        Ok(TernaryMatrix::from_codes(rows, cols, &codes, scale)?)
+        let m = TernaryMatrix::from_codes(rows, cols, &codes, scale)?;
+        // The master weights are not needed after ternarization; drop their pages.
+        t.data.release_pages();
+        Ok(m)
     }
 }
