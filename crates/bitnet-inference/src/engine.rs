@@ -121,9 +121,12 @@ impl Engine {
         }
         // Refuse caches that cannot possibly be allocated instead of aborting on OOM.
         let bytes = KvCache::nbytes_for(c.num_layers, c.kv_dim(), ctx);
-        if ctx > (1 << 24) || bytes > (1usize << 40) {
+        let limit = total_memory_bytes().unwrap_or(1 << 40);
+        if ctx > (1 << 24) || bytes > limit {
             return Err(EngineError::Settings(format!(
-                "context size {ctx} needs a {bytes}-byte KV cache"
+                "context size {ctx} needs a {:.1} GiB KV cache, more than the machine's {:.1} GiB of memory",
+                bytes as f64 / (1u64 << 30) as f64,
+                limit as f64 / (1u64 << 30) as f64
             )));
         }
         Ok(Session {
@@ -133,6 +136,14 @@ impl Engine {
             tokens: Vec::new(),
         })
     }
+}
+
+/// Physical memory, from /proc/meminfo (Linux); `None` elsewhere.
+fn total_memory_bytes() -> Option<usize> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
 }
 
 /// What to generate.
