@@ -27,7 +27,7 @@ JOBS="${JOBS:-$(nproc)}"
 PORTABLE="${LLAMA_PORTABLE:-0}"
 WITH_CLI="${LLAMA_BUILD_CLI:-0}"
 
-log() { echo "[build-llama-cpp] $*" >&2; }
+log() { echo "[build-llama-cpp +${SECONDS}s] $*" >&2; }
 
 if [[ "$PORTABLE" == "1" ]]; then
     # Zen4 / Sapphire Rapids class; override with LLAMA_ARCH_FLAGS="..." for other hosts.

@@ -17,6 +17,9 @@ use std::sync::OnceLock;
 
 const TIGHT: f32 = 1e-3;
 const BF16_SCALE_TOL: f32 = 0.15;
+/// Greedy steps whose reference margin is below this may flip under the BF16 scale's rounding
+/// (bos_only step 29 has a margin of 0.009).
+const NEAR_TIE: f32 = 0.05;
 
 fn engine(path: &Path) -> Engine {
     Engine::load(
@@ -35,7 +38,9 @@ struct PromptResult {
 }
 
 /// Every reference prompt: ids, final logits (within `tol`), argmax and the 32 greedy tokens.
-fn check(label: &str, engine: &Engine, tol: f32) -> Vec<PromptResult> {
+/// The greedy comparison stops at the first step whose reference top-1/top-2 margin is below
+/// `near_tie` (0: compare all 32 tokens and the text).
+fn check(label: &str, engine: &Engine, tol: f32, near_tie: f32) -> Vec<PromptResult> {
     let tok = engine.tokenizer();
     let mut out = Vec::new();
     for p in reference_json()["prompts"].as_array().unwrap() {
@@ -71,12 +76,26 @@ fn check(label: &str, engine: &Engine, tol: f32) -> Vec<PromptResult> {
             ..Default::default()
         };
         let g = s.generate(&ids, &opts, |_| true).unwrap();
-        assert_eq!(g.tokens, greedy, "{label}/{name}: greedy tokens");
+        let margins = floats_of(&p["greedy_top1_minus_top2_margins"]);
+        let upto = margins
+            .iter()
+            .position(|&m| m < near_tie)
+            .unwrap_or(greedy.len());
         assert_eq!(
-            g.text,
-            p["greedy_text"].as_str().unwrap(),
-            "{label}/{name}: greedy text"
+            g.tokens[..upto],
+            greedy[..upto],
+            "{label}/{name}: greedy tokens"
         );
+        if upto == greedy.len() {
+            assert_eq!(g.tokens, greedy, "{label}/{name}: greedy tokens");
+            assert_eq!(
+                g.text,
+                p["greedy_text"].as_str().unwrap(),
+                "{label}/{name}: greedy text"
+            );
+        } else {
+            println!("{label}/{name}: greedy compared up to the near-tie at step {upto}");
+        }
         out.push(PromptResult {
             name: name.into(),
             logits,
@@ -88,7 +107,7 @@ fn check(label: &str, engine: &Engine, tol: f32) -> Vec<PromptResult> {
 /// The bf16 folder itself, the baseline the other layouts are compared with bit for bit.
 fn baseline() -> &'static Vec<PromptResult> {
     static B: OnceLock<Vec<PromptResult>> = OnceLock::new();
-    B.get_or_init(|| check("hf-bf16", &engine(&kjv_dir()), TIGHT))
+    B.get_or_init(|| check("hf-bf16", &engine(&kjv_dir()), TIGHT, 0.0))
 }
 
 fn assert_bit_identical(label: &str, got: &[PromptResult]) {
@@ -109,7 +128,7 @@ fn assert_bit_identical(label: &str, got: &[PromptResult]) {
 fn packed_layout_with_f32_scale_matches_reference() {
     let dir = tempfile::tempdir().unwrap();
     write_packed_dir(dir.path(), ScaleType::F32);
-    let got = check("packed-f32", &engine(dir.path()), TIGHT);
+    let got = check("packed-f32", &engine(dir.path()), TIGHT, 0.0);
     assert_bit_identical("packed-f32", &got);
 }
 
@@ -117,14 +136,14 @@ fn packed_layout_with_f32_scale_matches_reference() {
 fn packed_layout_with_bf16_scale_matches_reference() {
     let dir = tempfile::tempdir().unwrap();
     write_packed_dir(dir.path(), ScaleType::BF16);
-    check("packed-bf16", &engine(dir.path()), BF16_SCALE_TOL);
+    check("packed-bf16", &engine(dir.path()), BF16_SCALE_TOL, NEAR_TIE);
 }
 
 #[test]
 fn sharded_checkpoint_matches_reference() {
     let dir = tempfile::tempdir().unwrap();
     write_sharded_dir(dir.path(), kjv_tensors(), 2);
-    let got = check("sharded", &engine(dir.path()), TIGHT);
+    let got = check("sharded", &engine(dir.path()), TIGHT, 0.0);
     assert_bit_identical("sharded", &got);
 }
 
@@ -136,6 +155,6 @@ fn sharded_packed_checkpoint_matches_reference() {
         usize::from(n.ends_with("_scale"))
     });
     write_json(&dir.path().join("config.json"), &offline_config());
-    let got = check("sharded-packed", &engine(dir.path()), TIGHT);
+    let got = check("sharded-packed", &engine(dir.path()), TIGHT, 0.0);
     assert_bit_identical("sharded-packed", &got);
 }

@@ -66,7 +66,10 @@ struct Parts {
 
 impl Parts {
     fn of(path: &Path) -> Parts {
-        let f = GgufFile::open(path).expect("source GGUF opens");
+        Parts::of_file(&GgufFile::open(path).expect("source GGUF opens"))
+    }
+
+    fn of_file(f: &GgufFile) -> Parts {
         Parts {
             meta: f.metadata().to_vec(),
             tensors: f
@@ -385,23 +388,24 @@ fn i2s_scale_that_is_not_finite() {
     }
 }
 
-/// Our TQ2_0 conversion of the KJV model (one f16 scale per 256-weight block, all equal).
+/// Our TQ2_0 conversion of the KJV model (one f16 scale per 256-weight block, all equal),
+/// built in memory once.
 fn tq2_parts() -> Parts {
-    static FILE: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
-    let (_, path) = FILE.get_or_init(|| {
-        let dir = tempdir();
-        let path = dir.path().join("kjv-tq2_0.gguf");
+    static BYTES: OnceLock<Vec<u8>> = OnceLock::new();
+    let bytes = BYTES.get_or_init(|| {
         let m = load_ok(&kjv_gguf(), None);
         let opts = bitnet_models::export::ExportOptions {
             ternary: bitnet_models::export::TernaryFormat::Tq2_0,
             dense: bitnet_models::export::DenseFormat::F16,
             name: "kjv-tq2".into(),
         };
-        bitnet_models::export::write_gguf(&m.weights, m.vocab.as_ref().unwrap(), &opts, &path)
+        let w = bitnet_models::export::to_gguf(&m.weights, m.vocab.as_ref().unwrap(), &opts)
             .expect("export TQ2_0");
-        (dir, path)
+        let mut out = Vec::new();
+        w.write_to(&mut out).expect("serialize");
+        out
     });
-    Parts::of(path)
+    Parts::of_file(&GgufFile::from_storage(Storage::from_vec(bytes.clone())).expect("parses"))
 }
 
 #[test]
