@@ -75,7 +75,14 @@ pub fn resolve(model: &ModelArgs, sampling: Option<&SamplingArgs>) -> Result<Set
         Some(p) => Settings::from_toml_file(&p)?,
         None => Settings::default(),
     };
-    let env = Settings::from_env_vars(std::env::vars())?;
+    // vars_os: a non-UTF-8 variable elsewhere in the environment must not abort the program;
+    // a non-UTF-8 BITNET_* value is reported like any other malformed setting.
+    let vars = std::env::vars_os().filter_map(|(k, v)| {
+        let k = k.into_string().ok()?;
+        k.starts_with("BITNET_")
+            .then(|| (k, v.to_string_lossy().into_owned()))
+    });
+    let env = Settings::from_env_vars(vars)?;
     let s = sampling.cloned().unwrap_or_default();
     let flags = Settings {
         model: model.model.clone(),

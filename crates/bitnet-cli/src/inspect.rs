@@ -20,7 +20,10 @@ fn show_value(v: &MetadataValue, full: bool) -> String {
     match v {
         MetadataValue::String(s) if !full && s.len() > 200 => format!(
             "{:?}... ({} bytes)",
-            &s[..s.floor_char_boundary(200)],
+            &s[..(0..=200)
+                .rev()
+                .find(|&i| s.is_char_boundary(i))
+                .unwrap_or(0)],
             s.len()
         ),
         MetadataValue::String(s) => format!("{s:?}"),

@@ -75,6 +75,14 @@ pub fn run(a: RunArgs) -> Result<()> {
         stop: a.stop.clone(),
         ignore_eos: a.ignore_eos,
     };
+    // Check before echoing, so a prompt that cannot run prints nothing on stdout.
+    if ids.len() > session.ctx_size() {
+        return Err(bitnet_inference::EngineError::PromptTooLong {
+            prompt: ids.len(),
+            ctx: session.ctx_size(),
+        }
+        .into());
+    }
     let mut out = std::io::stdout().lock();
     if !a.no_echo {
         write!(out, "{prompt}")?;

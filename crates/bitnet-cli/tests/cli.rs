@@ -529,7 +529,6 @@ fn bad_settings_are_exit_1() {
 /// `bitnet_models::load(..)?` has no `loading <path>` context), so a corrupt file gives e.g.
 /// "error: GGUF file truncated: reading magic at offset 0 ..." with no hint which file.
 #[test]
-#[ignore = "bug: bitnet-cli tokenize.rs omits the model path from load errors (see report)"]
 fn tokenize_load_errors_name_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let garbage = dir.path().join("garbage.gguf");
@@ -542,7 +541,6 @@ fn tokenize_load_errors_name_the_file() {
 /// std::env::vars() panics on a variable that is not valid Unicode; any such variable in the
 /// environment (not only BITNET_*) must not crash the CLI.
 #[test]
-#[ignore = "bug: bitnet-cli args.rs resolve() -> Settings::from_env_vars(std::env::vars()) panics on a non-UTF-8 environment variable (see report)"]
 fn non_unicode_environment_variable_does_not_crash() {
     use std::os::unix::ffi::OsStrExt;
     let mut c = bitnet();

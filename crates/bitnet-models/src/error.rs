@@ -3,7 +3,7 @@ use std::path::PathBuf;
 /// Everything that can go wrong turning a file on disk into model weights.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
-    #[error("I/O error on {path}: {source}")]
+    #[error("cannot read {path}")]
     Io {
         path: PathBuf,
         source: std::io::Error,

@@ -226,7 +226,13 @@ impl TensorSource for HfCheckpoint {
                 .get(&scale_name)
                 .ok_or(ModelError::MissingTensor(scale_name.clone()))?;
             let scale = match to_f32(&scale_name, st)?.as_slice() {
-                [s] => *s,
+                [s] if s.is_finite() => *s,
+                [s] => {
+                    return Err(ModelError::BadTensor {
+                        name: scale_name,
+                        message: format!("weight scale is {s}"),
+                    })
+                }
                 other => {
                     return Err(ModelError::BadTensor {
                         name: scale_name,
