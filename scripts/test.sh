@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Everything CI checks, from a fresh clone: formatting, lints, and all tests, including the
-# cross-checks against transformers and llama.cpp (whose set-up this script performs).
+# cross-checks against transformers and llama.cpp, whose set-up this script performs
+# (scripts/make-fixtures.sh: a Python venv from PyPI, llama.cpp from the llama-cpp-python sdist).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
@@ -13,7 +14,10 @@ cargo fmt --all -- --check
 step "clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-step "cargo test (unit, kernels, formats, reference model, bad input)"
-cargo test --workspace --locked
+step "reference fixtures: transformers tiny models, llama.cpp build and its logits"
+LLAMACPP=1 scripts/make-fixtures.sh
+
+step "cargo test (kernels, formats, shared reference model, transformers, llama.cpp, bad input)"
+cargo test --workspace --locked -- --include-ignored
 
 step "done"
