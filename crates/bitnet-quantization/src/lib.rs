@@ -109,6 +109,16 @@ pub(crate) fn check_codes(codes: &[i8]) -> Result<()> {
     }
 }
 
+/// The floats `codes[i] * scale` that llama.cpp's block quantizers would be given for a
+/// BitNet tensor, after checking both inputs.
+pub(crate) fn ternary_values(codes: &[i8], scale: f32) -> Result<Vec<f32>> {
+    check_codes(codes)?;
+    if !scale.is_finite() {
+        return Err(QuantError::InvalidScale(scale));
+    }
+    Ok(codes.iter().map(|&t| f32::from(t) * scale).collect())
+}
+
 pub(crate) fn check_len(what: &'static str, expected: usize, got: usize) -> Result<()> {
     if expected == got {
         Ok(())

@@ -8,7 +8,7 @@
 //! each as a base-3 number (first element most significant) stored as `ceil(q * 256 / 243)`, so
 //! that trit `n` is recovered by `((u8)(byte * 3^n) * 3) >> 8` without a division.
 
-use crate::{check_codes, check_len, check_multiple, QuantError, Result};
+use crate::{check_len, check_multiple, Result};
 use half::f16;
 
 /// ggml `QK_K`: elements per super-block.
@@ -119,12 +119,7 @@ pub fn quantize_ref(x: &[f32]) -> Result<Vec<u8>> {
 /// `codes[i] * scale`: blocks with a nonzero weight get `d = f16(|scale|)`, all-zero blocks
 /// `d = 0`; a negative scale flips the codes.
 pub fn encode(codes: &[i8], scale: f32) -> Result<Vec<u8>> {
-    check_codes(codes)?;
-    if !scale.is_finite() {
-        return Err(QuantError::InvalidScale(scale));
-    }
-    let x: Vec<f32> = codes.iter().map(|&t| f32::from(t) * scale).collect();
-    quantize_ref(&x)
+    quantize_ref(&crate::ternary_values(codes, scale)?)
 }
 
 /// Decodes `n` codes and the per-block scales `d` (as f32). Value = code * d[i / 256].

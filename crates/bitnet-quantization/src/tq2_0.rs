@@ -4,7 +4,7 @@
 //! each 128-element half (32 bytes), byte `m` holds elements `m, m+32, m+64, m+96` in bits
 //! 1:0, 3:2, 5:4, 7:6 (LSB-first, the reverse of I2_S). `d` is the block absmax.
 
-use crate::{check_codes, check_len, check_multiple, QuantError, Result};
+use crate::{check_len, check_multiple, QuantError, Result};
 use half::f16;
 
 /// ggml `QK_K`: elements per super-block.
@@ -82,12 +82,7 @@ pub fn quantize_ref(x: &[f32]) -> Result<Vec<u8>> {
 /// weight get `d = f16(|scale|)`, all-zero blocks get `d = 0`. A negative scale flips the codes,
 /// again as llama.cpp would.
 pub fn encode(codes: &[i8], scale: f32) -> Result<Vec<u8>> {
-    check_codes(codes)?;
-    if !scale.is_finite() {
-        return Err(QuantError::InvalidScale(scale));
-    }
-    let x: Vec<f32> = codes.iter().map(|&t| f32::from(t) * scale).collect();
-    quantize_ref(&x)
+    quantize_ref(&crate::ternary_values(codes, scale)?)
 }
 
 /// Decodes `n` codes and the per-block scales `d` (as f32). Value = code * d[i / 256].
