@@ -720,3 +720,40 @@ fn gguf_without_tokenizer_needs_tokenizer_flag() {
         format!("{}\n", greedy_text("in_the_beginning"))
     );
 }
+
+/// `bitnet chat` renders the history with the chat template; its first answer is the
+/// reference chat continuation, and a second turn reuses the cached prefix without error.
+#[test]
+fn chat_answers_with_the_reference_continuation() {
+    use std::io::Write;
+    let mut c = bitnet();
+    c.args(["chat", "--temp", "0", "-n", "32", "-q"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().expect("bitnet chat starts");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"Who is the Lord?\nAnd who is Moses?\n/exit\n")
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8(o.stdout).unwrap();
+    assert!(
+        o.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let turns: Vec<&str> = stdout.split("> ").collect();
+    assert_eq!(
+        turns.len(),
+        4,
+        "two answers between three prompts: {stdout:?}"
+    );
+    assert_eq!(turns[1], format!("{}\n", greedy_text("chat")));
+    assert!(
+        !turns[2].trim().is_empty(),
+        "second answer is empty: {stdout:?}"
+    );
+}

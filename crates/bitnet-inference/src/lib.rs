@@ -15,6 +15,7 @@ mod engine;
 mod error;
 mod forward;
 mod kv_cache;
+pub mod perplexity;
 mod sampler;
 pub mod settings;
 mod stop;

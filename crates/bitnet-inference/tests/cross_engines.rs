@@ -10,7 +10,7 @@
 //! the folder (default target/fixtures).
 //!
 //! Tolerances: greedy tokens exact (the fixture inputs are chosen so every greedy step wins by
-//! >= 0.25); logits at every position within 0.25 absolute. transformers' own logits move by
+//! at least 0.25); logits at every position within 0.25 absolute. transformers' own logits move by
 //! 0.10-0.14 under 1e-6 input noise on these random models (a value on an int8 rounding boundary
 //! flips), so tighter bounds would test noise. The measured maxima are printed.
 

@@ -144,35 +144,11 @@ fn validation_perplexity_matches_reference() {
     let r = reference();
     let engine = engine(&kjv_dir().join("gguf/bitnet-b1.58-kjv-i2_s.gguf"));
     let text = std::fs::read_to_string(kjv_dir().join("data/val.txt")).unwrap();
-    let tok = engine.tokenizer();
-    let bos = tok.bos_id().unwrap();
-    let mut chunks: Vec<Vec<u32>> = Vec::new();
-    let mut cur = vec![bos];
-    for line in text.lines() {
-        let ids = tok.encode(&format!("{line}\n"), false).unwrap();
-        if cur.len() + ids.len() > 257 && cur.len() > 1 {
-            chunks.push(std::mem::replace(&mut cur, vec![bos]));
-        }
-        cur.extend(ids);
-    }
-    chunks.push(cur);
-    let vocab = engine.config().vocab_size;
-    let mut s = engine.session(Some(257)).unwrap();
-    let (mut nll, mut n) = (0f64, 0usize);
-    for c in &chunks {
-        s.reset();
-        let logits = s.eval(&c[..c.len() - 1], Logits::All).unwrap();
-        for (row, &y) in logits.chunks_exact(vocab).zip(&c[1..]) {
-            let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-            let lse = m + row.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln();
-            nll += lse - row[y as usize] as f64;
-            n += 1;
-        }
-    }
-    let loss = nll / n as f64;
+    let p = bitnet_inference::perplexity::line_packed(&engine, &text, 256).unwrap();
+    let (loss, n) = (p.loss, p.tokens);
     println!(
         "validation: {} chunks, {n} tokens, loss {loss:.5} (reference {:.5}), ppl {:.3}",
-        chunks.len(),
+        p.chunks,
         r.val_loss,
         loss.exp()
     );
