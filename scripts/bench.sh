@@ -37,16 +37,11 @@ echo "files: $(ls -l "$OUT"/2b4t-tq2_0.gguf | awk '{printf "%.0f MiB", $5/104857
 printf '\n| engine | format | test | t/s (mean ± sd) |\n|---|---|---|---|\n'
 ours() {
     "$BITNET" bench -m "$OUT/2b4t-$1.gguf" -p "$PP" -n "$TG" -r "$REPS" --threads-list "$THREADS" --json |
-        python3 -c 'import json,sys
-for l in sys.stdin:
-    r=json.loads(l); print(f"| bitnet-rs | '"$2"' | {r[\"test\"]} | {r[\"tps_mean\"]:.2f} ± {r[\"tps_std\"]:.2f} |")'
+        python3 "$ROOT/scripts/bench_table.py" ours bitnet-rs "$2"
 }
 theirs() {
     "$1" -m "$OUT/2b4t-$2.gguf" -p "$PP" -n "$TG" -r "$REPS" -t "$THREADS" -o json 2>/dev/null |
-        python3 -c 'import json,sys
-for r in json.load(sys.stdin):
-    test = f"pp{r[\"n_prompt\"]}" if r["n_prompt"] else f"tg{r[\"n_gen\"]}"
-    print(f"| '"$3"' | '"$4"' | {test} | {r[\"avg_ts\"]:.2f} ± {r[\"stddev_ts\"]:.2f} |")'
+        python3 "$ROOT/scripts/bench_table.py" llama "$3" "$4"
 }
 ours tq2_0 TQ2_0
 theirs "$LLAMA_CPP_BIN/llama-bench" tq2_0 "llama.cpp" TQ2_0

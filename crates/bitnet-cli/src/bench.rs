@@ -2,6 +2,7 @@ use crate::args::{resolve, ModelArgs};
 use anyhow::Result;
 use bitnet_inference::{Engine, EngineOptions, Logits, Rng};
 use clap::Args;
+use std::io::Write;
 use std::time::Instant;
 
 #[derive(Args, Debug)]
@@ -84,8 +85,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
         .file_name()
         .map(|x| x.to_string_lossy().into_owned())
         .unwrap_or_default();
+    let out = &mut std::io::stdout().lock();
     if !a.json {
-        println!(
+        writeln!(
+            out,
             "model: {name} ({} arch, {} layers, hidden {}, ffn {}, vocab {}), file {:.1} MiB, kernels {:?}",
             c.arch.gguf_name(),
             c.num_layers,
@@ -94,12 +97,13 @@ pub fn run(a: BenchArgs) -> Result<()> {
             c.vocab_size,
             file_bytes as f64 / (1 << 20) as f64,
             bitnet_kernels::detected_isa()
-        );
-        println!("| {:>7} | {:>8} | {:>16} |", "threads", "test", "t/s");
-        println!(
+        )?;
+        writeln!(out, "| {:>7} | {:>8} | {:>16} |", "threads", "test", "t/s")?;
+        writeln!(
+            out,
             "| {:>7} | {:>8} | {:>16} |",
             "------:", "-------:", "---------------:"
-        );
+        )?;
     }
     let mut rng = Rng::new(1234);
     let mut tokens = |n: usize| -> Vec<u32> {
@@ -116,19 +120,22 @@ pub fn run(a: BenchArgs) -> Result<()> {
             engine0.with_threads(threads)?
         };
         let mut session = engine.session(Some(max_len))?;
-        let report = |test: String, samples: Vec<f64>| {
+        let mut report = |test: String, samples: Vec<f64>| -> std::io::Result<()> {
             let (m, sd) = mean_std(&samples);
             if a.json {
-                println!(
+                writeln!(
+                    out,
                     "{}",
                     serde_json::json!({"model": name, "threads": threads, "test": test, "tps_mean": m, "tps_std": sd, "samples": samples})
-                );
+                )?;
             } else {
-                println!(
+                writeln!(
+                    out,
                     "| {threads:>7} | {test:>8} | {:>16} |",
                     format!("{m:.2} ± {sd:.2}")
-                );
+                )?;
             }
+            Ok(())
         };
         for &p in a.n_prompt.iter().filter(|&&p| p > 0) {
             let mut samples = Vec::new();
@@ -141,7 +148,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
                     samples.push(p as f64 / t.elapsed().as_secs_f64());
                 }
             }
-            report(format!("pp{p}"), samples);
+            report(format!("pp{p}"), samples)?;
         }
         for &n in a.n_gen.iter().filter(|&&n| n > 0) {
             let mut samples = Vec::new();
@@ -158,16 +165,17 @@ pub fn run(a: BenchArgs) -> Result<()> {
                     samples.push((n - 1).max(1) as f64 / t.elapsed().as_secs_f64());
                 }
             }
-            report(format!("tg{n}"), samples);
+            report(format!("tg{n}"), samples)?;
         }
     }
     if !a.json {
         if let Some(rss) = peak_rss_bytes() {
-            println!(
+            writeln!(
+                out,
                 "peak resident memory {:.1} MiB (model file {:.1} MiB)",
                 rss as f64 / (1 << 20) as f64,
                 file_bytes as f64 / (1 << 20) as f64
-            );
+            )?;
         }
     }
     Ok(())
