@@ -26,6 +26,9 @@ pub struct ModelArgs {
     /// Prompt tokens per batch [env: BITNET_BATCH_SIZE] [default: 512]
     #[arg(short, long = "batch-size")]
     pub batch_size: Option<usize>,
+    /// KV cache type: f16 or f32 [env: BITNET_KV_TYPE] [default: f16]
+    #[arg(long = "kv-type", value_parser = parse_kv_type)]
+    pub kv_type: Option<bitnet_inference::KvType>,
     /// TOML settings file (same keys as the flags, snake_case; sampling keys under [sampling]) [env: BITNET_CONFIG]
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -90,6 +93,7 @@ pub fn resolve(model: &ModelArgs, sampling: Option<&SamplingArgs>) -> Result<Set
         threads: model.threads,
         ctx_size: model.ctx_size,
         batch_size: model.batch_size,
+        kv_type: model.kv_type,
         max_tokens: s.max_tokens,
         sampling: SamplingOverrides {
             temperature: s.temperature,
@@ -111,4 +115,9 @@ pub fn resolve(model: &ModelArgs, sampling: Option<&SamplingArgs>) -> Result<Set
         out.model = Some(PathBuf::from(DEFAULT_MODEL));
     }
     Ok(out)
+}
+
+fn parse_kv_type(s: &str) -> std::result::Result<bitnet_inference::KvType, String> {
+    bitnet_inference::KvType::parse(s)
+        .ok_or_else(|| format!("unknown KV cache type {s} (f16, f32)"))
 }

@@ -105,6 +105,7 @@ pub(crate) fn load_engine(
         threads: s.threads,
         tokenizer: s.tokenizer.clone(),
         batch_size: s.batch_size.unwrap_or(512),
+        kv_type: s.kv_type.unwrap_or_default(),
     };
     let t = std::time::Instant::now();
     let engine = bitnet_inference::Engine::load(&path, &opts)

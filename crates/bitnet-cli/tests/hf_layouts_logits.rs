@@ -10,7 +10,7 @@
 #[path = "../../bitnet-models/tests/common/mod.rs"]
 mod common;
 
-use bitnet_inference::{Engine, EngineOptions, GenerateOptions, Logits, SamplingParams};
+use bitnet_inference::{Engine, EngineOptions, GenerateOptions, KvType, Logits, SamplingParams};
 use common::*;
 use std::path::Path;
 use std::sync::OnceLock;
@@ -26,6 +26,8 @@ fn engine(path: &Path) -> Engine {
         path,
         &EngineOptions {
             threads: Some(2),
+            // f32 K/V: the comparison is against the reference's float32 math.
+            kv_type: KvType::F32,
             ..Default::default()
         },
     )

@@ -3,7 +3,7 @@
 
 use crate::error::{EngineError, Result};
 use crate::forward::{forward, Logits, Rope, Scratch};
-use crate::kv_cache::KvCache;
+use crate::kv_cache::{KvCache, KvType};
 use crate::sampler::{Sampler, SamplingParams};
 use crate::stop::{StopMatcher, StopResult};
 use bitnet_models::{LoadedModel, ModelConfig};
@@ -20,6 +20,8 @@ pub struct EngineOptions {
     pub tokenizer: Option<PathBuf>,
     /// Prompt tokens per forward batch.
     pub batch_size: usize,
+    /// Element type of every session's KV cache.
+    pub kv_type: KvType,
 }
 
 impl Default for EngineOptions {
@@ -28,6 +30,7 @@ impl Default for EngineOptions {
             threads: None,
             tokenizer: None,
             batch_size: 512,
+            kv_type: KvType::default(),
         }
     }
 }
@@ -38,6 +41,7 @@ struct Inner {
     pool: rayon::ThreadPool,
     threads: usize,
     batch_size: usize,
+    kv_type: KvType,
 }
 
 fn build_pool(threads: usize) -> Result<rayon::ThreadPool> {
@@ -75,6 +79,7 @@ impl Engine {
                 pool,
                 threads,
                 batch_size,
+                kv_type: opts.kv_type,
             }),
         })
     }
@@ -90,6 +95,7 @@ impl Engine {
                 pool,
                 threads: threads.max(1),
                 batch_size: inner.batch_size,
+                kv_type: inner.kv_type,
             }),
         })
     }
@@ -120,7 +126,8 @@ impl Engine {
             ));
         }
         // Refuse caches that cannot possibly be allocated instead of aborting on OOM.
-        let bytes = KvCache::nbytes_for(c.num_layers, c.kv_dim(), ctx);
+        let kv_type = self.inner.kv_type;
+        let bytes = KvCache::nbytes_for(c.num_layers, c.kv_dim(), ctx, kv_type);
         let limit = total_memory_bytes().unwrap_or(1 << 40);
         if ctx > (1 << 24) || bytes > limit {
             return Err(EngineError::Settings(format!(
@@ -131,7 +138,7 @@ impl Engine {
         }
         Ok(Session {
             engine: self.clone(),
-            cache: KvCache::new(c.num_layers, c.kv_dim(), ctx),
+            cache: KvCache::new(c.num_layers, c.kv_dim(), ctx, kv_type),
             scratch: Scratch::default(),
             tokens: Vec::new(),
         })

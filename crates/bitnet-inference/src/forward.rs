@@ -4,7 +4,7 @@
 //! `x += down(ffn_sub_norm(act(gate(n2(x))) * up(n2(x))))`. Every BitLinear quantizes its input
 //! per token to int8 once (shared by q/k/v and by gate/up) and accumulates in integers.
 
-use crate::kv_cache::KvCache;
+use crate::kv_cache::{Buf, KvCache};
 use bitnet_kernels::{ops, ternary_matmul, QuantizedActivations};
 use bitnet_models::{Activation, ModelConfig, ModelWeights};
 use rayon::prelude::*;
@@ -125,8 +125,8 @@ pub(crate) fn forward(
                 &mut sin,
             );
         }
-        cache.k[l][start * kvd..(start + t) * kvd].copy_from_slice(&s.k);
-        cache.v[l][start * kvd..(start + t) * kvd].copy_from_slice(&s.v);
+        cache.k[l].write(start * kvd, &s.k);
+        cache.v[l].write(start * kvd, &s.v);
         attention(c, &s.q, &cache.k[l], &cache.v[l], start, &mut s.attn);
         norm_rows_inplace(&mut s.attn, &lw.attn_sub_norm, c.rms_norm_eps, qd);
         s.acts.quantize(&s.attn, t, qd);
@@ -186,9 +186,10 @@ fn add_assign(x: &mut [f32], y: &[f32]) {
     ops::axpy(1.0, y, x);
 }
 
-/// Causal grouped-query attention for the `t` new tokens at `start..start+t`, reading keys and
-/// values for positions `0..=start+i` from the cache. One task per (token, head).
-fn attention(c: &ModelConfig, q: &[f32], k: &[f32], v: &[f32], start: usize, out: &mut [f32]) {
+/// Causal grouped-query attention for the new tokens at `start..`, reading keys and values for
+/// positions `0..=start+i` from the cache. One task per (token, head); cached rows are widened
+/// to f32 one head-row at a time, so an f16 cache never materialises in f32.
+fn attention(c: &ModelConfig, q: &[f32], k: &Buf, v: &Buf, start: usize, out: &mut [f32]) {
     let (hd, nh, kvd) = (c.head_dim, c.num_heads, c.kv_dim());
     let group = c.num_heads / c.num_kv_heads;
     let scale = 1.0 / (hd as f32).sqrt();
@@ -197,13 +198,18 @@ fn attention(c: &ModelConfig, q: &[f32], k: &[f32], v: &[f32], start: usize, out
         let kvh = head / group;
         let qv = &q[i * nh * hd + head * hd..][..hd];
         let n = start + i + 1;
+        let mut row = vec![0f32; hd];
         let mut scores: Vec<f32> = (0..n)
-            .map(|p| ops::dot(qv, &k[p * kvd + kvh * hd..][..hd]) * scale)
+            .map(|p| {
+                k.read(p * kvd + kvh * hd, &mut row);
+                ops::dot(qv, &row) * scale
+            })
             .collect();
         ops::softmax_inplace(&mut scores);
         o.fill(0.0);
         for (p, &a) in scores.iter().enumerate() {
-            ops::axpy(a, &v[p * kvd + kvh * hd..][..hd], o);
+            v.read(p * kvd + kvh * hd, &mut row);
+            ops::axpy(a, &row, o);
         }
     });
 }

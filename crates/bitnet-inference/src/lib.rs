@@ -26,7 +26,7 @@ pub use engine::{
 };
 pub use error::{EngineError, Result};
 pub use forward::Logits;
-pub use kv_cache::KvCache;
+pub use kv_cache::{KvCache, KvType};
 pub use sampler::{argmax, Rng, Sampler, SamplingParams};
 pub use settings::Settings;
 pub use stop::{StopMatcher, StopResult};

@@ -2,6 +2,7 @@
 //! built-in defaults, a TOML file, `BITNET_*` environment variables, then command-line flags.
 
 use crate::error::{EngineError, Result};
+use crate::kv_cache::KvType;
 use crate::sampler::SamplingParams;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -21,6 +22,8 @@ pub struct Settings {
     pub batch_size: Option<usize>,
     /// Tokens to generate at most.
     pub max_tokens: Option<usize>,
+    /// KV cache element type: f16 or f32.
+    pub kv_type: Option<KvType>,
     pub sampling: SamplingOverrides,
 }
 
@@ -72,6 +75,9 @@ impl Settings {
                 "CTX_SIZE" => s.ctx_size = Some(v.parse().map_err(|e| bad(&e))?),
                 "BATCH_SIZE" => s.batch_size = Some(v.parse().map_err(|e| bad(&e))?),
                 "MAX_TOKENS" => s.max_tokens = Some(v.parse().map_err(|e| bad(&e))?),
+                "KV_TYPE" => {
+                    s.kv_type = Some(KvType::parse(&v).ok_or_else(|| bad(&"expected f16 or f32"))?)
+                }
                 "TEMPERATURE" => sp.temperature = Some(v.parse().map_err(|e| bad(&e))?),
                 "TOP_K" => sp.top_k = Some(v.parse().map_err(|e| bad(&e))?),
                 "TOP_P" => sp.top_p = Some(v.parse().map_err(|e| bad(&e))?),
@@ -91,7 +97,7 @@ impl Settings {
 
     /// `self` with every value that `over` sets replaced.
     pub fn overlay(mut self, over: &Settings) -> Settings {
-        overlay!(self, over, model, tokenizer, threads, ctx_size, batch_size, max_tokens);
+        overlay!(self, over, model, tokenizer, threads, ctx_size, batch_size, max_tokens, kv_type);
         overlay!(
             self.sampling,
             over.sampling,

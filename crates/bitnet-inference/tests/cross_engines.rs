@@ -16,7 +16,7 @@
 
 mod common;
 
-use bitnet_inference::{Engine, EngineOptions, GenerateOptions, Logits, SamplingParams};
+use bitnet_inference::{Engine, EngineOptions, GenerateOptions, KvType, Logits, SamplingParams};
 use bitnet_models::export::{write_gguf, DenseFormat, ExportOptions, TernaryFormat};
 use bitnet_models::{fixture::synthetic_vocab, LoadedModel, ModelWeights, SourceFormat};
 use bitnet_tokenizers::Tokenizer;

@@ -3,26 +3,32 @@
 //! read: the HF folder, bitnet.cpp's I2_S GGUF, and our own GGUF conversions.
 //!
 //! Tolerances (README of the shared model): token ids and greedy tokens exact; final-position
-//! logits within 0.15 absolute. The measured maxima are printed (`cargo test -- --nocapture`).
+//! logits within 0.15 absolute. With an f32 KV cache our math is the reference's up to float
+//! summation order, so the lossless forms (HF folder, I2_S files) are held to 0.01 (measured
+//! 1e-5); TQ1_0/TQ2_0 round each scale to f16 and the default f16 KV cache rounds K/V, both held
+//! to the README's 0.15. The measured maxima are printed (`cargo test -- --nocapture`).
 
 mod common;
 
-use bitnet_inference::{Engine, EngineOptions, GenerateOptions, Logits, SamplingParams};
+use bitnet_inference::{Engine, EngineOptions, GenerateOptions, KvType, Logits, SamplingParams};
 use bitnet_models::export::{write_gguf, DenseFormat, ExportOptions, TernaryFormat};
 use common::*;
 use std::path::{Path, PathBuf};
 
 const LOGIT_TOL: f32 = 0.15;
+const EXACT_TOL: f32 = 0.01;
+
+fn engine_with(path: &Path, kv_type: KvType) -> Engine {
+    let opts = EngineOptions {
+        threads: Some(2),
+        kv_type,
+        ..Default::default()
+    };
+    Engine::load(path, &opts).unwrap_or_else(|e| panic!("loading {}: {e}", path.display()))
+}
 
 fn engine(path: &Path) -> Engine {
-    Engine::load(
-        path,
-        &EngineOptions {
-            threads: Some(2),
-            ..Default::default()
-        },
-    )
-    .unwrap_or_else(|e| panic!("loading {}: {e}", path.display()))
+    engine_with(path, KvType::F32)
 }
 
 fn prompt_ids(engine: &Engine, p: &RefPrompt) -> Vec<u32> {
@@ -83,13 +89,13 @@ fn check_against_reference(label: &str, engine: &Engine, tol: f32) -> f32 {
 
 #[test]
 fn hf_folder_matches_transformers() {
-    check_against_reference("hf-bf16", &engine(&kjv_dir()), LOGIT_TOL);
+    check_against_reference("hf-bf16", &engine(&kjv_dir()), EXACT_TOL);
 }
 
 #[test]
 fn bitnet_cpp_i2s_gguf_matches_transformers() {
     let path = kjv_dir().join("gguf/bitnet-b1.58-kjv-i2_s.gguf");
-    check_against_reference("bitnet.cpp-i2_s", &engine(&path), LOGIT_TOL);
+    check_against_reference("bitnet.cpp-i2_s", &engine(&path), EXACT_TOL);
 }
 
 fn converted(ternary: TernaryFormat, name: &str) -> (tempdir::Dir, PathBuf) {
@@ -108,7 +114,7 @@ fn converted(ternary: TernaryFormat, name: &str) -> (tempdir::Dir, PathBuf) {
 #[test]
 fn our_i2s_gguf_matches_transformers() {
     let (_d, path) = converted(TernaryFormat::I2S, "own-i2s");
-    check_against_reference("own-i2_s", &engine(&path), LOGIT_TOL);
+    check_against_reference("own-i2_s", &engine(&path), EXACT_TOL);
 }
 
 #[test]
@@ -136,7 +142,13 @@ fn committed_default_model_is_our_conversion_and_matches() {
         a == b,
         "the committed default model differs from what `bitnet convert` writes today"
     );
-    check_against_reference("default-model", &engine(&committed), LOGIT_TOL);
+    check_against_reference("default-model", &engine(&committed), EXACT_TOL);
+    // What users get by default: an f16 KV cache.
+    check_against_reference(
+        "default-model-f16-kv",
+        &engine_with(&committed, KvType::F16),
+        LOGIT_TOL,
+    );
 }
 
 #[test]
