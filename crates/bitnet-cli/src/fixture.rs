@@ -17,6 +17,9 @@ pub struct FixtureArgs {
     /// Ternary format: i2_s, tq2_0, tq1_0
     #[arg(long = "type", default_value = "tq2_0")]
     ty: String,
+    /// Embedding / head format: f16, bf16, f32, q8_0
+    #[arg(long, default_value = "f16")]
+    embed: String,
     /// Override the number of layers (smaller files for quick checks)
     #[arg(long)]
     layers: Option<usize>,
@@ -35,11 +38,13 @@ pub fn run(a: FixtureArgs) -> Result<()> {
         config.num_layers = l;
     }
     let ternary = TernaryFormat::parse(&a.ty).ok_or_else(|| anyhow!("unknown --type {}", a.ty))?;
+    let dense = DenseFormat::parse(&a.embed)
+        .ok_or_else(|| anyhow!("unknown --embed {} (f16, bf16, f32, q8_0)", a.embed))?;
     let weights = fixture::random_weights(&config, a.seed)?;
     let vocab = fixture::synthetic_vocab(config.vocab_size);
     let opts = ExportOptions {
         ternary,
-        dense: DenseFormat::F16,
+        dense,
         name: format!("random-{}", a.shape),
     };
     write_gguf(&weights, &vocab, &opts, &a.output)?;

@@ -79,6 +79,7 @@ fn engine_from_weights(weights: ModelWeights) -> Engine {
         model,
         &EngineOptions {
             threads: Some(2),
+            kv_type: KvType::F32,
             ..Default::default()
         },
     )
@@ -208,6 +209,8 @@ fn llama_cpp_ggufs_match_llama_cpp() {
             &gguf,
             &EngineOptions {
                 threads: Some(2),
+                // Both references keep K/V in f32 (the dumper runs llama.cpp with --kv f32).
+                kv_type: KvType::F32,
                 ..Default::default()
             },
         )

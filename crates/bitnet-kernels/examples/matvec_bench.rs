@@ -220,13 +220,13 @@ fn main() {
         );
     }
 
-    // The tied LM head of 2B4T (128256 x 2560), one decode token, in F16 and BF16: the other
-    // big stream of a decode step.
+    // The tied LM head of 2B4T (128256 x 2560), one decode token, in F16, BF16 and Q8_0: the
+    // other big stream of a decode step.
     if !args.skip_dense {
         let (rows, cols) = (128_256usize, 2560usize);
         let x: Vec<f32> = (0..cols).map(|i| (i % 17) as f32 / 17.0 - 0.5).collect();
         let mut out = vec![0f32; rows];
-        for ty in [DenseType::F16, DenseType::BF16] {
+        for ty in [DenseType::F16, DenseType::BF16, DenseType::Q8_0] {
             // Normal numbers of magnitude ~1e-3..1 like real embeddings: subnormal inputs would
             // hit the CPU's slow microcode path and measure that instead.
             let mut s = 0x2545_f491_4f6c_dd1du64;
@@ -234,17 +234,35 @@ fn main() {
                 DenseType::F16 => (5u64, 10u64, 10),
                 _ => (117, 10, 7),
             };
-            let bytes: Vec<u8> = (0..rows * cols)
-                .flat_map(|_| {
-                    s ^= s << 13;
-                    s ^= s >> 7;
-                    s ^= s << 17;
-                    let exp = exp_lo + (s >> 40) % exp_span;
-                    let bits =
-                        ((s >> 63) << 15) | (exp << exp_shift) | (s & ((1 << exp_shift) - 1));
-                    (bits as u16).to_le_bytes()
-                })
-                .collect();
+            let bytes: Vec<u8> = if ty == DenseType::Q8_0 {
+                // f16 scales ~1e-3, int8 values in [-127, 127].
+                (0..rows * cols / 32)
+                    .flat_map(|_| {
+                        s ^= s << 13;
+                        s ^= s >> 7;
+                        s ^= s << 17;
+                        let d = half::f16::from_f32(1e-3 * (1.0 + (s >> 60) as f32 / 16.0));
+                        let mut blk = d.to_le_bytes().to_vec();
+                        blk.extend(
+                            (0..32)
+                                .map(|k| ((s.rotate_left(k * 2) % 255) as i32 - 127) as i8 as u8),
+                        );
+                        blk
+                    })
+                    .collect()
+            } else {
+                (0..rows * cols)
+                    .flat_map(|_| {
+                        s ^= s << 13;
+                        s ^= s >> 7;
+                        s ^= s << 17;
+                        let exp = exp_lo + (s >> 40) % exp_span;
+                        let bits =
+                            ((s >> 63) << 15) | (exp << exp_shift) | (s & ((1 << exp_shift) - 1));
+                        (bits as u16).to_le_bytes()
+                    })
+                    .collect()
+            };
             let m = DenseMatrix::new(rows, cols, ty, Storage::from_vec(bytes)).unwrap();
             m.matmul_with(args.isa, &x, 1, &mut out);
             let mut samples = Vec::new();

@@ -246,7 +246,7 @@ pub(crate) unsafe fn quantize_row(x: &[f32], q: &mut [i8]) -> (f32, i32) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Dense F32 / F16 / BF16
+// Dense F32 / F16 / BF16 (Q8_0 lives in dense_q8.rs)
 
 const TY_F32: u8 = 0;
 const TY_F16: u8 = 1;
@@ -357,7 +357,7 @@ impl DenseKernel for Avx2 {
         row: &[u8],
         ty: DenseType,
         x: [&[f32]; T],
-        _buf: &mut Vec<f32>,
+        buf: &mut Vec<f32>,
     ) -> [f32; T] {
         // SAFETY: forwarded contract.
         unsafe {
@@ -365,6 +365,14 @@ impl DenseKernel for Avx2 {
                 DenseType::F32 => dense_dot::<T, TY_F32>(row, x),
                 DenseType::F16 => dense_dot::<T, TY_F16>(row, x),
                 DenseType::BF16 => dense_dot::<T, TY_BF16>(row, x),
+                // DenseMatrix routes Q8_0 to dense_q8 (quantized activations); this widening
+                // fallback only keeps the trait total.
+                DenseType::Q8_0 => {
+                    let cols = x.first().map_or(0, |x| x.len());
+                    buf.resize(cols, 0.0);
+                    crate::dense_q8::row_to_f32(row, buf);
+                    x.map(|xt| dot(buf, xt))
+                }
             }
         }
     }
@@ -376,6 +384,7 @@ impl DenseKernel for Avx2 {
                 DenseType::F32 => row_to_f32_ty::<TY_F32>(row, out),
                 DenseType::F16 => row_to_f32_ty::<TY_F16>(row, out),
                 DenseType::BF16 => row_to_f32_ty::<TY_BF16>(row, out),
+                DenseType::Q8_0 => crate::dense_q8::row_to_f32(row, out),
             }
         }
     }

@@ -1,4 +1,4 @@
-//! Dense F32 / F16 / BF16 matrices: the token embedding and the (tied) LM head.
+//! Dense F32 / F16 / BF16 / Q8_0 matrices: the token embedding and the (tied) LM head.
 //!
 //! The weights stay in their file type and are converted on the fly inside the dot product:
 //! the LM head is the largest tensor of a BitNet model (656 MB in F16 for 2B4T) and decoding is
@@ -14,14 +14,36 @@ pub enum DenseType {
     F32,
     F16,
     BF16,
+    /// ggml `Q8_0`: blocks of 32 weights, an f16 scale then 32 x i8 (34 bytes). Columns must
+    /// be a multiple of 32; the matmul quantizes activations to Q8_0 too (see `dense_q8`).
+    Q8_0,
 }
 
 impl DenseType {
-    pub fn size(self) -> usize {
+    /// Elements per block (1 for the float types, 32 for Q8_0).
+    pub fn block_size(self) -> usize {
+        match self {
+            DenseType::Q8_0 => crate::dense_q8::QK,
+            _ => 1,
+        }
+    }
+
+    /// Bytes per block.
+    pub fn block_bytes(self) -> usize {
         match self {
             DenseType::F32 => 4,
             DenseType::F16 | DenseType::BF16 => 2,
+            DenseType::Q8_0 => crate::dense_q8::BLOCK_BYTES,
         }
+    }
+
+    /// Bytes of a row of `cols` elements; `None` if `cols` is not a multiple of
+    /// [`Self::block_size`] or the size overflows.
+    pub fn row_bytes(self, cols: usize) -> Option<usize> {
+        if !cols.is_multiple_of(self.block_size()) {
+            return None;
+        }
+        (cols / self.block_size()).checked_mul(self.block_bytes())
     }
 }
 
@@ -44,7 +66,7 @@ pub(crate) trait DenseKernel {
     /// `dot(row, x[t])` for `T` tokens; `buf` is scratch the kernel may use.
     ///
     /// # Safety
-    /// The CPU must support the ISA; `row.len() == x[t].len() * ty.size()`.
+    /// The CPU must support the ISA; `row.len() == ty.row_bytes(x[t].len())`.
     unsafe fn dot<const T: usize>(
         row: &[u8],
         ty: DenseType,
@@ -53,21 +75,31 @@ pub(crate) trait DenseKernel {
     ) -> [f32; T];
 
     /// # Safety
-    /// The CPU must support the ISA; `row.len() == out.len() * ty.size()`.
+    /// The CPU must support the ISA; `row.len() == ty.row_bytes(out.len())`.
     unsafe fn row_to_f32(row: &[u8], ty: DenseType, out: &mut [f32]);
 }
 
 impl DenseMatrix {
-    /// Checks that `data` holds exactly `rows * cols` elements of `ty`.
+    /// Checks that `data` holds exactly `rows * cols` elements of `ty` (for Q8_0, that `cols` is
+    /// a multiple of 32).
     pub fn new(
         rows: usize,
         cols: usize,
         ty: DenseType,
         data: Storage,
     ) -> Result<Self, KernelError> {
-        let n = rows
-            .checked_mul(cols)
-            .and_then(|n| n.checked_mul(ty.size()))
+        let bs = ty.block_size();
+        if !cols.is_multiple_of(bs) {
+            return Err(bitnet_quantization::QuantError::NotMultiple {
+                what: "Q8_0 dense matrix columns",
+                n: cols,
+                multiple: bs,
+            }
+            .into());
+        }
+        let n = ty
+            .row_bytes(cols)
+            .and_then(|rb| rb.checked_mul(rows))
             .ok_or(KernelError::Overflow("dense matrix bytes"))?;
         if data.len() != n {
             return Err(KernelError::Shape {
@@ -105,7 +137,7 @@ impl DenseMatrix {
     }
 
     fn row_bytes(&self) -> usize {
-        self.cols * self.ty.size()
+        self.cols / self.ty.block_size() * self.ty.block_bytes()
     }
 
     fn row(&self, r: usize) -> &[u8] {
@@ -127,10 +159,13 @@ impl DenseMatrix {
             self.cols,
             "DenseMatrix::row_f32: out.len() != cols"
         );
+        if self.ty == DenseType::Q8_0 {
+            return crate::dense_q8::row_to_f32(self.row(r), out);
+        }
         match detected_isa() {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: detected_isa only returns Avx2 when the CPU supports it; lengths checked.
-            Isa::Avx2 => unsafe {
+            Isa::Avx2 | Isa::Avx512Vnni => unsafe {
                 <crate::avx2::Avx2 as DenseKernel>::row_to_f32(self.row(r), self.ty, out)
             },
             _ => crate::scalar::row_to_f32(self.row(r), self.ty, out),
@@ -138,7 +173,8 @@ impl DenseMatrix {
     }
 
     /// `out[t * rows + r] = dot(x[t], row r)` with f32 accumulation, over row chunks on the
-    /// current rayon pool.
+    /// current rayon pool. For Q8_0 the activations are first quantized to Q8_0 blocks and the
+    /// block dots are exact integers (llama.cpp's `vec_dot_q8_0_q8_0`).
     ///
     /// # Panics
     /// If `x.len() != tokens * cols` or `out.len() != tokens * rows`.
@@ -171,6 +207,9 @@ impl DenseMatrix {
             out.fill(0.0);
             return;
         }
+        if self.ty == DenseType::Q8_0 {
+            return crate::dense_q8::matmul(&self.data, self.rows, self.cols, isa, x, tokens, out);
+        }
         let chunk = row_chunk(self.rows, self.row_bytes(), CHUNK_BYTES);
         let shared = SharedOut::new(out);
         let run = |c: usize| {
@@ -179,7 +218,7 @@ impl DenseMatrix {
             match isa {
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: check_isa verified the CPU; shapes checked above.
-                Isa::Avx2 => unsafe {
+                Isa::Avx2 | Isa::Avx512Vnni => unsafe {
                     self.rows_kernel::<crate::avx2::Avx2>(x, tokens, r0, r1, shared)
                 },
                 // SAFETY: scalar code runs anywhere.

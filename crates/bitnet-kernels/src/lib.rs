@@ -2,21 +2,25 @@
 //!
 //! - [`ternary_matmul`]: I2_S-layout ternary weights x per-token int8 activations, integer
 //!   accumulation, `y = acc / s_x * w_scale` (transformers AutoBitLinear / bitnet.cpp semantics).
-//! - [`DenseMatrix::matmul`]: F32/F16/BF16 matrices (embeddings, tied LM head).
+//! - [`DenseMatrix::matmul`]: F32/F16/BF16/Q8_0 matrices (embeddings, tied LM head).
 //! - [`ops`]: the f32 vector ops of the forward pass.
 //!
 //! Each kernel has a scalar reference (`*_scalar`, public so tests can compare) and an AVX2
-//! version in its own module; which one runs is decided once per process by [`detected_isa`]
-//! (runtime CPU detection, so a generic release binary still gets AVX2). The integer kernels
-//! are bit-exact across ISAs and thread counts; the float ones agree to rounding.
+//! version in its own module (the ternary matmul also an AVX-512 VNNI one); which one runs is
+//! decided once per process by [`detected_isa`] (runtime CPU detection, so a generic release
+//! binary still gets AVX2 / AVX-512). The integer kernels are bit-exact across ISAs and thread
+//! counts; the float ones agree to rounding.
 
 mod dense;
+mod dense_q8;
 pub mod ops;
 mod scalar;
 mod ternary;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 
 pub use dense::{DenseMatrix, DenseType};
 pub use ternary::{
@@ -34,6 +38,9 @@ pub enum Isa {
     Scalar,
     /// x86-64 AVX2 + FMA + F16C (Haswell / Zen and later).
     Avx2,
+    /// x86-64 AVX-512 F + BW + VNNI on top of [`Isa::Avx2`] (Ice Lake / Zen 4 and later): the
+    /// ternary matmul uses `vpdpbusd`; every other kernel runs the AVX2 code.
+    Avx512Vnni,
 }
 
 impl Isa {
@@ -42,6 +49,7 @@ impl Isa {
         match self {
             Isa::Scalar => true,
             Isa::Avx2 => avx2_supported(),
+            Isa::Avx512Vnni => avx512vnni_supported(),
         }
     }
 
@@ -50,7 +58,15 @@ impl Isa {
         match self {
             Isa::Scalar => "scalar",
             Isa::Avx2 => "avx2",
+            Isa::Avx512Vnni => "avx512vnni",
         }
+    }
+
+    /// The ISA whose [`Self::name`] is `name` (ASCII case-insensitive), if any.
+    pub fn from_name(name: &str) -> Option<Isa> {
+        [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni]
+            .into_iter()
+            .find(|i| i.name().eq_ignore_ascii_case(name.trim()))
     }
 }
 
@@ -67,17 +83,58 @@ fn avx2_supported() -> bool {
     }
 }
 
-/// The ISA every dispatched kernel uses, decided on first call and fixed for the process.
-/// `BITNET_FORCE_SCALAR=1` (read once, at that first call) forces [`Isa::Scalar`] for tests and
-/// benchmarks.
+fn avx512vnni_supported() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        avx2_supported()
+            && is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// The ISA every dispatched kernel uses, decided on first call and fixed for the process: the
+/// best one the CPU supports (AVX-512 VNNI, then AVX2, then scalar). Two environment variables,
+/// read once at that first call, override it for tests and benchmarks:
+/// - `BITNET_FORCE_SCALAR=1` forces [`Isa::Scalar`] (and wins over `BITNET_ISA`);
+/// - `BITNET_ISA=scalar|avx2|avx512vnni` picks that ISA. A name that is unknown or not supported
+///   by this CPU is ignored, with a warning on stderr, and the automatic choice is used.
 pub fn detected_isa() -> Isa {
     static ISA: OnceLock<Isa> = OnceLock::new();
     *ISA.get_or_init(|| {
         let forced = std::env::var("BITNET_FORCE_SCALAR").is_ok_and(|v| !v.is_empty() && v != "0");
-        if !forced && Isa::Avx2.is_supported() {
-            Isa::Avx2
-        } else {
-            Isa::Scalar
+        if forced {
+            return Isa::Scalar;
+        }
+        let best = [Isa::Avx512Vnni, Isa::Avx2]
+            .into_iter()
+            .find(|i| i.is_supported())
+            .unwrap_or(Isa::Scalar);
+        match std::env::var("BITNET_ISA") {
+            Ok(v) if !v.trim().is_empty() => match Isa::from_name(&v) {
+                Some(isa) if isa.is_supported() => isa,
+                Some(isa) => {
+                    eprintln!(
+                        "warning: BITNET_ISA={v}: this CPU does not support {}; using {}",
+                        isa.name(),
+                        best.name()
+                    );
+                    best
+                }
+                None => {
+                    eprintln!(
+                        "warning: BITNET_ISA={v}: unknown ISA (expected scalar, avx2 or \
+                         avx512vnni); using {}",
+                        best.name()
+                    );
+                    best
+                }
+            },
+            _ => best,
         }
     })
 }

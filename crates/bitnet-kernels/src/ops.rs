@@ -19,8 +19,9 @@ macro_rules! dispatch {
     ($name:ident ( $($arg:expr),* )) => {
         match detected_isa() {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: detected_isa only returns Avx2 when the CPU supports AVX2 + FMA + F16C.
-            Isa::Avx2 => unsafe { avx2::$name($($arg),*) },
+            // SAFETY: detected_isa only returns Avx2 / Avx512Vnni when the CPU supports
+            // AVX2 + FMA + F16C (the AVX-512 path uses the AVX2 vector ops).
+            Isa::Avx2 | Isa::Avx512Vnni => unsafe { avx2::$name($($arg),*) },
             _ => crate::scalar::$name($($arg),*),
         }
     };

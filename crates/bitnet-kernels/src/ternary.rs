@@ -256,8 +256,8 @@ impl QuantizedActivations {
             let qt = &mut qt[..cols];
             let (s, sum) = match isa {
                 #[cfg(target_arch = "x86_64")]
-                // SAFETY: check_isa verified AVX2/FMA/F16C.
-                Isa::Avx2 => unsafe { crate::avx2::quantize_row(xt, qt) },
+                // SAFETY: check_isa verified AVX2/FMA/F16C (Avx512Vnni implies them).
+                Isa::Avx2 | Isa::Avx512Vnni => unsafe { crate::avx2::quantize_row(xt, qt) },
                 _ => {
                     let s = bitnet_quantization::quantize_activation_row(xt, qt);
                     (s, qt.iter().map(|&v| i32::from(v)).sum())
@@ -386,6 +386,11 @@ fn drive(
             #[cfg(target_arch = "x86_64")]
             // SAFETY: the public entry points checked the ISA with check_isa.
             Isa::Avx2 => unsafe { rows_kernel::<crate::avx2::Avx2>(w, a, r0, r1, &emit) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above (AVX-512 F/BW/VNNI checked).
+            Isa::Avx512Vnni => unsafe {
+                rows_kernel::<crate::avx512::Avx512Vnni>(w, a, r0, r1, &emit)
+            },
             // SAFETY: scalar code runs anywhere.
             _ => unsafe { rows_kernel::<crate::scalar::Scalar>(w, a, r0, r1, &emit) },
         }

@@ -15,12 +15,14 @@ fn matrix(rows: usize, cols: usize, ty: DenseType, rng: &mut Rng) -> (DenseMatri
         DenseType::F32 => vals.iter().flat_map(|v| v.to_le_bytes()).collect(),
         DenseType::F16 => float::f32_to_f16_bytes(&vals),
         DenseType::BF16 => float::f32_to_bf16_bytes(&vals),
+        DenseType::Q8_0 => unreachable!("Q8_0 has its own tests (dense_q8.rs)"),
     };
     let mut exact = vec![0f32; rows * cols];
     match ty {
         DenseType::F32 => exact.copy_from_slice(&vals),
         DenseType::F16 => float::f16_to_f32(&bytes, &mut exact),
         DenseType::BF16 => float::bf16_to_f32(&bytes, &mut exact),
+        DenseType::Q8_0 => unreachable!(),
     }
     (
         DenseMatrix::new(rows, cols, ty, Storage::from_vec(bytes)).unwrap(),
@@ -70,7 +72,7 @@ fn row_lookup_is_exact() {
             let (m, exact) = matrix(4, cols, ty, &mut rng);
             assert_eq!(
                 (m.rows(), m.cols(), m.ty(), m.nbytes()),
-                (4, cols, ty, 4 * cols * ty.size())
+                (4, cols, ty, 4 * ty.row_bytes(cols).unwrap())
             );
             let mut row = vec![0f32; cols];
             for r in 0..4 {

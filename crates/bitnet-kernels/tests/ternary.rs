@@ -63,14 +63,15 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
 
     #[test]
-    fn matmul_matches_reference(rows in 1usize..70, cols in 1usize..600, tokens in 1usize..9, seed in any::<u64>()) {
+    fn matmul_matches_reference(rows in 1usize..70, cols in 1usize..600, tokens in 1usize..=9, seed in any::<u64>()) {
         let (w, x) = random_case(rows, cols, tokens, seed);
         check_all(&w, &x, tokens)?;
     }
 
     #[test]
-    fn matmul_matches_reference_aligned(rows in 1usize..40, blocks in 1usize..24, tokens in 1usize..9, seed in any::<u64>()) {
-        // Whole 128-blocks, up to 23 of them: crosses the 16-block i16 accumulation group.
+    fn matmul_matches_reference_aligned(rows in 1usize..40, blocks in 1usize..24, tokens in 1usize..=9, seed in any::<u64>()) {
+        // Whole 128-blocks, up to 23 of them: crosses the 16-block i16 accumulation group, odd
+        // and even block counts (the AVX-512 kernel takes blocks in pairs).
         let (w, x) = random_case(rows, blocks * 128, tokens, seed);
         check_all(&w, &x, tokens)?;
     }
@@ -100,7 +101,8 @@ fn i16_accumulation_at_its_exact_limit() {
     // way to reach it) every maddubs pair is -512, so a 16-block i16 group sums to exactly
     // -32768; against q = 127 it is +32512. Both the decode kernel (1 token) and the token-tile
     // kernels (2..4 tokens) must stay exact across group boundaries.
-    for blocks in [15, 16, 17, 31, 32, 33, 40] {
+    // 63..=129 also cross the AVX-512 kernel's 64-block shift-down group (scaled i32 sums).
+    for blocks in [1, 2, 15, 16, 17, 31, 32, 33, 40, 63, 64, 65, 129] {
         let cols = blocks * 128;
         let w = TernaryMatrix::from_codes(3, cols, &vec![1i8; 3 * cols], 1.0).unwrap();
         for tokens in [1, 2, 3, 4, 5] {
@@ -258,5 +260,44 @@ fn quantize_special_rows() {
         a.quantize_with(isa, &[1.0; 3], 1, 3);
         assert_eq!(a.q(0).len(), 128);
         assert_eq!(&a.q(0)[..4], &[127, 127, 127, 0]);
+    }
+}
+
+#[test]
+fn every_isa_on_edge_shapes() {
+    // Deterministic sweep of the shapes that stress block pairing and tails: 1..=5 and 63..=66
+    // blocks, ragged cols around them, every token count 1..=9 (token tiles of 4 plus
+    // remainders), 1/2/3 threads. Prints which ISAs ran (visible with --nocapture).
+    let tested: Vec<&str> = isas().iter().map(|i| i.name()).collect();
+    eprintln!("every_isa_on_edge_shapes: testing {tested:?}");
+    let mut seed = 11;
+    for blocks in [1usize, 2, 3, 4, 5, 63, 64, 65, 66] {
+        for cols in [blocks * 128 - 127, blocks * 128 - 1, blocks * 128] {
+            for tokens in 1..=9 {
+                seed += 1;
+                let (w, x) = random_case(5, cols, tokens, seed);
+                check_all(&w, &x, tokens).unwrap();
+            }
+        }
+    }
+}
+
+#[test]
+fn isa_names_round_trip() {
+    for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni] {
+        assert_eq!(Isa::from_name(isa.name()), Some(isa));
+        assert_eq!(Isa::from_name(&isa.name().to_uppercase()), Some(isa));
+    }
+    assert_eq!(Isa::from_name("sse2"), None);
+    assert!(Isa::Scalar.is_supported());
+    // VNNI implies the AVX2 kernels it shares the rest of the work with.
+    assert!(!Isa::Avx512Vnni.is_supported() || Isa::Avx2.is_supported());
+    // Without overrides the dispatch takes the best supported ISA.
+    if std::env::var_os("BITNET_ISA").is_none() && std::env::var_os("BITNET_FORCE_SCALAR").is_none()
+    {
+        let best = [Isa::Avx512Vnni, Isa::Avx2, Isa::Scalar]
+            .into_iter()
+            .find(|i| i.is_supported());
+        assert_eq!(Some(detected_isa()), best);
     }
 }

@@ -63,6 +63,9 @@ pub enum DenseFormat {
     F16,
     F32,
     BF16,
+    /// ggml `Q8_0` (34 bytes per 32 weights), llama.cpp's `quantize_row_q8_0_ref`; the row
+    /// length must be a multiple of 32.
+    Q8_0,
 }
 
 impl DenseFormat {
@@ -71,6 +74,7 @@ impl DenseFormat {
             "f16" => Some(DenseFormat::F16),
             "f32" => Some(DenseFormat::F32),
             "bf16" => Some(DenseFormat::BF16),
+            "q8_0" | "q8" => Some(DenseFormat::Q8_0),
             _ => None,
         }
     }
@@ -106,20 +110,29 @@ fn ternary_bytes(m: &TernaryMatrix, fmt: TernaryFormat) -> Result<Vec<u8>> {
     })
 }
 
+/// Float formats only (`Q8_0` goes through [`dense_bytes`]).
 fn float_bytes(v: &[f32], fmt: DenseFormat) -> Vec<u8> {
     match fmt {
         DenseFormat::F32 => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
         DenseFormat::F16 => quant::float::f32_to_f16_bytes(v),
         DenseFormat::BF16 => quant::float::f32_to_bf16_bytes(v),
+        DenseFormat::Q8_0 => unreachable!("float_bytes is for float formats"),
     }
 }
 
-fn dense_bytes(m: &DenseMatrix, fmt: DenseFormat) -> Vec<u8> {
+fn dense_bytes(m: &DenseMatrix, fmt: DenseFormat) -> quant::Result<Vec<u8>> {
+    if fmt == DenseFormat::Q8_0 && m.ty() == bitnet_kernels::DenseType::Q8_0 {
+        // Already Q8_0: copy the blocks (re-quantizing dequantized values could change them).
+        return Ok(m.data().to_vec());
+    }
     let mut all = vec![0f32; m.rows() * m.cols()];
     for (r, row) in all.chunks_mut(m.cols()).enumerate() {
         m.row_f32(r, row);
     }
-    float_bytes(&all, fmt)
+    Ok(match fmt {
+        DenseFormat::Q8_0 => quant::q8_0::encode(&all)?,
+        _ => float_bytes(&all, fmt),
+    })
 }
 
 fn dense_type(fmt: DenseFormat) -> GgmlType {
@@ -127,6 +140,7 @@ fn dense_type(fmt: DenseFormat) -> GgmlType {
         DenseFormat::F16 => GgmlType::F16,
         DenseFormat::F32 => GgmlType::F32,
         DenseFormat::BF16 => GgmlType::BF16,
+        DenseFormat::Q8_0 => GgmlType::Q8_0,
     }
 }
 
@@ -152,11 +166,15 @@ pub fn to_gguf(w: &ModelWeights, vocab: &GgufVocab, opts: &ExportOptions) -> Res
     }
     let dims2 = |m_rows: usize, m_cols: usize| vec![m_cols as u64, m_rows as u64];
     let add_dense = |g: &mut GgufWriter, role: Role, m: &DenseMatrix| -> Result<()> {
+        let bytes = dense_bytes(m, opts.dense).map_err(|e| ModelError::BadTensor {
+            name: role.gguf_name(),
+            message: format!("cannot store as {:?}: {e}", opts.dense),
+        })?;
         g.add_tensor(
             role.gguf_name(),
             dims2(m.rows(), m.cols()),
             dense_type(opts.dense),
-            dense_bytes(m, opts.dense),
+            bytes,
         )?;
         Ok(())
     };

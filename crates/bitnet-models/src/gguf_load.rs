@@ -94,8 +94,10 @@ impl TensorSource for GgufSource<'_> {
             GgmlType::F32 => DenseType::F32,
             GgmlType::F16 => DenseType::F16,
             GgmlType::BF16 => DenseType::BF16,
+            // Read in place: the 8-bit head is what makes a Q8_0 embedding worth having.
+            GgmlType::Q8_0 => DenseType::Q8_0,
             _ => {
-                // Quantized embeddings (Q8_0 and friends) are widened once at load.
+                // Other quantized embeddings (Q4_0, Q6_K, ...) are widened once at load.
                 let v = self.to_f32(info)?;
                 let bytes = v.iter().flat_map(|x| x.to_le_bytes()).collect();
                 return Ok(DenseMatrix::new(

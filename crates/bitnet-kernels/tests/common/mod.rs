@@ -19,12 +19,20 @@ pub fn pools() -> &'static [rayon::ThreadPool] {
     })
 }
 
-/// Every ISA this CPU can run; tests compare each against the scalar reference.
+/// Every ISA this CPU can run; tests compare each against the scalar reference. Notes once per
+/// test binary (stderr; shown with `--nocapture`) which ISAs are skipped on this CPU.
 pub fn isas() -> Vec<Isa> {
-    [Isa::Scalar, Isa::Avx2]
-        .into_iter()
-        .filter(|i| i.is_supported())
-        .collect()
+    static NOTE: std::sync::Once = std::sync::Once::new();
+    let all = [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni];
+    NOTE.call_once(|| {
+        for isa in all.iter().filter(|i| !i.is_supported()) {
+            eprintln!(
+                "note: {} not supported by this CPU; its kernels are not tested",
+                isa.name()
+            );
+        }
+    });
+    all.into_iter().filter(|i| i.is_supported()).collect()
 }
 
 /// Small deterministic PRNG (xorshift*) so tests need no extra dependency.

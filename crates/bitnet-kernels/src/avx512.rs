@@ -1,0 +1,124 @@
+//! x86-64 AVX-512 VNNI ternary kernel. Requires AVX-512 F + BW + VNNI (and, for the activation
+//! quantization and every non-ternary kernel, which stay on the AVX2 code, AVX2 + FMA + F16C);
+//! the dispatch in lib.rs only routes here after checking all of them at run time.
+//!
+//! `vpdpbusd` multiplies unsigned bytes by signed bytes and adds each group of four products
+//! into an i32 lane, so the unsigned 2-bit codes (0..=2) go in as they are and no i16
+//! intermediate (with its saturation limit) is involved.
+//!
+//! Layout trick: a 128-weight block is 32 bytes, its element `32 * g + i` at byte `i`, bits
+//! `7 - 2g ..= 6 - 2g`. The block is broadcast into both 256-bit halves of a zmm register and
+//! ANDed with a per-half mask: the low half keeps group 0 (bits 7:6) and the high half group 1
+//! (bits 5:4), which lines up byte for byte with the 64 contiguous activations `q[0..64]`; a
+//! second mask (groups 2 and 3, bits 3:2 and 1:0) lines up with `q[64..128]`. The codes stay in
+//! place, i.e. scaled by 64 / 16 / 4 / 1 per half; every `vpdpbusd` lane holds the sum of four
+//! products of one group, so a lane's accumulator is exactly `2^s *` its true partial sum. Every
+//! [`FLUSH_BLOCKS`] blocks each lane is shifted right by its `s` (exact: the value is a multiple
+//! of `2^s`) and added to the true total, long before the scaled sums could overflow i32. No
+//! shifts or shuffles on the weight path: one broadcast load and two ANDs per block.
+
+use crate::ternary::TernaryKernel;
+use std::arch::x86_64::*;
+
+pub(crate) struct Avx512Vnni;
+
+/// Blocks accumulated at scale before the shift-down. A lane gains at most
+/// `4 * (2 << 6) * 128 = 65536` in magnitude per block, so 64 blocks stay below 2^22, far inside
+/// i32. Even, so only the row's last group can have an odd block count.
+const FLUSH_BLOCKS: usize = 64;
+
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn loadu512(p: *const i8) -> __m512i {
+    // SAFETY: the caller guarantees 64 readable bytes.
+    unsafe { _mm512_loadu_si512(p as *const __m512i) }
+}
+
+/// The 32 bytes of block `b` in both halves of a zmm register.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn load_block(wp: *const u8, b: usize) -> __m512i {
+    // SAFETY: the caller guarantees block b exists.
+    unsafe { _mm512_broadcast_i64x4(_mm256_loadu_si256(wp.add(b * 32) as *const __m256i)) }
+}
+
+/// A zmm register with `lo` in the low 256 bits and `hi` in the high 256 bits.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn halves(lo: __m256i, hi: __m256i) -> __m512i {
+    _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
+}
+
+/// Raw sums `sum_k code_k * q_t[k]` of one packed row against `T` tokens, two blocks per
+/// iteration into separate accumulators (so consecutive blocks' `vpdpbusd` chains overlap),
+/// then an odd trailing block on its own.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn ternary_dot<const T: usize>(w: &[u8], q: [&[i8]; T]) -> [i32; T] {
+    let nb = w.len() / 32;
+    let wp = w.as_ptr();
+    let mut qp = [std::ptr::null::<i8>(); T];
+    for t in 0..T {
+        debug_assert!(q[t].len() >= nb * 128);
+        qp[t] = q[t].as_ptr();
+    }
+    // Groups 0 | 1 against q[0..64], groups 2 | 3 against q[64..128], and their scales.
+    let m01 = halves(_mm256_set1_epi8(0xC0u8 as i8), _mm256_set1_epi8(0x30));
+    let m23 = halves(_mm256_set1_epi8(0x0C), _mm256_set1_epi8(0x03));
+    let s01 = halves(_mm256_set1_epi32(6), _mm256_set1_epi32(4));
+    let s23 = halves(_mm256_set1_epi32(2), _mm256_set1_epi32(0));
+    let mut total = [_mm512_setzero_si512(); T];
+    let mut b = 0;
+    while b < nb {
+        let end = (b + FLUSH_BLOCKS).min(nb);
+        // [token][even block, odd block], at scale.
+        let mut acc01 = [[_mm512_setzero_si512(); 2]; T];
+        let mut acc23 = [[_mm512_setzero_si512(); 2]; T];
+        while b + 2 <= end {
+            // SAFETY: b + 1 < nb, so 64 bytes of w and 256 of each q[t] are in bounds.
+            unsafe {
+                let w0 = load_block(wp, b);
+                let w1 = load_block(wp, b + 1);
+                let (c0_01, c0_23) = (_mm512_and_si512(w0, m01), _mm512_and_si512(w0, m23));
+                let (c1_01, c1_23) = (_mm512_and_si512(w1, m01), _mm512_and_si512(w1, m23));
+                for t in 0..T {
+                    let a = qp[t].add(b * 128);
+                    acc01[t][0] = _mm512_dpbusd_epi32(acc01[t][0], c0_01, loadu512(a));
+                    acc23[t][0] = _mm512_dpbusd_epi32(acc23[t][0], c0_23, loadu512(a.add(64)));
+                    acc01[t][1] = _mm512_dpbusd_epi32(acc01[t][1], c1_01, loadu512(a.add(128)));
+                    acc23[t][1] = _mm512_dpbusd_epi32(acc23[t][1], c1_23, loadu512(a.add(192)));
+                }
+            }
+            b += 2;
+        }
+        if b < end {
+            // SAFETY: b < nb, so 32 bytes of w and 128 of each q[t] are in bounds.
+            unsafe {
+                let w0 = load_block(wp, b);
+                let (c0_01, c0_23) = (_mm512_and_si512(w0, m01), _mm512_and_si512(w0, m23));
+                for t in 0..T {
+                    let a = qp[t].add(b * 128);
+                    acc01[t][0] = _mm512_dpbusd_epi32(acc01[t][0], c0_01, loadu512(a));
+                    acc23[t][0] = _mm512_dpbusd_epi32(acc23[t][0], c0_23, loadu512(a.add(64)));
+                }
+            }
+            b += 1;
+        }
+        for t in 0..T {
+            let g01 = _mm512_srav_epi32(_mm512_add_epi32(acc01[t][0], acc01[t][1]), s01);
+            let g23 = _mm512_srav_epi32(_mm512_add_epi32(acc23[t][0], acc23[t][1]), s23);
+            total[t] = _mm512_add_epi32(total[t], _mm512_add_epi32(g01, g23));
+        }
+    }
+    let mut out = [0i32; T];
+    for t in 0..T {
+        out[t] = _mm512_reduce_add_epi32(total[t]);
+    }
+    out
+}
+
+impl TernaryKernel for Avx512Vnni {
+    unsafe fn dot<const T: usize>(w: &[u8], q: [&[i8]; T]) -> [i32; T] {
+        // SAFETY: forwarded contract (AVX-512 F/BW/VNNI present, q long enough).
+        unsafe { ternary_dot::<T>(w, q) }
+    }
+}
