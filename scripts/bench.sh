@@ -29,6 +29,9 @@ for ty in tq2_0 i2_s; do
     f="$OUT/2b4t-$ty.gguf"
     [[ -f "$f" ]] || "$BITNET" fixture "$f" --shape 2b4t --arch bitnet --type "$ty" --seed 42
 done
+# The same weights with an 8-bit (Q8_0) tied head: llama.cpp reads a Q8_0 token_embd as well.
+f="$OUT/2b4t-tq2_0-q8.gguf"
+[[ -f "$f" ]] || "$BITNET" fixture "$f" --shape 2b4t --arch bitnet --type tq2_0 --embed q8_0 --seed 42
 
 rss() { /usr/bin/time -f '%M' "$@" 2>&1 >/dev/null | tail -1; }
 
@@ -46,6 +49,8 @@ theirs() {
 ours tq2_0 TQ2_0
 theirs "$LLAMA_CPP_BIN/llama-bench" tq2_0 "llama.cpp" TQ2_0
 ours i2_s I2_S
+ours tq2_0-q8 "TQ2_0, Q8_0 head"
+theirs "$LLAMA_CPP_BIN/llama-bench" tq2_0-q8 "llama.cpp" "TQ2_0, Q8_0 head"
 if [[ -n "${BITNET_CPP_BENCH:-}" ]]; then
     theirs "$BITNET_CPP_BENCH" i2_s "bitnet.cpp" I2_S
 fi
