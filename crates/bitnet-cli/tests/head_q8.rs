@@ -41,13 +41,7 @@ fn export(dir: &Path, dense: DenseFormat) -> Engine {
 
 /// log-softmax in f64.
 fn log_softmax(row: &[f32]) -> Vec<f64> {
-    let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let lse = max
-        + row
-            .iter()
-            .map(|&x| (x as f64 - max).exp())
-            .sum::<f64>()
-            .ln();
+    let lse = perplexity::log_sum_exp(row);
     row.iter().map(|&x| x as f64 - lse).collect()
 }
 

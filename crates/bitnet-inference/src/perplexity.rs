@@ -44,14 +44,7 @@ pub fn line_packed(engine: &Engine, text: &str, chunk: usize) -> Result<Perplexi
         session.reset();
         let logits = session.eval(&c[..c.len() - 1], Logits::All)?;
         for (row, &target) in logits.chunks_exact(vocab).zip(&c[1..]) {
-            let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-            let lse = max
-                + row
-                    .iter()
-                    .map(|&x| (x as f64 - max).exp())
-                    .sum::<f64>()
-                    .ln();
-            nll += lse - row[target as usize] as f64;
+            nll += log_sum_exp(row) - row[target as usize] as f64;
             n += 1;
         }
     }
@@ -60,4 +53,14 @@ pub fn line_packed(engine: &Engine, text: &str, chunk: usize) -> Result<Perplexi
         tokens: n,
         loss: nll / n.max(1) as f64,
     })
+}
+
+/// `ln(sum(exp(row)))` in f64, shifted by the maximum so large logits cannot overflow.
+pub fn log_sum_exp(row: &[f32]) -> f64 {
+    let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+    max + row
+        .iter()
+        .map(|&x| (x as f64 - max).exp())
+        .sum::<f64>()
+        .ln()
 }
