@@ -13,10 +13,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 STAMP=target/aarch64/.setup-stamp
-PKGS=(rustc-web cargo-web libstd-rust-web-dev:arm64 libc6:arm64 qemu-user gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
+PKGS=(rustc-web cargo-web rust-web-clippy libstd-rust-web-dev:arm64 libc6:arm64 qemu-user gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
 
 have_all() {
-    [[ -x /usr/bin/rustc && -x /usr/bin/cargo && -x /usr/bin/qemu-aarch64 ]] \
+    [[ -x /usr/bin/rustc && -x /usr/bin/cargo && -x /usr/bin/cargo-clippy && -x /usr/bin/qemu-aarch64 ]] \
         && command -v aarch64-linux-gnu-gcc >/dev/null && [[ -e /lib/ld-linux-aarch64.so.1 ]] \
         && compgen -G '/usr/lib/rustlib/aarch64-unknown-linux-gnu/lib/libstd-*.rlib' >/dev/null
 }

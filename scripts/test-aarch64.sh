@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the kernel and quantization tests for aarch64-unknown-linux-gnu and run them under
-# qemu-user, so the non-x86 paths (scalar today, NEON later) are exercised on an x86-64 machine.
+# qemu-user, so the non-x86 paths (scalar, NEON, NEON + dotprod) are exercised on an x86-64 machine.
 # Extra arguments go to the test binaries, e.g. scripts/test-aarch64.sh -- --include-ignored
 #
 # Uses Debian's rustc-web/cargo-web (/usr/bin), not rustup: see scripts/setup-aarch64.sh.
@@ -22,5 +22,8 @@ export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER=qemu-aarch64
 unset QEMU_LD_PREFIX
 export CARGO_TERM_COLOR=never
 
+# The NEON code only compiles for aarch64, so this is where clippy sees it.
+/usr/bin/cargo clippy --locked --target aarch64-unknown-linux-gnu --all-targets \
+    -p bitnet-kernels -p bitnet-quantization -- -D warnings
 /usr/bin/cargo test --locked --target aarch64-unknown-linux-gnu \
     -p bitnet-kernels -p bitnet-quantization "$@"

@@ -168,7 +168,15 @@ impl DenseMatrix {
             Isa::Avx2 | Isa::Avx512Vnni => unsafe {
                 <crate::avx2::Avx2 as DenseKernel>::row_to_f32(self.row(r), self.ty, out)
             },
-            _ => crate::scalar::row_to_f32(self.row(r), self.ty, out),
+            #[cfg(target_arch = "aarch64")]
+            // SAFETY: detected_isa only returns a NEON ISA when the CPU has NEON; lengths checked.
+            Isa::Neon | Isa::NeonDotprod => unsafe {
+                <crate::neon::Neon as DenseKernel>::row_to_f32(self.row(r), self.ty, out)
+            },
+            // SAFETY: scalar code runs anywhere; lengths checked.
+            _ => unsafe {
+                <crate::scalar::Scalar as DenseKernel>::row_to_f32(self.row(r), self.ty, out)
+            },
         }
     }
 
@@ -220,6 +228,11 @@ impl DenseMatrix {
                 // SAFETY: check_isa verified the CPU; shapes checked above.
                 Isa::Avx2 | Isa::Avx512Vnni => unsafe {
                     self.rows_kernel::<crate::avx2::Avx2>(x, tokens, r0, r1, shared)
+                },
+                #[cfg(target_arch = "aarch64")]
+                // SAFETY: check_isa verified NEON (the dense kernels need no dot product).
+                Isa::Neon | Isa::NeonDotprod => unsafe {
+                    self.rows_kernel::<crate::neon::Neon>(x, tokens, r0, r1, shared)
                 },
                 // SAFETY: scalar code runs anywhere.
                 _ => unsafe {

@@ -8,7 +8,7 @@
 //! dot, as eight i32 lanes of four products each, converted to f32 and FMA'd with
 //! `d_w * d_x` into eight f32 lane accumulators, summed at the end as `hsum_float_8` does.
 //! The scalar twin performs the same operations in the same order (with `f32::mul_add`), so
-//! the two ISAs give bit-identical results.
+//! every ISA gives bit-identical results (the NEON kernels, in neon.rs, form the same lanes).
 
 use crate::{row_chunk, Isa, SharedOut};
 use half::f16;
@@ -236,6 +236,12 @@ pub(crate) fn matmul(
                             #[cfg(target_arch = "x86_64")]
                             // SAFETY: the caller checked the ISA; lengths hold by construction.
                             Isa::Avx2 | Isa::Avx512Vnni => unsafe { avx2::dot(row, q, d) },
+                            #[cfg(target_arch = "aarch64")]
+                            // SAFETY: as above (NEON checked).
+                            Isa::Neon => unsafe { crate::neon::q8_dot(row, q, d) },
+                            #[cfg(target_arch = "aarch64")]
+                            // SAFETY: as above (NEON + dot product checked).
+                            Isa::NeonDotprod => unsafe { crate::neon::q8_sdot(row, q, d) },
                             _ => dot_scalar(row, q, d),
                         };
                         for (i, v) in v.into_iter().enumerate() {

@@ -5,11 +5,12 @@
 //! - [`DenseMatrix::matmul`]: F32/F16/BF16/Q8_0 matrices (embeddings, tied LM head).
 //! - [`ops`]: the f32 vector ops of the forward pass.
 //!
-//! Each kernel has a scalar reference (`*_scalar`, public so tests can compare) and an AVX2
-//! version in its own module (the ternary matmul also an AVX-512 VNNI one); which one runs is
+//! Each kernel has a scalar reference (`*_scalar`, public so tests can compare) and SIMD
+//! versions in their own modules: AVX2 (the ternary matmul also AVX-512 VNNI) on x86-64, NEON
+//! (the ternary matmul and the Q8_0 dot also NEON + dot product) on aarch64. Which one runs is
 //! decided once per process by [`detected_isa`] (runtime CPU detection, so a generic release
-//! binary still gets AVX2 / AVX-512). The integer kernels are bit-exact across ISAs and thread
-//! counts; the float ones agree to rounding.
+//! binary still gets AVX2 / AVX-512 / `sdot`). The integer kernels are bit-exact across ISAs and
+//! thread counts; the float ones agree to rounding.
 
 mod dense;
 mod dense_q8;
@@ -21,6 +22,8 @@ mod ternary;
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg(target_arch = "aarch64")]
+mod neon;
 
 pub use dense::{DenseMatrix, DenseType};
 pub use ternary::{
@@ -41,15 +44,32 @@ pub enum Isa {
     /// x86-64 AVX-512 F + BW + VNNI on top of [`Isa::Avx2`] (Ice Lake / Zen 4 and later): the
     /// ternary matmul uses `vpdpbusd`; every other kernel runs the AVX2 code.
     Avx512Vnni,
+    /// aarch64 Advanced SIMD (every aarch64 application processor).
+    Neon,
+    /// aarch64 NEON + the dot-product extension (`sdot`; Armv8.2-A+, e.g. Cortex-A55/A76,
+    /// Neoverse, Apple M1): the ternary matmul and the Q8_0 dot use it; every other kernel runs
+    /// the [`Isa::Neon`] code.
+    NeonDotprod,
 }
 
 impl Isa {
+    /// Every ISA, scalar first (the order of [`Self::from_name`] and of the comparison tests).
+    pub const ALL: [Isa; 5] = [
+        Isa::Scalar,
+        Isa::Avx2,
+        Isa::Avx512Vnni,
+        Isa::Neon,
+        Isa::NeonDotprod,
+    ];
+
     /// Whether this CPU can run the ISA's kernels (ignores `BITNET_FORCE_SCALAR`).
     pub fn is_supported(self) -> bool {
         match self {
             Isa::Scalar => true,
             Isa::Avx2 => avx2_supported(),
             Isa::Avx512Vnni => avx512vnni_supported(),
+            Isa::Neon => neon_supported(),
+            Isa::NeonDotprod => neon_dotprod_supported(),
         }
     }
 
@@ -59,12 +79,14 @@ impl Isa {
             Isa::Scalar => "scalar",
             Isa::Avx2 => "avx2",
             Isa::Avx512Vnni => "avx512vnni",
+            Isa::Neon => "neon",
+            Isa::NeonDotprod => "neondot",
         }
     }
 
     /// The ISA whose [`Self::name`] is `name` (ASCII case-insensitive), if any.
     pub fn from_name(name: &str) -> Option<Isa> {
-        [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni]
+        Isa::ALL
             .into_iter()
             .find(|i| i.name().eq_ignore_ascii_case(name.trim()))
     }
@@ -97,12 +119,36 @@ fn avx512vnni_supported() -> bool {
     }
 }
 
+fn neon_supported() -> bool {
+    #[cfg(target_arch = "aarch64")]
+    {
+        std::arch::is_aarch64_feature_detected!("neon")
+    }
+    #[cfg(not(target_arch = "aarch64"))]
+    {
+        false
+    }
+}
+
+fn neon_dotprod_supported() -> bool {
+    #[cfg(target_arch = "aarch64")]
+    {
+        neon_supported() && std::arch::is_aarch64_feature_detected!("dotprod")
+    }
+    #[cfg(not(target_arch = "aarch64"))]
+    {
+        false
+    }
+}
+
 /// The ISA every dispatched kernel uses, decided on first call and fixed for the process: the
-/// best one the CPU supports (AVX-512 VNNI, then AVX2, then scalar). Two environment variables,
-/// read once at that first call, override it for tests and benchmarks:
+/// best one the CPU supports (AVX-512 VNNI, then AVX2 on x86-64; NEON + dot product, then NEON
+/// on aarch64; else scalar). Two environment variables, read once at that first call, override
+/// it for tests and benchmarks:
 /// - `BITNET_FORCE_SCALAR=1` forces [`Isa::Scalar`] (and wins over `BITNET_ISA`);
-/// - `BITNET_ISA=scalar|avx2|avx512vnni` picks that ISA. A name that is unknown or not supported
-///   by this CPU is ignored, with a warning on stderr, and the automatic choice is used.
+/// - `BITNET_ISA=scalar|avx2|avx512vnni|neon|neondot` picks that ISA. A name that is unknown or
+///   not supported by this CPU is ignored, with a warning on stderr, and the automatic choice is
+///   used.
 pub fn detected_isa() -> Isa {
     static ISA: OnceLock<Isa> = OnceLock::new();
     *ISA.get_or_init(|| {
@@ -110,7 +156,7 @@ pub fn detected_isa() -> Isa {
         if forced {
             return Isa::Scalar;
         }
-        let best = [Isa::Avx512Vnni, Isa::Avx2]
+        let best = [Isa::Avx512Vnni, Isa::Avx2, Isa::NeonDotprod, Isa::Neon]
             .into_iter()
             .find(|i| i.is_supported())
             .unwrap_or(Isa::Scalar);
@@ -127,8 +173,8 @@ pub fn detected_isa() -> Isa {
                 }
                 None => {
                     eprintln!(
-                        "warning: BITNET_ISA={v}: unknown ISA (expected scalar, avx2 or \
-                         avx512vnni); using {}",
+                        "warning: BITNET_ISA={v}: unknown ISA (expected scalar, avx2, \
+                         avx512vnni, neon or neondot); using {}",
                         best.name()
                     );
                     best

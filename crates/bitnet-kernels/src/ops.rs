@@ -1,9 +1,9 @@
 //! f32 vector ops of the forward pass, dispatched like the matmuls. Each has a `*_scalar`
-//! reference; the AVX2 versions agree with it to float rounding (`relu2_mul` exactly).
+//! reference; the AVX2 and NEON versions agree with it to float rounding (`relu2_mul` exactly).
 //!
 //! All functions panic if their slice lengths disagree (a caller bug).
 
-use crate::{detected_isa, Isa};
+use crate::detected_isa;
 
 pub use crate::scalar::{
     axpy as axpy_scalar, dot as dot_scalar, relu2_mul as relu2_mul_scalar,
@@ -11,17 +11,19 @@ pub use crate::scalar::{
     softmax_inplace as softmax_inplace_scalar,
 };
 
-#[cfg(target_arch = "x86_64")]
-use crate::avx2;
-
-/// Expands to the AVX2 call when the process dispatches to AVX2, else the scalar one.
+/// Expands to the call of the dispatched ISA's version (AVX2 or NEON), else the scalar one.
+/// `crate::Isa` is spelled out because on targets without SIMD arms the match names no variant.
 macro_rules! dispatch {
     ($name:ident ( $($arg:expr),* )) => {
         match detected_isa() {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: detected_isa only returns Avx2 / Avx512Vnni when the CPU supports
             // AVX2 + FMA + F16C (the AVX-512 path uses the AVX2 vector ops).
-            Isa::Avx2 | Isa::Avx512Vnni => unsafe { avx2::$name($($arg),*) },
+            crate::Isa::Avx2 | crate::Isa::Avx512Vnni => unsafe { crate::avx2::$name($($arg),*) },
+            #[cfg(target_arch = "aarch64")]
+            // SAFETY: detected_isa only returns Neon / NeonDotprod when the CPU has NEON (the
+            // dot-product ISA uses the NEON vector ops).
+            crate::Isa::Neon | crate::Isa::NeonDotprod => unsafe { crate::neon::$name($($arg),*) },
             _ => crate::scalar::$name($($arg),*),
         }
     };

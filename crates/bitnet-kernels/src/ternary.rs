@@ -152,6 +152,23 @@ impl TernaryMatrix {
         }
     }
 
+    /// The same matrix over `data`, which must hold this matrix's packed rows (e.g. a copy of
+    /// [`Self::data`] placed elsewhere in memory, such as a huge-page arena). Validated again,
+    /// since the bytes could come from anywhere.
+    pub fn with_data(&self, data: Storage) -> Result<Self, KernelError> {
+        if data.len() != self.nbytes() {
+            return Err(shape_err("ternary matrix bytes", self.nbytes(), data.len()));
+        }
+        if has_code_3(&data) {
+            let mut codes = vec![0i8; data.len() * 4];
+            i2s::unpack_into(&data, &mut codes)?;
+        }
+        Ok(TernaryMatrix {
+            data,
+            ..self.clone()
+        })
+    }
+
     pub fn rows(&self) -> usize {
         self.rows
     }
@@ -258,6 +275,9 @@ impl QuantizedActivations {
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: check_isa verified AVX2/FMA/F16C (Avx512Vnni implies them).
                 Isa::Avx2 | Isa::Avx512Vnni => unsafe { crate::avx2::quantize_row(xt, qt) },
+                #[cfg(target_arch = "aarch64")]
+                // SAFETY: check_isa verified NEON (NeonDotprod implies it).
+                Isa::Neon | Isa::NeonDotprod => unsafe { crate::neon::quantize_row(xt, qt) },
                 _ => {
                     let s = bitnet_quantization::quantize_activation_row(xt, qt);
                     (s, qt.iter().map(|&v| i32::from(v)).sum())
@@ -391,6 +411,12 @@ fn drive(
             Isa::Avx512Vnni => unsafe {
                 rows_kernel::<crate::avx512::Avx512Vnni>(w, a, r0, r1, &emit)
             },
+            #[cfg(target_arch = "aarch64")]
+            // SAFETY: as above (NEON checked).
+            Isa::Neon => unsafe { rows_kernel::<crate::neon::Neon>(w, a, r0, r1, &emit) },
+            #[cfg(target_arch = "aarch64")]
+            // SAFETY: as above (NEON + dot product checked).
+            Isa::NeonDotprod => unsafe { rows_kernel::<crate::neon::NeonDot>(w, a, r0, r1, &emit) },
             // SAFETY: scalar code runs anywhere.
             _ => unsafe { rows_kernel::<crate::scalar::Scalar>(w, a, r0, r1, &emit) },
         }

@@ -100,7 +100,8 @@ fn i16_accumulation_at_its_exact_limit() {
     // All-(+1) weights are code 2. Against q = -128 (NaN activations quantize to -128, the only
     // way to reach it) every maddubs pair is -512, so a 16-block i16 group sums to exactly
     // -32768; against q = 127 it is +32512. Both the decode kernel (1 token) and the token-tile
-    // kernels (2..4 tokens) must stay exact across group boundaries.
+    // kernels (2..4 tokens) must stay exact across group boundaries. The NEON kernel without
+    // `sdot` widens its i16 sums every 16 blocks for token tiles and every 32 for one token.
     // 63..=129 also cross the AVX-512 kernel's 64-block shift-down group (scaled i32 sums).
     for blocks in [1, 2, 15, 16, 17, 31, 32, 33, 40, 63, 64, 65, 129] {
         let cols = blocks * 128;
@@ -284,20 +285,34 @@ fn every_isa_on_edge_shapes() {
 
 #[test]
 fn isa_names_round_trip() {
-    for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni] {
+    for isa in Isa::ALL {
         assert_eq!(Isa::from_name(isa.name()), Some(isa));
         assert_eq!(Isa::from_name(&isa.name().to_uppercase()), Some(isa));
     }
+    assert_eq!(Isa::from_name("neon"), Some(Isa::Neon));
+    assert_eq!(Isa::from_name(" NeonDot "), Some(Isa::NeonDotprod));
     assert_eq!(Isa::from_name("sse2"), None);
     assert!(Isa::Scalar.is_supported());
-    // VNNI implies the AVX2 kernels it shares the rest of the work with.
+    // VNNI implies the AVX2 kernels it shares the rest of the work with; likewise dotprod and
+    // the NEON kernels.
     assert!(!Isa::Avx512Vnni.is_supported() || Isa::Avx2.is_supported());
+    assert!(!Isa::NeonDotprod.is_supported() || Isa::Neon.is_supported());
+    // One architecture's ISAs at most.
+    assert!(!(Isa::Avx2.is_supported() && Isa::Neon.is_supported()));
+    #[cfg(target_arch = "aarch64")]
+    assert!(Isa::Neon.is_supported(), "every aarch64 Linux CPU has NEON");
     // Without overrides the dispatch takes the best supported ISA.
     if std::env::var_os("BITNET_ISA").is_none() && std::env::var_os("BITNET_FORCE_SCALAR").is_none()
     {
-        let best = [Isa::Avx512Vnni, Isa::Avx2, Isa::Scalar]
-            .into_iter()
-            .find(|i| i.is_supported());
+        let best = [
+            Isa::Avx512Vnni,
+            Isa::Avx2,
+            Isa::NeonDotprod,
+            Isa::Neon,
+            Isa::Scalar,
+        ]
+        .into_iter()
+        .find(|i| i.is_supported());
         assert_eq!(Some(detected_isa()), best);
     }
 }

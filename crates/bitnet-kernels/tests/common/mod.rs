@@ -23,7 +23,7 @@ pub fn pools() -> &'static [rayon::ThreadPool] {
 /// test binary (stderr; shown with `--nocapture`) which ISAs are skipped on this CPU.
 pub fn isas() -> Vec<Isa> {
     static NOTE: std::sync::Once = std::sync::Once::new();
-    let all = [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni];
+    let all = Isa::ALL;
     NOTE.call_once(|| {
         for isa in all.iter().filter(|i| !i.is_supported()) {
             eprintln!(
