@@ -29,6 +29,9 @@ pub struct ModelArgs {
     /// KV cache type: f16 or f32 [env: BITNET_KV_TYPE] [default: f16]
     #[arg(long = "kv-type", value_parser = parse_kv_type)]
     pub kv_type: Option<bitnet_inference::KvType>,
+    /// Use the weights in place from the file mapping (faster start) instead of copying them into huge pages (faster decoding) [env: BITNET_MMAP]
+    #[arg(long)]
+    pub mmap: bool,
     /// TOML settings file (same keys as the flags, snake_case; sampling keys under [sampling]) [env: BITNET_CONFIG]
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -94,6 +97,7 @@ pub fn resolve(model: &ModelArgs, sampling: Option<&SamplingArgs>) -> Result<Set
         ctx_size: model.ctx_size,
         batch_size: model.batch_size,
         kv_type: model.kv_type,
+        mmap: model.mmap.then_some(true),
         max_tokens: s.max_tokens,
         sampling: SamplingOverrides {
             temperature: s.temperature,

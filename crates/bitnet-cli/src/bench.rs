@@ -34,6 +34,13 @@ pub struct BenchArgs {
     /// Print one JSON object per result instead of the table
     #[arg(long)]
     json: bool,
+    /// Also measure the memory read bandwidth with each thread count and report the decode
+    /// limit it implies (bandwidth / weight bytes read per token) and the share tg reaches
+    #[arg(long)]
+    membw: bool,
+    /// Buffer the bandwidth probe streams, in MiB: several times the last-level cache
+    #[arg(long, default_value_t = 2048)]
+    membw_mib: usize,
 }
 
 fn mean_std(v: &[f64]) -> (f64, f64) {
@@ -56,8 +63,6 @@ pub fn peak_rss_bytes() -> Option<u64> {
 pub fn run(a: BenchArgs) -> Result<()> {
     let s = resolve(&a.model, None)?;
     let path = s.model.clone().unwrap_or_default();
-    let model = bitnet_models::load(&path, s.tokenizer.as_deref())?;
-    let file_bytes = model.file_bytes;
     let threads_list = if a.threads_list.is_empty() {
         vec![s
             .threads
@@ -65,13 +70,16 @@ pub fn run(a: BenchArgs) -> Result<()> {
     } else {
         a.threads_list.clone()
     };
-    let engine0 = Engine::from_model(
-        model,
-        &EngineOptions {
-            threads: Some(threads_list[0]),
-            ..Default::default()
-        },
-    )?;
+    let opts = EngineOptions {
+        threads: Some(threads_list[0]),
+        kv_type: s.kv_type.unwrap_or_default(),
+        mmap: s.mmap.unwrap_or(false),
+        ..Default::default()
+    };
+    let model = bitnet_models::load_with(&path, s.tokenizer.as_deref(), opts.placement())?;
+    let file_bytes = model.file_bytes;
+    let bytes_per_token = model.weights.decode_bytes_per_token();
+    let engine0 = Engine::from_model(model, &opts)?;
     let c = engine0.config().clone();
     let max_len = a
         .n_prompt
@@ -112,6 +120,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
             .collect()
     };
     let reps = a.repetitions.max(1);
+    // The bandwidth probe allocates its own buffer: the engine's peak is taken before it.
+    let mut engine_rss = None;
     for &threads in &threads_list {
         let engine = if threads == engine0.threads() {
             engine0.clone()
@@ -120,13 +130,17 @@ pub fn run(a: BenchArgs) -> Result<()> {
             engine0.with_threads(threads)?
         };
         let mut session = engine.session(Some(max_len))?;
+        let mut best_tg = None;
         let mut report = |test: String, samples: Vec<f64>| -> std::io::Result<()> {
             let (m, sd) = mean_std(&samples);
+            if test.starts_with("tg") {
+                best_tg = Some((test.clone(), m));
+            }
             if a.json {
                 writeln!(
                     out,
                     "{}",
-                    serde_json::json!({"model": name, "threads": threads, "test": test, "tps_mean": m, "tps_std": sd, "samples": samples})
+                    serde_json::json!({"model": name, "threads": threads, "test": test, "tps_mean": m, "tps_std": sd, "samples": samples, "bytes_per_token": bytes_per_token})
                 )?;
             } else {
                 writeln!(
@@ -167,9 +181,32 @@ pub fn run(a: BenchArgs) -> Result<()> {
             }
             report(format!("tg{n}"), samples)?;
         }
+        drop(session);
+        if a.membw {
+            engine_rss = engine_rss.or_else(peak_rss_bytes);
+            let bw = crate::membw::read_bandwidth(a.membw_mib << 20, threads, 5)?;
+            let limit = bw / bytes_per_token.max(1) as f64;
+            if a.json {
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::json!({"model": name, "threads": threads, "test": "membw", "bytes_per_s": bw, "bytes_per_token": bytes_per_token, "limit_tps": limit})
+                )?;
+            } else {
+                let reached = best_tg
+                    .map(|(t, m)| format!("; {t} reaches {:.0}% of it", 100.0 * m / limit))
+                    .unwrap_or_default();
+                writeln!(
+                    out,
+                    "memory read bandwidth {:.1} GB/s ({threads} threads); decode reads {:.0} MB/token -> limit {limit:.1} t/s{reached}",
+                    bw / 1e9,
+                    bytes_per_token as f64 / 1e6
+                )?;
+            }
+        }
     }
     if !a.json {
-        if let Some(rss) = peak_rss_bytes() {
+        if let Some(rss) = engine_rss.or_else(peak_rss_bytes) {
             writeln!(
                 out,
                 "peak resident memory {:.1} MiB (model file {:.1} MiB)",

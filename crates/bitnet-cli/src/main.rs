@@ -6,6 +6,7 @@ mod chat;
 mod convert;
 mod fixture;
 mod inspect;
+mod membw;
 mod perplexity;
 mod run;
 mod tokenize;
@@ -106,6 +107,7 @@ pub(crate) fn load_engine(
         tokenizer: s.tokenizer.clone(),
         batch_size: s.batch_size.unwrap_or(512),
         kv_type: s.kv_type.unwrap_or_default(),
+        mmap: s.mmap.unwrap_or(false),
     };
     let t = std::time::Instant::now();
     let engine = bitnet_inference::Engine::load(&path, &opts)

@@ -6,7 +6,7 @@ use crate::forward::{forward, Logits, Rope, Scratch};
 use crate::kv_cache::{KvCache, KvType};
 use crate::sampler::{Sampler, SamplingParams};
 use crate::stop::{StopMatcher, StopResult};
-use bitnet_models::{LoadedModel, ModelConfig};
+use bitnet_models::{LoadedModel, ModelConfig, Placement};
 use bitnet_tokenizers::Tokenizer;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,6 +22,10 @@ pub struct EngineOptions {
     pub batch_size: usize,
     /// Element type of every session's KV cache.
     pub kv_type: KvType,
+    /// Keep the weights in the file mapping where their layout allows (faster start, pages
+    /// shared with other processes) instead of copying the streamed matrices into a huge-page
+    /// arena (faster decoding; `bitnet_models::Placement`).
+    pub mmap: bool,
 }
 
 impl Default for EngineOptions {
@@ -31,6 +35,18 @@ impl Default for EngineOptions {
             tokenizer: None,
             batch_size: 512,
             kv_type: KvType::default(),
+            mmap: false,
+        }
+    }
+}
+
+impl EngineOptions {
+    /// Where [`Engine::load`] puts the weights.
+    pub fn placement(&self) -> Placement {
+        if self.mmap {
+            Placement::Mapped
+        } else {
+            Placement::Arena
         }
     }
 }
@@ -60,10 +76,12 @@ pub struct Engine {
 
 impl Engine {
     pub fn load(path: &Path, opts: &EngineOptions) -> Result<Engine> {
-        let model = bitnet_models::load(path, opts.tokenizer.as_deref())?;
+        let model = bitnet_models::load_with(path, opts.tokenizer.as_deref(), opts.placement())?;
         Engine::from_model(model, opts)
     }
 
+    /// An engine over an already loaded model, whose weights stay where they were placed (load
+    /// with `bitnet_models::load_with(.., Placement::Arena)` for the fastest decoding).
     pub fn from_model(model: LoadedModel, opts: &EngineOptions) -> Result<Engine> {
         let threads = opts
             .threads

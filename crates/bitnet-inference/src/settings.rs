@@ -24,6 +24,9 @@ pub struct Settings {
     pub max_tokens: Option<usize>,
     /// KV cache element type: f16 or f32.
     pub kv_type: Option<KvType>,
+    /// Use the weights from the file mapping where their layout allows instead of copying them
+    /// into huge pages (default false: faster decoding; true: faster start, shared page cache).
+    pub mmap: Option<bool>,
     pub sampling: SamplingOverrides,
 }
 
@@ -40,6 +43,14 @@ pub struct SamplingOverrides {
     pub presence_penalty: Option<f32>,
     pub frequency_penalty: Option<f32>,
     pub seed: Option<u64>,
+}
+
+fn parse_bool(v: &str) -> Option<bool> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Some(true),
+        "0" | "false" | "no" | "off" => Some(false),
+        _ => None,
+    }
 }
 
 macro_rules! overlay {
@@ -75,6 +86,9 @@ impl Settings {
                 "CTX_SIZE" => s.ctx_size = Some(v.parse().map_err(|e| bad(&e))?),
                 "BATCH_SIZE" => s.batch_size = Some(v.parse().map_err(|e| bad(&e))?),
                 "MAX_TOKENS" => s.max_tokens = Some(v.parse().map_err(|e| bad(&e))?),
+                "MMAP" => {
+                    s.mmap = Some(parse_bool(&v).ok_or_else(|| bad(&"expected 0/1/true/false"))?)
+                }
                 "KV_TYPE" => {
                     s.kv_type = Some(KvType::parse(&v).ok_or_else(|| bad(&"expected f16 or f32"))?)
                 }
@@ -97,7 +111,9 @@ impl Settings {
 
     /// `self` with every value that `over` sets replaced.
     pub fn overlay(mut self, over: &Settings) -> Settings {
-        overlay!(self, over, model, tokenizer, threads, ctx_size, batch_size, max_tokens, kv_type);
+        overlay!(
+            self, over, model, tokenizer, threads, ctx_size, batch_size, max_tokens, kv_type, mmap
+        );
         overlay!(
             self.sampling,
             over.sampling,

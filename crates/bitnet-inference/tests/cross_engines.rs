@@ -114,11 +114,11 @@ fn check_hf_model(name: &str) {
     let reference = read_json(&dir.join("reference.json"));
     let weights = bitnet_models::hf_load::HfCheckpoint::open(&dir)
         .unwrap()
-        .load_weights()
+        .load_weights(bitnet_models::Placement::Mapped)
         .unwrap();
     let packed = bitnet_models::hf_load::HfCheckpoint::open(&dir.join("packed"))
         .unwrap()
-        .load_weights()
+        .load_weights(bitnet_models::Placement::Mapped)
         .unwrap();
     let vocab = synthetic_vocab(weights.config.vocab_size);
     let tmp = std::env::temp_dir().join(format!("bitnet-xeng-{name}-{}", std::process::id()));
@@ -139,7 +139,8 @@ fn check_hf_model(name: &str) {
         let file = bitnet_gguf::GgufFile::open(&path).unwrap();
         variants.push((
             format!("own-{fmt:?}-gguf"),
-            bitnet_models::gguf_load::load_weights(&file).unwrap(),
+            bitnet_models::gguf_load::load_weights(&file, bitnet_models::Placement::Mapped)
+                .unwrap(),
         ));
     }
     for (label, w) in variants {
@@ -232,10 +233,11 @@ fn llama_cpp_ggufs_match_llama_cpp() {
     // The same model from transformers' folder, as a GGUF of ours, agrees with llama.cpp's file.
     let ours = bitnet_models::hf_load::HfCheckpoint::open(&fixtures().join("hf/silu-tied"))
         .unwrap()
-        .load_weights()
+        .load_weights(bitnet_models::Placement::Mapped)
         .unwrap();
     let file = bitnet_gguf::GgufFile::open(&dir.join("silu-tied-tq2_0.gguf")).unwrap();
-    let theirs = bitnet_models::gguf_load::load_weights(&file).unwrap();
+    let theirs =
+        bitnet_models::gguf_load::load_weights(&file, bitnet_models::Placement::Mapped).unwrap();
     for (l, (a, b)) in ours.layers.iter().zip(&theirs.layers).enumerate() {
         for ((role, ma), (_, mb)) in a.ternaries(l).iter().zip(b.ternaries(l).iter()) {
             for r in 0..ma.rows() {

@@ -181,3 +181,28 @@ fn cached_prefix_reuse_gives_the_same_logits_as_a_fresh_session() {
         max_abs_diff(&a, &b)
     );
 }
+
+/// The huge-page arena (default) and the file mapping (`mmap: true`) hold the same bytes, so the
+/// logits must be bit-identical; the arena copy must also not be zero-copy any more.
+#[test]
+fn arena_and_mapped_weights_give_identical_logits() {
+    let path = workspace_root().join("models/bitnet-b1.58-kjv-i2_s.gguf");
+    let load = |mmap: bool| {
+        Engine::load(
+            &path,
+            &EngineOptions {
+                threads: Some(2),
+                mmap,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    };
+    let (arena, mapped) = (load(false), load(true));
+    let w = &arena.model().weights;
+    assert!(w.layers[0].wq.data().is_in_arena() && w.lm_head().data().is_in_arena());
+    assert!(mapped.model().weights.layers[0].wq.data().is_mapped());
+    let ids = arena.tokenizer().encode("In the beginning God", true).unwrap();
+    let logits = |e: &Engine| e.session(Some(32)).unwrap().eval(&ids, Logits::All).unwrap();
+    assert_eq!(logits(&arena), logits(&mapped));
+}

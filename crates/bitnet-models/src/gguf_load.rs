@@ -2,7 +2,7 @@
 
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
-use crate::weights::{ternarize_dense, ModelWeights, Role, TensorSource};
+use crate::weights::{ternarize_dense, ModelWeights, Placement, Role, TensorSource};
 use bitnet_common::Storage;
 use bitnet_gguf::{GgmlType, GgufFile, MetadataValue, TensorInfo};
 use bitnet_kernels::{DenseMatrix, DenseType, TernaryMatrix};
@@ -199,9 +199,9 @@ fn common_block_scale(codes: &[i8], ds: &[f32], block: usize) -> std::result::Re
     Ok(scale.unwrap_or(0.0))
 }
 
-pub fn load_weights(file: &GgufFile) -> Result<ModelWeights> {
+pub fn load_weights(file: &GgufFile, placement: Placement) -> Result<ModelWeights> {
     let config = ModelConfig::from_gguf(file)?;
-    ModelWeights::build(config, &GgufSource { file })
+    ModelWeights::build_placed(config, &GgufSource { file }, placement)
 }
 
 /// The `tokenizer.ggml.*` keys as the tokenizer crate's plain struct.

@@ -6,7 +6,7 @@
 
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
-use crate::weights::{ModelWeights, Role, TensorSource};
+use crate::weights::{ModelWeights, Placement, Role, TensorSource};
 use bitnet_common::Storage;
 use bitnet_kernels::{DenseMatrix, DenseType, TernaryMatrix};
 use bitnet_quantization as quant;
@@ -86,8 +86,8 @@ impl HfCheckpoint {
         Err(ModelError::MissingTensor(names.join(" or ")))
     }
 
-    pub fn load_weights(&self) -> Result<ModelWeights> {
-        ModelWeights::build(self.config.clone(), self)
+    pub fn load_weights(&self, placement: Placement) -> Result<ModelWeights> {
+        ModelWeights::build_placed(self.config.clone(), self, placement)
     }
 }
 

@@ -15,7 +15,7 @@ pub mod weights;
 
 pub use config::{Activation, Arch, ModelConfig};
 pub use error::{ModelError, Result};
-pub use weights::{LayerWeights, ModelWeights, Role};
+pub use weights::{LayerWeights, ModelWeights, Placement, Role};
 
 use bitnet_gguf::GgufFile;
 use bitnet_tokenizers::{GgufVocab, Tokenizer};
@@ -41,11 +41,21 @@ pub struct LoadedModel {
 
 /// Loads a GGUF file or a Hugging Face folder. `tokenizer_dir` overrides where the tokenizer
 /// comes from (a folder with `tokenizer.json`); by default GGUF files use their embedded vocab
-/// and folders their own `tokenizer.json`.
+/// and folders their own `tokenizer.json`. Weights stay in the file mapping where their layout
+/// allows ([`Placement::Mapped`]); the engine loads with [`load_with`] and [`Placement::Arena`].
 pub fn load(path: &Path, tokenizer_dir: Option<&Path>) -> Result<LoadedModel> {
+    load_with(path, tokenizer_dir, Placement::Mapped)
+}
+
+/// [`load`] with the weights placed as `placement` says.
+pub fn load_with(
+    path: &Path,
+    tokenizer_dir: Option<&Path>,
+    placement: Placement,
+) -> Result<LoadedModel> {
     if path.is_dir() {
         let ckpt = hf_load::HfCheckpoint::open(path)?;
-        let weights = ckpt.load_weights()?;
+        let weights = ckpt.load_weights(placement)?;
         let tok_dir = tokenizer_dir.unwrap_or(path);
         let tokenizer = Tokenizer::from_hf_dir(tok_dir)?;
         let vocab = GgufVocab::from_hf_dir(tok_dir).ok();
@@ -65,7 +75,7 @@ pub fn load(path: &Path, tokenizer_dir: Option<&Path>) -> Result<LoadedModel> {
         ));
     }
     let file = GgufFile::open(path)?;
-    let weights = gguf_load::load_weights(&file)?;
+    let weights = gguf_load::load_weights(&file, placement)?;
     let (tokenizer, vocab) = match tokenizer_dir {
         Some(dir) => (
             Tokenizer::from_hf_dir(dir)?,

@@ -5,6 +5,7 @@
 
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
+use bitnet_common::ArenaBuilder;
 use bitnet_kernels::{DenseMatrix, TernaryMatrix};
 
 /// A tensor's role in the model, independent of how a file names it.
@@ -123,6 +124,47 @@ impl LayerWeights {
     }
 }
 
+/// Where the matrices that decoding streams live once loaded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Placement {
+    /// Where the loader left them: in the file mapping when the file's layout is the kernels'
+    /// (zero-copy, fast start, page cache shared between processes), else in owned memory.
+    #[default]
+    Mapped,
+    /// Copied into one huge-page arena ([`ArenaBuilder`] says why): faster decoding.
+    Arena,
+}
+
+fn arena_err(e: std::io::Error) -> ModelError {
+    ModelError::Other(format!("weight arena: {e}"))
+}
+
+/// An arena large enough for every ternary matrix and the head of `c`. The head's element type is
+/// not known yet, so its room is reserved for f32: unused address space costs no memory.
+fn new_arena(c: &ModelConfig) -> Result<ArenaBuilder> {
+    let (h, ffn, q, kv) = (c.hidden_size, c.intermediate_size, c.q_dim(), c.kv_dim());
+    let packed =
+        |rows: usize, cols: usize| rows.checked_mul(bitnet_quantization::i2s::packed_len(cols));
+    let layer = [
+        packed(q, h),
+        packed(kv, h),
+        packed(kv, h),
+        packed(h, q),
+        packed(ffn, h),
+        packed(ffn, h),
+        packed(h, ffn),
+    ];
+    let head = c.vocab_size.checked_mul(h).and_then(|n| n.checked_mul(4));
+    let lens: Option<Vec<usize>> = (0..c.num_layers)
+        .flat_map(|_| layer)
+        .chain(std::iter::once(head))
+        .collect();
+    let cap = lens
+        .and_then(ArenaBuilder::capacity_for)
+        .ok_or_else(|| ModelError::Other("weight arena size overflows".into()))?;
+    ArenaBuilder::new(cap).map_err(arena_err)
+}
+
 #[derive(Clone, Debug)]
 pub struct ModelWeights {
     pub config: ModelConfig,
@@ -134,11 +176,23 @@ pub struct ModelWeights {
 }
 
 impl ModelWeights {
+    /// Builds the model with every tensor where the source put it (see [`Self::build_placed`]).
     pub fn build(config: ModelConfig, src: &dyn TensorSource) -> Result<ModelWeights> {
+        Self::build_placed(config, src, Placement::Mapped)
+    }
+
+    /// Builds the model, asking `src` for every tensor by role; with [`Placement::Arena`] each
+    /// matrix a decode step streams is moved into the arena as soon as it is loaded, so a
+    /// repacked copy is freed before the next one is made and peak memory stays about one model.
+    pub fn build_placed(
+        config: ModelConfig,
+        src: &dyn TensorSource,
+        placement: Placement,
+    ) -> Result<ModelWeights> {
         let c = &config;
         let (h, ffn, q, kv) = (c.hidden_size, c.intermediate_size, c.q_dim(), c.kv_dim());
-        let token_embd = src.dense(Role::TokenEmbd, c.vocab_size, h)?;
-        let output = if src.has(Role::Output) {
+        let mut token_embd = src.dense(Role::TokenEmbd, c.vocab_size, h)?;
+        let mut output = if src.has(Role::Output) {
             Some(src.dense(Role::Output, c.vocab_size, h)?)
         } else if c.tie_word_embeddings {
             None
@@ -148,21 +202,39 @@ impl ModelWeights {
             ));
         };
         let output_norm = src.vector(Role::OutputNorm, h)?;
+        let mut arena = match placement {
+            Placement::Mapped => None,
+            Placement::Arena => Some(new_arena(c)?),
+        };
+        let mut ternary = |role: Role, rows: usize, cols: usize| -> Result<TernaryMatrix> {
+            let m = src.ternary(role, rows, cols)?;
+            match arena.as_mut() {
+                // Replacing the matrix drops a repacked (owned) source right away.
+                Some(a) => Ok(m.with_data(a.push_storage(m.data()).map_err(arena_err)?)?),
+                None => Ok(m),
+            }
+        };
         let mut layers = Vec::with_capacity(c.num_layers);
         for l in 0..c.num_layers {
             layers.push(LayerWeights {
                 attn_norm: src.vector(Role::AttnNorm(l), h)?,
-                wq: src.ternary(Role::AttnQ(l), q, h)?,
-                wk: src.ternary(Role::AttnK(l), kv, h)?,
-                wv: src.ternary(Role::AttnV(l), kv, h)?,
-                wo: src.ternary(Role::AttnOutput(l), h, q)?,
+                wq: ternary(Role::AttnQ(l), q, h)?,
+                wk: ternary(Role::AttnK(l), kv, h)?,
+                wv: ternary(Role::AttnV(l), kv, h)?,
+                wo: ternary(Role::AttnOutput(l), h, q)?,
                 attn_sub_norm: src.vector(Role::AttnSubNorm(l), q)?,
                 ffn_norm: src.vector(Role::FfnNorm(l), h)?,
-                w_gate: src.ternary(Role::FfnGate(l), ffn, h)?,
-                w_up: src.ternary(Role::FfnUp(l), ffn, h)?,
-                w_down: src.ternary(Role::FfnDown(l), h, ffn)?,
+                w_gate: ternary(Role::FfnGate(l), ffn, h)?,
+                w_up: ternary(Role::FfnUp(l), ffn, h)?,
+                w_down: ternary(Role::FfnDown(l), h, ffn)?,
                 ffn_sub_norm: src.vector(Role::FfnSubNorm(l), ffn)?,
             });
+        }
+        if let Some(a) = arena.as_mut() {
+            // An untied model's token_embd stays where it is: decoding reads one row of it.
+            let head = output.as_mut().unwrap_or(&mut token_embd);
+            let data = a.push_storage(head.data()).map_err(arena_err)?;
+            *head = DenseMatrix::new(head.rows(), head.cols(), head.ty(), data)?;
         }
         Ok(ModelWeights {
             config,
@@ -175,6 +247,14 @@ impl ModelWeights {
 
     pub fn lm_head(&self) -> &DenseMatrix {
         self.output.as_ref().unwrap_or(&self.token_embd)
+    }
+
+    /// Weight bytes one decode step reads from memory: every ternary matrix, the head, the norms
+    /// (the embedding row of the new token and the KV cache are left out: under 0.5% at 2B4T
+    /// sizes and short contexts). Dividing the memory bandwidth by this gives the decode limit.
+    pub fn decode_bytes_per_token(&self) -> usize {
+        // An untied model reads `output` as its head and only one row of `token_embd`.
+        self.nbytes() - self.output.as_ref().map_or(0, |_| self.token_embd.nbytes())
     }
 
     /// Bytes the weights occupy (mapped or owned), for memory reports.
