@@ -7,8 +7,11 @@
 #                                         # GGML_NATIVE=OFF + explicit AVX2/AVX512 flags, for
 #                                         # building on one host and running on another
 #   LLAMA_BUILD_CLI=1 ...                 # also build llama-cli (pulls in the server code; slow)
+#   LLAMA_OUT=third_party/build-avx512 LLAMA_PORTABLE=1 ...
+#                                         # a second build beside the default one (e.g. AVX-512
+#                                         # binaries for the lent device host)
 #
-# Output (git-ignored): third_party/build/
+# Output (git-ignored): third_party/build/ (or $LLAMA_OUT)
 #   llama.cpp/            the vendored source (from llama_cpp_python-$VERSION.tar.gz)
 #   llama.cpp-build/bin/  libllama.so, libggml*.so, llama-simple, llama-completion, llama-bench,
 #                         llama-tokenize, llama-quantize, and our own llama-logits-dump
@@ -20,7 +23,8 @@ set -euo pipefail
 
 LLAMA_CPP_PYTHON_VERSION="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-OUT="$ROOT/third_party/build"
+OUT="${LLAMA_OUT:-$ROOT/third_party/build}"
+[[ "$OUT" == /* ]] || OUT="$ROOT/$OUT"
 SRC="$OUT/llama.cpp"
 BUILD="$OUT/llama.cpp-build"
 JOBS="${JOBS:-$(nproc)}"

@@ -5,7 +5,7 @@
 //! per token to int8 once (shared by q/k/v and by gate/up) and accumulates in integers.
 
 use crate::kv_cache::{Buf, KvCache};
-use bitnet_kernels::{ops, ternary_matmul, QuantizedActivations};
+use bitnet_kernels::{ops, ternary_matmul, ternary_matmul_many, QuantizedActivations};
 use bitnet_models::{Activation, ModelConfig, ModelWeights};
 use rayon::prelude::*;
 
@@ -106,9 +106,11 @@ pub(crate) fn forward(
         // Attention.
         norm_rows(&s.x, &lw.attn_norm, c.rms_norm_eps, &mut s.xn, h);
         s.acts.quantize(&s.xn, t, h);
-        ternary_matmul(&lw.wq, &s.acts, &mut s.q);
-        ternary_matmul(&lw.wk, &s.acts, &mut s.k);
-        ternary_matmul(&lw.wv, &s.acts, &mut s.v);
+        ternary_matmul_many(
+            &[&lw.wq, &lw.wk, &lw.wv],
+            &s.acts,
+            &mut [&mut s.q, &mut s.k, &mut s.v],
+        );
         for i in 0..t {
             rope.apply(
                 &mut s.q[i * qd..(i + 1) * qd],
@@ -136,8 +138,11 @@ pub(crate) fn forward(
         // Feed-forward.
         norm_rows(&s.x, &lw.ffn_norm, c.rms_norm_eps, &mut s.xn, h);
         s.acts.quantize(&s.xn, t, h);
-        ternary_matmul(&lw.w_gate, &s.acts, &mut s.gate);
-        ternary_matmul(&lw.w_up, &s.acts, &mut s.up);
+        ternary_matmul_many(
+            &[&lw.w_gate, &lw.w_up],
+            &s.acts,
+            &mut [&mut s.gate, &mut s.up],
+        );
         match c.activation() {
             Activation::Relu2 => ops::relu2_mul(&s.gate, &s.up, &mut s.hidden),
             Activation::Silu => ops::silu_mul(&s.gate, &s.up, &mut s.hidden),

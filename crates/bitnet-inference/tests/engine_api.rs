@@ -202,7 +202,15 @@ fn arena_and_mapped_weights_give_identical_logits() {
     let w = &arena.model().weights;
     assert!(w.layers[0].wq.data().is_in_arena() && w.lm_head().data().is_in_arena());
     assert!(mapped.model().weights.layers[0].wq.data().is_mapped());
-    let ids = arena.tokenizer().encode("In the beginning God", true).unwrap();
-    let logits = |e: &Engine| e.session(Some(32)).unwrap().eval(&ids, Logits::All).unwrap();
+    let ids = arena
+        .tokenizer()
+        .encode("In the beginning God", true)
+        .unwrap();
+    let logits = |e: &Engine| {
+        e.session(Some(32))
+            .unwrap()
+            .eval(&ids, Logits::All)
+            .unwrap()
+    };
     assert_eq!(logits(&arena), logits(&mapped));
 }

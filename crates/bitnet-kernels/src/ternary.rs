@@ -387,21 +387,34 @@ unsafe fn rows_kernel<K: TernaryKernel>(
     }
 }
 
-/// Runs the tiled kernel over all rows, in parallel on the current rayon pool, calling
-/// `emit(token, row, sum_k t_k * q_k)` exactly once per output.
+/// Runs the tiled kernel over all rows of every matrix in `ws` (all of them read the same
+/// activations), in one parallel pass on the current rayon pool, calling
+/// `emit(matrix, token, row, sum_k t_k * q_k)` exactly once per output.
 fn drive(
     isa: Isa,
-    w: &TernaryMatrix,
+    ws: &[&TernaryMatrix],
     a: &QuantizedActivations,
-    emit: impl Fn(usize, usize, i32) + Sync,
+    emit: impl Fn(usize, usize, usize, i32) + Sync,
 ) {
-    if w.rows == 0 || a.tokens == 0 {
+    if a.tokens == 0 {
         return;
     }
-    let chunk = row_chunk(w.rows, w.row_bytes, CHUNK_BYTES);
-    let run = |c: usize| {
-        let r0 = c * chunk;
-        let r1 = (r0 + chunk).min(w.rows);
+    let chunk = |w: &TernaryMatrix| row_chunk(w.rows, w.row_bytes, CHUNK_BYTES);
+    let n_chunks: usize = ws.iter().map(|w| w.rows.div_ceil(chunk(w))).sum();
+    if n_chunks == 0 {
+        return;
+    }
+    let run = |mut c: usize| {
+        // Matrix `m` owns the next `rows / chunk` chunk indices; a handful of matrices at most.
+        let mut m = 0;
+        while c >= ws[m].rows.div_ceil(chunk(ws[m])) {
+            c -= ws[m].rows.div_ceil(chunk(ws[m]));
+            m += 1;
+        }
+        let w = ws[m];
+        let r0 = c * chunk(w);
+        let r1 = (r0 + chunk(w)).min(w.rows);
+        let emit = |t: usize, r: usize, v: i32| emit(m, t, r, v);
         match isa {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: the public entry points checked the ISA with check_isa.
@@ -421,12 +434,42 @@ fn drive(
             _ => unsafe { rows_kernel::<crate::scalar::Scalar>(w, a, r0, r1, &emit) },
         }
     };
-    let n_chunks = w.rows.div_ceil(chunk);
-    if rayon::current_num_threads() <= 1 || w.nbytes() * a.tokens < SERIAL_WORK {
+    let work: usize = ws.iter().map(|w| w.nbytes()).sum::<usize>() * a.tokens;
+    if rayon::current_num_threads() <= 1 || work < SERIAL_WORK {
         (0..n_chunks).for_each(run);
     } else {
         (0..n_chunks).into_par_iter().for_each(run);
     }
+}
+
+/// [`ternary_matmul`] for several matrices that read the same activations (q/k/v, gate/up):
+/// `outs[m][t * ws[m].rows() + r]`. One parallel pass instead of one per matrix, so a decode
+/// step pays one fork/join for them and the small matrices (k, v) fill the gaps of the big one.
+///
+/// # Panics
+/// If `ws.len() != outs.len()` or any matrix/output shape disagrees with `a`.
+pub fn ternary_matmul_many(
+    ws: &[&TernaryMatrix],
+    a: &QuantizedActivations,
+    outs: &mut [&mut [f32]],
+) {
+    let isa = detected_isa();
+    check_isa(isa);
+    assert_eq!(
+        ws.len(),
+        outs.len(),
+        "ternary_matmul_many: matrices != outputs"
+    );
+    for (w, o) in ws.iter().zip(outs.iter()) {
+        check_shapes(w, a, o.len());
+    }
+    let scales = &a.scales;
+    let ptrs: Vec<SharedOut<f32>> = outs.iter_mut().map(|o| SharedOut::new(o)).collect();
+    drive(isa, ws, a, |m, t, r, acc| {
+        let w = ws[m];
+        // SAFETY: t < tokens and r < rows of matrix m, and drive emits each (m, t, r) once.
+        unsafe { ptrs[m].write(t * w.rows + r, acc as f32 / scales[t] * w.scale) }
+    });
 }
 
 /// `out[t * w.rows() + r] = (sum_k t_rk * q_tk) as f32 / s_x[t] * w.scale()`, the BitLinear
@@ -446,7 +489,7 @@ pub fn ternary_matmul_with(isa: Isa, w: &TernaryMatrix, a: &QuantizedActivations
     let (rows, scale) = (w.rows, w.scale);
     let scales = &a.scales;
     let out = SharedOut::new(out);
-    drive(isa, w, a, |t, r, acc| {
+    drive(isa, &[w], a, |_, t, r, acc| {
         // SAFETY: t < tokens and r < rows, and drive emits each (t, r) exactly once.
         unsafe { out.write(t * rows + r, acc as f32 / scales[t] * scale) }
     });
@@ -469,7 +512,7 @@ pub fn ternary_matmul_i32_with(
     check_shapes(w, a, out.len());
     let rows = w.rows;
     let out = SharedOut::new(out);
-    drive(isa, w, a, |t, r, acc| {
+    drive(isa, &[w], a, |_, t, r, acc| {
         // SAFETY: as in ternary_matmul_with.
         unsafe { out.write(t * rows + r, acc) }
     });

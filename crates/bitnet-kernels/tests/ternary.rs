@@ -77,6 +77,41 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+    /// The fused q/k/v-style call gives each matrix exactly what its own call gives, under every
+    /// pool (one parallel pass mixes the chunks of all matrices).
+    #[test]
+    fn many_matches_one_by_one(rows in proptest::collection::vec(1usize..300, 1..4), cols in 1usize..400, tokens in 1usize..=5, seed in any::<u64>()) {
+        let ws: Vec<TernaryMatrix> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, &r)| random_case(r, cols, tokens, seed ^ i as u64).0)
+            .collect();
+        let x = random_case(1, cols, tokens, seed).1;
+        let mut a = QuantizedActivations::default();
+        a.quantize(&x, tokens, cols);
+        let want: Vec<Vec<f32>> = ws
+            .iter()
+            .map(|w| {
+                let mut o = vec![0f32; tokens * w.rows()];
+                ternary_matmul_scalar(w, &a, &mut o);
+                o
+            })
+            .collect();
+        for pool in pools() {
+            let mut got: Vec<Vec<f32>> = ws.iter().map(|w| vec![f32::NAN; tokens * w.rows()]).collect();
+            let refs: Vec<&TernaryMatrix> = ws.iter().collect();
+            let mut outs: Vec<&mut [f32]> = got.iter_mut().map(|o| &mut o[..]).collect();
+            pool.install(|| ternary_matmul_many(&refs, &a, &mut outs));
+            for (g, w) in got.iter().zip(&want) {
+                prop_assert!(g.iter().zip(w).all(|(g, w)| g.to_bits() == w.to_bits()));
+            }
+        }
+    }
+}
+
 #[test]
 fn reference_is_the_definition() {
     // 2 x 3 weights, scale 0.5; one token with s_x = 1 (max |x| = 127).
