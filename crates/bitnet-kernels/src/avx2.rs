@@ -158,6 +158,65 @@ unsafe fn ternary_dot1(w: &[u8], q: &[i8]) -> i32 {
     hsum_i32(acc)
 }
 
+/// Raw sums of `R` rows against one token: every block's 128 activations are loaded once for
+/// all rows, and the horizontal sums and the call are paid once per `R` rows.
+#[target_feature(enable = "avx2")]
+unsafe fn ternary_dot_rows<const R: usize>(w: [&[u8]; R], q: &[i8]) -> [i32; R] {
+    let nb = w[0].len() / 32;
+    debug_assert!(w.iter().all(|r| r.len() == nb * 32) && q.len() >= nb * 128);
+    let wp: [*const u8; R] = std::array::from_fn(|r| w[r].as_ptr());
+    let qp = q.as_ptr();
+    let mask = _mm256_set1_epi8(3);
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_si256(); R];
+    let mut b = 0;
+    while b < nb {
+        let end = (b + I16_BLOCKS).min(nb);
+        let mut acc16 = [_mm256_setzero_si256(); R];
+        while b < end {
+            // SAFETY: b < nb, so 128 bytes of q and 32 of every row are in bounds.
+            unsafe {
+                let a = qp.add(b * 128);
+                let (a0, a1, a2, a3) = (
+                    loadu_si(a),
+                    loadu_si(a.add(32)),
+                    loadu_si(a.add(64)),
+                    loadu_si(a.add(96)),
+                );
+                // The next R rows, one block of each per block here, as one sequential stream:
+                // the hardware prefetchers alone fall behind on R interleaved streams.
+                let ahead = wp[0].wrapping_add(R * nb * 32 + b * R * 32);
+                for l in (0..R * 32).step_by(64) {
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(l) as *const i8);
+                }
+                for r in 0..R {
+                    let wv = _mm256_loadu_si256(wp[r].add(b * 32) as *const __m256i);
+                    let p0 = _mm256_maddubs_epi16(
+                        _mm256_and_si256(_mm256_srli_epi16::<6>(wv), mask),
+                        a0,
+                    );
+                    let p1 = _mm256_maddubs_epi16(
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(wv), mask),
+                        a1,
+                    );
+                    let p2 = _mm256_maddubs_epi16(
+                        _mm256_and_si256(_mm256_srli_epi16::<2>(wv), mask),
+                        a2,
+                    );
+                    let p3 = _mm256_maddubs_epi16(_mm256_and_si256(wv, mask), a3);
+                    let s = _mm256_add_epi16(_mm256_add_epi16(p0, p1), _mm256_add_epi16(p2, p3));
+                    acc16[r] = _mm256_add_epi16(acc16[r], s);
+                }
+            }
+            b += 1;
+        }
+        for r in 0..R {
+            acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(acc16[r], ones));
+        }
+    }
+    std::array::from_fn(|r| hsum_i32(acc[r]))
+}
+
 impl TernaryKernel for Avx2 {
     unsafe fn dot<const T: usize>(w: &[u8], q: [&[i8]; T]) -> [i32; T] {
         // SAFETY (both): forwarded contract (AVX2 present, q long enough).
@@ -168,6 +227,11 @@ impl TernaryKernel for Avx2 {
         } else {
             unsafe { ternary_dot::<T>(w, q) }
         }
+    }
+
+    unsafe fn dot_rows<const R: usize>(w: [&[u8]; R], q: &[i8]) -> [i32; R] {
+        // SAFETY: forwarded contract.
+        unsafe { ternary_dot_rows::<R>(w, q) }
     }
 }
 

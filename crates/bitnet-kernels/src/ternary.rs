@@ -323,7 +323,27 @@ pub(crate) trait TernaryKernel {
     /// # Safety
     /// The CPU must support the kernel's ISA; `q[t].len() >= w.len() * 4`.
     unsafe fn dot<const T: usize>(w: &[u8], q: [&[i8]; T]) -> [i32; T];
+
+    /// Raw sums of `R` packed rows (all the same length) against one token: the decode case.
+    /// Rows are short (640 bytes at 2B4T's 2560 columns), so one row per call leaves the
+    /// accumulator chains latency-bound and pays the horizontal sum and the call per 640 bytes;
+    /// several rows share every activation load and the set-up. ISAs without a multi-row
+    /// kernel take the rows one by one.
+    ///
+    /// # Safety
+    /// As [`Self::dot`], for every row.
+    unsafe fn dot_rows<const R: usize>(w: [&[u8]; R], q: &[i8]) -> [i32; R] {
+        let mut out = [0i32; R];
+        for (o, row) in out.iter_mut().zip(w) {
+            // SAFETY: forwarded contract.
+            *o = unsafe { Self::dot::<1>(row, [q]) }[0];
+        }
+        out
+    }
 }
+
+/// Rows per decode kernel call ([`TernaryKernel::dot_rows`]).
+const ROW_TILE: usize = 4;
 
 fn check_shapes(w: &TernaryMatrix, a: &QuantizedActivations, out_len: usize) {
     assert_eq!(
@@ -349,6 +369,24 @@ unsafe fn rows_kernel<K: TernaryKernel>(
     r1: usize,
     emit: &(impl Fn(usize, usize, i32) + Sync),
 ) {
+    if a.tokens == 1 {
+        let q = a.q(0);
+        let mut r = r0;
+        while r + ROW_TILE <= r1 {
+            // SAFETY: the caller guarantees the ISA; q is `stride` = row_bytes * 4 long.
+            let acc = unsafe { K::dot_rows::<ROW_TILE>(std::array::from_fn(|i| w.row(r + i)), q) };
+            for (i, v) in acc.into_iter().enumerate() {
+                emit(0, r + i, v - a.sums[0]);
+            }
+            r += ROW_TILE;
+        }
+        for r in r..r1 {
+            // SAFETY: as above.
+            let [v] = unsafe { K::dot::<1>(w.row(r), [q]) };
+            emit(0, r, v - a.sums[0]);
+        }
+        return;
+    }
     let mut t0 = 0;
     while t0 < a.tokens {
         let nt = (a.tokens - t0).min(TOKEN_TILE);
