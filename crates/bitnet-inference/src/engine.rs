@@ -54,18 +54,45 @@ impl EngineOptions {
 struct Inner {
     model: Arc<LoadedModel>,
     rope: Rope,
-    pool: rayon::ThreadPool,
+    pool: Pool,
     threads: usize,
     batch_size: usize,
     kv_type: KvType,
 }
 
-fn build_pool(threads: usize) -> Result<rayon::ThreadPool> {
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .thread_name(|i| format!("bitnet-worker-{i}"))
-        .build()
-        .map_err(|e| EngineError::ThreadPool(e.to_string()))
+/// The threads a forward pass runs its kernels on. The spinning pool is the default (see
+/// `bitnet_kernels::pool` for why); `BITNET_POOL=rayon` picks rayon's work-stealing pool, to
+/// measure one against the other.
+enum Pool {
+    Spin(bitnet_kernels::pool::ThreadPool),
+    Rayon(rayon::ThreadPool),
+}
+
+impl Pool {
+    fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        match self {
+            Pool::Spin(p) => p.install(f),
+            Pool::Rayon(p) => p.install(f),
+        }
+    }
+}
+
+fn build_pool(threads: usize) -> Result<Pool> {
+    let err = |e: &dyn std::fmt::Display| EngineError::ThreadPool(e.to_string());
+    match std::env::var("BITNET_POOL").as_deref() {
+        Ok("rayon") => rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("bitnet-worker-{i}"))
+            .build()
+            .map(Pool::Rayon)
+            .map_err(|e| err(&e)),
+        Ok("spin") | Ok("") | Err(_) => bitnet_kernels::pool::ThreadPool::new(threads)
+            .map(Pool::Spin)
+            .map_err(|e| err(&e)),
+        Ok(other) => Err(EngineError::ThreadPool(format!(
+            "BITNET_POOL={other}: expected spin or rayon"
+        ))),
+    }
 }
 
 /// A loaded model and its worker threads. Cheap to clone; share it between sessions and threads.

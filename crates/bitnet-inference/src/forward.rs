@@ -7,7 +7,6 @@
 use crate::kv_cache::{Buf, KvCache};
 use bitnet_kernels::{ops, ternary_matmul, ternary_matmul_many, QuantizedActivations};
 use bitnet_models::{Activation, ModelConfig, ModelWeights};
-use rayon::prelude::*;
 
 /// Precomputed RoPE frequencies, as transformers computes them (f32 `inv_freq`).
 pub(crate) struct Rope {
@@ -198,7 +197,7 @@ fn attention(c: &ModelConfig, q: &[f32], k: &Buf, v: &Buf, start: usize, out: &m
     let (hd, nh, kvd) = (c.head_dim, c.num_heads, c.kv_dim());
     let group = c.num_heads / c.num_kv_heads;
     let scale = 1.0 / (hd as f32).sqrt();
-    out.par_chunks_mut(hd).enumerate().for_each(|(idx, o)| {
+    bitnet_kernels::pool::for_each_chunk_mut(out, hd, |idx, o| {
         let (i, head) = (idx / nh, idx % nh);
         let kvh = head / group;
         let qv = &q[i * nh * hd + head * hd..][..hd];

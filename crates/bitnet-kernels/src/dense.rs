@@ -6,7 +6,6 @@
 
 use crate::{check_isa, detected_isa, row_chunk, Isa, KernelError, SharedOut};
 use bitnet_common::Storage;
-use rayon::prelude::*;
 
 /// Element type of a [`DenseMatrix`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -181,7 +180,7 @@ impl DenseMatrix {
     }
 
     /// `out[t * rows + r] = dot(x[t], row r)` with f32 accumulation, over row chunks on the
-    /// current rayon pool. For Q8_0 the activations are first quantized to Q8_0 blocks and the
+    /// current pool (`pool`). For Q8_0 the activations are first quantized to Q8_0 blocks and the
     /// block dots are exact integers (llama.cpp's `vec_dot_q8_0_q8_0`).
     ///
     /// # Panics
@@ -241,10 +240,10 @@ impl DenseMatrix {
             }
         };
         let n_chunks = self.rows.div_ceil(chunk);
-        if rayon::current_num_threads() <= 1 || self.nbytes() * tokens < SERIAL_WORK {
+        if crate::pool::current_num_threads() <= 1 || self.nbytes() * tokens < SERIAL_WORK {
             (0..n_chunks).for_each(run);
         } else {
-            (0..n_chunks).into_par_iter().for_each(run);
+            crate::pool::parallel_for(n_chunks, run);
         }
     }
 

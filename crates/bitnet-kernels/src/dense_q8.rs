@@ -12,7 +12,6 @@
 
 use crate::{row_chunk, Isa, SharedOut};
 use half::f16;
-use rayon::prelude::*;
 
 /// Weights per block (ggml `QK8_0`).
 pub(crate) const QK: usize = 32;
@@ -260,9 +259,9 @@ pub(crate) fn matmul(
         }
     };
     let n_chunks = rows.div_ceil(chunk);
-    if rayon::current_num_threads() <= 1 || data.len() * tokens < SERIAL_WORK {
+    if crate::pool::current_num_threads() <= 1 || data.len() * tokens < SERIAL_WORK {
         (0..n_chunks).for_each(run);
     } else {
-        (0..n_chunks).into_par_iter().for_each(run);
+        crate::pool::parallel_for(n_chunks, run);
     }
 }

@@ -15,6 +15,7 @@
 mod dense;
 mod dense_q8;
 pub mod ops;
+pub mod pool;
 mod scalar;
 mod ternary;
 
@@ -231,13 +232,21 @@ impl<T> SharedOut<T> {
     pub(crate) unsafe fn write(self, i: usize, v: T) {
         unsafe { self.0.add(i).write(v) }
     }
+
+    /// # Safety
+    /// `start..start + len` must be in bounds of the slice this was made from, and no other
+    /// task may access it while the returned slice lives.
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn slice_mut<'a>(&self, start: usize, len: usize) -> &'a mut [T] {
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(start), len) }
+    }
 }
 
-/// Splits `rows` into chunks for rayon: enough chunks for load balance on the installed pool,
+/// Splits `rows` into chunks for the parallel loop: enough chunks for load balance on the installed pool,
 /// and at most `max_chunk_bytes` of weights per chunk so a chunk stays in L2 while every token
 /// tile streams over it.
 pub(crate) fn row_chunk(rows: usize, row_bytes: usize, max_chunk_bytes: usize) -> usize {
-    let threads = rayon::current_num_threads().max(1);
+    let threads = pool::current_num_threads().max(1);
     let balance = rows.div_ceil(threads * 4);
     let cache = (max_chunk_bytes / row_bytes.max(1)).max(1);
     balance.min(cache).max(1)

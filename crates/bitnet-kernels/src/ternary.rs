@@ -20,7 +20,6 @@
 use crate::{check_isa, detected_isa, row_chunk, Isa, KernelError, SharedOut};
 use bitnet_common::Storage;
 use bitnet_quantization::i2s;
-use rayon::prelude::*;
 
 /// Elements per packed block (I2_S).
 pub(crate) const BLOCK: usize = i2s::BLOCK;
@@ -34,10 +33,10 @@ pub const MAX_COLS: usize = 1 << 22;
 /// enough that codes + accumulators stay in the 16 ymm registers.
 const TOKEN_TILE: usize = 4;
 
-/// Weight bytes per rayon task, sized to stay in L2 while all token tiles stream over them.
+/// Weight bytes per parallel task, sized to stay in L2 while all token tiles stream over them.
 const CHUNK_BYTES: usize = 256 * 1024;
 
-/// Below this many weight-bytes x tokens a call runs on the calling thread: rayon's fork/join
+/// Below this many weight-bytes x tokens a call runs on the calling thread: a fork/join
 /// costs more than the work.
 const SERIAL_WORK: usize = 64 * 1024;
 
@@ -437,7 +436,7 @@ unsafe fn rows_kernel<K: TernaryKernel>(
 }
 
 /// Runs the tiled kernel over all rows of every matrix in `ws` (all of them read the same
-/// activations), in one parallel pass on the current rayon pool, calling
+/// activations), in one parallel pass on the current pool (`crate::pool`), calling
 /// `emit(matrix, token, row, sum_k t_k * q_k)` exactly once per output.
 fn drive(
     isa: Isa,
@@ -448,21 +447,28 @@ fn drive(
     if a.tokens == 0 {
         return;
     }
-    let chunk = |w: &TernaryMatrix| row_chunk(w.rows, w.row_bytes, CHUNK_BYTES);
-    let n_chunks: usize = ws.iter().map(|w| w.rows.div_ceil(chunk(w))).sum();
+    // Chunk sizes are fixed here, on the calling thread, so every task maps indices the same way.
+    let chunks: Vec<(usize, usize)> = ws
+        .iter()
+        .map(|w| {
+            let chunk = row_chunk(w.rows, w.row_bytes, CHUNK_BYTES);
+            (chunk, w.rows.div_ceil(chunk))
+        })
+        .collect();
+    let n_chunks: usize = chunks.iter().map(|&(_, n)| n).sum();
     if n_chunks == 0 {
         return;
     }
     let run = |mut c: usize| {
-        // Matrix `m` owns the next `rows / chunk` chunk indices; a handful of matrices at most.
+        // Matrix `m` owns the next `chunks[m].1` chunk indices; a handful of matrices at most.
         let mut m = 0;
-        while c >= ws[m].rows.div_ceil(chunk(ws[m])) {
-            c -= ws[m].rows.div_ceil(chunk(ws[m]));
+        while c >= chunks[m].1 {
+            c -= chunks[m].1;
             m += 1;
         }
-        let w = ws[m];
-        let r0 = c * chunk(w);
-        let r1 = (r0 + chunk(w)).min(w.rows);
+        let (w, chunk) = (ws[m], chunks[m].0);
+        let r0 = c * chunk;
+        let r1 = (r0 + chunk).min(w.rows);
         let emit = |t: usize, r: usize, v: i32| emit(m, t, r, v);
         match isa {
             #[cfg(target_arch = "x86_64")]
@@ -484,10 +490,10 @@ fn drive(
         }
     };
     let work: usize = ws.iter().map(|w| w.nbytes()).sum::<usize>() * a.tokens;
-    if rayon::current_num_threads() <= 1 || work < SERIAL_WORK {
+    if crate::pool::current_num_threads() <= 1 || work < SERIAL_WORK {
         (0..n_chunks).for_each(run);
     } else {
-        (0..n_chunks).into_par_iter().for_each(run);
+        crate::pool::parallel_for(n_chunks, run);
     }
 }
 
@@ -522,8 +528,9 @@ pub fn ternary_matmul_many(
 }
 
 /// `out[t * w.rows() + r] = (sum_k t_rk * q_tk) as f32 / s_x[t] * w.scale()`, the BitLinear
-/// output for every token `t` and row `r`. Multithreaded over row chunks on the current rayon
-/// pool (install one to choose the thread count); bit-identical for any thread count.
+/// output for every token `t` and row `r`. Multithreaded over row chunks on the current
+/// pool ([`crate::pool`]: an installed spinning pool, else rayon's); bit-identical for any
+/// thread count.
 ///
 /// # Panics
 /// If `a.cols() != w.cols()` or `out.len() != a.tokens() * w.rows()`.

@@ -4,18 +4,42 @@
 use bitnet_kernels::Isa;
 use std::sync::OnceLock;
 
-/// Rayon pools of 1, 2 and 3 threads, built once per test binary.
-pub fn pools() -> &'static [rayon::ThreadPool] {
-    static POOLS: OnceLock<Vec<rayon::ThreadPool>> = OnceLock::new();
+/// A pool the kernels can run on: rayon's, or the crate's spinning pool.
+pub enum Pool {
+    Rayon(rayon::ThreadPool),
+    Spin(bitnet_kernels::pool::ThreadPool),
+}
+
+impl Pool {
+    pub fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        match self {
+            Pool::Rayon(p) => p.install(f),
+            Pool::Spin(p) => p.install(f),
+        }
+    }
+
+    pub fn current_num_threads(&self) -> usize {
+        match self {
+            Pool::Rayon(p) => p.current_num_threads(),
+            Pool::Spin(p) => p.threads(),
+        }
+    }
+}
+
+/// Rayon pools of 1, 2 and 3 threads and spinning pools of 2 and 3, built once per test binary.
+pub fn pools() -> &'static [Pool] {
+    static POOLS: OnceLock<Vec<Pool>> = OnceLock::new();
     POOLS.get_or_init(|| {
-        (1..=3)
-            .map(|n| {
+        let rayon = (1..=3).map(|n| {
+            Pool::Rayon(
                 rayon::ThreadPoolBuilder::new()
                     .num_threads(n)
                     .build()
-                    .unwrap()
-            })
-            .collect()
+                    .unwrap(),
+            )
+        });
+        let spin = (2..=3).map(|n| Pool::Spin(bitnet_kernels::pool::ThreadPool::new(n).unwrap()));
+        rayon.chain(spin).collect()
     })
 }
 
