@@ -51,6 +51,7 @@ pub(crate) struct Scratch {
     k: Vec<f32>,
     v: Vec<f32>,
     attn: Vec<f32>,
+    attn_tmp: Vec<f32>,
     proj: Vec<f32>,
     gate: Vec<f32>,
     up: Vec<f32>,
@@ -128,7 +129,15 @@ pub(crate) fn forward(
         }
         cache.k[l].write(start * kvd, &s.k);
         cache.v[l].write(start * kvd, &s.v);
-        attention(c, &s.q, &cache.k[l], &cache.v[l], start, &mut s.attn);
+        attention(
+            c,
+            &s.q,
+            &cache.k[l],
+            &cache.v[l],
+            start,
+            &mut s.attn_tmp,
+            &mut s.attn,
+        );
         norm_rows_inplace(&mut s.attn, &lw.attn_sub_norm, c.rms_norm_eps, qd);
         s.acts.quantize(&s.attn, t, qd);
         ternary_matmul(&lw.wo, &s.acts, &mut s.proj);
@@ -190,30 +199,69 @@ fn add_assign(x: &mut [f32], y: &[f32]) {
     ops::axpy(1.0, y, x);
 }
 
+/// Query tokens per attention task: the cached rows they need are widened to f32 once per task.
+const Q_BLOCK: usize = 32;
+
 /// Causal grouped-query attention for the new tokens at `start..`, reading keys and values for
-/// positions `0..=start+i` from the cache. One task per (token, head); cached rows are widened
-/// to f32 one head-row at a time, so an f16 cache never materialises in f32.
-fn attention(c: &ModelConfig, q: &[f32], k: &Buf, v: &Buf, start: usize, out: &mut [f32]) {
-    let (hd, nh, kvd) = (c.head_dim, c.num_heads, c.kv_dim());
-    let group = c.num_heads / c.num_kv_heads;
+/// positions `0..=start+i` from the cache. One task per (KV head, block of [`Q_BLOCK`] tokens):
+/// it widens the head's cached rows to f32 once and runs every query head of the group and
+/// every token of the block against them, instead of re-reading (and re-converting, for an f16
+/// cache) the same rows for each query head and token. Results go to `tmp` laid out per task
+/// and are scattered into `out` (`[token][head * head_dim]`) afterwards.
+fn attention(
+    c: &ModelConfig,
+    q: &[f32],
+    k: &Buf,
+    v: &Buf,
+    start: usize,
+    tmp: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    let (hd, nh, nkv, kvd) = (c.head_dim, c.num_heads, c.num_kv_heads, c.kv_dim());
+    let group = nh / nkv;
+    let t = out.len() / (nh * hd);
+    let blocks = t.div_ceil(Q_BLOCK);
+    let per_task = Q_BLOCK * group * hd;
+    resize(tmp, nkv * blocks * per_task);
     let scale = 1.0 / (hd as f32).sqrt();
-    bitnet_kernels::pool::for_each_chunk_mut(out, hd, |idx, o| {
-        let (i, head) = (idx / nh, idx % nh);
-        let kvh = head / group;
-        let qv = &q[i * nh * hd + head * hd..][..hd];
-        let n = start + i + 1;
-        let mut row = vec![0f32; hd];
-        let mut scores: Vec<f32> = (0..n)
-            .map(|p| {
-                k.read(p * kvd + kvh * hd, &mut row);
-                ops::dot(qv, &row) * scale
-            })
-            .collect();
-        ops::softmax_inplace(&mut scores);
-        o.fill(0.0);
-        for (p, &a) in scores.iter().enumerate() {
-            v.read(p * kvd + kvh * hd, &mut row);
-            ops::axpy(a, &row, o);
+    bitnet_kernels::pool::for_each_chunk_mut(tmp, per_task, |task, o| {
+        let (kvh, b) = (task / blocks, task % blocks);
+        let (t0, t1) = (b * Q_BLOCK, ((b + 1) * Q_BLOCK).min(t));
+        let n_max = start + t1;
+        let widen = |buf: &Buf| {
+            let mut rows = vec![0f32; n_max * hd];
+            for (p, row) in rows.chunks_exact_mut(hd).enumerate() {
+                buf.read(p * kvd + kvh * hd, row);
+            }
+            rows
+        };
+        let (keys, values) = (widen(k), widen(v));
+        let mut scores = Vec::with_capacity(n_max);
+        for i in t0..t1 {
+            let n = start + i + 1;
+            for g in 0..group {
+                let head = kvh * group + g;
+                let qv = &q[(i * nh + head) * hd..][..hd];
+                scores.clear();
+                scores.extend(
+                    keys[..n * hd]
+                        .chunks_exact(hd)
+                        .map(|kr| ops::dot(qv, kr) * scale),
+                );
+                ops::softmax_inplace(&mut scores);
+                let oh = &mut o[((i - t0) * group + g) * hd..][..hd];
+                oh.fill(0.0);
+                for (&a, vr) in scores.iter().zip(values.chunks_exact(hd)) {
+                    ops::axpy(a, vr, oh);
+                }
+            }
         }
     });
+    for kvh in 0..nkv {
+        for i in 0..t {
+            let (b, r) = (i / Q_BLOCK, i % Q_BLOCK);
+            let src = &tmp[(kvh * blocks + b) * per_task + r * group * hd..][..group * hd];
+            out[(i * nh + kvh * group) * hd..][..group * hd].copy_from_slice(src);
+        }
+    }
 }
