@@ -105,6 +105,42 @@ fn run_default_model_prints_reference_greedy_text() {
     assert!(o.stderr.is_empty(), "-q prints nothing on stderr: {o:?}");
 }
 
+/// End to end through every kernel family this CPU runs (forced with BITNET_ISA), 1-3 threads,
+/// both thread pools and both weight placements: the 32-token greedy continuation must stay the
+/// transformers reference's.
+#[test]
+fn reference_greedy_text_with_every_isa_thread_count_and_pool() {
+    let want = format!("{}\n", greedy_text("in_the_beginning"));
+    for isa in bitnet_kernels::Isa::ALL
+        .into_iter()
+        .filter(|i| i.is_supported())
+    {
+        for threads in ["1", "2", "3"] {
+            for (pool, mmap) in [("spin", "0"), ("rayon", "1")] {
+                let env = [
+                    ("BITNET_ISA", isa.name()),
+                    ("BITNET_POOL", pool),
+                    ("BITNET_MMAP", mmap),
+                ];
+                let o = ok(run_env(
+                    &[
+                        "run",
+                        "--greedy",
+                        "-n",
+                        "32",
+                        "-q",
+                        "--no-echo",
+                        "-t",
+                        threads,
+                    ],
+                    &env,
+                ));
+                assert_eq!(o.stdout, want, "{env:?} threads={threads}");
+            }
+        }
+    }
+}
+
 #[test]
 fn run_echoes_the_prompt_and_reports_on_stderr() {
     let o = ok(run(&[
