@@ -20,7 +20,7 @@ LLAMACPP=1 scripts/make-fixtures.sh
 step "cargo test (kernels, formats, shared reference model, transformers, llama.cpp, bad input)"
 cargo test --workspace --locked -- --include-ignored
 
-step "aarch64: kernel and codec tests cross-built and run under qemu-user (scalar today, NEON next)"
+step "aarch64: kernel and codec tests cross-built and run under qemu-user (scalar, NEON, NEON + dotprod)"
 scripts/test-aarch64.sh
 
 step "done"

@@ -367,6 +367,9 @@ unsafe fn dense_dot<const T: usize, const TY: u8>(row: &[u8], x: [&[f32]; T]) ->
     // SAFETY (loops): i + 16 (resp. 8) <= cols bounds every row and x access.
     while i + 16 <= cols {
         unsafe {
+            // A row is read once per token (the LM head: 0.66 GB at F16 for 2B4T); fetching
+            // 1 KiB ahead keeps the next lines in flight while this block is multiplied.
+            _mm_prefetch::<_MM_HINT_T0>(rp.wrapping_add(i * es + 1024) as *const i8);
             let w0 = load8::<TY>(rp.add(i * es));
             let w1 = load8::<TY>(rp.add((i + 8) * es));
             for t in 0..T {
