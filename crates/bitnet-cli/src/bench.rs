@@ -184,7 +184,13 @@ pub fn run(a: BenchArgs) -> Result<()> {
         drop(session);
         if a.membw {
             engine_rss = engine_rss.or_else(peak_rss_bytes);
-            let bw = crate::membw::read_bandwidth(a.membw_mib << 20, threads, 5)?;
+            let bytes = a
+                .membw_mib
+                .checked_mul(1 << 20)
+                .ok_or_else(|| anyhow::anyhow!("--membw-mib {} is too large", a.membw_mib))?;
+            let bw = crate::membw::read_bandwidth(bytes, threads, 5).map_err(|e| {
+                anyhow::anyhow!("bandwidth probe buffer of {} MiB: {e}", a.membw_mib)
+            })?;
             let limit = bw / bytes_per_token.max(1) as f64;
             if a.json {
                 writeln!(

@@ -91,21 +91,6 @@ impl ArenaBuilder {
             .ok_or_else(|| std::io::Error::other("arena capacity exceeded"))
     }
 
-    /// Copies `src` to offset `at` (inside a reserved, not yet handed out range).
-    fn write(&mut self, at: usize, src: &[u8]) {
-        debug_assert!(at >= self.used && at + src.len() <= self.capacity);
-        // SAFETY: `start + capacity <= map.len()` (new() mapped capacity + HUGE_PAGE bytes and
-        // start <= HUGE_PAGE), `at + src.len() <= capacity` (reserve), and the destination lies
-        // at or above `used`, where no Storage points yet (type-level comment).
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                src.as_ptr(),
-                self.map.as_mut_ptr().add(self.start + at),
-                src.len(),
-            )
-        }
-    }
-
     fn storage(&self, off: usize, len: usize) -> Storage {
         Storage {
             owner: Owner::Arena(self.map.clone()),
@@ -116,10 +101,7 @@ impl ArenaBuilder {
 
     /// Copies `bytes` in.
     pub fn push(&mut self, bytes: &[u8]) -> std::io::Result<Storage> {
-        let off = self.reserve(bytes.len())?;
-        self.write(off, bytes);
-        self.used = off + bytes.len();
-        Ok(self.storage(off, bytes.len()))
+        self.push_with(bytes.len(), |buf| buf.copy_from_slice(bytes))
     }
 
     /// Appends `len` bytes that `fill` writes (they start out zeroed).
@@ -129,8 +111,10 @@ impl ArenaBuilder {
         fill: impl FnOnce(&mut [u8]),
     ) -> std::io::Result<Storage> {
         let off = self.reserve(len)?;
-        // SAFETY: the range is reserved (in bounds, see write()) and at or above `used`, so no
-        // Storage points into it; fresh anonymous memory is zeroed.
+        // SAFETY: `start + capacity <= map.len()` (new() mapped capacity + HUGE_PAGE bytes and
+        // start <= HUGE_PAGE) and `off + len <= capacity` (reserve); the range lies at or above
+        // `used`, where no Storage points yet (type-level comment). Fresh anonymous memory is
+        // zeroed.
         let buf = unsafe {
             std::slice::from_raw_parts_mut(self.map.as_mut_ptr().add(self.start + off), len)
         };
@@ -144,18 +128,15 @@ impl ArenaBuilder {
     /// resident (an owned source is freed when the caller drops it).
     pub fn push_storage(&mut self, data: &Storage) -> std::io::Result<Storage> {
         const PIECE: usize = 16 << 20;
-        let off = self.reserve(data.len())?;
-        let mut done = 0;
-        while done < data.len() {
-            let n = PIECE.min(data.len() - done);
-            self.write(off + done, &data[done..done + n]);
-            if let Some(piece) = data.slice(done, n) {
-                piece.release_pages();
+        self.push_with(data.len(), |buf| {
+            for (i, dst) in buf.chunks_mut(PIECE).enumerate() {
+                let at = i * PIECE;
+                dst.copy_from_slice(&data[at..at + dst.len()]);
+                if let Some(piece) = data.slice(at, dst.len()) {
+                    piece.release_pages();
+                }
             }
-            done += n;
-        }
-        self.used = off + data.len();
-        Ok(self.storage(off, data.len()))
+        })
     }
 }
 

@@ -29,8 +29,8 @@ mod neon;
 pub use dense::{DenseMatrix, DenseType};
 pub use ternary::{
     ternary_matmul, ternary_matmul_i32, ternary_matmul_i32_scalar, ternary_matmul_i32_with,
-    ternary_matmul_many, ternary_matmul_scalar, ternary_matmul_with, QuantizedActivations,
-    TernaryMatrix,
+    ternary_matmul_many, ternary_matmul_many_with, ternary_matmul_scalar, ternary_matmul_with,
+    QuantizedActivations, TernaryMatrix,
 };
 
 use std::sync::OnceLock;

@@ -69,6 +69,16 @@ fn has_code_3(bytes: &[u8]) -> bool {
     word_hit || tail.iter().any(|&b| b & (b >> 1) & 0x55 != 0)
 }
 
+/// Packed rows straight from outside (a file, a copy): a code 3 is an error that says where.
+fn reject_code_3(bytes: &[u8]) -> Result<(), KernelError> {
+    if has_code_3(bytes) {
+        // Cold path: unpacking locates the bad code for the error message.
+        let mut codes = vec![0i8; bytes.len() * 4];
+        i2s::unpack_into(bytes, &mut codes)?;
+    }
+    Ok(())
+}
+
 impl TernaryMatrix {
     fn check_dims(rows: usize, cols: usize) -> Result<(usize, usize), KernelError> {
         if cols > MAX_COLS {
@@ -143,11 +153,7 @@ impl TernaryMatrix {
             let data = data
                 .slice(0, total)
                 .ok_or(KernelError::Overflow("i2s slice"))?;
-            if has_code_3(&data) {
-                // Locate it for the error message (cold path).
-                let mut codes = vec![0i8; n];
-                i2s::unpack_into(&data, &mut codes)?;
-            }
+            reject_code_3(&data)?;
             Ok(TernaryMatrix {
                 rows,
                 cols,
@@ -169,10 +175,7 @@ impl TernaryMatrix {
         if data.len() != self.nbytes() {
             return Err(shape_err("ternary matrix bytes", self.nbytes(), data.len()));
         }
-        if has_code_3(&data) {
-            let mut codes = vec![0i8; data.len() * 4];
-            i2s::unpack_into(&data, &mut codes)?;
-        }
+        reject_code_3(&data)?;
         Ok(TernaryMatrix {
             data,
             ..self.clone()
@@ -508,7 +511,16 @@ pub fn ternary_matmul_many(
     a: &QuantizedActivations,
     outs: &mut [&mut [f32]],
 ) {
-    let isa = detected_isa();
+    ternary_matmul_many_with(detected_isa(), ws, a, outs)
+}
+
+/// [`ternary_matmul_many`] with an explicit ISA. Panics if the CPU does not support it.
+pub fn ternary_matmul_many_with(
+    isa: Isa,
+    ws: &[&TernaryMatrix],
+    a: &QuantizedActivations,
+    outs: &mut [&mut [f32]],
+) {
     check_isa(isa);
     assert_eq!(
         ws.len(),
@@ -540,15 +552,7 @@ pub fn ternary_matmul(w: &TernaryMatrix, a: &QuantizedActivations, out: &mut [f3
 
 /// [`ternary_matmul`] with an explicit ISA. Panics if the CPU does not support it.
 pub fn ternary_matmul_with(isa: Isa, w: &TernaryMatrix, a: &QuantizedActivations, out: &mut [f32]) {
-    check_isa(isa);
-    check_shapes(w, a, out.len());
-    let (rows, scale) = (w.rows, w.scale);
-    let scales = &a.scales;
-    let out = SharedOut::new(out);
-    drive(isa, &[w], a, |_, t, r, acc| {
-        // SAFETY: t < tokens and r < rows, and drive emits each (t, r) exactly once.
-        unsafe { out.write(t * rows + r, acc as f32 / scales[t] * scale) }
-    });
+    ternary_matmul_many_with(isa, &[w], a, &mut [out])
 }
 
 /// The exact integer dot products `out[t * rows + r] = sum_k t_rk * q_tk` (what the float
