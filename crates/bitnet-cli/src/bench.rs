@@ -41,6 +41,10 @@ pub struct BenchArgs {
     /// Buffer the bandwidth probe streams, in MiB: several times the last-level cache
     #[arg(long, default_value_t = 2048)]
     membw_mib: usize,
+    /// Also print where each test's time goes, stage by stage of the forward pass (timing
+    /// every stage adds a little overhead, so the t/s of a profiled run reads slightly low)
+    #[arg(long)]
+    profile: bool,
 }
 
 fn mean_std(v: &[f64]) -> (f64, f64) {
@@ -131,7 +135,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
         };
         let mut session = engine.session(Some(max_len))?;
         let mut best_tg = None;
-        let mut report = |test: String, samples: Vec<f64>| -> std::io::Result<()> {
+        bitnet_inference::profile::enable(a.profile);
+        let mut report = |test: String, samples: Vec<f64>, evals: usize| -> std::io::Result<()> {
+            let stages = bitnet_inference::profile::take();
             let (m, sd) = mean_std(&samples);
             if test.starts_with("tg") {
                 best_tg = Some((test.clone(), m));
@@ -149,10 +155,14 @@ pub fn run(a: BenchArgs) -> Result<()> {
                     format!("{m:.2} ± {sd:.2}")
                 )?;
             }
+            if a.profile {
+                print_profile(out, &test, &stages, evals, a.json)?;
+            }
             Ok(())
         };
         for &p in a.n_prompt.iter().filter(|&&p| p > 0) {
             let mut samples = Vec::new();
+            bitnet_inference::profile::take();
             for rep in 0..=reps {
                 session.reset();
                 let toks = tokens(p);
@@ -162,10 +172,11 @@ pub fn run(a: BenchArgs) -> Result<()> {
                     samples.push(p as f64 / t.elapsed().as_secs_f64());
                 }
             }
-            report(format!("pp{p}"), samples)?;
+            report(format!("pp{p}"), samples, (reps + 1) * p)?;
         }
         for &n in a.n_gen.iter().filter(|&&n| n > 0) {
             let mut samples = Vec::new();
+            bitnet_inference::profile::take();
             for rep in 0..=reps {
                 session.reset();
                 let toks = tokens(n);
@@ -179,7 +190,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
                     samples.push((n - 1).max(1) as f64 / t.elapsed().as_secs_f64());
                 }
             }
-            report(format!("tg{n}"), samples)?;
+            report(format!("tg{n}"), samples, (reps + 1) * n)?;
         }
         drop(session);
         if a.membw {
@@ -220,6 +231,45 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 file_bytes as f64 / (1 << 20) as f64
             )?;
         }
+    }
+    Ok(())
+}
+
+/// The stage breakdown of one test: time per token (all repetitions, warm-up included) and share.
+fn print_profile(
+    out: &mut impl Write,
+    test: &str,
+    stages: &[(bitnet_inference::profile::Stage, std::time::Duration)],
+    tokens: usize,
+    json: bool,
+) -> std::io::Result<()> {
+    let total: f64 = stages.iter().map(|(_, d)| d.as_secs_f64()).sum();
+    let per_tok = |d: f64| 1e6 * d / tokens.max(1) as f64;
+    if json {
+        let obj: serde_json::Map<String, serde_json::Value> = stages
+            .iter()
+            .map(|(s, d)| (s.name().to_string(), per_tok(d.as_secs_f64()).into()))
+            .collect();
+        return writeln!(
+            out,
+            "{}",
+            serde_json::json!({"test": test, "profile_us_per_token": obj})
+        );
+    }
+    writeln!(
+        out,
+        "{test} profile ({:.1} us/token in the forward pass):",
+        per_tok(total)
+    )?;
+    for (s, d) in stages {
+        let d = d.as_secs_f64();
+        writeln!(
+            out,
+            "  {:<20} {:>9.1} us/token {:>5.1}%",
+            s.name(),
+            per_tok(d),
+            100.0 * d / total.max(f64::MIN_POSITIVE)
+        )?;
     }
     Ok(())
 }

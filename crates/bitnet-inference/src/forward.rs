@@ -5,6 +5,7 @@
 //! per token to int8 once (shared by q/k/v and by gate/up) and accumulates in integers.
 
 use crate::kv_cache::{Buf, KvCache};
+use crate::profile::{Stage, Timer};
 use bitnet_kernels::{ops, ternary_matmul, ternary_matmul_many, QuantizedActivations};
 use bitnet_models::{Activation, ModelConfig, ModelWeights};
 
@@ -85,6 +86,7 @@ pub(crate) fn forward(
 ) -> Vec<f32> {
     let c = &w.config;
     let t = tokens.len();
+    let mut timer = Timer::start();
     let (h, qd, kvd, ffn) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size);
     resize(&mut s.x, t * h);
     for (row, &id) in s.x.chunks_exact_mut(h).zip(tokens) {
@@ -101,16 +103,19 @@ pub(crate) fn forward(
     resize(&mut s.hidden, t * ffn);
     let mut cos = vec![0f32; c.head_dim / 2];
     let mut sin = vec![0f32; c.head_dim / 2];
+    timer.stage(Stage::Embed);
 
     for (l, lw) in w.layers.iter().enumerate() {
         // Attention.
         norm_rows(&s.x, &lw.attn_norm, c.rms_norm_eps, &mut s.xn, h);
         s.acts.quantize(&s.xn, t, h);
+        timer.stage(Stage::AttnNorm);
         ternary_matmul_many(
             &[&lw.wq, &lw.wk, &lw.wv],
             &s.acts,
             &mut [&mut s.q, &mut s.k, &mut s.v],
         );
+        timer.stage(Stage::Qkv);
         for i in 0..t {
             rope.apply(
                 &mut s.q[i * qd..(i + 1) * qd],
@@ -129,6 +134,7 @@ pub(crate) fn forward(
         }
         cache.k[l].write(start * kvd, &s.k);
         cache.v[l].write(start * kvd, &s.v);
+        timer.stage(Stage::Rope);
         attention(
             c,
             &s.q,
@@ -138,27 +144,36 @@ pub(crate) fn forward(
             &mut s.attn_tmp,
             &mut s.attn,
         );
+        timer.stage(Stage::Attention);
         norm_rows_inplace(&mut s.attn, &lw.attn_sub_norm, c.rms_norm_eps, qd);
         s.acts.quantize(&s.attn, t, qd);
+        timer.stage(Stage::AttnSubNorm);
         ternary_matmul(&lw.wo, &s.acts, &mut s.proj);
+        timer.stage(Stage::Wo);
         add_assign(&mut s.x, &s.proj);
+        timer.stage(Stage::Residual);
 
         // Feed-forward.
         norm_rows(&s.x, &lw.ffn_norm, c.rms_norm_eps, &mut s.xn, h);
         s.acts.quantize(&s.xn, t, h);
+        timer.stage(Stage::FfnNorm);
         ternary_matmul_many(
             &[&lw.w_gate, &lw.w_up],
             &s.acts,
             &mut [&mut s.gate, &mut s.up],
         );
+        timer.stage(Stage::GateUp);
         match c.activation() {
             Activation::Relu2 => ops::relu2_mul(&s.gate, &s.up, &mut s.hidden),
             Activation::Silu => ops::silu_mul(&s.gate, &s.up, &mut s.hidden),
         }
         norm_rows_inplace(&mut s.hidden, &lw.ffn_sub_norm, c.rms_norm_eps, ffn);
         s.acts.quantize(&s.hidden, t, ffn);
+        timer.stage(Stage::FfnAct);
         ternary_matmul(&lw.w_down, &s.acts, &mut s.proj);
+        timer.stage(Stage::Down);
         add_assign(&mut s.x, &s.proj);
+        timer.stage(Stage::Residual);
     }
 
     let rows: Vec<usize> = match want {
@@ -178,6 +193,7 @@ pub(crate) fn forward(
     let head = w.lm_head();
     let mut logits = vec![0f32; rows.len() * head.rows()];
     head.matmul(&normed, rows.len(), &mut logits);
+    timer.stage(Stage::Head);
     logits
 }
 
@@ -220,13 +236,15 @@ fn attention(
     let (hd, nh, nkv, kvd) = (c.head_dim, c.num_heads, c.num_kv_heads, c.kv_dim());
     let group = nh / nkv;
     let t = out.len() / (nh * hd);
-    let blocks = t.div_ceil(Q_BLOCK);
-    let per_task = Q_BLOCK * group * hd;
+    // A decode step has one token: sizing the blocks by Q_BLOCK would zero 32x the scratch.
+    let block = Q_BLOCK.min(t);
+    let blocks = t.div_ceil(block);
+    let per_task = block * group * hd;
     resize(tmp, nkv * blocks * per_task);
     let scale = 1.0 / (hd as f32).sqrt();
     bitnet_kernels::pool::for_each_chunk_mut(tmp, per_task, |task, o| {
         let (kvh, b) = (task / blocks, task % blocks);
-        let (t0, t1) = (b * Q_BLOCK, ((b + 1) * Q_BLOCK).min(t));
+        let (t0, t1) = (b * block, ((b + 1) * block).min(t));
         let n_max = start + t1;
         let widen = |buf: &Buf| {
             let mut rows = vec![0f32; n_max * hd];
@@ -259,7 +277,7 @@ fn attention(
     });
     for kvh in 0..nkv {
         for i in 0..t {
-            let (b, r) = (i / Q_BLOCK, i % Q_BLOCK);
+            let (b, r) = (i / block, i % block);
             let src = &tmp[(kvh * blocks + b) * per_task + r * group * hd..][..group * hd];
             out[(i * nh + kvh * group) * hd..][..group * hd].copy_from_slice(src);
         }

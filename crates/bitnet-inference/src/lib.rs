@@ -16,6 +16,7 @@ mod error;
 mod forward;
 mod kv_cache;
 pub mod perplexity;
+pub mod profile;
 mod sampler;
 pub mod settings;
 mod stop;
