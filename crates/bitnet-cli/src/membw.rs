@@ -6,18 +6,35 @@ use std::sync::Barrier;
 use std::time::Instant;
 
 /// Sum with four independent accumulators: the loop vectorizes and keeps enough loads in
-/// flight that one core is limited by memory, not by the add chain.
-fn sum_words(words: &[u64]) -> u64 {
-    let mut acc = [0u64; 4];
-    let chunks = words.chunks_exact(4);
+/// flight that one core is limited by memory, not by the add chain. With `PREFETCH` it also
+/// requests each line 4 KiB ahead, as the engine's kernels do: on some machines (measured on a
+/// Zen 4 VM and a Sapphire Rapids host) the hardware prefetchers alone leave bandwidth unused,
+/// and a probe slower than the engine would be no limit at all.
+fn sum_words<const PREFETCH: bool>(words: &[u64]) -> u64 {
+    let mut acc = [0u64; 8];
+    let chunks = words.chunks_exact(8);
     let tail = chunks.remainder();
     for c in chunks {
+        if PREFETCH {
+            prefetch(c.as_ptr().wrapping_add(512));
+        }
         for (a, &w) in acc.iter_mut().zip(c) {
             *a = a.wrapping_add(w);
         }
     }
     let t = tail.iter().fold(0u64, |s, &w| s.wrapping_add(w));
     acc.iter().fold(t, |s, &a| s.wrapping_add(a))
+}
+
+#[inline(always)]
+fn prefetch(p: *const u64) {
+    // SAFETY: a prefetch is a hint; it never faults, whatever the address.
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const i8)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
 }
 
 /// Best-of-`rounds` read bandwidth in bytes per second with `threads` threads, each streaming its
@@ -41,7 +58,13 @@ pub fn read_bandwidth(bytes: usize, threads: usize, rounds: usize) -> std::io::R
     let words = buf.len();
     let per = words.div_ceil(threads);
     let mut best = 0.0f64;
-    for _ in 0..rounds.max(1) {
+    for round in 0..rounds.max(1) * 2 {
+        // Alternate plain and prefetching streams; the best of either is the limit.
+        let sum: fn(&[u64]) -> u64 = if round % 2 == 0 {
+            sum_words::<false>
+        } else {
+            sum_words::<true>
+        };
         let barrier = Barrier::new(threads + 1);
         let secs = std::thread::scope(|s| {
             let handles: Vec<_> = buf
@@ -50,7 +73,7 @@ pub fn read_bandwidth(bytes: usize, threads: usize, rounds: usize) -> std::io::R
                     let barrier = &barrier;
                     s.spawn(move || {
                         barrier.wait();
-                        black_box(sum_words(black_box(part)))
+                        black_box(sum(black_box(part)))
                     })
                 })
                 .collect();
@@ -75,7 +98,8 @@ mod tests {
     fn sum_matches_naive() {
         let v: Vec<u64> = (0..1003).map(|i| i * 7 + u64::MAX / 3).collect();
         let naive = v.iter().fold(0u64, |s, &w| s.wrapping_add(w));
-        assert_eq!(sum_words(&v), naive);
+        assert_eq!(sum_words::<false>(&v), naive);
+        assert_eq!(sum_words::<true>(&v), naive);
     }
 
     #[test]
