@@ -13,6 +13,11 @@ pub struct PerplexityArgs {
     /// Tokens per chunk after BOS; lines are packed greedily into chunks, never split
     #[arg(long, default_value_t = 256)]
     chunk: usize,
+    /// Also compare with this model (same vocabulary): KL divergence of its next-token
+    /// distribution from the base's at every scored token, e.g. a quantized LM head against the
+    /// f16 one
+    #[arg(long, value_name = "BASE_MODEL")]
+    kl_base: Option<PathBuf>,
 }
 
 /// Mean negative log-likelihood per token, the way the shared KJV model's reference computes it
@@ -22,6 +27,23 @@ pub fn run(a: PerplexityArgs) -> Result<()> {
     let engine = crate::load_engine(&s, false)?;
     let text = std::fs::read_to_string(&a.file)
         .with_context(|| format!("reading {}", a.file.display()))?;
+    if let Some(base_path) = &a.kl_base {
+        let mut base_args = a.model.clone();
+        base_args.model = Some(base_path.clone());
+        let bs = resolve(&base_args, None)?;
+        let base = crate::load_engine(&bs, false)?;
+        let d = bitnet_inference::perplexity::divergence(&engine, &base, &text, a.chunk)?;
+        println!(
+            "tokens {} perplexity {:.3} (base {:.3}) KL(base||model) mean {:.6} max {:.4} nats, top-1 agreement {:.2}%",
+            d.ppl.tokens,
+            d.ppl.perplexity(),
+            d.base.perplexity(),
+            d.kl_mean,
+            d.kl_max,
+            100.0 * d.top1_agree
+        );
+        return Ok(());
+    }
     let r = bitnet_inference::perplexity::line_packed(&engine, &text, a.chunk)?;
     println!(
         "chunks {} tokens {} loss {:.4} nats/token perplexity {:.3}",

@@ -793,3 +793,136 @@ fn chat_answers_with_the_reference_continuation() {
         "second answer is empty: {stdout:?}"
     );
 }
+
+/// `bench` measures what it says: a table row per test, the stage profile (every stage, shares
+/// summing to 100%), the bandwidth line, and JSON that parses, with the same tests.
+#[test]
+fn bench_prints_rates_profile_and_bandwidth() {
+    let o = run(&[
+        "bench",
+        "-m",
+        SHARED_GGUF,
+        "-p",
+        "8",
+        "-n",
+        "4",
+        "-r",
+        "1",
+        "--threads-list",
+        "1,2",
+        "--profile",
+        "--membw",
+        "--membw-mib",
+        "16",
+    ]);
+    assert_eq!(o.code, 0, "{o:?}");
+    for t in ["1", "2"] {
+        for test in ["pp8", "tg4"] {
+            let row = o
+                .stdout
+                .lines()
+                .find(|l| l.starts_with(&format!("| {t:>7} | {test:>8} |")))
+                .unwrap_or_else(|| panic!("no {t}-thread {test} row: {o:?}"));
+            let rate: f64 = row
+                .split('|')
+                .nth(3)
+                .unwrap()
+                .split('±')
+                .next()
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
+            assert!(rate > 0.0, "{row}");
+        }
+        assert!(
+            o.stdout.contains(&format!("GB/s ({t} threads)")),
+            "no bandwidth line for {t} threads: {o:?}"
+        );
+    }
+    let stages = bitnet_inference::profile::Stage::ALL;
+    let blocks: Vec<&str> = o.stdout.split(" profile (").skip(1).collect();
+    assert_eq!(
+        blocks.len(),
+        4,
+        "one profile per test and thread count: {o:?}"
+    );
+    for b in blocks {
+        let shares: f64 = stages
+            .iter()
+            .map(|s| {
+                let line = b
+                    .lines()
+                    .find(|l| l.trim_start().starts_with(s.name()))
+                    .unwrap_or_else(|| panic!("stage {} missing: {b}", s.name()));
+                line.trim_end()
+                    .trim_end_matches('%')
+                    .rsplit(' ')
+                    .next()
+                    .unwrap()
+                    .parse::<f64>()
+                    .unwrap()
+            })
+            .sum();
+        assert!((shares - 100.0).abs() < 0.5, "shares sum to {shares}: {b}");
+    }
+
+    let o = run(&[
+        "bench",
+        "-m",
+        SHARED_GGUF,
+        "-p",
+        "8",
+        "-n",
+        "4",
+        "-r",
+        "1",
+        "--threads-list",
+        "1",
+        "--profile",
+        "--json",
+    ]);
+    assert_eq!(o.code, 0, "{o:?}");
+    let lines: Vec<serde_json::Value> = o
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let tests: Vec<&str> = lines.iter().filter_map(|v| v["test"].as_str()).collect();
+    assert_eq!(tests, ["pp8", "pp8", "tg4", "tg4"], "{o:?}");
+    assert!(lines[0]["tps_mean"].as_f64().unwrap() > 0.0);
+    let prof = lines[3]["profile_us_per_token"].as_object().unwrap();
+    assert_eq!(prof.len(), stages.len());
+}
+
+/// `perplexity --kl-base` against the same file: zero divergence, full agreement, and the
+/// perplexity of the shared reference (44.77 by transformers on Revelation, within 0.1%).
+#[test]
+fn perplexity_kl_against_itself_is_zero() {
+    let val = format!("{HF_DIR}/data/val.txt");
+    let o = ok(run(&[
+        "perplexity",
+        "-m",
+        SHARED_GGUF,
+        "--file",
+        &val,
+        "--kl-base",
+        SHARED_GGUF,
+    ]));
+    let line = o.stdout.trim();
+    assert!(line.starts_with("tokens 15322 perplexity "), "{o:?}");
+    let field = |key: &str| -> f64 {
+        let rest = &line[line.find(key).unwrap_or_else(|| panic!("{key}: {line}")) + key.len()..];
+        rest.split_whitespace()
+            .next()
+            .unwrap()
+            .trim_end_matches(['%', ')'])
+            .parse()
+            .unwrap()
+    };
+    let ppl = field("perplexity ");
+    assert!((ppl / 44.77 - 1.0).abs() < 1e-3, "{line}");
+    assert_eq!(field("(base "), ppl, "{line}");
+    assert_eq!(field("mean "), 0.0, "{line}");
+    assert_eq!(field("agreement "), 100.0, "{line}");
+}

@@ -20,8 +20,8 @@ impl Perplexity {
 }
 
 /// Each line (with its newline) is tokenized alone; lines are packed greedily into chunks of
-/// BOS + at most `chunk` tokens (a line is never split); every token after BOS is scored.
-pub fn line_packed(engine: &Engine, text: &str, chunk: usize) -> Result<Perplexity> {
+/// BOS + at most `chunk` tokens (a line is never split).
+fn line_chunks(engine: &Engine, text: &str, chunk: usize) -> Result<Vec<Vec<u32>>> {
     let tok = engine.tokenizer();
     let bos = tok
         .bos_id()
@@ -36,22 +36,122 @@ pub fn line_packed(engine: &Engine, text: &str, chunk: usize) -> Result<Perplexi
         cur.extend(ids);
     }
     chunks.push(cur);
+    Ok(chunks)
+}
+
+/// Runs every chunk of at least two tokens through `engine` and hands `f` each scored
+/// position's logits with its target token.
+fn for_each_scored(
+    engine: &Engine,
+    chunks: &[Vec<u32>],
+    mut f: impl FnMut(usize, &[f32], u32),
+) -> Result<()> {
     let longest = chunks.iter().map(Vec::len).max().unwrap_or(1);
     let mut session = engine.session(Some(longest))?;
     let vocab = engine.config().vocab_size;
-    let (mut nll, mut n) = (0f64, 0usize);
+    let mut pos = 0;
     for c in chunks.iter().filter(|c| c.len() >= 2) {
         session.reset();
         let logits = session.eval(&c[..c.len() - 1], Logits::All)?;
         for (row, &target) in logits.chunks_exact(vocab).zip(&c[1..]) {
-            nll += log_sum_exp(row) - row[target as usize] as f64;
-            n += 1;
+            f(pos, row, target);
+            pos += 1;
         }
     }
+    Ok(())
+}
+
+/// Lines packed into chunks as [`line_chunks`] does; every token after each chunk's BOS is scored.
+pub fn line_packed(engine: &Engine, text: &str, chunk: usize) -> Result<Perplexity> {
+    let chunks = line_chunks(engine, text, chunk)?;
+    let (mut nll, mut n) = (0f64, 0usize);
+    for_each_scored(engine, &chunks, |_, row, target| {
+        nll += log_sum_exp(row) - row[target as usize] as f64;
+        n += 1;
+    })?;
     Ok(Perplexity {
         chunks: chunks.len(),
         tokens: n,
         loss: nll / n.max(1) as f64,
+    })
+}
+
+/// How far a model's next-token distributions are from a base model's on the same text (for
+/// instance the same weights with a quantized LM head against the f16 one).
+#[derive(Clone, Copy, Debug)]
+pub struct Divergence {
+    /// The model under test.
+    pub ppl: Perplexity,
+    /// The base model on the same tokens.
+    pub base: Perplexity,
+    /// Mean of KL(base || model) over the scored positions, nats.
+    pub kl_mean: f64,
+    /// Largest KL at one position, nats.
+    pub kl_max: f64,
+    /// Share of positions where both models' most likely token is the same.
+    pub top1_agree: f64,
+}
+
+/// KL(base || engine) of the next-token distribution at every scored position of
+/// [`line_packed`], with both perplexities. The two engines must share the vocabulary (same
+/// token ids); both run chunk by chunk, so memory stays at one chunk's logits per model.
+pub fn divergence(engine: &Engine, base: &Engine, text: &str, chunk: usize) -> Result<Divergence> {
+    let vocab = engine.config().vocab_size;
+    if base.config().vocab_size != vocab {
+        return Err(EngineError::Settings(format!(
+            "the base model's vocabulary ({}) differs from the model's ({vocab})",
+            base.config().vocab_size
+        )));
+    }
+    let chunks = line_chunks(engine, text, chunk)?;
+    if line_chunks(base, text, chunk)? != chunks {
+        return Err(EngineError::Settings(
+            "the two models tokenize the text differently".into(),
+        ));
+    }
+    let longest = chunks.iter().map(Vec::len).max().unwrap_or(1);
+    let (mut sm, mut sb) = (engine.session(Some(longest))?, base.session(Some(longest))?);
+    let (mut nll, mut base_nll, mut n) = (0f64, 0f64, 0usize);
+    let (mut kl_sum, mut kl_max, mut agree) = (0f64, 0f64, 0usize);
+    for c in chunks.iter().filter(|c| c.len() >= 2) {
+        sm.reset();
+        sb.reset();
+        let lm = sm.eval(&c[..c.len() - 1], Logits::All)?;
+        let lb = sb.eval(&c[..c.len() - 1], Logits::All)?;
+        for ((rm, rb), &target) in lm
+            .chunks_exact(vocab)
+            .zip(lb.chunks_exact(vocab))
+            .zip(&c[1..])
+        {
+            let (lse_m, lse_b) = (log_sum_exp(rm), log_sum_exp(rb));
+            nll += lse_m - rm[target as usize] as f64;
+            base_nll += lse_b - rb[target as usize] as f64;
+            let kl: f64 = rb
+                .iter()
+                .zip(rm)
+                .map(|(&b, &m)| {
+                    let lb = b as f64 - lse_b;
+                    lb.exp() * (lb - (m as f64 - lse_m))
+                })
+                .sum();
+            kl_sum += kl;
+            kl_max = kl_max.max(kl);
+            agree += usize::from(crate::argmax(rm) == crate::argmax(rb));
+            n += 1;
+        }
+    }
+    let per = |x: f64| x / n.max(1) as f64;
+    let ppl = |loss| Perplexity {
+        chunks: chunks.len(),
+        tokens: n,
+        loss,
+    };
+    Ok(Divergence {
+        ppl: ppl(per(nll)),
+        base: ppl(per(base_nll)),
+        kl_mean: per(kl_sum),
+        kl_max,
+        top1_agree: per(agree as f64),
     })
 }
 
