@@ -183,9 +183,11 @@ unsafe fn ternary_dot_rows<const R: usize>(w: [&[u8]; R], q: &[i8]) -> [i32; R] 
                     loadu_si(a.add(64)),
                     loadu_si(a.add(96)),
                 );
-                // The next R rows, one block of each per block here, as one sequential stream:
-                // the hardware prefetchers alone fall behind on R interleaved streams.
-                let ahead = wp[0].wrapping_add(R * nb * 32 + b * R * 32);
+                // The rows `TERNARY_TILES` tiles ahead, one block of each per block here, as one
+                // sequential stream: the hardware prefetchers alone fall behind on R
+                // interleaved streams.
+                let ahead =
+                    wp[0].wrapping_add(crate::prefetch::TERNARY_TILES * R * nb * 32 + b * R * 32);
                 for l in (0..R * 32).step_by(64) {
                     _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(l) as *const i8);
                 }
@@ -350,12 +352,21 @@ const fn ty_size(ty: u8) -> usize {
 }
 
 /// `dot(row, x[t])` for T tokens: each 16-element slice of the row is converted once and
-/// FMA'd into every token's two accumulators.
+/// FMA'd into every token's two accumulators. One token (decode: the LM head) takes the
+/// four-chain path instead, because two FMA chains alone cap a core at 16 elements per FMA
+/// latency, below what it must stream to keep up with memory.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dense_dot<const T: usize, const TY: u8>(row: &[u8], x: [&[f32]; T]) -> [f32; T] {
+    if T == 1 {
+        let mut out = [0.0f32; T];
+        // SAFETY: forwarded contract.
+        out[0] = unsafe { dense_dot1::<TY>(row, x[0]) };
+        return out;
+    }
     let es = ty_size(TY);
     let cols = row.len() / es;
     let rp = row.as_ptr();
+    let pf = crate::prefetch::DENSE_BYTES;
     let mut xp = [std::ptr::null::<f32>(); T];
     for t in 0..T {
         debug_assert_eq!(x[t].len(), cols);
@@ -368,8 +379,8 @@ unsafe fn dense_dot<const T: usize, const TY: u8>(row: &[u8], x: [&[f32]; T]) ->
     while i + 16 <= cols {
         unsafe {
             // A row is read once per token (the LM head: 0.66 GB at F16 for 2B4T); fetching
-            // 1 KiB ahead keeps the next lines in flight while this block is multiplied.
-            _mm_prefetch::<_MM_HINT_T0>(rp.wrapping_add(i * es + 1024) as *const i8);
+            // ahead keeps the next lines in flight while this block is multiplied.
+            _mm_prefetch::<_MM_HINT_T0>(rp.wrapping_add(i * es + pf) as *const i8);
             let w0 = load8::<TY>(rp.add(i * es));
             let w1 = load8::<TY>(rp.add((i + 8) * es));
             for t in 0..T {
@@ -397,6 +408,48 @@ unsafe fn dense_dot<const T: usize, const TY: u8>(row: &[u8], x: [&[f32]; T]) ->
         out[t] = s;
     }
     out
+}
+
+/// One token: 32 elements per step into four independent FMA chains, prefetching as above.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dense_dot1<const TY: u8>(row: &[u8], x: &[f32]) -> f32 {
+    let es = ty_size(TY);
+    let cols = row.len() / es;
+    debug_assert_eq!(x.len(), cols);
+    let (rp, xp) = (row.as_ptr(), x.as_ptr());
+    let pf = crate::prefetch::DENSE_BYTES;
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    // SAFETY (loops): i + 32 (resp. 8) <= cols bounds every row and x access.
+    while i + 32 <= cols {
+        unsafe {
+            _mm_prefetch::<_MM_HINT_T0>(rp.wrapping_add(i * es + pf) as *const i8);
+            if es == 4 {
+                // 128 bytes per step: two lines.
+                _mm_prefetch::<_MM_HINT_T0>(rp.wrapping_add(i * es + pf + 64) as *const i8);
+            }
+            for (j, a) in acc.iter_mut().enumerate() {
+                let w = load8::<TY>(rp.add((i + 8 * j) * es));
+                *a = _mm256_fmadd_ps(w, _mm256_loadu_ps(xp.add(i + 8 * j)), *a);
+            }
+        }
+        i += 32;
+    }
+    while i + 8 <= cols {
+        unsafe {
+            let w = load8::<TY>(rp.add(i * es));
+            acc[0] = _mm256_fmadd_ps(w, _mm256_loadu_ps(xp.add(i)), acc[0]);
+        }
+        i += 8;
+    }
+    let mut s = hsum_ps(_mm256_add_ps(
+        _mm256_add_ps(acc[0], acc[1]),
+        _mm256_add_ps(acc[2], acc[3]),
+    ));
+    for (k, &xv) in x.iter().enumerate().skip(i) {
+        s += load1::<TY>(row, k) * xv;
+    }
+    s
 }
 
 #[target_feature(enable = "avx2,f16c")]

@@ -151,9 +151,10 @@ mod avx2 {
         // q[t] / d[t].
         while b0 + 8 <= nb {
             unsafe {
-                // The head streams every row once per token: keep the lines 1 KiB ahead in
-                // flight (8 blocks = 272 bytes per iteration, 5 lines covers them).
-                let ahead = rp.wrapping_add(b0 * BLOCK_BYTES + 1024);
+                // The head streams every row once per token: keep the lines
+                // `prefetch::DENSE_BYTES` ahead in flight (8 blocks = 272 bytes per iteration,
+                // 5 lines cover them).
+                let ahead = rp.wrapping_add(b0 * BLOCK_BYTES + crate::prefetch::DENSE_BYTES);
                 for l in 0..5 {
                     _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(l * 64) as *const i8);
                 }

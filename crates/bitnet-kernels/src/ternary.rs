@@ -454,7 +454,9 @@ fn drive(
     let chunks: Vec<(usize, usize)> = ws
         .iter()
         .map(|w| {
-            let chunk = row_chunk(w.rows, w.row_bytes, CHUNK_BYTES);
+            // Whole row tiles: a ragged chunk runs its tail rows one by one, and its tile
+            // prefetch reaches into the next chunk, which another thread may own.
+            let chunk = row_chunk(w.rows, w.row_bytes, CHUNK_BYTES).next_multiple_of(ROW_TILE);
             (chunk, w.rows.div_ceil(chunk))
         })
         .collect();
