@@ -12,7 +12,8 @@ pub struct ConvertArgs {
     /// Ternary weight format: i2_s (bitnet.cpp), tq2_0, tq1_0 (llama.cpp), f16, f32
     #[arg(long = "type", default_value = "i2_s")]
     ty: String,
-    /// Embedding / head format: f16, bf16, f32, q8_0 (8-bit: about half the bytes of f16)
+    /// Embedding / head format: f16, bf16, f32, q8_0 (8.5 bits: about half the bytes of f16),
+    /// q6_k (6.56 bits, llama.cpp's k-quant head; the hidden size must be a multiple of 256)
     #[arg(long, default_value = "f16")]
     embed: String,
     /// Folder with tokenizer.json to embed instead of the input's own tokenizer
@@ -27,7 +28,7 @@ pub fn run(a: ConvertArgs) -> Result<()> {
     let ternary = TernaryFormat::parse(&a.ty)
         .ok_or_else(|| anyhow!("unknown --type {} (i2_s, tq2_0, tq1_0, f16, f32)", a.ty))?;
     let dense = DenseFormat::parse(&a.embed)
-        .ok_or_else(|| anyhow!("unknown --embed {} (f16, bf16, f32, q8_0)", a.embed))?;
+        .ok_or_else(|| anyhow!("unknown --embed {} (f16, bf16, f32, q8_0, q6_k)", a.embed))?;
     let model = bitnet_models::load(&a.input, a.tokenizer.as_deref())
         .with_context(|| format!("loading {}", a.input.display()))?;
     let vocab = model

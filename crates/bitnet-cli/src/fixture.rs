@@ -17,7 +17,7 @@ pub struct FixtureArgs {
     /// Ternary format: i2_s, tq2_0, tq1_0
     #[arg(long = "type", default_value = "tq2_0")]
     ty: String,
-    /// Embedding / head format: f16, bf16, f32, q8_0
+    /// Embedding / head format: f16, bf16, f32, q8_0, q6_k
     #[arg(long, default_value = "f16")]
     embed: String,
     /// Override the number of layers (smaller files for quick checks)
@@ -39,7 +39,7 @@ pub fn run(a: FixtureArgs) -> Result<()> {
     }
     let ternary = TernaryFormat::parse(&a.ty).ok_or_else(|| anyhow!("unknown --type {}", a.ty))?;
     let dense = DenseFormat::parse(&a.embed)
-        .ok_or_else(|| anyhow!("unknown --embed {} (f16, bf16, f32, q8_0)", a.embed))?;
+        .ok_or_else(|| anyhow!("unknown --embed {} (f16, bf16, f32, q8_0, q6_k)", a.embed))?;
     let weights = fixture::random_weights(&config, a.seed)?;
     let vocab = fixture::synthetic_vocab(config.vocab_size);
     let opts = ExportOptions {

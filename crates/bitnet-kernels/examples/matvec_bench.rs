@@ -220,13 +220,18 @@ fn main() {
         );
     }
 
-    // The tied LM head of 2B4T (128256 x 2560), one decode token, in F16, BF16 and Q8_0: the
-    // other big stream of a decode step.
+    // The tied LM head of 2B4T (128256 x 2560), one decode token, in F16, BF16, Q8_0 and Q6_K:
+    // the other big stream of a decode step.
     if !args.skip_dense {
         let (rows, cols) = (128_256usize, 2560usize);
         let x: Vec<f32> = (0..cols).map(|i| (i % 17) as f32 / 17.0 - 0.5).collect();
         let mut out = vec![0f32; rows];
-        for ty in [DenseType::F16, DenseType::BF16, DenseType::Q8_0] {
+        for ty in [
+            DenseType::F16,
+            DenseType::BF16,
+            DenseType::Q8_0,
+            DenseType::Q6_K,
+        ] {
             // Normal numbers of magnitude ~1e-3..1 like real embeddings: subnormal inputs would
             // hit the CPU's slow microcode path and measure that instead.
             let mut s = 0x2545_f491_4f6c_dd1du64;
@@ -234,7 +239,24 @@ fn main() {
                 DenseType::F16 => (5u64, 10u64, 10),
                 _ => (117, 10, 7),
             };
-            let bytes: Vec<u8> = if ty == DenseType::Q8_0 {
+            let bytes: Vec<u8> = if ty == DenseType::Q6_K {
+                // Any code and int8 scale bytes, f16 super-block scales ~1e-5.
+                (0..rows * cols / 256)
+                    .flat_map(|_| {
+                        let mut blk: Vec<u8> = (0..208)
+                            .map(|_| {
+                                s ^= s << 13;
+                                s ^= s >> 7;
+                                s ^= s << 17;
+                                (s >> 24) as u8
+                            })
+                            .collect();
+                        let d = half::f16::from_f32(1e-5 * (1.0 + (s >> 60) as f32 / 16.0));
+                        blk.extend(d.to_le_bytes());
+                        blk
+                    })
+                    .collect()
+            } else if ty == DenseType::Q8_0 {
                 // f16 scales ~1e-3, int8 values in [-127, 127].
                 (0..rows * cols / 32)
                     .flat_map(|_| {

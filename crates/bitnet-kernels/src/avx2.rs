@@ -485,12 +485,12 @@ impl DenseKernel for Avx2 {
                 DenseType::F32 => dense_dot::<T, TY_F32>(row, x),
                 DenseType::F16 => dense_dot::<T, TY_F16>(row, x),
                 DenseType::BF16 => dense_dot::<T, TY_BF16>(row, x),
-                // DenseMatrix routes Q8_0 to dense_q8 (quantized activations); this widening
-                // fallback only keeps the trait total.
-                DenseType::Q8_0 => {
+                // DenseMatrix routes Q8_0 / Q6_K to dense_q8 / dense_q6k (quantized
+                // activations); this widening fallback only keeps the trait total.
+                DenseType::Q8_0 | DenseType::Q6_K => {
                     let cols = x.first().map_or(0, |x| x.len());
                     buf.resize(cols, 0.0);
-                    crate::dense_q8::row_to_f32(row, buf);
+                    crate::dense::quantized_row_to_f32(row, ty, buf);
                     x.map(|xt| dot(buf, xt))
                 }
             }
@@ -504,7 +504,9 @@ impl DenseKernel for Avx2 {
                 DenseType::F32 => row_to_f32_ty::<TY_F32>(row, out),
                 DenseType::F16 => row_to_f32_ty::<TY_F16>(row, out),
                 DenseType::BF16 => row_to_f32_ty::<TY_BF16>(row, out),
-                DenseType::Q8_0 => crate::dense_q8::row_to_f32(row, out),
+                DenseType::Q8_0 | DenseType::Q6_K => {
+                    crate::dense::quantized_row_to_f32(row, ty, out)
+                }
             }
         }
     }

@@ -1,4 +1,4 @@
-//! Dense F32 / F16 / BF16 / Q8_0 matrices: the token embedding and the (tied) LM head.
+//! Dense F32 / F16 / BF16 / Q8_0 / Q6_K matrices: the token embedding and the (tied) LM head.
 //!
 //! The weights stay in their file type and are converted on the fly inside the dot product:
 //! the LM head is the largest tensor of a BitNet model (656 MB in F16 for 2B4T) and decoding is
@@ -16,13 +16,19 @@ pub enum DenseType {
     /// ggml `Q8_0`: blocks of 32 weights, an f16 scale then 32 x i8 (34 bytes). Columns must
     /// be a multiple of 32; the matmul quantizes activations to Q8_0 too (see `dense_q8`).
     Q8_0,
+    /// ggml `Q6_K`: blocks of 256 weights in 6 bits with 16 int8 sub-block scales and an f16
+    /// scale (210 bytes, 6.5625 bits per weight). Columns must be a multiple of 256; the matmul
+    /// quantizes activations to Q8_K (see `dense_q6k`).
+    #[allow(non_camel_case_types)]
+    Q6_K,
 }
 
 impl DenseType {
-    /// Elements per block (1 for the float types, 32 for Q8_0).
+    /// Elements per block (1 for the float types, 32 for Q8_0, 256 for Q6_K).
     pub fn block_size(self) -> usize {
         match self {
             DenseType::Q8_0 => crate::dense_q8::QK,
+            DenseType::Q6_K => crate::dense_q6k::QK,
             _ => 1,
         }
     }
@@ -33,7 +39,14 @@ impl DenseType {
             DenseType::F32 => 4,
             DenseType::F16 | DenseType::BF16 => 2,
             DenseType::Q8_0 => crate::dense_q8::BLOCK_BYTES,
+            DenseType::Q6_K => crate::dense_q6k::BLOCK_BYTES,
         }
+    }
+
+    /// Whether the matmul quantizes the activations and dots integer blocks (Q8_0, Q6_K)
+    /// instead of widening the weights to f32.
+    pub fn is_quantized(self) -> bool {
+        matches!(self, DenseType::Q8_0 | DenseType::Q6_K)
     }
 
     /// Bytes of a row of `cols` elements; `None` if `cols` is not a multiple of
@@ -53,6 +66,16 @@ pub struct DenseMatrix {
     cols: usize,
     ty: DenseType,
     data: Storage,
+}
+
+/// A Q8_0 / Q6_K row as f32 (`out.len()` elements): embedding lookup, and the widening fallback
+/// that keeps the [`DenseKernel`] impls total for types [`DenseMatrix`] never routes to them.
+pub(crate) fn quantized_row_to_f32(row: &[u8], ty: DenseType, out: &mut [f32]) {
+    debug_assert!(ty.is_quantized(), "{ty:?} is not a block type");
+    match ty {
+        DenseType::Q6_K => crate::dense_q6k::row_to_f32(row, out),
+        _ => crate::dense_q8::row_to_f32(row, out),
+    }
 }
 
 /// Tokens per pass over a weight row.
@@ -79,8 +102,8 @@ pub(crate) trait DenseKernel {
 }
 
 impl DenseMatrix {
-    /// Checks that `data` holds exactly `rows * cols` elements of `ty` (for Q8_0, that `cols` is
-    /// a multiple of 32).
+    /// Checks that `data` holds exactly `rows * cols` elements of `ty` (for the block types,
+    /// that `cols` is a multiple of the block size: 32 for Q8_0, 256 for Q6_K).
     pub fn new(
         rows: usize,
         cols: usize,
@@ -90,7 +113,10 @@ impl DenseMatrix {
         let bs = ty.block_size();
         if !cols.is_multiple_of(bs) {
             return Err(bitnet_quantization::QuantError::NotMultiple {
-                what: "Q8_0 dense matrix columns",
+                what: match ty {
+                    DenseType::Q6_K => "Q6_K dense matrix columns",
+                    _ => "Q8_0 dense matrix columns",
+                },
                 n: cols,
                 multiple: bs,
             }
@@ -158,8 +184,8 @@ impl DenseMatrix {
             self.cols,
             "DenseMatrix::row_f32: out.len() != cols"
         );
-        if self.ty == DenseType::Q8_0 {
-            return crate::dense_q8::row_to_f32(self.row(r), out);
+        if self.ty.is_quantized() {
+            return quantized_row_to_f32(self.row(r), self.ty, out);
         }
         match detected_isa() {
             #[cfg(target_arch = "x86_64")]
@@ -181,7 +207,8 @@ impl DenseMatrix {
 
     /// `out[t * rows + r] = dot(x[t], row r)` with f32 accumulation, over row chunks on the
     /// current pool (`pool`). For Q8_0 the activations are first quantized to Q8_0 blocks and the
-    /// block dots are exact integers (llama.cpp's `vec_dot_q8_0_q8_0`).
+    /// block dots are exact integers (llama.cpp's `vec_dot_q8_0_q8_0`); for Q6_K likewise with
+    /// Q8_K activation blocks (`vec_dot_q6_K_q8_K`).
     ///
     /// # Panics
     /// If `x.len() != tokens * cols` or `out.len() != tokens * rows`.
@@ -214,8 +241,18 @@ impl DenseMatrix {
             out.fill(0.0);
             return;
         }
-        if self.ty == DenseType::Q8_0 {
-            return crate::dense_q8::matmul(&self.data, self.rows, self.cols, isa, x, tokens, out);
+        match self.ty {
+            DenseType::Q8_0 => {
+                return crate::dense_q8::matmul(
+                    &self.data, self.rows, self.cols, isa, x, tokens, out,
+                )
+            }
+            DenseType::Q6_K => {
+                return crate::dense_q6k::matmul(
+                    &self.data, self.rows, self.cols, isa, x, tokens, out,
+                )
+            }
+            _ => {}
         }
         let chunk = row_chunk(self.rows, self.row_bytes(), CHUNK_BYTES);
         let shared = SharedOut::new(out);

@@ -2,17 +2,18 @@
 //!
 //! - [`ternary_matmul`]: I2_S-layout ternary weights x per-token int8 activations, integer
 //!   accumulation, `y = acc / s_x * w_scale` (transformers AutoBitLinear / bitnet.cpp semantics).
-//! - [`DenseMatrix::matmul`]: F32/F16/BF16/Q8_0 matrices (embeddings, tied LM head).
+//! - [`DenseMatrix::matmul`]: F32/F16/BF16/Q8_0/Q6_K matrices (embeddings, tied LM head).
 //! - [`ops`]: the f32 vector ops of the forward pass.
 //!
 //! Each kernel has a scalar reference (`*_scalar`, public so tests can compare) and SIMD
 //! versions in their own modules: AVX2 (the ternary matmul also AVX-512 VNNI) on x86-64, NEON
-//! (the ternary matmul and the Q8_0 dot also NEON + dot product) on aarch64. Which one runs is
-//! decided once per process by [`detected_isa`] (runtime CPU detection, so a generic release
-//! binary still gets AVX2 / AVX-512 / `sdot`). The integer kernels are bit-exact across ISAs and
-//! thread counts; the float ones agree to rounding.
+//! (the ternary matmul and the Q8_0 / Q6_K dots also NEON + dot product) on aarch64. Which one
+//! runs is decided once per process by [`detected_isa`] (runtime CPU detection, so a generic
+//! release binary still gets AVX2 / AVX-512 / `sdot`). The integer kernels (and the Q8_0 / Q6_K
+//! dots) are bit-exact across ISAs and thread counts; the float ones agree to rounding.
 
 mod dense;
+mod dense_q6k;
 mod dense_q8;
 pub mod ops;
 pub mod pool;
@@ -49,8 +50,8 @@ pub enum Isa {
     /// aarch64 Advanced SIMD (every aarch64 application processor).
     Neon,
     /// aarch64 NEON + the dot-product extension (`sdot`; Armv8.2-A+, e.g. Cortex-A55/A76,
-    /// Neoverse, Apple M1): the ternary matmul and the Q8_0 dot use it; every other kernel runs
-    /// the [`Isa::Neon`] code.
+    /// Neoverse, Apple M1): the ternary matmul and the Q8_0 / Q6_K dots use it; every other
+    /// kernel runs the [`Isa::Neon`] code.
     NeonDotprod,
 }
 

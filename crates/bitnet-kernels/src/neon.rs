@@ -1,6 +1,6 @@
-//! aarch64 NEON kernels. [`Neon`] needs only Advanced SIMD; [`NeonDot`] (ternary matmul) and
-//! [`q8_sdot`] (Q8_0 dot) also need the dot-product extension. The dispatch in lib.rs only
-//! routes here after checking the features at run time.
+//! aarch64 NEON kernels. [`Neon`] needs only Advanced SIMD; [`NeonDot`] (ternary matmul),
+//! [`q8_sdot`] (Q8_0 dot) and [`q6k_sdot`] (Q6_K dot) also need the dot-product extension. The
+//! dispatch in lib.rs only routes here after checking the features at run time.
 //!
 //! Two instructions are written as inline asm because their intrinsics are not stable in Rust
 //! 1.89 (the workspace's `rust-version`):
@@ -424,12 +424,12 @@ impl DenseKernel for Neon {
                 DenseType::F32 => dense_dot::<T, TY_F32>(row, x),
                 DenseType::F16 => dense_dot::<T, TY_F16>(row, x),
                 DenseType::BF16 => dense_dot::<T, TY_BF16>(row, x),
-                // DenseMatrix routes Q8_0 to dense_q8 (quantized activations); this widening
-                // fallback only keeps the trait total.
-                DenseType::Q8_0 => {
+                // DenseMatrix routes Q8_0 / Q6_K to dense_q8 / dense_q6k (quantized
+                // activations); this widening fallback only keeps the trait total.
+                DenseType::Q8_0 | DenseType::Q6_K => {
                     let cols = x.first().map_or(0, |x| x.len());
                     buf.resize(cols, 0.0);
-                    crate::dense_q8::row_to_f32(row, buf);
+                    crate::dense::quantized_row_to_f32(row, ty, buf);
                     x.map(|xt| dot(buf, xt))
                 }
             }
@@ -443,7 +443,9 @@ impl DenseKernel for Neon {
                 DenseType::F32 => row_to_f32_ty::<TY_F32>(row, out),
                 DenseType::F16 => row_to_f32_ty::<TY_F16>(row, out),
                 DenseType::BF16 => row_to_f32_ty::<TY_BF16>(row, out),
-                DenseType::Q8_0 => crate::dense_q8::row_to_f32(row, out),
+                DenseType::Q8_0 | DenseType::Q6_K => {
+                    crate::dense::quantized_row_to_f32(row, ty, out)
+                }
             }
         }
     }
@@ -546,6 +548,130 @@ pub(crate) unsafe fn q8_sdot<const T: usize>(
 ) -> [f32; T] {
     // SAFETY: forwarded contract.
     unsafe { q8_dot_body::<T, true>(row, q, d) }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dense Q6_K (the driver and the scalar twin these must equal bit for bit are in dense_q6k.rs)
+
+/// Four i32 lanes of a 16-byte slice: lane `l` sums the products of bytes `4l..4l + 4`.
+///
+/// # Safety
+/// NEON, and the dot-product extension when `DOT`.
+#[inline(always)]
+unsafe fn q6k_lanes4<const DOT: bool>(w: int8x16_t, x: int8x16_t) -> int32x4_t {
+    if DOT {
+        // SAFETY: register-only; only q6k_sdot, which has the dot-product extension, passes DOT.
+        unsafe { sdot(vdupq_n_s32(0), w, x) }
+    } else {
+        // As in q8_lanes: exact i16 products, pair sums, then neighbouring pairs.
+        let lo = vpaddlq_s16(vmull_s8(vget_low_s8(w), vget_low_s8(x)));
+        let hi = vpaddlq_s16(vmull_high_s8(w, x));
+        vpaddq_s32(lo, hi)
+    }
+}
+
+/// `ggml_vec_dot_q6_K_q8_K` for `T` tokens sharing each block's unpacking, bit-identical to
+/// `dense_q6k`'s scalar twin: per block the eight exact i32 lanes (lanes 0..4 from the first 16
+/// bytes of every 32-element group, times that group's first scale; lanes 4..8 from the last
+/// 16, times its second), converted to f32 and fused multiply-added with `d_x * d_w` into two
+/// lane vectors, then the `hsum_float_8` order.
+///
+/// The body of [`q6k_dot`] and [`q6k_sdot`] (see [`q8_dot_body`] for why `inline(always)`).
+#[inline(always)]
+unsafe fn q6k_dot_body<const T: usize, const DOT: bool>(
+    row: &[u8],
+    q: [&[i8]; T],
+    d: [&[f32]; T],
+) -> [f32; T] {
+    use crate::dense_q6k::{BLOCK_BYTES, D, QH, QK, SCALES};
+    let nb = row.len() / BLOCK_BYTES;
+    for t in 0..T {
+        debug_assert!(q[t].len() >= nb * QK && d[t].len() >= nb);
+    }
+    let rp = row.as_ptr();
+    let (m4, m3, off) = (vdupq_n_u8(0x0F), vdupq_n_u8(3), vdupq_n_u8(32));
+    let mut acc = [[vdupq_n_f32(0.0); 2]; T];
+    for b in 0..nb {
+        // SAFETY: the caller guarantees the CPU features and that block b is in the row and in
+        // every q[t] / d[t].
+        unsafe {
+            let blk = rp.add(b * BLOCK_BYTES);
+            let h = vdup_n_u16((blk.add(D) as *const u16).read_unaligned());
+            let dw = vgetq_lane_f32::<0>(f16x4_to_f32(h));
+            let mut sc = [0i32; 16];
+            for (i, s) in sc.iter_mut().enumerate() {
+                *s = i32::from(*blk.add(SCALES + i) as i8);
+            }
+            let mut sum = [[vdupq_n_s32(0); 2]; T];
+            for j in 0..2 {
+                for half in 0..2 {
+                    let o = 16 * half;
+                    let l1 = load_u8(blk.add(64 * j + o));
+                    let l2 = load_u8(blk.add(64 * j + 32 + o));
+                    let hb = load_u8(blk.add(QH + 32 * j + o));
+                    // Codes of elements 128j + 32k + o + 0..16 (k = 0..4) minus 32: the low
+                    // nibbles of l1 / l2, then their high nibbles, each with two bits of hb.
+                    let hi = |v: uint8x16_t| vshlq_n_u8::<4>(vandq_u8(v, m3));
+                    let w = [
+                        vorrq_u8(vandq_u8(l1, m4), hi(hb)),
+                        vorrq_u8(vandq_u8(l2, m4), hi(vshrq_n_u8::<2>(hb))),
+                        vorrq_u8(vshrq_n_u8::<4>(l1), hi(vshrq_n_u8::<4>(hb))),
+                        vorrq_u8(vshrq_n_u8::<4>(l2), hi(vshrq_n_u8::<6>(hb))),
+                    ]
+                    .map(|v| vreinterpretq_s8_u8(vsubq_u8(v, off)));
+                    for (k, &wk) in w.iter().enumerate() {
+                        let g = 4 * j + k;
+                        let s = sc[2 * g + half];
+                        for t in 0..T {
+                            let x = vld1q_s8(q[t].as_ptr().add(b * QK + 32 * g + o));
+                            let l = q6k_lanes4::<DOT>(wk, x);
+                            sum[t][half] = vmlaq_n_s32(sum[t][half], l, s);
+                        }
+                    }
+                }
+            }
+            for t in 0..T {
+                let db = *d[t].get_unchecked(b) * dw;
+                acc[t][0] = vfmaq_n_f32(acc[t][0], vcvtq_f32_s32(sum[t][0]), db);
+                acc[t][1] = vfmaq_n_f32(acc[t][1], vcvtq_f32_s32(sum[t][1]), db);
+            }
+        }
+    }
+    let mut out = [0.0f32; T];
+    for t in 0..T {
+        // [a0+a4, a1+a5, a2+a6, a3+a7] -> [(a0+a4)+(a2+a6), (a1+a5)+(a3+a7)] -> their sum.
+        let v = vaddq_f32(acc[t][0], acc[t][1]);
+        out[t] = vaddv_f32(vadd_f32(vget_low_f32(v), vget_high_f32(v)));
+    }
+    out
+}
+
+/// Q6_K row dot for `T` tokens (see [`q6k_dot_body`]).
+///
+/// # Safety
+/// NEON; `q[t].len() >= blocks * 256`, `d[t].len() >= blocks`.
+#[target_feature(enable = "neon")]
+pub(crate) unsafe fn q6k_dot<const T: usize>(
+    row: &[u8],
+    q: [&[i8]; T],
+    d: [&[f32]; T],
+) -> [f32; T] {
+    // SAFETY: forwarded contract.
+    unsafe { q6k_dot_body::<T, false>(row, q, d) }
+}
+
+/// [`q6k_dot`] with `sdot` for the integer lanes.
+///
+/// # Safety
+/// NEON + dot product; `q[t].len() >= blocks * 256`, `d[t].len() >= blocks`.
+#[target_feature(enable = "neon,dotprod")]
+pub(crate) unsafe fn q6k_sdot<const T: usize>(
+    row: &[u8],
+    q: [&[i8]; T],
+    d: [&[f32]; T],
+) -> [f32; T] {
+    // SAFETY: forwarded contract.
+    unsafe { q6k_dot_body::<T, true>(row, q, d) }
 }
 
 // ---------------------------------------------------------------------------------------------

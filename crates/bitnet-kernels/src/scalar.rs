@@ -31,7 +31,7 @@ impl crate::ternary::TernaryKernel for Scalar {
     }
 }
 
-/// One dense row (F32/F16/BF16/Q8_0 bytes) converted to f32.
+/// One dense row (F32/F16/BF16/Q8_0/Q6_K bytes) converted to f32.
 pub(crate) fn row_to_f32(row: &[u8], ty: DenseType, out: &mut [f32]) {
     match ty {
         DenseType::F32 => {
@@ -41,7 +41,7 @@ pub(crate) fn row_to_f32(row: &[u8], ty: DenseType, out: &mut [f32]) {
         }
         DenseType::F16 => bitnet_quantization::float::f16_to_f32(row, out),
         DenseType::BF16 => bitnet_quantization::float::bf16_to_f32(row, out),
-        DenseType::Q8_0 => crate::dense_q8::row_to_f32(row, out),
+        DenseType::Q8_0 | DenseType::Q6_K => crate::dense::quantized_row_to_f32(row, ty, out),
     }
 }
 

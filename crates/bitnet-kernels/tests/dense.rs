@@ -15,14 +15,16 @@ fn matrix(rows: usize, cols: usize, ty: DenseType, rng: &mut Rng) -> (DenseMatri
         DenseType::F32 => vals.iter().flat_map(|v| v.to_le_bytes()).collect(),
         DenseType::F16 => float::f32_to_f16_bytes(&vals),
         DenseType::BF16 => float::f32_to_bf16_bytes(&vals),
-        DenseType::Q8_0 => unreachable!("Q8_0 has its own tests (dense_q8.rs)"),
+        DenseType::Q8_0 | DenseType::Q6_K => {
+            unreachable!("the block types have their own tests (dense_q8.rs, dense_q6k.rs)")
+        }
     };
     let mut exact = vec![0f32; rows * cols];
     match ty {
         DenseType::F32 => exact.copy_from_slice(&vals),
         DenseType::F16 => float::f16_to_f32(&bytes, &mut exact),
         DenseType::BF16 => float::bf16_to_f32(&bytes, &mut exact),
-        DenseType::Q8_0 => unreachable!(),
+        DenseType::Q8_0 | DenseType::Q6_K => unreachable!(),
     }
     (
         DenseMatrix::new(rows, cols, ty, Storage::from_vec(bytes)).unwrap(),

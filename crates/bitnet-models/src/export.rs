@@ -4,7 +4,7 @@ use crate::error::{ModelError, Result};
 use crate::gguf_load::vocab_to_metadata;
 use crate::weights::{ModelWeights, Role};
 use bitnet_gguf::{GgmlType, GgufWriter, MetadataValue};
-use bitnet_kernels::{DenseMatrix, TernaryMatrix};
+use bitnet_kernels::{DenseMatrix, DenseType, TernaryMatrix};
 use bitnet_quantization as quant;
 use bitnet_tokenizers::GgufVocab;
 use std::path::Path;
@@ -66,6 +66,10 @@ pub enum DenseFormat {
     /// ggml `Q8_0` (34 bytes per 32 weights), llama.cpp's `quantize_row_q8_0_ref`; the row
     /// length must be a multiple of 32.
     Q8_0,
+    /// ggml `Q6_K` (210 bytes per 256 weights, 6.5625 bits), llama.cpp's
+    /// `quantize_row_q6_K_ref`; the row length must be a multiple of 256.
+    #[allow(non_camel_case_types)]
+    Q6_K,
 }
 
 impl DenseFormat {
@@ -75,7 +79,28 @@ impl DenseFormat {
             "f32" => Some(DenseFormat::F32),
             "bf16" => Some(DenseFormat::BF16),
             "q8_0" | "q8" => Some(DenseFormat::Q8_0),
+            "q6_k" | "q6k" => Some(DenseFormat::Q6_K),
             _ => None,
+        }
+    }
+
+    /// Elements per block of the format (the row length must be a multiple of it).
+    pub fn block_size(self) -> usize {
+        match self {
+            DenseFormat::Q8_0 => quant::q8_0::QK8_0,
+            DenseFormat::Q6_K => quant::q6_k::QK_K,
+            DenseFormat::F16 | DenseFormat::F32 | DenseFormat::BF16 => 1,
+        }
+    }
+
+    /// The kernel type a matrix stored in this format loads as.
+    fn dense_type(self) -> DenseType {
+        match self {
+            DenseFormat::F16 => DenseType::F16,
+            DenseFormat::F32 => DenseType::F32,
+            DenseFormat::BF16 => DenseType::BF16,
+            DenseFormat::Q8_0 => DenseType::Q8_0,
+            DenseFormat::Q6_K => DenseType::Q6_K,
         }
     }
 }
@@ -110,19 +135,32 @@ fn ternary_bytes(m: &TernaryMatrix, fmt: TernaryFormat) -> Result<Vec<u8>> {
     })
 }
 
-/// Float formats only (`Q8_0` goes through [`dense_bytes`]).
+/// Float formats only (the block formats go through [`dense_bytes`]).
 fn float_bytes(v: &[f32], fmt: DenseFormat) -> Vec<u8> {
     match fmt {
         DenseFormat::F32 => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
         DenseFormat::F16 => quant::float::f32_to_f16_bytes(v),
         DenseFormat::BF16 => quant::float::f32_to_bf16_bytes(v),
-        DenseFormat::Q8_0 => unreachable!("float_bytes is for float formats"),
+        DenseFormat::Q8_0 | DenseFormat::Q6_K => {
+            unreachable!("float_bytes is for float formats")
+        }
     }
 }
 
 fn dense_bytes(m: &DenseMatrix, fmt: DenseFormat) -> quant::Result<Vec<u8>> {
-    if fmt == DenseFormat::Q8_0 && m.ty() == bitnet_kernels::DenseType::Q8_0 {
-        // Already Q8_0: copy the blocks (re-quantizing dequantized values could change them).
+    // Blocks run along a row: the whole tensor being a multiple of the block size is not
+    // enough (a 160-wide embedding with 4096 rows is 2560 Q6_K blocks, none of them a row).
+    let block = fmt.block_size();
+    if !m.cols().is_multiple_of(block) {
+        return Err(quant::QuantError::NotMultiple {
+            what: "row length (hidden size)",
+            n: m.cols(),
+            multiple: block,
+        });
+    }
+    if fmt.dense_type().is_quantized() && m.ty() == fmt.dense_type() {
+        // Already in this block format: copy the blocks (re-quantizing dequantized values
+        // could change them).
         return Ok(m.data().to_vec());
     }
     let mut all = vec![0f32; m.rows() * m.cols()];
@@ -131,6 +169,7 @@ fn dense_bytes(m: &DenseMatrix, fmt: DenseFormat) -> quant::Result<Vec<u8>> {
     }
     Ok(match fmt {
         DenseFormat::Q8_0 => quant::q8_0::encode(&all)?,
+        DenseFormat::Q6_K => quant::q6_k::encode(&all)?,
         _ => float_bytes(&all, fmt),
     })
 }
@@ -141,6 +180,7 @@ fn dense_type(fmt: DenseFormat) -> GgmlType {
         DenseFormat::F32 => GgmlType::F32,
         DenseFormat::BF16 => GgmlType::BF16,
         DenseFormat::Q8_0 => GgmlType::Q8_0,
+        DenseFormat::Q6_K => GgmlType::Q6K,
     }
 }
 

@@ -52,6 +52,7 @@ impl GgufSource<'_> {
             GgmlType::F16 => quant::float::f16_to_f32(&data, &mut out),
             GgmlType::BF16 => quant::float::bf16_to_f32(&data, &mut out),
             GgmlType::Q8_0 => out = quant::q8_0::decode(&data, n)?,
+            GgmlType::Q6K => out = quant::q6_k::decode(&data, n)?,
             ty => {
                 return Err(ModelError::UnsupportedTensorType {
                     name: info.name.clone(),
@@ -94,10 +95,13 @@ impl TensorSource for GgufSource<'_> {
             GgmlType::F32 => DenseType::F32,
             GgmlType::F16 => DenseType::F16,
             GgmlType::BF16 => DenseType::BF16,
-            // Read in place: the 8-bit head is what makes a Q8_0 embedding worth having.
+            // Read in place: the 8-bit (6.5-bit) head is what makes a Q8_0 (Q6_K) embedding
+            // worth having. The GGUF reader has already checked that the row length is a whole
+            // number of blocks.
             GgmlType::Q8_0 => DenseType::Q8_0,
+            GgmlType::Q6K => DenseType::Q6_K,
             _ => {
-                // Other quantized embeddings (Q4_0, Q6_K, ...) are widened once at load.
+                // Other quantized embeddings (Q4_0, Q4_K, ...) are widened once at load.
                 let v = self.to_f32(info)?;
                 let bytes = v.iter().flat_map(|x| x.to_le_bytes()).collect();
                 return Ok(DenseMatrix::new(

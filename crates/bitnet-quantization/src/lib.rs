@@ -10,6 +10,7 @@
 pub mod float;
 pub mod hf_packed;
 pub mod i2s;
+pub mod q6_k;
 pub mod q8_0;
 pub mod tq1_0;
 pub mod tq2_0;
