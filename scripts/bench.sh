@@ -2,9 +2,10 @@
 # Side-by-side speed of bitnet-rs and llama.cpp on the SAME GGUF files: 2B4T shapes
 # (30 layers, 2560/6912, 20/5 heads, vocab 128256, tied head) with random ternary weights,
 # written by `bitnet fixture` in llama.cpp's `bitnet` architecture so both engines load them;
-# one set with an F16 head, one with a Q8_0 (8-bit) head. Prints one table (threads, engine,
-# format, head, pp, tg, our speed / theirs, peak resident memory) and the memory read bandwidth,
-# the weight bytes read per generated token and the share of that bandwidth limit reached.
+# one set per tied head: F16, Q8_0 (8.5 bits) and Q6_K (6.56 bits; HEADS="F16 Q8_0" to skip).
+# Prints one table (threads, engine, format, head, pp, tg, our speed / theirs, peak resident
+# memory) and the memory read bandwidth, the weight bytes read per generated token and the
+# share of that bandwidth limit reached.
 #
 #   scripts/bench.sh                       # threads = physical cores, pp512 / tg128, 3 repetitions
 #   THREADS=2 REPS=5 PP=512 TG=128 scripts/bench.sh
@@ -24,7 +25,7 @@ THREADS="${THREADS:-$(lscpu -p=Core,Socket 2>/dev/null | grep -v '^#' | sort -u 
 REPS="${REPS:-3}"
 PP="${PP:-512}"
 TG="${TG:-128}"
-HEADS="${HEADS:-F16 Q8_0}"
+HEADS="${HEADS:-F16 Q8_0 Q6_K}"
 # Our engine runs both formats with the same kernels (both are repacked to the same rows);
 # OURS_FORMATS=tq2_0 halves the time of a long thread sweep.
 OURS_FORMATS="${OURS_FORMATS:-tq2_0 i2_s}"
@@ -46,6 +47,11 @@ for ty in $(printf '%s\n' tq2_0 $OURS_FORMATS ${BITNET_CPP_BENCH:+i2_s} | sort -
     # The same weights with an 8-bit (Q8_0) tied head: llama.cpp and bitnet.cpp read it as well.
     f="$OUT/2b4t-$ty-q8.gguf"
     [[ -f "$f" ]] || "$BITNET_BIN" fixture "$f" --shape 2b4t --arch bitnet --type "$ty" --embed q8_0 --seed 42
+    # And with llama.cpp's usual output-tensor k-quant, Q6_K.
+    f="$OUT/2b4t-$ty-q6k.gguf"
+    if [[ " $HEADS " == *" Q6_K "* && ! -f "$f" ]]; then
+        "$BITNET_BIN" fixture "$f" --shape 2b4t --arch bitnet --type "$ty" --embed q6_k --seed 42
+    fi
 done
 
 RES="$OUT/results"
@@ -77,8 +83,11 @@ row() {
 }
 for t in ${THREADS//,/ }; do
     for head in $HEADS; do
-        sfx=""
-        [[ "$head" == Q8_0 ]] && sfx="-q8"
+        case "$head" in
+            Q8_0) sfx="-q8" ;;
+            Q6_K) sfx="-q6k" ;;
+            *) sfx="" ;;
+        esac
         for ty in $OURS_FORMATS; do
             row "$t" bitnet-rs "${ty^^}" "$head" ours "$BITNET_BIN" "$OUT/2b4t-$ty$sfx.gguf"
         done
@@ -88,9 +97,15 @@ for t in ${THREADS//,/ }; do
         fi
     done
     # The bandwidth probe runs on its own, after the engines, so it neither warms nor evicts
-    # anything they read. Bytes per token: the F16-head and the Q8_0-head file.
-    "$BITNET_BIN" bench -m "$OUT/2b4t-tq2_0.gguf" -p 0 -n 0 --threads-list "$t" --membw --json >"$RES/membw-$t-F16.json"
-    "$BITNET_BIN" bench -m "$OUT/2b4t-tq2_0-q8.gguf" -p 0 -n 0 --threads-list "$t" --membw --json >"$RES/membw-$t-Q8_0.json"
+    # anything they read. Bytes per token: the file with each head.
+    for head in $HEADS; do
+        case "$head" in
+            Q8_0) sfx="-q8" ;;
+            Q6_K) sfx="-q6k" ;;
+            *) sfx="" ;;
+        esac
+        "$BITNET_BIN" bench -m "$OUT/2b4t-tq2_0$sfx.gguf" -p 0 -n 0 --threads-list "$t" --membw --json >"$RES/membw-$t-$head.json"
+    done
 done
 
 echo "machine: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) logical CPUs; $("$BITNET_BIN" --version 2>/dev/null || true)"
