@@ -261,6 +261,7 @@ pub(crate) fn row_chunk(rows: usize, row_bytes: usize, max_chunk_bytes: usize) -
 /// head 77.5 / 80.5 / 91.9 / 86.1; on a 2-vCPU Zen 4 VM, best of three, 25.5 / 27.8 / 28.4
 /// (`{3, 4 KiB}` 23.2). Past a DRAM latency's worth of streaming (~2-4 KiB per core) the gain
 /// stops and further distances only touch lines of rows another thread owns.
+#[cfg(target_arch = "x86_64")]
 pub(crate) mod prefetch {
     /// Row tiles ahead of the one being multiplied (ternary decode kernels).
     pub(crate) const TERNARY_TILES: usize = 2;
