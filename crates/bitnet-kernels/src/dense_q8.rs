@@ -10,17 +10,13 @@
 //! The scalar twin performs the same operations in the same order (with `f32::mul_add`), so
 //! every ISA gives bit-identical results (the NEON kernels, in neon.rs, form the same lanes).
 
-use crate::{row_chunk, Isa, SharedOut};
+use crate::Isa;
 use half::f16;
 
 /// Weights per block (ggml `QK8_0`).
 pub(crate) const QK: usize = 32;
 /// Bytes per block: f16 scale + 32 x i8.
 pub(crate) const BLOCK_BYTES: usize = 34;
-
-const TOKEN_TILE: usize = 4;
-const CHUNK_BYTES: usize = 256 * 1024;
-const SERIAL_WORK: usize = 64 * 1024;
 
 #[inline(always)]
 fn block_d(b: &[u8]) -> f32 {
@@ -204,8 +200,31 @@ mod avx2 {
     }
 }
 
-/// The Q8_0 matmul driver: `out[t * rows + r] = dot(x[t], row r)`; shapes checked by the
-/// caller, `isa` checked, `cols % 32 == 0`, `rows, tokens, cols > 0`.
+/// Q8_0 rows for the shared block driver (`dense_blocks`).
+pub(crate) struct Q8Dot;
+
+impl crate::dense_blocks::BlockDot for Q8Dot {
+    const QK: usize = QK;
+    const BLOCK_BYTES: usize = BLOCK_BYTES;
+
+    unsafe fn dot<const T: usize>(isa: Isa, row: &[u8], q: [&[i8]; T], d: [&[f32]; T]) -> [f32; T] {
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: forwarded contract.
+            Isa::Avx2 | Isa::Avx512Vnni => unsafe { avx2::dot(row, q, d) },
+            #[cfg(target_arch = "aarch64")]
+            // SAFETY: forwarded contract (NEON).
+            Isa::Neon => unsafe { crate::neon::q8_dot(row, q, d) },
+            #[cfg(target_arch = "aarch64")]
+            // SAFETY: forwarded contract (NEON + dot product).
+            Isa::NeonDotprod => unsafe { crate::neon::q8_sdot(row, q, d) },
+            _ => dot_scalar(row, q, d),
+        }
+    }
+}
+
+/// The Q8_0 matmul: `out[t * rows + r] = dot(x[t], row r)`; shapes checked by the caller,
+/// `isa` checked, `cols % 32 == 0`, `rows, tokens, cols > 0`.
 pub(crate) fn matmul(
     data: &[u8],
     rows: usize,
@@ -215,60 +234,9 @@ pub(crate) fn matmul(
     tokens: usize,
     out: &mut [f32],
 ) {
-    let row_bytes = cols / QK * BLOCK_BYTES;
-    let nb = cols / QK;
     let xq = quantize_activations(x, cols);
-    let chunk = row_chunk(rows, row_bytes, CHUNK_BYTES);
-    let shared = SharedOut::new(out);
-    let qt = |t: usize| &xq.q[t * cols..][..cols];
-    let dt = |t: usize| &xq.d[t * nb..][..nb];
-    let run = |c: usize| {
-        let r0 = c * chunk;
-        let r1 = (r0 + chunk).min(rows);
-        let mut t0 = 0;
-        while t0 < tokens {
-            let nt = (tokens - t0).min(TOKEN_TILE);
-            for r in r0..r1 {
-                let row = &data[r * row_bytes..][..row_bytes];
-                let put = |i: usize, v: f32| {
-                    // SAFETY: (t0 + i, r) is in bounds and written by this task only.
-                    unsafe { shared.write((t0 + i) * rows + r, v) }
-                };
-                macro_rules! tile {
-                    ($($i:literal),+) => {{
-                        let q = [$(qt(t0 + $i)),+];
-                        let d = [$(dt(t0 + $i)),+];
-                        let v = match isa {
-                            #[cfg(target_arch = "x86_64")]
-                            // SAFETY: the caller checked the ISA; lengths hold by construction.
-                            Isa::Avx2 | Isa::Avx512Vnni => unsafe { avx2::dot(row, q, d) },
-                            #[cfg(target_arch = "aarch64")]
-                            // SAFETY: as above (NEON checked).
-                            Isa::Neon => unsafe { crate::neon::q8_dot(row, q, d) },
-                            #[cfg(target_arch = "aarch64")]
-                            // SAFETY: as above (NEON + dot product checked).
-                            Isa::NeonDotprod => unsafe { crate::neon::q8_sdot(row, q, d) },
-                            _ => dot_scalar(row, q, d),
-                        };
-                        for (i, v) in v.into_iter().enumerate() {
-                            put(i, v);
-                        }
-                    }};
-                }
-                match nt {
-                    4 => tile!(0, 1, 2, 3),
-                    3 => tile!(0, 1, 2),
-                    2 => tile!(0, 1),
-                    _ => tile!(0),
-                }
-            }
-            t0 += nt;
-        }
-    };
-    let n_chunks = rows.div_ceil(chunk);
-    if crate::pool::current_num_threads() <= 1 || data.len() * tokens < SERIAL_WORK {
-        (0..n_chunks).for_each(run);
-    } else {
-        crate::pool::parallel_for(n_chunks, run);
+    // SAFETY: the caller checked the ISA and the shapes; xq holds `tokens` quantized rows.
+    unsafe {
+        crate::dense_blocks::matmul::<Q8Dot>(data, rows, cols, isa, (&xq.q, &xq.d), tokens, out)
     }
 }

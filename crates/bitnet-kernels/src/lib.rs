@@ -13,6 +13,7 @@
 //! dots) are bit-exact across ISAs and thread counts; the float ones agree to rounding.
 
 mod dense;
+mod dense_blocks;
 mod dense_q6k;
 mod dense_q8;
 pub mod ops;
