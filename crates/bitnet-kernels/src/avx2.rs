@@ -22,9 +22,12 @@ unsafe fn hsum_i32(v: __m256i) -> i32 {
     _mm_cvtsi128_si32(s)
 }
 
+/// Sum of the 8 lanes in ggml's `hsum_float_8` order,
+/// `((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7))`, which the Q8_0 / Q6_K dots must keep
+/// to stay bit-identical to their scalar twins.
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn hsum_ps(v: __m256) -> f32 {
+pub(crate) unsafe fn hsum_ps(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     let s = _mm_add_ss(s, _mm_movehdup_ps(s));

@@ -141,8 +141,8 @@ unsafe fn ternary_dot_rows<const R: usize>(w: [&[u8]; R], q: &[i8]) -> [i32; R] 
                 let a = qp.add(b * 128);
                 let (a01, a23) = (loadu512(a), loadu512(a.add(64)));
                 // The rows `TERNARY_TILES` tiles ahead, one block of each per block here, as one
-                // sequential stream: the hardware prefetchers alone fall behind on R interleaved streams (measured:
-                // 2560x2560 from DRAM 195 -> 151 us on one thread).
+                // sequential stream: the hardware prefetchers alone fall behind on R interleaved
+                // streams (measured: 2560x2560 from DRAM 195 -> 151 us on one thread).
                 let ahead =
                     wp[0].wrapping_add(crate::prefetch::TERNARY_TILES * R * nb * 32 + b * R * 32);
                 for l in (0..R * 32).step_by(64) {

@@ -222,14 +222,8 @@ mod avx2 {
         }
         let mut out = [0.0f32; T];
         for t in 0..T {
-            // hsum_float_8
-            let r = _mm_add_ps(
-                _mm256_extractf128_ps::<1>(acc[t]),
-                _mm256_castps256_ps128(acc[t]),
-            );
-            let r = _mm_add_ps(r, _mm_movehl_ps(r, r));
-            let r = _mm_add_ss(r, _mm_movehdup_ps(r));
-            out[t] = _mm_cvtss_f32(r);
+            // SAFETY: AVX2 is enabled here.
+            out[t] = unsafe { crate::avx2::hsum_ps(acc[t]) };
         }
         out
     }

@@ -86,11 +86,7 @@ impl DenseFormat {
 
     /// Elements per block of the format (the row length must be a multiple of it).
     pub fn block_size(self) -> usize {
-        match self {
-            DenseFormat::Q8_0 => quant::q8_0::QK8_0,
-            DenseFormat::Q6_K => quant::q6_k::QK_K,
-            DenseFormat::F16 | DenseFormat::F32 | DenseFormat::BF16 => 1,
-        }
+        self.dense_type().block_size()
     }
 
     /// The kernel type a matrix stored in this format loads as.

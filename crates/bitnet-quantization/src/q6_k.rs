@@ -59,12 +59,9 @@ pub fn nearest_int(x: f32) -> i32 {
     (v.to_bits() as i32 & 0x007f_ffff) - 0x0040_0000
 }
 
-/// `make_qx_quants(16, 32, x, L, rmse_type = 1, NULL)`: the scale of one 16-weight sub-block
-/// that maximises `(Σ w x l)² / Σ w l²` with weights `w = x²`, over 19 candidate inverse
-/// scales `-(32 + 0.1 is) / max` (`is = -9..=9`), and its codes `L = l + 32` in `0..64`.
-/// An all-zero sub-block gives scale 0 and codes 0 (not 32), as in ggml.
-fn make_qx_quants(x: &[f32], codes: &mut [i8]) -> f32 {
-    const NMAX: i32 = 32;
+/// The value of largest magnitude (the first one on ties, sign kept) and that magnitude, as
+/// ggml's k-quant and Q8_K quantizers pick them.
+fn signed_absmax(x: &[f32]) -> (f32, f32) {
     let (mut max, mut amax) = (0.0f32, 0.0f32);
     for &v in x {
         let ax = v.abs();
@@ -73,6 +70,16 @@ fn make_qx_quants(x: &[f32], codes: &mut [i8]) -> f32 {
             max = v;
         }
     }
+    (max, amax)
+}
+
+/// `make_qx_quants(16, 32, x, L, rmse_type = 1, NULL)`: the scale of one 16-weight sub-block
+/// that maximises `(Σ w x l)² / Σ w l²` with weights `w = x²`, over 19 candidate inverse
+/// scales `-(32 + 0.1 is) / max` (`is = -9..=9`), and its codes `L = l + 32` in `0..64`.
+/// An all-zero sub-block gives scale 0 and codes 0 (not 32), as in ggml.
+fn make_qx_quants(x: &[f32], codes: &mut [i8]) -> f32 {
+    const NMAX: i32 = 32;
+    let (max, amax) = signed_absmax(x);
     if amax < GROUP_MAX_EPS {
         codes.fill(0);
         return 0.0;
@@ -243,14 +250,7 @@ pub fn quantize_q8_k_block(x: &[f32], q: &mut [i8]) -> f32 {
         x.len() == QK_K && q.len() == QK_K,
         "quantize_q8_k_block: blocks are 256 values"
     );
-    let (mut max, mut amax) = (0.0f32, 0.0f32);
-    for &v in x {
-        let ax = v.abs();
-        if ax > amax {
-            amax = ax;
-            max = v;
-        }
-    }
+    let (max, amax) = signed_absmax(x);
     if amax == 0.0 {
         q.fill(0);
         return 0.0;
