@@ -41,17 +41,21 @@ if [[ -z "${LLAMA_BENCH:-}" ]]; then
     LLAMA_BENCH="$LLAMA_CPP_BIN/llama-bench"
 fi
 
+# The model file with ternary format $1 and tied head $2 (F16, Q8_0 or Q6_K).
+model_file() {
+    case "$2" in
+        Q8_0) echo "$OUT/2b4t-$1-q8.gguf" ;;
+        Q6_K) echo "$OUT/2b4t-$1-q6k.gguf" ;;
+        *) echo "$OUT/2b4t-$1.gguf" ;;
+    esac
+}
+# The same weights with each head (llama.cpp and bitnet.cpp read the 8-bit Q8_0 and the
+# k-quant Q6_K embeddings as well).
 for ty in $(printf '%s\n' tq2_0 $OURS_FORMATS ${BITNET_CPP_BENCH:+i2_s} | sort -u); do
-    f="$OUT/2b4t-$ty.gguf"
-    [[ -f "$f" ]] || "$BITNET_BIN" fixture "$f" --shape 2b4t --arch bitnet --type "$ty" --seed 42
-    # The same weights with an 8-bit (Q8_0) tied head: llama.cpp and bitnet.cpp read it as well.
-    f="$OUT/2b4t-$ty-q8.gguf"
-    [[ -f "$f" ]] || "$BITNET_BIN" fixture "$f" --shape 2b4t --arch bitnet --type "$ty" --embed q8_0 --seed 42
-    # And with llama.cpp's usual output-tensor k-quant, Q6_K.
-    f="$OUT/2b4t-$ty-q6k.gguf"
-    if [[ " $HEADS " == *" Q6_K "* && ! -f "$f" ]]; then
-        "$BITNET_BIN" fixture "$f" --shape 2b4t --arch bitnet --type "$ty" --embed q6_k --seed 42
-    fi
+    for head in $HEADS; do
+        f="$(model_file "$ty" "$head")"
+        [[ -f "$f" ]] || "$BITNET_BIN" fixture "$f" --shape 2b4t --arch bitnet --type "$ty" --embed "${head,,}" --seed 42
+    done
 done
 
 RES="$OUT/results"
@@ -83,28 +87,18 @@ row() {
 }
 for t in ${THREADS//,/ }; do
     for head in $HEADS; do
-        case "$head" in
-            Q8_0) sfx="-q8" ;;
-            Q6_K) sfx="-q6k" ;;
-            *) sfx="" ;;
-        esac
         for ty in $OURS_FORMATS; do
-            row "$t" bitnet-rs "${ty^^}" "$head" ours "$BITNET_BIN" "$OUT/2b4t-$ty$sfx.gguf"
+            row "$t" bitnet-rs "${ty^^}" "$head" ours "$BITNET_BIN" "$(model_file "$ty" "$head")"
         done
-        row "$t" llama.cpp TQ2_0 "$head" llama "$LLAMA_BENCH" "$OUT/2b4t-tq2_0$sfx.gguf"
+        row "$t" llama.cpp TQ2_0 "$head" llama "$LLAMA_BENCH" "$(model_file tq2_0 "$head")"
         if [[ -n "${BITNET_CPP_BENCH:-}" ]]; then
-            row "$t" bitnet.cpp I2_S "$head" llama "$BITNET_CPP_BENCH" "$OUT/2b4t-i2_s$sfx.gguf"
+            row "$t" bitnet.cpp I2_S "$head" llama "$BITNET_CPP_BENCH" "$(model_file i2_s "$head")"
         fi
     done
     # The bandwidth probe runs on its own, after the engines, so it neither warms nor evicts
     # anything they read. Bytes per token: the file with each head.
     for head in $HEADS; do
-        case "$head" in
-            Q8_0) sfx="-q8" ;;
-            Q6_K) sfx="-q6k" ;;
-            *) sfx="" ;;
-        esac
-        "$BITNET_BIN" bench -m "$OUT/2b4t-tq2_0$sfx.gguf" -p 0 -n 0 --threads-list "$t" --membw --json >"$RES/membw-$t-$head.json"
+        "$BITNET_BIN" bench -m "$(model_file tq2_0 "$head")" -p 0 -n 0 --threads-list "$t" --membw --json >"$RES/membw-$t-$head.json"
     done
 done
 

@@ -126,6 +126,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let reps = a.repetitions.max(1);
     // The bandwidth probe allocates its own buffer: the engine's peak is taken before it.
     let mut engine_rss = None;
+    bitnet_inference::profile::enable(a.profile);
     for &threads in &threads_list {
         let engine = if threads == engine0.threads() {
             engine0.clone()
@@ -135,7 +136,6 @@ pub fn run(a: BenchArgs) -> Result<()> {
         };
         let mut session = engine.session(Some(max_len))?;
         let mut best_tg = None;
-        bitnet_inference::profile::enable(a.profile);
         let mut report = |test: String, samples: Vec<f64>, evals: usize| -> std::io::Result<()> {
             let stages = bitnet_inference::profile::take();
             let (m, sd) = mean_std(&samples);

@@ -5,7 +5,7 @@ use std::hint::black_box;
 use std::sync::Barrier;
 use std::time::Instant;
 
-/// Sum with four independent accumulators: the loop vectorizes and keeps enough loads in
+/// Sum with eight independent accumulators: the loop vectorizes and keeps enough loads in
 /// flight that one core is limited by memory, not by the add chain. With `PREFETCH` it also
 /// requests each line 4 KiB ahead, as the engine's kernels do: on some machines (measured on a
 /// Zen 4 VM and a Sapphire Rapids host) the hardware prefetchers alone leave bandwidth unused,

@@ -40,17 +40,10 @@ fn export(dir: &Path, dense: DenseFormat) -> Engine {
     engine
 }
 
-/// log-softmax in f64.
-fn log_softmax(row: &[f32]) -> Vec<f64> {
-    let lse = perplexity::log_sum_exp(row);
-    row.iter().map(|&x| x as f64 - lse).collect()
-}
-
 /// KL(p || q) per position, `p` the F16 head's distribution.
 fn kl_rows(p: &[f32], q: &[f32], vocab: usize, out: &mut Vec<f64>) {
     for (a, b) in p.chunks_exact(vocab).zip(q.chunks_exact(vocab)) {
-        let (la, lb) = (log_softmax(a), log_softmax(b));
-        out.push(la.iter().zip(&lb).map(|(x, y)| x.exp() * (x - y)).sum());
+        out.push(perplexity::kl_divergence(a, b));
     }
 }
 

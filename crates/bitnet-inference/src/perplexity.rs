@@ -39,36 +39,21 @@ fn line_chunks(engine: &Engine, text: &str, chunk: usize) -> Result<Vec<Vec<u32>
     Ok(chunks)
 }
 
-/// Runs every chunk of at least two tokens through `engine` and hands `f` each scored
-/// position's logits with its target token.
-fn for_each_scored(
-    engine: &Engine,
-    chunks: &[Vec<u32>],
-    mut f: impl FnMut(usize, &[f32], u32),
-) -> Result<()> {
+/// Lines packed into chunks as [`line_chunks`] does; every token after each chunk's BOS is scored.
+pub fn line_packed(engine: &Engine, text: &str, chunk: usize) -> Result<Perplexity> {
+    let chunks = line_chunks(engine, text, chunk)?;
     let longest = chunks.iter().map(Vec::len).max().unwrap_or(1);
     let mut session = engine.session(Some(longest))?;
     let vocab = engine.config().vocab_size;
-    let mut pos = 0;
+    let (mut nll, mut n) = (0f64, 0usize);
     for c in chunks.iter().filter(|c| c.len() >= 2) {
         session.reset();
         let logits = session.eval(&c[..c.len() - 1], Logits::All)?;
         for (row, &target) in logits.chunks_exact(vocab).zip(&c[1..]) {
-            f(pos, row, target);
-            pos += 1;
+            nll += log_sum_exp(row) - row[target as usize] as f64;
+            n += 1;
         }
     }
-    Ok(())
-}
-
-/// Lines packed into chunks as [`line_chunks`] does; every token after each chunk's BOS is scored.
-pub fn line_packed(engine: &Engine, text: &str, chunk: usize) -> Result<Perplexity> {
-    let chunks = line_chunks(engine, text, chunk)?;
-    let (mut nll, mut n) = (0f64, 0usize);
-    for_each_scored(engine, &chunks, |_, row, target| {
-        nll += log_sum_exp(row) - row[target as usize] as f64;
-        n += 1;
-    })?;
     Ok(Perplexity {
         chunks: chunks.len(),
         tokens: n,
@@ -126,14 +111,7 @@ pub fn divergence(engine: &Engine, base: &Engine, text: &str, chunk: usize) -> R
             let (lse_m, lse_b) = (log_sum_exp(rm), log_sum_exp(rb));
             nll += lse_m - rm[target as usize] as f64;
             base_nll += lse_b - rb[target as usize] as f64;
-            let kl: f64 = rb
-                .iter()
-                .zip(rm)
-                .map(|(&b, &m)| {
-                    let lb = b as f64 - lse_b;
-                    lb.exp() * (lb - (m as f64 - lse_m))
-                })
-                .sum();
+            let kl = kl_divergence_lse(rb, lse_b, rm, lse_m);
             kl_sum += kl;
             kl_max = kl_max.max(kl);
             agree += usize::from(crate::argmax(rm) == crate::argmax(rb));
@@ -153,6 +131,22 @@ pub fn divergence(engine: &Engine, base: &Engine, text: &str, chunk: usize) -> R
         kl_max,
         top1_agree: per(agree as f64),
     })
+}
+
+/// KL(base || model) in nats between the softmax distributions of two logit rows, in f64.
+pub fn kl_divergence(base: &[f32], model: &[f32]) -> f64 {
+    kl_divergence_lse(base, log_sum_exp(base), model, log_sum_exp(model))
+}
+
+/// [`kl_divergence`] with both rows' [`log_sum_exp`] already known.
+fn kl_divergence_lse(base: &[f32], lse_b: f64, model: &[f32], lse_m: f64) -> f64 {
+    base.iter()
+        .zip(model)
+        .map(|(&b, &m)| {
+            let lb = b as f64 - lse_b;
+            lb.exp() * (lb - (m as f64 - lse_m))
+        })
+        .sum()
 }
 
 /// `ln(sum(exp(row)))` in f64, shifted by the maximum so large logits cannot overflow.

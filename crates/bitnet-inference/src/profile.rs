@@ -67,7 +67,7 @@ impl Stage {
 }
 
 static ON: AtomicBool = AtomicBool::new(false);
-static NANOS: [AtomicU64; 13] = [const { AtomicU64::new(0) }; 13];
+static NANOS: [AtomicU64; Stage::ALL.len()] = [const { AtomicU64::new(0) }; Stage::ALL.len()];
 
 /// Turns the counters on or off.
 pub fn enable(on: bool) {
