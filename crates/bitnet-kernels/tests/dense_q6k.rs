@@ -11,6 +11,10 @@ use common::{isas, pools, Rng};
 use half::f16;
 use proptest::prelude::*;
 
+#[path = "../../bitnet-quantization/tests/common/q6k_inputs.rs"]
+mod q6k_inputs;
+use q6k_inputs::{ka_weights, Lcg};
+
 const QK: usize = 256;
 const BB: usize = 210;
 
@@ -199,49 +203,8 @@ fn parallel_ragged_tokens_bit_identical() {
 // AVX2 branch of `ggml_vec_dot_q6_K_q8_K` with `get_scale_shuffle` / `hsum_float_8`
 // (ggml/src/ggml-cpu/arch/x86/quants.c, commit 04e1dd75ab73c5c1814474138d8b18e9613f3d80),
 // built with `gcc 12.2 -O2 -mavx2 -mfma -mf16c -ffp-contract=off`, and printed the dots below for
-// the inputs generated here (the weight bytes are pinned by bitnet-quantization's tests/q6_k.rs,
-// which uses the same inputs).
-
-struct Lcg(u32);
-
-impl Lcg {
-    fn unit(&mut self) -> f32 {
-        self.0 = self.0.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-        ((self.0 >> 8) as i32 - (1 << 23)) as f32 / 8_388_608.0
-    }
-}
-
-/// bitnet-quantization tests/q6_k.rs `ka_weights`: eight blocks covering every encoder branch.
-fn ka_weights() -> Vec<f32> {
-    let mut g = Lcg(1);
-    let mut w = vec![0.0f32; 8 * QK];
-    for v in &mut w[..QK] {
-        *v = g.unit() * 0.05;
-    }
-    for (i, v) in w[QK..2 * QK].iter_mut().enumerate() {
-        *v = g.unit() * 2f32.powi(i as i32 / 16 - 12);
-    }
-    let b2 = &mut w[2 * QK..3 * QK];
-    for v in b2.iter_mut() {
-        *v = g.unit() * 0.02;
-    }
-    b2[48..64].fill(0.0);
-    b2[112..128].fill(0.0);
-    b2[117] = -0.75;
-    b2[200] = -1.5;
-    b2[160..176].fill(0.01);
-    for v in &mut w[3 * QK..4 * QK] {
-        *v = g.unit() * 2e-3;
-    }
-    for v in &mut w[4 * QK..5 * QK] {
-        *v = g.unit() * 1e-6;
-    }
-    w[6 * QK..7 * QK].fill(0.5);
-    for (i, v) in w[7 * QK..].iter_mut().enumerate() {
-        *v = ((i * 37) % 64) as f32 / 8.0 - 4.0;
-    }
-    w
-}
+// the inputs of bitnet-quantization's tests/common/q6k_inputs.rs (whose encoded bytes its
+// tests/q6_k.rs pins).
 
 #[test]
 fn matches_llama_cpp_avx2_dot() {

@@ -7,6 +7,10 @@ use bitnet_quantization::QuantError;
 use half::f16;
 use proptest::prelude::*;
 
+#[path = "common/q6k_inputs.rs"]
+mod q6k_inputs;
+use q6k_inputs::{ka_weights, Lcg};
+
 // ---------------------------------------------------------------------------------------------
 // Known answers from ggml itself.
 //
@@ -17,54 +21,6 @@ use proptest::prelude::*;
 // `gcc 12.2 -O2 -std=c11 -ffp-contract=off` on x86-64 and fed the inputs below. (A
 // `-march=native` build, where GCC may fuse `iscale * x + 12582912.f` into an FMA, changes one
 // byte of block 4: see the q6_k module docs.)
-
-/// The generator both sides used: an LCG whose top 24 bits, centred, divided by 2^23 give
-/// exact floats in [-1, 1).
-struct Lcg(u32);
-
-impl Lcg {
-    fn unit(&mut self) -> f32 {
-        self.0 = self.0.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-        ((self.0 >> 8) as i32 - (1 << 23)) as f32 / 8_388_608.0
-    }
-}
-
-/// Eight blocks chosen to reach every branch of the quantizer: plain random, sub-block
-/// magnitudes 2^-12..2^3 (small int8 scales, some rounding to 0), zero / single-value /
-/// constant sub-blocks with a negative block maximum, an f16-subnormal `d`, a `d` that
-/// underflows to 0 (codes kept from make_qx_quants), all zeros, a constant block, and
-/// multiples of 1/8 (exact ties for `nearest_int`).
-fn ka_weights() -> Vec<f32> {
-    let mut g = Lcg(1);
-    let mut w = vec![0.0f32; 8 * QK_K];
-    for v in &mut w[..QK_K] {
-        *v = g.unit() * 0.05;
-    }
-    for (i, v) in w[QK_K..2 * QK_K].iter_mut().enumerate() {
-        *v = g.unit() * 2f32.powi(i as i32 / 16 - 12);
-    }
-    let b2 = &mut w[2 * QK_K..3 * QK_K];
-    for v in b2.iter_mut() {
-        *v = g.unit() * 0.02;
-    }
-    b2[48..64].fill(0.0);
-    b2[112..128].fill(0.0);
-    b2[117] = -0.75;
-    b2[200] = -1.5;
-    b2[160..176].fill(0.01);
-    for v in &mut w[3 * QK_K..4 * QK_K] {
-        *v = g.unit() * 2e-3;
-    }
-    for v in &mut w[4 * QK_K..5 * QK_K] {
-        *v = g.unit() * 1e-6;
-    }
-    // Block 5 stays zero.
-    w[6 * QK_K..7 * QK_K].fill(0.5);
-    for (i, v) in w[7 * QK_K..].iter_mut().enumerate() {
-        *v = ((i * 37) % 64) as f32 / 8.0 - 4.0;
-    }
-    w
-}
 
 /// `quantize_row_q6_K_ref` of the eight [`ka_weights`] blocks, 210 bytes each in hex.
 const KA_BLOCKS: [&str; 8] = [
