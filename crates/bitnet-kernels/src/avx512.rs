@@ -1,4 +1,4 @@
-//! x86-64 AVX-512 VNNI ternary kernel. Requires AVX-512 F + BW + VNNI (and, for the activation
+//! x86-64 AVX-512 VNNI ternary kernels. Require AVX-512 F + BW + VL + VNNI (and, for the activation
 //! quantization and every non-ternary kernel, which stay on the AVX2 code, AVX2 + FMA + F16C);
 //! the dispatch in lib.rs only routes here after checking all of them at run time.
 //!
@@ -20,7 +20,11 @@
 use crate::ternary::TernaryKernel;
 use std::arch::x86_64::*;
 
+/// 512-bit kernels throughout.
 pub(crate) struct Avx512Vnni;
+
+/// 512-bit prompt tiles, 256-bit decode ([`crate::Isa::Avx512Vnni256`] says when and why).
+pub(crate) struct Avx512Vnni256;
 
 /// Blocks accumulated at scale before the shift-down. A lane gains at most
 /// `4 * (2 << 6) * 128 = 65536` in magnitude per block, so 64 blocks stay below 2^22, far inside
@@ -140,11 +144,11 @@ unsafe fn ternary_dot_rows<const R: usize>(w: [&[u8]; R], q: &[i8]) -> [i32; R] 
             unsafe {
                 let a = qp.add(b * 128);
                 let (a01, a23) = (loadu512(a), loadu512(a.add(64)));
-                // The rows `TERNARY_TILES` tiles ahead, one block of each per block here, as one
+                // The rows of a later tile (`prefetch::ternary_ahead`), one block of each per block here, as one
                 // sequential stream: the hardware prefetchers alone fall behind on R interleaved
                 // streams (measured: 2560x2560 from DRAM 195 -> 151 us on one thread).
                 let ahead =
-                    wp[0].wrapping_add(crate::prefetch::TERNARY_TILES * R * nb * 32 + b * R * 32);
+                    wp[0].wrapping_add(crate::prefetch::ternary_ahead(R * nb * 32) + b * R * 32);
                 for l in (0..R * 32).step_by(64) {
                     _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(l) as *const i8);
                 }
@@ -165,6 +169,69 @@ unsafe fn ternary_dot_rows<const R: usize>(w: [&[u8]; R], q: &[i8]) -> [i32; R] 
     std::array::from_fn(|r| _mm512_reduce_add_epi32(total[r]))
 }
 
+/// [`ternary_dot_rows`] on 256-bit vectors (AVX-512 VL): the four 2-bit groups of a block are
+/// masked in place (scaled by 64 / 16 / 4 / 1) and each fed to its own `vpdpbusd` chain
+/// against its 32 activations; the scales come off with one shift per chain at each flush.
+/// The same four ops per 32 weight bytes as the 512-bit form, and no broadcast.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn ternary_dot_rows_256<const R: usize>(w: [&[u8]; R], q: &[i8]) -> [i32; R] {
+    let nb = w[0].len() / 32;
+    debug_assert!(w.iter().all(|r| r.len() == nb * 32) && q.len() >= nb * 128);
+    let wp: [*const u8; R] = std::array::from_fn(|r| w[r].as_ptr());
+    let qp = q.as_ptr();
+    let m = [
+        _mm256_set1_epi8(0xC0u8 as i8),
+        _mm256_set1_epi8(0x30),
+        _mm256_set1_epi8(0x0C),
+        _mm256_set1_epi8(0x03),
+    ];
+    let mut total = [_mm256_setzero_si256(); R];
+    let mut b = 0;
+    while b < nb {
+        let end = (b + FLUSH_BLOCKS).min(nb);
+        let mut acc = [[_mm256_setzero_si256(); 4]; R];
+        while b < end {
+            // SAFETY: b < nb, so 128 bytes of q and 32 of every row are in bounds.
+            unsafe {
+                let a = qp.add(b * 128);
+                let av: [__m256i; 4] =
+                    std::array::from_fn(|g| _mm256_loadu_si256(a.add(32 * g) as *const __m256i));
+                // As in ternary_dot_rows.
+                let ahead =
+                    wp[0].wrapping_add(crate::prefetch::ternary_ahead(R * nb * 32) + b * R * 32);
+                for l in (0..R * 32).step_by(64) {
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(l) as *const i8);
+                }
+                for r in 0..R {
+                    let wv = _mm256_loadu_si256(wp[r].add(b * 32) as *const __m256i);
+                    for g in 0..4 {
+                        acc[r][g] =
+                            _mm256_dpbusd_epi32(acc[r][g], _mm256_and_si256(wv, m[g]), av[g]);
+                    }
+                }
+            }
+            b += 1;
+        }
+        for r in 0..R {
+            let s = _mm256_add_epi32(
+                _mm256_add_epi32(
+                    _mm256_srai_epi32::<6>(acc[r][0]),
+                    _mm256_srai_epi32::<4>(acc[r][1]),
+                ),
+                _mm256_add_epi32(_mm256_srai_epi32::<2>(acc[r][2]), acc[r][3]),
+            );
+            total[r] = _mm256_add_epi32(total[r], s);
+        }
+    }
+    std::array::from_fn(|r| {
+        let v = total[r];
+        let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+        _mm_cvtsi128_si32(s)
+    })
+}
+
 impl TernaryKernel for Avx512Vnni {
     unsafe fn dot<const T: usize>(w: &[u8], q: [&[i8]; T]) -> [i32; T] {
         // SAFETY: forwarded contract (AVX-512 F/BW/VNNI present, q long enough).
@@ -174,5 +241,17 @@ impl TernaryKernel for Avx512Vnni {
     unsafe fn dot_rows<const R: usize>(w: [&[u8]; R], q: &[i8]) -> [i32; R] {
         // SAFETY: forwarded contract.
         unsafe { ternary_dot_rows::<R>(w, q) }
+    }
+}
+
+impl TernaryKernel for Avx512Vnni256 {
+    unsafe fn dot<const T: usize>(w: &[u8], q: [&[i8]; T]) -> [i32; T] {
+        // SAFETY: forwarded contract (AVX-512 F/BW/VL/VNNI present, q long enough).
+        unsafe { ternary_dot::<T>(w, q) }
+    }
+
+    unsafe fn dot_rows<const R: usize>(w: [&[u8]; R], q: &[i8]) -> [i32; R] {
+        // SAFETY: forwarded contract.
+        unsafe { ternary_dot_rows_256::<R>(w, q) }
     }
 }

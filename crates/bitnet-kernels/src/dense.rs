@@ -190,7 +190,7 @@ impl DenseMatrix {
         match detected_isa() {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: detected_isa only returns Avx2 when the CPU supports it; lengths checked.
-            Isa::Avx2 | Isa::Avx512Vnni => unsafe {
+            Isa::Avx2 | Isa::Avx512Vnni | Isa::Avx512Vnni256 => unsafe {
                 <crate::avx2::Avx2 as DenseKernel>::row_to_f32(self.row(r), self.ty, out)
             },
             #[cfg(target_arch = "aarch64")]
@@ -262,7 +262,7 @@ impl DenseMatrix {
             match isa {
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: check_isa verified the CPU; shapes checked above.
-                Isa::Avx2 | Isa::Avx512Vnni => unsafe {
+                Isa::Avx2 | Isa::Avx512Vnni | Isa::Avx512Vnni256 => unsafe {
                     self.rows_kernel::<crate::avx2::Avx2>(x, tokens, r0, r1, shared)
                 },
                 #[cfg(target_arch = "aarch64")]

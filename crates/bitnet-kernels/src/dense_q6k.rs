@@ -241,7 +241,7 @@ impl crate::dense_blocks::BlockDot for Q6kDot {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: forwarded contract. AVX-512 machines run the AVX2 code, as llama.cpp's
             // Q6_K dot does.
-            Isa::Avx2 | Isa::Avx512Vnni => unsafe { avx2::dot(row, q, d) },
+            Isa::Avx2 | Isa::Avx512Vnni | Isa::Avx512Vnni256 => unsafe { avx2::dot(row, q, d) },
             #[cfg(target_arch = "aarch64")]
             // SAFETY: forwarded contract (NEON).
             Isa::Neon => unsafe { crate::neon::q6k_dot(row, q, d) },

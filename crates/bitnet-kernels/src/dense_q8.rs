@@ -205,7 +205,7 @@ impl crate::dense_blocks::BlockDot for Q8Dot {
         match isa {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: forwarded contract.
-            Isa::Avx2 | Isa::Avx512Vnni => unsafe { avx2::dot(row, q, d) },
+            Isa::Avx2 | Isa::Avx512Vnni | Isa::Avx512Vnni256 => unsafe { avx2::dot(row, q, d) },
             #[cfg(target_arch = "aarch64")]
             // SAFETY: forwarded contract (NEON).
             Isa::Neon => unsafe { crate::neon::q8_dot(row, q, d) },

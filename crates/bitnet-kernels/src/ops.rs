@@ -19,7 +19,7 @@ macro_rules! dispatch {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: detected_isa only returns Avx2 / Avx512Vnni when the CPU supports
             // AVX2 + FMA + F16C (the AVX-512 path uses the AVX2 vector ops).
-            crate::Isa::Avx2 | crate::Isa::Avx512Vnni => unsafe { crate::avx2::$name($($arg),*) },
+            crate::Isa::Avx2 | crate::Isa::Avx512Vnni | crate::Isa::Avx512Vnni256 => unsafe { crate::avx2::$name($($arg),*) },
             #[cfg(target_arch = "aarch64")]
             // SAFETY: detected_isa only returns Neon / NeonDotprod when the CPU has NEON (the
             // dot-product ISA uses the NEON vector ops).

@@ -287,7 +287,9 @@ impl QuantizedActivations {
             let (s, sum) = match isa {
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: check_isa verified AVX2/FMA/F16C (Avx512Vnni implies them).
-                Isa::Avx2 | Isa::Avx512Vnni => unsafe { crate::avx2::quantize_row(xt, qt) },
+                Isa::Avx2 | Isa::Avx512Vnni | Isa::Avx512Vnni256 => unsafe {
+                    crate::avx2::quantize_row(xt, qt)
+                },
                 #[cfg(target_arch = "aarch64")]
                 // SAFETY: check_isa verified NEON (NeonDotprod implies it).
                 Isa::Neon | Isa::NeonDotprod => unsafe { crate::neon::quantize_row(xt, qt) },
@@ -483,6 +485,11 @@ fn drive(
             // SAFETY: as above (AVX-512 F/BW/VNNI checked).
             Isa::Avx512Vnni => unsafe {
                 rows_kernel::<crate::avx512::Avx512Vnni>(w, a, r0, r1, &emit)
+            },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above (AVX-512 F/BW/VL/VNNI checked).
+            Isa::Avx512Vnni256 => unsafe {
+                rows_kernel::<crate::avx512::Avx512Vnni256>(w, a, r0, r1, &emit)
             },
             #[cfg(target_arch = "aarch64")]
             // SAFETY: as above (NEON checked).

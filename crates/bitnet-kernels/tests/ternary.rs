@@ -331,6 +331,11 @@ fn isa_names_round_trip() {
     // VNNI implies the AVX2 kernels it shares the rest of the work with; likewise dotprod and
     // the NEON kernels.
     assert!(!Isa::Avx512Vnni.is_supported() || Isa::Avx2.is_supported());
+    // Both AVX-512 forms need the same features.
+    assert_eq!(
+        Isa::Avx512Vnni.is_supported(),
+        Isa::Avx512Vnni256.is_supported()
+    );
     assert!(!Isa::NeonDotprod.is_supported() || Isa::Neon.is_supported());
     // One architecture's ISAs at most.
     assert!(!(Isa::Avx2.is_supported() && Isa::Neon.is_supported()));
@@ -339,15 +344,14 @@ fn isa_names_round_trip() {
     // Without overrides the dispatch takes the best supported ISA.
     if std::env::var_os("BITNET_ISA").is_none() && std::env::var_os("BITNET_FORCE_SCALAR").is_none()
     {
-        let best = [
-            Isa::Avx512Vnni,
-            Isa::Avx2,
-            Isa::NeonDotprod,
-            Isa::Neon,
-            Isa::Scalar,
-        ]
-        .into_iter()
-        .find(|i| i.is_supported());
+        let avx512 = if bitnet_kernels::splits_512bit_vectors() {
+            Isa::Avx512Vnni256
+        } else {
+            Isa::Avx512Vnni
+        };
+        let best = [avx512, Isa::Avx2, Isa::NeonDotprod, Isa::Neon, Isa::Scalar]
+            .into_iter()
+            .find(|i| i.is_supported());
         assert_eq!(Some(detected_isa()), best);
     }
 }
