@@ -120,6 +120,58 @@ unsafe fn ternary_dot<const T: usize>(w: &[u8], q: [&[i8]; T]) -> [i32; T] {
     out
 }
 
+/// Raw sums of `R` rows against `T` tokens (prompt tiles): per block the `R` weight blocks are
+/// masked once and each token's 128 activations loaded once for all rows. With one row, two
+/// activation loads feed every two `vpdpbusd`, and the loads set the pace; here `2 * T` loads
+/// feed `2 * R * T` of them, in `2 * R * T` independent accumulator chains.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn ternary_dot_tile<const R: usize, const T: usize>(
+    w: [&[u8]; R],
+    q: [&[i8]; T],
+) -> [[i32; T]; R] {
+    let nb = w[0].len() / 32;
+    debug_assert!(w.iter().all(|r| r.len() == nb * 32) && q.iter().all(|q| q.len() >= nb * 128));
+    let wp: [*const u8; R] = std::array::from_fn(|r| w[r].as_ptr());
+    let qp: [*const i8; T] = std::array::from_fn(|t| q[t].as_ptr());
+    let m01 = halves(_mm256_set1_epi8(0xC0u8 as i8), _mm256_set1_epi8(0x30));
+    let m23 = halves(_mm256_set1_epi8(0x0C), _mm256_set1_epi8(0x03));
+    let s01 = halves(_mm256_set1_epi32(6), _mm256_set1_epi32(4));
+    let s23 = halves(_mm256_set1_epi32(2), _mm256_set1_epi32(0));
+    let mut total = [[_mm512_setzero_si512(); T]; R];
+    let mut b = 0;
+    while b < nb {
+        let end = (b + FLUSH_BLOCKS).min(nb);
+        let mut acc01 = [[_mm512_setzero_si512(); T]; R];
+        let mut acc23 = [[_mm512_setzero_si512(); T]; R];
+        while b < end {
+            // SAFETY: b < nb, so 32 bytes of every row and 128 of every q[t] are in bounds.
+            unsafe {
+                let c: [(__m512i, __m512i); R] = std::array::from_fn(|r| {
+                    let wv = load_block(wp[r], b);
+                    (_mm512_and_si512(wv, m01), _mm512_and_si512(wv, m23))
+                });
+                for t in 0..T {
+                    let a = qp[t].add(b * 128);
+                    let (a01, a23) = (loadu512(a), loadu512(a.add(64)));
+                    for r in 0..R {
+                        acc01[r][t] = _mm512_dpbusd_epi32(acc01[r][t], c[r].0, a01);
+                        acc23[r][t] = _mm512_dpbusd_epi32(acc23[r][t], c[r].1, a23);
+                    }
+                }
+            }
+            b += 1;
+        }
+        for r in 0..R {
+            for t in 0..T {
+                let g01 = _mm512_srav_epi32(acc01[r][t], s01);
+                let g23 = _mm512_srav_epi32(acc23[r][t], s23);
+                total[r][t] = _mm512_add_epi32(total[r][t], _mm512_add_epi32(g01, g23));
+            }
+        }
+    }
+    std::array::from_fn(|r| std::array::from_fn(|t| _mm512_reduce_add_epi32(total[r][t])))
+}
+
 /// Raw sums of `R` rows against one token. Each block's 128 activations are loaded once for all
 /// rows, and the `2 * R` accumulators are independent `vpdpbusd` chains, so their 5-cycle latency
 /// overlaps instead of bounding a 640-byte row.
@@ -242,6 +294,14 @@ impl TernaryKernel for Avx512Vnni {
         // SAFETY: forwarded contract.
         unsafe { ternary_dot_rows::<R>(w, q) }
     }
+
+    unsafe fn dot_tile<const R: usize, const T: usize>(
+        w: [&[u8]; R],
+        q: [&[i8]; T],
+    ) -> [[i32; T]; R] {
+        // SAFETY: forwarded contract.
+        unsafe { ternary_dot_tile::<R, T>(w, q) }
+    }
 }
 
 impl TernaryKernel for Avx512Vnni256 {
@@ -253,5 +313,13 @@ impl TernaryKernel for Avx512Vnni256 {
     unsafe fn dot_rows<const R: usize>(w: [&[u8]; R], q: &[i8]) -> [i32; R] {
         // SAFETY: forwarded contract.
         unsafe { ternary_dot_rows_256::<R>(w, q) }
+    }
+
+    unsafe fn dot_tile<const R: usize, const T: usize>(
+        w: [&[u8]; R],
+        q: [&[i8]; T],
+    ) -> [[i32; T]; R] {
+        // SAFETY: forwarded contract.
+        unsafe { ternary_dot_tile::<R, T>(w, q) }
     }
 }

@@ -355,10 +355,28 @@ pub(crate) trait TernaryKernel {
         }
         out
     }
+
+    /// Raw sums of `R` packed rows against `T` tokens, `[row][token]`: the prompt case. Rows
+    /// and tokens both reuse each other's loads, so kernels that are bound by loading
+    /// activations (one load per multiply-add instruction with a single row) gain from it;
+    /// ISAs without a tile kernel take the rows one by one.
+    ///
+    /// # Safety
+    /// As [`Self::dot`], for every row.
+    unsafe fn dot_tile<const R: usize, const T: usize>(
+        w: [&[u8]; R],
+        q: [&[i8]; T],
+    ) -> [[i32; T]; R] {
+        // SAFETY: forwarded contract.
+        w.map(|row| unsafe { Self::dot::<T>(row, q) })
+    }
 }
 
 /// Rows per decode kernel call ([`TernaryKernel::dot_rows`]).
 const ROW_TILE: usize = 4;
+
+/// Rows per prompt kernel call ([`TernaryKernel::dot_tile`]).
+const PROMPT_ROWS: usize = 2;
 
 fn check_shapes(w: &TernaryMatrix, a: &QuantizedActivations, out_len: usize) {
     assert_eq!(
@@ -405,36 +423,41 @@ unsafe fn rows_kernel<K: TernaryKernel>(
     let mut t0 = 0;
     while t0 < a.tokens {
         let nt = (a.tokens - t0).min(TOKEN_TILE);
-        for r in r0..r1 {
-            let wr = w.row(r);
-            // SAFETY (all arms): the caller guarantees the ISA; every q(t) is `stride` =
-            // row_bytes * 4 long.
-            unsafe {
-                match nt {
-                    4 => {
-                        let acc = K::dot::<4>(wr, [a.q(t0), a.q(t0 + 1), a.q(t0 + 2), a.q(t0 + 3)]);
-                        for (i, v) in acc.into_iter().enumerate() {
-                            emit(t0 + i, r, v - a.sums[t0 + i]);
+        let mut r = r0;
+        while r < r1 {
+            let nr = if r + PROMPT_ROWS <= r1 {
+                PROMPT_ROWS
+            } else {
+                1
+            };
+            macro_rules! tile {
+                ($rows:literal, $($i:literal),+) => {{
+                    // SAFETY: the caller guarantees the ISA; every q(t) is `stride` =
+                    // row_bytes * 4 long.
+                    let acc = unsafe {
+                        K::dot_tile::<$rows, { [$($i),+].len() }>(
+                            std::array::from_fn(|j| w.row(r + j)),
+                            [$(a.q(t0 + $i)),+],
+                        )
+                    };
+                    for (j, row) in acc.into_iter().enumerate() {
+                        for (i, v) in row.into_iter().enumerate() {
+                            emit(t0 + i, r + j, v - a.sums[t0 + i]);
                         }
                     }
-                    3 => {
-                        let acc = K::dot::<3>(wr, [a.q(t0), a.q(t0 + 1), a.q(t0 + 2)]);
-                        for (i, v) in acc.into_iter().enumerate() {
-                            emit(t0 + i, r, v - a.sums[t0 + i]);
-                        }
-                    }
-                    2 => {
-                        let acc = K::dot::<2>(wr, [a.q(t0), a.q(t0 + 1)]);
-                        for (i, v) in acc.into_iter().enumerate() {
-                            emit(t0 + i, r, v - a.sums[t0 + i]);
-                        }
-                    }
-                    _ => {
-                        let [v] = K::dot::<1>(wr, [a.q(t0)]);
-                        emit(t0, r, v - a.sums[t0]);
-                    }
-                }
+                }};
             }
+            match (nr, nt) {
+                (PROMPT_ROWS, 4) => tile!(2, 0, 1, 2, 3),
+                (PROMPT_ROWS, 3) => tile!(2, 0, 1, 2),
+                (PROMPT_ROWS, 2) => tile!(2, 0, 1),
+                (PROMPT_ROWS, _) => tile!(2, 0),
+                (_, 4) => tile!(1, 0, 1, 2, 3),
+                (_, 3) => tile!(1, 0, 1, 2),
+                (_, 2) => tile!(1, 0, 1),
+                _ => tile!(1, 0),
+            }
+            r += nr;
         }
         t0 += nt;
     }
