@@ -215,15 +215,17 @@ fn add_assign(x: &mut [f32], y: &[f32]) {
     ops::axpy(1.0, y, x);
 }
 
-/// Query tokens per attention task: the cached rows they need are widened to f32 once per task.
-const Q_BLOCK: usize = 32;
+/// Query tokens per attention task.
+const Q_BLOCK: usize = 8;
 
 /// Causal grouped-query attention for the new tokens at `start..`, reading keys and values for
-/// positions `0..=start+i` from the cache. One task per (KV head, block of [`Q_BLOCK`] tokens):
-/// it widens the head's cached rows to f32 once and runs every query head of the group and
-/// every token of the block against them, instead of re-reading (and re-converting, for an f16
-/// cache) the same rows for each query head and token. Results go to `tmp` laid out per task
-/// and are scattered into `out` (`[token][head * head_dim]`) afterwards.
+/// positions `0..=start+i` from the cache. One task per (query head, block of [`Q_BLOCK`]
+/// tokens): 20 tasks for a 2B4T decode step, so two threads split them evenly (per-KV-head tasks
+/// split 3:2). Each query reads its head's cached rows in place, all of them in one call
+/// (`Buf::dots` / `Buf::axpys`, f16 converted in registers): a call per cached row cost as much
+/// as the 128-element dot itself, and widened f32 copies of the rows only paid off across many
+/// queries. Results go to `tmp` laid out per task and are scattered into `out`
+/// (`[token][head * head_dim]`) afterwards.
 fn attention(
     c: &ModelConfig,
     q: &[f32],
@@ -236,50 +238,38 @@ fn attention(
     let (hd, nh, nkv, kvd) = (c.head_dim, c.num_heads, c.num_kv_heads, c.kv_dim());
     let group = nh / nkv;
     let t = out.len() / (nh * hd);
-    // A decode step has one token: sizing the blocks by Q_BLOCK would zero 32x the scratch.
     let block = Q_BLOCK.min(t);
     let blocks = t.div_ceil(block);
-    let per_task = block * group * hd;
-    resize(tmp, nkv * blocks * per_task);
+    let per_task = block * hd;
+    resize(tmp, nh * blocks * per_task);
     let scale = 1.0 / (hd as f32).sqrt();
     bitnet_kernels::pool::for_each_chunk_mut(tmp, per_task, |task, o| {
-        let (kvh, b) = (task / blocks, task % blocks);
-        let (t0, t1) = (b * block, ((b + 1) * block).min(t));
-        let n_max = start + t1;
-        let widen = |buf: &Buf| {
-            let mut rows = vec![0f32; n_max * hd];
-            for (p, row) in rows.chunks_exact_mut(hd).enumerate() {
-                buf.read(p * kvd + kvh * hd, row);
-            }
-            rows
-        };
-        let (keys, values) = (widen(k), widen(v));
-        let mut scores = Vec::with_capacity(n_max);
-        for i in t0..t1 {
-            let n = start + i + 1;
-            for g in 0..group {
-                let head = kvh * group + g;
-                let qv = &q[(i * nh + head) * hd..][..hd];
+        let (head, b) = (task / blocks, task % blocks);
+        let col = (head / group) * hd;
+        SCORES.with_borrow_mut(|scores| {
+            for i in b * block..((b + 1) * block).min(t) {
+                let n = start + i + 1;
                 scores.clear();
-                scores.extend(
-                    keys[..n * hd]
-                        .chunks_exact(hd)
-                        .map(|kr| ops::dot(qv, kr) * scale),
-                );
-                ops::softmax_inplace(&mut scores);
-                let oh = &mut o[((i - t0) * group + g) * hd..][..hd];
+                scores.resize(n, 0.0);
+                k.dots(col, kvd, &q[(i * nh + head) * hd..][..hd], scores);
+                scores.iter_mut().for_each(|s| *s *= scale);
+                ops::softmax_inplace(scores);
+                let oh = &mut o[(i - b * block) * hd..][..hd];
                 oh.fill(0.0);
-                for (&a, vr) in scores.iter().zip(values.chunks_exact(hd)) {
-                    ops::axpy(a, vr, oh);
-                }
+                v.axpys(col, kvd, scores, oh);
             }
-        }
+        });
     });
-    for kvh in 0..nkv {
+    for head in 0..nh {
         for i in 0..t {
             let (b, r) = (i / block, i % block);
-            let src = &tmp[(kvh * blocks + b) * per_task + r * group * hd..][..group * hd];
-            out[(i * nh + kvh * group) * hd..][..group * hd].copy_from_slice(src);
+            let src = &tmp[(head * blocks + b) * per_task + r * hd..][..hd];
+            out[(i * nh + head) * hd..][..hd].copy_from_slice(src);
         }
     }
+}
+
+thread_local! {
+    /// Attention scores of the running task, reused so decoding allocates nothing.
+    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }

@@ -4,6 +4,7 @@
 //! F16 (llama.cpp's and bitnet.cpp's default) halves the cache and the bytes attention reads per
 //! generated token; F32 keeps the forward pass bit-for-bit the reference's float math.
 
+use bitnet_kernels::ops;
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 use serde::{Deserialize, Serialize};
@@ -54,12 +55,28 @@ impl Buf {
         }
     }
 
-    /// Copies `out.len()` values from element offset `at` into `out` as f32.
-    #[inline]
-    pub(crate) fn read(&self, at: usize, out: &mut [f32]) {
+    /// `out[p] = dot(q, row p)` for the rows of `q.len()` values at element offsets
+    /// `at + p * stride`, read in place.
+    pub(crate) fn dots(&self, at: usize, stride: usize, q: &[f32], out: &mut [f32]) {
         match self {
-            Buf::F16(b) => b[at..at + out.len()].convert_to_f32_slice(out),
-            Buf::F32(b) => out.copy_from_slice(&b[at..at + out.len()]),
+            Buf::F16(b) => ops::dots_f16(q, &b[at..], stride, out),
+            Buf::F32(b) => {
+                for (p, o) in out.iter_mut().enumerate() {
+                    *o = ops::dot(q, &b[at + p * stride..][..q.len()]);
+                }
+            }
+        }
+    }
+
+    /// `y += alphas[p] * row p` over the same rows as [`Self::dots`].
+    pub(crate) fn axpys(&self, at: usize, stride: usize, alphas: &[f32], y: &mut [f32]) {
+        match self {
+            Buf::F16(b) => ops::axpys_f16(alphas, &b[at..], stride, y),
+            Buf::F32(b) => {
+                for (p, &a) in alphas.iter().enumerate() {
+                    ops::axpy(a, &b[at + p * stride..][..y.len()], y);
+                }
+            }
         }
     }
 }

@@ -518,64 +518,173 @@ impl DenseKernel for Avx2 {
 // ---------------------------------------------------------------------------------------------
 // f32 vector ops (lengths are checked by the public wrappers in ops.rs)
 
-#[target_feature(enable = "avx2,fma")]
-pub(crate) unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let n = a.len().min(b.len());
-    let (ap, bp) = (a.as_ptr(), b.as_ptr());
+/// `sum a[k] * b(k)` with `b` read 8 lanes at a time by `load_b(k)` and singly by `tail_b(k)`:
+/// the one loop behind [`dot`] and [`dot_f16`], so a widened f16 row gives the same sum.
+#[inline(always)]
+unsafe fn dot_by(
+    a: &[f32],
+    n: usize,
+    load_b: impl Fn(usize) -> __m256,
+    tail_b: impl Fn(usize) -> f32,
+) -> f32 {
+    let ap = a.as_ptr();
     let mut acc = [_mm256_setzero_ps(); 4];
     let mut i = 0;
     while i + 32 <= n {
         for (j, acc) in acc.iter_mut().enumerate() {
-            // SAFETY: i + 32 <= n.
-            unsafe {
-                *acc = _mm256_fmadd_ps(
-                    _mm256_loadu_ps(ap.add(i + 8 * j)),
-                    _mm256_loadu_ps(bp.add(i + 8 * j)),
-                    *acc,
-                );
-            }
+            // SAFETY: i + 32 <= n <= a.len() (the callers' bound).
+            *acc = _mm256_fmadd_ps(
+                unsafe { _mm256_loadu_ps(ap.add(i + 8 * j)) },
+                load_b(i + 8 * j),
+                *acc,
+            );
         }
         i += 32;
     }
     while i + 8 <= n {
         // SAFETY: i + 8 <= n.
-        unsafe {
-            acc[0] = _mm256_fmadd_ps(
-                _mm256_loadu_ps(ap.add(i)),
-                _mm256_loadu_ps(bp.add(i)),
-                acc[0],
-            )
-        };
+        acc[0] = _mm256_fmadd_ps(unsafe { _mm256_loadu_ps(ap.add(i)) }, load_b(i), acc[0]);
         i += 8;
     }
-    let mut s = hsum_ps(_mm256_add_ps(
-        _mm256_add_ps(acc[0], acc[1]),
-        _mm256_add_ps(acc[2], acc[3]),
-    ));
-    for k in i..n {
-        s += a[k] * b[k];
+    // SAFETY: AVX is enabled in every caller.
+    let mut s = unsafe {
+        hsum_ps(_mm256_add_ps(
+            _mm256_add_ps(acc[0], acc[1]),
+            _mm256_add_ps(acc[2], acc[3]),
+        ))
+    };
+    for (k, &ak) in a.iter().enumerate().take(n).skip(i) {
+        s += ak * tail_b(k);
     }
     s
 }
 
 #[target_feature(enable = "avx2,fma")]
-pub(crate) unsafe fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
-    let n = x.len().min(y.len());
+pub(crate) unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let bp = b.as_ptr();
+    // SAFETY: every index passed to the loaders is below n (dot_by's loop bounds).
+    unsafe { dot_by(a, n, |k| _mm256_loadu_ps(bp.add(k)), |k| b[k]) }
+}
+
+/// [`dot`] against f16 values (an f16 KV cache row), converted in registers: bit-identical to
+/// widening `b` to f32 first, as the conversion is exact.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn dot_f16(a: &[f32], b: &[half::f16]) -> f32 {
+    let n = a.len().min(b.len());
+    let bp = b.as_ptr();
+    // SAFETY: as in dot; 8 f16 values are 16 bytes.
+    unsafe {
+        dot_by(
+            a,
+            n,
+            |k| _mm256_cvtph_ps(_mm_loadu_si128(bp.add(k) as *const __m128i)),
+            |k| b[k].to_f32(),
+        )
+    }
+}
+
+/// `y += alpha * x(k)`, `x` read as in [`dot_by`].
+#[inline(always)]
+unsafe fn axpy_by(
+    alpha: f32,
+    y: &mut [f32],
+    n: usize,
+    load_x: impl Fn(usize) -> __m256,
+    tail_x: impl Fn(usize) -> f32,
+) {
     let av = _mm256_set1_ps(alpha);
-    let (xp, yp) = (x.as_ptr(), y.as_mut_ptr());
+    let yp = y.as_mut_ptr();
     let mut i = 0;
     while i + 8 <= n {
-        // SAFETY: i + 8 <= n.
+        // SAFETY: i + 8 <= n <= y.len() (the callers' bound).
         unsafe {
             _mm256_storeu_ps(
                 yp.add(i),
-                _mm256_fmadd_ps(av, _mm256_loadu_ps(xp.add(i)), _mm256_loadu_ps(yp.add(i))),
+                _mm256_fmadd_ps(av, load_x(i), _mm256_loadu_ps(yp.add(i))),
             )
         };
         i += 8;
     }
-    for k in i..n {
-        y[k] += alpha * x[k];
+    for (k, yk) in y.iter_mut().enumerate().take(n).skip(i) {
+        *yk += alpha * tail_x(k);
+    }
+}
+
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
+    let n = x.len().min(y.len());
+    let xp = x.as_ptr();
+    // SAFETY: every index passed to the loaders is below n.
+    unsafe { axpy_by(alpha, y, n, |k| _mm256_loadu_ps(xp.add(k)), |k| x[k]) }
+}
+
+/// [`axpy`] from f16 values (an f16 KV cache row); bit-identical to widening `x` first.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn axpy_f16(alpha: f32, x: &[half::f16], y: &mut [f32]) {
+    let n = x.len().min(y.len());
+    let xp = x.as_ptr();
+    // SAFETY: as in axpy; 8 f16 values are 16 bytes.
+    unsafe {
+        axpy_by(
+            alpha,
+            y,
+            n,
+            |k| _mm256_cvtph_ps(_mm_loadu_si128(xp.add(k) as *const __m128i)),
+            |k| x[k].to_f32(),
+        )
+    }
+}
+
+/// `out[p] = dot_f16(q, rows[p * stride..][..q.len()])` for every `p`: the attention scores of
+/// one query against a head's cached keys in one call (a call per key costs as much as the
+/// 128-element dot itself).
+///
+/// # Safety
+/// AVX2 + FMA + F16C; `rows` holds `(out.len() - 1) * stride + q.len()` values.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn dots_f16(q: &[f32], rows: &[half::f16], stride: usize, out: &mut [f32]) {
+    for (p, o) in out.iter_mut().enumerate() {
+        // SAFETY: forwarded contract.
+        *o = unsafe { dot_f16(q, &rows[p * stride..][..q.len()]) };
+    }
+}
+
+/// `y += alphas[p] * rows[p * stride..][..y.len()]` for every `p` in order: the attention output
+/// of one query. `y` stays in registers 64 values at a time across all rows, and every element
+/// sees the same operations as with one [`axpy_f16`] per row.
+///
+/// # Safety
+/// AVX2 + FMA + F16C; `rows` holds `(alphas.len() - 1) * stride + y.len()` values.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn axpys_f16(alphas: &[f32], rows: &[half::f16], stride: usize, y: &mut [f32]) {
+    const W: usize = 8;
+    let n = y.len();
+    let (rp, yp) = (rows.as_ptr(), y.as_mut_ptr());
+    let mut i = 0;
+    while i + 8 * W <= n {
+        // SAFETY: i + 64 <= n = y.len(); row p's values i..i + 64 are in rows (contract).
+        unsafe {
+            let mut acc: [__m256; W] = std::array::from_fn(|j| _mm256_loadu_ps(yp.add(i + 8 * j)));
+            for (p, &a) in alphas.iter().enumerate() {
+                let av = _mm256_set1_ps(a);
+                let r = rp.add(p * stride + i);
+                for (j, acc) in acc.iter_mut().enumerate() {
+                    let x = _mm256_cvtph_ps(_mm_loadu_si128(r.add(8 * j) as *const __m128i));
+                    *acc = _mm256_fmadd_ps(av, x, *acc);
+                }
+            }
+            for (j, acc) in acc.iter().enumerate() {
+                _mm256_storeu_ps(yp.add(i + 8 * j), *acc);
+            }
+        }
+        i += 8 * W;
+    }
+    if i < n {
+        for (p, &a) in alphas.iter().enumerate() {
+            // SAFETY: forwarded contract; the rest of row p.
+            unsafe { axpy_f16(a, &rows[p * stride + i..][..n - i], &mut y[i..]) };
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 //! All functions panic if their slice lengths disagree (a caller bug).
 
 use crate::detected_isa;
+use half::{f16, slice::HalfFloatSliceExt};
 
 pub use crate::scalar::{
     axpy as axpy_scalar, dot as dot_scalar, relu2_mul as relu2_mul_scalar,
@@ -49,6 +50,57 @@ pub fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
     dispatch!(axpy(alpha, x, y))
 }
 
+/// Whether the AVX2 + F16C vector ops run here (the f16 ops convert in registers there).
+fn f16c_ops() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        matches!(
+            detected_isa(),
+            crate::Isa::Avx2 | crate::Isa::Avx512Vnni | crate::Isa::Avx512Vnni256
+        )
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `f` of `x` widened to f32 (on the stack for rows up to 256, an attention head's size).
+fn widened<R>(x: &[f16], f: impl FnOnce(&[f32]) -> R) -> R {
+    let mut stack = [0f32; 256];
+    if x.len() <= stack.len() {
+        let s = &mut stack[..x.len()];
+        x.convert_to_f32_slice(s);
+        f(s)
+    } else {
+        f(&x.iter().map(|v| v.to_f32()).collect::<Vec<f32>>())
+    }
+}
+
+/// [`dot`] against f16 values (a row of an f16 KV cache), without a widened copy; the same
+/// result as `dot(a, &widened(b))`.
+pub fn dot_f16(a: &[f32], b: &[f16]) -> f32 {
+    assert_eq!(a.len(), b.len(), "dot_f16: length mismatch");
+    #[cfg(target_arch = "x86_64")]
+    if f16c_ops() {
+        // SAFETY: the dispatched ISA has AVX2 + FMA + F16C.
+        return unsafe { crate::avx2::dot_f16(a, b) };
+    }
+    widened(b, |b| dot(a, b))
+}
+
+/// [`axpy`] from f16 values (a row of an f16 KV cache); the same result as
+/// `axpy(alpha, &widened(x), y)`.
+pub fn axpy_f16(alpha: f32, x: &[f16], y: &mut [f32]) {
+    assert_eq!(x.len(), y.len(), "axpy_f16: length mismatch");
+    #[cfg(target_arch = "x86_64")]
+    if f16c_ops() {
+        // SAFETY: as in dot_f16.
+        return unsafe { crate::avx2::axpy_f16(alpha, x, y) };
+    }
+    widened(x, |x| axpy(alpha, x, y))
+}
+
 /// Numerically stable softmax (subtracts the max first).
 pub fn softmax_inplace(x: &mut [f32]) {
     dispatch!(softmax_inplace(x))
@@ -70,4 +122,54 @@ pub fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
         "silu_mul: length mismatch"
     );
     dispatch!(silu_mul(gate, up, out))
+}
+
+/// `out[p] = dot_f16(q, rows[p * stride..][..q.len()])` for every `p < out.len()` (one query's
+/// attention scores against cached f16 keys, `stride` apart).
+///
+/// # Panics
+/// If `rows` is too short for `out.len()` rows.
+pub fn dots_f16(q: &[f32], rows: &[f16], stride: usize, out: &mut [f32]) {
+    let Some(last) = out.len().checked_sub(1) else {
+        return;
+    };
+    assert!(
+        last.checked_mul(stride)
+            .and_then(|o| o.checked_add(q.len()))
+            .is_some_and(|end| end <= rows.len()),
+        "dots_f16: rows too short"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if f16c_ops() {
+        // SAFETY: the dispatched ISA has AVX2 + FMA + F16C; the length was checked.
+        return unsafe { crate::avx2::dots_f16(q, rows, stride, out) };
+    }
+    for (p, o) in out.iter_mut().enumerate() {
+        *o = dot_f16(q, &rows[p * stride..][..q.len()]);
+    }
+}
+
+/// `y += alphas[p] * rows[p * stride..][..y.len()]` for every `p` in order (one query's
+/// attention output from cached f16 values); the same result as one [`axpy_f16`] per row.
+///
+/// # Panics
+/// If `rows` is too short for `alphas.len()` rows.
+pub fn axpys_f16(alphas: &[f32], rows: &[f16], stride: usize, y: &mut [f32]) {
+    let Some(last) = alphas.len().checked_sub(1) else {
+        return;
+    };
+    assert!(
+        last.checked_mul(stride)
+            .and_then(|o| o.checked_add(y.len()))
+            .is_some_and(|end| end <= rows.len()),
+        "axpys_f16: rows too short"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if f16c_ops() {
+        // SAFETY: as in dots_f16.
+        return unsafe { crate::avx2::axpys_f16(alphas, rows, stride, y) };
+    }
+    for (p, &a) in alphas.iter().enumerate() {
+        axpy_f16(a, &rows[p * stride..][..y.len()], y);
+    }
 }

@@ -23,6 +23,44 @@ fn vecs(n: usize, seed: u64, scale: f32) -> (Vec<f32>, Vec<f32>) {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
+    /// The f16 forms read an f16 KV cache row in registers; they must give exactly what the
+    /// f32 forms give on the widened row (the conversion is exact), on every length.
+    #[test]
+    fn f16_ops_equal_f32_ops_on_widened_rows(n in 0usize..300, seed in any::<u64>()) {
+        let (a, b) = vecs(n, seed, 3.0);
+        let h: Vec<half::f16> = b.iter().map(|&v| half::f16::from_f32(v)).collect();
+        let wide: Vec<f32> = h.iter().map(|v| v.to_f32()).collect();
+        prop_assert_eq!(ops::dot_f16(&a, &h).to_bits(), ops::dot(&a, &wide).to_bits());
+        let (mut y, mut yw) = (a.clone(), a.clone());
+        ops::axpy_f16(-0.61, &h, &mut y);
+        ops::axpy(-0.61, &wide, &mut yw);
+        prop_assert!(y.iter().zip(&yw).all(|(p, q)| p.to_bits() == q.to_bits()));
+    }
+
+    /// The many-row forms equal one single-row call per row, bit for bit.
+    #[test]
+    fn strided_f16_ops_equal_row_by_row(n in 0usize..200, rows in 0usize..40, pad in 0usize..20, seed in any::<u64>()) {
+        let stride = n + pad;
+        let (q, _) = vecs(n, seed, 2.0);
+        let (cache, alphas) = vecs(rows * stride + n, seed ^ 7, 3.0);
+        let h: Vec<half::f16> = cache.iter().map(|&v| half::f16::from_f32(v)).collect();
+        let mut scores = vec![0.0f32; rows];
+        ops::dots_f16(&q, &h, stride, &mut scores);
+        for (p, s) in scores.iter().enumerate() {
+            prop_assert_eq!(s.to_bits(), ops::dot_f16(&q, &h[p * stride..][..n]).to_bits());
+        }
+        let (mut y, mut y1) = (q.clone(), q.clone());
+        ops::axpys_f16(&alphas[..rows], &h, stride, &mut y);
+        for (p, &a) in alphas[..rows].iter().enumerate() {
+            ops::axpy_f16(a, &h[p * stride..][..n], &mut y1);
+        }
+        prop_assert!(y.iter().zip(&y1).all(|(p, q)| p.to_bits() == q.to_bits()));
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
     #[test]
     fn ops_match_scalar(n in 0usize..300, seed in any::<u64>(), scale in prop_oneof![Just(1.0f32), Just(30.0), Just(150.0)]) {
         let (a, b) = vecs(n, seed, scale);
