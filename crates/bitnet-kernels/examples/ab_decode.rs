@@ -24,7 +24,7 @@ fn main() {
         .into_iter()
         .filter(|&i| i != Isa::Scalar && i.is_supported())
         .collect();
-    println!("threads {threads}, {calls} calls per kernel; min / p25 / median us per call");
+    println!("threads {threads}, {calls} calls per kernel; min / p25 / median / mean us per call");
     for (rows, cols) in [(2560usize, 2560usize), (6912, 2560), (2560, 6912)] {
         let bytes = rows * cols / 4;
         let n = (1usize << 30) / bytes;
@@ -69,12 +69,15 @@ fn main() {
         for (isa, t) in isas.iter().zip(&mut times) {
             t.sort_by(f64::total_cmp);
             let q = |f: usize| t[(t.len() - 1) * f / 4];
+            let mean = t.iter().sum::<f64>() / t.len() as f64;
             println!(
-                "  {:>14} {:8.1} {:8.1} {:8.1}",
+                "  {:>14} {:8.1} {:8.1} {:8.1} {:8.1}  ({:.1} GB/s at the mean)",
                 isa.name(),
                 t[0],
                 q(1),
-                q(2)
+                q(2),
+                mean,
+                bytes as f64 / mean / 1e3
             );
         }
     }
