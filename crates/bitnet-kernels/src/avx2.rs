@@ -186,14 +186,7 @@ unsafe fn ternary_dot_rows<const R: usize>(w: [&[u8]; R], q: &[i8]) -> [i32; R] 
                     loadu_si(a.add(64)),
                     loadu_si(a.add(96)),
                 );
-                // The rows of a later tile (`prefetch::ternary_ahead`), one block of each per block here, as one
-                // sequential stream: the hardware prefetchers alone fall behind on R
-                // interleaved streams.
-                let ahead =
-                    wp[0].wrapping_add(crate::prefetch::ternary_ahead(R * nb * 32) + b * R * 32);
-                for l in (0..R * 32).step_by(64) {
-                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(l) as *const i8);
-                }
+                crate::prefetch::ternary_tile_block::<R>(wp[0], nb, b);
                 for r in 0..R {
                     let wv = _mm256_loadu_si256(wp[r].add(b * 32) as *const __m256i);
                     let p0 = _mm256_maddubs_epi16(

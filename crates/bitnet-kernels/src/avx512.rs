@@ -20,11 +20,10 @@
 use crate::ternary::TernaryKernel;
 use std::arch::x86_64::*;
 
-/// 512-bit kernels throughout.
-pub(crate) struct Avx512Vnni;
-
-/// 512-bit prompt tiles, 256-bit decode ([`crate::Isa::Avx512Vnni256`] says when and why).
-pub(crate) struct Avx512Vnni256;
+/// The AVX-512 VNNI kernels: 512-bit prompt tiles, and the decode kernel on 512-bit vectors
+/// ([`crate::Isa::Avx512Vnni`]) or on 256-bit ones ([`crate::Isa::Avx512Vnni256`], which says
+/// when and why).
+pub(crate) struct Avx512Vnni<const DECODE_256: bool>;
 
 /// Blocks accumulated at scale before the shift-down. A lane gains at most
 /// `4 * (2 << 6) * 128 = 65536` in magnitude per block, so 64 blocks stay below 2^22, far inside
@@ -196,14 +195,7 @@ unsafe fn ternary_dot_rows<const R: usize>(w: [&[u8]; R], q: &[i8]) -> [i32; R] 
             unsafe {
                 let a = qp.add(b * 128);
                 let (a01, a23) = (loadu512(a), loadu512(a.add(64)));
-                // The rows of a later tile (`prefetch::ternary_ahead`), one block of each per block here, as one
-                // sequential stream: the hardware prefetchers alone fall behind on R interleaved
-                // streams (measured: 2560x2560 from DRAM 195 -> 151 us on one thread).
-                let ahead =
-                    wp[0].wrapping_add(crate::prefetch::ternary_ahead(R * nb * 32) + b * R * 32);
-                for l in (0..R * 32).step_by(64) {
-                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(l) as *const i8);
-                }
+                crate::prefetch::ternary_tile_block::<R>(wp[0], nb, b);
                 for r in 0..R {
                     let wv = load_block(wp[r], b);
                     acc01[r] = _mm512_dpbusd_epi32(acc01[r], _mm512_and_si512(wv, m01), a01);
@@ -248,12 +240,7 @@ unsafe fn ternary_dot_rows_256<const R: usize>(w: [&[u8]; R], q: &[i8]) -> [i32;
                 let a = qp.add(b * 128);
                 let av: [__m256i; 4] =
                     std::array::from_fn(|g| _mm256_loadu_si256(a.add(32 * g) as *const __m256i));
-                // As in ternary_dot_rows.
-                let ahead =
-                    wp[0].wrapping_add(crate::prefetch::ternary_ahead(R * nb * 32) + b * R * 32);
-                for l in (0..R * 32).step_by(64) {
-                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(l) as *const i8);
-                }
+                crate::prefetch::ternary_tile_block::<R>(wp[0], nb, b);
                 for r in 0..R {
                     let wv = _mm256_loadu_si256(wp[r].add(b * 32) as *const __m256i);
                     for g in 0..4 {
@@ -284,35 +271,19 @@ unsafe fn ternary_dot_rows_256<const R: usize>(w: [&[u8]; R], q: &[i8]) -> [i32;
     })
 }
 
-impl TernaryKernel for Avx512Vnni {
-    unsafe fn dot<const T: usize>(w: &[u8], q: [&[i8]; T]) -> [i32; T] {
-        // SAFETY: forwarded contract (AVX-512 F/BW/VNNI present, q long enough).
-        unsafe { ternary_dot::<T>(w, q) }
-    }
-
-    unsafe fn dot_rows<const R: usize>(w: [&[u8]; R], q: &[i8]) -> [i32; R] {
-        // SAFETY: forwarded contract.
-        unsafe { ternary_dot_rows::<R>(w, q) }
-    }
-
-    unsafe fn dot_tile<const R: usize, const T: usize>(
-        w: [&[u8]; R],
-        q: [&[i8]; T],
-    ) -> [[i32; T]; R] {
-        // SAFETY: forwarded contract.
-        unsafe { ternary_dot_tile::<R, T>(w, q) }
-    }
-}
-
-impl TernaryKernel for Avx512Vnni256 {
+impl<const DECODE_256: bool> TernaryKernel for Avx512Vnni<DECODE_256> {
     unsafe fn dot<const T: usize>(w: &[u8], q: [&[i8]; T]) -> [i32; T] {
         // SAFETY: forwarded contract (AVX-512 F/BW/VL/VNNI present, q long enough).
         unsafe { ternary_dot::<T>(w, q) }
     }
 
     unsafe fn dot_rows<const R: usize>(w: [&[u8]; R], q: &[i8]) -> [i32; R] {
-        // SAFETY: forwarded contract.
-        unsafe { ternary_dot_rows_256::<R>(w, q) }
+        // SAFETY (both): forwarded contract.
+        if DECODE_256 {
+            unsafe { ternary_dot_rows_256::<R>(w, q) }
+        } else {
+            unsafe { ternary_dot_rows::<R>(w, q) }
+        }
     }
 
     unsafe fn dot_tile<const R: usize, const T: usize>(

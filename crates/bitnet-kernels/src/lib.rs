@@ -319,6 +319,21 @@ pub(crate) mod prefetch {
         tile * 4096usize.div_ceil(tile.max(1)).max(1)
     }
 
+    /// The decode kernels' request at block `b` of a tile of `R` rows of `nb` blocks starting at
+    /// `tile_start`: the next `R * 32` bytes of the tile [`ternary_ahead`] bytes on, so that tile
+    /// is swept once, as one sequential stream, while this one is multiplied (the hardware
+    /// prefetchers alone fall behind on `R` interleaved row streams: 2560x2560 from DRAM on one
+    /// Xeon thread, 195 -> 151 us).
+    #[inline(always)]
+    pub(crate) fn ternary_tile_block<const R: usize>(tile_start: *const u8, nb: usize, b: usize) {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let ahead = tile_start.wrapping_add(ternary_ahead(R * nb * 32) + b * R * 32);
+        for l in (0..R * 32).step_by(64) {
+            // SAFETY: a prefetch never faults, whatever the address (SSE is baseline x86-64).
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(l) as *const i8) };
+        }
+    }
+
     /// Bytes ahead within a dense (LM head) row.
     pub(crate) const DENSE_BYTES: usize = 4096;
 }

@@ -124,19 +124,23 @@ pub fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
     dispatch!(silu_mul(gate, up, out))
 }
 
+/// Whether `n` rows of `len` values, `stride` apart, fit in `total` values.
+fn rows_fit(n: usize, stride: usize, len: usize, total: usize) -> bool {
+    n == 0
+        || (n - 1)
+            .checked_mul(stride)
+            .and_then(|o| o.checked_add(len))
+            .is_some_and(|end| end <= total)
+}
+
 /// `out[p] = dot_f16(q, rows[p * stride..][..q.len()])` for every `p < out.len()` (one query's
 /// attention scores against cached f16 keys, `stride` apart).
 ///
 /// # Panics
 /// If `rows` is too short for `out.len()` rows.
 pub fn dots_f16(q: &[f32], rows: &[f16], stride: usize, out: &mut [f32]) {
-    let Some(last) = out.len().checked_sub(1) else {
-        return;
-    };
     assert!(
-        last.checked_mul(stride)
-            .and_then(|o| o.checked_add(q.len()))
-            .is_some_and(|end| end <= rows.len()),
+        rows_fit(out.len(), stride, q.len(), rows.len()),
         "dots_f16: rows too short"
     );
     #[cfg(target_arch = "x86_64")]
@@ -155,13 +159,8 @@ pub fn dots_f16(q: &[f32], rows: &[f16], stride: usize, out: &mut [f32]) {
 /// # Panics
 /// If `rows` is too short for `alphas.len()` rows.
 pub fn axpys_f16(alphas: &[f32], rows: &[f16], stride: usize, y: &mut [f32]) {
-    let Some(last) = alphas.len().checked_sub(1) else {
-        return;
-    };
     assert!(
-        last.checked_mul(stride)
-            .and_then(|o| o.checked_add(y.len()))
-            .is_some_and(|end| end <= rows.len()),
+        rows_fit(alphas.len(), stride, y.len(), rows.len()),
         "axpys_f16: rows too short"
     );
     #[cfg(target_arch = "x86_64")]

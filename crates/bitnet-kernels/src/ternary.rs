@@ -507,12 +507,12 @@ fn drive(
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above (AVX-512 F/BW/VNNI checked).
             Isa::Avx512Vnni => unsafe {
-                rows_kernel::<crate::avx512::Avx512Vnni>(w, a, r0, r1, &emit)
+                rows_kernel::<crate::avx512::Avx512Vnni<false>>(w, a, r0, r1, &emit)
             },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above (AVX-512 F/BW/VL/VNNI checked).
             Isa::Avx512Vnni256 => unsafe {
-                rows_kernel::<crate::avx512::Avx512Vnni256>(w, a, r0, r1, &emit)
+                rows_kernel::<crate::avx512::Avx512Vnni<true>>(w, a, r0, r1, &emit)
             },
             #[cfg(target_arch = "aarch64")]
             // SAFETY: as above (NEON checked).
