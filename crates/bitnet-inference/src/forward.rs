@@ -238,6 +238,7 @@ fn attention(
     let (hd, nh, nkv, kvd) = (c.head_dim, c.num_heads, c.num_kv_heads, c.kv_dim());
     let group = nh / nkv;
     let t = out.len() / (nh * hd);
+    // A decode step has one token: sizing the blocks by Q_BLOCK would zero 8x the scratch.
     let block = Q_BLOCK.min(t);
     let blocks = t.div_ceil(block);
     let per_task = block * hd;

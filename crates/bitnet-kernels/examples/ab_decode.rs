@@ -1,7 +1,8 @@
 //! The one-token (decode) ternary kernels of every SIMD ISA this CPU supports, side by side: calls
 //! interleaved round-robin (so a noisy machine slows them alike), each on a different matrix of
 //! a 1 GiB huge-page arena (so every call streams its weights from DRAM, as decoding a real model
-//! does), on the spinning pool the engine uses. Prints min / p25 / median microseconds per call.
+//! does), on the spinning pool the engine uses. Prints min / p25 / median / mean microseconds per
+//! call and the bandwidth the mean implies.
 //!
 //! ```text
 //! cargo run --release -p bitnet-kernels --example ab_decode -- [threads] [calls]
@@ -18,7 +19,7 @@ fn main() {
         .skip(1)
         .map(|a| a.parse::<usize>().expect("a number"));
     let threads = args.next().unwrap_or(2);
-    let calls = args.next().unwrap_or(250);
+    let calls = args.next().unwrap_or(250).max(1);
     let pool = ThreadPool::new(threads).expect("thread pool");
     let isas: Vec<Isa> = Isa::ALL
         .into_iter()

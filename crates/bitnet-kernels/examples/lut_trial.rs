@@ -805,10 +805,15 @@ mod trial {
     fn prefetch_line(p: *const u8, dist: usize, hint: u8) {
         if dist != 0 {
             let p = p as *const i8;
-            match hint {
-                0 => _mm_prefetch::<_MM_HINT_T0>(p),
-                1 => _mm_prefetch::<_MM_HINT_T1>(p),
-                _ => _mm_prefetch::<_MM_HINT_NTA>(p),
+            // `_mm_prefetch` is safe on newer toolchains and unsafe on the 1.89 MSRV.
+            #[allow(unused_unsafe)]
+            // SAFETY: a prefetch never faults.
+            unsafe {
+                match hint {
+                    0 => _mm_prefetch::<_MM_HINT_T0>(p),
+                    1 => _mm_prefetch::<_MM_HINT_T1>(p),
+                    _ => _mm_prefetch::<_MM_HINT_NTA>(p),
+                }
             }
         }
     }

@@ -513,6 +513,10 @@ impl DenseKernel for Avx2 {
 
 /// `sum a[k] * b(k)` with `b` read 8 lanes at a time by `load_b(k)` and singly by `tail_b(k)`:
 /// the one loop behind [`dot`] and [`dot_f16`], so a widened f16 row gives the same sum.
+///
+/// # Safety
+/// AVX2 + FMA are enabled in the caller; `n <= a.len()`, and `load_b(k)` / `tail_b(k)` are
+/// valid for every `k` with `k + 8 <= n` / `k < n`.
 #[inline(always)]
 unsafe fn dot_by(
     a: &[f32],
@@ -578,6 +582,9 @@ pub(crate) unsafe fn dot_f16(a: &[f32], b: &[half::f16]) -> f32 {
 }
 
 /// `y += alpha * x(k)`, `x` read as in [`dot_by`].
+///
+/// # Safety
+/// As [`dot_by`], with `n <= y.len()`.
 #[inline(always)]
 unsafe fn axpy_by(
     alpha: f32,

@@ -278,10 +278,11 @@ impl<const DECODE_256: bool> TernaryKernel for Avx512Vnni<DECODE_256> {
     }
 
     unsafe fn dot_rows<const R: usize>(w: [&[u8]; R], q: &[i8]) -> [i32; R] {
-        // SAFETY (both): forwarded contract.
         if DECODE_256 {
+            // SAFETY: forwarded contract (VL is part of the ISA's check).
             unsafe { ternary_dot_rows_256::<R>(w, q) }
         } else {
+            // SAFETY: forwarded contract.
             unsafe { ternary_dot_rows::<R>(w, q) }
         }
     }
@@ -290,7 +291,13 @@ impl<const DECODE_256: bool> TernaryKernel for Avx512Vnni<DECODE_256> {
         w: [&[u8]; R],
         q: [&[i8]; T],
     ) -> [[i32; T]; R] {
-        // SAFETY: forwarded contract.
-        unsafe { ternary_dot_tile::<R, T>(w, q) }
+        if R == 1 {
+            // A ragged last row: the one-row kernel pairs blocks for twice the chains.
+            // SAFETY: forwarded contract.
+            std::array::from_fn(|r| unsafe { ternary_dot::<T>(w[r], q) })
+        } else {
+            // SAFETY: forwarded contract.
+            unsafe { ternary_dot_tile::<R, T>(w, q) }
+        }
     }
 }

@@ -45,12 +45,12 @@ pub enum Isa {
     Scalar,
     /// x86-64 AVX2 + FMA + F16C (Haswell / Zen and later).
     Avx2,
-    /// x86-64 AVX-512 F + BW + VNNI on top of [`Isa::Avx2`] (Ice Lake / Zen 4 and later): the
+    /// x86-64 AVX-512 F + BW + VL + VNNI on top of [`Isa::Avx2`] (Ice Lake / Zen 4 and later): the
     /// ternary matmul uses `vpdpbusd`; every other kernel runs the AVX2 code.
     Avx512Vnni,
     /// [`Isa::Avx512Vnni`] with the one-token (decode) ternary kernel on 256-bit vectors
     /// (AVX-512 VL): the choice on CPUs that execute 512-bit instructions as two 256-bit halves
-    /// (AMD Zen 4, see [`splits_512bit_vectors`]), where it streams weights from memory 10-20%
+    /// (AMD Zen 4, see [`splits_512bit_vectors`]), where it streams weights from memory 5-20%
     /// faster than the 512-bit kernel; prompt tiles keep the 512-bit kernel.
     Avx512Vnni256,
     /// aarch64 Advanced SIMD (every aarch64 application processor).
@@ -155,18 +155,22 @@ fn neon_dotprod_supported() -> bool {
 
 /// Whether this CPU runs 512-bit vector instructions as two 256-bit halves: AMD family 19h
 /// (Zen 3 has no AVX-512, so with AVX-512 this is Zen 4). There the 512-bit decode kernel gains
-/// no throughput and streams weights slower than the same instructions on 256-bit vectors
-/// (measured with `examples/ab_decode`, 2 threads from DRAM: 2560x2560 54 -> 45 us, 2560x6912
-/// 168 -> 141 us), while on Intel (Sapphire Rapids, 1-16 threads) the 512-bit kernel is
-/// 2-4% ahead.
+/// no throughput and streams weights 5-20% slower than the same instructions on 256-bit vectors
+/// (`examples/ab_decode`, 2 threads from DRAM, p25 of interleaved calls: 2560x2560 57.0 -> 49.6
+/// us, 6912x2560 145.7 -> 136.3, 2560x6912 155.2 -> 147.6; other sittings up to 20%), while on
+/// Intel (Sapphire Rapids, 1-16 threads) the 512-bit kernel is 2-4% ahead.
 pub fn splits_512bit_vectors() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        // Leaves 0 (vendor) and 1 (family) exist on every x86-64 CPU.
-        let (vendor, sig) = (
-            std::arch::x86_64::__cpuid(0),
-            std::arch::x86_64::__cpuid(1).eax,
-        );
+        // `__cpuid` is a safe function on newer toolchains and unsafe on the 1.89 MSRV.
+        #[allow(unused_unsafe)]
+        // SAFETY: leaves 0 (vendor) and 1 (family) exist on every x86-64 CPU.
+        let (vendor, sig) = unsafe {
+            (
+                std::arch::x86_64::__cpuid(0),
+                std::arch::x86_64::__cpuid(1).eax,
+            )
+        };
         let amd = (vendor.ebx, vendor.edx, vendor.ecx) == (0x6874_7541, 0x6974_6e65, 0x444d_4163);
         let base = (sig >> 8) & 0xF;
         let family = if base == 0xF {
@@ -298,8 +302,9 @@ pub(crate) fn row_chunk(rows: usize, row_bytes: usize, max_chunk_bytes: usize) -
 }
 
 /// How far ahead the decode kernels request weights, for rows read once per token. Hardware
-/// prefetchers alone leave bandwidth unused on the machines measured; the distances are
-/// measured (tg32, 2B4T, interleaved runs; `{row groups ahead, dense bytes ahead}`):
+/// prefetchers alone leave bandwidth unused on the machines measured. The first measurements
+/// (tg32, 2B4T, interleaved runs; `{ternary row tiles ahead, dense bytes ahead}`, before the
+/// ternary distance became [`prefetch::ternary_ahead`]'s rule):
 /// on the lent 16-core Xeon, 2 threads F16 head `{1, 1 KiB}` 15.9 t/s, `{2, 2 KiB}` 17.9,
 /// `{2, 4 KiB}` 17.7, `{3, 8 KiB}` 18.6; 16 threads F16 66.8 / 74.8 / 73.3 / 72.3 and Q8_0
 /// head 77.5 / 80.5 / 91.9 / 86.1; on a 2-vCPU Zen 4 VM, best of three, 25.5 / 27.8 / 28.4
@@ -316,7 +321,7 @@ pub(crate) mod prefetch {
     /// On the Xeon the two rules measure the same (1, 4 and 16 threads).
     #[inline(always)]
     pub(crate) fn ternary_ahead(tile: usize) -> usize {
-        tile * 4096usize.div_ceil(tile.max(1)).max(1)
+        tile * 4096usize.div_ceil(tile.max(1))
     }
 
     /// The decode kernels' request at block `b` of a tile of `R` rows of `nb` blocks starting at

@@ -18,8 +18,8 @@ macro_rules! dispatch {
     ($name:ident ( $($arg:expr),* )) => {
         match detected_isa() {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: detected_isa only returns Avx2 / Avx512Vnni when the CPU supports
-            // AVX2 + FMA + F16C (the AVX-512 path uses the AVX2 vector ops).
+            // SAFETY: detected_isa only returns Avx2 / Avx512Vnni / Avx512Vnni256 when the CPU
+            // supports AVX2 + FMA + F16C (the AVX-512 ISAs use the AVX2 vector ops).
             crate::Isa::Avx2 | crate::Isa::Avx512Vnni | crate::Isa::Avx512Vnni256 => unsafe { crate::avx2::$name($($arg),*) },
             #[cfg(target_arch = "aarch64")]
             // SAFETY: detected_isa only returns Neon / NeonDotprod when the CPU has NEON (the

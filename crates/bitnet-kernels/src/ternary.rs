@@ -505,7 +505,7 @@ fn drive(
             // SAFETY: the public entry points checked the ISA with check_isa.
             Isa::Avx2 => unsafe { rows_kernel::<crate::avx2::Avx2>(w, a, r0, r1, &emit) },
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: as above (AVX-512 F/BW/VNNI checked).
+            // SAFETY: as above (AVX-512 F/BW/VL/VNNI checked).
             Isa::Avx512Vnni => unsafe {
                 rows_kernel::<crate::avx512::Avx512Vnni<false>>(w, a, r0, r1, &emit)
             },

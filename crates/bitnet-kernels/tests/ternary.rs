@@ -138,21 +138,26 @@ fn i16_accumulation_at_its_exact_limit() {
     // kernels (2..4 tokens) must stay exact across group boundaries. The NEON kernel without
     // `sdot` widens its i16 sums every 16 blocks for token tiles and every 32 for one token.
     // 63..=129 also cross the AVX-512 kernel's 64-block shift-down group (scaled i32 sums).
-    for blocks in [1, 2, 15, 16, 17, 31, 32, 33, 40, 63, 64, 65, 129] {
+    // 1, 4, 5 and 7 rows: the one-row kernels, the 4-row decode tiles and 2-row prompt tiles,
+    // and their ragged tails.
+    for (rows, blocks) in [1usize, 4, 5, 7]
+        .into_iter()
+        .flat_map(|r| [1, 2, 15, 16, 17, 31, 32, 33, 40, 63, 64, 65, 129].map(|b| (r, b)))
+    {
         let cols = blocks * 128;
-        let w = TernaryMatrix::from_codes(3, cols, &vec![1i8; 3 * cols], 1.0).unwrap();
+        let w = TernaryMatrix::from_codes(rows, cols, &vec![1i8; rows * cols], 1.0).unwrap();
         for tokens in [1, 2, 3, 4, 5] {
             for (x, q) in [(f32::NAN, -128i32), (1.0, 127)] {
                 for &isa in &isas() {
                     let mut a = QuantizedActivations::new();
                     a.quantize_with(isa, &vec![x; tokens * cols], tokens, cols);
                     assert!(a.q(tokens - 1).iter().all(|&v| i32::from(v) == q));
-                    let mut out = vec![0i32; 3 * tokens];
+                    let mut out = vec![0i32; rows * tokens];
                     ternary_matmul_i32_with(isa, &w, &a, &mut out);
                     assert_eq!(
                         out,
-                        vec![q * cols as i32; 3 * tokens],
-                        "{isa:?} blocks={blocks} tokens={tokens}"
+                        vec![q * cols as i32; rows * tokens],
+                        "{isa:?} rows={rows} blocks={blocks} tokens={tokens}"
                     );
                 }
             }
