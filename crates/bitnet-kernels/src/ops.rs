@@ -51,18 +51,12 @@ pub fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
 }
 
 /// Whether the AVX2 + F16C vector ops run here (the f16 ops convert in registers there).
+#[cfg(target_arch = "x86_64")]
 fn f16c_ops() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        matches!(
-            detected_isa(),
-            crate::Isa::Avx2 | crate::Isa::Avx512Vnni | crate::Isa::Avx512Vnni256
-        )
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    matches!(
+        detected_isa(),
+        crate::Isa::Avx2 | crate::Isa::Avx512Vnni | crate::Isa::Avx512Vnni256
+    )
 }
 
 /// `f` of `x` widened to f32 (on the stack for rows up to 256, an attention head's size).
