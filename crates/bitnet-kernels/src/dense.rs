@@ -187,15 +187,16 @@ impl DenseMatrix {
         if self.ty.is_quantized() {
             return quantized_row_to_f32(self.row(r), self.ty, out);
         }
-        match detected_isa() {
+        match detected_isa().vector_base() {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: detected_isa only returns Avx2 when the CPU supports it; lengths checked.
-            Isa::Avx2 | Isa::Avx512Vnni | Isa::Avx512Vnni256 => unsafe {
+            // SAFETY: detected_isa only returns an AVX2-family ISA when the CPU supports AVX2;
+            // lengths checked.
+            Isa::Avx2 => unsafe {
                 <crate::avx2::Avx2 as DenseKernel>::row_to_f32(self.row(r), self.ty, out)
             },
             #[cfg(target_arch = "aarch64")]
             // SAFETY: detected_isa only returns a NEON ISA when the CPU has NEON; lengths checked.
-            Isa::Neon | Isa::NeonDotprod => unsafe {
+            Isa::Neon => unsafe {
                 <crate::neon::Neon as DenseKernel>::row_to_f32(self.row(r), self.ty, out)
             },
             // SAFETY: scalar code runs anywhere; lengths checked.
@@ -259,15 +260,15 @@ impl DenseMatrix {
         let run = |c: usize| {
             let r0 = c * chunk;
             let r1 = (r0 + chunk).min(self.rows);
-            match isa {
+            match isa.vector_base() {
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: check_isa verified the CPU; shapes checked above.
-                Isa::Avx2 | Isa::Avx512Vnni | Isa::Avx512Vnni256 => unsafe {
+                Isa::Avx2 => unsafe {
                     self.rows_kernel::<crate::avx2::Avx2>(x, tokens, r0, r1, shared)
                 },
                 #[cfg(target_arch = "aarch64")]
                 // SAFETY: check_isa verified NEON (the dense kernels need no dot product).
-                Isa::Neon | Isa::NeonDotprod => unsafe {
+                Isa::Neon => unsafe {
                     self.rows_kernel::<crate::neon::Neon>(x, tokens, r0, r1, shared)
                 },
                 // SAFETY: scalar code runs anywhere.

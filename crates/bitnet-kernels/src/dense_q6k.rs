@@ -237,17 +237,17 @@ impl crate::dense_blocks::BlockDot for Q6kDot {
     const BLOCK_BYTES: usize = BLOCK_BYTES;
 
     unsafe fn dot<const T: usize>(isa: Isa, row: &[u8], q: [&[i8]; T], d: [&[f32]; T]) -> [f32; T] {
-        match isa {
+        match isa.vector_base() {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: forwarded contract. AVX-512 machines run the AVX2 code, as llama.cpp's
             // Q6_K dot does.
-            Isa::Avx2 | Isa::Avx512Vnni | Isa::Avx512Vnni256 => unsafe { avx2::dot(row, q, d) },
+            Isa::Avx2 => unsafe { avx2::dot(row, q, d) },
+            #[cfg(target_arch = "aarch64")]
+            // SAFETY: forwarded contract (NEON + dot product).
+            Isa::Neon if isa == Isa::NeonDotprod => unsafe { crate::neon::q6k_sdot(row, q, d) },
             #[cfg(target_arch = "aarch64")]
             // SAFETY: forwarded contract (NEON).
             Isa::Neon => unsafe { crate::neon::q6k_dot(row, q, d) },
-            #[cfg(target_arch = "aarch64")]
-            // SAFETY: forwarded contract (NEON + dot product).
-            Isa::NeonDotprod => unsafe { crate::neon::q6k_sdot(row, q, d) },
             _ => dot_scalar(row, q, d),
         }
     }

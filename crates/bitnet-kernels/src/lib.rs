@@ -83,6 +83,18 @@ impl Isa {
         }
     }
 
+    /// The ISA whose code runs everything but this ISA's own kernels: the AVX-512 ISAs add
+    /// ternary matmuls to the AVX2 vector ops, dense and quantization kernels, NEON + dot product
+    /// adds its `sdot` kernels to the NEON ones. Dispatch that has one version per family
+    /// matches on this, so a new ISA is placed in its family here, once.
+    pub(crate) fn vector_base(self) -> Isa {
+        match self {
+            Isa::Avx512Vnni | Isa::Avx512Vnni256 => Isa::Avx2,
+            Isa::NeonDotprod => Isa::Neon,
+            isa => isa,
+        }
+    }
+
     /// Stable lower-case name for logs and benchmark output.
     pub fn name(self) -> &'static str {
         match self {

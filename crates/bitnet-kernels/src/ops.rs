@@ -16,15 +16,14 @@ pub use crate::scalar::{
 /// `crate::Isa` is spelled out because on targets without SIMD arms the match names no variant.
 macro_rules! dispatch {
     ($name:ident ( $($arg:expr),* )) => {
-        match detected_isa() {
+        match detected_isa().vector_base() {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: detected_isa only returns Avx2 / Avx512Vnni / Avx512Vnni256 when the CPU
-            // supports AVX2 + FMA + F16C (the AVX-512 ISAs use the AVX2 vector ops).
-            crate::Isa::Avx2 | crate::Isa::Avx512Vnni | crate::Isa::Avx512Vnni256 => unsafe { crate::avx2::$name($($arg),*) },
+            // SAFETY: detected_isa only returns an ISA of the AVX2 family when the CPU supports
+            // AVX2 + FMA + F16C.
+            crate::Isa::Avx2 => unsafe { crate::avx2::$name($($arg),*) },
             #[cfg(target_arch = "aarch64")]
-            // SAFETY: detected_isa only returns Neon / NeonDotprod when the CPU has NEON (the
-            // dot-product ISA uses the NEON vector ops).
-            crate::Isa::Neon | crate::Isa::NeonDotprod => unsafe { crate::neon::$name($($arg),*) },
+            // SAFETY: detected_isa only returns an ISA of the NEON family when the CPU has NEON.
+            crate::Isa::Neon => unsafe { crate::neon::$name($($arg),*) },
             _ => crate::scalar::$name($($arg),*),
         }
     };
@@ -53,10 +52,7 @@ pub fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
 /// Whether the AVX2 + F16C vector ops run here (the f16 ops convert in registers there).
 #[cfg(target_arch = "x86_64")]
 fn f16c_ops() -> bool {
-    matches!(
-        detected_isa(),
-        crate::Isa::Avx2 | crate::Isa::Avx512Vnni | crate::Isa::Avx512Vnni256
-    )
+    detected_isa().vector_base() == crate::Isa::Avx2
 }
 
 /// `f` of `x` widened to f32 (on the stack for rows up to 256, an attention head's size).

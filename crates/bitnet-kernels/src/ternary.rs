@@ -284,15 +284,13 @@ impl QuantizedActivations {
         }
         for (xt, qt) in x.chunks_exact(cols).zip(self.q.chunks_exact_mut(stride)) {
             let qt = &mut qt[..cols];
-            let (s, sum) = match isa {
+            let (s, sum) = match isa.vector_base() {
                 #[cfg(target_arch = "x86_64")]
-                // SAFETY: check_isa verified AVX2/FMA/F16C (Avx512Vnni implies them).
-                Isa::Avx2 | Isa::Avx512Vnni | Isa::Avx512Vnni256 => unsafe {
-                    crate::avx2::quantize_row(xt, qt)
-                },
+                // SAFETY: check_isa verified AVX2/FMA/F16C (the AVX-512 ISAs imply them).
+                Isa::Avx2 => unsafe { crate::avx2::quantize_row(xt, qt) },
                 #[cfg(target_arch = "aarch64")]
                 // SAFETY: check_isa verified NEON (NeonDotprod implies it).
-                Isa::Neon | Isa::NeonDotprod => unsafe { crate::neon::quantize_row(xt, qt) },
+                Isa::Neon => unsafe { crate::neon::quantize_row(xt, qt) },
                 _ => {
                     let s = bitnet_quantization::quantize_activation_row(xt, qt);
                     (s, qt.iter().map(|&v| i32::from(v)).sum())
