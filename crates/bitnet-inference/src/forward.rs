@@ -23,15 +23,30 @@ impl Rope {
         Rope { inv_freq }
     }
 
-    /// Rotates every head of `x` (`n_heads * head_dim` values) for position `pos`, pairing
-    /// element i with i + head_dim/2 (NEOX / transformers' rotate_half).
-    fn apply(&self, x: &mut [f32], head_dim: usize, pos: usize, cos: &mut [f32], sin: &mut [f32]) {
-        let half = head_dim / 2;
-        for (i, f) in self.inv_freq.iter().enumerate() {
-            let angle = pos as f32 * f;
-            cos[i] = angle.cos();
-            sin[i] = angle.sin();
+    /// cos/sin of every frequency at each position in `positions`, concatenated: the table
+    /// [`Self::apply`] reads, computed once per batch instead of once per layer.
+    fn table(
+        &self,
+        positions: impl Iterator<Item = usize>,
+        cos: &mut Vec<f32>,
+        sin: &mut Vec<f32>,
+    ) {
+        cos.clear();
+        sin.clear();
+        for pos in positions {
+            for f in &self.inv_freq {
+                let angle = pos as f32 * f;
+                cos.push(angle.cos());
+                sin.push(angle.sin());
+            }
         }
+    }
+
+    /// Rotates every head of `x` (`n_heads * head_dim` values) by one position's `cos`/`sin`
+    /// (`head_dim / 2` each), pairing element i with i + head_dim/2 (NEOX / transformers'
+    /// rotate_half).
+    fn apply(x: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32]) {
+        let half = head_dim / 2;
         for head in x.chunks_exact_mut(head_dim) {
             let (a, b) = head.split_at_mut(half);
             for i in 0..half {
@@ -57,6 +72,8 @@ pub(crate) struct Scratch {
     gate: Vec<f32>,
     up: Vec<f32>,
     hidden: Vec<f32>,
+    cos: Vec<f32>,
+    sin: Vec<f32>,
     acts: QuantizedActivations,
 }
 
@@ -114,15 +131,16 @@ pub(crate) fn forward(
     resize(&mut s.gate, t * ffn);
     resize(&mut s.up, t * ffn);
     resize(&mut s.hidden, t * ffn);
-    let mut cos = vec![0f32; c.head_dim / 2];
-    let mut sin = vec![0f32; c.head_dim / 2];
-    // (chunk, position) of every token of the batch, and the cache offset its K/V goes to.
+    // The cache offset every token's K/V goes to, and its rotation.
     let mut slots = Vec::with_capacity(t);
-    for (ci, q) in seqs.iter().enumerate() {
+    for q in seqs {
         for p in q.start..q.start + q.tokens.len() {
-            slots.push((ci, p, cache.offset(q.blocks, p)));
+            slots.push(cache.offset(q.blocks, p));
         }
     }
+    let positions = seqs.iter().flat_map(|q| q.start..q.start + q.tokens.len());
+    rope.table(positions, &mut s.cos, &mut s.sin);
+    let half = c.head_dim / 2;
     timer.stage(Stage::Embed);
 
     for (l, lw) in w.layers.iter().enumerate() {
@@ -136,12 +154,15 @@ pub(crate) fn forward(
             &mut [&mut s.q, &mut s.k, &mut s.v],
         );
         timer.stage(Stage::Qkv);
-        for (i, &(_, pos, at)) in slots.iter().enumerate() {
-            let q = &mut s.q[i * qd..(i + 1) * qd];
-            rope.apply(q, c.head_dim, pos, &mut cos, &mut sin);
-            let k = &mut s.k[i * kvd..(i + 1) * kvd];
-            rope.apply(k, c.head_dim, pos, &mut cos, &mut sin);
-            cache.k[l].write(at, k);
+        let (cos, sin) = (&s.cos, &s.sin);
+        for (q, dim) in [(&mut s.q, qd), (&mut s.k, kvd)] {
+            rows_mut(q, dim, |i, row| {
+                let (cos, sin) = (&cos[i * half..][..half], &sin[i * half..][..half]);
+                Rope::apply(row, c.head_dim, cos, sin)
+            });
+        }
+        for (i, &at) in slots.iter().enumerate() {
+            cache.k[l].write(at, &s.k[i * kvd..(i + 1) * kvd]);
             cache.v[l].write(at, &s.v[i * kvd..(i + 1) * kvd]);
         }
         timer.stage(Stage::Rope);
@@ -160,7 +181,7 @@ pub(crate) fn forward(
         timer.stage(Stage::AttnSubNorm);
         ternary_matmul(&lw.wo, &s.acts, &mut s.proj);
         timer.stage(Stage::Wo);
-        add_assign(&mut s.x, &s.proj);
+        add_assign(&mut s.x, &s.proj, h);
         timer.stage(Stage::Residual);
 
         // Feed-forward.
@@ -173,16 +194,20 @@ pub(crate) fn forward(
             &mut [&mut s.gate, &mut s.up],
         );
         timer.stage(Stage::GateUp);
-        match c.activation() {
-            Activation::Relu2 => ops::relu2_mul(&s.gate, &s.up, &mut s.hidden),
-            Activation::Silu => ops::silu_mul(&s.gate, &s.up, &mut s.hidden),
-        }
-        norm_rows_inplace(&mut s.hidden, &lw.ffn_sub_norm, c.rms_norm_eps, ffn);
+        let (gate, up) = (&s.gate, &s.up);
+        rows_mut(&mut s.hidden, ffn, |i, row| {
+            let (g, u) = (&gate[i * ffn..][..ffn], &up[i * ffn..][..ffn]);
+            match c.activation() {
+                Activation::Relu2 => ops::relu2_mul(g, u, row),
+                Activation::Silu => ops::silu_mul(g, u, row),
+            }
+            norm_inplace(row, &lw.ffn_sub_norm, c.rms_norm_eps);
+        });
         s.acts.quantize(&s.hidden, t, ffn);
         timer.stage(Stage::FfnAct);
         ternary_matmul(&lw.w_down, &s.acts, &mut s.proj);
         timer.stage(Stage::Down);
-        add_assign(&mut s.x, &s.proj);
+        add_assign(&mut s.x, &s.proj, h);
         timer.stage(Stage::Residual);
     }
 
@@ -216,22 +241,41 @@ pub(crate) fn forward(
     logits
 }
 
-fn norm_rows(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32], dim: usize) {
-    for (xi, oi) in x.chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
-        ops::rms_norm(xi, weight, eps, oi);
+/// `f(i, row i)` for the `dim`-sized rows of `data`, spread over the pool when the batch has
+/// enough rows to pay for the loop (a decode step's single row runs inline).
+fn rows_mut(data: &mut [f32], dim: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    if data.len() >= bitnet_kernels::PAR_ROWS * dim
+        && bitnet_kernels::pool::current_num_threads() > 1
+    {
+        bitnet_kernels::pool::for_each_chunk_mut(data, dim, f);
+    } else {
+        for (i, row) in data.chunks_exact_mut(dim).enumerate() {
+            f(i, row);
+        }
     }
+}
+
+fn norm_rows(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32], dim: usize) {
+    rows_mut(out, dim, |i, o| {
+        ops::rms_norm(&x[i * dim..][..dim], weight, eps, o)
+    });
+}
+
+fn norm_inplace(row: &mut [f32], weight: &[f32], eps: f32) {
+    NORM_TMP.with_borrow_mut(|tmp| {
+        tmp.clear();
+        tmp.resize(row.len(), 0.0);
+        ops::rms_norm(row, weight, eps, tmp);
+        row.copy_from_slice(tmp);
+    });
 }
 
 fn norm_rows_inplace(x: &mut [f32], weight: &[f32], eps: f32, dim: usize) {
-    let mut tmp = vec![0f32; dim];
-    for row in x.chunks_exact_mut(dim) {
-        ops::rms_norm(row, weight, eps, &mut tmp);
-        row.copy_from_slice(&tmp);
-    }
+    rows_mut(x, dim, |_, row| norm_inplace(row, weight, eps));
 }
 
-fn add_assign(x: &mut [f32], y: &[f32]) {
-    ops::axpy(1.0, y, x);
+fn add_assign(x: &mut [f32], y: &[f32], dim: usize) {
+    rows_mut(x, dim, |i, row| ops::axpy(1.0, &y[i * dim..][..dim], row));
 }
 
 /// Query tokens per attention task.
@@ -317,4 +361,6 @@ fn attention(
 thread_local! {
     /// Attention scores of the running task, reused so decoding allocates nothing.
     static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// A row being normalized in place.
+    static NORM_TMP: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }

@@ -272,6 +272,11 @@ pub enum KernelError {
     Quant(#[from] bitnet_quantization::QuantError),
 }
 
+/// Rows (tokens) from which per-row work such as activation quantization or a norm is spread
+/// over the pool: one loop costs several microseconds at 16 threads, more than a few rows'
+/// work.
+pub const PAR_ROWS: usize = 4;
+
 /// A raw output pointer shared by the tasks of one parallel kernel call. Each task writes a
 /// disjoint set of elements (its own rows, for every token), which is what makes the `Send` /
 /// `Sync` impls sound; the outputs of a row chunk are strided by `rows` when there are several

@@ -282,8 +282,14 @@ impl QuantizedActivations {
             self.sums.resize(tokens, 0);
             return;
         }
-        for (xt, qt) in x.chunks_exact(cols).zip(self.q.chunks_exact_mut(stride)) {
-            let qt = &mut qt[..cols];
+        self.scales.resize(tokens, 0.0);
+        self.sums.resize(tokens, 0);
+        let (scales, sums) = (
+            SharedOut::new(&mut self.scales),
+            SharedOut::new(&mut self.sums),
+        );
+        let row = |t: usize, qt: &mut [i8]| {
+            let (xt, qt) = (&x[t * cols..][..cols], &mut qt[..cols]);
             let (s, sum) = match isa.vector_base() {
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: check_isa verified AVX2/FMA/F16C (the AVX-512 ISAs imply them).
@@ -296,8 +302,20 @@ impl QuantizedActivations {
                     (s, qt.iter().map(|&v| i32::from(v)).sum())
                 }
             };
-            self.scales.push(s);
-            self.sums.push(sum);
+            // SAFETY: token t's scale and sum are written by this call only.
+            unsafe {
+                scales.write(t, s);
+                sums.write(t, sum);
+            }
+        };
+        // A prompt or a batch of sequences quantizes many rows: spread them over the pool
+        // (one row is too little work to pay for the loop).
+        if tokens >= crate::PAR_ROWS && crate::pool::current_num_threads() > 1 {
+            crate::pool::for_each_chunk_mut(&mut self.q, stride, row);
+        } else {
+            for (t, qt) in self.q.chunks_exact_mut(stride).enumerate() {
+                row(t, qt);
+            }
         }
     }
 
