@@ -2,7 +2,7 @@
 //! with its own KV cache), and generate with a callback or as an async stream.
 
 use crate::error::{EngineError, Result};
-use crate::forward::{forward, Logits, Rope, Scratch};
+use crate::forward::{forward, Logits, Rope, Scratch, SeqChunk};
 use crate::kv_cache::{KvCache, KvType};
 use crate::sampler::{Sampler, SamplingParams};
 use crate::stop::{StopMatcher, StopResult};
@@ -161,6 +161,43 @@ impl Engine {
         self.inner.threads
     }
 
+    /// One forward pass over `seqs` on this engine's threads.
+    pub(crate) fn forward(
+        &self,
+        cache: &mut KvCache,
+        scratch: &mut Scratch,
+        seqs: &[SeqChunk<'_>],
+    ) -> Vec<f32> {
+        let inner = &self.inner;
+        inner
+            .pool
+            .install(|| forward(&inner.model.weights, &inner.rope, cache, scratch, seqs))
+    }
+
+    pub(crate) fn kv_type(&self) -> KvType {
+        self.inner.kv_type
+    }
+
+    pub(crate) fn batch_size(&self) -> usize {
+        self.inner.batch_size
+    }
+
+    /// Checks that a KV cache of `positions` positions fits the machine before it is allocated
+    /// (an oversized one would abort on OOM when first written).
+    pub(crate) fn check_kv_size(&self, positions: usize) -> Result<()> {
+        let c = self.config();
+        let bytes = KvCache::nbytes_for(c.num_layers, c.kv_dim(), positions, self.kv_type());
+        let limit = total_memory_bytes().unwrap_or(1 << 40);
+        if positions > (1 << 24) || bytes > limit {
+            return Err(EngineError::Settings(format!(
+                "a KV cache of {positions} positions needs {:.1} GiB, more than the machine's {:.1} GiB of memory",
+                bytes as f64 / (1u64 << 30) as f64,
+                limit as f64 / (1u64 << 30) as f64
+            )));
+        }
+        Ok(())
+    }
+
     /// A new session whose KV cache holds `ctx` tokens (default: the model's trained context).
     pub fn session(&self, ctx: Option<usize>) -> Result<Session> {
         let c = self.config();
@@ -171,19 +208,14 @@ impl Engine {
             ));
         }
         // Refuse caches that cannot possibly be allocated instead of aborting on OOM.
+        self.check_kv_size(ctx)?;
         let kv_type = self.inner.kv_type;
-        let bytes = KvCache::nbytes_for(c.num_layers, c.kv_dim(), ctx, kv_type);
-        let limit = total_memory_bytes().unwrap_or(1 << 40);
-        if ctx > (1 << 24) || bytes > limit {
-            return Err(EngineError::Settings(format!(
-                "context size {ctx} needs a {:.1} GiB KV cache, more than the machine's {:.1} GiB of memory",
-                bytes as f64 / (1u64 << 30) as f64,
-                limit as f64 / (1u64 << 30) as f64
-            )));
-        }
+        let blocks = KvCache::blocks_for(ctx);
         Ok(Session {
             engine: self.clone(),
-            cache: KvCache::new(c.num_layers, c.kv_dim(), ctx, kv_type),
+            cache: KvCache::new(c.num_layers, c.kv_dim(), blocks, kv_type),
+            table: (0..blocks as u32).collect(),
+            ctx,
             scratch: Scratch::default(),
             tokens: Vec::new(),
         })
@@ -270,14 +302,17 @@ pub struct Generation {
 /// One conversation's state: the KV cache and the tokens it holds.
 pub struct Session {
     engine: Engine,
+    /// A private cache whose blocks are all this session's, in order (`table`).
     cache: KvCache,
+    table: Vec<u32>,
+    ctx: usize,
     scratch: Scratch,
     tokens: Vec<u32>,
 }
 
 impl Session {
     pub fn ctx_size(&self) -> usize {
-        self.cache.capacity()
+        self.ctx
     }
 
     /// Tokens currently in the cache.
@@ -309,7 +344,7 @@ impl Session {
         if let Some(&id) = tokens.iter().find(|&&id| id as usize >= vocab) {
             return Err(EngineError::BadToken { id, vocab });
         }
-        let ctx = self.cache.capacity();
+        let ctx = self.ctx;
         if self.tokens.len() + tokens.len() > ctx {
             if self.tokens.is_empty() {
                 return Err(EngineError::PromptTooLong {
@@ -319,8 +354,7 @@ impl Session {
             }
             return Err(EngineError::ContextFull { ctx });
         }
-        let inner = Arc::clone(&self.engine.inner);
-        let chunks: Vec<&[u32]> = tokens.chunks(inner.batch_size).collect();
+        let chunks: Vec<&[u32]> = tokens.chunks(self.engine.batch_size()).collect();
         let mut out = Vec::new();
         for (i, chunk) in chunks.iter().enumerate() {
             let last = i + 1 == chunks.len();
@@ -330,18 +364,15 @@ impl Session {
                 _ => Logits::None,
             };
             let start = self.tokens.len();
-            let (cache, scratch) = (&mut self.cache, &mut self.scratch);
-            let logits = inner.pool.install(|| {
-                forward(
-                    &inner.model.weights,
-                    &inner.rope,
-                    cache,
-                    scratch,
-                    chunk,
-                    start,
-                    chunk_want,
-                )
-            });
+            let seq = SeqChunk {
+                tokens: chunk,
+                start,
+                blocks: &self.table,
+                want: chunk_want,
+            };
+            let logits = self
+                .engine
+                .forward(&mut self.cache, &mut self.scratch, &[seq]);
             self.tokens.extend_from_slice(chunk);
             out.extend(logits);
         }
@@ -361,7 +392,7 @@ impl Session {
             return Err(EngineError::EmptyPrompt);
         }
         opts.sampling.validate().map_err(EngineError::Settings)?;
-        let ctx = self.cache.capacity();
+        let ctx = self.ctx;
         if prompt.len() > ctx {
             return Err(EngineError::PromptTooLong {
                 prompt: prompt.len(),

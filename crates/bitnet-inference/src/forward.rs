@@ -4,7 +4,7 @@
 //! `x += down(ffn_sub_norm(act(gate(n2(x))) * up(n2(x))))`. Every BitLinear quantizes its input
 //! per token to int8 once (shared by q/k/v and by gate/up) and accumulates in integers.
 
-use crate::kv_cache::{Buf, KvCache};
+use crate::kv_cache::{Buf, KvCache, KV_BLOCK};
 use crate::profile::{Stage, Timer};
 use bitnet_kernels::{ops, ternary_matmul, ternary_matmul_many, QuantizedActivations};
 use bitnet_models::{Activation, ModelConfig, ModelWeights};
@@ -73,23 +73,36 @@ pub enum Logits {
     None,
 }
 
-/// Runs `tokens` (already checked against the vocabulary and the cache capacity) at positions
-/// `start..start + tokens.len()`, fills the cache, and returns logits for the requested positions.
+/// One sequence's part of a forward batch: `tokens` at positions `start..start + tokens.len()`,
+/// its KV blocks in position order (covering those positions), and which logits it wants.
+pub(crate) struct SeqChunk<'a> {
+    pub tokens: &'a [u32],
+    pub start: usize,
+    pub blocks: &'a [u32],
+    pub want: Logits,
+}
+
+/// Runs the tokens of every chunk (already checked against the vocabulary and the blocks) in one
+/// pass: each matrix multiplies all tokens of the batch at once, attention runs per sequence over
+/// its own cached positions. Fills the cache and returns the requested logits, chunk by chunk.
+///
+/// Every step is per token (RMSNorm, int8 quantization, integer matmuls, RoPE, attention over the
+/// sequence's own positions), so a sequence's K/V and hidden states do not depend on what else is
+/// in the batch; only the float LM head sums in a different order for one token than for a tile.
 pub(crate) fn forward(
     w: &ModelWeights,
     rope: &Rope,
     cache: &mut KvCache,
     s: &mut Scratch,
-    tokens: &[u32],
-    start: usize,
-    want: Logits,
+    seqs: &[SeqChunk<'_>],
 ) -> Vec<f32> {
     let c = &w.config;
-    let t = tokens.len();
+    let t: usize = seqs.iter().map(|q| q.tokens.len()).sum();
     let mut timer = Timer::start();
     let (h, qd, kvd, ffn) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size);
     resize(&mut s.x, t * h);
-    for (row, &id) in s.x.chunks_exact_mut(h).zip(tokens) {
+    let ids = seqs.iter().flat_map(|q| q.tokens);
+    for (row, &id) in s.x.chunks_exact_mut(h).zip(ids) {
         w.token_embd.row_f32(id as usize, row);
     }
     resize(&mut s.xn, t * h);
@@ -103,6 +116,13 @@ pub(crate) fn forward(
     resize(&mut s.hidden, t * ffn);
     let mut cos = vec![0f32; c.head_dim / 2];
     let mut sin = vec![0f32; c.head_dim / 2];
+    // (chunk, position) of every token of the batch, and the cache offset its K/V goes to.
+    let mut slots = Vec::with_capacity(t);
+    for (ci, q) in seqs.iter().enumerate() {
+        for p in q.start..q.start + q.tokens.len() {
+            slots.push((ci, p, cache.offset(q.blocks, p)));
+        }
+    }
     timer.stage(Stage::Embed);
 
     for (l, lw) in w.layers.iter().enumerate() {
@@ -116,31 +136,21 @@ pub(crate) fn forward(
             &mut [&mut s.q, &mut s.k, &mut s.v],
         );
         timer.stage(Stage::Qkv);
-        for i in 0..t {
-            rope.apply(
-                &mut s.q[i * qd..(i + 1) * qd],
-                c.head_dim,
-                start + i,
-                &mut cos,
-                &mut sin,
-            );
-            rope.apply(
-                &mut s.k[i * kvd..(i + 1) * kvd],
-                c.head_dim,
-                start + i,
-                &mut cos,
-                &mut sin,
-            );
+        for (i, &(_, pos, at)) in slots.iter().enumerate() {
+            let q = &mut s.q[i * qd..(i + 1) * qd];
+            rope.apply(q, c.head_dim, pos, &mut cos, &mut sin);
+            let k = &mut s.k[i * kvd..(i + 1) * kvd];
+            rope.apply(k, c.head_dim, pos, &mut cos, &mut sin);
+            cache.k[l].write(at, k);
+            cache.v[l].write(at, &s.v[i * kvd..(i + 1) * kvd]);
         }
-        cache.k[l].write(start * kvd, &s.k);
-        cache.v[l].write(start * kvd, &s.v);
         timer.stage(Stage::Rope);
         attention(
             c,
             &s.q,
             &cache.k[l],
             &cache.v[l],
-            start,
+            seqs,
             &mut s.attn_tmp,
             &mut s.attn,
         );
@@ -176,11 +186,20 @@ pub(crate) fn forward(
         timer.stage(Stage::Residual);
     }
 
-    let rows: Vec<usize> = match want {
-        Logits::None => return Vec::new(),
-        Logits::Last => vec![t - 1],
-        Logits::All => (0..t).collect(),
-    };
+    let mut rows = Vec::new();
+    let mut first = 0;
+    for q in seqs {
+        let n = q.tokens.len();
+        match q.want {
+            Logits::None => {}
+            Logits::Last => rows.push(first + n - 1),
+            Logits::All => rows.extend(first..first + n),
+        }
+        first += n;
+    }
+    if rows.is_empty() {
+        return Vec::new();
+    }
     let mut normed = vec![0f32; rows.len() * h];
     for (out, &r) in normed.chunks_exact_mut(h).zip(&rows) {
         ops::rms_norm(
@@ -218,12 +237,14 @@ fn add_assign(x: &mut [f32], y: &[f32]) {
 /// Query tokens per attention task.
 const Q_BLOCK: usize = 8;
 
-/// Causal grouped-query attention for the new tokens at `start..`, reading keys and values for
-/// positions `0..=start+i` from the cache. One task per (query head, block of [`Q_BLOCK`]
-/// tokens): 20 tasks for a 2B4T decode step, so two threads split them evenly (per-KV-head tasks
-/// split 3:2). Each query reads its head's cached rows in place, all of them in one call
-/// (`Buf::dots` / `Buf::axpys`, f16 converted in registers): a call per cached row cost as much
-/// as the 128-element dot itself, and widened f32 copies of the rows only paid off across many
+/// Causal grouped-query attention for the new tokens of every chunk, each reading keys and
+/// values for its own positions `0..=pos` through its block table. One task per (query head,
+/// run of at most [`Q_BLOCK`] tokens of one sequence): 20 tasks for a 2B4T decode step, so two
+/// threads split them evenly (per-KV-head tasks split 3:2), and a batch of decode steps gives
+/// 20 per sequence. Each query reads its head's cached rows in place, a block's rows per call
+/// (`Buf::dots` / `Buf::axpys`, f16 converted in registers, per-row results that do not depend
+/// on how the rows are split into calls): a call per cached row cost as much as the
+/// 128-element dot itself, and widened f32 copies of the rows only paid off across many
 /// queries. Results go to `tmp` laid out per task and are scattered into `out`
 /// (`[token][head * head_dim]`) afterwards.
 fn attention(
@@ -231,41 +252,64 @@ fn attention(
     q: &[f32],
     k: &Buf,
     v: &Buf,
-    start: usize,
+    seqs: &[SeqChunk<'_>],
     tmp: &mut Vec<f32>,
     out: &mut [f32],
 ) {
     let (hd, nh, nkv, kvd) = (c.head_dim, c.num_heads, c.num_kv_heads, c.kv_dim());
     let group = nh / nkv;
-    let t = out.len() / (nh * hd);
-    // A decode step has one token: sizing the blocks by Q_BLOCK would zero 8x the scratch.
-    let block = Q_BLOCK.min(t);
-    let blocks = t.div_ceil(block);
+    // Runs of consecutive tokens of one sequence: (chunk, first token in the batch, first
+    // token in the chunk, length). A decode step's runs have one token: sizing every run by
+    // Q_BLOCK would zero 8x the scratch.
+    let mut runs = Vec::new();
+    let mut first = 0;
+    for (ci, sq) in seqs.iter().enumerate() {
+        let n = sq.tokens.len();
+        let mut i = 0;
+        while i < n {
+            let len = Q_BLOCK.min(n - i);
+            runs.push((ci, first + i, i, len));
+            i += len;
+        }
+        first += n;
+    }
+    let block = runs.iter().map(|r| r.3).max().unwrap_or(1);
     let per_task = block * hd;
-    resize(tmp, nh * blocks * per_task);
+    let nruns = runs.len();
+    resize(tmp, nh * nruns * per_task);
     let scale = 1.0 / (hd as f32).sqrt();
     bitnet_kernels::pool::for_each_chunk_mut(tmp, per_task, |task, o| {
-        let (head, b) = (task / blocks, task % blocks);
+        let (head, r) = (task / nruns, task % nruns);
+        let (ci, tok0, i0, len) = runs[r];
+        let sq = &seqs[ci];
         let col = (head / group) * hd;
         SCORES.with_borrow_mut(|scores| {
-            for i in b * block..((b + 1) * block).min(t) {
-                let n = start + i + 1;
+            for j in 0..len {
+                let n = sq.start + i0 + j + 1;
+                let qh = &q[((tok0 + j) * nh + head) * hd..][..hd];
                 scores.clear();
                 scores.resize(n, 0.0);
-                k.dots(col, kvd, &q[(i * nh + head) * hd..][..hd], scores);
+                for (b, sc) in scores.chunks_mut(KV_BLOCK).enumerate() {
+                    let at = sq.blocks[b] as usize * KV_BLOCK * kvd + col;
+                    k.dots(at, kvd, qh, sc);
+                }
                 scores.iter_mut().for_each(|s| *s *= scale);
                 ops::softmax_inplace(scores);
-                let oh = &mut o[(i - b * block) * hd..][..hd];
+                let oh = &mut o[j * hd..][..hd];
                 oh.fill(0.0);
-                v.axpys(col, kvd, scores, oh);
+                for (b, sc) in scores.chunks(KV_BLOCK).enumerate() {
+                    let at = sq.blocks[b] as usize * KV_BLOCK * kvd + col;
+                    v.axpys(at, kvd, sc, oh);
+                }
             }
         });
     });
     for head in 0..nh {
-        for i in 0..t {
-            let (b, r) = (i / block, i % block);
-            let src = &tmp[(head * blocks + b) * per_task + r * hd..][..hd];
-            out[(i * nh + head) * hd..][..hd].copy_from_slice(src);
+        for (r, &(_, tok0, _, len)) in runs.iter().enumerate() {
+            for j in 0..len {
+                let src = &tmp[(head * nruns + r) * per_task + j * hd..][..hd];
+                out[((tok0 + j) * nh + head) * hd..][..hd].copy_from_slice(src);
+            }
         }
     }
 }

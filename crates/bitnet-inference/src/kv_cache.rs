@@ -1,5 +1,9 @@
-//! The key/value cache: one contiguous buffer per layer for keys and one for values, laid out
-//! `[position][kv_head * head_dim]` so a new token's K/V is one contiguous write.
+//! The key/value cache, paged: storage for a number of blocks of [`KV_BLOCK`] positions, one
+//! buffer per layer for keys and one for values. A sequence owns a block table (block ids in
+//! position order), so many sequences share one cache, memory goes where the tokens are, and
+//! blocks holding a common prefix can be shared (`crate::blocks`). Inside a block the layout is
+//! `[position][kv_head * head_dim]`, so a new token's K/V is one contiguous write and attention
+//! reads a block's rows with one strided call.
 //!
 //! F16 (llama.cpp's and bitnet.cpp's default) halves the cache and the bytes attention reads per
 //! generated token; F32 keeps the forward pass bit-for-bit the reference's float math.
@@ -8,6 +12,11 @@ use bitnet_kernels::ops;
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 use serde::{Deserialize, Serialize};
+
+/// Positions per KV block. 32 rows of a 2B4T KV head are one `dots_f16` call of 8 KiB: large
+/// enough that per-block calls cost nothing measurable, small enough that a sequence wastes at
+/// most 31 positions and prefix sharing has a fine grain.
+pub const KV_BLOCK: usize = 32;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -34,23 +43,30 @@ impl KvType {
     }
 }
 
+/// One layer's keys or values. F16 is stored as raw `u16` so the zeroed allocation comes from
+/// `calloc` (untouched pages cost no memory until a block is written).
 pub(crate) enum Buf {
-    F16(Vec<f16>),
+    F16(Vec<u16>),
     F32(Vec<f32>),
 }
 
 impl Buf {
     fn new(ty: KvType, n: usize) -> Buf {
         match ty {
-            KvType::F16 => Buf::F16(vec![f16::ZERO; n]),
+            KvType::F16 => Buf::F16(vec![0u16; n]),
             KvType::F32 => Buf::F32(vec![0.0; n]),
         }
+    }
+
+    fn f16(b: &[u16]) -> &[f16] {
+        bytemuck::cast_slice(b)
     }
 
     /// Stores `src` at element offset `at`.
     pub(crate) fn write(&mut self, at: usize, src: &[f32]) {
         match self {
-            Buf::F16(b) => b[at..at + src.len()].convert_from_f32_slice(src),
+            Buf::F16(b) => bytemuck::cast_slice_mut::<u16, f16>(&mut b[at..at + src.len()])
+                .convert_from_f32_slice(src),
             Buf::F32(b) => b[at..at + src.len()].copy_from_slice(src),
         }
     }
@@ -59,7 +75,7 @@ impl Buf {
     /// `at + p * stride`, read in place.
     pub(crate) fn dots(&self, at: usize, stride: usize, q: &[f32], out: &mut [f32]) {
         match self {
-            Buf::F16(b) => ops::dots_f16(q, &b[at..], stride, out),
+            Buf::F16(b) => ops::dots_f16(q, &Self::f16(b)[at..], stride, out),
             Buf::F32(b) => {
                 for (p, o) in out.iter_mut().enumerate() {
                     *o = ops::dot(q, &b[at + p * stride..][..q.len()]);
@@ -68,10 +84,11 @@ impl Buf {
         }
     }
 
-    /// `y += alphas[p] * row p` over the same rows as [`Self::dots`].
+    /// `y += alphas[p] * row p` over the same rows as [`Self::dots`], in row order (so splitting
+    /// the rows over several calls gives the same sums).
     pub(crate) fn axpys(&self, at: usize, stride: usize, alphas: &[f32], y: &mut [f32]) {
         match self {
-            Buf::F16(b) => ops::axpys_f16(alphas, &b[at..], stride, y),
+            Buf::F16(b) => ops::axpys_f16(alphas, &Self::f16(b)[at..], stride, y),
             Buf::F32(b) => {
                 for (p, &a) in alphas.iter().enumerate() {
                     ops::axpy(a, &b[at + p * stride..][..y.len()], y);
@@ -85,25 +102,35 @@ pub struct KvCache {
     pub(crate) k: Vec<Buf>,
     pub(crate) v: Vec<Buf>,
     kv_dim: usize,
-    capacity: usize,
+    blocks: usize,
     ty: KvType,
 }
 
 impl KvCache {
-    pub fn new(layers: usize, kv_dim: usize, capacity: usize, ty: KvType) -> KvCache {
-        let per_layer = kv_dim * capacity;
+    /// A cache of `blocks` blocks of [`KV_BLOCK`] positions.
+    pub fn new(layers: usize, kv_dim: usize, blocks: usize, ty: KvType) -> KvCache {
+        let per_layer = kv_dim * blocks * KV_BLOCK;
         KvCache {
             k: (0..layers).map(|_| Buf::new(ty, per_layer)).collect(),
             v: (0..layers).map(|_| Buf::new(ty, per_layer)).collect(),
             kv_dim,
-            capacity,
+            blocks,
             ty,
         }
     }
 
-    /// Positions the cache can hold.
+    /// Blocks needed for `tokens` positions.
+    pub fn blocks_for(tokens: usize) -> usize {
+        tokens.div_ceil(KV_BLOCK)
+    }
+
+    pub fn blocks(&self) -> usize {
+        self.blocks
+    }
+
+    /// Positions the cache can hold, over all sequences.
     pub fn capacity(&self) -> usize {
-        self.capacity
+        self.blocks * KV_BLOCK
     }
 
     pub fn kv_dim(&self) -> usize {
@@ -114,17 +141,22 @@ impl KvCache {
         self.ty
     }
 
-    /// Bytes the cache occupies.
+    /// Bytes the cache occupies once every block has been written.
     pub fn nbytes(&self) -> usize {
-        Self::nbytes_for(self.k.len(), self.kv_dim, self.capacity, self.ty)
+        Self::nbytes_for(self.k.len(), self.kv_dim, self.capacity(), self.ty)
     }
 
-    /// Bytes one cache of this shape would occupy, for planning before allocating.
+    /// Bytes a cache of `capacity` positions would occupy, for planning before allocating.
     pub fn nbytes_for(layers: usize, kv_dim: usize, capacity: usize, ty: KvType) -> usize {
         2usize
             .saturating_mul(layers)
             .saturating_mul(kv_dim)
             .saturating_mul(capacity)
             .saturating_mul(ty.size())
+    }
+
+    /// Element offset of position `pos` of a sequence whose block table is `table`.
+    pub(crate) fn offset(&self, table: &[u32], pos: usize) -> usize {
+        (table[pos / KV_BLOCK] as usize * KV_BLOCK + pos % KV_BLOCK) * self.kv_dim
     }
 }

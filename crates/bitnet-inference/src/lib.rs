@@ -11,13 +11,16 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod blocks;
 mod engine;
 mod error;
 mod forward;
 mod kv_cache;
 pub mod perplexity;
 pub mod profile;
+mod request;
 mod sampler;
+mod scheduler;
 pub mod settings;
 mod stop;
 
@@ -27,7 +30,11 @@ pub use engine::{
 };
 pub use error::{EngineError, Result};
 pub use forward::Logits;
-pub use kv_cache::{KvCache, KvType};
+pub use kv_cache::{KvCache, KvType, KV_BLOCK};
+pub use request::{
+    Event, Request, RequestHandle, SubmitError, TokenLogprobs, Usage, MAX_TOP_LOGPROBS,
+};
 pub use sampler::{argmax, Rng, Sampler, SamplingParams};
+pub use scheduler::{Scheduler, SchedulerOptions, SchedulerStats};
 pub use settings::Settings;
 pub use stop::{StopMatcher, StopResult};

@@ -3,14 +3,19 @@
 use crate::byte_level;
 use crate::tokenizer::{DecodeMode, Tokenizer};
 use crate::TokenizerError;
+use std::ops::Deref;
 
 /// Incremental detokenizer: push one id at a time and get the text that became
 /// complete. A byte-level token can end in the middle of a multi-byte UTF-8
 /// character, so bytes are held back until the character is complete; the
 /// concatenation of every chunk plus [`StreamDecoder::finish`] equals
 /// `Tokenizer::decode` of all the ids (with the same `skip_special`).
-pub struct StreamDecoder<'a> {
-    tok: &'a Tokenizer,
+///
+/// `T` is how the decoder reaches its tokenizer: a borrow (`&Tokenizer`, from
+/// [`Tokenizer::stream_decoder`]) or any owning handle that dereferences to one (an `Arc`, an
+/// engine), so a decoder can live inside a request that outlives the caller's borrow.
+pub struct StreamDecoder<T: Deref<Target = Tokenizer>> {
+    tok: T,
     skip_special: bool,
     state: State,
 }
@@ -28,8 +33,9 @@ enum State {
     },
 }
 
-impl<'a> StreamDecoder<'a> {
-    pub(crate) fn new(tok: &'a Tokenizer, skip_special: bool) -> Self {
+impl<T: Deref<Target = Tokenizer>> StreamDecoder<T> {
+    /// A decoder over `tok`; skips special tokens when `skip_special`.
+    pub fn new(tok: T, skip_special: bool) -> Self {
         let state = match tok.decode_mode() {
             DecodeMode::ByteLevel => State::Bytes {
                 pending: Vec::new(),
@@ -48,7 +54,7 @@ impl<'a> StreamDecoder<'a> {
     }
 }
 
-impl StreamDecoder<'_> {
+impl<T: Deref<Target = Tokenizer>> StreamDecoder<T> {
     /// Adds one id; returns the newly completed text (possibly empty).
     pub fn push(&mut self, id: u32) -> Result<String, TokenizerError> {
         self.tok.check_id(id)?;

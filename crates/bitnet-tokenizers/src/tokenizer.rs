@@ -330,13 +330,13 @@ impl Tokenizer {
 
     /// An incremental decoder for streaming output, skipping special tokens
     /// (its output equals `decode(ids, true)`).
-    pub fn stream_decoder(&self) -> StreamDecoder<'_> {
+    pub fn stream_decoder(&self) -> StreamDecoder<&Tokenizer> {
         StreamDecoder::new(self, true)
     }
 
     /// Like [`Tokenizer::stream_decoder`], choosing whether special tokens are
     /// skipped (output equals `decode(ids, skip_special)`).
-    pub fn stream_decoder_with(&self, skip_special: bool) -> StreamDecoder<'_> {
+    pub fn stream_decoder_with(&self, skip_special: bool) -> StreamDecoder<&Tokenizer> {
         StreamDecoder::new(self, skip_special)
     }
 
