@@ -19,3 +19,25 @@ pub trait Backend: Send + Sync + 'static {
     /// Refuses new requests and ends running ones.
     fn shutdown(&self);
 }
+
+impl Backend for bitnet_inference::Scheduler {
+    fn submit(&self, req: Request) -> Result<EventStream, SubmitError> {
+        bitnet_inference::Scheduler::submit(self, req).map(|h| Box::pin(h) as EventStream)
+    }
+
+    fn stats(&self) -> SchedulerStats {
+        bitnet_inference::Scheduler::stats(self)
+    }
+
+    fn tokenizer(&self) -> &Tokenizer {
+        self.engine().tokenizer()
+    }
+
+    fn ctx_size(&self) -> usize {
+        bitnet_inference::Scheduler::ctx_size(self)
+    }
+
+    fn shutdown(&self) {
+        bitnet_inference::Scheduler::shutdown(self)
+    }
+}

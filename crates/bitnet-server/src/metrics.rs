@@ -10,11 +10,12 @@ use std::time::Duration;
 
 /// Time to first token spans queueing and prompt processing: milliseconds to minutes.
 const TTFT_BUCKETS: &[f64] = &[
-    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
-/// Inter-token latency is one decode step of a batch: sub-millisecond to about a second.
+/// Inter-token latency is one decode step of a batch: a tenth of a millisecond (small models)
+/// to about a second.
 const ITL_BUCKETS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
 
 pub struct Histogram {
@@ -112,7 +113,7 @@ impl Metrics {
             );
         }
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let scalars: [(&str, &str, &str, u64); 13] = [
+        let scalars: [(&str, &str, &str, u64); 15] = [
             (
                 "bitnet_requests_in_flight",
                 "gauge",
@@ -185,6 +186,18 @@ impl Metrics {
                 "Token positions per KV block.",
                 s.kv_block_tokens as u64,
             ),
+            (
+                "bitnet_engine_steps_total",
+                "counter",
+                "Forward passes the scheduler ran.",
+                s.steps,
+            ),
+            (
+                "bitnet_preemptions_total",
+                "counter",
+                "Sequences whose KV blocks were taken back to make room.",
+                s.preemptions,
+            ),
             ("bitnet_up", "gauge", "1 while the server runs.", 1),
         ];
         for (name, kind, help, v) in scalars {
@@ -237,6 +250,7 @@ mod tests {
             prompt_tokens: 100,
             generated_tokens: 40,
             requests_finished: 4,
+            ..Default::default()
         };
         let t = m.render(&stats);
         assert_eq!(

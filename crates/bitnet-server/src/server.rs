@@ -158,12 +158,18 @@ pub async fn serve(
         tracing::warn!("shutdown timeout: cancelling {} connection(s)", conns.len());
         // Running requests end with an error event, which their handlers send on; give
         // them a moment to do so before the connections are cut.
-        app.backend.shutdown();
+        stop_backend(&app).await;
         let drain = async { while conns.join_next().await.is_some() {} };
         let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
         conns.abort_all();
         while conns.join_next().await.is_some() {}
     }
-    app.backend.shutdown();
+    stop_backend(&app).await;
     Ok(())
+}
+
+/// [`Backend::shutdown`] may wait for the engine's thread: off the async workers.
+async fn stop_backend(app: &Arc<App>) {
+    let backend = app.backend.clone();
+    let _ = tokio::task::spawn_blocking(move || backend.shutdown()).await;
 }
