@@ -230,6 +230,7 @@ async fn five_hundred_at_once() {
             None => {}
         }
     }
+    eprintln!("500 at once: {ok} succeeded, {busy} refused (503)");
     assert!(ok >= 64, "{ok} succeeded, {busy} refused");
     s.wait_idle().await;
     healthy(&s).await;
@@ -277,4 +278,35 @@ async fn sixteen_greedy_streams_match_their_solo_runs() {
     s.wait_idle().await;
     healthy(&s).await;
     s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_requests_in_flight_finish() {
+    let s = TestServer::default().await;
+    let addr = s.addr;
+    let url = s.url("/v1/completions");
+    let in_flight = tokio::spawn(async move {
+        let r = client()
+            .post(url)
+            .json(&json!({"prompt": "In the beginning", "max_tokens": 200, "temperature": 0,
+                "ignore_eos": true, "stream": true}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.text().await.unwrap()
+    });
+    let t = Instant::now();
+    while s.scheduler.stats().running == 0 {
+        assert!(t.elapsed() < Duration::from_secs(10), "the request never ran");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let scheduler = s.scheduler.clone();
+    s.stop().await;
+    // The stream ran to its end rather than being cut, and the port is closed.
+    let text = in_flight.await.unwrap();
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+    assert!(text.contains("\"finish_reason\":\"length\""));
+    assert!(TcpStream::connect(addr).await.is_err());
+    assert_eq!(scheduler.stats().running, 0);
 }
