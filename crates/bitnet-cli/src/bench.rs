@@ -1,6 +1,9 @@
 use crate::args::{resolve, ModelArgs};
 use anyhow::Result;
-use bitnet_inference::{Engine, EngineOptions, Logits, Rng};
+use bitnet_inference::{
+    Engine, EngineOptions, Event, GenerateOptions, Logits, Request, Rng, SamplingParams, Scheduler,
+    SchedulerOptions,
+};
 use clap::Args;
 use std::io::Write;
 use std::time::Instant;
@@ -25,6 +28,12 @@ pub struct BenchArgs {
         value_delimiter = ','
     )]
     n_gen: Vec<usize>,
+    /// Also measure aggregate generation with this many sequences decoding together through
+    /// the continuous-batching scheduler (as `bitnet serve` runs them): test `tgN xK` is K
+    /// requests of a one-token prompt and N tokens each, submitted at once; t/s counts every
+    /// generated token of all K over the wall time. Comma-separated
+    #[arg(long = "parallel", value_delimiter = ',')]
+    parallel: Vec<usize>,
     /// Thread counts to measure; comma-separated [default: physical cores]
     #[arg(long = "threads-list", value_delimiter = ',')]
     threads_list: Vec<usize>,
@@ -193,6 +202,20 @@ pub fn run(a: BenchArgs) -> Result<()> {
             report(format!("tg{n}"), samples, (reps + 1) * n)?;
         }
         drop(session);
+        for &k in a.parallel.iter().filter(|&&k| k > 0) {
+            for &n in a.n_gen.iter().filter(|&&n| n > 0) {
+                let mut samples = Vec::new();
+                bitnet_inference::profile::take();
+                for rep in 0..=reps {
+                    let prompts = (0..k).map(|_| tokens(1)).collect();
+                    let tps = parallel_generation(&engine, prompts, n)?;
+                    if rep > 0 {
+                        samples.push(tps);
+                    }
+                }
+                report(format!("tg{n} x{k}"), samples, (reps + 1) * n * k)?;
+            }
+        }
         if a.membw {
             engine_rss = engine_rss.or_else(peak_rss_bytes);
             let bytes = a
@@ -233,6 +256,46 @@ pub fn run(a: BenchArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Runs one request per prompt at once through a scheduler sized for them, each generating
+/// `n` tokens (greedy, past any end-of-sequence token); returns generated tokens per second
+/// over all of them.
+fn parallel_generation(engine: &Engine, prompts: Vec<Vec<u32>>, n: usize) -> Result<f64> {
+    let k = prompts.len();
+    let ctx = prompts.iter().map(Vec::len).max().unwrap_or(0) + n;
+    let sched = Scheduler::start(
+        engine.clone(),
+        SchedulerOptions {
+            max_sequences: k,
+            ctx_size: Some(ctx),
+            kv_tokens: Some(k * ctx),
+            max_queue: k,
+            ..Default::default()
+        },
+    )?;
+    let opts = GenerateOptions {
+        max_tokens: n,
+        sampling: SamplingParams::greedy(),
+        ignore_eos: true,
+        ..Default::default()
+    };
+    let t = Instant::now();
+    let mut handles = Vec::with_capacity(k);
+    for p in prompts {
+        handles.push(sched.submit(Request::new(p, opts.clone()))?);
+    }
+    let mut generated = 0;
+    for mut h in handles {
+        loop {
+            match h.next_blocking() {
+                Some(Event::Token { .. }) => generated += 1,
+                Some(Event::Done { .. }) | None => break,
+                Some(Event::Error(e)) => anyhow::bail!("parallel generation: {e}"),
+            }
+        }
+    }
+    Ok(generated as f64 / t.elapsed().as_secs_f64())
 }
 
 /// The stage breakdown of one test: time per token (all repetitions, warm-up included) and share.

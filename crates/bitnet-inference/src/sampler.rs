@@ -126,6 +126,7 @@ impl Rng {
 pub struct Sampler {
     params: SamplingParams,
     rng: Rng,
+    buf: Vec<(u32, f32)>,
 }
 
 impl Sampler {
@@ -140,6 +141,7 @@ impl Sampler {
         Sampler {
             rng: Rng::new(seed),
             params,
+            buf: Vec::new(),
         }
     }
 
@@ -156,45 +158,57 @@ impl Sampler {
         if p.temperature == 0.0 {
             return argmax(logits);
         }
-        let mut cand: Vec<(u32, f32)> = logits
-            .iter()
-            .enumerate()
-            .map(|(i, &l)| (i as u32, l / p.temperature))
-            .collect();
+        // Candidates as (id, weight); the buffer is reused so a step allocates nothing.
+        let cand = &mut self.buf;
+        cand.clear();
+        cand.extend(
+            logits
+                .iter()
+                .enumerate()
+                .map(|(i, &l)| (i as u32, l / p.temperature)),
+        );
+        let desc = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
         if p.top_k > 0 && p.top_k < cand.len() {
-            cand.select_nth_unstable_by(p.top_k - 1, |a, b| b.1.total_cmp(&a.1));
+            cand.select_nth_unstable_by(p.top_k - 1, desc);
             cand.truncate(p.top_k);
         }
-        cand.sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
-        // Softmax over the survivors.
-        let max = cand[0].1;
-        let mut probs: Vec<f32> = cand.iter().map(|&(_, l)| (l - max).exp()).collect();
-        let sum: f32 = probs.iter().sum();
-        probs.iter_mut().for_each(|x| *x /= sum);
-        let mut keep = probs.len();
+        // Unnormalized softmax: the best candidate weighs 1.
+        let max = cand.iter().map(|c| c.1).fold(f32::NEG_INFINITY, f32::max);
+        cand.iter_mut().for_each(|c| c.1 = (c.1 - max).exp());
+        let total: f64 = cand.iter().map(|c| c.1 as f64).sum();
         if p.top_p < 1.0 {
-            let mut acc = 0.0;
-            for (i, &pr) in probs.iter().enumerate() {
-                acc += pr;
-                if acc >= p.top_p {
-                    keep = i + 1;
-                    break;
+            // The smallest set of most likely tokens whose mass reaches top_p. Sorting all
+            // 128k candidates per token cost milliseconds; the nucleus is nearly always small,
+            // so sort growing heads of the list until one holds it.
+            let need = p.top_p as f64 * total;
+            let mut m = 64;
+            let keep = loop {
+                if m >= cand.len() {
+                    cand.sort_unstable_by(desc);
+                    break nucleus(cand, need).unwrap_or(cand.len());
                 }
-            }
+                cand.select_nth_unstable_by(m - 1, desc);
+                cand[..m].sort_unstable_by(desc);
+                if let Some(k) = nucleus(&cand[..m], need) {
+                    break k;
+                }
+                m *= 4;
+            };
+            cand.truncate(keep.max(1));
         }
         if p.min_p > 0.0 {
-            let floor = p.min_p * probs[0];
-            keep = keep.min(probs.iter().take_while(|&&x| x >= floor).count().max(1));
+            // Relative to the best token, whose weight is 1.
+            cand.retain(|c| c.1 >= p.min_p);
         }
-        let total: f32 = probs[..keep].iter().sum();
-        let mut r = self.rng.next_f64() as f32 * total;
-        for i in 0..keep {
-            r -= probs[i];
+        let kept: f64 = cand.iter().map(|c| c.1 as f64).sum();
+        let mut r = self.rng.next_f64() * kept;
+        for &(id, w) in cand.iter() {
+            r -= w as f64;
             if r <= 0.0 {
-                return cand[i].0;
+                return id;
             }
         }
-        cand[keep - 1].0
+        cand.last().map_or(0, |c| c.0)
     }
 
     fn apply_penalties(&self, logits: &mut [f32], history: &[u32], generated: usize) {
@@ -227,6 +241,18 @@ impl Sampler {
             }
         }
     }
+}
+
+/// Length of the shortest prefix of `cand` (sorted, best first) whose weights reach `need`.
+fn nucleus(cand: &[(u32, f32)], need: f64) -> Option<usize> {
+    let mut acc = 0.0;
+    for (i, c) in cand.iter().enumerate() {
+        acc += c.1 as f64;
+        if acc >= need {
+            return Some(i + 1);
+        }
+    }
+    None
 }
 
 /// Index of the largest logit; the first one on ties, like torch.argmax.
@@ -325,6 +351,43 @@ mod tests {
         let mut s = Sampler::new(params);
         for _ in 0..100 {
             assert_eq!(s.sample(&mut [10.0, 0.0, 0.0, 1.0], &[], 0), 0);
+        }
+    }
+
+    /// Frequencies follow the softmax, with and without a nucleus wider than the sorted head
+    /// that the sampler tries first (64 candidates).
+    #[test]
+    fn samples_follow_the_softmax() {
+        let n = 20_000;
+        for top_p in [1.0, 0.999] {
+            let mut logits = vec![-30.0f32; 300];
+            logits[..3].copy_from_slice(&[0.0, 2f32.ln(), 4f32.ln()]);
+            // 200 tokens of small but non-negligible mass, so a 0.999 nucleus needs > 64.
+            for l in &mut logits[100..300] {
+                *l = -4.0;
+            }
+            let mut s = Sampler::new(SamplingParams {
+                temperature: 1.0,
+                top_k: 0,
+                top_p,
+                min_p: 0.0,
+                seed: Some(7),
+                ..Default::default()
+            });
+            let mut counts = [0usize; 4];
+            for _ in 0..n {
+                let t = s.sample(&mut logits.clone(), &[], 0) as usize;
+                counts[if t < 3 { t } else { 3 }] += 1;
+            }
+            let z: f64 = 7.0 + 200.0 * (-4f64).exp();
+            for (i, w) in [1.0, 2.0, 4.0].iter().enumerate() {
+                let expect = w / z;
+                let got = counts[i] as f64 / n as f64;
+                assert!(
+                    (got - expect).abs() < 0.02,
+                    "top_p {top_p}: token {i}: {got} vs {expect}"
+                );
+            }
         }
     }
 }
