@@ -288,8 +288,10 @@ async fn shutdown_lets_requests_in_flight_finish() {
     let in_flight = tokio::spawn(async move {
         let r = client()
             .post(url)
-            .json(&json!({"prompt": "In the beginning", "max_tokens": 200, "temperature": 0,
-                "ignore_eos": true, "stream": true}))
+            .json(
+                &json!({"prompt": "In the beginning", "max_tokens": 200, "temperature": 0,
+                "ignore_eos": true, "stream": true}),
+            )
             .send()
             .await
             .unwrap();
@@ -298,7 +300,10 @@ async fn shutdown_lets_requests_in_flight_finish() {
     });
     let t = Instant::now();
     while s.scheduler.stats().running == 0 {
-        assert!(t.elapsed() < Duration::from_secs(10), "the request never ran");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the request never ran"
+        );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let scheduler = s.scheduler.clone();
