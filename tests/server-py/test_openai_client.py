@@ -16,6 +16,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import openai
@@ -245,6 +246,40 @@ def test_disconnect_mid_stream_frees_the_sequence(server):
                        "the dropped stream was not cancelled")
     server.wait_metric("bitnet_sequences_running", lambda v: v == 0, "a sequence still runs")
     server.wait_metric("bitnet_kv_blocks_used", lambda v: v == 0, "KV blocks still held")
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_memory_returns_after_bursts(server):
+    """Bursts of concurrent requests, some cut off mid-stream: after a warm-up burst (which
+    touches the KV pages and allocator arenas once), further bursts must not grow the server."""
+    def one(i: int) -> None:
+        if i % 4 == 0:
+            stream = server.client.completions.create(
+                model="kjv", prompt=f"And the {i} day", max_tokens=64, stream=True)
+            next(iter(stream))
+            stream.close()
+        else:
+            server.client.completions.create(model="kjv", prompt=f"Verse {i}", max_tokens=8)
+
+    def burst() -> None:
+        with ThreadPoolExecutor(32) as pool:
+            list(pool.map(one, range(96)))
+        server.wait_metric("bitnet_sequences_running", lambda v: v == 0, "sequences left")
+        server.wait_metric("bitnet_kv_blocks_used", lambda v: v == 0, "KV blocks left")
+
+    burst()
+    base = rss_mib(server.proc.pid)
+    for _ in range(3):
+        burst()
+    grown = rss_mib(server.proc.pid) - base
+    print(f"server RSS {base:.1f} MiB after the warm-up burst, {grown:+.1f} MiB after three more")
+    assert grown < 16, f"RSS grew {grown:.1f} MiB over three bursts (from {base:.1f} MiB)"
 
 
 def test_full_queue_is_503_with_retry_after():
