@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create .venv at the repo root (git-ignored) with the pinned Python tools the fixture
 # scripts need: torch (CPU use), transformers, tokenizers, safetensors, numpy, accelerate,
-# sentencepiece. Idempotent: a stamp keyed on the pins makes a re-run take well under 1 s.
+# sentencepiece; and, for the server tests, the openai client and pytest. Idempotent: a stamp
+# keyed on the pins makes a re-run take well under 1 s.
 #
 #   scripts/setup-python.sh                 # default: torch without its CUDA wheels (~1.4 GB)
 #   BITNET_TORCH_FULL=1 scripts/setup-python.sh
@@ -61,6 +62,7 @@ fi
 log "smoke test"
 TORCHDYNAMO_DISABLE=1 "$VENV/bin/python" - <<'EOF'
 import torch, transformers, tokenizers, safetensors, numpy, accelerate, sentencepiece
+import openai, pytest
 from transformers import BitNetConfig, BitNetForCausalLM
 assert not torch.cuda.is_available()
 cfg = BitNetConfig(vocab_size=32, hidden_size=16, intermediate_size=24, num_hidden_layers=1,

@@ -20,6 +20,13 @@ LLAMACPP=1 scripts/make-fixtures.sh
 step "cargo test (kernels, formats, shared reference model, transformers, llama.cpp, bad input)"
 cargo test --workspace --locked -- --include-ignored
 
+step "OpenAI Python client against bitnet serve (tests/server-py)"
+# On the binary `cargo test` just built for bitnet-cli's tests (a separate `cargo build` would
+# resolve features without dev-dependencies and rebuild half the tree). pytest's exit code 5
+# (no tests collected) is non-zero, so it fails this step like any failure.
+test -x target/debug/bitnet
+BITNET_BIN=target/debug/bitnet .venv/bin/python -m pytest -q -p no:cacheprovider tests/server-py
+
 step "aarch64: kernel and codec tests cross-built and run under qemu-user (scalar, NEON, NEON + dotprod)"
 scripts/test-aarch64.sh
 

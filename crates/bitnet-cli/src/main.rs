@@ -9,6 +9,7 @@ mod inspect;
 mod membw;
 mod perplexity;
 mod run;
+mod serve;
 mod tokenize;
 
 use clap::{Parser, Subcommand};
@@ -37,6 +38,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Perplexity of a text file
     Perplexity(perplexity::PerplexityArgs),
+    /// Serve the model over an OpenAI-compatible HTTP API (chat and text completions, streaming, metrics)
+    Serve(serve::ServeArgs),
     /// Write a random-weight model with real shapes (e.g. 2B4T) as GGUF, for benchmarks
     Fixture(fixture::FixtureArgs),
 }
@@ -75,6 +78,7 @@ fn main() -> ExitCode {
         Command::Bench(a) => bench::run(a),
         Command::Perplexity(a) => perplexity::run(a),
         Command::Fixture(a) => fixture::run(a),
+        Command::Serve(a) => serve::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use tokenizers::DecoderWrapper;
 
+use crate::byte_level;
 use crate::chat::{self, ChatMessage};
 use crate::gguf_build;
 use crate::hf_files::{self, GenerationConfig, TokenizerConfig};
@@ -264,6 +265,22 @@ impl Tokenizer {
         self.inner.id_to_token(id)
     }
 
+    /// The bytes one token stands for, as OpenAI's `logprobs` report them: a token can hold
+    /// part of a UTF-8 character, so its text alone can be lossy. `None` for ids without a
+    /// token.
+    pub fn token_bytes(&self, id: u32) -> Option<Vec<u8>> {
+        let token = self.inner.id_to_token(id)?;
+        let mut out = Vec::new();
+        match self.decode_mode {
+            DecodeMode::ByteLevel => byte_level::push_token_bytes(&token, &mut out),
+            DecodeMode::Generic => match sentencepiece_byte(&token) {
+                Some(b) => out.push(b),
+                None => out.extend_from_slice(self.decode(&[id], false).ok()?.as_bytes()),
+            },
+        }
+        Some(out)
+    }
+
     pub fn chat_template(&self) -> Option<&str> {
         self.chat_template.as_deref()
     }
@@ -335,6 +352,15 @@ impl Tokenizer {
     pub(crate) fn is_special(&self, id: u32) -> bool {
         self.special_ids.contains(&id)
     }
+}
+
+/// SentencePiece's byte-fallback tokens are written `<0xAB>`.
+fn sentencepiece_byte(token: &str) -> Option<u8> {
+    let hex = token.strip_prefix("<0x")?.strip_suffix('>')?;
+    if hex.len() != 2 {
+        return None;
+    }
+    u8::from_str_radix(hex, 16).ok()
 }
 
 impl std::fmt::Debug for Tokenizer {

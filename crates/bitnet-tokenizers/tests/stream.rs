@@ -104,3 +104,26 @@ proptest! {
         })?;
     }
 }
+
+#[test]
+fn token_bytes_concatenate_to_the_text() {
+    for tok in [common::hf(), common::gguf()] {
+        for text in SAMPLES.iter().chain(common::TRICKY) {
+            let ids = tok.encode(text, false).expect("encode");
+            let bytes: Vec<u8> = ids
+                .iter()
+                .flat_map(|&id| tok.token_bytes(id).expect("token"))
+                .collect();
+            assert_eq!(
+                String::from_utf8_lossy(&bytes),
+                tok.decode(&ids, false).expect("decode"),
+                "{text:?}"
+            );
+        }
+        // A CJK character is three byte tokens here: each carries one raw byte, not U+FFFD.
+        let ids = tok.encode("世", false).expect("encode");
+        let parts: Vec<Vec<u8>> = ids.iter().map(|&id| tok.token_bytes(id).unwrap()).collect();
+        assert_eq!(parts, [vec![0xE4], vec![0xB8], vec![0x96]]);
+        assert_eq!(tok.token_bytes(u32::MAX), None);
+    }
+}
