@@ -58,6 +58,15 @@ fn exit_code(e: &anyhow::Error) -> u8 {
                 _ => 1,
             };
         }
+        if let Some(se) = cause.downcast_ref::<bitnet_inference::SubmitError>() {
+            use bitnet_inference::SubmitError;
+            return match se {
+                SubmitError::PromptTooLong { .. }
+                | SubmitError::BadToken { .. }
+                | SubmitError::EmptyPrompt => 4,
+                _ => 1,
+            };
+        }
         if cause.downcast_ref::<bitnet_models::ModelError>().is_some()
             || cause.downcast_ref::<bitnet_gguf::GgufError>().is_some()
         {

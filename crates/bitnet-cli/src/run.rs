@@ -1,6 +1,6 @@
 use crate::args::{resolve, ModelArgs, SamplingArgs};
 use anyhow::{Context, Result};
-use bitnet_inference::{GenerateOptions, SamplingParams};
+use bitnet_inference::{Event, GenerateOptions, KvCache, Request, Scheduler, SchedulerOptions};
 use bitnet_tokenizers::ChatMessage;
 use clap::Args;
 use std::io::Write;
@@ -66,43 +66,89 @@ pub fn run(a: RunArgs) -> Result<()> {
     } else {
         tok.encode(&prompt, !a.no_bos && tok.add_bos_default())?
     };
-    let mut session = crate::open_session(&engine, &s, a.quiet)?;
+    // The same request/event path as `bitnet serve`, with one sequence.
+    let ctx = s
+        .ctx_size
+        .unwrap_or(engine.config().max_position_embeddings);
+    let sched = Scheduler::start(
+        engine.clone(),
+        SchedulerOptions {
+            max_sequences: 1,
+            ctx_size: Some(ctx),
+            kv_tokens: Some(ctx),
+            max_batch_tokens: s.batch_size.unwrap_or(512).max(1),
+            max_queue: 1,
+            prefix_cache: false,
+        },
+    )?;
+    if !a.quiet {
+        let c = engine.config();
+        let kv = KvCache::nbytes_for(c.num_layers, c.kv_dim(), ctx, engine.kv_type());
+        eprintln!(
+            "context {ctx} tokens, KV cache {:.1} MiB",
+            kv as f64 / (1 << 20) as f64
+        );
+    }
     let opts = GenerateOptions {
         max_tokens: s.max_tokens.unwrap_or(128),
-        sampling: SamplingParams {
-            ..s.sampling_params()
-        },
+        sampling: s.sampling_params(),
         stop: a.stop.clone(),
         ignore_eos: a.ignore_eos,
     };
     // Check before echoing, so a prompt that cannot run prints nothing on stdout.
-    if ids.len() > session.ctx_size() {
+    if ids.len() > ctx {
         return Err(bitnet_inference::EngineError::PromptTooLong {
             prompt: ids.len(),
-            ctx: session.ctx_size(),
+            ctx,
         }
         .into());
     }
+    let mut handle = sched.submit(Request::new(ids, opts))?;
     let mut out = std::io::stdout().lock();
     if !a.no_echo {
         write!(out, "{prompt}")?;
         out.flush()?;
     }
-    let g = session.generate(&ids, &opts, |text| {
-        write!(out, "{text}").and_then(|_| out.flush()).is_ok()
-    })?;
+    let (usage, finish) = loop {
+        match handle.next_blocking() {
+            Some(Event::Token { text, .. }) => {
+                write!(out, "{text}")?;
+                out.flush()?;
+            }
+            Some(Event::Done {
+                text,
+                finish,
+                usage,
+            }) => {
+                write!(out, "{text}")?;
+                break (usage, finish);
+            }
+            Some(Event::Error(e)) => anyhow::bail!("generation failed: {e}"),
+            None => anyhow::bail!("generation ended without a result"),
+        }
+    };
     writeln!(out)?;
     if !a.quiet {
-        let t = &g.timings;
+        let (ttft, total) = (usage.time_to_first_token, usage.total_time);
+        let gen_time = total.saturating_sub(ttft);
+        let tps = |n: usize, t: std::time::Duration| {
+            if t.is_zero() {
+                0.0
+            } else {
+                n as f64 / t.as_secs_f64()
+            }
+        };
+        // The first token comes with the prompt; generation speed counts the ones after it.
+        let decoded = usage.completion_tokens.saturating_sub(1);
         eprintln!(
             "prompt: {} tokens in {:.3}s ({:.2} tokens/s) | generation: {} tokens in {:.3}s ({:.2} tokens/s) | finish: {:?}",
-            t.prompt_tokens,
-            t.prompt_time.as_secs_f64(),
-            t.prompt_tps(),
-            t.generated_tokens,
-            t.generation_time.as_secs_f64(),
-            t.generation_tps(),
-            g.finish
+            usage.prompt_tokens,
+            ttft.as_secs_f64(),
+            tps(usage.prompt_tokens, ttft),
+            usage.completion_tokens,
+            gen_time.as_secs_f64(),
+            tps(decoded, gen_time),
+            finish
         );
     }
     Ok(())

@@ -174,7 +174,8 @@ impl Engine {
             .install(|| forward(&inner.model.weights, &inner.rope, cache, scratch, seqs))
     }
 
-    pub(crate) fn kv_type(&self) -> KvType {
+    /// Element type of the KV caches this engine's sessions and schedulers allocate.
+    pub fn kv_type(&self) -> KvType {
         self.inner.kv_type
     }
 

@@ -299,6 +299,22 @@ fn main() {
                 t * 1e3,
                 m.nbytes() as f64 / t / 1e9
             );
+            // 16 tokens: a batch of sequences decoding together, where the head is compute-bound.
+            let xs: Vec<f32> = (0..16).flat_map(|_| x.iter().copied()).collect();
+            let mut outs = vec![0f32; 16 * rows];
+            m.matmul_with(args.isa, &xs, 16, &mut outs);
+            let mut samples = Vec::new();
+            for _ in 0..args.iters.max(3) {
+                let t = Instant::now();
+                m.matmul_with(args.isa, &xs, 16, &mut outs);
+                samples.push(t.elapsed().as_secs_f64());
+            }
+            let t = median(samples);
+            println!(
+                "dense {ty:?} {rows}x{cols} x 16 tokens: {:.1} ms, {:.1} GFLOP/s",
+                t * 1e3,
+                2.0 * (rows * cols * 16) as f64 / t / 1e9
+            );
         }
     }
 }

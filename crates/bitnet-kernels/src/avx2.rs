@@ -406,6 +406,59 @@ unsafe fn dense_dot<const T: usize, const TY: u8>(row: &[u8], x: [&[f32]; T]) ->
     out
 }
 
+/// Two rows x T tokens: each 8-element slice of both rows is converted once and each token's 8
+/// activations are loaded once for both rows, so a step is 2 + T loads for 2T FMAs (the
+/// one-row kernel needs 2 + 2T loads per 2T FMAs and is bound by loads, not FMAs). With T = 4
+/// the 8 accumulators are the 8 independent chains that hide the FMA latency, and they and
+/// the operands fit the 16 ymm registers.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dense_dot_pair<const T: usize, const TY: u8>(
+    rows: [&[u8]; 2],
+    x: [&[f32]; T],
+) -> [[f32; T]; 2] {
+    let es = ty_size(TY);
+    let cols = rows[0].len() / es;
+    debug_assert_eq!(rows[1].len(), rows[0].len());
+    let (r0, r1) = (rows[0].as_ptr(), rows[1].as_ptr());
+    let pf = crate::prefetch::DENSE_BYTES;
+    let mut xp = [std::ptr::null::<f32>(); T];
+    for t in 0..T {
+        debug_assert_eq!(x[t].len(), cols);
+        xp[t] = x[t].as_ptr();
+    }
+    let mut acc = [[_mm256_setzero_ps(); T]; 2];
+    let mut i = 0;
+    // SAFETY (loop): i + 8 <= cols bounds every row and x access; prefetches may point past
+    // the rows (they never fault).
+    while i + 8 <= cols {
+        unsafe {
+            if (i * es).is_multiple_of(64) {
+                _mm_prefetch::<_MM_HINT_T0>(r0.wrapping_add(i * es + pf) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(r1.wrapping_add(i * es + pf) as *const i8);
+            }
+            let w0 = load8::<TY>(r0.add(i * es));
+            let w1 = load8::<TY>(r1.add(i * es));
+            for t in 0..T {
+                let xv = _mm256_loadu_ps(xp[t].add(i));
+                acc[0][t] = _mm256_fmadd_ps(w0, xv, acc[0][t]);
+                acc[1][t] = _mm256_fmadd_ps(w1, xv, acc[1][t]);
+            }
+        }
+        i += 8;
+    }
+    let mut out = [[0.0f32; T]; 2];
+    for r in 0..2 {
+        for t in 0..T {
+            let mut s = hsum_ps(acc[r][t]);
+            for (k, &xv) in x[t].iter().enumerate().skip(i) {
+                s += load1::<TY>(rows[r], k) * xv;
+            }
+            out[r][t] = s;
+        }
+    }
+    out
+}
+
 /// One token: 32 elements per step into four independent FMA chains, prefetching as above.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dense_dot1<const TY: u8>(row: &[u8], x: &[f32]) -> f32 {
@@ -489,6 +542,26 @@ impl DenseKernel for Avx2 {
                     crate::dense::quantized_row_to_f32(row, ty, buf);
                     x.map(|xt| dot(buf, xt))
                 }
+            }
+        }
+    }
+
+    unsafe fn dot_pair<const T: usize>(
+        rows: [&[u8]; 2],
+        ty: DenseType,
+        x: [&[f32]; T],
+        buf: &mut Vec<f32>,
+    ) -> [[f32; T]; 2] {
+        // SAFETY: forwarded contract.
+        unsafe {
+            match ty {
+                DenseType::F32 => dense_dot_pair::<T, TY_F32>(rows, x),
+                DenseType::F16 => dense_dot_pair::<T, TY_F16>(rows, x),
+                DenseType::BF16 => dense_dot_pair::<T, TY_BF16>(rows, x),
+                DenseType::Q8_0 | DenseType::Q6_K => [
+                    <Self as DenseKernel>::dot::<T>(rows[0], ty, x, buf),
+                    <Self as DenseKernel>::dot::<T>(rows[1], ty, x, buf),
+                ],
             }
         }
     }

@@ -96,6 +96,27 @@ pub(crate) trait DenseKernel {
         buf: &mut Vec<f32>,
     ) -> [f32; T];
 
+    /// [`Self::dot`] for two rows. A batch of tokens (prompt tiles, many sequences decoding
+    /// together) makes the LM head compute-bound: kernels that can share each token's loads
+    /// between two rows override this.
+    ///
+    /// # Safety
+    /// As [`Self::dot`], for both rows.
+    unsafe fn dot_pair<const T: usize>(
+        rows: [&[u8]; 2],
+        ty: DenseType,
+        x: [&[f32]; T],
+        buf: &mut Vec<f32>,
+    ) -> [[f32; T]; 2] {
+        // SAFETY: forwarded contract.
+        unsafe {
+            [
+                Self::dot::<T>(rows[0], ty, x, buf),
+                Self::dot::<T>(rows[1], ty, x, buf),
+            ]
+        }
+    }
+
     /// # Safety
     /// The CPU must support the ISA; `row.len() == ty.row_bytes(out.len())`.
     unsafe fn row_to_f32(row: &[u8], ty: DenseType, out: &mut [f32]);
@@ -304,11 +325,30 @@ impl DenseMatrix {
         let mut t0 = 0;
         while t0 < tokens {
             let nt = (tokens - t0).min(TOKEN_TILE);
-            for r in r0..r1 {
+            // SAFETY (both loops): ISA and lengths guaranteed by the caller; each (t, r) is
+            // written once.
+            let put =
+                |r: usize, i: usize, v: f32| unsafe { out.write((t0 + i) * self.rows + r, v) };
+            let mut r = r0;
+            if nt == TOKEN_TILE {
+                // Full tiles take rows in pairs: each token's activations are loaded once for
+                // both rows.
+                while r + 2 <= r1 {
+                    let x = [xt(t0), xt(t0 + 1), xt(t0 + 2), xt(t0 + 3)];
+                    let v = unsafe {
+                        K::dot_pair::<4>([self.row(r), self.row(r + 1)], self.ty, x, &mut buf)
+                    };
+                    for (j, vj) in v.into_iter().enumerate() {
+                        vj.into_iter()
+                            .enumerate()
+                            .for_each(|(i, v)| put(r + j, i, v));
+                    }
+                    r += 2;
+                }
+            }
+            for r in r..r1 {
                 let row = self.row(r);
-                // SAFETY: ISA and lengths guaranteed by the caller; (t, r) written once.
                 unsafe {
-                    let put = |i: usize, v: f32| out.write((t0 + i) * self.rows + r, v);
                     match nt {
                         4 => K::dot::<4>(
                             row,
@@ -318,16 +358,16 @@ impl DenseMatrix {
                         )
                         .into_iter()
                         .enumerate()
-                        .for_each(|(i, v)| put(i, v)),
+                        .for_each(|(i, v)| put(r, i, v)),
                         3 => K::dot::<3>(row, self.ty, [xt(t0), xt(t0 + 1), xt(t0 + 2)], &mut buf)
                             .into_iter()
                             .enumerate()
-                            .for_each(|(i, v)| put(i, v)),
+                            .for_each(|(i, v)| put(r, i, v)),
                         2 => K::dot::<2>(row, self.ty, [xt(t0), xt(t0 + 1)], &mut buf)
                             .into_iter()
                             .enumerate()
-                            .for_each(|(i, v)| put(i, v)),
-                        _ => put(0, K::dot::<1>(row, self.ty, [xt(t0)], &mut buf)[0]),
+                            .for_each(|(i, v)| put(r, i, v)),
+                        _ => put(r, 0, K::dot::<1>(row, self.ty, [xt(t0)], &mut buf)[0]),
                     }
                 }
             }
