@@ -10,9 +10,9 @@
 //! freed blocks with a key are evicted least recently used first, after the never-used ones.
 
 use crate::kv_cache::KV_BLOCK;
-use std::collections::hash_map::DefaultHasher;
+use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{Hash, Hasher};
+use std::hash::BuildHasher;
 
 /// A full block's identity: the hash of all tokens before it, and its own tokens. Lookups
 /// compare the tokens themselves, so only a 64-bit collision of two different histories that
@@ -21,39 +21,6 @@ use std::hash::{Hash, Hasher};
 pub(crate) struct BlockKey {
     parent: u64,
     tokens: [u32; KV_BLOCK],
-}
-
-impl BlockKey {
-    /// Keys of the full blocks of `tokens`, in order.
-    pub(crate) fn chain(tokens: &[u32]) -> Vec<BlockKey> {
-        let mut parent = 0u64;
-        tokens
-            .chunks_exact(KV_BLOCK)
-            .map(|c| {
-                let mut t = [0u32; KV_BLOCK];
-                t.copy_from_slice(c);
-                let key = BlockKey { parent, tokens: t };
-                parent = key.hash64();
-                key
-            })
-            .collect()
-    }
-
-    /// The key of the full block after `parent` (the previous key, `None` for the first).
-    pub(crate) fn next(parent: Option<&BlockKey>, tokens: &[u32]) -> BlockKey {
-        let mut t = [0u32; KV_BLOCK];
-        t.copy_from_slice(tokens);
-        BlockKey {
-            parent: parent.map_or(0, |p| p.hash64()),
-            tokens: t,
-        }
-    }
-
-    fn hash64(&self) -> u64 {
-        let mut h = DefaultHasher::new();
-        self.hash(&mut h);
-        h.finish()
-    }
 }
 
 pub(crate) struct BlockManager {
@@ -67,6 +34,9 @@ pub(crate) struct BlockManager {
     released_at: Vec<u64>,
     clock: u64,
     prefix_cache: bool,
+    /// Keyed per process, so which prompts' parent hashes collide cannot be worked out offline
+    /// (the attack on vLLM's prefix cache, CVE-2025-25183).
+    hasher: RandomState,
 }
 
 impl BlockManager {
@@ -81,6 +51,31 @@ impl BlockManager {
             released_at: vec![0; blocks],
             clock: 0,
             prefix_cache,
+            hasher: RandomState::new(),
+        }
+    }
+
+    /// Keys of the full blocks of `tokens`, in order.
+    pub(crate) fn chain(&self, tokens: &[u32]) -> Vec<BlockKey> {
+        let mut parent: Option<BlockKey> = None;
+        tokens
+            .chunks_exact(KV_BLOCK)
+            .map(|c| {
+                let key = self.next_key(parent.as_ref(), c);
+                parent = Some(key.clone());
+                key
+            })
+            .collect()
+    }
+
+    /// The key of the full block of `tokens` after `parent` (the previous key, `None` for the
+    /// first block).
+    pub(crate) fn next_key(&self, parent: Option<&BlockKey>, tokens: &[u32]) -> BlockKey {
+        let mut t = [0u32; KV_BLOCK];
+        t.copy_from_slice(tokens);
+        BlockKey {
+            parent: parent.map_or(0, |p| self.hasher.hash_one(p)),
+            tokens: t,
         }
     }
 
@@ -175,7 +170,7 @@ mod tests {
     fn shared_prefix_blocks_are_found_and_evicted_last_used_last() {
         let mut m = BlockManager::new(4, true);
         let a = toks(1, 2 * KV_BLOCK);
-        let keys = BlockKey::chain(&a);
+        let keys = m.chain(&a);
         let b0 = m.allocate().unwrap();
         let b1 = m.allocate().unwrap();
         m.register(b0, keys[0].clone());
@@ -188,7 +183,7 @@ mod tests {
         // Same second block after a different first block: a different key.
         let mut other = toks(2, KV_BLOCK);
         other.extend_from_slice(&a[KV_BLOCK..]);
-        assert_eq!(m.lookup(&BlockKey::chain(&other)[1]), None);
+        assert_eq!(m.lookup(&m.chain(&other)[1]), None);
         // Two never-used blocks go first, then the evictable b1, then nothing (b0 is held).
         let got: Vec<u32> = (0..3).map(|_| m.allocate().unwrap()).collect();
         assert!(got.contains(&b1));
@@ -201,7 +196,7 @@ mod tests {
     #[test]
     fn disabled_cache_never_shares() {
         let mut m = BlockManager::new(2, false);
-        let keys = BlockKey::chain(&toks(3, KV_BLOCK));
+        let keys = m.chain(&toks(3, KV_BLOCK));
         let b = m.allocate().unwrap();
         m.register(b, keys[0].clone());
         m.release(b);

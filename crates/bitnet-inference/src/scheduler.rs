@@ -41,12 +41,16 @@ use std::time::{Duration, Instant};
 pub struct SchedulerOptions {
     /// Sequences decoded together at most (llama-server's `--parallel`).
     pub max_sequences: usize,
-    /// Longest sequence (prompt and generated tokens); `None`: the model's trained context.
+    /// KV positions of one sequence (prompt and generated tokens; the last sampled token needs
+    /// none, so a sequence ends with at most `ctx_size + 1` tokens, as a `Session`); `None`:
+    /// the model's trained context.
     pub ctx_size: Option<usize>,
     /// KV positions shared by all sequences (rounded up to whole blocks); `None`:
     /// `max_sequences * ctx_size`, capped at 64Ki positions but never below `ctx_size`.
     pub kv_tokens: Option<usize>,
-    /// Tokens per forward step: all decoding sequences' tokens plus prompt chunks.
+    /// Tokens per forward step: all decoding sequences' tokens plus prompt chunks. Raised to
+    /// `max_sequences` if below, so every running sequence advances at every step (decoding
+    /// ones by their token, and at least one prompt by a chunk).
     pub max_batch_tokens: usize,
     /// Requests that may wait for a free sequence; more are refused ([`SubmitError::QueueFull`]).
     pub max_queue: usize,
@@ -134,8 +138,10 @@ impl Scheduler {
         if ctx == 0 {
             return setting("context size must be at least 1".into());
         }
-        if opts.max_sequences == 0 || opts.max_batch_tokens == 0 {
-            return setting("parallel sequences and batch tokens must be at least 1".into());
+        if opts.max_sequences == 0 || opts.max_batch_tokens == 0 || opts.max_queue == 0 {
+            return setting(
+                "parallel sequences, batch tokens and queue length must be at least 1".into(),
+            );
         }
         let kv_tokens = opts
             .kv_tokens
@@ -145,17 +151,18 @@ impl Scheduler {
         let c = engine.config();
         let blocks = KvCache::blocks_for(kv_tokens);
         let cache = KvCache::new(c.num_layers, c.kv_dim(), blocks, engine.kv_type());
+        let stats = SchedulerStats {
+            kv_blocks_total: blocks,
+            kv_block_tokens: KV_BLOCK,
+            ..Default::default()
+        };
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue {
                 pending: VecDeque::new(),
                 shutdown: false,
             }),
             wake: Condvar::new(),
-            stats: Mutex::new(SchedulerStats {
-                kv_blocks_total: blocks,
-                kv_block_tokens: KV_BLOCK,
-                ..Default::default()
-            }),
+            stats: Mutex::new(stats),
             next_id: AtomicU64::new(1),
         });
         let worker = Worker {
@@ -167,13 +174,10 @@ impl Scheduler {
             running: Vec::new(),
             preempted: VecDeque::new(),
             max_sequences: opts.max_sequences,
-            max_batch_tokens: opts.max_batch_tokens,
+            max_batch_tokens: opts.max_batch_tokens.max(opts.max_sequences),
             ctx,
-            stats: SchedulerStats {
-                kv_blocks_total: blocks,
-                kv_block_tokens: KV_BLOCK,
-                ..Default::default()
-            },
+            stats,
+            logits: Vec::new(),
         };
         let thread = std::thread::Builder::new()
             .name("bitnet-scheduler".into())
@@ -358,6 +362,8 @@ struct Worker {
     max_batch_tokens: usize,
     ctx: usize,
     stats: SchedulerStats,
+    /// One sequence's logits while it samples, reused across tokens.
+    logits: Vec<f32>,
 }
 
 /// How a sequence leaves the running set.
@@ -369,32 +375,48 @@ enum Exit {
 
 impl Worker {
     fn run(mut self) {
+        let mut reason = SubmitError::ShuttingDown.to_string();
         loop {
             if !self.wait_for_work() {
                 break;
             }
-            self.drop_cancelled();
-            self.admit();
-            if let Err(msg) = self.step() {
-                // A panic inside the forward pass or sampling: fail this step's requests, keep
-                // serving the others.
-                for seq in std::mem::take(&mut self.running) {
-                    self.retire(seq, Exit::Failed(msg.clone()));
+            let round = catch_unwind(AssertUnwindSafe(|| {
+                self.drop_cancelled();
+                self.admit();
+                self.step()
+            }));
+            match round {
+                Ok(Ok(())) => {}
+                Ok(Err(msg)) => {
+                    // A panic inside the forward pass: fail this step's requests, keep serving
+                    // the others.
+                    for seq in std::mem::take(&mut self.running) {
+                        self.retire(seq, Exit::Failed(msg.clone()));
+                    }
+                }
+                Err(p) => {
+                    // The bookkeeping itself panicked, so its state can no longer be trusted:
+                    // stop taking work and end every request with the error below instead of
+                    // leaving them waiting on a thread that is gone.
+                    reason = panic_message(&p);
+                    lock(&self.shared.queue).shutdown = true;
+                    break;
                 }
             }
             self.publish_stats();
         }
-        let msg = SubmitError::ShuttingDown.to_string();
-        for seq in std::mem::take(&mut self.running) {
-            self.retire(seq, Exit::Failed(msg.clone()));
-        }
-        for seq in std::mem::take(&mut self.preempted) {
-            self.retire(seq, Exit::Failed(msg.clone()));
+        // Only the event senders are touched here (no block bookkeeping), so this cannot panic
+        // again on state a panic left behind.
+        let running = std::mem::take(&mut self.running);
+        let preempted = std::mem::take(&mut self.preempted);
+        for seq in running.into_iter().chain(preempted) {
+            let _ = seq.tx.unbounded_send(Event::Error(reason.clone()));
         }
         for p in lock(&self.shared.queue).pending.drain(..) {
-            let _ = p.tx.unbounded_send(Event::Error(msg.clone()));
+            let _ = p.tx.unbounded_send(Event::Error(reason.clone()));
         }
-        self.publish_stats();
+        self.stats.running = 0;
+        *lock(&self.shared.stats) = self.stats;
     }
 
     /// Blocks while there is nothing to do; `false` on shutdown.
@@ -461,7 +483,7 @@ impl Worker {
     /// held.
     fn attach_prefix(&mut self, seq: &mut Sequence) -> bool {
         let usable = (seq.tokens.len() - 1) / KV_BLOCK * KV_BLOCK;
-        for key in BlockKey::chain(&seq.tokens[..usable]) {
+        for key in self.blocks.chain(&seq.tokens[..usable]) {
             match self.blocks.lookup(&key) {
                 Some(b) => {
                     seq.blocks.push(b);
@@ -473,12 +495,15 @@ impl Worker {
         seq.registered = seq.blocks.len();
         seq.computed = seq.blocks.len() * KV_BLOCK;
         let need = KvCache::blocks_for(seq.tokens.len()) - seq.blocks.len();
-        let reserve = if self.running.is_empty() {
-            0
-        } else {
-            self.running.len()
-        };
-        if need + reserve > self.blocks.available() {
+        // Blocks already promised to admitted prompts that are still being processed (in chunks)
+        // count as taken, or several prompts admitted together would all pass against the same
+        // free blocks and then preempt each other.
+        let promised: usize = self
+            .running
+            .iter()
+            .map(|s| KvCache::blocks_for(s.tokens.len()).saturating_sub(s.blocks.len()))
+            .sum();
+        if need + promised + self.running.len() > self.blocks.available() {
             self.blocks.release_all(&mut seq.blocks);
             seq.registered = 0;
             seq.computed = 0;
@@ -536,9 +561,11 @@ impl Worker {
             let Some(row) = rows.next() else {
                 return Err("forward pass returned too few logits".into());
             };
-            let (ctx, before) = (self.ctx, seq.tokens.len());
-            let sampled = catch_unwind(AssertUnwindSafe(|| next_token(seq, row, ctx, stop_ids)))
-                .unwrap_or_else(|p| Some(Exit::Failed(panic_message(&p))));
+            let (ctx, before, buf) = (self.ctx, seq.tokens.len(), &mut self.logits);
+            let sampled = catch_unwind(AssertUnwindSafe(|| {
+                next_token(seq, row, buf, ctx, stop_ids)
+            }))
+            .unwrap_or_else(|p| Some(Exit::Failed(panic_message(&p))));
             self.stats.generated_tokens += (seq.tokens.len() - before) as u64;
             if let Some(e) = sampled {
                 exits.push((i, e));
@@ -557,8 +584,12 @@ impl Worker {
     fn plan(&mut self) -> Vec<(usize, usize)> {
         let mut budget = self.max_batch_tokens;
         let mut plan = Vec::new();
-        // Decoding sequences first: they must not wait behind prompts.
-        let mut order: Vec<usize> = (0..self.running.len()).collect();
+        // Decoding sequences first: they must not wait behind prompts. The budget is at least one
+        // token per sequence, so prompts always advance too; the starting point rotates every
+        // step so prompts share what is left in turn.
+        let n = self.running.len();
+        let rot = (self.stats.steps % n.max(1) as u64) as usize;
+        let mut order: Vec<usize> = (0..n).map(|i| (i + rot) % n).collect();
         order.sort_by_key(|&i| {
             let s = &self.running[i];
             s.tokens.len() - s.computed > 1
@@ -658,7 +689,7 @@ fn register_full_blocks(blocks: &mut BlockManager, seq: &mut Sequence) {
     let full = seq.computed / KV_BLOCK;
     while seq.registered < full {
         let r = seq.registered;
-        let key = BlockKey::next(
+        let key = blocks.next_key(
             seq.last_key.as_ref(),
             &seq.tokens[r * KV_BLOCK..(r + 1) * KV_BLOCK],
         );
@@ -670,13 +701,21 @@ fn register_full_blocks(blocks: &mut BlockManager, seq: &mut Sequence) {
 
 /// Samples `seq`'s next token from `row` (the logits after its last token), streams it, and
 /// says whether the sequence is done.
-fn next_token(seq: &mut Sequence, row: &[f32], ctx: usize, stop_ids: &[u32]) -> Option<Exit> {
+fn next_token(
+    seq: &mut Sequence,
+    row: &[f32],
+    logits: &mut Vec<f32>,
+    ctx: usize,
+    stop_ids: &[u32],
+) -> Option<Exit> {
     if seq.generated() >= seq.opts.max_tokens {
         return Some(Exit::Finished(FinishReason::Length));
     }
     let logprobs = seq.logprobs.map(|k| top_logprobs(row, k));
-    let mut logits = row.to_vec();
-    let next = seq.sampler.sample(&mut logits, &seq.tokens, seq.prompt_len);
+    // The sampler edits logits in place (penalties); the row is the batch's.
+    logits.clear();
+    logits.extend_from_slice(row);
+    let next = seq.sampler.sample(logits, &seq.tokens, seq.prompt_len);
     if seq.first_token.is_none() {
         seq.first_token = Some(seq.submitted.elapsed());
     }
@@ -772,7 +811,16 @@ mod tests {
     fn logits_alone_equal_logits_in_a_batch() {
         let e = engine();
         let tok = e.tokenizer();
-        let target = tok.encode("In the beginning God created", true).unwrap();
+        // Long enough that the target's prompt and steps cross KV blocks (32 positions).
+        let target = tok
+            .encode(
+                "In the beginning God created the heaven and the earth. And the earth was \
+                 without form, and void; and darkness was upon the face of the deep.",
+                true,
+            )
+            .unwrap();
+        let steps = 10;
+        assert!(target.len() > KV_BLOCK && target.len() + steps < 2 * KV_BLOCK);
         let others: Vec<Vec<u32>> = [
             "And the earth was without form",
             "Blessed are the meek: for they shall inherit the earth.",
@@ -787,8 +835,7 @@ mod tests {
         .map(|t| tok.encode(t, true).unwrap())
         .collect();
 
-        // Alone: the prompt, then 6 greedy steps.
-        let steps = 6;
+        // Alone: the prompt, then greedy steps past the first block's end.
         let mut s = e.session(Some(256)).unwrap();
         let mut alone = vec![s.eval(&target, Logits::Last).unwrap()];
         let mut seq = target.clone();

@@ -314,3 +314,42 @@ fn logprobs_are_the_raw_distribution() {
         logits = s.eval(&[id], bitnet_inference::Logits::Last).unwrap();
     }
 }
+
+/// A step budget below the number of sequences is raised to it: short requests submitted after
+/// long ones still get their prompts in and finish long before them.
+#[test]
+fn decoding_sequences_take_turns_when_the_step_budget_is_small() {
+    let e = engine();
+    let opts = SchedulerOptions {
+        max_sequences: 4,
+        max_batch_tokens: 2,
+        ..Default::default()
+    };
+    let sched = Scheduler::start(e.clone(), opts).unwrap();
+    let ids = e.tokenizer().encode("In the beginning", true).unwrap();
+    let long: Vec<_> = (0..2)
+        .map(|_| {
+            sched
+                .submit(Request::new(ids.clone(), greedy(400)))
+                .unwrap()
+        })
+        .collect();
+    let short: Vec<_> = (0..2)
+        .map(|_| sched.submit(Request::new(ids.clone(), greedy(5))).unwrap())
+        .collect();
+    for h in short {
+        assert_eq!(collect(h).ids.len(), 5);
+    }
+    eventually("the short ones are retired", || {
+        sched.stats().requests_finished >= 2
+    });
+    let s = sched.stats();
+    assert_eq!(
+        (s.requests_finished, s.running),
+        (2, 2),
+        "the long requests are still running"
+    );
+    for h in long {
+        assert_eq!(collect(h).ids.len(), 400);
+    }
+}
