@@ -86,7 +86,8 @@
       /* the body could not be read: the status says enough */
     }
     let msg = `${resp.status} ${resp.statusText || "error"}`;
-    if (detail) msg += `: ${detail.trim().slice(0, 500)}`;
+    detail = detail.trim().slice(0, 500);
+    if (detail) msg += `: ${detail}${/[.!?]$/.test(detail) ? "" : "."}`;
     if (resp.status === 401) {
       msg += " Enter the server's API key under Settings.";
     } else if (resp.status === 503) {
