@@ -42,10 +42,13 @@ def free_port() -> int:
 class Server:
     """`bitnet serve` on 127.0.0.1; `port=0` lets it pick one (read back from its stderr)."""
 
-    def __init__(self, *extra: str, port: int = 0, key: str | None = None) -> None:
+    def __init__(self, *extra: str, port: int = 0, key: str | None = None,
+                 defaults: bool = True) -> None:
+        """`defaults=False`: `extra` are all the arguments after `serve` (model, threads and
+        port included)."""
         self.key = key
-        cmd = [str(binary()), "serve", "-m", str(MODEL), "-t", "2", "--port", str(port),
-               *(["--api-key", key] if key else []), *extra]
+        base = ["-m", str(MODEL), "-t", "2", "--port", str(port)] if defaults else []
+        cmd = [str(binary()), "serve", *base, *(["--api-key", key] if key else []), *extra]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self.log: list[str] = []
@@ -60,9 +63,10 @@ class Server:
                 if m and not found.is_set():
                     self.url = m.group(1)
                     found.set()
+            found.set()  # it exited (stderr closed): no need to wait out the timeout
 
         threading.Thread(target=pump, daemon=True).start()
-        if not found.wait(START_TIMEOUT_S):
+        if not found.wait(START_TIMEOUT_S) or not self.url:
             self.proc.kill()
             self.proc.wait(10)
             pytest.fail("server did not start:\n" + "".join(self.log))
