@@ -247,6 +247,24 @@
       return { tokens, rate, ttft: tFirst === null ? null : tFirst - t0, end };
     };
 
+    // Text is put on screen at most once per frame: a fast server sends hundreds of pieces a
+    // second, and laying the page out for each would fall behind (and delay the Stop click).
+    let unshown = "";
+    let frame = 0;
+    const flush = () => {
+      frame = 0;
+      if (unshown) {
+        answer.node.appendData(unshown);
+        unshown = "";
+      }
+      answer.stats.textContent = fmtStats(stats("streaming…"));
+      scrollToEnd(false);
+    };
+    const show = (delta) => {
+      unshown += delta;
+      if (!frame) frame = requestAnimationFrame(flush);
+    };
+
     try {
       const resp = await fetch("v1/chat/completions", {
         method: "POST",
@@ -274,9 +292,7 @@
           tLast = now;
           chunks += 1;
           content += delta;
-          answer.node.appendData(delta);
-          answer.stats.textContent = fmtStats(stats("streaming…"));
-          scrollToEnd(false);
+          show(delta);
         }
         if (choice.finish_reason) finish = choice.finish_reason;
       }
@@ -285,6 +301,8 @@
       failure = controller.signal.aborted ? "stopped" : e;
     } finally {
       inFlight = null;
+      if (frame) cancelAnimationFrame(frame);
+      flush();
     }
 
     setStreaming(false);
