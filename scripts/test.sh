@@ -27,6 +27,15 @@ step "OpenAI Python client against bitnet serve (tests/server-py)"
 test -x target/debug/bitnet
 BITNET_BIN=target/debug/bitnet .venv/bin/python -m pytest -q -p no:cacheprovider tests/server-py
 
+step "chat page in headless Chromium (tests/web-py/test_chat_page.py; screenshot: target/web-chat.png)"
+scripts/setup-browser.sh
+BITNET_BIN=target/debug/bitnet .venv/bin/python -m pytest -q -p no:cacheprovider tests/web-py/test_chat_page.py
+
+step "nginx in front of two replicas, one stopped under load; deploy/ files checked (tests/web-py)"
+scripts/setup-nginx.sh
+BITNET_BIN=target/debug/bitnet .venv/bin/python -m pytest -q -p no:cacheprovider \
+    tests/web-py/test_nginx.py tests/web-py/test_deploy_files.py
+
 step "aarch64: kernel and codec tests cross-built and run under qemu-user (scalar, NEON, NEON + dotprod)"
 scripts/test-aarch64.sh
 

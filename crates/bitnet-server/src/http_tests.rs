@@ -325,6 +325,57 @@ async fn api_key_is_required_when_set() {
 }
 
 #[tokio::test]
+async fn chat_page_is_served_without_a_key() {
+    let s = Server::start(
+        Script::Echo,
+        ServerConfig {
+            api_key: Some("s3cret".into()),
+            ..config()
+        },
+    )
+    .await;
+    for (path, ty, marker) in [
+        ("/", "text/html; charset=utf-8", "<script src=\"chat.js\""),
+        (
+            "/chat.js",
+            "text/javascript; charset=utf-8",
+            "v1/chat/completions",
+        ),
+        ("/chat.css", "text/css; charset=utf-8", ".msg"),
+    ] {
+        let r = client().get(s.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        assert_eq!(r.headers()["content-type"], ty, "{path}");
+        assert_eq!(r.headers()["x-content-type-options"], "nosniff");
+        let csp = r.headers()["content-security-policy"].to_str().unwrap();
+        assert!(csp.contains("script-src 'self'"), "{csp}");
+        assert!(r.text().await.unwrap().contains(marker), "{path}");
+    }
+    // HEAD works like GET; other methods do not.
+    let r = client().head(s.url("/")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = client().post(s.url("/")).send().await.unwrap();
+    assert_eq!(r.status(), 405);
+    // The page is open; what it calls is not.
+    let r = client().get(s.url("/v1/models")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let text = client()
+        .get(s.url("/metrics"))
+        .bearer_auth("s3cret")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("bitnet_requests_total{endpoint=\"/\",status=\"200\"} 4"),
+        "{text}"
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
 async fn queue_full_is_503_with_retry_after() {
     let s = Server::start(Script::Full, config()).await;
     let (st, h, v) = s.post("/v1/completions", json!({"prompt": "x"})).await;

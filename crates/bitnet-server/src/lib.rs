@@ -1,5 +1,6 @@
 //! An OpenAI-compatible HTTP server over the bitnet-rs scheduler: `POST /v1/chat/completions`,
-//! `POST /v1/completions` (streaming or not), `GET /v1/models`, `GET /health`, `GET /metrics`.
+//! `POST /v1/completions` (streaming or not), `GET /v1/models`, `GET /health`, `GET /metrics`,
+//! and a chat page at `GET /`.
 //!
 //! ```no_run
 //! # async fn f(scheduler: std::sync::Arc<bitnet_inference::Scheduler>) -> std::io::Result<()> {
@@ -18,6 +19,7 @@ mod generate;
 mod http_tests;
 mod metrics;
 pub mod openai;
+mod page;
 mod params;
 mod routes;
 mod server;

@@ -39,6 +39,9 @@ pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .merge(protected)
         .route("/health", get(health))
+        .route("/", get(crate::page::index))
+        .route("/chat.js", get(crate::page::chat_js))
+        .route("/chat.css", get(crate::page::chat_css))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(app.clone(), track))
@@ -59,6 +62,7 @@ async fn track(State(app): State<Arc<App>>, req: axum::extract::Request, next: N
         Some("/v1/models") | Some("/v1/models/{*model}") => "/v1/models",
         Some("/health") => "/health",
         Some("/metrics") => "/metrics",
+        Some("/" | "/chat.js" | "/chat.css") => "/",
         _ => "other",
     };
     app.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
