@@ -28,6 +28,7 @@
 #   PORT           first port to use [18480]; each server gets the next one
 #   STARTUP_TIMEOUT seconds a server may take to answer /health [300]
 #   OURS_ARGS / LLAMA_ARGS / IK_ARGS   extra arguments for one engine's server
+#   IK_FA          on: leave ik_llama.cpp's flash attention on (it aborts with 2+ slots; off)
 #   LOADGEN_ARGS   extra arguments for scripts/loadgen.py (e.g. "--chat" or "--ramp 2")
 #   BITNET_BIN, LLAMA_SERVER, IK_LLAMA_SERVER, IK_LLAMA_QUANTIZE   prebuilt binaries
 #   BENCH_DIR      working folder [target/bench-serve]
@@ -88,8 +89,13 @@ server_cmd() {
             # shellcheck disable=SC2206
             CMD+=(${LLAMA_ARGS:-}) ;;
         ik_llama.cpp)
+            # -c is divided among the -np slots. Flash attention off (IK_FA=on to try it): in
+            # ik-llama-cpp-python 0.1.5 its CPU flash attention (on by default) aborts with
+            # GGML_ASSERT(S > 0) (iqk_fa_templates.h:1157) as soon as a second slot decodes,
+            # on both models.
             CMD=("$IK_LLAMA_SERVER" -m "$file" --host 127.0.0.1 --port "$port"
                  -t "$THREADS" -tb "$THREADS" -np "$NP" -c "$((CTX * NP))" --cont-batching)
+            [[ "${IK_FA:-off}" == on ]] || CMD+=(-no-fa)
             # shellcheck disable=SC2206
             CMD+=(${IK_ARGS:-}) ;;
         *) log "unknown engine $engine"; exit 2 ;;

@@ -118,7 +118,7 @@ class RequestResult:
         return None
 
 
-def level_stats(n_clients, results, t0, t1):
+def level_stats(n_clients, results, t0, t1, max_tokens=None):
     """Aggregate one level's results. t0/t1: the level's wall-clock start and end."""
     ok = [r for r in results if r.error is None]
     errs = [r for r in results if r.error is not None]
@@ -166,7 +166,12 @@ def level_stats(n_clients, results, t0, t1):
     mismatch = sum(1 for r in ok if r.usage and isinstance(r.usage.get("completion_tokens"), int)
                    and r.usage["completion_tokens"] != r.chunk_tokens)
     prompt_tokens = [r.prompt_tokens for r in ok if r.prompt_tokens is not None]
-    short = sum(1 for r in ok if r.finish_reason not in (None, "length"))
+    # requests that ended before max_tokens (by count: ik_llama.cpp says finish_reason "stop"
+    # even when it stops at max_tokens)
+    if max_tokens:
+        short = sum(1 for r in ok if r.tokens < max_tokens)
+    else:
+        short = sum(1 for r in ok if r.finish_reason not in (None, "length"))
     samples = []
     for r in errs:
         if len(samples) >= 5:
@@ -656,7 +661,7 @@ async def run_level(args, model, n, words, clock=time.perf_counter):
 
     await asyncio.gather(*(client(c) for c in range(n)))
     t1 = clock()
-    return level_stats(n, results, t0, t1)
+    return level_stats(n, results, t0, t1, args.max_tokens)
 
 
 async def wait_ready(args):
@@ -765,7 +770,7 @@ def table(info):
                          f"completion_tokens differs from the text chunks")
         if s["stopped_early"]:
             notes.append(f"N={s['clients']}: {s['stopped_early']} requests stopped before "
-                         f"max_tokens (finish_reason not 'length')")
+                         f"max_tokens (their tokens are counted as received)")
         if s["agg_tok_s"] is None and s["requests_ok"]:
             notes.append(f"N={s['clients']}: no window with all clients busy (agg tok/s: -)")
     return "\n".join(out + notes)
