@@ -563,10 +563,14 @@ def endpoint(args):
 
 
 async def count_prompt_tokens(args, model, prompt):
-    """The server's count of a prompt's tokens (usage of a 1-token request; else /tokenize)."""
+    """The server's count of a prompt's tokens (usage of a 1-token request; else /tokenize).
+    Returns (count, how); count is None when the server tells neither, and -1 when it rejects
+    the prompt with HTTP 400 (too long for its context)."""
     body = request_body(args, model, prompt, 1, stream=False)
     status, obj, raw = await get_json(args.host, args.port, "POST", endpoint(args), body,
                                       args.timeout, args.auth_headers)
+    if status == 400:
+        return -1, raw[:300].decode("utf-8", "replace")
     if status != 200:
         raise LoadgenError(f"calibration request: HTTP {status}: {raw[:300]!r}")
     if isinstance(obj, dict) and isinstance(obj.get("usage"), dict) \
@@ -582,22 +586,40 @@ async def count_prompt_tokens(args, model, prompt):
 
 
 async def calibrate(args, model):
-    """Words of BASE_TEXT giving about --prompt-tokens tokens, and the measured count."""
+    """Words of BASE_TEXT giving about --prompt-tokens tokens, and the measured count.
+
+    Starts from a short prompt and grows it at most 4x a step, so it never sends a prompt far
+    beyond the target (a server may reject it, or, like ik_llama.cpp, silently truncate it to
+    its context and so report a misleading count); keeps the closest (words, tokens) pair."""
     target = args.prompt_tokens
     tag = "(0.0.0)"
-    words = max(1, int(target * 0.75))
-    measured, how = None, None
-    for _ in range(5):
+    words = max(1, min(8, target // 4))
+    best = None
+    for _ in range(12):
         measured, how = await count_prompt_tokens(args, model, make_prompt(words, tag))
         if measured is None:
             # ~4 characters per token
             chars_per_word = len(BASE_TEXT) / len(WORDS)
-            words = max(1, int(target * 4 / chars_per_word))
-            return words, None, "estimate (server reports no usage)"
+            return max(1, int(target * 4 / chars_per_word)), None, "estimate (server reports no usage)"
+        if measured < 0:
+            if words == 1:
+                raise LoadgenError(f"the server rejects even a 1-word prompt: {how}")
+            words = max(1, words // 2)
+            continue
+        if best is None or abs(measured - target) < abs(best[1] - target):
+            best = (words, measured, how)
         if abs(measured - target) <= max(1, target // 50):
             break
-        words = max(1, int(round(words * target / max(measured, 1))))
-    return words, measured, how
+        nxt = int(round(words * target / max(measured, 1)))
+        nxt = max(1, min(nxt, words * 4), words // 4)
+        if nxt == words:
+            nxt = words + (1 if measured < target else -1)
+            if nxt < 1:
+                break
+        words = nxt
+    if best is None:
+        raise LoadgenError("could not size the prompt: every calibration prompt was rejected")
+    return best
 
 
 # --------------------------------------------------------------------------------------------
@@ -1125,6 +1147,26 @@ def self_test():
     # --- prompts
     check("prompt words", len(make_prompt(300).split()) == 300)
     check("prompt tag", make_prompt(3, "(1.2.3)").startswith("(1.2.3) In the"))
+
+    # --- prompt calibration: 5 tokens a word, a server that truncates at 120 tokens and
+    # rejects (400) anything past 300
+    async def fake_count(args, model, prompt):
+        n = 5 * len(prompt.split()) + 1
+        if n > 300:
+            return -1, "too long"
+        return min(n, 120), "usage"
+
+    real_count = globals()["count_prompt_tokens"]
+    globals()["count_prompt_tokens"] = fake_count
+    try:
+        for target in (1, 64, 100, 500):
+            a = argparse.Namespace(prompt_tokens=target)
+            words, measured, how = asyncio.run(calibrate(a, "m"))
+            want = min(target, 120) if target < 500 else 120
+            check(f"calibrate {target}", abs(measured - want) <= 3 or (target == 1 and measured == 11),
+                  (words, measured, how))
+    finally:
+        globals()["count_prompt_tokens"] = real_count
 
     # --- end to end against the fake server
     async def e2e():
