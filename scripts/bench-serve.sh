@@ -171,8 +171,11 @@ make_models() {
 for m in $MODELS; do make_models "$m"; done
 
 # --- servers ----------------------------------------------------------------------------------
-# One server runs at a time; stop_server ends it (SIGTERM, then SIGKILL after 10 s).
+# One server runs at a time; stop_server ends it (SIGTERM, then SIGKILL after 10 s). The load
+# generator runs in the background and the script waits for it, so that a signal to the script
+# is acted on at once (bash runs a trap only after a foreground child exits).
 SERVER_PID=""
+LG_PID=""
 stop_server() {
     [[ -n "$SERVER_PID" ]] || return 0
     kill -TERM "$SERVER_PID" 2>/dev/null || true
@@ -181,7 +184,14 @@ stop_server() {
     wait "$SERVER_PID" 2>/dev/null || true
     SERVER_PID=""
 }
-cleanup() { stop_server; }
+cleanup() {
+    if [[ -n "$LG_PID" ]]; then
+        kill -TERM "$LG_PID" 2>/dev/null || true
+        wait "$LG_PID" 2>/dev/null || true
+        LG_PID=""
+    fi
+    stop_server
+}
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
@@ -244,10 +254,13 @@ run_engine() {
     done
     if [[ "$ok" == 1 ]]; then
         log "$m / $engine: ready on port $port; running the load generator"
-        if ! "${LG[@]}" --url "http://127.0.0.1:$port" --label "$m $engine" --json "$json" \
-                >"$RES/$m-$engine.table.txt"; then
+        "${LG[@]}" --url "http://127.0.0.1:$port" --label "$m $engine" --json "$json" \
+            >"$RES/$m-$engine.table.txt" &
+        LG_PID=$!
+        if ! wait "$LG_PID"; then
             log "$m / $engine: the load generator failed (table: $RES/$m-$engine.table.txt)"
         fi
+        LG_PID=""
         cat "$RES/$m-$engine.table.txt" >&2 || true
         # peak resident memory of the server (KiB)
         rss="$(awk '/^VmHWM:/ {print $2}' "/proc/$SERVER_PID/status" 2>/dev/null || true)"
