@@ -114,14 +114,18 @@ if has_engine bitnet-rs && ! "$BITNET_BIN" serve --help >/dev/null 2>&1; then
 fi
 if has_engine llama.cpp && [[ -z "${LLAMA_SERVER:-}" ]]; then
     LLAMA_BUILD_SERVER=1 bash "$ROOT/scripts/build-llama-cpp.sh"
+    d="${LLAMA_OUT:-$ROOT/third_party/build}"
+    [[ "$d" == /* ]] || d="$ROOT/$d"
     # shellcheck disable=SC1091
-    source "$ROOT/third_party/build/env.sh"
+    source "$d/env.sh"
     LLAMA_SERVER="$LLAMA_CPP_BIN/llama-server"
 fi
 if has_engine ik_llama.cpp && [[ -z "${IK_LLAMA_SERVER:-}" || -z "${IK_LLAMA_QUANTIZE:-}" ]]; then
     bash "$ROOT/scripts/build-ik-llama-cpp.sh"
+    d="${IK_OUT:-$ROOT/third_party/build-ik}"
+    [[ "$d" == /* ]] || d="$ROOT/$d"
     # shellcheck disable=SC1091
-    source "$ROOT/third_party/build-ik/env.sh"
+    source "$d/env.sh"
     IK_LLAMA_SERVER="${IK_LLAMA_SERVER:-$IK_LLAMA_CPP_BIN/llama-server}"
     IK_LLAMA_QUANTIZE="${IK_LLAMA_QUANTIZE:-$IK_LLAMA_CPP_BIN/llama-quantize}"
 fi
