@@ -48,6 +48,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 OUT="${BENCH_DIR:-$ROOT/target/bench-serve}"
+[[ "$OUT" == /* ]] || OUT="$ROOT/$OUT"
 mkdir -p "$OUT"
 THREADS="${THREADS:-$(lscpu -p=Core,Socket 2>/dev/null | grep -v '^#' | sort -u | wc -l)}"
 NS="${NS:-1 4 16 64}"
@@ -245,7 +246,8 @@ run_engine() {
     srvlog="$RES/$m-$engine.server.log"
     json="$RES/$m-$engine.json"
     log "$m / $engine: ${CMD[*]}"
-    "${CMD[@]}" >"$srvlog" 2>&1 &
+    # from the results folder: ik_llama.cpp's server writes a llama.log into its working directory
+    (cd "$RES" && exec "${CMD[@]}") >"$srvlog" 2>&1 &
     SERVER_PID=$!
     for _ in $(seq 1 $((STARTUP_TIMEOUT * 4))); do
         if ! kill -0 "$SERVER_PID" 2>/dev/null; then
