@@ -7,6 +7,7 @@
 #                                         # GGML_NATIVE=OFF + explicit AVX2/AVX512 flags, for
 #                                         # building on one host and running on another
 #   LLAMA_BUILD_CLI=1 ...                 # also build llama-cli (pulls in the server code; slow)
+#   LLAMA_BUILD_SERVER=1 ...              # also build llama-server (for scripts/bench-serve.sh; slow)
 #   LLAMA_OUT=third_party/build-avx512 LLAMA_PORTABLE=1 ...
 #                                         # a second build beside the default one (e.g. AVX-512
 #                                         # binaries for the lent device host)
@@ -15,7 +16,8 @@
 #   llama.cpp/            the vendored source (from llama_cpp_python-$VERSION.tar.gz)
 #   llama.cpp-build/bin/  libllama.so, libggml*.so, llama-simple, llama-completion, llama-bench,
 #                         llama-tokenize, llama-quantize, and our own llama-logits-dump
-#                         (compiled from scripts/llama_logits_dump.cpp)
+#                         (compiled from scripts/llama_logits_dump.cpp); llama-server and
+#                         llama-cli when asked for
 #   env.sh                exports LLAMA_CPP_DIR / LLAMA_CPP_BIN
 # Idempotent: a stamp keyed on the version, the options and the dumper's source makes a re-run
 # take well under a second. Nothing here is committed; no llama.cpp code or binary is.
@@ -30,6 +32,7 @@ BUILD="$OUT/llama.cpp-build"
 JOBS="${JOBS:-$(nproc)}"
 PORTABLE="${LLAMA_PORTABLE:-0}"
 WITH_CLI="${LLAMA_BUILD_CLI:-0}"
+WITH_SERVER="${LLAMA_BUILD_SERVER:-0}"
 
 log() { echo "[build-llama-cpp +${SECONDS}s] $*" >&2; }
 
@@ -54,9 +57,12 @@ CMAKE_FLAGS=(
     -DLLAMA_BUILD_UI=OFF
     -DLLAMA_USE_PREBUILT_UI=OFF
 )
-if [[ "$WITH_CLI" == "1" ]]; then
+# llama-cli and llama-server both need the server code (LLAMA_BUILD_SERVER), which the default
+# build leaves out: it is the slowest part of llama.cpp to compile and the tests need neither.
+if [[ "$WITH_CLI" == "1" || "$WITH_SERVER" == "1" ]]; then
     CMAKE_FLAGS+=(-DLLAMA_BUILD_SERVER=ON)
-    TARGETS+=(llama-cli)
+    [[ "$WITH_CLI" == "1" ]] && TARGETS+=(llama-cli)
+    [[ "$WITH_SERVER" == "1" ]] && TARGETS+=(llama-server)
 else
     CMAKE_FLAGS+=(-DLLAMA_BUILD_SERVER=OFF)
 fi
