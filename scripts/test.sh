@@ -27,6 +27,9 @@ step "OpenAI Python client against bitnet serve (tests/server-py)"
 test -x target/debug/bitnet
 BITNET_BIN=target/debug/bitnet .venv/bin/python -m pytest -q -p no:cacheprovider tests/server-py
 
+step "serving load generator: offline self-test of its HTTP/SSE parsing and statistics"
+python3 scripts/loadgen.py --self-test
+
 step "chat page in headless Chromium (tests/web-py/test_chat_page.py; screenshot: target/web-chat.png)"
 scripts/setup-browser.sh
 BITNET_BIN=target/debug/bitnet .venv/bin/python -m pytest -q -p no:cacheprovider tests/web-py/test_chat_page.py
