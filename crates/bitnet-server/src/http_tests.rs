@@ -675,3 +675,52 @@ async fn requests_are_in_flight_until_their_response_ends_and_vanished_ones_coun
     assert_eq!(s.metric(CHAT_DROPPED).await, 1.0);
     s.stop().await;
 }
+
+#[tokio::test]
+async fn connections_beyond_the_cap_wait_for_a_free_slot() {
+    let s = Server::start(
+        Script::Hang,
+        ServerConfig {
+            max_connections: 2,
+            ..config()
+        },
+    )
+    .await;
+    // Two requests that never finish hold both slots.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut c = TcpStream::connect(s.addr).await.unwrap();
+        let body = r#"{"prompt": "x"}"#;
+        c.write_all(
+            format!(
+                "POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        held.push(c);
+    }
+    s.wait_live(2).await;
+    // A third client waits in the backlog...
+    let mut third = TcpStream::connect(s.addr).await.unwrap();
+    third
+        .write_all(b"GET /health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let early = tokio::time::timeout(Duration::from_millis(500), third.read_to_end(&mut out)).await;
+    assert!(early.is_err() && out.is_empty(), "served beyond the cap");
+    // ...and is served once a slot frees.
+    drop(held.pop());
+    tokio::time::timeout(Duration::from_secs(5), third.read_to_end(&mut out))
+        .await
+        .expect("served after a slot freed")
+        .unwrap();
+    let resp = String::from_utf8_lossy(&out);
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    drop(held);
+    s.wait_live(0).await;
+    s.stop().await;
+}
