@@ -164,7 +164,9 @@ pub fn plan(req: &GenerationRequest, endpoint: Endpoint, ctx: usize) -> Result<P
         seed: req.seed.map(|s| s as u64),
         ..SamplingParams::default()
     };
-    sampling.validate().map_err(ApiError::invalid)?;
+    sampling
+        .validate()
+        .map_err(|m| ApiError::engine_invalid(&m, endpoint))?;
 
     let stop: Vec<String> = match &req.stop {
         None => Vec::new(),

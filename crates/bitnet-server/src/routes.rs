@@ -329,7 +329,7 @@ async fn generation(
             let h = app
                 .backend
                 .submit(req)
-                .map_err(|e| ApiError::from_submit(e, endpoint.prompt_param()))?;
+                .map_err(|e| ApiError::from_submit(e, endpoint))?;
             handles.push(h);
         }
     }
