@@ -112,6 +112,9 @@ pub struct Choices {
     pub n: usize,
     pub prompt_tokens: Vec<usize>,
     pub text: Vec<String>,
+    /// Whether `text` grows with the tokens: a stream sends text as it comes and never needs
+    /// it whole.
+    keep_text: bool,
     /// Characters that the echo and the tokens so far stand for, for legacy `text_offset`.
     /// Counted from each token's own text, not from the text released so far, which lags
     /// while text is held back (half a character, the start of a possible stop string).
@@ -134,6 +137,7 @@ impl Choices {
             prompt_tokens,
             chars: text.iter().map(|t| t.chars().count()).collect(),
             text,
+            keep_text: true,
             chat_logprobs: vec![Vec::new(); total],
             legacy_logprobs: vec![LegacyLogprobs::default(); total],
             finish: vec![None; total],
@@ -144,6 +148,12 @@ impl Choices {
 
     pub fn len(&self) -> usize {
         self.finish.len()
+    }
+
+    /// Stops keeping each choice's text, and drops what was kept (the echoed prompts).
+    pub fn forget_text(&mut self) {
+        self.keep_text = false;
+        self.text = vec![String::new(); self.text.len()];
     }
 
     pub fn all_done(&self) -> bool {
@@ -193,7 +203,9 @@ impl Choices {
                 )
             }
         };
-        self.text[c].push_str(text);
+        if self.keep_text {
+            self.text[c].push_str(text);
+        }
         out
     }
 
@@ -205,7 +217,9 @@ impl Choices {
         finish: FinishReason,
         usage: Usage,
     ) {
-        self.text[c].push_str(text);
+        if self.keep_text {
+            self.text[c].push_str(text);
+        }
         self.finish[c] = Some(finish);
         self.usage[c] = Some(usage);
         if usage.completion_tokens > 0 {
@@ -333,8 +347,9 @@ impl ChunkWriter {
     }
 
     /// The chunks sent before any token: chat's `role` delta, completions' echoed prompt.
+    /// From here on the choices' text is not kept: every piece is sent as it comes.
     pub fn start(&mut self) -> Vec<String> {
-        (0..self.choices.len())
+        let out = (0..self.choices.len())
             .filter_map(|c| match self.meta.endpoint {
                 Endpoint::Chat => Some(self.chunk(json!({
                     "index": c,
@@ -347,7 +362,9 @@ impl ChunkWriter {
                 }
                 Endpoint::Completions => None,
             })
-            .collect()
+            .collect();
+        self.choices.forget_text();
+        out
     }
 
     pub fn event(&mut self, cx: Ctx, c: usize, ev: Event) -> Vec<String> {
@@ -500,6 +517,8 @@ mod tests {
         ));
         assert!(w.ended);
         assert!(w.event(cx(&metrics), 0, tok_ev(5, "late")).is_empty());
+        // A stream does not keep what it has sent.
+        assert!(w.choices.text.iter().all(String::is_empty));
         let v = parse(&all);
         assert_eq!(v.last().unwrap(), "[DONE]");
         for c in &v[..v.len() - 1] {
@@ -555,6 +574,7 @@ mod tests {
         all.extend(w.event(cx(&metrics), 0, tok_ev(1, " beginning")));
         all.extend(w.event(cx(&metrics), 0, Event::Error("boom".into())));
         assert!(w.ended);
+        assert!(w.choices.text.iter().all(String::is_empty));
         let v = parse(&all);
         assert_eq!(v[0]["choices"][0]["text"], "In the");
         assert_eq!(v[0]["object"], "text_completion");
