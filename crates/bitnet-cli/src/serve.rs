@@ -47,6 +47,9 @@ pub struct ServeArgs {
     /// Seconds in-flight requests may run after SIGTERM/SIGINT before they are cancelled
     #[arg(long = "shutdown-timeout", default_value_t = 30)]
     shutdown_timeout: u64,
+    /// Connections served at once; more wait in the listen backlog until one closes
+    #[arg(long = "max-connections", default_value_t = 1024)]
+    max_connections: usize,
     /// No load report on stderr
     #[arg(short, long)]
     quiet: bool,
@@ -65,6 +68,10 @@ pub fn run(a: ServeArgs) -> Result<()> {
         .try_init();
     anyhow::ensure!(a.parallel >= 1, "--parallel must be at least 1");
     anyhow::ensure!(a.max_queue >= 1, "--max-queue must be at least 1");
+    anyhow::ensure!(
+        a.max_connections >= 1,
+        "--max-connections must be at least 1"
+    );
     let engine = crate::load_engine(&s, a.quiet)?;
     let alias = a.model_alias.clone().unwrap_or_else(|| {
         s.model
@@ -100,6 +107,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         max_body_bytes: a.max_body_bytes,
         read_timeout: Duration::from_secs(a.timeout.max(1)),
         shutdown_timeout: Duration::from_secs(a.shutdown_timeout),
+        max_connections: a.max_connections,
     };
     let scheduler = Arc::new(scheduler);
     // The engine computes on its own threads; the runtime only moves bytes.

@@ -2,6 +2,7 @@
 //! status the official clients map to their exception types.
 
 use crate::api::SubmitError;
+use crate::params::Endpoint;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -170,8 +171,32 @@ impl ApiError {
 }
 
 impl ApiError {
-    /// `prompt_param` names the field that held the prompt (`messages` or `prompt`).
-    pub fn from_submit(e: SubmitError, prompt_param: &str) -> ApiError {
+    /// A 400 for the engine's own check of a request's values, naming the request field when
+    /// the message says which (the engine's messages start with their parameter's name).
+    pub fn engine_invalid(message: &str, endpoint: Endpoint) -> ApiError {
+        let name = message
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .next()
+            .unwrap_or("");
+        let param = match (name, endpoint) {
+            ("repeat_penalty", _) => Some("repetition_penalty"),
+            ("top_logprobs", Endpoint::Completions) => Some("logprobs"),
+            (
+                p @ ("temperature" | "top_p" | "top_k" | "min_p" | "presence_penalty"
+                | "frequency_penalty" | "top_logprobs"),
+                _,
+            ) => Some(p),
+            _ => None,
+        };
+        let e = ApiError::invalid(message);
+        match param {
+            Some(p) => e.with_param(p),
+            None => e,
+        }
+    }
+
+    pub fn from_submit(e: SubmitError, endpoint: Endpoint) -> ApiError {
+        let prompt_param = endpoint.prompt_param();
         match &e {
             // One second is about how long a short request holds a slot on a small model.
             SubmitError::QueueFull(_) => ApiError::unavailable(e.to_string(), 1),
@@ -182,7 +207,10 @@ impl ApiError {
             SubmitError::EmptyPrompt | SubmitError::BadToken { .. } => {
                 ApiError::invalid_param(prompt_param, e.to_string())
             }
-            SubmitError::Invalid(_) => ApiError::invalid(e.to_string()),
+            SubmitError::Invalid(msg) => ApiError {
+                message: e.to_string(),
+                ..ApiError::engine_invalid(msg, endpoint)
+            },
         }
     }
 }
@@ -229,20 +257,57 @@ mod tests {
 
     #[test]
     fn submit_errors_map_to_statuses() {
-        let full = ApiError::from_submit(SubmitError::QueueFull(3), "prompt");
+        use Endpoint::Completions;
+        let full = ApiError::from_submit(SubmitError::QueueFull(3), Endpoint::Completions);
         assert_eq!(full.status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(full.retry_after, Some(1));
         let resp = full.into_response();
         assert_eq!(resp.headers()[header::RETRY_AFTER], "1");
-        let long =
-            ApiError::from_submit(SubmitError::PromptTooLong { prompt: 9, ctx: 4 }, "prompt");
+        let long = ApiError::from_submit(
+            SubmitError::PromptTooLong { prompt: 9, ctx: 4 },
+            Completions,
+        );
         assert_eq!(long.status, StatusCode::BAD_REQUEST);
         assert_eq!(long.code, Some("context_length_exceeded"));
         assert_eq!(long.param.as_deref(), Some("prompt"));
-        let bad = ApiError::from_submit(SubmitError::BadToken { id: 9, vocab: 4 }, "prompt");
+        let bad = ApiError::from_submit(SubmitError::BadToken { id: 9, vocab: 4 }, Completions);
         assert_eq!(bad.status, StatusCode::BAD_REQUEST);
-        let down = ApiError::from_submit(SubmitError::ShuttingDown, "messages");
+        let down = ApiError::from_submit(SubmitError::ShuttingDown, Endpoint::Chat);
         assert_eq!(down.status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[test]
+    fn engine_invalid_names_the_request_field() {
+        let param = |msg: &str, ep| {
+            let e = ApiError::from_submit(SubmitError::Invalid(msg.into()), ep);
+            assert_eq!(e.status, StatusCode::BAD_REQUEST);
+            assert!(e.message.contains(msg), "{e:?}");
+            e.param
+        };
+        let chat = Endpoint::Chat;
+        let cmpl = Endpoint::Completions;
+        assert_eq!(
+            param("temperature must be >= 0, got -1", chat).as_deref(),
+            Some("temperature")
+        );
+        assert_eq!(
+            param("top_p must be in (0, 1], got 0", cmpl).as_deref(),
+            Some("top_p")
+        );
+        assert_eq!(
+            param("repeat_penalty must be > 0, got 0", cmpl).as_deref(),
+            Some("repetition_penalty")
+        );
+        assert_eq!(
+            param("top_logprobs must be at most 20, got 21", chat).as_deref(),
+            Some("top_logprobs")
+        );
+        assert_eq!(
+            param("top_logprobs must be at most 20, got 21", cmpl).as_deref(),
+            Some("logprobs")
+        );
+        assert_eq!(param("something else", chat), None);
+        assert_eq!(param("", chat), None);
     }
 
     #[test]

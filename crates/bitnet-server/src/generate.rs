@@ -93,12 +93,31 @@ pub fn legacy_logprob(
     }
 }
 
+fn utf8_continuation(b: u8) -> bool {
+    b & 0xC0 == 0x80
+}
+
+/// Where a token with these bytes starts, in characters, after `chars` characters have begun:
+/// a token that starts inside a character (a byte token that continues a UTF-8 sequence) is
+/// placed on that character.
+fn text_offset(chars: usize, bytes: &[u8]) -> usize {
+    match bytes.first() {
+        Some(&b) if utf8_continuation(b) => chars.saturating_sub(1),
+        _ => chars,
+    }
+}
+
 /// The state of every choice of a request: `index = prompt * n + j`.
 pub struct Choices {
     pub n: usize,
     pub prompt_tokens: Vec<usize>,
     pub text: Vec<String>,
-    /// Characters of text so far (echo included), for legacy `text_offset`.
+    /// Whether `text` grows with the tokens: a stream sends text as it comes and never needs
+    /// it whole.
+    keep_text: bool,
+    /// Characters that the echo and the tokens so far stand for, for legacy `text_offset`.
+    /// Counted from each token's own text, not from the text released so far, which lags
+    /// while text is held back (half a character, the start of a possible stop string).
     chars: Vec<usize>,
     pub chat_logprobs: Vec<Vec<ChatTokenLogprob>>,
     pub legacy_logprobs: Vec<LegacyLogprobs>,
@@ -118,6 +137,7 @@ impl Choices {
             prompt_tokens,
             chars: text.iter().map(|t| t.chars().count()).collect(),
             text,
+            keep_text: true,
             chat_logprobs: vec![Vec::new(); total],
             legacy_logprobs: vec![LegacyLogprobs::default(); total],
             finish: vec![None; total],
@@ -128,6 +148,12 @@ impl Choices {
 
     pub fn len(&self) -> usize {
         self.finish.len()
+    }
+
+    /// Stops keeping each choice's text, and drops what was kept (the echoed prompts).
+    pub fn forget_text(&mut self) {
+        self.keep_text = false;
+        self.text = vec![String::new(); self.text.len()];
     }
 
     pub fn all_done(&self) -> bool {
@@ -167,13 +193,19 @@ impl Choices {
         }
         let out = match lp {
             None => (None, None),
-            Some(lp) => (
-                Some(chat_logprob(cx.tok, id, lp)),
-                Some(legacy_logprob(cx.tok, id, lp, self.chars[c])),
-            ),
+            Some(lp) => {
+                let bytes = cx.tok.token_bytes(id).unwrap_or_default();
+                let offset = text_offset(self.chars[c], &bytes);
+                self.chars[c] += bytes.iter().filter(|&&b| !utf8_continuation(b)).count();
+                (
+                    Some(chat_logprob(cx.tok, id, lp)),
+                    Some(legacy_logprob(cx.tok, id, lp, offset)),
+                )
+            }
         };
-        self.text[c].push_str(text);
-        self.chars[c] += text.chars().count();
+        if self.keep_text {
+            self.text[c].push_str(text);
+        }
         out
     }
 
@@ -185,8 +217,9 @@ impl Choices {
         finish: FinishReason,
         usage: Usage,
     ) {
-        self.text[c].push_str(text);
-        self.chars[c] += text.chars().count();
+        if self.keep_text {
+            self.text[c].push_str(text);
+        }
         self.finish[c] = Some(finish);
         self.usage[c] = Some(usage);
         if usage.completion_tokens > 0 {
@@ -314,8 +347,9 @@ impl ChunkWriter {
     }
 
     /// The chunks sent before any token: chat's `role` delta, completions' echoed prompt.
+    /// From here on the choices' text is not kept: every piece is sent as it comes.
     pub fn start(&mut self) -> Vec<String> {
-        (0..self.choices.len())
+        let out = (0..self.choices.len())
             .filter_map(|c| match self.meta.endpoint {
                 Endpoint::Chat => Some(self.chunk(json!({
                     "index": c,
@@ -328,7 +362,9 @@ impl ChunkWriter {
                 }
                 Endpoint::Completions => None,
             })
-            .collect()
+            .collect();
+        self.choices.forget_text();
+        out
     }
 
     pub fn event(&mut self, cx: Ctx, c: usize, ev: Event) -> Vec<String> {
@@ -481,6 +517,8 @@ mod tests {
         ));
         assert!(w.ended);
         assert!(w.event(cx(&metrics), 0, tok_ev(5, "late")).is_empty());
+        // A stream does not keep what it has sent.
+        assert!(w.choices.text.iter().all(String::is_empty));
         let v = parse(&all);
         assert_eq!(v.last().unwrap(), "[DONE]");
         for c in &v[..v.len() - 1] {
@@ -536,6 +574,7 @@ mod tests {
         all.extend(w.event(cx(&metrics), 0, tok_ev(1, " beginning")));
         all.extend(w.event(cx(&metrics), 0, Event::Error("boom".into())));
         assert!(w.ended);
+        assert!(w.choices.text.iter().all(String::is_empty));
         let v = parse(&all);
         assert_eq!(v[0]["choices"][0]["text"], "In the");
         assert_eq!(v[0]["object"], "text_completion");
@@ -545,6 +584,81 @@ mod tests {
         assert_eq!(v[2]["error"]["type"], "server_error");
         assert!(v[2]["error"]["message"].as_str().unwrap().contains("boom"));
         assert_eq!(v.len(), 3);
+    }
+
+    /// `text_offset` follows the tokens even while their text is held back (here: a possible
+    /// stop string, released with the next token) and across a character split in bytes.
+    #[test]
+    fn text_offsets_count_each_tokens_own_text() {
+        let metrics = Metrics::default();
+        let tok = tokenizer();
+        let ids = tok.encode(" his people, and 世", false).unwrap();
+        let texts: Vec<String> = ids
+            .iter()
+            .map(|&id| String::from_utf8_lossy(&tok.token_bytes(id).unwrap()).into_owned())
+            .collect();
+        let whole = tok.decode(&ids, false).unwrap();
+        for streaming in [false, true] {
+            let mut col = Collector {
+                meta: meta(Endpoint::Completions),
+                choices: Choices::new(1, vec![2], &["ab".into()]),
+                logprobs: true,
+            };
+            let mut w = ChunkWriter {
+                meta: meta(Endpoint::Completions),
+                choices: Choices::new(1, vec![2], &["ab".into()]),
+                logprobs: true,
+                include_usage: false,
+                ended: false,
+            };
+            let mut streamed = Vec::new();
+            // The first two tokens are held back; the third releases them; the rest stays
+            // held (no Done here).
+            for (k, &id) in ids.iter().enumerate() {
+                let text = match k {
+                    0 | 1 => String::new(),
+                    2 => texts[..3].concat(),
+                    _ => String::new(),
+                };
+                let ev = tok_ev(id, &text);
+                if streaming {
+                    streamed.extend(w.event(cx(&metrics), 0, ev));
+                } else {
+                    col.event(cx(&metrics), 0, ev).unwrap();
+                }
+            }
+            let offsets: Vec<usize> = if streaming {
+                parse(&streamed)
+                    .iter()
+                    .map(|v| {
+                        v["choices"][0]["logprobs"]["text_offset"][0]
+                            .as_u64()
+                            .unwrap() as usize
+                    })
+                    .collect()
+            } else {
+                col.body()["choices"][0]["logprobs"]["text_offset"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|o| o.as_u64().unwrap() as usize)
+                    .collect()
+            };
+            let full: Vec<char> = format!("ab{whole}").chars().collect();
+            assert_eq!(offsets.len(), ids.len());
+            let mut at = 2;
+            for (k, t) in texts.iter().enumerate() {
+                if t.contains('\u{FFFD}') {
+                    // A byte of 世: every part sits on the character.
+                    assert_eq!(full[offsets[k]], '世', "{offsets:?}");
+                    continue;
+                }
+                assert_eq!(offsets[k], at, "token {k} {t:?}: {offsets:?}");
+                let here: String = full[at..at + t.chars().count()].iter().collect();
+                assert_eq!(&here, t);
+                at += t.chars().count();
+            }
+        }
     }
 
     #[test]
@@ -585,7 +699,8 @@ mod tests {
         assert_eq!(b["choices"][1]["text"], "cq");
         assert_eq!(b["choices"][1]["finish_reason"], "length");
         let lp = &b["choices"][0]["logprobs"];
-        assert_eq!(lp["text_offset"], json!([2, 4]));
+        let len10 = tokenizer().token_bytes(10).unwrap().len();
+        assert_eq!(lp["text_offset"], json!([2, 2 + len10]));
         assert_eq!(lp["token_logprobs"], json!([-0.5, -0.5]));
         assert_eq!(lp["top_logprobs"][0].as_object().unwrap().len(), 2);
         assert_eq!(b["usage"]["prompt_tokens"], 7);

@@ -81,6 +81,39 @@ impl Server {
     }
 }
 
+impl Server {
+    /// A series' value in /metrics (0 if absent). The scrape is itself in flight.
+    async fn metric(&self, series: &str) -> f64 {
+        let text = client()
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// Waits (bounded) until a series in /metrics has the value `want`.
+    async fn wait_metric(&self, series: &str, want: f64) {
+        let t = Instant::now();
+        loop {
+            let v = self.metric(series).await;
+            if v == want {
+                return;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(5),
+                "{series} stayed at {v} (want {want})"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(20))
@@ -572,4 +605,122 @@ async fn shutdown_waits_for_in_flight_then_cancels() {
     assert_eq!(mock.live.load(Ordering::SeqCst), 0);
     let _ = pending.await;
     assert!(TcpStream::connect(addr).await.is_err(), "still accepting");
+}
+
+#[tokio::test]
+async fn requests_are_in_flight_until_their_response_ends_and_vanished_ones_count_499() {
+    const IN_FLIGHT: &str = "bitnet_requests_in_flight";
+    const DROPPED: &str = r#"bitnet_requests_total{endpoint="/v1/completions",status="499"}"#;
+    const CHAT_DROPPED: &str =
+        r#"bitnet_requests_total{endpoint="/v1/chat/completions",status="499"}"#;
+    const CHAT_OK: &str = r#"bitnet_requests_total{endpoint="/v1/chat/completions",status="200"}"#;
+    let s = Server::start(Script::Hang, config()).await;
+    // Only the scrape itself.
+    let idle = s.metric(IN_FLIGHT).await;
+    assert_eq!(idle, 1.0);
+
+    // Non-streaming clients that hang up: the handler (and the middleware) is dropped.
+    for _ in 0..3 {
+        let mut c = TcpStream::connect(s.addr).await.unwrap();
+        let body = r#"{"prompt": "x"}"#;
+        c.write_all(
+            format!(
+                "POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        s.wait_live(1).await;
+        assert_eq!(s.metric(IN_FLIGHT).await, idle + 1.0);
+        drop(c);
+        s.wait_live(0).await;
+    }
+    s.wait_metric(IN_FLIGHT, idle).await;
+    s.wait_metric(DROPPED, 3.0).await;
+
+    // A stream is in flight while its body runs, not only until its headers are sent.
+    let body = json!({"messages": [{"role": "user", "content": "x"}], "stream": true});
+    let r = client()
+        .post(s.url("/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    s.wait_live(1).await;
+    assert_eq!(s.metric(IN_FLIGHT).await, idle + 1.0);
+    assert_eq!(s.metric(CHAT_OK).await, 0.0);
+    drop(r);
+    s.wait_live(0).await;
+    s.wait_metric(IN_FLIGHT, idle).await;
+    s.wait_metric(CHAT_DROPPED, 1.0).await;
+    assert_eq!(s.metric(CHAT_OK).await, 0.0);
+
+    // A stream read to its end is a 200.
+    *s.mock.script.lock().unwrap() = Script::Echo;
+    let text = client()
+        .post(s.url("/v1/chat/completions"))
+        .json(&json!({"messages": [{"role": "user", "content": "x"}], "stream": true, "max_tokens": 2}))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    s.wait_metric(CHAT_OK, 1.0).await;
+    s.wait_metric(IN_FLIGHT, idle).await;
+    assert_eq!(s.metric(CHAT_DROPPED).await, 1.0);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn connections_beyond_the_cap_wait_for_a_free_slot() {
+    let s = Server::start(
+        Script::Hang,
+        ServerConfig {
+            max_connections: 2,
+            ..config()
+        },
+    )
+    .await;
+    // Two requests that never finish hold both slots.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut c = TcpStream::connect(s.addr).await.unwrap();
+        let body = r#"{"prompt": "x"}"#;
+        c.write_all(
+            format!(
+                "POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        held.push(c);
+    }
+    s.wait_live(2).await;
+    // A third client waits in the backlog...
+    let mut third = TcpStream::connect(s.addr).await.unwrap();
+    third
+        .write_all(b"GET /health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let early = tokio::time::timeout(Duration::from_millis(500), third.read_to_end(&mut out)).await;
+    assert!(early.is_err() && out.is_empty(), "served beyond the cap");
+    // ...and is served once a slot frees.
+    drop(held.pop());
+    tokio::time::timeout(Duration::from_secs(5), third.read_to_end(&mut out))
+        .await
+        .expect("served after a slot freed")
+        .unwrap();
+    let resp = String::from_utf8_lossy(&out);
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    drop(held);
+    s.wait_live(0).await;
+    s.stop().await;
 }

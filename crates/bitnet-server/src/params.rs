@@ -12,6 +12,11 @@ use serde_json::Value;
 pub const MAX_CHOICES: usize = 16;
 /// Most stop strings (OpenAI allows 4; llama-server any number).
 pub const MAX_STOP: usize = 16;
+/// Longest stop string, in bytes. Neither OpenAI nor llama-server documents a limit, but the
+/// engine matches stop strings on its one scheduling thread after every token, in time that
+/// grows with the square of their length, so every sequence being decoded would wait on a
+/// few huge ones. 256 bytes is far more than any real stop sequence needs.
+pub const MAX_STOP_BYTES: usize = 256;
 /// A prompt longer than this many bytes per context token cannot fit whatever the
 /// vocabulary (no token is that long), so it is refused before tokenizing it.
 pub const PROMPT_BYTES_PER_TOKEN: usize = 256;
@@ -159,7 +164,9 @@ pub fn plan(req: &GenerationRequest, endpoint: Endpoint, ctx: usize) -> Result<P
         seed: req.seed.map(|s| s as u64),
         ..SamplingParams::default()
     };
-    sampling.validate().map_err(ApiError::invalid)?;
+    sampling
+        .validate()
+        .map_err(|m| ApiError::engine_invalid(&m, endpoint))?;
 
     let stop: Vec<String> = match &req.stop {
         None => Vec::new(),
@@ -172,7 +179,17 @@ pub fn plan(req: &GenerationRequest, endpoint: Endpoint, ctx: usize) -> Result<P
             format!("at most {MAX_STOP} stop strings"),
         ));
     }
-    // An empty stop string would match everywhere; OpenAI ignores them.
+    if let Some(i) = stop.iter().position(|s| s.len() > MAX_STOP_BYTES) {
+        return Err(ApiError::invalid_param(
+            "stop",
+            format!(
+                "stop strings must be at most {MAX_STOP_BYTES} bytes long; stop[{i}] is {}",
+                stop[i].len()
+            ),
+        ));
+    }
+    // An empty stop string would match everywhere; OpenAI ignores them, and so does the
+    // engine's matcher (dropped here too so what is submitted says what runs).
     let stop = stop.into_iter().filter(|s| !s.is_empty()).collect();
 
     let logprobs = match endpoint {
@@ -457,6 +474,14 @@ mod tests {
             (r#"{"prompt":"a","logprobs":true}"#, "logprobs"),
             (r#"{"prompt":"a","logprobs":2,"echo":true}"#, "echo"),
             (r#"{"prompt":[]}"#, "prompt"),
+            (
+                format!(r#"{{"prompt":"a","stop":"{}"}}"#, "x".repeat(257)).as_str(),
+                "stop",
+            ),
+            (
+                format!(r#"{{"prompt":"a","stop":["b","{}"]}}"#, "é".repeat(129)).as_str(),
+                "stop",
+            ),
             (r#"{}"#, "prompt"),
         ] {
             let e = err(json, c);
@@ -518,5 +543,14 @@ mod tests {
         .unwrap();
         assert_eq!(p.options.stop, vec!["b".to_string()]);
         assert!(p.options.sampling.top_p > 0.0);
+        // The longest stop string allowed.
+        let longest = "x".repeat(MAX_STOP_BYTES);
+        let p = plan(
+            &req(&format!(r#"{{"prompt":"a","stop":"{longest}"}}"#)),
+            Endpoint::Completions,
+            8,
+        )
+        .unwrap();
+        assert_eq!(p.options.stop, vec![longest]);
     }
 }

@@ -7,9 +7,9 @@ use crate::openai::{GenerationRequest, ModelCard, ModelList};
 use crate::params::{self, Endpoint, Plan};
 use crate::server::App;
 use crate::{auth, backend::EventStream};
-use axum::body::{Body, Bytes};
+use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{MatchedPath, Path, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -17,11 +17,14 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::stream::{self, StreamExt};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper::body::{Frame, SizeHint};
 use serde_json::json;
 use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 /// SSE comments while a stream waits (queued, or a long prompt), so proxies keep the
@@ -65,11 +68,93 @@ async fn track(State(app): State<Arc<App>>, req: axum::extract::Request, next: N
         Some("/" | "/chat.js" | "/chat.css") => "/",
         _ => "other",
     };
-    app.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
+    let head = req.method() == Method::HEAD;
+    let mut guard = Tracked::new(app, endpoint);
+    // The guard goes into the response body: a request ends when its body has been sent (a
+    // stream runs on long after its headers) or dropped, not when the handler returns. If
+    // the client goes away first, this future or the body is dropped, and so is the guard.
     let resp = next.run(req).await;
-    app.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
-    app.metrics.request(endpoint, resp.status().as_u16());
-    resp
+    guard.status = resp.status().as_u16();
+    let (parts, body) = resp.into_parts();
+    // A body of known length was made whole by the handler: the request is complete now
+    // (and hyper may not poll it at all: HEAD, an empty body). A stream is complete only
+    // once it has ended.
+    guard.complete = head || body.size_hint().exact().is_some();
+    Response::from_parts(parts, Body::new(TrackedBody { inner: body, guard }))
+}
+
+/// Status recorded for a request whose client went away before its response was complete
+/// (nginx's 499, "client closed request"; also what nginx logs in front of this server).
+pub const CLIENT_CLOSED: u16 = 499;
+
+/// One request in `bitnet_requests_in_flight` until dropped; then counted in
+/// `bitnet_requests_total` with its status, or [`CLIENT_CLOSED`] if it did not complete.
+struct Tracked {
+    app: Arc<App>,
+    endpoint: &'static str,
+    /// The response's status, once there is one.
+    status: u16,
+    /// The whole response was handed to the connection.
+    complete: bool,
+}
+
+impl Tracked {
+    fn new(app: Arc<App>, endpoint: &'static str) -> Tracked {
+        app.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
+        Tracked {
+            app,
+            endpoint,
+            status: CLIENT_CLOSED,
+            complete: false,
+        }
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        let m = &self.app.metrics;
+        m.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let status = if self.complete {
+            self.status
+        } else {
+            CLIENT_CLOSED
+        };
+        m.request(self.endpoint, status);
+    }
+}
+
+/// A response body that completes its request's [`Tracked`] when its last frame is taken,
+/// and ends it when dropped.
+struct TrackedBody {
+    inner: Body,
+    guard: Tracked,
+}
+
+impl HttpBody for TrackedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => this.guard.complete = true,
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.guard.complete = true,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 async fn require_key(
@@ -244,7 +329,7 @@ async fn generation(
             let h = app
                 .backend
                 .submit(req)
-                .map_err(|e| ApiError::from_submit(e, endpoint.prompt_param()))?;
+                .map_err(|e| ApiError::from_submit(e, endpoint))?;
             handles.push(h);
         }
     }

@@ -10,11 +10,12 @@ use hyper_util::service::TowerToHyperService;
 use std::collections::hash_map::RandomState;
 use std::future::Future;
 use std::hash::BuildHasher;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
 #[derive(Clone, Debug)]
@@ -30,6 +31,12 @@ pub struct ServerConfig {
     /// How long in-flight requests may run on after a shutdown signal before they are
     /// cancelled.
     pub shutdown_timeout: Duration,
+    /// Most connections served at once. Beyond it the server stops accepting until one
+    /// closes: newcomers wait in the kernel's listen backlog (and, past that, are refused by
+    /// the kernel), rather than being accepted and closed with no response, which clients
+    /// cannot tell from a crash and retry at once. Bounds the file descriptors and the
+    /// per-connection buffers a flood of clients can take.
+    pub max_connections: usize,
 }
 
 impl Default for ServerConfig {
@@ -40,6 +47,7 @@ impl Default for ServerConfig {
             max_body_bytes: 4 << 20,
             read_timeout: Duration::from_secs(30),
             shutdown_timeout: Duration::from_secs(30),
+            max_connections: 1024,
         }
     }
 }
@@ -80,6 +88,12 @@ impl App {
     }
 }
 
+/// Whether a server on `addr` with `config` serves anyone who can reach it: not bound to
+/// loopback, and no API key.
+pub fn open_to_others(addr: SocketAddr, config: &ServerConfig) -> bool {
+    !addr.ip().is_loopback() && config.api_key.is_none()
+}
+
 pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -94,14 +108,31 @@ pub async fn serve(
     backend: Arc<dyn Backend>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
+    if let Ok(addr) = listener.local_addr() {
+        if open_to_others(addr, &config) {
+            tracing::warn!(
+                "listening on {addr}, which is not a loopback address, without an API key: \
+                 anyone who can reach it can use the model (set an API key to require one)"
+            );
+        }
+    }
     let app = Arc::new(App::new(config, backend));
     let router = crate::routes::router(app.clone());
     let (closing_tx, closing_rx) = watch::channel(false);
     let mut conns = JoinSet::new();
+    let slots = Arc::new(Semaphore::new(app.config.max_connections.max(1)));
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
+        // Accept only with a free slot. Both waits are cancel-safe: when another branch
+        // wins, no connection is lost.
+        let next = async {
+            let slot = slots.clone().acquire_owned().await;
+            (slot, listener.accept().await)
+        };
         tokio::select! {
-            accepted = listener.accept() => {
+            (slot, accepted) = next => {
+                // The semaphore is never closed.
+                let Ok(slot) = slot else { continue };
                 let stream = match accepted {
                     Ok((s, _)) => s,
                     Err(e) => {
@@ -117,6 +148,7 @@ pub async fn serve(
                 let mut closing = closing_rx.clone();
                 let read_timeout = app.config.read_timeout;
                 conns.spawn(async move {
+                    let _slot = slot;
                     let mut builder = hyper::server::conn::http1::Builder::new();
                     builder.timer(TokioTimer::new()).header_read_timeout(read_timeout);
                     let conn = builder.serve_connection(TokioIo::new(stream), svc);
@@ -172,4 +204,27 @@ pub async fn serve(
 async fn stop_backend(app: &Arc<App>) {
     let backend = app.backend.clone();
     let _ = tokio::task::spawn_blocking(move || backend.shutdown()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_without_a_key_only_beyond_loopback() {
+        let open = ServerConfig::default();
+        let keyed = ServerConfig {
+            api_key: Some("k".into()),
+            ..Default::default()
+        };
+        let any: SocketAddr = "0.0.0.0:8080".parse().unwrap();
+        let lan: SocketAddr = "192.168.1.2:8080".parse().unwrap();
+        let local: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let local6: SocketAddr = "[::1]:8080".parse().unwrap();
+        assert!(open_to_others(any, &open));
+        assert!(open_to_others(lan, &open));
+        assert!(!open_to_others(local, &open));
+        assert!(!open_to_others(local6, &open));
+        assert!(!open_to_others(any, &keyed));
+    }
 }

@@ -189,6 +189,27 @@ async fn openai_semantics() {
     assert_eq!(lp["token_logprobs"].as_array().unwrap().len(), 3);
     assert_eq!(lp["top_logprobs"][0].as_object().unwrap().len(), 2);
     assert_eq!(lp["text_offset"][0], 0);
+    // Offsets follow each token's own text, also while text is held back: "his people" is
+    // the start of a stop string that never comes, so it goes out only with the next token.
+    let (_, v) = s
+        .post(
+            "/v1/completions",
+            &json!({"prompt": "In the beginning", "max_tokens": 32, "temperature": 0,
+                "logprobs": 0, "stop": "his people!?"}),
+        )
+        .await;
+    assert_eq!(v["choices"][0]["text"], GREEDY_32);
+    let lp = &v["choices"][0]["logprobs"];
+    let tokens = lp["tokens"].as_array().unwrap();
+    let offsets = lp["text_offset"].as_array().unwrap();
+    assert_eq!((tokens.len(), offsets.len()), (32, 32));
+    let mut at = 0;
+    for (t, o) in tokens.iter().zip(offsets) {
+        let t = t.as_str().unwrap();
+        assert_eq!(o.as_u64(), Some(at as u64), "{t:?} in {lp}");
+        assert_eq!(&GREEDY_32[at..at + t.len()], t);
+        at += t.len();
+    }
 
     // Echo returns the prompt first.
     let (_, v) = s

@@ -38,6 +38,8 @@ pub struct Tokenizer {
     chat_template: Option<String>,
     special_ids: HashSet<u32>,
     decode_mode: DecodeMode,
+    /// The decoder writes SentencePiece's `▁` as a space (and strips the first one).
+    metaspace: bool,
 }
 
 /// Special-token facts gathered by a loader before assembly.
@@ -170,6 +172,7 @@ impl Tokenizer {
             Some(DecoderWrapper::ByteLevel(_)) => DecodeMode::ByteLevel,
             _ => DecodeMode::Generic,
         };
+        let metaspace = metaspace_decoder(inner.get_decoder());
         Tokenizer {
             inner,
             vocab_size,
@@ -182,6 +185,7 @@ impl Tokenizer {
             chat_template: s.chat_template,
             special_ids,
             decode_mode,
+            metaspace,
         }
     }
 
@@ -275,6 +279,11 @@ impl Tokenizer {
             DecodeMode::ByteLevel => byte_level::push_token_bytes(&token, &mut out),
             DecodeMode::Generic => match sentencepiece_byte(&token) {
                 Some(b) => out.push(b),
+                // Not decoded alone: SentencePiece decoders strip the space that starts the
+                // text, which would turn `▁the` into "the" and break the concatenation.
+                None if self.metaspace => {
+                    out.extend_from_slice(token.replace(SPM_SPACE, " ").as_bytes())
+                }
                 None => out.extend_from_slice(self.decode(&[id], false).ok()?.as_bytes()),
             },
         }
@@ -354,6 +363,19 @@ impl Tokenizer {
     }
 }
 
+/// SentencePiece's word-boundary mark, U+2581.
+const SPM_SPACE: char = '\u{2581}';
+
+/// Whether a decoder turns SentencePiece's `▁` into a space (HF `Metaspace`, or llama's
+/// `Replace` + `ByteFallback` + `Fuse` + `Strip` sequence that GGUF vocabularies get): found
+/// by asking it, so any arrangement of decoders that behaves so is recognised.
+fn metaspace_decoder(decoder: Option<&DecoderWrapper>) -> bool {
+    use tokenizers::Decoder;
+    decoder
+        .and_then(|d| d.decode(vec!["x".into(), format!("{SPM_SPACE}y")]).ok())
+        .is_some_and(|s| s == "x y")
+}
+
 /// SentencePiece's byte-fallback tokens are written `<0xAB>`.
 fn sentencepiece_byte(token: &str) -> Option<u8> {
     let hex = token.strip_prefix("<0x")?.strip_suffix('>')?;
@@ -373,5 +395,23 @@ impl std::fmt::Debug for Tokenizer {
             .field("stop_ids", &self.stop_ids)
             .field("has_chat_template", &self.chat_template.is_some())
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokenizers::decoders::byte_level::ByteLevel;
+    use tokenizers::decoders::metaspace::Metaspace;
+
+    #[test]
+    fn metaspace_decoders_are_recognised() {
+        assert!(metaspace_decoder(Some(&DecoderWrapper::Metaspace(
+            Metaspace::default()
+        ))));
+        assert!(!metaspace_decoder(Some(&DecoderWrapper::ByteLevel(
+            ByteLevel::default()
+        ))));
+        assert!(!metaspace_decoder(None));
     }
 }

@@ -127,6 +127,39 @@ fn streaming_matches_decode() {
     }
 }
 
+/// Logprobs report each token's bytes: `▁the` is " the" even though decoding it alone gives
+/// "the" (the decoder strips the space that starts a text), byte tokens are their byte, and
+/// the bytes of a continuation concatenate to its text.
+#[test]
+fn token_bytes_keep_the_word_space() {
+    let tok = Tokenizer::from_gguf_vocab(&vocab()).expect("builds");
+    let id = |s: &str| tok.token_to_id(s).expect("in vocab");
+    assert_eq!(tok.token_bytes(id("▁the")).expect("token"), b" the");
+    assert_eq!(tok.token_bytes(id("▁▁")).expect("token"), b"  ");
+    assert_eq!(tok.token_bytes(id("the")).expect("token"), b"the");
+    assert_eq!(tok.token_bytes(id("<0xC3>")).expect("token"), [0xC3]);
+    assert_eq!(tok.token_bytes(id("<s>")).expect("token"), b"<s>");
+    for text in [
+        "the cab",
+        "abcd de",
+        "  two spaces",
+        "é unknown 🙂",
+        "line\nnext",
+    ] {
+        let ids = tok.encode(text, false).expect("encode");
+        let bytes: Vec<u8> = ids
+            .iter()
+            .flat_map(|&id| tok.token_bytes(id).expect("token"))
+            .collect();
+        // SentencePiece writes a space before the text; decoding strips it again.
+        assert_eq!(
+            String::from_utf8_lossy(&bytes),
+            format!(" {}", tok.decode(&ids, false).expect("decode")),
+            "{text:?}"
+        );
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
 
