@@ -143,6 +143,9 @@ unsafe fn ternary_dot_tile<const R: usize, const T: usize>(
         let mut acc01 = [[_mm512_setzero_si512(); T]; R];
         let mut acc23 = [[_mm512_setzero_si512(); T]; R];
         while b < end {
+            // A few tokens (several sequences decoding together) leave the tile as bound by
+            // memory as a decode step: request the rows of a later tile as the decode kernels do.
+            crate::prefetch::ternary_tile_block::<R>(wp[0], nb, b);
             // SAFETY: b < nb, so 32 bytes of every row and 128 of every q[t] are in bounds.
             unsafe {
                 let c: [(__m512i, __m512i); R] = std::array::from_fn(|r| {
