@@ -1,6 +1,8 @@
 use crate::args::{resolve, ModelArgs, SamplingArgs};
 use anyhow::{Context, Result};
-use bitnet_inference::{Event, GenerateOptions, KvCache, Request, Scheduler, SchedulerOptions};
+use bitnet_inference::{
+    Event, GenerateOptions, KvCache, Request, Scheduler, SchedulerOptions, Timings,
+};
 use bitnet_tokenizers::ChatMessage;
 use clap::Args;
 use std::io::Write;
@@ -129,25 +131,21 @@ pub fn run(a: RunArgs) -> Result<()> {
     };
     writeln!(out)?;
     if !a.quiet {
-        let (ttft, total) = (usage.time_to_first_token, usage.total_time);
-        let gen_time = total.saturating_sub(ttft);
-        let tps = |n: usize, t: std::time::Duration| {
-            if t.is_zero() {
-                0.0
-            } else {
-                n as f64 / t.as_secs_f64()
-            }
-        };
         // The first token comes with the prompt; generation speed counts the ones after it.
-        let decoded = usage.completion_tokens.saturating_sub(1);
+        let t = Timings {
+            prompt_tokens: usage.prompt_tokens,
+            prompt_time: usage.time_to_first_token,
+            generated_tokens: usage.completion_tokens.saturating_sub(1),
+            generation_time: usage.total_time.saturating_sub(usage.time_to_first_token),
+        };
         eprintln!(
             "prompt: {} tokens in {:.3}s ({:.2} tokens/s) | generation: {} tokens in {:.3}s ({:.2} tokens/s) | finish: {:?}",
-            usage.prompt_tokens,
-            ttft.as_secs_f64(),
-            tps(usage.prompt_tokens, ttft),
+            t.prompt_tokens,
+            t.prompt_time.as_secs_f64(),
+            t.prompt_tps(),
             usage.completion_tokens,
-            gen_time.as_secs_f64(),
-            tps(decoded, gen_time),
+            t.generation_time.as_secs_f64(),
+            t.generation_tps(),
             finish
         );
     }

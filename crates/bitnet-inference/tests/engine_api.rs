@@ -11,27 +11,6 @@ use bitnet_inference::{
 use common::*;
 use futures::StreamExt;
 
-fn engine() -> Engine {
-    let path = workspace_root().join("models/bitnet-b1.58-kjv-i2_s.gguf");
-    Engine::load(
-        &path,
-        &EngineOptions {
-            threads: Some(2),
-            ..Default::default()
-        },
-    )
-    .unwrap()
-}
-
-fn greedy(n: usize) -> GenerateOptions {
-    GenerateOptions {
-        max_tokens: n,
-        sampling: SamplingParams::greedy(),
-        ignore_eos: true,
-        ..Default::default()
-    }
-}
-
 #[test]
 fn async_stream_yields_the_reference_text() {
     let r = reference();

@@ -5,29 +5,11 @@
 mod common;
 
 use bitnet_inference::{
-    Engine, EngineOptions, Event, FinishReason, GenerateOptions, Request, RequestHandle,
-    SamplingParams, Scheduler, SchedulerOptions, SubmitError, Usage,
+    Event, FinishReason, GenerateOptions, Request, RequestHandle, SamplingParams, Scheduler,
+    SchedulerOptions, SubmitError, Usage,
 };
 use common::*;
 use std::time::{Duration, Instant};
-
-fn engine() -> Engine {
-    let path = workspace_root().join("models/bitnet-b1.58-kjv-i2_s.gguf");
-    let opts = EngineOptions {
-        threads: Some(2),
-        ..Default::default()
-    };
-    Engine::load(&path, &opts).unwrap()
-}
-
-fn greedy(n: usize) -> GenerateOptions {
-    GenerateOptions {
-        max_tokens: n,
-        sampling: SamplingParams::greedy(),
-        ignore_eos: true,
-        ..Default::default()
-    }
-}
 
 struct Outcome {
     ids: Vec<u32>,

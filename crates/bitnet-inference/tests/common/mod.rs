@@ -2,6 +2,7 @@
 //! reference outputs (transformers 5.17, float32, eager; see shared/models/bitnet-b1.58-kjv/README.md).
 #![allow(dead_code)]
 
+use bitnet_inference::{Engine, EngineOptions, GenerateOptions, SamplingParams};
 use serde_json::Value;
 use std::path::PathBuf;
 
@@ -81,4 +82,24 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 
 pub fn mean_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).sum::<f32>() / a.len() as f32
+}
+
+/// The committed default model on 2 threads.
+pub fn engine() -> Engine {
+    let path = workspace_root().join("models/bitnet-b1.58-kjv-i2_s.gguf");
+    let opts = EngineOptions {
+        threads: Some(2),
+        ..Default::default()
+    };
+    Engine::load(&path, &opts).unwrap()
+}
+
+/// Greedy decoding of exactly `n` tokens (end-of-sequence ignored).
+pub fn greedy(n: usize) -> GenerateOptions {
+    GenerateOptions {
+        max_tokens: n,
+        sampling: SamplingParams::greedy(),
+        ignore_eos: true,
+        ..Default::default()
+    }
 }
