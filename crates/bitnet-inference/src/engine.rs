@@ -107,6 +107,12 @@ impl Engine {
         Engine::from_model(model, opts)
     }
 
+    /// An engine over a GGUF model held in memory (see `bitnet_models::load_gguf_bytes`).
+    pub fn load_bytes(bytes: Vec<u8>, name: &str, opts: &EngineOptions) -> Result<Engine> {
+        let model = bitnet_models::load_gguf_bytes(bytes, name, opts.placement())?;
+        Engine::from_model(model, opts)
+    }
+
     /// An engine over an already loaded model, whose weights stay where they were placed (load
     /// with `bitnet_models::load_with(.., Placement::Arena)` for the fastest decoding).
     pub fn from_model(model: LoadedModel, opts: &EngineOptions) -> Result<Engine> {

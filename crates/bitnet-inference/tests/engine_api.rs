@@ -193,3 +193,41 @@ fn arena_and_mapped_weights_give_identical_logits() {
     };
     assert_eq!(logits(&arena), logits(&mapped));
 }
+
+/// A model loaded from bytes in memory (the C API's and the browser's way in) is the same model:
+/// bit-identical logits to the file on disk, both with the mapped and the arena placement; and a
+/// corrupt buffer is a model error, not a panic.
+#[test]
+fn model_from_bytes_gives_identical_logits() {
+    let path = workspace_root().join("models/bitnet-b1.58-kjv-i2_s.gguf");
+    let bytes = std::fs::read(&path).unwrap();
+    let from_file = engine();
+    let ids = from_file
+        .tokenizer()
+        .encode("In the beginning God", true)
+        .unwrap();
+    let logits = |e: &Engine| {
+        e.session(Some(32))
+            .unwrap()
+            .eval(&ids, Logits::All)
+            .unwrap()
+    };
+    let want = logits(&from_file);
+    for mmap in [false, true] {
+        let opts = EngineOptions {
+            threads: Some(2),
+            mmap,
+            ..Default::default()
+        };
+        let e = Engine::load_bytes(bytes.clone(), "kjv.gguf", &opts).unwrap();
+        assert_eq!(logits(&e), want, "mmap={mmap}");
+    }
+    let cut = bytes[..bytes.len() / 2].to_vec();
+    let Err(err) = Engine::load_bytes(cut, "half.gguf", &EngineOptions::default()) else {
+        panic!("half a model file loaded");
+    };
+    assert!(
+        matches!(err, bitnet_inference::EngineError::Model(_)),
+        "{err}"
+    );
+}

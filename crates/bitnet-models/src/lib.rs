@@ -75,6 +75,22 @@ pub fn load_with(
         ));
     }
     let file = GgufFile::open(path)?;
+    from_gguf(file, path.to_path_buf(), tokenizer_dir, placement)
+}
+
+/// Loads a GGUF model held in memory (the C API's and the browser's way in: no file to map).
+/// The tokenizer is the one embedded in the GGUF. `name` stands in for the path in messages.
+pub fn load_gguf_bytes(bytes: Vec<u8>, name: &str, placement: Placement) -> Result<LoadedModel> {
+    let file = GgufFile::from_storage(bitnet_common::Storage::from_vec(bytes))?;
+    from_gguf(file, PathBuf::from(name), None, placement)
+}
+
+fn from_gguf(
+    file: GgufFile,
+    path: PathBuf,
+    tokenizer_dir: Option<&Path>,
+    placement: Placement,
+) -> Result<LoadedModel> {
     let weights = gguf_load::load_weights(&file, placement)?;
     let (tokenizer, vocab) = match tokenizer_dir {
         Some(dir) => (
@@ -90,7 +106,7 @@ pub fn load_with(
         weights,
         tokenizer,
         vocab,
-        path: path.to_path_buf(),
+        path,
         format: SourceFormat::Gguf,
         file_bytes: file.file_size(),
     })
