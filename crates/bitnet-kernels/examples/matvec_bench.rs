@@ -1,7 +1,7 @@
 //! Quick ternary matmul benchmark at bitnet-b1.58-2B-4T shapes (no criterion).
 //!
 //! ```text
-//! cargo run --release -p bitnet-kernels --example matvec_bench -- [--threads N] [--min-ms N] [--iters N] [--cold-mib N] [--scalar] [--no-dense]
+//! cargo run --release -p bitnet-kernels --example matvec_bench -- [--threads N] [--min-ms N] [--iters N] [--cold-mib N] [--scalar | --isa NAME] [--no-dense | --only-dense]
 //! ```
 //!
 //! For each shape and token count it reports the time per call, the weight bandwidth
@@ -25,6 +25,7 @@ struct Args {
     iters: usize,
     min_ms: usize,
     skip_dense: bool,
+    only_dense: bool,
     cold_mib: usize,
     isa: Isa,
 }
@@ -35,6 +36,7 @@ fn parse_args() -> Args {
         iters: 20,
         min_ms: 400,
         skip_dense: false,
+        only_dense: false,
         cold_mib: 1024,
         isa: detected_isa(),
     };
@@ -51,7 +53,12 @@ fn parse_args() -> Args {
             "--min-ms" => a.min_ms = num("--min-ms"),
             "--cold-mib" => a.cold_mib = num("--cold-mib"),
             "--scalar" => a.isa = Isa::Scalar,
+            "--isa" => {
+                let name = it.next().unwrap_or_default();
+                a.isa = Isa::from_name(&name).unwrap_or_else(|| panic!("unknown ISA {name}"));
+            }
             "--no-dense" => a.skip_dense = true,
+            "--only-dense" => a.only_dense = true,
             other => panic!("unknown argument {other}"),
         }
     }
@@ -133,12 +140,16 @@ fn main() {
     );
 
     // (rows = out_features, cols = in_features): q/o, gate/up, down.
-    let shapes = [(2560usize, 2560usize), (6912, 2560), (2560, 6912)];
+    let shapes: &[(usize, usize)] = if args.only_dense {
+        &[]
+    } else {
+        &[(2560, 2560), (6912, 2560), (2560, 6912)]
+    };
     // One pool of random packed weights; every matrix is a zero-copy view into it, the cold
     // set cycling through all of it.
     let pool = Storage::from_vec(random_packed(args.cold_mib << 20, 0x9e37_79b9_7f4a_7c15));
     let mut bw_probe = None;
-    for &(rows, cols) in &shapes {
+    for &(rows, cols) in shapes {
         let view = |i: usize| {
             let n = rows * cols / 4;
             TernaryMatrix::from_i2s(
@@ -304,16 +315,21 @@ fn main() {
             let mut outs = vec![0f32; 16 * rows];
             m.matmul_with(args.isa, &xs, 16, &mut outs);
             let mut samples = Vec::new();
-            for _ in 0..args.iters.max(3) {
+            let cpu0 = process_cpu_secs().unwrap_or(0.0);
+            let iters = args.iters.max(3);
+            for _ in 0..iters {
                 let t = Instant::now();
                 m.matmul_with(args.isa, &xs, 16, &mut outs);
                 samples.push(t.elapsed().as_secs_f64());
             }
+            let cpu = (process_cpu_secs().unwrap_or(0.0) - cpu0) / iters as f64;
             let t = median(samples);
+            let flop = 2.0 * (rows * cols * 16) as f64;
             println!(
-                "dense {ty:?} {rows}x{cols} x 16 tokens: {:.1} ms, {:.1} GFLOP/s",
+                "dense {ty:?} {rows}x{cols} x 16 tokens: {:.1} ms, {:.1} GFLOP/s, {:.1} GFLOP/cpu-s",
                 t * 1e3,
-                2.0 * (rows * cols * 16) as f64 / t / 1e9
+                flop / t / 1e9,
+                flop / cpu / 1e9
             );
         }
     }

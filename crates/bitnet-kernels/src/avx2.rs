@@ -310,9 +310,9 @@ pub(crate) unsafe fn quantize_row(x: &[f32], q: &mut [i8]) -> (f32, i32) {
 // ---------------------------------------------------------------------------------------------
 // Dense F32 / F16 / BF16 (Q8_0 lives in dense_q8.rs)
 
-const TY_F32: u8 = 0;
-const TY_F16: u8 = 1;
-const TY_BF16: u8 = 2;
+pub(crate) const TY_F32: u8 = 0;
+pub(crate) const TY_F16: u8 = 1;
+pub(crate) const TY_BF16: u8 = 2;
 
 /// 8 elements of type `TY` at `p` as f32 (unaligned).
 #[inline]
@@ -339,7 +339,7 @@ fn load1<const TY: u8>(b: &[u8], k: usize) -> f32 {
     }
 }
 
-const fn ty_size(ty: u8) -> usize {
+pub(crate) const fn ty_size(ty: u8) -> usize {
     if ty == TY_F32 {
         4
     } else {

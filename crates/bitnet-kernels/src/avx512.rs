@@ -1,4 +1,5 @@
-//! x86-64 AVX-512 VNNI ternary kernels. Require AVX-512 F + BW + VL + VNNI (and, for the activation
+//! x86-64 AVX-512 VNNI ternary kernels, and the dense 4 x 4 tile of batched LM heads
+//! ([`Avx512Dense`]). Require AVX-512 F + BW + VL + VNNI (and, for the activation
 //! quantization and every non-ternary kernel, which stay on the AVX2 code, AVX2 + FMA + F16C);
 //! the dispatch in lib.rs only routes here after checking all of them at run time.
 //!
@@ -17,6 +18,8 @@
 //! of `2^s`) and added to the true total, long before the scaled sums could overflow i32. No
 //! shifts or shuffles on the weight path: one broadcast load and two ANDs per block.
 
+use crate::avx2::{ty_size, Avx2, TY_BF16, TY_F16, TY_F32};
+use crate::dense::{DenseKernel, DenseType};
 use crate::ternary::TernaryKernel;
 use std::arch::x86_64::*;
 
@@ -303,4 +306,139 @@ impl<const DECODE_256: bool> TernaryKernel for Avx512Vnni<DECODE_256> {
             unsafe { ternary_dot_tile::<R, T>(w, q) }
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dense F32 / F16 / BF16: the 4-row x 4-token tile of batched LM heads
+
+/// The dense kernels on AVX-512: the AVX2 code, except for full token tiles over four rows
+/// ([`DenseKernel::dot_quad`]), where 32 registers hold a 4 x 4 tile of 16-lane accumulators.
+/// Many sequences decoding together make the LM head (128k rows for 2B4T) the largest single
+/// cost of a step; with two rows per pass the AVX2 tile re-reads every token's activations from
+/// L2 for each pair of rows.
+pub(crate) struct Avx512Dense;
+
+impl DenseKernel for Avx512Dense {
+    unsafe fn dot<const T: usize>(
+        row: &[u8],
+        ty: DenseType,
+        x: [&[f32]; T],
+        buf: &mut Vec<f32>,
+    ) -> [f32; T] {
+        // SAFETY: forwarded contract (AVX-512 implies the AVX2 + FMA + F16C checked with it).
+        unsafe { <Avx2 as DenseKernel>::dot::<T>(row, ty, x, buf) }
+    }
+
+    unsafe fn dot_pair<const T: usize>(
+        rows: [&[u8]; 2],
+        ty: DenseType,
+        x: [&[f32]; T],
+        buf: &mut Vec<f32>,
+    ) -> [[f32; T]; 2] {
+        // SAFETY: as above.
+        unsafe { <Avx2 as DenseKernel>::dot_pair::<T>(rows, ty, x, buf) }
+    }
+
+    unsafe fn dot_quad<const T: usize>(
+        rows: [&[u8]; 4],
+        ty: DenseType,
+        x: [&[f32]; T],
+        buf: &mut Vec<f32>,
+    ) -> [[f32; T]; 4] {
+        // SAFETY: forwarded contract.
+        unsafe {
+            match ty {
+                DenseType::F32 => dense_dot_quad::<T, TY_F32>(rows, x),
+                DenseType::F16 => dense_dot_quad::<T, TY_F16>(rows, x),
+                DenseType::BF16 => dense_dot_quad::<T, TY_BF16>(rows, x),
+                DenseType::Q8_0 | DenseType::Q6_K => {
+                    let [a, b] = Self::dot_pair::<T>([rows[0], rows[1]], ty, x, buf);
+                    let [c, d] = Self::dot_pair::<T>([rows[2], rows[3]], ty, x, buf);
+                    [a, b, c, d]
+                }
+            }
+        }
+    }
+
+    unsafe fn row_to_f32(row: &[u8], ty: DenseType, out: &mut [f32]) {
+        // SAFETY: as above.
+        unsafe { <Avx2 as DenseKernel>::row_to_f32(row, ty, out) }
+    }
+}
+
+/// Up to 16 elements of type `TY` at `p` as f32, lanes past `mask` zero (and not read: a masked
+/// load never faults on them).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn load16<const TY: u8>(p: *const u8, mask: __mmask16) -> __m512 {
+    // SAFETY: callers guarantee the lanes in `mask` are readable.
+    unsafe {
+        match TY {
+            TY_F32 => _mm512_maskz_loadu_ps(mask, p as *const f32),
+            TY_F16 => _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, p as *const i16)),
+            // bf16 is the top half of an f32.
+            _ => _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(
+                _mm256_maskz_loadu_epi16(mask, p as *const i16),
+            ))),
+        }
+    }
+}
+
+/// Four rows x T tokens, 16 columns per step: 4 weight and T activation loads feed 4T FMAs
+/// (T = 4: 16 independent accumulator chains, enough to hide the FMA latency on two ports).
+/// The ragged end is one masked step, so every column goes through the same lanes.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn dense_dot_quad<const T: usize, const TY: u8>(
+    rows: [&[u8]; 4],
+    x: [&[f32]; T],
+) -> [[f32; T]; 4] {
+    let es = ty_size(TY);
+    let cols = rows[0].len() / es;
+    let rp = rows.map(|r| {
+        debug_assert_eq!(r.len(), cols * es);
+        r.as_ptr()
+    });
+    let xp = x.map(|x| {
+        debug_assert_eq!(x.len(), cols);
+        x.as_ptr()
+    });
+    let pf = crate::prefetch::DENSE_BYTES;
+    let mut acc = [[_mm512_setzero_ps(); T]; 4];
+    let mut i = 0;
+    while i < cols {
+        let mask: __mmask16 = if i + 16 <= cols {
+            0xffff
+        } else {
+            (1u16 << (cols - i)) - 1
+        };
+        // SAFETY: the lanes of `mask` starting at column i are inside every row and token;
+        // prefetches may point past the rows (they never fault).
+        unsafe {
+            if (i * es).is_multiple_of(64) {
+                for p in rp {
+                    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(i * es + pf) as *const i8);
+                }
+            }
+            let w = [
+                load16::<TY>(rp[0].add(i * es), mask),
+                load16::<TY>(rp[1].add(i * es), mask),
+                load16::<TY>(rp[2].add(i * es), mask),
+                load16::<TY>(rp[3].add(i * es), mask),
+            ];
+            for t in 0..T {
+                let xv = _mm512_maskz_loadu_ps(mask, xp[t].add(i));
+                for r in 0..4 {
+                    acc[r][t] = _mm512_fmadd_ps(w[r], xv, acc[r][t]);
+                }
+            }
+        }
+        i += 16;
+    }
+    let mut out = [[0.0f32; T]; 4];
+    for r in 0..4 {
+        for t in 0..T {
+            out[r][t] = _mm512_reduce_add_ps(acc[r][t]);
+        }
+    }
+    out
 }
