@@ -1,0 +1,109 @@
+//! Opening a GPU: driver presence first, so a machine without one gets an error and not the
+//! panic a missing library would raise inside the bindings.
+
+use crate::compile::KernelCache;
+use crate::error::{CudaError, Result};
+use cudarc::driver::{CudaContext, CudaStream};
+use std::sync::Arc;
+
+/// What `bitnet` prints about the GPU it runs on.
+#[derive(Clone, Debug)]
+pub struct GpuInfo {
+    pub ordinal: usize,
+    pub name: String,
+    /// (major, minor), e.g. (9, 0) for Hopper.
+    pub compute_capability: (i32, i32),
+    pub total_mem: usize,
+}
+
+/// One GPU: its context, the stream every kernel of this crate runs on, and the compiled
+/// kernels.
+pub struct Gpu {
+    pub(crate) ctx: Arc<CudaContext>,
+    pub(crate) stream: Arc<CudaStream>,
+    pub(crate) kernels: KernelCache,
+    pub(crate) ternary_w32: bool,
+    info: GpuInfo,
+}
+
+impl Gpu {
+    /// Opens GPU `ordinal` (`--device cuda:N`).
+    pub fn open(ordinal: usize) -> Result<Gpu> {
+        // The bindings panic on a missing library or symbol; check first, and keep any panic
+        // from an old driver lacking a CUDA 13 entry point inside this call.
+        // SAFETY: only tries to dlopen the candidate library names.
+        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+            return Err(CudaError::Unavailable(
+                "no NVIDIA driver library (libcuda.so) could be loaded".into(),
+            ));
+        }
+        // SAFETY: as above.
+        if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+            return Err(CudaError::Unavailable(
+                "the NVRTC runtime compiler (libnvrtc.so from a CUDA 13 toolkit or the \
+                 nvidia-cuda-nvrtc wheel) could not be loaded; add its folder to LD_LIBRARY_PATH"
+                    .into(),
+            ));
+        }
+        std::panic::catch_unwind(|| Self::open_unchecked(ordinal)).unwrap_or_else(|p| {
+            let msg = p
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| p.downcast_ref::<&str>().copied())
+                .unwrap_or("unknown error");
+            Err(CudaError::Unavailable(format!(
+                "the CUDA driver is too old or incomplete: {msg}"
+            )))
+        })
+    }
+
+    fn open_unchecked(ordinal: usize) -> Result<Gpu> {
+        let count = CudaContext::device_count()
+            .map_err(|e| CudaError::Unavailable(format!("no CUDA device: {e}")))?;
+        if ordinal >= count.max(0) as usize {
+            return Err(CudaError::Unavailable(format!(
+                "GPU {ordinal} requested, {count} present"
+            )));
+        }
+        let ctx = CudaContext::new(ordinal)?;
+        // One stream of our own: the legacy default stream cannot be captured into a CUDA
+        // graph. With a single stream, cudarc's per-buffer events (for ordering across
+        // streams) are pure overhead, and would be captured into graphs too.
+        // SAFETY: every buffer of this crate is used on this one stream only.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.new_stream()?;
+        let info = GpuInfo {
+            ordinal,
+            name: ctx.name()?,
+            compute_capability: ctx.compute_capability()?,
+            total_mem: ctx.total_mem()?,
+        };
+        let kernels = KernelCache::new(ctx.clone(), info.compute_capability);
+        Ok(Gpu {
+            ctx,
+            stream,
+            kernels,
+            ternary_w32: std::env::var("BITNET_CUDA_TERNARY").is_ok_and(|v| v == "w32"),
+            info,
+        })
+    }
+
+    pub fn info(&self) -> &GpuInfo {
+        &self.info
+    }
+
+    /// (free, total) device memory in bytes.
+    pub fn mem_info(&self) -> Result<(usize, usize)> {
+        Ok(self.ctx.mem_get_info()?)
+    }
+
+    /// Waits for every kernel queued so far (timings, copies back).
+    pub fn synchronize(&self) -> Result<()> {
+        Ok(self.stream.synchronize()?)
+    }
+
+    /// The stream kernels run on (for benchmarks that record events).
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+}

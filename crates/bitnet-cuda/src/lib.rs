@@ -1,0 +1,21 @@
+//! NVIDIA GPU kernels for BitNet b1.58 (issue 11, first step: the device, run-time kernel
+//! compilation and the ternary matmul; the forward pass comes next behind the backend seam).
+//!
+//! Nothing here needs a CUDA toolkit at build time: `libcuda` and `libnvrtc` are opened when a
+//! GPU is first asked for ([`Gpu::open`]), kernels are compiled from the CUDA C++ sources in
+//! `kernels/` by NVRTC for the GPU found, and the PTX is cached on disk. Without a driver,
+//! [`Gpu::open`] is a clear error, never a panic, and the CPU path is untouched.
+//!
+//! Numerics: the integer parts are exact (the same `sum t * q` as the CPU kernels) and the
+//! float epilogues use the same IEEE operations in the same order (`__fdiv_rn`, `__fmul_rn`,
+//! `rintf`), so the GPU ternary matmul and activation quantization are bit-identical to
+//! `bitnet_kernels` (tested in `tests/cuda_ops.rs` on the lent GPU machine).
+
+mod compile;
+mod device;
+mod error;
+mod ternary;
+
+pub use device::{Gpu, GpuInfo};
+pub use error::CudaError;
+pub use ternary::{GpuActivations, GpuTernaryMatrix};

@@ -1,0 +1,239 @@
+//! Ternary weights on the GPU and the int8 activations they multiply.
+
+use crate::compile::TERNARY;
+use crate::device::Gpu;
+use crate::error::{CudaError, Result};
+use bitnet_kernels::TernaryMatrix;
+use cudarc::driver::{CudaSlice, CudaViewMut, LaunchConfig, PushKernelArg};
+
+/// Rows per thread block of the matmul (one warp each).
+const WARPS: u32 = 4;
+/// Token tiles the matmul kernel is instantiated for, largest first; a batch is cut into
+/// them so the weights are read once per 8 tokens.
+const TILES: [usize; 4] = [8, 4, 2, 1];
+/// Threads per token of the quantization kernel.
+const QUANT_THREADS: u32 = 256;
+
+/// A ternary matrix resident on the GPU, in the I2_S row layout of [`TernaryMatrix`] (its
+/// 32-bit words are dp4a operands as they are: see `kernels/ternary.cu`).
+pub struct GpuTernaryMatrix {
+    rows: usize,
+    cols: usize,
+    row_bytes: usize,
+    scale: f32,
+    data: CudaSlice<u8>,
+}
+
+impl GpuTernaryMatrix {
+    pub fn upload(gpu: &Gpu, w: &TernaryMatrix) -> Result<Self> {
+        let too_big = |what| CudaError::Shape(format!("ternary matrix {what} exceeds i32"));
+        i32::try_from(w.rows()).map_err(|_| too_big("rows"))?;
+        i32::try_from(w.row_bytes()).map_err(|_| too_big("row bytes"))?;
+        Ok(GpuTernaryMatrix {
+            rows: w.rows(),
+            cols: w.cols(),
+            row_bytes: w.row_bytes(),
+            scale: w.scale(),
+            data: gpu.stream.clone_htod(w.data().as_bytes())?,
+        })
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    pub fn nbytes(&self) -> usize {
+        self.data.len()
+    }
+}
+
+/// Per-token int8 activations on the GPU: `stride`-byte rows (a multiple of 128, zero past
+/// `cols`), one scale and one sum of the row's values per token, as `QuantizedActivations`.
+pub struct GpuActivations {
+    tokens: usize,
+    cols: usize,
+    stride: usize,
+    q: CudaSlice<i8>,
+    scales: CudaSlice<f32>,
+    sums: CudaSlice<i32>,
+}
+
+impl GpuActivations {
+    pub fn new(gpu: &Gpu, tokens: usize, cols: usize) -> Result<Self> {
+        let stride = cols.div_ceil(128) * 128;
+        let n = tokens
+            .checked_mul(stride)
+            .filter(|_| i32::try_from(stride).is_ok() && i32::try_from(tokens).is_ok())
+            .ok_or_else(|| CudaError::Shape(format!("{tokens} x {cols} activations")))?;
+        Ok(GpuActivations {
+            tokens,
+            cols,
+            stride,
+            q: gpu.stream.alloc_zeros(n.max(1))?,
+            scales: gpu.stream.alloc_zeros(tokens.max(1))?,
+            sums: gpu.stream.alloc_zeros(tokens.max(1))?,
+        })
+    }
+
+    pub fn tokens(&self) -> usize {
+        self.tokens
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// The quantized values, scales and sums copied back (tests).
+    pub fn to_host(&self, gpu: &Gpu) -> Result<(Vec<i8>, Vec<f32>, Vec<i32>)> {
+        let mut q = gpu.stream.clone_dtoh(&self.q)?;
+        q.truncate(self.tokens * self.stride);
+        let mut scales = gpu.stream.clone_dtoh(&self.scales)?;
+        scales.truncate(self.tokens);
+        let mut sums = gpu.stream.clone_dtoh(&self.sums)?;
+        sums.truncate(self.tokens);
+        Ok((q, scales, sums))
+    }
+
+    pub fn stride(&self) -> usize {
+        self.stride
+    }
+}
+
+/// `ternary_matmul_{variant}t{tile}` without formatting a string per launch.
+fn kernel_name(variant: Variant, tile: usize) -> &'static str {
+    const U4: [&str; 4] = [
+        "ternary_matmul_t8",
+        "ternary_matmul_t4",
+        "ternary_matmul_t2",
+        "ternary_matmul_t1",
+    ];
+    const W32: [&str; 4] = [
+        "ternary_matmul_w32_t8",
+        "ternary_matmul_w32_t4",
+        "ternary_matmul_w32_t2",
+        "ternary_matmul_w32_t1",
+    ];
+    let i = TILES.iter().position(|&t| t == tile).unwrap_or(3);
+    match variant {
+        Variant::U4 => U4[i],
+        Variant::W32 => W32[i],
+    }
+}
+
+/// Which matmul kernel runs: 16 bytes per lane and step, or 4.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Variant {
+    U4,
+    W32,
+}
+
+impl Gpu {
+    fn variant(&self) -> Variant {
+        if self.ternary_w32 {
+            Variant::W32
+        } else {
+            Variant::U4
+        }
+    }
+
+    /// Runs the matmul with 4 bytes per lane and step instead of 16 (also
+    /// `BITNET_CUDA_TERNARY=w32`), while the two kernels are measured against each other.
+    pub fn set_ternary_w32(&mut self, on: bool) {
+        self.ternary_w32 = on;
+    }
+
+    /// Quantizes `a.tokens()` rows of `a.cols()` floats (`x`, row-major) into `a`,
+    /// bit-identical to `QuantizedActivations::quantize`.
+    pub fn quantize(&self, x: &CudaSlice<f32>, a: &mut GpuActivations) -> Result<()> {
+        if x.len() != a.tokens * a.cols {
+            return Err(CudaError::Shape(format!(
+                "quantize: {} floats for {} x {}",
+                x.len(),
+                a.tokens,
+                a.cols
+            )));
+        }
+        if a.tokens == 0 {
+            return Ok(());
+        }
+        let f = self.kernels.function(TERNARY, "quantize_rows")?;
+        let (cols, stride) = (a.cols as i32, a.stride as i32);
+        let cfg = LaunchConfig {
+            grid_dim: (a.tokens as u32, 1, 1),
+            block_dim: (QUANT_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut launch = self.stream.launch_builder(&f);
+        launch
+            .arg(x)
+            .arg(&cols)
+            .arg(&stride)
+            .arg(&mut a.q)
+            .arg(&mut a.scales)
+            .arg(&mut a.sums);
+        // SAFETY: argument types match the kernel's signature; every buffer holds what the
+        // kernel indexes (checked above and by GpuActivations::new).
+        unsafe { launch.launch(cfg) }?;
+        Ok(())
+    }
+
+    /// `out[t * rows + r] = (sum_k t_rk * q_tk) as f32 / s_x[t] * scale`, bit-identical to
+    /// `bitnet_kernels::ternary_matmul`.
+    pub fn ternary_matmul(
+        &self,
+        w: &GpuTernaryMatrix,
+        a: &GpuActivations,
+        out: &mut CudaViewMut<'_, f32>,
+    ) -> Result<()> {
+        if a.cols != w.cols || out.len() != a.tokens * w.rows {
+            return Err(CudaError::Shape(format!(
+                "ternary matmul: {} x {} weights, {} x {} activations, {} outputs",
+                w.rows,
+                w.cols,
+                a.tokens,
+                a.cols,
+                out.len()
+            )));
+        }
+        if w.rows == 0 || a.tokens == 0 {
+            return Ok(());
+        }
+        let (rows, row_bytes, stride) = (w.rows as i32, w.row_bytes as i32, a.stride as i32);
+        let cfg = LaunchConfig {
+            grid_dim: ((w.rows as u32).div_ceil(WARPS), 1, 1),
+            block_dim: (32 * WARPS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut t0 = 0;
+        while t0 < a.tokens {
+            let tile = TILES.into_iter().find(|&t| t <= a.tokens - t0).unwrap_or(1);
+            let f = self
+                .kernels
+                .function(TERNARY, kernel_name(self.variant(), tile))?;
+            let q = a.q.slice(t0 * a.stride..);
+            let sums = a.sums.slice(t0..);
+            let scales = a.scales.slice(t0..);
+            let mut o = out.slice_mut(t0 * w.rows..);
+            let mut launch = self.stream.launch_builder(&f);
+            launch
+                .arg(&w.data)
+                .arg(&rows)
+                .arg(&row_bytes)
+                .arg(&q)
+                .arg(&stride)
+                .arg(&sums)
+                .arg(&scales)
+                .arg(&w.scale)
+                .arg(&mut o);
+            // SAFETY: argument types match the kernel; the kernel reads `tile` tokens from
+            // offset t0 and writes `tile * rows` outputs, all inside the buffers (checked above).
+            unsafe { launch.launch(cfg) }?;
+            t0 += tile;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,170 @@
+//! GPU kernels against the CPU kernels of `bitnet-kernels` (the reference they must equal).
+//!
+//! Both the integer dot products and the float epilogue use the same IEEE operations in the
+//! same order, so the tolerance is zero: outputs must be bit-identical.
+//!
+//! Where no GPU exists (CI), the GPU tests have nothing to run on and return early after
+//! `Gpu::open` failed with the "not available" error, which `open_without_a_gpu_is_a_clear_error`
+//! checks; on the GPU machine `BITNET_REQUIRE_CUDA=1` makes a failed open a failure instead.
+//! Run there (binaries built here, see docs/cuda.md):
+//! `BITNET_REQUIRE_CUDA=1 ./cuda_ops-<hash> --include-ignored`.
+
+use bitnet_cuda::{CudaError, Gpu, GpuActivations, GpuTernaryMatrix};
+use bitnet_kernels::{ternary_matmul, QuantizedActivations, TernaryMatrix};
+
+fn required() -> bool {
+    std::env::var_os("BITNET_REQUIRE_CUDA").is_some_and(|v| v == "1")
+}
+
+fn gpu() -> Option<Gpu> {
+    match Gpu::open(0) {
+        Ok(g) => Some(g),
+        Err(e) if !required() => {
+            eprintln!("no GPU here ({e}); set BITNET_REQUIRE_CUDA=1 where one must exist");
+            None
+        }
+        Err(e) => panic!("BITNET_REQUIRE_CUDA=1 but {e}"),
+    }
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn f32(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    }
+}
+
+/// Activations like a real residual stream: mostly small, a few outliers, and in some rows
+/// values that must not be quantized silently wrong (NaN, a huge value, all zeros).
+fn activations(tokens: usize, cols: usize, rng: &mut Rng) -> Vec<f32> {
+    let mut x: Vec<f32> = (0..tokens * cols)
+        .map(|i| {
+            let v = rng.f32();
+            if i % 97 == 0 {
+                v * 40.0
+            } else {
+                v
+            }
+        })
+        .collect();
+    if tokens > 2 {
+        x[cols..2 * cols].fill(0.0);
+        x[2 * cols + cols / 2] = f32::NAN;
+    }
+    x
+}
+
+#[test]
+fn open_without_a_gpu_is_a_clear_error() {
+    match Gpu::open(0) {
+        Ok(g) => {
+            let info = g.info();
+            assert!(
+                info.compute_capability.0 >= 5 && info.total_mem > 0,
+                "{info:?}"
+            );
+            eprintln!("GPU 0: {info:?}");
+        }
+        Err(e) => {
+            assert!(!required(), "BITNET_REQUIRE_CUDA=1 but {e}");
+            assert!(matches!(e, CudaError::Unavailable(_)), "{e:?}");
+            assert!(e.to_string().starts_with("CUDA is not available: "), "{e}");
+        }
+    }
+    // An index past the last GPU is the same kind of error, on any machine.
+    let Err(e) = Gpu::open(1 << 20) else {
+        panic!("GPU 1048576 opened");
+    };
+    assert!(matches!(e, CudaError::Unavailable(_)), "{e:?}");
+}
+
+#[test]
+fn quantization_is_bit_identical_to_the_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    for (tokens, cols) in [(1, 128), (3, 300), (8, 2560), (13, 6912)] {
+        let x = activations(tokens, cols, &mut rng);
+        let mut cpu = QuantizedActivations::new();
+        cpu.quantize(&x, tokens, cols);
+        let xd = gpu.stream().clone_htod(&x).unwrap();
+        let mut a = GpuActivations::new(&gpu, tokens, cols).unwrap();
+        gpu.quantize(&xd, &mut a).unwrap();
+        let (q, scales, sums) = a.to_host(&gpu).unwrap();
+        assert_eq!(a.stride(), cpu.stride());
+        for t in 0..tokens {
+            assert_eq!(
+                &q[t * a.stride()..][..a.stride()],
+                cpu.q(t),
+                "t={t} cols={cols}"
+            );
+        }
+        assert_eq!(scales, cpu.scales(), "cols={cols}");
+        assert_eq!(sums, cpu.sums(), "cols={cols}");
+    }
+}
+
+#[test]
+fn ternary_matmul_is_bit_identical_to_the_cpu() {
+    let Some(mut gpu) = gpu() else { return };
+    let mut rng = Rng(42);
+    // 2B4T shapes (q/o, k/v, gate/up, down), a ragged width and odd row counts; token counts
+    // that exercise every tile (8, 4, 2, 1) of the kernel.
+    for (rows, cols) in [
+        (2560, 2560),
+        (640, 2560),
+        (6912, 2560),
+        (2560, 6912),
+        (7, 300),
+        (1, 128),
+    ] {
+        let codes: Vec<i8> = (0..rows * cols)
+            .map(|_| (rng.next() % 3) as i8 - 1)
+            .collect();
+        let w = TernaryMatrix::from_codes(rows, cols, &codes, 0.75 + rng.f32().abs()).unwrap();
+        let wd = GpuTernaryMatrix::upload(&gpu, &w).unwrap();
+        for tokens in [1, 2, 3, 8, 15] {
+            let x = activations(tokens, cols, &mut rng);
+            let mut qa = QuantizedActivations::new();
+            qa.quantize(&x, tokens, cols);
+            let mut want = vec![0f32; tokens * rows];
+            ternary_matmul(&w, &qa, &mut want);
+
+            let xd = gpu.stream().clone_htod(&x).unwrap();
+            let mut a = GpuActivations::new(&gpu, tokens, cols).unwrap();
+            gpu.quantize(&xd, &mut a).unwrap();
+            for w32 in [false, true] {
+                gpu.set_ternary_w32(w32);
+                let mut out = gpu.stream().alloc_zeros::<f32>(tokens * rows).unwrap();
+                gpu.ternary_matmul(&wd, &a, &mut out.as_view_mut()).unwrap();
+                let got = gpu.stream().clone_dtoh(&out).unwrap();
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert!(
+                    bits(&got) == bits(&want),
+                    "{rows}x{cols} tokens={tokens} w32={w32}: first difference at {:?}",
+                    got.iter()
+                        .zip(&want)
+                        .position(|(a, b)| a.to_bits() != b.to_bits())
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn shape_mismatches_are_errors() {
+    let Some(gpu) = gpu() else { return };
+    let w = TernaryMatrix::from_codes(4, 128, &[0; 512], 1.0).unwrap();
+    let wd = GpuTernaryMatrix::upload(&gpu, &w).unwrap();
+    let a = GpuActivations::new(&gpu, 2, 256).unwrap();
+    let mut out = gpu.stream().alloc_zeros::<f32>(8).unwrap();
+    assert!(matches!(
+        gpu.ternary_matmul(&wd, &a, &mut out.as_view_mut()),
+        Err(CudaError::Shape(_))
+    ));
+}
