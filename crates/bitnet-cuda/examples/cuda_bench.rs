@@ -1,6 +1,7 @@
 //! Ternary matmul speed on the GPU at bitnet-b1.58-2B-4T shapes: every ternary matrix of the
 //! 30 layers (0.52 GB of I2_S weights, ten times the H200's L2) once per step, as a forward
-//! pass reads them, for a batch of 1 (decode), 8, 64 and 512 tokens (prompt).
+//! pass reads them (q/k/v and gate/up stacked: four matmuls and four activation quantizations
+//! per layer), for a batch of 1 (decode), 8, 64 and 512 tokens (prompt).
 //!
 //! ```text
 //! cargo build --release -p bitnet-cuda --example cuda_bench    # here; then on the GPU machine:
@@ -40,20 +41,32 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         (2560, 6912),
     ];
     let mut s = 0x2545_f491_4f6c_dd1du64;
+    let mut random = |rows: usize, cols: usize| {
+        let codes: Vec<i8> = (0..rows * cols)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s % 3) as i8 - 1
+            })
+            .collect();
+        TernaryMatrix::from_codes(rows, cols, &codes, 1.0)
+    };
+    // Per layer, as the forward pass will run them: q/k/v stacked, o, gate/up stacked, down:
+    // four matmuls and four activation quantizations.
     let mut mats = Vec::new();
     for _ in 0..layers {
-        for &(rows, cols) in &shapes {
-            let codes: Vec<i8> = (0..rows * cols)
-                .map(|_| {
-                    s ^= s << 13;
-                    s ^= s >> 7;
-                    s ^= s << 17;
-                    (s % 3) as i8 - 1
-                })
-                .collect();
-            let w = TernaryMatrix::from_codes(rows, cols, &codes, 1.0)?;
-            mats.push(GpuTernaryMatrix::upload(&gpu, &w)?);
-        }
+        let ws: Vec<TernaryMatrix> = shapes
+            .iter()
+            .map(|&(rows, cols)| random(rows, cols))
+            .collect::<Result<_, _>>()?;
+        mats.push(GpuTernaryMatrix::upload_stacked(
+            &gpu,
+            &[&ws[0], &ws[1], &ws[2]],
+        )?);
+        mats.push(GpuTernaryMatrix::upload(&gpu, &ws[3])?);
+        mats.push(GpuTernaryMatrix::upload_stacked(&gpu, &[&ws[4], &ws[5]])?);
+        mats.push(GpuTernaryMatrix::upload(&gpu, &ws[6])?);
     }
     let bytes: usize = mats.iter().map(|m| m.nbytes()).sum();
     println!(
@@ -79,7 +92,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             GpuActivations::new(&gpu, tokens, 2560)?,
             GpuActivations::new(&gpu, tokens, 6912)?,
         ];
-        let mut out = gpu.stream().alloc_zeros::<f32>(tokens * 6912)?;
+        let mut out = gpu.stream().alloc_zeros::<f32>(tokens * 2 * 6912)?;
         let mut step = |gpu: &Gpu| -> Result<(), Box<dyn std::error::Error>> {
             for m in &mats {
                 let i = usize::from(m.cols() == 6912);

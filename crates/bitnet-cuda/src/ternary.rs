@@ -15,26 +15,51 @@ const TILES: [usize; 4] = [8, 4, 2, 1];
 const QUANT_THREADS: u32 = 256;
 
 /// A ternary matrix resident on the GPU, in the I2_S row layout of [`TernaryMatrix`] (its
-/// 32-bit words are dp4a operands as they are: see `kernels/ternary.cu`).
+/// 32-bit words are dp4a operands as they are: see `kernels/ternary.cu`), with a scale per
+/// row, so that matrices multiplying the same activations (q/k/v, gate/up) can be stacked
+/// into one and run as one kernel.
 pub struct GpuTernaryMatrix {
     rows: usize,
     cols: usize,
     row_bytes: usize,
-    scale: f32,
     data: CudaSlice<u8>,
+    scales: CudaSlice<f32>,
 }
 
 impl GpuTernaryMatrix {
     pub fn upload(gpu: &Gpu, w: &TernaryMatrix) -> Result<Self> {
+        Self::upload_stacked(gpu, &[w])
+    }
+
+    /// The rows of `ws` one after another (they must have the same width): the output of a
+    /// matmul holds, per token, the outputs of `ws[0]`, then of `ws[1]`, and so on.
+    pub fn upload_stacked(gpu: &Gpu, ws: &[&TernaryMatrix]) -> Result<Self> {
+        let first = ws
+            .first()
+            .ok_or_else(|| CudaError::Shape("no matrices to stack".into()))?;
+        if let Some(w) = ws.iter().find(|w| w.cols() != first.cols()) {
+            return Err(CudaError::Shape(format!(
+                "stacked matrices of {} and {} columns",
+                first.cols(),
+                w.cols()
+            )));
+        }
+        let rows: usize = ws.iter().map(|w| w.rows()).sum();
         let too_big = |what| CudaError::Shape(format!("ternary matrix {what} exceeds i32"));
-        i32::try_from(w.rows()).map_err(|_| too_big("rows"))?;
-        i32::try_from(w.row_bytes()).map_err(|_| too_big("row bytes"))?;
+        i32::try_from(rows).map_err(|_| too_big("rows"))?;
+        i32::try_from(first.row_bytes()).map_err(|_| too_big("row bytes"))?;
+        let mut data = Vec::with_capacity(rows * first.row_bytes());
+        let mut scales = Vec::with_capacity(rows);
+        for w in ws {
+            data.extend_from_slice(w.data().as_bytes());
+            scales.extend(std::iter::repeat_n(w.scale(), w.rows()));
+        }
         Ok(GpuTernaryMatrix {
-            rows: w.rows(),
-            cols: w.cols(),
-            row_bytes: w.row_bytes(),
-            scale: w.scale(),
-            data: gpu.stream.clone_htod(w.data().as_bytes())?,
+            rows,
+            cols: first.cols(),
+            row_bytes: first.row_bytes(),
+            data: gpu.stream.clone_htod(&data)?,
+            scales: gpu.stream.clone_htod(&scales)?,
         })
     }
 
@@ -181,8 +206,8 @@ impl Gpu {
         Ok(())
     }
 
-    /// `out[t * rows + r] = (sum_k t_rk * q_tk) as f32 / s_x[t] * scale`, bit-identical to
-    /// `bitnet_kernels::ternary_matmul`.
+    /// `out[t * rows + r] = (sum_k t_rk * q_tk) as f32 / s_x[t] * scale_r`, bit-identical to
+    /// `bitnet_kernels::ternary_matmul` (`ternary_matmul_many` for stacked matrices).
     pub fn ternary_matmul(
         &self,
         w: &GpuTernaryMatrix,
@@ -227,7 +252,7 @@ impl Gpu {
                 .arg(&stride)
                 .arg(&sums)
                 .arg(&scales)
-                .arg(&w.scale)
+                .arg(&w.scales)
                 .arg(&mut o);
             // SAFETY: argument types match the kernel; the kernel reads `tile` tokens from
             // offset t0 and writes `tile * rows` outputs, all inside the buffers (checked above).

@@ -156,6 +156,60 @@ fn ternary_matmul_is_bit_identical_to_the_cpu() {
     }
 }
 
+/// q/k/v stacked into one matrix: one kernel, each row with its own tensor's scale, the same
+/// bits as `ternary_matmul_many` on the CPU.
+#[test]
+fn stacked_matrices_equal_the_cpu_many_matmul() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng(7);
+    let (cols, tokens) = (2560, 5);
+    let ws: Vec<TernaryMatrix> = [(2560, 0.5f32), (640, 1.25), (640, 2.0)]
+        .into_iter()
+        .map(|(rows, scale)| {
+            let codes: Vec<i8> = (0..rows * cols)
+                .map(|_| (rng.next() % 3) as i8 - 1)
+                .collect();
+            TernaryMatrix::from_codes(rows, cols, &codes, scale).unwrap()
+        })
+        .collect();
+    let x = activations(tokens, cols, &mut rng);
+    let mut qa = QuantizedActivations::new();
+    qa.quantize(&x, tokens, cols);
+    let mut outs: Vec<Vec<f32>> = ws.iter().map(|w| vec![0f32; tokens * w.rows()]).collect();
+    {
+        let refs: Vec<&TernaryMatrix> = ws.iter().collect();
+        let mut outs: Vec<&mut [f32]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
+        bitnet_kernels::ternary_matmul_many(&refs, &qa, &mut outs);
+    }
+    let refs: Vec<&TernaryMatrix> = ws.iter().collect();
+    let wd = GpuTernaryMatrix::upload_stacked(&gpu, &refs).unwrap();
+    let xd = gpu.stream().clone_htod(&x).unwrap();
+    let mut a = GpuActivations::new(&gpu, tokens, cols).unwrap();
+    gpu.quantize(&xd, &mut a).unwrap();
+    let mut out = gpu.stream().alloc_zeros::<f32>(tokens * wd.rows()).unwrap();
+    gpu.ternary_matmul(&wd, &a, &mut out.as_view_mut()).unwrap();
+    let got = gpu.stream().clone_dtoh(&out).unwrap();
+    for t in 0..tokens {
+        let mut off = t * wd.rows();
+        for (w, o) in ws.iter().zip(&outs) {
+            let want = &o[t * w.rows()..][..w.rows()];
+            let g = &got[off..][..w.rows()];
+            assert!(
+                g.iter().zip(want).all(|(a, b)| a.to_bits() == b.to_bits()),
+                "token {t}, matrix of {} rows",
+                w.rows()
+            );
+            off += w.rows();
+        }
+    }
+    // Matrices of different widths cannot be stacked.
+    let narrow = TernaryMatrix::from_codes(4, 128, &[0; 512], 1.0).unwrap();
+    assert!(matches!(
+        GpuTernaryMatrix::upload_stacked(&gpu, &[&ws[0], &narrow]),
+        Err(CudaError::Shape(_))
+    ));
+}
+
 #[test]
 fn shape_mismatches_are_errors() {
     let Some(gpu) = gpu() else { return };
