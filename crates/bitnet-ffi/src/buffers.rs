@@ -27,10 +27,17 @@ pub unsafe fn slice_in<'a, T>(ptr: *const T, len: usize, what: &str) -> Result<&
 
 fn check_span<T>(ptr: *const T, len: usize, what: &str) -> Result<()> {
     if !ptr.is_aligned() {
-        return Err(Error::invalid(format!("{what} is not aligned for its element type")));
+        return Err(Error::invalid(format!(
+            "{what} is not aligned for its element type"
+        )));
     }
-    if len.checked_mul(size_of::<T>()).is_none_or(|b| b > isize::MAX as usize) {
-        return Err(Error::invalid(format!("{what}: length {len} is impossibly large")));
+    if len
+        .checked_mul(size_of::<T>())
+        .is_none_or(|b| b > isize::MAX as usize)
+    {
+        return Err(Error::invalid(format!(
+            "{what}: length {len} is impossibly large"
+        )));
     }
     Ok(())
 }
@@ -46,7 +53,10 @@ pub unsafe fn str_in<'a>(ptr: *const c_char, what: &str) -> Result<&'a str> {
     // SAFETY: non-NULL and NUL-terminated per contract.
     let s = unsafe { CStr::from_ptr(ptr) };
     s.to_str().map_err(|e| {
-        Error::invalid(format!("{what} is not valid UTF-8 (at byte {})", e.valid_up_to()))
+        Error::invalid(format!(
+            "{what} is not valid UTF-8 (at byte {})",
+            e.valid_up_to()
+        ))
     })
 }
 
@@ -79,7 +89,10 @@ pub unsafe fn text_in<'a>(ptr: *const c_char, len: usize, what: &str) -> Result<
     // SAFETY: forwarded contract.
     let bytes = unsafe { slice_in(ptr.cast::<u8>(), len, what)? };
     std::str::from_utf8(bytes).map_err(|e| {
-        Error::invalid(format!("{what} is not valid UTF-8 (at byte {})", e.valid_up_to()))
+        Error::invalid(format!(
+            "{what} is not valid UTF-8 (at byte {})",
+            e.valid_up_to()
+        ))
     })
 }
 

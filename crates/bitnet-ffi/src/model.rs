@@ -1,10 +1,10 @@
 //! Models: loading (from a path or from memory), facts about the model, tokenization and the
 //! chat template.
 
+use crate::bitnet_token;
 use crate::buffers::{copy_out, copy_text_out, path_in, slice_in, str_in, text_in, write_out};
 use crate::registry::{self, Object};
 use crate::status::{bitnet_status, guard, Error, Result};
-use crate::bitnet_token;
 use bitnet_inference::{Engine, EngineOptions, KvType};
 use bitnet_tokenizers::ChatMessage;
 use std::ffi::c_char;
@@ -112,7 +112,10 @@ pub extern "C" fn bitnet_model_default_params() -> bitnet_model_params {
 
 /// Engine options from C params (NULL = defaults). `for_path` says whether path-only fields
 /// may be set.
-unsafe fn engine_options(params: *const bitnet_model_params, for_path: bool) -> Result<EngineOptions> {
+unsafe fn engine_options(
+    params: *const bitnet_model_params,
+    for_path: bool,
+) -> Result<EngineOptions> {
     let p = if params.is_null() {
         bitnet_model_default_params()
     } else {
@@ -142,7 +145,11 @@ unsafe fn engine_options(params: *const bitnet_model_params, for_path: bool) -> 
     Ok(EngineOptions {
         threads: (p.n_threads > 0).then_some(p.n_threads as usize),
         tokenizer,
-        batch_size: if p.n_batch == 0 { defaults.batch_size } else { p.n_batch as usize },
+        batch_size: if p.n_batch == 0 {
+            defaults.batch_size
+        } else {
+            p.n_batch as usize
+        },
         kv_type,
         mmap: p.use_mmap,
     })
@@ -174,7 +181,15 @@ pub unsafe extern "C" fn bitnet_model_load(
         // SAFETY: per this function's contract.
         let path = unsafe { path_in(path, "path")? };
         let opts = unsafe { engine_options(params, true)? };
-        let engine = Engine::load(&path, &opts)?;
+        let engine = Engine::load(&path, &opts).map_err(|e| {
+            // Parse errors describe the bytes, not the file: name it, once.
+            let mut err = Error::from(e);
+            let shown = path.display().to_string();
+            if !err.message.contains(&shown) {
+                err.message = format!("{shown}: {}", err.message);
+            }
+            err
+        })?;
         unsafe { write_out(out, register(engine), "out") }
     })
 }

@@ -1,11 +1,11 @@
 //! Samplers: turning a session's last logits into the next token, with the Rust `Sampler`'s
 //! settings (penalties, then greedy or temperature + top-k / top-p / min-p, seeded).
 
+use crate::bitnet_token;
 use crate::buffers::write_out;
 use crate::registry::{self, Object};
-use crate::session::{session, bitnet_session};
+use crate::session::{bitnet_session, session};
 use crate::status::{bitnet_status, guard, Error, Result};
-use crate::bitnet_token;
 use bitnet_inference::{Sampler, SamplingParams};
 use std::sync::{Arc, Mutex};
 

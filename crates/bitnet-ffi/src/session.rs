@@ -1,12 +1,12 @@
 //! Sessions: a KV cache and the tokens in it; evaluating tokens into logits, and whole
 //! generations with a streaming callback.
 
+use crate::bitnet_token;
 use crate::buffers::{check_out, copy_out, slice_in, str_in, write_out};
 use crate::model::{bitnet_model, check_ids, model};
 use crate::registry::{self, Object};
 use crate::sampler::{bitnet_sampling_greedy_params, bitnet_sampling_params};
 use crate::status::{bitnet_status, guard, Error, Result};
-use crate::bitnet_token;
 use bitnet_inference::{FinishReason, GenerateOptions, Logits, Session};
 use std::ffi::{c_char, c_void};
 use std::sync::{Arc, Mutex};
@@ -56,10 +56,10 @@ pub enum bitnet_logits {
 /// a NUL (so `text` is also a C string, unless the model generated a NUL byte itself). The
 /// pointer is valid only during the call. Return false to stop the generation (its finish
 /// reason is then BITNET_FINISH_CANCELLED). The callback must not unwind (a C++ exception,
-/// longjmp) into the library.
+/// longjmp) into the library. NULL where a callback is optional.
 #[allow(non_camel_case_types)]
 pub type bitnet_text_callback =
-    extern "C" fn(text: *const c_char, len: usize, user_data: *mut c_void) -> bool;
+    Option<extern "C" fn(text: *const c_char, len: usize, user_data: *mut c_void) -> bool>;
 
 /// How to generate. Start from `bitnet_generate_default_params()`.
 #[allow(non_camel_case_types)]
@@ -77,7 +77,7 @@ pub struct bitnet_generate_params {
     /// Keep generating past end-of-sequence tokens (benchmarks).
     pub ignore_eos: bool,
     /// Called with each piece of text; NULL = no streaming.
-    pub on_text: Option<bitnet_text_callback>,
+    pub on_text: bitnet_text_callback,
     /// Passed to `on_text` as it is.
     pub user_data: *mut c_void,
 }
@@ -124,7 +124,8 @@ impl SessionState {
     /// The last kept row of logits, if any.
     pub fn last_logits(&self) -> Option<&[f32]> {
         let vocab = self.session.engine().config().vocab_size;
-        (self.rows > 0 && self.logits.len() >= vocab).then(|| &self.logits[self.logits.len() - vocab..])
+        (self.rows > 0 && self.logits.len() >= vocab)
+            .then(|| &self.logits[self.logits.len() - vocab..])
     }
 
     fn forget_logits(&mut self) {
@@ -141,7 +142,10 @@ pub fn session(handle: *const bitnet_session) -> Result<Arc<Mutex<SessionState>>
 }
 
 /// Runs `f` on the locked session behind `handle`.
-fn with_session<R>(handle: *const bitnet_session, f: impl FnOnce(&mut SessionState) -> Result<R>) -> Result<R> {
+fn with_session<R>(
+    handle: *const bitnet_session,
+    f: impl FnOnce(&mut SessionState) -> Result<R>,
+) -> Result<R> {
     let s = session(handle)?;
     let mut state = registry::lock(&s, "the session")?;
     f(&mut state)
