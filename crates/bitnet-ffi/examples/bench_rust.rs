@@ -60,9 +60,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             lp.push(elapsed.as_secs_f64() * 1e3 / n_tokens as f64);
         }
     }
+    // The same greedy sample as the C side's `sample_us`, without the copy: the Rust sampler
+    // works on the logits in place.
+    session.reset();
+    let mut logits = session.eval(&prompt, Logits::Last)?;
+    let samples = 100_000;
+    let t0 = Instant::now();
+    let mut sink = 0u32;
+    for _ in 0..samples {
+        sink ^= sampler.sample(&mut logits, session.tokens(), prompt.len());
+    }
+    let sample_us = t0.elapsed().as_secs_f64() * 1e6 / samples as f64;
+    std::hint::black_box(sink);
     println!("api rust\nthreads {threads}\ntokens {n_tokens}\nreps {reps}");
     println!(
-        "generate_ms_per_token {:.4}\nloop_ms_per_token {:.4}",
+        "generate_ms_per_token {:.4}\nloop_ms_per_token {:.4}\nsample_us {sample_us:.3}",
         median(gen),
         median(lp)
     );

@@ -8,7 +8,10 @@
  * generate: bitnet_session_generate with a streaming callback, its generation_ms / tokens;
  * loop:     bitnet_sampler_sample + bitnet_session_eval per token, timed around the loop;
  * call:     one bitnet_session_get_info, the fixed cost of any call (handle lookup, lock,
- *           panic guard).
+ *           panic guard);
+ * sample:   one greedy bitnet_sampler_sample on the session's logits (C: the call's fixed cost
+ *           plus the copy of the logits the sampler works on; both: the argmax), the part
+ *           of a token's work where the two APIs differ beyond the fixed cost of a call.
  * Each figure is the median over REPS runs, after one warm-up run.
  */
 #define _POSIX_C_SOURCE 199309L /* clock_gettime */
@@ -106,9 +109,17 @@ int main(int argc, char **argv) {
     for (int i = 0; i < calls; i++) CHECK(bitnet_session_get_info(session, &info));
     double call_ns = (now_ms() - t0) * 1e6 / calls;
 
+    CHECK(bitnet_session_truncate(session, 0));
+    CHECK(bitnet_session_eval(session, prompt, n_prompt, BITNET_LOGITS_LAST));
+    const int samples = 100000;
+    bitnet_token sink = 0;
+    t0 = now_ms();
+    for (int i = 0; i < samples; i++) CHECK(bitnet_sampler_sample(sampler, session, n_prompt, &sink));
+    double sample_us = (now_ms() - t0) * 1e3 / samples;
+
     printf("api c\nthreads %u\ntokens %d\nreps %d\n", mp.n_threads, n_tokens, reps);
-    printf("generate_ms_per_token %.4f\nloop_ms_per_token %.4f\ncall_ns %.1f\n", median(gen, reps),
-           median(loop, reps), call_ns);
+    printf("generate_ms_per_token %.4f\nloop_ms_per_token %.4f\ncall_ns %.1f\nsample_us %.3f\n",
+           median(gen, reps), median(loop, reps), call_ns, sample_us);
     free(out);
     free(gen);
     free(loop);
