@@ -78,6 +78,9 @@ fn logits_equal_the_rust_session_from_a_path_and_from_memory() {
         let mut info = bitnet_session_info::default();
         ok(unsafe { bitnet_session_get_info(session, &mut info) });
         assert_eq!((info.n_tokens, info.n_logit_rows, info.n_ctx), (4, 4, 1024));
+        let (mut tokens, mut n) = ([0u32; 4], 0);
+        ok(unsafe { bitnet_session_get_tokens(session, tokens.as_mut_ptr(), 4, &mut n) });
+        assert_eq!((tokens, n), (PROMPT, 4));
         ok(bitnet_session_truncate(session, 2));
         ok(unsafe { bitnet_session_eval(session, PROMPT[2..].as_ptr(), 2, 0) });
         // Two tokens in a batch instead of four take other kernels' summation order: equal up
