@@ -17,7 +17,10 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "reference fixtures: transformers tiny models, llama.cpp build and its logits"
 LLAMACPP=1 scripts/make-fixtures.sh
 
-step "cargo test (kernels, formats, shared reference model, transformers, llama.cpp, bad input)"
+step "C API test tools: gcc, pkg-config, valgrind (crates/bitnet-ffi/tests/c_api.rs)"
+scripts/setup-capi.sh
+
+step "cargo test (kernels, formats, shared reference model, transformers, llama.cpp, bad input, C API under valgrind)"
 cargo test --workspace --locked -- --include-ignored
 
 step "OpenAI Python client against bitnet serve (tests/server-py)"
