@@ -9,6 +9,14 @@ pub fn repo_dir(cache: &Path, repo: &str) -> PathBuf {
     cache.join(format!("models--{}", repo.replace('/', "--")))
 }
 
+/// `<cache>/.locks/models--owner--name`, beside the repository folder `dir`.
+pub(crate) fn lock_dir(dir: &Path) -> PathBuf {
+    let cache = dir.parent().unwrap_or(dir);
+    cache
+        .join(".locks")
+        .join(dir.file_name().unwrap_or_default())
+}
+
 /// A 40-hex-digit git commit: a revision that names a snapshot by itself.
 pub fn is_commit(rev: &str) -> bool {
     rev.len() == 40 && rev.bytes().all(|b| b.is_ascii_hexdigit())
@@ -131,7 +139,7 @@ pub fn list(cache: &Path) -> Result<Vec<CachedRepo>> {
                 let n = n.to_string_lossy();
                 if n.ends_with(".incomplete") {
                     partial += len;
-                } else if !n.ends_with(".lock") {
+                } else {
                     size += len;
                 }
             }
@@ -186,5 +194,6 @@ pub fn remove(cache: &Path, repo: &str) -> Result<u64> {
         )));
     };
     std::fs::remove_dir_all(&dir).map_err(|e| HubError::io(&dir, e))?;
+    let _ = std::fs::remove_dir_all(lock_dir(&dir));
     Ok(found.size + found.partial)
 }

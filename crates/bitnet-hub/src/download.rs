@@ -117,7 +117,12 @@ pub(crate) fn fetch(
     let blob = blobs.join(&meta.etag);
     if !complete(&blob, meta) {
         std::fs::create_dir_all(&blobs).map_err(|e| HubError::io(&blobs, e))?;
-        let lock_path = blobs.join(format!("{}.lock", meta.etag));
+        // Where huggingface_hub keeps its locks (`<cache>/.locks/models--o--n/<etag>.lock`), so
+        // the two never write one blob at once. Lock files stay: deleting one while another
+        // process waits on it would let a third lock a new file of the same name.
+        let locks = cache::lock_dir(dir);
+        std::fs::create_dir_all(&locks).map_err(|e| HubError::io(&locks, e))?;
+        let lock_path = locks.join(format!("{}.lock", meta.etag));
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -136,7 +141,6 @@ pub(crate) fn fetch(
             download(client, &blobs, file, meta)?;
         }
         drop(lock);
-        let _ = std::fs::remove_file(&lock_path);
     }
     cache::link_snapshot(dir, commit, file, &blob)
 }

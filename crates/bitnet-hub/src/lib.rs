@@ -75,7 +75,7 @@ impl Hub {
     /// Downloads what `r` names (or finds it in the cache) and returns where it is.
     pub fn pull(&self, r: &ModelRef) -> Result<Pulled> {
         if self.config().offline {
-            return self.from_cache(r)?.ok_or_else(|| HubError::NotCached {
+            return self.cached(r)?.ok_or_else(|| HubError::NotCached {
                 what: r.to_string(),
                 cache: self.config().cache.clone(),
             });
@@ -84,7 +84,7 @@ impl Hub {
             Ok(i) => i,
             // As `huggingface_hub` does: with the Hub out of reach, what was pulled before works.
             Err(e @ (HubError::Network { .. } | HubError::Server { .. })) => {
-                return match self.from_cache(r)? {
+                return match self.cached(r)? {
                     Some(p) => {
                         eprintln!("warning: {e}; using the cached {r}");
                         Ok(p)
@@ -159,7 +159,7 @@ impl Hub {
     }
 
     /// The snapshot the cache holds for `r`, when it holds every file the selection needs.
-    fn from_cache(&self, r: &ModelRef) -> Result<Option<Pulled>> {
+    fn cached(&self, r: &ModelRef) -> Result<Option<Pulled>> {
         let dir = cache::repo_dir(&self.config().cache, &r.repo);
         let Some(commit) = cache::read_ref(&dir, &r.revision) else {
             return Ok(None);
