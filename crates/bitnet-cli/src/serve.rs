@@ -73,12 +73,15 @@ pub fn run(a: ServeArgs) -> Result<()> {
         "--max-connections must be at least 1"
     );
     let engine = crate::load_engine(&s, a.quiet)?;
-    let alias = a.model_alias.clone().unwrap_or_else(|| {
-        s.model
-            .as_deref()
-            .and_then(|p| p.file_stem())
-            .map_or("bitnet".into(), |n| n.to_string_lossy().into_owned())
-    });
+    let alias = a
+        .model_alias
+        .clone()
+        .unwrap_or_else(|| match s.model.as_deref() {
+            Some(p) => p
+                .file_stem()
+                .map_or("bitnet".into(), |n| n.to_string_lossy().into_owned()),
+            None => crate::builtin_model::ALIAS.into(),
+        });
     let scheduler = Scheduler::start(
         engine,
         SchedulerOptions {
