@@ -249,6 +249,7 @@ fn pull_prints_the_path_and_a_checkpoint_folder_runs_too() {
 #[test]
 fn hub_failures_exit_with_their_own_codes() {
     let e = Env::new();
+    let q4 = format!("{GGUF_REPO}:q4_k_m");
     let cases: Vec<(Vec<&str>, Vec<(&str, &str)>, i32, &str)> = vec![
         (vec!["pull", "kjv/nope"], vec![], 5, "not found"),
         (vec!["pull", "kjv/private"], vec![], 6, "HF_TOKEN"),
@@ -258,12 +259,7 @@ fn hub_failures_exit_with_their_own_codes() {
             6,
             "refused",
         ),
-        (
-            vec!["pull", &format!("{GGUF_REPO}:q4_k_m")],
-            vec![],
-            5,
-            "q4_k_m",
-        ),
+        (vec!["pull", &q4], vec![], 5, "q4_k_m"),
         (vec!["pull", "not-a-repo"], vec![], 2, "owner/name"),
         (vec!["run", "--hf-file", "x.gguf"], vec![], 2, "--hf-repo"),
     ];
@@ -392,4 +388,31 @@ fn the_built_in_model_runs_from_any_directory_and_from_a_copied_binary() {
     assert_eq!(ok(o), greedy("in_the_beginning"));
     assert!(err.contains("(built in)"), "{err}");
     assert!(e.hub.log().is_empty(), "the default model needs no network");
+}
+
+#[test]
+fn the_progress_bar_is_drawn_on_a_terminal() {
+    let e = Env::new();
+    // About a second of transfer, so the bar is drawn more than once.
+    e.hub
+        .faults(|f| f.trickle = Some((1 << 20, std::time::Duration::from_millis(100))));
+    // util-linux `script` gives the command a pseudo-terminal and copies what it drew.
+    let cmd = format!("{} pull {GGUF_REPO}", env!("CARGO_BIN_EXE_bitnet"));
+    let c = e.cmd(&[]); // for its environment: script runs bitnet
+    let o = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .current_dir(e.cwd.path())
+        .envs(
+            c.get_envs()
+                .filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned()))),
+        )
+        .output()
+        .expect("util-linux script");
+    let screen = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(code(&o), 0, "{screen}");
+    assert!(
+        screen.contains(&format!("{GGUF_NAME} [")),
+        "no bar drawn: {screen:?}"
+    );
+    assert!(screen.contains("MiB"), "{screen:?}");
 }
