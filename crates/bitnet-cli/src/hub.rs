@@ -64,7 +64,7 @@ pub fn pull(a: PullArgs) -> Result<()> {
         eprintln!(
             "{r}: {} at commit {} ({}){}",
             p.files.join(", "),
-            &p.commit[..12.min(p.commit.len())],
+            p.commit.get(..12).unwrap_or(&p.commit),
             size(bytes),
             if p.from_cache { ", from the cache" } else { "" }
         );
@@ -93,14 +93,10 @@ pub fn list(_: ListArgs) -> Result<()> {
         let mut revs: Vec<String> = r
             .refs
             .iter()
-            .map(|(name, c)| format!("{name}@{}", &c[..7.min(c.len())]))
+            .map(|(name, c)| format!("{name}@{}", short(c)))
             .collect();
         if revs.is_empty() {
-            revs = r
-                .snapshots
-                .iter()
-                .map(|c| c[..7.min(c.len())].to_owned())
-                .collect();
+            revs = r.snapshots.iter().map(|c| short(c).to_owned()).collect();
         }
         let mut sz = size(r.size);
         if r.partial > 0 {
@@ -124,6 +120,11 @@ pub fn rm(a: RmArgs) -> Result<()> {
     let freed = cache::remove(&cfg.cache, repo)?;
     eprintln!("removed {repo} ({} freed)", size(freed));
     Ok(())
+}
+
+/// A commit abbreviated as git does; whatever a ref file holds, it is shown, not sliced mid-character.
+fn short(commit: &str) -> &str {
+    commit.get(..7).unwrap_or(commit)
 }
 
 fn size(b: u64) -> String {

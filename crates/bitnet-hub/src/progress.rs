@@ -12,7 +12,8 @@ pub(crate) fn bar(enabled: bool, file: &str, size: Option<u64>) -> ProgressBar {
         None => ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()),
     };
     let style = ProgressStyle::with_template(
-        "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+        // wide_bar takes what the terminal has left, so the line never wraps.
+        "{msg} [{wide_bar}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
     )
     .unwrap_or_else(|_| ProgressStyle::default_bar())
     .progress_chars("=> ");
