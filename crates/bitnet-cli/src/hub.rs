@@ -47,6 +47,21 @@ pub fn local(path: &Path) -> Result<PathBuf> {
     }
 }
 
+/// `owner/name` for a snapshot folder of the HF cache (`models--owner--name/snapshots/<commit>`).
+pub fn repo_of_snapshot(dir: &Path) -> Option<String> {
+    let snapshots = dir.parent()?;
+    if !dir.is_dir() || snapshots.file_name()? != "snapshots" {
+        return None;
+    }
+    let repo = snapshots
+        .parent()?
+        .file_name()?
+        .to_str()?
+        .strip_prefix("models--")?;
+    let (owner, name) = repo.split_once("--")?;
+    Some(format!("{owner}/{name}"))
+}
+
 pub fn pull(a: PullArgs) -> Result<()> {
     let r = ModelRef::parse(&a.repo)?.at_revision(a.revision.as_deref())?;
     let hub = Hub::new(config());
@@ -133,5 +148,27 @@ fn size(b: u64) -> String {
         format!("{:.2} GiB", b as f64 / (MIB * 1024.0))
     } else {
         format!("{:.1} MiB", b as f64 / MIB)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_snapshot_folder_is_named_by_its_repository() {
+        let cache = tempfile::tempdir().unwrap();
+        let snap = cache
+            .path()
+            .join("models--owner--model/snapshots/0123456789abcdef0123456789abcdef01234567");
+        std::fs::create_dir_all(&snap).unwrap();
+        assert_eq!(repo_of_snapshot(&snap).as_deref(), Some("owner/model"));
+        std::fs::write(snap.join("m.gguf"), b"").unwrap();
+        assert_eq!(
+            repo_of_snapshot(&snap.join("m.gguf")),
+            None,
+            "a file keeps its stem"
+        );
+        assert_eq!(repo_of_snapshot(cache.path()), None);
     }
 }

@@ -77,9 +77,10 @@ pub fn run(a: ServeArgs) -> Result<()> {
         .model_alias
         .clone()
         .unwrap_or_else(|| match s.model.as_deref() {
-            Some(p) => p
-                .file_stem()
-                .map_or("bitnet".into(), |n| n.to_string_lossy().into_owned()),
+            // A checkpoint pulled from the Hub sits in snapshots/<commit>: name it by repository.
+            Some(p) => crate::hub::repo_of_snapshot(p)
+                .or_else(|| p.file_stem().map(|n| n.to_string_lossy().into_owned()))
+                .unwrap_or_else(|| "bitnet".into()),
             None => crate::builtin_model::ALIAS.into(),
         });
     let scheduler = Scheduler::start(

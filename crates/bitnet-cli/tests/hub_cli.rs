@@ -250,7 +250,9 @@ fn pull_prints_the_path_and_a_checkpoint_folder_runs_too() {
 fn hub_failures_exit_with_their_own_codes() {
     let e = Env::new();
     let q4 = format!("{GGUF_REPO}:q4_k_m");
-    let cases: Vec<(Vec<&str>, Vec<(&str, &str)>, i32, &str)> = vec![
+    // (arguments, environment, exit code, what stderr must mention)
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, i32, &'a str);
+    let cases: Vec<Case> = vec![
         (vec!["pull", "kjv/nope"], vec![], 5, "not found"),
         (vec!["pull", "kjv/private"], vec![], 6, "HF_TOKEN"),
         (
