@@ -107,7 +107,9 @@ impl Env {
         c.env("HOME", self.home.path())
             .env("HF_HOME", self.home.path().join("hf"))
             .env("HF_ENDPOINT", &self.hub.url)
-            .env("HF_HUB_DOWNLOAD_TIMEOUT", "10");
+            .env("HF_HUB_DOWNLOAD_TIMEOUT", "10")
+            // ureq honours HTTP(S)_PROXY: the fake Hub is reached directly whatever the machine's.
+            .env("NO_PROXY", "127.0.0.1,localhost");
         c
     }
 
