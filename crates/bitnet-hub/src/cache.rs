@@ -34,9 +34,24 @@ pub(crate) fn write_ref(dir: &Path, revision: &str, commit: &str) -> Result<()> 
         std::fs::create_dir_all(parent).map_err(|e| HubError::io(parent, e))?;
     }
     // Written aside and renamed, so a reader never sees half a commit id.
-    let tmp = path.with_extension("tmp");
+    let tmp = unique_sibling(&path);
     std::fs::write(&tmp, commit).map_err(|e| HubError::io(&tmp, e))?;
-    std::fs::rename(&tmp, &path).map_err(|e| HubError::io(&path, e))
+    std::fs::rename(&tmp, &path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        HubError::io(&path, e)
+    })
+}
+
+/// A temporary name beside `path` that no other process or thread uses, so that two pulls of
+/// the same model never rename each other's half-made files.
+fn unique_sibling(path: &Path) -> PathBuf {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    path.with_file_name(format!(
+        ".{}.{}.{}.tmp",
+        path.file_name().unwrap_or_default().to_string_lossy(),
+        std::process::id(),
+        SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ))
 }
 
 /// The commit a revision pointed to when it was last pulled.
@@ -55,11 +70,18 @@ pub(crate) fn link_snapshot(dir: &Path, commit: &str, file: &str, blob: &Path) -
     let link = dir.join("snapshots").join(commit).join(file);
     let parent = link.parent().unwrap_or(dir);
     std::fs::create_dir_all(parent).map_err(|e| HubError::io(parent, e))?;
-    match std::fs::symlink_metadata(&link) {
-        Ok(_) => std::fs::remove_file(&link).map_err(|e| HubError::io(&link, e))?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(HubError::io(&link, e)),
-    }
+    // Made under a name of its own and renamed over the link: two processes finishing the same
+    // file at once both succeed, and a reader never finds the link missing.
+    let tmp = unique_sibling(&link);
+    make_link(blob, file, &tmp)?;
+    std::fs::rename(&tmp, &link).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        HubError::io(&link, e)
+    })?;
+    Ok(link)
+}
+
+fn make_link(blob: &Path, file: &str, link: &Path) -> Result<()> {
     #[cfg(unix)]
     {
         // snapshots/<commit>/a/b/file -> ../../../../blobs/<etag>
@@ -70,11 +92,14 @@ pub(crate) fn link_snapshot(dir: &Path, commit: &str, file: &str, blob: &Path) -
         }
         target.push("blobs");
         target.push(blob.file_name().unwrap_or_default());
-        std::os::unix::fs::symlink(&target, &link).map_err(|e| HubError::io(&link, e))?;
+        std::os::unix::fs::symlink(&target, link).map_err(|e| HubError::io(link, e))?;
     }
     #[cfg(not(unix))]
-    std::fs::copy(blob, &link).map_err(|e| HubError::io(&link, e))?;
-    Ok(link)
+    {
+        let _ = file;
+        std::fs::copy(blob, link).map_err(|e| HubError::io(link, e))?;
+    }
+    Ok(())
 }
 
 /// Every file of a snapshot whose blob is present, as repository paths.

@@ -45,7 +45,8 @@ pub enum HubError {
     Network { url: String, message: String },
     #[error("{url}: unexpected answer: {message}")]
     Protocol { url: String, message: String },
-    #[error("{path}: {source}")]
+    // The cause follows through `source` (anyhow prints "path: cause").
+    #[error("{path}")]
     Io {
         path: PathBuf,
         #[source]

@@ -362,9 +362,10 @@ fn a_stalled_transfer_times_out_and_resumes() {
 #[test]
 fn a_slow_trickle_is_not_a_timeout() {
     let s = Setup::new(vec![gguf_repo()]);
-    // 300 KB in 15 pieces 60 ms apart: slow overall, never idle for the 1 s timeout.
+    // 300 KB in 30 pieces 100 ms apart: 3 s in all, longer than the 1 s timeout, but never
+    // idle for that long; only an idle (per-read) timeout lets it through.
     s.hub
-        .faults(|f| f.trickle = Some((20_000, Duration::from_millis(60))));
+        .faults(|f| f.trickle = Some((10_000, Duration::from_millis(100))));
     let p = s
         .pull_with("owner/model-GGUF", |c| c.timeout = Duration::from_secs(1))
         .unwrap();
