@@ -23,6 +23,9 @@ scripts/setup-capi.sh
 step "cargo test (kernels, formats, shared reference model, transformers, llama.cpp, bad input, C API under valgrind)"
 cargo test --workspace --locked -- --include-ignored
 
+step "cargo install, then bitnet run from elsewhere: the built-in default model (scripts/test-installed.sh)"
+scripts/test-installed.sh
+
 step "OpenAI Python client against bitnet serve (tests/server-py)"
 # On the binary `cargo test` just built for bitnet-cli's tests (a separate `cargo build` would
 # resolve features without dev-dependencies and rebuild half the tree). pytest's exit code 5

@@ -6,14 +6,17 @@ use bitnet_inference::settings::{SamplingOverrides, Settings};
 use clap::Args;
 use std::path::PathBuf;
 
-/// The model the README's first command runs when no model is named.
-pub const DEFAULT_MODEL: &str = "models/bitnet-b1.58-kjv-i2_s.gguf";
-
 #[derive(Args, Debug, Clone, Default)]
 pub struct ModelArgs {
-    /// GGUF file or Hugging Face folder [env: BITNET_MODEL] [default: models/bitnet-b1.58-kjv-i2_s.gguf]
+    /// GGUF file, Hugging Face folder, or hf://owner/name[@revision][:FILE] to pull from the Hub [env: BITNET_MODEL] [default: the KJV demo model built into the binary]
     #[arg(short, long)]
     pub model: Option<PathBuf>,
+    /// Hugging Face repository to pull the model from: owner/name[@revision][:FILE or quantization] (as llama.cpp's -hf)
+    #[arg(long = "hf-repo", visible_alias = "hf", conflicts_with = "model")]
+    pub hf_repo: Option<String>,
+    /// File in --hf-repo, or a quantization name (i2_s, tq2_0, tq1_0) [default: the I2_S GGUF, else TQ2_0, TQ1_0, else the safetensors folder]
+    #[arg(long = "hf-file", requires = "hf_repo")]
+    pub hf_file: Option<String>,
     /// Folder with tokenizer.json to use instead of the model's own tokenizer [env: BITNET_TOKENIZER]
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
@@ -115,8 +118,15 @@ pub fn resolve(model: &ModelArgs, sampling: Option<&SamplingArgs>) -> Result<Set
         .overlay(&file)
         .overlay(&env)
         .overlay(&flags);
-    if out.model.is_none() {
-        out.model = Some(PathBuf::from(DEFAULT_MODEL));
+    // No model named: `crate::load_model` takes the built-in one.
+    if let Some(repo) = &model.hf_repo {
+        let mut r = bitnet_hub::ModelRef::parse(repo)?;
+        if let Some(f) = &model.hf_file {
+            r.file = Some(f.clone());
+        }
+        out.model = Some(crate::hub::fetch(&r)?);
+    } else if let Some(m) = &out.model {
+        out.model = Some(crate::hub::local(m)?);
     }
     Ok(out)
 }

@@ -75,7 +75,6 @@ pub fn peak_rss_bytes() -> Option<u64> {
 /// generates N tokens one at a time after a one-token prompt. Each test runs once unmeasured.
 pub fn run(a: BenchArgs) -> Result<()> {
     let s = resolve(&a.model, None)?;
-    let path = s.model.clone().unwrap_or_default();
     let threads_list = if a.threads_list.is_empty() {
         vec![s
             .threads
@@ -89,7 +88,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         mmap: s.mmap.unwrap_or(false),
         ..Default::default()
     };
-    let model = bitnet_models::load_with(&path, s.tokenizer.as_deref(), opts.placement())?;
+    let model = crate::load_model(&s, opts.placement())?;
     let file_bytes = model.file_bytes;
     let bytes_per_token = model.weights.decode_bytes_per_token();
     let engine0 = Engine::from_model(model, &opts)?;
@@ -102,10 +101,13 @@ pub fn run(a: BenchArgs) -> Result<()> {
         .max()
         .unwrap_or(1)
         + 1;
-    let name = path
-        .file_name()
-        .map(|x| x.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = match &s.model {
+        Some(path) => path
+            .file_name()
+            .map(|x| x.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        None => crate::builtin_model::NAME.to_owned(),
+    };
     let out = &mut std::io::stdout().lock();
     if !a.json {
         writeln!(

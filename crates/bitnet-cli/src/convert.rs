@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 #[derive(Args, Debug)]
 pub struct ConvertArgs {
-    /// Input: GGUF file or Hugging Face folder
+    /// Input: GGUF file, Hugging Face folder, or hf://owner/name[@revision][:FILE]
     input: PathBuf,
     /// Output GGUF file
     output: PathBuf,
@@ -24,7 +24,8 @@ pub struct ConvertArgs {
     name: Option<String>,
 }
 
-pub fn run(a: ConvertArgs) -> Result<()> {
+pub fn run(mut a: ConvertArgs) -> Result<()> {
+    a.input = crate::hub::local(&a.input)?;
     let ternary = TernaryFormat::parse(&a.ty)
         .ok_or_else(|| anyhow!("unknown --type {} (i2_s, tq2_0, tq1_0, f16, f32)", a.ty))?;
     let dense = DenseFormat::parse(&a.embed)

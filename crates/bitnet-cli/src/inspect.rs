@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 #[derive(Args, Debug)]
 pub struct InspectArgs {
-    /// GGUF file or Hugging Face folder
+    /// GGUF file, Hugging Face folder, or hf://owner/name[@revision][:FILE]
     path: PathBuf,
     /// Print whole metadata arrays instead of their first elements
     #[arg(long)]
@@ -45,7 +45,8 @@ fn show_value(v: &MetadataValue, full: bool) -> String {
     }
 }
 
-pub fn run(a: InspectArgs) -> Result<()> {
+pub fn run(mut a: InspectArgs) -> Result<()> {
+    a.path = crate::hub::local(&a.path)?;
     let out = &mut std::io::stdout().lock();
     if a.path.is_dir() {
         return inspect_hf(&a, out);

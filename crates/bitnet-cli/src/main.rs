@@ -2,9 +2,11 @@
 
 mod args;
 mod bench;
+mod builtin_model;
 mod chat;
 mod convert;
 mod fixture;
+mod hub;
 mod inspect;
 mod membw;
 mod perplexity;
@@ -42,13 +44,24 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Write a random-weight model with real shapes (e.g. 2B4T) as GGUF, for benchmarks
     Fixture(fixture::FixtureArgs),
+    /// Download a model from the Hugging Face Hub into its cache; prints the local path
+    Pull(hub::PullArgs),
+    /// Models in the Hugging Face cache, with their sizes
+    List(hub::ListArgs),
+    /// Remove a model from the Hugging Face cache
+    Rm(hub::RmArgs),
 }
 
 /// Exit codes: 1 generic failure, 2 bad usage (clap), 3 unreadable or invalid model file,
-/// 4 input that does not fit (prompt longer than the context, bad token ids).
+/// 4 input that does not fit (prompt longer than the context, bad token ids); from the Hub
+/// (`bitnet_hub::HubError::exit_code`): 5 not found (or not cached while HF_HUB_OFFLINE is set),
+/// 6 unauthorized, 7 rate limited, 8 checksum mismatch, 9 disk full.
 fn exit_code(e: &anyhow::Error) -> u8 {
     use bitnet_inference::EngineError;
     for cause in e.chain() {
+        if let Some(he) = cause.downcast_ref::<bitnet_hub::HubError>() {
+            return he.exit_code();
+        }
         if let Some(ee) = cause.downcast_ref::<EngineError>() {
             return match ee {
                 EngineError::Model(_) => 3,
@@ -88,6 +101,9 @@ fn main() -> ExitCode {
         Command::Perplexity(a) => perplexity::run(a),
         Command::Fixture(a) => fixture::run(a),
         Command::Serve(a) => serve::run(a),
+        Command::Pull(a) => hub::pull(a),
+        Command::List(a) => hub::list(a),
+        Command::Rm(a) => hub::rm(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -110,11 +126,6 @@ pub(crate) fn load_engine(
     s: &bitnet_inference::Settings,
     quiet: bool,
 ) -> anyhow::Result<bitnet_inference::Engine> {
-    use anyhow::Context;
-    let path = s
-        .model
-        .clone()
-        .unwrap_or_else(|| args::DEFAULT_MODEL.into());
     let opts = bitnet_inference::EngineOptions {
         threads: s.threads,
         tokenizer: s.tokenizer.clone(),
@@ -123,15 +134,14 @@ pub(crate) fn load_engine(
         mmap: s.mmap.unwrap_or(false),
     };
     let t = std::time::Instant::now();
-    let engine = bitnet_inference::Engine::load(&path, &opts)
-        .map_err(anyhow::Error::new)
-        .with_context(|| format!("loading {}", path.display()))?;
+    let model = load_model(s, opts.placement())?;
+    let engine = bitnet_inference::Engine::from_model(model, &opts)?;
     if !quiet {
         let m = engine.model();
         let c = engine.config();
         eprintln!(
             "loaded {} ({} arch, {} layers, hidden {}, vocab {}) in {:.2}s: weights {:.1} MiB, {} threads, kernels {:?}",
-            path.display(),
+            model_name(s),
             c.arch.gguf_name(),
             c.num_layers,
             c.hidden_size,
@@ -143,6 +153,25 @@ pub(crate) fn load_engine(
         );
     }
     Ok(engine)
+}
+
+/// The model the settings name, or the built-in one when they name none.
+pub(crate) fn load_model(
+    s: &bitnet_inference::Settings,
+    placement: bitnet_models::Placement,
+) -> anyhow::Result<bitnet_models::LoadedModel> {
+    use anyhow::Context;
+    match &s.model {
+        Some(path) => bitnet_models::load_with(path, s.tokenizer.as_deref(), placement)
+            .with_context(|| format!("loading {}", path.display())),
+        None => builtin_model::load(s.tokenizer.as_deref(), placement),
+    }
+}
+
+pub(crate) fn model_name(s: &bitnet_inference::Settings) -> String {
+    s.model
+        .as_ref()
+        .map_or(builtin_model::NAME.into(), |p| p.display().to_string())
 }
 
 pub(crate) fn open_session(

@@ -30,6 +30,8 @@ pub fn run(a: PerplexityArgs) -> Result<()> {
     if let Some(base_path) = &a.kl_base {
         let mut base_args = a.model.clone();
         base_args.model = Some(base_path.clone());
+        base_args.hf_repo = None;
+        base_args.hf_file = None;
         let bs = resolve(&base_args, None)?;
         let base = crate::load_engine(&bs, false)?;
         let d = bitnet_inference::perplexity::divergence(&engine, &base, &text, a.chunk)?;

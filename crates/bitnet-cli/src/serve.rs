@@ -73,12 +73,16 @@ pub fn run(a: ServeArgs) -> Result<()> {
         "--max-connections must be at least 1"
     );
     let engine = crate::load_engine(&s, a.quiet)?;
-    let alias = a.model_alias.clone().unwrap_or_else(|| {
-        s.model
-            .as_deref()
-            .and_then(|p| p.file_stem())
-            .map_or("bitnet".into(), |n| n.to_string_lossy().into_owned())
-    });
+    let alias = a
+        .model_alias
+        .clone()
+        .unwrap_or_else(|| match s.model.as_deref() {
+            // A checkpoint pulled from the Hub sits in snapshots/<commit>: name it by repository.
+            Some(p) => crate::hub::repo_of_snapshot(p)
+                .or_else(|| p.file_stem().map(|n| n.to_string_lossy().into_owned()))
+                .unwrap_or_else(|| "bitnet".into()),
+            None => crate::builtin_model::ALIAS.into(),
+        });
     let scheduler = Scheduler::start(
         engine,
         SchedulerOptions {

@@ -1,5 +1,5 @@
 use crate::args::{resolve, ModelArgs};
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 use std::io::Write;
 
@@ -19,10 +19,8 @@ pub struct TokenizeArgs {
 
 pub fn run(a: TokenizeArgs) -> Result<()> {
     let s = resolve(&a.model, None)?;
-    let path = s.model.clone().unwrap_or_default();
     // Only the tokenizer is needed, but loading the model validates the file as a whole.
-    let model = bitnet_models::load(&path, s.tokenizer.as_deref())
-        .with_context(|| format!("loading {}", path.display()))?;
+    let model = crate::load_model(&s, bitnet_models::Placement::Mapped)?;
     let tok = &model.tokenizer;
     let ids = tok.encode(&a.text, !a.no_bos && tok.add_bos_default())?;
     let out = &mut std::io::stdout().lock();

@@ -157,7 +157,7 @@ fn run_echoes_the_prompt_and_reports_on_stderr() {
     );
     for part in [
         "loaded",
-        DEFAULT_MODEL,
+        "bitnet-b1.58-kjv-i2_s.gguf (built in)",
         "bitnet-b1.58",
         "generation: 32 tokens",
     ] {
