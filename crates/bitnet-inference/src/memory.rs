@@ -107,7 +107,9 @@ fn address_space_room() -> Option<u64> {
         return None;
     }
     let used = read("/proc/self/status").and_then(|t| meminfo_kib(&t, "VmSize:"))?;
-    Some((lim.rlim_cur as u64).saturating_sub(used))
+    #[allow(clippy::unnecessary_cast)] // rlim_t is u64 on Linux, not on every unix
+    let limit = lim.rlim_cur as u64;
+    Some(limit.saturating_sub(used))
 }
 
 #[cfg(not(unix))]
