@@ -128,6 +128,18 @@ impl LayerWeights {
     }
 }
 
+/// Codec and kernel errors ("2-bit code 3 at element 7") know nothing of tensors; a load error
+/// must say which tensor it is about.
+fn name_tensor(e: ModelError, src: &dyn TensorSource, role: Role) -> ModelError {
+    match e {
+        ModelError::Quant(_) | ModelError::Kernel(_) => ModelError::BadTensor {
+            name: src.tensor_name(role),
+            message: e.to_string(),
+        },
+        other => other,
+    }
+}
+
 /// Where the matrices that decoding streams live once loaded.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Placement {
@@ -197,12 +209,16 @@ impl ModelWeights {
         let (h, ffn, q, kv) = (c.hidden_size, c.intermediate_size, c.q_dim(), c.kv_dim());
         // Every float is checked once here, whichever file format it came from.
         let dense = |role: Role, rows: usize, cols: usize| -> Result<DenseMatrix> {
-            let m = src.dense(role, rows, cols)?;
+            let m = src
+                .dense(role, rows, cols)
+                .map_err(|e| name_tensor(e, src, role))?;
             crate::finite::check_dense(&src.tensor_name(role), &m)?;
             Ok(m)
         };
         let vector = |role: Role, len: usize| -> Result<Vec<f32>> {
-            let v = src.vector(role, len)?;
+            let v = src
+                .vector(role, len)
+                .map_err(|e| name_tensor(e, src, role))?;
             crate::finite::check_values(&src.tensor_name(role), &v)?;
             Ok(v)
         };
@@ -222,7 +238,9 @@ impl ModelWeights {
             Placement::Arena => Some(new_arena(c)?),
         };
         let mut ternary = |role: Role, rows: usize, cols: usize| -> Result<TernaryMatrix> {
-            let m = src.ternary(role, rows, cols)?;
+            let m = src
+                .ternary(role, rows, cols)
+                .map_err(|e| name_tensor(e, src, role))?;
             crate::finite::check_scale(&src.tensor_name(role), m.scale())?;
             match arena.as_mut() {
                 // Replacing the matrix drops a repacked (owned) source right away.
