@@ -357,6 +357,10 @@ fn special_files_as_inputs_fail_at_once() {
     let o = run(&["run", "-q", "-m", "/dev/zero"]);
     expect(&o, 3, &["/dev/zero is a character device"]);
     assert!(!o.stderr.contains("truncated"), "{o:?}");
+    // A regular file that cannot be mapped (procfs): the reason once, with the path.
+    let o = run(&["run", "-q", "-m", "/proc/self/status"]);
+    expect(&o, 3, &["cannot map /proc/self/status", "No such device"]);
+    assert_eq!(o.stderr.matches("No such device").count(), 1, "{o:?}");
     let o = run(&["perplexity", "-f", p(&fifo)]);
     expect(&o, 1, &["is a FIFO"]);
     let o = run(&["run", "-q", "--config", p(&fifo)]);
@@ -518,6 +522,17 @@ fn block_count_smaller_than_the_layers_in_the_file() {
     let path = m.write(dir.path(), "fewer-layers.gguf");
     let o = run(&["run", "-q", "-m", p(&path)]);
     expect(&o, 3, &["block_count = 4", "layer 5", "fewer-layers.gguf"]);
+}
+
+#[test]
+fn invalid_ternary_codes_name_the_tensor() {
+    let dir = tempdir();
+    let mut m = Parts::default_model();
+    // 0xff: four 2-bit codes 3, which are no ternary value.
+    m.patch("blk.3.ffn_gate.weight", |b| b[10] = 0xff);
+    let path = m.write(dir.path(), "code3.gguf");
+    let o = run(&["run", "-q", "-m", p(&path)]);
+    expect(&o, 3, &["blk.3.ffn_gate.weight", "code 3"]);
 }
 
 #[test]
