@@ -46,8 +46,10 @@ enum Command {
     Fixture(fixture::FixtureArgs),
 }
 
-/// Exit codes: 1 generic failure, 2 bad usage (clap), 3 unreadable or invalid model file,
-/// 4 input that does not fit (prompt longer than the context, bad token ids).
+/// Exit codes: 1 generic failure, 2 bad usage (clap, and setting values `validate` refuses),
+/// 3 unreadable or invalid model file, 4 input that does not fit (prompt longer than the
+/// context, bad token ids, a text with nothing to score). A SIGBUS from a truncated mapping
+/// exits 3 from its handler (`sigbus`).
 fn exit_code(e: &anyhow::Error) -> u8 {
     use bitnet_inference::EngineError;
     for cause in e.chain() {
