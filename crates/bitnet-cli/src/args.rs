@@ -23,7 +23,8 @@ pub struct ModelArgs {
     /// Worker threads [env: BITNET_THREADS] [default: physical cores]
     #[arg(short, long)]
     pub threads: Option<usize>,
-    /// Context size in tokens (KV cache) [env: BITNET_CTX_SIZE] [default: the model's]
+    /// Context size in tokens (KV cache); above the model's trained context it warns, and it
+    /// must fit the available memory and `ulimit -v` [env: BITNET_CTX_SIZE] [default: the model's]
     #[arg(short, long = "ctx-size")]
     pub ctx_size: Option<usize>,
     /// Prompt tokens per batch [env: BITNET_BATCH_SIZE] [default: 512]
@@ -32,7 +33,7 @@ pub struct ModelArgs {
     /// KV cache type: f16 or f32 [env: BITNET_KV_TYPE] [default: f16]
     #[arg(long = "kv-type", value_parser = parse_kv_type)]
     pub kv_type: Option<bitnet_inference::KvType>,
-    /// Use the weights in place from the file mapping (faster start) instead of copying them into huge pages (faster decoding) [env: BITNET_MMAP]
+    /// Use the weights in place from the file mapping (faster start) instead of copying them into huge pages (faster decoding); the file must not be modified while it runs (a truncated mapping ends the process with exit code 3) [env: BITNET_MMAP]
     #[arg(long)]
     pub mmap: bool,
     /// TOML settings file (same keys as the flags, snake_case; sampling keys under [sampling]) [env: BITNET_CONFIG]
@@ -128,6 +129,7 @@ pub fn resolve(model: &ModelArgs, sampling: Option<&SamplingArgs>) -> Result<Set
     } else if let Some(m) = &out.model {
         out.model = Some(crate::hub::local(m)?);
     }
+    crate::validate::settings(&out)?;
     Ok(out)
 }
 

@@ -75,6 +75,24 @@ pub fn peak_rss_bytes() -> Option<u64> {
 /// generates N tokens one at a time after a one-token prompt. Each test runs once unmeasured.
 pub fn run(a: BenchArgs) -> Result<()> {
     let s = resolve(&a.model, None)?;
+    crate::validate::positive("--repetitions (-r)", a.repetitions)?;
+    for &t in &a.threads_list {
+        crate::validate::threads("--threads-list entry", t)?;
+    }
+    for &k in &a.parallel {
+        crate::validate::positive("--parallel entry", k)?;
+    }
+    if a.membw {
+        crate::validate::positive("--membw-mib", a.membw_mib)?;
+        // The probe writes every page of its buffer: it must fit the memory now.
+        let bytes = (a.membw_mib as u64).saturating_mul(1 << 20);
+        if let Some(limit) = bitnet_inference::memory::MemoryRoom::current().exceeded_by(bytes) {
+            return Err(crate::validate::usage(format!(
+                "--membw-mib {} is more than {limit}",
+                a.membw_mib
+            )));
+        }
+    }
     let threads_list = if a.threads_list.is_empty() {
         vec![s
             .threads

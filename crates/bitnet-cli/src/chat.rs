@@ -51,11 +51,21 @@ pub fn run(a: ChatArgs) -> Result<()> {
     loop {
         write!(out, "> ")?;
         out.flush()?;
-        let mut line = String::new();
-        if stdin.lock().read_line(&mut line)? == 0 {
+        let mut raw = Vec::new();
+        if stdin.lock().read_until(b'\n', &mut raw)? == 0 {
             break;
         }
-        let line = line.trim_end_matches(['\n', '\r']);
+        let line = match std::str::from_utf8(&raw) {
+            Ok(l) => l.trim_end_matches(['\n', '\r']),
+            Err(e) => {
+                // Say where the bad bytes came from and keep the conversation going.
+                eprintln!(
+                    "stdin: this line is not valid UTF-8 (invalid byte at offset {}); line ignored",
+                    e.valid_up_to()
+                );
+                continue;
+            }
+        };
         match line {
             "/exit" | "/quit" => break,
             "/reset" => {

@@ -30,6 +30,8 @@ pub fn run(mut a: ConvertArgs) -> Result<()> {
         .ok_or_else(|| anyhow!("unknown --type {} (i2_s, tq2_0, tq1_0, f16, f32)", a.ty))?;
     let dense = DenseFormat::parse(&a.embed)
         .ok_or_else(|| anyhow!("unknown --embed {} (f16, bf16, f32, q8_0, q6_k)", a.embed))?;
+    // Before the (long) load: a FIFO, device or symlink at the output is never replaced.
+    bitnet_gguf::check_output_path(&a.output)?;
     let model = bitnet_models::load(&a.input, a.tokenizer.as_deref())
         .with_context(|| format!("loading {}", a.input.display()))?;
     let vocab = model
@@ -55,7 +57,8 @@ pub fn run(mut a: ConvertArgs) -> Result<()> {
             name,
         },
         &a.output,
-    )?;
+    )
+    .map_err(crate::output_error)?;
     let size = std::fs::metadata(&a.output).map(|m| m.len()).unwrap_or(0);
     eprintln!(
         "wrote {} ({} bytes, ternary {:?}, embeddings {:?})",

@@ -40,6 +40,7 @@ pub fn run(a: FixtureArgs) -> Result<()> {
     let ternary = TernaryFormat::parse(&a.ty).ok_or_else(|| anyhow!("unknown --type {}", a.ty))?;
     let dense = DenseFormat::parse(&a.embed)
         .ok_or_else(|| anyhow!("unknown --embed {} (f16, bf16, f32, q8_0, q6_k)", a.embed))?;
+    bitnet_gguf::check_output_path(&a.output)?;
     let weights = fixture::random_weights(&config, a.seed)?;
     let vocab = fixture::synthetic_vocab(config.vocab_size);
     let opts = ExportOptions {
@@ -47,7 +48,7 @@ pub fn run(a: FixtureArgs) -> Result<()> {
         dense,
         name: format!("random-{}", a.shape),
     };
-    write_gguf(&weights, &vocab, &opts, &a.output)?;
+    write_gguf(&weights, &vocab, &opts, &a.output).map_err(crate::output_error)?;
     eprintln!("wrote {}", a.output.display());
     Ok(())
 }

@@ -12,7 +12,9 @@ mod membw;
 mod perplexity;
 mod run;
 mod serve;
+mod sigbus;
 mod tokenize;
+mod validate;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -52,13 +54,18 @@ enum Command {
     Rm(hub::RmArgs),
 }
 
-/// Exit codes: 1 generic failure, 2 bad usage (clap), 3 unreadable or invalid model file,
-/// 4 input that does not fit (prompt longer than the context, bad token ids); from the Hub
+/// Exit codes: 1 generic failure, 2 bad usage (clap, and setting values `validate` refuses),
+/// 3 unreadable or invalid model file, 4 input that does not fit (prompt longer than the
+/// context, bad token ids, a text with nothing to score); from the Hub
 /// (`bitnet_hub::HubError::exit_code`): 5 not found (or not cached while HF_HUB_OFFLINE is set),
-/// 6 unauthorized, 7 rate limited, 8 checksum mismatch, 9 disk full.
+/// 6 unauthorized, 7 rate limited, 8 checksum mismatch, 9 disk full. A SIGBUS from a truncated
+/// mapping exits 3 from its handler (`sigbus`).
 fn exit_code(e: &anyhow::Error) -> u8 {
     use bitnet_inference::EngineError;
     for cause in e.chain() {
+        if cause.downcast_ref::<validate::UsageError>().is_some() {
+            return 2;
+        }
         if let Some(he) = cause.downcast_ref::<bitnet_hub::HubError>() {
             return he.exit_code();
         }
@@ -67,7 +74,8 @@ fn exit_code(e: &anyhow::Error) -> u8 {
                 EngineError::Model(_) => 3,
                 EngineError::PromptTooLong { .. }
                 | EngineError::BadToken { .. }
-                | EngineError::EmptyPrompt => 4,
+                | EngineError::EmptyPrompt
+                | EngineError::BadInput(_) => 4,
                 _ => 1,
             };
         }
@@ -90,6 +98,7 @@ fn exit_code(e: &anyhow::Error) -> u8 {
 }
 
 fn main() -> ExitCode {
+    sigbus::install();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(a) => run::run(a),
@@ -118,6 +127,16 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::from(exit_code(&e))
         }
+    }
+}
+
+/// An error writing an output file. Exit code 3 is for bad model files, so an I/O error here
+/// (a full disk, a refused path) is passed on as a plain failure; a tensor that cannot be
+/// stored (a value that overflows the output type) stays a model error.
+pub(crate) fn output_error(e: bitnet_models::ModelError) -> anyhow::Error {
+    match e {
+        bitnet_models::ModelError::Gguf(bitnet_gguf::GgufError::Io(io)) => io.into(),
+        other => other.into(),
     }
 }
 
@@ -174,11 +193,25 @@ pub(crate) fn model_name(s: &bitnet_inference::Settings) -> String {
         .map_or(builtin_model::NAME.into(), |p| p.display().to_string())
 }
 
+/// A context above the one the model was trained on is allowed when asked for (`-c`), but
+/// positions past it were never seen in training and quality falls off: say so.
+pub(crate) fn warn_long_context(engine: &bitnet_inference::Engine, ctx: usize) {
+    let trained = engine.config().max_position_embeddings;
+    if ctx > trained {
+        eprintln!(
+            "warning: context {ctx} is above the {trained} positions the model was trained on; output past position {trained} is unreliable"
+        );
+    }
+}
+
 pub(crate) fn open_session(
     engine: &bitnet_inference::Engine,
     s: &bitnet_inference::Settings,
     quiet: bool,
 ) -> anyhow::Result<bitnet_inference::Session> {
+    if let Some(c) = s.ctx_size {
+        warn_long_context(engine, c);
+    }
     let session = engine.session(s.ctx_size)?;
     if !quiet {
         eprintln!(

@@ -10,7 +10,8 @@ pub struct PerplexityArgs {
     /// Text file; each line is a unit (a verse, a sentence)
     #[arg(short, long)]
     file: PathBuf,
-    /// Tokens per chunk after BOS; lines are packed greedily into chunks, never split
+    /// Tokens per chunk after BOS; lines are packed greedily into chunks, never split. BOS plus
+    /// a chunk must fit the context (-c, else the model's trained one)
     #[arg(long, default_value_t = 256)]
     chunk: usize,
     /// Also compare with this model (same vocabulary): KL divergence of its next-token
@@ -24,9 +25,21 @@ pub struct PerplexityArgs {
 /// (see `bitnet_inference::perplexity::line_packed`).
 pub fn run(a: PerplexityArgs) -> Result<()> {
     let s = resolve(&a.model, None)?;
-    let engine = crate::load_engine(&s, false)?;
-    let text = std::fs::read_to_string(&a.file)
+    crate::validate::positive("--chunk", a.chunk)?;
+    if let Some(ctx) = s.ctx_size {
+        // Each chunk is scored in one context of BOS + chunk tokens.
+        if a.chunk >= ctx {
+            return Err(crate::validate::usage(format!(
+                "--chunk {} needs a context of {} tokens (BOS + chunk), more than --ctx-size {ctx}",
+                a.chunk,
+                a.chunk + 1
+            )));
+        }
+    }
+    // Read before loading: a missing or special (FIFO) file fails fast.
+    let text = bitnet_common::read_regular_to_string(&a.file)
         .with_context(|| format!("reading {}", a.file.display()))?;
+    let engine = crate::load_engine(&s, false)?;
     if let Some(base_path) = &a.kl_base {
         let mut base_args = a.model.clone();
         base_args.model = Some(base_path.clone());

@@ -72,6 +72,7 @@ pub fn run(a: RunArgs) -> Result<()> {
     let ctx = s
         .ctx_size
         .unwrap_or(engine.config().max_position_embeddings);
+    crate::warn_long_context(&engine, ctx);
     let sched = Scheduler::start(
         engine.clone(),
         SchedulerOptions {

@@ -66,13 +66,13 @@ pub fn run(a: ServeArgs) -> Result<()> {
             tracing::Level::INFO
         })
         .try_init();
-    anyhow::ensure!(a.parallel >= 1, "--parallel must be at least 1");
-    anyhow::ensure!(a.max_queue >= 1, "--max-queue must be at least 1");
-    anyhow::ensure!(
-        a.max_connections >= 1,
-        "--max-connections must be at least 1"
-    );
+    crate::validate::positive("--parallel", a.parallel)?;
+    crate::validate::positive("--max-queue", a.max_queue)?;
+    crate::validate::positive("--max-connections", a.max_connections)?;
     let engine = crate::load_engine(&s, a.quiet)?;
+    if let Some(c) = s.ctx_size {
+        crate::warn_long_context(&engine, c);
+    }
     let alias = a
         .model_alias
         .clone()

@@ -549,8 +549,10 @@ fn bad_settings_are_exit_1() {
         .arg(dir.path().join("missing.toml"));
     assert_exit(&output(c), 1, &["missing.toml"]);
 
+    // An out-of-range value is a usage error, found before the model loads (hostile_files.rs
+    // has the rest of these).
     let o = run(&["run", "-q", "--top-p", "7"]);
-    assert_exit(&o, 1, &[]);
+    assert_exit(&o, 2, &["top_p"]);
     let o = run(&[
         "convert",
         DEFAULT_MODEL,

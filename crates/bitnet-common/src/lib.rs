@@ -4,6 +4,9 @@
 //! bytes after a repack, or live in an [`ArenaBuilder`] arena of huge pages, without the consumer
 //! (kernels, model) caring which.
 
+mod file;
+pub use file::{describe_file_type, open_regular, read_regular_to_string};
+
 use std::fmt;
 use std::ops::Deref;
 use std::path::Path;
@@ -151,11 +154,13 @@ impl Storage {
         }
     }
 
-    /// Memory-maps a whole file read-only.
+    /// Memory-maps a whole regular file read-only (FIFOs and devices are refused: see
+    /// [`open_regular`]).
     pub fn map_file(path: &Path) -> std::io::Result<Self> {
-        let file = std::fs::File::open(path)?;
+        let file = open_regular(path)?;
         // SAFETY: the map is read-only; like every mmap-based loader (llama.cpp, candle) we rely on
-        // the file not being truncated while the model is loaded.
+        // the file not being truncated while the model is loaded (if it is, reading the lost
+        // pages raises SIGBUS, which the `bitnet` binary reports as such).
         let map = unsafe { memmap2::Mmap::map(&file)? };
         let len = map.len();
         Ok(Storage {

@@ -6,7 +6,9 @@ use crate::types::{GgmlType, ValueType};
 /// file can be diagnosed from the message alone.
 #[derive(Debug, thiserror::Error)]
 pub enum GgufError {
-    #[error("I/O error: {0}")]
+    /// Transparent: the I/O errors raised here already name the file and what was being done,
+    /// and a prefix plus `#[from]` would print the message twice in an error chain.
+    #[error(transparent)]
     Io(#[from] std::io::Error),
 
     #[error("GGUF file truncated: reading {what} at offset {offset} needs {needed} bytes, but only {available} remain")]
@@ -47,6 +49,14 @@ pub enum GgufError {
         offset: u64,
         size: u64,
         data_size: u64,
+    },
+
+    #[error("tensors {first:?} (data bytes {}..{}) and {second:?} (bytes {}..{}) overlap: each tensor must have its own bytes", first_range.0, first_range.1, second_range.0, second_range.1)]
+    OverlappingTensors {
+        first: String,
+        first_range: (u64, u64),
+        second: String,
+        second_range: (u64, u64),
     },
 
     #[error("tensor {tensor:?} offset {offset} is not a multiple of the alignment {alignment}")]

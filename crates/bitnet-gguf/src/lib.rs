@@ -11,12 +11,14 @@
 //! `n_elements / 4 + 32` bytes (2-bit codes plus a 32-byte tail holding the f32 scale).
 
 mod error;
+mod output;
 mod reader;
 mod types;
 mod writer;
 
 pub use bitnet_common::Storage;
 pub use error::GgufError;
+pub use output::{check_output_path, write_atomically};
 pub use reader::{GgufFile, MAX_ARRAY_DEPTH};
 pub use types::{GgmlType, MetadataValue, TensorInfo, ValueType, I2S_TAIL_BYTES, MAX_DIMS};
 pub use writer::GgufWriter;

@@ -190,8 +190,10 @@ pub struct GgufFile {
 impl GgufFile {
     /// Memory-maps and parses a file.
     pub fn open(path: &Path) -> Result<GgufFile> {
-        let storage = Storage::map_file(path).map_err(|e| {
-            std::io::Error::new(e.kind(), format!("cannot map {}: {e}", path.display()))
+        let storage = Storage::map_file(path).map_err(|e| match e.kind() {
+            // Already "<path> is a FIFO, not a regular file".
+            std::io::ErrorKind::InvalidInput => e,
+            kind => std::io::Error::new(kind, format!("cannot map {}: {e}", path.display())),
         })?;
         GgufFile::from_storage(storage)
     }
@@ -301,6 +303,8 @@ impl GgufFile {
                 });
             }
         }
+
+        check_no_overlap(&tensors)?;
 
         Ok(GgufFile {
             storage,
@@ -445,6 +449,39 @@ fn read_tensor_fields(cur: &mut Cursor, name: &str) -> Result<(Vec<u64>, u32, u6
     let type_id = cur.u32("type id")?;
     let offset = cur.u64("data offset")?;
     Ok((dims, type_id, offset))
+}
+
+/// Rejects tensors whose data ranges share a byte. No writer produces them, and an alias
+/// (attn_k at attn_q's offset, or a tensor relabelled to a wider type so it reads across its
+/// neighbours) would otherwise load and run on bytes meant for another tensor. Empty tensors
+/// occupy nothing and may sit anywhere. Every range was bounds-checked before this is called.
+fn check_no_overlap(tensors: &[TensorInfo]) -> Result<()> {
+    let mut ranges: Vec<(u64, u64, usize)> = tensors
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| t.n_bytes > 0)
+        .map(|(i, t)| (t.offset, t.offset.saturating_add(t.n_bytes), i))
+        .collect();
+    ranges.sort_unstable();
+    // The range reaching furthest so far: a later start below its end overlaps it.
+    let mut furthest: Option<(u64, usize)> = None;
+    for &(start, end, i) in &ranges {
+        if let Some((reach, j)) = furthest {
+            if start < reach {
+                let (a, b) = (&tensors[j], &tensors[i]);
+                return Err(GgufError::OverlappingTensors {
+                    first: a.name.clone(),
+                    first_range: (a.offset, a.offset.saturating_add(a.n_bytes)),
+                    second: b.name.clone(),
+                    second_range: (start, end),
+                });
+            }
+        }
+        if furthest.is_none_or(|(reach, _)| end > reach) {
+            furthest = Some((end, i));
+        }
+    }
+    Ok(())
 }
 
 /// `value` rounded up to a multiple of `alignment` (a power of two); `None` on overflow.

@@ -4,8 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Write};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::Path;
 
 use bitnet_common::Storage;
 
@@ -159,39 +158,18 @@ impl GgufWriter {
     }
 
     /// Writes to a temporary file beside `path`, syncs it, then renames it over `path`, so a
-    /// crash or error never leaves a half-written file under the final name.
+    /// crash or error never leaves a half-written file under the final name. A `path` that is
+    /// a FIFO, device, socket or symlink is refused ([`crate::check_output_path`]).
     pub fn write_file(&self, path: &Path) -> Result<()> {
-        let tmp = temp_path(path)?;
-        let result = self.write_temp(&tmp).and_then(|()| {
-            std::fs::rename(&tmp, path).map_err(|e| {
-                io::Error::new(
-                    e.kind(),
-                    format!("cannot rename {} to {}: {e}", tmp.display(), path.display()),
-                )
-            })
-        });
-        if result.is_err() {
-            // Best effort: the original error is the one worth reporting.
-            let _ = std::fs::remove_file(&tmp);
-        }
-        result.map_err(GgufError::Io)
-    }
-
-    fn write_temp(&self, tmp: &Path) -> io::Result<()> {
-        let with_path =
-            |e: io::Error| io::Error::new(e.kind(), format!("cannot write {}: {e}", tmp.display()));
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(tmp)
-            .map_err(with_path)?;
-        let mut out = io::BufWriter::with_capacity(1 << 20, file);
-        self.write_to(&mut out).map_err(|e| match e {
-            GgufError::Io(e) => with_path(e),
-            other => io::Error::other(other.to_string()),
-        })?;
-        let file = out.into_inner().map_err(|e| with_path(e.into_error()))?;
-        file.sync_all().map_err(with_path)
+        crate::output::write_atomically(path, |file| {
+            let mut out = io::BufWriter::with_capacity(1 << 20, file);
+            self.write_to(&mut out).map_err(|e| match e {
+                GgufError::Io(e) => e,
+                other => io::Error::other(other.to_string()),
+            })?;
+            out.flush()
+        })
+        .map_err(GgufError::Io)
     }
 
     /// Header, metadata and tensor infos, without the padding that follows them.
@@ -290,23 +268,4 @@ fn put_value(h: &mut Vec<u8>, value: &MetadataValue) {
             }
         }
     }
-}
-
-/// A fresh name in the same directory (so the rename is atomic on POSIX filesystems).
-fn temp_path(path: &Path) -> Result<PathBuf> {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let file_name = path.file_name().ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{} does not name a file", path.display()),
-        )
-    })?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(file_name);
-    tmp_name.push(format!(
-        ".{}.{}.tmp",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    Ok(path.with_file_name(tmp_name))
 }

@@ -397,6 +397,59 @@ fn bad_tensor_infos() {
     assert!(matches!(parse_err(&r.0), GgufError::DuplicateTensor { name } if name == "w"));
 }
 
+/// Tensors must not share bytes: an alias at another tensor's offset, or one relabelled to a
+/// wider type so that it reads across its neighbours, is an error naming both.
+#[test]
+fn overlapping_tensors_are_rejected() {
+    // attn_k at attn_q's offset (64 f32 = 256 bytes each).
+    let mut r = Raw::header(3, 2, 0);
+    r.tensor("attn_q", &[64], 0, 0)
+        .tensor("attn_k", &[64], 0, 0)
+        .data(32, 512);
+    let err = parse_err(&r.0);
+    assert!(
+        matches!(&err, GgufError::OverlappingTensors { first, second, .. }
+            if first == "attn_q" && second == "attn_k"),
+        "{err}"
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.contains("attn_q") && msg.contains("attn_k") && msg.contains("overlap"),
+        "{msg}"
+    );
+    // A tensor relabelled F32 over three F16 neighbours: it starts first and reaches over
+    // all of them; the first one it covers is named.
+    let mut r = Raw::header(3, 4, 0);
+    r.tensor("wide", &[64], 0, 0)
+        .tensor("n1", &[32], 1, 64)
+        .tensor("n2", &[32], 1, 128)
+        .tensor("n3", &[32], 1, 192)
+        .data(32, 256);
+    let err = parse_err(&r.0);
+    assert!(
+        matches!(&err, GgufError::OverlappingTensors { first, second, first_range: (0, 256), second_range: (64, 128) }
+            if first == "wide" && second == "n1"),
+        "{err}"
+    );
+    // Listed out of file order, the overlap is still found.
+    let mut r = Raw::header(3, 3, 0);
+    r.tensor("c", &[8], 0, 64)
+        .tensor("a", &[8], 0, 0)
+        .tensor("b", &[16], 0, 32)
+        .data(32, 128);
+    assert!(matches!(
+        parse_err(&r.0),
+        GgufError::OverlappingTensors { .. }
+    ));
+    // Back to back (aligned) and an empty tensor anywhere are fine.
+    let mut r = Raw::header(3, 3, 0);
+    r.tensor("a", &[8], 0, 0)
+        .tensor("b", &[8], 0, 32)
+        .tensor("empty", &[0], 0, 32)
+        .data(32, 64);
+    assert_eq!(parse_ok(&r.0).tensors().len(), 3);
+}
+
 #[test]
 fn bad_metadata() {
     // Non-UTF-8 key, string value, string inside an array, tensor name.

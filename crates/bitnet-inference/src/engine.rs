@@ -78,7 +78,11 @@ impl Pool {
 }
 
 fn build_pool(threads: usize) -> Result<Pool> {
-    let err = |e: &dyn std::fmt::Display| EngineError::ThreadPool(e.to_string());
+    let err = |e: &dyn std::fmt::Display| {
+        EngineError::ThreadPool(format!(
+            "cannot start {threads} worker threads: {e}; use fewer threads"
+        ))
+    };
     match std::env::var("BITNET_POOL").as_deref() {
         Ok("rayon") => rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
@@ -189,20 +193,29 @@ impl Engine {
         self.inner.batch_size
     }
 
-    /// Checks that a KV cache of `positions` positions fits the machine before it is allocated
-    /// (an oversized one would abort on OOM when first written).
+    /// Checks that a KV cache of `positions` positions fits in memory before it is allocated:
+    /// under every limit that can end the process (`crate::memory`), once all its blocks are
+    /// written. Pages are only touched as blocks fill, so an oversized cache would otherwise
+    /// pass here and abort (or be OOM-killed) later.
     pub(crate) fn check_kv_size(&self, positions: usize) -> Result<()> {
         let c = self.config();
         let bytes = KvCache::nbytes_for(c.num_layers, c.kv_dim(), positions, self.kv_type());
-        let limit = total_memory_bytes().unwrap_or(1 << 40);
-        if positions > (1 << 24) || bytes > limit {
-            return Err(EngineError::Settings(format!(
-                "a KV cache of {positions} positions needs {:.1} GiB, more than the machine's {:.1} GiB of memory",
-                bytes as f64 / (1u64 << 30) as f64,
-                limit as f64 / (1u64 << 30) as f64
-            )));
+        let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
+        let exceeded = if positions > MAX_KV_POSITIONS {
+            Some(format!("the limit of {MAX_KV_POSITIONS} positions"))
+        } else {
+            crate::memory::MemoryRoom::current().exceeded_by(bytes as u64)
+        };
+        match exceeded {
+            None => Ok(()),
+            Some(limit) => Err(EngineError::Settings(format!(
+                "a KV cache of {positions} positions ({:?}) needs {:.2} GiB, more than {limit}; use a smaller --ctx-size{} (the model was trained on {} positions)",
+                self.kv_type(),
+                gib(bytes),
+                if self.kv_type() == KvType::F32 { " or --kv-type f16" } else { "" },
+                c.max_position_embeddings,
+            ))),
         }
-        Ok(())
     }
 
     /// A new session whose KV cache holds `ctx` tokens (default: the model's trained context).
@@ -229,13 +242,9 @@ impl Engine {
     }
 }
 
-/// Physical memory, from /proc/meminfo (Linux); `None` elsewhere.
-fn total_memory_bytes() -> Option<usize> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
-    let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
-    kib.checked_mul(1024)
-}
+/// Positions one KV cache may hold at most, whatever the memory: far beyond any trained
+/// context, and small enough that block ids fit `u32` and sizes cannot overflow.
+pub const MAX_KV_POSITIONS: usize = 1 << 24;
 
 /// What to generate.
 #[derive(Clone, Debug)]

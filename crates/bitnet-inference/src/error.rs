@@ -12,6 +12,13 @@ pub enum EngineError {
     BadToken { id: u32, vocab: usize },
     #[error("empty prompt: at least one token is needed")]
     EmptyPrompt,
+    /// Input that cannot be used as it is (an empty text to score, a line longer than the
+    /// context).
+    #[error("{0}")]
+    BadInput(String),
+    /// A result that is NaN or infinite: the model's numbers are broken, whatever it prints.
+    #[error("{what} is {value}: the model computes non-finite numbers")]
+    NotFinite { what: &'static str, value: f64 },
     #[error("invalid setting: {0}")]
     Settings(String),
     #[error("thread pool: {0}")]

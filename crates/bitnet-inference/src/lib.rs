@@ -16,6 +16,7 @@ mod engine;
 mod error;
 mod forward;
 mod kv_cache;
+pub mod memory;
 pub mod perplexity;
 pub mod profile;
 mod request;
@@ -26,7 +27,7 @@ mod stop;
 
 pub use engine::{
     generate_stream, Engine, EngineOptions, FinishReason, GenerateOptions, Generation, Session,
-    StreamEvent, Timings,
+    StreamEvent, Timings, MAX_KV_POSITIONS,
 };
 pub use error::{EngineError, Result};
 pub use forward::Logits;

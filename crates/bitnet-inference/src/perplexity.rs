@@ -22,21 +22,49 @@ impl Perplexity {
 /// Each line (with its newline) is tokenized alone; lines are packed greedily into chunks of
 /// BOS + at most `chunk` tokens (a line is never split).
 fn line_chunks(engine: &Engine, text: &str, chunk: usize) -> Result<Vec<Vec<u32>>> {
+    let trained = engine.config().max_position_embeddings;
+    if chunk == 0 || chunk >= trained {
+        return Err(EngineError::Settings(format!(
+            "chunk of {chunk} tokens: it must be at least 1 and, with BOS, fit the model's trained context of {trained} tokens"
+        )));
+    }
     let tok = engine.tokenizer();
     let bos = tok
         .bos_id()
         .ok_or_else(|| EngineError::Settings("the tokenizer has no BOS token".into()))?;
     let mut chunks: Vec<Vec<u32>> = Vec::new();
     let mut cur = vec![bos];
-    for line in text.lines() {
+    for (lineno, line) in text.lines().enumerate() {
         let ids = tok.encode(&format!("{line}\n"), false)?;
         if cur.len() + ids.len() > chunk + 1 && cur.len() > 1 {
             chunks.push(std::mem::replace(&mut cur, vec![bos]));
         }
         cur.extend(ids);
+        // A line is never split, so one longer than the context cannot be scored.
+        if cur.len() > trained {
+            return Err(EngineError::BadInput(format!(
+                "line {} has more tokens than the model's context of {trained}; split it",
+                lineno + 1
+            )));
+        }
     }
     chunks.push(cur);
+    if chunks.iter().all(|c| c.len() < 2) {
+        return Err(EngineError::BadInput(
+            "nothing to score: the text has no tokens".into(),
+        ));
+    }
     Ok(chunks)
+}
+
+/// The mean of `sum` over `n` scored tokens, refusing a non-finite result.
+fn mean(what: &'static str, sum: f64, n: usize) -> Result<f64> {
+    let v = sum / n.max(1) as f64;
+    if v.is_finite() {
+        Ok(v)
+    } else {
+        Err(EngineError::NotFinite { what, value: v })
+    }
 }
 
 /// Lines packed into chunks as [`line_chunks`] does; every token after each chunk's BOS is scored.
@@ -57,7 +85,7 @@ pub fn line_packed(engine: &Engine, text: &str, chunk: usize) -> Result<Perplexi
     Ok(Perplexity {
         chunks: chunks.len(),
         tokens: n,
-        loss: nll / n.max(1) as f64,
+        loss: mean("the mean loss", nll, n)?,
     })
 }
 
@@ -118,18 +146,17 @@ pub fn divergence(engine: &Engine, base: &Engine, text: &str, chunk: usize) -> R
             n += 1;
         }
     }
-    let per = |x: f64| x / n.max(1) as f64;
     let ppl = |loss| Perplexity {
         chunks: chunks.len(),
         tokens: n,
         loss,
     };
     Ok(Divergence {
-        ppl: ppl(per(nll)),
-        base: ppl(per(base_nll)),
-        kl_mean: per(kl_sum),
+        ppl: ppl(mean("the mean loss", nll, n)?),
+        base: ppl(mean("the base model's mean loss", base_nll, n)?),
+        kl_mean: mean("the mean KL divergence", kl_sum, n)?,
         kl_max,
-        top1_agree: per(agree as f64),
+        top1_agree: agree as f64 / n.max(1) as f64,
     })
 }
 
@@ -157,4 +184,19 @@ pub fn log_sum_exp(row: &[f32]) -> f64 {
         .map(|&x| (x as f64 - max).exp())
         .sum::<f64>()
         .ln()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_finite_means_are_errors() {
+        assert_eq!(mean("loss", 6.0, 3).unwrap(), 2.0);
+        for bad in [f64::NAN, f64::INFINITY] {
+            let e = mean("the mean loss", bad, 3).unwrap_err();
+            assert!(matches!(e, EngineError::NotFinite { .. }), "{e}");
+            assert!(e.to_string().contains("the mean loss is"), "{e}");
+        }
+    }
 }

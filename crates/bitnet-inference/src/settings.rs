@@ -63,7 +63,7 @@ impl Settings {
     }
 
     pub fn from_toml_file(path: &Path) -> Result<Settings> {
-        let text = std::fs::read_to_string(path)
+        let text = bitnet_common::read_regular_to_string(path)
             .map_err(|e| EngineError::Settings(format!("cannot read {}: {e}", path.display())))?;
         Self::from_toml_str(&text)
             .map_err(|e| EngineError::Settings(format!("{}: {e}", path.display())))

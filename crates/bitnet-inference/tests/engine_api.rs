@@ -80,6 +80,50 @@ fn context_limits_are_clear_errors_or_finish_reasons() {
         s.generate(&[], &greedy(1), |_| true),
         Err(EngineError::EmptyPrompt)
     ));
+    // A cache beyond any limit is refused before it is allocated, naming the size and the
+    // model's trained context (the memory limits themselves: bitnet-cli's hostile_files.rs
+    // under `ulimit -v`).
+    let too_many = bitnet_inference::MAX_KV_POSITIONS + 1;
+    for err in [
+        e.session(Some(too_many)).err(),
+        bitnet_inference::Scheduler::start(
+            e.clone(),
+            bitnet_inference::SchedulerOptions {
+                ctx_size: Some(too_many),
+                ..Default::default()
+            },
+        )
+        .err(),
+    ] {
+        let msg = err.expect("refused").to_string();
+        assert!(
+            msg.contains(&format!("KV cache of {too_many} positions"))
+                && msg.contains("trained on 1024"),
+            "{msg}"
+        );
+    }
+}
+
+#[test]
+fn perplexity_refuses_empty_text_and_chunks_beyond_the_context() {
+    use bitnet_inference::perplexity::{divergence, line_packed};
+    let e = engine();
+    match line_packed(&e, "", 256) {
+        Err(EngineError::BadInput(m)) => assert!(m.contains("nothing to score"), "{m}"),
+        other => panic!("expected BadInput, got {other:?}"),
+    }
+    assert!(matches!(
+        divergence(&e, &e, "", 256),
+        Err(EngineError::BadInput(_))
+    ));
+    for chunk in [0, 1024, 5000] {
+        let err = line_packed(&e, "In the beginning\n", chunk).unwrap_err();
+        assert!(matches!(err, EngineError::Settings(_)), "{chunk}: {err}");
+    }
+    let long = "and the LORD said ".repeat(400);
+    let err = line_packed(&e, &long, 256).unwrap_err();
+    assert!(err.to_string().contains("line 1 has more tokens"), "{err}");
+    line_packed(&e, "In the beginning\n", 1023).unwrap();
 }
 
 #[test]

@@ -292,6 +292,33 @@ impl ModelConfig {
     }
 }
 
+/// Refuses a file with tensors of more layers than its config declares: the extra layers would
+/// be silently dropped and the model run truncated.
+pub(crate) fn check_layer_count<'a>(
+    names: impl Iterator<Item = &'a str>,
+    prefix: &str,
+    layers: usize,
+    key: &str,
+) -> Result<()> {
+    let deepest = names
+        .filter_map(|n| {
+            let l = n
+                .strip_prefix(prefix)?
+                .split('.')
+                .next()?
+                .parse::<usize>()
+                .ok()?;
+            Some((l, n))
+        })
+        .max_by_key(|&(l, _)| l);
+    match deepest {
+        Some((l, name)) if l >= layers => Err(ModelError::Config(format!(
+            "{key} = {layers}, but the file has tensors of layer {l} ({name}); the layer count does not match the weights"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 fn usize_of(v: &MetadataValue) -> Option<usize> {
     v.as_u64().and_then(|x| usize::try_from(x).ok())
 }

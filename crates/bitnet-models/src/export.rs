@@ -180,6 +180,16 @@ fn dense_type(fmt: DenseFormat) -> GgmlType {
     }
 }
 
+fn check_written(role: Role, ty: DenseType, bytes: &[u8]) -> Result<()> {
+    crate::finite::check_stored(&role.gguf_name(), ty, bytes).map_err(|e| match e {
+        ModelError::BadTensor { name, message } => ModelError::BadTensor {
+            name,
+            message: format!("{message} once stored as {ty:?} (the value does not fit the type)"),
+        },
+        other => other,
+    })
+}
+
 /// Builds the GGUF writer for `w` with its tokenizer; [`write_gguf`] saves it.
 pub fn to_gguf(w: &ModelWeights, vocab: &GgufVocab, opts: &ExportOptions) -> Result<GgufWriter> {
     let c = &w.config;
@@ -206,6 +216,9 @@ pub fn to_gguf(w: &ModelWeights, vocab: &GgufVocab, opts: &ExportOptions) -> Res
             name: role.gguf_name(),
             message: format!("cannot store as {:?}: {e}", opts.dense),
         })?;
+        // A narrower type can overflow (an f32 value above 65504 is an f16 infinity): never
+        // write a file that loading would reject.
+        check_written(role, opts.dense.dense_type(), &bytes)?;
         g.add_tensor(
             role.gguf_name(),
             dims2(m.rows(), m.cols()),
@@ -215,6 +228,7 @@ pub fn to_gguf(w: &ModelWeights, vocab: &GgufVocab, opts: &ExportOptions) -> Res
         Ok(())
     };
     let add_vec = |g: &mut GgufWriter, role: Role, v: &[f32]| -> Result<()> {
+        crate::finite::check_values(&role.gguf_name(), v)?;
         g.add_tensor(
             role.gguf_name(),
             vec![v.len() as u64],
@@ -237,6 +251,16 @@ pub fn to_gguf(w: &ModelWeights, vocab: &GgufVocab, opts: &ExportOptions) -> Res
                 name: role.gguf_name(),
                 message: format!("cannot store as {:?}: {e}", opts.ternary),
             })?;
+            match opts.ternary {
+                TernaryFormat::F16 => check_written(role, DenseType::F16, &bytes)?,
+                TernaryFormat::F32 => check_written(role, DenseType::F32, &bytes)?,
+                TernaryFormat::I2S => crate::finite::check_scale(&role.gguf_name(), m.scale())?,
+                // Their per-block scales are f16.
+                TernaryFormat::Tq2_0 | TernaryFormat::Tq1_0 => crate::finite::check_scale(
+                    &role.gguf_name(),
+                    half::f16::from_f32(m.scale()).to_f32(),
+                )?,
+            }
             g.add_tensor(
                 role.gguf_name(),
                 dims2(m.rows(), m.cols()),

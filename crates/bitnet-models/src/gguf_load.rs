@@ -71,7 +71,10 @@ impl GgufSource<'_> {
             Some(info) => {
                 let v = self.to_f32(info)?;
                 match v.as_slice() {
-                    [s] => Ok(*s),
+                    [s] => {
+                        crate::finite::check_scale(&name, *s)?;
+                        Ok(*s)
+                    }
                     _ => Err(ModelError::BadTensor {
                         name,
                         message: "expected one scale value".into(),
@@ -159,10 +162,17 @@ impl TensorSource for GgufSource<'_> {
                 } else {
                     quant::tq1_0::decode(&data, n)?
                 };
+                if let Some(b) = bitnet_quantization::finite::first_non_finite(&ds) {
+                    return Err(bad(format!("the scale of block {b} is {}", ds[b])));
+                }
                 let scale = common_block_scale(&codes, &ds, 256).map_err(bad)?;
                 (codes, scale)
             }
-            GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => ternarize_dense(&self.to_f32(info)?),
+            GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => {
+                let w = self.to_f32(info)?;
+                crate::finite::check_values(&info.name, &w)?;
+                ternarize_dense(&w)
+            }
             ty => {
                 return Err(ModelError::UnsupportedTensorType {
                     name: info.name.clone(),
@@ -205,6 +215,12 @@ fn common_block_scale(codes: &[i8], ds: &[f32], block: usize) -> std::result::Re
 
 pub fn load_weights(file: &GgufFile, placement: Placement) -> Result<ModelWeights> {
     let config = ModelConfig::from_gguf(file)?;
+    crate::config::check_layer_count(
+        file.tensors().iter().map(|t| t.name.as_str()),
+        "blk.",
+        config.num_layers,
+        "block_count",
+    )?;
     ModelWeights::build_placed(config, &GgufSource { file }, placement)
 }
 

@@ -32,8 +32,8 @@ pub struct HfCheckpoint {
 impl HfCheckpoint {
     pub fn open(dir: &Path) -> Result<HfCheckpoint> {
         let config_path = dir.join("config.json");
-        let text =
-            std::fs::read_to_string(&config_path).map_err(|e| ModelError::io(&config_path, e))?;
+        let text = bitnet_common::read_regular_to_string(&config_path)
+            .map_err(|e| ModelError::io(&config_path, e))?;
         let config = ModelConfig::from_hf_json(&text)?;
         let mut tensors = HashMap::new();
         let mut file_bytes = 0;
@@ -68,6 +68,12 @@ impl HfCheckpoint {
                 );
             }
         }
+        crate::config::check_layer_count(
+            tensors.keys().map(String::as_str),
+            "model.layers.",
+            config.num_layers,
+            "num_hidden_layers",
+        )?;
         Ok(HfCheckpoint {
             dir: dir.to_path_buf(),
             config,
@@ -96,7 +102,8 @@ impl HfCheckpoint {
 fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let index = dir.join("model.safetensors.index.json");
     if index.exists() {
-        let text = std::fs::read_to_string(&index).map_err(|e| ModelError::io(&index, e))?;
+        let text =
+            bitnet_common::read_regular_to_string(&index).map_err(|e| ModelError::io(&index, e))?;
         let v: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| ModelError::Config(format!("{}: {e}", index.display())))?;
         let map = v
@@ -182,6 +189,13 @@ fn check_shape(name: &str, t: &HfTensor, expected: &[usize]) -> Result<()> {
 }
 
 impl TensorSource for HfCheckpoint {
+    fn tensor_name(&self, role: Role) -> String {
+        match self.find(role) {
+            Ok((name, _)) => name,
+            Err(_) => role.hf_names().into_iter().next().unwrap_or_default(),
+        }
+    }
+
     fn has(&self, role: Role) -> bool {
         self.find(role).is_ok()
     }
@@ -248,6 +262,7 @@ impl TensorSource for HfCheckpoint {
         }
         check_shape(&name, t, &[rows, cols])?;
         let w = to_f32(&name, t)?;
+        crate::finite::check_values(&name, &w)?;
         // Always absmean, even for values that already look ternary: that is what
         // transformers' online AutoBitLinear, the reference for this layout, computes.
         let (codes, scale) = quant::ternarize_absmean(&w);

@@ -8,6 +8,7 @@
 pub mod config;
 pub mod error;
 pub mod export;
+pub mod finite;
 pub mod fixture;
 pub mod gguf_load;
 pub mod hf_load;

@@ -78,6 +78,10 @@ impl Role {
 
 /// What a file loader provides. `rows x cols` is the PyTorch `[out_features, in_features]` shape.
 pub trait TensorSource {
+    /// The name the file gives the tensor of `role`, for messages.
+    fn tensor_name(&self, role: Role) -> String {
+        role.gguf_name()
+    }
     fn has(&self, role: Role) -> bool;
     fn dense(&self, role: Role, rows: usize, cols: usize) -> Result<DenseMatrix>;
     fn vector(&self, role: Role, len: usize) -> Result<Vec<f32>>;
@@ -121,6 +125,18 @@ impl LayerWeights {
             (Role::FfnNorm(l), &self.ffn_norm[..]),
             (Role::FfnSubNorm(l), &self.ffn_sub_norm[..]),
         ]
+    }
+}
+
+/// Codec and kernel errors ("2-bit code 3 at element 7") know nothing of tensors; a load error
+/// must say which tensor it is about.
+fn name_tensor(e: ModelError, src: &dyn TensorSource, role: Role) -> ModelError {
+    match e {
+        ModelError::Quant(_) | ModelError::Kernel(_) => ModelError::BadTensor {
+            name: src.tensor_name(role),
+            message: e.to_string(),
+        },
+        other => other,
     }
 }
 
@@ -191,9 +207,24 @@ impl ModelWeights {
     ) -> Result<ModelWeights> {
         let c = &config;
         let (h, ffn, q, kv) = (c.hidden_size, c.intermediate_size, c.q_dim(), c.kv_dim());
-        let mut token_embd = src.dense(Role::TokenEmbd, c.vocab_size, h)?;
+        // Every float is checked once here, whichever file format it came from.
+        let dense = |role: Role, rows: usize, cols: usize| -> Result<DenseMatrix> {
+            let m = src
+                .dense(role, rows, cols)
+                .map_err(|e| name_tensor(e, src, role))?;
+            crate::finite::check_dense(&src.tensor_name(role), &m)?;
+            Ok(m)
+        };
+        let vector = |role: Role, len: usize| -> Result<Vec<f32>> {
+            let v = src
+                .vector(role, len)
+                .map_err(|e| name_tensor(e, src, role))?;
+            crate::finite::check_values(&src.tensor_name(role), &v)?;
+            Ok(v)
+        };
+        let mut token_embd = dense(Role::TokenEmbd, c.vocab_size, h)?;
         let mut output = if src.has(Role::Output) {
-            Some(src.dense(Role::Output, c.vocab_size, h)?)
+            Some(dense(Role::Output, c.vocab_size, h)?)
         } else if c.tie_word_embeddings {
             None
         } else {
@@ -201,13 +232,16 @@ impl ModelWeights {
                 "output / lm_head (config says the head is not tied)".into(),
             ));
         };
-        let output_norm = src.vector(Role::OutputNorm, h)?;
+        let output_norm = vector(Role::OutputNorm, h)?;
         let mut arena = match placement {
             Placement::Mapped => None,
             Placement::Arena => Some(new_arena(c)?),
         };
         let mut ternary = |role: Role, rows: usize, cols: usize| -> Result<TernaryMatrix> {
-            let m = src.ternary(role, rows, cols)?;
+            let m = src
+                .ternary(role, rows, cols)
+                .map_err(|e| name_tensor(e, src, role))?;
+            crate::finite::check_scale(&src.tensor_name(role), m.scale())?;
             match arena.as_mut() {
                 // Replacing the matrix drops a repacked (owned) source right away.
                 Some(a) => Ok(m.with_data(a.push_storage(m.data()).map_err(arena_err)?)?),
@@ -217,17 +251,17 @@ impl ModelWeights {
         let mut layers = Vec::with_capacity(c.num_layers);
         for l in 0..c.num_layers {
             layers.push(LayerWeights {
-                attn_norm: src.vector(Role::AttnNorm(l), h)?,
+                attn_norm: vector(Role::AttnNorm(l), h)?,
                 wq: ternary(Role::AttnQ(l), q, h)?,
                 wk: ternary(Role::AttnK(l), kv, h)?,
                 wv: ternary(Role::AttnV(l), kv, h)?,
                 wo: ternary(Role::AttnOutput(l), h, q)?,
-                attn_sub_norm: src.vector(Role::AttnSubNorm(l), q)?,
-                ffn_norm: src.vector(Role::FfnNorm(l), h)?,
+                attn_sub_norm: vector(Role::AttnSubNorm(l), q)?,
+                ffn_norm: vector(Role::FfnNorm(l), h)?,
                 w_gate: ternary(Role::FfnGate(l), ffn, h)?,
                 w_up: ternary(Role::FfnUp(l), ffn, h)?,
                 w_down: ternary(Role::FfnDown(l), h, ffn)?,
-                ffn_sub_norm: src.vector(Role::FfnSubNorm(l), ffn)?,
+                ffn_sub_norm: vector(Role::FfnSubNorm(l), ffn)?,
             });
         }
         if let Some(a) = arena.as_mut() {

@@ -11,7 +11,6 @@ mod common;
 use bitnet_common::Storage;
 use bitnet_gguf::{GgmlType, GgufError, GgufFile, GgufWriter, MetadataValue};
 use bitnet_models::{LoadedModel, ModelError};
-use bitnet_quantization::QuantError;
 use bitnet_tokenizers::TokenizerError;
 use common::*;
 use serde_json::Value;
@@ -361,16 +360,12 @@ fn i2s_data_with_code_3() {
             b[i] = 0xff;
         });
         let e = p.load_err();
+        // Named: a codec error alone does not say which tensor it is about.
         assert!(
-            matches!(
-                e,
-                ModelError::Kernel(bitnet_kernels::KernelError::Quant(
-                    QuantError::InvalidPackedCode { .. }
-                ))
-            ),
+            matches!(&e, ModelError::BadTensor { name, .. } if name == tensor),
             "{tensor}: {e:?}"
         );
-        assert_msg(&e, &["code 3"]);
+        assert_msg(&e, &[tensor, "code 3"]);
     }
 }
 
@@ -845,10 +840,10 @@ fn packed_weight_with_code_3() {
     let dir = packed_dir_with(|t| t.get_mut(Q0).unwrap().data[7] = 0xff);
     let e = load_err(dir.path());
     assert!(
-        matches!(e, ModelError::Quant(QuantError::InvalidPackedCode { .. })),
+        matches!(&e, ModelError::BadTensor { name, .. } if name == Q0),
         "{e:?}"
     );
-    assert_msg(&e, &["code 3"]);
+    assert_msg(&e, &[Q0, "code 3"]);
 }
 
 #[test]
@@ -873,4 +868,184 @@ fn packed_scale_that_is_not_finite() {
         let e = load_err(dir.path());
         assert_msg(&e, &["_scale"]);
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Non-finite values, layer counts (issue 13, items 6 and 12)
+
+/// Sets element `i` of a little-endian float tensor to `x`, in the tensor's own type.
+fn put_float(bytes: &mut [u8], ty: GgmlType, i: usize, x: f32) {
+    match ty {
+        GgmlType::F32 => bytes[4 * i..4 * i + 4].copy_from_slice(&x.to_le_bytes()),
+        GgmlType::F16 => {
+            bytes[2 * i..2 * i + 2].copy_from_slice(&half::f16::from_f32(x).to_le_bytes())
+        }
+        other => panic!("put_float: {other:?}"),
+    }
+}
+
+#[test]
+fn non_finite_gguf_values_are_rejected_naming_the_tensor() {
+    // An F32 norm, an F16 embedding row (the tied head), each with NaN, +inf and -inf.
+    for (name, at) in [("blk.2.ffn_norm.weight", 7), ("token_embd.weight", 5000)] {
+        for x in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let mut p = Parts::kjv();
+            let ty = p.tensor(name).2;
+            p.patch(name, |b| put_float(b, ty, at, x));
+            let e = p.load_err();
+            assert!(
+                matches!(&e, ModelError::BadTensor { name: n, .. } if n == name),
+                "{name} {x}: {e:?}"
+            );
+            let what = if x.is_nan() {
+                "NaN"
+            } else if x > 0.0 {
+                "+infinity"
+            } else {
+                "-infinity"
+            };
+            assert_msg(&e, &[name, &format!("element {at} of"), what]);
+        }
+    }
+    // llama.cpp's per-tensor `.scale` multiplier.
+    let mut p = Parts::kjv();
+    p.tensors.push((
+        "blk.4.attn_q.scale".into(),
+        vec![1],
+        GgmlType::F32,
+        Storage::from_vec(f32::NAN.to_le_bytes().to_vec()),
+    ));
+    let e = p.load_err();
+    assert_msg(&e, &["blk.4.attn_q.scale", "scale is NaN"]);
+}
+
+#[test]
+fn non_finite_tq2_0_block_scale() {
+    let mut p = tq2_parts();
+    p.patch("blk.3.ffn_up.weight", |b| {
+        b[64..66].copy_from_slice(&half::f16::INFINITY.to_le_bytes());
+    });
+    let e = p.load_err();
+    assert_msg(&e, &["blk.3.ffn_up.weight", "scale of block 0"]);
+}
+
+/// The shared checkpoint as an HF folder with one bf16 value replaced.
+fn hf_dir_with_value(name: &str, at: usize, x: f32) -> tempfile::TempDir {
+    let mut t = kjv_tensors().clone();
+    let tensor = t.get_mut(name).unwrap_or_else(|| panic!("no {name}"));
+    assert_eq!(tensor.dtype, safetensors::Dtype::BF16);
+    tensor.data[2 * at..2 * at + 2].copy_from_slice(&half::bf16::from_f32(x).to_le_bytes());
+    let dir = tempdir();
+    write_hf_dir(dir.path(), &t, &kjv_config());
+    dir
+}
+
+#[test]
+fn non_finite_hf_bf16_weights_and_norms() {
+    for (name, at, x) in [
+        ("model.layers.1.self_attn.k_proj.weight", 100, f32::INFINITY),
+        ("model.layers.0.mlp.down_proj.weight", 0, f32::NAN),
+        ("model.layers.3.input_layernorm.weight", 9, f32::NAN),
+        ("model.norm.weight", 511, f32::NEG_INFINITY),
+        ("model.embed_tokens.weight", 12345, f32::INFINITY),
+    ] {
+        let dir = hf_dir_with_value(name, at, x);
+        let e = load_err(dir.path());
+        assert!(
+            matches!(&e, ModelError::BadTensor { name: n, .. } if n == name),
+            "{name}: {e:?}"
+        );
+        assert_msg(&e, &[name, &format!("element {at} of")]);
+    }
+}
+
+#[test]
+fn export_refuses_values_that_overflow_the_output_type() {
+    // A finite f32 embedding value above f16's largest (65504) would be stored as infinity.
+    let mut t = kjv_tensors().clone();
+    let embed = t["model.embed_tokens.weight"].to_f32();
+    let mut big = embed.clone();
+    big[77] = 1.0e6;
+    t.insert(
+        "model.embed_tokens.weight".into(),
+        OwnedTensor::f32(t["model.embed_tokens.weight"].shape.clone(), &big),
+    );
+    let dir = tempdir();
+    write_hf_dir(dir.path(), &t, &kjv_config());
+    let m = load_ok(dir.path(), None);
+    let opts = |dense| bitnet_models::export::ExportOptions {
+        ternary: bitnet_models::export::TernaryFormat::I2S,
+        dense,
+        name: "big".into(),
+    };
+    let vocab = m.vocab.as_ref().unwrap();
+    let e = bitnet_models::export::to_gguf(
+        &m.weights,
+        vocab,
+        &opts(bitnet_models::export::DenseFormat::F16),
+    )
+    .err()
+    .expect("an f16 export of 1e6 fails");
+    assert_msg(
+        &e,
+        &["token_embd.weight", "element 77 of", "+infinity", "F16"],
+    );
+    // Stored as f32 or bf16 it fits.
+    bitnet_models::export::to_gguf(
+        &m.weights,
+        vocab,
+        &opts(bitnet_models::export::DenseFormat::F32),
+    )
+    .expect("f32 export");
+    bitnet_models::export::to_gguf(
+        &m.weights,
+        vocab,
+        &opts(bitnet_models::export::DenseFormat::BF16),
+    )
+    .expect("bf16 export");
+}
+
+#[test]
+fn layer_count_smaller_than_the_file_has() {
+    let mut p = Parts::kjv();
+    p.set(&key("block_count"), MetadataValue::U32(5));
+    let e = p.load_err();
+    assert!(matches!(e, ModelError::Config(_)), "{e:?}");
+    assert_msg(&e, &["block_count = 5", "layer 5", "blk.5."]);
+
+    let dir = with_config(|c| c["num_hidden_layers"] = Value::from(4));
+    let e = load_err(dir.path());
+    assert_msg(&e, &["num_hidden_layers = 4", "layer 5", "model.layers.5."]);
+}
+
+#[test]
+fn fifo_and_device_paths_are_refused_without_blocking() {
+    let dir = tempdir();
+    let fifo = dir.path().join("model.gguf");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let e = load_err(&fifo);
+    assert_msg(&e, &["model.gguf is a FIFO, not a regular file"]);
+    let e = load_err(Path::new("/dev/zero"));
+    assert_msg(&e, &["/dev/zero is a character device, not a regular file"]);
+    // A FIFO config.json in a folder.
+    let hf = tempdir();
+    linked_kjv_dir(hf.path());
+    std::fs::remove_file(hf.path().join("config.json")).unwrap();
+    assert!(std::process::Command::new("mkfifo")
+        .arg(hf.path().join("config.json"))
+        .status()
+        .unwrap()
+        .success());
+    let e = load_err(hf.path());
+    let chain = format!(
+        "{e}: {}",
+        std::error::Error::source(&e)
+            .map(|s| s.to_string())
+            .unwrap_or_default()
+    );
+    assert!(chain.contains("is a FIFO"), "{chain}");
 }

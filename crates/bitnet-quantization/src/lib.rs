@@ -7,6 +7,7 @@
 //! Ternary codes are always `i8` in `{-1, 0, +1}`; the 2-bit on-disk code is `t + 1`
 //! (0 = -1, 1 = 0, 2 = +1; 3 is invalid), as in bitnet.cpp, llama.cpp and transformers.
 
+pub mod finite;
 pub mod float;
 pub mod hf_packed;
 pub mod i2s;
