@@ -78,7 +78,11 @@ impl From<bitnet_inference::EngineError> for Error {
             E::PromptTooLong { .. }
             | E::ContextFull { .. }
             | E::BadToken { .. }
-            | E::EmptyPrompt => BITNET_ERR_DOES_NOT_FIT,
+            | E::EmptyPrompt
+            | E::BadInput(_) => BITNET_ERR_DOES_NOT_FIT,
+            // The model's numbers are broken: a model problem, as the CLI's exit code 3 says
+            // for non-finite weights.
+            E::NotFinite { .. } => BITNET_ERR_MODEL,
             E::Tokenizer(_) => BITNET_ERR_TOKENIZER,
             E::Settings(_) => BITNET_ERR_INVALID_ARGUMENT,
             E::ThreadPool(_) => BITNET_ERR_INTERNAL,
