@@ -10,8 +10,11 @@ Each round runs, back to back, the Rust example (`Session::generate`, one proces
 timed runs after a warm-up) and, in this process, `Model.complete` (the whole generation in one
 call) and `Model.stream` (a Python iteration per piece of text), each `--runs` times after a
 warm-up; rounds interleave so that the machine's drift hits all three alike. Reported: median
-milliseconds per generated token of each, and the Python paths' difference to Rust in
-microseconds per token (negative values are noise)."""
+milliseconds per generated token of each (wall time of the call, or of the whole iteration),
+the difference to Rust in microseconds per token (between runs, so it carries the machine's
+run-to-run noise), and within each run the wall time less the engine's own timing of the same
+generation (`Completion.prompt_seconds + generation_seconds`): what the call costs beyond the
+engine's work, free of that noise. Prompts are token ids on both sides (tokenizing is not timed)."""
 from __future__ import annotations
 
 import argparse
@@ -30,8 +33,8 @@ def rust_runs(binary: Path, model: str, threads: int, tokens: int, runs: int, pr
     per = []
     for line in out.stdout.split("\n"):
         if line.strip():
-            wall, n = line.split()
-            per.append(float(wall) / int(n))
+            wall, engine, n = line.split()
+            per.append((float(wall) / int(n), (float(wall) - float(engine)) / int(n)))
     return per
 
 
@@ -40,9 +43,15 @@ def py_runs(call, runs: int):
     per = []
     for _ in range(runs):
         t = time.perf_counter()
-        n = call()
-        per.append((time.perf_counter() - t) / n)
+        c = call()
+        wall = time.perf_counter() - t
+        n = len(c.tokens)
+        per.append((wall / n, (wall - c.prompt_seconds - c.generation_seconds) / n))
     return per
+
+
+def median(pairs, i: int) -> float:
+    return statistics.median(p[i] for p in pairs)
 
 
 def main() -> None:
@@ -62,34 +71,37 @@ def main() -> None:
     model = bitnet.Model(a.model, threads=a.threads)
     opts = dict(max_tokens=a.tokens, temperature=0, ignore_eos=True)
 
-    def complete() -> int:
-        return len(model.complete(a.prompt, **opts).tokens)
+    ids = model.tokenize(a.prompt)
 
-    def stream() -> int:
-        s = model.stream(a.prompt, **opts)
+    def complete():
+        return model.complete(ids, **opts)
+
+    def stream():
+        s = model.stream(ids, **opts)
         for _ in s:
             pass
-        return len(s.completion.tokens)
+        return s.completion
 
     rust, comp, strm = [], [], []
     for r in range(a.rounds):
         rust += rust_runs(a.rust_bin, a.model, a.threads, a.tokens, a.runs, a.prompt)
         comp += py_runs(complete, a.runs)
         strm += py_runs(stream, a.runs)
-        print(f"round {r + 1}/{a.rounds}: ms/token rust {statistics.median(rust) * 1e3:.3f} "
-              f"complete {statistics.median(comp) * 1e3:.3f} "
-              f"stream {statistics.median(strm) * 1e3:.3f}", file=sys.stderr)
-    med = {k: statistics.median(v) for k, v in
-           (("rust", rust), ("complete", comp), ("stream", strm))}
+        print(f"round {r + 1}/{a.rounds}: ms/token rust {median(rust, 0) * 1e3:.3f} "
+              f"complete {median(comp, 0) * 1e3:.3f} "
+              f"stream {median(strm, 0) * 1e3:.3f}", file=sys.stderr)
+    runs = {"rust": rust, "complete": comp, "stream": strm}
+    wall = {k: median(v, 0) for k, v in runs.items()}
     print(f"model {Path(a.model).name}, {a.threads} threads, {a.tokens} greedy tokens, "
           f"{a.rounds} rounds x {a.runs} runs (medians)")
-    print("| path | ms/token | tokens/s | vs Rust, us/token |")
-    print("|---|---|---|---|")
+    print("| path | ms/token | tokens/s | vs Rust, us/token | wall - engine time, us/token |")
+    print("|---|---|---|---|---|")
     for name, label in (("rust", "Rust `Session::generate`"),
                         ("complete", "Python `Model.complete`"),
                         ("stream", "Python `Model.stream` (iterated)")):
-        over = "" if name == "rust" else f"{(med[name] - med['rust']) * 1e6:+.1f}"
-        print(f"| {label} | {med[name] * 1e3:.3f} | {1 / med[name]:.1f} | {over} |")
+        vs = "" if name == "rust" else f"{(wall[name] - wall['rust']) * 1e6:+.1f}"
+        print(f"| {label} | {wall[name] * 1e3:.3f} | {1 / wall[name]:.1f} | {vs} "
+              f"| {median(runs[name], 1) * 1e6:.2f} |")
 
 
 if __name__ == "__main__":
