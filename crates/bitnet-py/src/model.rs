@@ -312,13 +312,11 @@ impl Model {
                 })
             })
             .map_err(errors::engine)?;
-        let rows = if last_only { 1 } else { ids.len() };
-        let vocab = self.vocab_size();
         let arr = PyArray1::from_vec(py, v);
         Ok(if last_only {
             arr.into_any()
         } else {
-            arr.reshape([rows, vocab])?.into_any()
+            arr.reshape([ids.len(), self.vocab_size()])?.into_any()
         })
     }
 
