@@ -76,7 +76,7 @@ def test_leaving_a_stream_early_stops_it(model):
     assert s.completion is None
     for piece in model.stream(PROMPT, max_tokens=500, ignore_eos=True, **GREEDY):
         break
-    # The model is free again, and gives the same text as before.
+    # The model still gives the same text, streamed or not.
     assert model.generate(PROMPT, max_tokens=8, **GREEDY) == "".join(
         list(model.stream(PROMPT, max_tokens=8, **GREEDY)))
 
