@@ -33,6 +33,12 @@ step "OpenAI Python client against bitnet serve (tests/server-py)"
 test -x target/debug/bitnet
 BITNET_BIN=target/debug/bitnet .venv/bin/python -m pytest -q -p no:cacheprovider tests/server-py
 
+step "Python bindings: abi3 wheel built into .venv (scripts/build-py.sh), pytest crates/bitnet-py/tests"
+# Reference outputs, transformers in-process, the CLI's greedy/sampled text (the binary
+# `cargo test` built), bad input; see crates/bitnet-py/tests/conftest.py.
+scripts/build-py.sh
+BITNET_BIN=target/debug/bitnet .venv/bin/python -m pytest -q -p no:cacheprovider crates/bitnet-py/tests
+
 step "serving load generator: offline self-test of its HTTP/SSE parsing and statistics"
 python3 scripts/loadgen.py --self-test
 
