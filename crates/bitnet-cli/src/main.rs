@@ -44,14 +44,16 @@ enum Command {
     Fixture(fixture::FixtureArgs),
 }
 
-/// Exit codes: 1 generic failure, 2 bad usage (clap), 3 unreadable or invalid model file,
-/// 4 input that does not fit (prompt longer than the context, bad token ids).
+/// Exit codes: 1 generic failure, 2 bad usage (clap), 3 unreadable or invalid model file
+/// (its chat template included), 4 input that does not fit (prompt longer than the context,
+/// bad token ids).
 fn exit_code(e: &anyhow::Error) -> u8 {
     use bitnet_inference::EngineError;
     for cause in e.chain() {
         if let Some(ee) = cause.downcast_ref::<EngineError>() {
             return match ee {
                 EngineError::Model(_) => 3,
+                EngineError::Tokenizer(t) => tokenizer_exit_code(t),
                 EngineError::PromptTooLong { .. }
                 | EngineError::BadToken { .. }
                 | EngineError::EmptyPrompt => 4,
@@ -67,6 +69,9 @@ fn exit_code(e: &anyhow::Error) -> u8 {
                 _ => 1,
             };
         }
+        if let Some(t) = cause.downcast_ref::<bitnet_tokenizers::TokenizerError>() {
+            return tokenizer_exit_code(t);
+        }
         if cause.downcast_ref::<bitnet_models::ModelError>().is_some()
             || cause.downcast_ref::<bitnet_gguf::GgufError>().is_some()
         {
@@ -74,6 +79,15 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         }
     }
     1
+}
+
+fn tokenizer_exit_code(e: &bitnet_tokenizers::TokenizerError) -> u8 {
+    use bitnet_tokenizers::TokenizerError;
+    match e {
+        TokenizerError::InputTooLarge(_) => 4,
+        TokenizerError::InvalidTemplate(_) => 3,
+        _ => 1,
+    }
 }
 
 fn main() -> ExitCode {
@@ -126,6 +140,10 @@ pub(crate) fn load_engine(
     let engine = bitnet_inference::Engine::load(&path, &opts)
         .map_err(anyhow::Error::new)
         .with_context(|| format!("loading {}", path.display()))?;
+    if let Some(e) = engine.tokenizer().chat_template_error() {
+        // Not fatal: only chat needs the template. Said now rather than at the first chat.
+        eprintln!("warning: the model's chat template is unusable, chat will fail: {e}");
+    }
     if !quiet {
         let m = engine.model();
         let c = engine.config();

@@ -34,6 +34,9 @@ impl ChatMessage {
 pub(crate) struct Limits {
     pub fuel: u64,
     pub output: usize,
+    /// The input was large enough for the fuel to hit [`MAX_FUEL`]: running out is then the
+    /// input's size, not the template's fault.
+    pub fuel_capped: bool,
 }
 
 /// Fuel every render gets, whatever its input. A real template (Llama 3, 2B4T, Mistral) spends
@@ -72,6 +75,7 @@ impl Limits {
             .saturating_add(bytes as u64 / INPUT_BYTES_PER_FUEL);
         Limits {
             fuel: fuel.min(MAX_FUEL),
+            fuel_capped: fuel > MAX_FUEL,
             output: BASE_OUTPUT.saturating_add(bytes.saturating_mul(4)),
         }
     }
@@ -94,12 +98,15 @@ pub(crate) enum RenderError {
     Limit(String),
     /// The output went past `Limits::output`.
     Output(usize),
+    /// The input is too large to render at all (see `Limits::fuel_capped`).
+    InputTooLarge(String),
 }
 
 impl RenderError {
     pub(crate) fn into_tokenizer_error(self) -> TokenizerError {
         match self {
             RenderError::Syntax(m) | RenderError::Limit(m) => TokenizerError::InvalidTemplate(m),
+            RenderError::InputTooLarge(m) => TokenizerError::InputTooLarge(m),
             RenderError::Failed(m) => TokenizerError::Template(m),
             RenderError::Output(n) => TokenizerError::InvalidTemplate(format!(
                 "it renders more than {n} bytes, beyond what its input can explain"
@@ -171,6 +178,12 @@ fn render_here(
         Ok(()) => String::from_utf8(out.buf)
             .map_err(|_| RenderError::Failed("the template wrote invalid UTF-8".into())),
         Err(_) if out.overflow => Err(RenderError::Output(limits.output)),
+        Err(e) if e.kind() == ErrorKind::OutOfFuel && limits.fuel_capped => {
+            Err(RenderError::InputTooLarge(format!(
+                "the chat is too large to render within the most fuel a template gets ({})",
+                limits.fuel
+            )))
+        }
         Err(e) if e.kind() == ErrorKind::OutOfFuel => Err(RenderError::Limit(format!(
             "it needs more than its budget of {} fuel (loops or data too large for its input)",
             limits.fuel

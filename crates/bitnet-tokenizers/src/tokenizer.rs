@@ -400,9 +400,23 @@ impl Tokenizer {
                 "refused when the tokenizer loaded: {e}"
             )));
         }
+        let ctx_limit = ctx.map(|c| self.max_input_bytes(c));
+        if let (Some(limit), Some(ctx)) = (ctx_limit, ctx) {
+            // Messages larger than the context can hold are refused without rendering: a
+            // template writes them out (one that drops most of a chat is not worth the cost).
+            let content = messages
+                .iter()
+                .map(|m| m.content.len())
+                .fold(0, usize::saturating_add);
+            if content > limit {
+                return Err(TokenizerError::InputTooLarge(format!(
+                    "the messages hold {content} bytes of text, which cannot fit {ctx} tokens \
+                     (at most {limit} bytes fit)"
+                )));
+            }
+        }
         let (bos, eos) = (self.bos_token.as_deref(), self.eos_token.as_deref());
         let mut limits = Limits::for_input(messages, &[bos, eos]);
-        let ctx_limit = ctx.map(|c| self.max_input_bytes(c));
         if let Some(l) = ctx_limit {
             limits.output = limits.output.min(l);
         }

@@ -147,6 +147,23 @@ fn limits_grow_with_the_conversation() {
 }
 
 #[test]
+fn a_chat_too_large_to_render_is_input_too_large_not_a_bad_template() {
+    // The KJV template on a 50 MB message: past the most fuel any render gets, which is the
+    // input's fault. With a context, it is refused before rendering.
+    let tok = common::gguf();
+    let chat = user(&"In the beginning ".repeat(3 << 20));
+    let err = tok.apply_chat_template(&chat, true).expect_err("too large");
+    assert!(matches!(err, TokenizerError::InputTooLarge(_)), "{err:?}");
+    let err = tok
+        .apply_chat_template_within(&chat, true, 1024)
+        .expect_err("too large");
+    assert!(
+        matches!(&err, TokenizerError::InputTooLarge(m) if m.contains("1024 tokens")),
+        "{err:?}"
+    );
+}
+
+#[test]
 fn tojson_still_matches_python_json_dumps() {
     let tok = with_template("{{ messages | tojson(indent=4, sort_keys=true) }}");
     assert_eq!(
