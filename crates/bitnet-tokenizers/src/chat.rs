@@ -40,8 +40,9 @@ pub(crate) struct Limits {
 }
 
 /// Fuel every render gets, whatever its input. A real template (Llama 3, 2B4T, Mistral) spends
-/// a few dozen fuel per message; a million is about 0.1 s of the slowest kind of work
-/// (fuzz/README.md) and at most 64 MB of data created.
+/// a few dozen fuel per message; a million runs out in a fraction of a second (tests/hostile.rs
+/// exhausts it several times in about a second, loading included) after at most 64 MB of data
+/// created.
 const BASE_FUEL: u64 = 1_000_000;
 /// Fuel per message on top, so long conversations are never refused.
 const FUEL_PER_MESSAGE: u64 = 200;
