@@ -29,7 +29,11 @@ pub fn run(a: ChatArgs) -> Result<()> {
     if tok.chat_template().is_none() {
         anyhow::bail!("the model has no chat template; use `bitnet run` instead");
     }
+    if let Some(e) = tok.chat_template_error() {
+        return Err(bitnet_tokenizers::TokenizerError::InvalidTemplate(e.to_string()).into());
+    }
     let mut session = crate::open_session(&engine, &s, a.quiet)?;
+    let ctx = session.ctx_size();
     let opts = GenerateOptions {
         max_tokens: s.max_tokens.unwrap_or(256),
         sampling: s.sampling_params(),
@@ -80,8 +84,16 @@ pub fn run(a: ChatArgs) -> Result<()> {
             role: "user".into(),
             content: line.to_string(),
         });
-        let prompt = tok.apply_chat_template(&history, true)?;
-        let ids = tok.encode(&prompt, false)?;
+        // A turn that cannot fit is refused before it is tokenized, like one that does not.
+        let ids = match tok.encode_chat_within(&history, true, ctx) {
+            Ok(ids) => ids,
+            Err(e @ bitnet_tokenizers::TokenizerError::InputTooLarge(_)) => {
+                eprintln!("{e}; type /reset to start over");
+                history.pop();
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
         let g = match session.generate(&ids, &opts, |t| {
             write!(out, "{t}").and_then(|_| out.flush()).is_ok()
         }) {

@@ -55,7 +55,8 @@ enum Command {
 }
 
 /// Exit codes: 1 generic failure, 2 bad usage (clap, and setting values `validate` refuses),
-/// 3 unreadable or invalid model file, 4 input that does not fit (prompt longer than the
+/// 3 unreadable or invalid model file
+/// (its chat template included), 4 input that does not fit (prompt longer than the
 /// context, bad token ids, a text with nothing to score); from the Hub
 /// (`bitnet_hub::HubError::exit_code`): 5 not found (or not cached while HF_HUB_OFFLINE is set),
 /// 6 unauthorized, 7 rate limited, 8 checksum mismatch, 9 disk full. A SIGBUS from a truncated
@@ -72,6 +73,7 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         if let Some(ee) = cause.downcast_ref::<EngineError>() {
             return match ee {
                 EngineError::Model(_) => 3,
+                EngineError::Tokenizer(t) => tokenizer_exit_code(t),
                 EngineError::PromptTooLong { .. }
                 | EngineError::BadToken { .. }
                 | EngineError::EmptyPrompt
@@ -88,6 +90,9 @@ fn exit_code(e: &anyhow::Error) -> u8 {
                 _ => 1,
             };
         }
+        if let Some(t) = cause.downcast_ref::<bitnet_tokenizers::TokenizerError>() {
+            return tokenizer_exit_code(t);
+        }
         if cause.downcast_ref::<bitnet_models::ModelError>().is_some()
             || cause.downcast_ref::<bitnet_gguf::GgufError>().is_some()
         {
@@ -95,6 +100,15 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         }
     }
     1
+}
+
+fn tokenizer_exit_code(e: &bitnet_tokenizers::TokenizerError) -> u8 {
+    use bitnet_tokenizers::TokenizerError;
+    match e {
+        TokenizerError::InputTooLarge(_) => 4,
+        TokenizerError::InvalidTemplate(_) => 3,
+        _ => 1,
+    }
 }
 
 fn main() -> ExitCode {
@@ -155,6 +169,10 @@ pub(crate) fn load_engine(
     let t = std::time::Instant::now();
     let model = load_model(s, opts.placement())?;
     let engine = bitnet_inference::Engine::from_model(model, &opts)?;
+    if let Some(e) = engine.tokenizer().chat_template_error() {
+        // Not fatal: only chat needs the template. Said now rather than at the first chat.
+        eprintln!("warning: the model's chat template is unusable, chat will fail: {e}");
+    }
     if !quiet {
         let m = engine.model();
         let c = engine.config();

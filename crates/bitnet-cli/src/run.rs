@@ -3,9 +3,10 @@ use anyhow::{Context, Result};
 use bitnet_inference::{
     Event, GenerateOptions, KvCache, Request, Scheduler, SchedulerOptions, Timings,
 };
-use bitnet_tokenizers::ChatMessage;
+use bitnet_tokenizers::{ChatMessage, TokenizerError};
 use clap::Args;
-use std::io::Write;
+use std::io::{Read, Write};
+use std::path::Path;
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
@@ -49,30 +50,35 @@ pub fn run(a: RunArgs) -> Result<()> {
     }
     let engine = crate::load_engine(&s, a.quiet)?;
     let tok = engine.tokenizer();
-    let mut prompt = match &a.file {
-        Some(f) => {
-            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?
-        }
-        None => a.prompt.clone(),
-    };
-    let ids = if a.chat_template {
-        prompt = tok.apply_chat_template(
-            &[ChatMessage {
-                role: "user".into(),
-                content: prompt,
-            }],
-            true,
-        )?;
-        // The rendered template already carries BOS.
-        tok.encode(&prompt, false)?
-    } else {
-        tok.encode(&prompt, !a.no_bos && tok.add_bos_default())?
-    };
     // The same request/event path as `bitnet serve`, with one sequence.
     let ctx = s
         .ctx_size
         .unwrap_or(engine.config().max_position_embeddings);
     crate::warn_long_context(&engine, ctx);
+    if a.chat_template {
+        if let Some(e) = tok.chat_template_error() {
+            return Err(TokenizerError::InvalidTemplate(e.to_string()).into());
+        }
+    }
+    // No more text than can fit the context is read or tokenized.
+    let mut prompt = match &a.file {
+        Some(f) => read_prompt(f, tok.max_input_bytes(ctx), ctx)?,
+        None => a.prompt.clone(),
+    };
+    let ids = if a.chat_template {
+        prompt = tok.apply_chat_template_within(
+            &[ChatMessage {
+                role: "user".into(),
+                content: prompt,
+            }],
+            true,
+            ctx,
+        )?;
+        // The rendered template already carries BOS.
+        tok.encode_within(&prompt, false, ctx)?
+    } else {
+        tok.encode_within(&prompt, !a.no_bos && tok.add_bos_default(), ctx)?
+    };
     let sched = Scheduler::start(
         engine.clone(),
         SchedulerOptions {
@@ -151,4 +157,22 @@ pub fn run(a: RunArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Reads a prompt file, refusing one of more than `limit` bytes (what `ctx` tokens can hold)
+/// without reading past the limit: a huge file or `/dev/zero` costs no more than a fitting one.
+fn read_prompt(path: &Path, limit: usize, ctx: usize) -> Result<String> {
+    let file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut bytes = Vec::new();
+    file.take(u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1))
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("reading {}", path.display()))?;
+    if bytes.len() > limit {
+        return Err(TokenizerError::InputTooLarge(format!(
+            "{} holds more than {limit} bytes, more text than {ctx} tokens can hold",
+            path.display()
+        ))
+        .into());
+    }
+    String::from_utf8(bytes).with_context(|| format!("{} is not UTF-8 text", path.display()))
 }

@@ -120,6 +120,11 @@ impl Engine {
     /// An engine over an already loaded model, whose weights stay where they were placed (load
     /// with `bitnet_models::load_with(.., Placement::Arena)` for the fastest decoding).
     pub fn from_model(model: LoadedModel, opts: &EngineOptions) -> Result<Engine> {
+        // `bitnet_models` loaders check this too; a model assembled by hand gets it here.
+        bitnet_models::vocab_fit::check_vocab_fits(
+            model.tokenizer.vocab_size(),
+            model.weights.config.vocab_size,
+        )?;
         let threads = opts
             .threads
             .unwrap_or_else(crate::settings::physical_cores)
@@ -161,6 +166,19 @@ impl Engine {
 
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.inner.model.tokenizer
+    }
+
+    /// Ids that can be sampled: the tokenizer's, which may be fewer than the embedding's rows
+    /// (`config().vocab_size`) when those are padded. Rows past it stand for no text.
+    pub fn sampled_vocab(&self) -> usize {
+        self.tokenizer().vocab_size().min(self.config().vocab_size)
+    }
+
+    /// Tokenizes a prompt that must fit `ctx` tokens, refusing unread a text that cannot
+    /// (see [`Tokenizer::encode_within`]); the length check against `ctx` follows at
+    /// [`Session::generate`] or [`Scheduler::submit`](crate::Scheduler::submit).
+    pub fn encode_prompt(&self, text: &str, add_bos: bool, ctx: usize) -> Result<Vec<u32>> {
+        Ok(self.tokenizer().encode_within(text, add_bos, ctx)?)
     }
 
     pub fn model(&self) -> &LoadedModel {
@@ -427,7 +445,9 @@ impl Session {
         self.truncate(common.min(prompt.len() - 1));
         let t0 = Instant::now();
         let new_prompt = &prompt[self.tokens.len()..];
+        let sampled_vocab = engine.sampled_vocab();
         let mut logits = self.eval(new_prompt, Logits::Last)?;
+        logits.truncate(sampled_vocab);
         let mut timings = Timings {
             prompt_tokens: new_prompt.len(),
             prompt_time: t0.elapsed(),
@@ -476,6 +496,7 @@ impl Session {
                 break FinishReason::Length;
             }
             logits = self.eval(&[next], Logits::Last)?;
+            logits.truncate(sampled_vocab);
         };
         if finish != FinishReason::StopString {
             let mut rest = decoder.finish()?;

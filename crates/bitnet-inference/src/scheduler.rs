@@ -549,7 +549,9 @@ impl Worker {
         self.stats.steps += 1;
         let engine = self.engine.clone();
         let (vocab, stop_ids) = (engine.config().vocab_size, engine.tokenizer().stop_ids());
-        let mut rows = logits.chunks_exact(vocab);
+        // Padded embedding rows past the tokenizer are never sampled nor reported.
+        let sampled_vocab = engine.sampled_vocab();
+        let mut rows = logits.chunks_exact(vocab).map(|r| &r[..sampled_vocab]);
         let mut exits = Vec::new();
         for &(i, n) in &plan {
             let seq = &mut self.running[i];

@@ -12,6 +12,7 @@ pub mod finite;
 pub mod fixture;
 pub mod gguf_load;
 pub mod hf_load;
+pub mod vocab_fit;
 pub mod weights;
 
 pub use config::{Activation, Arch, ModelConfig};
@@ -59,6 +60,7 @@ pub fn load_with(
         let weights = ckpt.load_weights(placement)?;
         let tok_dir = tokenizer_dir.unwrap_or(path);
         let tokenizer = Tokenizer::from_hf_dir(tok_dir)?;
+        vocab_fit::check_vocab_fits(tokenizer.vocab_size(), weights.config.vocab_size)?;
         let vocab = GgufVocab::from_hf_dir(tok_dir).ok();
         return Ok(LoadedModel {
             weights,
@@ -103,6 +105,7 @@ fn from_gguf(
             (Tokenizer::from_gguf_vocab(&vocab)?, Some(vocab))
         }
     };
+    vocab_fit::check_vocab_fits(tokenizer.vocab_size(), weights.config.vocab_size)?;
     Ok(LoadedModel {
         weights,
         tokenizer,

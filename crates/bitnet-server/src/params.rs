@@ -351,18 +351,30 @@ pub struct Tokenized {
 
 /// Tokenizes as `bitnet run` does: text gets BOS when the tokenizer wants it; a chat is
 /// rendered with the model's template, which writes its own BOS; token ids are taken as
-/// they are. CPU work: call it off the async runtime.
+/// they are. Text that cannot fit `ctx` tokens however it tokenizes is refused before
+/// tokenizing, as the context-length error a longer token list gets. CPU work: call it off
+/// the async runtime.
 pub fn tokenize(
     tok: &Tokenizer,
     src: &PromptSource,
     endpoint: Endpoint,
     want_text: bool,
+    ctx: usize,
 ) -> Result<Tokenized, ApiError> {
     let param = endpoint.prompt_param();
-    let bad = |e: bitnet_tokenizers::TokenizerError| ApiError::invalid_param(param, e.to_string());
+    let bad = |e: bitnet_tokenizers::TokenizerError| match e {
+        bitnet_tokenizers::TokenizerError::InputTooLarge(_) => {
+            ApiError::context_length(e.to_string()).with_param(param)
+        }
+        // The model's template, not the request, is at fault.
+        bitnet_tokenizers::TokenizerError::InvalidTemplate(_) => ApiError::internal(e.to_string()),
+        _ => ApiError::invalid_param(param, e.to_string()),
+    };
     let out = match src {
         PromptSource::Chat(messages) => {
-            let text = tok.apply_chat_template(messages, true).map_err(bad)?;
+            let text = tok
+                .apply_chat_template_within(messages, true, ctx)
+                .map_err(bad)?;
             Tokenized {
                 ids: tok.encode(&text, false).map_err(bad)?,
                 text,
@@ -373,7 +385,9 @@ pub fn tokenize(
                 return Err(ApiError::invalid_param(param, "the prompt is empty"));
             }
             Tokenized {
-                ids: tok.encode(text, tok.add_bos_default()).map_err(bad)?,
+                ids: tok
+                    .encode_within(text, tok.add_bos_default(), ctx)
+                    .map_err(bad)?,
                 text: text.clone(),
             }
         }

@@ -309,9 +309,10 @@ async fn generation(
     let backend = app.backend.clone();
     let (sources, echo) = (plan.prompts.clone(), plan.echo);
     let prompts = tokio::task::spawn_blocking(move || {
+        let ctx = backend.ctx_size();
         sources
             .iter()
-            .map(|s| params::tokenize(backend.tokenizer(), s, endpoint, echo))
+            .map(|s| params::tokenize(backend.tokenizer(), s, endpoint, echo, ctx))
             .collect::<Result<Vec<_>, _>>()
     })
     .await

@@ -1,10 +1,14 @@
 //! Chat templates: Hugging Face Jinja templates rendered with minijinja, set up
 //! the way transformers sets up its Jinja environment.
 
-use minijinja::value::{Kwargs, Serde, ValueKind};
-use minijinja::{Environment, Error, ErrorKind, Value};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use minijinja::value::{Kwargs, Serde};
+use minijinja::{Environment, Error, ErrorKind, State, Value};
 
 use crate::TokenizerError;
+use crate::{capped, tojson};
 
 /// One chat turn, as transformers' `apply_chat_template` takes it.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -22,30 +26,242 @@ impl ChatMessage {
     }
 }
 
+/// What a render may cost. Templates come from model files, so they are untrusted code: fuel
+/// (minijinja's budget, charged per instruction and per byte of data a template creates)
+/// bounds loops, memory and therefore time; `output` bounds the rendered text, which is also
+/// checked as it is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Limits {
+    pub fuel: u64,
+    pub output: usize,
+    /// The input was large enough for the fuel to hit [`MAX_FUEL`]: running out is then the
+    /// input's size, not the template's fault.
+    pub fuel_capped: bool,
+}
+
+/// Fuel every render gets, whatever its input. A real template (Llama 3, 2B4T, Mistral) spends
+/// a few dozen fuel per message; a million runs out in a fraction of a second (tests/hostile.rs
+/// exhausts it several times in about a second, loading included) after at most 64 MB of data
+/// created.
+const BASE_FUEL: u64 = 1_000_000;
+/// Fuel per message on top, so long conversations are never refused.
+const FUEL_PER_MESSAGE: u64 = 200;
+/// Input bytes per extra fuel: fuel is charged at 1/64 per byte of data, so this lets a
+/// template copy its input 16 times.
+const INPUT_BYTES_PER_FUEL: u64 = 4;
+/// Most fuel any render gets: it also sizes the render thread's stack (see `STACK_PER_FUEL`).
+const MAX_FUEL: u64 = 4_000_000;
+/// Rendered output every template may produce, on top of 4 times its input: real templates add
+/// a few dozen bytes of markup per message.
+const BASE_OUTPUT: usize = 1 << 20;
+
+/// Stack of the render thread per fuel, on top of `BASE_STACK`. minijinja formats, compares
+/// and drops values recursively, so a value nested a million deep (a loop of
+/// `{% set ns.x = [ns.x] %}`) overflows any default stack, which aborts the process. Each
+/// level costs a template at least 7 fuel and minijinja at most ~400 bytes of stack (`pprint`),
+/// so the stack is sized from the fuel. It is reserved, not used, until a template goes deep.
+const STACK_PER_FUEL: usize = 96;
+const BASE_STACK: usize = 8 << 20;
+
+impl Limits {
+    /// The limits a render of `messages` gets: proportional to its input.
+    pub(crate) fn for_input(messages: &[ChatMessage], specials: &[Option<&str>]) -> Limits {
+        let bytes: usize = messages
+            .iter()
+            .map(|m| m.role.len().saturating_add(m.content.len()))
+            .chain(specials.iter().map(|s| s.map_or(0, str::len)))
+            .fold(0, usize::saturating_add);
+        let fuel = BASE_FUEL
+            .saturating_add(FUEL_PER_MESSAGE.saturating_mul(messages.len() as u64))
+            .saturating_add(bytes as u64 / INPUT_BYTES_PER_FUEL);
+        Limits {
+            fuel: fuel.min(MAX_FUEL),
+            fuel_capped: fuel > MAX_FUEL,
+            output: BASE_OUTPUT.saturating_add(bytes.saturating_mul(4)),
+        }
+    }
+
+    fn stack_bytes(&self) -> usize {
+        let fuel = usize::try_from(self.fuel).unwrap_or(usize::MAX);
+        BASE_STACK.saturating_add(fuel.saturating_mul(STACK_PER_FUEL))
+    }
+}
+
+/// Why a render failed.
+#[derive(Debug)]
+pub(crate) enum RenderError {
+    /// The template does not compile.
+    Syntax(String),
+    /// The template ran and failed (`raise_exception`, a type error): it may depend on the
+    /// conversation.
+    Failed(String),
+    /// The template went past its fuel or one of the size limits.
+    Limit(String),
+    /// The output went past `Limits::output`.
+    Output(usize),
+    /// The input is too large to render at all (see `Limits::fuel_capped`).
+    InputTooLarge(String),
+}
+
+impl RenderError {
+    pub(crate) fn into_tokenizer_error(self) -> TokenizerError {
+        match self {
+            RenderError::Syntax(m) | RenderError::Limit(m) => TokenizerError::InvalidTemplate(m),
+            RenderError::InputTooLarge(m) => TokenizerError::InputTooLarge(m),
+            RenderError::Failed(m) => TokenizerError::Template(m),
+            RenderError::Output(n) => TokenizerError::InvalidTemplate(format!(
+                "it renders more than {n} bytes, beyond what its input can explain"
+            )),
+        }
+    }
+}
+
 /// Renders `template` with the variables transformers passes: `messages`,
-/// `bos_token`, `eos_token`, `add_generation_prompt`.
+/// `bos_token`, `eos_token`, `add_generation_prompt`, under `limits`.
 pub(crate) fn render(
     template: &str,
     messages: &[ChatMessage],
     bos_token: Option<&str>,
     eos_token: Option<&str>,
     add_generation_prompt: bool,
-) -> Result<String, TokenizerError> {
-    let env = environment();
-    let compiled = env.template_from_str(template).map_err(template_error)?;
+    limits: Limits,
+) -> Result<String, RenderError> {
+    // On a thread of its own, with a stack sized for the deepest value the fuel can build.
+    std::thread::scope(|scope| {
+        let thread = std::thread::Builder::new()
+            .name("chat-template".into())
+            .stack_size(limits.stack_bytes())
+            .spawn_scoped(scope, || {
+                render_here(
+                    template,
+                    messages,
+                    bos_token,
+                    eos_token,
+                    add_generation_prompt,
+                    limits,
+                )
+            })
+            .map_err(|e| RenderError::Failed(format!("cannot start a template thread: {e}")))?;
+        thread.join().unwrap_or_else(|_| {
+            Err(RenderError::Failed(
+                "the template engine panicked".to_string(),
+            ))
+        })
+    })
+}
+
+fn render_here(
+    template: &str,
+    messages: &[ChatMessage],
+    bos_token: Option<&str>,
+    eos_token: Option<&str>,
+    add_generation_prompt: bool,
+    limits: Limits,
+) -> Result<String, RenderError> {
+    let limit_hit = Arc::new(AtomicBool::new(false));
+    let env = environment(limits, limit_hit.clone());
+    let compiled = env
+        .template_from_str(template)
+        .map_err(|e| RenderError::Syntax(message(&e)))?;
     let ctx = minijinja::context! {
         messages => Value::from(Serde(messages)),
         bos_token => bos_token,
         eos_token => eos_token,
         add_generation_prompt => add_generation_prompt,
     };
-    compiled.render(ctx).map_err(template_error)
+    let mut out = CappedOutput {
+        buf: Vec::new(),
+        cap: limits.output,
+        overflow: false,
+    };
+    let result = compiled.render_captured_to(ctx, &mut out).map(drop);
+    match result {
+        Ok(()) => String::from_utf8(out.buf)
+            .map_err(|_| RenderError::Failed("the template wrote invalid UTF-8".into())),
+        Err(_) if out.overflow => Err(RenderError::Output(limits.output)),
+        Err(e) if e.kind() == ErrorKind::OutOfFuel && limits.fuel_capped => {
+            Err(RenderError::InputTooLarge(format!(
+                "the chat is too large to render within the most fuel a template gets ({})",
+                limits.fuel
+            )))
+        }
+        Err(e) if e.kind() == ErrorKind::OutOfFuel => Err(RenderError::Limit(format!(
+            "it needs more than its budget of {} fuel (loops or data too large for its input)",
+            limits.fuel
+        ))),
+        Err(e) if limit_hit.load(Ordering::Relaxed) => Err(RenderError::Limit(message(&e))),
+        Err(e) => Err(RenderError::Failed(message(&e))),
+    }
+}
+
+/// Renders a chat template on its own, under the limits a tokenizer's template gets (see
+/// [`Tokenizer::apply_chat_template`](crate::Tokenizer::apply_chat_template)); for tools that
+/// check templates without a model, and for fuzzing.
+pub fn render_chat_template(
+    template: &str,
+    messages: &[ChatMessage],
+    bos_token: Option<&str>,
+    eos_token: Option<&str>,
+    add_generation_prompt: bool,
+) -> Result<String, TokenizerError> {
+    let limits = Limits::for_input(messages, &[bos_token, eos_token]);
+    render(
+        template,
+        messages,
+        bos_token,
+        eos_token,
+        add_generation_prompt,
+        limits,
+    )
+    .map_err(RenderError::into_tokenizer_error)
+}
+
+/// Checks a model's template once, when its tokenizer loads, on a one-message conversation: a
+/// template that does not compile, or that cannot render even that within the limits, is
+/// refused then and never run again. Failures that may depend on the conversation
+/// (`raise_exception`) are left for the render that meets them. The error says why.
+pub(crate) fn check(
+    template: &str,
+    bos_token: Option<&str>,
+    eos_token: Option<&str>,
+) -> Result<(), String> {
+    let probe = [ChatMessage::new("user", "Hello")];
+    let limits = Limits::for_input(&probe, &[bos_token, eos_token]);
+    match render(template, &probe, bos_token, eos_token, true, limits) {
+        Ok(_) | Err(RenderError::Failed(_)) => Ok(()),
+        Err(e) => Err(match e.into_tokenizer_error() {
+            TokenizerError::InvalidTemplate(m) => m,
+            other => other.to_string(),
+        }),
+    }
+}
+
+/// The rendered text, refusing to grow past `cap` bytes.
+struct CappedOutput {
+    buf: Vec<u8>,
+    cap: usize,
+    overflow: bool,
+}
+
+impl std::io::Write for CappedOutput {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len().saturating_add(data.len()) > self.cap {
+            self.overflow = true;
+            return Err(std::io::Error::other("chat template output limit"));
+        }
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// transformers compiles templates with `trim_blocks=True, lstrip_blocks=True`
 /// and the loop-controls extension, adds `raise_exception` and `strftime_now`,
 /// and overrides `tojson` to behave like Python's `json.dumps`.
-fn environment() -> Environment<'static> {
+fn environment(limits: Limits, limit_hit: Arc<AtomicBool>) -> Environment<'static> {
     let mut env = Environment::new();
     let syntax = minijinja::syntax::SyntaxConfig::builder()
         .trim_blocks(true)
@@ -55,14 +271,31 @@ fn environment() -> Environment<'static> {
     if let Ok(syntax) = syntax {
         env.set_syntax(syntax);
     }
+    env.set_fuel(Some(limits.fuel));
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
     env.add_function("raise_exception", raise_exception);
     env.add_function("strftime_now", strftime_now);
-    env.add_filter("tojson", tojson);
+    // Filters that build strings from values write against the output limit: a string larger
+    // than the whole output may be cannot be useful.
+    let cap = limits.output;
+    let hit = limit_hit.clone();
+    env.add_filter(
+        "tojson",
+        move |state: &State, value: &Value, indent: Option<usize>, kwargs: Kwargs| {
+            tojson::filter(state, value, indent, kwargs, cap, &hit)
+        },
+    );
+    let hit = limit_hit.clone();
+    env.add_filter("string", move |state: &State, value: &Value| {
+        capped::string(state, value, cap, &hit)
+    });
+    env.add_filter("pprint", move |state: &State, value: &Value| {
+        capped::pprint(state, value, cap, &limit_hit)
+    });
     env
 }
 
-fn template_error(e: Error) -> TokenizerError {
+fn message(e: &Error) -> String {
     // Display gives "kind: detail (in template:line)"; make sure the detail
     // (e.g. a raise_exception message) is there even if a version drops it.
     let mut msg = e.to_string();
@@ -71,7 +304,7 @@ fn template_error(e: Error) -> TokenizerError {
             msg = format!("{msg}: {detail}");
         }
     }
-    TokenizerError::Template(msg)
+    msg
 }
 
 fn raise_exception(message: String) -> Result<Value, Error> {
@@ -180,102 +413,20 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
     (year, month, day)
 }
 
-/// `tojson` as transformers defines it: `json.dumps(x, ensure_ascii=False,
-/// indent=indent, sort_keys=sort_keys)`, i.e. Python separators (`", "`, `": "`)
-/// and no HTML escaping (minijinja's built-in escapes `<`, `>`, `&`, `'`).
-fn tojson(value: &Value, indent: Option<usize>, kwargs: Kwargs) -> Result<Value, Error> {
-    let indent = match kwargs.get::<Option<usize>>("indent")? {
-        Some(i) => Some(i),
-        None => indent,
-    };
-    let sort_keys = kwargs.get::<Option<bool>>("sort_keys")?.unwrap_or(false);
-    // Accepted for compatibility; Python's default separators are what we emit.
-    let _ = kwargs.get::<Option<Value>>("separators")?;
-    let _ = kwargs.get::<Option<bool>>("ensure_ascii")?;
-    kwargs.assert_all_used()?;
-    let mut out = String::new();
-    write_json(value, indent, sort_keys, 0, &mut out)?;
-    Ok(Value::from(out))
-}
-
-fn write_json(
-    v: &Value,
-    indent: Option<usize>,
-    sort_keys: bool,
-    depth: usize,
-    out: &mut String,
-) -> Result<(), Error> {
-    let newline = |out: &mut String, depth: usize| {
-        if let Some(n) = indent {
-            out.push('\n');
-            out.push_str(&" ".repeat(n * depth));
-        }
-    };
-    let item_sep = if indent.is_some() { "," } else { ", " };
-    match v.kind() {
-        ValueKind::Undefined | ValueKind::None => out.push_str("null"),
-        ValueKind::Bool => out.push_str(if v.is_true() { "true" } else { "false" }),
-        ValueKind::Number => out.push_str(&v.to_string()),
-        ValueKind::String => out.push_str(&json_string(v.as_str().unwrap_or_default())),
-        ValueKind::Seq | ValueKind::Iterable => {
-            let items: Vec<Value> = v.try_iter()?.collect();
-            if items.is_empty() {
-                out.push_str("[]");
-                return Ok(());
-            }
-            out.push('[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push_str(item_sep);
-                }
-                newline(out, depth + 1);
-                write_json(item, indent, sort_keys, depth + 1, out)?;
-            }
-            newline(out, depth);
-            out.push(']');
-        }
-        ValueKind::Map => {
-            let mut keys: Vec<Value> = v.try_iter()?.collect();
-            if sort_keys {
-                keys.sort();
-            }
-            if keys.is_empty() {
-                out.push_str("{}");
-                return Ok(());
-            }
-            out.push('{');
-            for (i, key) in keys.iter().enumerate() {
-                if i > 0 {
-                    out.push_str(item_sep);
-                }
-                newline(out, depth + 1);
-                out.push_str(&json_string(&key.to_string()));
-                out.push_str(": ");
-                write_json(&v.get_item(key)?, indent, sort_keys, depth + 1, out)?;
-            }
-            newline(out, depth);
-            out.push('}');
-        }
-        _ => {
-            return Err(Error::new(
-                ErrorKind::InvalidOperation,
-                format!("cannot serialize {} to JSON", v.kind()),
-            ));
-        }
-    }
-    Ok(())
-}
-
-fn json_string(s: &str) -> String {
-    // serde_json escapes what Python's json.dumps(ensure_ascii=False) escapes:
-    // quote, backslash, \b \f \n \r \t, other controls as \u00xx, nothing else.
-    // Serializing a str cannot fail; the fallback only avoids an unwrap.
-    serde_json::to_string(s).unwrap_or_else(|_| format!("\"{s}\""))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn render(
+        template: &str,
+        messages: &[ChatMessage],
+        bos: Option<&str>,
+        eos: Option<&str>,
+        add_generation_prompt: bool,
+    ) -> Result<String, RenderError> {
+        let limits = Limits::for_input(messages, &[bos, eos]);
+        super::render(template, messages, bos, eos, add_generation_prompt, limits)
+    }
 
     #[test]
     fn utc_formatting() {
@@ -318,7 +469,7 @@ mod tests {
         );
         let err = render(t, &msgs[1..], None, None, false)
             .err()
-            .map(|e| e.to_string())
+            .map(|e| e.into_tokenizer_error().to_string())
             .unwrap_or_default();
         assert!(err.contains("no system"), "{err}");
     }

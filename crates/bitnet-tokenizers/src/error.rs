@@ -50,6 +50,17 @@ pub enum TokenizerError {
     /// The chat template failed to compile or render (includes `raise_exception`).
     #[error("chat template error: {0}")]
     Template(String),
+
+    /// The chat template itself is at fault: it does not compile, or it went past the limits
+    /// templates render under (work, output size), whether found when the tokenizer loaded or
+    /// while rendering. It comes from the model's files, so the model is what needs fixing.
+    #[error("invalid chat template: {0}")]
+    InvalidTemplate(String),
+
+    /// Text that cannot fit the context however it tokenizes, refused before tokenizing it
+    /// (see [`Tokenizer::max_input_bytes`](crate::Tokenizer::max_input_bytes)).
+    #[error("input too large for the context: {0}")]
+    InputTooLarge(String),
 }
 
 impl TokenizerError {

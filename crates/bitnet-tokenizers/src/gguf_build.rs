@@ -82,7 +82,7 @@ pub(crate) fn build_llama(v: &GgufVocab) -> Result<Built, TokenizerError> {
         .enumerate()
         .map(|(i, t)| (t.clone(), id_u32(i)))
         .collect();
-    let merges = merges_from_scores(&tokens, &types, &scores, &vocab);
+    let merges = merges_from_scores(&tokens, &types, &scores, &vocab)?;
     let unk = types
         .iter()
         .position(|&t| t == token_type::UNKNOWN)
@@ -183,28 +183,80 @@ fn parse_merges(merges: &[String], vocab: &Vocab) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Work allowed to find SentencePiece merges, in bytes hashed per byte of vocabulary (plus
+/// [`MERGE_FLOOR`]). Checking every split of a piece of L bytes and C characters hashes about
+/// L × C bytes: real vocabularies average under 10 per byte (their pieces are short), while one
+/// holding every `'a' * 1..4096` (17 MB as GGUF) needs 23 G, which took minutes and 3.9 GB.
+const MERGE_WORK_PER_BYTE: usize = 64;
+/// Bytes of merge strings allowed per byte of vocabulary (plus [`MERGE_FLOOR`]). Each found
+/// merge holds its piece's bytes; real vocabularies have about 2 merges per piece.
+const MERGE_BYTES_PER_BYTE: usize = 16;
+/// Room any small vocabulary gets whatever its shape.
+const MERGE_FLOOR: usize = 1 << 24;
+
 /// SentencePiece merges: every split of a normal piece into two vocabulary
 /// pieces, ranked by the merged piece's score (higher first). This is what
 /// transformers' `SentencePieceExtractor` does, and it reproduces llama.cpp's
 /// "merge the adjacent pair whose union has the best score" loop.
+///
+/// The work and the merges kept are bounded by the vocabulary's size (see
+/// [`MERGE_WORK_PER_BYTE`]); a vocabulary built to need more is refused.
 fn merges_from_scores(
     tokens: &[String],
     types: &[i32],
     scores: &[f32],
     vocab: &Vocab,
-) -> Vec<(String, String)> {
-    let mut ranked: Vec<(f32, u32, u32, u32, String, String)> = Vec::new();
-    for (i, piece) in tokens.iter().enumerate() {
-        if !matches!(
+) -> Result<Vec<(String, String)>, TokenizerError> {
+    let eligible = |i: usize| {
+        matches!(
             types[i],
             token_type::NORMAL | token_type::USER_DEFINED | token_type::UNDEFINED
-        ) {
+        )
+    };
+    let vocab_bytes = tokens
+        .iter()
+        .map(String::len)
+        .fold(0, usize::saturating_add);
+    let budget = |per_byte: usize| {
+        vocab_bytes
+            .saturating_mul(per_byte)
+            .saturating_add(MERGE_FLOOR)
+    };
+    // Measured from the lengths alone, before any of the work is done.
+    let work = tokens
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| eligible(i))
+        .map(|(_, t)| t.len().saturating_mul(t.chars().count().saturating_sub(1)))
+        .fold(0, usize::saturating_add);
+    let (work_budget, bytes_budget) = (budget(MERGE_WORK_PER_BYTE), budget(MERGE_BYTES_PER_BYTE));
+    if work > work_budget {
+        let longest = tokens.iter().map(String::len).max().unwrap_or(0);
+        return Err(TokenizerError::InvalidVocab(format!(
+            "rebuilding SentencePiece merges would hash {work} bytes, more than the {work_budget} \
+             allowed for {} tokens of {vocab_bytes} bytes (the longest is {longest} bytes)",
+            tokens.len()
+        )));
+    }
+    // (score, piece id, left id, right id, split offset); strings are made once, at the end.
+    let mut ranked: Vec<(f32, usize, u32, u32, usize)> = Vec::new();
+    let mut merge_bytes = 0usize;
+    for (i, piece) in tokens.iter().enumerate() {
+        if !eligible(i) {
             continue;
         }
         for (split, _) in piece.char_indices().skip(1) {
             let (l, r) = piece.split_at(split);
             if let (Some(&li), Some(&ri)) = (vocab.get(l), vocab.get(r)) {
-                ranked.push((scores[i], id_u32(i), li, ri, l.to_string(), r.to_string()));
+                merge_bytes = merge_bytes.saturating_add(piece.len());
+                if merge_bytes > bytes_budget {
+                    return Err(TokenizerError::InvalidVocab(format!(
+                        "its SentencePiece merges would take more than {bytes_budget} bytes for {} \
+                         tokens of {vocab_bytes} bytes",
+                        tokens.len()
+                    )));
+                }
+                ranked.push((scores[i], i, li, ri, split));
             }
         }
     }
@@ -212,10 +264,13 @@ fn merges_from_scores(
         b.0.total_cmp(&a.0)
             .then((a.1, a.2, a.3).cmp(&(b.1, b.2, b.3)))
     });
-    ranked
+    Ok(ranked
         .into_iter()
-        .map(|(_, _, _, _, l, r)| (l, r))
-        .collect()
+        .map(|(_, i, _, _, split)| {
+            let (l, r) = tokens[i].split_at(split);
+            (l.to_string(), r.to_string())
+        })
+        .collect())
 }
 
 fn byte_level_pre_tokenizer(spec: &PreTokenizerSpec) -> Result<PreSequence, TokenizerError> {

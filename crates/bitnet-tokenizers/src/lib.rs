@@ -12,17 +12,20 @@
 //! [`GgufVocab`].
 
 mod byte_level;
+mod capped;
 mod chat;
 mod error;
 mod gguf_build;
 mod gguf_vocab;
 mod hf_files;
+mod input_bound;
 mod pretokenizer;
 mod specials;
 mod stream;
+mod tojson;
 mod tokenizer;
 
-pub use chat::ChatMessage;
+pub use chat::{render_chat_template, ChatMessage};
 pub use error::TokenizerError;
 pub use gguf_vocab::{token_type, GgufVocab};
 pub use stream::StreamDecoder;

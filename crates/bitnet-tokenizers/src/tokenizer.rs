@@ -7,9 +7,10 @@ use std::path::Path;
 use tokenizers::DecoderWrapper;
 
 use crate::byte_level;
-use crate::chat::{self, ChatMessage};
+use crate::chat::{self, ChatMessage, Limits, RenderError};
 use crate::gguf_build;
 use crate::hf_files::{self, GenerationConfig, TokenizerConfig};
+use crate::input_bound;
 use crate::specials;
 use crate::stream::StreamDecoder;
 use crate::{GgufVocab, TokenizerError};
@@ -36,8 +37,12 @@ pub struct Tokenizer {
     bos_token: Option<String>,
     eos_token: Option<String>,
     chat_template: Option<String>,
+    /// Why the chat template was refused when the tokenizer was built, if it was.
+    chat_template_error: Option<String>,
     special_ids: HashSet<u32>,
     decode_mode: DecodeMode,
+    /// Most bytes of text one token can stand for (see `input_bound`).
+    bytes_per_token: usize,
     /// The decoder writes SentencePiece's `▁` as a space (and strips the first one).
     metaspace: bool,
 }
@@ -156,12 +161,15 @@ impl Tokenizer {
     }
 
     fn assemble(inner: tokenizers::Tokenizer, s: Specials) -> Tokenizer {
+        let vocab = inner.get_vocab(true);
         // Ids can have gaps, so the size is one past the largest id, not a count.
-        let vocab_size = inner
-            .get_vocab(true)
-            .values()
-            .max()
-            .map_or(0, |&m| m as usize + 1);
+        let vocab_size = vocab.values().max().map_or(0, |&m| m as usize + 1);
+        let longest = vocab.keys().map(String::len).max().unwrap_or(0);
+        let bytes_per_token = input_bound::bytes_per_token(&inner, longest);
+        let chat_template_error = s
+            .chat_template
+            .as_deref()
+            .and_then(|t| chat::check(t, s.bos_token.as_deref(), s.eos_token.as_deref()).err());
         let special_ids = inner
             .get_added_tokens_decoder()
             .iter()
@@ -183,9 +191,11 @@ impl Tokenizer {
             bos_token: s.bos_token,
             eos_token: s.eos_token,
             chat_template: s.chat_template,
+            chat_template_error,
             special_ids,
             decode_mode,
             metaspace,
+            bytes_per_token,
         }
     }
 
@@ -209,6 +219,42 @@ impl Tokenizer {
             }
         }
         Ok(ids)
+    }
+
+    /// The most bytes of text that can possibly fit `ctx` tokens: `ctx` times the most text one
+    /// token stands for (its longest vocabulary string, or 4 times that for tokenizers that may
+    /// drop text, such as BERT's). A longer text cannot fit, so it is refused before the
+    /// expensive tokenization (tokenizing takes about 120 bytes of memory per byte of text).
+    pub fn max_input_bytes(&self, ctx: usize) -> usize {
+        ctx.saturating_mul(self.bytes_per_token)
+    }
+
+    /// [`encode`](Self::encode) for a prompt that must fit a context of `ctx` tokens: a text
+    /// longer than [`max_input_bytes`](Self::max_input_bytes) is refused unread with
+    /// [`TokenizerError::InputTooLarge`]. The ids may still be more than `ctx` (the caller
+    /// compares, as before).
+    pub fn encode_within(
+        &self,
+        text: &str,
+        add_bos: bool,
+        ctx: usize,
+    ) -> Result<Vec<u32>, TokenizerError> {
+        self.check_input_len(text.len(), ctx)?;
+        self.encode(text, add_bos)
+    }
+
+    /// Refuses `bytes` of text that cannot fit `ctx` tokens (for callers that read the text:
+    /// check the size first, read no more than [`max_input_bytes`](Self::max_input_bytes)).
+    pub fn check_input_len(&self, bytes: usize, ctx: usize) -> Result<(), TokenizerError> {
+        let limit = self.max_input_bytes(ctx);
+        if bytes > limit {
+            return Err(TokenizerError::InputTooLarge(format!(
+                "{bytes} bytes of text cannot fit {ctx} tokens (a token covers at most {} bytes, \
+                 so at most {limit} bytes fit)",
+                self.bytes_per_token
+            )));
+        }
+        Ok(())
     }
 
     /// Decodes ids to text; `skip_special` drops control tokens (BOS, EOT, ...).
@@ -294,6 +340,12 @@ impl Tokenizer {
         self.chat_template.as_deref()
     }
 
+    /// Why the chat template was refused when the tokenizer was built (it does not compile, or
+    /// cannot render a one-message chat within the limits); `None` if it was not.
+    pub fn chat_template_error(&self) -> Option<&str> {
+        self.chat_template_error.as_deref()
+    }
+
     /// Text of the BOS token, as chat templates see it (`bos_token`).
     pub fn bos_token(&self) -> Option<&str> {
         self.bos_token.as_deref()
@@ -308,22 +360,77 @@ impl Tokenizer {
     /// `trim_blocks`, `lstrip_blocks`, `raise_exception`, `strftime_now`, Python
     /// string methods). The result already holds whatever BOS the template
     /// writes, so encode it with `add_bos = false` (see [`Tokenizer::encode_chat`]).
+    ///
+    /// Templates come from model files and run under limits proportional to the conversation
+    /// (work and memory through minijinja's fuel, and rendered size); a template past them, or
+    /// one refused when the tokenizer was built, is [`TokenizerError::InvalidTemplate`].
     pub fn apply_chat_template(
         &self,
         messages: &[ChatMessage],
         add_generation_prompt: bool,
     ) -> Result<String, TokenizerError> {
+        self.render_chat(messages, add_generation_prompt, None)
+    }
+
+    /// [`apply_chat_template`](Self::apply_chat_template) for a prompt that must fit `ctx`
+    /// tokens: rendering stops as soon as the text passes
+    /// [`max_input_bytes`](Self::max_input_bytes)`(ctx)`, with
+    /// [`TokenizerError::InputTooLarge`].
+    pub fn apply_chat_template_within(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        ctx: usize,
+    ) -> Result<String, TokenizerError> {
+        self.render_chat(messages, add_generation_prompt, Some(ctx))
+    }
+
+    fn render_chat(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        ctx: Option<usize>,
+    ) -> Result<String, TokenizerError> {
         let template = self
             .chat_template
             .as_deref()
             .ok_or(TokenizerError::NoChatTemplate)?;
-        chat::render(
-            template,
-            messages,
-            self.bos_token.as_deref(),
-            self.eos_token.as_deref(),
-            add_generation_prompt,
-        )
+        if let Some(e) = &self.chat_template_error {
+            return Err(TokenizerError::InvalidTemplate(format!(
+                "refused when the tokenizer loaded: {e}"
+            )));
+        }
+        let ctx_limit = ctx.map(|c| self.max_input_bytes(c));
+        if let (Some(limit), Some(ctx)) = (ctx_limit, ctx) {
+            // Messages larger than the context can hold are refused without rendering: a
+            // template writes them out (one that drops most of a chat is not worth the cost).
+            let content = messages
+                .iter()
+                .map(|m| m.content.len())
+                .fold(0, usize::saturating_add);
+            if content > limit {
+                return Err(TokenizerError::InputTooLarge(format!(
+                    "the messages hold {content} bytes of text, which cannot fit {ctx} tokens \
+                     (at most {limit} bytes fit)"
+                )));
+            }
+        }
+        let (bos, eos) = (self.bos_token.as_deref(), self.eos_token.as_deref());
+        let mut limits = Limits::for_input(messages, &[bos, eos]);
+        if let Some(l) = ctx_limit {
+            limits.output = limits.output.min(l);
+        }
+        match chat::render(template, messages, bos, eos, add_generation_prompt, limits) {
+            Ok(text) => Ok(text),
+            // The context, not the template, set the limit that was hit.
+            Err(RenderError::Output(n)) if ctx_limit == Some(n) => {
+                Err(TokenizerError::InputTooLarge(format!(
+                    "the chat renders to more than {n} bytes, which cannot fit {} tokens",
+                    ctx.unwrap_or(0)
+                )))
+            }
+            Err(e) => Err(e.into_tokenizer_error()),
+        }
     }
 
     /// Renders the chat template and encodes the result without adding BOS, as
@@ -334,6 +441,18 @@ impl Tokenizer {
         add_generation_prompt: bool,
     ) -> Result<Vec<u32>, TokenizerError> {
         let text = self.apply_chat_template(messages, add_generation_prompt)?;
+        self.encode(&text, false)
+    }
+
+    /// [`encode_chat`](Self::encode_chat) for a prompt that must fit `ctx` tokens (see
+    /// [`apply_chat_template_within`](Self::apply_chat_template_within)).
+    pub fn encode_chat_within(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        ctx: usize,
+    ) -> Result<Vec<u32>, TokenizerError> {
+        let text = self.apply_chat_template_within(messages, add_generation_prompt, ctx)?;
         self.encode(&text, false)
     }
 

@@ -80,11 +80,14 @@ fn template_errors_are_reported() {
         chat_template: Some("{% for m in messages %}".into()),
         ..common::gguf_vocab()
     };
+    // A template that does not compile is the model's fault, found when the tokenizer loads.
     let tok = Tokenizer::from_gguf_vocab(&broken).expect("builds");
+    assert!(tok.chat_template_error().is_some());
     let err = tok
         .apply_chat_template(&[], true)
         .expect_err("syntax error");
-    assert!(matches!(err, TokenizerError::Template(_)), "{err}");
+    assert!(matches!(err, TokenizerError::InvalidTemplate(_)), "{err}");
+    assert!(err.to_string().contains("syntax error"), "{err}");
 }
 
 #[test]
