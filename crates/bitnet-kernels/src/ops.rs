@@ -12,7 +12,8 @@ pub use crate::scalar::{
     softmax_inplace as softmax_inplace_scalar,
 };
 
-/// Expands to the call of the dispatched ISA's version (AVX2 or NEON), else the scalar one.
+/// Expands to the call of the dispatched ISA's version (AVX2, NEON or SIMD128), else the scalar
+/// one.
 /// `crate::Isa` is spelled out because on targets without SIMD arms the match names no variant.
 macro_rules! dispatch {
     ($name:ident ( $($arg:expr),* )) => {
@@ -24,6 +25,9 @@ macro_rules! dispatch {
             #[cfg(target_arch = "aarch64")]
             // SAFETY: detected_isa only returns an ISA of the NEON family when the CPU has NEON.
             crate::Isa::Neon => unsafe { crate::neon::$name($($arg),*) },
+            #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+            // SAFETY: Simd128 is only supported in builds with +simd128.
+            crate::Isa::Simd128 => unsafe { crate::wasm_simd128::$name($($arg),*) },
             _ => crate::scalar::$name($($arg),*),
         }
     };

@@ -129,8 +129,14 @@ thread_local! {
 
 impl ThreadPool {
     /// Starts `threads - 1` workers (the thread that calls into the pool is the last one).
+    /// Where the target has no threads (wasm32 without the `atomics` feature: browsers' and
+    /// Node's plain WebAssembly) the pool has one thread and runs every loop inline.
     pub fn new(threads: usize) -> std::io::Result<ThreadPool> {
-        let threads = threads.max(1);
+        let threads = if cfg!(all(target_family = "wasm", not(target_feature = "atomics"))) {
+            1
+        } else {
+            threads.max(1)
+        };
         let shared = Arc::new(Shared {
             state: Padded(AtomicU64::new(0)),
             job: AtomicPtr::new(std::ptr::null_mut()),
@@ -361,7 +367,8 @@ pub fn for_each_chunk_mut<T: Send>(
     });
 }
 
-#[cfg(test)]
+// These need worker threads (`ThreadPool::new` makes one-thread pools on wasm32).
+#[cfg(all(test, not(target_family = "wasm")))]
 mod tests {
     use super::*;
 
