@@ -200,7 +200,9 @@ impl Engine {
     pub(crate) fn check_kv_size(&self, positions: usize) -> Result<()> {
         let c = self.config();
         let bytes = KvCache::nbytes_for(c.num_layers, c.kv_dim(), positions, self.kv_type());
-        let limit = total_memory_bytes().unwrap_or(1 << 40);
+        // Unknown memory: 1 TiB, or the whole address space on 32-bit targets (wasm32).
+        let limit =
+            total_memory_bytes().unwrap_or(usize::try_from(1u64 << 40).unwrap_or(usize::MAX));
         if positions > (1 << 24) || bytes > limit {
             return Err(EngineError::Settings(format!(
                 "a KV cache of {positions} positions needs {:.1} GiB, more than the machine's {:.1} GiB of memory",

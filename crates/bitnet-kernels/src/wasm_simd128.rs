@@ -238,7 +238,10 @@ fn f16x4_to_f32(h: v128) -> v128 {
     let shifted = i32x4_shl(em, 13);
     let finite = f32x4_mul(shifted, f32x4_splat(f32::from_bits(0x7780_0000)));
     let man = v128_and(h, u32x4_splat(0x03ff));
-    let quiet = v128_and(v128_not(u32x4_eq(man, u32x4_splat(0))), u32x4_splat(0x0040_0000));
+    let quiet = v128_and(
+        v128_not(u32x4_eq(man, u32x4_splat(0))),
+        u32x4_splat(0x0040_0000),
+    );
     let special = v128_or(v128_or(shifted, u32x4_splat(0x7f80_0000)), quiet);
     let is_special = u32x4_ge(em, u32x4_splat(0x7c00));
     v128_or(sign, v128_bitselect(special, finite, is_special))

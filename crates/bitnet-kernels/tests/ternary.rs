@@ -348,7 +348,10 @@ fn isa_names_round_trip() {
     assert!(Isa::Neon.is_supported(), "every aarch64 Linux CPU has NEON");
     // scripts/test-wasm.sh builds with +simd128, so there the SIMD128 kernels are under test.
     #[cfg(target_arch = "wasm32")]
-    assert!(Isa::Simd128.is_supported(), "wasm32 test build lacks +simd128");
+    assert!(
+        Isa::Simd128.is_supported(),
+        "wasm32 test build lacks +simd128"
+    );
     // Without overrides the dispatch takes the best supported ISA.
     if std::env::var_os("BITNET_ISA").is_none() && std::env::var_os("BITNET_FORCE_SCALAR").is_none()
     {
@@ -365,8 +368,8 @@ fn isa_names_round_trip() {
             Isa::Simd128,
             Isa::Scalar,
         ]
-            .into_iter()
-            .find(|i| i.is_supported());
+        .into_iter()
+        .find(|i| i.is_supported());
         assert_eq!(Some(detected_isa()), best);
     }
 }

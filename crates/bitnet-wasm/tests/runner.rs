@@ -47,7 +47,10 @@ fn greedy(max_tokens: usize) -> Request {
 fn greedy_tokens_and_streamed_text_match_the_reference() {
     let r = reference();
     let m = runner();
-    assert_eq!(m.tokenize("In the beginning", true).unwrap(), ids(&r["token_ids"]));
+    assert_eq!(
+        m.tokenize("In the beginning", true).unwrap(),
+        ids(&r["token_ids"])
+    );
     let mut streamed = String::new();
     let out = m
         .generate("In the beginning", &greedy(32), |piece| {
@@ -92,15 +95,30 @@ fn seeded_sampling_is_reproducible() {
 
 #[test]
 fn bad_input_is_an_error_not_a_panic() {
-    let e = Runner::load(b"not a gguf file".to_vec(), "junk.gguf").err().unwrap();
+    let e = Runner::load(b"not a gguf file".to_vec(), "junk.gguf")
+        .err()
+        .unwrap();
     assert!(e.to_lowercase().contains("gguf"), "{e}");
     let mut truncated = std::fs::read(repo().join("models/bitnet-b1.58-kjv-i2_s.gguf")).unwrap();
     truncated.truncate(truncated.len() / 2);
     assert!(Runner::load(truncated, "half.gguf").is_err());
     assert!(Runner::load(Vec::new(), "empty.gguf").is_err());
     let m = runner();
-    let e = m.generate("", &Request { add_bos: false, ..greedy(4) }, |_| true).err().unwrap();
+    let e = m
+        .generate(
+            "",
+            &Request {
+                add_bos: false,
+                ..greedy(4)
+            },
+            |_| true,
+        )
+        .err()
+        .unwrap();
     assert!(e.contains("empty prompt"), "{e}");
-    let bad = Request { temperature: -1.0, ..greedy(4) };
+    let bad = Request {
+        temperature: -1.0,
+        ..greedy(4)
+    };
     assert!(m.generate("In", &bad, |_| true).is_err());
 }

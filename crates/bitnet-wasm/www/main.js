@@ -42,7 +42,9 @@ function handle(m) {
         $('generated').textContent += m.text;
     } else if (m.type === 'done') {
         const n = m.tokens.length;
-        const tps = m.generationMs > 0 && n > 1 ? ((n - 1) / (m.generationMs / 1000)).toFixed(1) : '-';
+        // As the engine's own figure (Timings::generation_tps): tokens over the time from the
+        // first sampled token to the last.
+        const tps = m.generationMs > 0 ? (n / (m.generationMs / 1000)).toFixed(1) : '-';
         $('stats').textContent = `${m.promptTokens} prompt tokens in ${m.promptMs.toFixed(0)} ms · `
             + `${n} tokens generated, ${tps} tokens/s · finish: ${m.finish}`;
         document.body.dataset.tokens = JSON.stringify(m.tokens);

@@ -31,7 +31,11 @@ impl Pool {
 pub fn pools() -> &'static [Pool] {
     static POOLS: OnceLock<Vec<Pool>> = OnceLock::new();
     #[cfg(target_family = "wasm")]
-    return POOLS.get_or_init(|| vec![Pool::Spin(bitnet_kernels::pool::ThreadPool::new(1).unwrap())]);
+    return POOLS.get_or_init(|| {
+        vec![Pool::Spin(
+            bitnet_kernels::pool::ThreadPool::new(1).unwrap(),
+        )]
+    });
     #[cfg(not(target_family = "wasm"))]
     POOLS.get_or_init(|| {
         let rayon = (1..=3).map(|n| {
