@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The WebAssembly checks (scripts/test.sh runs this; it also works alone):
-# 1. clippy on the wasm32 code (the SIMD128 kernels and the bindings only compile there);
+# 1. clippy on the wasm32 code (the SIMD128 kernels and the bindings' wasm32 parts only compile
+#    there);
 # 2. the kernel tests built for wasm32-wasip1 with +simd128 and run under Node's WASI
 #    (scripts/wasi-run.mjs): every test compares the SIMD128 kernels with the scalar reference;
 # 3. the browser module (scripts/build-wasm.sh) through its JS API in Node: the shared greedy
@@ -16,8 +17,11 @@ source scripts/wasm-env.sh
 
 step() { printf '\n--- wasm: %s (%s)\n' "$1" "$(date +%T)"; }
 
-step "clippy (wasm32-unknown-unknown: bitnet-kernels with SIMD128, bitnet-wasm)"
-/usr/bin/cargo clippy --locked --target wasm32-unknown-unknown "${BUILD_STD[@]}" --all-targets \
+step "clippy (SIMD128 kernels and their tests on wasm32-wasip1; the bindings on wasm32-unknown-unknown)"
+# Tests only on wasip1: on wasm32-unknown-unknown proptest's getrandom has no random source.
+/usr/bin/cargo clippy --locked --target wasm32-wasip1 -Zbuild-std=std,panic_abort,test --all-targets \
+    -p bitnet-kernels -- -D warnings
+/usr/bin/cargo clippy --locked --target wasm32-unknown-unknown "${BUILD_STD[@]}" \
     -p bitnet-kernels -p bitnet-wasm -- -D warnings
 
 step "kernel tests on wasm32-wasip1 + simd128 under Node WASI"

@@ -321,9 +321,17 @@ fn worker(s: &Shared, me: usize) {
     }
 }
 
+/// Targets without threads (wasm32 without the `atomics` feature): every loop runs inline on
+/// the caller and rayon's global pool is never started (its fallback there registers the calling
+/// thread as a worker, and under Node's WASI a test process doing so crashed Node at exit).
+const NO_THREADS: bool = cfg!(all(target_family = "wasm", not(target_feature = "atomics")));
+
 /// Threads the kernels' loops run on here: the installed [`ThreadPool`]'s (also on its worker
 /// threads), else rayon's.
 pub fn current_num_threads() -> usize {
+    if NO_THREADS {
+        return 1;
+    }
     let p = CURRENT.with(|c| c.get());
     if p.is_null() {
         match WORKER_OF.with(|w| w.get()) {
@@ -338,6 +346,10 @@ pub fn current_num_threads() -> usize {
 
 /// `f(i)` for `i in 0..n` on the installed [`ThreadPool`], else on the current rayon pool.
 pub fn parallel_for(n: usize, f: impl Fn(usize) + Sync) {
+    if NO_THREADS {
+        (0..n).for_each(f);
+        return;
+    }
     let p = CURRENT.with(|c| c.get());
     if p.is_null() {
         use rayon::prelude::*;

@@ -444,6 +444,64 @@ pub(crate) unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
+/// [`dot`] against f16 values converted in registers (the attention scores against an f16 KV
+/// cache); bit-identical to `dot(a, widened(b))`, since the conversion is exact.
+///
+/// # Safety
+/// None beyond the bounds it takes from the slices.
+pub(crate) unsafe fn dot_f16(a: &[f32], b: &[half::f16]) -> f32 {
+    let n = a.len().min(b.len()) / 8 * 8;
+    let (ap, bp) = (a.as_ptr().cast::<u8>(), b.as_ptr().cast::<u8>());
+    let (mut lo, mut hi) = (f32x4_splat(0.0), f32x4_splat(0.0));
+    let mut i = 0;
+    while i < n {
+        // SAFETY: i + 8 <= n for both slices.
+        unsafe {
+            let h = load(bp.add(2 * i));
+            let w0 = f16x4_to_f32(u32x4_extend_low_u16x8(h));
+            let w1 = f16x4_to_f32(u32x4_extend_high_u16x8(h));
+            lo = f32x4_add(lo, f32x4_mul(load(ap.add(4 * i)), w0));
+            hi = f32x4_add(hi, f32x4_mul(load(ap.add(4 * i + 16)), w1));
+        }
+        i += 8;
+    }
+    let p = f32x4_add(lo, hi);
+    let mut s = (f32x4_extract_lane::<0>(p) + f32x4_extract_lane::<1>(p))
+        + (f32x4_extract_lane::<2>(p) + f32x4_extract_lane::<3>(p));
+    for (x, y) in a[n..].iter().zip(&b[n..]) {
+        s += x * y.to_f32();
+    }
+    s
+}
+
+/// `y += alpha * x` from f16 values (the attention output from an f16 KV cache); bit-identical
+/// to `axpy(alpha, widened(x), y)`.
+///
+/// # Safety
+/// None beyond the bounds it takes from the slices.
+pub(crate) unsafe fn axpy_f16(alpha: f32, x: &[half::f16], y: &mut [f32]) {
+    let n = x.len().min(y.len());
+    let al = f32x4_splat(alpha);
+    let xp = x.as_ptr().cast::<u8>();
+    let mut i = 0;
+    while i + 8 <= n {
+        // SAFETY: i + 8 <= n for both.
+        unsafe {
+            let h = load(xp.add(2 * i));
+            let yp = y.as_mut_ptr().add(i) as *mut v128;
+            let x0 = f16x4_to_f32(u32x4_extend_low_u16x8(h));
+            let x1 = f16x4_to_f32(u32x4_extend_high_u16x8(h));
+            v128_store(yp, f32x4_add(v128_load(yp), f32x4_mul(al, x0)));
+            let yp = yp.add(1);
+            v128_store(yp, f32x4_add(v128_load(yp), f32x4_mul(al, x1)));
+        }
+        i += 8;
+    }
+    for k in i..n {
+        y[k] += alpha * x[k].to_f32();
+    }
+}
+
 /// `y += alpha * x`, bit-identical to the scalar version (multiply, then add).
 ///
 /// # Safety
