@@ -54,4 +54,7 @@ BITNET_BIN=target/debug/bitnet .venv/bin/python -m pytest -q -p no:cacheprovider
 step "aarch64: kernel and codec tests cross-built and run under qemu-user (scalar, NEON, NEON + dotprod)"
 scripts/test-aarch64.sh
 
+step "WebAssembly: SIMD128 kernel tests under Node WASI, the module in Node, the page in Chromium (scripts/test-wasm.sh)"
+scripts/test-wasm.sh
+
 step "done"

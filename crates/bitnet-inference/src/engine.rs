@@ -10,7 +10,13 @@ use bitnet_models::{LoadedModel, ModelConfig, Placement};
 use bitnet_tokenizers::Tokenizer;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+#[cfg(not(target_family = "wasm"))]
+use std::time::Instant;
+// std's Instant panics on wasm32-unknown-unknown (no clock without the host); web-time's reads
+// `performance.now()` there.
+#[cfg(target_family = "wasm")]
+use web_time::Instant;
 
 #[derive(Clone, Debug)]
 pub struct EngineOptions {

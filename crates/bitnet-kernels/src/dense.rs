@@ -243,6 +243,11 @@ impl DenseMatrix {
             Isa::Neon => unsafe {
                 <crate::neon::Neon as DenseKernel>::row_to_f32(self.row(r), self.ty, out)
             },
+            #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+            // SAFETY: built with +simd128; lengths checked.
+            Isa::Simd128 => unsafe {
+                <crate::wasm_simd128::Simd128 as DenseKernel>::row_to_f32(self.row(r), self.ty, out)
+            },
             // SAFETY: scalar code runs anywhere; lengths checked.
             _ => unsafe {
                 <crate::scalar::Scalar as DenseKernel>::row_to_f32(self.row(r), self.ty, out)
@@ -319,6 +324,11 @@ impl DenseMatrix {
                 // SAFETY: check_isa verified NEON (the dense kernels need no dot product).
                 Isa::Neon | Isa::NeonDotprod => unsafe {
                     self.rows_kernel::<crate::neon::Neon>(x, tokens, r0, r1, shared)
+                },
+                #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+                // SAFETY: check_isa verified SIMD128 (built with it).
+                Isa::Simd128 => unsafe {
+                    self.rows_kernel::<crate::wasm_simd128::Simd128>(x, tokens, r0, r1, shared)
                 },
                 // SAFETY: scalar code runs anywhere.
                 _ => unsafe {

@@ -26,7 +26,8 @@ use half::f16;
 pub(crate) const QK: usize = q6_k::QK_K;
 /// Bytes per block.
 pub(crate) const BLOCK_BYTES: usize = q6_k::BLOCK_BYTES;
-/// Byte offsets inside a block.
+/// Byte offsets inside a block (`QH` only the SIMD kernels read; wasm32 has none for Q6_K).
+#[cfg_attr(target_family = "wasm", allow(dead_code))]
 pub(crate) const QH: usize = 128;
 pub(crate) const SCALES: usize = 192;
 pub(crate) const D: usize = 208;

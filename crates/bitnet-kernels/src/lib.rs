@@ -7,7 +7,9 @@
 //!
 //! Each kernel has a scalar reference (`*_scalar`, public so tests can compare) and SIMD
 //! versions in their own modules: AVX2 (the ternary matmul also AVX-512 VNNI) on x86-64, NEON
-//! (the ternary matmul and the Q8_0 / Q6_K dots also NEON + dot product) on aarch64. Which one
+//! (the ternary matmul and the Q8_0 / Q6_K dots also NEON + dot product) on aarch64, SIMD128 on
+//! wasm32 builds with `+simd128` (WebAssembly has no run-time detection: a module with SIMD
+//! instructions does not even load without it, so there it is a compile-time choice). Which one
 //! runs is decided once per process by [`detected_isa`] (runtime CPU detection, so a generic
 //! release binary still gets AVX2 / AVX-512 / `sdot`). The integer kernels (and the Q8_0 / Q6_K
 //! dots) are bit-exact across ISAs and thread counts; the float ones agree to rounding.
@@ -27,6 +29,8 @@ mod avx2;
 mod avx512;
 #[cfg(target_arch = "aarch64")]
 mod neon;
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+mod wasm_simd128;
 
 pub use dense::{DenseMatrix, DenseType};
 pub use ternary::{
@@ -59,17 +63,22 @@ pub enum Isa {
     /// Neoverse, Apple M1): the ternary matmul and the Q8_0 / Q6_K dots use it; every other
     /// kernel runs the [`Isa::Neon`] code.
     NeonDotprod,
+    /// WebAssembly 128-bit SIMD (wasm32 built with `-C target-feature=+simd128`; every current
+    /// browser and Node >= 16): the ternary matmul, activation quantization, the F32/F16/BF16
+    /// dense dots and the f32 vector ops.
+    Simd128,
 }
 
 impl Isa {
     /// Every ISA, scalar first (the order of [`Self::from_name`] and of the comparison tests).
-    pub const ALL: [Isa; 6] = [
+    pub const ALL: [Isa; 7] = [
         Isa::Scalar,
         Isa::Avx2,
         Isa::Avx512Vnni,
         Isa::Avx512Vnni256,
         Isa::Neon,
         Isa::NeonDotprod,
+        Isa::Simd128,
     ];
 
     /// Whether this CPU can run the ISA's kernels (ignores `BITNET_FORCE_SCALAR`).
@@ -80,6 +89,7 @@ impl Isa {
             Isa::Avx512Vnni | Isa::Avx512Vnni256 => avx512vnni_supported(),
             Isa::Neon => neon_supported(),
             Isa::NeonDotprod => neon_dotprod_supported(),
+            Isa::Simd128 => cfg!(all(target_arch = "wasm32", target_feature = "simd128")),
         }
     }
 
@@ -104,6 +114,7 @@ impl Isa {
             Isa::Avx512Vnni256 => "avx512vnni256",
             Isa::Neon => "neon",
             Isa::NeonDotprod => "neondot",
+            Isa::Simd128 => "simd128",
         }
     }
 
@@ -200,13 +211,13 @@ pub fn splits_512bit_vectors() -> bool {
 
 /// The ISA every dispatched kernel uses, decided on first call and fixed for the process: the
 /// best one the CPU supports (AVX-512 VNNI, at 256 bits where [`splits_512bit_vectors`], then
-/// AVX2 on x86-64; NEON + dot product, then NEON
-/// on aarch64; else scalar). Two environment variables, read once at that first call, override
-/// it for tests and benchmarks:
+/// AVX2 on x86-64; NEON + dot product, then NEON on aarch64; SIMD128 on wasm32 built with it;
+/// else scalar). Two environment variables, read once at that first call, override it for tests
+/// and benchmarks:
 /// - `BITNET_FORCE_SCALAR=1` forces [`Isa::Scalar`] (and wins over `BITNET_ISA`);
-/// - `BITNET_ISA=scalar|avx2|avx512vnni|avx512vnni256|neon|neondot` picks that ISA. A name that is unknown or
-///   not supported by this CPU is ignored, with a warning on stderr, and the automatic choice is
-///   used.
+/// - `BITNET_ISA=scalar|avx2|avx512vnni|avx512vnni256|neon|neondot|simd128` picks that ISA. A
+///   name that is unknown or not supported by this CPU is ignored, with a warning on stderr, and
+///   the automatic choice is used.
 pub fn detected_isa() -> Isa {
     static ISA: OnceLock<Isa> = OnceLock::new();
     *ISA.get_or_init(|| {
@@ -219,7 +230,7 @@ pub fn detected_isa() -> Isa {
         } else {
             Isa::Avx512Vnni
         };
-        let best = [avx512, Isa::Avx2, Isa::NeonDotprod, Isa::Neon]
+        let best = [avx512, Isa::Avx2, Isa::NeonDotprod, Isa::Neon, Isa::Simd128]
             .into_iter()
             .find(|i| i.is_supported())
             .unwrap_or(Isa::Scalar);
@@ -237,7 +248,7 @@ pub fn detected_isa() -> Isa {
                 None => {
                     eprintln!(
                         "warning: BITNET_ISA={v}: unknown ISA (expected scalar, avx2, \
-                         avx512vnni, avx512vnni256, neon or neondot); using {}",
+                         avx512vnni, avx512vnni256, neon, neondot or simd128); using {}",
                         best.name()
                     );
                     best

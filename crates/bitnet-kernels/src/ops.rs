@@ -12,7 +12,8 @@ pub use crate::scalar::{
     softmax_inplace as softmax_inplace_scalar,
 };
 
-/// Expands to the call of the dispatched ISA's version (AVX2 or NEON), else the scalar one.
+/// Expands to the call of the dispatched ISA's version (AVX2, NEON or SIMD128), else the scalar
+/// one.
 /// `crate::Isa` is spelled out because on targets without SIMD arms the match names no variant.
 macro_rules! dispatch {
     ($name:ident ( $($arg:expr),* )) => {
@@ -24,6 +25,9 @@ macro_rules! dispatch {
             #[cfg(target_arch = "aarch64")]
             // SAFETY: detected_isa only returns an ISA of the NEON family when the CPU has NEON.
             crate::Isa::Neon => unsafe { crate::neon::$name($($arg),*) },
+            #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+            // SAFETY: Simd128 is only supported in builds with +simd128.
+            crate::Isa::Simd128 => unsafe { crate::wasm_simd128::$name($($arg),*) },
             _ => crate::scalar::$name($($arg),*),
         }
     };
@@ -76,6 +80,11 @@ pub fn dot_f16(a: &[f32], b: &[f16]) -> f32 {
         // SAFETY: the dispatched ISA has AVX2 + FMA + F16C.
         return unsafe { crate::avx2::dot_f16(a, b) };
     }
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    if detected_isa() == crate::Isa::Simd128 {
+        // SAFETY: Simd128 is only supported in builds with +simd128.
+        return unsafe { crate::wasm_simd128::dot_f16(a, b) };
+    }
     widened(b, |b| dot(a, b))
 }
 
@@ -87,6 +96,11 @@ pub fn axpy_f16(alpha: f32, x: &[f16], y: &mut [f32]) {
     if f16c_ops() {
         // SAFETY: as in dot_f16.
         return unsafe { crate::avx2::axpy_f16(alpha, x, y) };
+    }
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    if detected_isa() == crate::Isa::Simd128 {
+        // SAFETY: Simd128 is only supported in builds with +simd128.
+        return unsafe { crate::wasm_simd128::axpy_f16(alpha, x, y) };
     }
     widened(x, |x| axpy(alpha, x, y))
 }

@@ -129,8 +129,14 @@ thread_local! {
 
 impl ThreadPool {
     /// Starts `threads - 1` workers (the thread that calls into the pool is the last one).
+    /// Where the target has no threads (wasm32 without the `atomics` feature: browsers' and
+    /// Node's plain WebAssembly) the pool has one thread and runs every loop inline.
     pub fn new(threads: usize) -> std::io::Result<ThreadPool> {
-        let threads = threads.max(1);
+        let threads = if cfg!(all(target_family = "wasm", not(target_feature = "atomics"))) {
+            1
+        } else {
+            threads.max(1)
+        };
         let shared = Arc::new(Shared {
             state: Padded(AtomicU64::new(0)),
             job: AtomicPtr::new(std::ptr::null_mut()),
@@ -315,9 +321,17 @@ fn worker(s: &Shared, me: usize) {
     }
 }
 
+/// Targets without threads (wasm32 without the `atomics` feature): every loop runs inline on
+/// the caller and rayon's global pool is never started (its fallback there registers the calling
+/// thread as a worker, and under Node's WASI a test process doing so crashed Node at exit).
+const NO_THREADS: bool = cfg!(all(target_family = "wasm", not(target_feature = "atomics")));
+
 /// Threads the kernels' loops run on here: the installed [`ThreadPool`]'s (also on its worker
 /// threads), else rayon's.
 pub fn current_num_threads() -> usize {
+    if NO_THREADS {
+        return 1;
+    }
     let p = CURRENT.with(|c| c.get());
     if p.is_null() {
         match WORKER_OF.with(|w| w.get()) {
@@ -332,6 +346,10 @@ pub fn current_num_threads() -> usize {
 
 /// `f(i)` for `i in 0..n` on the installed [`ThreadPool`], else on the current rayon pool.
 pub fn parallel_for(n: usize, f: impl Fn(usize) + Sync) {
+    if NO_THREADS {
+        (0..n).for_each(f);
+        return;
+    }
     let p = CURRENT.with(|c| c.get());
     if p.is_null() {
         use rayon::prelude::*;
@@ -361,7 +379,8 @@ pub fn for_each_chunk_mut<T: Send>(
     });
 }
 
-#[cfg(test)]
+// These need worker threads (`ThreadPool::new` makes one-thread pools on wasm32).
+#[cfg(all(test, not(target_family = "wasm")))]
 mod tests {
     use super::*;
 

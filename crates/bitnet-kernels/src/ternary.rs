@@ -297,6 +297,9 @@ impl QuantizedActivations {
                 #[cfg(target_arch = "aarch64")]
                 // SAFETY: check_isa verified NEON (NeonDotprod implies it).
                 Isa::Neon => unsafe { crate::neon::quantize_row(xt, qt) },
+                #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+                // SAFETY: built with +simd128 (the only way Simd128 is supported).
+                Isa::Simd128 => unsafe { crate::wasm_simd128::quantize_row(xt, qt) },
                 _ => {
                     let s = bitnet_quantization::quantize_activation_row(xt, qt);
                     (s, qt.iter().map(|&v| i32::from(v)).sum())
@@ -536,6 +539,11 @@ fn drive(
             #[cfg(target_arch = "aarch64")]
             // SAFETY: as above (NEON + dot product checked).
             Isa::NeonDotprod => unsafe { rows_kernel::<crate::neon::NeonDot>(w, a, r0, r1, &emit) },
+            #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+            // SAFETY: as above (built with +simd128).
+            Isa::Simd128 => unsafe {
+                rows_kernel::<crate::wasm_simd128::Simd128>(w, a, r0, r1, &emit)
+            },
             // SAFETY: scalar code runs anywhere.
             _ => unsafe { rows_kernel::<crate::scalar::Scalar>(w, a, r0, r1, &emit) },
         }

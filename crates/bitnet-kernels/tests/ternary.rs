@@ -346,6 +346,12 @@ fn isa_names_round_trip() {
     assert!(!(Isa::Avx2.is_supported() && Isa::Neon.is_supported()));
     #[cfg(target_arch = "aarch64")]
     assert!(Isa::Neon.is_supported(), "every aarch64 Linux CPU has NEON");
+    // scripts/test-wasm.sh builds with +simd128, so there the SIMD128 kernels are under test.
+    #[cfg(target_arch = "wasm32")]
+    assert!(
+        Isa::Simd128.is_supported(),
+        "wasm32 test build lacks +simd128"
+    );
     // Without overrides the dispatch takes the best supported ISA.
     if std::env::var_os("BITNET_ISA").is_none() && std::env::var_os("BITNET_FORCE_SCALAR").is_none()
     {
@@ -354,9 +360,16 @@ fn isa_names_round_trip() {
         } else {
             Isa::Avx512Vnni
         };
-        let best = [avx512, Isa::Avx2, Isa::NeonDotprod, Isa::Neon, Isa::Scalar]
-            .into_iter()
-            .find(|i| i.is_supported());
+        let best = [
+            avx512,
+            Isa::Avx2,
+            Isa::NeonDotprod,
+            Isa::Neon,
+            Isa::Simd128,
+            Isa::Scalar,
+        ]
+        .into_iter()
+        .find(|i| i.is_supported());
         assert_eq!(Some(detected_isa()), best);
     }
 }

@@ -27,8 +27,16 @@ impl Pool {
 }
 
 /// Rayon pools of 1, 2 and 3 threads and spinning pools of 2 and 3, built once per test binary.
+/// On wasm32 (no threads) one single-thread spinning pool, which runs every loop inline.
 pub fn pools() -> &'static [Pool] {
     static POOLS: OnceLock<Vec<Pool>> = OnceLock::new();
+    #[cfg(target_family = "wasm")]
+    return POOLS.get_or_init(|| {
+        vec![Pool::Spin(
+            bitnet_kernels::pool::ThreadPool::new(1).unwrap(),
+        )]
+    });
+    #[cfg(not(target_family = "wasm"))]
     POOLS.get_or_init(|| {
         let rayon = (1..=3).map(|n| {
             Pool::Rayon(
