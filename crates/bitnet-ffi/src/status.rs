@@ -83,7 +83,7 @@ impl From<bitnet_inference::EngineError> for Error {
             // The model's numbers are broken: a model problem, as the CLI's exit code 3 says
             // for non-finite weights.
             E::NotFinite { .. } => BITNET_ERR_MODEL,
-            E::Tokenizer(_) => BITNET_ERR_TOKENIZER,
+            E::Tokenizer(t) => tokenizer_status(t),
             E::Settings(_) => BITNET_ERR_INVALID_ARGUMENT,
             E::ThreadPool(_) => BITNET_ERR_INTERNAL,
         };
@@ -91,9 +91,20 @@ impl From<bitnet_inference::EngineError> for Error {
     }
 }
 
+/// A text too large for the context does not fit; the model file's own unusable chat template
+/// is a model problem; the rest are tokenizer errors.
+fn tokenizer_status(e: &bitnet_tokenizers::TokenizerError) -> bitnet_status {
+    use bitnet_tokenizers::TokenizerError as T;
+    match e {
+        T::InputTooLarge(_) => BITNET_ERR_DOES_NOT_FIT,
+        T::InvalidTemplate(_) => BITNET_ERR_MODEL,
+        _ => BITNET_ERR_TOKENIZER,
+    }
+}
+
 impl From<bitnet_tokenizers::TokenizerError> for Error {
     fn from(e: bitnet_tokenizers::TokenizerError) -> Error {
-        Error::new(BITNET_ERR_TOKENIZER, e.to_string())
+        Error::new(tokenizer_status(&e), e.to_string())
     }
 }
 

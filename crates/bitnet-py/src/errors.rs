@@ -92,7 +92,10 @@ fn kind_of(e: &EngineError) -> Kind {
         | EngineError::ContextFull { .. }
         | EngineError::BadToken { .. }
         | EngineError::EmptyPrompt
+        | EngineError::BadInput(_)
         | EngineError::Settings(_) => Kind::Input,
+        // Non-finite results: the model's numbers are broken.
+        EngineError::NotFinite { .. } => Kind::Model,
         EngineError::Tokenizer(t) => tokenizer_kind(t),
         EngineError::ThreadPool(_) => Kind::Base,
     }
@@ -101,7 +104,11 @@ fn kind_of(e: &EngineError) -> Kind {
 fn tokenizer_kind(e: &TokenizerError) -> Kind {
     match e {
         // Caused by what the caller passed: an id to decode, messages the template rejects.
-        TokenizerError::UnknownId { .. } | TokenizerError::Template(_) => Kind::Input,
+        TokenizerError::UnknownId { .. }
+        | TokenizerError::Template(_)
+        | TokenizerError::InputTooLarge(_) => Kind::Input,
+        // The model file's own template is unusable.
+        TokenizerError::InvalidTemplate(_) => Kind::Model,
         _ => Kind::Base,
     }
 }
