@@ -11,9 +11,12 @@ pub struct ChatArgs {
     model: ModelArgs,
     #[command(flatten)]
     sampling: SamplingArgs,
-    /// A system message to start the conversation with
-    #[arg(long)]
+    /// A system message to start the conversation with (llama.cpp's -sys)
+    #[arg(long, visible_alias = "system-prompt")]
     system: Option<String>,
+    /// End an answer before this string and give the turn back (repeatable; llama.cpp's -r)
+    #[arg(short = 'r', long = "reverse-prompt", visible_alias = "stop")]
+    reverse_prompt: Vec<String>,
     /// No timing report on stderr
     #[arg(short, long)]
     quiet: bool,
@@ -35,8 +38,9 @@ pub fn run(a: ChatArgs) -> Result<()> {
     let mut session = crate::open_session(&engine, &s, a.quiet)?;
     let ctx = session.ctx_size();
     let opts = GenerateOptions {
-        max_tokens: s.max_tokens.unwrap_or(256),
+        max_tokens: s.max_tokens_or(bitnet_inference::settings::DEFAULT_CHAT_MAX_TOKENS),
         sampling: s.sampling_params(),
+        stop: a.reverse_prompt.clone(),
         ..Default::default()
     };
     let mut history: Vec<ChatMessage> = Vec::new();
