@@ -402,6 +402,36 @@ fn terminal_ctrl_c_at_an_empty_prompt_exits_0_and_no_color_is_honoured() {
     );
 }
 
+/// Something other than a file where the history goes (a FIFO would block on open) is
+/// named and skipped; the chat works with its history in memory.
+#[test]
+fn a_history_path_that_is_not_a_file_is_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("bitnet/chat_history");
+    std::fs::create_dir_all(fifo.parent().unwrap()).unwrap();
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    let mut t = Tty::spawn(bitnet(
+        &["chat", "-q", "--temp", "0", "-n", "4"],
+        dir.path(),
+    ));
+    t.wait_prompt();
+    t.send("Who is the Lord?\r");
+    t.wait_for("the answer", |o, _| o.ends_with("> ") && o.len() > 20);
+    // Recalled from the in-memory history.
+    t.send(&format!("{UP}\r"));
+    t.wait_for("the second answer", |o, _| {
+        o.contains("Who is the Lord?\n") && o.ends_with("> ")
+    });
+    t.send(CTRL_D);
+    assert_eq!(t.wait_exit(), 0);
+    assert!(
+        t.err.text().contains("chat history kept in memory"),
+        "{}",
+        t.err.text()
+    );
+}
+
 /// A piped chat under a deadline: stdin written, then (stdout, stderr, exit code).
 fn piped(args: &[&str], input: &str) -> (String, String, i32) {
     let dir = tempfile::tempdir().unwrap();

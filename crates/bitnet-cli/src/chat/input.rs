@@ -99,12 +99,23 @@ impl Reader {
             KeyEvent::ctrl('C'),
             EventHandler::Conditional(Box::new(CtrlC)),
         );
-        let history_file = history.then(history_path).flatten();
-        if let Some(p) = &history_file {
-            // A missing file is the first run; anything else is worth a word, not an end.
-            if p.exists() {
-                if let Err(e) = editor.load_history(p) {
-                    eprintln!("warning: cannot read the chat history {}: {e}", p.display());
+        let mut history_file = history.then(history_path).flatten();
+        if let Some(p) = history_file.clone() {
+            // A missing file is the first run. Something other than a file there (a FIFO
+            // would block the chat on open) or an unreadable one is worth a word, not an end.
+            match std::fs::metadata(&p) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Ok(m) if m.is_file() => {
+                    if let Err(e) = editor.load_history(&p) {
+                        eprintln!("warning: cannot read the chat history {}: {e}", p.display());
+                    }
+                }
+                _ => {
+                    eprintln!(
+                        "warning: {} is not a readable file; chat history kept in memory",
+                        p.display()
+                    );
+                    history_file = None;
                 }
             }
         }
