@@ -402,6 +402,24 @@ fn terminal_ctrl_c_at_an_empty_prompt_exits_0_and_no_color_is_honoured() {
     );
 }
 
+/// Two Ctrl-C in a row while an answer streams end the chat with exit code 0.
+#[test]
+fn terminal_second_ctrl_c_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = Tty::spawn(bitnet(
+        &["chat", "-q", "--temp", "0", "-n", "100000", "-c", "4096"],
+        dir.path(),
+    ));
+    t.wait_prompt();
+    t.send("Who is the Lord?\r");
+    t.wait_for("the answer streaming", |o, _| o.len() > 60);
+    t.send(CTRL_C);
+    // Apart, so that the two signals are not merged into one.
+    std::thread::sleep(Duration::from_millis(50));
+    t.send(CTRL_C);
+    assert_eq!(t.wait_exit(), 0, "{}", t.err.text());
+}
+
 /// Something other than a file where the history goes (a FIFO would block on open) is
 /// named and skipped; the chat works with its history in memory.
 #[test]
@@ -445,13 +463,14 @@ fn piped(args: &[&str], input: &str) -> (String, String, i32) {
 }
 
 /// From a pipe (TERM set, NO_COLOR unset): plain prompts and text, no escape codes; lines
-/// joined with `\` and `"""`; `//` sends a slash; an unknown command is a hint.
+/// joined with `\` and `"""`; `//` sends a slash; an unknown command is a hint; /save
+/// refuses a device.
 #[test]
 fn piped_chat_is_plain_text_with_multi_line_messages_and_commands() {
     let dir = tempfile::tempdir().unwrap();
     let save = dir.path().join("chat.json");
     let input = format!(
-        "Who is \\\nthe Lord?\n\"\"\"\nIn the beginning\n\nwas the Word\n\"\"\"\n//x\n/nope\n/save {}\n/exit\n",
+        "Who is \\\nthe Lord?\n\"\"\"\nIn the beginning\n\nwas the Word\n\"\"\"\n//x\n/nope\n/save\n/save /dev/null\n/save {}\n/exit\n",
         save.display()
     );
     let (out, err, code) = piped(&["chat", "--temp", "0", "-n", "4"], &input);
@@ -460,8 +479,11 @@ fn piped_chat_is_plain_text_with_multi_line_messages_and_commands() {
     // Prompts: one continuation in the first message and four in the block; a main prompt
     // before each message and command.
     assert_eq!(out.matches("... ").count(), 5, "{out:?}");
-    assert_eq!(out.matches("> ").count(), 6, "{out:?}");
+    assert_eq!(out.matches("> ").count(), 8, "{out:?}");
     assert!(err.contains("unknown command /nope; /help"), "{err}");
+    assert!(err.contains("usage: /save FILE"), "{err}");
+    // The safe output writer refuses a device, and the chat goes on.
+    assert!(err.contains("/dev/null is a character device"), "{err}");
     let users: Vec<String> = messages(&save)
         .into_iter()
         .filter(|(r, _)| r == "user")
