@@ -206,10 +206,9 @@ pub fn run(a: RunArgs) -> Result<()> {
 /// Reads a prompt file, refusing one of more than `limit` bytes (what `ctx` tokens can hold)
 /// without reading past the limit: a huge file or `/dev/zero` costs no more than a fitting one.
 fn read_prompt(path: &Path, limit: usize, ctx: usize) -> Result<String> {
-    // A FIFO would block the open forever; a device never ends (`take` bounds it, but refusing
-    // says what is wrong).
+    // Never blocks in open (a FIFO without a writer); `/dev/stdin` and `<(command)` still work.
     let file =
-        bitnet_common::open_regular(path).with_context(|| format!("reading {}", path.display()))?;
+        bitnet_common::open_stream(path).with_context(|| format!("reading {}", path.display()))?;
     let mut bytes = Vec::new();
     file.take(u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1))
         .read_to_end(&mut bytes)

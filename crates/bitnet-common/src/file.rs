@@ -70,6 +70,40 @@ pub fn open_regular(path: &Path) -> io::Result<File> {
     Ok(file)
 }
 
+/// Opens `path` for reading as a stream: a regular file, or a pipe or device such as
+/// `/dev/stdin` or bash's `<(command)`, which a text input may well be. The open never blocks
+/// (a FIFO that no writer ever opens would hang a plain open forever); reads then block as
+/// usual, and a FIFO without a writer reads as empty. Folders are refused.
+pub fn open_stream(path: &Path) -> io::Result<File> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.custom_flags(libc::O_NONBLOCK);
+    }
+    let file = opts.open(path)?;
+    let ft = file.metadata()?.file_type();
+    if ft.is_dir() {
+        return Err(not_regular(path, &ft));
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::io::AsRawFd;
+        let fd = file.as_raw_fd();
+        // SAFETY: `fd` is an open descriptor owned by `file` for the duration of both calls;
+        // F_GETFL/F_SETFL only read and set its status flags.
+        let cleared = unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFL);
+            flags >= 0 && libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) == 0
+        };
+        if !cleared {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(file)
+}
+
 /// The whole of a regular text file.
 pub fn read_regular_to_string(path: &Path) -> io::Result<String> {
     let mut text = String::new();
@@ -80,6 +114,34 @@ pub fn read_regular_to_string(path: &Path) -> io::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn streams_open_without_blocking_and_folders_are_refused() {
+        use std::io::Read;
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("prompt.txt");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        // No writer: a plain open() would block forever; this one reads as empty.
+        let mut text = String::new();
+        open_stream(&fifo)
+            .unwrap()
+            .read_to_string(&mut text)
+            .unwrap();
+        assert_eq!(text, "");
+        let mut zeros = Vec::new();
+        open_stream(Path::new("/dev/zero"))
+            .unwrap()
+            .take(5)
+            .read_to_end(&mut zeros)
+            .unwrap();
+        assert_eq!(zeros, [0; 5]);
+        let err = open_stream(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("is a folder"), "{err}");
+    }
 
     #[test]
     fn fifos_and_devices_are_refused_without_blocking() {
