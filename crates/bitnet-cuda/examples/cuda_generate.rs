@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! cargo build --release -p bitnet-cuda --example cuda_generate   # here; on the GPU machine:
-//! ./cuda_generate [MODEL.gguf | --fixture-2b4t] [--head f16|q8_0] [--pp 512] [--tg 128]
+//! ./cuda_generate [MODEL.gguf] [--head f16,q8_0] [--pp 512] [--tg 128] [--reps 3]
 //! ```
 //! Decode is timed with the step captured as a CUDA graph and with plain launches.
 

@@ -119,26 +119,34 @@ __device__ __forceinline__ float norm_input(const float* __restrict__ xt, int co
 // over the row's `cols` input values v (see norm_input; rows are `in_stride` floats apart),
 // then, when `q` is not null, y quantized to int8 exactly as quantize_rows does with y as input
 // (so the int8 values are bit-identical to the CPU quantizer applied to this y). y itself is
-// written to `y` when that is not null. The input is read twice (sum of squares, then the
-// output) instead of being kept in shared memory: it is in L1/L2, and any width works.
+// written to `y` when that is not null. The row is read from global memory once and kept in
+// shared memory (`cols` floats) for the later passes: for a decode step this kernel is a
+// serial step between two matmuls, and each global pass costs a memory latency per element
+// a thread handles.
 extern "C" __global__ void norm_quant(const float* __restrict__ x, int in_stride, int cols,
                                       int mode, const float* __restrict__ w, float eps,
                                       float* __restrict__ y, i8* __restrict__ q, int qstride,
                                       float* __restrict__ scales, int* __restrict__ sums) {
+    extern __shared__ float row[];
     __shared__ float red[32];
     __shared__ int red_i[32];
     const int t = blockIdx.x;
     const float* xt = x + (size_t)t * in_stride;
     float ss = 0.0f;
+#pragma unroll 4
     for (int k = threadIdx.x; k < cols; k += blockDim.x) {
         const float v = norm_input(xt, cols, mode, k);
+        row[k] = v;
         ss = fmaf(v, v, ss);
     }
     ss = block_sum(ss, red);
     const float r = __fdiv_rn(1.0f, sqrtf(__fadd_rn(__fdiv_rn(ss, (float)cols), eps)));
     float amax = 0.0f;
+    // Each thread reads back only the elements it wrote: no barrier needed between passes.
+#pragma unroll 4
     for (int k = threadIdx.x; k < cols; k += blockDim.x) {
-        const float v = __fmul_rn(w[k], __fmul_rn(norm_input(xt, cols, mode, k), r));
+        const float v = __fmul_rn(w[k], __fmul_rn(row[k], r));
+        row[k] = v;
         if (y) y[(size_t)t * cols + k] = v;
         amax = fmaxf(amax, fabsf(v));
     }
@@ -149,10 +157,7 @@ extern "C" __global__ void norm_quant(const float* __restrict__ x, int in_stride
     int sum = 0;
     for (int k = threadIdx.x; k < qstride; k += blockDim.x) {
         int v = 0;
-        if (k < cols) {
-            const float yk = __fmul_rn(w[k], __fmul_rn(norm_input(xt, cols, mode, k), r));
-            v = (int)fminf(fmaxf(rintf(__fmul_rn(yk, s)), -128.0f), 127.0f);
-        }
+        if (k < cols) v = (int)fminf(fmaxf(rintf(__fmul_rn(row[k], s)), -128.0f), 127.0f);
         qt[k] = (i8)v;
         sum += v;
     }
@@ -352,39 +357,67 @@ extern "C" __global__ void head_dense(const unsigned char* __restrict__ w, int t
     if (lane == 0) out[r] = acc;
 }
 
-// Greedy choice: the first index of the largest logit (sampler::argmax; NaN never wins), to
-// id[0] and tokens[0]; pos0[0] advances by `advance` (the tokens just run), so the next decode
-// step reads its token and position from device memory. One block.
-extern "C" __global__ void argmax_advance(const float* __restrict__ logits, int n,
-                                          u32* __restrict__ id, u32* __restrict__ tokens,
-                                          int* __restrict__ pos0, int advance) {
-    __shared__ float best_v[1024];
-    __shared__ int best_i[1024];
+// (v, i) beats (bv, bi) if larger, or equal at a smaller index: the first index of the largest
+// value whatever the reduction order; NaN never wins (sampler::argmax).
+__device__ __forceinline__ bool beats(float v, int i, float bv, int bi) {
+    return v > bv || (v == bv && i < bi);
+}
+
+// Block-wide first max of (value, index) pairs over 1024-thread shared arrays.
+__device__ void block_argmax(float* bv_s, int* bi_s, float bv, int bi) {
+    bv_s[threadIdx.x] = bv;
+    bi_s[threadIdx.x] = bi;
+    __syncthreads();
+    for (int s = blockDim.x >> 1; s > 0; s >>= 1) {
+        if (threadIdx.x < s && beats(bv_s[threadIdx.x + s], bi_s[threadIdx.x + s], bv_s[threadIdx.x], bi_s[threadIdx.x])) {
+            bv_s[threadIdx.x] = bv_s[threadIdx.x + s];
+            bi_s[threadIdx.x] = bi_s[threadIdx.x + s];
+        }
+        __syncthreads();
+    }
+}
+
+// Greedy choice, stage 1: the first max of each block's strided share of the logits, to
+// pv/pi[blockIdx.x]. Many blocks: one block over a 128K vocabulary took 50 us.
+extern "C" __global__ void argmax_partial(const float* __restrict__ logits, int n,
+                                          float* __restrict__ pv, int* __restrict__ pi) {
+    __shared__ float bv_s[1024];
+    __shared__ int bi_s[1024];
     float bv = NEG_INF;
     int bi = 0x7fffffff;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
         const float v = logits[i];
-        if (v > bv) {
+        if (beats(v, i, bv, bi)) {
             bv = v;
             bi = i;
         }
     }
-    best_v[threadIdx.x] = bv;
-    best_i[threadIdx.x] = bi;
-    __syncthreads();
-    for (int s = blockDim.x >> 1; s > 0; s >>= 1) {
-        if (threadIdx.x < s) {
-            const float ov = best_v[threadIdx.x + s];
-            const int oi = best_i[threadIdx.x + s];
-            if (ov > best_v[threadIdx.x] || (ov == best_v[threadIdx.x] && oi < best_i[threadIdx.x])) {
-                best_v[threadIdx.x] = ov;
-                best_i[threadIdx.x] = oi;
-            }
-        }
-        __syncthreads();
-    }
+    block_argmax(bv_s, bi_s, bv, bi);
     if (threadIdx.x == 0) {
-        const u32 r = best_i[0] == 0x7fffffff ? 0u : (u32)best_i[0];
+        pv[blockIdx.x] = bv_s[0];
+        pi[blockIdx.x] = bi_s[0];
+    }
+}
+
+// Stage 2 (one block): the first max of the `parts` partial results, to id[0] and tokens[0];
+// pos0[0] advances by `advance` (the tokens just run), so the next decode step reads its token
+// and position from device memory. All logits NaN gives 0, as on the CPU.
+extern "C" __global__ void argmax_advance(const float* __restrict__ pv, const int* __restrict__ pi,
+                                          int parts, u32* __restrict__ id, u32* __restrict__ tokens,
+                                          int* __restrict__ pos0, int advance) {
+    __shared__ float bv_s[1024];
+    __shared__ int bi_s[1024];
+    float bv = NEG_INF;
+    int bi = 0x7fffffff;
+    for (int i = threadIdx.x; i < parts; i += blockDim.x) {
+        if (beats(pv[i], pi[i], bv, bi)) {
+            bv = pv[i];
+            bi = pi[i];
+        }
+    }
+    block_argmax(bv_s, bi_s, bv, bi);
+    if (threadIdx.x == 0) {
+        const u32 r = bi_s[0] == 0x7fffffff ? 0u : (u32)bi_s[0];
         id[0] = r;
         tokens[0] = r;
         pos0[0] += advance;

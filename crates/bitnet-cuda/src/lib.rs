@@ -22,5 +22,5 @@ mod ternary;
 pub use device::{Gpu, GpuInfo};
 pub use error::CudaError;
 pub use model::{GpuModel, GpuSession};
-pub use ops::{AttnDims, GpuDense, NormInput, MAX_HEAD_DIM};
+pub use ops::{ArgmaxScratch, AttnDims, GpuDense, NormInput, MAX_HEAD_DIM};
 pub use ternary::{GpuActivations, GpuTernaryMatrix};

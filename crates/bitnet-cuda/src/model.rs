@@ -11,7 +11,7 @@
 
 use crate::device::Gpu;
 use crate::error::{CudaError, Result};
-use crate::ops::{AttnDims, GpuDense, NormInput};
+use crate::ops::{ArgmaxScratch, AttnDims, GpuDense, NormInput};
 use crate::ternary::{GpuActivations, GpuTernaryMatrix};
 use bitnet_models::{Activation, ModelConfig, ModelWeights};
 use cudarc::driver::{CudaGraph, CudaSlice};
@@ -152,6 +152,7 @@ pub struct GpuSession<'a> {
     q8: CudaSlice<i8>,
     d8: CudaSlice<f32>,
     logits: CudaSlice<f32>,
+    argmax: ArgmaxScratch,
     /// Positions held in the cache.
     pos: usize,
     /// Tokens of the last pass (the head reads the last one's hidden state).
@@ -212,6 +213,7 @@ impl<'a> GpuSession<'a> {
             q8: s.alloc_zeros(h)?,
             d8: s.alloc_zeros(h.div_ceil(32).max(1))?,
             logits: s.alloc_zeros(model.head.rows())?,
+            argmax: ArgmaxScratch::new(gpu)?,
             pos: 0,
             last: 0,
             next_ready: false,
@@ -460,6 +462,7 @@ impl<'a> GpuSession<'a> {
     fn argmax(&mut self, advance: usize) -> Result<()> {
         self.gpu.argmax_advance(
             &self.logits.slice(..),
+            &mut self.argmax,
             &mut self.next_id,
             &mut self.tokens,
             &mut self.pos0,

@@ -11,8 +11,12 @@ use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, LaunchConfig, PushKernelA
 
 /// A null device pointer for the kernels' optional outputs.
 const NULL: u64 = 0;
-/// Threads of a norm block (one block per token).
-const NORM_THREADS: u32 = 512;
+/// Threads of a norm block (one block per token): as many as can be, since a decode step's
+/// norm is one block whose memory latency is split over them.
+const NORM_THREADS: u32 = 1024;
+/// Norm rows live in shared memory; beyond the 48 KiB a block gets by default the kernel is
+/// given more, up to this.
+const MAX_NORM_SMEM: usize = 200 * 1024;
 /// Threads of an attention block (one block per query head and token).
 pub(crate) const ATTN_THREADS: u32 = 256;
 /// Head rows per block (a warp each).
@@ -248,7 +252,20 @@ impl Gpu {
         if tokens == 0 {
             return Ok(());
         }
+        let smem = 4 * cols;
+        if smem > MAX_NORM_SMEM {
+            return Err(CudaError::Unsupported(format!(
+                "a norm over {cols} values (the kernel keeps a row in {} KiB of shared memory)",
+                MAX_NORM_SMEM / 1024
+            )));
+        }
         let f = self.kernels.function(FORWARD, "norm_quant")?;
+        if smem > 48 * 1024 {
+            f.set_attribute(
+                cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                smem as i32,
+            )?;
+        }
         let (in_stride, cols_i, mode) = (i32_of(in_stride, "stride")?, cols as i32, input.mode());
         let qstride = a.as_ref().map_or(0, |a| a.stride as i32);
         let mut l = self.stream.launch_builder(&f);
@@ -270,8 +287,9 @@ impl Gpu {
                 .arg(&mut a.sums),
             None => l.arg(&NULL).arg(&qstride).arg(&NULL).arg(&NULL),
         };
-        // SAFETY: arguments match the kernel; every buffer holds `tokens` rows (checked).
-        unsafe { l.launch(cfg((tokens as u32, 1), NORM_THREADS, 0)) }?;
+        // SAFETY: arguments match the kernel; every buffer holds `tokens` rows (checked); the
+        // shared memory holds a row.
+        unsafe { l.launch(cfg((tokens as u32, 1), NORM_THREADS, smem as u32)) }?;
         Ok(())
     }
 
@@ -454,9 +472,11 @@ impl Gpu {
 
     /// The first index of the largest of `logits` (as `bitnet_inference::argmax`) into
     /// `id[0]` and `tokens[0]`, and `pos0[0] += advance`: what the next decode step reads.
+    /// `scratch` holds the per-block partial results.
     pub fn argmax_advance(
         &self,
         logits: &CudaView<'_, f32>,
+        scratch: &mut ArgmaxScratch,
         id: &mut CudaSlice<u32>,
         tokens: &mut CudaSlice<u32>,
         pos0: &mut CudaSlice<i32>,
@@ -466,10 +486,20 @@ impl Gpu {
             return Err(shape("argmax: empty buffer".into()));
         }
         let n = i32_of(logits.len(), "logits")?;
-        let f = self.kernels.function(FORWARD, "argmax_advance")?;
+        let f = self.kernels.function(FORWARD, "argmax_partial")?;
         let mut l = self.stream.launch_builder(&f);
         l.arg(logits)
             .arg(&n)
+            .arg(&mut scratch.v)
+            .arg(&mut scratch.i);
+        // SAFETY: arguments match; ARGMAX_BLOCKS partials of 1024 threads each.
+        unsafe { l.launch(cfg((ARGMAX_BLOCKS as u32, 1), 1024, 0)) }?;
+        let f = self.kernels.function(FORWARD, "argmax_advance")?;
+        let parts = ARGMAX_BLOCKS as i32;
+        let mut l = self.stream.launch_builder(&f);
+        l.arg(&scratch.v)
+            .arg(&scratch.i)
+            .arg(&parts)
             .arg(id)
             .arg(tokens)
             .arg(pos0)
@@ -477,6 +507,24 @@ impl Gpu {
         // SAFETY: arguments match; one block of 1024 threads (the kernel's shared arrays).
         unsafe { l.launch(cfg((1, 1), 1024, 0)) }?;
         Ok(())
+    }
+}
+
+/// Blocks of the first argmax stage.
+const ARGMAX_BLOCKS: usize = 64;
+
+/// Device scratch of [`Gpu::argmax_advance`]: one partial result per block.
+pub struct ArgmaxScratch {
+    v: CudaSlice<f32>,
+    i: CudaSlice<i32>,
+}
+
+impl ArgmaxScratch {
+    pub fn new(gpu: &Gpu) -> Result<Self> {
+        Ok(ArgmaxScratch {
+            v: gpu.stream.alloc_zeros(ARGMAX_BLOCKS)?,
+            i: gpu.stream.alloc_zeros(ARGMAX_BLOCKS)?,
+        })
     }
 }
 

@@ -20,7 +20,8 @@
 
 use bitnet_common::Storage;
 use bitnet_cuda::{
-    AttnDims, CudaError, Gpu, GpuActivations, GpuDense, GpuModel, GpuSession, NormInput,
+    ArgmaxScratch, AttnDims, CudaError, Gpu, GpuActivations, GpuDense, GpuModel, GpuSession,
+    NormInput,
 };
 use bitnet_inference::{Engine, EngineOptions, GenerateOptions, Logits, SamplingParams};
 use bitnet_kernels::{ops, DenseMatrix, DenseType, QuantizedActivations};
@@ -152,6 +153,8 @@ fn norm_quantize_matches_the_cpu() {
         (NormInput::Relu2Gate, 1536, 2),
         (NormInput::Relu2Gate, 6912, 1),
         (NormInput::SiluGate, 300, 4),
+        // Wider than the 48 KiB of shared memory a block gets by default.
+        (NormInput::Plain, 20000, 2),
     ] {
         let width = if input == NormInput::Plain {
             cols
@@ -401,11 +404,14 @@ fn head_matches_the_cpu() {
 fn argmax_takes_the_first_max_and_advances() {
     let Some(gpu) = gpu() else { return };
     let mut rng = Rng(1);
-    for n in [1usize, 5, 4096, 128256] {
+    for n in [1usize, 5, 4096, 128256, 200_000] {
         let mut logits = rng.vec(n, 10.0);
         if n > 10 {
             logits[n - 1] = 50.0;
             logits[n / 2] = 50.0; // a tie: the first wins
+            if n / 2 + 64 * 1024 < n {
+                logits[n / 2 + 64 * 1024] = 50.0; // the same tie inside one thread's share
+            }
             logits[3] = f32::NAN; // NaN never wins
         }
         let want = bitnet_inference::argmax(&logits);
@@ -413,8 +419,16 @@ fn argmax_takes_the_first_max_and_advances() {
         let mut id = gpu.stream().alloc_zeros::<u32>(1).unwrap();
         let mut tokens = gpu.stream().alloc_zeros::<u32>(4).unwrap();
         let mut pos0 = gpu.stream().clone_htod(&[7i32]).unwrap();
-        gpu.argmax_advance(&ld.slice(..), &mut id, &mut tokens, &mut pos0, 3)
-            .unwrap();
+        let mut scratch = ArgmaxScratch::new(&gpu).unwrap();
+        gpu.argmax_advance(
+            &ld.slice(..),
+            &mut scratch,
+            &mut id,
+            &mut tokens,
+            &mut pos0,
+            3,
+        )
+        .unwrap();
         assert_eq!(gpu.stream().clone_dtoh(&id).unwrap(), [want], "n={n}");
         assert_eq!(gpu.stream().clone_dtoh(&tokens).unwrap()[0], want);
         assert_eq!(gpu.stream().clone_dtoh(&pos0).unwrap(), [10]);
