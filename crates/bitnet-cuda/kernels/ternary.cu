@@ -58,7 +58,8 @@ extern "C" __global__ void quantize_rows(const float* __restrict__ x, int cols, 
 }
 
 // out[t * rows + r] = (float)(sum_k t_rk * q_tk) / scales[t] * wscale[r], for T tokens at once
-// (the weights are read once for all of them). A scale per row lets several matrices that
+// (the weights are read once for all of them); with `accumulate` the result is added to `out`
+// (the residual add, one f32 addition as on the CPU). A scale per row lets several matrices that
 // multiply the same activations (q/k/v, gate/up) run as one, each row with its tensor's scale. One warp per row, 16 bytes (64 weights) per
 // lane per step; WARPS rows per block. Activations are read through the read-only cache:
 // every warp of an SM reads the same ones.
@@ -67,7 +68,7 @@ __device__ __forceinline__ void ternary_rows(const unsigned char* __restrict__ w
                                              int row_bytes, const i8* __restrict__ q,
                                              int stride, const int* __restrict__ sums,
                                              const float* __restrict__ scales, const float* __restrict__ wscale,
-                                             float* __restrict__ out) {
+                                             float* __restrict__ out, int accumulate) {
     const int lane = threadIdx.x & 31;
     const int r = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (r >= rows) return;
@@ -101,7 +102,9 @@ __device__ __forceinline__ void ternary_rows(const unsigned char* __restrict__ w
         for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
         if (lane == 0) {
             const int exact = v - sums[t];
-            out[(size_t)t * rows + r] = __fmul_rn(__fdiv_rn((float)exact, scales[t]), wscale[r]);
+            const float y = __fmul_rn(__fdiv_rn((float)exact, scales[t]), wscale[r]);
+            float* o = out + (size_t)t * rows + r;
+            *o = accumulate ? __fadd_rn(*o, y) : y;
         }
     }
 }
@@ -113,7 +116,7 @@ __device__ __forceinline__ void ternary_rows_w32(const unsigned char* __restrict
                                                  int row_bytes, const i8* __restrict__ q,
                                                  int stride, const int* __restrict__ sums,
                                                  const float* __restrict__ scales, const float* __restrict__ wscale,
-                                                 float* __restrict__ out) {
+                                                 float* __restrict__ out, int accumulate) {
     const int lane = threadIdx.x & 31;
     const int r = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (r >= rows) return;
@@ -141,7 +144,9 @@ __device__ __forceinline__ void ternary_rows_w32(const unsigned char* __restrict
         for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
         if (lane == 0) {
             const int exact = v - sums[t];
-            out[(size_t)t * rows + r] = __fmul_rn(__fdiv_rn((float)exact, scales[t]), wscale[r]);
+            const float y = __fmul_rn(__fdiv_rn((float)exact, scales[t]), wscale[r]);
+            float* o = out + (size_t)t * rows + r;
+            *o = accumulate ? __fadd_rn(*o, y) : y;
         }
     }
 }
@@ -150,14 +155,14 @@ __device__ __forceinline__ void ternary_rows_w32(const unsigned char* __restrict
     extern "C" __global__ void ternary_matmul_t##T(                                          \
         const unsigned char* __restrict__ w, int rows, int row_bytes, const i8* __restrict__ q, \
         int stride, const int* __restrict__ sums, const float* __restrict__ scales,          \
-        const float* wscale, float* __restrict__ out) {                                           \
-        ternary_rows<T>(w, rows, row_bytes, q, stride, sums, scales, wscale, out);           \
+        const float* wscale, float* __restrict__ out, int accumulate) {                      \
+        ternary_rows<T>(w, rows, row_bytes, q, stride, sums, scales, wscale, out, accumulate); \
     }                                                                                        \
     extern "C" __global__ void ternary_matmul_w32_t##T(                                      \
         const unsigned char* __restrict__ w, int rows, int row_bytes, const i8* __restrict__ q, \
         int stride, const int* __restrict__ sums, const float* __restrict__ scales,          \
-        const float* wscale, float* __restrict__ out) {                                           \
-        ternary_rows_w32<T>(w, rows, row_bytes, q, stride, sums, scales, wscale, out);       \
+        const float* wscale, float* __restrict__ out, int accumulate) {                      \
+        ternary_rows_w32<T>(w, rows, row_bytes, q, stride, sums, scales, wscale, out, accumulate); \
     }
 TERNARY_KERNEL(1)
 TERNARY_KERNEL(2)

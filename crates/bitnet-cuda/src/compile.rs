@@ -22,6 +22,11 @@ pub(crate) const TERNARY: Source = Source {
     code: include_str!("../kernels/ternary.cu"),
 };
 
+pub(crate) const FORWARD: Source = Source {
+    name: "forward.cu",
+    code: include_str!("../kernels/forward.cu"),
+};
+
 pub(crate) struct KernelCache {
     ctx: Arc<CudaContext>,
     arch: String,

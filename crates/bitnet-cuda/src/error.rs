@@ -12,6 +12,9 @@ pub enum CudaError {
     Compile { kernel: &'static str, log: String },
     #[error("{0}")]
     Shape(String),
+    /// A model or setting the GPU kernels do not handle (the message names it).
+    #[error("not supported on the GPU: {0}")]
+    Unsupported(String),
     #[error("CUDA kernel cache {path}: {source}")]
     Cache {
         path: std::path::PathBuf,

@@ -1,5 +1,6 @@
-//! NVIDIA GPU kernels for BitNet b1.58 (issue 11, first step: the device, run-time kernel
-//! compilation and the ternary matmul; the forward pass comes next behind the backend seam).
+//! NVIDIA GPU kernels for BitNet b1.58 (issue 11): the device, run-time kernel compilation,
+//! the ternary matmul and the whole forward pass ([`GpuModel`], [`GpuSession`]); the engine
+//! reaches it once the backend seam exists.
 //!
 //! Nothing here needs a CUDA toolkit at build time: `libcuda` and `libnvrtc` are opened when a
 //! GPU is first asked for ([`Gpu::open`]), kernels are compiled from the CUDA C++ sources in
@@ -14,8 +15,12 @@
 mod compile;
 mod device;
 mod error;
+mod model;
+mod ops;
 mod ternary;
 
 pub use device::{Gpu, GpuInfo};
 pub use error::CudaError;
+pub use model::{GpuModel, GpuSession};
+pub use ops::{ArgmaxScratch, AttnDims, GpuDense, NormInput, MAX_HEAD_DIM};
 pub use ternary::{GpuActivations, GpuTernaryMatrix};

@@ -79,12 +79,13 @@ impl GpuTernaryMatrix {
 /// Per-token int8 activations on the GPU: `stride`-byte rows (a multiple of 128, zero past
 /// `cols`), one scale and one sum of the row's values per token, as `QuantizedActivations`.
 pub struct GpuActivations {
-    tokens: usize,
-    cols: usize,
-    stride: usize,
-    q: CudaSlice<i8>,
-    scales: CudaSlice<f32>,
-    sums: CudaSlice<i32>,
+    pub(crate) tokens: usize,
+    capacity: usize,
+    pub(crate) cols: usize,
+    pub(crate) stride: usize,
+    pub(crate) q: CudaSlice<i8>,
+    pub(crate) scales: CudaSlice<f32>,
+    pub(crate) sums: CudaSlice<i32>,
 }
 
 impl GpuActivations {
@@ -96,6 +97,7 @@ impl GpuActivations {
             .ok_or_else(|| CudaError::Shape(format!("{tokens} x {cols} activations")))?;
         Ok(GpuActivations {
             tokens,
+            capacity: tokens,
             cols,
             stride,
             q: gpu.stream.alloc_zeros(n.max(1))?,
@@ -106,6 +108,18 @@ impl GpuActivations {
 
     pub fn tokens(&self) -> usize {
         self.tokens
+    }
+
+    /// Uses the first `tokens` rows of the buffers (a batch smaller than they were made for).
+    pub fn set_tokens(&mut self, tokens: usize) -> Result<()> {
+        if tokens > self.capacity {
+            return Err(CudaError::Shape(format!(
+                "{tokens} tokens in activations made for {}",
+                self.capacity
+            )));
+        }
+        self.tokens = tokens;
+        Ok(())
     }
 
     pub fn cols(&self) -> usize {
@@ -214,6 +228,27 @@ impl Gpu {
         a: &GpuActivations,
         out: &mut CudaViewMut<'_, f32>,
     ) -> Result<()> {
+        self.ternary_matmul_into(w, a, out, false)
+    }
+
+    /// [`Self::ternary_matmul`] adding its result to `out` (the residual add: one f32
+    /// addition per value, as `x += proj` on the CPU).
+    pub fn ternary_matmul_accumulate(
+        &self,
+        w: &GpuTernaryMatrix,
+        a: &GpuActivations,
+        out: &mut CudaViewMut<'_, f32>,
+    ) -> Result<()> {
+        self.ternary_matmul_into(w, a, out, true)
+    }
+
+    fn ternary_matmul_into(
+        &self,
+        w: &GpuTernaryMatrix,
+        a: &GpuActivations,
+        out: &mut CudaViewMut<'_, f32>,
+        accumulate: bool,
+    ) -> Result<()> {
         if a.cols != w.cols || out.len() != a.tokens * w.rows {
             return Err(CudaError::Shape(format!(
                 "ternary matmul: {} x {} weights, {} x {} activations, {} outputs",
@@ -228,6 +263,7 @@ impl Gpu {
             return Ok(());
         }
         let (rows, row_bytes, stride) = (w.rows as i32, w.row_bytes as i32, a.stride as i32);
+        let accumulate = i32::from(accumulate);
         let cfg = LaunchConfig {
             grid_dim: ((w.rows as u32).div_ceil(WARPS), 1, 1),
             block_dim: (32 * WARPS, 1, 1),
@@ -253,7 +289,8 @@ impl Gpu {
                 .arg(&sums)
                 .arg(&scales)
                 .arg(&w.scales)
-                .arg(&mut o);
+                .arg(&mut o)
+                .arg(&accumulate);
             // SAFETY: argument types match the kernel; the kernel reads `tile` tokens from
             // offset t0 and writes `tile * rows` outputs, all inside the buffers (checked above).
             unsafe { launch.launch(cfg) }?;

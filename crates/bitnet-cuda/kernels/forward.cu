@@ -1,0 +1,425 @@
+// The rest of the BitNet b1.58 forward pass (the ternary matmuls are in ternary.cu):
+// embedding lookup, RMSNorm fused with the int8 quantization of its output, RoPE fused with the
+// f16 KV cache write, causal GQA attention over that cache, the dense / Q8_0 LM head and a
+// greedy argmax. Compiled at run time by NVRTC (see compile.rs); plain CUDA C++, no headers.
+//
+// Positions come from device memory (`pos0`), never from launch arguments, so that a captured
+// decode step can be replayed unchanged: the argmax kernel writes the next token and advances
+// the position for the next replay.
+//
+// Float parts follow the CPU code's formulas with explicit round-to-nearest operations where
+// the CPU rounds each step (no fused multiply-add where Rust has none); sums over a row
+// (RMSNorm's sum of squares, attention dots, the head's dots) are summed in a different order
+// than on the CPU, so they agree to float rounding, not bit for bit.
+
+typedef unsigned int u32;
+typedef unsigned short u16;
+typedef signed char i8;
+
+// No headers under NVRTC, so no INFINITY: -inf by its bits.
+#define NEG_INF __int_as_float(0xff800000)
+
+__device__ __forceinline__ float h2f(u16 h) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+}
+
+// Round to nearest even, as `half::f16::from_f32` on the CPU.
+__device__ __forceinline__ u16 f2h(float f) {
+    u16 h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+__device__ __forceinline__ int warp_sum_i(int v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// Block-wide reductions; every thread gets the result (each warp reduces the same partials in
+// the same order). `red` is 32 shared slots; the leading barrier lets callers reuse it.
+__device__ float block_sum(float v, float* red) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+    v = warp_sum(v);
+    __syncthreads();
+    if (lane == 0) red[warp] = v;
+    __syncthreads();
+    return warp_sum(lane < nw ? red[lane] : 0.0f);
+}
+
+__device__ float block_max(float v, float* red) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0) red[warp] = v;
+    __syncthreads();
+    return warp_max(lane < nw ? red[lane] : NEG_INF);
+}
+
+__device__ int block_sum_i(int v, int* red) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+    v = warp_sum_i(v);
+    __syncthreads();
+    if (lane == 0) red[warp] = v;
+    __syncthreads();
+    return warp_sum_i(lane < nw ? red[lane] : 0);
+}
+
+// Dense element types, as DenseType in bitnet-kernels.
+#define TY_F32 0
+#define TY_F16 1
+#define TY_BF16 2
+#define TY_Q8_0 3
+
+// Element k of a dense row, widened as DenseMatrix::row_f32 does (exact for every type: a
+// Q8_0 value is one f32 product q * d).
+__device__ __forceinline__ float dense_elem(const unsigned char* __restrict__ row, int ty, int k) {
+    if (ty == TY_F32) return ((const float*)row)[k];
+    if (ty == TY_F16) return h2f(((const u16*)row)[k]);
+    if (ty == TY_BF16) return __uint_as_float(((u32)((const u16*)row)[k]) << 16);
+    const unsigned char* b = row + (k >> 5) * 34;
+    const float d = h2f((u16)(b[0] | (b[1] << 8)));
+    return __fmul_rn((float)(i8)b[2 + (k & 31)], d);
+}
+
+// x[t] = embedding row tokens[t]; one block per token.
+extern "C" __global__ void embed_rows(const unsigned char* __restrict__ table, int ty,
+                                      long long row_bytes, int cols,
+                                      const u32* __restrict__ tokens, float* __restrict__ x) {
+    const int t = blockIdx.x;
+    const unsigned char* row = table + (size_t)tokens[t] * (size_t)row_bytes;
+    for (int k = threadIdx.x; k < cols; k += blockDim.x)
+        x[(size_t)t * cols + k] = dense_elem(row, ty, k);
+}
+
+// The input of a norm: x itself (mode 0), or the gated FFN activation of gate | up halves
+// (mode 1: relu(g)^2 * u, mode 2: silu(g) * u), as ops::relu2_mul / silu_mul.
+__device__ __forceinline__ float norm_input(const float* __restrict__ xt, int cols, int mode, int k) {
+    if (mode == 0) return xt[k];
+    const float g = xt[k], u = xt[cols + k];
+    if (mode == 1) {
+        const float r = fmaxf(g, 0.0f);  // NaN -> 0, as f32::max
+        return __fmul_rn(__fmul_rn(r, r), u);
+    }
+    return __fmul_rn(__fdiv_rn(g, __fadd_rn(1.0f, expf(-g))), u);
+}
+
+// Per token (one block each): y = w * (v * r), r = 1 / sqrt(mean(v^2) + eps) (ops::rms_norm)
+// over the row's `cols` input values v (see norm_input; rows are `in_stride` floats apart),
+// then, when `q` is not null, y quantized to int8 exactly as quantize_rows does with y as input
+// (so the int8 values are bit-identical to the CPU quantizer applied to this y). y itself is
+// written to `y` when that is not null. The row is read from global memory once and kept in
+// shared memory (`cols` floats) for the later passes: for a decode step this kernel is a
+// serial step between two matmuls, and each global pass costs a memory latency per element
+// a thread handles.
+extern "C" __global__ void norm_quant(const float* __restrict__ x, int in_stride, int cols,
+                                      int mode, const float* __restrict__ w, float eps,
+                                      float* __restrict__ y, i8* __restrict__ q, int qstride,
+                                      float* __restrict__ scales, int* __restrict__ sums) {
+    extern __shared__ float row[];
+    __shared__ float red[32];
+    __shared__ int red_i[32];
+    const int t = blockIdx.x;
+    const float* xt = x + (size_t)t * in_stride;
+    float ss = 0.0f;
+#pragma unroll 4
+    for (int k = threadIdx.x; k < cols; k += blockDim.x) {
+        const float v = norm_input(xt, cols, mode, k);
+        row[k] = v;
+        ss = fmaf(v, v, ss);
+    }
+    ss = block_sum(ss, red);
+    const float r = __fdiv_rn(1.0f, sqrtf(__fadd_rn(__fdiv_rn(ss, (float)cols), eps)));
+    float amax = 0.0f;
+    // Each thread reads back only the elements it wrote: no barrier needed between passes.
+#pragma unroll 4
+    for (int k = threadIdx.x; k < cols; k += blockDim.x) {
+        const float v = __fmul_rn(w[k], __fmul_rn(row[k], r));
+        row[k] = v;
+        if (y) y[(size_t)t * cols + k] = v;
+        amax = fmaxf(amax, fabsf(v));
+    }
+    if (!q) return;
+    amax = block_max(amax, red);
+    const float s = __fdiv_rn(127.0f, fmaxf(amax, 1e-5f));
+    i8* qt = q + (size_t)t * qstride;
+    int sum = 0;
+    for (int k = threadIdx.x; k < qstride; k += blockDim.x) {
+        int v = 0;
+        if (k < cols) v = (int)fminf(fmaxf(rintf(__fmul_rn(row[k], s)), -128.0f), 127.0f);
+        qt[k] = (i8)v;
+        sum += v;
+    }
+    sum = block_sum_i(sum, red_i);
+    if (threadIdx.x == 0) {
+        scales[t] = s;
+        sums[t] = sum;
+    }
+}
+
+// RoPE (NEOX / rotate_half: element i pairs with i + hd/2, as forward.rs) on token t of the
+// stacked q|k|v output, at position pos0[0] + t. Query heads are rotated in place; key heads
+// are rotated into the f16 key cache and the value heads copied into the value cache (layout
+// [position][kv_head * hd]). Grid (tokens, nh + nkv), hd/2 threads.
+extern "C" __global__ void rope_kv(float* __restrict__ qkv, int nh, int nkv, int hd,
+                                   const float* __restrict__ inv_freq,
+                                   const int* __restrict__ pos0, u16* __restrict__ kc,
+                                   u16* __restrict__ vc) {
+    const int t = blockIdx.x, h = blockIdx.y, i = threadIdx.x, half = hd >> 1;
+    if (i >= half) return;
+    const int pos = pos0[0] + t;
+    const int qd = nh * hd, kvd = nkv * hd;
+    float* row = qkv + (size_t)t * (qd + 2 * kvd);
+    const float angle = __fmul_rn((float)pos, inv_freq[i]);
+    const float c = cosf(angle), s = sinf(angle);
+    float* xh = h < nh ? row + h * hd : row + qd + (h - nh) * hd;
+    const float x0 = xh[i], x1 = xh[i + half];
+    const float a = __fsub_rn(__fmul_rn(x0, c), __fmul_rn(x1, s));
+    const float b = __fadd_rn(__fmul_rn(x1, c), __fmul_rn(x0, s));
+    if (h < nh) {
+        xh[i] = a;
+        xh[i + half] = b;
+    } else {
+        const int kvh = h - nh;
+        const size_t at = (size_t)pos * kvd + (size_t)kvh * hd;
+        kc[at + i] = f2h(a);
+        kc[at + i + half] = f2h(b);
+        const float* vh = row + qd + kvd + kvh * hd;
+        vc[at + i] = f2h(vh[i]);
+        vc[at + i + half] = f2h(vh[i + half]);
+    }
+}
+
+// Attention head dims up to this many (8 f32 accumulators per lane, pairs of f16 per load).
+#define MAX_HD 256
+
+// Causal grouped-query attention of query head blockIdx.x of token blockIdx.y over cache
+// positions 0..n, n = pos0[0] + t + 1: softmax(q . k * scale) . v, as forward.rs (scores scaled
+// after the dot, softmax subtracting the max, weights = e * (1 / sum)). Dynamic shared memory:
+// hd floats of q, ctx scores, nwarps * hd partial outputs. Scores: one warp per position;
+// output: each warp sums its own positions, lanes over pairs of dims, then the warps' partials
+// are added.
+extern "C" __global__ void attention(const float* __restrict__ qkv, int qkv_stride, int nh,
+                                     int nkv, int hd, int ctx, const int* __restrict__ pos0,
+                                     const u16* __restrict__ kc, const u16* __restrict__ vc,
+                                     float scale, float* __restrict__ out) {
+    extern __shared__ float sm[];
+    __shared__ float red[32];
+    const int h = blockIdx.x, t = blockIdx.y;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    const int n = pos0[0] + t + 1;
+    const int kvd = nkv * hd, kvh = h / (nh / nkv);
+    float* qs = sm;
+    float* sc = sm + hd;
+    float* part = sc + ctx;
+    const float* q = qkv + (size_t)t * qkv_stride + (size_t)h * hd;
+    for (int i = threadIdx.x; i < hd; i += blockDim.x) qs[i] = q[i];
+    __syncthreads();
+
+    for (int p = warp; p < n; p += nw) {
+        const u32* kr = (const u32*)(kc + (size_t)p * kvd + (size_t)kvh * hd);
+        float d = 0.0f;
+        for (int j = lane; 2 * j < hd; j += 32) {
+            const u32 pair = __ldg(kr + j);
+            d = fmaf(qs[2 * j], h2f((u16)(pair & 0xffffu)), d);
+            d = fmaf(qs[2 * j + 1], h2f((u16)(pair >> 16)), d);
+        }
+        d = warp_sum(d);
+        if (lane == 0) sc[p] = __fmul_rn(d, scale);
+    }
+    __syncthreads();
+    float m = NEG_INF;
+    for (int p = threadIdx.x; p < n; p += blockDim.x) m = fmaxf(m, sc[p]);
+    m = block_max(m, red);
+    float sum = 0.0f;
+    for (int p = threadIdx.x; p < n; p += blockDim.x) {
+        const float e = expf(__fsub_rn(sc[p], m));
+        sc[p] = e;
+        sum += e;
+    }
+    sum = block_sum(sum, red);  // its barriers also publish the sc[] writes
+    const float inv = __fdiv_rn(1.0f, sum);
+
+    float acc[MAX_HD / 32];
+#pragma unroll
+    for (int j = 0; j < MAX_HD / 32; ++j) acc[j] = 0.0f;
+    for (int p = warp; p < n; p += nw) {
+        const float wgt = __fmul_rn(sc[p], inv);
+        const u32* vr = (const u32*)(vc + (size_t)p * kvd + (size_t)kvh * hd);
+#pragma unroll
+        for (int j = 0; j < MAX_HD / 64; ++j) {
+            const int e = lane + 32 * j;
+            if (2 * e < hd) {
+                const u32 pair = __ldg(vr + e);
+                acc[2 * j] = fmaf(wgt, h2f((u16)(pair & 0xffffu)), acc[2 * j]);
+                acc[2 * j + 1] = fmaf(wgt, h2f((u16)(pair >> 16)), acc[2 * j + 1]);
+            }
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < MAX_HD / 64; ++j) {
+        const int e = lane + 32 * j;
+        if (2 * e < hd) {
+            part[warp * hd + 2 * e] = acc[2 * j];
+            part[warp * hd + 2 * e + 1] = acc[2 * j + 1];
+        }
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < hd; i += blockDim.x) {
+        float o = 0.0f;
+        for (int w = 0; w < nw; ++w) o += part[w * hd + i];
+        out[(size_t)t * nh * hd + (size_t)h * hd + i] = o;
+    }
+}
+
+// ggml's quantize_row_q8_0 on one row of `cols` floats (as dense_q8::quantize_activations):
+// per 32 values amax, d = f16(amax / 127), q = round_half_even(x * (127 / amax)). One warp per
+// block of 32.
+extern "C" __global__ void quantize_q8_0(const float* __restrict__ x, int cols,
+                                         i8* __restrict__ q, float* __restrict__ d) {
+    const int lane = threadIdx.x & 31;
+    const int b = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (b * 32 >= cols) return;
+    const float v = x[b * 32 + lane];
+    const float amax = warp_max(fabsf(v));
+    const float id = amax != 0.0f ? __fdiv_rn(127.0f, amax) : 0.0f;
+    q[b * 32 + lane] = (i8)(int)rintf(__fmul_rn(v, id));
+    if (lane == 0) d[b] = h2f(f2h(__fdiv_rn(amax, 127.0f)));
+}
+
+// logits[r] = dot(Q8_0 row r, the Q8_0-quantized x): per block the exact integer dot times
+// d_w * d_x, summed in f32 (ggml_vec_dot_q8_0_q8_0). One warp per row, a block per lane.
+extern "C" __global__ void head_q8_0(const unsigned char* __restrict__ w, int rows, int cols,
+                                     const i8* __restrict__ q, const float* __restrict__ d,
+                                     float* __restrict__ out) {
+    const int lane = threadIdx.x & 31;
+    const int r = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (r >= rows) return;
+    const int nb = cols >> 5;
+    // Blocks are 34 bytes: 2-byte aligned, so the int8 quads are put together from u16 loads.
+    const u16* row = (const u16*)(w + (size_t)r * nb * 34);
+    float acc = 0.0f;
+    for (int b = lane; b < nb; b += 32) {
+        const u16* blk = row + b * 17;
+        const float dw = h2f(__ldg(blk));
+        const int* qx = (const int*)(q + b * 32);
+        int s = 0;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+            const int wq = (int)((u32)__ldg(blk + 1 + 2 * i) | ((u32)__ldg(blk + 2 + 2 * i) << 16));
+            s = __dp4a(wq, qx[i], s);
+        }
+        acc = fmaf(__fmul_rn(dw, d[b]), (float)s, acc);
+    }
+    acc = warp_sum(acc);
+    if (lane == 0) out[r] = acc;
+}
+
+// logits[r] = dot(row r, x) for F32 / F16 / BF16 rows, f32 accumulation. One warp per row;
+// F16 rows whose width is a multiple of 8 are read 16 bytes per lane.
+extern "C" __global__ void head_dense(const unsigned char* __restrict__ w, int ty, int rows,
+                                      int cols, const float* __restrict__ x,
+                                      float* __restrict__ out) {
+    const int lane = threadIdx.x & 31;
+    const int r = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (r >= rows) return;
+    const size_t row_bytes = (size_t)cols * (ty == TY_F32 ? 4 : 2);
+    const unsigned char* row = w + (size_t)r * row_bytes;
+    float acc = 0.0f;
+    int k0 = 0;
+    if (ty == TY_F16 && (cols & 7) == 0) {
+        const uint4* rv = (const uint4*)row;
+        for (int c = lane; c < (cols >> 3); c += 32) {
+            const uint4 v = __ldg(rv + c);
+            const u32 words[4] = {v.x, v.y, v.z, v.w};
+            const float* xk = x + c * 8;
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                acc = fmaf(h2f((u16)(words[i] & 0xffffu)), xk[2 * i], acc);
+                acc = fmaf(h2f((u16)(words[i] >> 16)), xk[2 * i + 1], acc);
+            }
+        }
+        k0 = cols;
+    }
+    for (int k = k0 + lane; k < cols; k += 32) acc = fmaf(dense_elem(row, ty, k), x[k], acc);
+    acc = warp_sum(acc);
+    if (lane == 0) out[r] = acc;
+}
+
+// (v, i) beats (bv, bi) if larger, or equal at a smaller index: the first index of the largest
+// value whatever the reduction order; NaN never wins (sampler::argmax).
+__device__ __forceinline__ bool beats(float v, int i, float bv, int bi) {
+    return v > bv || (v == bv && i < bi);
+}
+
+// Block-wide first max of (value, index) pairs over 1024-thread shared arrays.
+__device__ void block_argmax(float* bv_s, int* bi_s, float bv, int bi) {
+    bv_s[threadIdx.x] = bv;
+    bi_s[threadIdx.x] = bi;
+    __syncthreads();
+    for (int s = blockDim.x >> 1; s > 0; s >>= 1) {
+        if (threadIdx.x < s && beats(bv_s[threadIdx.x + s], bi_s[threadIdx.x + s], bv_s[threadIdx.x], bi_s[threadIdx.x])) {
+            bv_s[threadIdx.x] = bv_s[threadIdx.x + s];
+            bi_s[threadIdx.x] = bi_s[threadIdx.x + s];
+        }
+        __syncthreads();
+    }
+}
+
+// Greedy choice, stage 1: the first max of each block's strided share of the logits, to
+// pv/pi[blockIdx.x]. Many blocks: one block over a 128K vocabulary took 50 us.
+extern "C" __global__ void argmax_partial(const float* __restrict__ logits, int n,
+                                          float* __restrict__ pv, int* __restrict__ pi) {
+    __shared__ float bv_s[1024];
+    __shared__ int bi_s[1024];
+    float bv = NEG_INF;
+    int bi = 0x7fffffff;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+        const float v = logits[i];
+        if (beats(v, i, bv, bi)) {
+            bv = v;
+            bi = i;
+        }
+    }
+    block_argmax(bv_s, bi_s, bv, bi);
+    if (threadIdx.x == 0) {
+        pv[blockIdx.x] = bv_s[0];
+        pi[blockIdx.x] = bi_s[0];
+    }
+}
+
+// Stage 2 (one block): the first max of the `parts` partial results, to id[0] and tokens[0];
+// pos0[0] advances by `advance` (the tokens just run), so the next decode step reads its token
+// and position from device memory. All logits NaN gives 0, as on the CPU.
+extern "C" __global__ void argmax_advance(const float* __restrict__ pv, const int* __restrict__ pi,
+                                          int parts, u32* __restrict__ id, u32* __restrict__ tokens,
+                                          int* __restrict__ pos0, int advance) {
+    __shared__ float bv_s[1024];
+    __shared__ int bi_s[1024];
+    float bv = NEG_INF;
+    int bi = 0x7fffffff;
+    for (int i = threadIdx.x; i < parts; i += blockDim.x) {
+        if (beats(pv[i], pi[i], bv, bi)) {
+            bv = pv[i];
+            bi = pi[i];
+        }
+    }
+    block_argmax(bv_s, bi_s, bv, bi);
+    if (threadIdx.x == 0) {
+        const u32 r = bi_s[0] == 0x7fffffff ? 0u : (u32)bi_s[0];
+        id[0] = r;
+        tokens[0] = r;
+        pos0[0] += advance;
+    }
+}

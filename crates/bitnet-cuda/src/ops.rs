@@ -1,0 +1,532 @@
+//! The non-ternary ops of the forward pass as GPU kernels (`kernels/forward.cu`): each one a
+//! method of [`Gpu`] on device buffers, used by [`crate::GpuSession`] and tested one by one
+//! against the CPU code in `tests/cuda_forward.rs`.
+
+use crate::compile::FORWARD;
+use crate::device::Gpu;
+use crate::error::{CudaError, Result};
+use crate::ternary::GpuActivations;
+use bitnet_kernels::{DenseMatrix, DenseType};
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
+
+/// A null device pointer for the kernels' optional outputs.
+const NULL: u64 = 0;
+/// Threads of a norm block (one block per token): as many as can be, since a decode step's
+/// norm is one block whose memory latency is split over them.
+const NORM_THREADS: u32 = 1024;
+/// Norm rows live in shared memory; beyond the 48 KiB a block gets by default the kernel is
+/// given more, up to this.
+const MAX_NORM_SMEM: usize = 200 * 1024;
+/// Threads of an attention block (one block per query head and token).
+pub(crate) const ATTN_THREADS: u32 = 256;
+/// Head rows per block (a warp each).
+const HEAD_WARPS: u32 = 8;
+/// The largest head dimension the attention kernel handles (`MAX_HD` in forward.cu).
+pub const MAX_HEAD_DIM: usize = 256;
+
+fn cfg(grid: (u32, u32), block: u32, smem: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (grid.0, grid.1, 1),
+        block_dim: (block, 1, 1),
+        shared_mem_bytes: smem,
+    }
+}
+
+fn shape(msg: String) -> CudaError {
+    CudaError::Shape(msg)
+}
+
+fn i32_of(v: usize, what: &str) -> Result<i32> {
+    i32::try_from(v).map_err(|_| shape(format!("{what} {v} exceeds i32")))
+}
+
+/// A dense matrix (token embedding, LM head) resident on the GPU in its file type.
+pub struct GpuDense {
+    rows: usize,
+    cols: usize,
+    ty: DenseType,
+    row_bytes: usize,
+    data: CudaSlice<u8>,
+}
+
+impl GpuDense {
+    /// `what` names the tensor in the error for a type the GPU kernels do not read.
+    pub fn upload(gpu: &Gpu, m: &DenseMatrix, what: &str) -> Result<Self> {
+        let row_bytes = match m.ty() {
+            DenseType::F32 | DenseType::F16 | DenseType::BF16 | DenseType::Q8_0 => m
+                .ty()
+                .row_bytes(m.cols())
+                .ok_or_else(|| shape(format!("{what}: {} columns of {:?}", m.cols(), m.ty())))?,
+            other => {
+                return Err(CudaError::Unsupported(format!(
+                    "{what} of type {other:?} (the GPU reads F32, F16, BF16 and Q8_0 dense \
+                     tensors; convert with `bitnet convert --embed q8_0` or `--embed f16`)"
+                )))
+            }
+        };
+        i32_of(m.rows(), "dense rows")?;
+        i32_of(m.cols(), "dense columns")?;
+        Ok(GpuDense {
+            rows: m.rows(),
+            cols: m.cols(),
+            ty: m.ty(),
+            row_bytes,
+            data: gpu.stream.clone_htod(m.data().as_bytes())?,
+        })
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    pub fn ty(&self) -> DenseType {
+        self.ty
+    }
+
+    pub fn nbytes(&self) -> usize {
+        self.data.len()
+    }
+
+    /// The type code of forward.cu (`TY_*`).
+    fn code(&self) -> i32 {
+        match self.ty {
+            DenseType::F32 => 0,
+            DenseType::F16 => 1,
+            DenseType::BF16 => 2,
+            _ => 3,
+        }
+    }
+}
+
+/// What a norm normalizes: the row itself, or the gated FFN activation of a row holding the
+/// gate outputs then the up outputs (`intermediate_size` each).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NormInput {
+    Plain,
+    /// `relu(gate)^2 * up` (BitNet b1.58).
+    Relu2Gate,
+    /// `silu(gate) * up`.
+    SiluGate,
+}
+
+impl NormInput {
+    fn mode(self) -> i32 {
+        match self {
+            NormInput::Plain => 0,
+            NormInput::Relu2Gate => 1,
+            NormInput::SiluGate => 2,
+        }
+    }
+
+    /// Input floats per row for `cols` outputs.
+    fn width(self, cols: usize) -> usize {
+        match self {
+            NormInput::Plain => cols,
+            _ => 2 * cols,
+        }
+    }
+}
+
+/// Attention shapes: query heads, key/value heads, head dimension.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttnDims {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl AttnDims {
+    fn check(&self) -> Result<()> {
+        if self.heads == 0
+            || self.kv_heads == 0
+            || !self.heads.is_multiple_of(self.kv_heads)
+            || self.head_dim == 0
+            || !self.head_dim.is_multiple_of(2)
+            || self.head_dim > MAX_HEAD_DIM
+        {
+            return Err(CudaError::Unsupported(format!(
+                "attention with {} heads, {} KV heads of dimension {} (the GPU kernel needs \
+                 heads a multiple of KV heads and an even head dimension up to {MAX_HEAD_DIM})",
+                self.heads, self.kv_heads, self.head_dim
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn q_dim(&self) -> usize {
+        self.heads * self.head_dim
+    }
+
+    pub fn kv_dim(&self) -> usize {
+        self.kv_heads * self.head_dim
+    }
+
+    /// Floats per token of the stacked q | k | v output.
+    pub fn qkv_dim(&self) -> usize {
+        self.q_dim() + 2 * self.kv_dim()
+    }
+
+    /// Dynamic shared memory of the attention kernel for a cache of `ctx` positions.
+    pub(crate) fn attn_smem(&self, ctx: usize) -> usize {
+        4 * (self.head_dim + ctx + (ATTN_THREADS as usize / 32) * self.head_dim)
+    }
+}
+
+impl Gpu {
+    /// `x[t] = table row tokens[t]` for `tokens.len()` tokens, exactly as
+    /// `DenseMatrix::row_f32`. The ids must be below `table.rows()` (the caller checks them:
+    /// the kernel cannot report an error).
+    pub fn embed(
+        &self,
+        table: &GpuDense,
+        tokens: &CudaView<'_, u32>,
+        x: &mut CudaViewMut<'_, f32>,
+    ) -> Result<()> {
+        let n = tokens.len();
+        if x.len() < n * table.cols {
+            return Err(shape(format!(
+                "embed: {} floats for {n} rows of {}",
+                x.len(),
+                table.cols
+            )));
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let f = self.kernels.function(FORWARD, "embed_rows")?;
+        let (ty, row_bytes, cols) = (table.code(), table.row_bytes as i64, table.cols as i32);
+        let mut l = self.stream.launch_builder(&f);
+        l.arg(&table.data)
+            .arg(&ty)
+            .arg(&row_bytes)
+            .arg(&cols)
+            .arg(tokens)
+            .arg(x);
+        // SAFETY: arguments match the kernel; n rows of `cols` floats fit in x (checked).
+        unsafe { l.launch(cfg((n as u32, 1), 256, 0)) }?;
+        Ok(())
+    }
+
+    /// Per token: `y = w * (v * r)` with `r = 1 / sqrt(mean(v^2) + eps)` (`ops::rms_norm`) over
+    /// the row's input `v` (see [`NormInput`]; rows `in_stride` floats apart, `w.len()`
+    /// outputs), written to `y` if given and quantized to int8 into `a` if given (exactly as
+    /// `QuantizedActivations::quantize` of that `y`; the sum of squares is summed in another
+    /// order than on the CPU, so `y` agrees to float rounding).
+    #[allow(clippy::too_many_arguments)]
+    pub fn norm_quantize(
+        &self,
+        x: &CudaView<'_, f32>,
+        tokens: usize,
+        in_stride: usize,
+        input: NormInput,
+        w: &CudaSlice<f32>,
+        eps: f32,
+        y: Option<&mut CudaViewMut<'_, f32>>,
+        a: Option<&mut GpuActivations>,
+    ) -> Result<()> {
+        let cols = w.len();
+        let need = tokens.saturating_sub(1) * in_stride + input.width(cols);
+        if in_stride < input.width(cols) || (tokens > 0 && x.len() < need) {
+            return Err(shape(format!(
+                "norm: {} floats for {tokens} rows of stride {in_stride}, {cols} columns",
+                x.len()
+            )));
+        }
+        if y.as_ref().is_some_and(|y| y.len() < tokens * cols) {
+            return Err(shape(format!(
+                "norm: output too small for {tokens} x {cols}"
+            )));
+        }
+        if let Some(a) = a.as_ref() {
+            if a.cols != cols || a.tokens != tokens {
+                return Err(shape(format!(
+                    "norm: {} x {} activations for {tokens} x {cols}",
+                    a.tokens, a.cols
+                )));
+            }
+        }
+        if tokens == 0 {
+            return Ok(());
+        }
+        let smem = 4 * cols;
+        if smem > MAX_NORM_SMEM {
+            return Err(CudaError::Unsupported(format!(
+                "a norm over {cols} values (the kernel keeps a row in {} KiB of shared memory)",
+                MAX_NORM_SMEM / 1024
+            )));
+        }
+        let f = self.kernels.function(FORWARD, "norm_quant")?;
+        if smem > 48 * 1024 {
+            f.set_attribute(
+                cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                smem as i32,
+            )?;
+        }
+        let (in_stride, cols_i, mode) = (i32_of(in_stride, "stride")?, cols as i32, input.mode());
+        let qstride = a.as_ref().map_or(0, |a| a.stride as i32);
+        let mut l = self.stream.launch_builder(&f);
+        l.arg(x)
+            .arg(&in_stride)
+            .arg(&cols_i)
+            .arg(&mode)
+            .arg(w)
+            .arg(&eps);
+        match y {
+            Some(y) => l.arg(y),
+            None => l.arg(&NULL),
+        };
+        match a {
+            Some(a) => l
+                .arg(&mut a.q)
+                .arg(&qstride)
+                .arg(&mut a.scales)
+                .arg(&mut a.sums),
+            None => l.arg(&NULL).arg(&qstride).arg(&NULL).arg(&NULL),
+        };
+        // SAFETY: arguments match the kernel; every buffer holds `tokens` rows (checked); the
+        // shared memory holds a row.
+        unsafe { l.launch(cfg((tokens as u32, 1), NORM_THREADS, smem as u32)) }?;
+        Ok(())
+    }
+
+    /// RoPE at positions `pos0[0] + t` on the q and k heads of `tokens` rows of stacked
+    /// q | k | v (`dims.qkv_dim()` floats each): q rotated in place, k rotated and v copied
+    /// into the f16 caches (`[position][kv_dim]`, as f16 bits). The positions must be inside
+    /// the caches (the caller checks: the kernel cannot report an error).
+    #[allow(clippy::too_many_arguments)]
+    pub fn rope_kv(
+        &self,
+        qkv: &mut CudaViewMut<'_, f32>,
+        tokens: usize,
+        dims: AttnDims,
+        inv_freq: &CudaSlice<f32>,
+        pos0: &CudaSlice<i32>,
+        k_cache: &mut CudaSlice<u16>,
+        v_cache: &mut CudaSlice<u16>,
+    ) -> Result<()> {
+        dims.check()?;
+        if qkv.len() < tokens * dims.qkv_dim() || inv_freq.len() < dims.head_dim / 2 {
+            return Err(shape(format!(
+                "rope: {} floats for {tokens} x {}",
+                qkv.len(),
+                dims.qkv_dim()
+            )));
+        }
+        if tokens == 0 {
+            return Ok(());
+        }
+        let f = self.kernels.function(FORWARD, "rope_kv")?;
+        let (nh, nkv, hd) = (
+            dims.heads as i32,
+            dims.kv_heads as i32,
+            dims.head_dim as i32,
+        );
+        let threads = (dims.head_dim as u32 / 2).div_ceil(32) * 32;
+        let mut l = self.stream.launch_builder(&f);
+        l.arg(qkv)
+            .arg(&nh)
+            .arg(&nkv)
+            .arg(&hd)
+            .arg(inv_freq)
+            .arg(pos0)
+            .arg(k_cache)
+            .arg(v_cache);
+        let grid = (tokens as u32, (dims.heads + dims.kv_heads) as u32);
+        // SAFETY: arguments match the kernel; buffer sizes checked above and by the caller.
+        unsafe { l.launch(cfg(grid, threads, 0)) }?;
+        Ok(())
+    }
+
+    /// Causal attention of `tokens` query rows (the q part of stacked q | k | v rows) over the
+    /// f16 caches, token t seeing positions `0..=pos0[0] + t`; `out` is `[token][q_dim]`.
+    /// `ctx` is the caches' length in positions.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention(
+        &self,
+        qkv: &CudaView<'_, f32>,
+        tokens: usize,
+        dims: AttnDims,
+        ctx: usize,
+        pos0: &CudaSlice<i32>,
+        k_cache: &CudaSlice<u16>,
+        v_cache: &CudaSlice<u16>,
+        out: &mut CudaViewMut<'_, f32>,
+    ) -> Result<()> {
+        dims.check()?;
+        if qkv.len() < tokens * dims.qkv_dim()
+            || out.len() < tokens * dims.q_dim()
+            || k_cache.len() < ctx * dims.kv_dim()
+            || v_cache.len() < ctx * dims.kv_dim()
+        {
+            return Err(shape(format!(
+                "attention: buffers too small for {tokens} tokens, {ctx} positions"
+            )));
+        }
+        if tokens == 0 {
+            return Ok(());
+        }
+        let smem = dims.attn_smem(ctx);
+        if smem > MAX_ATTN_SMEM {
+            return Err(CudaError::Unsupported(format!(
+                "a context of {ctx} positions (this attention kernel keeps a head's scores in \
+                 shared memory: {} KiB of at most {} KiB)",
+                smem / 1024,
+                MAX_ATTN_SMEM / 1024
+            )));
+        }
+        let f = self.kernels.function(FORWARD, "attention")?;
+        if smem > 48 * 1024 {
+            f.set_attribute(
+                cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                smem as i32,
+            )?;
+        }
+        let stride = dims.qkv_dim() as i32;
+        let (nh, nkv, hd, ctx_i) = (
+            dims.heads as i32,
+            dims.kv_heads as i32,
+            dims.head_dim as i32,
+            i32_of(ctx, "context")?,
+        );
+        let scale = 1.0 / (dims.head_dim as f32).sqrt();
+        let mut l = self.stream.launch_builder(&f);
+        l.arg(qkv)
+            .arg(&stride)
+            .arg(&nh)
+            .arg(&nkv)
+            .arg(&hd)
+            .arg(&ctx_i)
+            .arg(pos0)
+            .arg(k_cache)
+            .arg(v_cache)
+            .arg(&scale)
+            .arg(out);
+        let grid = (dims.heads as u32, tokens as u32);
+        // SAFETY: arguments match the kernel; shared memory holds q, ctx scores and the warps'
+        // partial outputs; buffers checked above; positions checked by the caller.
+        unsafe { l.launch(cfg(grid, ATTN_THREADS, smem as u32)) }?;
+        Ok(())
+    }
+
+    /// `logits[r] = dot(head row r, x)` for one token: F32/F16/BF16 rows dotted in f32, Q8_0
+    /// rows against `x` quantized to Q8_0 (into `q8`, `d8`: `cols` and `cols / 32` values) as
+    /// the CPU's `DenseMatrix::matmul` does. Sums run in another order than on the CPU.
+    pub fn head(
+        &self,
+        m: &GpuDense,
+        x: &CudaView<'_, f32>,
+        q8: &mut CudaSlice<i8>,
+        d8: &mut CudaSlice<f32>,
+        logits: &mut CudaViewMut<'_, f32>,
+    ) -> Result<()> {
+        if x.len() < m.cols || logits.len() < m.rows {
+            return Err(shape(format!(
+                "head: {} inputs, {} outputs for {} x {}",
+                x.len(),
+                logits.len(),
+                m.rows,
+                m.cols
+            )));
+        }
+        let (rows, cols) = (m.rows as i32, m.cols as i32);
+        let grid = ((m.rows as u32).div_ceil(HEAD_WARPS), 1);
+        if m.ty == DenseType::Q8_0 {
+            if q8.len() < m.cols || d8.len() < m.cols / 32 {
+                return Err(shape("head: Q8_0 scratch too small".into()));
+            }
+            let f = self.kernels.function(FORWARD, "quantize_q8_0")?;
+            let mut l = self.stream.launch_builder(&f);
+            l.arg(x).arg(&cols).arg(&mut *q8).arg(&mut *d8);
+            let blocks = (m.cols as u32 / 32).div_ceil(8);
+            // SAFETY: arguments match; cols values of x, q8, cols / 32 of d8 (checked).
+            unsafe { l.launch(cfg((blocks, 1), 256, 0)) }?;
+            let f = self.kernels.function(FORWARD, "head_q8_0")?;
+            let mut l = self.stream.launch_builder(&f);
+            l.arg(&m.data)
+                .arg(&rows)
+                .arg(&cols)
+                .arg(&*q8)
+                .arg(&*d8)
+                .arg(logits);
+            // SAFETY: arguments match; a warp per row inside `rows` (checked).
+            unsafe { l.launch(cfg(grid, 32 * HEAD_WARPS, 0)) }?;
+        } else {
+            let f = self.kernels.function(FORWARD, "head_dense")?;
+            let ty = m.code();
+            let mut l = self.stream.launch_builder(&f);
+            l.arg(&m.data)
+                .arg(&ty)
+                .arg(&rows)
+                .arg(&cols)
+                .arg(x)
+                .arg(logits);
+            // SAFETY: as above.
+            unsafe { l.launch(cfg(grid, 32 * HEAD_WARPS, 0)) }?;
+        }
+        Ok(())
+    }
+
+    /// The first index of the largest of `logits` (as `bitnet_inference::argmax`) into
+    /// `id[0]` and `tokens[0]`, and `pos0[0] += advance`: what the next decode step reads.
+    /// `scratch` holds the per-block partial results.
+    pub fn argmax_advance(
+        &self,
+        logits: &CudaView<'_, f32>,
+        scratch: &mut ArgmaxScratch,
+        id: &mut CudaSlice<u32>,
+        tokens: &mut CudaSlice<u32>,
+        pos0: &mut CudaSlice<i32>,
+        advance: i32,
+    ) -> Result<()> {
+        if id.is_empty() || tokens.is_empty() || pos0.is_empty() || logits.is_empty() {
+            return Err(shape("argmax: empty buffer".into()));
+        }
+        let n = i32_of(logits.len(), "logits")?;
+        let f = self.kernels.function(FORWARD, "argmax_partial")?;
+        let mut l = self.stream.launch_builder(&f);
+        l.arg(logits)
+            .arg(&n)
+            .arg(&mut scratch.v)
+            .arg(&mut scratch.i);
+        // SAFETY: arguments match; ARGMAX_BLOCKS partials of 1024 threads each.
+        unsafe { l.launch(cfg((ARGMAX_BLOCKS as u32, 1), 1024, 0)) }?;
+        let f = self.kernels.function(FORWARD, "argmax_advance")?;
+        let parts = ARGMAX_BLOCKS as i32;
+        let mut l = self.stream.launch_builder(&f);
+        l.arg(&scratch.v)
+            .arg(&scratch.i)
+            .arg(&parts)
+            .arg(id)
+            .arg(tokens)
+            .arg(pos0)
+            .arg(&advance);
+        // SAFETY: arguments match; one block of 1024 threads (the kernel's shared arrays).
+        unsafe { l.launch(cfg((1, 1), 1024, 0)) }?;
+        Ok(())
+    }
+}
+
+/// Blocks of the first argmax stage.
+const ARGMAX_BLOCKS: usize = 64;
+
+/// Device scratch of [`Gpu::argmax_advance`]: one partial result per block.
+pub struct ArgmaxScratch {
+    v: CudaSlice<f32>,
+    i: CudaSlice<i32>,
+}
+
+impl ArgmaxScratch {
+    pub fn new(gpu: &Gpu) -> Result<Self> {
+        Ok(ArgmaxScratch {
+            v: gpu.stream.alloc_zeros(ARGMAX_BLOCKS)?,
+            i: gpu.stream.alloc_zeros(ARGMAX_BLOCKS)?,
+        })
+    }
+}
+
+/// Shared memory one attention block may use (an H100/H200 allows 227 KiB).
+const MAX_ATTN_SMEM: usize = 200 * 1024;
