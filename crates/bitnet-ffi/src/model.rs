@@ -178,8 +178,10 @@ pub unsafe extern "C" fn bitnet_model_load(
         if out.is_null() {
             return Err(Error::null("out"));
         }
-        // SAFETY: per this function's contract.
+        // SAFETY: `path` is NULL or NUL-terminated (this function's contract).
         let path = unsafe { path_in(path, "path")? };
+        // SAFETY: `params` is NULL or readable, and its `tokenizer_dir` NULL or NUL-terminated
+        // (this function's contract).
         let opts = unsafe { engine_options(params, true)? };
         let engine = Engine::load(&path, &opts).map_err(|e| {
             // Parse errors describe the bytes, not the file: name it, once.
@@ -190,6 +192,7 @@ pub unsafe extern "C" fn bitnet_model_load(
             }
             err
         })?;
+        // SAFETY: `out` is NULL or writable (this function's contract).
         unsafe { write_out(out, register(engine), "out") }
     })
 }
@@ -219,8 +222,10 @@ pub unsafe extern "C" fn bitnet_model_load_from_buffer(
         if data.is_null() {
             return Err(Error::null("data"));
         }
-        // SAFETY: per this function's contract.
+        // SAFETY: `data` points to `len` readable bytes (this function's contract).
         let src = unsafe { slice_in(data, len, "data")? };
+        // SAFETY: `params` is NULL or readable (this function's contract); a `tokenizer_dir`
+        // is refused before it is read.
         let opts = unsafe { engine_options(params, false)? };
         let mut bytes = Vec::new();
         bytes.try_reserve_exact(src.len()).map_err(|_| {
@@ -231,6 +236,7 @@ pub unsafe extern "C" fn bitnet_model_load_from_buffer(
         })?;
         bytes.extend_from_slice(src);
         let engine = Engine::load_bytes(bytes, "<memory buffer>", &opts)?;
+        // SAFETY: `out` is NULL or writable (this function's contract).
         unsafe { write_out(out, register(engine), "out") }
     })
 }
@@ -332,6 +338,8 @@ pub unsafe extern "C" fn bitnet_tokenize(
         // SAFETY: per this function's contract.
         let text = unsafe { text_in(text, text_len, "text")? };
         let ids = m.engine.tokenizer().encode(text, add_bos)?;
+        // SAFETY: `tokens` holds `capacity` writable ids and `n_tokens` is NULL or writable
+        // (this function's contract).
         unsafe { copy_out(&ids, tokens, capacity, n_tokens, "tokens") }
     })
 }
@@ -365,6 +373,8 @@ pub unsafe extern "C" fn bitnet_detokenize(
         let ids = unsafe { slice_in(tokens, n, "tokens")? };
         check_ids(&m.engine, ids)?;
         let text = m.engine.tokenizer().decode(ids, skip_special)?;
+        // SAFETY: `buf` holds `capacity` writable bytes and `n_bytes` is NULL or writable (this
+        // function's contract).
         unsafe { copy_text_out(&text, buf, capacity, n_bytes, "buf") }
     })
 }
@@ -406,7 +416,10 @@ pub unsafe extern "C" fn bitnet_chat_apply_template(
         let raw = unsafe { slice_in(messages, n, "messages")? };
         let mut msgs = Vec::new();
         for (i, msg) in raw.iter().enumerate() {
+            // SAFETY: every message's strings are NULL or NUL-terminated (this function's
+            // contract).
             let role = unsafe { str_in(msg.role, &format!("messages[{i}].role"))? };
+            // SAFETY: as for `role`.
             let content = unsafe { str_in(msg.content, &format!("messages[{i}].content"))? };
             msgs.push(ChatMessage::new(role, content));
         }
@@ -414,6 +427,7 @@ pub unsafe extern "C" fn bitnet_chat_apply_template(
             .engine
             .tokenizer()
             .apply_chat_template(&msgs, add_generation_prompt)?;
+        // SAFETY: `buf` and `n_bytes` as for bitnet_detokenize (this function's contract).
         unsafe { copy_text_out(&text, buf, capacity, n_bytes, "buf") }
     })
 }

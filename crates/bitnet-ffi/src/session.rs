@@ -395,9 +395,12 @@ pub unsafe extern "C" fn bitnet_session_generate(
         };
         // SAFETY: per this function's contract.
         let prompt = unsafe { slice_in(prompt, n_prompt, "prompt")? };
+        // SAFETY: a non-NULL `params` has `stop` pointing to `n_stop` readable pointers (this
+        // function's contract); the defaults have none.
         let stop_ptrs = unsafe { slice_in(p.stop, p.n_stop, "stop")? };
         let mut stop = Vec::new();
         for (i, &s) in stop_ptrs.iter().enumerate() {
+            // SAFETY: each of them is NUL-terminated (this function's contract).
             stop.push(unsafe { str_in(s, &format!("stop[{i}]"))? }.to_string());
         }
         let opts = GenerateOptions {

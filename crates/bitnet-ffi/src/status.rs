@@ -224,9 +224,11 @@ mod tests {
     #[test]
     fn every_status_has_a_description() {
         for code in 0..=10 {
+            // SAFETY: bitnet_status_str returns a static NUL-terminated string, never NULL.
             let s = unsafe { CStr::from_ptr(bitnet_status_str(code)) };
             assert_ne!(s.to_bytes(), b"unknown status", "code {code}");
         }
+        // SAFETY: as above.
         let s = unsafe { CStr::from_ptr(bitnet_status_str(-7)) };
         assert_eq!(s.to_bytes(), b"unknown status");
     }

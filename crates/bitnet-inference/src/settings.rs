@@ -170,7 +170,10 @@ impl Settings {
 }
 
 /// Physical cores: hyper-threads share the core's memory bandwidth and SIMD units, and decode
-/// is bandwidth-bound, so extra logical threads only add synchronisation.
+/// is bandwidth-bound, so extra logical threads only add synchronisation. Not
+/// `num_cpus::get_physical`: no crate in the tree counts physical cores (num_cpus would be new
+/// for these 30 lines), and the count here is capped by `available_parallelism`, which honours
+/// the process's CPU affinity and cgroup quota.
 pub fn physical_cores() -> usize {
     let logical = std::thread::available_parallelism()
         .map(|n| n.get())

@@ -13,9 +13,11 @@ pub(crate) struct Avx2;
 /// [-2048, 2032]; 16 blocks stay within [-32768, 32512], so no wrap and the result is exact.
 const I16_BLOCKS: usize = 16;
 
+// Register-only helpers are safe `#[target_feature]` functions: callers with AVX2 enabled call
+// them without `unsafe`, and nothing else can.
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn hsum_i32(v: __m256i) -> i32 {
+fn hsum_i32(v: __m256i) -> i32 {
     let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
     let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
     let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
@@ -27,7 +29,7 @@ unsafe fn hsum_i32(v: __m256i) -> i32 {
 /// to stay bit-identical to their scalar twins.
 #[inline]
 #[target_feature(enable = "avx2")]
-pub(crate) unsafe fn hsum_ps(v: __m256) -> f32 {
+pub(crate) fn hsum_ps(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     let s = _mm_add_ss(s, _mm_movehdup_ps(s));
@@ -37,7 +39,7 @@ pub(crate) unsafe fn hsum_ps(v: __m256) -> f32 {
 /// Horizontal max of lanes that are known not to be NaN.
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn hmax_ps(v: __m256) -> f32 {
+fn hmax_ps(v: __m256) -> f32 {
     let s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
     let s = _mm_max_ps(s, _mm_movehl_ps(s, s));
     let s = _mm_max_ss(s, _mm_movehdup_ps(s));
@@ -47,6 +49,7 @@ unsafe fn hmax_ps(v: __m256) -> f32 {
 #[inline]
 #[target_feature(enable = "avx2")]
 unsafe fn loadu_si(p: *const i8) -> __m256i {
+    // SAFETY: the caller guarantees 32 readable bytes; `vmovdqu` has no alignment demand.
     unsafe { _mm256_loadu_si256(p as *const __m256i) }
 }
 
@@ -145,12 +148,16 @@ unsafe fn ternary_dot1(w: &[u8], q: &[i8]) -> i32 {
         let end = (b + 2 * I16_BLOCKS).min(nb);
         let (mut even, mut odd) = (_mm256_setzero_si256(), _mm256_setzero_si256());
         while b + 2 <= end {
-            even = _mm256_add_epi16(even, block_sum(wp, qp, b, mask));
-            odd = _mm256_add_epi16(odd, block_sum(wp, qp, b + 1, mask));
+            // SAFETY: b + 1 < end <= nb = w.len() / 32, and q holds nb * 128 values (this
+            // function's contract), so blocks b and b + 1 exist in both.
+            let (e, o) = unsafe { (block_sum(wp, qp, b, mask), block_sum(wp, qp, b + 1, mask)) };
+            even = _mm256_add_epi16(even, e);
+            odd = _mm256_add_epi16(odd, o);
             b += 2;
         }
         if b < end {
-            even = _mm256_add_epi16(even, block_sum(wp, qp, b, mask));
+            // SAFETY: b < end <= nb, as above.
+            even = _mm256_add_epi16(even, unsafe { block_sum(wp, qp, b, mask) });
             b += 1;
         }
         acc = _mm256_add_epi32(
@@ -217,12 +224,14 @@ unsafe fn ternary_dot_rows<const R: usize>(w: [&[u8]; R], q: &[i8]) -> [i32; R] 
 
 impl TernaryKernel for Avx2 {
     unsafe fn dot<const T: usize>(w: &[u8], q: [&[i8]; T]) -> [i32; T] {
-        // SAFETY (both): forwarded contract (AVX2 present, q long enough).
         if T == 1 {
             let mut out = [0i32; T];
+            // SAFETY: this method's contract is the kernel's: AVX2 present (the dispatcher
+            // checked it), q[0].len() >= w.len() * 4.
             out[0] = unsafe { ternary_dot1(w, q[0]) };
             out
         } else {
+            // SAFETY: as above, for every q[t].
             unsafe { ternary_dot::<T>(w, q) }
         }
     }
@@ -371,8 +380,9 @@ unsafe fn dense_dot<const T: usize, const TY: u8>(row: &[u8], x: [&[f32]; T]) ->
     let mut acc0 = [_mm256_setzero_ps(); T];
     let mut acc1 = [_mm256_setzero_ps(); T];
     let mut i = 0;
-    // SAFETY (loops): i + 16 (resp. 8) <= cols bounds every row and x access.
     while i + 16 <= cols {
+        // SAFETY: i + 16 <= cols = row.len() / es = x[t].len() (this function's contract)
+        // bounds every row and x access; a prefetch never faults, wherever it points.
         unsafe {
             // A row is read once per token (the LM head: 0.66 GB at F16 for 2B4T); fetching
             // ahead keeps the next lines in flight while this block is multiplied.
@@ -387,6 +397,7 @@ unsafe fn dense_dot<const T: usize, const TY: u8>(row: &[u8], x: [&[f32]; T]) ->
         i += 16;
     }
     if i + 8 <= cols {
+        // SAFETY: i + 8 <= cols, as above.
         unsafe {
             let w0 = load8::<TY>(rp.add(i * es));
             for t in 0..T {
@@ -428,9 +439,9 @@ unsafe fn dense_dot_pair<const T: usize, const TY: u8>(
     }
     let mut acc = [[_mm256_setzero_ps(); T]; 2];
     let mut i = 0;
-    // SAFETY (loop): i + 8 <= cols bounds every row and x access; prefetches may point past
-    // the rows (they never fault).
     while i + 8 <= cols {
+        // SAFETY: i + 8 <= cols = rows[r].len() / es = x[t].len() (this function's contract)
+        // bounds every row and x access; prefetches may point past the rows (they never fault).
         unsafe {
             if (i * es).is_multiple_of(64) {
                 _mm_prefetch::<_MM_HINT_T0>(r0.wrapping_add(i * es + pf) as *const i8);
@@ -469,8 +480,9 @@ unsafe fn dense_dot1<const TY: u8>(row: &[u8], x: &[f32]) -> f32 {
     let pf = crate::prefetch::DENSE_BYTES;
     let mut acc = [_mm256_setzero_ps(); 4];
     let mut i = 0;
-    // SAFETY (loops): i + 32 (resp. 8) <= cols bounds every row and x access.
     while i + 32 <= cols {
+        // SAFETY: i + 32 <= cols = row.len() / es = x.len() (this function's contract) bounds
+        // every row and x access; a prefetch never faults, wherever it points.
         unsafe {
             _mm_prefetch::<_MM_HINT_T0>(rp.wrapping_add(i * es + pf) as *const i8);
             if es == 4 {
@@ -485,6 +497,7 @@ unsafe fn dense_dot1<const TY: u8>(row: &[u8], x: &[f32]) -> f32 {
         i += 32;
     }
     while i + 8 <= cols {
+        // SAFETY: i + 8 <= cols, as above.
         unsafe {
             let w = load8::<TY>(rp.add(i * es));
             acc[0] = _mm256_fmadd_ps(w, _mm256_loadu_ps(xp.add(i)), acc[0]);
@@ -598,25 +611,25 @@ unsafe fn dot_by(
     tail_b: impl Fn(usize) -> f32,
 ) -> f32 {
     let ap = a.as_ptr();
-    let mut acc = [_mm256_setzero_ps(); 4];
+    // SAFETY: AVX2 + FMA are enabled in every caller (this function's contract; it has no
+    // `#[target_feature]` of its own so that it inlines into callers with F16C and without).
+    let mut acc = [unsafe { _mm256_setzero_ps() }; 4];
     let mut i = 0;
     while i + 32 <= n {
         for (j, acc) in acc.iter_mut().enumerate() {
-            // SAFETY: i + 32 <= n <= a.len() (the callers' bound).
-            *acc = _mm256_fmadd_ps(
-                unsafe { _mm256_loadu_ps(ap.add(i + 8 * j)) },
-                load_b(i + 8 * j),
-                *acc,
-            );
+            // SAFETY: i + 32 <= n <= a.len() (the contract), and AVX2 + FMA as above.
+            *acc = unsafe {
+                _mm256_fmadd_ps(_mm256_loadu_ps(ap.add(i + 8 * j)), load_b(i + 8 * j), *acc)
+            };
         }
         i += 32;
     }
     while i + 8 <= n {
-        // SAFETY: i + 8 <= n.
-        acc[0] = _mm256_fmadd_ps(unsafe { _mm256_loadu_ps(ap.add(i)) }, load_b(i), acc[0]);
+        // SAFETY: i + 8 <= n <= a.len(), and AVX2 + FMA as above.
+        acc[0] = unsafe { _mm256_fmadd_ps(_mm256_loadu_ps(ap.add(i)), load_b(i), acc[0]) };
         i += 8;
     }
-    // SAFETY: AVX is enabled in every caller.
+    // SAFETY: AVX2 is enabled in every caller.
     let mut s = unsafe {
         hsum_ps(_mm256_add_ps(
             _mm256_add_ps(acc[0], acc[1]),
@@ -666,11 +679,12 @@ unsafe fn axpy_by(
     load_x: impl Fn(usize) -> __m256,
     tail_x: impl Fn(usize) -> f32,
 ) {
-    let av = _mm256_set1_ps(alpha);
+    // SAFETY: AVX2 + FMA are enabled in every caller (this function's contract, as in dot_by).
+    let av = unsafe { _mm256_set1_ps(alpha) };
     let yp = y.as_mut_ptr();
     let mut i = 0;
     while i + 8 <= n {
-        // SAFETY: i + 8 <= n <= y.len() (the callers' bound).
+        // SAFETY: i + 8 <= n <= y.len() (the callers' bound); AVX2 + FMA as above.
         unsafe {
             _mm256_storeu_ps(
                 yp.add(i),

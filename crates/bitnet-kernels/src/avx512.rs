@@ -51,7 +51,7 @@ unsafe fn load_block(wp: *const u8, b: usize) -> __m512i {
 /// A zmm register with `lo` in the low 256 bits and `hi` in the high 256 bits.
 #[inline]
 #[target_feature(enable = "avx512f")]
-unsafe fn halves(lo: __m256i, hi: __m256i) -> __m512i {
+fn halves(lo: __m256i, hi: __m256i) -> __m512i {
     _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
 }
 

@@ -363,8 +363,9 @@ impl DenseMatrix {
         let mut t0 = 0;
         while t0 < tokens {
             let nt = (tokens - t0).min(TOKEN_TILE);
-            // SAFETY (both loops): ISA and lengths guaranteed by the caller; each (t, r) is
-            // written once.
+            // SAFETY: t0 + i < tokens and r < r1 <= rows, so the index is inside `out`
+            // (tokens * rows long, checked by matmul_with); rows r0..r1 are this task's alone
+            // and each (token, row) is written once.
             let put =
                 |r: usize, i: usize, v: f32| unsafe { out.write((t0 + i) * self.rows + r, v) };
             let mut r = r0;
@@ -379,6 +380,8 @@ impl DenseMatrix {
                         self.row(r + 2),
                         self.row(r + 3),
                     ];
+                    // SAFETY: the caller guarantees K's ISA; every row is row_bytes() =
+                    // ty.row_bytes(cols) long and every x[t] is cols long.
                     let v = unsafe { K::dot_quad::<4>(rows, self.ty, x, &mut buf) };
                     for (j, vj) in v.into_iter().enumerate() {
                         vj.into_iter()
@@ -389,6 +392,7 @@ impl DenseMatrix {
                 }
                 while r + 2 <= r1 {
                     let x = [xt(t0), xt(t0 + 1), xt(t0 + 2), xt(t0 + 3)];
+                    // SAFETY: as for dot_quad.
                     let v = unsafe {
                         K::dot_pair::<4>([self.row(r), self.row(r + 1)], self.ty, x, &mut buf)
                     };
@@ -402,6 +406,7 @@ impl DenseMatrix {
             }
             for r in r..r1 {
                 let row = self.row(r);
+                // SAFETY: as for dot_quad.
                 unsafe {
                     match nt {
                         4 => K::dot::<4>(

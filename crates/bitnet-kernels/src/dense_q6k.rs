@@ -223,8 +223,7 @@ mod avx2 {
         }
         let mut out = [0.0f32; T];
         for t in 0..T {
-            // SAFETY: AVX2 is enabled here.
-            out[t] = unsafe { crate::avx2::hsum_ps(acc[t]) };
+            out[t] = crate::avx2::hsum_ps(acc[t]);
         }
         out
     }

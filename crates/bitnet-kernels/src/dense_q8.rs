@@ -143,9 +143,9 @@ mod avx2 {
         // broadcasts them: no scalar f16 conversion on the accumulator's dependency chain.
         let mut dd = [[0.0f32; 8]; T];
         let mut b0 = 0;
-        // SAFETY (both parts): blocks b0..b0 + 8 (resp. ..nb) are in the row and in every
-        // q[t] / d[t].
         while b0 + 8 <= nb {
+            // SAFETY: b0 + 8 <= nb = row.len() / BLOCK_BYTES, so blocks b0..b0 + 8 are in the
+            // row, and in every q[t] / d[t] (this function's contract); prefetches never fault.
             unsafe {
                 // The head streams every row once per token: keep the lines
                 // `prefetch::DENSE_BYTES` ahead in flight (8 blocks = 272 bytes per iteration,
@@ -168,6 +168,7 @@ mod avx2 {
         }
         if b0 < nb {
             let n = nb - b0;
+            // SAFETY: blocks b0..nb are in the row and in every q[t] / d[t], as above.
             unsafe {
                 let mut h = [0u16; 8];
                 for (i, hi) in h.iter_mut().enumerate().take(n) {
@@ -187,8 +188,7 @@ mod avx2 {
         }
         let mut out = [0.0f32; T];
         for t in 0..T {
-            // SAFETY: AVX2 is enabled here.
-            out[t] = unsafe { crate::avx2::hsum_ps(acc[t]) };
+            out[t] = crate::avx2::hsum_ps(acc[t]);
         }
         out
     }

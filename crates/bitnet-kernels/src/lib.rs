@@ -295,7 +295,12 @@ pub const PAR_ROWS: usize = 16;
 /// tokens, so `par_chunks_mut` cannot express the split.
 #[derive(Clone, Copy)]
 pub(crate) struct SharedOut<T>(*mut T);
+// SAFETY: a SharedOut only writes `T`s into the slice it was made from (through the unsafe
+// methods, whose callers keep the tasks' elements disjoint); sending it sends those writes, which
+// `T: Send` allows.
 unsafe impl<T: Send> Send for SharedOut<T> {}
+// SAFETY: shared between tasks it is still only a pointer to write through; the disjointness that
+// the unsafe methods demand keeps two tasks off the same element.
 unsafe impl<T: Send> Sync for SharedOut<T> {}
 
 impl<T> SharedOut<T> {
@@ -308,6 +313,8 @@ impl<T> SharedOut<T> {
     /// element `i` during the call.
     #[inline(always)]
     pub(crate) unsafe fn write(self, i: usize, v: T) {
+        // SAFETY: in bounds of the original slice and not accessed by another task (this
+        // function's contract).
         unsafe { self.0.add(i).write(v) }
     }
 
@@ -316,6 +323,8 @@ impl<T> SharedOut<T> {
     /// task may access it while the returned slice lives.
     #[allow(clippy::mut_from_ref)]
     pub(crate) unsafe fn slice_mut<'a>(&self, start: usize, len: usize) -> &'a mut [T] {
+        // SAFETY: in bounds of the original slice and not aliased while it lives (this
+        // function's contract).
         unsafe { std::slice::from_raw_parts_mut(self.0.add(start), len) }
     }
 }

@@ -202,10 +202,12 @@ unsafe fn ternary_sdot<const T: usize, const ACC: usize>(w: &[u8], q: [&[i8]; T]
 
 impl TernaryKernel for Neon {
     unsafe fn dot<const T: usize>(w: &[u8], q: [&[i8]; T]) -> [i32; T] {
-        // SAFETY (both): forwarded contract (NEON present, q long enough).
         if T == 1 {
+            // SAFETY: this method's contract is the kernel's: NEON present (the dispatcher
+            // checked it), every q[t].len() >= w.len() * 4.
             unsafe { ternary_dot::<T, 4>(w, q) }
         } else {
+            // SAFETY: as above.
             unsafe { ternary_dot::<T, 2>(w, q) }
         }
     }
@@ -213,10 +215,12 @@ impl TernaryKernel for Neon {
 
 impl TernaryKernel for NeonDot {
     unsafe fn dot<const T: usize>(w: &[u8], q: [&[i8]; T]) -> [i32; T] {
-        // SAFETY (both): forwarded contract (NEON + dot product present, q long enough).
         if T == 1 {
+            // SAFETY: this method's contract is the kernel's: NEON + dot product present (the
+            // dispatcher checked both), every q[t].len() >= w.len() * 4.
             unsafe { ternary_sdot::<T, 4>(w, q) }
         } else {
+            // SAFETY: as above.
             unsafe { ternary_sdot::<T, 2>(w, q) }
         }
     }
@@ -356,8 +360,9 @@ unsafe fn dense_dot<const T: usize, const TY: u8>(row: &[u8], x: [&[f32]; T]) ->
     }
     let mut acc = [[vdupq_n_f32(0.0); 4]; T];
     let mut i = 0;
-    // SAFETY (loops): i + 16 (resp. 8) <= cols bounds every row and x access.
     while i + 16 <= cols {
+        // SAFETY: i + 16 <= cols = row.len() / es = x[t].len() (the callers' contract, checked
+        // by DenseMatrix) bounds every row and x access.
         unsafe {
             let [w0, w1] = load8::<TY>(rp.add(i * es));
             let [w2, w3] = load8::<TY>(rp.add((i + 8) * es));
@@ -370,6 +375,7 @@ unsafe fn dense_dot<const T: usize, const TY: u8>(row: &[u8], x: [&[f32]; T]) ->
         i += 16;
     }
     if i + 8 <= cols {
+        // SAFETY: i + 8 <= cols, as above.
         unsafe {
             let [w0, w1] = load8::<TY>(rp.add(i * es));
             for t in 0..T {
@@ -462,13 +468,18 @@ impl DenseKernel for Neon {
 #[inline(always)]
 unsafe fn q8_lanes<const DOT: bool>(w: [int8x16_t; 2], x: [int8x16_t; 2]) -> [int32x4_t; 2] {
     if DOT {
-        let z = vdupq_n_s32(0);
-        // SAFETY: register-only; only q8_sdot, which has the dot-product extension, passes DOT.
-        unsafe { [sdot(z, w[0], x[0]), sdot(z, w[1], x[1])] }
+        // SAFETY: register-only; NEON is this function's contract (as an `inline(always)` body it
+        // has no target feature of its own), and only q8_sdot, which has the dot-product
+        // extension, passes DOT.
+        unsafe {
+            let z = vdupq_n_s32(0);
+            [sdot(z, w[0], x[0]), sdot(z, w[1], x[1])]
+        }
     } else {
         // smull gives exact i16 products (|-128 * -128| fits); saddlp widens them into pair
         // sums [p0+p1, p2+p3, ..] and addp adds neighbouring pairs, so lane l = p4l + .. + p4l+3.
-        let lanes = |w: int8x16_t, x: int8x16_t| {
+        // SAFETY: register-only NEON instructions; NEON is this function's contract.
+        let lanes = |w: int8x16_t, x: int8x16_t| unsafe {
             let lo = vpaddlq_s16(vmull_s8(vget_low_s8(w), vget_low_s8(x)));
             let hi = vpaddlq_s16(vmull_high_s8(w, x));
             vpaddq_s32(lo, hi)
@@ -495,7 +506,8 @@ unsafe fn q8_dot_body<const T: usize, const DOT: bool>(
         debug_assert!(q[t].len() >= nb * QK && d[t].len() >= nb);
     }
     let rp = row.as_ptr();
-    let mut acc = [[vdupq_n_f32(0.0); 2]; T];
+    // SAFETY: NEON is this function's contract (it has no target feature of its own).
+    let mut acc = [[unsafe { vdupq_n_f32(0.0) }; 2]; T];
     for b in 0..nb {
         // SAFETY: the caller guarantees the CPU features and that block b is in the row and in
         // every q[t] / d[t].
@@ -520,8 +532,11 @@ unsafe fn q8_dot_body<const T: usize, const DOT: bool>(
     let mut out = [0.0f32; T];
     for t in 0..T {
         // [a0+a4, a1+a5, a2+a6, a3+a7] -> [(a0+a4)+(a2+a6), (a1+a5)+(a3+a7)] -> their sum.
-        let v = vaddq_f32(acc[t][0], acc[t][1]);
-        out[t] = vaddv_f32(vadd_f32(vget_low_f32(v), vget_high_f32(v)));
+        // SAFETY: register-only NEON instructions; NEON is this function's contract.
+        out[t] = unsafe {
+            let v = vaddq_f32(acc[t][0], acc[t][1]);
+            vaddv_f32(vadd_f32(vget_low_f32(v), vget_high_f32(v)))
+        };
     }
     out
 }
@@ -560,13 +575,17 @@ pub(crate) unsafe fn q8_sdot<const T: usize>(
 #[inline(always)]
 unsafe fn q6k_lanes4<const DOT: bool>(w: int8x16_t, x: int8x16_t) -> int32x4_t {
     if DOT {
-        // SAFETY: register-only; only q6k_sdot, which has the dot-product extension, passes DOT.
+        // SAFETY: register-only; NEON is this function's contract, and only q6k_sdot, which has
+        // the dot-product extension, passes DOT.
         unsafe { sdot(vdupq_n_s32(0), w, x) }
     } else {
         // As in q8_lanes: exact i16 products, pair sums, then neighbouring pairs.
-        let lo = vpaddlq_s16(vmull_s8(vget_low_s8(w), vget_low_s8(x)));
-        let hi = vpaddlq_s16(vmull_high_s8(w, x));
-        vpaddq_s32(lo, hi)
+        // SAFETY: register-only NEON instructions; NEON is this function's contract.
+        unsafe {
+            let lo = vpaddlq_s16(vmull_s8(vget_low_s8(w), vget_low_s8(x)));
+            let hi = vpaddlq_s16(vmull_high_s8(w, x));
+            vpaddq_s32(lo, hi)
+        }
     }
 }
 
@@ -589,8 +608,10 @@ unsafe fn q6k_dot_body<const T: usize, const DOT: bool>(
         debug_assert!(q[t].len() >= nb * QK && d[t].len() >= nb);
     }
     let rp = row.as_ptr();
-    let (m4, m3, off) = (vdupq_n_u8(0x0F), vdupq_n_u8(3), vdupq_n_u8(32));
-    let mut acc = [[vdupq_n_f32(0.0); 2]; T];
+    // SAFETY: NEON is this function's contract (it has no target feature of its own).
+    let (m4, m3, off) = unsafe { (vdupq_n_u8(0x0F), vdupq_n_u8(3), vdupq_n_u8(32)) };
+    // SAFETY: as above.
+    let mut acc = [[unsafe { vdupq_n_f32(0.0) }; 2]; T];
     for b in 0..nb {
         // SAFETY: the caller guarantees the CPU features and that block b is in the row and in
         // every q[t] / d[t].
@@ -640,8 +661,11 @@ unsafe fn q6k_dot_body<const T: usize, const DOT: bool>(
     let mut out = [0.0f32; T];
     for t in 0..T {
         // [a0+a4, a1+a5, a2+a6, a3+a7] -> [(a0+a4)+(a2+a6), (a1+a5)+(a3+a7)] -> their sum.
-        let v = vaddq_f32(acc[t][0], acc[t][1]);
-        out[t] = vaddv_f32(vadd_f32(vget_low_f32(v), vget_high_f32(v)));
+        // SAFETY: register-only NEON instructions; NEON is this function's contract.
+        out[t] = unsafe {
+            let v = vaddq_f32(acc[t][0], acc[t][1]);
+            vaddv_f32(vadd_f32(vget_low_f32(v), vget_high_f32(v)))
+        };
     }
     out
 }

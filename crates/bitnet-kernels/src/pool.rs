@@ -197,11 +197,11 @@ impl ThreadPool {
             return;
         }
         let _turn = lock(&self.caller);
-        // SAFETY (lifetime erasure): the pointer is only dereferenced for an index claimed
-        // from `next` inside its range, by a thread registered in `active`, and this function
-        // does not return before `done == n` and `active == 0`, i.e. before every such call has
-        // finished. A worker that sees the loop closed never touches the job.
         let f: *const (dyn Fn(usize) + Sync + '_) = f;
+        // SAFETY: only the lifetime is erased. The pointer is only dereferenced for an index
+        // claimed from `next` inside its range, by a thread registered in `active`, and this
+        // function does not return before `done == n` and `active == 0`, i.e. before every such
+        // call has finished. A worker that sees the loop closed never touches the job.
         let f: *const (dyn Fn(usize) + Sync + 'static) = unsafe { std::mem::transmute(f) };
         let job = Job { f, n };
         let s = &*self.shared;

@@ -6,16 +6,16 @@
 //! subtract the precomputed `sum q_k`, giving the exact integer `sum t_k * q_k`. Padding is
 //! code 1 against activation 0, so it contributes nothing to either sum.
 //!
-//! Why multiply-add and not lookup tables (bitnet.cpp TL1/TL2, T-MAC): `examples/lut_trial.rs`
-//! implements an exact TL2-style kernel (3 weights -> sign + 4-bit index, 1.67 bits/weight,
-//! `pshufb` over per-token i16 tables) and times it against these kernels. With int8
-//! activations the tables are i16, so every lookup needs two byte planes, a merge and a sign
-//! fix: 15.2 vector ops per 128 weights on AVX2 against 15 for `maddubs`, 7 zmm ops against 4
-//! for `vpdpbusd`. Measured on the 2-core Xeon (1 thread): hot decode LUT/MAD 1.07-1.09x
-//! (AVX2) and 0.86-0.93x (AVX-512), prefill (64 tokens) 0.71-1.00x; from DRAM it gains 2-16%
-//! over a MAD kernel with the same software prefetch, about what its 16% fewer bytes give.
-//! That is not worth a second weight layout today; the prefetch it taught us is in the decode
-//! kernels ([`TernaryKernel::dot_rows`]).
+//! Why multiply-add and not lookup tables (bitnet.cpp TL1/TL2, T-MAC): a trial kernel, exact and
+//! TL2-style (3 weights -> sign + 4-bit index, 1.67 bits/weight, `pshufb` over per-token i16
+//! tables), was timed against these kernels (docs/lut-trial.md; its source is in git history).
+//! With int8 activations the tables are i16, so every lookup needs two byte planes, a merge and
+//! a sign fix: 15.2 vector ops per 128 weights on AVX2 against 15 for `maddubs`, 7 zmm ops
+//! against 4 for `vpdpbusd`. Measured on the 2-core Xeon (1 thread): hot decode LUT/MAD
+//! 1.07-1.09x (AVX2) and 0.86-0.93x (AVX-512), prefill (64 tokens) 0.71-1.00x; from DRAM it
+//! gains 2-16% over a MAD kernel with the same software prefetch, about what its 16% fewer bytes
+//! give. That is not worth a second weight layout today; the prefetch it taught us is in the
+//! decode kernels ([`TernaryKernel::dot_rows`]).
 
 use crate::{check_isa, detected_isa, row_chunk, Isa, KernelError, SharedOut};
 use bitnet_common::Storage;

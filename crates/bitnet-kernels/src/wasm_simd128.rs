@@ -132,11 +132,13 @@ unsafe fn ternary_dot<const T: usize, const ACC: usize>(w: &[u8], q: [&[i8]; T])
 
 impl TernaryKernel for Simd128 {
     unsafe fn dot<const T: usize>(w: &[u8], q: [&[i8]; T]) -> [i32; T] {
-        // SAFETY (both): forwarded contract. One token gets 4 independent add chains; a tile's
-        // tokens already give several.
+        // One token gets 4 independent add chains; a tile's tokens already give several.
         if T == 1 {
+            // SAFETY: this method's contract is the kernel's: every q[t].len() >= w.len() * 4
+            // (SIMD128 is compiled in, so there is no feature to check).
             unsafe { ternary_dot::<T, 4>(w, q) }
         } else {
+            // SAFETY: as above.
             unsafe { ternary_dot::<T, 2>(w, q) }
         }
     }
@@ -313,8 +315,9 @@ unsafe fn dense_dot<const T: usize, const TY: u8>(row: &[u8], x: [&[f32]; T]) ->
     }
     let mut acc = [[f32x4_splat(0.0); 4]; T];
     let mut i = 0;
-    // SAFETY (loops): i + 16 (resp. 8) <= cols bounds every row and x access.
     while i + 16 <= cols {
+        // SAFETY: i + 16 <= cols = row.len() / es = x[t].len() (this function's contract)
+        // bounds every row and x access.
         unsafe {
             let [w0, w1] = load8::<TY>(rp.add(i * es));
             let [w2, w3] = load8::<TY>(rp.add((i + 8) * es));
@@ -328,6 +331,7 @@ unsafe fn dense_dot<const T: usize, const TY: u8>(row: &[u8], x: [&[f32]; T]) ->
         i += 16;
     }
     if i + 8 <= cols {
+        // SAFETY: i + 8 <= cols, as above.
         unsafe {
             let [w0, w1] = load8::<TY>(rp.add(i * es));
             for t in 0..T {

@@ -136,17 +136,16 @@ impl TensorSource for GgufSource<'_> {
         };
         let (codes, scale) = match info.ty {
             GgmlType::I2S => {
-                // The f32 scale sits right after the packed codes (bitnet.cpp's ggml_nbytes).
-                let at = n / 4;
-                let scale_bytes = data
-                    .get(at..at + 4)
-                    .ok_or_else(|| bad("I2_S tensor too short for its scale".into()))?;
-                let scale = f32::from_le_bytes([
-                    scale_bytes[0],
-                    scale_bytes[1],
-                    scale_bytes[2],
-                    scale_bytes[3],
-                ]);
+                // bitnet.cpp writes whole 128-element blocks only and its scale at `n / 4`
+                // (ggml_nbytes); that is where `i2s::scale` reads it only when no block is
+                // partial, and a partial block would overlap the scale tail.
+                if !n.is_multiple_of(quant::i2s::BLOCK) {
+                    return Err(bad(format!(
+                        "I2_S needs a multiple of {} elements, got {n}",
+                        quant::i2s::BLOCK
+                    )));
+                }
+                let scale = quant::i2s::scale(&data, n).map_err(|e| bad(e.to_string()))?;
                 if !scale.is_finite() {
                     return Err(bad(format!("I2_S scale is {scale}")));
                 }

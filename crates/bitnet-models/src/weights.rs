@@ -117,7 +117,7 @@ impl LayerWeights {
         ]
     }
 
-    /// The five norm vectors with their roles.
+    /// The four norm vectors with their roles.
     pub fn norms(&self, l: usize) -> [(Role, &[f32]); 4] {
         [
             (Role::AttnNorm(l), &self.attn_norm[..]),

@@ -90,7 +90,10 @@ pub fn encode(codes: &[i8], scale: f32) -> Vec<u8> {
     out
 }
 
-/// Reads the per-tensor scale: the first f32 of the tail after `packed_len(n)` bytes.
+/// Reads the per-tensor scale: the first f32 of the tail after `packed_len(n)` bytes. The one
+/// reader of the scale's place: bitnet.cpp puts it at `n / 4` (its `ggml_nbytes`), the same
+/// offset whenever `n % 128 == 0`, and a GGUF I2_S tensor of any other length has no layout
+/// both agree on (the GGUF loader rejects it).
 pub fn scale(bytes: &[u8], n: usize) -> Result<f32> {
     let p = packed_len(n);
     let raw = bytes.get(p..p + 4).ok_or(QuantError::Length {

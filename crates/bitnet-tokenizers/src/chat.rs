@@ -336,6 +336,10 @@ fn strftime_now(format: String) -> String {
     format_utc(secs, &format)
 }
 
+/// Python's `strftime` for the specifiers chat templates use (Llama 3.x: `%d %b %Y`), in UTC.
+/// Hand-written because no crate in the tree formats strftime strings: a date crate (chrono,
+/// jiff) would be a new dependency for a dozen specifiers, and this must not fail on a hostile
+/// format (an unknown specifier is copied through, as glibc does).
 pub(crate) fn format_utc(unix_secs: u64, format: &str) -> String {
     const MONTHS: [&str; 12] = [
         "January",

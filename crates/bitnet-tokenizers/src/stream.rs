@@ -11,6 +11,13 @@ use std::ops::Deref;
 /// concatenation of every chunk plus [`StreamDecoder::finish`] equals
 /// `Tokenizer::decode` of all the ids (with the same `skip_special`).
 ///
+/// Not `tokenizers`' `decode_stream`, which runs the same window-and-diff algorithm as the
+/// `Generic` mode here but has no flush (bytes of a character still incomplete when generation
+/// stops are never emitted, so the chunks would not add up to `decode`), borrows the tokenizer
+/// (a decoder could not live in a request beside the `Arc` that owns it), fails with
+/// `InvalidPrefix` where this one waits, and re-decodes a window per token where byte-level
+/// vocabularies (every GGUF-built tokenizer) need only the token's bytes.
+///
 /// `T` is how the decoder reaches its tokenizer: a borrow (`&Tokenizer`, from
 /// [`Tokenizer::stream_decoder`]) or any owning handle that dereferences to one (an `Arc`, an
 /// engine), so a decoder can live inside a request that outlives the caller's borrow.
