@@ -1,4 +1,4 @@
-use crate::args::{resolve, ModelArgs};
+use crate::args::{resolve, ModelArgs, ModelSourceArgs, PlacementArgs};
 use anyhow::Result;
 use bitnet_inference::{
     Engine, EngineOptions, Event, GenerateOptions, Logits, Request, Rng, SamplingParams, Scheduler,
@@ -11,7 +11,26 @@ use std::time::Instant;
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     #[command(flatten)]
-    model: ModelArgs,
+    model: ModelSourceArgs,
+    #[command(flatten)]
+    placement: PlacementArgs,
+    /// Thread counts to measure, comma-separated, as llama-bench's -t [env: BITNET_THREADS]
+    /// [default: physical cores]
+    #[arg(
+        short = 't',
+        long = "threads",
+        alias = "threads-list",
+        value_delimiter = ','
+    )]
+    threads_list: Vec<usize>,
+    #[arg(short = 'b', long = "batch-size", help = crate::args::help::bench_batch_size())]
+    batch_size: Option<usize>,
+    #[arg(
+        long = "kv-type",
+        value_parser = crate::args::parse_kv_type,
+        help = crate::args::help::kv_type()
+    )]
+    kv_type: Option<bitnet_inference::KvType>,
     /// Prompt lengths to measure (pp); comma-separated, 0 to skip
     #[arg(
         short = 'p',
@@ -34,9 +53,6 @@ pub struct BenchArgs {
     /// generated token of all K over the wall time. Comma-separated
     #[arg(long = "parallel", value_delimiter = ',')]
     parallel: Vec<usize>,
-    /// Thread counts to measure; comma-separated [default: physical cores]
-    #[arg(long = "threads-list", value_delimiter = ',')]
-    threads_list: Vec<usize>,
     /// Repetitions of each test
     #[arg(short, long, default_value_t = 3)]
     repetitions: usize,
@@ -48,7 +64,7 @@ pub struct BenchArgs {
     #[arg(long)]
     membw: bool,
     /// Buffer the bandwidth probe streams, in MiB: several times the last-level cache
-    #[arg(long, default_value_t = 2048)]
+    #[arg(long, default_value_t = 2048, requires = "membw")]
     membw_mib: usize,
     /// Also print where each test's time goes, stage by stage of the forward pass (timing
     /// every stage adds a little overhead, so the t/s of a profiled run reads slightly low)
@@ -71,13 +87,23 @@ pub fn peak_rss_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// Like llama-bench: pp N evaluates N random tokens as one prompt (from an empty cache); tg N
-/// generates N tokens one at a time after a one-token prompt. Each test runs once unmeasured.
+/// Like llama-bench: pp N evaluates N random tokens as one prompt (from an empty cache) in
+/// batches of -b; tg N evaluates N random tokens one at a time from an empty cache, every step
+/// timed (so tg1 times one decode step). Each test runs once unmeasured.
 pub fn run(a: BenchArgs) -> Result<()> {
-    let s = resolve(&a.model, None)?;
+    let s = resolve(
+        &ModelArgs {
+            source: a.model.clone(),
+            batch_size: a.batch_size,
+            kv_type: a.kv_type,
+            placement: a.placement.clone(),
+            ..Default::default()
+        },
+        None,
+    )?;
     crate::validate::positive("--repetitions (-r)", a.repetitions)?;
     for &t in &a.threads_list {
-        crate::validate::threads("--threads-list entry", t)?;
+        crate::validate::threads("-t/--threads/--threads-list entry", t)?;
     }
     for &k in &a.parallel {
         crate::validate::positive("--parallel entry", k)?;
@@ -102,9 +128,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
     };
     let opts = EngineOptions {
         threads: Some(threads_list[0]),
+        tokenizer: s.tokenizer.clone(),
+        batch_size: s.batch_size_or_default(),
         kv_type: s.kv_type.unwrap_or_default(),
         mmap: s.mmap.unwrap_or(false),
-        ..Default::default()
     };
     let model = crate::load_model(&s, opts.placement())?;
     let file_bytes = model.file_bytes;
@@ -209,14 +236,12 @@ pub fn run(a: BenchArgs) -> Result<()> {
             for rep in 0..=reps {
                 session.reset();
                 let toks = tokens(n);
-                session.eval(&toks[..1], Logits::Last)?;
                 let t = Instant::now();
-                for &tok in &toks[1..] {
+                for &tok in &toks {
                     session.eval(&[tok], Logits::Last)?;
                 }
-                // The first token was the prompt; n-1 decode steps plus its own = n evaluations.
                 if rep > 0 {
-                    samples.push((n - 1).max(1) as f64 / t.elapsed().as_secs_f64());
+                    samples.push(n as f64 / t.elapsed().as_secs_f64());
                 }
             }
             report(format!("tg{n}"), samples, (reps + 1) * n)?;

@@ -28,7 +28,8 @@ pub struct ConvertArgs {
 }
 
 pub fn run(mut a: ConvertArgs) -> Result<()> {
-    a.input = crate::hub::local(&a.input)?;
+    crate::validate::gguf_output(&a.output)?;
+    a.input = crate::args::model_location(&crate::hub::local(&a.input)?)?;
     let ternary = TernaryFormat::parse(&a.ty)
         .ok_or_else(|| anyhow!("unknown --type {} (i2_s, tq2_0, tq1_0, f16, f32)", a.ty))?;
     let dense = DenseFormat::parse(&a.embed)

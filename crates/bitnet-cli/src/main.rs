@@ -18,6 +18,7 @@ mod tokenize;
 mod validate;
 
 use clap::{Parser, Subcommand};
+use std::ffi::OsString;
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -112,10 +113,77 @@ fn tokenizer_exit_code(e: &bitnet_tokenizers::TokenizerError) -> u8 {
     }
 }
 
+/// llama.cpp's multi-letter single-dash flags that mean the same here, with their long forms.
+/// clap's short flags are one letter (it would read `-sys` as `-s ys`), so these are rewritten
+/// before it parses. `-fa` (flash attention) is not among them: there is no such switch here.
+const LLAMA_SPELLINGS: &[(&str, &str)] = &[
+    ("-sys", "--system-prompt"),
+    ("-cnv", "--conversation"),
+    ("-ngl", "--n-gpu-layers"),
+];
+
+/// `argv` with [`LLAMA_SPELLINGS`] replaced (also as `-ngl=N`), up to a `--` that ends the flags.
+fn llama_spellings(argv: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
+    let mut flags_done = false;
+    argv.into_iter()
+        .map(|arg| {
+            if flags_done {
+                return arg;
+            }
+            if arg == "--" {
+                flags_done = true;
+                return arg;
+            }
+            let Some(text) = arg.to_str() else {
+                return arg;
+            };
+            for (short, long) in LLAMA_SPELLINGS {
+                if text == *short {
+                    return OsString::from(*long);
+                }
+                if let Some(value) = text.strip_prefix(short).and_then(|r| r.strip_prefix('=')) {
+                    return OsString::from(format!("{long}={value}"));
+                }
+            }
+            arg
+        })
+        .collect()
+}
+
+/// `bitnet run -cnv ...` (or `-i`) as the `bitnet chat ...` it means: the subcommand renamed
+/// and the conversation switch dropped; chat's own parser then checks the rest.
+fn run_as_chat(argv: &[OsString]) -> anyhow::Result<chat::ChatArgs> {
+    let mut chat_argv = Vec::with_capacity(argv.len());
+    let mut renamed = false;
+    for (i, arg) in argv.iter().enumerate() {
+        if i > 0 && !renamed && arg == "run" {
+            chat_argv.push(OsString::from("chat"));
+            renamed = true;
+        } else if !(renamed && run::CONVERSATION_FLAGS.iter().any(|f| arg == f)) {
+            chat_argv.push(arg.clone());
+        }
+    }
+    match Cli::try_parse_from(chat_argv) {
+        Ok(Cli {
+            command: Command::Chat(c),
+        }) => Ok(c),
+        Ok(_) => anyhow::bail!("-cnv/-i: could not run this command line as `bitnet chat`"),
+        Err(e) => {
+            eprintln!("with -cnv/-i, `bitnet run` runs as `bitnet chat`, which takes these flags:");
+            e.exit()
+        }
+    }
+}
+
 fn main() -> ExitCode {
     sigbus::install();
-    let cli = Cli::parse();
+    let argv = llama_spellings(std::env::args_os());
+    let cli = Cli::parse_from(&argv);
     let result = match cli.command {
+        Command::Run(a) if a.conversation() => a
+            .check_conversation()
+            .and_then(|()| run_as_chat(&argv))
+            .and_then(chat::run),
         Command::Run(a) => run::run(a),
         Command::Chat(a) => chat::run(a),
         Command::Inspect(a) => inspect::run(a),
@@ -163,7 +231,7 @@ pub(crate) fn load_engine(
     let opts = bitnet_inference::EngineOptions {
         threads: s.threads,
         tokenizer: s.tokenizer.clone(),
-        batch_size: s.batch_size.unwrap_or(512),
+        batch_size: s.batch_size_or_default(),
         kv_type: s.kv_type.unwrap_or_default(),
         mmap: s.mmap.unwrap_or(false),
     };

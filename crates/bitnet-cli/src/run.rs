@@ -8,29 +8,42 @@ use clap::Args;
 use std::io::{Read, Write};
 use std::path::Path;
 
+/// The prompt when neither -p nor -f gives one.
+const DEFAULT_PROMPT: &str = "In the beginning";
+
+/// The spellings of the conversation switch that `main` drops when it hands a `run` command
+/// line to `chat` (`-cnv` is rewritten to `--conversation` before parsing).
+pub const CONVERSATION_FLAGS: &[&str] = &["--conversation", "--interactive", "-i"];
+
 #[derive(Args, Debug)]
 pub struct RunArgs {
     #[command(flatten)]
     model: ModelArgs,
     #[command(flatten)]
     sampling: SamplingArgs,
-    /// The prompt (or use --file)
-    #[arg(short, long, default_value = "In the beginning")]
-    prompt: String,
+    /// The prompt (or use --file) [default: "In the beginning"]
+    #[arg(short, long)]
+    prompt: Option<String>,
     /// Read the prompt from a file instead
     #[arg(short, long, conflicts_with = "prompt")]
     file: Option<std::path::PathBuf>,
     /// Wrap the prompt as a user message in the model's chat template
     #[arg(long)]
     chat_template: bool,
+    /// With --chat-template: a system message before the prompt (llama.cpp's -sys)
+    #[arg(long = "system-prompt", value_name = "TEXT")]
+    system_prompt: Option<String>,
+    /// Chat instead: run as `bitnet chat` with the same flags (llama.cpp's -cnv and -i)
+    #[arg(short = 'i', long = "conversation", visible_alias = "interactive")]
+    conversation: bool,
     /// Greedy decoding (same as --temp 0)
-    #[arg(long)]
+    #[arg(long, conflicts_with = "temperature")]
     greedy: bool,
-    /// Stop before this string (repeatable)
-    #[arg(long = "stop")]
+    /// Stop before this string (repeatable; llama.cpp's -r/--reverse-prompt)
+    #[arg(short = 'r', long = "stop", visible_alias = "reverse-prompt")]
     stop: Vec<String>,
-    /// Do not prepend the BOS token
-    #[arg(long)]
+    /// Do not prepend the BOS token (a chat template writes its own)
+    #[arg(long, conflicts_with = "chat_template")]
     no_bos: bool,
     /// Keep generating past end-of-sequence tokens
     #[arg(long)]
@@ -43,7 +56,30 @@ pub struct RunArgs {
     quiet: bool,
 }
 
+impl RunArgs {
+    pub fn conversation(&self) -> bool {
+        self.conversation
+    }
+
+    /// A conversation takes its turns from the terminal: a prompt given up front would be
+    /// dropped, so it is refused.
+    pub fn check_conversation(&self) -> Result<()> {
+        if self.prompt.is_some() || self.file.is_some() {
+            return Err(crate::validate::usage(
+                "-cnv/-i runs an interactive chat: type the first message at its prompt instead \
+                 of -p/-f (use -sys for a system prompt)",
+            ));
+        }
+        Ok(())
+    }
+}
+
 pub fn run(a: RunArgs) -> Result<()> {
+    if a.system_prompt.is_some() && !a.chat_template {
+        return Err(crate::validate::usage(
+            "--system-prompt (-sys) needs --chat-template (or -cnv for a chat)",
+        ));
+    }
     let mut s = resolve(&a.model, Some(&a.sampling))?;
     if a.greedy {
         s.sampling.temperature = Some(0.0);
@@ -63,19 +99,27 @@ pub fn run(a: RunArgs) -> Result<()> {
     // No more text than can fit the context is read or tokenized.
     let mut prompt = match &a.file {
         Some(f) => read_prompt(f, tok.max_input_bytes(ctx), ctx)?,
-        None => a.prompt.clone(),
+        None => a.prompt.clone().unwrap_or_else(|| DEFAULT_PROMPT.into()),
     };
     let ids = if a.chat_template {
-        prompt = tok.apply_chat_template_within(
-            &[ChatMessage {
-                role: "user".into(),
-                content: prompt,
-            }],
-            true,
-            ctx,
-        )?;
+        let mut messages = Vec::new();
+        if let Some(sys) = &a.system_prompt {
+            messages.push(ChatMessage {
+                role: "system".into(),
+                content: sys.clone(),
+            });
+        }
+        messages.push(ChatMessage {
+            role: "user".into(),
+            content: prompt,
+        });
+        let rendered = tok.apply_chat_template_within(&messages, true, ctx)?;
         // The rendered template already carries BOS.
-        tok.encode_within(&prompt, false, ctx)?
+        let ids = tok.encode_within(&rendered, false, ctx)?;
+        // Echoed as llama.cpp's llama-cli echoes it: the prompt's tokens without the special
+        // ones (<|begin_of_text|>, headers' markers), which are control, not text.
+        prompt = tok.decode(&ids, true)?;
+        ids
     } else {
         tok.encode_within(&prompt, !a.no_bos && tok.add_bos_default(), ctx)?
     };
@@ -85,7 +129,7 @@ pub fn run(a: RunArgs) -> Result<()> {
             max_sequences: 1,
             ctx_size: Some(ctx),
             kv_tokens: Some(ctx),
-            max_batch_tokens: s.batch_size.unwrap_or(512).max(1),
+            max_batch_tokens: s.batch_size_or_default().max(1),
             max_queue: 1,
             prefix_cache: false,
         },
@@ -99,7 +143,7 @@ pub fn run(a: RunArgs) -> Result<()> {
         );
     }
     let opts = GenerateOptions {
-        max_tokens: s.max_tokens.unwrap_or(128),
+        max_tokens: s.max_tokens_or(bitnet_inference::settings::DEFAULT_MAX_TOKENS),
         sampling: s.sampling_params(),
         stop: a.stop.clone(),
         ignore_eos: a.ignore_eos,
@@ -162,7 +206,10 @@ pub fn run(a: RunArgs) -> Result<()> {
 /// Reads a prompt file, refusing one of more than `limit` bytes (what `ctx` tokens can hold)
 /// without reading past the limit: a huge file or `/dev/zero` costs no more than a fitting one.
 fn read_prompt(path: &Path, limit: usize, ctx: usize) -> Result<String> {
-    let file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    // A FIFO would block the open forever; a device never ends (`take` bounds it, but refusing
+    // says what is wrong).
+    let file =
+        bitnet_common::open_regular(path).with_context(|| format!("reading {}", path.display()))?;
     let mut bytes = Vec::new();
     file.take(u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1))
         .read_to_end(&mut bytes)

@@ -89,7 +89,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
             max_sequences: a.parallel,
             ctx_size: s.ctx_size,
             kv_tokens: a.kv_tokens,
-            max_batch_tokens: s.batch_size.unwrap_or(512),
+            max_batch_tokens: s.batch_size_or_default(),
             max_queue: a.max_queue,
             prefix_cache: !a.no_prefix_cache,
         },

@@ -212,7 +212,8 @@ fn run_with_chat_template() {
         ]));
         assert_eq!(o.stdout, format!("{}\n", greedy_text("chat")), "{model}");
     }
-    // With echo, the rendered template is what gets echoed.
+    // With echo, the rendered template is echoed as llama-cli echoes it: without its special
+    // tokens.
     let o = ok(run(&[
         "run",
         "--chat-template",
@@ -224,14 +225,10 @@ fn run_with_chat_template() {
         "-q",
     ]));
     let chat = ref_prompt("chat");
-    assert_eq!(
-        o.stdout,
-        format!(
-            "{}{}\n",
-            chat["text"].as_str().unwrap(),
-            greedy_text("chat")
-        )
-    );
+    let echo = hf_tokenizer()
+        .decode(&ids_of(&chat["token_ids"]), true)
+        .unwrap();
+    assert_eq!(o.stdout, format!("{echo}{}\n", greedy_text("chat")));
 }
 
 #[test]

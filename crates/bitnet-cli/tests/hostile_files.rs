@@ -365,6 +365,41 @@ fn special_files_as_inputs_fail_at_once() {
     expect(&o, 1, &["is a FIFO"]);
     let o = run(&["run", "-q", "--config", p(&fifo)]);
     expect(&o, 1, &["is a FIFO"]);
+    let o = run(&["run", "-q", "-n", "1", "-f", p(&fifo)]);
+    expect(&o, 1, &["is a FIFO"]);
+    // A tokenizer folder whose tokenizer.json (or chat_template.jinja) is a FIFO.
+    let tok_dir = dir.path().join("tok");
+    std::fs::create_dir(&tok_dir).unwrap();
+    mkfifo(&tok_dir.join("tokenizer.json"));
+    let o = run(&[
+        "run",
+        "-q",
+        "-n",
+        "1",
+        "-m",
+        DEFAULT_MODEL,
+        "--tokenizer",
+        p(&tok_dir),
+    ]);
+    expect(&o, 3, &["tokenizer.json", "is a FIFO"]);
+    std::fs::remove_file(tok_dir.join("tokenizer.json")).unwrap();
+    std::fs::copy(
+        "../../../shared/models/bitnet-b1.58-kjv/tokenizer.json",
+        tok_dir.join("tokenizer.json"),
+    )
+    .unwrap();
+    mkfifo(&tok_dir.join("chat_template.jinja"));
+    let o = run(&[
+        "run",
+        "-q",
+        "-n",
+        "1",
+        "-m",
+        DEFAULT_MODEL,
+        "--tokenizer",
+        p(&tok_dir),
+    ]);
+    expect(&o, 3, &["chat_template.jinja", "is a FIFO"]);
 }
 
 #[test]
@@ -490,7 +525,11 @@ fn bad_settings_are_usage_errors_before_loading() {
             &["--membw-mib", "ulimit -v"],
         ),
         (&["serve", "--parallel", "0"], &["--parallel"]),
-        (&["tokenize", "-t", "0", "hi"], &["threads"]),
+        // tokenize has no thread count to set.
+        (
+            &["tokenize", "-t", "0", "hi"],
+            &["unexpected argument '-t'"],
+        ),
     ] {
         let o = run(args);
         expect(&o, 2, parts);

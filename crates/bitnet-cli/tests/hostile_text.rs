@@ -309,7 +309,7 @@ fn a_chat_line_too_large_for_the_context_is_refused_and_the_chat_goes_on() {
     let mut input = "In the beginning ".repeat(3 << 20).into_bytes();
     input.extend_from_slice(b"\nIn the beginning\n/exit\n");
     let o = bitnet(&["chat", "-q", "--temp", "0", "-n", "4"], &input);
-    assert_exit(&o, 0, &["too large for the context", "/reset"]);
+    assert_exit(&o, 0, &["too large for the context", "not sent"]);
     // Three prompts shown: the refused line, the next one (answered), and /exit.
     assert_eq!(o.stdout.matches("> ").count(), 3, "{o:?}");
 }

@@ -39,7 +39,7 @@ impl Default for EngineOptions {
         EngineOptions {
             threads: None,
             tokenizer: None,
-            batch_size: 512,
+            batch_size: crate::settings::DEFAULT_BATCH_SIZE,
             kv_type: KvType::default(),
             mmap: false,
         }
@@ -284,7 +284,7 @@ pub struct GenerateOptions {
 impl Default for GenerateOptions {
     fn default() -> Self {
         GenerateOptions {
-            max_tokens: 128,
+            max_tokens: crate::settings::DEFAULT_MAX_TOKENS,
             sampling: SamplingParams::default(),
             stop: Vec::new(),
             ignore_eos: false,

@@ -64,7 +64,7 @@ impl Default for SchedulerOptions {
             max_sequences: 16,
             ctx_size: None,
             kv_tokens: None,
-            max_batch_tokens: 512,
+            max_batch_tokens: crate::settings::DEFAULT_BATCH_SIZE,
             max_queue: 256,
             prefix_cache: true,
         }

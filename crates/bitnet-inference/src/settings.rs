@@ -7,6 +7,14 @@ use crate::sampler::SamplingParams;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+/// Prompt tokens per forward batch when no layer sets `batch_size`.
+pub const DEFAULT_BATCH_SIZE: usize = 512;
+/// Tokens `run` (and a request without a limit) generates when no layer sets `max_tokens`.
+pub const DEFAULT_MAX_TOKENS: usize = 128;
+/// Tokens per answer in `chat` when no layer sets `max_tokens`: answers run longer than the
+/// continuation of a one-line prompt.
+pub const DEFAULT_CHAT_MAX_TOKENS: usize = 256;
+
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
@@ -18,9 +26,10 @@ pub struct Settings {
     pub threads: Option<usize>,
     /// Context length in tokens (KV cache size); default: the model's trained context.
     pub ctx_size: Option<usize>,
-    /// Tokens per prompt-processing batch.
+    /// Tokens per prompt-processing batch; default [`DEFAULT_BATCH_SIZE`].
     pub batch_size: Option<usize>,
-    /// Tokens to generate at most.
+    /// Tokens to generate at most; default [`DEFAULT_MAX_TOKENS`] ([`DEFAULT_CHAT_MAX_TOKENS`]
+    /// in chat).
     pub max_tokens: Option<usize>,
     /// KV cache element type: f16 or f32.
     pub kv_type: Option<KvType>,
@@ -62,11 +71,23 @@ impl Settings {
         toml::from_str(text).map_err(|e| EngineError::Settings(format!("config file: {e}")))
     }
 
+    /// Errors name the file once: "invalid setting: PATH: ...", not the text parser's
+    /// "config file" prefix inside it again.
     pub fn from_toml_file(path: &Path) -> Result<Settings> {
         let text = bitnet_common::read_regular_to_string(path)
             .map_err(|e| EngineError::Settings(format!("cannot read {}: {e}", path.display())))?;
-        Self::from_toml_str(&text)
-            .map_err(|e| EngineError::Settings(format!("{}: {e}", path.display())))
+        toml::from_str(&text).map_err(|e| EngineError::Settings(format!("{}: {e}", path.display())))
+    }
+
+    /// The batch size with the default filled in.
+    pub fn batch_size_or_default(&self) -> usize {
+        self.batch_size.unwrap_or(DEFAULT_BATCH_SIZE)
+    }
+
+    /// The generation limit with `default` ([`DEFAULT_MAX_TOKENS`] or
+    /// [`DEFAULT_CHAT_MAX_TOKENS`]) filled in.
+    pub fn max_tokens_or(&self, default: usize) -> usize {
+        self.max_tokens.unwrap_or(default)
     }
 
     /// Reads `BITNET_MODEL`, `BITNET_THREADS`, `BITNET_CTX_SIZE`, `BITNET_TEMPERATURE`, ... (the
@@ -218,6 +239,38 @@ mod tests {
         assert_eq!(
             (p.temperature, p.top_k, p.top_p),
             (0.5, 9, SamplingParams::default().top_p)
+        );
+    }
+
+    #[test]
+    fn file_errors_name_the_file_once() {
+        let dir = std::env::temp_dir().join(format!("bitnet-settings-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("bad.toml");
+        std::fs::write(&f, "max_tokenz = 3\n").unwrap();
+        let e = Settings::from_toml_file(&f).unwrap_err().to_string();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(e.matches("invalid setting").count(), 1, "{e}");
+        assert!(!e.contains("config file"), "{e}");
+        assert!(e.contains("bad.toml") && e.contains("max_tokenz"), "{e}");
+    }
+
+    #[test]
+    fn defaults_fill_unset_values() {
+        let s = Settings::default();
+        assert_eq!(s.batch_size_or_default(), DEFAULT_BATCH_SIZE);
+        assert_eq!(s.max_tokens_or(DEFAULT_MAX_TOKENS), DEFAULT_MAX_TOKENS);
+        let s = Settings {
+            batch_size: Some(7),
+            max_tokens: Some(3),
+            ..Default::default()
+        };
+        assert_eq!(
+            (
+                s.batch_size_or_default(),
+                s.max_tokens_or(DEFAULT_MAX_TOKENS)
+            ),
+            (7, 3)
         );
     }
 

@@ -49,6 +49,9 @@ const FUEL_PER_MESSAGE: u64 = 200;
 /// Input bytes per extra fuel: fuel is charged at 1/64 per byte of data, so this lets a
 /// template copy its input 16 times.
 const INPUT_BYTES_PER_FUEL: u64 = 4;
+/// Bytes that formatting values may produce per byte of allowed output.
+const FORMAT_BUDGET_PER_OUTPUT_BYTE: u64 = 4;
+
 /// Most fuel any render gets: it also sizes the render thread's stack (see `STACK_PER_FUEL`).
 const MAX_FUEL: u64 = 4_000_000;
 /// Rendered output every template may produce, on top of 4 times its input: real templates add
@@ -174,7 +177,19 @@ fn render_here(
         cap: limits.output,
         overflow: false,
     };
+    // Formatting values into strings (`~`, `join`, `format`, filters) is charged as it goes
+    // (third_party/minijinja/PATCHED.md): a lazily repeated list would otherwise be built
+    // whole before fuel sees it. Legitimate renders format about their output once.
+    let format_budget = (limits.output as u64).saturating_mul(FORMAT_BUDGET_PER_OUTPUT_BYTE);
+    minijinja::render_budget::set(Some(format_budget));
     let result = compiled.render_captured_to(ctx, &mut out).map(drop);
+    let formatted_too_much = minijinja::render_budget::exhausted();
+    minijinja::render_budget::set(None);
+    if formatted_too_much {
+        return Err(RenderError::Limit(format!(
+            "it formats more than {format_budget} bytes of values, beyond what its input can explain"
+        )));
+    }
     match result {
         Ok(()) => String::from_utf8(out.buf)
             .map_err(|_| RenderError::Failed("the template wrote invalid UTF-8".into())),

@@ -24,9 +24,16 @@ pub(crate) fn read_json(path: &Path) -> Result<Value, TokenizerError> {
     parse_json(path, &bytes)
 }
 
+/// The bytes of a regular file: a FIFO in a model folder would block the open forever.
+fn read_regular(path: &Path) -> std::io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut bitnet_common::open_regular(path)?, &mut bytes)?;
+    Ok(bytes)
+}
+
 /// Reads a file that must exist, mapping "not found" to [`TokenizerError::Missing`].
 pub(crate) fn read_required(path: &Path) -> Result<Vec<u8>, TokenizerError> {
-    match std::fs::read(path) {
+    match read_regular(path) {
         Ok(b) => Ok(b),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             Err(TokenizerError::Missing(path.to_path_buf()))
@@ -85,7 +92,7 @@ impl TokenizerConfig {
         };
         if cfg.chat_template.is_none() {
             let jinja = dir.join(CHAT_TEMPLATE_JINJA);
-            match std::fs::read_to_string(&jinja) {
+            match bitnet_common::read_regular_to_string(&jinja) {
                 Ok(t) => cfg.chat_template = Some(t),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(source) => {

@@ -60,6 +60,36 @@ const REFUSED_AT_LOAD: &[(&str, &str, &str)] = &[
         "{% set s = 'x' * 100000000 %}{{ s ~ s }}",
         "fuel",
     ),
+    (
+        "a lazily repeated list formatted by ~ (was: 25 s per 10^8 items, OOM when nested)",
+        "{{ (['x'] * 100000000) ~ '' }}",
+        "formats more than",
+    ),
+    (
+        "nested lazy repetition formatted by ~ (was: abort, out of memory)",
+        "{{ ([['x'] * 100000000] * 100000000) ~ '' }}",
+        "formats more than",
+    ),
+    (
+        "nested lazy repetition joined",
+        "{{ [[['x'] * 100000000] * 100000000] | join }}",
+        "formats more than",
+    ),
+    (
+        "nested lazy repetition through format",
+        "{{ '%s' | format([['x'] * 100000000] * 100000000) }}",
+        "formats more than",
+    ),
+    (
+        "nested lazy repetition through a string filter",
+        "{{ ([['x'] * 100000000] * 100000000) | lower }}",
+        "formats more than",
+    ),
+    (
+        "a large string repeated lazily, emitted",
+        "{% set s = 'x' * 1000000 %}{{ [s] * 100000000 }}",
+        "",
+    ),
     ("does not compile", "{% for m in messages %}", "syntax"),
 ];
 

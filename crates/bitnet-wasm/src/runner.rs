@@ -26,7 +26,7 @@ impl Default for Request {
     fn default() -> Self {
         let s = SamplingParams::default();
         Request {
-            max_tokens: 128,
+            max_tokens: bitnet_inference::settings::DEFAULT_MAX_TOKENS,
             temperature: s.temperature,
             top_k: s.top_k,
             top_p: s.top_p,

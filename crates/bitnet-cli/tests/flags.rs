@@ -1,0 +1,511 @@
+//! Flags llama.cpp users already type (`-ngl`, `-sys`, `-cnv`, `-i`, `-r`, `-s`, `--no-mmap`),
+//! flags that used to be accepted and then ignored, and help texts whose defaults come from
+//! `bitnet_inference::settings`. Every child runs under a kill timer.
+
+use bitnet_inference::settings::{DEFAULT_BATCH_SIZE, DEFAULT_CHAT_MAX_TOKENS, DEFAULT_MAX_TOKENS};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const HF_DIR: &str = "../shared/models/bitnet-b1.58-kjv";
+const HANG_GUARD: Duration = Duration::from_secs(300);
+
+struct Out {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl std::fmt::Debug for Out {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// `bitnet ARGS` in the workspace root with `stdin` piped in and no BITNET_* variable from
+/// outside, killed (and the test failed) if it outlives [`HANG_GUARD`].
+fn bitnet_with(args: &[&str], stdin: &[u8], env: &[(&str, &str)]) -> Out {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_bitnet"));
+    c.current_dir(workspace_root())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("BITNET_") {
+            c.env_remove(k);
+        }
+    }
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let mut child = c.spawn().expect("bitnet runs");
+    let mut input = child.stdin.take().expect("stdin");
+    let data = stdin.to_vec();
+    // The child may exit before reading all of it.
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(&data);
+    });
+    let (mut out, mut err) = (
+        child.stdout.take().expect("stdout"),
+        child.stderr.take().expect("stderr"),
+    );
+    let read_out = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut out, &mut s);
+        s
+    });
+    let read_err = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut err, &mut s);
+        s
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if start.elapsed() > HANG_GUARD {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("bitnet {args:?} still running after {HANG_GUARD:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = writer.join();
+    Out {
+        code: status.code(),
+        stdout: String::from_utf8_lossy(&read_out.join().expect("stdout")).into_owned(),
+        stderr: String::from_utf8_lossy(&read_err.join().expect("stderr")).into_owned(),
+    }
+}
+
+fn bitnet(args: &[&str]) -> Out {
+    bitnet_with(args, b"", &[])
+}
+
+#[track_caller]
+fn expect(o: &Out, code: i32, stderr_parts: &[&str]) {
+    assert_eq!(o.code, Some(code), "{o:?}");
+    for p in stderr_parts {
+        assert!(o.stderr.contains(p), "stderr should mention {p:?}: {o:?}");
+    }
+    assert!(!o.stderr.contains("panicked"), "{o:?}");
+}
+
+#[track_caller]
+fn ok(o: Out) -> Out {
+    expect(&o, 0, &[]);
+    o
+}
+
+/// A usage error found before the model loads: exit 2, nothing on stdout.
+#[track_caller]
+fn usage_error(args: &[&str], stderr_parts: &[&str]) {
+    let o = bitnet(args);
+    expect(&o, 2, stderr_parts);
+    assert!(o.stdout.is_empty(), "{args:?}: {o:?}");
+    assert!(!o.stderr.contains("loaded "), "{args:?}: {o:?}");
+}
+
+const GREEDY: &[&str] = &["--greedy", "-q", "--no-echo"];
+
+fn run_greedy(extra: &[&str]) -> String {
+    let mut args = vec!["run"];
+    args.extend_from_slice(GREEDY);
+    args.extend_from_slice(extra);
+    ok(bitnet(&args)).stdout
+}
+
+// ---- -ngl ----
+
+#[test]
+fn ngl_zero_runs_and_more_is_refused_until_there_is_a_gpu_backend() {
+    let base = run_greedy(&["-n", "4"]);
+    assert_eq!(run_greedy(&["-n", "4", "-ngl", "0"]), base);
+    assert_eq!(run_greedy(&["-n", "4", "--n-gpu-layers", "0"]), base);
+    for args in [
+        &["run", "-ngl", "99"][..],
+        &["run", "-ngl=1"],
+        &["run", "--n-gpu-layers", "1"],
+        &["chat", "-ngl", "33"],
+        &["bench", "-ngl", "99"],
+        &["perplexity", "-f", "x.txt", "-ngl", "1"],
+        &["serve", "-ngl", "1"],
+    ] {
+        usage_error(args, &["-ngl", "CPU", "CUDA"]);
+    }
+}
+
+#[test]
+fn rewriting_stops_at_the_end_of_flags() {
+    // After `--`, `-sys` is a value (here a positional text), not the system-prompt flag.
+    let o = ok(bitnet(&["tokenize", "--ids", "--no-bos", "--", "-sys"]));
+    let direct = ok(bitnet(&["tokenize", "--ids", "--no-bos", "--prompt=-sys"]));
+    assert_eq!(o.stdout, direct.stdout);
+}
+
+// ---- -sys, -cnv, -i, -r ----
+
+fn chat_answer(stdout: &str) -> String {
+    // "> " answer "\n> " for one turn and /exit.
+    stdout
+        .strip_prefix("> ")
+        .and_then(|s| s.strip_suffix("> "))
+        .unwrap_or_else(|| panic!("one answered turn: {stdout:?}"))
+        .trim_end_matches('\n')
+        .to_string()
+}
+
+#[test]
+fn system_prompt_in_run_and_chat() {
+    let with = |flag: &str| {
+        run_greedy(&[
+            "--chat-template",
+            flag,
+            "You speak as the King James Bible.",
+            "-p",
+            "Who is the Lord?",
+            "-n",
+            "12",
+        ])
+    };
+    let sys = with("-sys");
+    assert_eq!(with("--system-prompt"), sys);
+    let plain = run_greedy(&["--chat-template", "-p", "Who is the Lord?", "-n", "12"]);
+    // The system message is rendered into the prompt: the continuation sees it.
+    let echoed = ok(bitnet(&[
+        "run",
+        "--greedy",
+        "-q",
+        "--chat-template",
+        "-sys",
+        "You speak as the King James Bible.",
+        "-p",
+        "Who is the Lord?",
+        "-n",
+        "1",
+    ]))
+    .stdout;
+    assert!(
+        echoed.contains("You speak as the King James Bible."),
+        "{echoed:?}"
+    );
+    // chat -sys answers the first turn exactly as run renders the same two messages.
+    for flag in ["-sys", "--system-prompt", "--system"] {
+        let o = ok(bitnet_with(
+            &[
+                "chat",
+                "-q",
+                "--temp",
+                "0",
+                "-n",
+                "12",
+                flag,
+                "You speak as the King James Bible.",
+            ],
+            b"Who is the Lord?\n/exit\n",
+            &[],
+        ));
+        assert_eq!(chat_answer(&o.stdout), sys.trim_end_matches('\n'), "{flag}");
+    }
+    let o = ok(bitnet_with(
+        &["chat", "-q", "--temp", "0", "-n", "12"],
+        b"Who is the Lord?\n/exit\n",
+        &[],
+    ));
+    assert_eq!(chat_answer(&o.stdout), plain.trim_end_matches('\n'));
+    // Without a chat template there is nowhere to put a system message.
+    usage_error(&["run", "-sys", "x"], &["--chat-template"]);
+}
+
+#[test]
+fn cnv_and_i_make_run_a_chat() {
+    let input = b"Who is the Lord?\n/exit\n";
+    let chat = ok(bitnet_with(
+        &["chat", "-q", "--temp", "0", "-n", "6"],
+        input,
+        &[],
+    ));
+    for flag in ["-cnv", "-i", "--conversation", "--interactive"] {
+        let o = ok(bitnet_with(
+            &["run", flag, "-q", "--temp", "0", "-n", "6"],
+            input,
+            &[],
+        ));
+        assert_eq!(o.stdout, chat.stdout, "{flag}");
+    }
+    // A prompt given up front would be dropped by the chat: refused.
+    usage_error(&["run", "-cnv", "-p", "hi"], &["-cnv", "-p"]);
+    // run-only flags are checked by chat's parser, not ignored.
+    let o = bitnet(&["run", "-i", "--no-echo"]);
+    expect(&o, 2, &["bitnet chat", "--no-echo"]);
+}
+
+#[test]
+fn reverse_prompt_stops_run_and_returns_the_turn_in_chat() {
+    let full = run_greedy(&["-n", "24"]);
+    // A word well inside the continuation; everything before its first occurrence is kept.
+    let word = full
+        .split_whitespace()
+        .nth(4)
+        .expect("a few words")
+        .to_string();
+    let cut = &full[..full.find(&word).unwrap()];
+    for flag in ["-r", "--reverse-prompt", "--stop"] {
+        let o = run_greedy(&["-n", "24", flag, &word]);
+        assert_eq!(o, format!("{cut}\n"), "{flag} {word:?}");
+    }
+    let input = b"Who is the Lord?\nWho is the Lord?\n/exit\n";
+    let args = ["chat", "-q", "--temp", "0", "-n", "24"];
+    let full = ok(bitnet_with(&args, input, &[])).stdout;
+    let first = full[2..].split("\n> ").next().unwrap().to_string();
+    let word = first.split_whitespace().nth(2).expect("words").to_string();
+    let mut with_r = args.to_vec();
+    with_r.extend(["-r", &word]);
+    let o = ok(bitnet_with(&with_r, input, &[]));
+    // Stopped before the word, and the next turn was still read and answered.
+    let answers: Vec<&str> = o.stdout[2..].split("\n> ").collect();
+    assert_eq!(answers.len(), 3, "{o:?}");
+    assert_eq!(answers[0], &first[..first.find(&word).unwrap()], "{o:?}");
+}
+
+// ---- -s, --no-mmap ----
+
+#[test]
+fn short_seed_and_no_mmap() {
+    let sampled = |flag: &str, seed: &str| {
+        ok(bitnet(&[
+            "run",
+            "-q",
+            "--no-echo",
+            "--temp",
+            "1.2",
+            "-n",
+            "12",
+            flag,
+            seed,
+        ]))
+        .stdout
+    };
+    let a = sampled("-s", "7");
+    assert_eq!(sampled("--seed", "7"), a);
+    assert_eq!(sampled("-s", "7"), a);
+    let base = run_greedy(&["-n", "8"]);
+    assert_eq!(run_greedy(&["-n", "8", "--no-mmap"]), base);
+    // --no-mmap beats BITNET_MMAP=1 (and runs the same).
+    let mut args = vec!["run", "-n", "8", "--no-mmap"];
+    args.extend_from_slice(GREEDY);
+    let o = ok(bitnet_with(&args, b"", &[("BITNET_MMAP", "1")]));
+    assert_eq!(o.stdout, base);
+    usage_error(&["run", "--mmap", "--no-mmap"], &["--no-mmap"]);
+}
+
+// ---- perplexity -c ----
+
+#[test]
+fn perplexity_ctx_size_is_the_context_per_chunk() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(workspace_root().join(HF_DIR).join("data/val.txt")).unwrap();
+    let f = dir.path().join("val40.txt");
+    std::fs::write(&f, text.lines().take(40).collect::<Vec<_>>().join("\n")).unwrap();
+    let f = f.to_str().unwrap();
+    let ppl = |extra: &[&str]| {
+        let mut args = vec!["perplexity", "-f", f];
+        args.extend_from_slice(extra);
+        ok(bitnet(&args)).stdout
+    };
+    let c64 = ppl(&["-c", "64"]);
+    assert_eq!(c64, ppl(&["--chunk", "63"]));
+    assert_eq!(c64, ppl(&["--ctx-size", "64", "--chunk", "63"]));
+    assert_ne!(c64, ppl(&[]), "-c changes the chunks");
+    let chunks = |s: &str| -> usize { s.split_whitespace().nth(1).unwrap().parse().unwrap() };
+    assert!(chunks(&c64) > chunks(&ppl(&[])), "{c64}");
+    usage_error(&["perplexity", "-f", f, "-c", "1"], &["--ctx-size 1"]);
+    usage_error(
+        &["perplexity", "-f", f, "-c", "64", "--chunk", "64"],
+        &["--chunk 64", "--ctx-size 64"],
+    );
+}
+
+// ---- bench ----
+
+fn bench_json(args: &[&str]) -> Vec<serde_json::Value> {
+    let mut all = vec!["bench", "--json", "-r", "1"];
+    all.extend_from_slice(args);
+    ok(bitnet(&all))
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object a line"))
+        .collect()
+}
+
+#[test]
+fn bench_takes_llama_bench_lists_and_times_every_decode_step() {
+    let rows = bench_json(&["-t", "1,2", "-p", "8,16", "-n", "2"]);
+    let got: Vec<(u64, String)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["threads"].as_u64().unwrap(),
+                r["test"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let want: Vec<(u64, String)> = [1, 2]
+        .into_iter()
+        .flat_map(|t| ["pp8", "pp16", "tg2"].map(|test| (t, test.to_string())))
+        .collect();
+    assert_eq!(got, want);
+    // tg1 times one forward pass of a real model: no step, no 18,867,924 t/s. A decode step of
+    // even this 9 MB model reads megabytes, far more than a microsecond's work.
+    let rows = bench_json(&["-t", "1", "-p", "0", "-n", "1"]);
+    assert_eq!(rows.len(), 1);
+    let tps = rows[0]["tps_mean"].as_f64().unwrap();
+    assert!(tps.is_finite() && tps > 0.0 && tps < 1e6, "{rows:?}");
+    // -b reaches the engine (a bad one is refused like run's); -c is not a bench flag.
+    let rows = bench_json(&["-t", "1", "-b", "4", "-p", "16", "-n", "0"]);
+    assert_eq!(rows[0]["test"], "pp16");
+    usage_error(&["bench", "-b", "0"], &["batch size"]);
+    usage_error(&["bench", "-c", "64"], &["-c"]);
+    usage_error(&["bench", "--membw-mib", "64"], &["--membw"]);
+}
+
+// ---- tokenize ----
+
+#[test]
+fn tokenize_reads_files_and_stdin_and_lists_only_its_flags() {
+    let help = ok(bitnet(&["tokenize", "--help"])).stdout;
+    for flag in [
+        "--threads",
+        "--ctx-size",
+        "--batch-size",
+        "--kv-type",
+        "--mmap",
+    ] {
+        assert!(!help.contains(flag), "tokenize --help lists {flag}: {help}");
+    }
+    usage_error(&["tokenize", "-t", "1", "hi"], &["-t"]);
+    usage_error(&["tokenize", "-c", "8", "hi"], &["-c"]);
+    let text = "In the beginning God created";
+    let want = ok(bitnet(&["tokenize", "--ids", text])).stdout;
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("t.txt");
+    std::fs::write(&f, text).unwrap();
+    let f = f.to_str().unwrap();
+    assert_eq!(ok(bitnet(&["tokenize", "--ids", "-f", f])).stdout, want);
+    assert_eq!(ok(bitnet(&["tokenize", "--ids", "-p", text])).stdout, want);
+    for args in [
+        &["tokenize", "--ids"][..],
+        &["tokenize", "--ids", "-"],
+        &["tokenize", "--ids", "--stdin"],
+        &["tokenize", "--ids", "-f", "-"],
+    ] {
+        let o = ok(bitnet_with(args, text.as_bytes(), &[]));
+        assert_eq!(o.stdout, want, "{args:?}");
+    }
+    // Nothing to read and nothing named: a forgotten argument.
+    usage_error(&["tokenize"], &["no text"]);
+    expect(
+        &bitnet(&["tokenize", "-f", "no-such-file.txt"]),
+        1,
+        &["no-such-file.txt"],
+    );
+}
+
+// ---- run --chat-template echo ----
+
+#[test]
+fn chat_template_echo_has_no_special_tokens() {
+    let o = ok(bitnet(&[
+        "run",
+        "--chat-template",
+        "-p",
+        "Who is the Lord?",
+        "--greedy",
+        "-n",
+        "8",
+        "-q",
+    ]));
+    let answer = run_greedy(&["--chat-template", "-p", "Who is the Lord?", "-n", "8"]);
+    assert!(!o.stdout.contains("<|"), "{o:?}");
+    assert!(o.stdout.contains("Who is the Lord?"), "{o:?}");
+    assert!(o.stdout.ends_with(&answer), "{o:?}");
+    usage_error(&["run", "--chat-template", "--no-bos"], &["--no-bos"]);
+    // --greedy would silently override the temperature.
+    usage_error(&["run", "--greedy", "--temp", "0.7"], &["--greedy"]);
+}
+
+// ---- convert and model paths ----
+
+#[test]
+fn convert_refuses_outputs_named_for_other_formats() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["out.safetensors", "OUT.SafeTensors", "out.bin"] {
+        let out = dir.path().join(name);
+        usage_error(
+            &[
+                "convert",
+                "models/bitnet-b1.58-kjv-i2_s.gguf",
+                out.to_str().unwrap(),
+            ],
+            &["GGUF only"],
+        );
+        assert!(!out.exists(), "{name} written");
+    }
+}
+
+#[test]
+fn a_file_inside_a_checkpoint_folder_loads_the_folder() {
+    let folder = run_greedy(&["-n", "8", "-m", HF_DIR]);
+    for file in ["model.safetensors", "config.json"] {
+        let path = format!("{HF_DIR}/{file}");
+        assert_eq!(run_greedy(&["-n", "8", "-m", &path]), folder, "{file}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let lone = dir.path().join("model.safetensors");
+    std::fs::write(&lone, b"not weights").unwrap();
+    let o = bitnet(&["run", "-q", "-m", lone.to_str().unwrap()]);
+    expect(&o, 3, &["model.safetensors", "no config.json"]);
+}
+
+// ---- settings ----
+
+#[test]
+fn a_config_file_error_names_its_prefix_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("bad.toml");
+    std::fs::write(&f, "max_tokenz = 3\n").unwrap();
+    let o = bitnet(&["run", "-q", "--config", f.to_str().unwrap()]);
+    expect(&o, 1, &["bad.toml", "max_tokenz"]);
+    assert_eq!(o.stderr.matches("invalid setting").count(), 1, "{o:?}");
+    assert!(!o.stderr.contains("config file:"), "{o:?}");
+}
+
+#[test]
+fn help_defaults_come_from_the_settings() {
+    let help = ok(bitnet(&["run", "--help"])).stdout;
+    let sampling = bitnet_inference::Settings::default().sampling_params();
+    for part in [
+        format!("[default: {DEFAULT_BATCH_SIZE}]"),
+        format!("[default: {DEFAULT_MAX_TOKENS}; chat: {DEFAULT_CHAT_MAX_TOKENS}]"),
+        format!("[default: {}]", sampling.temperature),
+        format!("[default: {}]", sampling.top_p),
+        format!("[default: {}]", sampling.min_p),
+        format!("[default: {}]", sampling.repeat_last_n),
+    ] {
+        assert!(
+            help.contains(&part),
+            "run --help should show {part}: {help}"
+        );
+    }
+}
