@@ -1,5 +1,5 @@
 use anyhow::{anyhow, Context, Result};
-use bitnet_models::export::{write_gguf, DenseFormat, ExportOptions, TernaryFormat};
+use bitnet_models::export::{DenseFormat, ExportOptions, TernaryFormat};
 use clap::Args;
 use std::path::PathBuf;
 
@@ -22,6 +22,9 @@ pub struct ConvertArgs {
     /// general.name to record
     #[arg(long)]
     name: Option<String>,
+    /// No progress bar and no summary line
+    #[arg(short, long)]
+    quiet: bool,
 }
 
 pub fn run(mut a: ConvertArgs) -> Result<()> {
@@ -31,14 +34,8 @@ pub fn run(mut a: ConvertArgs) -> Result<()> {
         .ok_or_else(|| anyhow!("unknown --type {} (i2_s, tq2_0, tq1_0, f16, f32)", a.ty))?;
     let dense = DenseFormat::parse(&a.embed)
         .ok_or_else(|| anyhow!("unknown --embed {} (f16, bf16, f32, q8_0, q6_k)", a.embed))?;
-    // Before the (long) load: a FIFO, device or symlink at the output is never replaced.
+    // Before the (long) conversion: a FIFO, device or symlink at the output is never replaced.
     bitnet_gguf::check_output_path(&a.output)?;
-    let model = bitnet_models::load(&a.input, a.tokenizer.as_deref())
-        .with_context(|| format!("loading {}", a.input.display()))?;
-    let vocab = model
-        .vocab
-        .as_ref()
-        .ok_or_else(|| anyhow!("the input's tokenizer cannot be stored as GGUF metadata"))?;
     // A folder's whole name ("bitnet-b1.58-kjv"), a file's name without its extension.
     let stem = if a.input.is_dir() {
         a.input.file_name()
@@ -49,24 +46,34 @@ pub fn run(mut a: ConvertArgs) -> Result<()> {
         stem.map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "bitnet".into())
     });
-    write_gguf(
-        &model.weights,
-        vocab,
-        &ExportOptions {
-            ternary,
-            dense,
-            name,
-        },
-        &a.output,
-    )
-    .map_err(crate::output_error)?;
-    let size = std::fs::metadata(&a.output).map(|m| m.len()).unwrap_or(0);
-    eprintln!(
-        "wrote {} ({} bytes, ternary {:?}, embeddings {:?})",
-        a.output.display(),
-        size,
+    let opts = ExportOptions {
         ternary,
-        dense
+        dense,
+        name,
+    };
+    let bar = crate::progress::bar("converting", crate::progress::Unit::Bytes, a.quiet);
+    // Tensor by tensor from the input's mapping: memory stays near one tensor whatever the
+    // model's size (README, "Converting").
+    let written = bitnet_models::export::convert(
+        &a.input,
+        a.tokenizer.as_deref(),
+        &opts,
+        &a.output,
+        &mut crate::progress::reporter(&bar),
     );
+    bar.finish_and_clear();
+    written
+        .map_err(crate::output_error)
+        .with_context(|| format!("converting {}", a.input.display()))?;
+    if !a.quiet {
+        let size = std::fs::metadata(&a.output).map(|m| m.len()).unwrap_or(0);
+        eprintln!(
+            "wrote {} ({} bytes, ternary {:?}, embeddings {:?})",
+            a.output.display(),
+            size,
+            ternary,
+            dense
+        );
+    }
     Ok(())
 }

@@ -10,6 +10,7 @@ mod hub;
 mod inspect;
 mod membw;
 mod perplexity;
+mod progress;
 mod run;
 mod serve;
 mod sigbus;
@@ -235,7 +236,7 @@ pub(crate) fn load_engine(
         mmap: s.mmap.unwrap_or(false),
     };
     let t = std::time::Instant::now();
-    let model = load_model(s, opts.placement())?;
+    let model = load_model_reporting(s, opts.placement(), quiet)?;
     let engine = bitnet_inference::Engine::from_model(model, &opts)?;
     if let Some(e) = engine.tokenizer().chat_template_error() {
         // Not fatal: only chat needs the template. Said now rather than at the first chat.
@@ -265,10 +266,30 @@ pub(crate) fn load_model(
     s: &bitnet_inference::Settings,
     placement: bitnet_models::Placement,
 ) -> anyhow::Result<bitnet_models::LoadedModel> {
+    load_model_reporting(s, placement, false)
+}
+
+/// [`load_model`] with a progress bar (tensors loaded) unless `quiet` or stderr is not a
+/// terminal.
+pub(crate) fn load_model_reporting(
+    s: &bitnet_inference::Settings,
+    placement: bitnet_models::Placement,
+    quiet: bool,
+) -> anyhow::Result<bitnet_models::LoadedModel> {
     use anyhow::Context;
     match &s.model {
-        Some(path) => bitnet_models::load_with(path, s.tokenizer.as_deref(), placement)
-            .with_context(|| format!("loading {}", path.display())),
+        Some(path) => {
+            let bar = progress::bar("loading", progress::Unit::Items("tensors"), quiet);
+            let model = bitnet_models::load_with_progress(
+                path,
+                s.tokenizer.as_deref(),
+                placement,
+                &mut progress::reporter(&bar),
+            )
+            .with_context(|| format!("loading {}", path.display()));
+            bar.finish_and_clear();
+            model
+        }
         None => builtin_model::load(s.tokenizer.as_deref(), placement),
     }
 }

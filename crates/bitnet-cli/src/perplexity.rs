@@ -38,7 +38,16 @@ pub fn run(a: PerplexityArgs) -> Result<()> {
         base_args.source.hf_file = None;
         let bs = resolve(&base_args, None)?;
         let base = crate::load_engine(&bs, false)?;
-        let d = bitnet_inference::perplexity::divergence(&engine, &base, &text, chunk)?;
+        let bar = crate::progress::bar("scoring", crate::progress::Unit::Items("chunks"), false);
+        let d = bitnet_inference::perplexity::divergence_with_progress(
+            &engine,
+            &base,
+            &text,
+            chunk,
+            &mut crate::progress::reporter(&bar),
+        );
+        bar.finish_and_clear();
+        let d = d?;
         println!(
             "tokens {} perplexity {:.3} (base {:.3}) KL(base||model) mean {:.6} max {:.4} nats, top-1 agreement {:.2}%",
             d.ppl.tokens,
@@ -50,7 +59,15 @@ pub fn run(a: PerplexityArgs) -> Result<()> {
         );
         return Ok(());
     }
-    let r = bitnet_inference::perplexity::line_packed(&engine, &text, chunk)?;
+    let bar = crate::progress::bar("scoring", crate::progress::Unit::Items("chunks"), false);
+    let r = bitnet_inference::perplexity::line_packed_with_progress(
+        &engine,
+        &text,
+        chunk,
+        &mut crate::progress::reporter(&bar),
+    );
+    bar.finish_and_clear();
+    let r = r?;
     println!(
         "chunks {} tokens {} loss {:.4} nats/token perplexity {:.3}",
         r.chunks,

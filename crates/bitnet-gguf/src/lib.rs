@@ -21,6 +21,6 @@ pub use error::GgufError;
 pub use output::{check_output_path, write_atomically};
 pub use reader::{GgufFile, MAX_ARRAY_DEPTH};
 pub use types::{GgmlType, MetadataValue, TensorInfo, ValueType, I2S_TAIL_BYTES, MAX_DIMS};
-pub use writer::GgufWriter;
+pub use writer::{GgufWriter, TensorSink};
 
 pub type Result<T> = std::result::Result<T, GgufError>;

@@ -21,13 +21,19 @@ struct PendingTensor {
     name: String,
     dims: Vec<u64>,
     ty: GgmlType,
-    data: Storage,
+    size: u64,
+    /// `None` for a tensor declared with [`GgufWriter::add_tensor_info`]: its bytes come from
+    /// the caller while the file is written ([`GgufWriter::write_streamed`]).
+    data: Option<Storage>,
 }
 
-/// Builds a GGUF file in memory (metadata and tensor data), then writes it in one go.
+/// Builds a GGUF file (metadata, tensor infos, and tensor data or a promise of it), then writes
+/// it in one go.
 ///
 /// Everything is validated when added, so that whatever this writes, [`crate::GgufFile`] reads
-/// back identically.
+/// back identically. Tensors declared without data ([`GgufWriter::add_tensor_info`]) let a large
+/// file be written one tensor at a time: every offset follows from the shapes and types, so the
+/// header goes out first and no tensor has to be held until the end.
 pub struct GgufWriter {
     alignment: u64,
     metadata: Vec<(String, MetadataValue)>,
@@ -120,38 +126,106 @@ impl GgufWriter {
         data: Storage,
     ) -> Result<()> {
         let name = name.into();
-        if self.tensor_names.contains(&name) {
-            return Err(GgufError::DuplicateTensor { name });
-        }
-        let expected = ty.tensor_nbytes(&dims).map_err(|e| e.for_tensor(&name))?;
+        let size = self.check_new_tensor(&name, &dims, ty)?;
         let actual = data.len() as u64;
-        if actual != expected {
+        if actual != size {
             return Err(GgufError::TensorSizeMismatch {
                 tensor: name,
-                expected,
+                expected: size,
                 actual,
             });
         }
+        self.push_tensor(name, dims, ty, size, Some(data));
+        Ok(())
+    }
+
+    /// Declares a tensor whose `ty.tensor_nbytes(&dims)` bytes are handed over later, while the
+    /// file is written ([`GgufWriter::write_streamed`]). Returns that size.
+    pub fn add_tensor_info(
+        &mut self,
+        name: impl Into<String>,
+        dims: Vec<u64>,
+        ty: GgmlType,
+    ) -> Result<u64> {
+        let name = name.into();
+        let size = self.check_new_tensor(&name, &dims, ty)?;
+        self.push_tensor(name, dims, ty, size, None);
+        Ok(size)
+    }
+
+    fn check_new_tensor(&self, name: &str, dims: &[u64], ty: GgmlType) -> Result<u64> {
+        if self.tensor_names.contains(name) {
+            return Err(GgufError::DuplicateTensor {
+                name: name.to_owned(),
+            });
+        }
+        ty.tensor_nbytes(dims).map_err(|e| e.for_tensor(name))
+    }
+
+    fn push_tensor(
+        &mut self,
+        name: String,
+        dims: Vec<u64>,
+        ty: GgmlType,
+        size: u64,
+        data: Option<Storage>,
+    ) {
         self.tensor_names.insert(name.clone());
         self.tensors.push(PendingTensor {
             name,
             dims,
             ty,
+            size,
             data,
         });
-        Ok(())
     }
 
-    /// Writes the whole file. Nothing is validated here (that happened when things were added),
-    /// so the only possible errors are I/O errors.
+    /// Writes the whole file. Every tensor must have its data (none declared with
+    /// [`GgufWriter::add_tensor_info`]); otherwise nothing is validated here (that happened when
+    /// things were added), so the only other possible errors are I/O errors.
     pub fn write_to<W: Write>(&self, w: &mut W) -> Result<()> {
+        self.write_streamed(w, |_, t| {
+            Err(io::Error::other(format!(
+                "tensor {:?} was declared without data",
+                t.name()
+            )))
+        })
+    }
+
+    /// Writes the header, then each tensor's data in order: the bytes given when it was added,
+    /// or for a tensor declared with [`GgufWriter::add_tensor_info`] whatever `fill(index, sink)`
+    /// writes into the sink, which must be exactly the declared size. Only one tensor's bytes
+    /// pass through here at a time, so memory does not grow with the file.
+    pub fn write_streamed<W: Write>(
+        &self,
+        w: &mut W,
+        mut fill: impl FnMut(usize, &mut TensorSink<'_>) -> io::Result<()>,
+    ) -> Result<()> {
         let header = self.header()?;
         w.write_all(&header)?;
         let mut pos = header.len() as u64;
         pos = self.pad(w, pos)?;
-        for t in &self.tensors {
-            w.write_all(&t.data)?;
-            pos += t.data.len() as u64;
+        for (i, t) in self.tensors.iter().enumerate() {
+            match &t.data {
+                Some(data) => w.write_all(data)?,
+                None => {
+                    let mut sink = TensorSink {
+                        out: w,
+                        name: &t.name,
+                        size: t.size,
+                        written: 0,
+                    };
+                    fill(i, &mut sink)?;
+                    if sink.written != t.size {
+                        return Err(GgufError::TensorSizeMismatch {
+                            tensor: t.name.clone(),
+                            expected: t.size,
+                            actual: sink.written,
+                        });
+                    }
+                }
+            }
+            pos += t.size;
             pos = self.pad(w, pos)?;
         }
         Ok(())
@@ -161,15 +235,36 @@ impl GgufWriter {
     /// crash or error never leaves a half-written file under the final name. A `path` that is
     /// a FIFO, device, socket or symlink is refused ([`crate::check_output_path`]).
     pub fn write_file(&self, path: &Path) -> Result<()> {
+        self.write_file_streamed(path, |_, t| {
+            Err(io::Error::other(format!(
+                "tensor {:?} was declared without data",
+                t.name()
+            )))
+        })
+    }
+
+    /// [`GgufWriter::write_streamed`] into `path` the way [`GgufWriter::write_file`] writes:
+    /// through a temporary file renamed over `path` once complete, so an error from `fill`
+    /// leaves nothing under the name.
+    pub fn write_file_streamed(
+        &self,
+        path: &Path,
+        fill: impl FnMut(usize, &mut TensorSink<'_>) -> io::Result<()>,
+    ) -> Result<()> {
         crate::output::write_atomically(path, |file| {
             let mut out = io::BufWriter::with_capacity(1 << 20, file);
-            self.write_to(&mut out).map_err(|e| match e {
+            self.write_streamed(&mut out, fill).map_err(|e| match e {
                 GgufError::Io(e) => e,
                 other => io::Error::other(other.to_string()),
             })?;
             out.flush()
         })
         .map_err(GgufError::Io)
+    }
+
+    /// Total bytes of tensor data, padding left out (what a progress report counts to).
+    pub fn tensor_data_bytes(&self) -> u64 {
+        self.tensors.iter().map(|t| t.size).sum()
     }
 
     /// Header, metadata and tensor infos, without the padding that follows them.
@@ -194,7 +289,7 @@ impl GgufWriter {
             h.extend_from_slice(&t.ty.id().to_le_bytes());
             h.extend_from_slice(&offset.to_le_bytes());
             offset = offset
-                .checked_add(t.data.len() as u64)
+                .checked_add(t.size)
                 .and_then(|end| align_up(end, self.alignment))
                 .ok_or_else(|| io::Error::other("tensor data offsets overflow u64"))?;
         }
@@ -213,6 +308,44 @@ impl GgufWriter {
             left -= n as u64;
         }
         Ok(end)
+    }
+}
+
+/// Where a streamed tensor's bytes go ([`GgufWriter::write_streamed`]); refuses more than the
+/// tensor's declared size.
+pub struct TensorSink<'a> {
+    out: &'a mut dyn Write,
+    name: &'a str,
+    size: u64,
+    written: u64,
+}
+
+impl TensorSink<'_> {
+    pub fn name(&self) -> &str {
+        self.name
+    }
+
+    /// Bytes still expected.
+    pub fn remaining(&self) -> u64 {
+        self.size - self.written
+    }
+}
+
+impl Write for TensorSink<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if buf.len() as u64 > self.remaining() {
+            return Err(io::Error::other(format!(
+                "more than the {} bytes declared for tensor {:?}",
+                self.size, self.name
+            )));
+        }
+        let n = self.out.write(buf)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
     }
 }
 
@@ -267,5 +400,88 @@ fn put_value(h: &mut Vec<u8>, value: &MetadataValue) {
                 put_value(h, item);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn writer() -> GgufWriter {
+        let mut g = GgufWriter::new();
+        g.add_metadata("general.name", MetadataValue::String("t".into()))
+            .unwrap();
+        g
+    }
+
+    #[test]
+    fn streamed_tensors_give_the_same_bytes_as_held_ones() {
+        let a: Vec<u8> = (0..12u8).flat_map(|i| f32::from(i).to_le_bytes()).collect();
+        let b: Vec<u8> = (0..5u8).flat_map(|i| f32::from(i).to_le_bytes()).collect();
+        let mut held = writer();
+        held.add_tensor("a", vec![3, 4], GgmlType::F32, a.clone())
+            .unwrap();
+        held.add_tensor("b", vec![5], GgmlType::F32, b.clone())
+            .unwrap();
+        let mut want = Vec::new();
+        held.write_to(&mut want).unwrap();
+
+        let mut streamed = writer();
+        assert_eq!(
+            streamed
+                .add_tensor_info("a", vec![3, 4], GgmlType::F32)
+                .unwrap(),
+            48
+        );
+        // Held and streamed tensors mix.
+        streamed
+            .add_tensor("b", vec![5], GgmlType::F32, b.clone())
+            .unwrap();
+        assert_eq!(streamed.tensor_data_bytes(), 68);
+        let mut got = Vec::new();
+        let mut asked = Vec::new();
+        streamed
+            .write_streamed(&mut got, |i, sink| {
+                asked.push((i, sink.name().to_owned()));
+                // In pieces, as a converter writes rows.
+                for piece in a.chunks(10) {
+                    sink.write_all(piece)?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(asked, [(0, "a".to_owned())]);
+        assert_eq!(got, want);
+        // A declared tensor without a filler cannot be written whole.
+        assert!(streamed.write_to(&mut Vec::new()).is_err());
+    }
+
+    #[test]
+    fn a_streamed_tensor_of_the_wrong_size_is_refused() {
+        let mut g = writer();
+        g.add_tensor_info("a", vec![4], GgmlType::F32).unwrap();
+        let short = g.write_streamed(&mut Vec::new(), |_, sink| sink.write_all(&[0; 12]));
+        assert!(
+            matches!(
+                short,
+                Err(GgufError::TensorSizeMismatch {
+                    expected: 16,
+                    actual: 12,
+                    ..
+                })
+            ),
+            "{short:?}"
+        );
+        let long = g.write_streamed(&mut Vec::new(), |_, sink| sink.write_all(&[0; 20]));
+        assert!(long.is_err());
+        // Through a file: an error from the filler leaves nothing under the name.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.gguf");
+        let e = g.write_file_streamed(&path, |_, _| Err(io::Error::other("bad tensor")));
+        assert!(e.unwrap_err().to_string().contains("bad tensor"));
+        assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none());
+        g.write_file_streamed(&path, |_, sink| sink.write_all(&[0; 16]))
+            .unwrap();
+        assert!(crate::GgufFile::open(&path).is_ok());
     }
 }

@@ -69,18 +69,31 @@ fn mean(what: &'static str, sum: f64, n: usize) -> Result<f64> {
 
 /// Lines packed into chunks as [`line_chunks`] does; every token after each chunk's BOS is scored.
 pub fn line_packed(engine: &Engine, text: &str, chunk: usize) -> Result<Perplexity> {
+    line_packed_with_progress(engine, text, chunk, &mut |_, _| {})
+}
+
+/// [`line_packed`], telling `progress(done, total)` how many chunks are scored.
+pub fn line_packed_with_progress(
+    engine: &Engine,
+    text: &str,
+    chunk: usize,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Perplexity> {
     let chunks = line_chunks(engine, text, chunk)?;
     let longest = chunks.iter().map(Vec::len).max().unwrap_or(1);
     let mut session = engine.session(Some(longest))?;
     let vocab = engine.config().vocab_size;
     let (mut nll, mut n) = (0f64, 0usize);
-    for c in chunks.iter().filter(|c| c.len() >= 2) {
+    let scored = chunks.iter().filter(|c| c.len() >= 2).count() as u64;
+    progress(0, scored);
+    for (i, c) in chunks.iter().filter(|c| c.len() >= 2).enumerate() {
         session.reset();
         let logits = session.eval(&c[..c.len() - 1], Logits::All)?;
         for (row, &target) in logits.chunks_exact(vocab).zip(&c[1..]) {
             nll += log_sum_exp(row) - row[target as usize] as f64;
             n += 1;
         }
+        progress(i as u64 + 1, scored);
     }
     Ok(Perplexity {
         chunks: chunks.len(),
@@ -109,6 +122,17 @@ pub struct Divergence {
 /// [`line_packed`], with both perplexities. The two engines must share the vocabulary (same
 /// token ids); both run chunk by chunk, so memory stays at one chunk's logits per model.
 pub fn divergence(engine: &Engine, base: &Engine, text: &str, chunk: usize) -> Result<Divergence> {
+    divergence_with_progress(engine, base, text, chunk, &mut |_, _| {})
+}
+
+/// [`divergence`], telling `progress(done, total)` how many chunks are scored.
+pub fn divergence_with_progress(
+    engine: &Engine,
+    base: &Engine,
+    text: &str,
+    chunk: usize,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Divergence> {
     let vocab = engine.config().vocab_size;
     if base.config().vocab_size != vocab {
         return Err(EngineError::Settings(format!(
@@ -126,7 +150,9 @@ pub fn divergence(engine: &Engine, base: &Engine, text: &str, chunk: usize) -> R
     let (mut sm, mut sb) = (engine.session(Some(longest))?, base.session(Some(longest))?);
     let (mut nll, mut base_nll, mut n) = (0f64, 0f64, 0usize);
     let (mut kl_sum, mut kl_max, mut agree) = (0f64, 0f64, 0usize);
-    for c in chunks.iter().filter(|c| c.len() >= 2) {
+    let scored = chunks.iter().filter(|c| c.len() >= 2).count() as u64;
+    progress(0, scored);
+    for (i, c) in chunks.iter().filter(|c| c.len() >= 2).enumerate() {
         sm.reset();
         sb.reset();
         let lm = sm.eval(&c[..c.len() - 1], Logits::All)?;
@@ -145,6 +171,7 @@ pub fn divergence(engine: &Engine, base: &Engine, text: &str, chunk: usize) -> R
             agree += usize::from(crate::argmax(rm) == crate::argmax(rb));
             n += 1;
         }
+        progress(i as u64 + 1, scored);
     }
     let ppl = |loss| Perplexity {
         chunks: chunks.len(),

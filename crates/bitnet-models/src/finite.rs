@@ -48,6 +48,19 @@ pub fn check_scale(name: &str, s: f32) -> Result<()> {
 /// Stored bytes of a dense type: every float of F32/F16/BF16, the f16 block scales of
 /// Q8_0/Q6_K (their integer codes are always finite).
 pub fn check_stored(name: &str, ty: DenseType, bytes: &[u8]) -> Result<()> {
+    check_stored_part(name, ty, bytes, 0, bytes.len() / ty.block_bytes())
+}
+
+/// [`check_stored`] on a piece of a tensor that starts at its block `first` (an element, for
+/// the float types) out of `total`, so that a tensor checked piece by piece names the same
+/// element as one checked whole.
+pub fn check_stored_part(
+    name: &str,
+    ty: DenseType,
+    bytes: &[u8],
+    first: usize,
+    total: usize,
+) -> Result<()> {
     let at = |i: usize, size: usize| bytes.get(i * size..i * size + size).unwrap_or_default();
     let found = match ty {
         DenseType::F32 => scan::first_non_finite_f32(bytes).map(|i| {
@@ -84,7 +97,10 @@ pub fn check_stored(name: &str, ty: DenseType, bytes: &[u8]) -> Result<()> {
                         .get(b * block + d_at..b * block + d_at + 2)
                         .and_then(|x| x.try_into().ok())
                         .map_or(f32::NAN, |x| f16::from_le_bytes(x).to_f32());
-                    Err(bad(name, format!("the scale of block {b} is {}", kind(d))))
+                    Err(bad(
+                        name,
+                        format!("the scale of block {} is {}", first + b, kind(d)),
+                    ))
                 }
             };
         }
@@ -93,11 +109,7 @@ pub fn check_stored(name: &str, ty: DenseType, bytes: &[u8]) -> Result<()> {
         None => Ok(()),
         Some((i, x)) => Err(bad(
             name,
-            format!(
-                "element {i} of {} is {}",
-                bytes.len() / ty.block_bytes(),
-                kind(x)
-            ),
+            format!("element {} of {total} is {}", first + i, kind(x)),
         )),
     }
 }

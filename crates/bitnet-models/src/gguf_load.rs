@@ -213,6 +213,12 @@ fn common_block_scale(codes: &[i8], ds: &[f32], block: usize) -> std::result::Re
 }
 
 pub fn load_weights(file: &GgufFile, placement: Placement) -> Result<ModelWeights> {
+    let config = checked_config(file)?;
+    ModelWeights::build_placed(config, &GgufSource { file }, placement)
+}
+
+/// The file's configuration, once its layer count agrees with the tensors it holds.
+pub fn checked_config(file: &GgufFile) -> Result<ModelConfig> {
     let config = ModelConfig::from_gguf(file)?;
     crate::config::check_layer_count(
         file.tensors().iter().map(|t| t.name.as_str()),
@@ -220,7 +226,7 @@ pub fn load_weights(file: &GgufFile, placement: Placement) -> Result<ModelWeight
         config.num_layers,
         "block_count",
     )?;
-    ModelWeights::build_placed(config, &GgufSource { file }, placement)
+    Ok(config)
 }
 
 /// The `tokenizer.ggml.*` keys as the tokenizer crate's plain struct.

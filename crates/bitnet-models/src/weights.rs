@@ -130,7 +130,7 @@ impl LayerWeights {
 
 /// Codec and kernel errors ("2-bit code 3 at element 7") know nothing of tensors; a load error
 /// must say which tensor it is about.
-fn name_tensor(e: ModelError, src: &dyn TensorSource, role: Role) -> ModelError {
+pub(crate) fn name_tensor(e: ModelError, src: &dyn TensorSource, role: Role) -> ModelError {
     match e {
         ModelError::Quant(_) | ModelError::Kernel(_) => ModelError::BadTensor {
             name: src.tensor_name(role),
@@ -311,6 +311,89 @@ impl ModelWeights {
             + norms
             + ternary
     }
+}
+
+/// A loaded model is a source too, so that writing it ([`crate::export`]) and converting a file
+/// share one path. Matrices come back as cheap clones (their bytes are shared).
+impl TensorSource for ModelWeights {
+    fn has(&self, role: Role) -> bool {
+        match role {
+            Role::TokenEmbd | Role::OutputNorm => true,
+            Role::Output => self.output.is_some(),
+            Role::AttnNorm(l)
+            | Role::AttnQ(l)
+            | Role::AttnK(l)
+            | Role::AttnV(l)
+            | Role::AttnOutput(l)
+            | Role::AttnSubNorm(l)
+            | Role::FfnNorm(l)
+            | Role::FfnGate(l)
+            | Role::FfnUp(l)
+            | Role::FfnDown(l)
+            | Role::FfnSubNorm(l) => l < self.layers.len(),
+        }
+    }
+
+    fn dense(&self, role: Role, rows: usize, cols: usize) -> Result<DenseMatrix> {
+        let m = match role {
+            Role::TokenEmbd => Some(&self.token_embd),
+            Role::Output => self.output.as_ref(),
+            _ => None,
+        }
+        .ok_or_else(|| ModelError::MissingTensor(role.gguf_name()))?;
+        check_held_shape(role, (m.rows(), m.cols()), (rows, cols))?;
+        Ok(m.clone())
+    }
+
+    fn vector(&self, role: Role, len: usize) -> Result<Vec<f32>> {
+        let layer = |l: usize| self.layers.get(l);
+        let v = match role {
+            Role::OutputNorm => Some(&self.output_norm),
+            Role::AttnNorm(l) => layer(l).map(|w| &w.attn_norm),
+            Role::AttnSubNorm(l) => layer(l).map(|w| &w.attn_sub_norm),
+            Role::FfnNorm(l) => layer(l).map(|w| &w.ffn_norm),
+            Role::FfnSubNorm(l) => layer(l).map(|w| &w.ffn_sub_norm),
+            _ => None,
+        }
+        .ok_or_else(|| ModelError::MissingTensor(role.gguf_name()))?;
+        check_held_shape(role, (1, v.len()), (1, len))?;
+        Ok(v.clone())
+    }
+
+    fn ternary(&self, role: Role, rows: usize, cols: usize) -> Result<TernaryMatrix> {
+        let layer = |l: usize| self.layers.get(l);
+        let m = match role {
+            Role::AttnQ(l) => layer(l).map(|w| &w.wq),
+            Role::AttnK(l) => layer(l).map(|w| &w.wk),
+            Role::AttnV(l) => layer(l).map(|w| &w.wv),
+            Role::AttnOutput(l) => layer(l).map(|w| &w.wo),
+            Role::FfnGate(l) => layer(l).map(|w| &w.w_gate),
+            Role::FfnUp(l) => layer(l).map(|w| &w.w_up),
+            Role::FfnDown(l) => layer(l).map(|w| &w.w_down),
+            _ => None,
+        }
+        .ok_or_else(|| ModelError::MissingTensor(role.gguf_name()))?;
+        check_held_shape(role, (m.rows(), m.cols()), (rows, cols))?;
+        Ok(m.clone())
+    }
+}
+
+fn check_held_shape(role: Role, found: (usize, usize), expected: (usize, usize)) -> Result<()> {
+    if found == expected {
+        return Ok(());
+    }
+    let dims = |(r, c): (usize, usize)| {
+        if r == 1 {
+            vec![c as u64]
+        } else {
+            vec![c as u64, r as u64]
+        }
+    };
+    Err(ModelError::Shape {
+        name: role.gguf_name(),
+        found: dims(found),
+        expected: dims(expected),
+    })
 }
 
 /// Little-endian f32 bytes to values (tensor data need not be 4-byte aligned).
