@@ -3,90 +3,23 @@
 //! `bitnet_inference::settings`. Every child runs under a kill timer.
 
 use bitnet_inference::settings::{DEFAULT_BATCH_SIZE, DEFAULT_CHAT_MAX_TOKENS, DEFAULT_MAX_TOKENS};
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+#[path = "support/run.rs"]
+mod run;
+
+use run::{workspace_root, Out};
+use std::time::Duration;
 
 const HF_DIR: &str = "../shared/models/bitnet-b1.58-kjv";
 const HANG_GUARD: Duration = Duration::from_secs(300);
 
-struct Out {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl std::fmt::Debug for Out {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
-            self.code, self.stdout, self.stderr
-        )
-    }
-}
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
 /// `bitnet ARGS` in the workspace root with `stdin` piped in and no BITNET_* variable from
 /// outside, killed (and the test failed) if it outlives [`HANG_GUARD`].
 fn bitnet_with(args: &[&str], stdin: &[u8], env: &[(&str, &str)]) -> Out {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_bitnet"));
-    c.current_dir(workspace_root())
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("BITNET_") {
-            c.env_remove(k);
-        }
-    }
+    let mut c = run::command(args, None);
     for (k, v) in env {
         c.env(k, v);
     }
-    let mut child = c.spawn().expect("bitnet runs");
-    let mut input = child.stdin.take().expect("stdin");
-    let data = stdin.to_vec();
-    // The child may exit before reading all of it.
-    let writer = std::thread::spawn(move || {
-        let _ = input.write_all(&data);
-    });
-    let (mut out, mut err) = (
-        child.stdout.take().expect("stdout"),
-        child.stderr.take().expect("stderr"),
-    );
-    let read_out = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = std::io::Read::read_to_end(&mut out, &mut s);
-        s
-    });
-    let read_err = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = std::io::Read::read_to_end(&mut err, &mut s);
-        s
-    });
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s;
-        }
-        if start.elapsed() > HANG_GUARD {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("bitnet {args:?} still running after {HANG_GUARD:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let _ = writer.join();
-    Out {
-        code: status.code(),
-        stdout: String::from_utf8_lossy(&read_out.join().expect("stdout")).into_owned(),
-        stderr: String::from_utf8_lossy(&read_err.join().expect("stderr")).into_owned(),
-    }
+    run::finish(c, Some(stdin), HANG_GUARD)
 }
 
 fn bitnet(args: &[&str]) -> Out {

@@ -9,14 +9,16 @@
 
 #[path = "../../bitnet-models/tests/common/mod.rs"]
 mod common;
+#[path = "support/run.rs"]
+mod run;
 
 use bitnet_gguf::{GgmlType, GgufFile, GgufWriter, MetadataValue, Storage};
 use common::*;
+use run::Out;
 use std::ffi::OsStr;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 const DEFAULT_MODEL: &str = "models/bitnet-b1.58-kjv-i2_s.gguf";
@@ -25,74 +27,19 @@ const ULIMIT_V_KIB: u64 = 4_000_000;
 /// A watchdog, not a speed test: only a hang comes anywhere near it.
 const HANG: Duration = Duration::from_secs(180);
 
-struct Out {
-    /// `None`: killed by a signal.
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl std::fmt::Debug for Out {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
-            self.code, self.stdout, self.stderr
-        )
-    }
-}
-
 /// `bitnet ARGS` under the memory limit, from the workspace root, with no BITNET_* variable
 /// from outside.
 fn bitnet<S: AsRef<OsStr>>(args: &[S]) -> Command {
-    let mut c = Command::new("sh");
-    c.arg("-c")
-        .arg(format!("ulimit -v {ULIMIT_V_KIB} && exec \"$0\" \"$@\""))
-        .arg(env!("CARGO_BIN_EXE_bitnet"))
-        .args(args)
-        .current_dir(workspace_root())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("BITNET_") {
-            c.env_remove(k);
-        }
-    }
-    c
+    run::command(args, Some(ULIMIT_V_KIB))
 }
 
 /// Runs `c`, feeding `stdin`, killing it if it outlives [`HANG`].
-fn finish(mut c: Command, stdin: Option<&[u8]>) -> Out {
-    if stdin.is_some() {
-        c.stdin(Stdio::piped());
-    }
-    let mut child = c.spawn().expect("bitnet starts");
-    if let Some(bytes) = stdin {
-        // A process that exits early closes the pipe: not this test's concern.
-        let _ = child.stdin.take().unwrap().write_all(bytes);
-    }
-    wait(child)
+fn finish(c: Command, stdin: Option<&[u8]>) -> Out {
+    run::finish(c, stdin, HANG)
 }
 
 fn wait(child: std::process::Child) -> Out {
-    let pid = child.id();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    let o = match rx.recv_timeout(HANG) {
-        Ok(o) => o.expect("wait for bitnet"),
-        Err(_) => {
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-            panic!("bitnet hung (killed after {HANG:?})");
-        }
-    };
-    Out {
-        code: o.status.code(),
-        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-    }
+    run::wait(child, HANG)
 }
 
 fn run<S: AsRef<OsStr>>(args: &[S]) -> Out {

@@ -10,10 +10,13 @@
 use bitnet_gguf::{GgufFile, GgufWriter, MetadataValue};
 use bitnet_models::gguf_load::{vocab_from_gguf, vocab_to_metadata};
 use bitnet_tokenizers::{token_type, GgufVocab};
+#[path = "support/run.rs"]
+mod run;
+
+use run::Out;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const DEFAULT_MODEL: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -25,91 +28,13 @@ const MEMORY_LIMIT_KIB: u64 = 4_000_000;
 /// gets here.
 const HANG_GUARD: Duration = Duration::from_secs(300);
 
-struct Out {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl std::fmt::Debug for Out {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let tail = |s: &str| {
-            s.chars()
-                .rev()
-                .take(2000)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect::<String>()
-        };
-        write!(
-            f,
-            "exit {:?}\n--- stdout (end)\n{}\n--- stderr (end)\n{}",
-            self.code,
-            tail(&self.stdout),
-            tail(&self.stderr)
-        )
-    }
-}
-
 /// Runs `bitnet args...` under the memory limit, feeding `stdin`, killing it at the hang guard.
 fn bitnet(args: &[&str], stdin: &[u8]) -> Out {
-    let mut c = Command::new("sh");
-    // The workspace root, where the default model path resolves.
-    c.current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
-        .arg("-c")
-        .arg(format!(
-            "ulimit -v {MEMORY_LIMIT_KIB} && exec \"$0\" \"$@\""
-        ))
-        .arg(env!("CARGO_BIN_EXE_bitnet"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("BITNET_") {
-            c.env_remove(k);
-        }
-    }
-    let mut child = c.spawn().expect("sh runs");
-    let mut input = child.stdin.take().expect("stdin");
-    let data = stdin.to_vec();
-    // A writer thread: the child may stop reading (and exit) before taking all of it.
-    let writer = std::thread::spawn(move || {
-        let _ = input.write_all(&data);
-    });
-    let (mut out, mut err) = (
-        child.stdout.take().expect("stdout"),
-        child.stderr.take().expect("stderr"),
-    );
-    let read_out = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = std::io::Read::read_to_end(&mut out, &mut s);
-        s
-    });
-    let read_err = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = std::io::Read::read_to_end(&mut err, &mut s);
-        s
-    });
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s;
-        }
-        if start.elapsed() > HANG_GUARD {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("bitnet {args:?} still running after {HANG_GUARD:?}: a hang");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let _ = writer.join();
-    Out {
-        code: status.code(),
-        stdout: String::from_utf8_lossy(&read_out.join().expect("stdout reader")).into_owned(),
-        stderr: String::from_utf8_lossy(&read_err.join().expect("stderr reader")).into_owned(),
-    }
+    run::finish(
+        run::command(args, Some(MEMORY_LIMIT_KIB)),
+        Some(stdin),
+        HANG_GUARD,
+    )
 }
 
 /// The exit code, every part in stderr, no panic, no signal (a signal leaves no code).
