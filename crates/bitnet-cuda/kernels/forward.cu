@@ -464,56 +464,27 @@ extern "C" __global__ void quantize_q8_0(const float* __restrict__ x, int cols,
     if (lane == 0) d[b] = h2f(f2h(__fdiv_rn(amax, 127.0f)));
 }
 
-// 16-byte chunks a lane loads into registers before storing any (the row's bytes in flight).
-#define HEAD_PF 8
-
 // logits[r] = dot(Q8_0 row r, the Q8_0-quantized x): per block the exact integer dot times
 // d_w * d_x, summed in f32 (ggml_vec_dot_q8_0_q8_0). One warp per row, a block per lane.
-// Blocks are 34 bytes, so a lane reading its own blocks makes 2-byte loads scattered over the
-// row: with `staged` (rows a multiple of 16 bytes; dynamic shared memory of a row per warp)
-// the warp first copies its row to shared memory in coalesced 16-byte loads, all issued before
-// the first store, and the lanes read their blocks from there.
 extern "C" __global__ void head_q8_0(const unsigned char* __restrict__ w, int rows, int cols,
                                      const i8* __restrict__ q, const float* __restrict__ d,
-                                     float* __restrict__ out, int staged) {
-    extern __shared__ uint4 stage[];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int r = blockIdx.x * (blockDim.x >> 5) + warp;
-    if (r >= rows) return;  // no block-wide barrier below
+                                     float* __restrict__ out) {
+    const int lane = threadIdx.x & 31;
+    const int r = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (r >= rows) return;
     const int nb = cols >> 5;
-    const size_t row_bytes = (size_t)nb * 34;
-    const u16* row;
-    if (staged) {
-        const int n16 = (int)(row_bytes >> 4);
-        uint4* st = stage + (size_t)warp * n16;
-        const uint4* src = (const uint4*)(w + (size_t)r * row_bytes);
-        uint4 buf[HEAD_PF];
-#pragma unroll
-        for (int j = 0; j < HEAD_PF; ++j) {
-            const int c = lane + 32 * j;
-            if (c < n16) buf[j] = __ldcs(src + c);
-        }
-#pragma unroll
-        for (int j = 0; j < HEAD_PF; ++j) {
-            const int c = lane + 32 * j;
-            if (c < n16) st[c] = buf[j];
-        }
-        for (int c = lane + 32 * HEAD_PF; c < n16; c += 32) st[c] = __ldcs(src + c);
-        __syncwarp();
-        row = (const u16*)st;
-    } else {
-        row = (const u16*)(w + (size_t)r * row_bytes);
-    }
+    // Blocks are 34 bytes: 2-byte aligned, so the int8 quads are put together from u16 loads.
+    const u16* row = (const u16*)(w + (size_t)r * nb * 34);
     float acc = 0.0f;
     for (int b = lane; b < nb; b += 32) {
         const u16* blk = row + b * 17;
-        const float dw = h2f(blk[0]);
+        const float dw = h2f(__ldg(blk));
         const int* qx = (const int*)(q + b * 32);
         int s = 0;
 #pragma unroll
         for (int i = 0; i < 8; ++i) {
-            const int wq = (int)((u32)blk[1 + 2 * i] | ((u32)blk[2 + 2 * i] << 16));
-            s = __dp4a(wq, __ldg(qx + i), s);
+            const int wq = (int)((u32)__ldg(blk + 1 + 2 * i) | ((u32)__ldg(blk + 2 + 2 * i) << 16));
+            s = __dp4a(wq, qx[i], s);
         }
         acc = fmaf(__fmul_rn(dw, d[b]), (float)s, acc);
     }

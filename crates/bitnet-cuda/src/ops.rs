@@ -587,22 +587,15 @@ impl Gpu {
             // SAFETY: arguments match; cols values of x, q8, cols / 32 of d8 (checked).
             unsafe { l.launch(cfg((blocks, 1), 256, 0)) }?;
             let f = self.kernels.function(FORWARD, "head_q8_0")?;
-            // Rows staged through shared memory in 16-byte loads where they are whole
-            // 16-byte chunks and fit the default 48 KiB.
-            let stage = HEAD_WARPS as usize * m.row_bytes;
-            let staged = m.row_bytes.is_multiple_of(16) && stage <= 48 * 1024;
-            let (smem, staged) = if staged { (stage as u32, 1i32) } else { (0, 0) };
             let mut l = self.stream.launch_builder(&f);
             l.arg(&m.data)
                 .arg(&rows)
                 .arg(&cols)
                 .arg(&*q8)
                 .arg(&*d8)
-                .arg(logits)
-                .arg(&staged);
-            // SAFETY: arguments match; a warp per row inside `rows` (checked); shared memory
-            // holds a row per warp when staged.
-            unsafe { l.launch(cfg(grid, 32 * HEAD_WARPS, smem)) }?;
+                .arg(logits);
+            // SAFETY: arguments match; a warp per row inside `rows` (checked).
+            unsafe { l.launch(cfg(grid, 32 * HEAD_WARPS, 0)) }?;
         } else {
             let f = self.kernels.function(FORWARD, "head_dense")?;
             let ty = m.code();
