@@ -116,9 +116,10 @@ fn bench(
     );
 
     // Decode: tg tokens after a one-token prompt, as llama-bench's tgN.
-    for graph in [false, true] {
+    for (graph, fused) in [(false, true), (true, false), (true, true)] {
         let mut s = GpuSession::new(gpu, &gm, ctx, 1)?;
         s.set_graph(graph);
+        s.set_fused(fused);
         s.generate_greedy(&[1], 8)?; // warm-up (and the graph's capture)
         let mut best = f64::MAX;
         let mut ids = Vec::new();
@@ -132,9 +133,14 @@ fn bench(
             best = best.min(t.elapsed().as_secs_f64());
         }
         println!(
-            "tg{tg} ({}): {:.1} us/token, {:.0} tokens/s, {:.0} GB/s of weights (best of {reps}; \
-             first ids {:?})",
+            "tg{tg} ({}, {}): {:.1} us/token, {:.0} tokens/s, {:.0} GB/s of weights (best of \
+             {reps}; first ids {:?})",
             if graph { "graph" } else { "launches" },
+            if fused {
+                "fused norms"
+            } else {
+                "separate norms"
+            },
             best / tg as f64 * 1e6,
             tg as f64 / best,
             gm.nbytes() as f64 * tg as f64 / best / 1e9,

@@ -115,23 +115,20 @@ __device__ __forceinline__ float norm_input(const float* __restrict__ xt, int co
     return __fmul_rn(__fdiv_rn(g, __fadd_rn(1.0f, expf(-g))), u);
 }
 
-// Per token (one block each): y = w * (v * r), r = 1 / sqrt(mean(v^2) + eps) (ops::rms_norm)
-// over the row's `cols` input values v (see norm_input; rows are `in_stride` floats apart),
-// then, when `q` is not null, y quantized to int8 exactly as quantize_rows does with y as input
-// (so the int8 values are bit-identical to the CPU quantizer applied to this y). y itself is
-// written to `y` when that is not null. The row is read from global memory once and kept in
-// shared memory (`cols` floats) for the later passes: for a decode step this kernel is a
-// serial step between two matmuls, and each global pass costs a memory latency per element
-// a thread handles.
-extern "C" __global__ void norm_quant(const float* __restrict__ x, int in_stride, int cols,
-                                      int mode, const float* __restrict__ w, float eps,
-                                      float* __restrict__ y, i8* __restrict__ q, int qstride,
-                                      float* __restrict__ scales, int* __restrict__ sums) {
-    extern __shared__ float row[];
-    __shared__ float red[32];
-    __shared__ int red_i[32];
-    const int t = blockIdx.x;
-    const float* xt = x + (size_t)t * in_stride;
+// One row's norm and quantization (the body of norm_quant; also the prologue of the fused
+// decode matmul, so both give the same bits): y = w * (v * r), r = 1 / sqrt(mean(v^2) + eps)
+// (ops::rms_norm) over the row's `cols` input values v (see norm_input), written to `y` when
+// that is not null, then, when `q` is not null, y quantized to int8 exactly as quantize_rows
+// does with y as input (so the int8 values are bit-identical to the CPU quantizer applied to
+// this y): `qstride` bytes (zero past cols), the scale to *s_out and the values' sum to
+// *sum_out in every thread. The sum-of-squares order depends on blockDim: callers that must
+// agree launch the same block size. `row` is `cols` floats of shared memory: the row is read
+// from global memory once, and each global pass costs a memory latency per element a thread
+// handles. The q writes are published to the block by block_sum_i's barriers.
+__device__ void norm_quant_row(const float* __restrict__ xt, int cols, int mode,
+                               const float* __restrict__ w, float eps, float* row,
+                               float* __restrict__ y, i8* q, int qstride, float* red,
+                               int* red_i, float* s_out, int* sum_out) {
     float ss = 0.0f;
 #pragma unroll 4
     for (int k = threadIdx.x; k < cols; k += blockDim.x) {
@@ -147,24 +144,121 @@ extern "C" __global__ void norm_quant(const float* __restrict__ x, int in_stride
     for (int k = threadIdx.x; k < cols; k += blockDim.x) {
         const float v = __fmul_rn(w[k], __fmul_rn(row[k], r));
         row[k] = v;
-        if (y) y[(size_t)t * cols + k] = v;
+        if (y) y[k] = v;
         amax = fmaxf(amax, fabsf(v));
     }
     if (!q) return;
     amax = block_max(amax, red);
     const float s = __fdiv_rn(127.0f, fmaxf(amax, 1e-5f));
-    i8* qt = q + (size_t)t * qstride;
     int sum = 0;
     for (int k = threadIdx.x; k < qstride; k += blockDim.x) {
         int v = 0;
         if (k < cols) v = (int)fminf(fmaxf(rintf(__fmul_rn(row[k], s)), -128.0f), 127.0f);
-        qt[k] = (i8)v;
+        q[k] = (i8)v;
         sum += v;
     }
-    sum = block_sum_i(sum, red_i);
-    if (threadIdx.x == 0) {
+    *s_out = s;
+    *sum_out = block_sum_i(sum, red_i);
+}
+
+// Per token (one block each): norm_quant_row of row t (rows `in_stride` floats apart) into
+// y[t] and q[t] / scales[t] / sums[t] (either may be null). Dynamic shared memory: `cols`
+// floats.
+extern "C" __global__ void norm_quant(const float* __restrict__ x, int in_stride, int cols,
+                                      int mode, const float* __restrict__ w, float eps,
+                                      float* __restrict__ y, i8* __restrict__ q, int qstride,
+                                      float* __restrict__ scales, int* __restrict__ sums) {
+    extern __shared__ float row[];
+    __shared__ float red[32];
+    __shared__ int red_i[32];
+    const int t = blockIdx.x;
+    float s;
+    int sum;
+    norm_quant_row(x + (size_t)t * in_stride, cols, mode, w, eps, row,
+                   y ? y + (size_t)t * cols : y, q ? q + (size_t)t * qstride : q, qstride, red,
+                   red_i, &s, &sum);
+    if (q && threadIdx.x == 0) {
         scales[t] = s;
         sums[t] = sum;
+    }
+}
+
+// 16 weights-bytes (64 ternary codes, I2_S layout: see ternary.cu) of chunk c of a row times
+// the int8 activations `q` (shared memory), added to acc.
+__device__ __forceinline__ int ternary_chunk(uint4 wv, const i8* q, int c, int acc) {
+    const int base = (c >> 1) * 128 + ((c & 1) << 4);
+    const u32 words[4] = {wv.x, wv.y, wv.z, wv.w};
+#pragma unroll
+    for (int g = 0; g < 4; ++g) {
+        const int shift = 6 - 2 * g;
+        const int4 qv = *(const int4*)(q + base + 32 * g);
+        acc = __dp4a((int)((words[0] >> shift) & 0x03030303u), qv.x, acc);
+        acc = __dp4a((int)((words[1] >> shift) & 0x03030303u), qv.y, acc);
+        acc = __dp4a((int)((words[2] >> shift) & 0x03030303u), qv.z, acc);
+        acc = __dp4a((int)((words[3] >> shift) & 0x03030303u), qv.w, acc);
+    }
+    return acc;
+}
+
+// 16-byte weight chunks a lane holds in registers per row: rows up to 32 * 4 * 16 bytes
+// (8192 columns) are loaded whole before the first dp4a; wider ones loop over the rest.
+#define FUSED_PF 4
+
+// Decode (one token): norm_quant_row of x into shared memory, then the ternary matmul of
+// ternary.cu over it (out[r] = (sum_k t_rk q_k - sum q) / s * wscale[r], added to out[r] with
+// `accumulate`), in one kernel: a decode step's norms were serial single-block kernels between
+// the matmuls, each a launch and a memory latency chain. Every block redoes the norm (its
+// input is at most a few tens of KB, from L2) with NORM_THREADS threads, as norm_quant, so the
+// int8 values are the same bits; each warp then runs rows blockIdx.x * warps + warp, stepping
+// by all the grid's warps. A warp's first row is loaded before the norm, so the weights' memory
+// latency overlaps it, and each next row is loaded before the current row's reduction.
+// Dynamic shared memory: cols floats rounded up to 16 bytes, then qstride bytes.
+// Launched with NORM_THREADS = 1024 threads: the bound keeps ptxas within 64 registers.
+extern "C" __global__ void __launch_bounds__(1024) norm_ternary_t1(const float* __restrict__ x, int cols, int mode,
+                                           const float* __restrict__ nw, float eps,
+                                           const unsigned char* __restrict__ w, int rows,
+                                           int row_bytes, int qstride,
+                                           const float* __restrict__ wscale,
+                                           float* __restrict__ out, int accumulate) {
+    extern __shared__ float row[];
+    __shared__ float red[32];
+    __shared__ int red_i[32];
+    i8* qs = (i8*)(row + ((cols + 3) & ~3));
+    const int lane = threadIdx.x & 31;
+    const int warps = blockDim.x >> 5, step = gridDim.x * warps;
+    const int chunks = row_bytes >> 4;
+    int r = blockIdx.x * warps + (threadIdx.x >> 5);
+    uint4 pf[FUSED_PF];
+#pragma unroll
+    for (int j = 0; j < FUSED_PF; ++j) {
+        const int c = lane + 32 * j;
+        if (r < rows && c < chunks) pf[j] = __ldg((const uint4*)(w + (size_t)r * row_bytes) + c);
+    }
+    float s;
+    int sum;
+    norm_quant_row(x, cols, mode, nw, eps, row, nullptr, qs, qstride, red, red_i, &s, &sum);
+    for (; r < rows; r += step) {
+        const uint4* wr = (const uint4*)(w + (size_t)r * row_bytes);
+        int acc = 0;
+#pragma unroll
+        for (int j = 0; j < FUSED_PF; ++j) {
+            const int c = lane + 32 * j;
+            if (c < chunks) acc = ternary_chunk(pf[j], qs, c, acc);
+        }
+        for (int c = lane + 32 * FUSED_PF; c < chunks; c += 32) acc = ternary_chunk(__ldg(wr + c), qs, c, acc);
+        const int rn = r + step;
+        if (rn < rows) {
+#pragma unroll
+            for (int j = 0; j < FUSED_PF; ++j) {
+                const int c = lane + 32 * j;
+                if (c < chunks) pf[j] = __ldg((const uint4*)(w + (size_t)rn * row_bytes) + c);
+            }
+        }
+        acc = warp_sum_i(acc);
+        if (lane == 0) {
+            const float yv = __fmul_rn(__fdiv_rn((float)(acc - sum), s), wscale[r]);
+            out[r] = accumulate ? __fadd_rn(out[r], yv) : yv;
+        }
     }
 }
 
@@ -204,36 +298,31 @@ extern "C" __global__ void rope_kv(float* __restrict__ qkv, int nh, int nkv, int
 // Attention head dims up to this many (8 f32 accumulators per lane, pairs of f16 per load).
 #define MAX_HD 256
 
-// Causal grouped-query attention of query head blockIdx.x of token blockIdx.y over cache
-// positions 0..n, n = pos0[0] + t + 1: softmax(q . k * scale) . v, as forward.rs (scores scaled
-// after the dot, softmax subtracting the max, weights = e * (1 / sum)). Dynamic shared memory:
-// hd floats of q, ctx scores, nwarps * hd partial outputs. Scores: one warp per position;
-// output: each warp sums its own positions, lanes over pairs of dims, then the warps' partials
-// are added.
-extern "C" __global__ void attention(const float* __restrict__ qkv, int qkv_stride, int nh,
-                                     int nkv, int hd, int ctx, const int* __restrict__ pos0,
-                                     const u16* __restrict__ kc, const u16* __restrict__ vc,
-                                     float scale, float* __restrict__ out) {
-    extern __shared__ float sm[];
-    __shared__ float red[32];
-    const int h = blockIdx.x, t = blockIdx.y;
+// Softmax attention of one query head (its q in shared `qs`) over cache positions 0..n of KV
+// head kvh, into out_h: scores scaled after the dot, softmax subtracting the max, weights =
+// e * (1 / sum), as forward.rs. Scores: one warp per position; output: each warp sums its own
+// positions, lanes over pairs of dims, then the warps' partials are added. With `kn` / `vn`
+// (shared, the f16-rounded values) position n - 1 is read from them instead of the cache: the
+// fused decode kernel writes that position in this same launch.
+__device__ void attend(const float* qs, const float* kn, const float* vn, float* sc,
+                       float* part, float* red, int n, int kvd, int kvh, int hd,
+                       const u16* __restrict__ kc, const u16* __restrict__ vc, float scale,
+                       float* __restrict__ out_h) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    const int n = pos0[0] + t + 1;
-    const int kvd = nkv * hd, kvh = h / (nh / nkv);
-    float* qs = sm;
-    float* sc = sm + hd;
-    float* part = sc + ctx;
-    const float* q = qkv + (size_t)t * qkv_stride + (size_t)h * hd;
-    for (int i = threadIdx.x; i < hd; i += blockDim.x) qs[i] = q[i];
-    __syncthreads();
-
     for (int p = warp; p < n; p += nw) {
-        const u32* kr = (const u32*)(kc + (size_t)p * kvd + (size_t)kvh * hd);
         float d = 0.0f;
-        for (int j = lane; 2 * j < hd; j += 32) {
-            const u32 pair = __ldg(kr + j);
-            d = fmaf(qs[2 * j], h2f((u16)(pair & 0xffffu)), d);
-            d = fmaf(qs[2 * j + 1], h2f((u16)(pair >> 16)), d);
+        if (kn && p == n - 1) {
+            for (int j = lane; 2 * j < hd; j += 32) {
+                d = fmaf(qs[2 * j], kn[2 * j], d);
+                d = fmaf(qs[2 * j + 1], kn[2 * j + 1], d);
+            }
+        } else {
+            const u32* kr = (const u32*)(kc + (size_t)p * kvd + (size_t)kvh * hd);
+            for (int j = lane; 2 * j < hd; j += 32) {
+                const u32 pair = __ldg(kr + j);
+                d = fmaf(qs[2 * j], h2f((u16)(pair & 0xffffu)), d);
+                d = fmaf(qs[2 * j + 1], h2f((u16)(pair >> 16)), d);
+            }
         }
         d = warp_sum(d);
         if (lane == 0) sc[p] = __fmul_rn(d, scale);
@@ -257,13 +346,22 @@ extern "C" __global__ void attention(const float* __restrict__ qkv, int qkv_stri
     for (int p = warp; p < n; p += nw) {
         const float wgt = __fmul_rn(sc[p], inv);
         const u32* vr = (const u32*)(vc + (size_t)p * kvd + (size_t)kvh * hd);
+        const bool fresh = vn && p == n - 1;
 #pragma unroll
         for (int j = 0; j < MAX_HD / 64; ++j) {
             const int e = lane + 32 * j;
             if (2 * e < hd) {
-                const u32 pair = __ldg(vr + e);
-                acc[2 * j] = fmaf(wgt, h2f((u16)(pair & 0xffffu)), acc[2 * j]);
-                acc[2 * j + 1] = fmaf(wgt, h2f((u16)(pair >> 16)), acc[2 * j + 1]);
+                float v0, v1;
+                if (fresh) {
+                    v0 = vn[2 * e];
+                    v1 = vn[2 * e + 1];
+                } else {
+                    const u32 pair = __ldg(vr + e);
+                    v0 = h2f((u16)(pair & 0xffffu));
+                    v1 = h2f((u16)(pair >> 16));
+                }
+                acc[2 * j] = fmaf(wgt, v0, acc[2 * j]);
+                acc[2 * j + 1] = fmaf(wgt, v1, acc[2 * j + 1]);
             }
         }
     }
@@ -279,8 +377,76 @@ extern "C" __global__ void attention(const float* __restrict__ qkv, int qkv_stri
     for (int i = threadIdx.x; i < hd; i += blockDim.x) {
         float o = 0.0f;
         for (int w = 0; w < nw; ++w) o += part[w * hd + i];
-        out[(size_t)t * nh * hd + (size_t)h * hd + i] = o;
+        out_h[i] = o;
     }
+}
+
+// Causal grouped-query attention of query head blockIdx.x of token blockIdx.y over cache
+// positions 0..n, n = pos0[0] + t + 1 (see attend). Dynamic shared memory (attn_smem): hd
+// floats of q, 2 * hd unused here, ctx scores, nwarps * hd partial outputs.
+extern "C" __global__ void attention(const float* __restrict__ qkv, int qkv_stride, int nh,
+                                     int nkv, int hd, int ctx, const int* __restrict__ pos0,
+                                     const u16* __restrict__ kc, const u16* __restrict__ vc,
+                                     float scale, float* __restrict__ out) {
+    extern __shared__ float sm[];
+    __shared__ float red[32];
+    const int h = blockIdx.x, t = blockIdx.y;
+    const int n = pos0[0] + t + 1;
+    float* qs = sm;
+    float* sc = sm + 3 * hd;
+    const float* q = qkv + (size_t)t * qkv_stride + (size_t)h * hd;
+    for (int i = threadIdx.x; i < hd; i += blockDim.x) qs[i] = q[i];
+    __syncthreads();
+    attend(qs, nullptr, nullptr, sc, sc + ctx, red, n, nkv * hd, h / (nh / nkv), hd, kc, vc,
+           scale, out + (size_t)t * nh * hd + (size_t)h * hd);
+}
+
+// Decode (one token): rope_kv and attention in one kernel. Each block rotates its query head
+// and its group's new key (the same operations as rope_kv) into shared memory, with the new
+// value rounded to f16 as the cache holds it; the group's first query head writes them to the
+// caches, and every block reads position n - 1 from shared memory, not from the cache another
+// block is writing. Same bits as rope_kv then attention.
+extern "C" __global__ void rope_attention(const float* __restrict__ qkv, int nh, int nkv,
+                                          int hd, int ctx, const float* __restrict__ inv_freq,
+                                          const int* __restrict__ pos0, u16* kc, u16* vc,
+                                          float scale, float* __restrict__ out) {
+    extern __shared__ float sm[];
+    __shared__ float red[32];
+    const int h = blockIdx.x, half = hd >> 1, group = nh / nkv, kvh = h / group;
+    const int pos = pos0[0], n = pos + 1;
+    const int qd = nh * hd, kvd = nkv * hd;
+    float* qs = sm;
+    float* kn = sm + hd;
+    float* vn = sm + 2 * hd;
+    float* sc = sm + 3 * hd;
+    const float* q = qkv + (size_t)h * hd;
+    const float* k = qkv + qd + (size_t)kvh * hd;
+    const float* v = qkv + qd + kvd + (size_t)kvh * hd;
+    const size_t at = (size_t)pos * kvd + (size_t)kvh * hd;
+    for (int i = threadIdx.x; i < half; i += blockDim.x) {
+        const float angle = __fmul_rn((float)pos, inv_freq[i]);
+        const float c = cosf(angle), s = sinf(angle);
+        float x0 = q[i], x1 = q[i + half];
+        qs[i] = __fsub_rn(__fmul_rn(x0, c), __fmul_rn(x1, s));
+        qs[i + half] = __fadd_rn(__fmul_rn(x1, c), __fmul_rn(x0, s));
+        x0 = k[i];
+        x1 = k[i + half];
+        const u16 a = f2h(__fsub_rn(__fmul_rn(x0, c), __fmul_rn(x1, s)));
+        const u16 b = f2h(__fadd_rn(__fmul_rn(x1, c), __fmul_rn(x0, s)));
+        const u16 va = f2h(v[i]), vb = f2h(v[i + half]);
+        kn[i] = h2f(a);
+        kn[i + half] = h2f(b);
+        vn[i] = h2f(va);
+        vn[i + half] = h2f(vb);
+        if (h % group == 0) {
+            kc[at + i] = a;
+            kc[at + i + half] = b;
+            vc[at + i] = va;
+            vc[at + i + half] = vb;
+        }
+    }
+    __syncthreads();
+    attend(qs, kn, vn, sc, sc + ctx, red, n, kvd, kvh, hd, kc, vc, scale, out + (size_t)h * hd);
 }
 
 // ggml's quantize_row_q8_0 on one row of `cols` floats (as dense_q8::quantize_activations):

@@ -23,6 +23,8 @@ pub struct Gpu {
     pub(crate) stream: Arc<CudaStream>,
     pub(crate) kernels: KernelCache,
     pub(crate) ternary_w32: bool,
+    /// Streaming multiprocessors: the fused decode matmul runs a block per SM at most.
+    pub(crate) sm_count: u32,
     info: GpuInfo,
 }
 
@@ -79,11 +81,15 @@ impl Gpu {
             total_mem: ctx.total_mem()?,
         };
         let kernels = KernelCache::new(ctx.clone(), info.compute_capability);
+        let sm_count = ctx.attribute(
+            cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+        )?;
         Ok(Gpu {
             ctx,
             stream,
             kernels,
             ternary_w32: std::env::var("BITNET_CUDA_TERNARY").is_ok_and(|v| v == "w32"),
+            sm_count: u32::try_from(sm_count).unwrap_or(1).max(1),
             info,
         })
     }

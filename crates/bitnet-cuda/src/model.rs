@@ -7,7 +7,9 @@
 //! q/k/v as one stacked ternary matmul, RoPE + KV cache write (one kernel), attention, sub-norm +
 //! quantization, o matmul adding into the residual stream, FFN norm + quantization, gate/up
 //! stacked, gated activation + sub-norm + quantization (one kernel), down matmul adding into
-//! the residual. Then the final norm and the head for the last token.
+//! the residual. Then the final norm and the head for the last token. A one-token pass (decode)
+//! runs 4 kernels a layer instead: each norm + quantization inside the matmul that consumes it,
+//! RoPE + the cache write inside attention (same bits; see [`GpuSession::set_fused`]).
 
 use crate::device::Gpu;
 use crate::error::{CudaError, Result};
@@ -161,6 +163,8 @@ pub struct GpuSession<'a> {
     /// greedy pass, spent by anything else).
     next_ready: bool,
     use_graph: bool,
+    /// Whether one-token passes run each norm inside the matmul that consumes it.
+    fused: bool,
     graph: Option<CudaGraph>,
 }
 
@@ -218,6 +222,7 @@ impl<'a> GpuSession<'a> {
             last: 0,
             next_ready: false,
             use_graph: true,
+            fused: true,
             graph: None,
         })
     }
@@ -226,6 +231,13 @@ impl<'a> GpuSession<'a> {
     /// one by one.
     pub fn set_graph(&mut self, on: bool) {
         self.use_graph = on;
+    }
+
+    /// Whether one-token passes (decode) fuse each norm + quantization into the matmul after
+    /// it (the default) or run them as separate kernels, as prompts do; both give the same bits.
+    pub fn set_fused(&mut self, on: bool) {
+        self.fused = on;
+        self.graph = None;
     }
 
     /// Positions held in the KV cache.
@@ -362,6 +374,9 @@ impl<'a> GpuSession<'a> {
             &self.tokens.slice(..n),
             &mut self.x.slice_mut(..n * h),
         )?;
+        if n == 1 && self.fused {
+            return self.layers_fused();
+        }
         for (l, lw) in m.layers.iter().enumerate() {
             g.norm_quantize(
                 &self.x.slice(..n * h),
@@ -432,6 +447,71 @@ impl<'a> GpuSession<'a> {
             g.ternary_matmul_accumulate(&lw.down, &self.acts_f, &mut self.x.slice_mut(..n * h))?;
         }
         self.last = n;
+        Ok(())
+    }
+
+    /// [`Self::layers`] for one token (the embedding done), each norm computed inside the
+    /// matmul that consumes it and RoPE + the cache write inside attention: 4 kernels a
+    /// layer, not 10.
+    fn layers_fused(&mut self) -> Result<()> {
+        let (g, m) = (self.gpu, self.model);
+        let c = &m.config;
+        let d = m.dims;
+        let (h, eps) = (c.hidden_size, c.rms_norm_eps);
+        let act = match c.activation() {
+            Activation::Relu2 => NormInput::Relu2Gate,
+            Activation::Silu => NormInput::SiluGate,
+        };
+        let qkv_len = d.qkv_dim();
+        for (l, lw) in m.layers.iter().enumerate() {
+            g.norm_ternary_matmul(
+                &self.x.slice(..h),
+                NormInput::Plain,
+                &lw.attn_norm,
+                eps,
+                &lw.qkv,
+                &mut self.qkv.slice_mut(..qkv_len),
+                false,
+            )?;
+            g.rope_attention(
+                &self.qkv.slice(..qkv_len),
+                d,
+                self.ctx,
+                &m.inv_freq,
+                &self.pos0,
+                &mut self.k[l],
+                &mut self.v[l],
+                &mut self.attn.slice_mut(..d.q_dim()),
+            )?;
+            g.norm_ternary_matmul(
+                &self.attn.slice(..d.q_dim()),
+                NormInput::Plain,
+                &lw.attn_sub_norm,
+                eps,
+                &lw.wo,
+                &mut self.x.slice_mut(..h),
+                true,
+            )?;
+            g.norm_ternary_matmul(
+                &self.x.slice(..h),
+                NormInput::Plain,
+                &lw.ffn_norm,
+                eps,
+                &lw.gate_up,
+                &mut self.gate_up.slice_mut(..lw.gate_up.rows()),
+                false,
+            )?;
+            g.norm_ternary_matmul(
+                &self.gate_up.slice(..lw.gate_up.rows()),
+                act,
+                &lw.ffn_sub_norm,
+                eps,
+                &lw.down,
+                &mut self.x.slice_mut(..h),
+                true,
+            )?;
+        }
+        self.last = 1;
         Ok(())
     }
 

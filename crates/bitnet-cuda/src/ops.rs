@@ -5,7 +5,7 @@
 use crate::compile::FORWARD;
 use crate::device::Gpu;
 use crate::error::{CudaError, Result};
-use crate::ternary::GpuActivations;
+use crate::ternary::{GpuActivations, GpuTernaryMatrix};
 use bitnet_kernels::{DenseMatrix, DenseType};
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
 
@@ -171,8 +171,10 @@ impl AttnDims {
     }
 
     /// Dynamic shared memory of the attention kernel for a cache of `ctx` positions.
+    /// (q, and the new key and value of the fused decode kernel, then the scores and the
+    /// warps' partial outputs.)
     pub(crate) fn attn_smem(&self, ctx: usize) -> usize {
-        4 * (self.head_dim + ctx + (ATTN_THREADS as usize / 32) * self.head_dim)
+        4 * (3 * self.head_dim + ctx + (ATTN_THREADS as usize / 32) * self.head_dim)
     }
 }
 
@@ -293,6 +295,79 @@ impl Gpu {
         Ok(())
     }
 
+    /// One token's [`Self::norm_quantize`] (no `y`) and [`Gpu::ternary_matmul`] (or
+    /// [`Gpu::ternary_matmul_accumulate`]) of its int8 values by `w`, as one kernel: the same
+    /// bits as the two calls (the norm runs with the same block size), without the serial
+    /// single-block norm kernel between two matmuls that a decode step paid per norm.
+    #[allow(clippy::too_many_arguments)]
+    pub fn norm_ternary_matmul(
+        &self,
+        x: &CudaView<'_, f32>,
+        input: NormInput,
+        norm_w: &CudaSlice<f32>,
+        eps: f32,
+        w: &GpuTernaryMatrix,
+        out: &mut CudaViewMut<'_, f32>,
+        accumulate: bool,
+    ) -> Result<()> {
+        let cols = norm_w.len();
+        if w.cols != cols || x.len() < input.width(cols) || out.len() != w.rows {
+            return Err(shape(format!(
+                "fused norm + matmul: {} x {} weights, {} input floats for {cols} columns, {} \
+                 outputs",
+                w.rows,
+                w.cols,
+                x.len(),
+                out.len()
+            )));
+        }
+        if w.rows == 0 {
+            return Ok(());
+        }
+        let stride = cols.div_ceil(128) * 128;
+        let smem = 4 * cols.div_ceil(4) * 4 + stride;
+        if smem > MAX_NORM_SMEM {
+            return Err(CudaError::Unsupported(format!(
+                "a norm over {cols} values (the kernel keeps a row in {} KiB of shared memory)",
+                MAX_NORM_SMEM / 1024
+            )));
+        }
+        let f = self.kernels.function(FORWARD, "norm_ternary_t1")?;
+        if smem > 48 * 1024 {
+            f.set_attribute(
+                cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                smem as i32,
+            )?;
+        }
+        let warps = NORM_THREADS / 32;
+        let blocks = (w.rows as u32).div_ceil(warps).min(self.sm_count);
+        let (cols_i, mode, rows, row_bytes, stride) = (
+            i32_of(cols, "columns")?,
+            input.mode(),
+            w.rows as i32,
+            w.row_bytes as i32,
+            stride as i32,
+        );
+        let accumulate = i32::from(accumulate);
+        let mut l = self.stream.launch_builder(&f);
+        l.arg(x)
+            .arg(&cols_i)
+            .arg(&mode)
+            .arg(norm_w)
+            .arg(&eps)
+            .arg(&w.data)
+            .arg(&rows)
+            .arg(&row_bytes)
+            .arg(&stride)
+            .arg(&w.scales)
+            .arg(out)
+            .arg(&accumulate);
+        // SAFETY: arguments match the kernel; x holds the input row, out a value per weight
+        // row (checked); the shared memory holds the row and its int8 values.
+        unsafe { l.launch(cfg((blocks, 1), NORM_THREADS, smem as u32)) }?;
+        Ok(())
+    }
+
     /// RoPE at positions `pos0[0] + t` on the q and k heads of `tokens` rows of stacked
     /// q | k | v (`dims.qkv_dim()` floats each): q rotated in place, k rotated and v copied
     /// into the f16 caches (`[position][kv_dim]`, as f16 bits). The positions must be inside
@@ -409,6 +484,73 @@ impl Gpu {
         // SAFETY: arguments match the kernel; shared memory holds q, ctx scores and the warps'
         // partial outputs; buffers checked above; positions checked by the caller.
         unsafe { l.launch(cfg(grid, ATTN_THREADS, smem as u32)) }?;
+        Ok(())
+    }
+
+    /// One token's [`Self::rope_kv`] and [`Self::attention`] as one kernel (the same bits):
+    /// its position is `pos0[0]`, which must be inside the caches (the caller checks).
+    #[allow(clippy::too_many_arguments)]
+    pub fn rope_attention(
+        &self,
+        qkv: &CudaView<'_, f32>,
+        dims: AttnDims,
+        ctx: usize,
+        inv_freq: &CudaSlice<f32>,
+        pos0: &CudaSlice<i32>,
+        k_cache: &mut CudaSlice<u16>,
+        v_cache: &mut CudaSlice<u16>,
+        out: &mut CudaViewMut<'_, f32>,
+    ) -> Result<()> {
+        dims.check()?;
+        if qkv.len() < dims.qkv_dim()
+            || out.len() < dims.q_dim()
+            || inv_freq.len() < dims.head_dim / 2
+            || k_cache.len() < ctx * dims.kv_dim()
+            || v_cache.len() < ctx * dims.kv_dim()
+        {
+            return Err(shape(format!(
+                "rope + attention: buffers too small for one token, {ctx} positions"
+            )));
+        }
+        let smem = dims.attn_smem(ctx);
+        if smem > MAX_ATTN_SMEM {
+            return Err(CudaError::Unsupported(format!(
+                "a context of {ctx} positions (this attention kernel keeps a head's scores in \
+                 shared memory: {} KiB of at most {} KiB)",
+                smem / 1024,
+                MAX_ATTN_SMEM / 1024
+            )));
+        }
+        let f = self.kernels.function(FORWARD, "rope_attention")?;
+        if smem > 48 * 1024 {
+            f.set_attribute(
+                cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                smem as i32,
+            )?;
+        }
+        let (nh, nkv, hd, ctx_i) = (
+            dims.heads as i32,
+            dims.kv_heads as i32,
+            dims.head_dim as i32,
+            i32_of(ctx, "context")?,
+        );
+        let scale = 1.0 / (dims.head_dim as f32).sqrt();
+        let mut l = self.stream.launch_builder(&f);
+        l.arg(qkv)
+            .arg(&nh)
+            .arg(&nkv)
+            .arg(&hd)
+            .arg(&ctx_i)
+            .arg(inv_freq)
+            .arg(pos0)
+            .arg(k_cache)
+            .arg(v_cache)
+            .arg(&scale)
+            .arg(out);
+        // SAFETY: arguments match the kernel; shared memory holds q, the new k and v, ctx
+        // scores and the warps' partial outputs; buffers checked above; the position checked
+        // by the caller.
+        unsafe { l.launch(cfg((dims.heads as u32, 1), ATTN_THREADS, smem as u32)) }?;
         Ok(())
     }
 

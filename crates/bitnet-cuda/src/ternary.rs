@@ -19,11 +19,11 @@ const QUANT_THREADS: u32 = 256;
 /// row, so that matrices multiplying the same activations (q/k/v, gate/up) can be stacked
 /// into one and run as one kernel.
 pub struct GpuTernaryMatrix {
-    rows: usize,
-    cols: usize,
-    row_bytes: usize,
-    data: CudaSlice<u8>,
-    scales: CudaSlice<f32>,
+    pub(crate) rows: usize,
+    pub(crate) cols: usize,
+    pub(crate) row_bytes: usize,
+    pub(crate) data: CudaSlice<u8>,
+    pub(crate) scales: CudaSlice<f32>,
 }
 
 impl GpuTernaryMatrix {

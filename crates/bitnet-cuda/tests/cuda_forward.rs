@@ -21,10 +21,10 @@
 use bitnet_common::Storage;
 use bitnet_cuda::{
     ArgmaxScratch, AttnDims, CudaError, Gpu, GpuActivations, GpuDense, GpuModel, GpuSession,
-    NormInput,
+    GpuTernaryMatrix, NormInput,
 };
 use bitnet_inference::{Engine, EngineOptions, GenerateOptions, Logits, SamplingParams};
-use bitnet_kernels::{ops, DenseMatrix, DenseType, QuantizedActivations};
+use bitnet_kernels::{ops, DenseMatrix, DenseType, QuantizedActivations, TernaryMatrix};
 use half::f16;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -205,6 +205,97 @@ fn norm_quantize_matches_the_cpu() {
         }
         assert_eq!(scales, cpu.scales(), "{input:?}");
         assert_eq!(sums, cpu.sums(), "{input:?}");
+    }
+}
+
+/// The fused decode kernel (norm + quantization + ternary matmul in one) gives the same bits
+/// as norm_quantize then ternary_matmul, whose int8 values the test above checks against the
+/// CPU quantizer (and cuda_ops the matmul against the CPU's).
+#[test]
+fn fused_norm_matmul_equals_norm_then_matmul() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng(23);
+    for (input, rows, cols) in [
+        (NormInput::Plain, 3840, 2560),
+        (NormInput::Relu2Gate, 2560, 6912),
+        (NormInput::SiluGate, 7, 300),
+        // More rows than the grid's warps: each warp runs several.
+        (NormInput::Plain, 5000, 256),
+        // Rows wider than a warp's registers hold, and shared memory past 48 KiB.
+        (NormInput::Plain, 33, 20000),
+    ] {
+        let width = if input == NormInput::Plain {
+            cols
+        } else {
+            2 * cols
+        };
+        let mut x = rng.vec(width, 3.0);
+        x[1] = 40.0;
+        let nw: Vec<f32> = (0..cols).map(|_| 1.0 + 0.5 * rng.f32()).collect();
+        let codes: Vec<i8> = (0..rows * cols)
+            .map(|_| (rng.next() % 3) as i8 - 1)
+            .collect();
+        let w = TernaryMatrix::from_codes(rows, cols, &codes, 0.5 + rng.f32().abs()).unwrap();
+        let wd = GpuTernaryMatrix::upload(&gpu, &w).unwrap();
+        let xd = gpu.stream().clone_htod(&x).unwrap();
+        let nwd = gpu.stream().clone_htod(&nw).unwrap();
+        let base = rng.vec(rows, 2.0);
+        for accumulate in [false, true] {
+            let mut a = GpuActivations::new(&gpu, 1, cols).unwrap();
+            gpu.norm_quantize(
+                &xd.slice(..),
+                1,
+                width,
+                input,
+                &nwd,
+                1e-5,
+                None,
+                Some(&mut a),
+            )
+            .unwrap();
+            let mut want = gpu.stream().clone_htod(&base).unwrap();
+            let mut got = gpu.stream().clone_htod(&base).unwrap();
+            if accumulate {
+                gpu.ternary_matmul_accumulate(&wd, &a, &mut want.slice_mut(..))
+            } else {
+                gpu.ternary_matmul(&wd, &a, &mut want.slice_mut(..))
+            }
+            .unwrap();
+            gpu.norm_ternary_matmul(
+                &xd.slice(..),
+                input,
+                &nwd,
+                1e-5,
+                &wd,
+                &mut got.slice_mut(..),
+                accumulate,
+            )
+            .unwrap();
+            let (want, got) = (
+                gpu.stream().clone_dtoh(&want).unwrap(),
+                gpu.stream().clone_dtoh(&got).unwrap(),
+            );
+            let same = want
+                .iter()
+                .zip(&got)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "{input:?} {rows}x{cols} accumulate {accumulate}");
+        }
+        // A matrix of another width is a shape error, not a fault.
+        let mut out = gpu.stream().alloc_zeros::<f32>(rows).unwrap();
+        let short = gpu.stream().clone_htod(&nw[..cols - 1]).unwrap();
+        assert!(matches!(
+            gpu.norm_ternary_matmul(
+                &xd.slice(..),
+                input,
+                &short,
+                1e-5,
+                &wd,
+                &mut out.slice_mut(..),
+                false,
+            ),
+            Err(CudaError::Shape(_))
+        ));
     }
 }
 
@@ -523,6 +614,20 @@ fn check_model(gpu: &Gpu, label: &str, path: &Path) {
             "{name}: passes of 3 tokens differ from one pass"
         );
 
+        // One token per pass: the fused decode path (norms inside the matmuls) and the
+        // separate kernels, both the same bits as one pass.
+        for fused in [true, false] {
+            let mut s1 = GpuSession::new(gpu, &gm, 128, 1).unwrap();
+            s1.set_fused(fused);
+            let l1 = s1.forward(&p.ids, 0).unwrap();
+            assert!(
+                l1.iter()
+                    .zip(&logits)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{name}: passes of 1 token (fused {fused}) differ from one pass"
+            );
+        }
+
         let opts = GenerateOptions {
             max_tokens: p.greedy.len(),
             sampling: SamplingParams::greedy(),
@@ -532,11 +637,15 @@ fn check_model(gpu: &Gpu, label: &str, path: &Path) {
         let mut cs = engine.session(Some(128)).unwrap();
         let cpu_greedy = cs.generate(&p.ids, &opts, |_| true).unwrap().tokens;
         assert_eq!(cpu_greedy, p.greedy, "{name}: CPU greedy");
-        for graph in [true, false] {
+        for (graph, fused) in [(true, true), (false, true), (true, false)] {
             let mut s = GpuSession::new(gpu, &gm, 128, 64).unwrap();
             s.set_graph(graph);
+            s.set_fused(fused);
             let g = s.generate_greedy(&p.ids, p.greedy.len()).unwrap();
-            assert_eq!(g, p.greedy, "{name}: GPU greedy (graph {graph})");
+            assert_eq!(
+                g, p.greedy,
+                "{name}: GPU greedy (graph {graph}, fused {fused})"
+            );
             assert_eq!(s.pos(), p.ids.len() + p.greedy.len() - 1);
         }
     }
