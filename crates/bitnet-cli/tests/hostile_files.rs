@@ -323,16 +323,19 @@ fn special_files_as_inputs_fail_at_once() {
     let tok_dir = dir.path().join("tok");
     std::fs::create_dir(&tok_dir).unwrap();
     mkfifo(&tok_dir.join("tokenizer.json"));
-    let o = run(&[
-        "run",
-        "-q",
-        "-n",
-        "1",
-        "-m",
-        DEFAULT_MODEL,
-        "--tokenizer",
-        p(&tok_dir),
-    ]);
+    let with_tokenizer = |dir: &Path| {
+        run(&[
+            "run",
+            "-q",
+            "-n",
+            "1",
+            "-m",
+            DEFAULT_MODEL,
+            "--tokenizer",
+            p(dir),
+        ])
+    };
+    let o = with_tokenizer(&tok_dir);
     expect(&o, 3, &["tokenizer.json", "is a FIFO"]);
     std::fs::remove_file(tok_dir.join("tokenizer.json")).unwrap();
     std::fs::copy(
@@ -341,16 +344,7 @@ fn special_files_as_inputs_fail_at_once() {
     )
     .unwrap();
     mkfifo(&tok_dir.join("chat_template.jinja"));
-    let o = run(&[
-        "run",
-        "-q",
-        "-n",
-        "1",
-        "-m",
-        DEFAULT_MODEL,
-        "--tokenizer",
-        p(&tok_dir),
-    ]);
+    let o = with_tokenizer(&tok_dir);
     expect(&o, 3, &["chat_template.jinja", "is a FIFO"]);
 }
 

@@ -47,6 +47,19 @@ fn not_regular(path: &Path, ft: &FileType) -> io::Error {
     )
 }
 
+/// Opens `path` for reading with O_NONBLOCK, so that a FIFO without a writer cannot hang the
+/// open; the flag stays set (it changes nothing for regular files).
+fn open_nonblocking(path: &Path) -> io::Result<File> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.custom_flags(libc::O_NONBLOCK);
+    }
+    opts.open(path)
+}
+
 /// Opens `path` (following symlinks) for reading if it is a regular file. The open itself is
 /// non-blocking, so a FIFO swapped in after the check cannot hang it; the descriptor's type is
 /// checked again after the open.
@@ -55,14 +68,7 @@ pub fn open_regular(path: &Path) -> io::Result<File> {
     if !meta.file_type().is_file() {
         return Err(not_regular(path, &meta.file_type()));
     }
-    let mut opts = std::fs::OpenOptions::new();
-    opts.read(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.custom_flags(libc::O_NONBLOCK);
-    }
-    let file = opts.open(path)?;
+    let file = open_nonblocking(path)?;
     let ft = file.metadata()?.file_type();
     if !ft.is_file() {
         return Err(not_regular(path, &ft));
@@ -75,14 +81,7 @@ pub fn open_regular(path: &Path) -> io::Result<File> {
 /// (a FIFO that no writer ever opens would hang a plain open forever); reads then block as
 /// usual, and a FIFO without a writer reads as empty. Folders are refused.
 pub fn open_stream(path: &Path) -> io::Result<File> {
-    let mut opts = std::fs::OpenOptions::new();
-    opts.read(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.custom_flags(libc::O_NONBLOCK);
-    }
-    let file = opts.open(path)?;
+    let file = open_nonblocking(path)?;
     let ft = file.metadata()?.file_type();
     if ft.is_dir() {
         return Err(not_regular(path, &ft));
@@ -102,6 +101,13 @@ pub fn open_stream(path: &Path) -> io::Result<File> {
         }
     }
     Ok(file)
+}
+
+/// The whole of a regular file.
+pub fn read_regular(path: &Path) -> io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    io::Read::read_to_end(&mut open_regular(path)?, &mut bytes)?;
+    Ok(bytes)
 }
 
 /// The whole of a regular text file.

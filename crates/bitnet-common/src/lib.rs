@@ -5,7 +5,9 @@
 //! (kernels, model) caring which.
 
 mod file;
-pub use file::{describe_file_type, open_regular, open_stream, read_regular_to_string};
+pub use file::{
+    describe_file_type, open_regular, open_stream, read_regular, read_regular_to_string,
+};
 
 use std::fmt;
 use std::ops::Deref;

@@ -24,16 +24,10 @@ pub(crate) fn read_json(path: &Path) -> Result<Value, TokenizerError> {
     parse_json(path, &bytes)
 }
 
-/// The bytes of a regular file: a FIFO in a model folder would block the open forever.
-fn read_regular(path: &Path) -> std::io::Result<Vec<u8>> {
-    let mut bytes = Vec::new();
-    std::io::Read::read_to_end(&mut bitnet_common::open_regular(path)?, &mut bytes)?;
-    Ok(bytes)
-}
-
 /// Reads a file that must exist, mapping "not found" to [`TokenizerError::Missing`].
 pub(crate) fn read_required(path: &Path) -> Result<Vec<u8>, TokenizerError> {
-    match read_regular(path) {
+    // A FIFO in a model folder would block a plain open forever.
+    match bitnet_common::read_regular(path) {
         Ok(b) => Ok(b),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             Err(TokenizerError::Missing(path.to_path_buf()))
