@@ -7,7 +7,7 @@ use crate::device::Gpu;
 use crate::error::{CudaError, Result};
 use crate::ternary::{GpuActivations, GpuTernaryMatrix};
 use bitnet_kernels::{DenseMatrix, DenseType};
-use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaFunction, CudaSlice, CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
 
 /// A null device pointer for the kernels' optional outputs.
 const NULL: u64 = 0;
@@ -444,22 +444,7 @@ impl Gpu {
         if tokens == 0 {
             return Ok(());
         }
-        let smem = dims.attn_smem(ctx);
-        if smem > MAX_ATTN_SMEM {
-            return Err(CudaError::Unsupported(format!(
-                "a context of {ctx} positions (this attention kernel keeps a head's scores in \
-                 shared memory: {} KiB of at most {} KiB)",
-                smem / 1024,
-                MAX_ATTN_SMEM / 1024
-            )));
-        }
-        let f = self.kernels.function(FORWARD, "attention")?;
-        if smem > 48 * 1024 {
-            f.set_attribute(
-                cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                smem as i32,
-            )?;
-        }
+        let (f, smem) = self.attention_kernel("attention", dims, ctx)?;
         let stride = dims.qkv_dim() as i32;
         let (nh, nkv, hd, ctx_i) = (
             dims.heads as i32,
@@ -487,6 +472,33 @@ impl Gpu {
         Ok(())
     }
 
+    /// An attention kernel and its dynamic shared memory for `ctx` positions (a head's scores
+    /// are kept there), with the opt-in above 48 KiB; a context that cannot fit is refused.
+    fn attention_kernel(
+        &self,
+        name: &str,
+        dims: AttnDims,
+        ctx: usize,
+    ) -> Result<(CudaFunction, usize)> {
+        let smem = dims.attn_smem(ctx);
+        if smem > MAX_ATTN_SMEM {
+            return Err(CudaError::Unsupported(format!(
+                "a context of {ctx} positions (this attention kernel keeps a head's scores in \
+                 shared memory: {} KiB of at most {} KiB)",
+                smem / 1024,
+                MAX_ATTN_SMEM / 1024
+            )));
+        }
+        let f = self.kernels.function(FORWARD, name)?;
+        if smem > 48 * 1024 {
+            f.set_attribute(
+                cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                smem as i32,
+            )?;
+        }
+        Ok((f, smem))
+    }
+
     /// One token's [`Self::rope_kv`] and [`Self::attention`] as one kernel (the same bits):
     /// its position is `pos0[0]`, which must be inside the caches (the caller checks).
     #[allow(clippy::too_many_arguments)]
@@ -512,22 +524,7 @@ impl Gpu {
                 "rope + attention: buffers too small for one token, {ctx} positions"
             )));
         }
-        let smem = dims.attn_smem(ctx);
-        if smem > MAX_ATTN_SMEM {
-            return Err(CudaError::Unsupported(format!(
-                "a context of {ctx} positions (this attention kernel keeps a head's scores in \
-                 shared memory: {} KiB of at most {} KiB)",
-                smem / 1024,
-                MAX_ATTN_SMEM / 1024
-            )));
-        }
-        let f = self.kernels.function(FORWARD, "rope_attention")?;
-        if smem > 48 * 1024 {
-            f.set_attribute(
-                cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                smem as i32,
-            )?;
-        }
+        let (f, smem) = self.attention_kernel("rope_attention", dims, ctx)?;
         let (nh, nkv, hd, ctx_i) = (
             dims.heads as i32,
             dims.kv_heads as i32,
