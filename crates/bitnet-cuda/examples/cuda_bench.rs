@@ -5,18 +5,22 @@
 //!
 //! ```text
 //! cargo build --release -p bitnet-cuda --example cuda_bench    # here; then on the GPU machine:
-//! ./cuda_bench [--iters N] [--layers N]
+//! ./cuda_bench [--iters N] [--layers N] [--tokens 1,8,64,512] [--kernels auto,dp4a,...]
 //! ```
-//! Prints the time per step, the weight bytes per second (the decode roofline is the HBM
-//! bandwidth, about 4.8 TB/s on an H200) and tokens per second of the ternary part alone.
+//! Prints, per kernel (`TernaryKernel` names; `auto` picks by token count) and token count, the
+//! time per step, the weight bytes per second (the decode roofline is the HBM bandwidth, about
+//! 4.8 TB/s on an H200), tokens per second of the ternary part alone and its multiply-adds per
+//! second.
 
-use bitnet_cuda::{Gpu, GpuActivations, GpuTernaryMatrix};
+use bitnet_cuda::{Gpu, GpuActivations, GpuTernaryMatrix, TernaryKernel};
 use bitnet_kernels::TernaryMatrix;
 use std::time::Instant;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut iters = 20usize;
     let mut layers = 30usize;
+    let mut token_counts = vec![1usize, 8, 64, 512];
+    let mut kernels = vec![TernaryKernel::Auto];
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut num = || -> Result<usize, Box<dyn std::error::Error>> {
@@ -25,10 +29,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         match a.as_str() {
             "--iters" => iters = num()?,
             "--layers" => layers = num()?,
+            "--tokens" => {
+                token_counts = args
+                    .next()
+                    .ok_or("missing token counts")?
+                    .split(',')
+                    .map(str::parse)
+                    .collect::<Result<_, _>>()?
+            }
+            "--kernels" => {
+                kernels = args
+                    .next()
+                    .ok_or("missing kernel names")?
+                    .split(',')
+                    .map(str::parse)
+                    .collect::<Result<_, _>>()?
+            }
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
-    let gpu = Gpu::open(0)?;
+    let mut gpu = Gpu::open(0)?;
     eprintln!("{:?}", gpu.info());
     // (rows, cols) of q, k, v, o, gate, up, down.
     let shapes = [
@@ -74,67 +94,73 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         mats.len(),
         bytes as f64 / 1e6
     );
+    let macs: usize = mats.iter().map(|m| m.rows() * m.cols()).sum();
     println!(
-        "{:>7} {:>9} {:>11} {:>10} {:>12}",
-        "tokens", "how", "us/step", "GB/s(w)", "tokens/s"
+        "{:>10} {:>7} {:>9} {:>11} {:>10} {:>12} {:>8}",
+        "kernel", "tokens", "how", "us/step", "GB/s(w)", "tokens/s", "TMAC/s"
     );
-    for tokens in [1usize, 8, 64, 512] {
-        let xs: Vec<_> = [2560usize, 6912]
-            .iter()
-            .map(|&cols| {
-                let x: Vec<f32> = (0..tokens * cols)
-                    .map(|i| ((i % 23) as f32 - 11.0) / 7.0)
-                    .collect();
-                gpu.stream().clone_htod(&x)
-            })
-            .collect::<Result<_, _>>()?;
-        let mut acts = [
-            GpuActivations::new(&gpu, tokens, 2560)?,
-            GpuActivations::new(&gpu, tokens, 6912)?,
-        ];
-        let mut out = gpu.stream().alloc_zeros::<f32>(tokens * 2 * 6912)?;
-        let mut step = |gpu: &Gpu| -> Result<(), Box<dyn std::error::Error>> {
-            for m in &mats {
-                let i = usize::from(m.cols() == 6912);
-                gpu.quantize(&xs[i], &mut acts[i])?;
-                let mut o = out.slice_mut(..tokens * m.rows());
-                gpu.ternary_matmul(m, &acts[i], &mut o)?;
-            }
-            Ok(())
-        };
-        step(&gpu)?;
-        gpu.synchronize()?;
-        let t = Instant::now();
-        for _ in 0..iters {
+    for kernel in kernels {
+        gpu.set_ternary_kernel(kernel);
+        for &tokens in &token_counts {
+            let xs: Vec<_> = [2560usize, 6912]
+                .iter()
+                .map(|&cols| {
+                    let x: Vec<f32> = (0..tokens * cols)
+                        .map(|i| ((i % 23) as f32 - 11.0) / 7.0)
+                        .collect();
+                    gpu.stream().clone_htod(&x)
+                })
+                .collect::<Result<_, _>>()?;
+            let mut acts = [
+                GpuActivations::new(&gpu, tokens, 2560)?,
+                GpuActivations::new(&gpu, tokens, 6912)?,
+            ];
+            let mut out = gpu.stream().alloc_zeros::<f32>(tokens * 2 * 6912)?;
+            let mut step = |gpu: &Gpu| -> Result<(), Box<dyn std::error::Error>> {
+                for m in &mats {
+                    let i = usize::from(m.cols() == 6912);
+                    gpu.quantize(&xs[i], &mut acts[i])?;
+                    let mut o = out.slice_mut(..tokens * m.rows());
+                    gpu.ternary_matmul(m, &acts[i], &mut o)?;
+                }
+                Ok(())
+            };
             step(&gpu)?;
-        }
-        gpu.synchronize()?;
-        let dt = t.elapsed().as_secs_f64() / iters as f64;
-        // The same step captured once as a CUDA graph: what the kernels cost without the
-        // per-launch CPU overhead (the forward pass will run as a graph).
-        let stream = gpu.stream().clone();
-        stream.begin_capture(
-            cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL,
-        )?;
-        step(&gpu)?;
-        let graph = stream
-            .end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0))?
-            .ok_or("empty graph")?;
-        graph.launch()?;
-        gpu.synchronize()?;
-        let t = Instant::now();
-        for _ in 0..iters {
+            gpu.synchronize()?;
+            let t = Instant::now();
+            for _ in 0..iters {
+                step(&gpu)?;
+            }
+            gpu.synchronize()?;
+            let dt = t.elapsed().as_secs_f64() / iters as f64;
+            // The same step captured once as a CUDA graph: what the kernels cost without the
+            // per-launch CPU overhead (the forward pass will run as a graph).
+            let stream = gpu.stream().clone();
+            stream.begin_capture(
+                cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL,
+            )?;
+            step(&gpu)?;
+            let graph = stream
+                .end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0))?
+                .ok_or("empty graph")?;
             graph.launch()?;
-        }
-        gpu.synchronize()?;
-        let dg = t.elapsed().as_secs_f64() / iters as f64;
-        for (how, dt) in [("launches", dt), ("graph", dg)] {
-            println!(
-                "{tokens:>7} {how:>9} {:>11.1} {:>10.1} {:>12.0}",
-                dt * 1e6,
-                bytes as f64 / dt / 1e9,
-                tokens as f64 / dt
-            );
+            gpu.synchronize()?;
+            let t = Instant::now();
+            for _ in 0..iters {
+                graph.launch()?;
+            }
+            gpu.synchronize()?;
+            let dg = t.elapsed().as_secs_f64() / iters as f64;
+            for (how, dt) in [("launches", dt), ("graph", dg)] {
+                println!(
+                    "{:>10} {tokens:>7} {how:>9} {:>11.1} {:>10.1} {:>12.0} {:>8.1}",
+                    kernel.name(),
+                    dt * 1e6,
+                    bytes as f64 / dt / 1e9,
+                    tokens as f64 / dt,
+                    (macs * tokens) as f64 / dt / 1e12
+                );
+            }
         }
     }
     Ok(())

@@ -168,3 +168,310 @@ TERNARY_KERNEL(1)
 TERNARY_KERNEL(2)
 TERNARY_KERNEL(4)
 TERNARY_KERNEL(8)
+
+// ---------------------------------------------------------------------------------------------
+// Many tokens: int8 tensor cores (mma.sync m16n8k32, s8 x s8 -> exact s32), from 2 tokens on
+// (ternary.rs picks by token count). The dp4a kernels above are compute-bound at ~5 TMAC/s from
+// 8 tokens on; an SM's tensor cores do far more int8 MACs than its dp4a lanes.
+//
+// A (M x K, rows of weights) is the I2_S codes 0..2 as they are, B (K x N) the int8
+// activations; sum(code * q) - sum(q) is the exact sum(t * q), so the epilogue is the dp4a
+// kernels' and the result bit-identical. The mma sums over its 32 k slots in any order, so A
+// and B only need the same assignment of elements to slots, and one is chosen that needs no
+// unpacking beyond shift and mask: in k step g of an I2_S block (elements 32g..32g+31), lane
+// (gid, tig) puts in its A registers a0/a2 (row gid) and a1/a3 (row gid + 8) the codes of
+// elements 32g + 8tig + 0..3 and 32g + 8tig + 4..7, which are bytes 0..3 of words 2tig and
+// 2tig+1 of the block after >> (6 - 2g) & 0x03030303, and in its B registers b0/b1 the
+// activations at the same positions: one 8-byte shared load. The packed weights go to shared
+// memory as they are (32 bytes per row and block), so each 8-byte A load serves all four k
+// steps of a block.
+//
+// Tiles: BM weight rows x BN tokens per block, WGM x WGN warps (each a (BM/WGM) x (BN/WGN)
+// tile of m16n8 fragments) times KSPLIT (warps that share a fragment tile and split each
+// block's four k steps, their partial sums added at the end), K in steps of one I2_S block
+// (128 weights), STAGES deep cp.async pipeline. Rows and tokens past the edges are clamped on
+// load and not stored.
+
+// Bytes per token row of an activation tile: 128 + 32, so that the 8-byte fragment loads of a
+// half warp (4 tokens x 4 lanes) fall on 32 distinct banks.
+#define MMA_BSTRIDE 160
+
+__device__ __forceinline__ u32 smem_u32(const void* p) {
+    u32 a;
+    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
+    return a;
+}
+
+__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_u32(dst)), "l"(src)
+                 : "memory");
+}
+
+__device__ __forceinline__ void cp_async_commit() {
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+__device__ __forceinline__ void mma_s8(int* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+template <int BM, int BN, int WGM, int WGN, int KSPLIT, int STAGES>
+__device__ __forceinline__ void ternary_mma(const unsigned char* __restrict__ w, int rows,
+                                            int row_bytes, const i8* __restrict__ q, int tokens,
+                                            int stride, const int* __restrict__ sums,
+                                            const float* __restrict__ scales,
+                                            const float* __restrict__ wscale,
+                                            float* __restrict__ out, int accumulate) {
+    constexpr int THREADS = 32 * WGM * WGN * KSPLIT;
+    constexpr int WM = BM / WGM, WN = BN / WGN;
+    constexpr int MT = WM / 16, NT = WN / 8;
+    constexpr int A_BYTES = BM * 32, B_BYTES = BN * MMA_BSTRIDE, STAGE = A_BYTES + B_BYTES;
+    __shared__ __align__(16) unsigned char smem[STAGES * STAGE];
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int gid = lane >> 2, tig = lane & 3;
+    const int wmn = warp % (WGM * WGN), ks = warp / (WGM * WGN);
+    const int wm = wmn % WGM, wn = wmn / WGM;
+    const int r0 = blockIdx.x * BM, t0 = blockIdx.y * BN;
+    const int kblocks = row_bytes >> 5;
+
+    auto load = [&](int stage, int kb) {
+        unsigned char* as = smem + stage * STAGE;
+        unsigned char* bs = as + A_BYTES;
+#pragma unroll
+        for (int c = tid; c < BM * 2; c += THREADS) {
+            const int r = r0 + (c >> 1) < rows ? r0 + (c >> 1) : rows - 1;
+            cp_async16(as + c * 16, w + (size_t)r * row_bytes + kb * 32 + (c & 1) * 16);
+        }
+#pragma unroll
+        for (int c = tid; c < BN * 8; c += THREADS) {
+            const int t = t0 + (c >> 3) < tokens ? t0 + (c >> 3) : tokens - 1;
+            cp_async16(bs + (c >> 3) * MMA_BSTRIDE + (c & 7) * 16,
+                       q + (size_t)t * stride + kb * 128 + (c & 7) * 16);
+        }
+    };
+
+    int acc[MT][NT][4];
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+        for (int j = 0; j < NT; ++j)
+#pragma unroll
+            for (int h = 0; h < 4; ++h) acc[i][j][h] = 0;
+
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; ++s) {
+        if (s < kblocks) load(s, s);
+        cp_async_commit();
+    }
+    for (int kb = 0; kb < kblocks; ++kb) {
+        // Block kb has landed (at most STAGES - 2 younger groups pending), and every warp is
+        // past block kb - 1, whose stage the next load overwrites.
+        cp_async_wait<STAGES - 2>();
+        __syncthreads();
+        const int next = kb + STAGES - 1;
+        if (next < kblocks) load(next % STAGES, next);
+        cp_async_commit();
+        const unsigned char* as = smem + (kb % STAGES) * STAGE;
+        const unsigned char* bs = as + A_BYTES;
+        uint2 alo[MT], ahi[MT];
+#pragma unroll
+        for (int i = 0; i < MT; ++i) {
+            const int m = wm * WM + 16 * i + gid;
+            alo[i] = *(const uint2*)(as + m * 32 + 8 * tig);
+            ahi[i] = *(const uint2*)(as + (m + 8) * 32 + 8 * tig);
+        }
+#pragma unroll
+        for (int gg = 0; gg < 4 / KSPLIT; ++gg) {
+            const int g = ks * (4 / KSPLIT) + gg;
+            const int shift = 6 - 2 * g;
+            uint2 b[NT];
+#pragma unroll
+            for (int j = 0; j < NT; ++j)
+                b[j] = *(const uint2*)(bs + (wn * WN + 8 * j + gid) * MMA_BSTRIDE + 32 * g +
+                                       8 * tig);
+#pragma unroll
+            for (int i = 0; i < MT; ++i) {
+                const u32 a0 = (alo[i].x >> shift) & 0x03030303u;
+                const u32 a1 = (ahi[i].x >> shift) & 0x03030303u;
+                const u32 a2 = (alo[i].y >> shift) & 0x03030303u;
+                const u32 a3 = (ahi[i].y >> shift) & 0x03030303u;
+#pragma unroll
+                for (int j = 0; j < NT; ++j) mma_s8(acc[i][j], a0, a1, a2, a3, b[j].x, b[j].y);
+            }
+        }
+    }
+    cp_async_wait<0>();
+    if (KSPLIT > 1) {
+        // Warps ks > 0 ran k steps of the same tile: their exact partial sums go through the
+        // (now idle) pipeline buffers to warp ks = 0, which adds them in a fixed order.
+        static_assert((KSPLIT - 1) * BM * BN * 4 <= STAGES * STAGE, "reduction buffer");
+        int* red = (int*)smem;
+        constexpr int PER_WARP = MT * NT * 4 * 32;
+        __syncthreads();
+        if (ks > 0) {
+            int* mine = red + ((ks - 1) * (WGM * WGN) + wmn) * PER_WARP + lane;
+#pragma unroll
+            for (int i = 0; i < MT; ++i)
+#pragma unroll
+                for (int j = 0; j < NT; ++j)
+#pragma unroll
+                    for (int h = 0; h < 4; ++h) mine[((i * NT + j) * 4 + h) * 32] = acc[i][j][h];
+        }
+        __syncthreads();
+        if (ks > 0) return;
+        for (int k = 1; k < KSPLIT; ++k) {
+            const int* theirs = red + ((k - 1) * (WGM * WGN) + wmn) * PER_WARP + lane;
+#pragma unroll
+            for (int i = 0; i < MT; ++i)
+#pragma unroll
+                for (int j = 0; j < NT; ++j)
+#pragma unroll
+                    for (int h = 0; h < 4; ++h) acc[i][j][h] += theirs[((i * NT + j) * 4 + h) * 32];
+        }
+    }
+
+    // Accumulator h of fragment (i, j): row gid (+8 for h >= 2), token 2 tig (+1 for odd h).
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+        for (int j = 0; j < NT; ++j)
+#pragma unroll
+            for (int h = 0; h < 4; ++h) {
+                const int r = r0 + wm * WM + 16 * i + gid + 8 * (h >> 1);
+                const int t = t0 + wn * WN + 8 * j + 2 * tig + (h & 1);
+                if (r < rows && t < tokens) {
+                    const int exact = acc[i][j][h] - sums[t];
+                    const float y = __fmul_rn(__fdiv_rn((float)exact, scales[t]), wscale[r]);
+                    float* o = out + (size_t)t * rows + r;
+                    *o = accumulate ? __fadd_rn(*o, y) : y;
+                }
+            }
+}
+
+// Grid (ceil(rows / BM), ceil(tokens / BN)), 32 * WGM * WGN * KSPLIT threads.
+#define TERNARY_MMA_KERNEL(NAME, BM, BN, WGM, WGN, KSPLIT, STAGES)                             \
+    extern "C" __global__ void __launch_bounds__(32 * WGM * WGN * KSPLIT) NAME(                \
+        const unsigned char* __restrict__ w, int rows, int row_bytes, const i8* __restrict__ q, \
+        int tokens, int stride, const int* __restrict__ sums, const float* __restrict__ scales, \
+        const float* __restrict__ wscale, float* __restrict__ out, int accumulate) {           \
+        ternary_mma<BM, BN, WGM, WGN, KSPLIT, STAGES>(w, rows, row_bytes, q, tokens, stride,   \
+                                                      sums, scales, wscale, out, accumulate);  \
+    }
+TERNARY_MMA_KERNEL(ternary_mma_64x32, 64, 32, 2, 2, 1, 4)
+TERNARY_MMA_KERNEL(ternary_mma_64x64, 64, 64, 2, 2, 1, 3)
+TERNARY_MMA_KERNEL(ternary_mma_64x64k2, 64, 64, 2, 2, 2, 3)
+
+// Few tokens (a batch of decode steps): the tiled kernel above has a block per 64 rows, too
+// few blocks and too few weight bytes in flight per block to approach the memory bandwidth
+// (8 tokens: 0.17 TB/s). Here a block is one m16 tile of rows x 8 * NT tokens, its 4 warps
+// split the row's I2_S blocks (warp ks takes blocks ks, ks + 4, ...), and each warp loads the
+// A fragments of SKINNY_PF blocks straight from global memory into registers before its first
+// mma; B fragments (the activations, shared by every block) come through L1. The 4 warps'
+// exact partial sums are added through shared memory. Fragment layout as ternary_mma.
+#define SKINNY_SPLIT 4
+#define SKINNY_PF 8
+
+template <int NT>
+__device__ __forceinline__ void ternary_mma_skinny(const unsigned char* __restrict__ w, int rows,
+                                                   int row_bytes, const i8* __restrict__ q,
+                                                   int tokens, int stride,
+                                                   const int* __restrict__ sums,
+                                                   const float* __restrict__ scales,
+                                                   const float* __restrict__ wscale,
+                                                   float* __restrict__ out, int accumulate) {
+    __shared__ int red[SKINNY_SPLIT - 1][NT * 4][32];
+    const int lane = threadIdx.x & 31, ks = threadIdx.x >> 5;
+    const int gid = lane >> 2, tig = lane & 3;
+    const int r0 = blockIdx.x * 16, t0 = blockIdx.y * (8 * NT);
+    const int kblocks = row_bytes >> 5;
+    const int ra = r0 + gid < rows ? r0 + gid : rows - 1;
+    const int rb = r0 + gid + 8 < rows ? r0 + gid + 8 : rows - 1;
+    const unsigned char* wa = w + (size_t)ra * row_bytes + 8 * tig;
+    const unsigned char* wb = w + (size_t)rb * row_bytes + 8 * tig;
+    const i8* qt[NT];
+#pragma unroll
+    for (int j = 0; j < NT; ++j) {
+        const int t = t0 + 8 * j + gid < tokens ? t0 + 8 * j + gid : tokens - 1;
+        qt[j] = q + (size_t)t * stride + 8 * tig;
+    }
+    int acc[NT][4];
+#pragma unroll
+    for (int j = 0; j < NT; ++j)
+#pragma unroll
+        for (int h = 0; h < 4; ++h) acc[j][h] = 0;
+    for (int kb0 = ks; kb0 < kblocks; kb0 += SKINNY_SPLIT * SKINNY_PF) {
+        uint2 a[SKINNY_PF][2];
+#pragma unroll
+        for (int p = 0; p < SKINNY_PF; ++p) {
+            const int kb = kb0 + SKINNY_SPLIT * p;
+            if (kb < kblocks) {
+                a[p][0] = __ldg((const uint2*)(wa + kb * 32));
+                a[p][1] = __ldg((const uint2*)(wb + kb * 32));
+            }
+        }
+#pragma unroll
+        for (int p = 0; p < SKINNY_PF; ++p) {
+            const int kb = kb0 + SKINNY_SPLIT * p;
+            if (kb < kblocks) {
+#pragma unroll
+                for (int g = 0; g < 4; ++g) {
+                    const int shift = 6 - 2 * g;
+                    const u32 a0 = (a[p][0].x >> shift) & 0x03030303u;
+                    const u32 a1 = (a[p][1].x >> shift) & 0x03030303u;
+                    const u32 a2 = (a[p][0].y >> shift) & 0x03030303u;
+                    const u32 a3 = (a[p][1].y >> shift) & 0x03030303u;
+#pragma unroll
+                    for (int j = 0; j < NT; ++j) {
+                        const uint2 b = __ldg((const uint2*)(qt[j] + kb * 128 + 32 * g));
+                        mma_s8(acc[j], a0, a1, a2, a3, b.x, b.y);
+                    }
+                }
+            }
+        }
+    }
+    if (ks > 0) {
+#pragma unroll
+        for (int j = 0; j < NT; ++j)
+#pragma unroll
+            for (int h = 0; h < 4; ++h) red[ks - 1][j * 4 + h][lane] = acc[j][h];
+    }
+    __syncthreads();
+    if (ks > 0) return;
+#pragma unroll
+    for (int j = 0; j < NT; ++j)
+#pragma unroll
+        for (int h = 0; h < 4; ++h) {
+            int v = acc[j][h];
+#pragma unroll
+            for (int k = 0; k < SKINNY_SPLIT - 1; ++k) v += red[k][j * 4 + h][lane];
+            const int r = r0 + gid + 8 * (h >> 1);
+            const int t = t0 + 8 * j + 2 * tig + (h & 1);
+            if (r < rows && t < tokens) {
+                const float y = __fmul_rn(__fdiv_rn((float)(v - sums[t]), scales[t]), wscale[r]);
+                float* o = out + (size_t)t * rows + r;
+                *o = accumulate ? __fadd_rn(*o, y) : y;
+            }
+        }
+}
+
+// Grid (ceil(rows / 16), ceil(tokens / (8 * NT))), 32 * SKINNY_SPLIT threads.
+#define TERNARY_SKINNY_KERNEL(NT)                                                              \
+    extern "C" __global__ void __launch_bounds__(32 * SKINNY_SPLIT) ternary_mma_n##NT(          \
+        const unsigned char* __restrict__ w, int rows, int row_bytes, const i8* __restrict__ q, \
+        int tokens, int stride, const int* __restrict__ sums, const float* __restrict__ scales, \
+        const float* __restrict__ wscale, float* __restrict__ out, int accumulate) {           \
+        ternary_mma_skinny<NT>(w, rows, row_bytes, q, tokens, stride, sums, scales, wscale,    \
+                               out, accumulate);                                               \
+    }
+TERNARY_SKINNY_KERNEL(1)
+TERNARY_SKINNY_KERNEL(2)
+TERNARY_SKINNY_KERNEL(4)

@@ -22,7 +22,7 @@ pub struct Gpu {
     pub(crate) ctx: Arc<CudaContext>,
     pub(crate) stream: Arc<CudaStream>,
     pub(crate) kernels: KernelCache,
-    pub(crate) ternary_w32: bool,
+    pub(crate) ternary_kernel: crate::ternary::TernaryKernel,
     /// Streaming multiprocessors: the fused decode matmul runs a block per SM at most.
     pub(crate) sm_count: u32,
     info: GpuInfo,
@@ -88,7 +88,10 @@ impl Gpu {
             ctx,
             stream,
             kernels,
-            ternary_w32: std::env::var("BITNET_CUDA_TERNARY").is_ok_and(|v| v == "w32"),
+            ternary_kernel: match std::env::var("BITNET_CUDA_TERNARY") {
+                Ok(v) => v.parse()?,
+                Err(_) => Default::default(),
+            },
             sm_count: u32::try_from(sm_count).unwrap_or(1).max(1),
             info,
         })

@@ -23,4 +23,4 @@ pub use device::{Gpu, GpuInfo};
 pub use error::CudaError;
 pub use model::{GpuModel, GpuSession};
 pub use ops::{ArgmaxScratch, AttnDims, GpuDense, NormInput, MAX_HEAD_DIM};
-pub use ternary::{GpuActivations, GpuTernaryMatrix};
+pub use ternary::{GpuActivations, GpuTernaryMatrix, TernaryKernel};

@@ -13,6 +13,9 @@ const WARPS: u32 = 4;
 const TILES: [usize; 4] = [8, 4, 2, 1];
 /// Threads per token of the quantization kernel.
 const QUANT_THREADS: u32 = 256;
+/// At one token, `Auto` runs the skinny tensor-core kernel on matrices of this many rows or
+/// more and the `dp4a` kernel below (measured on an H200: docs/cuda.md).
+const SKINNY_MIN_ROWS: usize = 8192;
 
 /// A ternary matrix resident on the GPU, in the I2_S row layout of [`TernaryMatrix`] (its
 /// 32-bit words are dp4a operands as they are: see `kernels/ternary.cu`), with a scale per
@@ -142,8 +145,8 @@ impl GpuActivations {
     }
 }
 
-/// `ternary_matmul_{variant}t{tile}` without formatting a string per launch.
-fn kernel_name(variant: Variant, tile: usize) -> &'static str {
+/// `ternary_matmul_{w32_}t{tile}` without formatting a string per launch.
+fn dp4a_kernel_name(w32: bool, tile: usize) -> &'static str {
     const U4: [&str; 4] = [
         "ternary_matmul_t8",
         "ternary_matmul_t4",
@@ -157,32 +160,113 @@ fn kernel_name(variant: Variant, tile: usize) -> &'static str {
         "ternary_matmul_w32_t1",
     ];
     let i = TILES.iter().position(|&t| t == tile).unwrap_or(3);
-    match variant {
-        Variant::U4 => U4[i],
-        Variant::W32 => W32[i],
+    if w32 {
+        W32[i]
+    } else {
+        U4[i]
     }
 }
 
-/// Which matmul kernel runs: 16 bytes per lane and step, or 4.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Variant {
-    U4,
-    W32,
+/// Which kernel runs a ternary matmul ([`Gpu::set_ternary_kernel`], or the environment
+/// variable `BITNET_CUDA_TERNARY` with the names of [`TernaryKernel::NAMES`]). `Auto` picks by
+/// the number of tokens, as measured on an H200 (docs/cuda.md); the others exist to measure
+/// and test each kernel on every shape, and all of them give the same bits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TernaryKernel {
+    #[default]
+    Auto,
+    /// `dp4a`, a warp per row, 16 weight bytes per lane and step, up to 8 tokens per pass
+    /// over the weights.
+    Dp4a,
+    /// `dp4a`, 4 weight bytes per lane and step.
+    Dp4aW32,
+    /// Int8 tensor cores, a block per 16 rows and up to 32 tokens, its 4 warps splitting K,
+    /// weight fragments loaded straight into registers (few tokens).
+    MmaSkinny,
+    /// Int8 tensor cores, shared-memory tiles of 64 rows x 32 tokens.
+    Mma64x32,
+    /// Int8 tensor cores, tiles of 64 rows x 64 tokens.
+    Mma64x64,
+    /// 64 x 64 tiles, two warps per fragment tile splitting each block's k steps.
+    Mma64x64K2,
 }
 
-impl Gpu {
-    fn variant(&self) -> Variant {
-        if self.ternary_w32 {
-            Variant::W32
-        } else {
-            Variant::U4
+impl TernaryKernel {
+    pub const ALL: [TernaryKernel; 7] = [
+        TernaryKernel::Auto,
+        TernaryKernel::Dp4a,
+        TernaryKernel::Dp4aW32,
+        TernaryKernel::MmaSkinny,
+        TernaryKernel::Mma64x32,
+        TernaryKernel::Mma64x64,
+        TernaryKernel::Mma64x64K2,
+    ];
+    pub const NAMES: [&'static str; 7] = [
+        "auto",
+        "dp4a",
+        "w32",
+        "skinny",
+        "mma64x32",
+        "mma64x64",
+        "mma64x64k2",
+    ];
+
+    pub fn name(self) -> &'static str {
+        let i = Self::ALL.iter().position(|&k| k == self).unwrap_or(0);
+        Self::NAMES[i]
+    }
+
+    /// The mma kernel's function name, rows and tokens per tile, threads per block.
+    fn mma(self, tokens: usize) -> Option<(&'static str, u32, u32, u32)> {
+        match self {
+            TernaryKernel::MmaSkinny if tokens <= 8 => Some(("ternary_mma_n1", 16, 8, 128)),
+            TernaryKernel::MmaSkinny if tokens <= 16 => Some(("ternary_mma_n2", 16, 16, 128)),
+            TernaryKernel::MmaSkinny => Some(("ternary_mma_n4", 16, 32, 128)),
+            TernaryKernel::Mma64x32 => Some(("ternary_mma_64x32", 64, 32, 128)),
+            TernaryKernel::Mma64x64 => Some(("ternary_mma_64x64", 64, 64, 128)),
+            TernaryKernel::Mma64x64K2 => Some(("ternary_mma_64x64k2", 64, 64, 256)),
+            _ => None,
         }
     }
 
-    /// Runs the matmul with 4 bytes per lane and step instead of 16 (also
-    /// `BITNET_CUDA_TERNARY=w32`), while the two kernels are measured against each other.
-    pub fn set_ternary_w32(&mut self, on: bool) {
-        self.ternary_w32 = on;
+    /// The kernel `Auto` runs for `tokens` tokens times `rows` rows: the fastest per token
+    /// count in `cuda_bench` on an H200 (docs/cuda.md, all 2B4T matrices per step), and at one
+    /// token per matrix size in `ncu` (the skinny kernel wins on gate/up, 13824 rows, and loses
+    /// on the others, whose few blocks each stream long rows).
+    fn resolve(self, tokens: usize, rows: usize) -> TernaryKernel {
+        match self {
+            TernaryKernel::Auto => match tokens {
+                1 if rows < SKINNY_MIN_ROWS => TernaryKernel::Dp4a,
+                0..=32 => TernaryKernel::MmaSkinny,
+                33..=64 => TernaryKernel::Mma64x32,
+                65..=128 => TernaryKernel::Mma64x64K2,
+                _ => TernaryKernel::Mma64x64,
+            },
+            forced => forced,
+        }
+    }
+}
+
+impl std::str::FromStr for TernaryKernel {
+    type Err = CudaError;
+    fn from_str(s: &str) -> Result<Self> {
+        Self::NAMES
+            .iter()
+            .position(|&n| n == s)
+            .map(|i| Self::ALL[i])
+            .ok_or_else(|| {
+                CudaError::Unsupported(format!(
+                    "ternary kernel {s:?}: one of {}",
+                    Self::NAMES.join(", ")
+                ))
+            })
+    }
+}
+
+impl Gpu {
+    /// Chooses the ternary matmul kernel (tests and benchmarks; the default is `Auto`).
+    pub fn set_ternary_kernel(&mut self, k: TernaryKernel) {
+        self.ternary_kernel = k;
     }
 
     /// Quantizes `a.tokens()` rows of `a.cols()` floats (`x`, row-major) into `a`,
@@ -264,17 +348,49 @@ impl Gpu {
         }
         let (rows, row_bytes, stride) = (w.rows as i32, w.row_bytes as i32, a.stride as i32);
         let accumulate = i32::from(accumulate);
-        let cfg = LaunchConfig {
-            grid_dim: ((w.rows as u32).div_ceil(WARPS), 1, 1),
-            block_dim: (32 * WARPS, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let kernel = self.ternary_kernel.resolve(a.tokens, w.rows);
+        if let Some((name, bm, bn, threads)) = kernel.mma(a.tokens) {
+            let f = self.kernels.function(TERNARY, name)?;
+            let tokens = a.tokens as i32;
+            let cfg = LaunchConfig {
+                grid_dim: (
+                    (w.rows as u32).div_ceil(bm),
+                    (a.tokens as u32).div_ceil(bn),
+                    1,
+                ),
+                block_dim: (threads, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let mut launch = self.stream.launch_builder(&f);
+            launch
+                .arg(&w.data)
+                .arg(&rows)
+                .arg(&row_bytes)
+                .arg(&a.q)
+                .arg(&tokens)
+                .arg(&stride)
+                .arg(&a.sums)
+                .arg(&a.scales)
+                .arg(&w.scales)
+                .arg(out)
+                .arg(&accumulate);
+            // SAFETY: argument types match the kernel; it reads `tokens` activation rows and
+            // `rows` weight rows (loads past either edge are clamped to the last one) and
+            // writes only `tokens * rows` outputs (all checked above).
+            unsafe { launch.launch(cfg) }?;
+            return Ok(());
+        }
+        let w32 = kernel == TernaryKernel::Dp4aW32;
         let mut t0 = 0;
         while t0 < a.tokens {
             let tile = TILES.into_iter().find(|&t| t <= a.tokens - t0).unwrap_or(1);
-            let f = self
-                .kernels
-                .function(TERNARY, kernel_name(self.variant(), tile))?;
+            let name = dp4a_kernel_name(w32, tile);
+            let cfg = LaunchConfig {
+                grid_dim: ((w.rows as u32).div_ceil(WARPS), 1, 1),
+                block_dim: (32 * WARPS, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let f = self.kernels.function(TERNARY, name)?;
             let q = a.q.slice(t0 * a.stride..);
             let sums = a.sums.slice(t0..);
             let scales = a.scales.slice(t0..);

@@ -9,7 +9,7 @@
 //! Run there (binaries built here, see docs/cuda.md):
 //! `BITNET_REQUIRE_CUDA=1 ./cuda_ops-<hash> --include-ignored`.
 
-use bitnet_cuda::{CudaError, Gpu, GpuActivations, GpuTernaryMatrix};
+use bitnet_cuda::{CudaError, Gpu, GpuActivations, GpuTernaryMatrix, TernaryKernel};
 use bitnet_kernels::{ternary_matmul, QuantizedActivations, TernaryMatrix};
 
 fn required() -> bool {
@@ -109,58 +109,88 @@ fn quantization_is_bit_identical_to_the_cpu() {
     }
 }
 
+/// Every kernel (`Auto` and each one forced) on one matrix and several token counts, against
+/// the CPU kernel, bit for bit, with and without the accumulating epilogue.
+fn check_every_kernel(gpu: &mut Gpu, rng: &mut Rng, rows: usize, cols: usize, tokens: &[usize]) {
+    let codes: Vec<i8> = (0..rows * cols)
+        .map(|_| (rng.next() % 3) as i8 - 1)
+        .collect();
+    let w = TernaryMatrix::from_codes(rows, cols, &codes, 0.75 + rng.f32().abs()).unwrap();
+    let wd = GpuTernaryMatrix::upload(gpu, &w).unwrap();
+    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+    for &tokens in tokens {
+        let x = activations(tokens, cols, rng);
+        let mut qa = QuantizedActivations::new();
+        qa.quantize(&x, tokens, cols);
+        let mut want = vec![0f32; tokens * rows];
+        ternary_matmul(&w, &qa, &mut want);
+        // The residual add: one f32 addition per value onto what was there.
+        let base: Vec<f32> = (0..tokens * rows).map(|_| rng.f32() * 3.0).collect();
+        let want_acc: Vec<f32> = base.iter().zip(&want).map(|(b, y)| b + y).collect();
+
+        let xd = gpu.stream().clone_htod(&x).unwrap();
+        let mut a = GpuActivations::new(gpu, tokens, cols).unwrap();
+        gpu.quantize(&xd, &mut a).unwrap();
+        for kernel in TernaryKernel::ALL {
+            gpu.set_ternary_kernel(kernel);
+            let mut out = gpu.stream().alloc_zeros::<f32>(tokens * rows).unwrap();
+            gpu.ternary_matmul(&wd, &a, &mut out.as_view_mut()).unwrap();
+            let got = gpu.stream().clone_dtoh(&out).unwrap();
+            assert!(
+                bits(&got) == bits(&want),
+                "{rows}x{cols} tokens={tokens} {kernel:?}: first difference at {:?}",
+                got.iter()
+                    .zip(&want)
+                    .position(|(a, b)| a.to_bits() != b.to_bits())
+            );
+            let mut out = gpu.stream().clone_htod(&base).unwrap();
+            gpu.ternary_matmul_accumulate(&wd, &a, &mut out.as_view_mut())
+                .unwrap();
+            let got = gpu.stream().clone_dtoh(&out).unwrap();
+            assert!(
+                bits(&got) == bits(&want_acc),
+                "{rows}x{cols} tokens={tokens} {kernel:?} accumulating"
+            );
+        }
+    }
+    gpu.set_ternary_kernel(TernaryKernel::Auto);
+}
+
 #[test]
 fn ternary_matmul_is_bit_identical_to_the_cpu() {
     let Some(mut gpu) = gpu() else { return };
     let mut rng = Rng(42);
-    // 2B4T shapes (q/o, k/v, gate/up, down), a ragged width and odd row counts; token counts
-    // that exercise every tile (8, 4, 2, 1) of the kernel.
-    for (rows, cols) in [
-        (2560, 2560),
-        (640, 2560),
-        (6912, 2560),
-        (2560, 6912),
-        (7, 300),
-        (1, 128),
-    ] {
-        let codes: Vec<i8> = (0..rows * cols)
-            .map(|_| (rng.next() % 3) as i8 - 1)
-            .collect();
-        let w = TernaryMatrix::from_codes(rows, cols, &codes, 0.75 + rng.f32().abs()).unwrap();
-        let wd = GpuTernaryMatrix::upload(&gpu, &w).unwrap();
-        for tokens in [1, 2, 3, 8, 15] {
-            let x = activations(tokens, cols, &mut rng);
-            let mut qa = QuantizedActivations::new();
-            qa.quantize(&x, tokens, cols);
-            let mut want = vec![0f32; tokens * rows];
-            ternary_matmul(&w, &qa, &mut want);
-
-            let xd = gpu.stream().clone_htod(&x).unwrap();
-            let mut a = GpuActivations::new(&gpu, tokens, cols).unwrap();
-            gpu.quantize(&xd, &mut a).unwrap();
-            for w32 in [false, true] {
-                gpu.set_ternary_w32(w32);
-                let mut out = gpu.stream().alloc_zeros::<f32>(tokens * rows).unwrap();
-                gpu.ternary_matmul(&wd, &a, &mut out.as_view_mut()).unwrap();
-                let got = gpu.stream().clone_dtoh(&out).unwrap();
-                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-                assert!(
-                    bits(&got) == bits(&want),
-                    "{rows}x{cols} tokens={tokens} w32={w32}: first difference at {:?}",
-                    got.iter()
-                        .zip(&want)
-                        .position(|(a, b)| a.to_bits() != b.to_bits())
-                );
-            }
-        }
+    // 2B4T shapes (q/o, k/v, gate/up, down) with token counts that exercise every dp4a tile
+    // (8, 4, 2, 1), the tensor-core tiles' edges (16, 32, 64, 128 tokens and one past) and a
+    // 512-token prompt; then ragged row counts and widths, up to 600 tokens.
+    let few = [1, 2, 3, 8, 15];
+    let many = [1, 2, 3, 8, 15, 16, 33, 64, 130, 512];
+    for (rows, cols) in [(2560, 2560), (640, 2560), (6912, 2560), (2560, 6912)] {
+        check_every_kernel(&mut gpu, &mut rng, rows, cols, &many);
     }
+    check_every_kernel(&mut gpu, &mut rng, 2560, 2560, &[600]);
+    for (rows, cols) in [(200, 384), (7, 300), (1, 128), (129, 2560)] {
+        check_every_kernel(&mut gpu, &mut rng, rows, cols, &few);
+        check_every_kernel(&mut gpu, &mut rng, rows, cols, &[31, 65, 257, 600]);
+    }
+}
+
+#[test]
+fn ternary_kernel_names_parse() {
+    for k in TernaryKernel::ALL {
+        assert_eq!(k.name().parse::<TernaryKernel>().unwrap(), k);
+    }
+    assert!(matches!(
+        "mma".parse::<TernaryKernel>(),
+        Err(CudaError::Unsupported(_))
+    ));
 }
 
 /// q/k/v stacked into one matrix: one kernel, each row with its own tensor's scale, the same
 /// bits as `ternary_matmul_many` on the CPU.
 #[test]
 fn stacked_matrices_equal_the_cpu_many_matmul() {
-    let Some(gpu) = gpu() else { return };
+    let Some(mut gpu) = gpu() else { return };
     let mut rng = Rng(7);
     let (cols, tokens) = (2560, 5);
     let ws: Vec<TernaryMatrix> = [(2560, 0.5f32), (640, 1.25), (640, 2.0)]
@@ -186,20 +216,23 @@ fn stacked_matrices_equal_the_cpu_many_matmul() {
     let xd = gpu.stream().clone_htod(&x).unwrap();
     let mut a = GpuActivations::new(&gpu, tokens, cols).unwrap();
     gpu.quantize(&xd, &mut a).unwrap();
-    let mut out = gpu.stream().alloc_zeros::<f32>(tokens * wd.rows()).unwrap();
-    gpu.ternary_matmul(&wd, &a, &mut out.as_view_mut()).unwrap();
-    let got = gpu.stream().clone_dtoh(&out).unwrap();
-    for t in 0..tokens {
-        let mut off = t * wd.rows();
-        for (w, o) in ws.iter().zip(&outs) {
-            let want = &o[t * w.rows()..][..w.rows()];
-            let g = &got[off..][..w.rows()];
-            assert!(
-                g.iter().zip(want).all(|(a, b)| a.to_bits() == b.to_bits()),
-                "token {t}, matrix of {} rows",
-                w.rows()
-            );
-            off += w.rows();
+    for kernel in TernaryKernel::ALL {
+        gpu.set_ternary_kernel(kernel);
+        let mut out = gpu.stream().alloc_zeros::<f32>(tokens * wd.rows()).unwrap();
+        gpu.ternary_matmul(&wd, &a, &mut out.as_view_mut()).unwrap();
+        let got = gpu.stream().clone_dtoh(&out).unwrap();
+        for t in 0..tokens {
+            let mut off = t * wd.rows();
+            for (w, o) in ws.iter().zip(&outs) {
+                let want = &o[t * w.rows()..][..w.rows()];
+                let g = &got[off..][..w.rows()];
+                assert!(
+                    g.iter().zip(want).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "token {t}, matrix of {} rows, {kernel:?}",
+                    w.rows()
+                );
+                off += w.rows();
+            }
         }
     }
     // Matrices of different widths cannot be stacked.
