@@ -23,7 +23,7 @@ typedef signed char i8;
 #define KV_BLOCK 32
 
 // The cache row of position p of a sequence whose block table is `bt`.
-__device__ __forceinline__ size_t cache_row(const int* __restrict__ bt, int p) {
+__device__ __forceinline__ size_t cache_row(const int* bt, int p) {
     return (size_t)bt[p / KV_BLOCK] * KV_BLOCK + (p % KV_BLOCK);
 }
 
@@ -316,7 +316,7 @@ extern "C" __global__ void rope_kv(float* __restrict__ qkv, int nh, int nkv, int
 // (shared, the f16-rounded values) position n - 1 is read from them instead of the cache: the
 // fused decode kernel writes that position in this same launch.
 __device__ void attend(const float* qs, const float* kn, const float* vn, float* sc,
-                       float* part, float* red, int n, const int* __restrict__ bt, int kvd,
+                       float* part, float* red, int n, const int* bt, int kvd,
                        int kvh, int hd,
                        const u16* __restrict__ kc, const u16* __restrict__ vc, float scale,
                        float* __restrict__ out_h) {
@@ -396,7 +396,7 @@ __device__ void attend(const float* qs, const float* kn, const float* vn, float*
 // Causal grouped-query attention of query head blockIdx.x of token blockIdx.y over positions
 // 0..n of its own sequence, n = pos[t] + 1, through that sequence's block table
 // blocks + table[t] (see attend). Dynamic shared memory (attn_smem): hd floats of q, 2 * hd
-// unused here, ctx scores (ctx >= n), nwarps * hd partial outputs.
+// unused here, ctx scores (ctx >= n), nwarps * hd partial outputs, ctx / KV_BLOCK block ids.
 extern "C" __global__ void attention(const float* __restrict__ qkv, int qkv_stride, int nh,
                                      int nkv, int hd, int ctx, const int* __restrict__ pos_t,
                                      const int* __restrict__ table,
@@ -409,14 +409,20 @@ extern "C" __global__ void attention(const float* __restrict__ qkv, int qkv_stri
     const int n = pos_t[t] + 1;
     float* qs = sm;
     float* sc = sm + 3 * hd;
+    // The block table in shared memory: each position's row is then one shared load away
+    // instead of a global one in front of every key and value load.
+    int* bt = (int*)(sc + ctx + (blockDim.x >> 5) * hd);
     const float* q = qkv + (size_t)t * qkv_stride + (size_t)h * hd;
     for (int i = threadIdx.x; i < hd; i += blockDim.x) qs[i] = q[i];
+    const int* table_t = blocks + table[t];
+    for (int i = threadIdx.x; i < (n + KV_BLOCK - 1) / KV_BLOCK; i += blockDim.x) bt[i] = table_t[i];
     __syncthreads();
-    attend(qs, nullptr, nullptr, sc, sc + ctx, red, n, blocks + table[t], nkv * hd,
-           h / (nh / nkv), hd, kc, vc, scale, out + (size_t)t * nh * hd + (size_t)h * hd);
+    attend(qs, nullptr, nullptr, sc, sc + ctx, red, n, bt, nkv * hd, h / (nh / nkv), hd, kc, vc,
+           scale, out + (size_t)t * nh * hd + (size_t)h * hd);
 }
 
-// Decode (one token of one sequence): rope_kv and attention in one kernel. Each block rotates its query head
+// Decode (one token of one sequence, whose block table is `blocks`: ctx / KV_BLOCK readable
+// entries): rope_kv and attention in one kernel. Each block rotates its query head
 // and its group's new key (the same operations as rope_kv) into shared memory, with the new
 // value rounded to f16 as the cache holds it; the group's first query head writes them to the
 // caches, and every block reads position n - 1 from shared memory, not from the cache another
@@ -425,7 +431,6 @@ extern "C" __global__ void rope_attention(const float* __restrict__ qkv, int nh,
                                           int hd, int ctx, const float* __restrict__ inv_freq,
                                           const int* __restrict__ pos_t,
                                           const int* __restrict__ slot,
-                                          const int* __restrict__ table,
                                           const int* __restrict__ blocks, u16* kc, u16* vc,
                                           float scale, float* __restrict__ out) {
     extern __shared__ float sm[];
@@ -437,6 +442,11 @@ extern "C" __global__ void rope_attention(const float* __restrict__ qkv, int nh,
     float* kn = sm + hd;
     float* vn = sm + 2 * hd;
     float* sc = sm + 3 * hd;
+    int* bt = (int*)(sc + ctx + (blockDim.x >> 5) * hd);
+    // All ctx / KV_BLOCK entries, whether the sequence uses them or not: these loads then
+    // wait for nothing, where loading n / KV_BLOCK of them would wait for pos first, and
+    // every load in this kernel's prologue is a memory latency in front of the whole step.
+    for (int i = threadIdx.x; i < ctx / KV_BLOCK; i += blockDim.x) bt[i] = blocks[i];
     const float* q = qkv + (size_t)h * hd;
     const float* k = qkv + qd + (size_t)kvh * hd;
     const float* v = qkv + qd + kvd + (size_t)kvh * hd;
@@ -464,8 +474,7 @@ extern "C" __global__ void rope_attention(const float* __restrict__ qkv, int nh,
         }
     }
     __syncthreads();
-    attend(qs, kn, vn, sc, sc + ctx, red, n, blocks + table[0], kvd, kvh, hd, kc, vc, scale,
-           out + (size_t)h * hd);
+    attend(qs, kn, vn, sc, sc + ctx, red, n, bt, kvd, kvh, hd, kc, vc, scale, out + (size_t)h * hd);
 }
 
 // ggml's quantize_row_q8_0 on one row of `cols` floats (as dense_q8::quantize_activations):

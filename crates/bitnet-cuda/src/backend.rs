@@ -31,7 +31,7 @@ use bitnet_backend::{
     run_layers, Backend, BackendError, Context, Device, KvType, Logits, SeqChunk, KV_BLOCK,
 };
 use bitnet_models::{Activation, ModelWeights};
-use cudarc::driver::{CudaGraph, CudaSlice};
+use cudarc::driver::{CudaGraph, CudaSlice, DevicePtrMut};
 use std::sync::Arc;
 
 type Result<T> = std::result::Result<T, BackendError>;
@@ -434,14 +434,19 @@ impl CudaContext {
         let pos = self.meta.slice(o.pos..o.pos + n);
         let slot = self.meta.slice(o.slot..o.slot + n);
         let table = self.meta.slice(o.table..o.table + n);
-        let blocks = self.meta.slice(o.blocks..o.end);
+        let fused = self.fused_step();
+        // The fused kernel reads ctx / KV_BLOCK block ids (begin makes room for them).
+        let blocks = if fused {
+            self.meta.slice(o.blocks..o.blocks + self.ctx / KV_BLOCK)
+        } else {
+            self.meta.slice(o.blocks..o.end)
+        };
         let batch = PagedBatch {
             pos: &pos,
             slot: &slot,
             table: &table,
             blocks: &blocks,
         };
-        let fused = self.fused_step();
         let s = &mut self.s;
         if fused {
             return self.gpu.rope_attention(
@@ -836,16 +841,25 @@ impl Context for CudaContext {
                 row += 1;
             }
         }
-        self.ensure(n, rows, lay.end).map_err(dev)?;
+        let ctx = longest.next_power_of_two().max(256).min(max_len);
+        // Past the end: room for the ctx / KV_BLOCK block ids the fused decode kernel loads.
+        self.ensure(n, rows, lay.end.max(lay.blocks + ctx / KV_BLOCK))
+            .map_err(dev)?;
         if lay.end > 0 {
-            self.gpu
-                .stream
-                .memcpy_htod(&self.host[..], &mut self.meta.slice_mut(..lay.end))
-                .map_err(dev)?;
+            let stream = &self.gpu.stream;
+            let (dst, _record) = self.meta.device_ptr_mut(stream);
+            // SAFETY: `meta` holds lay.end words (ensured above). A copy from pageable memory
+            // returns once the source is staged, so `host` may change afterwards, and the
+            // kernels queued after it on this stream see the data; cudarc's `memcpy_htod`
+            // would also wait for the copy to land, a stall in front of every decode step.
+            unsafe {
+                cudarc::driver::result::memcpy_htod_async(dst, &self.host[..], stream.cu_stream())
+            }
+            .map_err(dev)?;
         }
         self.lay = lay;
         (self.n, self.seqs, self.rows) = (n, seqs.len(), rows);
-        self.ctx = longest.next_power_of_two().max(256).min(max_len);
+        self.ctx = ctx;
         Ok(())
     }
 

@@ -6,6 +6,7 @@ use crate::compile::FORWARD;
 use crate::device::Gpu;
 use crate::error::{CudaError, Result};
 use crate::ternary::{GpuActivations, GpuTernaryMatrix};
+use bitnet_backend::KV_BLOCK;
 use bitnet_kernels::{DenseMatrix, DenseType};
 use cudarc::driver::{CudaFunction, CudaSlice, CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
 
@@ -201,16 +202,21 @@ impl AttnDims {
     }
 
     /// Dynamic shared memory of the attention kernel for sequences of up to `ctx` positions.
-    /// (q, and the new key and value of the fused decode kernel, then the scores and the
-    /// warps' partial outputs.)
+    /// (q, and the new key and value of the fused decode kernel, then the scores, the warps'
+    /// partial outputs and the sequence's block ids.)
     pub(crate) fn attn_smem(&self, ctx: usize) -> usize {
-        4 * (3 * self.head_dim + ctx + (ATTN_THREADS as usize / 32) * self.head_dim)
+        4 * (3 * self.head_dim
+            + ctx
+            + (ATTN_THREADS as usize / 32) * self.head_dim
+            + ctx.div_ceil(KV_BLOCK))
     }
 
     /// The longest sequence the attention kernel takes (its scores live in shared memory).
     pub fn max_attn_len(&self) -> usize {
-        (MAX_ATTN_SMEM / 4)
-            .saturating_sub(3 * self.head_dim + (ATTN_THREADS as usize / 32) * self.head_dim)
+        let fixed = 3 * self.head_dim + (ATTN_THREADS as usize / 32) * self.head_dim;
+        // ctx scores and ctx / KV_BLOCK block ids in what is left, whole blocks.
+        let left = (MAX_ATTN_SMEM / 4).saturating_sub(fixed);
+        left / (KV_BLOCK + 1) * KV_BLOCK
     }
 }
 
@@ -540,7 +546,9 @@ impl Gpu {
     }
 
     /// One token's [`Self::rope_kv`] and [`Self::attention`] as one kernel (the same bits):
-    /// token 0 of `batch`.
+    /// token 0 of `batch`, whose block table must start at `batch.blocks[0]` (`table` is not
+    /// read) and `batch.blocks` hold at least `ctx / KV_BLOCK` entries (the kernel loads them
+    /// all without waiting for the position).
     #[allow(clippy::too_many_arguments)]
     pub fn rope_attention(
         &self,
@@ -555,6 +563,12 @@ impl Gpu {
     ) -> Result<()> {
         dims.check()?;
         batch.check(1)?;
+        if batch.blocks.len() < ctx / KV_BLOCK {
+            return Err(shape(format!(
+                "rope + attention: {} block ids for {ctx} positions",
+                batch.blocks.len()
+            )));
+        }
         if qkv.len() < dims.qkv_dim()
             || out.len() < dims.q_dim()
             || inv_freq.len() < dims.head_dim / 2
@@ -581,7 +595,6 @@ impl Gpu {
             .arg(inv_freq)
             .arg(batch.pos)
             .arg(batch.slot)
-            .arg(batch.table)
             .arg(batch.blocks)
             .arg(k_cache)
             .arg(v_cache)
