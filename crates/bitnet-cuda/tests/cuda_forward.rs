@@ -950,3 +950,24 @@ fn kjv_hf_folder_on_the_gpu_matches_cpu_and_reference() {
     }
     check_model("hf-folder", &dir);
 }
+
+/// Asking for a GPU that is not there is `BackendError::Unavailable` with the reason, on any
+/// machine (CI has no GPU at all; an ordinal past the last GPU is the same error).
+#[test]
+fn a_backend_on_a_missing_gpu_is_unavailable() {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/bitnet-b1.58-kjv-i2_s.gguf");
+    let weights = bitnet_models::load(&path, None).unwrap().weights;
+    let Err(e) = CudaBackend::load(1 << 20, &weights) else {
+        panic!("GPU 1048576 opened");
+    };
+    assert!(matches!(e, BackendError::Unavailable(_)), "{e:?}");
+    match CudaBackend::load(0, &weights) {
+        Ok(b) => assert_eq!(b.device(), bitnet_backend::Device::Cuda(0)),
+        Err(e) => {
+            assert!(!required(), "BITNET_REQUIRE_CUDA=1 but {e}");
+            assert!(matches!(e, BackendError::Unavailable(_)), "{e:?}");
+            assert!(e.to_string().starts_with("CUDA is not available: "), "{e}");
+        }
+    }
+}
