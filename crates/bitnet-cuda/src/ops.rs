@@ -1,5 +1,5 @@
 //! The non-ternary ops of the forward pass as GPU kernels (`kernels/forward.cu`): each one a
-//! method of [`Gpu`] on device buffers, used by [`crate::GpuSession`] and tested one by one
+//! method of [`Gpu`] on device buffers, used by [`crate::CudaContext`] and tested one by one
 //! against the CPU code in `tests/cuda_forward.rs`.
 
 use crate::compile::FORWARD;
