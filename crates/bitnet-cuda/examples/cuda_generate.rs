@@ -5,12 +5,16 @@
 //!
 //! ```text
 //! cargo build --release -p bitnet-cuda --example cuda_generate   # here; on the GPU machine:
-//! ./cuda_generate [MODEL.gguf] [--head f16,q8_0] [--pp 512] [--tg 128] [--reps 3]
+//! ./cuda_generate [MODEL.gguf] [--head f16,q8_0] [--pp 512] [--tg 128] [--reps 3] [--batch 16,64]
 //! ```
-//! Decode is timed with the step captured as a CUDA graph and with plain launches.
+//! Everything runs through the backend seam (`bitnet_backend::Context`), as the engine runs it.
+//! Decode is timed with the step captured as a CUDA graph and with plain launches; `--batch`
+//! times B sequences decoding together (B tokens a step, the batched kernels) and reports
+//! their aggregate tokens/s.
 
+use bitnet_backend::{Context, KvType, Logits, SeqChunk, KV_BLOCK};
 use bitnet_common::Storage;
-use bitnet_cuda::{Gpu, GpuModel, GpuSession};
+use bitnet_cuda::CudaBackend;
 use bitnet_kernels::{DenseMatrix, DenseType};
 use bitnet_models::{Arch, ModelWeights};
 use std::time::Instant;
@@ -37,6 +41,7 @@ fn q8_0_head(w: &mut ModelWeights) -> AnyResult<()> {
 fn main() -> AnyResult<()> {
     let (mut model, mut head, mut pp, mut tg, mut reps) =
         (None::<String>, None::<String>, 512, 128, 3);
+    let mut batches = vec![16usize, 64];
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut num = || -> AnyResult<usize> { Ok(args.next().ok_or("missing number")?.parse()?) };
@@ -45,6 +50,14 @@ fn main() -> AnyResult<()> {
             "--tg" => tg = num()?,
             "--reps" => reps = num()?,
             "--head" => head = Some(args.next().ok_or("missing head type")?),
+            "--batch" => {
+                let list = args.next().ok_or("missing batch sizes")?;
+                batches = list
+                    .split(',')
+                    .filter(|b| !b.is_empty() && *b != "0")
+                    .map(str::parse)
+                    .collect::<Result<_, _>>()?;
+            }
             "--fixture-2b4t" => model = None,
             other if !other.starts_with('-') => model = Some(other.to_string()),
             other => return Err(format!("unknown argument {other}").into()),
@@ -59,7 +72,6 @@ fn main() -> AnyResult<()> {
         }
     };
     let load_s = t.elapsed().as_secs_f64();
-    let gpu = Gpu::open(0)?;
     let heads = head.unwrap_or_else(|| "f16,q8_0".into());
     for head in heads.split(',') {
         match head {
@@ -67,70 +79,94 @@ fn main() -> AnyResult<()> {
             "q8_0" => q8_0_head(&mut weights)?,
             other => return Err(format!("--head {other}: f16 (before q8_0) or q8_0").into()),
         }
-        bench(&gpu, &weights, model.as_deref(), load_s, pp, tg, reps)?;
+        let opts = Opts {
+            pp,
+            tg,
+            reps,
+            batches: &batches,
+        };
+        bench(&weights, model.as_deref(), load_s, &opts)?;
     }
     Ok(())
 }
 
-fn bench(
-    gpu: &Gpu,
-    weights: &ModelWeights,
-    model: Option<&str>,
-    load_s: f64,
+struct Opts<'a> {
     pp: usize,
     tg: usize,
     reps: usize,
-) -> AnyResult<()> {
+    batches: &'a [usize],
+}
+
+fn one<'a>(tokens: &'a [u32], start: usize, blocks: &'a [u32]) -> SeqChunk<'a> {
+    SeqChunk {
+        tokens,
+        start,
+        blocks,
+        want: Logits::Last,
+    }
+}
+
+fn bench(weights: &ModelWeights, model: Option<&str>, load_s: f64, o: &Opts) -> AnyResult<()> {
+    let (pp, tg, reps) = (o.pp, o.tg, o.reps);
     let t = Instant::now();
-    let gm = GpuModel::upload(gpu, weights)?;
-    gpu.synchronize()?;
+    let backend = CudaBackend::load(0, weights)?;
     let c = weights.config.clone();
     println!(
         "model {} ({} layers, hidden {}, vocab {}, head {:?}): {:.2} GB on the GPU; made/loaded in \
-         {load_s:.1} s, uploaded in {:.1} s",
+         {load_s:.1} s, uploaded and kernels ready in {:.1} s",
         model.unwrap_or("2B4T fixture, seed 42"),
         c.num_layers,
         c.hidden_size,
         c.vocab_size,
         weights.lm_head().ty(),
-        gm.nbytes() as f64 / 1e9,
+        backend.model().nbytes() as f64 / 1e9,
         t.elapsed().as_secs_f64()
     );
-    let ctx = (pp + tg + 1).next_power_of_two().max(256);
-    let vocab = c.vocab_size as u32;
-    let prompt: Vec<u32> = (0..pp as u32).map(|i| (i * 7919 + 13) % vocab).collect();
+    let nbytes = backend.model().nbytes() as f64;
+    let per_seq = (pp.max(1) + tg + 1).div_ceil(KV_BLOCK);
+    let table: Vec<u32> = (0..per_seq as u32).collect();
+    let vocab = c.vocab_size;
+    let prompt: Vec<u32> = (0..pp as u32)
+        .map(|i| (i * 7919 + 13) % vocab as u32)
+        .collect();
 
-    // Prompt processing: the whole prompt, logits of its last token.
-    let mut s = GpuSession::new(gpu, &gm, ctx, pp.max(1))?;
-    s.forward_greedy(&prompt, 0)?; // compiles the kernels, warms the caches
-    let mut best = f64::MAX;
-    for _ in 0..reps {
-        let t = Instant::now();
-        s.forward_greedy(&prompt, 0)?;
-        best = best.min(t.elapsed().as_secs_f64());
+    // Prompt processing: the whole prompt, the greedy choice after its last token.
+    if pp > 0 {
+        let mut cx = backend.context(per_seq, KvType::F16, pp)?;
+        cx.forward_greedy(&[one(&prompt, 0, &table)], vocab)?; // warms the caches
+        let mut best = f64::MAX;
+        for _ in 0..reps {
+            let t = Instant::now();
+            cx.forward_greedy(&[one(&prompt, 0, &table)], vocab)?;
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        println!(
+            "pp{pp}: {:.1} ms, {:.0} tokens/s (best of {reps})",
+            best * 1e3,
+            pp as f64 / best
+        );
     }
-    println!(
-        "pp{pp}: {:.1} ms, {:.0} tokens/s (best of {reps})",
-        best * 1e3,
-        pp as f64 / best
-    );
 
     // Decode: tg tokens after a one-token prompt, as llama-bench's tgN.
     for (graph, fused) in [(false, true), (true, false), (true, true)] {
-        let mut s = GpuSession::new(gpu, &gm, ctx, 1)?;
-        s.set_graph(graph);
-        s.set_fused(fused);
-        s.generate_greedy(&[1], 8)?; // warm-up (and the graph's capture)
+        let mut cx = backend.context(per_seq, KvType::F16, 1)?;
+        cx.set_graph(graph);
+        cx.set_fused(fused);
         let mut best = f64::MAX;
         let mut ids = Vec::new();
-        for _ in 0..reps {
-            s.forward_greedy(&[1], 0)?;
+        for rep in 0..=reps {
+            let mut id = cx.forward_greedy(&[one(&[1], 0, &table)], vocab)?[0];
             let t = Instant::now();
             ids.clear();
-            for _ in 0..tg {
-                ids.push(s.decode_greedy()?);
+            // The first round warms up (and captures the graph).
+            let n = if rep == 0 { 8.min(tg) } else { tg };
+            for pos in 1..=n {
+                id = cx.forward_greedy(&[one(&[id], pos, &table)], vocab)?[0];
+                ids.push(id);
             }
-            best = best.min(t.elapsed().as_secs_f64());
+            if rep > 0 {
+                best = best.min(t.elapsed().as_secs_f64());
+            }
         }
         println!(
             "tg{tg} ({}, {}): {:.1} us/token, {:.0} tokens/s, {:.0} GB/s of weights (best of \
@@ -143,8 +179,40 @@ fn bench(
             },
             best / tg as f64 * 1e6,
             tg as f64 / best,
-            gm.nbytes() as f64 * tg as f64 / best / 1e9,
+            nbytes * tg as f64 / best / 1e9,
             &ids[..ids.len().min(4)]
+        );
+    }
+
+    // Batched decode: B sequences, one token each per step, each over its own blocks.
+    for &b in o.batches {
+        let mut cx = backend.context(b * per_seq, KvType::F16, b)?;
+        let tables: Vec<Vec<u32>> = (0..b)
+            .map(|s| (0..per_seq).map(|i| (s * per_seq + i) as u32).collect())
+            .collect();
+        let mut best = f64::MAX;
+        for rep in 0..=reps {
+            let firsts: Vec<[u32; 1]> =
+                (0..b).map(|s| [((s * 7919 + 13) % vocab) as u32]).collect();
+            let chunks: Vec<SeqChunk> = (0..b).map(|s| one(&firsts[s], 0, &tables[s])).collect();
+            let mut ids = cx.forward_greedy(&chunks, vocab)?;
+            let n = if rep == 0 { 8.min(tg) } else { tg };
+            let t = Instant::now();
+            for pos in 1..=n {
+                let toks: Vec<[u32; 1]> = ids.iter().map(|&i| [i]).collect();
+                let chunks: Vec<SeqChunk> =
+                    (0..b).map(|s| one(&toks[s], pos, &tables[s])).collect();
+                ids = cx.forward_greedy(&chunks, vocab)?;
+            }
+            if rep > 0 {
+                best = best.min(t.elapsed().as_secs_f64());
+            }
+        }
+        println!(
+            "tg{tg} x {b} sequences (batched): {:.1} us/step, {:.0} tokens/s aggregate (best of \
+             {reps})",
+            best / tg as f64 * 1e6,
+            (b * tg) as f64 / best
         );
     }
     Ok(())

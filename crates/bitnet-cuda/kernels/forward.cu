@@ -3,9 +3,12 @@
 // f16 KV cache write, causal GQA attention over that cache, the dense / Q8_0 LM head and a
 // greedy argmax. Compiled at run time by NVRTC (see compile.rs); plain CUDA C++, no headers.
 //
-// Positions come from device memory (`pos0`), never from launch arguments, so that a captured
-// decode step can be replayed unchanged: the argmax kernel writes the next token and advances
-// the position for the next replay.
+// The KV cache is paged: per layer `[block][row in block][kv_head * head_dim]`, KV_BLOCK
+// positions a block; position p of a sequence lives in row p % KV_BLOCK of block
+// table[p / KV_BLOCK] of its block table (bitnet_backend::SeqChunk). Token ids, positions, cache
+// rows and block tables come from device memory (one packed buffer per batch), never from
+// launch arguments, so that a captured decode step can be replayed after the next step's inputs
+// are copied in.
 //
 // Float parts follow the CPU code's formulas with explicit round-to-nearest operations where
 // the CPU rounds each step (no fused multiply-add where Rust has none); sums over a row
@@ -15,6 +18,14 @@
 typedef unsigned int u32;
 typedef unsigned short u16;
 typedef signed char i8;
+
+// Positions per KV cache block (bitnet_backend::KV_BLOCK).
+#define KV_BLOCK 32
+
+// The cache row of position p of a sequence whose block table is `bt`.
+__device__ __forceinline__ size_t cache_row(const int* bt, int p) {
+    return (size_t)bt[p / KV_BLOCK] * KV_BLOCK + (p % KV_BLOCK);
+}
 
 // No headers under NVRTC, so no INFINITY: -inf by its bits.
 #define NEG_INF __int_as_float(0xff800000)
@@ -263,16 +274,16 @@ extern "C" __global__ void __launch_bounds__(1024) norm_ternary_t1(const float* 
 }
 
 // RoPE (NEOX / rotate_half: element i pairs with i + hd/2, as forward.rs) on token t of the
-// stacked q|k|v output, at position pos0[0] + t. Query heads are rotated in place; key heads
-// are rotated into the f16 key cache and the value heads copied into the value cache (layout
-// [position][kv_head * hd]). Grid (tokens, nh + nkv), hd/2 threads.
+// stacked q|k|v output, at position pos[t]. Query heads are rotated in place; key heads are
+// rotated into the f16 key cache and the value heads copied into the value cache, at cache row
+// slot[t] (rows of kv_head * hd). Grid (tokens, nh + nkv), hd/2 threads.
 extern "C" __global__ void rope_kv(float* __restrict__ qkv, int nh, int nkv, int hd,
                                    const float* __restrict__ inv_freq,
-                                   const int* __restrict__ pos0, u16* __restrict__ kc,
-                                   u16* __restrict__ vc) {
+                                   const int* __restrict__ pos_t, const int* __restrict__ slot,
+                                   u16* __restrict__ kc, u16* __restrict__ vc) {
     const int t = blockIdx.x, h = blockIdx.y, i = threadIdx.x, half = hd >> 1;
     if (i >= half) return;
-    const int pos = pos0[0] + t;
+    const int pos = pos_t[t];
     const int qd = nh * hd, kvd = nkv * hd;
     float* row = qkv + (size_t)t * (qd + 2 * kvd);
     const float angle = __fmul_rn((float)pos, inv_freq[i]);
@@ -286,7 +297,7 @@ extern "C" __global__ void rope_kv(float* __restrict__ qkv, int nh, int nkv, int
         xh[i + half] = b;
     } else {
         const int kvh = h - nh;
-        const size_t at = (size_t)pos * kvd + (size_t)kvh * hd;
+        const size_t at = (size_t)slot[t] * kvd + (size_t)kvh * hd;
         kc[at + i] = f2h(a);
         kc[at + i + half] = f2h(b);
         const float* vh = row + qd + kvd + kvh * hd;
@@ -298,14 +309,15 @@ extern "C" __global__ void rope_kv(float* __restrict__ qkv, int nh, int nkv, int
 // Attention head dims up to this many (8 f32 accumulators per lane, pairs of f16 per load).
 #define MAX_HD 256
 
-// Softmax attention of one query head (its q in shared `qs`) over cache positions 0..n of KV
-// head kvh, into out_h: scores scaled after the dot, softmax subtracting the max, weights =
+// Softmax attention of one query head (its q in shared `qs`) over positions 0..n of KV head
+// kvh of the sequence whose block table is `bt`, into out_h: scores scaled after the dot, softmax subtracting the max, weights =
 // e * (1 / sum), as forward.rs. Scores: one warp per position; output: each warp sums its own
 // positions, lanes over pairs of dims, then the warps' partials are added. With `kn` / `vn`
 // (shared, the f16-rounded values) position n - 1 is read from them instead of the cache: the
 // fused decode kernel writes that position in this same launch.
 __device__ void attend(const float* qs, const float* kn, const float* vn, float* sc,
-                       float* part, float* red, int n, int kvd, int kvh, int hd,
+                       float* part, float* red, int n, const int* bt, int kvd,
+                       int kvh, int hd,
                        const u16* __restrict__ kc, const u16* __restrict__ vc, float scale,
                        float* __restrict__ out_h) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
@@ -317,7 +329,7 @@ __device__ void attend(const float* qs, const float* kn, const float* vn, float*
                 d = fmaf(qs[2 * j + 1], kn[2 * j + 1], d);
             }
         } else {
-            const u32* kr = (const u32*)(kc + (size_t)p * kvd + (size_t)kvh * hd);
+            const u32* kr = (const u32*)(kc + cache_row(bt, p) * kvd + (size_t)kvh * hd);
             for (int j = lane; 2 * j < hd; j += 32) {
                 const u32 pair = __ldg(kr + j);
                 d = fmaf(qs[2 * j], h2f((u16)(pair & 0xffffu)), d);
@@ -345,7 +357,7 @@ __device__ void attend(const float* qs, const float* kn, const float* vn, float*
     for (int j = 0; j < MAX_HD / 32; ++j) acc[j] = 0.0f;
     for (int p = warp; p < n; p += nw) {
         const float wgt = __fmul_rn(sc[p], inv);
-        const u32* vr = (const u32*)(vc + (size_t)p * kvd + (size_t)kvh * hd);
+        const u32* vr = (const u32*)(vc + cache_row(bt, p) * kvd + (size_t)kvh * hd);
         const bool fresh = vn && p == n - 1;
 #pragma unroll
         for (int j = 0; j < MAX_HD / 64; ++j) {
@@ -381,48 +393,64 @@ __device__ void attend(const float* qs, const float* kn, const float* vn, float*
     }
 }
 
-// Causal grouped-query attention of query head blockIdx.x of token blockIdx.y over cache
-// positions 0..n, n = pos0[0] + t + 1 (see attend). Dynamic shared memory (attn_smem): hd
-// floats of q, 2 * hd unused here, ctx scores, nwarps * hd partial outputs.
+// Causal grouped-query attention of query head blockIdx.x of token blockIdx.y over positions
+// 0..n of its own sequence, n = pos[t] + 1, through that sequence's block table
+// blocks + table[t] (see attend). Dynamic shared memory (attn_smem): hd floats of q, 2 * hd
+// unused here, ctx scores (ctx >= n), nwarps * hd partial outputs, ctx / KV_BLOCK block ids.
 extern "C" __global__ void attention(const float* __restrict__ qkv, int qkv_stride, int nh,
-                                     int nkv, int hd, int ctx, const int* __restrict__ pos0,
+                                     int nkv, int hd, int ctx, const int* __restrict__ pos_t,
+                                     const int* __restrict__ table,
+                                     const int* __restrict__ blocks,
                                      const u16* __restrict__ kc, const u16* __restrict__ vc,
                                      float scale, float* __restrict__ out) {
     extern __shared__ float sm[];
     __shared__ float red[32];
     const int h = blockIdx.x, t = blockIdx.y;
-    const int n = pos0[0] + t + 1;
+    const int n = pos_t[t] + 1;
     float* qs = sm;
     float* sc = sm + 3 * hd;
+    // The block table in shared memory: each position's row is then one shared load away
+    // instead of a global one in front of every key and value load.
+    int* bt = (int*)(sc + ctx + (blockDim.x >> 5) * hd);
     const float* q = qkv + (size_t)t * qkv_stride + (size_t)h * hd;
     for (int i = threadIdx.x; i < hd; i += blockDim.x) qs[i] = q[i];
+    const int* table_t = blocks + table[t];
+    for (int i = threadIdx.x; i < (n + KV_BLOCK - 1) / KV_BLOCK; i += blockDim.x) bt[i] = table_t[i];
     __syncthreads();
-    attend(qs, nullptr, nullptr, sc, sc + ctx, red, n, nkv * hd, h / (nh / nkv), hd, kc, vc,
+    attend(qs, nullptr, nullptr, sc, sc + ctx, red, n, bt, nkv * hd, h / (nh / nkv), hd, kc, vc,
            scale, out + (size_t)t * nh * hd + (size_t)h * hd);
 }
 
-// Decode (one token): rope_kv and attention in one kernel. Each block rotates its query head
+// Decode (one token of one sequence, whose block table is `blocks`: ctx / KV_BLOCK readable
+// entries): rope_kv and attention in one kernel. Each block rotates its query head
 // and its group's new key (the same operations as rope_kv) into shared memory, with the new
 // value rounded to f16 as the cache holds it; the group's first query head writes them to the
 // caches, and every block reads position n - 1 from shared memory, not from the cache another
 // block is writing. Same bits as rope_kv then attention.
 extern "C" __global__ void rope_attention(const float* __restrict__ qkv, int nh, int nkv,
                                           int hd, int ctx, const float* __restrict__ inv_freq,
-                                          const int* __restrict__ pos0, u16* kc, u16* vc,
+                                          const int* __restrict__ pos_t,
+                                          const int* __restrict__ slot,
+                                          const int* __restrict__ blocks, u16* kc, u16* vc,
                                           float scale, float* __restrict__ out) {
     extern __shared__ float sm[];
     __shared__ float red[32];
     const int h = blockIdx.x, half = hd >> 1, group = nh / nkv, kvh = h / group;
-    const int pos = pos0[0], n = pos + 1;
+    const int pos = pos_t[0], n = pos + 1;
     const int qd = nh * hd, kvd = nkv * hd;
     float* qs = sm;
     float* kn = sm + hd;
     float* vn = sm + 2 * hd;
     float* sc = sm + 3 * hd;
+    int* bt = (int*)(sc + ctx + (blockDim.x >> 5) * hd);
+    // All ctx / KV_BLOCK entries, whether the sequence uses them or not: these loads then
+    // wait for nothing, where loading n / KV_BLOCK of them would wait for pos first, and
+    // every load in this kernel's prologue is a memory latency in front of the whole step.
+    for (int i = threadIdx.x; i < ctx / KV_BLOCK; i += blockDim.x) bt[i] = blocks[i];
     const float* q = qkv + (size_t)h * hd;
     const float* k = qkv + qd + (size_t)kvh * hd;
     const float* v = qkv + qd + kvd + (size_t)kvh * hd;
-    const size_t at = (size_t)pos * kvd + (size_t)kvh * hd;
+    const size_t at = (size_t)slot[0] * kvd + (size_t)kvh * hd;
     for (int i = threadIdx.x; i < half; i += blockDim.x) {
         const float angle = __fmul_rn((float)pos, inv_freq[i]);
         const float c = cosf(angle), s = sinf(angle);
@@ -446,7 +474,7 @@ extern "C" __global__ void rope_attention(const float* __restrict__ qkv, int nh,
         }
     }
     __syncthreads();
-    attend(qs, kn, vn, sc, sc + ctx, red, n, kvd, kvh, hd, kc, vc, scale, out + (size_t)h * hd);
+    attend(qs, kn, vn, sc, sc + ctx, red, n, bt, kvd, kvh, hd, kc, vc, scale, out + (size_t)h * hd);
 }
 
 // ggml's quantize_row_q8_0 on one row of `cols` floats (as dense_q8::quantize_activations):
@@ -588,4 +616,133 @@ extern "C" __global__ void argmax_advance(const float* __restrict__ pv, const in
         tokens[0] = r;
         pos0[0] += advance;
     }
+}
+
+// ---- Batches of several rows: the final norm's input, the head, the argmax ----
+
+// out[i] = x[rows[i]] (rows of `cols` floats): the hidden states of the positions that want
+// logits, gathered so that one norm kernel and one head pass serve them all. One block per row.
+extern "C" __global__ void gather_rows(const float* __restrict__ x, int cols,
+                                       const int* __restrict__ rows, float* __restrict__ out) {
+    const float* src = x + (size_t)rows[blockIdx.x] * cols;
+    float* dst = out + (size_t)blockIdx.x * cols;
+    for (int k = threadIdx.x; k < cols; k += blockDim.x) dst[k] = src[k];
+}
+
+// Tokens per warp of the many-row heads: each weight row is read once for this many tokens.
+#define HEAD_T 8
+
+// head_q8_0 for `ntok` tokens (their Q8_0 values `cols` apart, scales cols / 32 apart): grid
+// (rows / warps, ntok / HEAD_T). Each token's sum runs in head_q8_0's order, so a row's logits
+// are the same bits whichever kernel and batch computed them.
+extern "C" __global__ void head_q8_0_many(const unsigned char* __restrict__ w, int rows,
+                                          int cols, const i8* __restrict__ q,
+                                          const float* __restrict__ d, int ntok,
+                                          float* __restrict__ out) {
+    const int lane = threadIdx.x & 31;
+    const int r = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (r >= rows) return;
+    const int t0 = blockIdx.y * HEAD_T, nt = min(HEAD_T, ntok - t0);
+    const int nb = cols >> 5;
+    const u16* row = (const u16*)(w + (size_t)r * nb * 34);
+    float acc[HEAD_T];
+#pragma unroll
+    for (int t = 0; t < HEAD_T; ++t) acc[t] = 0.0f;
+    for (int b = lane; b < nb; b += 32) {
+        const u16* blk = row + b * 17;
+        const float dw = h2f(__ldg(blk));
+        int wq[8];
+#pragma unroll
+        for (int i = 0; i < 8; ++i)
+            wq[i] = (int)((u32)__ldg(blk + 1 + 2 * i) | ((u32)__ldg(blk + 2 + 2 * i) << 16));
+#pragma unroll
+        for (int t = 0; t < HEAD_T; ++t) {
+            if (t < nt) {
+                const size_t tt = (size_t)(t0 + t);
+                const int* qx = (const int*)(q + tt * cols + b * 32);
+                int s = 0;
+#pragma unroll
+                for (int i = 0; i < 8; ++i) s = __dp4a(wq[i], qx[i], s);
+                acc[t] = fmaf(__fmul_rn(dw, d[tt * nb + b]), (float)s, acc[t]);
+            }
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < HEAD_T; ++t) {
+        if (t < nt) {
+            const float a = warp_sum(acc[t]);
+            if (lane == 0) out[(size_t)(t0 + t) * rows + r] = a;
+        }
+    }
+}
+
+// head_dense for `ntok` tokens (x rows `cols` apart), in head_dense's summation order per
+// token (same bits). Grid (rows / warps, ntok / HEAD_T).
+extern "C" __global__ void head_dense_many(const unsigned char* __restrict__ w, int ty, int rows,
+                                           int cols, const float* __restrict__ x, int ntok,
+                                           float* __restrict__ out) {
+    const int lane = threadIdx.x & 31;
+    const int r = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (r >= rows) return;
+    const int t0 = blockIdx.y * HEAD_T, nt = min(HEAD_T, ntok - t0);
+    const size_t row_bytes = (size_t)cols * (ty == TY_F32 ? 4 : 2);
+    const unsigned char* row = w + (size_t)r * row_bytes;
+    const float* xt = x + (size_t)t0 * cols;
+    float acc[HEAD_T];
+#pragma unroll
+    for (int t = 0; t < HEAD_T; ++t) acc[t] = 0.0f;
+    int k0 = 0;
+    if (ty == TY_F16 && (cols & 7) == 0) {
+        const uint4* rv = (const uint4*)row;
+        for (int c = lane; c < (cols >> 3); c += 32) {
+            const uint4 v = __ldg(rv + c);
+            const u32 words[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+            for (int t = 0; t < HEAD_T; ++t) {
+                if (t < nt) {
+                    const float* xk = xt + (size_t)t * cols + c * 8;
+#pragma unroll
+                    for (int i = 0; i < 4; ++i) {
+                        acc[t] = fmaf(h2f((u16)(words[i] & 0xffffu)), xk[2 * i], acc[t]);
+                        acc[t] = fmaf(h2f((u16)(words[i] >> 16)), xk[2 * i + 1], acc[t]);
+                    }
+                }
+            }
+        }
+        k0 = cols;
+    }
+    for (int k = k0 + lane; k < cols; k += 32) {
+        const float wk = dense_elem(row, ty, k);
+#pragma unroll
+        for (int t = 0; t < HEAD_T; ++t)
+            if (t < nt) acc[t] = fmaf(wk, xt[(size_t)t * cols + k], acc[t]);
+    }
+#pragma unroll
+    for (int t = 0; t < HEAD_T; ++t) {
+        if (t < nt) {
+            const float a = warp_sum(acc[t]);
+            if (lane == 0) out[(size_t)(t0 + t) * rows + r] = a;
+        }
+    }
+}
+
+// Greedy choice for many rows at once: ids[row] = the first index of the largest of the first
+// n logits of row blockIdx.x (rows `stride` floats apart); NaN never wins, all NaN gives 0.
+// One block of 1024 threads per row (block_argmax's shared arrays).
+extern "C" __global__ void argmax_rows(const float* __restrict__ logits, long long stride, int n,
+                                       u32* __restrict__ ids) {
+    __shared__ float bv_s[1024];
+    __shared__ int bi_s[1024];
+    const float* l = logits + (size_t)blockIdx.x * (size_t)stride;
+    float bv = NEG_INF;
+    int bi = 0x7fffffff;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        const float v = l[i];
+        if (beats(v, i, bv, bi)) {
+            bv = v;
+            bi = i;
+        }
+    }
+    block_argmax(bv_s, bi_s, bv, bi);
+    if (threadIdx.x == 0) ids[blockIdx.x] = bi_s[0] == 0x7fffffff ? 0u : (u32)bi_s[0];
 }

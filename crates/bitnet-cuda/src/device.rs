@@ -21,7 +21,8 @@ pub struct GpuInfo {
 pub struct Gpu {
     pub(crate) ctx: Arc<CudaContext>,
     pub(crate) stream: Arc<CudaStream>,
-    pub(crate) kernels: KernelCache,
+    /// Shared by every stream of the GPU ([`Gpu::with_new_stream`]): kernels compile once.
+    pub(crate) kernels: Arc<KernelCache>,
     pub(crate) ternary_kernel: crate::ternary::TernaryKernel,
     /// Streaming multiprocessors: the fused decode matmul runs a block per SM at most.
     pub(crate) sm_count: u32,
@@ -80,7 +81,7 @@ impl Gpu {
             compute_capability: ctx.compute_capability()?,
             total_mem: ctx.total_mem()?,
         };
-        let kernels = KernelCache::new(ctx.clone(), info.compute_capability);
+        let kernels = Arc::new(KernelCache::new(ctx.clone(), info.compute_capability));
         let sm_count = ctx.attribute(
             cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
         )?;
@@ -94,6 +95,21 @@ impl Gpu {
             },
             sm_count: u32::try_from(sm_count).unwrap_or(1).max(1),
             info,
+        })
+    }
+
+    /// The same GPU with a stream of its own: each backend context queues (and captures) its
+    /// kernels on its own stream, so contexts used from different threads neither serialize
+    /// nor end up in each other's CUDA graphs. Buffers made on another stream must be complete
+    /// (synchronized) before this one reads them: event tracking is off.
+    pub fn with_new_stream(&self) -> Result<Gpu> {
+        Ok(Gpu {
+            ctx: self.ctx.clone(),
+            stream: self.ctx.new_stream()?,
+            kernels: self.kernels.clone(),
+            ternary_kernel: self.ternary_kernel,
+            sm_count: self.sm_count,
+            info: self.info.clone(),
         })
     }
 

@@ -1,6 +1,7 @@
 //! NVIDIA GPU kernels for BitNet b1.58 (issue 11): the device, run-time kernel compilation,
-//! the ternary matmul and the whole forward pass ([`GpuModel`], [`GpuSession`]); the engine
-//! reaches it once the backend seam exists.
+//! the ternary matmul and the whole forward pass, behind `bitnet_backend`'s seam
+//! ([`CudaBackend`], [`CudaContext`]: a paged KV cache, batches of sequences, decode steps
+//! replayed as a CUDA graph).
 //!
 //! Nothing here needs a CUDA toolkit at build time: `libcuda` and `libnvrtc` are opened when a
 //! GPU is first asked for ([`Gpu::open`]), kernels are compiled from the CUDA C++ sources in
@@ -12,6 +13,7 @@
 //! `rintf`), so the GPU ternary matmul and activation quantization are bit-identical to
 //! `bitnet_kernels` (tested in `tests/cuda_ops.rs` on the lent GPU machine).
 
+mod backend;
 mod compile;
 mod device;
 mod error;
@@ -19,8 +21,9 @@ mod model;
 mod ops;
 mod ternary;
 
+pub use backend::{CudaBackend, CudaContext};
 pub use device::{Gpu, GpuInfo};
 pub use error::CudaError;
-pub use model::{GpuModel, GpuSession};
-pub use ops::{ArgmaxScratch, AttnDims, GpuDense, NormInput, MAX_HEAD_DIM};
+pub use model::GpuModel;
+pub use ops::{ArgmaxScratch, AttnDims, GpuDense, NormInput, PagedBatch, MAX_HEAD_DIM};
 pub use ternary::{GpuActivations, GpuTernaryMatrix, TernaryKernel};

@@ -1,11 +1,12 @@
 //! The non-ternary ops of the forward pass as GPU kernels (`kernels/forward.cu`): each one a
-//! method of [`Gpu`] on device buffers, used by [`crate::GpuSession`] and tested one by one
+//! method of [`Gpu`] on device buffers, used by [`crate::CudaContext`] and tested one by one
 //! against the CPU code in `tests/cuda_forward.rs`.
 
 use crate::compile::FORWARD;
 use crate::device::Gpu;
 use crate::error::{CudaError, Result};
 use crate::ternary::{GpuActivations, GpuTernaryMatrix};
+use bitnet_backend::KV_BLOCK;
 use bitnet_kernels::{DenseMatrix, DenseType};
 use cudarc::driver::{CudaFunction, CudaSlice, CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
 
@@ -21,6 +22,8 @@ const MAX_NORM_SMEM: usize = 200 * 1024;
 pub(crate) const ATTN_THREADS: u32 = 256;
 /// Head rows per block (a warp each).
 const HEAD_WARPS: u32 = 8;
+/// Tokens per warp of the many-row head kernels (`HEAD_T` in forward.cu).
+const HEAD_TOKENS: u32 = 8;
 /// The largest head dimension the attention kernel handles (`MAX_HD` in forward.cu).
 pub const MAX_HEAD_DIM: usize = 256;
 
@@ -131,6 +134,34 @@ impl NormInput {
     }
 }
 
+/// Where the tokens of a batch sit in the paged KV cache (`[block][row][kv_dim]` per layer,
+/// [`bitnet_backend::KV_BLOCK`] rows a block): device arrays, one entry per token (`pos`,
+/// `slot`, `table`) plus the batch's block tables (`blocks`). Token t is at position `pos[t]`
+/// of its sequence, its new key and value go to cache row `slot[t]`, and position p of its
+/// sequence is row `p % KV_BLOCK` of block `blocks[table[t] + p / KV_BLOCK]`. The kernels
+/// cannot report an error: the caller checks that every row and block lies inside the caches.
+#[derive(Clone, Copy)]
+pub struct PagedBatch<'a> {
+    pub pos: &'a CudaView<'a, u32>,
+    pub slot: &'a CudaView<'a, u32>,
+    pub table: &'a CudaView<'a, u32>,
+    pub blocks: &'a CudaView<'a, u32>,
+}
+
+impl PagedBatch<'_> {
+    fn check(&self, tokens: usize) -> Result<()> {
+        if self.pos.len() < tokens || self.slot.len() < tokens || self.table.len() < tokens {
+            return Err(shape(format!(
+                "paged batch: {} / {} / {} entries for {tokens} tokens",
+                self.pos.len(),
+                self.slot.len(),
+                self.table.len()
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// Attention shapes: query heads, key/value heads, head dimension.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AttnDims {
@@ -170,11 +201,22 @@ impl AttnDims {
         self.q_dim() + 2 * self.kv_dim()
     }
 
-    /// Dynamic shared memory of the attention kernel for a cache of `ctx` positions.
-    /// (q, and the new key and value of the fused decode kernel, then the scores and the
-    /// warps' partial outputs.)
+    /// Dynamic shared memory of the attention kernel for sequences of up to `ctx` positions.
+    /// (q, and the new key and value of the fused decode kernel, then the scores, the warps'
+    /// partial outputs and the sequence's block ids.)
     pub(crate) fn attn_smem(&self, ctx: usize) -> usize {
-        4 * (3 * self.head_dim + ctx + (ATTN_THREADS as usize / 32) * self.head_dim)
+        4 * (3 * self.head_dim
+            + ctx
+            + (ATTN_THREADS as usize / 32) * self.head_dim
+            + ctx.div_ceil(KV_BLOCK))
+    }
+
+    /// The longest sequence the attention kernel takes (its scores live in shared memory).
+    pub fn max_attn_len(&self) -> usize {
+        let fixed = 3 * self.head_dim + (ATTN_THREADS as usize / 32) * self.head_dim;
+        // ctx scores and ctx / KV_BLOCK block ids in what is left, whole blocks.
+        let left = (MAX_ATTN_SMEM / 4).saturating_sub(fixed);
+        left / (KV_BLOCK + 1) * KV_BLOCK
     }
 }
 
@@ -368,10 +410,9 @@ impl Gpu {
         Ok(())
     }
 
-    /// RoPE at positions `pos0[0] + t` on the q and k heads of `tokens` rows of stacked
+    /// RoPE at positions `batch.pos[t]` on the q and k heads of `tokens` rows of stacked
     /// q | k | v (`dims.qkv_dim()` floats each): q rotated in place, k rotated and v copied
-    /// into the f16 caches (`[position][kv_dim]`, as f16 bits). The positions must be inside
-    /// the caches (the caller checks: the kernel cannot report an error).
+    /// into the paged f16 caches at rows `batch.slot[t]` (as f16 bits).
     #[allow(clippy::too_many_arguments)]
     pub fn rope_kv(
         &self,
@@ -379,11 +420,12 @@ impl Gpu {
         tokens: usize,
         dims: AttnDims,
         inv_freq: &CudaSlice<f32>,
-        pos0: &CudaSlice<i32>,
+        batch: &PagedBatch<'_>,
         k_cache: &mut CudaSlice<u16>,
         v_cache: &mut CudaSlice<u16>,
     ) -> Result<()> {
         dims.check()?;
+        batch.check(tokens)?;
         if qkv.len() < tokens * dims.qkv_dim() || inv_freq.len() < dims.head_dim / 2 {
             return Err(shape(format!(
                 "rope: {} floats for {tokens} x {}",
@@ -407,7 +449,8 @@ impl Gpu {
             .arg(&nkv)
             .arg(&hd)
             .arg(inv_freq)
-            .arg(pos0)
+            .arg(batch.pos)
+            .arg(batch.slot)
             .arg(k_cache)
             .arg(v_cache);
         let grid = (tokens as u32, (dims.heads + dims.kv_heads) as u32);
@@ -417,8 +460,9 @@ impl Gpu {
     }
 
     /// Causal attention of `tokens` query rows (the q part of stacked q | k | v rows) over the
-    /// f16 caches, token t seeing positions `0..=pos0[0] + t`; `out` is `[token][q_dim]`.
-    /// `ctx` is the caches' length in positions.
+    /// paged f16 caches, token t seeing positions `0..=batch.pos[t]` of its own sequence;
+    /// `out` is `[token][q_dim]`. `ctx` bounds every `pos[t] + 1` (the kernel keeps that
+    /// many scores in shared memory).
     #[allow(clippy::too_many_arguments)]
     pub fn attention(
         &self,
@@ -426,16 +470,16 @@ impl Gpu {
         tokens: usize,
         dims: AttnDims,
         ctx: usize,
-        pos0: &CudaSlice<i32>,
+        batch: &PagedBatch<'_>,
         k_cache: &CudaSlice<u16>,
         v_cache: &CudaSlice<u16>,
         out: &mut CudaViewMut<'_, f32>,
     ) -> Result<()> {
         dims.check()?;
+        batch.check(tokens)?;
         if qkv.len() < tokens * dims.qkv_dim()
             || out.len() < tokens * dims.q_dim()
-            || k_cache.len() < ctx * dims.kv_dim()
-            || v_cache.len() < ctx * dims.kv_dim()
+            || k_cache.len() != v_cache.len()
         {
             return Err(shape(format!(
                 "attention: buffers too small for {tokens} tokens, {ctx} positions"
@@ -460,7 +504,9 @@ impl Gpu {
             .arg(&nkv)
             .arg(&hd)
             .arg(&ctx_i)
-            .arg(pos0)
+            .arg(batch.pos)
+            .arg(batch.table)
+            .arg(batch.blocks)
             .arg(k_cache)
             .arg(v_cache)
             .arg(&scale)
@@ -500,7 +546,9 @@ impl Gpu {
     }
 
     /// One token's [`Self::rope_kv`] and [`Self::attention`] as one kernel (the same bits):
-    /// its position is `pos0[0]`, which must be inside the caches (the caller checks).
+    /// token 0 of `batch`, whose block table must start at `batch.blocks[0]` (`table` is not
+    /// read) and `batch.blocks` hold at least `ctx / KV_BLOCK` entries (the kernel loads them
+    /// all without waiting for the position).
     #[allow(clippy::too_many_arguments)]
     pub fn rope_attention(
         &self,
@@ -508,17 +556,23 @@ impl Gpu {
         dims: AttnDims,
         ctx: usize,
         inv_freq: &CudaSlice<f32>,
-        pos0: &CudaSlice<i32>,
+        batch: &PagedBatch<'_>,
         k_cache: &mut CudaSlice<u16>,
         v_cache: &mut CudaSlice<u16>,
         out: &mut CudaViewMut<'_, f32>,
     ) -> Result<()> {
         dims.check()?;
+        batch.check(1)?;
+        if batch.blocks.len() < ctx / KV_BLOCK {
+            return Err(shape(format!(
+                "rope + attention: {} block ids for {ctx} positions",
+                batch.blocks.len()
+            )));
+        }
         if qkv.len() < dims.qkv_dim()
             || out.len() < dims.q_dim()
             || inv_freq.len() < dims.head_dim / 2
-            || k_cache.len() < ctx * dims.kv_dim()
-            || v_cache.len() < ctx * dims.kv_dim()
+            || k_cache.len() != v_cache.len()
         {
             return Err(shape(format!(
                 "rope + attention: buffers too small for one token, {ctx} positions"
@@ -539,7 +593,9 @@ impl Gpu {
             .arg(&hd)
             .arg(&ctx_i)
             .arg(inv_freq)
-            .arg(pos0)
+            .arg(batch.pos)
+            .arg(batch.slot)
+            .arg(batch.blocks)
             .arg(k_cache)
             .arg(v_cache)
             .arg(&scale)
@@ -606,6 +662,139 @@ impl Gpu {
             // SAFETY: as above.
             unsafe { l.launch(cfg(grid, 32 * HEAD_WARPS, 0)) }?;
         }
+        Ok(())
+    }
+
+    /// `out[i] = x[rows[i]]` for `rows.len()` rows of `cols` floats; the row indices (device
+    /// memory) must lie inside `x` (the caller checks).
+    pub fn gather_rows(
+        &self,
+        x: &CudaView<'_, f32>,
+        cols: usize,
+        rows: &CudaView<'_, u32>,
+        out: &mut CudaViewMut<'_, f32>,
+    ) -> Result<()> {
+        let n = rows.len();
+        if out.len() < n * cols {
+            return Err(shape(format!(
+                "gather: {} floats for {n} rows of {cols}",
+                out.len()
+            )));
+        }
+        if n == 0 || cols == 0 {
+            return Ok(());
+        }
+        let f = self.kernels.function(FORWARD, "gather_rows")?;
+        let cols_i = i32_of(cols, "columns")?;
+        let mut l = self.stream.launch_builder(&f);
+        l.arg(x).arg(&cols_i).arg(rows).arg(out);
+        // SAFETY: arguments match the kernel; n rows of out (checked), source rows by the caller.
+        unsafe { l.launch(cfg((n as u32, 1), 256, 0)) }?;
+        Ok(())
+    }
+
+    /// [`Self::head`] for `tokens` rows of `x` (`m.cols()` floats each) into `tokens` rows of
+    /// `m.rows()` logits, reading each head row once per 8 tokens. Every row's logits are the
+    /// same bits as [`Self::head`] of that row alone (the same sums in the same order), so a
+    /// sequence's logits do not depend on the batch around it. `q8` / `d8` hold `tokens * cols`
+    /// and `tokens * cols / 32` values for a Q8_0 head.
+    pub fn head_rows(
+        &self,
+        m: &GpuDense,
+        x: &CudaView<'_, f32>,
+        tokens: usize,
+        q8: &mut CudaSlice<i8>,
+        d8: &mut CudaSlice<f32>,
+        logits: &mut CudaViewMut<'_, f32>,
+    ) -> Result<()> {
+        if tokens <= 1 {
+            return if tokens == 1 {
+                self.head(m, x, q8, d8, logits)
+            } else {
+                Ok(())
+            };
+        }
+        let n = tokens * m.cols;
+        if x.len() < n || logits.len() < tokens * m.rows {
+            return Err(shape(format!(
+                "head: {} inputs, {} outputs for {tokens} tokens of {} x {}",
+                x.len(),
+                logits.len(),
+                m.rows,
+                m.cols
+            )));
+        }
+        let (rows, cols, ntok) = (m.rows as i32, m.cols as i32, i32_of(tokens, "tokens")?);
+        let grid = (
+            (m.rows as u32).div_ceil(HEAD_WARPS),
+            (tokens as u32).div_ceil(HEAD_TOKENS),
+        );
+        if m.ty == DenseType::Q8_0 {
+            if q8.len() < n || d8.len() < n / 32 {
+                return Err(shape("head: Q8_0 scratch too small".into()));
+            }
+            // Q8_0 blocks are independent: the rows quantize as one long row (cols % 32 == 0).
+            let f = self.kernels.function(FORWARD, "quantize_q8_0")?;
+            let n_i = i32_of(n, "head inputs")?;
+            let mut l = self.stream.launch_builder(&f);
+            l.arg(x).arg(&n_i).arg(&mut *q8).arg(&mut *d8);
+            let blocks = (n as u32 / 32).div_ceil(8);
+            // SAFETY: arguments match; n values of x and q8, n / 32 of d8 (checked).
+            unsafe { l.launch(cfg((blocks, 1), 256, 0)) }?;
+            let f = self.kernels.function(FORWARD, "head_q8_0_many")?;
+            let mut l = self.stream.launch_builder(&f);
+            l.arg(&m.data)
+                .arg(&rows)
+                .arg(&cols)
+                .arg(&*q8)
+                .arg(&*d8)
+                .arg(&ntok)
+                .arg(logits);
+            // SAFETY: arguments match; a warp per row and token tile inside the buffers (checked).
+            unsafe { l.launch(cfg(grid, 32 * HEAD_WARPS, 0)) }?;
+        } else {
+            let f = self.kernels.function(FORWARD, "head_dense_many")?;
+            let ty = m.code();
+            let mut l = self.stream.launch_builder(&f);
+            l.arg(&m.data)
+                .arg(&ty)
+                .arg(&rows)
+                .arg(&cols)
+                .arg(x)
+                .arg(&ntok)
+                .arg(logits);
+            // SAFETY: as above.
+            unsafe { l.launch(cfg(grid, 32 * HEAD_WARPS, 0)) }?;
+        }
+        Ok(())
+    }
+
+    /// `ids[r]` = the first index of the largest of the first `n` values of row r of
+    /// `logits` (rows `stride` apart; NaN never wins), for `ids.len()` rows.
+    pub fn argmax_rows(
+        &self,
+        logits: &CudaView<'_, f32>,
+        stride: usize,
+        n: usize,
+        ids: &mut CudaViewMut<'_, u32>,
+    ) -> Result<()> {
+        let rows = ids.len();
+        if n > stride || logits.len() < rows.saturating_sub(1) * stride + n {
+            return Err(shape(format!(
+                "argmax: {} logits for {rows} rows of {n} (stride {stride})",
+                logits.len()
+            )));
+        }
+        if rows == 0 {
+            return Ok(());
+        }
+        let f = self.kernels.function(FORWARD, "argmax_rows")?;
+        let (stride, n) = (stride as i64, i32_of(n, "logits")?);
+        let mut l = self.stream.launch_builder(&f);
+        l.arg(logits).arg(&stride).arg(&n).arg(ids);
+        // SAFETY: arguments match; one block of 1024 threads (the kernel's shared arrays) per
+        // row, every row inside `logits` (checked).
+        unsafe { l.launch(cfg((rows as u32, 1), 1024, 0)) }?;
         Ok(())
     }
 

@@ -11,25 +11,36 @@
 //! - whole-model logits: those float differences occasionally flip an int8 activation at a
 //!   rounding boundary, which moves logits by up to about 0.1 (the shared model's README
 //!   measures 0.096 for such flips), and both sides round K/V to f16: held to the README's 0.15
-//!   absolute, with the argmax and every greedy token exact.
+//!   absolute, with the argmax and every greedy token exact;
+//! - batch invariance (one sequence alone vs inside a batch of four at other positions, over
+//!   shuffled KV blocks): every kernel computes a token's values with the same operations in
+//!   the same order whatever else is in the batch (a norm block per token, exact integer
+//!   matmuls, an attention block per head and token, head sums per row in one order, the fused
+//!   decode kernels bit-identical to the batched ones), so the logits are expected to be the
+//!   same bits; BATCH_TOL allows only for a compiler contracting a multiply-add differently in
+//!   the batched and the single-token kernels, and the test prints the difference it saw.
 //!
 //! Without a GPU (CI) every test returns after a message; `BITNET_REQUIRE_CUDA=1` makes a
 //! missing GPU a failure. The shared model is found under `$BITNET_SHARED_DIR` (default
 //! `../shared` beside the repository), so the binary can run on the GPU machine:
 //! `BITNET_REQUIRE_CUDA=1 BITNET_SHARED_DIR=... ./cuda_forward-<hash> --nocapture`.
 
+use bitnet_backend::{Backend, BackendError, Context, KvType, Logits, SeqChunk, KV_BLOCK};
 use bitnet_common::Storage;
 use bitnet_cuda::{
-    ArgmaxScratch, AttnDims, CudaError, Gpu, GpuActivations, GpuDense, GpuModel, GpuSession,
-    GpuTernaryMatrix, NormInput,
+    ArgmaxScratch, AttnDims, CudaBackend, CudaError, Gpu, GpuActivations, GpuDense,
+    GpuTernaryMatrix, NormInput, PagedBatch,
 };
-use bitnet_inference::{Engine, EngineOptions, GenerateOptions, Logits, SamplingParams};
+use bitnet_inference::{
+    Engine, EngineOptions, GenerateOptions, Logits as CpuLogits, SamplingParams,
+};
 use bitnet_kernels::{ops, DenseMatrix, DenseType, QuantizedActivations, TernaryMatrix};
 use half::f16;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
 const LOGIT_TOL: f32 = 0.15;
+const BATCH_TOL: f32 = 1e-4;
 
 fn required() -> bool {
     std::env::var_os("BITNET_REQUIRE_CUDA").is_some_and(|v| v == "1")
@@ -370,6 +381,9 @@ fn rope_and_attention_match_a_cpu_reference() {
         },
     ] {
         let ctx = 48;
+        // The sequence's 2 blocks, out of order, in a cache of 5.
+        let nblocks = 5;
+        let table: Vec<u32> = vec![3, 1];
         let hd = dims.head_dim;
         let inv_freq: Vec<f32> = (0..hd / 2)
             .map(|i| 1.0 / 500000f32.powf((2 * i) as f32 / hd as f32))
@@ -381,29 +395,38 @@ fn rope_and_attention_match_a_cpu_reference() {
             v: vec![0.0; ctx * dims.kv_dim()],
         };
         let fd = gpu.stream().clone_htod(&inv_freq).unwrap();
-        let mut kc = gpu
-            .stream()
-            .alloc_zeros::<u16>(ctx * dims.kv_dim())
-            .unwrap();
-        let mut vc = gpu
-            .stream()
-            .alloc_zeros::<u16>(ctx * dims.kv_dim())
-            .unwrap();
-        let mut pos0 = gpu.stream().alloc_zeros::<i32>(1).unwrap();
+        let cache_len = nblocks * KV_BLOCK * dims.kv_dim();
+        let mut kc = gpu.stream().alloc_zeros::<u16>(cache_len).unwrap();
+        let mut vc = gpu.stream().alloc_zeros::<u16>(cache_len).unwrap();
+        let slot = |p: usize| table[p / KV_BLOCK] * KV_BLOCK as u32 + (p % KV_BLOCK) as u32;
         // A prompt of 37 tokens in one pass (causal within it), then two decode steps.
         let mut start = 0;
         for tokens in [37usize, 1, 1] {
             let qkv = rng.vec(tokens * dims.qkv_dim(), 2.0);
-            gpu.stream()
-                .memcpy_htod(&[start as i32], &mut pos0)
-                .unwrap();
+            let upload = |v: Vec<u32>| gpu.stream().clone_htod(&v).unwrap();
+            let pos = upload((start..start + tokens).map(|p| p as u32).collect());
+            let slots = upload((start..start + tokens).map(slot).collect());
+            let tables = upload(vec![0; tokens]);
+            let blocks = upload(table.clone());
+            let (pos, slots, tables, blocks) = (
+                pos.slice(..),
+                slots.slice(..),
+                tables.slice(..),
+                blocks.slice(..),
+            );
+            let batch = PagedBatch {
+                pos: &pos,
+                slot: &slots,
+                table: &tables,
+                blocks: &blocks,
+            };
             let mut qd = gpu.stream().clone_htod(&qkv).unwrap();
             gpu.rope_kv(
                 &mut qd.slice_mut(..),
                 tokens,
                 dims,
                 &fd,
-                &pos0,
+                &batch,
                 &mut kc,
                 &mut vc,
             )
@@ -417,7 +440,7 @@ fn rope_and_attention_match_a_cpu_reference() {
                 tokens,
                 dims,
                 ctx,
-                &pos0,
+                &batch,
                 &kc,
                 &vc,
                 &mut out.slice_mut(..),
@@ -444,21 +467,19 @@ fn rope_and_attention_match_a_cpu_reference() {
             }
             start += tokens;
         }
-        // The caches hold the CPU's f16 values, to an ulp of the rotation's cos/sin.
-        let kg: Vec<f32> = gpu
-            .stream()
-            .clone_dtoh(&kc)
-            .unwrap()
-            .iter()
-            .map(|&b| f16::from_bits(b).to_f32())
-            .collect();
-        let vg: Vec<f32> = gpu
-            .stream()
-            .clone_dtoh(&vc)
-            .unwrap()
-            .iter()
-            .map(|&b| f16::from_bits(b).to_f32())
-            .collect();
+        // The caches hold the CPU's f16 values at their paged rows, to an ulp of the
+        // rotation's cos/sin.
+        let unpage = |all: Vec<u16>| -> Vec<f32> {
+            (0..ctx)
+                .flat_map(|p| {
+                    let at = slot(p) as usize * dims.kv_dim();
+                    all[at..at + dims.kv_dim()].to_vec()
+                })
+                .map(|b| f16::from_bits(b).to_f32())
+                .collect()
+        };
+        let kg = unpage(gpu.stream().clone_dtoh(&kc).unwrap());
+        let vg = unpage(gpu.stream().clone_dtoh(&vc).unwrap());
         assert!(max_abs_diff(&kg, &cpu.k) < 4e-3, "{dims:?}: key cache");
         assert_eq!(vg, cpu.v, "{dims:?}: value cache");
     }
@@ -489,6 +510,76 @@ fn head_matches_the_cpu() {
             assert!(d < 1e-3, "{ty:?} {cols}: head differs by {d}");
         }
     }
+}
+
+/// The many-row head gives every row the same bits as the one-row head (the batch-invariance
+/// of logits rests on it), for a ragged number of rows (token tiles of 8 and a remainder).
+#[test]
+fn head_over_many_rows_equals_one_row_at_a_time() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng(19);
+    let (rows, cols, tokens) = (300, 512, 11);
+    let w = rng.vec(rows * cols, 0.1);
+    let x = rng.vec(tokens * cols, 2.0);
+    let xd = gpu.stream().clone_htod(&x).unwrap();
+    let mut q8 = gpu.stream().alloc_zeros::<i8>(tokens * cols).unwrap();
+    let mut d8 = gpu.stream().alloc_zeros::<f32>(tokens * cols / 32).unwrap();
+    for ty in DENSE_TYPES {
+        let m = dense(ty, rows, cols, &w);
+        let g = GpuDense::upload(&gpu, &m, "head").unwrap();
+        let mut many = gpu.stream().alloc_zeros::<f32>(tokens * rows).unwrap();
+        gpu.head_rows(
+            &g,
+            &xd.slice(..),
+            tokens,
+            &mut q8,
+            &mut d8,
+            &mut many.slice_mut(..),
+        )
+        .unwrap();
+        let many = gpu.stream().clone_dtoh(&many).unwrap();
+        for t in 0..tokens {
+            let mut one = gpu.stream().alloc_zeros::<f32>(rows).unwrap();
+            gpu.head(
+                &g,
+                &xd.slice(t * cols..(t + 1) * cols),
+                &mut q8,
+                &mut d8,
+                &mut one.slice_mut(..),
+            )
+            .unwrap();
+            let one = gpu.stream().clone_dtoh(&one).unwrap();
+            let same = one
+                .iter()
+                .zip(&many[t * rows..][..rows])
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "{ty:?} token {t}: many-row head differs from one row");
+        }
+    }
+}
+
+#[test]
+fn argmax_over_many_rows_equals_the_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng(29);
+    let (rows, stride) = (5, 5000);
+    let mut logits = rng.vec(rows * stride, 10.0);
+    logits[stride + 7] = 50.0; // a tie inside the first `n`: the first wins
+    logits[stride + 900] = 50.0;
+    logits[2 * stride + 4999] = 90.0; // past `n`: ignored
+    logits[3 * stride] = f32::NAN; // NaN never wins
+    for x in &mut logits[4 * stride..5 * stride] {
+        *x = f32::NAN; // all NaN: 0, as on the CPU
+    }
+    let n = 4000;
+    let ld = gpu.stream().clone_htod(&logits).unwrap();
+    let mut ids = gpu.stream().alloc_zeros::<u32>(rows).unwrap();
+    gpu.argmax_rows(&ld.slice(..), stride, n, &mut ids.slice_mut(..))
+        .unwrap();
+    let want: Vec<u32> = (0..rows)
+        .map(|r| bitnet_backend::argmax(&logits[r * stride..][..n]))
+        .collect();
+    assert_eq!(gpu.stream().clone_dtoh(&ids).unwrap(), want);
 }
 
 #[test]
@@ -577,19 +668,72 @@ fn reference() -> Vec<RefPrompt> {
         .collect()
 }
 
-/// Every reference prompt through the GPU path and the CPU engine (f16 KV cache both).
-fn check_model(gpu: &Gpu, label: &str, path: &Path) {
+fn chunk<'a>(tokens: &'a [u32], start: usize, blocks: &'a [u32], want: Logits) -> SeqChunk<'a> {
+    SeqChunk {
+        tokens,
+        start,
+        blocks,
+        want,
+    }
+}
+
+fn same_bits(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+}
+
+/// Blocks of a cache of `total`, shuffled: sequences get non-contiguous, out-of-order blocks.
+fn shuffled_blocks(total: usize, seed: u64) -> Vec<u32> {
+    let mut rng = Rng(seed);
+    let mut b: Vec<u32> = (0..total as u32).collect();
+    for i in (1..b.len()).rev() {
+        b.swap(i, (rng.next() % (i as u64 + 1)) as usize);
+    }
+    b
+}
+
+/// Greedy decoding through the `Context` trait: the prompt, then one token a step.
+fn greedy_through(
+    ctx: &mut dyn Context,
+    prompt: &[u32],
+    blocks: &[u32],
+    n: usize,
+    vocab: usize,
+) -> Vec<u32> {
+    let mut out = ctx
+        .forward_greedy(&[chunk(prompt, 0, blocks, Logits::Last)], vocab)
+        .unwrap();
+    while out.len() < n {
+        let last = [*out.last().unwrap()];
+        let pos = prompt.len() + out.len() - 1;
+        let id = ctx
+            .forward_greedy(&[chunk(&last, pos, blocks, Logits::Last)], vocab)
+            .unwrap();
+        out.extend(id);
+    }
+    out
+}
+
+/// Every reference prompt through the CUDA backend's `Context` and the CPU engine (f16 KV
+/// cache both), and one sequence alone against the same sequence batched with three others.
+fn check_model(label: &str, path: &Path) {
     let model = bitnet_models::load(path, None)
         .unwrap_or_else(|e| panic!("{label}: loading {}: {e}", path.display()));
-    let gm = GpuModel::upload(gpu, &model.weights).unwrap();
+    let backend = CudaBackend::load(0, &model.weights).unwrap();
+    println!("{label}: {}", backend.describe());
+    let vocab = backend.model().config().vocab_size;
     let engine = Engine::load(path, &EngineOptions::default()).unwrap();
+    let prompts = reference();
     let (mut worst_cpu, mut worst_ref) = (0f32, 0f32);
-    for p in reference() {
+    // 8 blocks of a 16-block cache, out of order: 256 positions per sequence.
+    let blocks: Vec<u32> = shuffled_blocks(16, 7)[..8].to_vec();
+    for p in &prompts {
         let name = format!("{label}/{}", p.name);
-        let mut s = GpuSession::new(gpu, &gm, 128, 64).unwrap();
-        let logits = s.forward(&p.ids, 0).unwrap();
+        let mut c = backend.new_context(16, KvType::F16, 64).unwrap();
+        let logits = c
+            .forward(&[chunk(&p.ids, 0, &blocks, Logits::Last)])
+            .unwrap();
         let mut cs = engine.session(Some(128)).unwrap();
-        let cpu = cs.eval(&p.ids, Logits::Last).unwrap();
+        let cpu = cs.eval(&p.ids, CpuLogits::Last).unwrap();
         let (dc, dr) = (
             max_abs_diff(&logits, &cpu),
             max_abs_diff(&logits, &p.final_logits),
@@ -601,30 +745,50 @@ fn check_model(gpu: &Gpu, label: &str, path: &Path) {
             dr <= LOGIT_TOL,
             "{name}: GPU and reference logits differ by {dr}"
         );
-        assert_eq!(bitnet_inference::argmax(&logits), p.final_argmax, "{name}");
+        assert_eq!(bitnet_backend::argmax(&logits), p.final_argmax, "{name}");
 
-        // The prompt in passes of 3 tokens: every op is per token and the integer matmul
-        // exact, so the result is the same bits as one pass.
-        let mut s3 = GpuSession::new(gpu, &gm, 128, 3).unwrap();
-        let l3 = s3.forward(&p.ids, 0).unwrap();
+        // Every position's logits (perplexity): the CPU's, and the last row the same bits.
+        let mut c = backend.new_context(16, KvType::F16, 64).unwrap();
+        let all = c
+            .forward(&[chunk(&p.ids, 0, &blocks, Logits::All)])
+            .unwrap();
+        let mut cs = engine.session(Some(128)).unwrap();
+        let cpu_all = cs.eval(&p.ids, CpuLogits::All).unwrap();
+        let da = max_abs_diff(&all, &cpu_all);
+        println!("{name}: all {} rows max |gpu - cpu| {da:.5}", p.ids.len());
         assert!(
-            l3.iter()
-                .zip(&logits)
-                .all(|(a, b)| a.to_bits() == b.to_bits()),
-            "{name}: passes of 3 tokens differ from one pass"
+            da <= LOGIT_TOL,
+            "{name}: Logits::All rows differ from the CPU's by {da}"
+        );
+        assert!(
+            same_bits(&all[all.len() - vocab..], &logits),
+            "{name}: last of All"
         );
 
-        // One token per pass: the fused decode path (norms inside the matmuls) and the
-        // separate kernels, both the same bits as one pass.
-        for fused in [true, false] {
-            let mut s1 = GpuSession::new(gpu, &gm, 128, 1).unwrap();
-            s1.set_fused(fused);
-            let l1 = s1.forward(&p.ids, 0).unwrap();
+        // The prompt in passes of 3 tokens, and of 1 (fused decode kernels, with and without
+        // the graph, and the batched kernels): every op is per token and the integer matmul
+        // exact, so the result is the same bits as one pass.
+        for (step, fused, graph) in [
+            (3, true, true),
+            (1, true, true),
+            (1, true, false),
+            (1, false, false),
+        ] {
+            let mut c = backend.context(16, KvType::F16, 64).unwrap();
+            c.set_fused(fused);
+            c.set_graph(graph);
+            let mut last = Vec::new();
+            for (i, part) in p.ids.chunks(step).enumerate() {
+                let want = if (i + 1) * step >= p.ids.len() {
+                    Logits::Last
+                } else {
+                    Logits::None
+                };
+                last = c.forward(&[chunk(part, i * step, &blocks, want)]).unwrap();
+            }
             assert!(
-                l1.iter()
-                    .zip(&logits)
-                    .all(|(a, b)| a.to_bits() == b.to_bits()),
-                "{name}: passes of 1 token (fused {fused}) differ from one pass"
+                same_bits(&last, &logits),
+                "{name}: passes of {step} (fused {fused}, graph {graph}) differ from one pass"
             );
         }
 
@@ -638,50 +802,172 @@ fn check_model(gpu: &Gpu, label: &str, path: &Path) {
         let cpu_greedy = cs.generate(&p.ids, &opts, |_| true).unwrap().tokens;
         assert_eq!(cpu_greedy, p.greedy, "{name}: CPU greedy");
         for (graph, fused) in [(true, true), (false, true), (true, false)] {
-            let mut s = GpuSession::new(gpu, &gm, 128, 64).unwrap();
-            s.set_graph(graph);
-            s.set_fused(fused);
-            let g = s.generate_greedy(&p.ids, p.greedy.len()).unwrap();
+            let mut c = backend.context(16, KvType::F16, 64).unwrap();
+            c.set_graph(graph);
+            c.set_fused(fused);
+            let g = greedy_through(&mut c, &p.ids, &blocks, p.greedy.len(), vocab);
             assert_eq!(
                 g, p.greedy,
                 "{name}: GPU greedy (graph {graph}, fused {fused})"
             );
-            assert_eq!(s.pos(), p.ids.len() + p.greedy.len() - 1);
         }
     }
     println!("{label}: worst max |gpu - cpu| {worst_cpu:.5}, |gpu - reference| {worst_ref:.5}");
 
-    // Bad input is an error, not a fault on the device.
-    let mut s = GpuSession::new(gpu, &gm, 8, 4).unwrap();
-    let vocab = model.weights.config.vocab_size as u32;
-    assert!(matches!(
-        s.forward(&[0, vocab], 0),
-        Err(CudaError::Shape(_))
-    ));
-    assert!(matches!(s.forward(&[0; 9], 0), Err(CudaError::Shape(_))));
-    assert!(matches!(s.decode_greedy(), Err(CudaError::Shape(_))));
-    s.forward_greedy(&[0; 8], 0).unwrap();
+    batch_invariance(label, &backend, &prompts, vocab);
+
+    // Bad batches are errors, not faults on the device.
+    let mut c = backend.new_context(4, KvType::F16, 8).unwrap();
+    let err = |r: Result<Vec<f32>, BackendError>| matches!(r, Err(BackendError::Batch(_)));
     assert!(
-        matches!(s.decode_greedy(), Err(CudaError::Shape(_))),
-        "context full"
+        err(c.forward(&[chunk(&[0, vocab as u32], 0, &[0], Logits::Last)])),
+        "token id"
+    );
+    assert!(
+        err(c.forward(&[chunk(&[0], 0, &[4], Logits::Last)])),
+        "block outside the cache"
+    );
+    assert!(
+        err(c.forward(&[chunk(&[0; 33], 0, &[0], Logits::Last)])),
+        "too few blocks"
+    );
+    assert!(
+        err(c.forward(&[chunk(&[], 0, &[0], Logits::Last)])),
+        "empty chunk"
+    );
+    assert!(c
+        .forward(&[chunk(&[0; 3], 0, &[2], Logits::None)])
+        .unwrap()
+        .is_empty());
+    assert!(matches!(
+        backend.new_context(4, KvType::F32, 8),
+        Err(BackendError::Unsupported(_))
+    ));
+}
+
+/// Sequence 0 alone (40 tokens, a prompt, then decode steps through the graph) against the
+/// same sequence inside batches with three others at other positions: the first 40 tokens of
+/// two of them in one pass, the prompts of all four in one pass, then all four decoding
+/// together, each over its own shuffled blocks (other block ids than the lone run's).
+fn batch_invariance(label: &str, backend: &CudaBackend, prompts: &[RefPrompt], vocab: usize) {
+    let steps = 6;
+    let all_blocks = shuffled_blocks(64, 11);
+    let tables: Vec<&[u32]> = (0..4).map(|s| &all_blocks[s * 8 + 3..s * 8 + 11]).collect();
+    let ids: Vec<&[u32]> = (0..4)
+        .map(|s| prompts[s % prompts.len()].ids.as_slice())
+        .collect();
+    // Sequences 0 and 2 start after 40 filler tokens, the others at 0 (prompts of other
+    // lengths): every sequence at another position, 0 and 2 across block boundaries.
+    let starts = [40usize, 0, 40, 0];
+    let filler: Vec<u32> = (0..40).map(|i| (i * 37 % vocab) as u32).collect();
+
+    let lone_table = &shuffled_blocks(64, 99)[..8];
+    let mut alone = backend.new_context(64, KvType::F16, 64).unwrap();
+    let none = alone
+        .forward(&[chunk(&filler, 0, lone_table, Logits::None)])
+        .unwrap();
+    assert!(none.is_empty());
+    let mut want = vec![alone
+        .forward(&[chunk(ids[0], 40, lone_table, Logits::Last)])
+        .unwrap()];
+    let mut tokens = vec![bitnet_backend::argmax(&want[0][..vocab])];
+    for i in 0..steps {
+        let pos = starts[0] + ids[0].len() + i;
+        let l = alone
+            .forward(&[chunk(&tokens[i..=i], pos, lone_table, Logits::Last)])
+            .unwrap();
+        tokens.push(bitnet_backend::argmax(&l[..vocab]));
+        want.push(l);
+    }
+
+    let mut batch = backend.new_context(64, KvType::F16, 64).unwrap();
+    batch
+        .forward(&[
+            chunk(&filler, 0, tables[0], Logits::None),
+            chunk(&filler, 0, tables[2], Logits::None),
+        ])
+        .unwrap();
+    let chunks: Vec<SeqChunk> = (0..4)
+        .map(|s| chunk(ids[s], starts[s], tables[s], Logits::Last))
+        .collect();
+    let first = batch.forward(&chunks).unwrap();
+    assert_eq!(first.len(), 4 * vocab);
+    let mut worst = max_abs_diff(&first[..vocab], &want[0]);
+    let mut next: Vec<u32> = (0..4)
+        .map(|s| bitnet_backend::argmax(&first[s * vocab..][..vocab]))
+        .collect();
+    assert_eq!(next[0], tokens[0]);
+    let mut pos: Vec<usize> = (0..4).map(|s| starts[s] + ids[s].len()).collect();
+    for i in 0..steps {
+        let toks: Vec<[u32; 1]> = next.iter().map(|&t| [t]).collect();
+        let chunks: Vec<SeqChunk> = (0..4)
+            .map(|s| chunk(&toks[s], pos[s], tables[s], Logits::Last))
+            .collect();
+        // Alternate the two ways of asking: logits, and the greedy choice on the GPU.
+        if i % 2 == 0 {
+            let l = batch.forward(&chunks).unwrap();
+            worst = worst.max(max_abs_diff(&l[..vocab], &want[i + 1]));
+            next = (0..4)
+                .map(|s| bitnet_backend::argmax(&l[s * vocab..][..vocab]))
+                .collect();
+        } else {
+            next = batch.forward_greedy(&chunks, vocab).unwrap();
+            assert_eq!(next.len(), 4);
+        }
+        assert_eq!(next[0], tokens[i + 1], "{label}: batched greedy step {i}");
+        for p in &mut pos {
+            *p += 1;
+        }
+    }
+    println!(
+        "{label}: batch invariance: max |alone - batched| {worst:e} (tolerance {BATCH_TOL:e})"
+    );
+    assert!(
+        worst <= BATCH_TOL,
+        "{label}: a sequence's logits depend on its batch by {worst}"
     );
 }
 
 #[test]
 fn kjv_i2s_gguf_on_the_gpu_matches_cpu_and_reference() {
-    let Some(gpu) = gpu() else { return };
+    if gpu().is_none() {
+        return;
+    }
     let path = kjv_dir().join("gguf/bitnet-b1.58-kjv-i2_s.gguf");
-    check_model(&gpu, "i2_s-gguf", &path);
+    check_model("i2_s-gguf", &path);
 }
 
 #[test]
 fn kjv_hf_folder_on_the_gpu_matches_cpu_and_reference() {
-    let Some(gpu) = gpu() else { return };
+    if gpu().is_none() {
+        return;
+    }
     let dir = kjv_dir();
     if !dir.join("model.safetensors").exists() {
         // The GPU machine gets the GGUF only (the carried files are size-limited).
         eprintln!("{}: no model.safetensors, skipped", dir.display());
         return;
     }
-    check_model(&gpu, "hf-folder", &dir);
+    check_model("hf-folder", &dir);
+}
+
+/// Asking for a GPU that is not there is `BackendError::Unavailable` with the reason, on any
+/// machine (CI has no GPU at all; an ordinal past the last GPU is the same error).
+#[test]
+fn a_backend_on_a_missing_gpu_is_unavailable() {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/bitnet-b1.58-kjv-i2_s.gguf");
+    let weights = bitnet_models::load(&path, None).unwrap().weights;
+    let Err(e) = CudaBackend::load(1 << 20, &weights) else {
+        panic!("GPU 1048576 opened");
+    };
+    assert!(matches!(e, BackendError::Unavailable(_)), "{e:?}");
+    match CudaBackend::load(0, &weights) {
+        Ok(b) => assert_eq!(b.device(), bitnet_backend::Device::Cuda(0)),
+        Err(e) => {
+            assert!(!required(), "BITNET_REQUIRE_CUDA=1 but {e}");
+            assert!(matches!(e, BackendError::Unavailable(_)), "{e:?}");
+            assert!(e.to_string().starts_with("CUDA is not available: "), "{e}");
+        }
+    }
 }

@@ -1,0 +1,926 @@
+//! The CUDA backend behind `bitnet_backend`'s seam: [`CudaBackend`] owns the GPU and the
+//! model's weights on it; each [`CudaContext`] owns a paged f16 KV cache, scratch for a batch of
+//! tokens and a stream of its own, and runs the five fused operations of a layer as kernels.
+//!
+//! A batch is any number of sequences at any positions. [`Context::begin`] packs everything the
+//! kernels need to know about it (token ids, positions, each token's cache row, each token's
+//! block table, the rows that want logits, the block tables) into one buffer and copies it to
+//! the GPU in one transfer; the kernels read it from there.
+//!
+//! One token of one sequence (decode) takes the fused path: each norm + int8 quantization runs
+//! inside the matmul that consumes it and RoPE + the KV write inside attention, 4 kernels a
+//! layer instead of 10, the same bits. Such a step is captured once as a CUDA graph and then
+//! replayed after its packed inputs are copied in (the kernels read them from device memory),
+//! so a decode step costs one copy in, one graph launch and one copy back. Batches of several
+//! tokens (prompts, many sequences decoding together) run the batched kernels, whose matmuls
+//! read each weight once for up to 8 tokens.
+//!
+//! Batch invariance: every kernel computes a token's values with the same operations in the
+//! same order whatever else is in the batch (one norm block per token, exact integer matmuls,
+//! one attention block per head and token, head sums per row in one order, the fused decode
+//! kernels bit-identical to the separate ones), so a sequence's logits do not depend on the
+//! sequences batched with it (tested in `tests/cuda_forward.rs`).
+
+use crate::compile::{FORWARD, TERNARY};
+use crate::device::Gpu;
+use crate::error::CudaError;
+use crate::model::GpuModel;
+use crate::ops::{ArgmaxScratch, NormInput, PagedBatch};
+use crate::ternary::GpuActivations;
+use bitnet_backend::{
+    run_layers, Backend, BackendError, Context, Device, KvType, Logits, SeqChunk, KV_BLOCK,
+};
+use bitnet_models::{Activation, ModelWeights};
+use cudarc::driver::{CudaGraph, CudaSlice, DevicePtrMut};
+use std::sync::Arc;
+
+type Result<T> = std::result::Result<T, BackendError>;
+type CudaResult<T> = crate::error::Result<T>;
+
+impl From<CudaError> for BackendError {
+    fn from(e: CudaError) -> Self {
+        match e {
+            CudaError::Unavailable(_) => BackendError::Unavailable(e.to_string()),
+            CudaError::Unsupported(_) => BackendError::Unsupported(e.to_string()),
+            other => BackendError::Device(other.to_string()),
+        }
+    }
+}
+
+fn dev(e: impl Into<CudaError>) -> BackendError {
+    e.into().into()
+}
+
+/// Every kernel the forward pass launches, looked up when the backend loads: compiling (or
+/// reading the cached PTX) then, not inside the first pass or, worse, a graph capture.
+const FORWARD_KERNELS: [&str; 15] = [
+    "embed_rows",
+    "norm_quant",
+    "norm_ternary_t1",
+    "rope_kv",
+    "attention",
+    "rope_attention",
+    "gather_rows",
+    "quantize_q8_0",
+    "head_q8_0",
+    "head_dense",
+    "head_q8_0_many",
+    "head_dense_many",
+    "argmax_partial",
+    "argmax_advance",
+    "argmax_rows",
+];
+const TERNARY_KERNELS: [&str; 8] = [
+    "ternary_matmul_t8",
+    "ternary_matmul_t4",
+    "ternary_matmul_t2",
+    "ternary_matmul_t1",
+    "ternary_matmul_w32_t8",
+    "ternary_matmul_w32_t4",
+    "ternary_matmul_w32_t2",
+    "ternary_matmul_w32_t1",
+];
+
+struct Shared {
+    gpu: Gpu,
+    model: GpuModel,
+}
+
+/// A model resident on one NVIDIA GPU.
+pub struct CudaBackend {
+    shared: Arc<Shared>,
+}
+
+impl CudaBackend {
+    /// Opens GPU `ordinal`, uploads `weights` and compiles the kernels.
+    pub fn load(ordinal: usize, weights: &ModelWeights) -> Result<CudaBackend> {
+        let gpu = Gpu::open(ordinal)?;
+        let model = GpuModel::upload(&gpu, weights).map_err(|e| match e {
+            // A shape the kernels cannot take is a property of the model, not a device fault.
+            CudaError::Shape(s) => BackendError::Unsupported(format!("on the GPU: {s}")),
+            e => e.into(),
+        })?;
+        for name in FORWARD_KERNELS {
+            gpu.kernels.function(FORWARD, name)?;
+        }
+        for name in TERNARY_KERNELS {
+            gpu.kernels.function(TERNARY, name)?;
+        }
+        // Contexts run on streams of their own and read the weights without events.
+        gpu.synchronize()?;
+        Ok(CudaBackend {
+            shared: Arc::new(Shared { gpu, model }),
+        })
+    }
+
+    pub fn gpu(&self) -> &Gpu {
+        &self.shared.gpu
+    }
+
+    pub fn model(&self) -> &GpuModel {
+        &self.shared.model
+    }
+
+    /// [`Backend::new_context`] as its concrete type (for the benchmark's switches).
+    pub fn context(
+        &self,
+        blocks: usize,
+        ty: KvType,
+        max_batch_tokens: usize,
+    ) -> Result<CudaContext> {
+        CudaContext::new(self.shared.clone(), blocks, ty, max_batch_tokens)
+    }
+}
+
+impl Backend for CudaBackend {
+    fn device(&self) -> Device {
+        Device::Cuda(self.shared.gpu.info().ordinal)
+    }
+
+    fn describe(&self) -> String {
+        let i = self.shared.gpu.info();
+        format!(
+            "cuda:{} {} ({:.1} GiB, compute capability {}.{}; {:.2} GB of weights on it)",
+            i.ordinal,
+            i.name,
+            i.total_mem as f64 / (1u64 << 30) as f64,
+            i.compute_capability.0,
+            i.compute_capability.1,
+            self.shared.model.nbytes() as f64 / 1e9
+        )
+    }
+
+    fn kv_bytes(&self, blocks: usize, ty: KvType) -> usize {
+        let m = &self.shared.model;
+        m.layers.len() * 2 * blocks * KV_BLOCK * m.dims.kv_dim() * ty.size()
+    }
+
+    fn new_context(
+        &self,
+        blocks: usize,
+        ty: KvType,
+        max_batch_tokens: usize,
+    ) -> Result<Box<dyn Context>> {
+        Ok(Box::new(self.context(blocks, ty, max_batch_tokens)?))
+    }
+}
+
+/// Buffers sized by the tokens of a batch (`tokens`) or by its rows that want logits (`rows`).
+struct Scratch {
+    tokens: usize,
+    rows: usize,
+    x: CudaSlice<f32>,
+    qkv: CudaSlice<f32>,
+    attn: CudaSlice<f32>,
+    gate_up: CudaSlice<f32>,
+    acts_h: GpuActivations,
+    acts_q: GpuActivations,
+    acts_f: GpuActivations,
+    /// The gathered hidden states of the rows that want logits, then their final norm.
+    xg: CudaSlice<f32>,
+    xn: CudaSlice<f32>,
+    q8: CudaSlice<i8>,
+    d8: CudaSlice<f32>,
+    logits: CudaSlice<f32>,
+    ids: CudaSlice<u32>,
+}
+
+impl Scratch {
+    fn new(gpu: &Gpu, m: &GpuModel, tokens: usize, rows: usize) -> CudaResult<Scratch> {
+        let s = &gpu.stream;
+        let c = &m.config;
+        let d = m.dims;
+        let (h, ffn, vocab) = (c.hidden_size, c.intermediate_size, m.head.rows());
+        Ok(Scratch {
+            tokens,
+            rows,
+            x: s.alloc_zeros(tokens * h)?,
+            qkv: s.alloc_zeros(tokens * d.qkv_dim())?,
+            attn: s.alloc_zeros(tokens * d.q_dim())?,
+            gate_up: s.alloc_zeros(tokens * 2 * ffn)?,
+            acts_h: GpuActivations::new(gpu, tokens, h)?,
+            acts_q: GpuActivations::new(gpu, tokens, d.q_dim())?,
+            acts_f: GpuActivations::new(gpu, tokens, ffn)?,
+            xg: s.alloc_zeros(rows * h)?,
+            xn: s.alloc_zeros(rows * h)?,
+            q8: s.alloc_zeros(rows * h)?,
+            d8: s.alloc_zeros((rows * h).div_ceil(32).max(1))?,
+            logits: s.alloc_zeros(rows * vocab)?,
+            ids: s.alloc_zeros(rows)?,
+        })
+    }
+}
+
+/// Where each part of the packed batch buffer starts (in u32 words): token ids at 0, then per
+/// token its position, cache row and block-table offset, then the rows that want logits, then
+/// the block tables.
+#[derive(Clone, Copy, Debug, Default)]
+struct Layout {
+    pos: usize,
+    slot: usize,
+    table: usize,
+    rows: usize,
+    blocks: usize,
+    end: usize,
+}
+
+/// What a captured graph ran: replayable for a batch that needs the same launches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct GraphKey {
+    /// The attention kernels' score capacity (their shared memory).
+    ctx: usize,
+    /// `Some(vocab)`: ends in the greedy choice over that many logits.
+    greedy: Option<usize>,
+    fused: bool,
+}
+
+struct Graph(CudaGraph);
+// SAFETY: a graph exec handle is a driver object usable from any thread (launch binds the CUDA
+// context first); its context is used by one thread at a time (every use takes `&mut self`).
+unsafe impl Send for Graph {}
+
+/// One stream of forward passes on the GPU: a paged f16 KV cache, scratch, and the captured
+/// decode graph.
+pub struct CudaContext {
+    shared: Arc<Shared>,
+    /// The backend's GPU with a stream of this context's own.
+    gpu: Gpu,
+    kv_blocks: usize,
+    /// Per layer `[block][row][kv_dim]` f16 bits.
+    k: Vec<CudaSlice<u16>>,
+    v: Vec<CudaSlice<u16>>,
+    s: Scratch,
+    argmax: ArgmaxScratch,
+    /// Where the single-row argmax also writes the next token and position (unused here).
+    spare_tok: CudaSlice<u32>,
+    spare_pos: CudaSlice<i32>,
+    /// The packed batch on the device, and its host copy.
+    meta: CudaSlice<u32>,
+    host: Vec<u32>,
+    lay: Layout,
+    /// Tokens, sequences and logit rows of the current batch.
+    n: usize,
+    seqs: usize,
+    rows: usize,
+    /// Score capacity of the attention kernels for this batch (a power of two >= its longest
+    /// sequence, so that decode steps reuse a graph until the length doubles).
+    ctx: usize,
+    fused: bool,
+    use_graph: bool,
+    graph: Option<(GraphKey, Graph)>,
+}
+
+impl CudaContext {
+    fn new(
+        shared: Arc<Shared>,
+        blocks: usize,
+        ty: KvType,
+        max_batch_tokens: usize,
+    ) -> Result<CudaContext> {
+        if ty == KvType::F32 {
+            return Err(BackendError::Unsupported(
+                "an f32 KV cache on the GPU: the CUDA kernels store keys and values as f16 \
+                 (use the f16 KV cache)"
+                    .into(),
+            ));
+        }
+        if blocks
+            .checked_mul(KV_BLOCK)
+            .is_none_or(|rows| i32::try_from(rows).is_err())
+        {
+            return Err(BackendError::Unsupported(format!(
+                "a KV cache of {blocks} blocks (at most {} positions on the GPU)",
+                i32::MAX
+            )));
+        }
+        let gpu = shared.gpu.with_new_stream().map_err(dev)?;
+        let m = &shared.model;
+        let per_layer = (blocks * KV_BLOCK * m.dims.kv_dim()).max(1);
+        let st = &gpu.stream;
+        let mut k = Vec::with_capacity(m.layers.len());
+        let mut v = Vec::with_capacity(m.layers.len());
+        for _ in 0..m.layers.len() {
+            k.push(st.alloc_zeros::<u16>(per_layer).map_err(dev)?);
+            v.push(st.alloc_zeros::<u16>(per_layer).map_err(dev)?);
+        }
+        let s = Scratch::new(&gpu, m, max_batch_tokens.max(1), 1)?;
+        let argmax = ArgmaxScratch::new(&gpu)?;
+        Ok(CudaContext {
+            spare_tok: st.alloc_zeros(1).map_err(dev)?,
+            spare_pos: st.alloc_zeros(1).map_err(dev)?,
+            meta: st.alloc_zeros(64).map_err(dev)?,
+            host: Vec::new(),
+            lay: Layout::default(),
+            n: 0,
+            seqs: 0,
+            rows: 0,
+            ctx: 0,
+            fused: true,
+            use_graph: true,
+            graph: None,
+            kv_blocks: blocks,
+            k,
+            v,
+            s,
+            argmax,
+            gpu,
+            shared,
+        })
+    }
+
+    /// Whether a decode step (one token of one sequence) replays a captured CUDA graph (the
+    /// default) or launches its kernels one by one.
+    pub fn set_graph(&mut self, on: bool) {
+        self.use_graph = on;
+    }
+
+    /// Whether a decode step fuses each norm + quantization into the matmul after it and RoPE
+    /// into attention (the default), or runs the batched kernels; both give the same bits.
+    pub fn set_fused(&mut self, on: bool) {
+        self.fused = on;
+    }
+
+    fn fused_step(&self) -> bool {
+        self.fused && self.n == 1 && self.seqs == 1
+    }
+
+    /// Grows the scratch for `n` tokens, `rows` logit rows and `words` of packed batch; any
+    /// new buffer invalidates the captured graph, which holds the old pointers.
+    fn ensure(&mut self, n: usize, rows: usize, words: usize) -> CudaResult<()> {
+        if n > self.s.tokens || rows > self.s.rows {
+            let tokens = self.s.tokens.max(n.next_power_of_two());
+            let r = self.s.rows.max(rows.next_power_of_two());
+            self.graph = None;
+            // The old buffers go first: the new ones may need their memory.
+            self.s = Scratch::new(&self.gpu, &self.shared.model, 1, 1)?;
+            self.s = Scratch::new(&self.gpu, &self.shared.model, tokens, r)?;
+        }
+        if words > self.meta.len() {
+            self.graph = None;
+            self.meta = self.gpu.stream.alloc_zeros(words.next_power_of_two())?;
+        }
+        Ok(())
+    }
+
+    fn layer(&self, layer: usize) -> Result<&crate::model::GpuLayer> {
+        self.shared.model.layers.get(layer).ok_or_else(|| {
+            BackendError::Batch(format!(
+                "layer {layer} of a model of {}",
+                self.shared.model.layers.len()
+            ))
+        })
+    }
+
+    fn embed_op(&mut self) -> CudaResult<()> {
+        let (n, m) = (self.n, &self.shared.model);
+        if n == 0 {
+            return Ok(());
+        }
+        let h = m.config.hidden_size;
+        self.gpu.embed(
+            m.embedding(),
+            &self.meta.slice(..n),
+            &mut self.s.x.slice_mut(..n * h),
+        )
+    }
+
+    fn qkv_op(&mut self, l: usize) -> CudaResult<()> {
+        let (n, m) = (self.n, &self.shared.model);
+        if n == 0 {
+            return Ok(());
+        }
+        let lw = &m.layers[l];
+        let (h, eps, width) = (
+            m.config.hidden_size,
+            m.config.rms_norm_eps,
+            m.dims.qkv_dim(),
+        );
+        let fused = self.fused_step();
+        let s = &mut self.s;
+        if fused {
+            return self.gpu.norm_ternary_matmul(
+                &s.x.slice(..h),
+                NormInput::Plain,
+                &lw.attn_norm,
+                eps,
+                &lw.qkv,
+                &mut s.qkv.slice_mut(..width),
+                false,
+            );
+        }
+        s.acts_h.set_tokens(n)?;
+        self.gpu.norm_quantize(
+            &s.x.slice(..n * h),
+            n,
+            h,
+            NormInput::Plain,
+            &lw.attn_norm,
+            eps,
+            None,
+            Some(&mut s.acts_h),
+        )?;
+        self.gpu
+            .ternary_matmul(&lw.qkv, &s.acts_h, &mut s.qkv.slice_mut(..n * width))
+    }
+
+    fn attention_op(&mut self, l: usize) -> CudaResult<()> {
+        let (n, m) = (self.n, &self.shared.model);
+        if n == 0 {
+            return Ok(());
+        }
+        let d = m.dims;
+        let (width, qd) = (d.qkv_dim(), d.q_dim());
+        let o = self.lay;
+        let pos = self.meta.slice(o.pos..o.pos + n);
+        let slot = self.meta.slice(o.slot..o.slot + n);
+        let table = self.meta.slice(o.table..o.table + n);
+        let fused = self.fused_step();
+        // The fused kernel reads ctx / KV_BLOCK block ids (begin makes room for them).
+        let blocks = if fused {
+            self.meta.slice(o.blocks..o.blocks + self.ctx / KV_BLOCK)
+        } else {
+            self.meta.slice(o.blocks..o.end)
+        };
+        let batch = PagedBatch {
+            pos: &pos,
+            slot: &slot,
+            table: &table,
+            blocks: &blocks,
+        };
+        let s = &mut self.s;
+        if fused {
+            return self.gpu.rope_attention(
+                &s.qkv.slice(..width),
+                d,
+                self.ctx,
+                &m.inv_freq,
+                &batch,
+                &mut self.k[l],
+                &mut self.v[l],
+                &mut s.attn.slice_mut(..qd),
+            );
+        }
+        self.gpu.rope_kv(
+            &mut s.qkv.slice_mut(..n * width),
+            n,
+            d,
+            &m.inv_freq,
+            &batch,
+            &mut self.k[l],
+            &mut self.v[l],
+        )?;
+        self.gpu.attention(
+            &s.qkv.slice(..n * width),
+            n,
+            d,
+            self.ctx,
+            &batch,
+            &self.k[l],
+            &self.v[l],
+            &mut s.attn.slice_mut(..n * qd),
+        )
+    }
+
+    fn attn_out_op(&mut self, l: usize) -> CudaResult<()> {
+        let (n, m) = (self.n, &self.shared.model);
+        if n == 0 {
+            return Ok(());
+        }
+        let lw = &m.layers[l];
+        let (h, eps, qd) = (m.config.hidden_size, m.config.rms_norm_eps, m.dims.q_dim());
+        let fused = self.fused_step();
+        let s = &mut self.s;
+        if fused {
+            return self.gpu.norm_ternary_matmul(
+                &s.attn.slice(..qd),
+                NormInput::Plain,
+                &lw.attn_sub_norm,
+                eps,
+                &lw.wo,
+                &mut s.x.slice_mut(..h),
+                true,
+            );
+        }
+        s.acts_q.set_tokens(n)?;
+        self.gpu.norm_quantize(
+            &s.attn.slice(..n * qd),
+            n,
+            qd,
+            NormInput::Plain,
+            &lw.attn_sub_norm,
+            eps,
+            None,
+            Some(&mut s.acts_q),
+        )?;
+        self.gpu
+            .ternary_matmul_accumulate(&lw.wo, &s.acts_q, &mut s.x.slice_mut(..n * h))
+    }
+
+    fn gate_up_op(&mut self, l: usize) -> CudaResult<()> {
+        let (n, m) = (self.n, &self.shared.model);
+        if n == 0 {
+            return Ok(());
+        }
+        let lw = &m.layers[l];
+        let (h, eps) = (m.config.hidden_size, m.config.rms_norm_eps);
+        let width = lw.gate_up.rows();
+        let fused = self.fused_step();
+        let s = &mut self.s;
+        if fused {
+            return self.gpu.norm_ternary_matmul(
+                &s.x.slice(..h),
+                NormInput::Plain,
+                &lw.ffn_norm,
+                eps,
+                &lw.gate_up,
+                &mut s.gate_up.slice_mut(..width),
+                false,
+            );
+        }
+        s.acts_h.set_tokens(n)?;
+        self.gpu.norm_quantize(
+            &s.x.slice(..n * h),
+            n,
+            h,
+            NormInput::Plain,
+            &lw.ffn_norm,
+            eps,
+            None,
+            Some(&mut s.acts_h),
+        )?;
+        self.gpu.ternary_matmul(
+            &lw.gate_up,
+            &s.acts_h,
+            &mut s.gate_up.slice_mut(..n * width),
+        )
+    }
+
+    fn ffn_out_op(&mut self, l: usize) -> CudaResult<()> {
+        let (n, m) = (self.n, &self.shared.model);
+        if n == 0 {
+            return Ok(());
+        }
+        let lw = &m.layers[l];
+        let (h, eps) = (m.config.hidden_size, m.config.rms_norm_eps);
+        let width = lw.gate_up.rows();
+        let act = match m.config.activation() {
+            Activation::Relu2 => NormInput::Relu2Gate,
+            Activation::Silu => NormInput::SiluGate,
+        };
+        let fused = self.fused_step();
+        let s = &mut self.s;
+        if fused {
+            return self.gpu.norm_ternary_matmul(
+                &s.gate_up.slice(..width),
+                act,
+                &lw.ffn_sub_norm,
+                eps,
+                &lw.down,
+                &mut s.x.slice_mut(..h),
+                true,
+            );
+        }
+        s.acts_f.set_tokens(n)?;
+        self.gpu.norm_quantize(
+            &s.gate_up.slice(..n * width),
+            n,
+            width,
+            act,
+            &lw.ffn_sub_norm,
+            eps,
+            None,
+            Some(&mut s.acts_f),
+        )?;
+        self.gpu
+            .ternary_matmul_accumulate(&lw.down, &s.acts_f, &mut s.x.slice_mut(..n * h))
+    }
+
+    /// Final norm and head for the rows that want logits, into `s.logits` (no copy back).
+    fn head_op(&mut self) -> CudaResult<()> {
+        let (n, r, m) = (self.n, self.rows, &self.shared.model);
+        if r == 0 {
+            return Ok(());
+        }
+        let (h, eps, vocab) = (m.config.hidden_size, m.config.rms_norm_eps, m.head.rows());
+        let s = &mut self.s;
+        if r == 1 {
+            // One row needs no gather: the norm reads it where it is.
+            let row = self.host[self.lay.rows] as usize;
+            self.gpu.norm_quantize(
+                &s.x.slice(row * h..(row + 1) * h),
+                1,
+                h,
+                NormInput::Plain,
+                &m.output_norm,
+                eps,
+                Some(&mut s.xn.slice_mut(..h)),
+                None,
+            )?;
+        } else {
+            let rows = self.meta.slice(self.lay.rows..self.lay.rows + r);
+            self.gpu
+                .gather_rows(&s.x.slice(..n * h), h, &rows, &mut s.xg.slice_mut(..r * h))?;
+            self.gpu.norm_quantize(
+                &s.xg.slice(..r * h),
+                r,
+                h,
+                NormInput::Plain,
+                &m.output_norm,
+                eps,
+                Some(&mut s.xn.slice_mut(..r * h)),
+                None,
+            )?;
+        }
+        self.gpu.head_rows(
+            &m.head,
+            &s.xn.slice(..r * h),
+            r,
+            &mut s.q8,
+            &mut s.d8,
+            &mut s.logits.slice_mut(..r * vocab),
+        )
+    }
+
+    /// The greedy choice over the first `vocab` logits of each row, into `s.ids`.
+    fn argmax_op(&mut self, vocab: usize) -> CudaResult<()> {
+        let (r, stride) = (self.rows, self.shared.model.head.rows());
+        let v = vocab.min(stride);
+        if r == 0 || v == 0 {
+            return Ok(());
+        }
+        let s = &mut self.s;
+        if r == 1 {
+            // Two stages over many blocks: one block over a 128K vocabulary takes ~50 us.
+            return self.gpu.argmax_advance(
+                &s.logits.slice(..v),
+                &mut self.argmax,
+                &mut s.ids,
+                &mut self.spare_tok,
+                &mut self.spare_pos,
+                0,
+            );
+        }
+        self.gpu.argmax_rows(
+            &s.logits.slice(..r * stride),
+            stride,
+            v,
+            &mut s.ids.slice_mut(..r),
+        )
+    }
+
+    fn layers_op(&mut self) -> CudaResult<()> {
+        self.embed_op()?;
+        for l in 0..self.shared.model.layers.len() {
+            self.qkv_op(l)?;
+            self.attention_op(l)?;
+            self.attn_out_op(l)?;
+            self.gate_up_op(l)?;
+            self.ffn_out_op(l)?;
+        }
+        Ok(())
+    }
+
+    fn read_logits(&self) -> CudaResult<Vec<f32>> {
+        let len = self.rows * self.shared.model.head.rows();
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        Ok(self.gpu.stream.clone_dtoh(&self.s.logits.slice(..len))?)
+    }
+
+    fn read_ids(&self, vocab: usize) -> CudaResult<Vec<u32>> {
+        let mut ids = vec![0u32; self.rows];
+        if self.rows > 0 && vocab > 0 {
+            self.gpu
+                .stream
+                .memcpy_dtoh(&self.s.ids.slice(..self.rows), &mut ids)?;
+        }
+        Ok(ids)
+    }
+
+    /// Whether `seqs` is a decode step the captured graph can run.
+    fn graph_step(&self, seqs: &[SeqChunk<'_>]) -> bool {
+        self.use_graph && matches!(seqs, [s] if s.tokens.len() == 1 && s.want != Logits::None)
+    }
+
+    /// The batch already begun, through the graph for its shape (captured on first use).
+    fn replay(&mut self, greedy: Option<usize>) -> CudaResult<()> {
+        let key = GraphKey {
+            ctx: self.ctx,
+            greedy,
+            fused: self.fused,
+        };
+        if self.graph.as_ref().is_none_or(|(k, _)| *k != key) {
+            self.graph = None;
+            let g = self.capture(greedy)?;
+            self.graph = Some((key, Graph(g)));
+        }
+        if let Some((_, g)) = &self.graph {
+            g.0.launch()?;
+        }
+        Ok(())
+    }
+
+    /// Records the pass (recording runs nothing); the launches read every input that changes
+    /// between decode steps from the packed batch buffer.
+    fn capture(&mut self, greedy: Option<usize>) -> CudaResult<CudaGraph> {
+        use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+        let stream = self.gpu.stream.clone();
+        stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
+        let recorded = (|| {
+            self.layers_op()?;
+            self.head_op()?;
+            match greedy {
+                Some(v) => self.argmax_op(v),
+                None => Ok(()),
+            }
+        })();
+        // Capture must end even when recording failed, or the stream stays unusable.
+        let graph = stream.end_capture(CUgraphInstantiate_flags(0));
+        recorded?;
+        graph?.ok_or_else(|| CudaError::Shape("the decode step captured no work".into()))
+    }
+}
+
+impl Context for CudaContext {
+    fn layers(&self) -> usize {
+        self.shared.model.layers.len()
+    }
+
+    fn kv_blocks(&self) -> usize {
+        self.kv_blocks
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.shared.model.head.rows()
+    }
+
+    fn begin(&mut self, seqs: &[SeqChunk<'_>]) -> Result<()> {
+        // A batch that fails to begin leaves an empty one, never half of the last.
+        (self.n, self.seqs, self.rows) = (0, 0, 0);
+        let m = &self.shared.model;
+        let vocab = m.embedding().rows();
+        let (mut n, mut rows, mut table_words, mut longest) = (0usize, 0usize, 0usize, 0usize);
+        for (i, s) in seqs.iter().enumerate() {
+            let bad = |what: String| Err(BackendError::Batch(format!("chunk {i}: {what}")));
+            if s.tokens.is_empty() {
+                return bad("no tokens".into());
+            }
+            let end = s.start.saturating_add(s.tokens.len());
+            let need = end.div_ceil(KV_BLOCK);
+            if s.blocks.len() < need {
+                return bad(format!(
+                    "{} KV blocks for positions up to {end}",
+                    s.blocks.len()
+                ));
+            }
+            if let Some(b) = s.blocks[..need]
+                .iter()
+                .find(|&&b| b as usize >= self.kv_blocks)
+            {
+                return bad(format!(
+                    "KV block {b} outside a cache of {} blocks",
+                    self.kv_blocks
+                ));
+            }
+            if let Some(t) = s.tokens.iter().find(|&&t| t as usize >= vocab) {
+                return bad(format!("token id {t} outside the vocabulary of {vocab}"));
+            }
+            n += s.tokens.len();
+            rows += match s.want {
+                Logits::Last => 1,
+                Logits::All => s.tokens.len(),
+                Logits::None => 0,
+            };
+            table_words += need;
+            longest = longest.max(end);
+        }
+        let max_len = m.dims.max_attn_len();
+        if longest > max_len {
+            return Err(BackendError::Unsupported(format!(
+                "a sequence of {longest} positions on the GPU (its attention kernel keeps a \
+                 head's scores in shared memory: at most {max_len} positions for head \
+                 dimension {})",
+                m.dims.head_dim
+            )));
+        }
+        let lay = Layout {
+            pos: n,
+            slot: 2 * n,
+            table: 3 * n,
+            rows: 4 * n,
+            blocks: 4 * n + rows,
+            end: 4 * n + rows + table_words,
+        };
+        let host = &mut self.host;
+        host.clear();
+        host.resize(lay.end, 0);
+        let (mut t, mut row, mut tab) = (0usize, lay.rows, lay.blocks);
+        for s in seqs {
+            let need = (s.start + s.tokens.len()).div_ceil(KV_BLOCK);
+            let table_at = (tab - lay.blocks) as u32;
+            host[tab..tab + need].copy_from_slice(&s.blocks[..need]);
+            tab += need;
+            let first = t;
+            for (j, &tok) in s.tokens.iter().enumerate() {
+                let p = s.start + j;
+                host[t] = tok;
+                host[lay.pos + t] = p as u32;
+                host[lay.slot + t] =
+                    s.blocks[p / KV_BLOCK] * KV_BLOCK as u32 + (p % KV_BLOCK) as u32;
+                host[lay.table + t] = table_at;
+                t += 1;
+            }
+            let wanted = match s.want {
+                Logits::Last => t - 1..t,
+                Logits::All => first..t,
+                Logits::None => t..t,
+            };
+            for r in wanted {
+                host[row] = r as u32;
+                row += 1;
+            }
+        }
+        let ctx = longest.next_power_of_two().max(256).min(max_len);
+        // Past the end: room for the ctx / KV_BLOCK block ids the fused decode kernel loads.
+        self.ensure(n, rows, lay.end.max(lay.blocks + ctx / KV_BLOCK))
+            .map_err(dev)?;
+        if lay.end > 0 {
+            let stream = &self.gpu.stream;
+            let (dst, _record) = self.meta.device_ptr_mut(stream);
+            // SAFETY: `meta` holds lay.end words (ensured above). A copy from pageable memory
+            // returns once the source is staged, so `host` may change afterwards, and the
+            // kernels queued after it on this stream see the data; cudarc's `memcpy_htod`
+            // would also wait for the copy to land, a stall in front of every decode step.
+            unsafe {
+                cudarc::driver::result::memcpy_htod_async(dst, &self.host[..], stream.cu_stream())
+            }
+            .map_err(dev)?;
+        }
+        self.lay = lay;
+        (self.n, self.seqs, self.rows) = (n, seqs.len(), rows);
+        self.ctx = ctx;
+        Ok(())
+    }
+
+    fn embed(&mut self) -> Result<()> {
+        self.embed_op().map_err(dev)
+    }
+
+    fn qkv(&mut self, layer: usize) -> Result<()> {
+        self.layer(layer)?;
+        self.qkv_op(layer).map_err(dev)
+    }
+
+    fn attention(&mut self, layer: usize) -> Result<()> {
+        self.layer(layer)?;
+        self.attention_op(layer).map_err(dev)
+    }
+
+    fn attn_out(&mut self, layer: usize) -> Result<()> {
+        self.layer(layer)?;
+        self.attn_out_op(layer).map_err(dev)
+    }
+
+    fn gate_up(&mut self, layer: usize) -> Result<()> {
+        self.layer(layer)?;
+        self.gate_up_op(layer).map_err(dev)
+    }
+
+    fn ffn_out(&mut self, layer: usize) -> Result<()> {
+        self.layer(layer)?;
+        self.ffn_out_op(layer).map_err(dev)
+    }
+
+    fn logits(&mut self) -> Result<Vec<f32>> {
+        self.head_op().map_err(dev)?;
+        self.read_logits().map_err(dev)
+    }
+
+    fn greedy(&mut self, vocab: usize) -> Result<Vec<u32>> {
+        self.head_op().map_err(dev)?;
+        self.argmax_op(vocab).map_err(dev)?;
+        self.read_ids(vocab).map_err(dev)
+    }
+
+    fn forward(&mut self, seqs: &[SeqChunk<'_>]) -> Result<Vec<f32>> {
+        if !self.graph_step(seqs) {
+            run_layers(self, seqs)?;
+            return self.logits();
+        }
+        self.begin(seqs)?;
+        self.replay(None).map_err(dev)?;
+        self.read_logits().map_err(dev)
+    }
+
+    fn forward_greedy(&mut self, seqs: &[SeqChunk<'_>], vocab: usize) -> Result<Vec<u32>> {
+        if !self.graph_step(seqs) {
+            run_layers(self, seqs)?;
+            return self.greedy(vocab);
+        }
+        self.begin(seqs)?;
+        let v = vocab.min(self.vocab_size());
+        self.replay(Some(v)).map_err(dev)?;
+        self.read_ids(v).map_err(dev)
+    }
+}
