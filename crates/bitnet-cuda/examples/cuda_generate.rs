@@ -11,7 +11,7 @@
 
 use bitnet_common::Storage;
 use bitnet_cuda::{Gpu, GpuModel, GpuSession};
-use bitnet_kernels::{DenseMatrix, DenseType};
+use bitnet_kernels::{DenseMatrix, DenseMatrixExt, DenseType};
 use bitnet_models::{Arch, ModelWeights};
 use std::time::Instant;
 

@@ -24,7 +24,9 @@ use bitnet_cuda::{
     GpuTernaryMatrix, NormInput,
 };
 use bitnet_inference::{Engine, EngineOptions, GenerateOptions, Logits, SamplingParams};
-use bitnet_kernels::{ops, DenseMatrix, DenseType, QuantizedActivations, TernaryMatrix};
+use bitnet_kernels::{
+    ops, DenseMatrix, DenseMatrixExt, DenseType, QuantizedActivations, TernaryMatrix,
+};
 use half::f16;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
