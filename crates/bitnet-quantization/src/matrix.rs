@@ -5,7 +5,9 @@
 //! They live here, below the kernels, so that model loading and export (`bitnet-models`) need
 //! only the formats, and every backend (the CPU kernels in `bitnet-kernels`, the CUDA one) takes
 //! the same types. Construction checks shapes and codes, since the bytes come from files; the
-//! arithmetic on them is the backends' business.
+//! arithmetic on them is the backends' business. The small accessors are `#[inline]`: the
+//! kernels call them for every row (and the ternary matmul for every output) from another crate,
+//! where they were field reads before the types moved here.
 
 use crate::{i2s, q6_k, q8_0, QuantError};
 use bitnet_common::Storage;
@@ -169,34 +171,41 @@ impl TernaryMatrix {
         })
     }
 
+    #[inline]
     pub fn rows(&self) -> usize {
         self.rows
     }
 
+    #[inline]
     pub fn cols(&self) -> usize {
         self.cols
     }
 
+    #[inline]
     pub fn scale(&self) -> f32 {
         self.scale
     }
 
     /// Bytes per packed row (`ceil(cols / 128) * 32`).
+    #[inline]
     pub fn row_bytes(&self) -> usize {
         self.row_bytes
     }
 
     /// Bytes of packed weights (what one matmul streams from memory).
+    #[inline]
     pub fn nbytes(&self) -> usize {
         self.rows * self.row_bytes
     }
 
     /// The packed weights, `rows * row_bytes` bytes.
+    #[inline]
     pub fn data(&self) -> &Storage {
         &self.data
     }
 
     /// Packed bytes of row `r`.
+    #[inline]
     pub fn row(&self, r: usize) -> &[u8] {
         &self.data[r * self.row_bytes..][..self.row_bytes]
     }
@@ -214,6 +223,7 @@ impl TernaryMatrix {
     ///
     /// # Panics
     /// If `r >= rows` or `k >= row_bytes * 4`.
+    #[inline]
     pub fn weight(&self, r: usize, k: usize) -> i8 {
         let b = self.row(r)[(k / i2s::BLOCK) * i2s::BLOCK_BYTES + k % 32];
         ((b >> (6 - 2 * ((k % i2s::BLOCK) / 32))) & 3) as i8 - 1
@@ -238,6 +248,7 @@ pub enum DenseType {
 
 impl DenseType {
     /// Elements per block (1 for the float types, 32 for Q8_0, 256 for Q6_K).
+    #[inline]
     pub fn block_size(self) -> usize {
         match self {
             DenseType::Q8_0 => q8_0::QK8_0,
@@ -247,6 +258,7 @@ impl DenseType {
     }
 
     /// Bytes per block.
+    #[inline]
     pub fn block_bytes(self) -> usize {
         match self {
             DenseType::F32 => 4,
@@ -258,12 +270,14 @@ impl DenseType {
 
     /// Whether a matmul quantizes the activations and dots integer blocks (Q8_0, Q6_K)
     /// instead of widening the weights to f32.
+    #[inline]
     pub fn is_quantized(self) -> bool {
         matches!(self, DenseType::Q8_0 | DenseType::Q6_K)
     }
 
     /// Bytes of a row of `cols` elements; `None` if `cols` is not a multiple of
     /// [`Self::block_size`] or the size overflows.
+    #[inline]
     pub fn row_bytes(self, cols: usize) -> Option<usize> {
         if !cols.is_multiple_of(self.block_size()) {
             return None;
@@ -349,27 +363,33 @@ impl DenseMatrix {
         })
     }
 
+    #[inline]
     pub fn rows(&self) -> usize {
         self.rows
     }
 
+    #[inline]
     pub fn cols(&self) -> usize {
         self.cols
     }
 
+    #[inline]
     pub fn ty(&self) -> DenseType {
         self.ty
     }
 
+    #[inline]
     pub fn nbytes(&self) -> usize {
         self.data.len()
     }
 
+    #[inline]
     pub fn data(&self) -> &Storage {
         &self.data
     }
 
     /// Bytes per row.
+    #[inline]
     pub fn row_bytes(&self) -> usize {
         self.cols / self.ty.block_size() * self.ty.block_bytes()
     }
@@ -378,6 +398,7 @@ impl DenseMatrix {
     ///
     /// # Panics
     /// If `r >= rows`.
+    #[inline]
     pub fn row(&self, r: usize) -> &[u8] {
         &self.data[r * self.row_bytes()..][..self.row_bytes()]
     }
