@@ -15,7 +15,7 @@
 use bitnet_backend::{Context, KvType, Logits, SeqChunk, KV_BLOCK};
 use bitnet_common::Storage;
 use bitnet_cuda::CudaBackend;
-use bitnet_kernels::{DenseMatrix, DenseType};
+use bitnet_kernels::{DenseMatrix, DenseMatrixExt, DenseType};
 use bitnet_models::{Arch, ModelWeights};
 use std::time::Instant;
 

@@ -34,7 +34,9 @@ use bitnet_cuda::{
 use bitnet_inference::{
     Engine, EngineOptions, GenerateOptions, Logits as CpuLogits, SamplingParams,
 };
-use bitnet_kernels::{ops, DenseMatrix, DenseType, QuantizedActivations, TernaryMatrix};
+use bitnet_kernels::{
+    ops, DenseMatrix, DenseMatrixExt, DenseType, QuantizedActivations, TernaryMatrix,
+};
 use half::f16;
 use serde_json::Value;
 use std::path::{Path, PathBuf};

@@ -6,7 +6,9 @@
 
 use crate::kv_cache::{Buf, KvCache, KV_BLOCK};
 use crate::profile::{Stage, Timer};
-use bitnet_kernels::{ops, ternary_matmul, ternary_matmul_many, QuantizedActivations};
+use bitnet_kernels::{
+    ops, ternary_matmul, ternary_matmul_many, DenseMatrixExt, QuantizedActivations,
+};
 use bitnet_models::{Activation, ModelConfig, ModelWeights};
 
 /// Precomputed RoPE frequencies, as transformers computes them (f32 `inv_freq`).

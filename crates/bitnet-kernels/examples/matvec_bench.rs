@@ -14,8 +14,8 @@
 
 use bitnet_common::Storage;
 use bitnet_kernels::{
-    detected_isa, ternary_matmul_with, DenseMatrix, DenseType, Isa, QuantizedActivations,
-    TernaryMatrix,
+    detected_isa, ternary_matmul_with, DenseMatrix, DenseMatrixExt, DenseType, Isa,
+    QuantizedActivations, TernaryMatrix,
 };
 use rayon::prelude::*;
 use std::time::Instant;

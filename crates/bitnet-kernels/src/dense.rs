@@ -1,436 +1,324 @@
-//! Dense F32 / F16 / BF16 / Q8_0 / Q6_K matrices: the token embedding and the (tied) LM head.
+//! Dense matrices ([`DenseMatrix`]: the token embedding and the (tied) LM head) on the CPU:
+//! [`DenseMatrixExt`] adds the matmul and the row lookup to the type from `bitnet-quantization`.
 //!
-//! The weights stay in their file type and are converted on the fly inside the dot product:
+//! F32 / F16 / BF16 weights stay in their file type and are widened inside the dot product:
 //! the LM head is the largest tensor of a BitNet model (656 MB in F16 for 2B4T) and decoding is
-//! memory-bound, so widening it to f32 in memory would double the bytes read per token.
+//! memory-bound, so widening it in memory would double the bytes read per token.
+//!
+//! Q8_0 and Q6_K follow llama.cpp's CPU path: every activation row is quantized once to the
+//! weight type's partner blocks, and each weight row is dotted block by block with exact
+//! integer lanes (`kernel::BlockKernel`).
+//! - Q8_0 (blocks of 32 int8 weights with one f16 scale `d` first, 34 bytes): activations as
+//!   ggml's AVX2 `quantize_row_q8_0` does (per 32 values `amax = max|x|`,
+//!   `q = round_half_even(x * (127 / amax))`, `d = f16(amax / 127)`), dots as
+//!   `ggml_vec_dot_q8_0_q8_0` on AVX2.
+//! - Q6_K (210-byte blocks of 256 weights: `ql[128]`, `qh[64]`, 16 int8 sub-block scales, f16
+//!   `d`): activations to Q8_K (`quantize_row_q8_K_ref` per 256 values: f32 `d`, int8 codes),
+//!   dots as the AVX2 `ggml_vec_dot_q6_K_q8_K`.
+//!
+//! The integer lanes are exact, and every kernel (scalar, AVX2, NEON with and without `sdot`)
+//! performs the same float steps in the same order, so they are bit-identical to each other
+//! and to llama.cpp's AVX2 kernels (tests/dense_q6k.rs checks results produced by ggml's own
+//! code).
 
-use crate::{check_isa, detected_isa, row_chunk, Isa, KernelError, SharedOut};
-use bitnet_common::Storage;
+use crate::dispatch::with_kernel;
+use crate::kernel::{DenseKernel, Kernel};
+use crate::matmul::{self, Tiles, TOKEN_TILE};
+use crate::pool::SharedOut;
+use crate::{check_isa, detected_isa, Isa};
+use bitnet_quantization::q6_k::{self, quantize_q8_k_block};
+use bitnet_quantization::q8_0::QK8_0;
+use bitnet_quantization::{DenseMatrix, DenseType};
+use half::f16;
 
-/// Element type of a [`DenseMatrix`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DenseType {
-    F32,
-    F16,
-    BF16,
-    /// ggml `Q8_0`: blocks of 32 weights, an f16 scale then 32 x i8 (34 bytes). Columns must
-    /// be a multiple of 32; the matmul quantizes activations to Q8_0 too (see `dense_q8`).
-    Q8_0,
-    /// ggml `Q6_K`: blocks of 256 weights in 6 bits with 16 int8 sub-block scales and an f16
-    /// scale (210 bytes, 6.5625 bits per weight). Columns must be a multiple of 256; the matmul
-    /// quantizes activations to Q8_K (see `dense_q6k`).
-    #[allow(non_camel_case_types)]
-    Q6_K,
-}
-
-impl DenseType {
-    /// Elements per block (1 for the float types, 32 for Q8_0, 256 for Q6_K).
-    pub fn block_size(self) -> usize {
-        match self {
-            DenseType::Q8_0 => crate::dense_q8::QK,
-            DenseType::Q6_K => crate::dense_q6k::QK,
-            _ => 1,
-        }
-    }
-
-    /// Bytes per block.
-    pub fn block_bytes(self) -> usize {
-        match self {
-            DenseType::F32 => 4,
-            DenseType::F16 | DenseType::BF16 => 2,
-            DenseType::Q8_0 => crate::dense_q8::BLOCK_BYTES,
-            DenseType::Q6_K => crate::dense_q6k::BLOCK_BYTES,
-        }
-    }
-
-    /// Whether the matmul quantizes the activations and dots integer blocks (Q8_0, Q6_K)
-    /// instead of widening the weights to f32.
-    pub fn is_quantized(self) -> bool {
-        matches!(self, DenseType::Q8_0 | DenseType::Q6_K)
-    }
-
-    /// Bytes of a row of `cols` elements; `None` if `cols` is not a multiple of
-    /// [`Self::block_size`] or the size overflows.
-    pub fn row_bytes(self, cols: usize) -> Option<usize> {
-        if !cols.is_multiple_of(self.block_size()) {
-            return None;
-        }
-        (cols / self.block_size()).checked_mul(self.block_bytes())
-    }
-}
-
-/// Row-major `[rows x cols]` matrix in a [`Storage`] (little-endian, possibly unaligned bytes).
-#[derive(Clone, Debug)]
-pub struct DenseMatrix {
-    rows: usize,
-    cols: usize,
-    ty: DenseType,
-    data: Storage,
-}
-
-/// A Q8_0 / Q6_K row as f32 (`out.len()` elements): embedding lookup, and the widening fallback
-/// that keeps the [`DenseKernel`] impls total for types [`DenseMatrix`] never routes to them.
-pub(crate) fn quantized_row_to_f32(row: &[u8], ty: DenseType, out: &mut [f32]) {
-    debug_assert!(ty.is_quantized(), "{ty:?} is not a block type");
-    match ty {
-        DenseType::Q6_K => crate::dense_q6k::row_to_f32(row, out),
-        _ => crate::dense_q8::row_to_f32(row, out),
-    }
-}
-
-/// Tokens per pass over a weight row.
-const TOKEN_TILE: usize = 4;
-const CHUNK_BYTES: usize = 256 * 1024;
-const SERIAL_WORK: usize = 64 * 1024;
-
-/// Dense dot kernels for one ISA.
-pub(crate) trait DenseKernel {
-    /// `dot(row, x[t])` for `T` tokens; `buf` is scratch the kernel may use.
-    ///
-    /// # Safety
-    /// The CPU must support the ISA; `row.len() == ty.row_bytes(x[t].len())`.
-    unsafe fn dot<const T: usize>(
-        row: &[u8],
-        ty: DenseType,
-        x: [&[f32]; T],
-        buf: &mut Vec<f32>,
-    ) -> [f32; T];
-
-    /// [`Self::dot`] for two rows. A batch of tokens (prompt tiles, many sequences decoding
-    /// together) makes the LM head compute-bound: kernels that can share each token's loads
-    /// between two rows override this.
-    ///
-    /// # Safety
-    /// As [`Self::dot`], for both rows.
-    unsafe fn dot_pair<const T: usize>(
-        rows: [&[u8]; 2],
-        ty: DenseType,
-        x: [&[f32]; T],
-        buf: &mut Vec<f32>,
-    ) -> [[f32; T]; 2] {
-        // SAFETY: forwarded contract.
-        unsafe {
-            [
-                Self::dot::<T>(rows[0], ty, x, buf),
-                Self::dot::<T>(rows[1], ty, x, buf),
-            ]
-        }
-    }
-
-    /// [`Self::dot`] for four rows: kernels with enough registers for a 4 x 4 tile (AVX-512's
-    /// 32) load each token's activations once for four rows, halving the activation traffic
-    /// of [`Self::dot_pair`], which is what bounds a batched LM head once the activations of a
-    /// token tile (4 x 2560 f32 for 2B4T) no longer fit the L1 cache.
-    ///
-    /// # Safety
-    /// As [`Self::dot`], for every row.
-    unsafe fn dot_quad<const T: usize>(
-        rows: [&[u8]; 4],
-        ty: DenseType,
-        x: [&[f32]; T],
-        buf: &mut Vec<f32>,
-    ) -> [[f32; T]; 4] {
-        // SAFETY: forwarded contract.
-        let ([a, b], [c, d]) = unsafe {
-            (
-                Self::dot_pair::<T>([rows[0], rows[1]], ty, x, buf),
-                Self::dot_pair::<T>([rows[2], rows[3]], ty, x, buf),
-            )
-        };
-        [a, b, c, d]
-    }
-
-    /// # Safety
-    /// The CPU must support the ISA; `row.len() == ty.row_bytes(out.len())`.
-    unsafe fn row_to_f32(row: &[u8], ty: DenseType, out: &mut [f32]);
-}
-
-impl DenseMatrix {
-    /// Checks that `data` holds exactly `rows * cols` elements of `ty` (for the block types,
-    /// that `cols` is a multiple of the block size: 32 for Q8_0, 256 for Q6_K).
-    pub fn new(
-        rows: usize,
-        cols: usize,
-        ty: DenseType,
-        data: Storage,
-    ) -> Result<Self, KernelError> {
-        let bs = ty.block_size();
-        if !cols.is_multiple_of(bs) {
-            return Err(bitnet_quantization::QuantError::NotMultiple {
-                what: match ty {
-                    DenseType::Q6_K => "Q6_K dense matrix columns",
-                    _ => "Q8_0 dense matrix columns",
-                },
-                n: cols,
-                multiple: bs,
-            }
-            .into());
-        }
-        let n = ty
-            .row_bytes(cols)
-            .and_then(|rb| rb.checked_mul(rows))
-            .ok_or(KernelError::Overflow("dense matrix bytes"))?;
-        if data.len() != n {
-            return Err(KernelError::Shape {
-                what: "dense matrix bytes",
-                expected: n,
-                got: data.len(),
-            });
-        }
-        Ok(DenseMatrix {
-            rows,
-            cols,
-            ty,
-            data,
-        })
-    }
-
-    pub fn rows(&self) -> usize {
-        self.rows
-    }
-
-    pub fn cols(&self) -> usize {
-        self.cols
-    }
-
-    pub fn ty(&self) -> DenseType {
-        self.ty
-    }
-
-    pub fn nbytes(&self) -> usize {
-        self.data.len()
-    }
-
-    pub fn data(&self) -> &Storage {
-        &self.data
-    }
-
-    fn row_bytes(&self) -> usize {
-        self.cols / self.ty.block_size() * self.ty.block_bytes()
-    }
-
-    fn row(&self, r: usize) -> &[u8] {
-        &self.data[r * self.row_bytes()..][..self.row_bytes()]
-    }
-
-    /// Row `r` as f32 (embedding lookup).
-    ///
-    /// # Panics
-    /// If `r >= rows` or `out.len() != cols`.
-    pub fn row_f32(&self, r: usize, out: &mut [f32]) {
-        assert!(
-            r < self.rows,
-            "DenseMatrix::row_f32: row {r} out of {}",
-            self.rows
-        );
-        assert_eq!(
-            out.len(),
-            self.cols,
-            "DenseMatrix::row_f32: out.len() != cols"
-        );
-        if self.ty.is_quantized() {
-            return quantized_row_to_f32(self.row(r), self.ty, out);
-        }
-        match detected_isa().vector_base() {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: detected_isa only returns an AVX2-family ISA when the CPU supports AVX2;
-            // lengths checked.
-            Isa::Avx2 => unsafe {
-                <crate::avx2::Avx2 as DenseKernel>::row_to_f32(self.row(r), self.ty, out)
-            },
-            #[cfg(target_arch = "aarch64")]
-            // SAFETY: detected_isa only returns a NEON ISA when the CPU has NEON; lengths checked.
-            Isa::Neon => unsafe {
-                <crate::neon::Neon as DenseKernel>::row_to_f32(self.row(r), self.ty, out)
-            },
-            #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-            // SAFETY: built with +simd128; lengths checked.
-            Isa::Simd128 => unsafe {
-                <crate::wasm_simd128::Simd128 as DenseKernel>::row_to_f32(self.row(r), self.ty, out)
-            },
-            // SAFETY: scalar code runs anywhere; lengths checked.
-            _ => unsafe {
-                <crate::scalar::Scalar as DenseKernel>::row_to_f32(self.row(r), self.ty, out)
-            },
-        }
-    }
-
+/// The CPU operations on a [`DenseMatrix`] (import the trait to call them as methods).
+pub trait DenseMatrixExt {
     /// `out[t * rows + r] = dot(x[t], row r)` with f32 accumulation, over row chunks on the
-    /// current pool (`pool`). For Q8_0 the activations are first quantized to Q8_0 blocks and the
-    /// block dots are exact integers (llama.cpp's `vec_dot_q8_0_q8_0`); for Q6_K likewise with
-    /// Q8_K activation blocks (`vec_dot_q6_K_q8_K`).
+    /// current pool (`pool`). For Q8_0 the activations are first quantized to Q8_0 blocks and
+    /// the block dots are exact integers (llama.cpp's `vec_dot_q8_0_q8_0`); for Q6_K likewise
+    /// with Q8_K activation blocks (`vec_dot_q6_K_q8_K`).
     ///
     /// # Panics
     /// If `x.len() != tokens * cols` or `out.len() != tokens * rows`.
-    pub fn matmul(&self, x: &[f32], tokens: usize, out: &mut [f32]) {
+    fn matmul(&self, x: &[f32], tokens: usize, out: &mut [f32]);
+
+    /// Scalar reference of [`Self::matmul`] (same as `matmul_with(Isa::Scalar, ..)`).
+    fn matmul_scalar(&self, x: &[f32], tokens: usize, out: &mut [f32]);
+
+    /// [`Self::matmul`] with an explicit ISA. Panics if the CPU does not support it.
+    fn matmul_with(&self, isa: Isa, x: &[f32], tokens: usize, out: &mut [f32]);
+
+    /// Row `r` as f32 (embedding lookup), with the detected ISA's conversion.
+    ///
+    /// # Panics
+    /// If `r >= rows` or `out.len() != cols`.
+    fn row_f32(&self, r: usize, out: &mut [f32]);
+}
+
+impl DenseMatrixExt for DenseMatrix {
+    fn matmul(&self, x: &[f32], tokens: usize, out: &mut [f32]) {
         self.matmul_with(detected_isa(), x, tokens, out)
     }
 
-    /// Scalar reference of [`Self::matmul`] (same as `matmul_with(Isa::Scalar, ..)`).
-    pub fn matmul_scalar(&self, x: &[f32], tokens: usize, out: &mut [f32]) {
+    fn matmul_scalar(&self, x: &[f32], tokens: usize, out: &mut [f32]) {
         self.matmul_with(Isa::Scalar, x, tokens, out)
     }
 
-    /// [`Self::matmul`] with an explicit ISA. Panics if the CPU does not support it.
-    pub fn matmul_with(&self, isa: Isa, x: &[f32], tokens: usize, out: &mut [f32]) {
+    fn matmul_with(&self, isa: Isa, x: &[f32], tokens: usize, out: &mut [f32]) {
         check_isa(isa);
+        let (rows, cols) = (self.rows(), self.cols());
         assert_eq!(
             Some(x.len()),
-            tokens.checked_mul(self.cols),
+            tokens.checked_mul(cols),
             "DenseMatrix::matmul: x.len() != tokens * cols"
         );
         assert_eq!(
             Some(out.len()),
-            tokens.checked_mul(self.rows),
+            tokens.checked_mul(rows),
             "DenseMatrix::matmul: out.len() != tokens * rows"
         );
-        if self.rows == 0 || tokens == 0 {
+        if rows == 0 || tokens == 0 {
             return;
         }
-        if self.cols == 0 {
+        if cols == 0 {
             out.fill(0.0);
             return;
         }
-        match self.ty {
+        let out = SharedOut::new(out);
+        match self.ty() {
             DenseType::Q8_0 => {
-                return crate::dense_q8::matmul(
-                    &self.data, self.rows, self.cols, isa, x, tokens, out,
-                )
+                let (q, d) = quantize_q8_0(x);
+                let job = BlockTiles::<Q8Blocks> {
+                    m: self,
+                    q: &q,
+                    d: &d,
+                    out,
+                    format: std::marker::PhantomData,
+                };
+                // SAFETY: check_isa verified the ISA; q / d hold `tokens` quantized rows.
+                with_kernel!(isa, K => unsafe { matmul::drive::<K, _>(&[job], tokens) })
             }
             DenseType::Q6_K => {
-                return crate::dense_q6k::matmul(
-                    &self.data, self.rows, self.cols, isa, x, tokens, out,
-                )
+                let (q, d) = quantize_q8_k(x);
+                let job = BlockTiles::<Q6kBlocks> {
+                    m: self,
+                    q: &q,
+                    d: &d,
+                    out,
+                    format: std::marker::PhantomData,
+                };
+                // SAFETY: as above.
+                with_kernel!(isa, K => unsafe { matmul::drive::<K, _>(&[job], tokens) })
             }
-            _ => {}
-        }
-        let chunk = row_chunk(self.rows, self.row_bytes(), CHUNK_BYTES);
-        let shared = SharedOut::new(out);
-        let run = |c: usize| {
-            let r0 = c * chunk;
-            let r1 = (r0 + chunk).min(self.rows);
-            match isa {
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: check_isa verified the CPU; shapes checked above.
-                Isa::Avx512Vnni | Isa::Avx512Vnni256 => unsafe {
-                    self.rows_kernel::<crate::avx512::Avx512Dense>(x, tokens, r0, r1, shared)
-                },
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: check_isa verified the CPU; shapes checked above.
-                Isa::Avx2 => unsafe {
-                    self.rows_kernel::<crate::avx2::Avx2>(x, tokens, r0, r1, shared)
-                },
-                #[cfg(target_arch = "aarch64")]
-                // SAFETY: check_isa verified NEON (the dense kernels need no dot product).
-                Isa::Neon | Isa::NeonDotprod => unsafe {
-                    self.rows_kernel::<crate::neon::Neon>(x, tokens, r0, r1, shared)
-                },
-                #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-                // SAFETY: check_isa verified SIMD128 (built with it).
-                Isa::Simd128 => unsafe {
-                    self.rows_kernel::<crate::wasm_simd128::Simd128>(x, tokens, r0, r1, shared)
-                },
-                // SAFETY: scalar code runs anywhere.
-                _ => unsafe {
-                    self.rows_kernel::<crate::scalar::Scalar>(x, tokens, r0, r1, shared)
-                },
+            _ => {
+                let job = DenseTiles { m: self, x, out };
+                // SAFETY: check_isa verified the ISA; x holds `tokens` rows.
+                with_kernel!(isa, K => unsafe { matmul::drive::<K, _>(&[job], tokens) })
             }
-        };
-        let n_chunks = self.rows.div_ceil(chunk);
-        if crate::pool::current_num_threads() <= 1 || self.nbytes() * tokens < SERIAL_WORK {
-            (0..n_chunks).for_each(run);
-        } else {
-            crate::pool::parallel_for(n_chunks, run);
         }
     }
 
-    /// Rows `r0..r1` for all tokens, token tiles outermost (weights of the chunk stay in cache).
-    ///
-    /// # Safety
-    /// The CPU must support `K`'s ISA; shapes checked by the caller; no other task writes
-    /// rows `r0..r1` of `out`.
-    unsafe fn rows_kernel<K: DenseKernel>(
-        &self,
-        x: &[f32],
-        tokens: usize,
-        r0: usize,
-        r1: usize,
-        out: SharedOut<f32>,
-    ) {
-        let cols = self.cols;
-        let xt = |t: usize| &x[t * cols..][..cols];
-        let mut buf = Vec::new();
-        let mut t0 = 0;
-        while t0 < tokens {
-            let nt = (tokens - t0).min(TOKEN_TILE);
-            // SAFETY: t0 + i < tokens and r < r1 <= rows, so the index is inside `out`
-            // (tokens * rows long, checked by matmul_with); rows r0..r1 are this task's alone
-            // and each (token, row) is written once.
-            let put =
-                |r: usize, i: usize, v: f32| unsafe { out.write((t0 + i) * self.rows + r, v) };
-            let mut r = r0;
-            if nt == TOKEN_TILE {
-                // Full tiles take rows in fours, then pairs: each token's activations are
-                // loaded once for all of them.
-                while r + 4 <= r1 {
-                    let x = [xt(t0), xt(t0 + 1), xt(t0 + 2), xt(t0 + 3)];
-                    let rows = [
-                        self.row(r),
-                        self.row(r + 1),
-                        self.row(r + 2),
-                        self.row(r + 3),
-                    ];
-                    // SAFETY: the caller guarantees K's ISA; every row is row_bytes() =
-                    // ty.row_bytes(cols) long and every x[t] is cols long.
-                    let v = unsafe { K::dot_quad::<4>(rows, self.ty, x, &mut buf) };
-                    for (j, vj) in v.into_iter().enumerate() {
-                        vj.into_iter()
-                            .enumerate()
-                            .for_each(|(i, v)| put(r + j, i, v));
-                    }
-                    r += 4;
-                }
-                while r + 2 <= r1 {
-                    let x = [xt(t0), xt(t0 + 1), xt(t0 + 2), xt(t0 + 3)];
-                    // SAFETY: as for dot_quad.
-                    let v = unsafe {
-                        K::dot_pair::<4>([self.row(r), self.row(r + 1)], self.ty, x, &mut buf)
-                    };
-                    for (j, vj) in v.into_iter().enumerate() {
-                        vj.into_iter()
-                            .enumerate()
-                            .for_each(|(i, v)| put(r + j, i, v));
-                    }
-                    r += 2;
-                }
-            }
-            for r in r..r1 {
-                let row = self.row(r);
-                // SAFETY: as for dot_quad.
-                unsafe {
-                    match nt {
-                        4 => K::dot::<4>(
-                            row,
-                            self.ty,
-                            [xt(t0), xt(t0 + 1), xt(t0 + 2), xt(t0 + 3)],
-                            &mut buf,
-                        )
-                        .into_iter()
-                        .enumerate()
-                        .for_each(|(i, v)| put(r, i, v)),
-                        3 => K::dot::<3>(row, self.ty, [xt(t0), xt(t0 + 1), xt(t0 + 2)], &mut buf)
-                            .into_iter()
-                            .enumerate()
-                            .for_each(|(i, v)| put(r, i, v)),
-                        2 => K::dot::<2>(row, self.ty, [xt(t0), xt(t0 + 1)], &mut buf)
-                            .into_iter()
-                            .enumerate()
-                            .for_each(|(i, v)| put(r, i, v)),
-                        _ => put(r, 0, K::dot::<1>(row, self.ty, [xt(t0)], &mut buf)[0]),
-                    }
-                }
-            }
-            t0 += nt;
+    fn row_f32(&self, r: usize, out: &mut [f32]) {
+        assert!(
+            r < self.rows(),
+            "DenseMatrix::row_f32: row {r} out of {}",
+            self.rows()
+        );
+        assert_eq!(
+            out.len(),
+            self.cols(),
+            "DenseMatrix::row_f32: out.len() != cols"
+        );
+        let (row, ty) = (self.row(r), self.ty());
+        if ty.is_quantized() {
+            return ty.row_to_f32(row, out);
+        }
+        // SAFETY: detected_isa only returns ISAs this CPU supports; lengths checked above.
+        with_kernel!(detected_isa(), K => unsafe { <K as DenseKernel>::row_to_f32(row, ty, out) })
+    }
+}
+
+/// An F32 / F16 / BF16 matrix in the driver: full token tiles take rows in fours
+/// ([`crate::kernel::DenseKernel::dot_quad`]), then pairs, so each token's activations are
+/// loaded once for all of them.
+struct DenseTiles<'a> {
+    m: &'a DenseMatrix,
+    x: &'a [f32],
+    out: SharedOut<f32>,
+}
+
+impl Tiles for DenseTiles<'_> {
+    type Scratch = Vec<f32>;
+
+    fn rows(&self) -> usize {
+        self.m.rows()
+    }
+
+    fn row_bytes(&self) -> usize {
+        self.m.row_bytes()
+    }
+
+    fn row_tiles(&self, _tokens: usize, nt: usize) -> &'static [usize] {
+        if nt == TOKEN_TILE {
+            &[4, 2]
+        } else {
+            &[]
         }
     }
+
+    unsafe fn tile<K: Kernel, const R: usize, const T: usize>(
+        &self,
+        r: usize,
+        t0: usize,
+        buf: &mut Vec<f32>,
+    ) {
+        let (m, cols) = (self.m, self.m.cols());
+        let ty = m.ty();
+        let x: [&[f32]; T] = std::array::from_fn(|i| &self.x[(t0 + i) * cols..][..cols]);
+        let rows: [&[u8]; R] = std::array::from_fn(|j| m.row(r + j));
+        // The kernels' contract, for all three calls: the caller guarantees K's ISA; every row
+        // is row_bytes() = ty.row_bytes(cols) long and every x[t] is cols long.
+        let v: [[f32; T]; R] = match R {
+            4 => {
+                let rows = [rows[0], rows[1], rows[2], rows[3]];
+                // SAFETY: see above.
+                let v = unsafe { <K as DenseKernel>::dot_quad::<T>(rows, ty, x, buf) };
+                std::array::from_fn(|j| v[j])
+            }
+            2 => {
+                let rows = [rows[0], rows[1]];
+                // SAFETY: see above.
+                let v = unsafe { <K as DenseKernel>::dot_pair::<T>(rows, ty, x, buf) };
+                std::array::from_fn(|j| v[j])
+            }
+            // SAFETY: see above.
+            _ => std::array::from_fn(|j| unsafe {
+                <K as DenseKernel>::dot::<T>(rows[j], ty, x, buf)
+            }),
+        };
+        for (j, vj) in v.into_iter().enumerate() {
+            for (i, v) in vj.into_iter().enumerate() {
+                // SAFETY: (t0 + i, r + j) is inside `out` (tokens * rows long, checked by
+                // matmul_with); rows r.. are this task's alone and each output is written once.
+                unsafe { self.out.write((t0 + i) * m.rows() + r + j, v) }
+            }
+        }
+    }
+}
+
+/// A block-quantized row format and its [`crate::kernel::BlockKernel`] dot.
+trait BlockFormat {
+    /// Weights per block.
+    const QK: usize;
+
+    /// # Safety
+    /// As [`crate::kernel::BlockKernel::q8_0_dot`].
+    unsafe fn dot<K: Kernel, const T: usize>(row: &[u8], q: [&[i8]; T], d: [&[f32]; T])
+        -> [f32; T];
+}
+
+struct Q8Blocks;
+
+impl BlockFormat for Q8Blocks {
+    const QK: usize = QK8_0;
+
+    unsafe fn dot<K: Kernel, const T: usize>(
+        row: &[u8],
+        q: [&[i8]; T],
+        d: [&[f32]; T],
+    ) -> [f32; T] {
+        // SAFETY: forwarded contract.
+        unsafe { K::q8_0_dot::<T>(row, q, d) }
+    }
+}
+
+struct Q6kBlocks;
+
+impl BlockFormat for Q6kBlocks {
+    const QK: usize = q6_k::QK_K;
+
+    unsafe fn dot<K: Kernel, const T: usize>(
+        row: &[u8],
+        q: [&[i8]; T],
+        d: [&[f32]; T],
+    ) -> [f32; T] {
+        // SAFETY: forwarded contract.
+        unsafe { K::q6_k_dot::<T>(row, q, d) }
+    }
+}
+
+/// A Q8_0 / Q6_K matrix in the driver, with activations already quantized to its partner
+/// blocks: `q[t * cols + k]`, `d[t * cols / QK + b]`. A row at a time (the integer kernels
+/// share each weight block's unpacking between the tokens of a tile).
+struct BlockTiles<'a, F> {
+    m: &'a DenseMatrix,
+    q: &'a [i8],
+    d: &'a [f32],
+    out: SharedOut<f32>,
+    format: std::marker::PhantomData<F>,
+}
+
+impl<F: BlockFormat + Sync> Tiles for BlockTiles<'_, F> {
+    type Scratch = ();
+
+    fn rows(&self) -> usize {
+        self.m.rows()
+    }
+
+    fn row_bytes(&self) -> usize {
+        self.m.row_bytes()
+    }
+
+    fn row_tiles(&self, _tokens: usize, _nt: usize) -> &'static [usize] {
+        &[]
+    }
+
+    unsafe fn tile<K: Kernel, const R: usize, const T: usize>(
+        &self,
+        r: usize,
+        t0: usize,
+        _: &mut (),
+    ) {
+        let (m, cols) = (self.m, self.m.cols());
+        let nb = cols / F::QK;
+        let q: [&[i8]; T] = std::array::from_fn(|i| &self.q[(t0 + i) * cols..][..cols]);
+        let d: [&[f32]; T] = std::array::from_fn(|i| &self.d[(t0 + i) * nb..][..nb]);
+        for j in 0..R {
+            // SAFETY: the caller guarantees K's ISA; the row is whole blocks and q / d cover
+            // them for every token.
+            let v = unsafe { F::dot::<K, T>(m.row(r + j), q, d) };
+            for (i, v) in v.into_iter().enumerate() {
+                // SAFETY: (t0 + i, r + j) is in bounds and written by this task only.
+                unsafe { self.out.write((t0 + i) * m.rows() + r + j, v) }
+            }
+        }
+    }
+}
+
+/// ggml's `quantize_row_q8_0` (the AVX2 one llama.cpp runs here; `_mm256_round_ps` with
+/// `_MM_ROUND_NEAREST` rounds half to even): codes, and the f16-rounded block scales as f32.
+fn quantize_q8_0(x: &[f32]) -> (Vec<i8>, Vec<f32>) {
+    debug_assert!(x.len().is_multiple_of(QK8_0));
+    let mut q = vec![0i8; x.len()];
+    let mut d = Vec::with_capacity(x.len() / QK8_0);
+    for (xb, qb) in x.chunks_exact(QK8_0).zip(q.chunks_exact_mut(QK8_0)) {
+        let amax = xb.iter().fold(0.0f32, |m, &v| m.max(v.abs()));
+        d.push(f16::from_f32(amax / 127.0).to_f32());
+        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+        for (o, &v) in qb.iter_mut().zip(xb) {
+            *o = (v * id).round_ties_even() as i8;
+        }
+    }
+    (q, d)
+}
+
+/// ggml's `quantize_row_q8_K` (on x86 the reference, `quantize_row_q8_K_ref`) per block.
+fn quantize_q8_k(x: &[f32]) -> (Vec<i8>, Vec<f32>) {
+    let mut q = vec![0i8; x.len()];
+    let d = x
+        .chunks_exact(q6_k::QK_K)
+        .zip(q.chunks_exact_mut(q6_k::QK_K))
+        .map(|(xb, qb)| quantize_q8_k_block(xb, qb))
+        .collect();
+    (q, d)
 }

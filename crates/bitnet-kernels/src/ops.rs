@@ -1,9 +1,10 @@
-//! f32 vector ops of the forward pass, dispatched like the matmuls. Each has a `*_scalar`
+//! f32 vector ops of the forward pass, dispatched by `dispatch::vector_op!`. Each has a `*_scalar`
 //! reference; the AVX2 and NEON versions agree with it to float rounding (`relu2_mul` exactly).
 //!
 //! All functions panic if their slice lengths disagree (a caller bug).
 
 use crate::detected_isa;
+use crate::dispatch::vector_op;
 use half::{f16, slice::HalfFloatSliceExt};
 
 pub use crate::scalar::{
@@ -12,45 +13,24 @@ pub use crate::scalar::{
     softmax_inplace as softmax_inplace_scalar,
 };
 
-/// Expands to the call of the dispatched ISA's version (AVX2, NEON or SIMD128), else the scalar
-/// one.
-/// `crate::Isa` is spelled out because on targets without SIMD arms the match names no variant.
-macro_rules! dispatch {
-    ($name:ident ( $($arg:expr),* )) => {
-        match detected_isa().vector_base() {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: detected_isa only returns an ISA of the AVX2 family when the CPU supports
-            // AVX2 + FMA + F16C.
-            crate::Isa::Avx2 => unsafe { crate::avx2::$name($($arg),*) },
-            #[cfg(target_arch = "aarch64")]
-            // SAFETY: detected_isa only returns an ISA of the NEON family when the CPU has NEON.
-            crate::Isa::Neon => unsafe { crate::neon::$name($($arg),*) },
-            #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-            // SAFETY: Simd128 is only supported in builds with +simd128.
-            crate::Isa::Simd128 => unsafe { crate::wasm_simd128::$name($($arg),*) },
-            _ => crate::scalar::$name($($arg),*),
-        }
-    };
-}
-
 /// `out = weight * x / sqrt(mean(x^2) + eps)` (RMSNorm; mean of squares in f32 as torch does).
 pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     assert!(
         x.len() == weight.len() && x.len() == out.len(),
         "rms_norm: length mismatch"
     );
-    dispatch!(rms_norm(x, weight, eps, out))
+    vector_op!(rms_norm(x, weight, eps, out))
 }
 
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "dot: length mismatch");
-    dispatch!(dot(a, b))
+    vector_op!(dot(a, b))
 }
 
 /// `y += alpha * x`.
 pub fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
     assert_eq!(x.len(), y.len(), "axpy: length mismatch");
-    dispatch!(axpy(alpha, x, y))
+    vector_op!(axpy(alpha, x, y))
 }
 
 /// Whether the AVX2 + F16C vector ops run here (the f16 ops convert in registers there).
@@ -78,12 +58,12 @@ pub fn dot_f16(a: &[f32], b: &[f16]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if f16c_ops() {
         // SAFETY: the dispatched ISA has AVX2 + FMA + F16C.
-        return unsafe { crate::avx2::dot_f16(a, b) };
+        return unsafe { crate::x86::avx2::dot_f16(a, b) };
     }
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
     if detected_isa() == crate::Isa::Simd128 {
         // SAFETY: Simd128 is only supported in builds with +simd128.
-        return unsafe { crate::wasm_simd128::dot_f16(a, b) };
+        return unsafe { crate::wasm::simd128::dot_f16(a, b) };
     }
     widened(b, |b| dot(a, b))
 }
@@ -95,19 +75,19 @@ pub fn axpy_f16(alpha: f32, x: &[f16], y: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if f16c_ops() {
         // SAFETY: as in dot_f16.
-        return unsafe { crate::avx2::axpy_f16(alpha, x, y) };
+        return unsafe { crate::x86::avx2::axpy_f16(alpha, x, y) };
     }
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
     if detected_isa() == crate::Isa::Simd128 {
         // SAFETY: Simd128 is only supported in builds with +simd128.
-        return unsafe { crate::wasm_simd128::axpy_f16(alpha, x, y) };
+        return unsafe { crate::wasm::simd128::axpy_f16(alpha, x, y) };
     }
     widened(x, |x| axpy(alpha, x, y))
 }
 
 /// Numerically stable softmax (subtracts the max first).
 pub fn softmax_inplace(x: &mut [f32]) {
-    dispatch!(softmax_inplace(x))
+    vector_op!(softmax_inplace(x))
 }
 
 /// `out = relu(gate)^2 * up` (BitNet b1.58's squared-ReLU GLU).
@@ -116,7 +96,7 @@ pub fn relu2_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
         gate.len() == up.len() && gate.len() == out.len(),
         "relu2_mul: length mismatch"
     );
-    dispatch!(relu2_mul(gate, up, out))
+    vector_op!(relu2_mul(gate, up, out))
 }
 
 /// `out = silu(gate) * up` (SwiGLU, for the 1bitLLM-style BitNet models).
@@ -125,7 +105,7 @@ pub fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
         gate.len() == up.len() && gate.len() == out.len(),
         "silu_mul: length mismatch"
     );
-    dispatch!(silu_mul(gate, up, out))
+    vector_op!(silu_mul(gate, up, out))
 }
 
 /// Whether `n` rows of `len` values, `stride` apart, fit in `total` values.
@@ -150,7 +130,7 @@ pub fn dots_f16(q: &[f32], rows: &[f16], stride: usize, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if f16c_ops() {
         // SAFETY: the dispatched ISA has AVX2 + FMA + F16C; the length was checked.
-        return unsafe { crate::avx2::dots_f16(q, rows, stride, out) };
+        return unsafe { crate::x86::avx2::dots_f16(q, rows, stride, out) };
     }
     for (p, o) in out.iter_mut().enumerate() {
         *o = dot_f16(q, &rows[p * stride..][..q.len()]);
@@ -170,7 +150,7 @@ pub fn axpys_f16(alphas: &[f32], rows: &[f16], stride: usize, y: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if f16c_ops() {
         // SAFETY: as in dots_f16.
-        return unsafe { crate::avx2::axpys_f16(alphas, rows, stride, y) };
+        return unsafe { crate::x86::avx2::axpys_f16(alphas, rows, stride, y) };
     }
     for (p, &a) in alphas.iter().enumerate() {
         axpy_f16(a, &rows[p * stride..][..y.len()], y);

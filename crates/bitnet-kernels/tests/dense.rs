@@ -3,7 +3,7 @@
 mod common;
 
 use bitnet_common::Storage;
-use bitnet_kernels::{DenseMatrix, DenseType, Isa};
+use bitnet_kernels::{DenseMatrix, DenseMatrixExt, DenseType, Isa};
 use bitnet_quantization::float;
 use common::{isas, pools, Rng};
 use proptest::prelude::*;

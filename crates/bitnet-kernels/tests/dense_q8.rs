@@ -5,7 +5,7 @@
 mod common;
 
 use bitnet_common::Storage;
-use bitnet_kernels::{DenseMatrix, DenseType, Isa, KernelError};
+use bitnet_kernels::{DenseMatrix, DenseMatrixExt, DenseType, Isa, KernelError};
 use bitnet_quantization::q8_0;
 use common::{isas, pools, Rng};
 use half::f16;

@@ -13,7 +13,7 @@ pub enum ModelError {
     #[error(transparent)]
     Quant(#[from] bitnet_quantization::QuantError),
     #[error(transparent)]
-    Kernel(#[from] bitnet_kernels::KernelError),
+    Matrix(#[from] bitnet_quantization::MatrixError),
     #[error(transparent)]
     Tokenizer(#[from] bitnet_tokenizers::TokenizerError),
     #[error("safetensors error in {path}: {message}")]

@@ -12,8 +12,8 @@ use crate::error::{ModelError, Result};
 use crate::gguf_load::vocab_to_metadata;
 use crate::weights::{name_tensor, ModelWeights, Role, TensorSource};
 use bitnet_gguf::{GgmlType, GgufError, GgufWriter, MetadataValue};
-use bitnet_kernels::{DenseMatrix, DenseType, TernaryMatrix};
 use bitnet_quantization as quant;
+use bitnet_quantization::{DenseMatrix, DenseType, TernaryMatrix};
 use bitnet_tokenizers::GgufVocab;
 use std::io::Write;
 use std::path::Path;
@@ -362,7 +362,7 @@ fn write_dense(
         } else {
             values.resize(n * cols, 0f32);
             for (i, row) in values.chunks_mut(cols).enumerate() {
-                m.row_f32(r0 + i, row);
+                m.dequantize_row(r0 + i, row);
             }
             converted = encode_dense(&values, fmt).map_err(|e| ModelError::BadTensor {
                 name: role.gguf_name(),

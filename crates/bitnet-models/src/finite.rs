@@ -4,8 +4,8 @@
 //! bad element. The scans are `bitnet_quantization::finite`'s vectorized ones.
 
 use crate::error::{ModelError, Result};
-use bitnet_kernels::{DenseMatrix, DenseType};
 use bitnet_quantization::finite as scan;
+use bitnet_quantization::{DenseMatrix, DenseType};
 use half::{bf16, f16};
 
 fn kind(x: f32) -> &'static str {

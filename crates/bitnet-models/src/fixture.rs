@@ -4,7 +4,7 @@ use crate::config::{Arch, ModelConfig};
 use crate::error::Result;
 use crate::weights::{LayerWeights, ModelWeights};
 use bitnet_common::Storage;
-use bitnet_kernels::{DenseMatrix, DenseType, TernaryMatrix};
+use bitnet_quantization::{DenseMatrix, DenseType, TernaryMatrix};
 use bitnet_tokenizers::GgufVocab;
 
 /// microsoft/bitnet-b1.58-2B-4T's shapes.

@@ -5,8 +5,8 @@ use crate::error::{ModelError, Result};
 use crate::weights::{ternarize_dense, ModelWeights, Placement, Role, TensorSource};
 use bitnet_common::Storage;
 use bitnet_gguf::{GgmlType, GgufFile, MetadataValue, TensorInfo};
-use bitnet_kernels::{DenseMatrix, DenseType, TernaryMatrix};
 use bitnet_quantization as quant;
+use bitnet_quantization::{DenseMatrix, DenseType, TernaryMatrix};
 use bitnet_tokenizers::GgufVocab;
 
 pub struct GgufSource<'a> {

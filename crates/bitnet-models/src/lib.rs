@@ -20,7 +20,7 @@ pub use error::{ModelError, Result};
 pub use weights::{LayerWeights, ModelWeights, Placement, Role, TensorSource};
 
 use bitnet_gguf::GgufFile;
-use bitnet_kernels::{DenseMatrix, TernaryMatrix};
+use bitnet_quantization::{DenseMatrix, TernaryMatrix};
 use bitnet_tokenizers::{GgufVocab, Tokenizer};
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};

@@ -6,7 +6,7 @@
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use bitnet_common::ArenaBuilder;
-use bitnet_kernels::{DenseMatrix, TernaryMatrix};
+use bitnet_quantization::{DenseMatrix, TernaryMatrix};
 
 /// A tensor's role in the model, independent of how a file names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -132,7 +132,7 @@ impl LayerWeights {
 /// must say which tensor it is about.
 pub(crate) fn name_tensor(e: ModelError, src: &dyn TensorSource, role: Role) -> ModelError {
     match e {
-        ModelError::Quant(_) | ModelError::Kernel(_) => ModelError::BadTensor {
+        ModelError::Quant(_) | ModelError::Matrix(_) => ModelError::BadTensor {
             name: src.tensor_name(role),
             message: e.to_string(),
         },

@@ -6,10 +6,10 @@
 mod common;
 
 use bitnet_gguf::{GgmlType, GgufFile};
-use bitnet_kernels::DenseType;
 use bitnet_models::export::{write_gguf, DenseFormat, ExportOptions, TernaryFormat};
 use bitnet_models::{fixture, Arch};
 use bitnet_quantization::q6_k;
+use bitnet_quantization::DenseType;
 use common::*;
 use std::path::PathBuf;
 use std::process::Command;
@@ -31,7 +31,7 @@ fn q6_k_embedding_round_trip() {
     let e = &hf.weights.token_embd;
     let mut all = vec![0f32; e.rows() * e.cols()];
     for (r, row) in all.chunks_mut(e.cols()).enumerate() {
-        e.row_f32(r, row);
+        e.dequantize_row(r, row);
     }
     let want = q6_k::encode(&all).unwrap();
 
@@ -49,7 +49,7 @@ fn q6_k_embedding_round_trip() {
     let dec = q6_k::decode(&want, all.len()).unwrap();
     let mut row = vec![0f32; q.cols()];
     for r in [0, 7, e.rows() - 1] {
-        q.row_f32(r, &mut row);
+        q.dequantize_row(r, &mut row);
         assert_eq!(row, dec[r * q.cols()..][..q.cols()]);
         let orig = &all[r * q.cols()..][..q.cols()];
         let (err2, x2) = orig
@@ -81,7 +81,7 @@ fn q6_k_embedding_round_trip() {
     write_gguf(&m.weights, vocab, &opts(DenseFormat::F16), &f).unwrap();
     let m4 = bitnet_models::load(&f, None).unwrap();
     assert_eq!(m4.weights.token_embd.ty(), DenseType::F16);
-    m4.weights.token_embd.row_f32(7, &mut row);
+    m4.weights.token_embd.dequantize_row(7, &mut row);
     let want16 = bitnet_quantization::float::f32_to_f16_bytes(&dec[7 * q.cols()..][..q.cols()]);
     let mut back = vec![0f32; q.cols()];
     bitnet_quantization::float::f16_to_f32(&want16, &mut back);
@@ -168,7 +168,7 @@ fn q6_k_bytes_equal_llama_quantize() {
     let e = &hf.weights.token_embd;
     let mut all = vec![0f32; e.rows() * e.cols()];
     for (r, row) in all.chunks_mut(e.cols()).enumerate() {
-        e.row_f32(r, row);
+        e.dequantize_row(r, row);
     }
     let ours = q6_k::encode(&all).unwrap();
     assert_eq!(theirs.len(), ours.len());

@@ -3,9 +3,9 @@
 
 mod common;
 
-use bitnet_kernels::DenseType;
 use bitnet_models::export::{write_gguf, DenseFormat, ExportOptions, TernaryFormat};
 use bitnet_quantization::q8_0;
+use bitnet_quantization::DenseType;
 use common::*;
 
 fn opts(dense: DenseFormat) -> ExportOptions {
@@ -23,7 +23,7 @@ fn q8_0_embedding_round_trip() {
     let e = &hf.weights.token_embd;
     let mut all = vec![0f32; e.rows() * e.cols()];
     for (r, row) in all.chunks_mut(e.cols()).enumerate() {
-        e.row_f32(r, row);
+        e.dequantize_row(r, row);
     }
     let want = q8_0::encode(&all).unwrap();
 
@@ -43,7 +43,7 @@ fn q8_0_embedding_round_trip() {
     assert_eq!(&q.data()[..], &want[..]);
     // Lookup dequantizes.
     let mut row = vec![0f32; q.cols()];
-    q.row_f32(7, &mut row);
+    q.dequantize_row(7, &mut row);
     let dec = q8_0::decode(&want, all.len()).unwrap();
     assert_eq!(row, dec[7 * q.cols()..][..q.cols()]);
 
@@ -68,7 +68,7 @@ fn q8_0_embedding_round_trip() {
     .unwrap();
     let m3 = bitnet_models::load(&c, None).unwrap();
     assert_eq!(m3.weights.token_embd.ty(), DenseType::F16);
-    m3.weights.token_embd.row_f32(7, &mut row);
+    m3.weights.token_embd.dequantize_row(7, &mut row);
     let want16 = bitnet_quantization::float::f32_to_f16_bytes(&dec[7 * q.cols()..][..q.cols()]);
     let mut back = vec![0f32; q.cols()];
     bitnet_quantization::float::f16_to_f32(&want16, &mut back);

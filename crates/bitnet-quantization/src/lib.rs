@@ -2,7 +2,9 @@
 //!
 //! Everything here is pure, allocation-per-call code meant for load time, conversion and tests;
 //! the hot loops live in `bitnet-kernels`. Every decoder validates its input and reports problems
-//! through [`QuantError`] instead of panicking, because the bytes come from model files.
+//! through [`QuantError`] instead of panicking, because the bytes come from model files. The
+//! packed matrix types ([`TernaryMatrix`], [`DenseMatrix`]) live here too, below the kernels, so
+//! loading a model needs no kernels.
 //!
 //! Ternary codes are always `i8` in `{-1, 0, +1}`; the 2-bit on-disk code is `t + 1`
 //! (0 = -1, 1 = 0, 2 = +1; 3 is invalid), as in bitnet.cpp, llama.cpp and transformers.
@@ -11,10 +13,13 @@ pub mod finite;
 pub mod float;
 pub mod hf_packed;
 pub mod i2s;
+pub mod matrix;
 pub mod q6_k;
 pub mod q8_0;
 pub mod tq1_0;
 pub mod tq2_0;
+
+pub use matrix::{DenseMatrix, DenseType, MatrixError, TernaryMatrix};
 
 /// Errors of the format codecs.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

@@ -37,10 +37,10 @@ pub struct BlockQ6K {
 
 const _: () = assert!(std::mem::size_of::<BlockQ6K>() == BLOCK_BYTES);
 
-/// Offsets of the fields in a block's bytes.
-const QH: usize = 128;
-const SCALES: usize = 192;
-const D: usize = 208;
+/// Offsets of the fields in a block's bytes (`ql` at 0).
+pub const QH: usize = 128;
+pub const SCALES: usize = 192;
+pub const D: usize = 208;
 
 /// ggml `GROUP_MAX_EPS`: a group whose largest magnitude is below this counts as all zero.
 const GROUP_MAX_EPS: f32 = 1e-15;

@@ -53,6 +53,20 @@ pub fn decode(bytes: &[u8], n: usize) -> Result<Vec<f32>> {
     Ok(out)
 }
 
+/// Dequantizes one row of whole blocks into `out` (`out.len() == row.len() / 34 * 32`):
+/// `q * d`, as [`decode`] does.
+pub fn decode_row(row: &[u8], out: &mut [f32]) {
+    for (blk, ob) in row
+        .chunks_exact(BLOCK_BYTES)
+        .zip(out.chunks_exact_mut(QK8_0))
+    {
+        let d = f16::from_le_bytes([blk[0], blk[1]]).to_f32();
+        for (o, &q) in ob.iter_mut().zip(&blk[2..]) {
+            *o = f32::from(q as i8) * d;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,6 @@
 //! aarch64 NEON kernels. [`Neon`] needs only Advanced SIMD; [`NeonDot`] (ternary matmul),
 //! [`q8_sdot`] (Q8_0 dot) and [`q6k_sdot`] (Q6_K dot) also need the dot-product extension. The
-//! dispatch in lib.rs only routes here after checking the features at run time.
+//! dispatch (`dispatch.rs`) only routes here after checking the features at run time.
 //!
 //! Two instructions are written as inline asm because their intrinsics are not stable in Rust
 //! 1.89 (the workspace's `rust-version`):
@@ -8,10 +8,9 @@
 //! - `fcvtl` f16 -> f32 (`vcvt_f32_f16` takes a `float16x4_t`, which needs the unstable `f16`
 //!   type); the instruction itself is baseline Advanced SIMD.
 
-use crate::dense::{DenseKernel, DenseType};
-use crate::dense_q8::{BLOCK_BYTES as Q8_BLOCK_BYTES, QK};
-use crate::ternary::TernaryKernel;
-use bitnet_quantization::SCALE_EPS;
+use crate::kernel::{BlockKernel, DenseKernel, QuantizeKernel, TernaryKernel};
+use bitnet_quantization::q8_0::{BLOCK_BYTES as Q8_BLOCK_BYTES, QK8_0 as QK};
+use bitnet_quantization::{DenseType, SCALE_EPS};
 use std::arch::aarch64::*;
 use std::arch::asm;
 
@@ -430,12 +429,12 @@ impl DenseKernel for Neon {
                 DenseType::F32 => dense_dot::<T, TY_F32>(row, x),
                 DenseType::F16 => dense_dot::<T, TY_F16>(row, x),
                 DenseType::BF16 => dense_dot::<T, TY_BF16>(row, x),
-                // DenseMatrix routes Q8_0 / Q6_K to dense_q8 / dense_q6k (quantized
+                // The dense matmul routes Q8_0 / Q6_K to the BlockKernel dots (quantized
                 // activations); this widening fallback only keeps the trait total.
                 DenseType::Q8_0 | DenseType::Q6_K => {
                     let cols = x.first().map_or(0, |x| x.len());
                     buf.resize(cols, 0.0);
-                    crate::dense::quantized_row_to_f32(row, ty, buf);
+                    ty.row_to_f32(row, buf);
                     x.map(|xt| dot(buf, xt))
                 }
             }
@@ -449,19 +448,18 @@ impl DenseKernel for Neon {
                 DenseType::F32 => row_to_f32_ty::<TY_F32>(row, out),
                 DenseType::F16 => row_to_f32_ty::<TY_F16>(row, out),
                 DenseType::BF16 => row_to_f32_ty::<TY_BF16>(row, out),
-                DenseType::Q8_0 | DenseType::Q6_K => {
-                    crate::dense::quantized_row_to_f32(row, ty, out)
-                }
+                DenseType::Q8_0 | DenseType::Q6_K => ty.row_to_f32(row, out),
             }
         }
     }
 }
 
 // ---------------------------------------------------------------------------------------------
-// Dense Q8_0 (the driver and the scalar twin these must equal bit for bit are in dense_q8.rs)
+// Dense Q8_0 (the scalar twin these must equal bit for bit is `scalar::q8_0_dot`)
 
-/// The eight i32 lanes of one 32-byte block pair that `dense_q8`'s scalar twin defines: lane `l`
-/// is the sum of the products of bytes `4l..4l + 4`, lanes 0..4 from `w[0] * x[0]`.
+/// The eight i32 lanes of one 32-byte block pair that the scalar twin `scalar::q8_0_dot`
+/// defines: lane `l` is the sum of the products of bytes `4l..4l + 4`, lanes 0..4 from
+/// `w[0] * x[0]`.
 ///
 /// # Safety
 /// NEON, and the dot-product extension when `DOT`.
@@ -489,7 +487,7 @@ unsafe fn q8_lanes<const DOT: bool>(w: [int8x16_t; 2], x: [int8x16_t; 2]) -> [in
 }
 
 /// `ggml_vec_dot_q8_0_q8_0` for `T` tokens sharing each weight block load, bit-identical to
-/// `dense_q8`'s scalar twin: per block the exact integer lanes, converted to f32 and fused
+/// `scalar::q8_0_dot`: per block the exact integer lanes, converted to f32 and fused
 /// multiply-added with `d_w * d_x` into eight lane accumulators (two vectors), then its
 /// `hsum_float_8` order: `((a0+a4) + (a2+a6)) + ((a1+a5) + (a3+a7))`.
 ///
@@ -546,7 +544,7 @@ unsafe fn q8_dot_body<const T: usize, const DOT: bool>(
 /// # Safety
 /// NEON; `q[t].len() >= blocks * 32`, `d[t].len() >= blocks`.
 #[target_feature(enable = "neon")]
-pub(crate) unsafe fn q8_dot<const T: usize>(row: &[u8], q: [&[i8]; T], d: [&[f32]; T]) -> [f32; T] {
+unsafe fn q8_dot<const T: usize>(row: &[u8], q: [&[i8]; T], d: [&[f32]; T]) -> [f32; T] {
     // SAFETY: forwarded contract.
     unsafe { q8_dot_body::<T, false>(row, q, d) }
 }
@@ -556,17 +554,13 @@ pub(crate) unsafe fn q8_dot<const T: usize>(row: &[u8], q: [&[i8]; T], d: [&[f32
 /// # Safety
 /// NEON + dot product; `q[t].len() >= blocks * 32`, `d[t].len() >= blocks`.
 #[target_feature(enable = "neon,dotprod")]
-pub(crate) unsafe fn q8_sdot<const T: usize>(
-    row: &[u8],
-    q: [&[i8]; T],
-    d: [&[f32]; T],
-) -> [f32; T] {
+unsafe fn q8_sdot<const T: usize>(row: &[u8], q: [&[i8]; T], d: [&[f32]; T]) -> [f32; T] {
     // SAFETY: forwarded contract.
     unsafe { q8_dot_body::<T, true>(row, q, d) }
 }
 
 // ---------------------------------------------------------------------------------------------
-// Dense Q6_K (the driver and the scalar twin these must equal bit for bit are in dense_q6k.rs)
+// Dense Q6_K (the scalar twin these must equal bit for bit is `scalar::q6_k_dot`)
 
 /// Four i32 lanes of a 16-byte slice: lane `l` sums the products of bytes `4l..4l + 4`.
 ///
@@ -590,7 +584,7 @@ unsafe fn q6k_lanes4<const DOT: bool>(w: int8x16_t, x: int8x16_t) -> int32x4_t {
 }
 
 /// `ggml_vec_dot_q6_K_q8_K` for `T` tokens sharing each block's unpacking, bit-identical to
-/// `dense_q6k`'s scalar twin: per block the eight exact i32 lanes (lanes 0..4 from the first 16
+/// `scalar::q6_k_dot`: per block the eight exact i32 lanes (lanes 0..4 from the first 16
 /// bytes of every 32-element group, times that group's first scale; lanes 4..8 from the last
 /// 16, times its second), converted to f32 and fused multiply-added with `d_x * d_w` into two
 /// lane vectors, then the `hsum_float_8` order.
@@ -602,7 +596,7 @@ unsafe fn q6k_dot_body<const T: usize, const DOT: bool>(
     q: [&[i8]; T],
     d: [&[f32]; T],
 ) -> [f32; T] {
-    use crate::dense_q6k::{BLOCK_BYTES, D, QH, QK, SCALES};
+    use bitnet_quantization::q6_k::{BLOCK_BYTES, D, QH, QK_K as QK, SCALES};
     let nb = row.len() / BLOCK_BYTES;
     for t in 0..T {
         debug_assert!(q[t].len() >= nb * QK && d[t].len() >= nb);
@@ -675,11 +669,7 @@ unsafe fn q6k_dot_body<const T: usize, const DOT: bool>(
 /// # Safety
 /// NEON; `q[t].len() >= blocks * 256`, `d[t].len() >= blocks`.
 #[target_feature(enable = "neon")]
-pub(crate) unsafe fn q6k_dot<const T: usize>(
-    row: &[u8],
-    q: [&[i8]; T],
-    d: [&[f32]; T],
-) -> [f32; T] {
+unsafe fn q6k_dot<const T: usize>(row: &[u8], q: [&[i8]; T], d: [&[f32]; T]) -> [f32; T] {
     // SAFETY: forwarded contract.
     unsafe { q6k_dot_body::<T, false>(row, q, d) }
 }
@@ -689,13 +679,85 @@ pub(crate) unsafe fn q6k_dot<const T: usize>(
 /// # Safety
 /// NEON + dot product; `q[t].len() >= blocks * 256`, `d[t].len() >= blocks`.
 #[target_feature(enable = "neon,dotprod")]
-pub(crate) unsafe fn q6k_sdot<const T: usize>(
-    row: &[u8],
-    q: [&[i8]; T],
-    d: [&[f32]; T],
-) -> [f32; T] {
+unsafe fn q6k_sdot<const T: usize>(row: &[u8], q: [&[i8]; T], d: [&[f32]; T]) -> [f32; T] {
     // SAFETY: forwarded contract.
     unsafe { q6k_dot_body::<T, true>(row, q, d) }
+}
+
+impl BlockKernel for Neon {
+    unsafe fn q8_0_dot<const T: usize>(row: &[u8], q: [&[i8]; T], d: [&[f32]; T]) -> [f32; T] {
+        // SAFETY: forwarded contract (NEON).
+        unsafe { q8_dot(row, q, d) }
+    }
+
+    unsafe fn q6_k_dot<const T: usize>(row: &[u8], q: [&[i8]; T], d: [&[f32]; T]) -> [f32; T] {
+        // SAFETY: forwarded contract (NEON).
+        unsafe { q6k_dot(row, q, d) }
+    }
+}
+
+impl BlockKernel for NeonDot {
+    unsafe fn q8_0_dot<const T: usize>(row: &[u8], q: [&[i8]; T], d: [&[f32]; T]) -> [f32; T] {
+        // SAFETY: forwarded contract (NEON + dot product).
+        unsafe { q8_sdot(row, q, d) }
+    }
+
+    unsafe fn q6_k_dot<const T: usize>(row: &[u8], q: [&[i8]; T], d: [&[f32]; T]) -> [f32; T] {
+        // SAFETY: forwarded contract (NEON + dot product).
+        unsafe { q6k_sdot(row, q, d) }
+    }
+}
+
+impl QuantizeKernel for Neon {
+    unsafe fn quantize_row(x: &[f32], q: &mut [i8]) -> (f32, i32) {
+        // SAFETY: forwarded contract (NEON).
+        unsafe { quantize_row(x, q) }
+    }
+}
+
+impl QuantizeKernel for NeonDot {
+    unsafe fn quantize_row(x: &[f32], q: &mut [i8]) -> (f32, i32) {
+        // SAFETY: forwarded contract (NEON + dot product implies NEON).
+        unsafe { quantize_row(x, q) }
+    }
+}
+
+/// The dense dots need no dot product: [`NeonDot`] runs [`Neon`]'s.
+impl DenseKernel for NeonDot {
+    unsafe fn dot<const T: usize>(
+        row: &[u8],
+        ty: DenseType,
+        x: [&[f32]; T],
+        buf: &mut Vec<f32>,
+    ) -> [f32; T] {
+        // SAFETY: forwarded contract (NEON + dot product implies NEON).
+        unsafe { <Neon as DenseKernel>::dot::<T>(row, ty, x, buf) }
+    }
+
+    unsafe fn dot_pair<const T: usize>(
+        rows: [&[u8]; 2],
+        ty: DenseType,
+        x: [&[f32]; T],
+        buf: &mut Vec<f32>,
+    ) -> [[f32; T]; 2] {
+        // SAFETY: as above.
+        unsafe { <Neon as DenseKernel>::dot_pair::<T>(rows, ty, x, buf) }
+    }
+
+    unsafe fn dot_quad<const T: usize>(
+        rows: [&[u8]; 4],
+        ty: DenseType,
+        x: [&[f32]; T],
+        buf: &mut Vec<f32>,
+    ) -> [[f32; T]; 4] {
+        // SAFETY: as above.
+        unsafe { <Neon as DenseKernel>::dot_quad::<T>(rows, ty, x, buf) }
+    }
+
+    unsafe fn row_to_f32(row: &[u8], ty: DenseType, out: &mut [f32]) {
+        // SAFETY: as above.
+        unsafe { <Neon as DenseKernel>::row_to_f32(row, ty, out) }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,9 +1,12 @@
 //! x86-64 AVX2 + FMA + F16C kernels. Every function here requires those three features; the
-//! dispatch in lib.rs only routes here after checking them at run time.
+//! dispatch (`dispatch.rs`) only routes here after checking them at run time. The Q8_0 / Q6_K
+//! head dots are here too (the AVX-512 ISAs run them as well, as llama.cpp does).
 
-use crate::dense::{DenseKernel, DenseType};
-use crate::ternary::TernaryKernel;
-use bitnet_quantization::SCALE_EPS;
+use crate::kernel::{BlockKernel, DenseKernel, QuantizeKernel, TernaryKernel};
+use crate::x86::prefetch;
+use bitnet_quantization::q6_k::{BLOCK_BYTES as Q6K_BLOCK_BYTES, D, QH, QK_K as Q6K_QK, SCALES};
+use bitnet_quantization::q8_0::{BLOCK_BYTES as Q8_BLOCK_BYTES, QK8_0 as Q8_QK};
+use bitnet_quantization::{DenseType, SCALE_EPS};
 use std::arch::x86_64::*;
 
 pub(crate) struct Avx2;
@@ -193,7 +196,7 @@ unsafe fn ternary_dot_rows<const R: usize>(w: [&[u8]; R], q: &[i8]) -> [i32; R] 
                     loadu_si(a.add(64)),
                     loadu_si(a.add(96)),
                 );
-                crate::prefetch::ternary_tile_block::<R>(wp[0], nb, b);
+                prefetch::ternary_tile_block::<R>(wp[0], nb, b);
                 for r in 0..R {
                     let wv = _mm256_loadu_si256(wp[r].add(b * 32) as *const __m256i);
                     let p0 = _mm256_maddubs_epi16(
@@ -317,7 +320,7 @@ pub(crate) unsafe fn quantize_row(x: &[f32], q: &mut [i8]) -> (f32, i32) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Dense F32 / F16 / BF16 (Q8_0 lives in dense_q8.rs)
+// Dense F32 / F16 / BF16 (Q8_0 / Q6_K further down)
 
 pub(crate) const TY_F32: u8 = 0;
 pub(crate) const TY_F16: u8 = 1;
@@ -371,7 +374,7 @@ unsafe fn dense_dot<const T: usize, const TY: u8>(row: &[u8], x: [&[f32]; T]) ->
     let es = ty_size(TY);
     let cols = row.len() / es;
     let rp = row.as_ptr();
-    let pf = crate::prefetch::DENSE_BYTES;
+    let pf = prefetch::DENSE_BYTES;
     let mut xp = [std::ptr::null::<f32>(); T];
     for t in 0..T {
         debug_assert_eq!(x[t].len(), cols);
@@ -431,7 +434,7 @@ unsafe fn dense_dot_pair<const T: usize, const TY: u8>(
     let cols = rows[0].len() / es;
     debug_assert_eq!(rows[1].len(), rows[0].len());
     let (r0, r1) = (rows[0].as_ptr(), rows[1].as_ptr());
-    let pf = crate::prefetch::DENSE_BYTES;
+    let pf = prefetch::DENSE_BYTES;
     let mut xp = [std::ptr::null::<f32>(); T];
     for t in 0..T {
         debug_assert_eq!(x[t].len(), cols);
@@ -477,7 +480,7 @@ unsafe fn dense_dot1<const TY: u8>(row: &[u8], x: &[f32]) -> f32 {
     let cols = row.len() / es;
     debug_assert_eq!(x.len(), cols);
     let (rp, xp) = (row.as_ptr(), x.as_ptr());
-    let pf = crate::prefetch::DENSE_BYTES;
+    let pf = prefetch::DENSE_BYTES;
     let mut acc = [_mm256_setzero_ps(); 4];
     let mut i = 0;
     while i + 32 <= cols {
@@ -547,12 +550,12 @@ impl DenseKernel for Avx2 {
                 DenseType::F32 => dense_dot::<T, TY_F32>(row, x),
                 DenseType::F16 => dense_dot::<T, TY_F16>(row, x),
                 DenseType::BF16 => dense_dot::<T, TY_BF16>(row, x),
-                // DenseMatrix routes Q8_0 / Q6_K to dense_q8 / dense_q6k (quantized
+                // The dense matmul routes Q8_0 / Q6_K to the BlockKernel dots (quantized
                 // activations); this widening fallback only keeps the trait total.
                 DenseType::Q8_0 | DenseType::Q6_K => {
                     let cols = x.first().map_or(0, |x| x.len());
                     buf.resize(cols, 0.0);
-                    crate::dense::quantized_row_to_f32(row, ty, buf);
+                    ty.row_to_f32(row, buf);
                     x.map(|xt| dot(buf, xt))
                 }
             }
@@ -586,11 +589,250 @@ impl DenseKernel for Avx2 {
                 DenseType::F32 => row_to_f32_ty::<TY_F32>(row, out),
                 DenseType::F16 => row_to_f32_ty::<TY_F16>(row, out),
                 DenseType::BF16 => row_to_f32_ty::<TY_BF16>(row, out),
-                DenseType::Q8_0 | DenseType::Q6_K => {
-                    crate::dense::quantized_row_to_f32(row, ty, out)
-                }
+                DenseType::Q8_0 | DenseType::Q6_K => ty.row_to_f32(row, out),
             }
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dense Q8_0 x Q8_0 and Q6_K x Q8_K (the scalar twins these equal bit for bit are
+// `scalar::q8_0_dot` / `scalar::q6_k_dot`)
+
+/// Blocks `b0..b0 + N` of the row into each token's lane accumulators, with the combined
+/// scales `dd[t][k0..k0 + N]`.
+///
+/// # Safety
+/// AVX2 + FMA; the blocks are in the row (`rp`) and in every `q[t]`; `k0 + N <= 8`.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn q8_0_blocks<const T: usize, const N: usize>(
+    rp: *const u8,
+    q: [&[i8]; T],
+    b0: usize,
+    dd: &[[f32; 8]; T],
+    k0: usize,
+    acc: &mut [__m256; T],
+) {
+    let ones = _mm256_set1_epi16(1);
+    for k in 0..N {
+        let b = b0 + k;
+        // SAFETY: forwarded contract.
+        unsafe {
+            let qw = _mm256_loadu_si256(rp.add(b * Q8_BLOCK_BYTES + 2) as *const __m256i);
+            let aw = _mm256_sign_epi8(qw, qw);
+            for t in 0..T {
+                let qx = _mm256_loadu_si256(q[t].as_ptr().add(b * Q8_QK) as *const __m256i);
+                let sx = _mm256_sign_epi8(qx, qw);
+                let dot16 = _mm256_maddubs_epi16(aw, sx);
+                let s = _mm256_cvtepi32_ps(_mm256_madd_epi16(ones, dot16));
+                let db = _mm256_set1_ps(*dd[t].get_unchecked(k0 + k));
+                acc[t] = _mm256_fmadd_ps(db, s, acc[t]);
+            }
+        }
+    }
+}
+
+/// `ggml_vec_dot_q8_0_q8_0` (AVX2) for `T` tokens sharing each weight block load.
+///
+/// # Safety
+/// AVX2 + FMA + F16C; `q[t].len() >= blocks * 32`, `d[t].len() >= blocks`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q8_0_dot<const T: usize>(row: &[u8], q: [&[i8]; T], d: [&[f32]; T]) -> [f32; T] {
+    let nb = row.len() / Q8_BLOCK_BYTES;
+    for t in 0..T {
+        debug_assert!(q[t].len() >= nb * Q8_QK && d[t].len() >= nb);
+    }
+    let mut acc = [_mm256_setzero_ps(); T];
+    let rp = row.as_ptr();
+    // The block scales are converted 8 at a time and multiplied by the activation scales
+    // up front (the same f32 products ggml forms per block), so the inner loop only
+    // broadcasts them: no scalar f16 conversion on the accumulator's dependency chain.
+    let mut dd = [[0.0f32; 8]; T];
+    let mut b0 = 0;
+    while b0 + 8 <= nb {
+        // SAFETY: b0 + 8 <= nb = row.len() / Q8_BLOCK_BYTES, so blocks b0..b0 + 8 are in the
+        // row, and in every q[t] / d[t] (this function's contract); prefetches never fault.
+        unsafe {
+            // The head streams every row once per token: keep the lines
+            // `prefetch::DENSE_BYTES` ahead in flight (8 blocks = 272 bytes per iteration,
+            // 5 lines cover them).
+            let ahead = rp.wrapping_add(b0 * Q8_BLOCK_BYTES + prefetch::DENSE_BYTES);
+            for l in 0..5 {
+                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(l * 64) as *const i8);
+            }
+            let h: [u16; 8] = std::array::from_fn(|i| {
+                (rp.add((b0 + i) * Q8_BLOCK_BYTES) as *const u16).read_unaligned()
+            });
+            let dw = _mm256_cvtph_ps(_mm_loadu_si128(h.as_ptr() as *const __m128i));
+            for t in 0..T {
+                let dx = _mm256_loadu_ps(d[t].as_ptr().add(b0));
+                _mm256_storeu_ps(dd[t].as_mut_ptr(), _mm256_mul_ps(dw, dx));
+            }
+            q8_0_blocks::<T, 8>(rp, q, b0, &dd, 0, &mut acc);
+        }
+        b0 += 8;
+    }
+    if b0 < nb {
+        let n = nb - b0;
+        // SAFETY: blocks b0..nb are in the row and in every q[t] / d[t], as above.
+        unsafe {
+            let mut h = [0u16; 8];
+            for (i, hi) in h.iter_mut().enumerate().take(n) {
+                *hi = (rp.add((b0 + i) * Q8_BLOCK_BYTES) as *const u16).read_unaligned();
+            }
+            let dw = _mm256_cvtph_ps(_mm_loadu_si128(h.as_ptr() as *const __m128i));
+            for t in 0..T {
+                let mut dx = [0.0f32; 8];
+                dx[..n].copy_from_slice(&d[t][b0..nb]);
+                let v = _mm256_mul_ps(dw, _mm256_loadu_ps(dx.as_ptr()));
+                _mm256_storeu_ps(dd[t].as_mut_ptr(), v);
+            }
+            for i in 0..n {
+                q8_0_blocks::<T, 1>(rp, q, b0 + i, &dd, i, &mut acc);
+            }
+        }
+    }
+    let mut out = [0.0f32; T];
+    for t in 0..T {
+        out[t] = hsum_ps(acc[t]);
+    }
+    out
+}
+
+/// `vpshufb` controls that spread the i16 scales of group `g` (32 elements; `g % 4` here,
+/// the half of the scales comes from the source vector): i16 scale `2g` in all eight
+/// lanes of the low 128 bits, `2g + 1` in the high ones, where `maddubs` leaves the pair
+/// sums of the group's first and last 16 elements (ggml's `get_scale_shuffle` +
+/// `cvtepi8_epi16`, with the widening done once per block).
+const Q6K_SHUF: [[u8; 32]; 4] = {
+    let mut s = [[0u8; 32]; 4];
+    let mut g = 0;
+    while g < 4 {
+        let mut i = 0;
+        while i < 32 {
+            let half = i / 16;
+            s[g][i] = (4 * g + 2 * half + i % 2) as u8;
+            i += 1;
+        }
+        g += 1;
+    }
+    s
+};
+
+/// `ggml_vec_dot_q6_K_q8_K` (AVX2) for `T` tokens sharing each weight unpacking.
+///
+/// The instruction sequence per 32 elements is ggml's: `maddubs(q, x) - maddubs(32, x)`
+/// gives the pair sums of `(q - 32) * x` exactly for every int8 `x` (each `maddubs` stays
+/// below 2^14 in magnitude), `madd` with the scale widens to the i32 lanes.
+///
+/// # Safety
+/// AVX2 + FMA + F16C; `q[t].len() >= blocks * 256`, `d[t].len() >= blocks`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q6_k_dot<const T: usize>(row: &[u8], q: [&[i8]; T], d: [&[f32]; T]) -> [f32; T] {
+    let nb = row.len() / Q6K_BLOCK_BYTES;
+    for t in 0..T {
+        debug_assert!(q[t].len() >= nb * Q6K_QK && d[t].len() >= nb);
+    }
+    let rp = row.as_ptr();
+    let m4 = _mm256_set1_epi8(0xF);
+    let m30 = _mm256_set1_epi8(0x30);
+    let m32s = _mm256_set1_epi8(32);
+    let mut acc = [_mm256_setzero_ps(); T];
+    for b in 0..nb {
+        // SAFETY: block b is in the row and in every q[t] / d[t] (caller's contract); the
+        // prefetch address may lie past the row, which prefetching tolerates.
+        unsafe {
+            let blk = rp.add(b * Q6K_BLOCK_BYTES);
+            // The head streams every row once per token: keep the lines ~10 blocks ahead in
+            // flight (four lines cover a 210-byte block). 2 KiB rather than Q8_0's 1 KiB:
+            // a Q6_K block takes longer to compute, and on a 16-core Xeon the 128256 x 2560
+            // head went 37.6 -> 30.0 ms on one thread, 11.8 -> 9.0 ms on four (4 KiB: no
+            // better); on the 2-vCPU EPYC it is neutral.
+            let ahead = blk.wrapping_add(2048);
+            for l in 0..4 {
+                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(l * 64) as *const i8);
+            }
+            let h = (blk.add(D) as *const u16).read_unaligned();
+            let dw = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(h))));
+            // The 16 int8 scales as i16, then each 128-bit half of them in both halves
+            // of a vector, so one in-lane shuffle per group picks its two scales.
+            let s16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(blk.add(SCALES) as *const __m128i));
+            let s_half = [
+                _mm256_permute2x128_si256::<0x00>(s16, s16),
+                _mm256_permute2x128_si256::<0x11>(s16, s16),
+            ];
+            let mut sumi = [_mm256_setzero_si256(); T];
+            for (j, &sh) in s_half.iter().enumerate() {
+                let ql1 = _mm256_loadu_si256(blk.add(64 * j) as *const __m256i);
+                let ql2 = _mm256_loadu_si256(blk.add(64 * j + 32) as *const __m256i);
+                let qh = _mm256_loadu_si256(blk.add(QH + 32 * j) as *const __m256i);
+                // Codes 0..64 of elements 128j + 32k + 0..32, k = 0..4: the low nibbles of
+                // ql1 / ql2, then their high nibbles, each with bits 2k, 2k + 1 of qh moved
+                // to bits 4, 5. The 16-bit shifts spill bits into the neighbouring byte; the
+                // masks drop them.
+                let w = [
+                    _mm256_or_si256(
+                        _mm256_and_si256(ql1, m4),
+                        _mm256_and_si256(_mm256_slli_epi16::<4>(qh), m30),
+                    ),
+                    _mm256_or_si256(
+                        _mm256_and_si256(ql2, m4),
+                        _mm256_and_si256(_mm256_slli_epi16::<2>(qh), m30),
+                    ),
+                    _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4),
+                        _mm256_and_si256(qh, m30),
+                    ),
+                    _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(ql2), m4),
+                        _mm256_and_si256(_mm256_srli_epi16::<2>(qh), m30),
+                    ),
+                ];
+                for (k, &wk) in w.iter().enumerate() {
+                    let g = 4 * j + k;
+                    let shuf = _mm256_loadu_si256(Q6K_SHUF[k].as_ptr() as *const __m256i);
+                    let sc = _mm256_shuffle_epi8(sh, shuf);
+                    for t in 0..T {
+                        let xp = q[t].as_ptr().add(b * Q6K_QK + 32 * g);
+                        let x = _mm256_loadu_si256(xp as *const __m256i);
+                        let p16 = _mm256_sub_epi16(
+                            _mm256_maddubs_epi16(wk, x),
+                            _mm256_maddubs_epi16(m32s, x),
+                        );
+                        sumi[t] = _mm256_add_epi32(sumi[t], _mm256_madd_epi16(sc, p16));
+                    }
+                }
+            }
+            for t in 0..T {
+                let db = _mm256_set1_ps(*d[t].get_unchecked(b) * dw);
+                acc[t] = _mm256_fmadd_ps(db, _mm256_cvtepi32_ps(sumi[t]), acc[t]);
+            }
+        }
+    }
+    let mut out = [0.0f32; T];
+    for t in 0..T {
+        out[t] = hsum_ps(acc[t]);
+    }
+    out
+}
+
+impl BlockKernel for Avx2 {
+    unsafe fn q8_0_dot<const T: usize>(row: &[u8], q: [&[i8]; T], d: [&[f32]; T]) -> [f32; T] {
+        // SAFETY: forwarded contract (AVX2 + FMA + F16C).
+        unsafe { q8_0_dot(row, q, d) }
+    }
+
+    unsafe fn q6_k_dot<const T: usize>(row: &[u8], q: [&[i8]; T], d: [&[f32]; T]) -> [f32; T] {
+        // SAFETY: forwarded contract (AVX2 + FMA + F16C).
+        unsafe { q6_k_dot(row, q, d) }
+    }
+}
+
+impl QuantizeKernel for Avx2 {
+    unsafe fn quantize_row(x: &[f32], q: &mut [i8]) -> (f32, i32) {
+        // SAFETY: forwarded contract (AVX2 + FMA + F16C).
+        unsafe { quantize_row(x, q) }
     }
 }
 

@@ -1,7 +1,7 @@
 //! x86-64 AVX-512 VNNI ternary kernels, and the dense 4 x 4 tile of batched LM heads
-//! ([`Avx512Dense`]). Require AVX-512 F + BW + VL + VNNI (and, for the activation
+//! ([`DenseKernel::dot_quad`]). Require AVX-512 F + BW + VL + VNNI (and, for the activation
 //! quantization and every non-ternary kernel, which stay on the AVX2 code, AVX2 + FMA + F16C);
-//! the dispatch in lib.rs only routes here after checking all of them at run time.
+//! the dispatch (`dispatch.rs`) only routes here after checking all of them at run time.
 //!
 //! `vpdpbusd` multiplies unsigned bytes by signed bytes and adds each group of four products
 //! into an i32 lane, so the unsigned 2-bit codes (0..=2) go in as they are and no i16
@@ -18,9 +18,10 @@
 //! of `2^s`) and added to the true total, long before the scaled sums could overflow i32. No
 //! shifts or shuffles on the weight path: one broadcast load and two ANDs per block.
 
-use crate::avx2::{ty_size, Avx2, TY_BF16, TY_F16, TY_F32};
-use crate::dense::{DenseKernel, DenseType};
-use crate::ternary::TernaryKernel;
+use crate::kernel::{BlockKernel, DenseKernel, QuantizeKernel, TernaryKernel};
+use crate::x86::avx2::{ty_size, Avx2, TY_BF16, TY_F16, TY_F32};
+use crate::x86::prefetch;
+use bitnet_quantization::DenseType;
 use std::arch::x86_64::*;
 
 /// The AVX-512 VNNI kernels: 512-bit prompt tiles, and the decode kernel on 512-bit vectors
@@ -148,7 +149,7 @@ unsafe fn ternary_dot_tile<const R: usize, const T: usize>(
         while b < end {
             // A few tokens (several sequences decoding together) leave the tile as bound by
             // memory as a decode step: request the rows of a later tile as the decode kernels do.
-            crate::prefetch::ternary_tile_block::<R>(wp[0], nb, b);
+            prefetch::ternary_tile_block::<R>(wp[0], nb, b);
             // SAFETY: b < nb, so 32 bytes of every row and 128 of every q[t] are in bounds.
             unsafe {
                 let c: [(__m512i, __m512i); R] = std::array::from_fn(|r| {
@@ -201,7 +202,7 @@ unsafe fn ternary_dot_rows<const R: usize>(w: [&[u8]; R], q: &[i8]) -> [i32; R] 
             unsafe {
                 let a = qp.add(b * 128);
                 let (a01, a23) = (loadu512(a), loadu512(a.add(64)));
-                crate::prefetch::ternary_tile_block::<R>(wp[0], nb, b);
+                prefetch::ternary_tile_block::<R>(wp[0], nb, b);
                 for r in 0..R {
                     let wv = load_block(wp[r], b);
                     acc01[r] = _mm512_dpbusd_epi32(acc01[r], _mm512_and_si512(wv, m01), a01);
@@ -246,7 +247,7 @@ unsafe fn ternary_dot_rows_256<const R: usize>(w: [&[u8]; R], q: &[i8]) -> [i32;
                 let a = qp.add(b * 128);
                 let av: [__m256i; 4] =
                     std::array::from_fn(|g| _mm256_loadu_si256(a.add(32 * g) as *const __m256i));
-                crate::prefetch::ternary_tile_block::<R>(wp[0], nb, b);
+                prefetch::ternary_tile_block::<R>(wp[0], nb, b);
                 for r in 0..R {
                     let wv = _mm256_loadu_si256(wp[r].add(b * 32) as *const __m256i);
                     for g in 0..4 {
@@ -311,8 +312,9 @@ impl<const DECODE_256: bool> TernaryKernel for Avx512Vnni<DECODE_256> {
 // ---------------------------------------------------------------------------------------------
 // Dense F32 / F16 / BF16: the 4-row x 4-token tile of batched LM heads
 
-/// The dense kernels on AVX-512: the AVX2 code, except for full token tiles over four rows
-/// ([`DenseKernel::dot_quad`]), where 32 registers hold a 4 x 4 tile of 16-lane accumulators.
+/// The dense kernels on AVX-512 (both decode widths): the AVX2 code, except for full token
+/// tiles over four rows ([`DenseKernel::dot_quad`]), where 32 registers hold a 4 x 4 tile of
+/// 16-lane accumulators.
 /// Many sequences decoding together make the LM head (128k rows for 2B4T) the largest single
 /// cost of a step; with two rows per pass the AVX2 tile re-reads every token's activations from
 /// L2 for each pair of rows.
@@ -321,9 +323,7 @@ impl<const DECODE_256: bool> TernaryKernel for Avx512Vnni<DECODE_256> {
 /// tile over them (so each weight is converted once, not once per tile): on the 16-core Xeon,
 /// one core, F16 x 16 tokens fell from 59-60 to 36-37 GFLOP/cpu-s, as four f32 rows plus the
 /// streamed activations of 16 tokens overflow L1.
-pub(crate) struct Avx512Dense;
-
-impl DenseKernel for Avx512Dense {
+impl<const DECODE_256: bool> DenseKernel for Avx512Vnni<DECODE_256> {
     unsafe fn dot<const T: usize>(
         row: &[u8],
         ty: DenseType,
@@ -407,7 +407,7 @@ unsafe fn dense_dot_quad<const T: usize, const TY: u8>(
         debug_assert_eq!(x.len(), cols);
         x.as_ptr()
     });
-    let pf = crate::prefetch::DENSE_BYTES;
+    let pf = prefetch::DENSE_BYTES;
     let mut acc = [[_mm512_setzero_ps(); T]; 4];
     let mut i = 0;
     while i < cols {
@@ -446,4 +446,24 @@ unsafe fn dense_dot_quad<const T: usize, const TY: u8>(
         }
     }
     out
+}
+
+/// The Q8_0 / Q6_K dots are the AVX2 ones, as in llama.cpp.
+impl<const DECODE_256: bool> BlockKernel for Avx512Vnni<DECODE_256> {
+    unsafe fn q8_0_dot<const T: usize>(row: &[u8], q: [&[i8]; T], d: [&[f32]; T]) -> [f32; T] {
+        // SAFETY: forwarded contract (AVX-512 implies the AVX2 + FMA + F16C checked with it).
+        unsafe { <Avx2 as BlockKernel>::q8_0_dot(row, q, d) }
+    }
+
+    unsafe fn q6_k_dot<const T: usize>(row: &[u8], q: [&[i8]; T], d: [&[f32]; T]) -> [f32; T] {
+        // SAFETY: as above.
+        unsafe { <Avx2 as BlockKernel>::q6_k_dot(row, q, d) }
+    }
+}
+
+impl<const DECODE_256: bool> QuantizeKernel for Avx512Vnni<DECODE_256> {
+    unsafe fn quantize_row(x: &[f32], q: &mut [i8]) -> (f32, i32) {
+        // SAFETY: as above.
+        unsafe { <Avx2 as QuantizeKernel>::quantize_row(x, q) }
+    }
 }

@@ -8,9 +8,9 @@
 //! does it with integer ops and one exact multiply. `exp` has no vector form here, so softmax and
 //! SiLU stay scalar (they are a small share of a decode step next to the matmuls).
 
-use crate::dense::{DenseKernel, DenseType};
-use crate::ternary::TernaryKernel;
-use bitnet_quantization::SCALE_EPS;
+use crate::kernel::{BlockKernel, DenseKernel, QuantizeKernel, TernaryKernel};
+use crate::scalar::Scalar;
+use bitnet_quantization::{DenseType, SCALE_EPS};
 use std::arch::wasm32::*;
 
 pub(crate) struct Simd128;
@@ -387,12 +387,12 @@ impl DenseKernel for Simd128 {
                 DenseType::F32 => dense_dot::<T, TY_F32>(row, x),
                 DenseType::F16 => dense_dot::<T, TY_F16>(row, x),
                 DenseType::BF16 => dense_dot::<T, TY_BF16>(row, x),
-                // DenseMatrix routes Q8_0 / Q6_K to dense_q8 / dense_q6k (scalar there on
+                // The dense matmul routes Q8_0 / Q6_K to the BlockKernel dots (scalar there on
                 // wasm32); this widening fallback only keeps the trait total.
                 DenseType::Q8_0 | DenseType::Q6_K => {
                     let cols = x.first().map_or(0, |x| x.len());
                     buf.resize(cols, 0.0);
-                    crate::dense::quantized_row_to_f32(row, ty, buf);
+                    ty.row_to_f32(row, buf);
                     x.map(|xt| dot(buf, xt))
                 }
             }
@@ -406,9 +406,7 @@ impl DenseKernel for Simd128 {
                 DenseType::F32 => row_to_f32_ty::<TY_F32>(row, out),
                 DenseType::F16 => row_to_f32_ty::<TY_F16>(row, out),
                 DenseType::BF16 => row_to_f32_ty::<TY_BF16>(row, out),
-                DenseType::Q8_0 | DenseType::Q6_K => {
-                    crate::dense::quantized_row_to_f32(row, ty, out)
-                }
+                DenseType::Q8_0 | DenseType::Q6_K => ty.row_to_f32(row, out),
             }
         }
     }
@@ -581,5 +579,25 @@ pub(crate) unsafe fn relu2_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
     for k in i..n {
         let r = gate[k].max(0.0);
         out[k] = r * r * up[k];
+    }
+}
+
+/// No Q8_0 / Q6_K SIMD128 kernels yet: the scalar twins (bit-identical by definition).
+impl BlockKernel for Simd128 {
+    unsafe fn q8_0_dot<const T: usize>(row: &[u8], q: [&[i8]; T], d: [&[f32]; T]) -> [f32; T] {
+        // SAFETY: scalar code; forwarded contract.
+        unsafe { <Scalar as BlockKernel>::q8_0_dot(row, q, d) }
+    }
+
+    unsafe fn q6_k_dot<const T: usize>(row: &[u8], q: [&[i8]; T], d: [&[f32]; T]) -> [f32; T] {
+        // SAFETY: as above.
+        unsafe { <Scalar as BlockKernel>::q6_k_dot(row, q, d) }
+    }
+}
+
+impl QuantizeKernel for Simd128 {
+    unsafe fn quantize_row(x: &[f32], q: &mut [i8]) -> (f32, i32) {
+        // SAFETY: forwarded contract (built with +simd128).
+        unsafe { quantize_row(x, q) }
     }
 }
