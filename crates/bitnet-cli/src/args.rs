@@ -46,7 +46,8 @@ pub struct ModelArgs {
     pub placement: PlacementArgs,
 }
 
-/// `--mmap` / `--no-mmap`, shared by [`ModelArgs`] and `bench`.
+/// Where the weights go and the forward pass runs (`--device`, `-ngl`, `--mmap`), shared by
+/// [`ModelArgs`] and `bench`.
 #[derive(Args, Debug, Clone, Default)]
 pub struct PlacementArgs {
     /// Use the weights in place from the file mapping (faster start) instead of copying them into huge pages (faster decoding); the file must not be modified while it runs (a truncated mapping ends the process with exit code 3) [env: BITNET_MMAP]
@@ -56,16 +57,28 @@ pub struct PlacementArgs {
     /// overrides BITNET_MMAP=1 or `mmap = true` in the config file)
     #[arg(long = "no-mmap", conflicts_with = "mmap")]
     pub no_mmap: bool,
-    /// Model layers to put on a GPU (llama.cpp's -ngl); this build runs on the CPU, so only 0
-    /// is accepted
+    /// Model layers to put on a GPU (llama.cpp's -ngl): any N > 0 runs every layer on the GPU
+    /// (as --device cuda, unless --device says otherwise); partial offload is not supported
     #[arg(long = "n-gpu-layers", visible_alias = "gpu-layers", value_name = "N")]
     pub n_gpu_layers: Option<u32>,
+    /// Where the forward pass runs: cpu, cuda (GPU 0) or cuda:N; a GPU that cannot be used is an error, never a silent run on the CPU [env: BITNET_DEVICE] [default: cpu]
+    #[arg(long, value_name = "DEVICE", value_parser = bitnet_inference::Device::parse)]
+    pub device: Option<bitnet_inference::Device>,
 }
 
 impl PlacementArgs {
     /// The flags' say on `mmap`: `None` leaves it to the environment and the config file.
     fn mmap(&self) -> Option<bool> {
         (self.mmap || self.no_mmap).then_some(self.mmap)
+    }
+
+    /// The flags' say on the device: `--device`, else `-ngl N` with N > 0 means the first GPU.
+    fn device(&self) -> Option<bitnet_inference::Device> {
+        self.device.or_else(|| {
+            self.n_gpu_layers
+                .filter(|&n| n > 0)
+                .map(|_| bitnet_inference::Device::Cuda(0))
+        })
     }
 }
 
@@ -184,9 +197,13 @@ pub mod help {
 /// breaking environment > file. `Settings::from_env_vars` keeps every variable a layer of its
 /// own, with errors that name the variable and its value.
 pub fn resolve(model: &ModelArgs, sampling: Option<&SamplingArgs>) -> Result<Settings> {
-    if let Some(n) = model.placement.n_gpu_layers {
-        crate::validate::gpu_layers(n)?;
-    }
+    let s = resolve_layers(model, sampling)?;
+    // A device this build cannot drive is refused before anything is read or loaded.
+    bitnet_inference::check_device(s.device.unwrap_or_default())?;
+    Ok(s)
+}
+
+fn resolve_layers(model: &ModelArgs, sampling: Option<&SamplingArgs>) -> Result<Settings> {
     let src = &model.source;
     let config_path = src
         .config
@@ -208,6 +225,7 @@ pub fn resolve(model: &ModelArgs, sampling: Option<&SamplingArgs>) -> Result<Set
     let flags = Settings {
         model: src.model.clone(),
         tokenizer: src.tokenizer.clone(),
+        device: model.placement.device(),
         threads: model.threads,
         ctx_size: model.ctx_size,
         batch_size: model.batch_size,
@@ -244,9 +262,10 @@ pub fn resolve(model: &ModelArgs, sampling: Option<&SamplingArgs>) -> Result<Set
     Ok(out)
 }
 
-/// Settings for a command that only reads the model (`tokenize`): no runtime flags.
+/// Settings for a command that only reads the model (`tokenize`): no runtime flags, and no
+/// device (a `BITNET_DEVICE` meant for the commands that run the model does not concern it).
 pub fn resolve_source(src: &ModelSourceArgs) -> Result<Settings> {
-    resolve(
+    resolve_layers(
         &ModelArgs {
             source: src.clone(),
             ..Default::default()

@@ -127,6 +127,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         a.threads_list.clone()
     };
     let opts = EngineOptions {
+        device: s.device.unwrap_or_default(),
         threads: Some(threads_list[0]),
         tokenizer: s.tokenizer.clone(),
         batch_size: s.batch_size_or_default(),
@@ -166,6 +167,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             file_bytes as f64 / (1 << 20) as f64,
             bitnet_kernels::detected_isa()
         )?;
+        writeln!(out, "backend: {}", engine0.backend().describe())?;
         writeln!(out, "| {:>7} | {:>8} | {:>16} |", "threads", "test", "t/s")?;
         writeln!(
             out,
@@ -191,6 +193,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             engine0.with_threads(threads)?
         };
         let mut session = engine.session(Some(max_len))?;
+        let device = engine.device().to_string();
         let mut best_tg = None;
         let mut report = |test: String, samples: Vec<f64>, evals: usize| -> std::io::Result<()> {
             let stages = bitnet_inference::profile::take();
@@ -202,7 +205,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 writeln!(
                     out,
                     "{}",
-                    serde_json::json!({"model": name, "threads": threads, "test": test, "tps_mean": m, "tps_std": sd, "samples": samples, "bytes_per_token": bytes_per_token})
+                    serde_json::json!({"model": name, "device": device, "threads": threads, "test": test, "tps_mean": m, "tps_std": sd, "samples": samples, "bytes_per_token": bytes_per_token})
                 )?;
             } else {
                 writeln!(

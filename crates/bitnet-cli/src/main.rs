@@ -229,6 +229,7 @@ pub(crate) fn load_engine(
     quiet: bool,
 ) -> anyhow::Result<bitnet_inference::Engine> {
     let opts = bitnet_inference::EngineOptions {
+        device: s.device.unwrap_or_default(),
         threads: s.threads,
         tokenizer: s.tokenizer.clone(),
         batch_size: s.batch_size_or_default(),
@@ -246,7 +247,7 @@ pub(crate) fn load_engine(
         let m = engine.model();
         let c = engine.config();
         eprintln!(
-            "loaded {} ({} arch, {} layers, hidden {}, vocab {}) in {:.2}s: weights {:.1} MiB, {} threads, kernels {:?}",
+            "loaded {} ({} arch, {} layers, hidden {}, vocab {}) in {:.2}s: weights {:.1} MiB, on {}",
             model_name(s),
             c.arch.gguf_name(),
             c.num_layers,
@@ -254,8 +255,7 @@ pub(crate) fn load_engine(
             c.vocab_size,
             t.elapsed().as_secs_f64(),
             m.weights.nbytes() as f64 / (1 << 20) as f64,
-            engine.threads(),
-            bitnet_kernels::detected_isa(),
+            engine.backend().describe(),
         );
     }
     Ok(engine)

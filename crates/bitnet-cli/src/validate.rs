@@ -35,18 +35,6 @@ pub fn positive(what: &str, n: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `-ngl N` as llama.cpp users type it: layers on a GPU. There is no GPU backend in this
-/// command yet, so anything but 0 is refused rather than silently run on the CPU.
-pub fn gpu_layers(n: u32) -> anyhow::Result<()> {
-    if n > 0 {
-        return Err(usage(format!(
-            "-ngl/--n-gpu-layers {n}: this build runs on the CPU only (the CUDA backend is in \
-             progress); leave the flag out or use -ngl 0"
-        )));
-    }
-    Ok(())
-}
-
 /// `convert` writes GGUF only: an output named like another format (`out.safetensors`) would
 /// be a GGUF file under a misleading name, so it is refused before anything is loaded.
 pub fn gguf_output(path: &std::path::Path) -> anyhow::Result<()> {

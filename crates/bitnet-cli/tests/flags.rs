@@ -59,13 +59,45 @@ fn run_greedy(extra: &[&str]) -> String {
     ok(bitnet(&args)).stdout
 }
 
-// ---- -ngl ----
+// ---- -ngl, --device ----
+
+/// Every command that runs the model, with what it needs besides the device flags.
+const MODEL_COMMANDS: [&[&str]; 5] = [
+    &["run", "-n", "1"],
+    &["chat"],
+    &["bench", "-r", "1", "-p", "0", "-n", "1"],
+    &["perplexity", "-f", "x.txt"],
+    &["serve"],
+];
+
+fn with<'a>(cmd: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
+    cmd.iter().chain(extra).copied().collect()
+}
+
+/// A device this build cannot drive: exit 1 with the reason, before the model loads, nothing on
+/// stdout.
+#[track_caller]
+fn no_cuda(o: &Out) {
+    expect(
+        o,
+        1,
+        &["cuda:0", "built without CUDA support", "feature `cuda`"],
+    );
+    assert!(o.stdout.is_empty(), "{o:?}");
+    assert!(!o.stderr.contains("loaded "), "{o:?}");
+}
 
 #[test]
-fn ngl_zero_runs_and_more_is_refused_until_there_is_a_gpu_backend() {
+fn ngl_zero_runs_on_the_cpu_and_more_asks_for_the_gpu() {
     let base = run_greedy(&["-n", "4"]);
     assert_eq!(run_greedy(&["-n", "4", "-ngl", "0"]), base);
     assert_eq!(run_greedy(&["-n", "4", "--n-gpu-layers", "0"]), base);
+    // --device wins over -ngl.
+    assert_eq!(
+        run_greedy(&["-n", "4", "-ngl", "99", "--device", "cpu"]),
+        base
+    );
+    #[cfg(not(feature = "cuda"))]
     for args in [
         &["run", "-ngl", "99"][..],
         &["run", "-ngl=1"],
@@ -75,8 +107,75 @@ fn ngl_zero_runs_and_more_is_refused_until_there_is_a_gpu_backend() {
         &["perplexity", "-f", "x.txt", "-ngl", "1"],
         &["serve", "-ngl", "1"],
     ] {
-        usage_error(args, &["-ngl", "CPU", "CUDA"]);
+        no_cuda(&bitnet(args));
     }
+}
+
+#[test]
+fn device_flag_and_variable_pick_the_backend() {
+    let base = run_greedy(&["-n", "4"]);
+    assert_eq!(run_greedy(&["-n", "4", "--device", "cpu"]), base);
+    let mut args = vec!["run"];
+    args.extend_from_slice(GREEDY);
+    args.extend_from_slice(&["-n", "4"]);
+    let o = ok(bitnet_with(&args, b"", &[("BITNET_DEVICE", "cpu")]));
+    assert_eq!(o.stdout, base);
+    // The flag beats the variable; a bad variable is a settings error like any BITNET_* one.
+    args.extend_from_slice(&["--device", "cpu"]);
+    assert_eq!(
+        ok(bitnet_with(&args, b"", &[("BITNET_DEVICE", "cuda")])).stdout,
+        base
+    );
+    let o = bitnet_with(&["run", "-n", "1"], b"", &[("BITNET_DEVICE", "tpu")]);
+    expect(
+        &o,
+        1,
+        &["BITNET_DEVICE=tpu", "expected cpu, cuda or cuda:N"],
+    );
+    for cmd in MODEL_COMMANDS {
+        usage_error(
+            &with(cmd, &["--device", "bogus"]),
+            &["--device", "expected cpu, cuda or cuda:N"],
+        );
+        usage_error(&with(cmd, &["--device", "cuda:x"]), &["ordinal"]);
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn cuda_in_a_build_without_it_is_refused_not_run_on_the_cpu() {
+    for cmd in MODEL_COMMANDS {
+        no_cuda(&bitnet(&with(cmd, &["--device", "cuda"])));
+    }
+    let o = bitnet(&["run", "--device", "cuda:3", "-n", "1"]);
+    expect(&o, 1, &["cuda:3", "built without CUDA support"]);
+    no_cuda(&bitnet_with(
+        &["run", "-n", "1"],
+        b"",
+        &[("BITNET_DEVICE", "cuda")],
+    ));
+}
+
+/// With the CUDA backend built in (the default), a GPU that is not there is an error naming
+/// the device and the reason, exit 1, nothing generated: never a silent run on the CPU. Ordinal
+/// 7 is absent both where no driver is installed (CI: "no NVIDIA driver library") and on a
+/// one-GPU machine ("GPU 7 requested, 1 present").
+#[cfg(feature = "cuda")]
+#[test]
+fn cuda_without_that_gpu_is_refused_not_run_on_the_cpu() {
+    for cmd in [
+        &["run", "-n", "1"][..],
+        &["chat"],
+        &["bench", "-r", "1", "-p", "0", "-n", "1"],
+        &["serve"],
+    ] {
+        let o = bitnet(&with(cmd, &["--device", "cuda:7"]));
+        expect(&o, 1, &["device cuda:7"]);
+        assert!(o.stdout.is_empty(), "{o:?}");
+    }
+    let o = bitnet_with(&["run", "-n", "1"], b"", &[("BITNET_DEVICE", "cuda:7")]);
+    expect(&o, 1, &["device cuda:7"]);
+    assert!(o.stdout.is_empty(), "{o:?}");
 }
 
 #[test]

@@ -152,6 +152,7 @@ unsafe fn engine_options(
         },
         kv_type,
         mmap: p.use_mmap,
+        ..defaults
     })
 }
 

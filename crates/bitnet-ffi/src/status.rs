@@ -85,7 +85,8 @@ impl From<bitnet_inference::EngineError> for Error {
             E::NotFinite { .. } => BITNET_ERR_MODEL,
             E::Tokenizer(t) => tokenizer_status(t),
             E::Settings(_) => BITNET_ERR_INVALID_ARGUMENT,
-            E::ThreadPool(_) => BITNET_ERR_INTERNAL,
+            // A device that cannot be used or fails: the CLI's generic exit code 1.
+            E::ThreadPool(_) | E::Backend(_) => BITNET_ERR_INTERNAL,
         };
         Error::new(status, e.to_string())
     }

@@ -9,7 +9,7 @@
 //! compute. A released block keeps its key and its contents while nothing needs its memory:
 //! freed blocks with a key are evicted least recently used first, after the never-used ones.
 
-use crate::kv_cache::KV_BLOCK;
+use bitnet_backend::KV_BLOCK;
 use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasher;

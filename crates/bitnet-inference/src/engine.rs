@@ -1,11 +1,11 @@
 //! The public engine API: load a model once ([`Engine`]), open any number of [`Session`]s (each
 //! with its own KV cache), and generate with a callback or as an async stream.
 
+use crate::cpu::KvCache;
 use crate::error::{EngineError, Result};
-use crate::forward::{forward, Logits, Rope, Scratch, SeqChunk};
-use crate::kv_cache::{KvCache, KvType};
 use crate::sampler::{Sampler, SamplingParams};
 use crate::stop::{StopMatcher, StopResult};
+use bitnet_backend::{Backend, BackendError, Context, Device, KvType, Logits, SeqChunk};
 use bitnet_models::{LoadedModel, ModelConfig, Placement};
 use bitnet_tokenizers::Tokenizer;
 use std::path::{Path, PathBuf};
@@ -20,7 +20,10 @@ use web_time::Instant;
 
 #[derive(Clone, Debug)]
 pub struct EngineOptions {
-    /// Worker threads; `None` = physical cores.
+    /// Where the forward pass runs. A device that cannot be used is an error at load, never a
+    /// silent fallback to the CPU.
+    pub device: Device,
+    /// Worker threads of the CPU backend; `None` = physical cores.
     pub threads: Option<usize>,
     /// Folder with a tokenizer.json that replaces the model's own tokenizer.
     pub tokenizer: Option<PathBuf>,
@@ -37,6 +40,7 @@ pub struct EngineOptions {
 impl Default for EngineOptions {
     fn default() -> Self {
         EngineOptions {
+            device: Device::Cpu,
             threads: None,
             tokenizer: None,
             batch_size: crate::settings::DEFAULT_BATCH_SIZE,
@@ -59,50 +63,10 @@ impl EngineOptions {
 
 struct Inner {
     model: Arc<LoadedModel>,
-    rope: Rope,
-    pool: Pool,
+    backend: Arc<dyn Backend>,
     threads: usize,
     batch_size: usize,
     kv_type: KvType,
-}
-
-/// The threads a forward pass runs its kernels on. The spinning pool is the default (see
-/// `bitnet_kernels::pool` for why); `BITNET_POOL=rayon` picks rayon's work-stealing pool, to
-/// measure one against the other.
-enum Pool {
-    Spin(bitnet_kernels::pool::ThreadPool),
-    Rayon(rayon::ThreadPool),
-}
-
-impl Pool {
-    fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
-        match self {
-            Pool::Spin(p) => p.install(f),
-            Pool::Rayon(p) => p.install(f),
-        }
-    }
-}
-
-fn build_pool(threads: usize) -> Result<Pool> {
-    let err = |e: &dyn std::fmt::Display| {
-        EngineError::ThreadPool(format!(
-            "cannot start {threads} worker threads: {e}; use fewer threads"
-        ))
-    };
-    match std::env::var("BITNET_POOL").as_deref() {
-        Ok("rayon") => rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .thread_name(|i| format!("bitnet-worker-{i}"))
-            .build()
-            .map(Pool::Rayon)
-            .map_err(|e| err(&e)),
-        Ok("spin") | Ok("") | Err(_) => bitnet_kernels::pool::ThreadPool::new(threads)
-            .map(Pool::Spin)
-            .map_err(|e| err(&e)),
-        Ok(other) => Err(EngineError::ThreadPool(format!(
-            "BITNET_POOL={other}: expected spin or rayon"
-        ))),
-    }
 }
 
 /// A loaded model and its worker threads. Cheap to clone; share it between sessions and threads.
@@ -135,14 +99,13 @@ impl Engine {
             .threads
             .unwrap_or_else(crate::settings::physical_cores)
             .max(1);
-        let pool = build_pool(threads)?;
-        let rope = Rope::new(&model.weights.config);
+        let model = Arc::new(model);
+        let backend = crate::device::open(opts.device, &model, threads)?;
         let batch_size = opts.batch_size.max(1);
         Ok(Engine {
             inner: Arc::new(Inner {
-                model: Arc::new(model),
-                rope,
-                pool,
+                model,
+                backend,
                 threads,
                 batch_size,
                 kv_type: opts.kv_type,
@@ -150,16 +113,20 @@ impl Engine {
         })
     }
 
-    /// The same model (shared, not reloaded) with a different number of worker threads.
+    /// The same model (shared, not reloaded) with a different number of worker threads. Only
+    /// the CPU backend has them: another device's backend is shared as it is.
     pub fn with_threads(&self, threads: usize) -> Result<Engine> {
         let inner = &self.inner;
-        let pool = build_pool(threads.max(1))?;
+        let threads = threads.max(1);
+        let backend = match inner.backend.device() {
+            Device::Cpu => crate::device::open(Device::Cpu, &inner.model, threads)?,
+            _ => Arc::clone(&inner.backend),
+        };
         Ok(Engine {
             inner: Arc::new(Inner {
                 model: Arc::clone(&inner.model),
-                rope: Rope::new(&inner.model.weights.config),
-                pool,
-                threads: threads.max(1),
+                backend,
+                threads,
                 batch_size: inner.batch_size,
                 kv_type: inner.kv_type,
             }),
@@ -195,17 +162,25 @@ impl Engine {
         self.inner.threads
     }
 
-    /// One forward pass over `seqs` on this engine's threads.
-    pub(crate) fn forward(
+    /// Where the forward pass runs, and on what (`bench` prints it).
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.inner.backend
+    }
+
+    pub fn device(&self) -> Device {
+        self.inner.backend.device()
+    }
+
+    /// A forward-pass context with a KV cache of `blocks` blocks, on this engine's device.
+    pub(crate) fn new_context(
         &self,
-        cache: &mut KvCache,
-        scratch: &mut Scratch,
-        seqs: &[SeqChunk<'_>],
-    ) -> Vec<f32> {
-        let inner = &self.inner;
-        inner
-            .pool
-            .install(|| forward(&inner.model.weights, &inner.rope, cache, scratch, seqs))
+        blocks: usize,
+        max_batch_tokens: usize,
+    ) -> Result<Box<dyn Context>> {
+        Ok(self
+            .inner
+            .backend
+            .new_context(blocks, self.kv_type(), max_batch_tokens)?)
     }
 
     /// Element type of the KV caches this engine's sessions and schedulers allocate.
@@ -220,15 +195,20 @@ impl Engine {
     /// Checks that a KV cache of `positions` positions fits in memory before it is allocated:
     /// under every limit that can end the process (`crate::memory`), once all its blocks are
     /// written. Pages are only touched as blocks fill, so an oversized cache would otherwise
-    /// pass here and abort (or be OOM-killed) later.
+    /// pass here and abort (or be OOM-killed) later. Another device's cache is not in host
+    /// memory: there only the position limit applies, and the device's own allocation error
+    /// speaks for its memory.
     pub(crate) fn check_kv_size(&self, positions: usize) -> Result<()> {
         let c = self.config();
-        let bytes = KvCache::nbytes_for(c.num_layers, c.kv_dim(), positions, self.kv_type());
+        let blocks = KvCache::blocks_for(positions);
+        let bytes = self.inner.backend.kv_bytes(blocks, self.kv_type());
         let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
         let exceeded = if positions > MAX_KV_POSITIONS {
             Some(format!("the limit of {MAX_KV_POSITIONS} positions"))
-        } else {
+        } else if self.device() == Device::Cpu {
             crate::memory::MemoryRoom::current().exceeded_by(bytes as u64)
+        } else {
+            None
         };
         match exceeded {
             None => Ok(()),
@@ -253,14 +233,12 @@ impl Engine {
         }
         // Refuse caches that cannot possibly be allocated instead of aborting on OOM.
         self.check_kv_size(ctx)?;
-        let kv_type = self.inner.kv_type;
         let blocks = KvCache::blocks_for(ctx);
         Ok(Session {
             engine: self.clone(),
-            cache: KvCache::new(c.num_layers, c.kv_dim(), blocks, kv_type),
+            context: self.new_context(blocks, self.batch_size())?,
             table: (0..blocks as u32).collect(),
             ctx,
-            scratch: Scratch::default(),
             tokens: Vec::new(),
         })
     }
@@ -343,10 +321,9 @@ pub struct Generation {
 pub struct Session {
     engine: Engine,
     /// A private cache whose blocks are all this session's, in order (`table`).
-    cache: KvCache,
+    context: Box<dyn Context>,
     table: Vec<u32>,
     ctx: usize,
-    scratch: Scratch,
     tokens: Vec<u32>,
 }
 
@@ -361,7 +338,10 @@ impl Session {
     }
 
     pub fn kv_cache_bytes(&self) -> usize {
-        self.cache.nbytes()
+        let blocks = self.context.kv_blocks();
+        self.engine
+            .backend()
+            .kv_bytes(blocks, self.engine.kv_type())
     }
 
     pub fn engine(&self) -> &Engine {
@@ -380,6 +360,17 @@ impl Session {
     /// Appends `tokens` to the context and returns logits (`vocab` values per requested
     /// position). The prompt is processed in batches, matrix-matrix.
     pub fn eval(&mut self, tokens: &[u32], want: Logits) -> Result<Vec<f32>> {
+        Ok(self.eval_inner(tokens, want, None)?.0)
+    }
+
+    /// [`Self::eval`]; with `greedy: Some(vocab)` and `want: Last` the last chunk's pass ends
+    /// in the backend's argmax over the first `vocab` logits, and only that id comes back.
+    fn eval_inner(
+        &mut self,
+        tokens: &[u32],
+        want: Logits,
+        greedy: Option<usize>,
+    ) -> Result<(Vec<f32>, Option<u32>)> {
         let vocab = self.engine.config().vocab_size;
         if let Some(&id) = tokens.iter().find(|&&id| id as usize >= vocab) {
             return Err(EngineError::BadToken { id, vocab });
@@ -396,6 +387,7 @@ impl Session {
         }
         let chunks: Vec<&[u32]> = tokens.chunks(self.engine.batch_size()).collect();
         let mut out = Vec::new();
+        let mut picked = None;
         for (i, chunk) in chunks.iter().enumerate() {
             let last = i + 1 == chunks.len();
             let chunk_want = match want {
@@ -410,13 +402,32 @@ impl Session {
                 blocks: &self.table,
                 want: chunk_want,
             };
-            let logits = self
-                .engine
-                .forward(&mut self.cache, &mut self.scratch, &[seq]);
+            match greedy.filter(|_| chunk_want == Logits::Last) {
+                Some(vocab) => {
+                    let ids = self.context.forward_greedy(&[seq], vocab)?;
+                    picked = Some(ids.first().copied().ok_or_else(|| {
+                        BackendError::Device("the greedy pass returned no token".into())
+                    })?);
+                }
+                None => out.extend(self.context.forward(&[seq])?),
+            }
             self.tokens.extend_from_slice(chunk);
-            out.extend(logits);
         }
-        Ok(out)
+        Ok((out, picked))
+    }
+
+    /// The logits after `tokens` (cut to `sampled_vocab`), or the greedy pick among them when
+    /// `greedy` says the sampler would take the argmax anyway.
+    fn eval_next(&mut self, tokens: &[u32], sampled_vocab: usize, greedy: bool) -> Result<Next> {
+        let (mut logits, id) =
+            self.eval_inner(tokens, Logits::Last, greedy.then_some(sampled_vocab))?;
+        Ok(match id {
+            Some(id) => Next::Id(id),
+            None => {
+                logits.truncate(sampled_vocab);
+                Next::Logits(logits)
+            }
+        })
     }
 
     /// Generates a continuation of `prompt`. Any prefix of `prompt` already in the cache (a
@@ -452,8 +463,9 @@ impl Session {
         let t0 = Instant::now();
         let new_prompt = &prompt[self.tokens.len()..];
         let sampled_vocab = engine.sampled_vocab();
-        let mut logits = self.eval(new_prompt, Logits::Last)?;
-        logits.truncate(sampled_vocab);
+        // Only ids come back from the device when nothing but the argmax is needed.
+        let greedy = opts.sampling.is_plain_greedy();
+        let mut step = self.eval_next(new_prompt, sampled_vocab, greedy)?;
         let mut timings = Timings {
             prompt_tokens: new_prompt.len(),
             prompt_time: t0.elapsed(),
@@ -472,7 +484,10 @@ impl Session {
             if generated.len() >= opts.max_tokens {
                 break FinishReason::Length;
             }
-            let next = sampler.sample(&mut logits, &self.tokens, gen_start);
+            let next = match &mut step {
+                Next::Id(id) => *id,
+                Next::Logits(logits) => sampler.sample(logits, &self.tokens, gen_start),
+            };
             if !opts.ignore_eos && stop_ids.contains(&next) {
                 break FinishReason::Eos;
             }
@@ -501,8 +516,7 @@ impl Session {
             if generated.len() >= opts.max_tokens {
                 break FinishReason::Length;
             }
-            logits = self.eval(&[next], Logits::Last)?;
-            logits.truncate(sampled_vocab);
+            step = self.eval_next(&[next], sampled_vocab, greedy)?;
         };
         if finish != FinishReason::StopString {
             let mut rest = decoder.finish()?;
@@ -521,6 +535,13 @@ impl Session {
             timings,
         })
     }
+}
+
+/// What a pass over new tokens gives the sampling loop.
+enum Next {
+    Logits(Vec<f32>),
+    /// The argmax, picked by the backend.
+    Id(u32),
 }
 
 /// An item of [`generate_stream`].

@@ -23,6 +23,10 @@ pub enum EngineError {
     Settings(String),
     #[error("thread pool: {0}")]
     ThreadPool(String),
+    /// The device cannot be used (no driver or GPU, a build without its support), cannot run
+    /// this model or setting, or failed while running (out of device memory, a launch error).
+    #[error(transparent)]
+    Backend(#[from] bitnet_backend::BackendError),
 }
 
 pub type Result<T> = std::result::Result<T, EngineError>;

@@ -12,10 +12,10 @@
 //! ```
 
 mod blocks;
+mod cpu;
+mod device;
 mod engine;
 mod error;
-mod forward;
-mod kv_cache;
 pub mod memory;
 pub mod perplexity;
 pub mod profile;
@@ -25,17 +25,20 @@ mod scheduler;
 pub mod settings;
 mod stop;
 
+pub use bitnet_backend::{
+    argmax, run_layers, Backend, BackendError, Context, Device, KvType, Logits, SeqChunk, KV_BLOCK,
+};
+pub use cpu::{CpuBackend, CpuContext, KvCache};
+pub use device::check_device;
 pub use engine::{
     generate_stream, Engine, EngineOptions, FinishReason, GenerateOptions, Generation, Session,
     StreamEvent, Timings, MAX_KV_POSITIONS,
 };
 pub use error::{EngineError, Result};
-pub use forward::Logits;
-pub use kv_cache::{KvCache, KvType, KV_BLOCK};
 pub use request::{
     Event, Request, RequestHandle, SubmitError, TokenLogprobs, Usage, MAX_TOP_LOGPROBS,
 };
-pub use sampler::{argmax, Rng, Sampler, SamplingParams};
+pub use sampler::{Rng, Sampler, SamplingParams};
 pub use scheduler::{Scheduler, SchedulerOptions, SchedulerStats};
 pub use settings::Settings;
 pub use stop::{StopMatcher, StopResult};

@@ -2,7 +2,7 @@
 
 use crate::engine::Engine;
 use crate::error::{EngineError, Result};
-use crate::forward::Logits;
+use bitnet_backend::Logits;
 
 #[derive(Clone, Copy, Debug)]
 pub struct Perplexity {
@@ -168,7 +168,7 @@ pub fn divergence_with_progress(
             let kl = kl_divergence_lse(rb, lse_b, rm, lse_m);
             kl_sum += kl;
             kl_max = kl_max.max(kl);
-            agree += usize::from(crate::argmax(rm) == crate::argmax(rb));
+            agree += usize::from(bitnet_backend::argmax(rm) == bitnet_backend::argmax(rb));
             n += 1;
         }
         progress(i as u64 + 1, scored);

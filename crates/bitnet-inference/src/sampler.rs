@@ -3,6 +3,7 @@
 //! The order follows transformers' logits processors (penalties, temperature, top-k, top-p,
 //! min-p), so settings mean what users of that stack expect.
 
+use bitnet_backend::argmax;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
@@ -50,6 +51,15 @@ impl SamplingParams {
             temperature: 0.0,
             ..Default::default()
         }
+    }
+
+    /// Whether every pick is the argmax of the raw logits (greedy, no penalty that would change
+    /// them): then a backend can pick on its device and return only the id.
+    pub fn is_plain_greedy(&self) -> bool {
+        self.temperature == 0.0
+            && (self.repeat_penalty == 1.0 || self.repeat_last_n == 0)
+            && self.presence_penalty == 0.0
+            && self.frequency_penalty == 0.0
     }
 
     pub fn validate(&self) -> Result<(), String> {
@@ -253,17 +263,6 @@ fn nucleus(cand: &[(u32, f32)], need: f64) -> Option<usize> {
         }
     }
     None
-}
-
-/// Index of the largest logit; the first one on ties, like torch.argmax.
-pub fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &l) in logits.iter().enumerate() {
-        if l > logits[best] {
-            best = i;
-        }
-    }
-    best as u32
 }
 
 #[cfg(test)]

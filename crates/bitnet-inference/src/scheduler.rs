@@ -18,15 +18,15 @@
 //! its tokens, keeping its sampler state, so its output does not change.
 
 use crate::blocks::{BlockKey, BlockManager};
+use crate::cpu::KvCache;
 use crate::engine::{Engine, FinishReason, GenerateOptions};
 use crate::error::{EngineError, Result};
-use crate::forward::{Logits, Scratch, SeqChunk};
-use crate::kv_cache::{KvCache, KV_BLOCK};
 use crate::request::{
     Event, Request, RequestHandle, SubmitError, TokenLogprobs, Usage, MAX_TOP_LOGPROBS,
 };
 use crate::sampler::Sampler;
 use crate::stop::{StopMatcher, StopResult};
+use bitnet_backend::{Context, Logits, SeqChunk, KV_BLOCK};
 use bitnet_tokenizers::{StreamDecoder, Tokenizer};
 use futures::channel::mpsc::{unbounded, UnboundedSender};
 use std::collections::VecDeque;
@@ -148,9 +148,9 @@ impl Scheduler {
             .unwrap_or_else(|| opts.max_sequences.saturating_mul(ctx).min(1 << 16))
             .max(ctx);
         engine.check_kv_size(kv_tokens)?;
-        let c = engine.config();
         let blocks = KvCache::blocks_for(kv_tokens);
-        let cache = KvCache::new(c.num_layers, c.kv_dim(), blocks, engine.kv_type());
+        let max_batch_tokens = opts.max_batch_tokens.max(opts.max_sequences);
+        let context = engine.new_context(blocks, max_batch_tokens)?;
         let stats = SchedulerStats {
             kv_blocks_total: blocks,
             kv_block_tokens: KV_BLOCK,
@@ -168,13 +168,12 @@ impl Scheduler {
         let worker = Worker {
             engine: engine.clone(),
             shared: Arc::clone(&shared),
-            cache,
+            context,
             blocks: BlockManager::new(blocks, opts.prefix_cache),
-            scratch: Scratch::default(),
             running: Vec::new(),
             preempted: VecDeque::new(),
             max_sequences: opts.max_sequences,
-            max_batch_tokens: opts.max_batch_tokens.max(opts.max_sequences),
+            max_batch_tokens,
             ctx,
             stats,
             logits: Vec::new(),
@@ -351,9 +350,9 @@ impl Sequence {
 struct Worker {
     engine: Engine,
     shared: Arc<Shared>,
-    cache: KvCache,
+    /// The shared paged KV cache and the scratch of the forward passes, on the engine's device.
+    context: Box<dyn Context>,
     blocks: BlockManager,
-    scratch: Scratch,
     /// In admission order (preemption takes from the back).
     running: Vec<Sequence>,
     /// Preempted sequences, resumed before new requests are admitted.
@@ -388,8 +387,8 @@ impl Worker {
             match round {
                 Ok(Ok(())) => {}
                 Ok(Err(msg)) => {
-                    // A panic inside the forward pass: fail this step's requests, keep serving
-                    // the others.
+                    // A panic or a device error inside the forward pass: fail this step's
+                    // requests, keep serving the others.
                     for seq in std::mem::take(&mut self.running) {
                         self.retire(seq, Exit::Failed(msg.clone()));
                     }
@@ -519,13 +518,24 @@ impl Worker {
         true
     }
 
-    /// Plans, runs and consumes one forward pass. `Err` if it panicked.
+    /// Plans, runs and consumes one forward pass. `Err` if it panicked or the backend failed.
     fn step(&mut self) -> std::result::Result<(), String> {
         let plan = self.plan();
         if plan.is_empty() {
             return Ok(());
         }
-        let logits = {
+        let engine = self.engine.clone();
+        let (vocab, stop_ids) = (engine.config().vocab_size, engine.tokenizer().stop_ids());
+        // Padded embedding rows past the tokenizer are never sampled nor reported.
+        let sampled_vocab = engine.sampled_vocab();
+        // When every sequence that samples this step takes the plain argmax and wants no
+        // logprobs, the backend picks the ids itself (a GPU then copies back ids, not logits).
+        let greedy = plan.iter().all(|&(i, n)| {
+            let s = &self.running[i];
+            s.computed + n < s.tokens.len()
+                || (s.sampler.params().is_plain_greedy() && s.logprobs.is_none())
+        });
+        let out = {
             let chunks: Vec<SeqChunk<'_>> = plan
                 .iter()
                 .map(|&(i, n)| {
@@ -542,16 +552,26 @@ impl Worker {
                     }
                 })
                 .collect();
-            let (engine, cache, scratch) = (&self.engine, &mut self.cache, &mut self.scratch);
-            catch_unwind(AssertUnwindSafe(|| engine.forward(cache, scratch, &chunks)))
-                .map_err(|p| panic_message(&p))?
+            let context = &mut self.context;
+            catch_unwind(AssertUnwindSafe(|| {
+                if greedy {
+                    context.forward_greedy(&chunks, sampled_vocab).map(Out::Ids)
+                } else {
+                    context.forward(&chunks).map(Out::Logits)
+                }
+            }))
+            .map_err(|p| panic_message(&p))?
+            .map_err(|e| format!("forward pass failed: {e}"))?
         };
         self.stats.steps += 1;
-        let engine = self.engine.clone();
-        let (vocab, stop_ids) = (engine.config().vocab_size, engine.tokenizer().stop_ids());
-        // Padded embedding rows past the tokenizer are never sampled nor reported.
-        let sampled_vocab = engine.sampled_vocab();
-        let mut rows = logits.chunks_exact(vocab).map(|r| &r[..sampled_vocab]);
+        let picks: Vec<Pick<'_>> = match &out {
+            Out::Logits(l) => l
+                .chunks_exact(vocab)
+                .map(|r| Pick::Row(&r[..sampled_vocab]))
+                .collect(),
+            Out::Ids(ids) => ids.iter().map(|&id| Pick::Id(id)).collect(),
+        };
+        let mut rows = picks.into_iter();
         let mut exits = Vec::new();
         for &(i, n) in &plan {
             let seq = &mut self.running[i];
@@ -686,6 +706,21 @@ impl Worker {
     }
 }
 
+/// What a step's forward pass returned.
+enum Out {
+    /// `vocab` logits per sequence that samples.
+    Logits(Vec<f32>),
+    /// The argmax of each of those rows, picked by the backend.
+    Ids(Vec<u32>),
+}
+
+/// One sampling sequence's share of [`Out`].
+#[derive(Clone, Copy)]
+enum Pick<'a> {
+    Row(&'a [f32]),
+    Id(u32),
+}
+
 /// Registers the blocks `seq` has completely computed since the last call.
 fn register_full_blocks(blocks: &mut BlockManager, seq: &mut Sequence) {
     let full = seq.computed / KV_BLOCK;
@@ -701,11 +736,12 @@ fn register_full_blocks(blocks: &mut BlockManager, seq: &mut Sequence) {
     }
 }
 
-/// Samples `seq`'s next token from `row` (the logits after its last token), streams it, and
-/// says whether the sequence is done.
+/// Samples `seq`'s next token from `pick` (the logits after its last token, or the backend's
+/// argmax of them when that is all the sampler would take), streams it, and says whether the
+/// sequence is done.
 fn next_token(
     seq: &mut Sequence,
-    row: &[f32],
+    pick: Pick<'_>,
     logits: &mut Vec<f32>,
     ctx: usize,
     stop_ids: &[u32],
@@ -713,11 +749,18 @@ fn next_token(
     if seq.generated() >= seq.opts.max_tokens {
         return Some(Exit::Finished(FinishReason::Length));
     }
-    let logprobs = seq.logprobs.map(|k| top_logprobs(row, k));
-    // The sampler edits logits in place (penalties); the row is the batch's.
-    logits.clear();
-    logits.extend_from_slice(row);
-    let next = seq.sampler.sample(logits, &seq.tokens, seq.prompt_len);
+    let (next, logprobs) = match pick {
+        Pick::Row(row) => {
+            let logprobs = seq.logprobs.map(|k| top_logprobs(row, k));
+            // The sampler edits logits in place (penalties); the row is the batch's.
+            logits.clear();
+            logits.extend_from_slice(row);
+            let next = seq.sampler.sample(logits, &seq.tokens, seq.prompt_len);
+            (next, logprobs)
+        }
+        // Only taken for sequences that want no logprobs (`Worker::step`).
+        Pick::Id(id) => (id, None),
+    };
     if seq.first_token.is_none() {
         seq.first_token = Some(seq.submitted.elapsed());
     }
@@ -787,7 +830,6 @@ fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
 mod tests {
     use super::*;
     use crate::engine::EngineOptions;
-    use crate::forward::Logits;
     use std::path::PathBuf;
 
     fn engine() -> Engine {
@@ -842,17 +884,16 @@ mod tests {
         let mut alone = vec![s.eval(&target, Logits::Last).unwrap()];
         let mut seq = target.clone();
         for _ in 0..steps {
-            let next = crate::sampler::argmax(alone.last().unwrap());
+            let next = bitnet_backend::argmax(alone.last().unwrap());
             seq.push(next);
             alone.push(s.eval(&[next], Logits::Last).unwrap());
         }
 
         // Batched: blocks handed out in reverse so no sequence's blocks are contiguous.
         let c = e.config();
-        let mut cache = KvCache::new(c.num_layers, c.kv_dim(), 64, e.kv_type());
+        let mut context = e.new_context(64, 512).unwrap();
         let mut free: Vec<u32> = (0..64).collect();
         let mut table = |n: usize| -> Vec<u32> { (0..n).filter_map(|_| free.pop()).collect() };
-        let mut scratch = Scratch::default();
         let tables: Vec<Vec<u32>> = (0..9).map(|_| table(4)).collect();
         // Others start with different prompt prefixes already cached (0..7 tokens each).
         let mut done: Vec<usize> = vec![0; 9];
@@ -865,7 +906,7 @@ mod tests {
                     blocks: &tables[i + 1],
                     want: Logits::None,
                 };
-                e.forward(&mut cache, &mut scratch, &[chunk]);
+                context.forward(&[chunk]).unwrap();
                 done[i + 1] = n;
             }
         }
@@ -910,7 +951,7 @@ mod tests {
                 chunks.insert(chunks.len() / 2, t);
             }
             let pos = chunks.iter().position(|c| c.blocks == tables[0].as_slice());
-            let logits = e.forward(&mut cache, &mut scratch, &chunks);
+            let logits = context.forward(&chunks).unwrap();
             let vocab = c.vocab_size;
             let row = chunks[..pos.unwrap()]
                 .iter()
@@ -924,8 +965,8 @@ mod tests {
                 .fold(0f32, f32::max);
             worst = worst.max(d);
             assert_eq!(
-                crate::sampler::argmax(got),
-                crate::sampler::argmax(expected),
+                bitnet_backend::argmax(got),
+                bitnet_backend::argmax(expected),
                 "step {step}"
             );
             for (i, n) in advance {

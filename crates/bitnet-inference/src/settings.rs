@@ -2,8 +2,8 @@
 //! built-in defaults, a TOML file, `BITNET_*` environment variables, then command-line flags.
 
 use crate::error::{EngineError, Result};
-use crate::kv_cache::KvType;
 use crate::sampler::SamplingParams;
+use bitnet_backend::{Device, KvType};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -22,6 +22,9 @@ pub struct Settings {
     pub model: Option<PathBuf>,
     /// Folder with tokenizer.json to use instead of the model's own tokenizer.
     pub tokenizer: Option<PathBuf>,
+    /// Where the forward pass runs: `cpu`, `cuda` or `cuda:N`; default: the CPU.
+    #[serde(with = "device_text")]
+    pub device: Option<Device>,
     /// Worker threads; default: the number of physical cores.
     pub threads: Option<usize>,
     /// Context length in tokens (KV cache size); default: the model's trained context.
@@ -103,6 +106,7 @@ impl Settings {
             match name {
                 "MODEL" => s.model = Some(v.clone().into()),
                 "TOKENIZER" => s.tokenizer = Some(v.clone().into()),
+                "DEVICE" => s.device = Some(Device::parse(&v).map_err(|e| bad(&e))?),
                 "THREADS" => s.threads = Some(v.parse().map_err(|e| bad(&e))?),
                 "CTX_SIZE" => s.ctx_size = Some(v.parse().map_err(|e| bad(&e))?),
                 "BATCH_SIZE" => s.batch_size = Some(v.parse().map_err(|e| bad(&e))?),
@@ -133,7 +137,8 @@ impl Settings {
     /// `self` with every value that `over` sets replaced.
     pub fn overlay(mut self, over: &Settings) -> Settings {
         overlay!(
-            self, over, model, tokenizer, threads, ctx_size, batch_size, max_tokens, kv_type, mmap
+            self, over, model, tokenizer, device, threads, ctx_size, batch_size, max_tokens,
+            kv_type, mmap
         );
         overlay!(
             self.sampling,
@@ -166,6 +171,25 @@ impl Settings {
             frequency_penalty: o.frequency_penalty.unwrap_or(d.frequency_penalty),
             seed: o.seed,
         }
+    }
+}
+
+/// `device = "cuda:1"` in the TOML file: the same spelling as `--device` and `BITNET_DEVICE`.
+mod device_text {
+    use bitnet_backend::Device;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Option<Device>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_some(&d.to_string()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Device>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|s| Device::parse(&s).map_err(serde::de::Error::custom))
+            .transpose()
     }
 }
 
@@ -275,6 +299,23 @@ mod tests {
             ),
             (7, 3)
         );
+    }
+
+    #[test]
+    fn device_comes_from_every_layer() {
+        let file = Settings::from_toml_str("device = \"cuda:1\"\n").unwrap();
+        assert_eq!(file.device, Some(Device::Cuda(1)));
+        let env = Settings::from_env_vars(std::iter::once(("BITNET_DEVICE".into(), "cpu".into())))
+            .unwrap();
+        assert_eq!(file.overlay(&env).device, Some(Device::Cpu));
+        let e = Settings::from_toml_str("device = \"tpu\"").unwrap_err();
+        assert!(
+            e.to_string().contains("expected cpu, cuda or cuda:N"),
+            "{e}"
+        );
+        let e = Settings::from_env_vars(std::iter::once(("BITNET_DEVICE".into(), "gpu:x".into())))
+            .unwrap_err();
+        assert!(e.to_string().contains("BITNET_DEVICE=gpu:x"), "{e}");
     }
 
     #[test]

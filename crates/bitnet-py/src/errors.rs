@@ -97,7 +97,7 @@ fn kind_of(e: &EngineError) -> Kind {
         // Non-finite results: the model's numbers are broken.
         EngineError::NotFinite { .. } => Kind::Model,
         EngineError::Tokenizer(t) => tokenizer_kind(t),
-        EngineError::ThreadPool(_) => Kind::Base,
+        EngineError::ThreadPool(_) | EngineError::Backend(_) => Kind::Base,
     }
 }
 

@@ -8,40 +8,10 @@
 //! F16 (llama.cpp's and bitnet.cpp's default) halves the cache and the bytes attention reads per
 //! generated token; F32 keeps the forward pass bit-for-bit the reference's float math.
 
+use bitnet_backend::{KvType, KV_BLOCK};
 use bitnet_kernels::ops;
 use half::f16;
 use half::slice::HalfFloatSliceExt;
-use serde::{Deserialize, Serialize};
-
-/// Positions per KV block. 32 rows of a 2B4T KV head are one `dots_f16` call of 8 KiB: large
-/// enough that per-block calls cost nothing measurable, small enough that a sequence wastes at
-/// most 31 positions and prefix sharing has a fine grain.
-pub const KV_BLOCK: usize = 32;
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum KvType {
-    #[default]
-    F16,
-    F32,
-}
-
-impl KvType {
-    pub fn parse(s: &str) -> Option<KvType> {
-        match s.to_ascii_lowercase().as_str() {
-            "f16" => Some(KvType::F16),
-            "f32" => Some(KvType::F32),
-            _ => None,
-        }
-    }
-
-    fn size(self) -> usize {
-        match self {
-            KvType::F16 => 2,
-            KvType::F32 => 4,
-        }
-    }
-}
 
 /// One layer's keys or values. F16 is stored as raw `u16` so the zeroed allocation comes from
 /// `calloc` (untouched pages cost no memory until a block is written).

@@ -1,0 +1,394 @@
+//! The CPU backend: the model's weights where the loader placed them (huge-page arena or file
+//! mapping), a paged KV cache in host memory, and the `bitnet-kernels` kernels on a pool of
+//! worker threads.
+//!
+//! Each operation of [`Context`] is one stretch of the forward pass. Every BitLinear quantizes
+//! its input per token to int8 once (shared by q/k/v and by gate/up) and accumulates in
+//! integers; everything before the LM head is per token or per sequence, so a sequence's K/V and
+//! hidden states do not depend on what else is in the batch (only the float LM head sums a tile
+//! of tokens in another order than one token).
+
+mod kv_cache;
+mod ops;
+mod pool;
+
+pub use kv_cache::KvCache;
+pub(crate) use ops::Rope;
+
+use crate::profile::{Stage, Timer};
+use bitnet_backend::{
+    run_layers, Backend, BackendError, Context, Device, KvType, Logits, Result, SeqChunk, KV_BLOCK,
+};
+use bitnet_kernels::{ops as kops, ternary_matmul, ternary_matmul_many, DenseMatrixExt};
+use bitnet_models::{Activation, LoadedModel, ModelWeights};
+use ops::{
+    add_assign, attention, norm_inplace, norm_rows, norm_rows_inplace, resize, rows_mut, Batch,
+    Chunk, Scratch,
+};
+use pool::{build_pool, Pool};
+use std::sync::Arc;
+
+/// What the backend and all its contexts share.
+struct Shared {
+    model: Arc<LoadedModel>,
+    rope: Rope,
+    pool: Pool,
+    threads: usize,
+}
+
+/// The model on the CPU, with its worker threads. Cheap to clone.
+#[derive(Clone)]
+pub struct CpuBackend {
+    shared: Arc<Shared>,
+}
+
+impl CpuBackend {
+    /// A backend over `model` running its kernels on `threads` worker threads (the spinning
+    /// pool, or rayon's with `BITNET_POOL=rayon`).
+    pub fn new(model: Arc<LoadedModel>, threads: usize) -> crate::Result<CpuBackend> {
+        let threads = threads.max(1);
+        let pool = build_pool(threads)?;
+        let rope = Rope::new(&model.weights.config);
+        Ok(CpuBackend {
+            shared: Arc::new(Shared {
+                model,
+                rope,
+                pool,
+                threads,
+            }),
+        })
+    }
+
+    pub fn threads(&self) -> usize {
+        self.shared.threads
+    }
+}
+
+impl Backend for CpuBackend {
+    fn device(&self) -> Device {
+        Device::Cpu
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "cpu: {} threads, kernels {:?}",
+            self.shared.threads,
+            bitnet_kernels::detected_isa()
+        )
+    }
+
+    fn kv_bytes(&self, blocks: usize, ty: KvType) -> usize {
+        let c = &self.shared.model.weights.config;
+        KvCache::nbytes_for(
+            c.num_layers,
+            c.kv_dim(),
+            blocks.saturating_mul(KV_BLOCK),
+            ty,
+        )
+    }
+
+    /// Host memory is checked by the engine before this (`Engine::check_kv_size`): the cache's
+    /// zeroed pages are only touched as blocks fill, so an allocation that cannot be backed
+    /// would not fail here but kill the process later. Scratch grows on first use.
+    fn new_context(
+        &self,
+        blocks: usize,
+        ty: KvType,
+        _max_batch_tokens: usize,
+    ) -> Result<Box<dyn Context>> {
+        let c = &self.shared.model.weights.config;
+        Ok(Box::new(CpuContext {
+            cache: KvCache::new(c.num_layers, c.kv_dim(), blocks, ty),
+            shared: Arc::clone(&self.shared),
+            s: Scratch::default(),
+            batch: Batch::default(),
+        }))
+    }
+}
+
+/// A KV cache in host memory, the scratch of one stream of passes and the batch `begin` set up.
+pub struct CpuContext {
+    shared: Arc<Shared>,
+    cache: KvCache,
+    s: Scratch,
+    batch: Batch,
+}
+
+/// What an operation works on, borrowed apart so the pool's closure can hold them all.
+struct Parts<'a> {
+    w: &'a ModelWeights,
+    rope: &'a Rope,
+    cache: &'a mut KvCache,
+    s: &'a mut Scratch,
+    batch: &'a Batch,
+}
+
+impl CpuContext {
+    /// Runs `f` on this backend's threads (the kernels' `pool::for_each*` use the installed
+    /// pool). Installing is a thread-local swap for the spinning pool, and runs inline when
+    /// already inside the pool (a whole pass installs once, see `forward`).
+    fn run<R: Send>(&mut self, f: impl FnOnce(Parts<'_>) -> R + Send) -> R {
+        let CpuContext {
+            shared,
+            cache,
+            s,
+            batch,
+        } = self;
+        let shared: &Shared = shared;
+        shared.pool.install(|| {
+            f(Parts {
+                w: &shared.model.weights,
+                rope: &shared.rope,
+                cache,
+                s,
+                batch,
+            })
+        })
+    }
+}
+
+impl Context for CpuContext {
+    fn layers(&self) -> usize {
+        self.shared.model.weights.layers.len()
+    }
+
+    fn kv_blocks(&self) -> usize {
+        self.cache.blocks()
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.shared.model.weights.lm_head().rows()
+    }
+
+    fn begin(&mut self, seqs: &[SeqChunk<'_>]) -> Result<()> {
+        let vocab = self.shared.model.weights.config.vocab_size;
+        let kv_blocks = self.cache.blocks();
+        let b = &mut self.batch;
+        b.tokens.clear();
+        b.chunks.clear();
+        b.blocks.clear();
+        b.slots.clear();
+        b.rows.clear();
+        for q in seqs {
+            // The engine checks these; a broken batch must be an error here, not an index
+            // panic (or a write into another sequence's blocks) in the middle of a layer.
+            let end = q.start + q.tokens.len();
+            if end > q.blocks.len() * KV_BLOCK {
+                return Err(BackendError::Batch(format!(
+                    "positions up to {end} but {} blocks",
+                    q.blocks.len()
+                )));
+            }
+            if let Some(&bad) = q.blocks.iter().find(|&&x| x as usize >= kv_blocks) {
+                return Err(BackendError::Batch(format!(
+                    "block {bad} outside the cache of {kv_blocks}"
+                )));
+            }
+            if let Some(&id) = q.tokens.iter().find(|&&id| id as usize >= vocab) {
+                return Err(BackendError::Batch(format!(
+                    "token {id} outside the vocabulary of {vocab}"
+                )));
+            }
+            let first = b.tokens.len();
+            let n = q.tokens.len();
+            match q.want {
+                Logits::None => {}
+                Logits::Last if n > 0 => b.rows.push(first + n - 1),
+                Logits::Last => {}
+                Logits::All => b.rows.extend(first..first + n),
+            }
+            let table = (b.blocks.len(), b.blocks.len() + q.blocks.len());
+            b.blocks.extend_from_slice(q.blocks);
+            b.tokens.extend_from_slice(q.tokens);
+            for p in q.start..end {
+                b.slots.push(self.cache.offset(q.blocks, p));
+            }
+            b.chunks.push(Chunk {
+                start: q.start,
+                len: n,
+                first,
+                blocks: table,
+            });
+        }
+        Ok(())
+    }
+
+    fn embed(&mut self) -> Result<()> {
+        self.run(|p| {
+            let (w, s, b) = (p.w, p.s, p.batch);
+            let c = &w.config;
+            let t = b.tokens.len();
+            let mut timer = Timer::start();
+            let (h, qd, kvd, ffn) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size);
+            resize(&mut s.x, t * h);
+            for (row, &id) in s.x.chunks_exact_mut(h).zip(&b.tokens) {
+                w.token_embd.row_f32(id as usize, row);
+            }
+            resize(&mut s.xn, t * h);
+            resize(&mut s.q, t * qd);
+            resize(&mut s.k, t * kvd);
+            resize(&mut s.v, t * kvd);
+            resize(&mut s.attn, t * qd);
+            resize(&mut s.proj, t * h);
+            resize(&mut s.gate, t * ffn);
+            resize(&mut s.up, t * ffn);
+            resize(&mut s.hidden, t * ffn);
+            let positions = b.chunks.iter().flat_map(|q| q.start..q.start + q.len);
+            p.rope.table(positions, &mut s.cos, &mut s.sin);
+            timer.stage(Stage::Embed);
+        });
+        Ok(())
+    }
+
+    fn qkv(&mut self, layer: usize) -> Result<()> {
+        self.run(|p| {
+            let (c, lw, s) = (&p.w.config, &p.w.layers[layer], p.s);
+            let (t, h) = (p.batch.tokens.len(), c.hidden_size);
+            let mut timer = Timer::start();
+            norm_rows(&s.x, &lw.attn_norm, c.rms_norm_eps, &mut s.xn, h);
+            s.acts.quantize(&s.xn, t, h);
+            timer.stage(Stage::AttnNorm);
+            ternary_matmul_many(
+                &[&lw.wq, &lw.wk, &lw.wv],
+                &s.acts,
+                &mut [&mut s.q, &mut s.k, &mut s.v],
+            );
+            timer.stage(Stage::Qkv);
+        });
+        Ok(())
+    }
+
+    fn attention(&mut self, layer: usize) -> Result<()> {
+        self.run(|p| {
+            let (c, s, cache, b) = (&p.w.config, p.s, p.cache, p.batch);
+            let (qd, kvd) = (c.q_dim(), c.kv_dim());
+            let half = c.head_dim / 2;
+            let mut timer = Timer::start();
+            let (cos, sin) = (&s.cos, &s.sin);
+            for (q, dim) in [(&mut s.q, qd), (&mut s.k, kvd)] {
+                rows_mut(q, dim, |i, row| {
+                    let (cos, sin) = (&cos[i * half..][..half], &sin[i * half..][..half]);
+                    Rope::apply(row, c.head_dim, cos, sin)
+                });
+            }
+            for (i, &at) in b.slots.iter().enumerate() {
+                cache.k[layer].write(at, &s.k[i * kvd..(i + 1) * kvd]);
+                cache.v[layer].write(at, &s.v[i * kvd..(i + 1) * kvd]);
+            }
+            timer.stage(Stage::Rope);
+            attention(
+                c,
+                &s.q,
+                &cache.k[layer],
+                &cache.v[layer],
+                b,
+                &mut s.attn_tmp,
+                &mut s.attn,
+            );
+            timer.stage(Stage::Attention);
+        });
+        Ok(())
+    }
+
+    fn attn_out(&mut self, layer: usize) -> Result<()> {
+        self.run(|p| {
+            let (c, lw, s) = (&p.w.config, &p.w.layers[layer], p.s);
+            let (t, h, qd) = (p.batch.tokens.len(), c.hidden_size, c.q_dim());
+            let mut timer = Timer::start();
+            norm_rows_inplace(&mut s.attn, &lw.attn_sub_norm, c.rms_norm_eps, qd);
+            s.acts.quantize(&s.attn, t, qd);
+            timer.stage(Stage::AttnSubNorm);
+            ternary_matmul(&lw.wo, &s.acts, &mut s.proj);
+            timer.stage(Stage::Wo);
+            add_assign(&mut s.x, &s.proj, h);
+            timer.stage(Stage::Residual);
+        });
+        Ok(())
+    }
+
+    fn gate_up(&mut self, layer: usize) -> Result<()> {
+        self.run(|p| {
+            let (c, lw, s) = (&p.w.config, &p.w.layers[layer], p.s);
+            let (t, h) = (p.batch.tokens.len(), c.hidden_size);
+            let mut timer = Timer::start();
+            norm_rows(&s.x, &lw.ffn_norm, c.rms_norm_eps, &mut s.xn, h);
+            s.acts.quantize(&s.xn, t, h);
+            timer.stage(Stage::FfnNorm);
+            ternary_matmul_many(
+                &[&lw.w_gate, &lw.w_up],
+                &s.acts,
+                &mut [&mut s.gate, &mut s.up],
+            );
+            timer.stage(Stage::GateUp);
+        });
+        Ok(())
+    }
+
+    fn ffn_out(&mut self, layer: usize) -> Result<()> {
+        self.run(|p| {
+            let (c, lw, s) = (&p.w.config, &p.w.layers[layer], p.s);
+            let (t, h, ffn) = (p.batch.tokens.len(), c.hidden_size, c.intermediate_size);
+            let mut timer = Timer::start();
+            let (gate, up) = (&s.gate, &s.up);
+            rows_mut(&mut s.hidden, ffn, |i, row| {
+                let (g, u) = (&gate[i * ffn..][..ffn], &up[i * ffn..][..ffn]);
+                match c.activation() {
+                    Activation::Relu2 => kops::relu2_mul(g, u, row),
+                    Activation::Silu => kops::silu_mul(g, u, row),
+                }
+                norm_inplace(row, &lw.ffn_sub_norm, c.rms_norm_eps);
+            });
+            s.acts.quantize(&s.hidden, t, ffn);
+            timer.stage(Stage::FfnAct);
+            ternary_matmul(&lw.w_down, &s.acts, &mut s.proj);
+            timer.stage(Stage::Down);
+            add_assign(&mut s.x, &s.proj, h);
+            timer.stage(Stage::Residual);
+        });
+        Ok(())
+    }
+
+    fn logits(&mut self) -> Result<Vec<f32>> {
+        Ok(self.run(|p| {
+            let (w, s, rows) = (p.w, p.s, &p.batch.rows);
+            let c = &w.config;
+            let h = c.hidden_size;
+            if rows.is_empty() {
+                return Vec::new();
+            }
+            let mut timer = Timer::start();
+            let mut normed = vec![0f32; rows.len() * h];
+            for (out, &r) in normed.chunks_exact_mut(h).zip(rows) {
+                kops::rms_norm(
+                    &s.x[r * h..(r + 1) * h],
+                    &w.output_norm,
+                    c.rms_norm_eps,
+                    out,
+                );
+            }
+            let head = w.lm_head();
+            let mut logits = vec![0f32; rows.len() * head.rows()];
+            head.matmul(&normed, rows.len(), &mut logits);
+            timer.stage(Stage::Head);
+            logits
+        }))
+    }
+
+    /// The whole pass inside one `install`: rayon's pool would otherwise move every operation
+    /// to a worker thread and back.
+    fn forward(&mut self, seqs: &[SeqChunk<'_>]) -> Result<Vec<f32>> {
+        let shared = Arc::clone(&self.shared);
+        shared.pool.install(|| {
+            run_layers(self, seqs)?;
+            self.logits()
+        })
+    }
+
+    fn forward_greedy(&mut self, seqs: &[SeqChunk<'_>], vocab: usize) -> Result<Vec<u32>> {
+        let shared = Arc::clone(&self.shared);
+        shared.pool.install(|| {
+            run_layers(self, seqs)?;
+            self.greedy(vocab)
+        })
+    }
+}
