@@ -3,6 +3,11 @@
 //!
 //! All functions panic if their slice lengths disagree (a caller bug).
 
+// Only the ISAs with f16 vector ops ask which ISA runs.
+#[cfg(any(
+    target_arch = "x86_64",
+    all(target_arch = "wasm32", target_feature = "simd128")
+))]
 use crate::detected_isa;
 use crate::dispatch::vector_op;
 use half::{f16, slice::HalfFloatSliceExt};
