@@ -385,42 +385,7 @@ impl CudaContext {
     }
 
     fn qkv_op(&mut self, l: usize) -> CudaResult<()> {
-        let (n, m) = (self.n, &self.shared.model);
-        if n == 0 {
-            return Ok(());
-        }
-        let lw = &m.layers[l];
-        let (h, eps, width) = (
-            m.config.hidden_size,
-            m.config.rms_norm_eps,
-            m.dims.qkv_dim(),
-        );
-        let fused = self.fused_step();
-        let s = &mut self.s;
-        if fused {
-            return self.gpu.norm_ternary_matmul(
-                &s.x.slice(..h),
-                NormInput::Plain,
-                &lw.attn_norm,
-                eps,
-                &lw.qkv,
-                &mut s.qkv.slice_mut(..width),
-                false,
-            );
-        }
-        s.acts_h.set_tokens(n)?;
-        self.gpu.norm_quantize(
-            &s.x.slice(..n * h),
-            n,
-            h,
-            NormInput::Plain,
-            &lw.attn_norm,
-            eps,
-            None,
-            Some(&mut s.acts_h),
-        )?;
-        self.gpu
-            .ternary_matmul(&lw.qkv, &s.acts_h, &mut s.qkv.slice_mut(..n * width))
+        self.norm_matmul(l, Proj::Qkv)
     }
 
     fn attention_op(&mut self, l: usize) -> CudaResult<()> {
@@ -517,23 +482,34 @@ impl CudaContext {
     }
 
     fn gate_up_op(&mut self, l: usize) -> CudaResult<()> {
+        self.norm_matmul(l, Proj::GateUp)
+    }
+
+    /// RMSNorm of the residual stream, int8 quantization and a stacked projection (q/k/v or
+    /// gate/up): inside the matmul for a one-token step, as separate kernels for a batch (one
+    /// norm kernel then serves all its tokens).
+    fn norm_matmul(&mut self, l: usize, proj: Proj) -> CudaResult<()> {
         let (n, m) = (self.n, &self.shared.model);
         if n == 0 {
             return Ok(());
         }
         let lw = &m.layers[l];
         let (h, eps) = (m.config.hidden_size, m.config.rms_norm_eps);
-        let width = lw.gate_up.rows();
         let fused = self.fused_step();
         let s = &mut self.s;
+        let (norm, w, out) = match proj {
+            Proj::Qkv => (&lw.attn_norm, &lw.qkv, &mut s.qkv),
+            Proj::GateUp => (&lw.ffn_norm, &lw.gate_up, &mut s.gate_up),
+        };
+        let width = w.rows();
         if fused {
             return self.gpu.norm_ternary_matmul(
                 &s.x.slice(..h),
                 NormInput::Plain,
-                &lw.ffn_norm,
+                norm,
                 eps,
-                &lw.gate_up,
-                &mut s.gate_up.slice_mut(..width),
+                w,
+                &mut out.slice_mut(..width),
                 false,
             );
         }
@@ -543,16 +519,13 @@ impl CudaContext {
             n,
             h,
             NormInput::Plain,
-            &lw.ffn_norm,
+            norm,
             eps,
             None,
             Some(&mut s.acts_h),
         )?;
-        self.gpu.ternary_matmul(
-            &lw.gate_up,
-            &s.acts_h,
-            &mut s.gate_up.slice_mut(..n * width),
-        )
+        self.gpu
+            .ternary_matmul(w, &s.acts_h, &mut out.slice_mut(..n * width))
     }
 
     fn ffn_out_op(&mut self, l: usize) -> CudaResult<()> {
@@ -923,4 +896,11 @@ impl Context for CudaContext {
         self.replay(Some(v)).map_err(dev)?;
         self.read_ids(v).map_err(dev)
     }
+}
+
+/// The two projections that read the normalized residual stream.
+#[derive(Clone, Copy)]
+enum Proj {
+    Qkv,
+    GateUp,
 }
