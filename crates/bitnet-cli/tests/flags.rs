@@ -76,6 +76,7 @@ fn with<'a>(cmd: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
 
 /// A device this build cannot drive: exit 1 with the reason, before the model loads, nothing on
 /// stdout.
+#[cfg(not(feature = "cuda"))]
 #[track_caller]
 fn no_cuda(o: &Out) {
     expect(
