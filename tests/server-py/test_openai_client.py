@@ -312,3 +312,22 @@ def test_health_is_open():
         assert e.value.code == 401
     finally:
         assert s.stop() == 0, "".join(s.log)
+
+
+def test_settings_file_gives_the_defaults_of_requests(tmp_path):
+    # `serve` reads the sampling keys and max_tokens of its settings file (and BITNET_*
+    # variables) as `run` does: they fill the fields a request leaves out, and a request's own
+    # values still win.
+    cfg = tmp_path / "serve.toml"
+    cfg.write_text("max_tokens = 3\n[sampling]\ntemperature = 0.0\n")
+    s = Server("--config", str(cfg))
+    try:
+        def ask(**kw):
+            return s.client.completions.create(model="kjv", prompt=PROMPT,
+                                               extra_body={"ignore_eos": True}, **kw)
+        a, b = ask(), ask()
+        assert a.usage.completion_tokens == 3
+        assert a.choices[0].text == b.choices[0].text  # temperature 0 from the file: greedy
+        assert ask(max_tokens=5).usage.completion_tokens == 5
+    finally:
+        assert s.stop() == 0, "".join(s.log)

@@ -112,6 +112,12 @@ pub fn run(a: ServeArgs) -> Result<()> {
         read_timeout: Duration::from_secs(a.timeout.max(1)),
         shutdown_timeout: Duration::from_secs(a.shutdown_timeout),
         max_connections: a.max_connections,
+        // The settings file's and BITNET_* variables' sampling keys (as `run` reads them) are
+        // the defaults of requests that leave those fields out.
+        defaults: bitnet_server::RequestDefaults {
+            sampling: s.sampling.clone(),
+            max_tokens: s.max_tokens,
+        },
     };
     let scheduler = Arc::new(scheduler);
     // The engine computes on its own threads; the runtime only moves bytes.

@@ -28,5 +28,5 @@ mod testing;
 
 pub use backend::{Backend, EventStream};
 pub use errors::ApiError;
-pub use params::{MAX_CHOICES, MAX_STOP, MAX_STOP_BYTES};
+pub use params::{RequestDefaults, MAX_CHOICES, MAX_STOP, MAX_STOP_BYTES};
 pub use server::{serve, ServerConfig};

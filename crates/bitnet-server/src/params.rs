@@ -4,8 +4,21 @@
 use crate::api::{GenerateOptions, SamplingParams, MAX_TOP_LOGPROBS};
 use crate::errors::ApiError;
 use crate::openai::{ContentIn, GenerationRequest, PromptIn, StopIn};
+use bitnet_inference::settings::SamplingOverrides;
 use bitnet_tokenizers::{ChatMessage, Tokenizer};
 use serde_json::Value;
+
+/// What a request gets for the fields it leaves out: the server's own settings where it has
+/// them (`bitnet serve` takes them from its settings file and `BITNET_*` variables, as `run`
+/// does), else OpenAI's defaults. Values a request sends always win, and are range-checked
+/// whatever the defaults.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RequestDefaults {
+    pub sampling: SamplingOverrides,
+    /// `max_tokens` of a request without one (at most the context); `None`: until the
+    /// context is full, as OpenAI.
+    pub max_tokens: Option<usize>,
+}
 
 /// Most choices one request may ask for (`n` times the number of prompts): each is a
 /// sequence in the engine, and one client should not be able to take all of them.
@@ -82,7 +95,14 @@ fn range_f64(param: &str, v: Option<f64>, default: f64, lo: f64, hi: f64) -> Res
 
 /// Checks everything that does not need the tokenizer. `ctx` is the engine's context per
 /// sequence.
-pub fn plan(req: &GenerationRequest, endpoint: Endpoint, ctx: usize) -> Result<Plan, ApiError> {
+pub fn plan(
+    req: &GenerationRequest,
+    endpoint: Endpoint,
+    ctx: usize,
+    defaults: &RequestDefaults,
+) -> Result<Plan, ApiError> {
+    let d = &defaults.sampling;
+    let or = |v: Option<f64>, server: Option<f32>| v.or(server.map(f64::from));
     let prompts = match endpoint {
         Endpoint::Chat => vec![chat_prompt(req)?],
         Endpoint::Completions => completion_prompts(req)?,
@@ -131,22 +151,28 @@ pub fn plan(req: &GenerationRequest, endpoint: Endpoint, ctx: usize) -> Result<P
         Some(m) => Some(m as usize),
     };
 
-    let mut top_p = range_f64("top_p", req.top_p, 1.0, 0.0, 1.0)?;
+    let mut top_p = range_f64("top_p", or(req.top_p, d.top_p), 1.0, 0.0, 1.0)?;
     if top_p == 0.0 {
         // OpenAI accepts 0: the smallest nucleus, which is the single most likely token.
         top_p = f32::MIN_POSITIVE;
     }
     let sampling = SamplingParams {
-        temperature: range_f64("temperature", req.temperature, 1.0, 0.0, 2.0)?,
-        top_k: req
-            .top_k
-            .map_or(0, |k| usize::try_from(k).unwrap_or(usize::MAX)),
+        temperature: range_f64(
+            "temperature",
+            or(req.temperature, d.temperature),
+            1.0,
+            0.0,
+            2.0,
+        )?,
+        top_k: req.top_k.map_or(d.top_k.unwrap_or(0), |k| {
+            usize::try_from(k).unwrap_or(usize::MAX)
+        }),
         top_p,
-        min_p: range_f64("min_p", req.min_p, 0.0, 0.0, 1.0)?,
+        min_p: range_f64("min_p", or(req.min_p, d.min_p), 0.0, 0.0, 1.0)?,
         repeat_penalty: {
             let r = range_f64(
                 "repetition_penalty",
-                req.repetition_penalty,
+                or(req.repetition_penalty, d.repeat_penalty),
                 1.0,
                 0.0,
                 100.0,
@@ -159,10 +185,24 @@ pub fn plan(req: &GenerationRequest, endpoint: Endpoint, ctx: usize) -> Result<P
             }
             r
         },
-        presence_penalty: range_f64("presence_penalty", req.presence_penalty, 0.0, -2.0, 2.0)?,
-        frequency_penalty: range_f64("frequency_penalty", req.frequency_penalty, 0.0, -2.0, 2.0)?,
-        seed: req.seed.map(|s| s as u64),
-        ..SamplingParams::default()
+        presence_penalty: range_f64(
+            "presence_penalty",
+            or(req.presence_penalty, d.presence_penalty),
+            0.0,
+            -2.0,
+            2.0,
+        )?,
+        frequency_penalty: range_f64(
+            "frequency_penalty",
+            or(req.frequency_penalty, d.frequency_penalty),
+            0.0,
+            -2.0,
+            2.0,
+        )?,
+        seed: req.seed.map(|s| s as u64).or(d.seed),
+        repeat_last_n: d
+            .repeat_last_n
+            .unwrap_or(SamplingParams::default().repeat_last_n),
     };
     sampling
         .validate()
@@ -248,7 +288,7 @@ pub fn plan(req: &GenerationRequest, endpoint: Endpoint, ctx: usize) -> Result<P
         n: n as usize,
         options: GenerateOptions {
             // Without a limit, generation runs until the context is full, as with OpenAI.
-            max_tokens: max_tokens.unwrap_or(ctx),
+            max_tokens: max_tokens.unwrap_or(defaults.max_tokens.map_or(ctx, |m| m.clamp(1, ctx))),
             sampling,
             stop,
             ignore_eos: req.ignore_eos.unwrap_or(false),
@@ -415,12 +455,18 @@ mod tests {
     }
 
     fn err(json: &str, ep: Endpoint) -> ApiError {
-        plan(&req(json), ep, 1024).unwrap_err()
+        plan(&req(json), ep, 1024, &RequestDefaults::default()).unwrap_err()
     }
 
     #[test]
     fn openai_defaults() {
-        let p = plan(&req(r#"{"prompt":"hi"}"#), Endpoint::Completions, 1024).unwrap();
+        let p = plan(
+            &req(r#"{"prompt":"hi"}"#),
+            Endpoint::Completions,
+            1024,
+            &RequestDefaults::default(),
+        )
+        .unwrap();
         let s = &p.options.sampling;
         assert_eq!(
             (s.temperature, s.top_p, s.top_k, s.min_p),
@@ -442,6 +488,7 @@ mod tests {
                 "logprobs":true,"top_logprobs":3}"#),
             Endpoint::Chat,
             1024,
+            &RequestDefaults::default(),
         )
         .unwrap();
         assert_eq!(
@@ -541,6 +588,7 @@ mod tests {
             &req(&format!(r#"{{"prompt":"{big}"}}"#)),
             Endpoint::Completions,
             4,
+            &RequestDefaults::default(),
         )
         .unwrap_err();
         assert_eq!(e.code, Some("context_length_exceeded"));
@@ -553,6 +601,7 @@ mod tests {
             &req(r#"{"prompt":"a","stop":["","b"],"top_p":0}"#),
             Endpoint::Completions,
             8,
+            &RequestDefaults::default(),
         )
         .unwrap();
         assert_eq!(p.options.stop, vec!["b".to_string()]);
@@ -563,8 +612,40 @@ mod tests {
             &req(&format!(r#"{{"prompt":"a","stop":"{longest}"}}"#)),
             Endpoint::Completions,
             8,
+            &RequestDefaults::default(),
         )
         .unwrap();
         assert_eq!(p.options.stop, vec![longest]);
+    }
+
+    #[test]
+    fn server_defaults_fill_what_a_request_leaves_out() {
+        let d = RequestDefaults {
+            sampling: SamplingOverrides {
+                temperature: Some(0.0),
+                top_k: Some(7),
+                top_p: Some(0.5),
+                seed: Some(9),
+                repeat_last_n: Some(16),
+                ..Default::default()
+            },
+            max_tokens: Some(5000),
+        };
+        let p = plan(&req(r#"{"prompt":"a"}"#), Endpoint::Completions, 1024, &d).unwrap();
+        let s = &p.options.sampling;
+        assert_eq!((s.temperature, s.top_k, s.top_p), (0.0, 7, 0.5));
+        assert_eq!((s.seed, s.repeat_last_n), (Some(9), 16));
+        // A default above the context is cut to it; the request's own values win.
+        assert_eq!(p.options.max_tokens, 1024);
+        let p = plan(
+            &req(r#"{"prompt":"a","temperature":1.5,"top_k":0,"seed":1,"max_tokens":3}"#),
+            Endpoint::Completions,
+            1024,
+            &d,
+        )
+        .unwrap();
+        let s = &p.options.sampling;
+        assert_eq!((s.temperature, s.top_k, s.seed), (1.5, 0, Some(1)));
+        assert_eq!(p.options.max_tokens, 3);
     }
 }

@@ -301,7 +301,7 @@ async fn generation(
             return Err(ApiError::model_not_found(m));
         }
     }
-    let plan = params::plan(&req, endpoint, app.backend.ctx_size())?;
+    let plan = params::plan(&req, endpoint, app.backend.ctx_size(), &app.config.defaults)?;
     drop(req);
 
     // Chat templates and tokenizers are CPU work that can take milliseconds on long

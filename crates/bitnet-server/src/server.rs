@@ -37,6 +37,8 @@ pub struct ServerConfig {
     /// cannot tell from a crash and retry at once. Bounds the file descriptors and the
     /// per-connection buffers a flood of clients can take.
     pub max_connections: usize,
+    /// Sampling values and `max_tokens` for requests that leave them out.
+    pub defaults: crate::params::RequestDefaults,
 }
 
 impl Default for ServerConfig {
@@ -48,6 +50,7 @@ impl Default for ServerConfig {
             read_timeout: Duration::from_secs(30),
             shutdown_timeout: Duration::from_secs(30),
             max_connections: 1024,
+            defaults: Default::default(),
         }
     }
 }
