@@ -34,6 +34,15 @@ pub struct ChatArgs {
     /// $XDG_STATE_HOME/bitnet/chat_history, else ~/.local/state/bitnet/chat_history)
     #[arg(long)]
     no_history: bool,
+    /// llama-cli's -cnv / -i, taken and ignored: `chat` is always a conversation, and people
+    /// type the flags they are used to
+    #[arg(
+        short = 'i',
+        long = "conversation",
+        visible_alias = "interactive",
+        hide = true
+    )]
+    _conversation: bool,
 }
 
 const PROMPT: &str = "> ";

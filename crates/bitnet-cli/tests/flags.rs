@@ -276,6 +276,13 @@ fn cnv_and_i_make_run_a_chat() {
             &[],
         ));
         assert_eq!(o.stdout, chat.stdout, "{flag}");
+        // ... and `chat` itself takes them too (as a no-op), as llama-cli users type them.
+        let o = ok(bitnet_with(
+            &["chat", flag, "-q", "--temp", "0", "-n", "6"],
+            input,
+            &[],
+        ));
+        assert_eq!(o.stdout, chat.stdout, "chat {flag}");
     }
     // A prompt given up front would be dropped by the chat: refused.
     usage_error(&["run", "-cnv", "-p", "hi"], &["-cnv", "-p"]);
