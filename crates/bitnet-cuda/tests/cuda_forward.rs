@@ -939,6 +939,34 @@ fn kjv_i2s_gguf_on_the_gpu_matches_cpu_and_reference() {
     check_model("i2_s-gguf", &path);
 }
 
+/// The same weights in llama.cpp's TQ2_0 and TQ1_0 (converted here from the shared I2_S file,
+/// as `bitnet convert --type` does; the head stays F16): the loaders turn every ternary format
+/// into the same codes, so the GPU must give the reference tokens and logits from each.
+#[test]
+fn kjv_tq2_0_and_tq1_0_on_the_gpu_match_cpu_and_reference() {
+    use bitnet_models::export::{convert, DenseFormat, ExportOptions, TernaryFormat};
+    if gpu().is_none() {
+        return;
+    }
+    let src = kjv_dir().join("gguf/bitnet-b1.58-kjv-i2_s.gguf");
+    let dir = std::env::temp_dir().join(format!("bitnet-cuda-formats-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (label, ternary) in [
+        ("tq2_0", TernaryFormat::Tq2_0),
+        ("tq1_0", TernaryFormat::Tq1_0),
+    ] {
+        let out = dir.join(format!("kjv-{label}.gguf"));
+        let opts = ExportOptions {
+            ternary,
+            dense: DenseFormat::F16,
+            name: format!("kjv-{label}"),
+        };
+        convert(&src, None, &opts, &out, &mut |_, _| {}).unwrap();
+        check_model(label, &out);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn kjv_hf_folder_on_the_gpu_matches_cpu_and_reference() {
     if gpu().is_none() {
