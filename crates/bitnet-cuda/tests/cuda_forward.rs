@@ -25,11 +25,12 @@
 //! `../shared` beside the repository), so the binary can run on the GPU machine:
 //! `BITNET_REQUIRE_CUDA=1 BITNET_SHARED_DIR=... ./cuda_forward-<hash> --nocapture`.
 
+mod common;
 use bitnet_backend::{Backend, BackendError, Context, KvType, Logits, SeqChunk, KV_BLOCK};
 use bitnet_common::Storage;
 use bitnet_cuda::{
-    ArgmaxScratch, AttnDims, CudaBackend, CudaError, Gpu, GpuActivations, GpuDense,
-    GpuTernaryMatrix, NormInput, PagedBatch,
+    ArgmaxScratch, AttnDims, CudaBackend, CudaError, GpuActivations, GpuDense, GpuTernaryMatrix,
+    NormInput, PagedBatch,
 };
 use bitnet_inference::{
     Engine, EngineOptions, GenerateOptions, Logits as CpuLogits, SamplingParams,
@@ -37,6 +38,7 @@ use bitnet_inference::{
 use bitnet_kernels::{
     ops, DenseMatrix, DenseMatrixExt, DenseType, QuantizedActivations, TernaryMatrix,
 };
+use common::{gpu, required, Rng};
 use half::f16;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -44,42 +46,11 @@ use std::path::{Path, PathBuf};
 const LOGIT_TOL: f32 = 0.15;
 const BATCH_TOL: f32 = 1e-4;
 
-fn required() -> bool {
-    std::env::var_os("BITNET_REQUIRE_CUDA").is_some_and(|v| v == "1")
-}
-
-fn gpu() -> Option<Gpu> {
-    match Gpu::open(0) {
-        Ok(g) => Some(g),
-        Err(e) if !required() => {
-            eprintln!("no GPU here ({e}); set BITNET_REQUIRE_CUDA=1 where one must exist");
-            None
-        }
-        Err(e) => panic!("BITNET_REQUIRE_CUDA=1 but {e}"),
-    }
-}
-
 fn kjv_dir() -> PathBuf {
     let shared = std::env::var_os("BITNET_SHARED_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared"));
     shared.join("models/bitnet-b1.58-kjv")
-}
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn f32(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-    }
-    fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
-        (0..n).map(|_| self.f32() * scale).collect()
-    }
 }
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {

@@ -9,36 +9,10 @@
 //! Run there (binaries built here, see docs/cuda.md):
 //! `BITNET_REQUIRE_CUDA=1 ./cuda_ops-<hash> --include-ignored`.
 
+mod common;
 use bitnet_cuda::{CudaError, Gpu, GpuActivations, GpuTernaryMatrix, TernaryKernel};
 use bitnet_kernels::{ternary_matmul, QuantizedActivations, TernaryMatrix};
-
-fn required() -> bool {
-    std::env::var_os("BITNET_REQUIRE_CUDA").is_some_and(|v| v == "1")
-}
-
-fn gpu() -> Option<Gpu> {
-    match Gpu::open(0) {
-        Ok(g) => Some(g),
-        Err(e) if !required() => {
-            eprintln!("no GPU here ({e}); set BITNET_REQUIRE_CUDA=1 where one must exist");
-            None
-        }
-        Err(e) => panic!("BITNET_REQUIRE_CUDA=1 but {e}"),
-    }
-}
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn f32(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-    }
-}
+use common::{gpu, required, Rng};
 
 /// Activations like a real residual stream: mostly small, a few outliers, and in some rows
 /// values that must not be quantized silently wrong (NaN, a huge value, all zeros).
