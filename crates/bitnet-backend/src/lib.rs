@@ -70,6 +70,34 @@ pub struct SeqChunk<'a> {
     pub want: Logits,
 }
 
+impl SeqChunk<'_> {
+    /// The contract of [`Context::begin`] for this chunk: its blocks cover its positions, every
+    /// block lies inside a cache of `kv_blocks`, every token inside a vocabulary of `vocab`.
+    /// The engine keeps it; each backend checks it so that a broken batch is a
+    /// [`BackendError::Batch`], never an index panic or a write into another sequence's blocks
+    /// in the middle of a layer.
+    pub fn check(&self, kv_blocks: usize, vocab: usize) -> Result<()> {
+        let end = self.start.saturating_add(self.tokens.len());
+        if end > self.blocks.len().saturating_mul(KV_BLOCK) {
+            return Err(BackendError::Batch(format!(
+                "positions up to {end} but {} KV blocks",
+                self.blocks.len()
+            )));
+        }
+        if let Some(&b) = self.blocks.iter().find(|&&b| b as usize >= kv_blocks) {
+            return Err(BackendError::Batch(format!(
+                "KV block {b} outside the cache of {kv_blocks} blocks"
+            )));
+        }
+        if let Some(&id) = self.tokens.iter().find(|&&id| id as usize >= vocab) {
+            return Err(BackendError::Batch(format!(
+                "token {id} outside the vocabulary of {vocab}"
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// Where the forward pass runs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Device {

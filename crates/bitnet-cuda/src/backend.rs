@@ -739,26 +739,13 @@ impl Context for CudaContext {
             if s.tokens.is_empty() {
                 return bad("no tokens".into());
             }
-            let end = s.start.saturating_add(s.tokens.len());
+            match s.check(self.kv_blocks, vocab) {
+                Ok(()) => {}
+                Err(BackendError::Batch(what)) => return bad(what),
+                Err(e) => return Err(e),
+            }
+            let end = s.start + s.tokens.len();
             let need = end.div_ceil(KV_BLOCK);
-            if s.blocks.len() < need {
-                return bad(format!(
-                    "{} KV blocks for positions up to {end}",
-                    s.blocks.len()
-                ));
-            }
-            if let Some(b) = s.blocks[..need]
-                .iter()
-                .find(|&&b| b as usize >= self.kv_blocks)
-            {
-                return bad(format!(
-                    "KV block {b} outside a cache of {} blocks",
-                    self.kv_blocks
-                ));
-            }
-            if let Some(t) = s.tokens.iter().find(|&&t| t as usize >= vocab) {
-                return bad(format!("token id {t} outside the vocabulary of {vocab}"));
-            }
             n += s.tokens.len();
             rows += match s.want {
                 Logits::Last => 1,

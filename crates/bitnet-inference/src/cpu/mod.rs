@@ -17,7 +17,7 @@ pub(crate) use ops::Rope;
 
 use crate::profile::{Stage, Timer};
 use bitnet_backend::{
-    run_layers, Backend, BackendError, Context, Device, KvType, Logits, Result, SeqChunk, KV_BLOCK,
+    run_layers, Backend, Context, Device, KvType, Logits, Result, SeqChunk, KV_BLOCK,
 };
 use bitnet_kernels::{ops as kops, ternary_matmul, ternary_matmul_many, DenseMatrixExt};
 use bitnet_models::{Activation, LoadedModel, ModelWeights};
@@ -170,25 +170,8 @@ impl Context for CpuContext {
         b.slots.clear();
         b.rows.clear();
         for q in seqs {
-            // The engine checks these; a broken batch must be an error here, not an index
-            // panic (or a write into another sequence's blocks) in the middle of a layer.
+            q.check(kv_blocks, vocab)?;
             let end = q.start + q.tokens.len();
-            if end > q.blocks.len() * KV_BLOCK {
-                return Err(BackendError::Batch(format!(
-                    "positions up to {end} but {} blocks",
-                    q.blocks.len()
-                )));
-            }
-            if let Some(&bad) = q.blocks.iter().find(|&&x| x as usize >= kv_blocks) {
-                return Err(BackendError::Batch(format!(
-                    "block {bad} outside the cache of {kv_blocks}"
-                )));
-            }
-            if let Some(&id) = q.tokens.iter().find(|&&id| id as usize >= vocab) {
-                return Err(BackendError::Batch(format!(
-                    "token {id} outside the vocabulary of {vocab}"
-                )));
-            }
             let first = b.tokens.len();
             let n = q.tokens.len();
             match q.want {
