@@ -126,6 +126,19 @@ impl Tty {
             )
         };
         assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+        // NOFLSH: without it the line discipline discards, when Ctrl-C arrives, the output the
+        // master has not read yet (a pty's flush_buffer empties the master side), so text the
+        // chat printed just before the key could vanish from what this test reads while the
+        // chat rightly keeps it as shown. A terminal emulator reads as it comes; this reader
+        // may lag on a loaded machine.
+        // SAFETY: `t` is a plain C struct filled by tcgetattr before it is read; `slave` is the
+        // open descriptor just returned.
+        unsafe {
+            let mut t: libc::termios = std::mem::zeroed();
+            assert_eq!(libc::tcgetattr(slave, &mut t), 0, "tcgetattr");
+            t.c_lflag |= libc::NOFLSH;
+            assert_eq!(libc::tcsetattr(slave, libc::TCSANOW, &t), 0, "tcsetattr");
+        }
         // SAFETY: both descriptors were just opened and are owned by nothing else.
         let (master, slave) =
             unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
