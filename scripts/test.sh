@@ -20,6 +20,9 @@ LLAMACPP=1 scripts/make-fixtures.sh
 step "C API test tools: gcc, pkg-config, valgrind (crates/bitnet-ffi/tests/c_api.rs)"
 scripts/setup-capi.sh
 
+step "NVRTC from PyPI: the CUDA kernels compile-checked without a GPU (scripts/setup-nvrtc.sh)"
+eval "$(scripts/setup-nvrtc.sh)"
+
 step "cargo test (kernels, formats, shared reference model, transformers, llama.cpp, bad input, C API under valgrind)"
 cargo test --workspace --locked -- --include-ignored
 

@@ -148,10 +148,17 @@ fn bench(weights: &ModelWeights, model: Option<&str>, load_s: f64, o: &Opts) -> 
     }
 
     // Decode: tg tokens after a one-token prompt, as llama-bench's tgN.
-    for (graph, fused) in [(false, true), (true, false), (true, true)] {
+    for (graph, fused, persistent) in [
+        (false, true, false),
+        (true, false, false),
+        (true, true, false),
+        (false, true, true),
+        (true, true, true),
+    ] {
         let mut cx = backend.context(per_seq, KvType::F16, 1)?;
         cx.set_graph(graph);
         cx.set_fused(fused);
+        cx.set_persistent(persistent);
         let mut best = f64::MAX;
         let mut ids = Vec::new();
         for rep in 0..=reps {
@@ -168,14 +175,26 @@ fn bench(weights: &ModelWeights, model: Option<&str>, load_s: f64, o: &Opts) -> 
                 best = best.min(t.elapsed().as_secs_f64());
             }
         }
+        if let Some(p) = cx.persistent_profile() {
+            let names = ["q/k/v", "attention", "o", "gate/up", "down"];
+            let parts: Vec<String> = names
+                .iter()
+                .zip(p)
+                .map(|(n, (w, b))| format!("{n} {w:.0} + barrier {b:.0}"))
+                .collect();
+            println!(
+                "  persistent step, us per token (block 0): {}",
+                parts.join(", ")
+            );
+        }
         println!(
             "tg{tg} ({}, {}): {:.1} us/token, {:.0} tokens/s, {:.0} GB/s of weights (best of \
              {reps}; first ids {:?})",
             if graph { "graph" } else { "launches" },
-            if fused {
-                "fused norms"
-            } else {
-                "separate norms"
+            match (fused, persistent) {
+                (true, true) => "persistent kernel",
+                (true, false) => "fused norms",
+                _ => "separate norms",
             },
             best / tg as f64 * 1e6,
             tg as f64 / best,

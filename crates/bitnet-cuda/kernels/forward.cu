@@ -58,25 +58,42 @@ __device__ __forceinline__ int warp_sum_i(int v) {
     return v;
 }
 
-// Block-wide reductions; every thread gets the result (each warp reduces the same partials in
-// the same order). `red` is 32 shared slots; the leading barrier lets callers reuse it.
-__device__ float block_sum(float v, float* red) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+// A barrier over the first `nthr` threads of the block (all of it: __syncthreads; fewer: named
+// barrier 1, so that a group of warps can run attention inside a larger block while the other
+// warps wait elsewhere).
+__device__ __forceinline__ void group_sync(int nthr) {
+    if (nthr == (int)blockDim.x) {
+        __syncthreads();
+    } else {
+        asm volatile("bar.sync 1, %0;" ::"r"(nthr) : "memory");
+    }
+}
+
+// Reductions over the first `nthr` threads (a multiple of 32); each of them gets the result
+// (each warp reduces the same partials in the same order, so the bits depend on nthr alone).
+// `red` is 32 shared slots; the leading barrier lets callers reuse it.
+__device__ float group_sum(float v, float* red, int nthr) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (nthr + 31) >> 5;
     v = warp_sum(v);
-    __syncthreads();
+    group_sync(nthr);
     if (lane == 0) red[warp] = v;
-    __syncthreads();
+    group_sync(nthr);
     return warp_sum(lane < nw ? red[lane] : 0.0f);
 }
 
-__device__ float block_max(float v, float* red) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+__device__ float group_max(float v, float* red, int nthr) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (nthr + 31) >> 5;
     v = warp_max(v);
-    __syncthreads();
+    group_sync(nthr);
     if (lane == 0) red[warp] = v;
-    __syncthreads();
+    group_sync(nthr);
     return warp_max(lane < nw ? red[lane] : NEG_INF);
 }
+
+// Block-wide reductions: the whole block as one group.
+__device__ float block_sum(float v, float* red) { return group_sum(v, red, blockDim.x); }
+
+__device__ float block_max(float v, float* red) { return group_max(v, red, blockDim.x); }
 
 __device__ int block_sum_i(int v, int* red) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
@@ -116,14 +133,25 @@ extern "C" __global__ void embed_rows(const unsigned char* __restrict__ table, i
 
 // The input of a norm: x itself (mode 0), or the gated FFN activation of gate | up halves
 // (mode 1: relu(g)^2 * u, mode 2: silu(g) * u), as ops::relu2_mul / silu_mul.
+// Loads go through L2 only (ld.global.cg): the persistent decode kernel reads rows that other
+// blocks wrote earlier in the same launch, which a stale L1 line would hide.
 __device__ __forceinline__ float norm_input(const float* __restrict__ xt, int cols, int mode, int k) {
-    if (mode == 0) return xt[k];
-    const float g = xt[k], u = xt[cols + k];
+    if (mode == 0) return __ldcg(xt + k);
+    const float g = __ldcg(xt + k), u = __ldcg(xt + cols + k);
     if (mode == 1) {
         const float r = fmaxf(g, 0.0f);  // NaN -> 0, as f32::max
         return __fmul_rn(__fmul_rn(r, r), u);
     }
     return __fmul_rn(__fdiv_rn(g, __fadd_rn(1.0f, expf(-g))), u);
+}
+
+// Where int8 value k of a row goes in the chunk-major order the persistent decode kernel
+// reads (`chunks` 16-byte I2_S chunks a row): the 16 values that group g of chunk c multiplies
+// at (g * chunks + c) * 16, so that the lanes of a warp, on consecutive chunks, read
+// consecutive 16 bytes of shared memory (in row order the lanes of a warp hit the same banks).
+__device__ __forceinline__ int perm_index(int k, int chunks) {
+    const int w = k & 127, r = w & 31;
+    return (((w >> 5) * chunks + ((k >> 7) << 1) + (r >> 4)) << 4) + (r & 15);
 }
 
 // One row's norm and quantization (the body of norm_quant; also the prologue of the fused
@@ -139,7 +167,7 @@ __device__ __forceinline__ float norm_input(const float* __restrict__ xt, int co
 __device__ void norm_quant_row(const float* __restrict__ xt, int cols, int mode,
                                const float* __restrict__ w, float eps, float* row,
                                float* __restrict__ y, i8* q, int qstride, float* red,
-                               int* red_i, float* s_out, int* sum_out) {
+                               int* red_i, float* s_out, int* sum_out, int perm = 0) {
     float ss = 0.0f;
 #pragma unroll 4
     for (int k = threadIdx.x; k < cols; k += blockDim.x) {
@@ -165,7 +193,7 @@ __device__ void norm_quant_row(const float* __restrict__ xt, int cols, int mode,
     for (int k = threadIdx.x; k < qstride; k += blockDim.x) {
         int v = 0;
         if (k < cols) v = (int)fminf(fmaxf(rintf(__fmul_rn(row[k], s)), -128.0f), 127.0f);
-        q[k] = (i8)v;
+        q[perm ? perm_index(k, perm) : k] = (i8)v;
         sum += v;
     }
     *s_out = s;
@@ -308,6 +336,8 @@ extern "C" __global__ void rope_kv(float* __restrict__ qkv, int nh, int nkv, int
 
 // Attention head dims up to this many (8 f32 accumulators per lane, pairs of f16 per load).
 #define MAX_HD 256
+// Positions whose keys (values) a warp loads before using the first of them.
+#define ATT_U 4
 
 // Softmax attention of one query head (its q in shared `qs`) over positions 0..n of KV head
 // kvh of the sequence whose block table is `bt`, into out_h: scores scaled after the dot, softmax subtracting the max, weights =
@@ -315,65 +345,103 @@ extern "C" __global__ void rope_kv(float* __restrict__ qkv, int nh, int nkv, int
 // positions, lanes over pairs of dims, then the warps' partials are added. With `kn` / `vn`
 // (shared, the f16-rounded values) position n - 1 is read from them instead of the cache: the
 // fused decode kernel writes that position in this same launch.
+// Run by the block's first `nthr` threads (a multiple of 32): the bits depend on nthr only.
 __device__ void attend(const float* qs, const float* kn, const float* vn, float* sc,
                        float* part, float* red, int n, const int* bt, int kvd,
                        int kvh, int hd,
                        const u16* __restrict__ kc, const u16* __restrict__ vc, float scale,
-                       float* __restrict__ out_h) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    for (int p = warp; p < n; p += nw) {
-        float d = 0.0f;
-        if (kn && p == n - 1) {
-            for (int j = lane; 2 * j < hd; j += 32) {
-                d = fmaf(qs[2 * j], kn[2 * j], d);
-                d = fmaf(qs[2 * j + 1], kn[2 * j + 1], d);
-            }
-        } else {
-            const u32* kr = (const u32*)(kc + cache_row(bt, p) * kvd + (size_t)kvh * hd);
-            for (int j = lane; 2 * j < hd; j += 32) {
-                const u32 pair = __ldg(kr + j);
-                d = fmaf(qs[2 * j], h2f((u16)(pair & 0xffffu)), d);
-                d = fmaf(qs[2 * j + 1], h2f((u16)(pair >> 16)), d);
+                       float* __restrict__ out_h, int nthr) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = nthr >> 5;
+    // Each warp loads the keys of ATT_U of its positions before the first dot product, so
+    // that ATT_U memory latencies overlap instead of following one another; every position's
+    // dot is the same operations in the same order as one at a time.
+    for (int p0 = warp; p0 < n; p0 += ATT_U * nw) {
+        u32 kp[ATT_U][MAX_HD / 64];
+#pragma unroll
+        for (int u = 0; u < ATT_U; ++u) {
+            const int p = p0 + u * nw;
+            if (p < n && !(kn && p == n - 1)) {
+                const u32* kr = (const u32*)(kc + cache_row(bt, p) * kvd + (size_t)kvh * hd);
+#pragma unroll
+                for (int jj = 0; jj < MAX_HD / 64; ++jj)
+                    if (2 * (lane + 32 * jj) < hd) kp[u][jj] = __ldg(kr + lane + 32 * jj);
             }
         }
-        d = warp_sum(d);
-        if (lane == 0) sc[p] = __fmul_rn(d, scale);
+#pragma unroll
+        for (int u = 0; u < ATT_U; ++u) {
+            const int p = p0 + u * nw;
+            if (p >= n) break;
+            float d = 0.0f;
+#pragma unroll
+            for (int jj = 0; jj < MAX_HD / 64; ++jj) {
+                const int j = lane + 32 * jj;
+                if (2 * j < hd) {
+                    float k0, k1;
+                    if (kn && p == n - 1) {
+                        k0 = kn[2 * j];
+                        k1 = kn[2 * j + 1];
+                    } else {
+                        k0 = h2f((u16)(kp[u][jj] & 0xffffu));
+                        k1 = h2f((u16)(kp[u][jj] >> 16));
+                    }
+                    d = fmaf(qs[2 * j], k0, d);
+                    d = fmaf(qs[2 * j + 1], k1, d);
+                }
+            }
+            d = warp_sum(d);
+            if (lane == 0) sc[p] = __fmul_rn(d, scale);
+        }
     }
-    __syncthreads();
+    group_sync(nthr);
     float m = NEG_INF;
-    for (int p = threadIdx.x; p < n; p += blockDim.x) m = fmaxf(m, sc[p]);
-    m = block_max(m, red);
+    for (int p = threadIdx.x; p < n; p += nthr) m = fmaxf(m, sc[p]);
+    m = group_max(m, red, nthr);
     float sum = 0.0f;
-    for (int p = threadIdx.x; p < n; p += blockDim.x) {
+    for (int p = threadIdx.x; p < n; p += nthr) {
         const float e = expf(__fsub_rn(sc[p], m));
         sc[p] = e;
         sum += e;
     }
-    sum = block_sum(sum, red);  // its barriers also publish the sc[] writes
+    sum = group_sum(sum, red, nthr);  // its barriers also publish the sc[] writes
     const float inv = __fdiv_rn(1.0f, sum);
 
     float acc[MAX_HD / 32];
 #pragma unroll
     for (int j = 0; j < MAX_HD / 32; ++j) acc[j] = 0.0f;
-    for (int p = warp; p < n; p += nw) {
-        const float wgt = __fmul_rn(sc[p], inv);
-        const u32* vr = (const u32*)(vc + cache_row(bt, p) * kvd + (size_t)kvh * hd);
-        const bool fresh = vn && p == n - 1;
+    // The values likewise ATT_U positions at a time, added in the warp's position order.
+    for (int p0 = warp; p0 < n; p0 += ATT_U * nw) {
+        u32 vp[ATT_U][MAX_HD / 64];
 #pragma unroll
-        for (int j = 0; j < MAX_HD / 64; ++j) {
-            const int e = lane + 32 * j;
-            if (2 * e < hd) {
-                float v0, v1;
-                if (fresh) {
-                    v0 = vn[2 * e];
-                    v1 = vn[2 * e + 1];
-                } else {
-                    const u32 pair = __ldg(vr + e);
-                    v0 = h2f((u16)(pair & 0xffffu));
-                    v1 = h2f((u16)(pair >> 16));
+        for (int u = 0; u < ATT_U; ++u) {
+            const int p = p0 + u * nw;
+            if (p < n && !(vn && p == n - 1)) {
+                const u32* vr = (const u32*)(vc + cache_row(bt, p) * kvd + (size_t)kvh * hd);
+#pragma unroll
+                for (int j = 0; j < MAX_HD / 64; ++j)
+                    if (2 * (lane + 32 * j) < hd) vp[u][j] = __ldg(vr + lane + 32 * j);
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < ATT_U; ++u) {
+            const int p = p0 + u * nw;
+            if (p >= n) break;
+            const float wgt = __fmul_rn(sc[p], inv);
+            const bool fresh = vn && p == n - 1;
+#pragma unroll
+            for (int j = 0; j < MAX_HD / 64; ++j) {
+                const int e = lane + 32 * j;
+                if (2 * e < hd) {
+                    float v0, v1;
+                    if (fresh) {
+                        v0 = vn[2 * e];
+                        v1 = vn[2 * e + 1];
+                    } else {
+                        v0 = h2f((u16)(vp[u][j] & 0xffffu));
+                        v1 = h2f((u16)(vp[u][j] >> 16));
+                    }
+                    acc[2 * j] = fmaf(wgt, v0, acc[2 * j]);
+                    acc[2 * j + 1] = fmaf(wgt, v1, acc[2 * j + 1]);
                 }
-                acc[2 * j] = fmaf(wgt, v0, acc[2 * j]);
-                acc[2 * j + 1] = fmaf(wgt, v1, acc[2 * j + 1]);
             }
         }
     }
@@ -385,8 +453,8 @@ __device__ void attend(const float* qs, const float* kn, const float* vn, float*
             part[warp * hd + 2 * e + 1] = acc[2 * j + 1];
         }
     }
-    __syncthreads();
-    for (int i = threadIdx.x; i < hd; i += blockDim.x) {
+    group_sync(nthr);
+    for (int i = threadIdx.x; i < hd; i += nthr) {
         float o = 0.0f;
         for (int w = 0; w < nw; ++w) o += part[w * hd + i];
         out_h[i] = o;
@@ -418,50 +486,45 @@ extern "C" __global__ void attention(const float* __restrict__ qkv, int qkv_stri
     for (int i = threadIdx.x; i < (n + KV_BLOCK - 1) / KV_BLOCK; i += blockDim.x) bt[i] = table_t[i];
     __syncthreads();
     attend(qs, nullptr, nullptr, sc, sc + ctx, red, n, bt, nkv * hd, h / (nh / nkv), hd, kc, vc,
-           scale, out + (size_t)t * nh * hd + (size_t)h * hd);
+           scale, out + (size_t)t * nh * hd + (size_t)h * hd, blockDim.x);
 }
 
-// Decode (one token of one sequence, whose block table is `blocks`: ctx / KV_BLOCK readable
-// entries): rope_kv and attention in one kernel. Each block rotates its query head
-// and its group's new key (the same operations as rope_kv) into shared memory, with the new
-// value rounded to f16 as the cache holds it; the group's first query head writes them to the
-// caches, and every block reads position n - 1 from shared memory, not from the cache another
-// block is writing. Same bits as rope_kv then attention.
-extern "C" __global__ void rope_attention(const float* __restrict__ qkv, int nh, int nkv,
-                                          int hd, int ctx, const float* __restrict__ inv_freq,
-                                          const int* __restrict__ pos_t,
-                                          const int* __restrict__ slot,
-                                          const int* __restrict__ blocks, u16* kc, u16* vc,
-                                          float scale, float* __restrict__ out) {
-    extern __shared__ float sm[];
-    __shared__ float red[32];
-    const int h = blockIdx.x, half = hd >> 1, group = nh / nkv, kvh = h / group;
+// Query head h of the one token: the body of rope_attention, run by the block's first `nthr`
+// threads (the persistent decode kernel runs it with fewer threads than its block has, and the
+// same bits as rope_attention for the same nthr). `sm` is attn_smem(ctx) bytes of shared
+// memory. q, k and v are read through L2 (written by other blocks in the same launch there).
+__device__ void rope_attend(int h, const float* __restrict__ qkv, int nh, int nkv, int hd,
+                            int ctx, const float* __restrict__ inv_freq,
+                            const int* __restrict__ pos_t, const int* __restrict__ slot,
+                            const int* __restrict__ blocks, u16* kc, u16* vc, float scale,
+                            float* __restrict__ out, int nthr, float* sm, float* red) {
+    const int half = hd >> 1, group = nh / nkv, kvh = h / group;
     const int pos = pos_t[0], n = pos + 1;
     const int qd = nh * hd, kvd = nkv * hd;
     float* qs = sm;
     float* kn = sm + hd;
     float* vn = sm + 2 * hd;
     float* sc = sm + 3 * hd;
-    int* bt = (int*)(sc + ctx + (blockDim.x >> 5) * hd);
+    int* bt = (int*)(sc + ctx + (nthr >> 5) * hd);
     // All ctx / KV_BLOCK entries, whether the sequence uses them or not: these loads then
     // wait for nothing, where loading n / KV_BLOCK of them would wait for pos first, and
     // every load in this kernel's prologue is a memory latency in front of the whole step.
-    for (int i = threadIdx.x; i < ctx / KV_BLOCK; i += blockDim.x) bt[i] = blocks[i];
+    for (int i = threadIdx.x; i < ctx / KV_BLOCK; i += nthr) bt[i] = blocks[i];
     const float* q = qkv + (size_t)h * hd;
     const float* k = qkv + qd + (size_t)kvh * hd;
     const float* v = qkv + qd + kvd + (size_t)kvh * hd;
     const size_t at = (size_t)slot[0] * kvd + (size_t)kvh * hd;
-    for (int i = threadIdx.x; i < half; i += blockDim.x) {
+    for (int i = threadIdx.x; i < half; i += nthr) {
         const float angle = __fmul_rn((float)pos, inv_freq[i]);
         const float c = cosf(angle), s = sinf(angle);
-        float x0 = q[i], x1 = q[i + half];
+        float x0 = __ldcg(q + i), x1 = __ldcg(q + i + half);
         qs[i] = __fsub_rn(__fmul_rn(x0, c), __fmul_rn(x1, s));
         qs[i + half] = __fadd_rn(__fmul_rn(x1, c), __fmul_rn(x0, s));
-        x0 = k[i];
-        x1 = k[i + half];
+        x0 = __ldcg(k + i);
+        x1 = __ldcg(k + i + half);
         const u16 a = f2h(__fsub_rn(__fmul_rn(x0, c), __fmul_rn(x1, s)));
         const u16 b = f2h(__fadd_rn(__fmul_rn(x1, c), __fmul_rn(x0, s)));
-        const u16 va = f2h(v[i]), vb = f2h(v[i + half]);
+        const u16 va = f2h(__ldcg(v + i)), vb = f2h(__ldcg(v + i + half));
         kn[i] = h2f(a);
         kn[i + half] = h2f(b);
         vn[i] = h2f(va);
@@ -473,8 +536,27 @@ extern "C" __global__ void rope_attention(const float* __restrict__ qkv, int nh,
             vc[at + i + half] = vb;
         }
     }
-    __syncthreads();
-    attend(qs, kn, vn, sc, sc + ctx, red, n, bt, kvd, kvh, hd, kc, vc, scale, out + (size_t)h * hd);
+    group_sync(nthr);
+    attend(qs, kn, vn, sc, sc + ctx, red, n, bt, kvd, kvh, hd, kc, vc, scale, out + (size_t)h * hd,
+           nthr);
+}
+
+// Decode (one token of one sequence, whose block table is `blocks`: ctx / KV_BLOCK readable
+// entries): rope_kv and attention in one kernel, a block per query head. Each block rotates its
+// query head and its group's new key (the same operations as rope_kv) into shared memory, with
+// the new value rounded to f16 as the cache holds it; the group's first query head writes them
+// to the caches, and every block reads position n - 1 from shared memory, not from the cache
+// another block is writing. Same bits as rope_kv then attention.
+extern "C" __global__ void rope_attention(const float* __restrict__ qkv, int nh, int nkv,
+                                          int hd, int ctx, const float* __restrict__ inv_freq,
+                                          const int* __restrict__ pos_t,
+                                          const int* __restrict__ slot,
+                                          const int* __restrict__ blocks, u16* kc, u16* vc,
+                                          float scale, float* __restrict__ out) {
+    extern __shared__ float sm[];
+    __shared__ float red[32];
+    rope_attend(blockIdx.x, qkv, nh, nkv, hd, ctx, inv_freq, pos_t, slot, blocks, kc, vc, scale,
+                out, blockDim.x, sm, red);
 }
 
 // ggml's quantize_row_q8_0 on one row of `cols` floats (as dense_q8::quantize_activations):
@@ -745,4 +827,272 @@ extern "C" __global__ void argmax_rows(const float* __restrict__ logits, long lo
     }
     block_argmax(bv_s, bi_s, bv, bi);
     if (threadIdx.x == 0) ids[blockIdx.x] = bi_s[0] == 0x7fffffff ? 0u : (u32)bi_s[0];
+}
+
+// ---------------------------------------------------------------------------------------------
+// Persistent decode step: every layer of one token of one sequence in one launch.
+//
+// A decode step as separate kernels is ~150 launches of a few microseconds each, most of it
+// fixed cost (launch, the ramp to full occupancy, a memory latency chain in each prologue):
+// the weights alone would take ~120 us at the H200's bandwidth. Here one block per SM (launched
+// cooperatively, so all are resident) runs the layers' five stages - q/k/v, RoPE + attention,
+// o, gate/up, down - with a grid-wide barrier between stages, and streams the next stage's
+// weight rows into shared memory (cp.async) while it computes the current one, so a stage's
+// weights are already on chip when its barrier opens.
+//
+// Every block owns a contiguous slice of each matrix's rows (the same slice of o and down, so
+// the residual rows a block adds into are only ever written by it). Each stage's norm + int8
+// quantization is norm_quant_row with the block's 1024 threads, as norm_ternary_t1, and the
+// attention is rope_attend with ATTN threads, as rope_attention: the same bits as the fused
+// kernels, which are the same bits as the batched ones.
+
+__device__ __forceinline__ u32 smem_addr(const void* p) {
+    u32 a;
+    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
+    return a;
+}
+
+// Copies `bytes` (a multiple of 16) from global `src` to shared `dst` asynchronously, then
+// commits them as one cp.async group (an empty group when bytes is 0, so that every stage
+// commits exactly one group and cp.async.wait_group 1 always means "all but the newest").
+// Then `n` floats of `scales` after them (at dst + bytes, 16-byte aligned), 4 bytes a copy.
+__device__ __forceinline__ void stage_rows(unsigned char* dst, const unsigned char* src,
+                                           size_t bytes, const float* scales, int n) {
+    for (size_t o = (size_t)threadIdx.x * 16; o < bytes; o += (size_t)blockDim.x * 16)
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_addr(dst + o)),
+                     "l"(src + o)
+                     : "memory");
+    for (int i = threadIdx.x; i < n; i += blockDim.x)
+        asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(
+                         smem_addr(dst + bytes + 4 * i)),
+                     "l"(scales + i)
+                     : "memory");
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+
+// Waits for every cp.async group but the newest, then publishes them to the whole block.
+__device__ __forceinline__ void wait_staged() {
+    asm volatile("cp.async.wait_group 1;\n" ::: "memory");
+    __syncthreads();
+}
+
+__device__ __forceinline__ unsigned ld_acquire(const unsigned* p) {
+    unsigned v;
+    asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+    return v;
+}
+
+// Grid-wide barrier k (1, 2, ... within a launch; all blocks resident: cooperative launch).
+// bar[0] counts every arrival of every launch and is never reset; bar[1] is its value when
+// the last launch ended (stored by block 0 after the last barrier, when every block has read
+// it), so barrier k is open once bar[0] reaches base + k * grid. An arrival is one
+// fire-and-forget release add; the wait, acquire loads of one word. The release (after the
+// block's barrier, cumulative over what its threads wrote) and the acquire make every block's
+// writes before the barrier visible to every block after it (readers use L2 loads: see
+// norm_input). Counts wrap at 2^32: compared as a signed difference.
+__device__ __forceinline__ void grid_barrier(unsigned* bar, unsigned base, unsigned k) {
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(bar) : "memory");
+        const unsigned target = base + k * gridDim.x;
+        while ((int)(ld_acquire(bar) - target) < 0) {
+        }
+    }
+    __syncthreads();
+}
+
+// Rows [r0, r1) of a ternary matrix staged in shared memory (`ws`, row r at (r - r0) *
+// row_bytes, then the rows' scales) times the block's int8 row `qs` in chunk-major order (perm_index; sum `sum`,
+// scale `s`), a warp per row, with
+// norm_ternary_t1's epilogue; outputs through L2 (other blocks read them after the barrier).
+__device__ __forceinline__ void staged_rows(const unsigned char* ws, int r0, int r1,
+                                            int row_bytes, const i8* qs, int sum, float s,
+                                            float* out, int accumulate) {
+    const int lane = threadIdx.x & 31, warps = blockDim.x >> 5, chunks = row_bytes >> 4;
+    const float* wscale = (const float*)(ws + (size_t)(r1 - r0) * row_bytes) - r0;
+    for (int r = r0 + (threadIdx.x >> 5); r < r1; r += warps) {
+        const uint4* wr = (const uint4*)(ws + (size_t)(r - r0) * row_bytes);
+        int acc = 0;
+        for (int c = lane; c < chunks; c += 32) {
+            const uint4 wv = wr[c];
+            const u32 words[4] = {wv.x, wv.y, wv.z, wv.w};
+#pragma unroll
+            for (int g = 0; g < 4; ++g) {
+                const int shift = 6 - 2 * g;
+                const int4 qv = *(const int4*)(qs + ((g * chunks + c) << 4));
+                acc = __dp4a((int)((words[0] >> shift) & 0x03030303u), qv.x, acc);
+                acc = __dp4a((int)((words[1] >> shift) & 0x03030303u), qv.y, acc);
+                acc = __dp4a((int)((words[2] >> shift) & 0x03030303u), qv.z, acc);
+                acc = __dp4a((int)((words[3] >> shift) & 0x03030303u), qv.w, acc);
+            }
+        }
+        acc = warp_sum_i(acc);
+        if (lane == 0) {
+            const float yv = __fmul_rn(__fdiv_rn((float)(acc - sum), s), wscale[r]);
+            __stcg(out + r, accumulate ? __fadd_rn(__ldcg(out + r), yv) : yv);
+        }
+    }
+}
+
+// Per-layer pointers in the descriptor array (DECODE_PTRS u64 each, in this order).
+#define D_ATTN_NORM 0
+#define D_QKV 1
+#define D_QKV_SCALE 2
+#define D_WO 3
+#define D_WO_SCALE 4
+#define D_ATTN_SUB_NORM 5
+#define D_FFN_NORM 6
+#define D_GATE_UP 7
+#define D_GATE_UP_SCALE 8
+#define D_DOWN 9
+#define D_DOWN_SCALE 10
+#define D_FFN_SUB_NORM 11
+#define D_K 12
+#define D_V 13
+#define DECODE_PTRS 14
+
+// Block 0's clock at point i of the step (`prof` null: off): BITNET_CUDA_PROFILE's breakdown of
+// each stage into its own work and its wait at the barrier.
+__device__ __forceinline__ void stamp(unsigned long long* prof, int i) {
+    if (prof && blockIdx.x == 0 && threadIdx.x == 0) {
+        unsigned long long t;
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+        prof[i] = t;
+    }
+}
+
+// One block's slice of a matrix of `rows` rows: ceil(rows / grid) rows each.
+__device__ __forceinline__ void slice_of(int rows, int* r0, int* r1) {
+    const int per = (rows + gridDim.x - 1) / gridDim.x;
+    *r0 = min(rows, (int)blockIdx.x * per);
+    *r1 = min(rows, *r0 + per);
+}
+
+// The shapes of a step's matrices: per layer q/k/v (width x h), o (h x qd), gate/up
+// (2 ffn x h), down (h x ffn); rb_* are the I2_S row bytes for h, qd and ffn columns.
+struct StepDims {
+    int nlayers, h, qd, width, ffn, rb_h, rb_q, rb_f;
+};
+
+// Matrix m of the step (4 per layer, in order) staged into this block's buffer m % 2: the
+// block's rows and their scales (each matrix's scale pointer follows its data pointer in the
+// descriptor), one cp.async group (empty past the last matrix).
+__device__ __forceinline__ void stage_matrix(const unsigned long long* __restrict__ desc,
+                                             const StepDims& d, int m, unsigned char* buf0,
+                                             int wbuf) {
+    size_t bytes = 0;
+    const unsigned char* src = nullptr;
+    const float* scales = nullptr;
+    int n = 0;
+    if (m < 4 * d.nlayers) {
+        const unsigned long long* p = desc + (size_t)(m >> 2) * DECODE_PTRS;
+        int rows, rb, which;
+        switch (m & 3) {
+            case 0: rows = d.width, rb = d.rb_h, which = D_QKV; break;
+            case 1: rows = d.h, rb = d.rb_q, which = D_WO; break;
+            case 2: rows = 2 * d.ffn, rb = d.rb_h, which = D_GATE_UP; break;
+            default: rows = d.h, rb = d.rb_f, which = D_DOWN; break;
+        }
+        int r0, r1;
+        slice_of(rows, &r0, &r1);
+        src = (const unsigned char*)p[which] + (size_t)r0 * rb;
+        bytes = (size_t)(r1 - r0) * rb;
+        scales = (const float*)p[which + 1] + r0;
+        n = r1 - r0;
+    }
+    stage_rows(buf0 + (size_t)(m & 1) * wbuf, src, bytes, scales, n);
+}
+
+// The layers of one decode step (after embed_rows has written x; the head runs after it).
+// Grid: at most one block per SM, all resident (cooperative launch); NORM_THREADS threads.
+// Dynamic shared memory: two weight buffers of `wbuf` bytes (a block's largest slice of any
+// matrix), then a region that holds either a norm row (max(h, qd, ffn) floats rounded to 4,
+// then the int8 row) or the attention's attn_smem(ctx) bytes. `bar`: two zeroed words of
+// this context's own. desc: DECODE_PTRS pointers per layer.
+extern "C" __global__ void __launch_bounds__(1024, 1)
+    decode_layers(const unsigned long long* __restrict__ desc, int nlayers, int h, int nh,
+                  int nkv, int hd, int ffn, int mode, int rb_h, int rb_q, int rb_f, int ctx,
+                  int attn_threads, const float* __restrict__ inv_freq, float eps, float scale,
+                  const int* __restrict__ pos_t, const int* __restrict__ slot,
+                  const int* __restrict__ blocks, float* x, float* qkv, float* attn,
+                  float* gate_up, unsigned* bar, int wbuf, unsigned long long* prof) {
+    extern __shared__ __align__(16) unsigned char dsm[];
+    __shared__ float red[32];
+    __shared__ int red_i[32];
+    const int qd = nh * hd;
+    const StepDims d = {nlayers, h, qd, qd + 2 * nkv * hd, ffn, rb_h, rb_q, rb_f};
+    const int maxcols = max(h, max(qd, ffn));
+    float* row = (float*)(dsm + 2 * (size_t)wbuf);
+    i8* qs = (i8*)(row + ((maxcols + 3) & ~3));
+    unsigned char* wb[2] = {dsm, dsm + wbuf};
+    int r0, r1, sum;
+    float s;
+    __shared__ unsigned base_s;
+    if (threadIdx.x == 0) base_s = ld_acquire(bar + 1);
+    __syncthreads();
+    const unsigned base = base_s;
+    unsigned k = 0;
+
+    stamp(prof, 0);
+    stage_matrix(desc, d, 0, dsm, wbuf);
+    for (int l = 0; l < nlayers; ++l) {
+        const unsigned long long* p = desc + (size_t)l * DECODE_PTRS;
+        const int m = 4 * l;
+
+        // q/k/v = W_qkv . quant(norm(x))
+        stage_matrix(desc, d, m + 1, dsm, wbuf);
+        wait_staged();
+        norm_quant_row(x, h, 0, (const float*)p[D_ATTN_NORM], eps, row, nullptr, qs,
+                       (h + 127) & ~127, red, red_i, &s, &sum, ((h + 127) & ~127) >> 6);
+        slice_of(d.width, &r0, &r1);
+        staged_rows(wb[0], r0, r1, rb_h, qs, sum, s, qkv, 0);
+        stamp(prof, 1 + 10 * l + 0);
+        grid_barrier(bar, base, ++k);
+        stamp(prof, 2 + 10 * l + 0);
+
+        // RoPE + attention, a query head per block on the first attn_threads threads
+        if ((int)blockIdx.x < nh && (int)threadIdx.x < attn_threads)
+            rope_attend(blockIdx.x, qkv, nh, nkv, hd, ctx, inv_freq, pos_t, slot, blocks,
+                        (u16*)p[D_K], (u16*)p[D_V], scale, attn, attn_threads, row, red);
+        stamp(prof, 1 + 10 * l + 2);
+        grid_barrier(bar, base, ++k);
+        stamp(prof, 2 + 10 * l + 2);
+
+        // x += W_o . quant(sub_norm(attn))
+        stage_matrix(desc, d, m + 2, dsm, wbuf);
+        wait_staged();
+        norm_quant_row(attn, qd, 0, (const float*)p[D_ATTN_SUB_NORM], eps, row, nullptr, qs,
+                       (qd + 127) & ~127, red, red_i, &s, &sum, ((qd + 127) & ~127) >> 6);
+        slice_of(h, &r0, &r1);
+        staged_rows(wb[1], r0, r1, rb_q, qs, sum, s, x, 1);
+        stamp(prof, 1 + 10 * l + 4);
+        grid_barrier(bar, base, ++k);
+        stamp(prof, 2 + 10 * l + 4);
+
+        // gate | up = W_gu . quant(norm(x))
+        stage_matrix(desc, d, m + 3, dsm, wbuf);
+        wait_staged();
+        norm_quant_row(x, h, 0, (const float*)p[D_FFN_NORM], eps, row, nullptr, qs,
+                       (h + 127) & ~127, red, red_i, &s, &sum, ((h + 127) & ~127) >> 6);
+        slice_of(2 * ffn, &r0, &r1);
+        staged_rows(wb[0], r0, r1, rb_h, qs, sum, s, gate_up,
+                    0);
+        stamp(prof, 1 + 10 * l + 6);
+        grid_barrier(bar, base, ++k);
+        stamp(prof, 2 + 10 * l + 6);
+
+        // x += W_down . quant(sub_norm(act(gate) * up))
+        stage_matrix(desc, d, m + 4, dsm, wbuf);
+        wait_staged();
+        norm_quant_row(gate_up, ffn, mode, (const float*)p[D_FFN_SUB_NORM], eps, row, nullptr,
+                       qs, (ffn + 127) & ~127, red, red_i, &s, &sum, ((ffn + 127) & ~127) >> 6);
+        slice_of(h, &r0, &r1);
+        staged_rows(wb[1], r0, r1, rb_f, qs, sum, s, x, 1);
+        stamp(prof, 1 + 10 * l + 8);
+        grid_barrier(bar, base, ++k);
+        stamp(prof, 2 + 10 * l + 8);
+    }
+    asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+    // Every block is past its read of bar[1] (it arrived at the last barrier).
+    if (blockIdx.x == 0 && threadIdx.x == 0) bar[1] = base + k * gridDim.x;
 }

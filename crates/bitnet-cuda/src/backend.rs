@@ -22,6 +22,7 @@
 //! sequences batched with it (tested in `tests/cuda_forward.rs`).
 
 use crate::compile::{FORWARD, TERNARY};
+use crate::decode::PersistentStep;
 use crate::device::Gpu;
 use crate::error::CudaError;
 use crate::model::GpuModel;
@@ -53,8 +54,9 @@ fn dev(e: impl Into<CudaError>) -> BackendError {
 
 /// Every kernel the forward pass launches, looked up when the backend loads: compiling (or
 /// reading the cached PTX) then, not inside the first pass or, worse, a graph capture.
-const FORWARD_KERNELS: [&str; 15] = [
+const FORWARD_KERNELS: [&str; 16] = [
     "embed_rows",
+    "decode_layers",
     "norm_quant",
     "norm_ternary_t1",
     "rope_kv",
@@ -232,6 +234,7 @@ struct GraphKey {
     /// `Some(vocab)`: ends in the greedy choice over that many logits.
     greedy: Option<usize>,
     fused: bool,
+    persistent: bool,
 }
 
 struct Graph(CudaGraph);
@@ -266,6 +269,10 @@ pub struct CudaContext {
     /// sequence, so that decode steps reuse a graph until the length doubles).
     ctx: usize,
     fused: bool,
+    /// Whether a fused decode step may run as the one persistent kernel.
+    persistent: bool,
+    /// Built on the first decode step; `Some(None)`: the kernel does not apply here.
+    step: Option<Option<PersistentStep>>,
     use_graph: bool,
     graph: Option<(GraphKey, Graph)>,
 }
@@ -316,6 +323,8 @@ impl CudaContext {
             rows: 0,
             ctx: 0,
             fused: true,
+            persistent: true,
+            step: None,
             use_graph: true,
             graph: None,
             kv_blocks: blocks,
@@ -340,8 +349,36 @@ impl CudaContext {
         self.fused = on;
     }
 
+    /// Whether a fused decode step runs every layer as one persistent kernel (the default
+    /// where the GPU and the model's shapes allow), or a kernel per stage; both give the same
+    /// bits.
+    pub fn set_persistent(&mut self, on: bool) {
+        self.persistent = on;
+    }
+
     fn fused_step(&self) -> bool {
         self.fused && self.n == 1 && self.seqs == 1
+    }
+
+    /// `BITNET_CUDA_PROFILE=1`: the last persistent decode step's (work, barrier wait) per
+    /// stage in microseconds, summed over the layers (q/k/v, attention, o, gate/up, down).
+    pub fn persistent_profile(&self) -> Option<[(f64, f64); 5]> {
+        match &self.step {
+            Some(Some(st)) => st.profile(&self.gpu).ok().flatten(),
+            _ => None,
+        }
+    }
+
+    /// Whether this batch's layers run as the persistent kernel (building it on first use).
+    fn persistent_step(&mut self) -> CudaResult<bool> {
+        if !(self.persistent && self.fused_step()) {
+            return Ok(false);
+        }
+        if self.step.is_none() {
+            let step = PersistentStep::new(&self.gpu, &self.shared.model, &self.k, &self.v)?;
+            self.step = Some(step);
+        }
+        Ok(matches!(&self.step, Some(Some(st)) if st.smem(&self.shared.model, self.ctx).is_some()))
     }
 
     /// Grows the scratch for `n` tokens, `rows` logit rows and `words` of packed batch; any
@@ -643,6 +680,35 @@ impl CudaContext {
 
     fn layers_op(&mut self) -> CudaResult<()> {
         self.embed_op()?;
+        if self.persistent_step()? {
+            let m = &self.shared.model;
+            let o = self.lay;
+            let pos = self.meta.slice(o.pos..o.pos + 1);
+            let slot = self.meta.slice(o.slot..o.slot + 1);
+            let table = self.meta.slice(o.table..o.table + 1);
+            let blocks = self.meta.slice(o.blocks..o.blocks + self.ctx / KV_BLOCK);
+            let batch = PagedBatch {
+                pos: &pos,
+                slot: &slot,
+                table: &table,
+                blocks: &blocks,
+            };
+            let s = &mut self.s;
+            if let Some(Some(step)) = &mut self.step {
+                let (h, d) = (m.config.hidden_size, m.dims);
+                let ffn = m.config.intermediate_size;
+                return step.launch(
+                    &self.gpu,
+                    m,
+                    self.ctx,
+                    &batch,
+                    &mut s.x.slice_mut(..h),
+                    &mut s.qkv.slice_mut(..d.qkv_dim()),
+                    &mut s.attn.slice_mut(..d.q_dim()),
+                    &mut s.gate_up.slice_mut(..2 * ffn),
+                );
+            }
+        }
         for l in 0..self.shared.model.layers.len() {
             self.qkv_op(l)?;
             self.attention_op(l)?;
@@ -682,10 +748,20 @@ impl CudaContext {
             ctx: self.ctx,
             greedy,
             fused: self.fused,
+            persistent: self.persistent_step()?,
         };
         if self.graph.as_ref().is_none_or(|(k, _)| *k != key) {
             self.graph = None;
-            let g = self.capture(greedy)?;
+            let g = match self.capture(greedy) {
+                Ok(g) => g,
+                // A driver that cannot record a cooperative launch in a graph still runs the
+                // per-stage kernels: retry without the persistent kernel, for good.
+                Err(_) if key.persistent => {
+                    self.step = Some(None);
+                    return self.replay(greedy);
+                }
+                Err(e) => return Err(e),
+            };
             self.graph = Some((key, Graph(g)));
         }
         if let Some((_, g)) = &self.graph {

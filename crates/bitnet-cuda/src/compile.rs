@@ -64,6 +64,16 @@ fn nvrtc_version() -> (i32, i32) {
     (major, minor)
 }
 
+/// NVRTC options for a virtual architecture (`compute_90`). -default-device: plain functions
+/// are device functions. No fast math: the float epilogues must round like the CPU's.
+fn options(arch: &str) -> Vec<String> {
+    vec![
+        format!("--gpu-architecture={arch}"),
+        "--std=c++17".into(),
+        "-default-device".into(),
+    ]
+}
+
 impl KernelCache {
     pub fn new(ctx: Arc<CudaContext>, (major, minor): (i32, i32)) -> Self {
         KernelCache {
@@ -97,13 +107,7 @@ impl KernelCache {
     }
 
     fn options(&self) -> Vec<String> {
-        // -default-device: plain functions are device functions. No fast math: the float
-        // epilogues must round like the CPU's.
-        vec![
-            format!("--gpu-architecture={}", self.arch),
-            "--std=c++17".into(),
-            "-default-device".into(),
-        ]
+        options(&self.arch)
     }
 
     fn ptx(&self, src: Source) -> Result<Ptx> {
@@ -155,5 +159,47 @@ impl KernelCache {
             }
         }
         Ok(ptx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every kernel file compiles with NVRTC for the GPU generations the kernels target
+    /// (Ampere and Hopper), without a GPU: the kernels are compiled at run time, so a kernel
+    /// that does not compile would otherwise first fail on a user's GPU. CI unpacks NVRTC from
+    /// PyPI (`scripts/setup-nvrtc.sh`) and sets `BITNET_REQUIRE_NVRTC=1`: there, a missing
+    /// library fails this test instead of skipping it.
+    #[test]
+    fn kernels_compile_with_nvrtc() {
+        // SAFETY: only tries to dlopen the candidate library names.
+        if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+            assert!(
+                std::env::var_os("BITNET_REQUIRE_NVRTC").is_none(),
+                "BITNET_REQUIRE_NVRTC is set but no libnvrtc could be loaded (LD_LIBRARY_PATH)"
+            );
+            eprintln!("no libnvrtc on this machine: kernel compilation not checked");
+            return;
+        }
+        for arch in ["compute_80", "compute_90"] {
+            for src in [TERNARY, FORWARD] {
+                let ptx = cudarc::nvrtc::compile_ptx_with_opts(
+                    src.code,
+                    CompileOptions {
+                        options: options(arch),
+                        name: Some(src.name.into()),
+                        ..Default::default()
+                    },
+                )
+                .unwrap_or_else(|e| match e {
+                    CompileError::CompileError { log, .. } => {
+                        panic!("{} for {arch}:\n{}", src.name, log.to_string_lossy())
+                    }
+                    other => panic!("{} for {arch}: {other}", src.name),
+                });
+                assert!(ptx.to_src().contains(".entry"), "{} for {arch}", src.name);
+            }
+        }
     }
 }

@@ -15,6 +15,7 @@
 
 mod backend;
 mod compile;
+mod decode;
 mod device;
 mod error;
 mod model;

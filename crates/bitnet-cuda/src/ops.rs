@@ -18,8 +18,9 @@ const NORM_THREADS: u32 = 1024;
 /// Norm rows live in shared memory; beyond the 48 KiB a block gets by default the kernel is
 /// given more, up to this.
 const MAX_NORM_SMEM: usize = 200 * 1024;
-/// Threads of an attention block (one block per query head and token).
-pub(crate) const ATTN_THREADS: u32 = 256;
+/// Threads of an attention block (one block per query head and token): a warp per position
+/// at a time, so that a decode step's few blocks keep many key and value loads in flight.
+pub(crate) const ATTN_THREADS: u32 = 1024;
 /// Head rows per block (a warp each).
 const HEAD_WARPS: u32 = 8;
 /// Tokens per warp of the many-row head kernels (`HEAD_T` in forward.cu).
@@ -117,7 +118,7 @@ pub enum NormInput {
 }
 
 impl NormInput {
-    fn mode(self) -> i32 {
+    pub(crate) fn mode(self) -> i32 {
         match self {
             NormInput::Plain => 0,
             NormInput::Relu2Gate => 1,

@@ -741,15 +741,18 @@ fn check_model(label: &str, path: &Path) {
         // The prompt in passes of 3 tokens, and of 1 (fused decode kernels, with and without
         // the graph, and the batched kernels): every op is per token and the integer matmul
         // exact, so the result is the same bits as one pass.
-        for (step, fused, graph) in [
-            (3, true, true),
-            (1, true, true),
-            (1, true, false),
-            (1, false, false),
+        // Fused one-token steps run as the persistent kernel unless `persistent` is off.
+        for (step, fused, graph, persistent) in [
+            (3, true, true, true),
+            (1, true, true, true),
+            (1, true, false, true),
+            (1, true, true, false),
+            (1, false, false, false),
         ] {
             let mut c = backend.context(16, KvType::F16, 64).unwrap();
             c.set_fused(fused);
             c.set_graph(graph);
+            c.set_persistent(persistent);
             let mut last = Vec::new();
             for (i, part) in p.ids.chunks(step).enumerate() {
                 let want = if (i + 1) * step >= p.ids.len() {
@@ -761,7 +764,8 @@ fn check_model(label: &str, path: &Path) {
             }
             assert!(
                 same_bits(&last, &logits),
-                "{name}: passes of {step} (fused {fused}, graph {graph}) differ from one pass"
+                "{name}: passes of {step} (fused {fused}, graph {graph}, persistent \
+                 {persistent}) differ from one pass"
             );
         }
 
@@ -774,14 +778,20 @@ fn check_model(label: &str, path: &Path) {
         let mut cs = engine.session(Some(128)).unwrap();
         let cpu_greedy = cs.generate(&p.ids, &opts, |_| true).unwrap().tokens;
         assert_eq!(cpu_greedy, p.greedy, "{name}: CPU greedy");
-        for (graph, fused) in [(true, true), (false, true), (true, false)] {
+        for (graph, fused, persistent) in [
+            (true, true, true),
+            (false, true, true),
+            (true, true, false),
+            (true, false, false),
+        ] {
             let mut c = backend.context(16, KvType::F16, 64).unwrap();
             c.set_graph(graph);
             c.set_fused(fused);
+            c.set_persistent(persistent);
             let g = greedy_through(&mut c, &p.ids, &blocks, p.greedy.len(), vocab);
             assert_eq!(
                 g, p.greedy,
-                "{name}: GPU greedy (graph {graph}, fused {fused})"
+                "{name}: GPU greedy (graph {graph}, fused {fused}, persistent {persistent})"
             );
         }
     }
