@@ -53,8 +53,9 @@ fn dev(e: impl Into<CudaError>) -> BackendError {
 
 /// Every kernel the forward pass launches, looked up when the backend loads: compiling (or
 /// reading the cached PTX) then, not inside the first pass or, worse, a graph capture.
-const FORWARD_KERNELS: [&str; 15] = [
+const FORWARD_KERNELS: [&str; 19] = [
     "embed_rows",
+    "embed_rows_q6_k",
     "norm_quant",
     "norm_ternary_t1",
     "rope_kv",
@@ -65,6 +66,9 @@ const FORWARD_KERNELS: [&str; 15] = [
     "head_q8_0",
     "head_dense",
     "head_q8_0_many",
+    "quantize_q8_k",
+    "head_q6_k",
+    "head_q6_k_many",
     "head_dense_many",
     "argmax_partial",
     "argmax_advance",
