@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! cargo build --release -p bitnet-cuda --example cuda_generate   # here; on the GPU machine:
-//! ./cuda_generate [MODEL.gguf] [--head f16,q8_0] [--pp 512] [--tg 128] [--reps 3] [--batch 16,64]
+//! ./cuda_generate [MODEL.gguf] [--head f16,q8_0,q6_k] [--pp 512] [--tg 128] [--reps 3] [--batch 16,64]
 //! ```
 //! Everything runs through the backend seam (`bitnet_backend::Context`), as the engine runs it.
 //! Decode is timed with the step captured as a CUDA graph and with plain launches; `--batch`
@@ -21,21 +21,42 @@ use std::time::Instant;
 
 type AnyResult<T> = Result<T, Box<dyn std::error::Error>>;
 
-/// The tied head re-encoded as Q8_0 (what `bitnet convert --embed q8_0` writes).
-fn q8_0_head(w: &mut ModelWeights) -> AnyResult<()> {
-    let m = &w.token_embd;
-    let mut f = vec![0f32; m.rows() * m.cols()];
-    for (r, row) in f.chunks_exact_mut(m.cols()).enumerate() {
-        m.row_f32(r, row);
-    }
-    let bytes = bitnet_quantization::q8_0::encode(&f)?;
-    w.token_embd = DenseMatrix::new(
-        m.rows(),
-        m.cols(),
-        DenseType::Q8_0,
-        Storage::from_vec(bytes),
-    )?;
-    Ok(())
+/// The head `m` re-encoded as Q8_0 or Q6_K (what `bitnet convert --embed q8_0|q6_k`
+/// writes), rows spread over the CPU's cores (Q6_K's encoder is slow: 328M weights for 2B4T).
+fn requantized(m: &DenseMatrix, ty: DenseType) -> AnyResult<DenseMatrix> {
+    let (rows, cols) = (m.rows(), m.cols());
+    let row_bytes = ty
+        .row_bytes(cols)
+        .ok_or("head width not a multiple of the block")?;
+    let mut bytes = vec![0u8; rows * row_bytes];
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let per = rows.div_ceil(threads).max(1);
+    std::thread::scope(|s| -> AnyResult<()> {
+        let jobs: Vec<_> = bytes
+            .chunks_mut(per * row_bytes)
+            .enumerate()
+            .map(|(i, out)| {
+                s.spawn(move || -> Result<(), String> {
+                    let n = out.len() / row_bytes;
+                    let mut f = vec![0f32; n * cols];
+                    for (j, row) in f.chunks_exact_mut(cols).enumerate() {
+                        m.row_f32(i * per + j, row);
+                    }
+                    let enc = match ty {
+                        DenseType::Q6_K => bitnet_quantization::q6_k::encode(&f),
+                        _ => bitnet_quantization::q8_0::encode(&f),
+                    };
+                    out.copy_from_slice(&enc.map_err(|e| e.to_string())?);
+                    Ok(())
+                })
+            })
+            .collect();
+        for j in jobs {
+            j.join().map_err(|_| "encoder thread panicked")??;
+        }
+        Ok(())
+    })?;
+    Ok(DenseMatrix::new(rows, cols, ty, Storage::from_vec(bytes))?)
 }
 
 fn main() -> AnyResult<()> {
@@ -73,11 +94,22 @@ fn main() -> AnyResult<()> {
     };
     let load_s = t.elapsed().as_secs_f64();
     let heads = head.unwrap_or_else(|| "f16,q8_0".into());
+    // Every requested head is made from the file's own (F16 for the fixture).
+    let file_head = weights.lm_head().clone();
     for head in heads.split(',') {
-        match head {
-            "f16" if weights.lm_head().ty() == DenseType::F16 => {}
-            "q8_0" => q8_0_head(&mut weights)?,
-            other => return Err(format!("--head {other}: f16 (before q8_0) or q8_0").into()),
+        let h = match head {
+            "f16" if file_head.ty() == DenseType::F16 => file_head.clone(),
+            "q8_0" => requantized(&file_head, DenseType::Q8_0)?,
+            "q6_k" => requantized(&file_head, DenseType::Q6_K)?,
+            other => {
+                return Err(
+                    format!("--head {other}: f16 (an F16 model's own head), q8_0 or q6_k").into(),
+                )
+            }
+        };
+        match weights.output.as_mut() {
+            Some(o) => *o = h,
+            None => weights.token_embd = h,
         }
         let opts = Opts {
             pp,

@@ -1,7 +1,7 @@
 // The rest of the BitNet b1.58 forward pass (the ternary matmuls are in ternary.cu):
 // embedding lookup, RMSNorm fused with the int8 quantization of its output, RoPE fused with the
-// f16 KV cache write, causal GQA attention over that cache, the dense / Q8_0 LM head and a
-// greedy argmax. Compiled at run time by NVRTC (see compile.rs); plain CUDA C++, no headers.
+// f16 KV cache write, causal GQA attention over that cache, the dense / Q8_0 / Q6_K LM head and
+// a greedy argmax. Compiled at run time by NVRTC (see compile.rs); plain CUDA C++, no headers.
 //
 // The KV cache is paged: per layer `[block][row in block][kv_head * head_dim]`, KV_BLOCK
 // positions a block; position p of a sequence lives in row p % KV_BLOCK of block
@@ -755,6 +755,210 @@ extern "C" __global__ void head_q8_0_many(const unsigned char* __restrict__ w, i
             const float a = warp_sum(acc[t]);
             if (lane == 0) out[(size_t)(t0 + t) * rows + r] = a;
         }
+    }
+}
+
+// ---- Q6_K head: llama.cpp's default type for the output tensor of its TQ1_0 / TQ2_0 files ----
+//
+// A Q6_K block (bitnet_quantization::q6_k) holds 256 weights in 210 bytes: ql[128] (low 4 bits
+// of the 6-bit codes), qh[64] (high 2 bits), 16 int8 sub-block scales, then f16 d. As on the
+// CPU (bitnet-kernels dense.rs), each token's activations are quantized once to Q8_K (256 int8
+// codes and an f32 scale per block), and a row is dotted as `scalar::q6_k_dot` (the AVX2
+// `ggml_vec_dot_q6_K_q8_K`) does it: per block eight exact i32 lanes, lane n summing
+// scale[e / 16] * (code[e] - 32) * q8[e] over the elements e with (e % 32) / 4 == n; per lane
+// acc_n = fma(d_x * d_w, lane_n, acc_n), block after block; at the end
+// ((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7)). The same IEEE operations in the same order,
+// so the logits are the CPU's bits given the same input.
+
+#define Q6K_BYTES 210
+
+// ggml's nearest_int (q6_k::nearest_int): round half to even through the bits of x + 1.5 * 2^23.
+// A NaN gives 0, as on the CPU: x86 and ARM produce and propagate quiet NaNs whose low mantissa
+// bits are zero, while the GPU's canonical NaN has them all set.
+__device__ __forceinline__ int q8k_nearest_int(float x) {
+    if (x != x) return 0;
+    return (__float_as_int(__fadd_rn(x, 12582912.0f)) & 0x007fffff) - 0x00400000;
+}
+
+// quantize_row_q8_K_ref (q6_k::quantize_q8_k_block) on `n` floats, n % 256 == 0 (rows whose
+// width is a multiple of 256 quantize as one long row): per block the value of largest
+// magnitude, the first one on ties, sign kept (max), iscale = -127 / max,
+// q = min(127, nearest_int(iscale * x)), d = 1 / iscale; a block without a nonzero value gives
+// zero codes and d = 0 (NaN is never the largest). One warp per block.
+extern "C" __global__ void quantize_q8_k(const float* __restrict__ x, int n,
+                                         i8* __restrict__ q, float* __restrict__ d) {
+    const int lane = threadIdx.x & 31;
+    const int b = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (b * 256 >= n) return;
+    const float* xb = x + (size_t)b * 256;
+    i8* qb = q + (size_t)b * 256;
+    float v[8];
+    float best = 0.0f;
+    int bi = 0x7fffffff;
+    // Each lane keeps its first largest (its indices increase), the warp the first overall.
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+        v[i] = xb[lane + 32 * i];
+        const float a = fabsf(v[i]);
+        if (a > best) {
+            best = a;
+            bi = lane + 32 * i;
+        }
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+        const float ob = __shfl_xor_sync(0xffffffffu, best, o);
+        const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+        if (ob > best || (ob == best && oi < bi)) {
+            best = ob;
+            bi = oi;
+        }
+    }
+    if (best == 0.0f) {
+#pragma unroll
+        for (int i = 0; i < 8; ++i) qb[lane + 32 * i] = 0;
+        if (lane == 0) d[b] = 0.0f;
+        return;
+    }
+    const float iscale = __fdiv_rn(-127.0f, xb[bi]);
+#pragma unroll
+    for (int i = 0; i < 8; ++i)
+        qb[lane + 32 * i] = (i8)min(127, q8k_nearest_int(__fmul_rn(iscale, v[i])));
+    if (lane == 0) d[b] = __fdiv_rn(1.0f, iscale);
+}
+
+// A u32 of a Q6_K block (blocks are 210 bytes, so 2-byte aligned) from two u16 loads.
+__device__ __forceinline__ u32 q6k_u32(const u16* p) {
+    return (u32)__ldg(p) | ((u32)__ldg(p + 1) << 16);
+}
+
+// Rows of the Q6_K head against NT tokens' Q8_K activations (token t0 + t's codes at
+// q + (t0 + t) * cols, its scales at d + (t0 + t) * (cols / 256)); nt <= NT of them are real.
+// One warp per row: its lanes take four blocks at a time, eight lanes a block, lane n of a
+// block computing the CPU's integer lane n of it (both halves of the block: 32 elements, 8
+// dp4a); then lane n folds the four blocks' lane-n sums into its accumulator in block order,
+// and the eight accumulators are summed as hsum8. Every token's sum runs in this one order,
+// so the one-token and many-token kernels give the same bits.
+template <int NT>
+__device__ __forceinline__ void head_q6_k_rows(const unsigned char* __restrict__ w, int rows,
+                                               int cols, const i8* __restrict__ q,
+                                               const float* __restrict__ d, int t0, int nt,
+                                               float* __restrict__ out) {
+    const int lane = threadIdx.x & 31, slot = lane >> 3, n = lane & 7;
+    const int r = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (r >= rows) return;
+    const int nb = cols >> 8;
+    const u16* row = (const u16*)(w + (size_t)r * nb * Q6K_BYTES);
+    float acc[NT];
+#pragma unroll
+    for (int t = 0; t < NT; ++t) acc[t] = 0.0f;
+    for (int b0 = 0; b0 < nb; b0 += 4) {
+        const int b = b0 + slot;
+        int s[NT];
+        float db[NT];
+#pragma unroll
+        for (int t = 0; t < NT; ++t) {
+            s[t] = 0;
+            db[t] = 0.0f;
+        }
+        if (b < nb) {
+            const u16* blk = row + b * (Q6K_BYTES / 2);
+            // The signed codes (code - 32) of elements 128h + 32k + 4n + (0..3), four a word,
+            // and their sub-block scales scales[8h + 2k + n / 4].
+            u32 wq[8];
+            int sc[8];
+            const i8* scales = (const i8*)(blk + 96) + (n >> 2);
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const u32 lo0 = q6k_u32(blk + 32 * h + 2 * n);
+                const u32 lo1 = q6k_u32(blk + 32 * h + 16 + 2 * n);
+                const u32 hi = q6k_u32(blk + 64 + 16 * h + 2 * n);
+                wq[4 * h + 0] = (lo0 & 0x0f0f0f0fu) | ((hi << 4) & 0x30303030u);
+                wq[4 * h + 1] = (lo1 & 0x0f0f0f0fu) | ((hi << 2) & 0x30303030u);
+                wq[4 * h + 2] = ((lo0 >> 4) & 0x0f0f0f0fu) | (hi & 0x30303030u);
+                wq[4 * h + 3] = ((lo1 >> 4) & 0x0f0f0f0fu) | ((hi >> 2) & 0x30303030u);
+#pragma unroll
+                for (int k = 0; k < 4; ++k) {
+                    wq[4 * h + k] = __vsub4(wq[4 * h + k], 0x20202020u);
+                    sc[4 * h + k] = (int)__ldg(scales + 8 * h + 2 * k);
+                }
+            }
+            const float dw = h2f(__ldg(blk + 104));
+#pragma unroll
+            for (int t = 0; t < NT; ++t) {
+                if (t < nt) {
+                    const size_t tt = (size_t)(t0 + t);
+                    const int* qx = (const int*)(q + tt * cols + (size_t)b * 256);
+                    int sum = 0;
+#pragma unroll
+                    for (int h = 0; h < 2; ++h)
+#pragma unroll
+                        for (int k = 0; k < 4; ++k)
+                            sum += sc[4 * h + k] * __dp4a((int)wq[4 * h + k], qx[32 * h + 8 * k + n], 0);
+                    s[t] = sum;
+                    // ggml: d = y[i].d * GGML_FP16_TO_FP32(x[i].d).
+                    db[t] = __fmul_rn(d[tt * nb + b], dw);
+                }
+            }
+        }
+#pragma unroll
+        for (int t = 0; t < NT; ++t) {
+            if (t < nt) {
+#pragma unroll
+                for (int j = 0; j < 4; ++j) {
+                    const int sj = __shfl_sync(0xffffffffu, s[t], 8 * j + n);
+                    const float dj = __shfl_sync(0xffffffffu, db[t], 8 * j + n);
+                    if (b0 + j < nb) acc[t] = fmaf(dj, (float)sj, acc[t]);
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
+        if (t < nt) {
+            float a[8];
+#pragma unroll
+            for (int i = 0; i < 8; ++i) a[i] = __shfl_sync(0xffffffffu, acc[t], i);
+            if (lane == 0)
+                out[(size_t)(t0 + t) * rows + r] =
+                    __fadd_rn(__fadd_rn(__fadd_rn(a[0], a[4]), __fadd_rn(a[2], a[6])),
+                              __fadd_rn(__fadd_rn(a[1], a[5]), __fadd_rn(a[3], a[7])));
+        }
+    }
+}
+
+// logits[r] = dot(Q6_K row r, the Q8_K-quantized x) for one token. One warp per row.
+extern "C" __global__ void head_q6_k(const unsigned char* __restrict__ w, int rows, int cols,
+                                     const i8* __restrict__ q, const float* __restrict__ d,
+                                     float* __restrict__ out) {
+    head_q6_k_rows<1>(w, rows, cols, q, d, 0, 1, out);
+}
+
+// head_q6_k for `ntok` tokens (their Q8_K values `cols` apart, scales cols / 256 apart): grid
+// (rows / warps, ntok / HEAD_T), each weight row unpacked once for HEAD_T tokens.
+extern "C" __global__ void head_q6_k_many(const unsigned char* __restrict__ w, int rows,
+                                          int cols, const i8* __restrict__ q,
+                                          const float* __restrict__ d, int ntok,
+                                          float* __restrict__ out) {
+    const int t0 = blockIdx.y * HEAD_T;
+    head_q6_k_rows<HEAD_T>(w, rows, cols, q, d, t0, min(HEAD_T, ntok - t0), out);
+}
+
+// x[t] = Q6_K embedding row tokens[t] (a tied Q6_K head is also the token embedding), as
+// q6_k::decode_block: (d * scale) * (code - 32), two f32 products. One block per token.
+extern "C" __global__ void embed_rows_q6_k(const unsigned char* __restrict__ table,
+                                           long long row_bytes, int cols,
+                                           const u32* __restrict__ tokens,
+                                           float* __restrict__ x) {
+    const int t = blockIdx.x;
+    const unsigned char* row = table + (size_t)tokens[t] * (size_t)row_bytes;
+    for (int k = threadIdx.x; k < cols; k += blockDim.x) {
+        const unsigned char* blk = row + (size_t)(k >> 8) * Q6K_BYTES;
+        const int e = k & 255, h = e >> 7, kk = (e >> 5) & 3, l = e & 31;
+        const int lo = blk[64 * h + 32 * (kk & 1) + l] >> (4 * (kk >> 1)) & 0xf;
+        const int hi = (blk[128 + 32 * h + l] >> (2 * kk)) & 3;
+        const float dw = h2f((u16)(blk[208] | (blk[209] << 8)));
+        const float s = (float)(i8)blk[192 + (e >> 4)];
+        x[(size_t)t * cols + k] = __fmul_rn(__fmul_rn(dw, s), (float)((lo | (hi << 4)) - 32));
     }
 }
 

@@ -54,8 +54,9 @@ fn dev(e: impl Into<CudaError>) -> BackendError {
 
 /// Every kernel the forward pass launches, looked up when the backend loads: compiling (or
 /// reading the cached PTX) then, not inside the first pass or, worse, a graph capture.
-const FORWARD_KERNELS: [&str; 16] = [
+const FORWARD_KERNELS: [&str; 20] = [
     "embed_rows",
+    "embed_rows_q6_k",
     "decode_layers",
     "norm_quant",
     "norm_ternary_t1",
@@ -67,6 +68,9 @@ const FORWARD_KERNELS: [&str; 16] = [
     "head_q8_0",
     "head_dense",
     "head_q8_0_many",
+    "quantize_q8_k",
+    "head_q6_k",
+    "head_q6_k_many",
     "head_dense_many",
     "argmax_partial",
     "argmax_advance",

@@ -44,7 +44,8 @@ fn i32_of(v: usize, what: &str) -> Result<i32> {
     i32::try_from(v).map_err(|_| shape(format!("{what} {v} exceeds i32")))
 }
 
-/// A dense matrix (token embedding, LM head) resident on the GPU in its file type.
+/// A dense matrix (token embedding, LM head) resident on the GPU in its file type (F32, F16,
+/// BF16, Q8_0 or Q6_K: every [`DenseType`]).
 pub struct GpuDense {
     rows: usize,
     cols: usize,
@@ -54,19 +55,18 @@ pub struct GpuDense {
 }
 
 impl GpuDense {
-    /// `what` names the tensor in the error for a type the GPU kernels do not read.
+    /// `what` names the tensor in the error for a shape its type cannot hold.
     pub fn upload(gpu: &Gpu, m: &DenseMatrix, what: &str) -> Result<Self> {
+        // The match is exhaustive so that a new dense type cannot reach the kernels unread.
         let row_bytes = match m.ty() {
-            DenseType::F32 | DenseType::F16 | DenseType::BF16 | DenseType::Q8_0 => m
+            DenseType::F32
+            | DenseType::F16
+            | DenseType::BF16
+            | DenseType::Q8_0
+            | DenseType::Q6_K => m
                 .ty()
                 .row_bytes(m.cols())
                 .ok_or_else(|| shape(format!("{what}: {} columns of {:?}", m.cols(), m.ty())))?,
-            other => {
-                return Err(CudaError::Unsupported(format!(
-                    "{what} of type {other:?} (the GPU reads F32, F16, BF16 and Q8_0 dense \
-                     tensors; convert with `bitnet convert --embed q8_0` or `--embed f16`)"
-                )))
-            }
         };
         i32_of(m.rows(), "dense rows")?;
         i32_of(m.cols(), "dense columns")?;
@@ -95,13 +95,24 @@ impl GpuDense {
         self.data.len()
     }
 
-    /// The type code of forward.cu (`TY_*`).
+    /// The type code of forward.cu (`TY_*`; Q6_K has kernels of its own).
     fn code(&self) -> i32 {
         match self.ty {
             DenseType::F32 => 0,
             DenseType::F16 => 1,
             DenseType::BF16 => 2,
-            _ => 3,
+            DenseType::Q8_0 => 3,
+            DenseType::Q6_K => 4,
+        }
+    }
+
+    /// The activation blocks a quantized head's rows are dotted with: Q8_0 heads take Q8_0
+    /// (32 values a scale), Q6_K heads Q8_K (256 values a scale); `None` for float heads.
+    fn act_block(&self) -> Option<(usize, &'static str)> {
+        match self.ty {
+            DenseType::Q8_0 => Some((32, "quantize_q8_0")),
+            DenseType::Q6_K => Some((256, "quantize_q8_k")),
+            _ => None,
         }
     }
 }
@@ -242,15 +253,16 @@ impl Gpu {
         if n == 0 {
             return Ok(());
         }
-        let f = self.kernels.function(FORWARD, "embed_rows")?;
+        let q6k = table.ty == DenseType::Q6_K;
+        let name = if q6k { "embed_rows_q6_k" } else { "embed_rows" };
+        let f = self.kernels.function(FORWARD, name)?;
         let (ty, row_bytes, cols) = (table.code(), table.row_bytes as i64, table.cols as i32);
         let mut l = self.stream.launch_builder(&f);
-        l.arg(&table.data)
-            .arg(&ty)
-            .arg(&row_bytes)
-            .arg(&cols)
-            .arg(tokens)
-            .arg(x);
+        l.arg(&table.data);
+        if !q6k {
+            l.arg(&ty);
+        }
+        l.arg(&row_bytes).arg(&cols).arg(tokens).arg(x);
         // SAFETY: arguments match the kernel; n rows of `cols` floats fit in x (checked).
         unsafe { l.launch(cfg((n as u32, 1), 256, 0)) }?;
         Ok(())
@@ -608,9 +620,11 @@ impl Gpu {
         Ok(())
     }
 
-    /// `logits[r] = dot(head row r, x)` for one token: F32/F16/BF16 rows dotted in f32, Q8_0
-    /// rows against `x` quantized to Q8_0 (into `q8`, `d8`: `cols` and `cols / 32` values) as
-    /// the CPU's `DenseMatrix::matmul` does. Sums run in another order than on the CPU.
+    /// `logits[r] = dot(head row r, x)` for one token: F32/F16/BF16 rows dotted in f32 (sums
+    /// in another order than on the CPU); Q8_0 and Q6_K rows against `x` quantized to Q8_0 /
+    /// Q8_K blocks (into `q8`, `d8`: `cols` codes and `cols / 32` scales are enough for both)
+    /// as the CPU's `DenseMatrix::matmul` does, with exact integer block dots. The Q6_K head
+    /// also combines them in the CPU's order: the CPU's bits for the same `x`.
     pub fn head(
         &self,
         m: &GpuDense,
@@ -630,17 +644,12 @@ impl Gpu {
         }
         let (rows, cols) = (m.rows as i32, m.cols as i32);
         let grid = ((m.rows as u32).div_ceil(HEAD_WARPS), 1);
-        if m.ty == DenseType::Q8_0 {
-            if q8.len() < m.cols || d8.len() < m.cols / 32 {
-                return Err(shape("head: Q8_0 scratch too small".into()));
-            }
-            let f = self.kernels.function(FORWARD, "quantize_q8_0")?;
-            let mut l = self.stream.launch_builder(&f);
-            l.arg(x).arg(&cols).arg(&mut *q8).arg(&mut *d8);
-            let blocks = (m.cols as u32 / 32).div_ceil(8);
-            // SAFETY: arguments match; cols values of x, q8, cols / 32 of d8 (checked).
-            unsafe { l.launch(cfg((blocks, 1), 256, 0)) }?;
-            let f = self.kernels.function(FORWARD, "head_q8_0")?;
+        if self.quantize_head_input(m, x, 1, q8, d8)? {
+            let name = match m.ty {
+                DenseType::Q6_K => "head_q6_k",
+                _ => "head_q8_0",
+            };
+            let f = self.kernels.function(FORWARD, name)?;
             let mut l = self.stream.launch_builder(&f);
             l.arg(&m.data)
                 .arg(&rows)
@@ -664,6 +673,43 @@ impl Gpu {
             unsafe { l.launch(cfg(grid, 32 * HEAD_WARPS, 0)) }?;
         }
         Ok(())
+    }
+
+    /// For a Q8_0 / Q6_K head, quantizes the first `tokens` rows of `x` (`m.cols()` floats
+    /// each) to the head's activation blocks in `q8` / `d8` and returns true; false (nothing
+    /// done) for a float head. Blocks never straddle rows (`cols` is a multiple of the block),
+    /// so the rows quantize as one long row.
+    fn quantize_head_input(
+        &self,
+        m: &GpuDense,
+        x: &CudaView<'_, f32>,
+        tokens: usize,
+        q8: &mut CudaSlice<i8>,
+        d8: &mut CudaSlice<f32>,
+    ) -> Result<bool> {
+        let Some((block, kernel)) = m.act_block() else {
+            return Ok(false);
+        };
+        let n = tokens * m.cols;
+        if q8.len() < n || d8.len() < n / block {
+            return Err(shape(format!(
+                "head: {:?} scratch of {} codes and {} scales for {tokens} x {} inputs",
+                m.ty,
+                q8.len(),
+                d8.len(),
+                m.cols
+            )));
+        }
+        let f = self.kernels.function(FORWARD, kernel)?;
+        let n_i = i32_of(n, "head inputs")?;
+        let mut l = self.stream.launch_builder(&f);
+        l.arg(x).arg(&n_i).arg(&mut *q8).arg(&mut *d8);
+        // A warp per block, 8 warps per CUDA block.
+        let blocks = (n / block).div_ceil(8) as u32;
+        // SAFETY: arguments match; n values of x (checked by the callers) and q8, n / block of
+        // d8 (checked above).
+        unsafe { l.launch(cfg((blocks, 1), 256, 0)) }?;
+        Ok(true)
     }
 
     /// `out[i] = x[rows[i]]` for `rows.len()` rows of `cols` floats; the row indices (device
@@ -698,7 +744,7 @@ impl Gpu {
     /// `m.rows()` logits, reading each head row once per 8 tokens. Every row's logits are the
     /// same bits as [`Self::head`] of that row alone (the same sums in the same order), so a
     /// sequence's logits do not depend on the batch around it. `q8` / `d8` hold `tokens * cols`
-    /// and `tokens * cols / 32` values for a Q8_0 head.
+    /// and `tokens * cols / 32` values for a Q8_0 head (`/ 256` is enough for a Q6_K head).
     pub fn head_rows(
         &self,
         m: &GpuDense,
@@ -730,19 +776,12 @@ impl Gpu {
             (m.rows as u32).div_ceil(HEAD_WARPS),
             (tokens as u32).div_ceil(HEAD_TOKENS),
         );
-        if m.ty == DenseType::Q8_0 {
-            if q8.len() < n || d8.len() < n / 32 {
-                return Err(shape("head: Q8_0 scratch too small".into()));
-            }
-            // Q8_0 blocks are independent: the rows quantize as one long row (cols % 32 == 0).
-            let f = self.kernels.function(FORWARD, "quantize_q8_0")?;
-            let n_i = i32_of(n, "head inputs")?;
-            let mut l = self.stream.launch_builder(&f);
-            l.arg(x).arg(&n_i).arg(&mut *q8).arg(&mut *d8);
-            let blocks = (n as u32 / 32).div_ceil(8);
-            // SAFETY: arguments match; n values of x and q8, n / 32 of d8 (checked).
-            unsafe { l.launch(cfg((blocks, 1), 256, 0)) }?;
-            let f = self.kernels.function(FORWARD, "head_q8_0_many")?;
+        if self.quantize_head_input(m, x, tokens, q8, d8)? {
+            let name = match m.ty {
+                DenseType::Q6_K => "head_q6_k_many",
+                _ => "head_q8_0_many",
+            };
+            let f = self.kernels.function(FORWARD, name)?;
             let mut l = self.stream.launch_builder(&f);
             l.arg(&m.data)
                 .arg(&rows)

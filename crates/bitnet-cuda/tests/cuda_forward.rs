@@ -67,23 +67,25 @@ fn dense(ty: DenseType, rows: usize, cols: usize, x: &[f32]) -> DenseMatrix {
         DenseType::F16 => bitnet_quantization::float::f32_to_f16_bytes(x),
         DenseType::BF16 => bitnet_quantization::float::f32_to_bf16_bytes(x),
         DenseType::Q8_0 => bitnet_quantization::q8_0::encode(x).unwrap(),
-        DenseType::Q6_K => vec![0u8; rows * cols / 256 * 210],
+        DenseType::Q6_K => bitnet_quantization::q6_k::encode(x).unwrap(),
     };
     DenseMatrix::new(rows, cols, ty, Storage::from_vec(bytes)).unwrap()
 }
 
-const DENSE_TYPES: [DenseType; 4] = [
+const DENSE_TYPES: [DenseType; 5] = [
     DenseType::F32,
     DenseType::F16,
     DenseType::BF16,
     DenseType::Q8_0,
+    DenseType::Q6_K,
 ];
 
 #[test]
 fn embedding_rows_equal_the_cpu() {
     let Some(gpu) = gpu() else { return };
     let mut rng = Rng(3);
-    let (rows, cols) = (50, 320);
+    // A multiple of 256 columns (Q6_K blocks), 3 blocks.
+    let (rows, cols) = (50, 768);
     let x = rng.vec(rows * cols, 0.2);
     let ids: Vec<u32> = vec![0, 49, 7, 7, 23];
     for ty in DENSE_TYPES {
@@ -479,8 +481,15 @@ fn head_matches_the_cpu() {
                 .unwrap();
             let got = gpu.stream().clone_dtoh(&out).unwrap();
             let d = max_abs_diff(&got, &want);
-            // Values are about 1-5: float summation order only.
+            // Values are about 1-5: float summation order only; the Q6_K head sums in the
+            // CPU's order (tests/cuda_ops.rs checks it at more shapes).
             assert!(d < 1e-3, "{ty:?} {cols}: head differs by {d}");
+            if ty == DenseType::Q6_K {
+                assert!(
+                    same_bits(&got, &want),
+                    "Q6_K {cols}: head not the CPU's bits"
+                );
+            }
         }
     }
 }
@@ -590,18 +599,6 @@ fn argmax_takes_the_first_max_and_advances() {
     }
 }
 
-#[test]
-fn unsupported_dense_types_are_clear_errors() {
-    let Some(gpu) = gpu() else { return };
-    let m = dense(DenseType::Q6_K, 4, 256, &[]);
-    let Err(e) = GpuDense::upload(&gpu, &m, "output (LM head)") else {
-        panic!("a Q6_K head uploaded");
-    };
-    assert!(matches!(e, CudaError::Unsupported(_)), "{e:?}");
-    let msg = e.to_string();
-    assert!(msg.contains("Q6_K") && msg.contains("output"), "{msg}");
-}
-
 struct RefPrompt {
     name: String,
     ids: Vec<u32>,
@@ -686,9 +683,20 @@ fn greedy_through(
     out
 }
 
+/// Which outputs a model's GPU results must equal.
+#[derive(Clone, Copy, PartialEq)]
+enum Want {
+    /// The CPU engine's and the shared reference's (the reference model's own weights).
+    CpuAndReference,
+    /// The CPU engine's on the same weights only: a head re-quantized (Q6_K) gives other
+    /// logits than the reference's, and may part from its greedy tokens at a near tie.
+    Cpu,
+}
+
 /// Every reference prompt through the CUDA backend's `Context` and the CPU engine (f16 KV
 /// cache both), and one sequence alone against the same sequence batched with three others.
-fn check_model(label: &str, path: &Path) {
+fn check_model(label: &str, path: &Path, want: Want) {
+    let vs_ref = want == Want::CpuAndReference;
     let model = bitnet_models::load(path, None)
         .unwrap_or_else(|e| panic!("{label}: loading {}: {e}", path.display()));
     let backend = CudaBackend::load(0, &model.weights).unwrap();
@@ -714,11 +722,19 @@ fn check_model(label: &str, path: &Path) {
         println!("{name}: final logits max |gpu - cpu| {dc:.5}, max |gpu - reference| {dr:.5}");
         (worst_cpu, worst_ref) = (worst_cpu.max(dc), worst_ref.max(dr));
         assert!(dc <= LOGIT_TOL, "{name}: GPU and CPU logits differ by {dc}");
-        assert!(
-            dr <= LOGIT_TOL,
-            "{name}: GPU and reference logits differ by {dr}"
-        );
-        assert_eq!(bitnet_backend::argmax(&logits), p.final_argmax, "{name}");
+        if vs_ref {
+            assert!(
+                dr <= LOGIT_TOL,
+                "{name}: GPU and reference logits differ by {dr}"
+            );
+            assert_eq!(bitnet_backend::argmax(&logits), p.final_argmax, "{name}");
+        } else {
+            assert_eq!(
+                bitnet_backend::argmax(&logits),
+                bitnet_backend::argmax(&cpu),
+                "{name}: argmax"
+            );
+        }
 
         // Every position's logits (perplexity): the CPU's, and the last row the same bits.
         let mut c = backend.new_context(16, KvType::F16, 64).unwrap();
@@ -777,7 +793,9 @@ fn check_model(label: &str, path: &Path) {
         };
         let mut cs = engine.session(Some(128)).unwrap();
         let cpu_greedy = cs.generate(&p.ids, &opts, |_| true).unwrap().tokens;
-        assert_eq!(cpu_greedy, p.greedy, "{name}: CPU greedy");
+        if vs_ref {
+            assert_eq!(cpu_greedy, p.greedy, "{name}: CPU greedy");
+        }
         for (graph, fused, persistent) in [
             (true, true, true),
             (false, true, true),
@@ -790,7 +808,7 @@ fn check_model(label: &str, path: &Path) {
             c.set_persistent(persistent);
             let g = greedy_through(&mut c, &p.ids, &blocks, p.greedy.len(), vocab);
             assert_eq!(
-                g, p.greedy,
+                g, cpu_greedy,
                 "{name}: GPU greedy (graph {graph}, fused {fused}, persistent {persistent})"
             );
         }
@@ -917,7 +935,7 @@ fn kjv_i2s_gguf_on_the_gpu_matches_cpu_and_reference() {
         return;
     }
     let path = kjv_dir().join("gguf/bitnet-b1.58-kjv-i2_s.gguf");
-    check_model("i2_s-gguf", &path);
+    check_model("i2_s-gguf", &path, Want::CpuAndReference);
 }
 
 /// The same weights in llama.cpp's TQ2_0 and TQ1_0 (converted here from the shared I2_S file,
@@ -943,8 +961,40 @@ fn kjv_tq2_0_and_tq1_0_on_the_gpu_match_cpu_and_reference() {
             name: format!("kjv-{label}"),
         };
         convert(&src, None, &opts, &out, &mut |_, _| {}).unwrap();
-        check_model(label, &out);
+        check_model(label, &out, Want::CpuAndReference);
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// llama.cpp's TQ2_0 files carry a Q6_K `output.weight` (or, tied, a Q6_K `token_embd`) by
+/// default: the same weights converted so (TQ2_0, tied Q6_K embedding and head, as `bitnet
+/// convert --type tq2_0 --embed q6_k` writes them; KJV's hidden size 512 is two Q6_K blocks).
+/// The Q6_K head dots are the CPU's bits given the same final hidden state, and the tied Q6_K
+/// embedding rows exactly the CPU's, so the GPU differs from the CPU engine only by the float
+/// rounding the F16-head models show: the same LOGIT_TOL (int8 activation flips in the
+/// ternary layers, not the head, set it) and every greedy token equal. Not compared with the
+/// reference: the 6-bit head changes the logits themselves (KL up to 1.2e-2 nats against
+/// F16 in the README's quality table), and one of the four reference prompts drifts in its
+/// greedy tokens with it.
+#[test]
+fn kjv_tq2_0_with_a_q6_k_head_on_the_gpu_matches_the_cpu() {
+    use bitnet_models::export::{convert, DenseFormat, ExportOptions, TernaryFormat};
+    if gpu().is_none() {
+        return;
+    }
+    let src = kjv_dir().join("gguf/bitnet-b1.58-kjv-i2_s.gguf");
+    let dir = std::env::temp_dir().join(format!("bitnet-cuda-q6k-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("kjv-tq2_0-q6_k.gguf");
+    let opts = ExportOptions {
+        ternary: TernaryFormat::Tq2_0,
+        dense: DenseFormat::Q6_K,
+        name: "kjv-tq2_0-q6_k".into(),
+    };
+    convert(&src, None, &opts, &out, &mut |_, _| {}).unwrap();
+    let head = bitnet_models::load(&out, None).unwrap().weights;
+    assert_eq!(head.lm_head().ty(), DenseType::Q6_K, "the converted head");
+    check_model("tq2_0+q6_k", &out, Want::Cpu);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -959,7 +1009,7 @@ fn kjv_hf_folder_on_the_gpu_matches_cpu_and_reference() {
         eprintln!("{}: no model.safetensors, skipped", dir.display());
         return;
     }
-    check_model("hf-folder", &dir);
+    check_model("hf-folder", &dir, Want::CpuAndReference);
 }
 
 /// Asking for a GPU that is not there is `BackendError::Unavailable` with the reason, on any

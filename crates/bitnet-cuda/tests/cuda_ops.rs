@@ -10,9 +10,14 @@
 //! `BITNET_REQUIRE_CUDA=1 ./cuda_ops-<hash> --include-ignored`.
 
 mod common;
-use bitnet_cuda::{CudaError, Gpu, GpuActivations, GpuTernaryMatrix, TernaryKernel};
-use bitnet_kernels::{ternary_matmul, QuantizedActivations, TernaryMatrix};
+use bitnet_common::Storage;
+use bitnet_cuda::{CudaError, Gpu, GpuActivations, GpuDense, GpuTernaryMatrix, TernaryKernel};
+use bitnet_kernels::{
+    ternary_matmul, DenseMatrix, DenseMatrixExt, DenseType, QuantizedActivations, TernaryMatrix,
+};
+use bitnet_quantization::q6_k;
 use common::{gpu, required, Rng};
+use half::f16;
 
 /// Activations like a real residual stream: mostly small, a few outliers, and in some rows
 /// values that must not be quantized silently wrong (NaN, a huge value, all zeros).
@@ -226,6 +231,124 @@ fn shape_mismatches_are_errors() {
     let mut out = gpu.stream().alloc_zeros::<f32>(8).unwrap();
     assert!(matches!(
         gpu.ternary_matmul(&wd, &a, &mut out.as_view_mut()),
+        Err(CudaError::Shape(_))
+    ));
+}
+
+/// A Q6_K matrix: rows encoded from weights like a trained head's (`q6_k::encode`, a few
+/// outliers), or random blocks (every 6-bit code and int8 sub-block scale, -128 included, with
+/// f16 block scales of both signs around the normal / subnormal boundary), which exercise the
+/// integer lanes harder than real weights do.
+fn q6_k_matrix(rows: usize, cols: usize, encoded: bool, rng: &mut Rng) -> DenseMatrix {
+    let bytes = if encoded {
+        let w: Vec<f32> = (0..rows * cols)
+            .map(|i| rng.f32() * if i % 211 == 0 { 0.5 } else { 0.05 })
+            .collect();
+        q6_k::encode(&w).unwrap()
+    } else {
+        let mut b = vec![0u8; rows * cols / q6_k::QK_K * q6_k::BLOCK_BYTES];
+        for blk in b.chunks_exact_mut(q6_k::BLOCK_BYTES) {
+            for x in &mut blk[..q6_k::D] {
+                *x = rng.next() as u8;
+            }
+            let d = f16::from_f32(rng.f32() * 2e-4);
+            blk[q6_k::D..].copy_from_slice(&d.to_le_bytes());
+        }
+        b
+    };
+    DenseMatrix::new(rows, cols, DenseType::Q6_K, Storage::from_vec(bytes)).unwrap()
+}
+
+/// The Q6_K head (one token: `Gpu::head`; many: `Gpu::head_rows`) against the CPU's
+/// `DenseMatrixExt::matmul`, bit for bit: the activations quantized to Q8_K as the CPU does
+/// (absmax with its first-on-ties sign, ggml's `nearest_int`; a NaN activation is a zero
+/// code on both), exact integer lanes per block, and the lanes' FMAs and final sum in the
+/// CPU's order. Shapes: a 2B4T-wide slice of the vocabulary (2560 columns, 10 blocks a row)
+/// and ragged ones (1 to 27 blocks a row, row counts off the kernel's 8 rows per CUDA block,
+/// token counts off its 8 tokens per warp).
+#[test]
+fn q6_k_head_is_bit_identical_to_the_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng(0x6b);
+    let cases: [(usize, usize, bool, &[usize]); 6] = [
+        (16_387, 2560, false, &[1, 8, 17]),
+        (1000, 2560, true, &[1, 3, 11]),
+        (1, 256, true, &[1, 2, 9]),
+        (300, 768, false, &[1, 3, 8, 11]),
+        (37, 6912, true, &[1, 5]),
+        (129, 1280, false, &[1, 16, 33]),
+    ];
+    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+    for (rows, cols, encoded, token_counts) in cases {
+        let m = q6_k_matrix(rows, cols, encoded, &mut rng);
+        let g = GpuDense::upload(&gpu, &m, "output (LM head)").unwrap();
+        assert_eq!(g.ty(), DenseType::Q6_K);
+        for &tokens in token_counts {
+            // Residual-stream-like rows with outliers; from 3 tokens on a zero row and a NaN.
+            let x = activations(tokens, cols, &mut rng);
+            let mut want = vec![0f32; tokens * rows];
+            m.matmul(&x, tokens, &mut want);
+            let xd = gpu.stream().clone_htod(&x).unwrap();
+            // The scratch the backend gives a Q8_0 head is enough for Q8_K: as many codes,
+            // fewer scales.
+            let mut q8 = gpu.stream().alloc_zeros::<i8>(tokens * cols).unwrap();
+            let mut d8 = gpu.stream().alloc_zeros::<f32>(tokens * cols / 32).unwrap();
+            let mut out = gpu.stream().alloc_zeros::<f32>(tokens * rows).unwrap();
+            gpu.head_rows(
+                &g,
+                &xd.slice(..),
+                tokens,
+                &mut q8,
+                &mut d8,
+                &mut out.slice_mut(..),
+            )
+            .unwrap();
+            let got = gpu.stream().clone_dtoh(&out).unwrap();
+            let first = got
+                .iter()
+                .zip(&want)
+                .position(|(a, b)| a.to_bits() != b.to_bits());
+            assert!(
+                first.is_none(),
+                "{rows}x{cols} ({}), {tokens} tokens: first difference at {first:?}: {:?}",
+                if encoded { "encoded" } else { "random blocks" },
+                first.map(|i| (got[i], want[i]))
+            );
+            // And each token alone through the one-token kernel.
+            for t in [0, tokens - 1] {
+                let mut one = gpu.stream().alloc_zeros::<f32>(rows).unwrap();
+                gpu.head(
+                    &g,
+                    &xd.slice(t * cols..(t + 1) * cols),
+                    &mut q8,
+                    &mut d8,
+                    &mut one.slice_mut(..),
+                )
+                .unwrap();
+                let one = gpu.stream().clone_dtoh(&one).unwrap();
+                assert!(
+                    bits(&one) == bits(&want[t * rows..][..rows]),
+                    "{rows}x{cols}, token {t} of {tokens} alone"
+                );
+            }
+        }
+    }
+    // Scratch too small for the Q8_K codes is an error, not a fault.
+    let m = q6_k_matrix(4, 512, false, &mut rng);
+    let g = GpuDense::upload(&gpu, &m, "head").unwrap();
+    let xd = gpu.stream().clone_htod(&vec![1f32; 2 * 512]).unwrap();
+    let mut q8 = gpu.stream().alloc_zeros::<i8>(512).unwrap();
+    let mut d8 = gpu.stream().alloc_zeros::<f32>(16).unwrap();
+    let mut out = gpu.stream().alloc_zeros::<f32>(8).unwrap();
+    assert!(matches!(
+        gpu.head_rows(
+            &g,
+            &xd.slice(..),
+            2,
+            &mut q8,
+            &mut d8,
+            &mut out.slice_mut(..)
+        ),
         Err(CudaError::Shape(_))
     ));
 }
