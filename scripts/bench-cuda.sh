@@ -82,6 +82,8 @@ if command -v nvidia-smi >/dev/null 2>&1; then
     GPU="$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | head -1 || true)"
 fi
 
+LOAD0="$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo unknown)"
+
 # --- binaries ---------------------------------------------------------------------------------
 BITNET="${BITNET:-${BITNET_BIN:-}}"
 if [[ -z "$BITNET" ]]; then
@@ -213,57 +215,12 @@ fi
 
 # --- the table --------------------------------------------------------------------------------
 {
-    echo "GPU: ${GPU:-none}; CPU: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) logical CPUs"
+    echo "GPU: ${GPU:-none}; CPU: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) logical CPUs;" \
+        "load average before the runs: $LOAD0 (anything beside the benchmark skews the CPU row" \
+        "and the launch-bound decode rows)"
     [[ -n "$BITNET" ]] && echo "bitnet: $("$BITNET" --version 2>/dev/null || echo "$BITNET")"
     echo
-    "$PYTHON" - "$MANIFEST" "$PP" "$TG" <<'EOF'
-import json
-import sys
-
-manifest, pp, tg = sys.argv[1], f"pp{sys.argv[2]}", f"tg{sys.argv[3]}"
-
-
-def fmt(v):
-    if v is None:
-        return "-"
-    mean, sd = v
-    return f"{mean:,.1f}" if sd is None else f"{mean:,.1f} ± {sd:,.1f}"
-
-
-print(f"| engine | file | {pp} t/s | {tg} t/s |")
-print("|---|---|---:|---:|")
-with open(manifest) as f:
-    for line in f:
-        engine, file, kind, path = line.rstrip("\n").split("\t")
-        with open(path) as r:
-            text = r.read()
-        rows = []  # (engine label, {test: (mean, sd)})
-        if kind == "ours":
-            res = {}
-            for l in text.splitlines():
-                if l.strip():
-                    j = json.loads(l)
-                    res[j["test"]] = (j["tps_mean"], j["tps_std"])
-            rows.append((engine, res))
-        elif kind == "llama":
-            res, extra = {}, ""
-            for j in json.loads(text):
-                test = f"pp{j['n_prompt']}" if j["n_prompt"] else f"tg{j['n_gen']}"
-                res[test] = (j["avg_ts"], j["stddev_ts"])
-                if not j.get("cuda", True):
-                    extra = " (NOT a CUDA build: CPU numbers)"
-                elif "flash_attn" in j:
-                    extra = f", fa {int(j['flash_attn'])}"
-            rows.append((engine + extra, res))
-        else:  # bench_torch.py's Markdown rows: | variant | weights GB | pp | tg |
-            for l in text.splitlines():
-                cells = [c.strip() for c in l.strip().strip("|").split("|")]
-                if len(cells) == 4 and cells[0] not in ("variant", "") and not cells[0].startswith("-"):
-                    label = engine if cells[0] == "bf16" else f"transformers, {cells[0]}"
-                    rows.append((label, {pp: (float(cells[2]), None), tg: (float(cells[3]), None)}))
-        for label, res in rows:
-            print(f"| {label} | {file} | {fmt(res.get(pp))} | {fmt(res.get(tg))} |")
-EOF
+    python3 "$ROOT/scripts/bench_cuda_table.py" "$MANIFEST" "$PP" "$TG"
     if [[ -s "$SKIPPED" ]]; then
         echo
         sed 's/^/not in the table: /' "$SKIPPED"

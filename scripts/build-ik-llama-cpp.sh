@@ -111,7 +111,13 @@ fi
 
 # --- sources --------------------------------------------------------------------------------
 SRC_KEY="ik-llama-cpp-python=$IK_LLAMA_CPP_PYTHON_VERSION/2"
-[[ -n "$IK_SOURCE" ]] && SRC_KEY="$SRC_KEY|$IK_SOURCE|$(stat -c %s-%Y "$IK_SOURCE")"
+# A carried archive gets a new mtime on every copy: its content, not its date, says whether the
+# extracted tree (and the build made from it) is still current.
+if [[ -f "$IK_SOURCE" ]]; then
+    SRC_KEY="$SRC_KEY|$(sha256sum "$IK_SOURCE" | cut -c1-16)"
+elif [[ -n "$IK_SOURCE" ]]; then
+    SRC_KEY="$SRC_KEY|$IK_SOURCE"
+fi
 if [[ ! -f "$SRC/.source-stamp" || "$(cat "$SRC/.source-stamp")" != "$SRC_KEY" ]]; then
     DL="$OUT/download"
     SDIST="$DL/ik_llama_cpp_python-$IK_LLAMA_CPP_PYTHON_VERSION.tar.gz"
