@@ -13,6 +13,13 @@
 #                                          # IK_CUDA_ARCH=90 picks the CUDA architectures
 #   IK_OUT=third_party/build-ik-avx512 IK_PORTABLE=1 ...
 #                                          # a second build beside the default one
+#   IK_TARGETS="llama-bench llama-quantize" ...
+#                                          # only these targets (the GPU benchmark needs no
+#                                          # server: minutes less of compiling)
+#   IK_SOURCE=PATH ...                     # no download: the sdist, a tarball (.tar.gz/.tar.xz)
+#                                          # whose top folder is ik_llama.cpp/, or that folder
+#                                          # itself (for machines without network; docs/cuda.md
+#                                          # shows how to repack the sdist small enough to carry)
 #
 # Output (git-ignored): third_party/build-ik/ (or $IK_OUT)
 #   ik_llama.cpp/           the vendored source (from ik_llama_cpp_python-$VERSION.tar.gz)
@@ -35,6 +42,11 @@ BUILD="$OUT/ik_llama.cpp-build"
 JOBS="${JOBS:-$(nproc)}"
 PORTABLE="${IK_PORTABLE:-0}"
 CUDA="${IK_CUDA:-0}"
+IK_SOURCE="${IK_SOURCE:-}"
+if [[ -n "$IK_SOURCE" ]]; then
+    [[ -e "$IK_SOURCE" ]] || { echo "IK_SOURCE=$IK_SOURCE does not exist" >&2; exit 1; }
+    IK_SOURCE="$(cd "$(dirname "$IK_SOURCE")" && pwd)/$(basename "$IK_SOURCE")"
+fi
 
 log() { echo "[build-ik-llama-cpp +${SECONDS}s] $*" >&2; }
 
@@ -45,7 +57,8 @@ else
     ARCH_FLAGS="-DGGML_NATIVE=ON"
 fi
 
-TARGETS=(llama-server llama-quantize llama-bench)
+# shellcheck disable=SC2206
+TARGETS=(${IK_TARGETS:-llama-server llama-quantize llama-bench})
 CMAKE_FLAGS=(
     -DCMAKE_BUILD_TYPE=Release
     -DBUILD_SHARED_LIBS=OFF
@@ -60,6 +73,11 @@ CMAKE_FLAGS=(
     -DGGML_IQK_FA_ALL_QUANTS=OFF
 )
 if [[ "$CUDA" == "1" ]]; then
+    # CUDA images often keep nvcc out of PATH; CMake's CUDA detection needs it there
+    if ! command -v nvcc >/dev/null 2>&1 && [[ -x /usr/local/cuda/bin/nvcc ]]; then
+        export PATH="/usr/local/cuda/bin:$PATH"
+    fi
+    command -v nvcc >/dev/null 2>&1 || { log "IK_CUDA=1 needs nvcc (CUDA toolkit) on PATH"; exit 1; }
     CMAKE_FLAGS+=(-DGGML_CUDA=ON)
     [[ -n "${IK_CUDA_ARCH:-}" ]] && CMAKE_FLAGS+=(-DCMAKE_CUDA_ARCHITECTURES="$IK_CUDA_ARCH")
 fi
@@ -68,7 +86,7 @@ CMAKE_FLAGS+=($ARCH_FLAGS)
 
 KEY="ik-llama-cpp-python=$IK_LLAMA_CPP_PYTHON_VERSION|${CMAKE_FLAGS[*]}|${TARGETS[*]}|$(sha256sum "$0" | cut -c1-16)"
 STAMP="$OUT/.stamp-ik-llama-cpp"
-if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$KEY" && -x "$BUILD/bin/llama-server" ]]; then
+if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$KEY" && -x "$BUILD/bin/${TARGETS[0]}" ]]; then
     log "up to date ($BUILD/bin)"
     exit 0
 fi
@@ -93,30 +111,47 @@ fi
 
 # --- sources --------------------------------------------------------------------------------
 SRC_KEY="ik-llama-cpp-python=$IK_LLAMA_CPP_PYTHON_VERSION/2"
+# A carried archive gets a new mtime on every copy: its content, not its date, says whether the
+# extracted tree (and the build made from it) is still current.
+if [[ -f "$IK_SOURCE" ]]; then
+    SRC_KEY="$SRC_KEY|$(sha256sum "$IK_SOURCE" | cut -c1-16)"
+elif [[ -n "$IK_SOURCE" ]]; then
+    SRC_KEY="$SRC_KEY|$IK_SOURCE"
+fi
 if [[ ! -f "$SRC/.source-stamp" || "$(cat "$SRC/.source-stamp")" != "$SRC_KEY" ]]; then
     DL="$OUT/download"
     SDIST="$DL/ik_llama_cpp_python-$IK_LLAMA_CPP_PYTHON_VERSION.tar.gz"
-    if [[ ! -f "$SDIST" ]]; then
-        log "downloading ik-llama-cpp-python==$IK_LLAMA_CPP_PYTHON_VERSION sdist from PyPI"
-        mkdir -p "$DL"
-        PIP="python3 -m pip"
-        [[ -x "$ROOT/.venv/bin/python" ]] && PIP="$ROOT/.venv/bin/python -m pip"
-        # --no-binary for this package only (`:all:` would also build the build backend's
-        # cmake and ninja from source while pip prepares the metadata); --no-deps: numpy is
-        # for its Python bindings, which are not built here.
-        $PIP download -q --disable-pip-version-check --no-deps \
-            --no-binary ik-llama-cpp-python -d "$DL" "ik-llama-cpp-python==$IK_LLAMA_CPP_PYTHON_VERSION"
-    fi
-    log "extracting the vendored ik_llama.cpp"
-    rm -rf "$SRC" "$OUT/extract"
-    mkdir -p "$OUT/extract"
     P="ik_llama_cpp_python-$IK_LLAMA_CPP_PYTHON_VERSION"
-    if ! tar -xzf "$SDIST" -C "$OUT/extract" "$P/vendor/ik_llama.cpp"; then
-        log "the sdist has no vendor/ik_llama.cpp: this version does not vendor ik_llama.cpp"
-        exit 1
+    rm -rf "$SRC" "$OUT/extract" "$BUILD"
+    mkdir -p "$OUT/extract"
+    if [[ -d "$IK_SOURCE" ]]; then
+        log "copying the ik_llama.cpp tree from $IK_SOURCE"
+        cp -a "$IK_SOURCE/." "$OUT/extract/ik_llama.cpp"
+    elif [[ -n "$IK_SOURCE" ]] && tar -tf "$IK_SOURCE" "ik_llama.cpp/CMakeLists.txt" >/dev/null 2>&1; then
+        log "extracting the repacked ik_llama.cpp tree $IK_SOURCE"
+        tar -xf "$IK_SOURCE" -C "$OUT/extract" ik_llama.cpp
+    else
+        [[ -n "$IK_SOURCE" ]] && SDIST="$IK_SOURCE"
+        if [[ ! -f "$SDIST" ]]; then
+            log "downloading ik-llama-cpp-python==$IK_LLAMA_CPP_PYTHON_VERSION sdist from PyPI"
+            mkdir -p "$DL"
+            PIP="python3 -m pip"
+            [[ -x "$ROOT/.venv/bin/python" ]] && PIP="$ROOT/.venv/bin/python -m pip"
+            # --no-binary for this package only (`:all:` would also build the build backend's
+            # cmake and ninja from source while pip prepares the metadata); --no-deps: numpy is
+            # for its Python bindings, which are not built here.
+            $PIP download -q --disable-pip-version-check --no-deps \
+                --no-binary ik-llama-cpp-python -d "$DL" "ik-llama-cpp-python==$IK_LLAMA_CPP_PYTHON_VERSION"
+        fi
+        log "extracting the vendored ik_llama.cpp from $SDIST"
+        if ! tar -xzf "$SDIST" -C "$OUT/extract" "$P/vendor/ik_llama.cpp"; then
+            log "the sdist has no vendor/ik_llama.cpp: this version does not vendor ik_llama.cpp"
+            exit 1
+        fi
+        mv "$OUT/extract/$P/vendor/ik_llama.cpp" "$OUT/extract/ik_llama.cpp"
     fi
-    mv "$OUT/extract/$P/vendor/ik_llama.cpp" "$SRC"
-    rm -rf "$OUT/extract" "$BUILD"
+    mv "$OUT/extract/ik_llama.cpp" "$SRC"
+    rm -rf "$OUT/extract"
     # The sdist leaves out common/cmake/build-info-gen-cpp.cmake, which the build runs to write
     # common/build-info.cpp (from git, which the tree does not have). Write a stand-in that
     # writes the same file, with the package version as the commit.

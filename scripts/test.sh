@@ -45,6 +45,11 @@ BITNET_BIN=target/debug/bitnet .venv/bin/python -m pytest -q -p no:cacheprovider
 step "serving load generator: offline self-test of its HTTP/SSE parsing and statistics"
 python3 scripts/loadgen.py --self-test
 
+step "GPU side-by-side script offline: its table parsers, and the line it prints for a missing engine"
+python3 scripts/bench_cuda_table.py --self-test
+ENGINES=ik-cuda IK_OUT=target/no-ik-build BITNET=target/debug/bitnet BENCH_DIR=target/bench-cuda-selftest \
+    bash scripts/bench-cuda.sh | grep "^not in the table: ik-cuda: no ik_llama.cpp build" >/dev/null
+
 step "chat page in headless Chromium (tests/web-py/test_chat_page.py; screenshot: target/web-chat.png)"
 scripts/setup-browser.sh
 BITNET_BIN=target/debug/bitnet .venv/bin/python -m pytest -q -p no:cacheprovider tests/web-py/test_chat_page.py
