@@ -212,7 +212,7 @@ fn bench(weights: &ModelWeights, model: Option<&str>, load_s: f64, o: &Opts) -> 
             let parts: Vec<String> = names
                 .iter()
                 .zip(p)
-                .map(|(n, (w, b))| format!("{n} {w:.0} + barrier {b:.0}"))
+                .map(|(n, [w, r, c, b])| format!("{n} {w:.0}/{r:.0}/{c:.0}/{b:.0}"))
                 .collect();
             println!(
                 "  persistent step, us per token (block 0): {}",

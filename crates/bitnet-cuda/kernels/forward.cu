@@ -340,30 +340,39 @@ extern "C" __global__ void rope_kv(float* __restrict__ qkv, int nh, int nkv, int
 #define ATT_U 4
 
 // Softmax attention of one query head (its q in shared `qs`) over positions 0..n of KV head
-// kvh of the sequence whose block table is `bt`, into out_h: scores scaled after the dot, softmax subtracting the max, weights =
-// e * (1 / sum), as forward.rs. Scores: one warp per position; output: each warp sums its own
-// positions, lanes over pairs of dims, then the warps' partials are added. With `kn` / `vn`
+// kvh of the sequence whose block table is `bt`, into out_h: scores scaled after the dot,
+// softmax subtracting the max, weights = e * (1 / sum), as forward.rs. With `kn` / `vn`
 // (shared, the f16-rounded values) position n - 1 is read from them instead of the cache: the
-// fused decode kernel writes that position in this same launch.
-// Run by the block's first `nthr` threads (a multiple of 32): the bits depend on nthr only.
+// fused decode kernels write that position in this same launch.
+//
+// Run by the block's first `nthr` threads (32 to 1024, a power of two), with the same bits for
+// every nthr: the sums are defined over ATT_VW = 32 "virtual warps" of 32 lanes (1024 virtual
+// threads), and a real warp plays ATT_VW / (nthr / 32) of them in turn. So the batched kernel
+// runs prompts with few threads per (head, token) and a decode step runs one head with 1024,
+// and a token's attention is the same whichever ran it. Sum of the exponentials: virtual
+// thread v adds positions v, v + 1024, ...; each virtual warp's 32 lanes are added by one
+// butterfly, then its 32 partials by another. Values: virtual warp w accumulates positions
+// w, w + 32, ... in order; the 32 partial outputs are added in warp order. Scores are per
+// position and the max is exact, so their order does not matter. MHD: the largest head_dim
+// the caller handles (registers per lane).
+#define ATT_VW 32
+template <int MHD>
 __device__ void attend(const float* qs, const float* kn, const float* vn, float* sc,
-                       float* part, float* red, int n, const int* bt, int kvd,
-                       int kvh, int hd,
+                       float* part, float* red, int n, const int* bt, int kvd, int kvh, int hd,
                        const u16* __restrict__ kc, const u16* __restrict__ vc, float scale,
                        float* __restrict__ out_h, int nthr) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = nthr >> 5;
     // Each warp loads the keys of ATT_U of its positions before the first dot product, so
-    // that ATT_U memory latencies overlap instead of following one another; every position's
-    // dot is the same operations in the same order as one at a time.
+    // that ATT_U memory latencies overlap instead of following one another.
     for (int p0 = warp; p0 < n; p0 += ATT_U * nw) {
-        u32 kp[ATT_U][MAX_HD / 64];
+        u32 kp[ATT_U][MHD / 64];
 #pragma unroll
         for (int u = 0; u < ATT_U; ++u) {
             const int p = p0 + u * nw;
             if (p < n && !(kn && p == n - 1)) {
                 const u32* kr = (const u32*)(kc + cache_row(bt, p) * kvd + (size_t)kvh * hd);
 #pragma unroll
-                for (int jj = 0; jj < MAX_HD / 64; ++jj)
+                for (int jj = 0; jj < MHD / 64; ++jj)
                     if (2 * (lane + 32 * jj) < hd) kp[u][jj] = __ldg(kr + lane + 32 * jj);
             }
         }
@@ -373,7 +382,7 @@ __device__ void attend(const float* qs, const float* kn, const float* vn, float*
             if (p >= n) break;
             float d = 0.0f;
 #pragma unroll
-            for (int jj = 0; jj < MAX_HD / 64; ++jj) {
+            for (int jj = 0; jj < MHD / 64; ++jj) {
                 const int j = lane + 32 * jj;
                 if (2 * j < hd) {
                     float k0, k1;
@@ -396,67 +405,78 @@ __device__ void attend(const float* qs, const float* kn, const float* vn, float*
     float m = NEG_INF;
     for (int p = threadIdx.x; p < n; p += nthr) m = fmaxf(m, sc[p]);
     m = group_max(m, red, nthr);
-    float sum = 0.0f;
-    for (int p = threadIdx.x; p < n; p += nthr) {
-        const float e = expf(__fsub_rn(sc[p], m));
-        sc[p] = e;
-        sum += e;
-    }
-    sum = group_sum(sum, red, nthr);  // its barriers also publish the sc[] writes
-    const float inv = __fdiv_rn(1.0f, sum);
-
-    float acc[MAX_HD / 32];
-#pragma unroll
-    for (int j = 0; j < MAX_HD / 32; ++j) acc[j] = 0.0f;
-    // The values likewise ATT_U positions at a time, added in the warp's position order.
-    for (int p0 = warp; p0 < n; p0 += ATT_U * nw) {
-        u32 vp[ATT_U][MAX_HD / 64];
-#pragma unroll
-        for (int u = 0; u < ATT_U; ++u) {
-            const int p = p0 + u * nw;
-            if (p < n && !(vn && p == n - 1)) {
-                const u32* vr = (const u32*)(vc + cache_row(bt, p) * kvd + (size_t)kvh * hd);
-#pragma unroll
-                for (int j = 0; j < MAX_HD / 64; ++j)
-                    if (2 * (lane + 32 * j) < hd) vp[u][j] = __ldg(vr + lane + 32 * j);
-            }
+    // Sum of the exponentials over the virtual threads lane + 32 * w for this warp's virtual
+    // warps w = warp, warp + nw, ...
+    for (int w = warp; w < ATT_VW; w += nw) {
+        float sum = 0.0f;
+        for (int p = lane + 32 * w; p < n; p += 32 * ATT_VW) {
+            const float e = expf(__fsub_rn(sc[p], m));
+            sc[p] = e;
+            sum += e;
         }
+        sum = warp_sum(sum);
+        if (lane == 0) part[w] = sum;
+    }
+    group_sync(nthr);
+    const float sum = warp_sum(part[lane]);
+    const float inv = __fdiv_rn(1.0f, sum);
+    // Every thread has read part[0..32) before it is overwritten below.
+    group_sync(nthr);
+
+    // The values, virtual warp by virtual warp; each loads ATT_U positions ahead.
+    for (int w = warp; w < ATT_VW; w += nw) {
+        float acc[MHD / 32];
 #pragma unroll
-        for (int u = 0; u < ATT_U; ++u) {
-            const int p = p0 + u * nw;
-            if (p >= n) break;
-            const float wgt = __fmul_rn(sc[p], inv);
-            const bool fresh = vn && p == n - 1;
+        for (int j = 0; j < MHD / 32; ++j) acc[j] = 0.0f;
+        for (int p0 = w; p0 < n; p0 += ATT_U * ATT_VW) {
+            u32 vp[ATT_U][MHD / 64];
 #pragma unroll
-            for (int j = 0; j < MAX_HD / 64; ++j) {
-                const int e = lane + 32 * j;
-                if (2 * e < hd) {
-                    float v0, v1;
-                    if (fresh) {
-                        v0 = vn[2 * e];
-                        v1 = vn[2 * e + 1];
-                    } else {
-                        v0 = h2f((u16)(vp[u][j] & 0xffffu));
-                        v1 = h2f((u16)(vp[u][j] >> 16));
+            for (int u = 0; u < ATT_U; ++u) {
+                const int p = p0 + u * ATT_VW;
+                if (p < n && !(vn && p == n - 1)) {
+                    const u32* vr = (const u32*)(vc + cache_row(bt, p) * kvd + (size_t)kvh * hd);
+#pragma unroll
+                    for (int j = 0; j < MHD / 64; ++j)
+                        if (2 * (lane + 32 * j) < hd) vp[u][j] = __ldg(vr + lane + 32 * j);
+                }
+            }
+#pragma unroll
+            for (int u = 0; u < ATT_U; ++u) {
+                const int p = p0 + u * ATT_VW;
+                if (p >= n) break;
+                const float wgt = __fmul_rn(sc[p], inv);
+                const bool fresh = vn && p == n - 1;
+#pragma unroll
+                for (int j = 0; j < MHD / 64; ++j) {
+                    const int e = lane + 32 * j;
+                    if (2 * e < hd) {
+                        float v0, v1;
+                        if (fresh) {
+                            v0 = vn[2 * e];
+                            v1 = vn[2 * e + 1];
+                        } else {
+                            v0 = h2f((u16)(vp[u][j] & 0xffffu));
+                            v1 = h2f((u16)(vp[u][j] >> 16));
+                        }
+                        acc[2 * j] = fmaf(wgt, v0, acc[2 * j]);
+                        acc[2 * j + 1] = fmaf(wgt, v1, acc[2 * j + 1]);
                     }
-                    acc[2 * j] = fmaf(wgt, v0, acc[2 * j]);
-                    acc[2 * j + 1] = fmaf(wgt, v1, acc[2 * j + 1]);
                 }
             }
         }
-    }
 #pragma unroll
-    for (int j = 0; j < MAX_HD / 64; ++j) {
-        const int e = lane + 32 * j;
-        if (2 * e < hd) {
-            part[warp * hd + 2 * e] = acc[2 * j];
-            part[warp * hd + 2 * e + 1] = acc[2 * j + 1];
+        for (int j = 0; j < MHD / 64; ++j) {
+            const int e = lane + 32 * j;
+            if (2 * e < hd) {
+                part[w * hd + 2 * e] = acc[2 * j];
+                part[w * hd + 2 * e + 1] = acc[2 * j + 1];
+            }
         }
     }
     group_sync(nthr);
     for (int i = threadIdx.x; i < hd; i += nthr) {
         float o = 0.0f;
-        for (int w = 0; w < nw; ++w) o += part[w * hd + i];
+        for (int w = 0; w < ATT_VW; ++w) o += part[w * hd + i];
         out_h[i] = o;
     }
 }
@@ -479,13 +499,13 @@ extern "C" __global__ void attention(const float* __restrict__ qkv, int qkv_stri
     float* sc = sm + 3 * hd;
     // The block table in shared memory: each position's row is then one shared load away
     // instead of a global one in front of every key and value load.
-    int* bt = (int*)(sc + ctx + (blockDim.x >> 5) * hd);
+    int* bt = (int*)(sc + ctx + ATT_VW * hd);
     const float* q = qkv + (size_t)t * qkv_stride + (size_t)h * hd;
     for (int i = threadIdx.x; i < hd; i += blockDim.x) qs[i] = q[i];
     const int* table_t = blocks + table[t];
     for (int i = threadIdx.x; i < (n + KV_BLOCK - 1) / KV_BLOCK; i += blockDim.x) bt[i] = table_t[i];
     __syncthreads();
-    attend(qs, nullptr, nullptr, sc, sc + ctx, red, n, bt, nkv * hd, h / (nh / nkv), hd, kc, vc,
+    attend<MAX_HD>(qs, nullptr, nullptr, sc, sc + ctx, red, n, bt, nkv * hd, h / (nh / nkv), hd, kc, vc,
            scale, out + (size_t)t * nh * hd + (size_t)h * hd, blockDim.x);
 }
 
@@ -493,6 +513,7 @@ extern "C" __global__ void attention(const float* __restrict__ qkv, int qkv_stri
 // threads (the persistent decode kernel runs it with fewer threads than its block has, and the
 // same bits as rope_attention for the same nthr). `sm` is attn_smem(ctx) bytes of shared
 // memory. q, k and v are read through L2 (written by other blocks in the same launch there).
+template <int MHD>
 __device__ void rope_attend(int h, const float* __restrict__ qkv, int nh, int nkv, int hd,
                             int ctx, const float* __restrict__ inv_freq,
                             const int* __restrict__ pos_t, const int* __restrict__ slot,
@@ -505,7 +526,7 @@ __device__ void rope_attend(int h, const float* __restrict__ qkv, int nh, int nk
     float* kn = sm + hd;
     float* vn = sm + 2 * hd;
     float* sc = sm + 3 * hd;
-    int* bt = (int*)(sc + ctx + (nthr >> 5) * hd);
+    int* bt = (int*)(sc + ctx + ATT_VW * hd);
     // All ctx / KV_BLOCK entries, whether the sequence uses them or not: these loads then
     // wait for nothing, where loading n / KV_BLOCK of them would wait for pos first, and
     // every load in this kernel's prologue is a memory latency in front of the whole step.
@@ -537,7 +558,7 @@ __device__ void rope_attend(int h, const float* __restrict__ qkv, int nh, int nk
         }
     }
     group_sync(nthr);
-    attend(qs, kn, vn, sc, sc + ctx, red, n, bt, kvd, kvh, hd, kc, vc, scale, out + (size_t)h * hd,
+    attend<MHD>(qs, kn, vn, sc, sc + ctx, red, n, bt, kvd, kvh, hd, kc, vc, scale, out + (size_t)h * hd,
            nthr);
 }
 
@@ -555,8 +576,8 @@ extern "C" __global__ void rope_attention(const float* __restrict__ qkv, int nh,
                                           float scale, float* __restrict__ out) {
     extern __shared__ float sm[];
     __shared__ float red[32];
-    rope_attend(blockIdx.x, qkv, nh, nkv, hd, ctx, inv_freq, pos_t, slot, blocks, kc, vc, scale,
-                out, blockDim.x, sm, red);
+    rope_attend<MAX_HD>(blockIdx.x, qkv, nh, nkv, hd, ctx, inv_freq, pos_t, slot, blocks, kc, vc,
+                        scale, out, blockDim.x, sm, red);
 }
 
 // ggml's quantize_row_q8_0 on one row of `cols` floats (as dense_q8::quantize_activations):
@@ -1059,9 +1080,11 @@ __device__ __forceinline__ u32 smem_addr(const void* p) {
 // Copies `bytes` (a multiple of 16) from global `src` to shared `dst` asynchronously, then
 // commits them as one cp.async group (an empty group when bytes is 0, so that every stage
 // commits exactly one group and cp.async.wait_group 1 always means "all but the newest").
-// Then `n` floats of `scales` after them (at dst + bytes, 16-byte aligned), 4 bytes a copy.
+// Then `n` floats of `scales` after them (at dst + bytes, 16-byte aligned) and `nc` floats of
+// `nw` at dst + nw_at, 4 bytes a copy.
 __device__ __forceinline__ void stage_rows(unsigned char* dst, const unsigned char* src,
-                                           size_t bytes, const float* scales, int n) {
+                                           size_t bytes, const float* scales, int n,
+                                           const float* nw, int nc, int nw_at) {
     for (size_t o = (size_t)threadIdx.x * 16; o < bytes; o += (size_t)blockDim.x * 16)
         asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_addr(dst + o)),
                      "l"(src + o)
@@ -1070,6 +1093,11 @@ __device__ __forceinline__ void stage_rows(unsigned char* dst, const unsigned ch
         asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(
                          smem_addr(dst + bytes + 4 * i)),
                      "l"(scales + i)
+                     : "memory");
+    for (int i = threadIdx.x; i < nc; i += blockDim.x)
+        asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(
+                         smem_addr(dst + nw_at + 4 * i)),
+                     "l"(nw + i)
                      : "memory");
     asm volatile("cp.async.commit_group;\n" ::: "memory");
 }
@@ -1109,9 +1137,11 @@ __device__ __forceinline__ void grid_barrier(unsigned* bar, unsigned base, unsig
 // row_bytes, then the rows' scales) times the block's int8 row `qs` in chunk-major order (perm_index; sum `sum`,
 // scale `s`), a warp per row, with
 // norm_ternary_t1's epilogue; outputs through L2 (other blocks read them after the barrier).
+// With `own` (the block's copy of its rows of the residual stream) the outputs are added to
+// them, and the sums stored to both.
 __device__ __forceinline__ void staged_rows(const unsigned char* ws, int r0, int r1,
                                             int row_bytes, const i8* qs, int sum, float s,
-                                            float* out, int accumulate) {
+                                            float* out, float* own) {
     const int lane = threadIdx.x & 31, warps = blockDim.x >> 5, chunks = row_bytes >> 4;
     const float* wscale = (const float*)(ws + (size_t)(r1 - r0) * row_bytes) - r0;
     for (int r = r0 + (threadIdx.x >> 5); r < r1; r += warps) {
@@ -1133,7 +1163,13 @@ __device__ __forceinline__ void staged_rows(const unsigned char* ws, int r0, int
         acc = warp_sum_i(acc);
         if (lane == 0) {
             const float yv = __fmul_rn(__fdiv_rn((float)(acc - sum), s), wscale[r]);
-            __stcg(out + r, accumulate ? __fadd_rn(__ldcg(out + r), yv) : yv);
+            if (own) {
+                const float v = __fadd_rn(own[r - r0], yv);
+                own[r - r0] = v;
+                __stcg(out + r, v);
+            } else {
+                __stcg(out + r, yv);
+            }
         }
     }
 }
@@ -1154,6 +1190,10 @@ __device__ __forceinline__ void staged_rows(const unsigned char* ws, int r0, int
 #define D_K 12
 #define D_V 13
 #define DECODE_PTRS 14
+// The most rows of the residual stream one block owns (ceil(hidden / grid); checked by the host).
+#define DECODE_OWN_ROWS 64
+// The largest head_dim the persistent kernel takes (fewer registers for attention than MAX_HD).
+#define DECODE_MAX_HD 128
 
 // Block 0's clock at point i of the step (`prof` null: off): BITNET_CUDA_PROFILE's breakdown of
 // each stage into its own work and its wait at the barrier.
@@ -1180,14 +1220,16 @@ struct StepDims {
 
 // Matrix m of the step (4 per layer, in order) staged into this block's buffer m % 2: the
 // block's rows and their scales (each matrix's scale pointer follows its data pointer in the
-// descriptor), one cp.async group (empty past the last matrix).
+// descriptor), and at `wrows` the weights of the norm in front of it (constants, so they need
+// not wait for the barrier), one cp.async group (empty past the last matrix).
 __device__ __forceinline__ void stage_matrix(const unsigned long long* __restrict__ desc,
                                              const StepDims& d, int m, unsigned char* buf0,
-                                             int wbuf) {
+                                             int wbuf, int wrows) {
     size_t bytes = 0;
     const unsigned char* src = nullptr;
     const float* scales = nullptr;
-    int n = 0;
+    const float* nw = nullptr;
+    int n = 0, nc = 0;
     if (m < 4 * d.nlayers) {
         const unsigned long long* p = desc + (size_t)(m >> 2) * DECODE_PTRS;
         int rows, rb, which;
@@ -1203,15 +1245,23 @@ __device__ __forceinline__ void stage_matrix(const unsigned long long* __restric
         bytes = (size_t)(r1 - r0) * rb;
         scales = (const float*)p[which + 1] + r0;
         n = r1 - r0;
+        // The norm in front of the matrix, and its width.
+        const int norm = (m & 3) == 0   ? D_ATTN_NORM
+                         : (m & 3) == 1 ? D_ATTN_SUB_NORM
+                         : (m & 3) == 2 ? D_FFN_NORM
+                                        : D_FFN_SUB_NORM;
+        nw = (const float*)p[norm];
+        nc = (m & 3) == 1 ? d.qd : (m & 3) == 3 ? d.ffn : d.h;
     }
-    stage_rows(buf0 + (size_t)(m & 1) * wbuf, src, bytes, scales, n);
+    stage_rows(buf0 + (size_t)(m & 1) * wbuf, src, bytes, scales, n, nw, nc, wrows);
 }
 
 // The layers of one decode step (after embed_rows has written x; the head runs after it).
 // Grid: at most one block per SM, all resident (cooperative launch); NORM_THREADS threads.
 // Dynamic shared memory: two weight buffers of `wbuf` bytes (a block's largest slice of any
-// matrix), then a region that holds either a norm row (max(h, qd, ffn) floats rounded to 4,
-// then the int8 row) or the attention's attn_smem(ctx) bytes. `bar`: two zeroed words of
+// matrix with its scales, then from `wrows` the norm weights), then a region that holds either
+// a norm row (max(h, qd, ffn) floats rounded to 4, then the int8 row) or the attention's
+// attn_smem(ctx) bytes. `bar`: two zeroed words of
 // this context's own. desc: DECODE_PTRS pointers per layer.
 extern "C" __global__ void __launch_bounds__(1024, 1)
     decode_layers(const unsigned long long* __restrict__ desc, int nlayers, int h, int nh,
@@ -1219,7 +1269,8 @@ extern "C" __global__ void __launch_bounds__(1024, 1)
                   int attn_threads, const float* __restrict__ inv_freq, float eps, float scale,
                   const int* __restrict__ pos_t, const int* __restrict__ slot,
                   const int* __restrict__ blocks, float* x, float* qkv, float* attn,
-                  float* gate_up, unsigned* bar, int wbuf, unsigned long long* prof) {
+                  float* gate_up, unsigned* bar, int wbuf, int wrows,
+                  unsigned long long* prof) {
     extern __shared__ __align__(16) unsigned char dsm[];
     __shared__ float red[32];
     __shared__ int red_i[32];
@@ -1228,73 +1279,61 @@ extern "C" __global__ void __launch_bounds__(1024, 1)
     const int maxcols = max(h, max(qd, ffn));
     float* row = (float*)(dsm + 2 * (size_t)wbuf);
     i8* qs = (i8*)(row + ((maxcols + 3) & ~3));
-    unsigned char* wb[2] = {dsm, dsm + wbuf};
     int r0, r1, sum;
     float s;
     __shared__ unsigned base_s;
+    // The block's rows of the residual stream (the o and down outputs it adds to).
+    __shared__ float xown[DECODE_OWN_ROWS];
     if (threadIdx.x == 0) base_s = ld_acquire(bar + 1);
+    slice_of(h, &r0, &r1);
+    for (int i = threadIdx.x; i < r1 - r0; i += blockDim.x) xown[i] = __ldcg(x + r0 + i);
     __syncthreads();
     const unsigned base = base_s;
     unsigned k = 0;
 
+    // Stage `st` of layer l (0 q/k/v, 1 attention, 2 o, 3 gate/up, 4 down) stamps 4 points
+    // (BITNET_CUDA_PROFILE): its weights landed, its norm done, its work done, its barrier past.
+    auto mark = [&](int l, int st, int i) { stamp(prof, 1 + 20 * l + 4 * st + i); };
+    // A matrix stage: out = W . quant(norm(in)) (accumulated into out with `acc`), the block's
+    // rows from buffer `buf`, while matrix `next` streams into the other buffer.
+    auto matrix = [&](int l, int st, int next, const float* in, int cols, int nmode, int buf,
+                      int rows, int rb, float* out, float* own) {
+        const unsigned char* ws = dsm + (size_t)buf * wbuf;
+        const float* nw = (const float*)(ws + wrows);
+        const int stride = (cols + 127) & ~127;
+        stage_matrix(desc, d, next, dsm, wbuf, wrows);
+        wait_staged();
+        mark(l, st, 0);
+        norm_quant_row(in, cols, nmode, nw, eps, row, nullptr, qs, stride, red, red_i, &s, &sum,
+                       stride >> 6);
+        mark(l, st, 1);
+        slice_of(rows, &r0, &r1);
+        staged_rows(ws, r0, r1, rb, qs, sum, s, out, own);
+        mark(l, st, 2);
+        grid_barrier(bar, base, ++k);
+        mark(l, st, 3);
+    };
+
     stamp(prof, 0);
-    stage_matrix(desc, d, 0, dsm, wbuf);
+    stage_matrix(desc, d, 0, dsm, wbuf, wrows);
     for (int l = 0; l < nlayers; ++l) {
         const unsigned long long* p = desc + (size_t)l * DECODE_PTRS;
         const int m = 4 * l;
-
-        // q/k/v = W_qkv . quant(norm(x))
-        stage_matrix(desc, d, m + 1, dsm, wbuf);
-        wait_staged();
-        norm_quant_row(x, h, 0, (const float*)p[D_ATTN_NORM], eps, row, nullptr, qs,
-                       (h + 127) & ~127, red, red_i, &s, &sum, ((h + 127) & ~127) >> 6);
-        slice_of(d.width, &r0, &r1);
-        staged_rows(wb[0], r0, r1, rb_h, qs, sum, s, qkv, 0);
-        stamp(prof, 1 + 10 * l + 0);
-        grid_barrier(bar, base, ++k);
-        stamp(prof, 2 + 10 * l + 0);
+        matrix(l, 0, m + 1, x, h, 0, 0, d.width, rb_h, qkv, nullptr);
 
         // RoPE + attention, a query head per block on the first attn_threads threads
+        mark(l, 1, 0);
+        mark(l, 1, 1);
         if ((int)blockIdx.x < nh && (int)threadIdx.x < attn_threads)
-            rope_attend(blockIdx.x, qkv, nh, nkv, hd, ctx, inv_freq, pos_t, slot, blocks,
+            rope_attend<DECODE_MAX_HD>(blockIdx.x, qkv, nh, nkv, hd, ctx, inv_freq, pos_t, slot, blocks,
                         (u16*)p[D_K], (u16*)p[D_V], scale, attn, attn_threads, row, red);
-        stamp(prof, 1 + 10 * l + 2);
+        mark(l, 1, 2);
         grid_barrier(bar, base, ++k);
-        stamp(prof, 2 + 10 * l + 2);
+        mark(l, 1, 3);
 
-        // x += W_o . quant(sub_norm(attn))
-        stage_matrix(desc, d, m + 2, dsm, wbuf);
-        wait_staged();
-        norm_quant_row(attn, qd, 0, (const float*)p[D_ATTN_SUB_NORM], eps, row, nullptr, qs,
-                       (qd + 127) & ~127, red, red_i, &s, &sum, ((qd + 127) & ~127) >> 6);
-        slice_of(h, &r0, &r1);
-        staged_rows(wb[1], r0, r1, rb_q, qs, sum, s, x, 1);
-        stamp(prof, 1 + 10 * l + 4);
-        grid_barrier(bar, base, ++k);
-        stamp(prof, 2 + 10 * l + 4);
-
-        // gate | up = W_gu . quant(norm(x))
-        stage_matrix(desc, d, m + 3, dsm, wbuf);
-        wait_staged();
-        norm_quant_row(x, h, 0, (const float*)p[D_FFN_NORM], eps, row, nullptr, qs,
-                       (h + 127) & ~127, red, red_i, &s, &sum, ((h + 127) & ~127) >> 6);
-        slice_of(2 * ffn, &r0, &r1);
-        staged_rows(wb[0], r0, r1, rb_h, qs, sum, s, gate_up,
-                    0);
-        stamp(prof, 1 + 10 * l + 6);
-        grid_barrier(bar, base, ++k);
-        stamp(prof, 2 + 10 * l + 6);
-
-        // x += W_down . quant(sub_norm(act(gate) * up))
-        stage_matrix(desc, d, m + 4, dsm, wbuf);
-        wait_staged();
-        norm_quant_row(gate_up, ffn, mode, (const float*)p[D_FFN_SUB_NORM], eps, row, nullptr,
-                       qs, (ffn + 127) & ~127, red, red_i, &s, &sum, ((ffn + 127) & ~127) >> 6);
-        slice_of(h, &r0, &r1);
-        staged_rows(wb[1], r0, r1, rb_f, qs, sum, s, x, 1);
-        stamp(prof, 1 + 10 * l + 8);
-        grid_barrier(bar, base, ++k);
-        stamp(prof, 2 + 10 * l + 8);
+        matrix(l, 2, m + 2, attn, qd, 0, 1, h, rb_q, x, xown);
+        matrix(l, 3, m + 3, x, h, 0, 0, 2 * ffn, rb_h, gate_up, nullptr);
+        matrix(l, 4, m + 4, gate_up, ffn, mode, 1, h, rb_f, x, xown);
     }
     asm volatile("cp.async.wait_group 0;\n" ::: "memory");
     // Every block is past its read of bar[1] (it arrived at the last barrier).

@@ -364,9 +364,10 @@ impl CudaContext {
         self.fused && self.n == 1 && self.seqs == 1
     }
 
-    /// `BITNET_CUDA_PROFILE=1`: the last persistent decode step's (work, barrier wait) per
-    /// stage in microseconds, summed over the layers (q/k/v, attention, o, gate/up, down).
-    pub fn persistent_profile(&self) -> Option<[(f64, f64); 5]> {
+    /// `BITNET_CUDA_PROFILE=1`: the last persistent decode step's time per stage in
+    /// microseconds, summed over the layers (q/k/v, attention, o, gate/up, down), each as
+    /// [waiting for its staged weights, its norm, the rest of its work, its barrier].
+    pub fn persistent_profile(&self) -> Option<[[f64; 4]; 5]> {
         match &self.step {
             Some(Some(st)) => st.profile(&self.gpu).ok().flatten(),
             _ => None,

@@ -11,7 +11,7 @@ use crate::compile::FORWARD;
 use crate::device::Gpu;
 use crate::error::{CudaError, Result};
 use crate::model::GpuModel;
-use crate::ops::{NormInput, PagedBatch, ATTN_THREADS};
+use crate::ops::{NormInput, PagedBatch, DECODE_ATTN_THREADS};
 use bitnet_models::Activation;
 use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
 use cudarc::driver::{CudaSlice, CudaViewMut, DevicePtr, LaunchConfig, PushKernelArg};
@@ -20,15 +20,20 @@ use cudarc::driver::{CudaSlice, CudaViewMut, DevicePtr, LaunchConfig, PushKernel
 const THREADS: u32 = 1024;
 /// Pointers per layer in the descriptor table (`DECODE_PTRS` in forward.cu).
 const PTRS: usize = 14;
+/// The largest head dimension the kernel takes (`DECODE_MAX_HD` in forward.cu).
+const MAX_HEAD_DIM: usize = 128;
+/// The most residual-stream rows one block keeps (`DECODE_OWN_ROWS` in forward.cu).
+const OWN_ROWS: usize = 64;
 /// Room for the kernel's static shared memory (reduction slots, the barrier base).
 const STATIC_SMEM: usize = 1024;
 
 pub(crate) struct PersistentStep {
     desc: CudaSlice<u64>,
     bar: CudaSlice<u32>,
-    /// Bytes of each of the two weight buffers (a block's largest slice of any matrix, with
-    /// its rows' scales).
+    /// Bytes of each of the two weight buffers: a block's largest slice of any matrix with its
+    /// rows' scales (`wrows` bytes), then a norm's weights.
     wbuf: usize,
+    wrows: usize,
     /// Bytes of a norm row and its int8 values (the region attention shares).
     norm_region: usize,
     /// The most dynamic shared memory a block may have on this GPU.
@@ -72,9 +77,14 @@ impl PersistentStep {
                 wbuf = wbuf.max(per(w.rows) * (w.row_bytes + 4));
             }
         }
-        let wbuf = wbuf.div_ceil(16) * 16;
         let maxcols = h.max(qd).max(ffn);
+        // Then the weights of the norm in front of the matrix (at most maxcols floats).
+        let wrows = wbuf.div_ceil(16) * 16;
+        let wbuf = wrows + 4 * maxcols.div_ceil(4) * 4;
         let norm_region = 4 * maxcols.div_ceil(4) * 4 + maxcols.div_ceil(128) * 128;
+        if per(h) > OWN_ROWS || d.head_dim > MAX_HEAD_DIM {
+            return Ok(None);
+        }
         if 2 * wbuf + norm_region + STATIC_SMEM > max_smem {
             return Ok(None);
         }
@@ -112,11 +122,12 @@ impl PersistentStep {
             desc: s.clone_htod(&table)?,
             bar: s.alloc_zeros(2)?,
             wbuf,
+            wrows,
             norm_region,
             max_smem: max_smem - STATIC_SMEM,
             grid,
             prof: match std::env::var("BITNET_CUDA_PROFILE").as_deref() {
-                Ok("1") => Some(s.alloc_zeros(1 + 10 * m.layers.len())?),
+                Ok("1") => Some(s.alloc_zeros(1 + 20 * m.layers.len())?),
                 _ => None,
             },
         }))
@@ -184,10 +195,10 @@ impl PersistentStep {
             int(l0.wo.row_bytes)?,
             int(l0.down.row_bytes)?,
             int(ctx)?,
-            ATTN_THREADS as i32,
+            DECODE_ATTN_THREADS as i32,
         ];
         let (eps, scale) = (c.rms_norm_eps, 1.0 / (d.head_dim as f32).sqrt());
-        let wbuf = int(self.wbuf)?;
+        let (wbuf, wrows) = (int(self.wbuf)?, int(self.wrows)?);
         let f = gpu.kernels.function(FORWARD, "decode_layers")?;
         let mut l = gpu.stream.launch_builder(&f);
         l.arg(&self.desc);
@@ -205,7 +216,8 @@ impl PersistentStep {
             .arg(attn)
             .arg(gate_up)
             .arg(&mut self.bar)
-            .arg(&wbuf);
+            .arg(&wbuf)
+            .arg(&wrows);
         match &mut self.prof {
             Some(p) => l.arg(p),
             None => l.arg(&0u64),
@@ -227,20 +239,21 @@ impl PersistentStep {
 
 impl PersistentStep {
     /// With `BITNET_CUDA_PROFILE=1`, the last step's time per stage in microseconds, summed
-    /// over the layers: (work, wait at the barrier after it) for q/k/v, attention, o, gate/up
-    /// and down, as block 0 saw them (its work includes query head 0's attention).
-    pub(crate) fn profile(&self, gpu: &Gpu) -> Result<Option<[(f64, f64); 5]>> {
+    /// over the layers, as block 0 saw it (its attention work is query head 0's): for q/k/v,
+    /// attention, o, gate/up and down, [waiting for the staged weights, the norm, the rest of
+    /// the work, the barrier].
+    pub(crate) fn profile(&self, gpu: &Gpu) -> Result<Option<[[f64; 4]; 5]>> {
         let Some(p) = &self.prof else {
             return Ok(None);
         };
         let t = gpu.stream.clone_dtoh(p)?;
-        let mut out = [(0.0, 0.0); 5];
-        for l in 0..(t.len() - 1) / 10 {
-            for (k, o) in out.iter_mut().enumerate() {
-                let at = 1 + 10 * l + 2 * k;
-                let before = t[at - 1];
-                o.0 += t[at].saturating_sub(before) as f64 / 1e3;
-                o.1 += t[at + 1].saturating_sub(t[at]) as f64 / 1e3;
+        let mut out = [[0.0; 4]; 5];
+        for l in 0..(t.len() - 1) / 20 {
+            for (st, o) in out.iter_mut().enumerate() {
+                let at = 1 + 20 * l + 4 * st;
+                for (i, v) in o.iter_mut().enumerate() {
+                    *v += t[at + i].saturating_sub(t[at + i - 1]) as f64 / 1e3;
+                }
             }
         }
         Ok(Some(out))

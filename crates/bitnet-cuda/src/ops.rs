@@ -18,9 +18,14 @@ const NORM_THREADS: u32 = 1024;
 /// Norm rows live in shared memory; beyond the 48 KiB a block gets by default the kernel is
 /// given more, up to this.
 const MAX_NORM_SMEM: usize = 200 * 1024;
-/// Threads of an attention block (one block per query head and token): a warp per position
-/// at a time, so that a decode step's few blocks keep many key and value loads in flight.
-pub(crate) const ATTN_THREADS: u32 = 1024;
+/// Threads of a batched attention block (one block per query head and token).
+pub(crate) const ATTN_THREADS: u32 = 256;
+/// Threads of a decode step's attention block (one block per query head): a warp per position
+/// at a time, so that the step's few blocks keep many key and value loads in flight. The
+/// attention kernel gives the same bits for any thread count (`attend` in forward.cu).
+pub(crate) const DECODE_ATTN_THREADS: u32 = 1024;
+/// The partial outputs of attention: one per virtual warp (`ATT_VW` in forward.cu).
+const ATTN_PARTIALS: usize = 32;
 /// Head rows per block (a warp each).
 const HEAD_WARPS: u32 = 8;
 /// Tokens per warp of the many-row head kernels (`HEAD_T` in forward.cu).
@@ -217,15 +222,12 @@ impl AttnDims {
     /// (q, and the new key and value of the fused decode kernel, then the scores, the warps'
     /// partial outputs and the sequence's block ids.)
     pub(crate) fn attn_smem(&self, ctx: usize) -> usize {
-        4 * (3 * self.head_dim
-            + ctx
-            + (ATTN_THREADS as usize / 32) * self.head_dim
-            + ctx.div_ceil(KV_BLOCK))
+        4 * (3 * self.head_dim + ctx + ATTN_PARTIALS * self.head_dim + ctx.div_ceil(KV_BLOCK))
     }
 
     /// The longest sequence the attention kernel takes (its scores live in shared memory).
     pub fn max_attn_len(&self) -> usize {
-        let fixed = 3 * self.head_dim + (ATTN_THREADS as usize / 32) * self.head_dim;
+        let fixed = 3 * self.head_dim + ATTN_PARTIALS * self.head_dim;
         // ctx scores and ctx / KV_BLOCK block ids in what is left, whole blocks.
         let left = (MAX_ATTN_SMEM / 4).saturating_sub(fixed);
         left / (KV_BLOCK + 1) * KV_BLOCK
@@ -616,7 +618,13 @@ impl Gpu {
         // SAFETY: arguments match the kernel; shared memory holds q, the new k and v, ctx
         // scores and the warps' partial outputs; buffers checked above; the position checked
         // by the caller.
-        unsafe { l.launch(cfg((dims.heads as u32, 1), ATTN_THREADS, smem as u32)) }?;
+        unsafe {
+            l.launch(cfg(
+                (dims.heads as u32, 1),
+                DECODE_ATTN_THREADS,
+                smem as u32,
+            ))
+        }?;
         Ok(())
     }
 
