@@ -32,7 +32,7 @@ use bitnet_backend::{
     run_layers, Backend, BackendError, Context, Device, KvType, Logits, SeqChunk, KV_BLOCK,
 };
 use bitnet_models::{Activation, ModelWeights};
-use cudarc::driver::{CudaGraph, CudaSlice, DevicePtrMut};
+use cudarc::driver::{CudaGraph, CudaSlice, CudaView, DevicePtrMut};
 use std::sync::Arc;
 
 type Result<T> = std::result::Result<T, BackendError>;
@@ -230,6 +230,29 @@ struct Layout {
     end: usize,
 }
 
+/// The packed batch's positions, cache rows and table offsets of `n` tokens, and its block
+/// tables: for a one-token step (`one_step`) `ctx / KV_BLOCK` ids from the first, as the decode
+/// kernels load them without waiting for the position (begin makes room).
+fn batch_views(
+    meta: &CudaSlice<u32>,
+    o: Layout,
+    ctx: usize,
+    n: usize,
+    one_step: bool,
+) -> [CudaView<'_, u32>; 4] {
+    let blocks_end = if one_step {
+        o.blocks + ctx / KV_BLOCK
+    } else {
+        o.end
+    };
+    [
+        meta.slice(o.pos..o.pos + n),
+        meta.slice(o.slot..o.slot + n),
+        meta.slice(o.table..o.table + n),
+        meta.slice(o.blocks..blocks_end),
+    ]
+}
+
 /// What a captured graph ran: replayable for a batch that needs the same launches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct GraphKey {
@@ -375,15 +398,17 @@ impl CudaContext {
     }
 
     /// Whether this batch's layers run as the persistent kernel (building it on first use).
-    fn persistent_step(&mut self) -> CudaResult<bool> {
+    fn persistent_step(&mut self) -> bool {
         if !(self.persistent && self.fused_step()) {
-            return Ok(false);
+            return false;
         }
         if self.step.is_none() {
-            let step = PersistentStep::new(&self.gpu, &self.shared.model, &self.k, &self.v)?;
-            self.step = Some(step);
+            // The persistent kernel is an optimization: where it cannot be set up, the
+            // per-stage kernels (the same bits) run instead of the step failing.
+            let step = PersistentStep::new(&self.gpu, &self.shared.model, &self.k, &self.v);
+            self.step = Some(step.ok().flatten());
         }
-        Ok(matches!(&self.step, Some(Some(st)) if st.smem(&self.shared.model, self.ctx).is_some()))
+        matches!(&self.step, Some(Some(st)) if st.smem(&self.shared.model, self.ctx).is_some())
     }
 
     /// Grows the scratch for `n` tokens, `rows` logit rows and `words` of packed batch; any
@@ -437,23 +462,9 @@ impl CudaContext {
         }
         let d = m.dims;
         let (width, qd) = (d.qkv_dim(), d.q_dim());
-        let o = self.lay;
-        let pos = self.meta.slice(o.pos..o.pos + n);
-        let slot = self.meta.slice(o.slot..o.slot + n);
-        let table = self.meta.slice(o.table..o.table + n);
         let fused = self.fused_step();
-        // The fused kernel reads ctx / KV_BLOCK block ids (begin makes room for them).
-        let blocks = if fused {
-            self.meta.slice(o.blocks..o.blocks + self.ctx / KV_BLOCK)
-        } else {
-            self.meta.slice(o.blocks..o.end)
-        };
-        let batch = PagedBatch {
-            pos: &pos,
-            slot: &slot,
-            table: &table,
-            blocks: &blocks,
-        };
+        let views = batch_views(&self.meta, self.lay, self.ctx, n, fused);
+        let batch = PagedBatch::of(&views);
         let s = &mut self.s;
         if fused {
             return self.gpu.rope_attention(
@@ -685,19 +696,10 @@ impl CudaContext {
 
     fn layers_op(&mut self) -> CudaResult<()> {
         self.embed_op()?;
-        if self.persistent_step()? {
+        if self.persistent_step() {
             let m = &self.shared.model;
-            let o = self.lay;
-            let pos = self.meta.slice(o.pos..o.pos + 1);
-            let slot = self.meta.slice(o.slot..o.slot + 1);
-            let table = self.meta.slice(o.table..o.table + 1);
-            let blocks = self.meta.slice(o.blocks..o.blocks + self.ctx / KV_BLOCK);
-            let batch = PagedBatch {
-                pos: &pos,
-                slot: &slot,
-                table: &table,
-                blocks: &blocks,
-            };
+            let views = batch_views(&self.meta, self.lay, self.ctx, 1, true);
+            let batch = PagedBatch::of(&views);
             let s = &mut self.s;
             if let Some(Some(step)) = &mut self.step {
                 let (h, d) = (m.config.hidden_size, m.dims);
@@ -753,7 +755,7 @@ impl CudaContext {
             ctx: self.ctx,
             greedy,
             fused: self.fused,
-            persistent: self.persistent_step()?,
+            persistent: self.persistent_step(),
         };
         if self.graph.as_ref().is_none_or(|(k, _)| *k != key) {
             self.graph = None;

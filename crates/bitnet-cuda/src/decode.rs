@@ -53,6 +53,9 @@ impl PersistentStep {
         k: &[CudaSlice<u16>],
         v: &[CudaSlice<u16>],
     ) -> Result<Option<PersistentStep>> {
+        // The occupancy query needs the context current on this thread, which may be a
+        // scheduler's own thread that has launched nothing yet.
+        gpu.ctx.bind_to_thread()?;
         if gpu
             .ctx
             .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COOPERATIVE_LAUNCH)?

@@ -165,7 +165,17 @@ pub struct PagedBatch<'a> {
     pub blocks: &'a CudaView<'a, u32>,
 }
 
-impl PagedBatch<'_> {
+impl<'a> PagedBatch<'a> {
+    /// Positions, cache rows, table offsets and block tables, in that order.
+    pub fn of(v: &'a [CudaView<'a, u32>; 4]) -> Self {
+        PagedBatch {
+            pos: &v[0],
+            slot: &v[1],
+            table: &v[2],
+            blocks: &v[3],
+        }
+    }
+
     fn check(&self, tokens: usize) -> Result<()> {
         if self.pos.len() < tokens || self.slot.len() < tokens || self.table.len() < tokens {
             return Err(shape(format!(
