@@ -509,6 +509,189 @@ extern "C" __global__ void attention(const float* __restrict__ qkv, int qkv_stri
            scale, out + (size_t)t * nh * hd + (size_t)h * hd, blockDim.x);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Tiled attention for prompts: the same bits as `attend`, with a head group's keys and values
+// read once per tile of queries instead of once per query.
+//
+// A block takes up to TILE_Q queries: `gb` query heads of one KV head (GQA: they share keys and
+// values) for each of up to `tpb` consecutive tokens of the batch; consecutive tokens of one
+// sequence (the same block table) form a run, and a block works through its runs one after
+// another. Keys (then values) come into shared memory TILE_KC positions at a time as f32, and
+// every query of the run uses them there. The arithmetic is attend's, rearranged over threads:
+// - a score is one thread's: the 32 lanes' dot-product partials (lane l: the element pairs
+//   l, l + 32, ... in that order) added in warp_sum's butterfly tree (lane i with i ^ 16 first,
+//   then ^ 8, ^ 4, ^ 2, ^ 1: tile_tree below), then scaled;
+// - max, exponentials and their sum: one warp per query, the virtual warps of attend in turn;
+// - values: one thread per (query, element pair) keeps the 32 virtual warps' accumulators
+//   (position p goes to accumulator p % 32, in increasing p) and adds them in order at the end.
+// So a token's attention has the same bits whichever kernel ran it (tests: cuda_ops
+// `tiled_attention_matches_per_query_bits`, and the prompt/decode comparisons of cuda_forward).
+#define TILE_THREADS 512
+#define TILE_Q 8
+#define TILE_KC 64
+
+// Node (LV, J) of warp_sum's butterfly over the lane partials of one score: node(0, J) is lane
+// J's partial, node(LV, J) = node(LV - 1, J) + node(LV - 1, J + (32 >> LV)); the sum is (5, 0).
+template <int LV, int J>
+struct TileTree {
+    static __device__ __forceinline__ float run(const float* q, const float* k, int hd) {
+        const float a = TileTree<LV - 1, J>::run(q, k, hd);
+        const float b = TileTree<LV - 1, J + (32 >> LV)>::run(q, k, hd);
+        return a + b;
+    }
+};
+
+template <int J>
+struct TileTree<0, J> {
+    static __device__ __forceinline__ float run(const float* q, const float* k, int hd) {
+        float d = 0.0f;
+#pragma unroll
+        for (int jj = 0; jj < MAX_HD / 64; ++jj) {
+            const int e = 2 * (J + 32 * jj);
+            if (e < hd) {
+                const float2 qq = *(const float2*)(q + e);
+                const float2 kk = *(const float2*)(k + e);
+                d = fmaf(qq.x, kk.x, d);
+                d = fmaf(qq.y, kk.y, d);
+            }
+        }
+        return d;
+    }
+};
+
+// Grid (ceil(tokens / tpb), nkv * ceil(group / gb)), TILE_THREADS threads; gb * tpb <= TILE_Q
+// and (gb * tpb) * hd / 2 <= TILE_THREADS. Dynamic shared memory (tiled_attn_smem): TILE_Q * hd
+// floats of q, TILE_Q * ctx scores, the key / value chunk (max(TILE_KC * (hd + 2),
+// TILE_KC * hd) floats), ctx / KV_BLOCK block ids. Every pos[t] + 1 <= ctx.
+extern "C" __global__ void __launch_bounds__(TILE_THREADS)
+attention_tiled(const float* __restrict__ qkv, int qkv_stride, int nh, int nkv, int hd,
+                int ctx, int tokens, int tpb, int gb, const int* __restrict__ pos_t,
+                const int* __restrict__ table, const int* __restrict__ blocks,
+                const u16* __restrict__ kc, const u16* __restrict__ vc, float scale,
+                float* __restrict__ out) {
+    extern __shared__ float sm[];
+    float* qs = sm;
+    float* sc = qs + TILE_Q * hd;
+    float* buf = sc + TILE_Q * ctx;
+    int* bt = (int*)(buf + TILE_KC * (hd + 2));
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int group = nh / nkv, nsub = (group + gb - 1) / gb;
+    const int g = blockIdx.y / nsub, h0 = g * group + (blockIdx.y % nsub) * gb;
+    const int hn = min(gb, g * group + group - h0);
+    const int kvd = nkv * hd, half = hd >> 1, ks = hd + 2;
+    const int t_end = min(tokens, (int)(blockIdx.x + 1) * tpb);
+    int r0 = blockIdx.x * tpb;
+    while (r0 < t_end) {
+        // The run: tokens r0..r1 of one sequence; query qi is token r0 + qi / hn, head
+        // h0 + qi % hn.
+        const int tab = table[r0];
+        int r1 = r0 + 1;
+        while (r1 < t_end && table[r1] == tab) ++r1;
+        const int nq = (r1 - r0) * hn;
+        int nmax = 0;
+        for (int t = r0; t < r1; ++t) nmax = max(nmax, pos_t[t] + 1);
+        for (int i = tid; i < nq * hd; i += TILE_THREADS) {
+            const int qi = i / hd, e = i - qi * hd;
+            qs[i] = qkv[(size_t)(r0 + qi / hn) * qkv_stride + (size_t)(h0 + qi % hn) * hd + e];
+        }
+        for (int i = tid; i < (nmax + KV_BLOCK - 1) / KV_BLOCK; i += TILE_THREADS)
+            bt[i] = blocks[tab + i];
+        __syncthreads();
+
+        // Scores, TILE_KC positions at a time: thread (qi, position c0 + pl).
+        const int sq = tid / TILE_KC, sp = tid % TILE_KC;
+        const int sn = sq < nq ? pos_t[r0 + sq / hn] + 1 : 0;
+        for (int c0 = 0; c0 < nmax; c0 += TILE_KC) {
+            for (int i = tid; i < TILE_KC * half; i += TILE_THREADS) {
+                const int pl = i / half, j = i - pl * half, p = c0 + pl;
+                if (p < nmax) {
+                    const u32 kv = __ldg((const u32*)(kc + cache_row(bt, p) * kvd + (size_t)g * hd) + j);
+                    *(float2*)(buf + pl * ks + 2 * j) =
+                        make_float2(h2f((u16)(kv & 0xffffu)), h2f((u16)(kv >> 16)));
+                }
+            }
+            __syncthreads();
+            if (c0 + sp < sn) {
+                const float d = TileTree<5, 0>::run(qs + sq * hd, buf + sp * ks, hd);
+                sc[sq * ctx + c0 + sp] = __fmul_rn(d, scale);
+            }
+            __syncthreads();
+        }
+
+        // Softmax of each query's scores, a warp per query (attend's order), leaving the
+        // weights e * (1 / sum) in place of the scores.
+        for (int qi = warp; qi < nq; qi += TILE_THREADS / 32) {
+            float* s = sc + qi * ctx;
+            const int n = pos_t[r0 + qi / hn] + 1;
+            float m = NEG_INF;
+            for (int p = lane; p < n; p += 32) m = fmaxf(m, s[p]);
+            m = warp_max(m);
+            float mine = 0.0f;
+            for (int w = 0; w < ATT_VW; ++w) {
+                float sum = 0.0f;
+                for (int p = lane + 32 * w; p < n; p += 32 * ATT_VW) {
+                    const float e = expf(__fsub_rn(s[p], m));
+                    s[p] = e;
+                    sum += e;
+                }
+                sum = warp_sum(sum);
+                if (lane == w) mine = sum;
+            }
+            const float inv = __fdiv_rn(1.0f, warp_sum(mine));
+            __syncwarp();
+            for (int p = lane; p < n; p += 32) s[p] = __fmul_rn(s[p], inv);
+        }
+        __syncthreads();
+
+        // Values: thread (qi, element pair j), the 32 virtual warps' accumulators.
+        const int vq = tid / half, vj = tid - vq * half;
+        const int vn = vq < nq ? pos_t[r0 + vq / hn] + 1 : 0;
+        float a0[ATT_VW], a1[ATT_VW];
+#pragma unroll
+        for (int w = 0; w < ATT_VW; ++w) a0[w] = a1[w] = 0.0f;
+        for (int c0 = 0; c0 < nmax; c0 += TILE_KC) {
+            for (int i = tid; i < TILE_KC * half; i += TILE_THREADS) {
+                const int pl = i / half, j = i - pl * half, p = c0 + pl;
+                if (p < nmax) {
+                    const u32 vv = __ldg((const u32*)(vc + cache_row(bt, p) * kvd + (size_t)g * hd) + j);
+                    *(float2*)(buf + pl * hd + 2 * j) =
+                        make_float2(h2f((u16)(vv & 0xffffu)), h2f((u16)(vv >> 16)));
+                }
+            }
+            __syncthreads();
+            if (c0 < vn) {
+                const float* s = sc + vq * ctx + c0;
+#pragma unroll
+                for (int hf = 0; hf < TILE_KC / ATT_VW; ++hf) {
+#pragma unroll
+                    for (int u = 0; u < ATT_VW; ++u) {
+                        const int pl = hf * ATT_VW + u;
+                        if (c0 + pl < vn) {
+                            const float wgt = s[pl];
+                            const float2 v = *(const float2*)(buf + pl * hd + 2 * vj);
+                            a0[u] = fmaf(wgt, v.x, a0[u]);
+                            a1[u] = fmaf(wgt, v.y, a1[u]);
+                        }
+                    }
+                }
+            }
+            __syncthreads();
+        }
+        if (vq < nq) {
+            float o0 = 0.0f, o1 = 0.0f;
+#pragma unroll
+            for (int w = 0; w < ATT_VW; ++w) {
+                o0 += a0[w];
+                o1 += a1[w];
+            }
+            float* o = out + (size_t)(r0 + vq / hn) * nh * hd + (size_t)(h0 + vq % hn) * hd;
+            o[2 * vj] = o0;
+            o[2 * vj + 1] = o1;
+        }
+        r0 = r1;
+    }
+}
+
 // Query head h of the one token: the body of rope_attention, run by the block's first `nthr`
 // threads (the persistent decode kernel runs it with fewer threads than its block has, and the
 // same bits as rope_attention for the same nthr). `sm` is attn_smem(ctx) bytes of shared
