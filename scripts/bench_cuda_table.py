@@ -7,8 +7,10 @@
 MANIFEST rows (tab-separated): engine label, file label, kind, results file. Kinds:
 - `ours`: `bitnet bench --json` lines ({"test": "pp512", "tps_mean", "tps_std", ...});
 - `llama`: `llama-bench -o json` output (a list of {"n_prompt", "n_gen", "avg_ts", "stddev_ts",
-  "cuda", "flash_attn", ...}); a build without CUDA is named as such in the row, since its
-  numbers are then the CPU's;
+  "cuda", "flash_attn", "samples_ts", ...}); a build without CUDA is named as such in the row,
+  since its numbers are then the CPU's. A first repetition below half the median of the others
+  is a cold start (ik_llama.cpp's first pp512 on a fresh process: 3,428 against 28,902 and
+  29,049): it is left out of the mean and shown in the cell;
 - `torch`: scripts/bench_torch.py's stdout (Markdown rows `| variant | GB | pp | tg |`, best of
   its repetitions: no spread).
 """
@@ -31,7 +33,7 @@ def parse(engine: str, kind: str, text: str, pp: str, tg: str):
         res, extra = {}, ""
         for j in json.loads(text):
             test = f"pp{j['n_prompt']}" if j["n_prompt"] else f"tg{j['n_gen']}"
-            res[test] = (j["avg_ts"], j["stddev_ts"])
+            res[test] = warm(j)
             if not j.get("cuda", True):
                 extra = " (NOT a CUDA build: CPU numbers)"
             elif "flash_attn" in j and not extra:
@@ -49,11 +51,25 @@ def parse(engine: str, kind: str, text: str, pp: str, tg: str):
     raise ValueError(f"unknown kind {kind!r}")
 
 
+def warm(j):
+    """(mean, sd[, cold first repetition]) of one llama-bench result."""
+    s = j.get("samples_ts") or []
+    rest = sorted(s[1:])
+    if len(s) >= 3 and s[0] < 0.5 * rest[len(rest) // 2]:
+        m = sum(s[1:]) / len(rest)
+        sd = (sum((x - m) ** 2 for x in s[1:]) / (len(rest) - 1)) ** 0.5
+        return (m, sd, s[0])
+    return (j["avg_ts"], j["stddev_ts"])
+
+
 def fmt(v) -> str:
     if v is None:
         return "-"
-    mean, sd = v
-    return f"{mean:,.1f}" if sd is None else f"{mean:,.1f} ± {sd:,.1f}"
+    mean, sd = v[0], v[1]
+    cell = f"{mean:,.1f}" if sd is None else f"{mean:,.1f} ± {sd:,.1f}"
+    if len(v) > 2:
+        cell += f" (1st rep {v[2]:,.1f}: cold, left out)"
+    return cell
 
 
 def table(manifest_rows, pp: str, tg: str) -> str:
@@ -70,7 +86,10 @@ def self_test() -> None:
         for t, m, s in [("pp512", 22129.63, 7.24), ("tg128", 471.2, 26.1)]
     )
     ik = json.dumps([
-        {"n_prompt": 512, "n_gen": 0, "avg_ts": 1000.5, "stddev_ts": 3.25, "cuda": True, "flash_attn": True},
+        {"n_prompt": 512, "n_gen": 0, "avg_ts": 1000.5, "stddev_ts": 3.25, "cuda": True, "flash_attn": True,
+         "samples_ts": [997.0, 1003.0, 1001.5]},
+        {"n_prompt": 2048, "n_gen": 0, "avg_ts": 20459.7, "stddev_ts": 14750.2, "cuda": True,
+         "samples_ts": [3427.81, 28901.8, 29049.4]},
         {"n_prompt": 0, "n_gen": 128, "avg_ts": 300.0, "stddev_ts": 1.0, "cuda": True, "flash_attn": True},
     ])
     ik_cpu = json.dumps([{"n_prompt": 0, "n_gen": 128, "avg_ts": 20.0, "stddev_ts": 0.5, "cuda": False}])
@@ -82,6 +101,8 @@ def self_test() -> None:
     got = table([
         ("bitnet-rs --device cuda", "I2_S", "ours", ours),
         ("ik_llama.cpp CUDA", "IQ2_BN", "llama", ik),
+        ("ik_llama.cpp CUDA", "IQ2_BN", "llama", ik.replace('"n_prompt": 512', '"n_prompt": 1')
+         .replace('"n_prompt": 2048', '"n_prompt": 512')),
         ("ik_llama.cpp", "IQ2_BN", "llama", ik_cpu),
         ("transformers bf16", "same shape", "torch", torch),
     ], "pp512", "tg128").splitlines()
@@ -90,6 +111,7 @@ def self_test() -> None:
         "|---|---|---:|---:|",
         "| bitnet-rs --device cuda | I2_S | 22,129.6 ± 7.2 | 471.2 ± 26.1 |",
         "| ik_llama.cpp CUDA, fa 1 | IQ2_BN | 1,000.5 ± 3.2 | 300.0 ± 1.0 |",
+        "| ik_llama.cpp CUDA, fa 1 | IQ2_BN | 28,975.6 ± 104.4 (1st rep 3,427.8: cold, left out) | 300.0 ± 1.0 |",
         "| ik_llama.cpp (NOT a CUDA build: CPU numbers) | IQ2_BN | - | 20.0 ± 0.5 |",
         "| transformers bf16 | same shape | 20,870.1 | 36.3 |",
         "| transformers, bitlinear | same shape | 4,437.0 | 8.3 |",
