@@ -17,8 +17,7 @@
 //!
 //! Batch invariance: every kernel computes a token's values with the same operations in the
 //! same order whatever else is in the batch (one norm block per token, exact integer matmuls,
-//! attention by the same operations per query whichever kernel and block runs it (per query, or
-//! tiled for prompts: `attend` in forward.cu), head sums per row in one order, the fused decode
+//! one attention block per head and token, head sums per row in one order, the fused decode
 //! kernels bit-identical to the separate ones), so a sequence's logits do not depend on the
 //! sequences batched with it (tested in `tests/cuda_forward.rs`).
 
@@ -55,7 +54,7 @@ fn dev(e: impl Into<CudaError>) -> BackendError {
 
 /// Every kernel the forward pass launches, looked up when the backend loads: compiling (or
 /// reading the cached PTX) then, not inside the first pass or, worse, a graph capture.
-const FORWARD_KERNELS: [&str; 21] = [
+const FORWARD_KERNELS: [&str; 20] = [
     "embed_rows",
     "embed_rows_q6_k",
     "decode_layers",
@@ -63,7 +62,6 @@ const FORWARD_KERNELS: [&str; 21] = [
     "norm_ternary_t1",
     "rope_kv",
     "attention",
-    "attention_tiled",
     "rope_attention",
     "gather_rows",
     "quantize_q8_0",
@@ -489,21 +487,6 @@ impl CudaContext {
             &mut self.k[l],
             &mut self.v[l],
         )?;
-        // Runs of several tokens of one sequence (prompts) share their keys and values in the
-        // tiled kernel; one token per sequence (batched decode) keeps a block per query, which
-        // gives the step more blocks. Both give the same bits.
-        if n > self.seqs && d.tiled_attn_fits(self.ctx) {
-            return self.gpu.attention_tiled(
-                &s.qkv.slice(..n * width),
-                n,
-                d,
-                self.ctx,
-                &batch,
-                &self.k[l],
-                &self.v[l],
-                &mut s.attn.slice_mut(..n * qd),
-            );
-        }
         self.gpu.attention(
             &s.qkv.slice(..n * width),
             n,

@@ -26,11 +26,6 @@ pub(crate) const ATTN_THREADS: u32 = 256;
 pub(crate) const DECODE_ATTN_THREADS: u32 = 1024;
 /// The partial outputs of attention: one per virtual warp (`ATT_VW` in forward.cu).
 const ATTN_PARTIALS: usize = 32;
-/// Threads, queries and key/value positions per chunk of a tiled attention block
-/// (`TILE_THREADS`, `TILE_Q`, `TILE_KC` in forward.cu).
-const TILE_THREADS: usize = 512;
-const TILE_Q: usize = 8;
-const TILE_KC: usize = 64;
 /// Head rows per block (a warp each).
 const HEAD_WARPS: u32 = 8;
 /// Tokens per warp of the many-row head kernels (`HEAD_T` in forward.cu).
@@ -238,29 +233,6 @@ impl AttnDims {
     /// partial outputs and the sequence's block ids.)
     pub(crate) fn attn_smem(&self, ctx: usize) -> usize {
         4 * (3 * self.head_dim + ctx + ATTN_PARTIALS * self.head_dim + ctx.div_ceil(KV_BLOCK))
-    }
-
-    /// Query heads and tokens per block of the tiled attention kernel: as many queries as the
-    /// block has room for (TILE_Q, and one thread per query and element pair), heads of one KV
-    /// head first.
-    fn tile_shape(&self) -> (usize, usize) {
-        let qmax = TILE_Q.min(2 * TILE_THREADS / self.head_dim);
-        let heads = (self.heads / self.kv_heads).min(qmax);
-        (heads, (qmax / heads).max(1))
-    }
-
-    /// Dynamic shared memory of the tiled attention kernel for sequences of up to `ctx`
-    /// positions (q, every query's scores, a chunk of keys or values, the block ids).
-    pub(crate) fn tiled_attn_smem(&self, ctx: usize) -> usize {
-        4 * (TILE_Q * self.head_dim
-            + TILE_Q * ctx
-            + TILE_KC * (self.head_dim + 2)
-            + ctx.div_ceil(KV_BLOCK))
-    }
-
-    /// Whether the tiled attention kernel takes sequences of up to `ctx` positions.
-    pub fn tiled_attn_fits(&self, ctx: usize) -> bool {
-        self.tiled_attn_smem(ctx) <= MAX_ATTN_SMEM
     }
 
     /// The longest sequence the attention kernel takes (its scores live in shared memory).
@@ -568,90 +540,6 @@ impl Gpu {
         // SAFETY: arguments match the kernel; shared memory holds q, ctx scores and the warps'
         // partial outputs; buffers checked above; positions checked by the caller.
         unsafe { l.launch(cfg(grid, ATTN_THREADS, smem as u32)) }?;
-        Ok(())
-    }
-
-    /// [`Self::attention`] with the same bits, by `attention_tiled`: the query heads of a KV
-    /// head and a few consecutive tokens of a sequence share one block, which reads their keys
-    /// and values once (prompts: many tokens of one sequence). Sequences longer than
-    /// [`AttnDims::tiled_attn_fits`] allows are refused.
-    #[allow(clippy::too_many_arguments)]
-    pub fn attention_tiled(
-        &self,
-        qkv: &CudaView<'_, f32>,
-        tokens: usize,
-        dims: AttnDims,
-        ctx: usize,
-        batch: &PagedBatch<'_>,
-        k_cache: &CudaSlice<u16>,
-        v_cache: &CudaSlice<u16>,
-        out: &mut CudaViewMut<'_, f32>,
-    ) -> Result<()> {
-        dims.check()?;
-        batch.check(tokens)?;
-        if qkv.len() < tokens * dims.qkv_dim()
-            || out.len() < tokens * dims.q_dim()
-            || k_cache.len() != v_cache.len()
-        {
-            return Err(shape(format!(
-                "attention: buffers too small for {tokens} tokens, {ctx} positions"
-            )));
-        }
-        if tokens == 0 {
-            return Ok(());
-        }
-        let smem = dims.tiled_attn_smem(ctx);
-        if smem > MAX_ATTN_SMEM {
-            return Err(CudaError::Unsupported(format!(
-                "a context of {ctx} positions for the tiled attention kernel ({} KiB of shared \
-                 memory, at most {} KiB)",
-                smem / 1024,
-                MAX_ATTN_SMEM / 1024
-            )));
-        }
-        let f = self.kernels.function(FORWARD, "attention_tiled")?;
-        if smem > 48 * 1024 {
-            f.set_attribute(
-                cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                smem as i32,
-            )?;
-        }
-        let (heads, per_block) = dims.tile_shape();
-        let subgroups = (dims.heads / dims.kv_heads).div_ceil(heads);
-        let (stride, nh, nkv, hd, ctx_i) = (
-            dims.qkv_dim() as i32,
-            dims.heads as i32,
-            dims.kv_heads as i32,
-            dims.head_dim as i32,
-            i32_of(ctx, "context")?,
-        );
-        let (n, tpb, gb) = (i32_of(tokens, "tokens")?, per_block as i32, heads as i32);
-        let scale = 1.0 / (dims.head_dim as f32).sqrt();
-        let mut l = self.stream.launch_builder(&f);
-        l.arg(qkv)
-            .arg(&stride)
-            .arg(&nh)
-            .arg(&nkv)
-            .arg(&hd)
-            .arg(&ctx_i)
-            .arg(&n)
-            .arg(&tpb)
-            .arg(&gb)
-            .arg(batch.pos)
-            .arg(batch.table)
-            .arg(batch.blocks)
-            .arg(k_cache)
-            .arg(v_cache)
-            .arg(&scale)
-            .arg(out);
-        let grid = (
-            tokens.div_ceil(per_block) as u32,
-            (dims.kv_heads * subgroups) as u32,
-        );
-        // SAFETY: arguments match the kernel; shared memory as tiled_attn_smem; heads x tokens
-        // per block within TILE_Q and the block's threads (tile_shape); buffers checked above;
-        // positions checked by the caller.
-        unsafe { l.launch(cfg(grid, TILE_THREADS as u32, smem as u32)) }?;
         Ok(())
     }
 
