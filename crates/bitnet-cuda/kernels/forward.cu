@@ -1,7 +1,8 @@
 // The rest of the BitNet b1.58 forward pass (the ternary matmuls are in ternary.cu):
 // embedding lookup, RMSNorm fused with the int8 quantization of its output, RoPE fused with the
 // f16 KV cache write, causal GQA attention over that cache, the dense / Q8_0 / Q6_K LM head and
-// a greedy argmax. Compiled at run time by NVRTC (see compile.rs); plain CUDA C++, no headers.
+// a greedy argmax. Compiled at run time by NVRTC after common.cuh (see compile.rs); plain CUDA
+// C++, no headers.
 //
 // The KV cache is paged: per layer `[block][row in block][kv_head * head_dim]`, KV_BLOCK
 // positions a block; position p of a sequence lives in row p % KV_BLOCK of block
@@ -14,10 +15,6 @@
 // the CPU rounds each step (no fused multiply-add where Rust has none); sums over a row
 // (RMSNorm's sum of squares, attention dots, the head's dots) are summed in a different order
 // than on the CPU, so they agree to float rounding, not bit for bit.
-
-typedef unsigned int u32;
-typedef unsigned short u16;
-typedef signed char i8;
 
 // Positions per KV cache block (bitnet_backend::KV_BLOCK).
 #define KV_BLOCK 32
@@ -41,21 +38,6 @@ __device__ __forceinline__ u16 f2h(float f) {
     u16 h;
     asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
     return h;
-}
-
-__device__ __forceinline__ float warp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
-__device__ __forceinline__ float warp_max(float v) {
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-}
-
-__device__ __forceinline__ int warp_sum_i(int v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
 }
 
 // A barrier over the first `nthr` threads of the block (all of it: __syncthreads; fewer: named
@@ -1071,12 +1053,6 @@ extern "C" __global__ void argmax_rows(const float* __restrict__ logits, long lo
 // attention is rope_attend with ATTN threads, as rope_attention: the same bits as the fused
 // kernels, which are the same bits as the batched ones.
 
-__device__ __forceinline__ u32 smem_addr(const void* p) {
-    u32 a;
-    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
-    return a;
-}
-
 // Copies `bytes` (a multiple of 16) from global `src` to shared `dst` asynchronously, then
 // commits them as one cp.async group (an empty group when bytes is 0, so that every stage
 // commits exactly one group and cp.async.wait_group 1 always means "all but the newest").
@@ -1086,25 +1062,15 @@ __device__ __forceinline__ void stage_rows(unsigned char* dst, const unsigned ch
                                            size_t bytes, const float* scales, int n,
                                            const float* nw, int nc, int nw_at) {
     for (size_t o = (size_t)threadIdx.x * 16; o < bytes; o += (size_t)blockDim.x * 16)
-        asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_addr(dst + o)),
-                     "l"(src + o)
-                     : "memory");
-    for (int i = threadIdx.x; i < n; i += blockDim.x)
-        asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(
-                         smem_addr(dst + bytes + 4 * i)),
-                     "l"(scales + i)
-                     : "memory");
-    for (int i = threadIdx.x; i < nc; i += blockDim.x)
-        asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(
-                         smem_addr(dst + nw_at + 4 * i)),
-                     "l"(nw + i)
-                     : "memory");
-    asm volatile("cp.async.commit_group;\n" ::: "memory");
+        cp_async16(dst + o, src + o);
+    for (int i = threadIdx.x; i < n; i += blockDim.x) cp_async4(dst + bytes + 4 * i, scales + i);
+    for (int i = threadIdx.x; i < nc; i += blockDim.x) cp_async4(dst + nw_at + 4 * i, nw + i);
+    cp_async_commit();
 }
 
 // Waits for every cp.async group but the newest, then publishes them to the whole block.
 __device__ __forceinline__ void wait_staged() {
-    asm volatile("cp.async.wait_group 1;\n" ::: "memory");
+    cp_async_wait<1>();
     __syncthreads();
 }
 
@@ -1335,7 +1301,7 @@ extern "C" __global__ void __launch_bounds__(1024, 1)
         matrix(l, 3, m + 3, x, h, 0, 0, 2 * ffn, rb_h, gate_up, nullptr);
         matrix(l, 4, m + 4, gate_up, ffn, mode, 1, h, rb_f, x, xown);
     }
-    asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+    cp_async_wait<0>();
     // Every block is past its read of bar[1] (it arrived at the last barrier).
     if (blockIdx.x == 0 && threadIdx.x == 0) bar[1] = base + k * gridDim.x;
 }

@@ -1,5 +1,5 @@
 // Ternary (BitNet b1.58) kernels: int8 activation quantization and ternary x int8 matmul.
-// Compiled at run time by NVRTC (see compile.rs); plain CUDA C++, no headers.
+// Compiled at run time by NVRTC after common.cuh (see compile.rs); plain CUDA C++, no headers.
 //
 // Weights stay in bitnet.cpp's I2_S row layout, which is already right for 32-bit loads: a
 // 128-weight block is 32 bytes, element 32*g + i at byte i, bits 7-2g..6-2g, code = t + 1.
@@ -7,9 +7,6 @@
 // the codes of the four consecutive elements 32g+i..32g+i+3, one per byte after
 // (word >> (6 - 2g)) & 0x03030303 -- exactly a dp4a operand against the four int8
 // activations at the same positions. sum(code * q) - sum(q) is the exact sum(t * q).
-
-typedef unsigned int u32;
-typedef signed char i8;
 
 // Per-token absmax int8 quantization, bit-identical to
 // bitnet_quantization::quantize_activation_row: s = 127 / max(amax, 1e-5),
@@ -28,12 +25,12 @@ extern "C" __global__ void quantize_rows(const float* __restrict__ x, int cols, 
 
     float amax = 0.0f;
     for (int k = threadIdx.x; k < cols; k += blockDim.x) amax = fmaxf(amax, fabsf(xt[k]));
-    for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffff, amax, o));
+    amax = warp_max(amax);
     if (lane == 0) red_f[warp] = amax;
     __syncthreads();
     if (warp == 0) {
         amax = lane < nwarps ? red_f[lane] : 0.0f;
-        for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffff, amax, o));
+        amax = warp_max(amax);
         if (lane == 0) red_f[0] = amax;
     }
     __syncthreads();
@@ -46,7 +43,7 @@ extern "C" __global__ void quantize_rows(const float* __restrict__ x, int cols, 
         qt[k] = (i8)v;
         sum += v;
     }
-    for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffff, sum, o);
+    sum = warp_sum_i(sum);
     if (lane == 0) red_i[warp] = sum;
     __syncthreads();
     if (threadIdx.x == 0) {
@@ -99,7 +96,7 @@ __device__ __forceinline__ void ternary_rows(const unsigned char* __restrict__ w
 #pragma unroll
     for (int t = 0; t < T; ++t) {
         int v = acc[t];
-        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
+        v = warp_sum_i(v);
         if (lane == 0) {
             const int exact = v - sums[t];
             const float y = __fmul_rn(__fdiv_rn((float)exact, scales[t]), wscale[r]);
@@ -141,7 +138,7 @@ __device__ __forceinline__ void ternary_rows_w32(const unsigned char* __restrict
 #pragma unroll
     for (int t = 0; t < T; ++t) {
         int v = acc[t];
-        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
+        v = warp_sum_i(v);
         if (lane == 0) {
             const int exact = v - sums[t];
             const float y = __fmul_rn(__fdiv_rn((float)exact, scales[t]), wscale[r]);
@@ -195,26 +192,6 @@ TERNARY_KERNEL(8)
 // Bytes per token row of an activation tile: 128 + 32, so that the 8-byte fragment loads of a
 // half warp (4 tokens x 4 lanes) fall on 32 distinct banks.
 #define MMA_BSTRIDE 160
-
-__device__ __forceinline__ u32 smem_u32(const void* p) {
-    u32 a;
-    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
-    return a;
-}
-
-__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_u32(dst)), "l"(src)
-                 : "memory");
-}
-
-__device__ __forceinline__ void cp_async_commit() {
-    asm volatile("cp.async.commit_group;\n" ::: "memory");
-}
-
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
 
 __device__ __forceinline__ void mma_s8(int* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
     asm volatile(

@@ -19,12 +19,19 @@ pub(crate) struct Source {
 
 pub(crate) const TERNARY: Source = Source {
     name: "ternary.cu",
-    code: include_str!("../kernels/ternary.cu"),
+    // The shared prelude first (NVRTC gets no include path): error lines count from it.
+    code: concat!(
+        include_str!("../kernels/common.cuh"),
+        include_str!("../kernels/ternary.cu")
+    ),
 };
 
 pub(crate) const FORWARD: Source = Source {
     name: "forward.cu",
-    code: include_str!("../kernels/forward.cu"),
+    code: concat!(
+        include_str!("../kernels/common.cuh"),
+        include_str!("../kernels/forward.cu")
+    ),
 };
 
 pub(crate) struct KernelCache {
