@@ -38,7 +38,7 @@ use bitnet_inference::{
 use bitnet_kernels::{
     ops, DenseMatrix, DenseMatrixExt, DenseType, QuantizedActivations, TernaryMatrix,
 };
-use common::{gpu, required, Rng};
+use common::{gpu, head_many_and_alone, required, Rng};
 use half::f16;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -503,39 +503,16 @@ fn head_over_many_rows_equals_one_row_at_a_time() {
     let (rows, cols, tokens) = (300, 512, 11);
     let w = rng.vec(rows * cols, 0.1);
     let x = rng.vec(tokens * cols, 2.0);
-    let xd = gpu.stream().clone_htod(&x).unwrap();
-    let mut q8 = gpu.stream().alloc_zeros::<i8>(tokens * cols).unwrap();
-    let mut d8 = gpu.stream().alloc_zeros::<f32>(tokens * cols / 32).unwrap();
+    let all: Vec<usize> = (0..tokens).collect();
     for ty in DENSE_TYPES {
         let m = dense(ty, rows, cols, &w);
         let g = GpuDense::upload(&gpu, &m, "head").unwrap();
-        let mut many = gpu.stream().alloc_zeros::<f32>(tokens * rows).unwrap();
-        gpu.head_rows(
-            &g,
-            &xd.slice(..),
-            tokens,
-            &mut q8,
-            &mut d8,
-            &mut many.slice_mut(..),
-        )
-        .unwrap();
-        let many = gpu.stream().clone_dtoh(&many).unwrap();
-        for t in 0..tokens {
-            let mut one = gpu.stream().alloc_zeros::<f32>(rows).unwrap();
-            gpu.head(
-                &g,
-                &xd.slice(t * cols..(t + 1) * cols),
-                &mut q8,
-                &mut d8,
-                &mut one.slice_mut(..),
-            )
-            .unwrap();
-            let one = gpu.stream().clone_dtoh(&one).unwrap();
-            let same = one
-                .iter()
-                .zip(&many[t * rows..][..rows])
-                .all(|(a, b)| a.to_bits() == b.to_bits());
-            assert!(same, "{ty:?} token {t}: many-row head differs from one row");
+        let (many, ones) = head_many_and_alone(&gpu, &g, &x, tokens, &all);
+        for (t, one) in ones.iter().enumerate() {
+            assert!(
+                same_bits(one, &many[t * rows..][..rows]),
+                "{ty:?} token {t}: many-row head differs from one row"
+            );
         }
     }
 }

@@ -16,7 +16,7 @@ use bitnet_kernels::{
     ternary_matmul, DenseMatrix, DenseMatrixExt, DenseType, QuantizedActivations, TernaryMatrix,
 };
 use bitnet_quantization::q6_k;
-use common::{gpu, required, Rng};
+use common::{gpu, head_many_and_alone, required, Rng};
 use half::f16;
 
 /// Activations like a real residual stream: mostly small, a few outliers, and in some rows
@@ -288,22 +288,8 @@ fn q6_k_head_is_bit_identical_to_the_cpu() {
             let x = activations(tokens, cols, &mut rng);
             let mut want = vec![0f32; tokens * rows];
             m.matmul(&x, tokens, &mut want);
-            let xd = gpu.stream().clone_htod(&x).unwrap();
-            // The scratch the backend gives a Q8_0 head is enough for Q8_K: as many codes,
-            // fewer scales.
-            let mut q8 = gpu.stream().alloc_zeros::<i8>(tokens * cols).unwrap();
-            let mut d8 = gpu.stream().alloc_zeros::<f32>(tokens * cols / 32).unwrap();
-            let mut out = gpu.stream().alloc_zeros::<f32>(tokens * rows).unwrap();
-            gpu.head_rows(
-                &g,
-                &xd.slice(..),
-                tokens,
-                &mut q8,
-                &mut d8,
-                &mut out.slice_mut(..),
-            )
-            .unwrap();
-            let got = gpu.stream().clone_dtoh(&out).unwrap();
+            let alone = [0, tokens - 1];
+            let (got, ones) = head_many_and_alone(&gpu, &g, &x, tokens, &alone);
             let first = got
                 .iter()
                 .zip(&want)
@@ -315,19 +301,9 @@ fn q6_k_head_is_bit_identical_to_the_cpu() {
                 first.map(|i| (got[i], want[i]))
             );
             // And each token alone through the one-token kernel.
-            for t in [0, tokens - 1] {
-                let mut one = gpu.stream().alloc_zeros::<f32>(rows).unwrap();
-                gpu.head(
-                    &g,
-                    &xd.slice(t * cols..(t + 1) * cols),
-                    &mut q8,
-                    &mut d8,
-                    &mut one.slice_mut(..),
-                )
-                .unwrap();
-                let one = gpu.stream().clone_dtoh(&one).unwrap();
+            for (t, one) in alone.iter().zip(&ones) {
                 assert!(
-                    bits(&one) == bits(&want[t * rows..][..rows]),
+                    bits(one) == bits(&want[t * rows..][..rows]),
                     "{rows}x{cols}, token {t} of {tokens} alone"
                 );
             }
