@@ -30,6 +30,7 @@
 #   OURS_ARGS / LLAMA_ARGS / IK_ARGS   extra arguments for one engine's server
 #   IK_FA          on: leave ik_llama.cpp's flash attention on (it aborts with 2+ slots; off)
 #   LOADGEN_ARGS   extra arguments for scripts/loadgen.py (e.g. "--chat" or "--ramp 2")
+#   SETTLE         seconds between stopping our server and our `bitnet bench` run [30]
 #   BITNET_BIN, LLAMA_SERVER, IK_LLAMA_SERVER, IK_LLAMA_QUANTIZE   prebuilt binaries
 #   BENCH_DIR      working folder [target/bench-serve]
 #
@@ -68,6 +69,7 @@ ENGINES="${ENGINES:-bitnet-rs llama.cpp ik_llama.cpp}"
 PORT="${PORT:-18480}"
 STARTUP_TIMEOUT="${STARTUP_TIMEOUT:-300}"
 SHARED_PROMPT="${SHARED_PROMPT:-0}"
+SETTLE="${SETTLE:-30}"
 
 log() { echo "[bench-serve +${SECONDS}s] $*" >&2; }
 has_engine() { [[ " $ENGINES " == *" $1 "* ]]; }
@@ -275,8 +277,12 @@ run_engine() {
     fi
     stop_server
     port=$((port + 1))
-    # our single-stream decode speed outside the server, for the "within 5% of bitnet bench"
+    # our single-stream decode speed outside the server, for the "within 5% of bitnet bench".
+    # After a pause: on the 2-vCPU VM a `bitnet bench` started right after the 2B4T server
+    # exited read 15-20% below the same command minutes later (18.4-19.0 against 21.4-22.5
+    # tok/s in one sitting), which made the server look faster than the engine alone.
     if [[ "$engine" == bitnet-rs ]]; then
+        sleep "$SETTLE"
         if "$BITNET_BIN" bench -m "$file" -p 0 -n "$MAX_TOKENS" -r 3 --threads-list "$THREADS" --json \
                 >"$RES/$m-bench.json" 2>/dev/null; then
             tg="$RES/$m-bench.json"

@@ -255,37 +255,111 @@ async def read_head(reader, timeout):
     raise LoadgenError("too many response header lines")
 
 
+async def _read_some(reader, timeout, n=65536):
+    """Whatever the socket has (up to 64 KiB), waiting at most `timeout` for the first byte.
+
+    asyncio.timeout (3.11+) only arms a timer; wait_for on 3.11 wraps the read in a new task,
+    which at thousands of events per second cost this process a large share of a core that
+    the server being measured needed (the load generator shares the machine)."""
+    if _TIMEOUT is not None:
+        async with _TIMEOUT(timeout):
+            return await reader.read(n)
+    return await asyncio.wait_for(reader.read(n), timeout)
+
+
+_TIMEOUT = getattr(asyncio, "timeout", None)
+
+
 async def body_chunks(reader, headers, timeout):
-    """Yield the raw body bytes as they arrive (chunked, Content-Length or until close)."""
+    """Yield the raw body bytes as they arrive (chunked, Content-Length or until close).
+
+    Chunked bodies are de-chunked from whatever each socket read returned: every chunk that
+    is complete after a read is yielded at once (as one piece), so a server that sends one
+    token per chunk costs one read and one yield per token, and the chunks that arrive
+    together are timestamped together, as they arrived."""
     te = headers.get("transfer-encoding", "").lower()
     total = 0
     if "chunked" in te:
+        buf = b""
+        pos = 0
+
+        async def more():
+            nonlocal buf, pos
+            data = await _read_some(reader, timeout)
+            buf = buf[pos:] + data
+            pos = 0
+            return bool(data)
+
         for _ in range(MAX_BODY):
-            size_line = await _readline(reader, timeout)
-            if not size_line:
-                raise LoadgenError("connection closed inside a chunked body")
+            # the chunk-size line
+            i = buf.find(b"\n", pos)
+            while i < 0:
+                if len(buf) - pos > MAX_LINE:
+                    raise LoadgenError("line too long in response")
+                if not await more():
+                    raise LoadgenError("connection closed inside a chunked body")
+                i = buf.find(b"\n", pos)
+            size_line = buf[pos:i + 1]
+            pos = i + 1
             try:
                 size = int(size_line.split(b";", 1)[0].strip(), 16)
             except ValueError:
                 raise LoadgenError(f"bad chunk size line {size_line[:40]!r}") from None
+            if size < 0:
+                raise LoadgenError(f"bad chunk size line {size_line[:40]!r}")
             if size == 0:
                 # trailers up to the blank line; a server that just closes is fine too
                 for _ in range(MAX_HEADER_LINES):
-                    t = await _readline(reader, timeout)
-                    if not t or t in (b"\r\n", b"\n"):
+                    i = buf.find(b"\n", pos)
+                    while i < 0:
+                        if len(buf) - pos > MAX_LINE:
+                            raise LoadgenError("line too long in response")
+                        if not await more():
+                            return
+                        i = buf.find(b"\n", pos)
+                    line = buf[pos:i + 1]
+                    pos = i + 1
+                    if line in (b"\r\n", b"\n"):
                         return
                 return
             total += size
             if total > MAX_BODY:
                 raise LoadgenError("response body too large")
-            try:
-                data = await asyncio.wait_for(reader.readexactly(size), timeout)
-            except asyncio.IncompleteReadError:
-                raise LoadgenError("connection closed inside a chunk") from None
-            crlf = await _readline(reader, timeout)
-            if crlf not in (b"\r\n", b"\n"):
-                raise LoadgenError("missing CRLF after a chunk")
-            yield data
+            # the data and the line end after it
+            while len(buf) - pos < size:
+                if not await more():
+                    raise LoadgenError("connection closed inside a chunk")
+            data = buf[pos:pos + size]
+            pos += size
+            while True:
+                if buf.startswith(b"\r\n", pos):
+                    pos += 2
+                    break
+                if buf.startswith(b"\n", pos):
+                    pos += 1
+                    break
+                if len(buf) - pos >= 2 or buf[pos:] not in (b"", b"\r"):
+                    raise LoadgenError("missing CRLF after a chunk")
+                if not await more():
+                    raise LoadgenError("missing CRLF after a chunk")
+            # every further chunk already complete in the buffer goes out with this one
+            pieces = [data]
+            while True:
+                i = buf.find(b"\n", pos)
+                if i < 0:
+                    break
+                try:
+                    n = int(buf[pos:i + 1].split(b";", 1)[0].strip(), 16)
+                except ValueError:
+                    break  # reported by the loop above, after this piece
+                end = i + 1 + n
+                if n <= 0 or total + n > MAX_BODY or not (
+                        buf.startswith(b"\r\n", end) or buf.startswith(b"\n", end)):
+                    break
+                pieces.append(buf[i + 1:end])
+                total += n
+                pos = end + (2 if buf.startswith(b"\r\n", end) else 1)
+            yield pieces[0] if len(pieces) == 1 else b"".join(pieces)
         raise LoadgenError("too many chunks")
     elif "content-length" in headers:
         try:
@@ -295,14 +369,14 @@ async def body_chunks(reader, headers, timeout):
         if left > MAX_BODY:
             raise LoadgenError("response body too large")
         while left > 0:
-            data = await asyncio.wait_for(reader.read(min(left, 65536)), timeout)
+            data = await _read_some(reader, timeout, min(left, 65536))
             if not data:
                 raise LoadgenError("connection closed before Content-Length bytes")
             left -= len(data)
             yield data
     else:
         while True:
-            data = await asyncio.wait_for(reader.read(65536), timeout)
+            data = await _read_some(reader, timeout)
             if not data:
                 return
             total += len(data)
@@ -1075,19 +1149,33 @@ def self_test():
     check("sse unterminated last event", evs == [("message", "[DONE]")], evs)
 
     # --- full response parsing from bytes split at every size 1..7, chunked and not
-    async def parse_bytes(raw, pieces, chat=False):
+    async def parse_bytes(raw, pieces, chat=False, trickle=False):
+        """Parses `raw` split into `pieces`; all buffered up front, or (trickle) each piece
+        arriving after the parser has waited for it."""
         reader = asyncio.StreamReader(limit=MAX_LINE)
-        i, k = 0, 0
-        while i < len(raw):
-            n = pieces[k % len(pieces)]
-            reader.feed_data(raw[i:i + n])
-            i += n
-            k += 1
-        reader.feed_eof()
-        status, hdrs = await read_head(reader, 1.0)
-        res = RequestResult(0, 0, 0.0)
-        ticks = iter(range(1, 10 ** 6))
-        await consume_stream(reader, hdrs, res, chat, 1.0, 1000, lambda: float(next(ticks)))
+
+        async def feed():
+            i, k = 0, 0
+            while i < len(raw):
+                n = pieces[k % len(pieces)]
+                reader.feed_data(raw[i:i + n])
+                i += n
+                k += 1
+                if trickle:
+                    for _ in range(3):
+                        await asyncio.sleep(0)
+            reader.feed_eof()
+
+        feeder = asyncio.ensure_future(feed())
+        if not trickle:
+            await feeder
+        try:
+            status, hdrs = await read_head(reader, 1.0)
+            res = RequestResult(0, 0, 0.0)
+            ticks = iter(range(1, 10 ** 6))
+            await consume_stream(reader, hdrs, res, chat, 1.0, 1000, lambda: float(next(ticks)))
+        finally:
+            feeder.cancel()
         return status, res
 
     toks = ["In", " the", " begin", "ning", " \u00e9t\u00e9", " \U0001f600", "\n", " God"]
@@ -1095,7 +1183,9 @@ def self_test():
         for crlf in (False, True):
             body = _sse_body(toks, chat=chat, crlf=crlf)
             for te in ("chunked", "length", "close"):
-                for sizes in ([1], [2, 3], [7], [1000]):
+                for sizes, trickle in (([1], False), ([2, 3], False), ([7], False),
+                                       ([1000], False), ([1], True), ([2, 3], True),
+                                       ([7], True)):
                     if te == "chunked":
                         raw = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
                                + _chunked(body, [5, 11, 64]))
@@ -1105,22 +1195,23 @@ def self_test():
                     else:
                         raw = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + body
                     try:
-                        status, res = asyncio.run(parse_bytes(raw, sizes, chat))
+                        status, res = asyncio.run(parse_bytes(raw, sizes, chat, trickle))
                         good = (status == 200 and res.chunk_tokens == len(toks)
                                 and res.tokens == len(toks) and res.finish_reason == "length"
                                 and res.usage["prompt_tokens"] == 7
                                 and res.text_len == len("".join(toks)))
-                        check(f"parse chat={chat} crlf={crlf} {te} {sizes}", good,
+                        check(f"parse chat={chat} crlf={crlf} {te} {sizes} {trickle}", good,
                               (status, res.chunk_tokens, res.usage, res.finish_reason))
                     except Exception as e:  # noqa: BLE001
-                        check(f"parse chat={chat} crlf={crlf} {te} {sizes}", False, repr(e))
+                        check(f"parse chat={chat} crlf={crlf} {te} {sizes} {trickle}", False, repr(e))
 
     def expect_error(name, raw, needle):
-        try:
-            asyncio.run(parse_bytes(raw, [3]))
-            check(name, False, "no error")
-        except LoadgenError as e:
-            check(name, needle in str(e), str(e))
+        for trickle in (False, True):
+            try:
+                asyncio.run(parse_bytes(raw, [3], trickle=trickle))
+                check(f"{name} {trickle}", False, "no error")
+            except LoadgenError as e:
+                check(f"{name} {trickle}", needle in str(e), str(e))
 
     expect_error("no [DONE]", b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\ndata: {\"choices\":[]}\n\n",
                  "without data: [DONE]")
