@@ -38,7 +38,7 @@ use bitnet_inference::{
 use bitnet_kernels::{
     ops, DenseMatrix, DenseMatrixExt, DenseType, QuantizedActivations, TernaryMatrix,
 };
-use common::{gpu, head_many_and_alone, required, Rng};
+use common::{gpu, head_many_and_alone, required, same_bits, Rng};
 use half::f16;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -622,10 +622,6 @@ fn chunk<'a>(tokens: &'a [u32], start: usize, blocks: &'a [u32], want: Logits) -
         blocks,
         want,
     }
-}
-
-fn same_bits(a: &[f32], b: &[f32]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
 }
 
 /// Blocks of a cache of `total`, shuffled: sequences get non-contiguous, out-of-order blocks.

@@ -16,7 +16,7 @@ use bitnet_kernels::{
     ternary_matmul, DenseMatrix, DenseMatrixExt, DenseType, QuantizedActivations, TernaryMatrix,
 };
 use bitnet_quantization::q6_k;
-use common::{gpu, head_many_and_alone, required, Rng};
+use common::{gpu, head_many_and_alone, required, same_bits, Rng};
 use half::f16;
 
 /// Activations like a real residual stream: mostly small, a few outliers, and in some rows
@@ -96,7 +96,6 @@ fn check_every_kernel(gpu: &mut Gpu, rng: &mut Rng, rows: usize, cols: usize, to
         .collect();
     let w = TernaryMatrix::from_codes(rows, cols, &codes, 0.75 + rng.f32().abs()).unwrap();
     let wd = GpuTernaryMatrix::upload(gpu, &w).unwrap();
-    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
     for &tokens in tokens {
         let x = activations(tokens, cols, rng);
         let mut qa = QuantizedActivations::new();
@@ -116,7 +115,7 @@ fn check_every_kernel(gpu: &mut Gpu, rng: &mut Rng, rows: usize, cols: usize, to
             gpu.ternary_matmul(&wd, &a, &mut out.as_view_mut()).unwrap();
             let got = gpu.stream().clone_dtoh(&out).unwrap();
             assert!(
-                bits(&got) == bits(&want),
+                same_bits(&got, &want),
                 "{rows}x{cols} tokens={tokens} {kernel:?}: first difference at {:?}",
                 got.iter()
                     .zip(&want)
@@ -127,7 +126,7 @@ fn check_every_kernel(gpu: &mut Gpu, rng: &mut Rng, rows: usize, cols: usize, to
                 .unwrap();
             let got = gpu.stream().clone_dtoh(&out).unwrap();
             assert!(
-                bits(&got) == bits(&want_acc),
+                same_bits(&got, &want_acc),
                 "{rows}x{cols} tokens={tokens} {kernel:?} accumulating"
             );
         }
@@ -206,7 +205,7 @@ fn stacked_matrices_equal_the_cpu_many_matmul() {
                 let want = &o[t * w.rows()..][..w.rows()];
                 let g = &got[off..][..w.rows()];
                 assert!(
-                    g.iter().zip(want).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    same_bits(g, want),
                     "token {t}, matrix of {} rows, {kernel:?}",
                     w.rows()
                 );
@@ -278,7 +277,6 @@ fn q6_k_head_is_bit_identical_to_the_cpu() {
         (37, 6912, true, &[1, 5]),
         (129, 1280, false, &[1, 16, 33]),
     ];
-    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
     for (rows, cols, encoded, token_counts) in cases {
         let m = q6_k_matrix(rows, cols, encoded, &mut rng);
         let g = GpuDense::upload(&gpu, &m, "output (LM head)").unwrap();
@@ -303,7 +301,7 @@ fn q6_k_head_is_bit_identical_to_the_cpu() {
             // And each token alone through the one-token kernel.
             for (t, one) in alone.iter().zip(&ones) {
                 assert!(
-                    bits(one) == bits(&want[t * rows..][..rows]),
+                    same_bits(one, &want[t * rows..][..rows]),
                     "{rows}x{cols}, token {t} of {tokens} alone"
                 );
             }

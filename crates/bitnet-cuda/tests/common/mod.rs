@@ -1,6 +1,6 @@
 //! What both GPU test files need: opening the GPU (a skip without one, a failure with
-//! `BITNET_REQUIRE_CUDA=1`), a small deterministic generator for test data, and the LM head run
-//! both ways (many rows at once, one row alone).
+//! `BITNET_REQUIRE_CUDA=1`), a small deterministic generator for test data, a bit-for-bit
+//! comparison, and the LM head run both ways (many rows at once, one row alone).
 
 // Each test binary uses its own subset.
 #![allow(dead_code)]
@@ -44,6 +44,11 @@ impl Rng {
     pub fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
         (0..n).map(|_| self.f32() * scale).collect()
     }
+}
+
+/// Whether two float slices are the same bits (-0 is not 0, and NaNs compare by their bits).
+pub fn same_bits(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
 }
 
 /// The head `g` over the `tokens` rows of `x` at once (`Gpu::head_rows`), and each row listed in
