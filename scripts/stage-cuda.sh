@@ -13,12 +13,14 @@ cd "$(dirname "$0")/.."
 DIR="${1:-device-bin}"
 KJV=../shared/models/bitnet-b1.58-kjv
 [[ -f "$KJV/reference/reference.json" ]] || { echo "stage-cuda: no shared KJV model at $KJV" >&2; exit 1; }
-if ! git check-ignore -q "$DIR"; then
+# (with a trailing slash: .gitignore's /device-bin*/ matches folders, and DIR may not exist yet)
+if ! git check-ignore -q "${DIR%/}/"; then
     echo "stage-cuda: $DIR is not git-ignored (the device run copies the tracked tree)" >&2
     exit 1
 fi
 
-tests=$(cargo test --release --locked -p bitnet-cuda --no-run --message-format=json 2>/dev/null |
+# (cargo's JSON on stdout; its progress and any build error still reach the terminal)
+tests=$(cargo test --release --locked -p bitnet-cuda --no-run --message-format=json |
     python3 -c '
 import json, sys
 for line in sys.stdin:
