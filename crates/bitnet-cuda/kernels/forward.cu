@@ -1227,8 +1227,8 @@ __device__ __forceinline__ void stage_matrix(const unsigned long long* __restric
 // Dynamic shared memory: two weight buffers of `wbuf` bytes (a block's largest slice of any
 // matrix with its scales, then from `wrows` the norm weights), then a region that holds either
 // a norm row (max(h, qd, ffn) floats rounded to 4, then the int8 row) or the attention's
-// attn_smem(ctx) bytes. `bar`: two zeroed words of
-// this context's own. desc: DECODE_PTRS pointers per layer.
+// attn_smem(ctx) bytes. `bar`: two zeroed words of this context's own. desc: DECODE_PTRS
+// pointers per layer.
 extern "C" __global__ void __launch_bounds__(1024, 1)
     decode_layers(const unsigned long long* __restrict__ desc, int nlayers, int h, int nh,
                   int nkv, int hd, int ffn, int mode, int rb_h, int rb_q, int rb_f, int ctx,
