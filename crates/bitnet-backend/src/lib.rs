@@ -18,6 +18,10 @@
 
 use std::fmt;
 
+pub mod sampling;
+
+use sampling::TopK;
+
 /// Positions per KV block. Every backend's paged cache uses the same block size, so the engine's
 /// block tables (and its prefix cache) mean the same thing on every device.
 pub const KV_BLOCK: usize = 32;
@@ -233,6 +237,31 @@ pub trait Context: Send {
             .collect())
     }
 
+    /// Like [`Self::logits`], but for each requested row only its `rows[i].k` best candidates
+    /// among the first `vocab` logits, as [`sampling::top_k`] selects them (penalties, then
+    /// the temperature; best first). A GPU selects them on the device and copies back only
+    /// those. `rows` has one entry per requested row.
+    fn top_k(&mut self, vocab: usize, rows: &[TopK]) -> Result<Vec<Vec<(u32, f32)>>> {
+        let mut logits = self.logits()?;
+        let stride = self.vocab_size();
+        let n = logits.len().checked_div(stride).unwrap_or(0);
+        if n != rows.len() {
+            return Err(BackendError::Batch(format!(
+                "{} top-k requests for {n} rows of logits",
+                rows.len()
+            )));
+        }
+        Ok(logits
+            .chunks_exact_mut(stride.max(1))
+            .zip(rows)
+            .map(|(row, req)| {
+                let mut cand = Vec::new();
+                sampling::top_k(&mut row[..vocab.min(stride)], req, &mut cand);
+                cand
+            })
+            .collect())
+    }
+
     /// Rows of the LM head (`logits` returns this many values per requested position).
     fn vocab_size(&self) -> usize;
 
@@ -247,6 +276,17 @@ pub trait Context: Send {
     fn forward_greedy(&mut self, seqs: &[SeqChunk<'_>], vocab: usize) -> Result<Vec<u32>> {
         run_layers(self, seqs)?;
         self.greedy(vocab)
+    }
+
+    /// One whole pass ending in [`Self::top_k`].
+    fn forward_top_k(
+        &mut self,
+        seqs: &[SeqChunk<'_>],
+        vocab: usize,
+        rows: &[TopK],
+    ) -> Result<Vec<Vec<(u32, f32)>>> {
+        run_layers(self, seqs)?;
+        self.top_k(vocab, rows)
     }
 }
 

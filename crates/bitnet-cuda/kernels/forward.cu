@@ -1305,3 +1305,163 @@ extern "C" __global__ void __launch_bounds__(1024, 1)
     // Every block is past its read of bar[1] (it arrived at the last barrier).
     if (blockIdx.x == 0 && threadIdx.x == 0) bar[1] = base + k * gridDim.x;
 }
+
+// ---- Top-k candidates for sampling (bitnet_backend::sampling::top_k) ----
+//
+// A sampler that keeps only the k most likely tokens needs k candidates, not 128k logits: the
+// penalties, the temperature and the selection run here and only k (id, value) pairs go back.
+// The selection must be the host's bit for bit: values are sampling::scaled (l / T rounded as
+// the CPU divides, NaN as -inf, -0 as +0), ordered by value and then by smaller id.
+//
+// The packed per-call buffer `meta` (u32 words; backend::TopKScratch writes it):
+//   [0, r)      k of each row            [r, 2r)   temperature bits
+//   [2r, 3r)    repeat penalty bits      [3r, 4r)  presence bits      [4r, 5r) frequency bits
+//   [5r, 6r)    where row i's candidates start in the output (prefix sums of k)
+//   [6r, ...)   penalty entries of 4 words: row, token id, in the repeat window (0/1), count
+
+// Larger value -> larger key; equal values (after canonicalization) -> equal keys.
+__device__ __forceinline__ u32 top_k_key(float v) {
+    const u32 b = __float_as_uint(v);
+    return b ^ ((b >> 31) ? 0xffffffffu : 0x80000000u);
+}
+
+__device__ __forceinline__ float top_k_scaled(float l, float t) {
+    const float v = __fdiv_rn(l, t);
+    return v != v ? NEG_INF : __fadd_rn(v, 0.0f);
+}
+
+// sampling::Penalties::apply_one on each entry's logit, in place; a thread per entry (each
+// (row, id) is listed once, so no two threads write one logit).
+extern "C" __global__ void penalize_logits(float* __restrict__ logits, long long stride,
+                                           int vocab, const u32* __restrict__ meta, int rows,
+                                           int entries) {
+    const int e = blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= entries) return;
+    const u32* en = meta + 6 * rows + 4 * e;
+    const int r = (int)en[0], id = (int)en[1];
+    if (r >= rows || id >= vocab) return;
+    float* p = logits + (size_t)r * stride + id;
+    float l = *p;
+    if (en[2]) {
+        const float rp = __uint_as_float(meta[2 * rows + r]);
+        l = l > 0.0f ? __fdiv_rn(l, rp) : __fmul_rn(l, rp);
+    }
+    if (en[3]) {
+        const float pp = __uint_as_float(meta[3 * rows + r]);
+        const float fp = __uint_as_float(meta[4 * rows + r]);
+        l = __fsub_rn(l, __fadd_rn(pp, __fmul_rn(fp, (float)en[3])));
+    }
+    *p = l;
+}
+
+// Block-wide exclusive prefix sum of v (blockDim.x a multiple of 32, at most 1024); `red` is 32
+// shared slots; *total gets the sum.
+__device__ unsigned long long block_scan_u64(unsigned long long v, unsigned long long* red,
+                                             unsigned long long* total) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    unsigned long long x = v;
+    for (int o = 1; o < 32; o <<= 1) {
+        const unsigned long long y = __shfl_up_sync(0xffffffffu, x, o);
+        if (lane >= o) x += y;
+    }
+    __syncthreads();
+    if (lane == 31) red[warp] = x;
+    __syncthreads();
+    unsigned long long before = 0, all = 0;
+    for (int w = 0; w < nw; ++w) {
+        if (w < warp) before += red[w];
+        all += red[w];
+    }
+    *total = all;
+    return before + x - v;
+}
+
+// One block per row of `logits` (rows `stride` apart, the first `vocab` values of each): the
+// row's k best (see above) into ids / vals at meta's offset for the row, in no particular
+// order (the host sorts k values). A radix select over the 32-bit keys, 8 bits a pass from the
+// top, finds the k-th largest key `thr` and how many of its ties to take (`kr`); a last pass
+// in id order (each thread a contiguous range, ranks from a block-wide prefix sum) writes the
+// keys above thr and the kr ties with the smallest ids.
+extern "C" __global__ void __launch_bounds__(1024) top_k_rows(const float* __restrict__ logits,
+                                                             long long stride, int vocab,
+                                                             const u32* __restrict__ meta,
+                                                             int rows, u32* __restrict__ ids,
+                                                             float* __restrict__ vals) {
+    __shared__ u32 hist[256];
+    __shared__ u32 pick[2];
+    __shared__ unsigned long long red[32];
+    const int r = blockIdx.x;
+    const float* l = logits + (size_t)r * stride;
+    const float t = __uint_as_float(meta[rows + r]);
+    const u32 k = min(meta[r], (u32)vocab);
+    const u32 at = meta[5 * rows + r];
+    if (k == 0) return;
+    u32 prefix = 0, mask = 0, kr = k;
+    for (int pass = 0; pass < 4; ++pass) {
+        const int shift = 24 - 8 * pass;
+        for (int i = threadIdx.x; i < 256; i += blockDim.x) hist[i] = 0;
+        __syncthreads();
+        for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
+            const u32 key = top_k_key(top_k_scaled(l[i], t));
+            if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & 255u], 1u);
+        }
+        __syncthreads();
+        if (threadIdx.x < 32) {
+            // Lane j holds digits 255 - 8j down to 248 - 8j; counts above them by a scan.
+            const int lane = threadIdx.x;
+            u32 c = 0;
+            for (int b = 0; b < 8; ++b) c += hist[255 - 8 * lane - b];
+            u32 incl = c;
+            for (int o = 1; o < 32; o <<= 1) {
+                const u32 y = __shfl_up_sync(0xffffffffu, incl, o);
+                if (lane >= o) incl += y;
+            }
+            u32 above = incl - c;
+            if (above < kr && incl >= kr) {
+                for (int b = 0; b < 8; ++b) {
+                    const int d = 255 - 8 * lane - b;
+                    if (above + hist[d] >= kr) {
+                        pick[0] = (u32)d;
+                        pick[1] = kr - above;
+                        break;
+                    }
+                    above += hist[d];
+                }
+            }
+        }
+        __syncthreads();
+        prefix |= pick[0] << shift;
+        mask |= 0xffu << shift;
+        kr = pick[1];
+        // Every thread has read pick before the next pass's scan overwrites it.
+        __syncthreads();
+    }
+    const int per = (vocab + blockDim.x - 1) / blockDim.x;
+    const int i0 = min(vocab, (int)threadIdx.x * per), i1 = min(vocab, i0 + per);
+    u32 g = 0, e = 0;
+    for (int i = i0; i < i1; ++i) {
+        const u32 key = top_k_key(top_k_scaled(l[i], t));
+        g += key > prefix;
+        e += key == prefix;
+    }
+    unsigned long long total;
+    const unsigned long long before =
+        block_scan_u64((unsigned long long)g | ((unsigned long long)e << 32), red, &total);
+    u32 gi = (u32)(before & 0xffffffffu), ei = (u32)(before >> 32);
+    const u32 ties_at = k - kr;
+    for (int i = i0; i < i1; ++i) {
+        const float v = top_k_scaled(l[i], t);
+        const u32 key = top_k_key(v);
+        u32 slot = 0xffffffffu;
+        if (key > prefix) {
+            slot = gi++;
+        } else if (key == prefix) {
+            if (ei < kr) slot = ties_at + ei;
+            ++ei;
+        }
+        if (slot != 0xffffffffu) {
+            ids[at + slot] = (u32)i;
+            vals[at + slot] = v;
+        }
+    }
+}

@@ -27,7 +27,9 @@ use crate::device::Gpu;
 use crate::error::CudaError;
 use crate::model::GpuModel;
 use crate::ops::{ArgmaxScratch, NormInput, PagedBatch};
+use crate::sample::TopKScratch;
 use crate::ternary::GpuActivations;
+use bitnet_backend::sampling::TopK;
 use bitnet_backend::{
     run_layers, Backend, BackendError, Context, Device, KvType, Logits, SeqChunk, KV_BLOCK,
 };
@@ -54,7 +56,7 @@ fn dev(e: impl Into<CudaError>) -> BackendError {
 
 /// Every kernel the forward pass launches, looked up when the backend loads: compiling (or
 /// reading the cached PTX) then, not inside the first pass or, worse, a graph capture.
-const FORWARD_KERNELS: [&str; 20] = [
+const FORWARD_KERNELS: [&str; 22] = [
     "embed_rows",
     "embed_rows_q6_k",
     "decode_layers",
@@ -75,6 +77,8 @@ const FORWARD_KERNELS: [&str; 20] = [
     "argmax_partial",
     "argmax_advance",
     "argmax_rows",
+    "penalize_logits",
+    "top_k_rows",
 ];
 const TERNARY_KERNELS: [&str; 8] = [
     "ternary_matmul_t8",
@@ -281,6 +285,7 @@ pub struct CudaContext {
     v: Vec<CudaSlice<u16>>,
     s: Scratch,
     argmax: ArgmaxScratch,
+    top_k: TopKScratch,
     /// Where the single-row argmax also writes the next token and position (unused here).
     spare_tok: CudaSlice<u32>,
     spare_pos: CudaSlice<i32>,
@@ -339,6 +344,7 @@ impl CudaContext {
         }
         let s = Scratch::new(&gpu, m, max_batch_tokens.max(1), 1)?;
         let argmax = ArgmaxScratch::new(&gpu)?;
+        let top_k = TopKScratch::new(&gpu)?;
         Ok(CudaContext {
             spare_tok: st.alloc_zeros(1).map_err(dev)?,
             spare_pos: st.alloc_zeros(1).map_err(dev)?,
@@ -359,6 +365,7 @@ impl CudaContext {
             v,
             s,
             argmax,
+            top_k,
             gpu,
             shared,
         })
@@ -734,6 +741,25 @@ impl CudaContext {
         Ok(self.gpu.stream.clone_dtoh(&self.s.logits.slice(..len))?)
     }
 
+    /// Each requested row's top-k candidates (`Gpu::top_k`) of the logits in `s.logits`.
+    fn top_k_op(&mut self, vocab: usize, rows: &[TopK]) -> CudaResult<Vec<Vec<(u32, f32)>>> {
+        let stride = self.shared.model.head.rows();
+        if rows.len() != self.rows {
+            return Err(CudaError::Shape(format!(
+                "{} top-k requests for {} rows of logits",
+                rows.len(),
+                self.rows
+            )));
+        }
+        self.gpu.top_k(
+            &mut self.s.logits.slice_mut(..self.rows * stride),
+            stride,
+            vocab.min(stride),
+            rows,
+            &mut self.top_k,
+        )
+    }
+
     fn read_ids(&self, vocab: usize) -> CudaResult<Vec<u32>> {
         let mut ids = vec![0u32; self.rows];
         if self.rows > 0 && vocab > 0 {
@@ -954,6 +980,26 @@ impl Context for CudaContext {
         self.begin(seqs)?;
         self.replay(None).map_err(dev)?;
         self.read_logits().map_err(dev)
+    }
+
+    fn top_k(&mut self, vocab: usize, rows: &[TopK]) -> Result<Vec<Vec<(u32, f32)>>> {
+        self.head_op().map_err(dev)?;
+        self.top_k_op(vocab, rows).map_err(dev)
+    }
+
+    fn forward_top_k(
+        &mut self,
+        seqs: &[SeqChunk<'_>],
+        vocab: usize,
+        rows: &[TopK],
+    ) -> Result<Vec<Vec<(u32, f32)>>> {
+        if !self.graph_step(seqs) {
+            run_layers(self, seqs)?;
+            return self.top_k(vocab, rows);
+        }
+        self.begin(seqs)?;
+        self.replay(None).map_err(dev)?;
+        self.top_k_op(vocab, rows).map_err(dev)
     }
 
     fn forward_greedy(&mut self, seqs: &[SeqChunk<'_>], vocab: usize) -> Result<Vec<u32>> {

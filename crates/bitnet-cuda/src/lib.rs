@@ -20,6 +20,7 @@ mod device;
 mod error;
 mod model;
 mod ops;
+mod sample;
 mod ternary;
 
 pub use backend::{CudaBackend, CudaContext};
@@ -27,4 +28,5 @@ pub use device::{Gpu, GpuInfo};
 pub use error::CudaError;
 pub use model::GpuModel;
 pub use ops::{ArgmaxScratch, AttnDims, GpuDense, NormInput, PagedBatch, MAX_HEAD_DIM};
+pub use sample::TopKScratch;
 pub use ternary::{GpuActivations, GpuTernaryMatrix, TernaryKernel};

@@ -1005,3 +1005,176 @@ fn a_backend_on_a_missing_gpu_is_unavailable() {
         }
     }
 }
+
+/// Sampling's top-k selection on the GPU (`Gpu::top_k`) returns exactly the host's
+/// `sampling::top_k` candidates (same ids, same value bits, best first): penalties, the
+/// temperature's division, NaN as -inf, -0 as +0, ties to the smaller id, k from 1 to
+/// MAX_TOP_K, rows of a padded stride, a whole row of ties, and a 128k vocabulary. Exact: the
+/// same f32 operations and an exact selection.
+#[test]
+fn top_k_on_the_gpu_equals_the_host_selection() {
+    use bitnet_backend::sampling::{self, Penalties, PenaltyToken, TopK, MAX_TOP_K};
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng(23);
+    let mut scratch = bitnet_cuda::TopKScratch::new(&gpu).unwrap();
+    let mut check = |stride: usize, vocab: usize, rows: &[TopK], host: Vec<f32>, what: &str| {
+        let mut dev = gpu.stream().clone_htod(&host).unwrap();
+        let got = gpu
+            .top_k(&mut dev.slice_mut(..), stride, vocab, rows, &mut scratch)
+            .unwrap();
+        for (i, req) in rows.iter().enumerate() {
+            let mut row = host[i * stride..][..vocab].to_vec();
+            let mut want = Vec::new();
+            sampling::top_k(&mut row, req, &mut want);
+            let same = got[i].len() == want.len()
+                && got[i]
+                    .iter()
+                    .zip(&want)
+                    .all(|(a, b)| a.0 == b.0 && a.1.to_bits() == b.1.to_bits());
+            assert!(
+                same,
+                "{what} row {i} (k {}): GPU {:?}... host {:?}...",
+                req.k,
+                &got[i][..got[i].len().min(5)],
+                &want[..want.len().min(5)]
+            );
+        }
+    };
+    let penalties = |rng: &mut Rng, vocab: usize, n: usize| {
+        let mut ids: Vec<u32> = (0..n).map(|_| (rng.next() % vocab as u64) as u32).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        Penalties {
+            repeat: 1.3,
+            presence: 0.4,
+            frequency: 0.15,
+            tokens: ids
+                .into_iter()
+                .map(|id| PenaltyToken {
+                    id,
+                    repeat: rng.next().is_multiple_of(2),
+                    count: (rng.next() % 4) as u32,
+                })
+                .collect(),
+        }
+    };
+    let (stride, vocab) = (3072, 3000);
+    let mut host = rng.vec(6 * stride, 8.0);
+    // Ties, signed zeros, NaN and infinities in row 0; row 1 all equal; row 2 mostly NaN.
+    host[10] = host[20];
+    host[30] = host[20];
+    host[40] = -0.0;
+    host[41] = 0.0;
+    host[50] = f32::NAN;
+    host[60] = f32::INFINITY;
+    host[70] = f32::NEG_INFINITY;
+    host[stride..2 * stride].fill(0.5);
+    for v in &mut host[2 * stride..3 * stride - 100] {
+        *v = f32::NAN;
+    }
+    let rows: Vec<TopK> = [
+        (1, 1.0),
+        (40, 0.7),
+        (MAX_TOP_K, 1.0),
+        (7, 2.5),
+        (300, 0.1),
+        (2999, 1.0),
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, &(k, temperature))| TopK {
+        k: k.min(MAX_TOP_K),
+        temperature,
+        penalties: if i == 1 {
+            Penalties {
+                repeat: 1.0,
+                ..Default::default()
+            }
+        } else {
+            penalties(&mut rng, vocab, 50)
+        },
+    })
+    .collect();
+    check(stride, vocab, &rows, host, "small vocabulary");
+    // One row of a 2B4T-sized vocabulary with the default sampler's k.
+    let vocab = 128_256;
+    let host = rng.vec(vocab, 10.0);
+    let rows = [TopK {
+        k: 40,
+        temperature: 0.8,
+        penalties: penalties(&mut rng, vocab, 64),
+    }];
+    check(vocab, vocab, &rows, host, "128k vocabulary");
+}
+
+/// Through the backend: `forward_top_k` (the prompt pass and captured one-token decode steps)
+/// returns the candidates the host selects from the same pass's whole logits, so a seeded
+/// sampler draws the same tokens from either. Exact, as above.
+#[test]
+fn kjv_top_k_through_the_context_equals_the_host_selection() {
+    use bitnet_backend::sampling::{self, Penalties, PenaltyToken, TopK};
+    if gpu().is_none() {
+        return;
+    }
+    let model =
+        bitnet_models::load(&kjv_dir().join("gguf/bitnet-b1.58-kjv-i2_s.gguf"), None).unwrap();
+    let backend = CudaBackend::load(0, &model.weights).unwrap();
+    let vocab = backend.model().config().vocab_size;
+    let blocks: Vec<u32> = shuffled_blocks(16, 5)[..8].to_vec();
+    let (mut a, mut b) = (
+        backend.new_context(16, KvType::F16, 64).unwrap(),
+        backend.new_context(16, KvType::F16, 64).unwrap(),
+    );
+    let prompt = reference()[0].ids.clone();
+    let mut tokens = prompt.clone();
+    for step in 0..6 {
+        let (toks, start) = if step == 0 {
+            (prompt.clone(), 0)
+        } else {
+            (vec![*tokens.last().unwrap()], tokens.len() - 1)
+        };
+        let req = TopK {
+            k: [40, 1, 300][step % 3],
+            temperature: 0.8,
+            penalties: Penalties {
+                repeat: 1.2,
+                presence: 0.3,
+                frequency: 0.1,
+                tokens: tokens[tokens.len() - 8..]
+                    .iter()
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
+                    .map(|&id| PenaltyToken {
+                        id,
+                        repeat: true,
+                        count: 1,
+                    })
+                    .collect(),
+            },
+        };
+        let got = a
+            .forward_top_k(
+                &[chunk(&toks, start, &blocks, Logits::Last)],
+                vocab,
+                std::slice::from_ref(&req),
+            )
+            .unwrap();
+        let mut logits = b
+            .forward(&[chunk(&toks, start, &blocks, Logits::Last)])
+            .unwrap();
+        let mut want = Vec::new();
+        sampling::top_k(&mut logits[..vocab], &req, &mut want);
+        assert_eq!(got.len(), 1);
+        assert!(
+            got[0].len() == want.len()
+                && got[0]
+                    .iter()
+                    .zip(&want)
+                    .all(|(x, y)| x.0 == y.0 && x.1.to_bits() == y.1.to_bits()),
+            "step {step}: GPU {:?} host {:?}",
+            &got[0][..3.min(got[0].len())],
+            &want[..3.min(want.len())]
+        );
+        tokens.push(want[0].0);
+    }
+}

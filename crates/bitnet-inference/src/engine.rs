@@ -5,6 +5,7 @@ use crate::cpu::KvCache;
 use crate::error::{EngineError, Result};
 use crate::sampler::{Sampler, SamplingParams};
 use crate::stop::{StopMatcher, StopResult};
+use bitnet_backend::sampling::TopK;
 use bitnet_backend::{Backend, BackendError, Context, Device, KvType, Logits, SeqChunk};
 use bitnet_models::{LoadedModel, ModelConfig, Placement};
 use bitnet_tokenizers::Tokenizer;
@@ -360,17 +361,18 @@ impl Session {
     /// Appends `tokens` to the context and returns logits (`vocab` values per requested
     /// position). The prompt is processed in batches, matrix-matrix.
     pub fn eval(&mut self, tokens: &[u32], want: Logits) -> Result<Vec<f32>> {
-        Ok(self.eval_inner(tokens, want, None)?.0)
+        Ok(self.eval_inner(tokens, want, Pick::Row)?.0)
     }
 
-    /// [`Self::eval`]; with `greedy: Some(vocab)` and `want: Last` the last chunk's pass ends
-    /// in the backend's argmax over the first `vocab` logits, and only that id comes back.
+    /// [`Self::eval`]; with `want: Last` and a `pick` other than `Row` the last chunk's pass ends
+    /// in what the backend picks for the sampler (the argmax or the top-k candidates), and only
+    /// that comes back.
     fn eval_inner(
         &mut self,
         tokens: &[u32],
         want: Logits,
-        greedy: Option<usize>,
-    ) -> Result<(Vec<f32>, Option<u32>)> {
+        pick: Pick<'_>,
+    ) -> Result<(Vec<f32>, Option<Next>)> {
         let vocab = self.engine.config().vocab_size;
         if let Some(&id) = tokens.iter().find(|&&id| id as usize >= vocab) {
             return Err(EngineError::BadToken { id, vocab });
@@ -402,32 +404,54 @@ impl Session {
                 blocks: &self.table,
                 want: chunk_want,
             };
-            match greedy.filter(|_| chunk_want == Logits::Last) {
-                Some(vocab) => {
+            let none = || BackendError::Device("the pass returned no row".into());
+            match pick {
+                _ if chunk_want != Logits::Last => out.extend(self.context.forward(&[seq])?),
+                Pick::Row => out.extend(self.context.forward(&[seq])?),
+                Pick::Greedy(vocab) => {
                     let ids = self.context.forward_greedy(&[seq], vocab)?;
-                    picked = Some(ids.first().copied().ok_or_else(|| {
-                        BackendError::Device("the greedy pass returned no token".into())
-                    })?);
+                    picked = Some(Next::Id(ids.first().copied().ok_or_else(none)?));
                 }
-                None => out.extend(self.context.forward(&[seq])?),
+                Pick::TopK(vocab, req) => {
+                    let rows =
+                        self.context
+                            .forward_top_k(&[seq], vocab, std::slice::from_ref(req))?;
+                    let cand = rows.into_iter().next().ok_or_else(none)?;
+                    picked = Some(Next::Candidates(cand));
+                }
             }
             self.tokens.extend_from_slice(chunk);
         }
         Ok((out, picked))
     }
 
-    /// The logits after `tokens` (cut to `sampled_vocab`), or the greedy pick among them when
-    /// `greedy` says the sampler would take the argmax anyway.
-    fn eval_next(&mut self, tokens: &[u32], sampled_vocab: usize, greedy: bool) -> Result<Next> {
-        let (mut logits, id) =
-            self.eval_inner(tokens, Logits::Last, greedy.then_some(sampled_vocab))?;
-        Ok(match id {
-            Some(id) => Next::Id(id),
-            None => {
-                logits.truncate(sampled_vocab);
-                Next::Logits(logits)
-            }
-        })
+    /// What the sampler needs after `tokens`: the logits (cut to `sampled_vocab`), or what
+    /// the backend can pick for it (the argmax for plain greedy, the top-k candidates for a
+    /// sampler that keeps only those).
+    fn eval_next(
+        &mut self,
+        tokens: &[u32],
+        sampled_vocab: usize,
+        sampler: &Sampler,
+        gen_start: usize,
+    ) -> Result<Next> {
+        let request = if sampler.params().is_plain_greedy() {
+            None
+        } else {
+            // Penalties look at the context as it will be when the pick is made.
+            let history = [&self.tokens[..], tokens].concat();
+            sampler.top_k_request(&history, gen_start, sampled_vocab)
+        };
+        let pick = match &request {
+            _ if sampler.params().is_plain_greedy() => Pick::Greedy(sampled_vocab),
+            Some(req) => Pick::TopK(sampled_vocab, req),
+            None => Pick::Row,
+        };
+        let (mut logits, picked) = self.eval_inner(tokens, Logits::Last, pick)?;
+        Ok(picked.unwrap_or_else(|| {
+            logits.truncate(sampled_vocab);
+            Next::Logits(logits)
+        }))
     }
 
     /// Generates a continuation of `prompt`. Any prefix of `prompt` already in the cache (a
@@ -464,21 +488,20 @@ impl Session {
         let new_prompt = &prompt[self.tokens.len()..];
         let sampled_vocab = engine.sampled_vocab();
         // Only ids come back from the device when nothing but the argmax is needed.
-        let greedy = opts.sampling.is_plain_greedy();
-        let mut step = self.eval_next(new_prompt, sampled_vocab, greedy)?;
+        let mut sampler = Sampler::new(opts.sampling.clone());
+        let gen_start = prompt.len();
+        let mut step = self.eval_next(new_prompt, sampled_vocab, &sampler, gen_start)?;
         let mut timings = Timings {
             prompt_tokens: new_prompt.len(),
             prompt_time: t0.elapsed(),
             ..Default::default()
         };
 
-        let mut sampler = Sampler::new(opts.sampling.clone());
         let mut stops = StopMatcher::new(&opts.stop);
         let mut decoder = tokenizer.stream_decoder();
         let stop_ids = tokenizer.stop_ids().to_vec();
         let mut text = String::new();
         let mut generated = Vec::new();
-        let gen_start = self.tokens.len();
         let t1 = Instant::now();
         let finish = loop {
             if generated.len() >= opts.max_tokens {
@@ -487,6 +510,7 @@ impl Session {
             let next = match &mut step {
                 Next::Id(id) => *id,
                 Next::Logits(logits) => sampler.sample(logits, &self.tokens, gen_start),
+                Next::Candidates(cand) => sampler.sample_candidates(cand),
             };
             if !opts.ignore_eos && stop_ids.contains(&next) {
                 break FinishReason::Eos;
@@ -516,7 +540,7 @@ impl Session {
             if generated.len() >= opts.max_tokens {
                 break FinishReason::Length;
             }
-            step = self.eval_next(&[next], sampled_vocab, greedy)?;
+            step = self.eval_next(&[next], sampled_vocab, &sampler, gen_start)?;
         };
         if finish != FinishReason::StopString {
             let mut rest = decoder.finish()?;
@@ -542,6 +566,19 @@ enum Next {
     Logits(Vec<f32>),
     /// The argmax, picked by the backend.
     Id(u32),
+    /// The sampler's top-k candidates, selected by the backend.
+    Candidates(Vec<(u32, f32)>),
+}
+
+/// What [`Session::eval_inner`] asks the backend for after the last token.
+#[derive(Clone, Copy)]
+enum Pick<'a> {
+    /// The whole row of logits.
+    Row,
+    /// The argmax among the first `vocab` logits.
+    Greedy(usize),
+    /// The top-k candidates among the first `vocab` logits.
+    TopK(usize, &'a TopK),
 }
 
 /// An item of [`generate_stream`].

@@ -4,6 +4,7 @@
 //! min-p), so settings mean what users of that stack expect.
 
 use bitnet_backend::argmax;
+use bitnet_backend::sampling::{self, best_first, Penalties, PenaltyToken, TopK, MAX_TOP_K};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
@@ -159,28 +160,66 @@ impl Sampler {
         &self.params
     }
 
+    /// What this sampler needs of the next logits when a device can select it (see
+    /// [`bitnet_backend::sampling`]): the `top_k` best after penalties and temperature (the
+    /// best one, for greedy), given `history` (the whole context once the pass is done) and
+    /// `generated` (where its generated part starts). `None` when it needs the whole row
+    /// (top-k off or above [`MAX_TOP_K`], or not below `vocab`).
+    pub fn top_k_request(&self, history: &[u32], generated: usize, vocab: usize) -> Option<TopK> {
+        let p = &self.params;
+        let (k, temperature) = if p.temperature == 0.0 {
+            (1, 1.0)
+        } else {
+            (p.top_k, p.temperature)
+        };
+        (k > 0 && k <= MAX_TOP_K && k < vocab).then(|| TopK {
+            k,
+            temperature,
+            penalties: self.penalties(history, generated),
+        })
+    }
+
     /// Picks the next token. `history` is the whole context so far (prompt and generated);
     /// `generated` is where the generated part starts (presence/frequency penalties look only
     /// at generated tokens, as in the OpenAI API).
     pub fn sample(&mut self, logits: &mut [f32], history: &[u32], generated: usize) -> u32 {
-        self.apply_penalties(logits, history, generated);
+        let mut cand = std::mem::take(&mut self.buf);
+        if let Some(req) = self.top_k_request(history, generated, logits.len()) {
+            sampling::top_k(logits, &req, &mut cand);
+        } else {
+            let p = &self.params;
+            self.penalties(history, generated).apply(logits);
+            if p.temperature == 0.0 {
+                self.buf = cand;
+                return argmax(logits);
+            }
+            // Every token is a candidate (top-k off, or as wide as the vocabulary); top-k
+            // beyond what a device selects still cuts here.
+            cand.clear();
+            cand.extend(
+                logits
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &l)| (i as u32, sampling::scaled(l, p.temperature))),
+            );
+            if p.top_k > 0 && p.top_k < cand.len() {
+                cand.select_nth_unstable_by(p.top_k - 1, best_first);
+                cand.truncate(p.top_k);
+                cand.sort_unstable_by(best_first);
+            }
+        }
+        let id = self.sample_candidates(&mut cand);
+        self.buf = cand;
+        id
+    }
+
+    /// Picks the next token from the candidates of [`Self::top_k_request`] (best first, as a
+    /// device or [`sampling::top_k`] returns them; the list is reused as scratch): the same
+    /// token [`Self::sample`] picks from the whole row, with the same random draw.
+    pub fn sample_candidates(&mut self, cand: &mut Vec<(u32, f32)>) -> u32 {
         let p = &self.params;
         if p.temperature == 0.0 {
-            return argmax(logits);
-        }
-        // Candidates as (id, weight); the buffer is reused so a step allocates nothing.
-        let cand = &mut self.buf;
-        cand.clear();
-        cand.extend(
-            logits
-                .iter()
-                .enumerate()
-                .map(|(i, &l)| (i as u32, l / p.temperature)),
-        );
-        let desc = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-        if p.top_k > 0 && p.top_k < cand.len() {
-            cand.select_nth_unstable_by(p.top_k - 1, desc);
-            cand.truncate(p.top_k);
+            return cand.first().map_or(0, |c| c.0);
         }
         // Unnormalized softmax: the best candidate weighs 1.
         let max = cand.iter().map(|c| c.1).fold(f32::NEG_INFINITY, f32::max);
@@ -189,16 +228,17 @@ impl Sampler {
         if p.top_p < 1.0 {
             // The smallest set of most likely tokens whose mass reaches top_p. Sorting all
             // 128k candidates per token cost milliseconds; the nucleus is nearly always small,
-            // so sort growing heads of the list until one holds it.
+            // so sort growing heads of the list until one holds it (a top-k list is sorted
+            // already).
             let need = p.top_p as f64 * total;
             let mut m = 64;
             let keep = loop {
                 if m >= cand.len() {
-                    cand.sort_unstable_by(desc);
+                    cand.sort_unstable_by(best_first);
                     break nucleus(cand, need).unwrap_or(cand.len());
                 }
-                cand.select_nth_unstable_by(m - 1, desc);
-                cand[..m].sort_unstable_by(desc);
+                cand.select_nth_unstable_by(m - 1, best_first);
+                cand[..m].sort_unstable_by(best_first);
                 if let Some(k) = nucleus(&cand[..m], need) {
                     break k;
                 }
@@ -221,35 +261,46 @@ impl Sampler {
         cand.last().map_or(0, |c| c.0)
     }
 
-    fn apply_penalties(&self, logits: &mut [f32], history: &[u32], generated: usize) {
+    /// The penalties of the next pick: the repeat penalty on the distinct tokens of the last
+    /// `repeat_last_n` of `history`, presence and frequency on those from `generated` on.
+    fn penalties(&self, history: &[u32], generated: usize) -> Penalties {
         let p = &self.params;
+        let mut pen = Penalties {
+            repeat: p.repeat_penalty,
+            presence: p.presence_penalty,
+            frequency: p.frequency_penalty,
+            tokens: Vec::new(),
+        };
+        let mut by_id: HashMap<u32, PenaltyToken> = HashMap::new();
         if p.repeat_penalty != 1.0 && p.repeat_last_n > 0 {
             let from = history.len().saturating_sub(p.repeat_last_n);
-            let mut seen: Vec<u32> = history[from..].to_vec();
-            seen.sort_unstable();
-            seen.dedup();
-            for id in seen {
-                if let Some(l) = logits.get_mut(id as usize) {
-                    // As in CTRL / transformers: shrink positive logits, grow negative ones.
-                    *l = if *l > 0.0 {
-                        *l / p.repeat_penalty
-                    } else {
-                        *l * p.repeat_penalty
-                    };
-                }
+            for &id in &history[from..] {
+                by_id
+                    .entry(id)
+                    .or_insert(PenaltyToken {
+                        id,
+                        repeat: false,
+                        count: 0,
+                    })
+                    .repeat = true;
             }
         }
         if p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 {
-            let mut counts: HashMap<u32, u32> = HashMap::new();
             for &id in &history[generated.min(history.len())..] {
-                *counts.entry(id).or_default() += 1;
-            }
-            for (id, n) in counts {
-                if let Some(l) = logits.get_mut(id as usize) {
-                    *l -= p.presence_penalty + p.frequency_penalty * n as f32;
-                }
+                by_id
+                    .entry(id)
+                    .or_insert(PenaltyToken {
+                        id,
+                        repeat: false,
+                        count: 0,
+                    })
+                    .count += 1;
             }
         }
+        pen.tokens = by_id.into_values().collect();
+        // One order for the host and the device lists (each id is penalized once either way).
+        pen.tokens.sort_unstable_by_key(|t| t.id);
+        pen
     }
 }
 
@@ -314,7 +365,7 @@ mod tests {
         };
         let s = Sampler::new(params);
         let mut logits = vec![4.0, -1.0, 3.9];
-        s.apply_penalties(&mut logits, &[0, 1, 0, 0], 2);
+        s.penalties(&[0, 1, 0, 0], 2).apply(&mut logits);
         assert_eq!(logits[0], 4.0 / 2.0 - 0.5 - 0.5);
         assert_eq!(logits[1], -2.0);
         assert_eq!(logits[2], 3.9);
@@ -351,6 +402,63 @@ mod tests {
         for _ in 0..100 {
             assert_eq!(s.sample(&mut [10.0, 0.0, 0.0, 1.0], &[], 0), 0);
         }
+    }
+
+    /// A device returns only the top-k candidates (`Context::top_k`); picking from them must
+    /// give the token that sampling the whole row gives, draw for draw, with penalties,
+    /// top-p and min-p, and greedy with penalties as k = 1.
+    #[test]
+    fn candidates_from_a_device_pick_what_the_whole_row_picks() {
+        let mut rng = Rng::new(7);
+        let history: Vec<u32> = (0..40).map(|_| (rng.next_u64() % 500) as u32).collect();
+        for (temperature, top_k, top_p, min_p) in [
+            (0.8, 40, 0.95, 0.05),
+            (1.3, 7, 1.0, 0.0),
+            (0.5, 1, 1.0, 0.0),
+            (0.0, 40, 0.95, 0.05),
+            (1.0, 500, 0.9, 0.0),
+        ] {
+            let params = SamplingParams {
+                temperature,
+                top_k,
+                top_p,
+                min_p,
+                repeat_penalty: 1.3,
+                repeat_last_n: 16,
+                presence_penalty: 0.4,
+                frequency_penalty: 0.2,
+                seed: Some(11),
+            };
+            let (mut whole, mut cands) = (Sampler::new(params.clone()), Sampler::new(params));
+            for step in 0..50 {
+                let mut logits: Vec<f32> = (0..1000)
+                    .map(|_| (rng.next_f64() * 12.0 - 6.0) as f32)
+                    .collect();
+                // Ties, which must go to the smaller id on both paths.
+                logits[3] = logits[900];
+                let req = cands.top_k_request(&history, 20, logits.len()).unwrap();
+                let mut c = Vec::new();
+                sampling::top_k(&mut logits.clone(), &req, &mut c);
+                assert!(c.len() == req.k && c.windows(2).all(|w| best_first(&w[0], &w[1]).is_lt()));
+                let a = whole.sample(&mut logits, &history, 20);
+                let b = cands.sample_candidates(&mut c);
+                assert_eq!(a, b, "T {temperature} top_k {top_k} step {step}");
+            }
+        }
+        // Top-k off, or wider than a device selects: the whole row.
+        let s = Sampler::new(SamplingParams {
+            top_k: 0,
+            ..Default::default()
+        });
+        assert!(s.top_k_request(&history, 0, 1000).is_none());
+        let s = Sampler::new(SamplingParams {
+            top_k: MAX_TOP_K + 1,
+            ..Default::default()
+        });
+        assert!(s.top_k_request(&history, 0, 100_000).is_none());
+        assert!(Sampler::new(SamplingParams::default())
+            .top_k_request(&history, 0, 40)
+            .is_none());
     }
 
     /// Frequencies follow the softmax, with and without a nucleus wider than the sorted head

@@ -26,6 +26,7 @@ use crate::request::{
 };
 use crate::sampler::Sampler;
 use crate::stop::{StopMatcher, StopResult};
+use bitnet_backend::sampling::TopK;
 use bitnet_backend::{Context, Logits, SeqChunk, KV_BLOCK};
 use bitnet_tokenizers::{StreamDecoder, Tokenizer};
 use futures::channel::mpsc::{unbounded, UnboundedSender};
@@ -535,7 +536,27 @@ impl Worker {
             s.computed + n < s.tokens.len()
                 || (s.sampler.params().is_plain_greedy() && s.logprobs.is_none())
         });
-        let out = {
+        // Otherwise, when every sampler can pick from its top-k candidates (and wants no
+        // logprobs), the backend selects those (a GPU copies back k candidates, not the row).
+        let top_k: Option<Vec<TopK>> = if greedy {
+            None
+        } else {
+            plan.iter()
+                .filter(|&&(i, n)| {
+                    let s = &self.running[i];
+                    s.computed + n == s.tokens.len()
+                })
+                .map(|&(i, _)| {
+                    let s = &self.running[i];
+                    if s.logprobs.is_some() {
+                        return None;
+                    }
+                    s.sampler
+                        .top_k_request(&s.tokens, s.prompt_len, sampled_vocab)
+                })
+                .collect()
+        };
+        let mut out = {
             let chunks: Vec<SeqChunk<'_>> = plan
                 .iter()
                 .map(|&(i, n)| {
@@ -556,6 +577,10 @@ impl Worker {
             catch_unwind(AssertUnwindSafe(|| {
                 if greedy {
                     context.forward_greedy(&chunks, sampled_vocab).map(Out::Ids)
+                } else if let Some(reqs) = &top_k {
+                    context
+                        .forward_top_k(&chunks, sampled_vocab, reqs)
+                        .map(Out::Candidates)
                 } else {
                     context.forward(&chunks).map(Out::Logits)
                 }
@@ -564,12 +589,13 @@ impl Worker {
             .map_err(|e| format!("forward pass failed: {e}"))?
         };
         self.stats.steps += 1;
-        let picks: Vec<Pick<'_>> = match &out {
+        let picks: Vec<Pick<'_>> = match &mut out {
             Out::Logits(l) => l
                 .chunks_exact(vocab)
                 .map(|r| Pick::Row(&r[..sampled_vocab]))
                 .collect(),
             Out::Ids(ids) => ids.iter().map(|&id| Pick::Id(id)).collect(),
+            Out::Candidates(c) => c.iter_mut().map(Pick::Candidates).collect(),
         };
         let mut rows = picks.into_iter();
         let mut exits = Vec::new();
@@ -712,13 +738,15 @@ enum Out {
     Logits(Vec<f32>),
     /// The argmax of each of those rows, picked by the backend.
     Ids(Vec<u32>),
+    /// The top-k candidates of each of those rows, selected by the backend.
+    Candidates(Vec<Vec<(u32, f32)>>),
 }
 
 /// One sampling sequence's share of [`Out`].
-#[derive(Clone, Copy)]
 enum Pick<'a> {
     Row(&'a [f32]),
     Id(u32),
+    Candidates(&'a mut Vec<(u32, f32)>),
 }
 
 /// Registers the blocks `seq` has completely computed since the last call.
@@ -760,6 +788,7 @@ fn next_token(
         }
         // Only taken for sequences that want no logprobs (`Worker::step`).
         Pick::Id(id) => (id, None),
+        Pick::Candidates(c) => (seq.sampler.sample_candidates(c), None),
     };
     if seq.first_token.is_none() {
         seq.first_token = Some(seq.submitted.elapsed());

@@ -1,0 +1,159 @@
+//! Sampling's top-k selection on the GPU (`penalize_logits`, `top_k_rows` in
+//! `kernels/forward.cu`): the penalties, the temperature and the choice of each row's `k` best
+//! tokens run where the logits are, and only `k` (id, value) pairs per row come back instead of
+//! the whole vocabulary (half a megabyte a row at 128k tokens, and a 128k-element selection on
+//! the host per token). The candidates are `bitnet_backend::sampling::top_k`'s bit for bit
+//! (tested in `tests/cuda_forward.rs`), so a seeded sampler draws the same tokens either way.
+
+use crate::compile::FORWARD;
+use crate::device::Gpu;
+use crate::error::{CudaError, Result};
+use bitnet_backend::sampling::{best_first, TopK, MAX_TOP_K};
+use cudarc::driver::{CudaSlice, CudaViewMut, DevicePtrMut, LaunchConfig, PushKernelArg};
+
+/// Threads of a selection block (one block per row).
+const TOP_K_THREADS: u32 = 1024;
+
+/// Device scratch of [`Gpu::top_k`]: the packed requests and the candidates, grown on demand.
+pub struct TopKScratch {
+    meta: CudaSlice<u32>,
+    ids: CudaSlice<u32>,
+    vals: CudaSlice<f32>,
+    host: Vec<u32>,
+}
+
+impl TopKScratch {
+    pub fn new(gpu: &Gpu) -> Result<Self> {
+        Ok(TopKScratch {
+            meta: gpu.stream.alloc_zeros(256)?,
+            ids: gpu.stream.alloc_zeros(MAX_TOP_K)?,
+            vals: gpu.stream.alloc_zeros(MAX_TOP_K)?,
+            host: Vec::new(),
+        })
+    }
+}
+
+impl Gpu {
+    /// For each of `rows.len()` rows of `logits` (`stride` values apart), the `k` best of its
+    /// first `vocab` values as `bitnet_backend::sampling::top_k` selects them (penalties
+    /// applied to `logits` in place, then `scaled(l, temperature)`), best first.
+    pub fn top_k(
+        &self,
+        logits: &mut CudaViewMut<'_, f32>,
+        stride: usize,
+        vocab: usize,
+        rows: &[TopK],
+        s: &mut TopKScratch,
+    ) -> Result<Vec<Vec<(u32, f32)>>> {
+        let r = rows.len();
+        if r == 0 {
+            return Ok(Vec::new());
+        }
+        if vocab == 0 || vocab > stride || logits.len() < r * stride {
+            return Err(CudaError::Shape(format!(
+                "top-k over {vocab} of {stride} logits a row: {} logits for {r} rows",
+                logits.len()
+            )));
+        }
+        // The packed requests (layout in forward.cu, above `penalize_logits`).
+        let entries: usize = rows.iter().map(|q| q.penalties.tokens.len()).sum();
+        let h = &mut s.host;
+        h.clear();
+        h.resize(6 * r + 4 * entries, 0);
+        let mut total = 0usize;
+        for (i, q) in rows.iter().enumerate() {
+            if q.k == 0 || q.k > MAX_TOP_K || q.temperature.is_nan() || q.temperature <= 0.0 {
+                return Err(CudaError::Shape(format!(
+                    "top-k request of k = {}, temperature {} (k must be 1..={MAX_TOP_K}, the \
+                     temperature > 0)",
+                    q.k, q.temperature
+                )));
+            }
+            let k = q.k.min(vocab);
+            h[i] = k as u32;
+            h[r + i] = q.temperature.to_bits();
+            h[2 * r + i] = q.penalties.repeat.to_bits();
+            h[3 * r + i] = q.penalties.presence.to_bits();
+            h[4 * r + i] = q.penalties.frequency.to_bits();
+            h[5 * r + i] = total as u32;
+            total += k;
+        }
+        let mut e = 6 * r;
+        for (i, q) in rows.iter().enumerate() {
+            for t in &q.penalties.tokens {
+                h[e..e + 4].copy_from_slice(&[i as u32, t.id, t.repeat as u32, t.count]);
+                e += 4;
+            }
+        }
+        if s.meta.len() < h.len() {
+            s.meta = self.stream.alloc_zeros(h.len().next_power_of_two())?;
+        }
+        if s.ids.len() < total {
+            s.ids = self.stream.alloc_zeros(total.next_power_of_two())?;
+            s.vals = self.stream.alloc_zeros(total.next_power_of_two())?;
+        }
+        {
+            let (dst, _record) = s.meta.device_ptr_mut(&self.stream);
+            // SAFETY: `meta` holds at least h.len() words (grown above); a copy from pageable
+            // memory returns once the source is staged, and the kernels queued after it on
+            // this stream see the data.
+            unsafe {
+                cudarc::driver::result::memcpy_htod_async(dst, &h[..], self.stream.cu_stream())
+            }?;
+        }
+        let (stride_i, vocab_i, rows_i) = (stride as i64, vocab as i32, r as i32);
+        if entries > 0 {
+            let f = self.kernels.function(FORWARD, "penalize_logits")?;
+            let n = entries as i32;
+            let mut l = self.stream.launch_builder(&f);
+            l.arg(&mut *logits)
+                .arg(&stride_i)
+                .arg(&vocab_i)
+                .arg(&s.meta)
+                .arg(&rows_i)
+                .arg(&n);
+            let cfg = LaunchConfig {
+                grid_dim: ((entries as u32).div_ceil(256), 1, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: arguments match the kernel; entries' rows and ids are checked there
+            // against `rows` and `vocab`, and r rows of `stride` logits exist (checked above).
+            unsafe { l.launch(cfg) }?;
+        }
+        let f = self.kernels.function(FORWARD, "top_k_rows")?;
+        let mut l = self.stream.launch_builder(&f);
+        l.arg(&mut *logits)
+            .arg(&stride_i)
+            .arg(&vocab_i)
+            .arg(&s.meta)
+            .arg(&rows_i)
+            .arg(&mut s.ids)
+            .arg(&mut s.vals);
+        let cfg = LaunchConfig {
+            grid_dim: (r as u32, 1, 1),
+            block_dim: (TOP_K_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: arguments match the kernel; row i writes ids / vals[offset_i .. offset_i +
+        // k_i), inside the `total` entries allocated above.
+        unsafe { l.launch(cfg) }?;
+        let ids = self.stream.clone_dtoh(&s.ids.slice(..total))?;
+        let vals = self.stream.clone_dtoh(&s.vals.slice(..total))?;
+        let mut at = 0;
+        Ok(rows
+            .iter()
+            .map(|q| {
+                let k = q.k.min(vocab);
+                let mut c: Vec<(u32, f32)> = ids[at..at + k]
+                    .iter()
+                    .copied()
+                    .zip(vals[at..at + k].iter().copied())
+                    .collect();
+                at += k;
+                c.sort_unstable_by(best_first);
+                c
+            })
+            .collect())
+    }
+}
