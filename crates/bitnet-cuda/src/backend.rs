@@ -496,6 +496,7 @@ impl CudaContext {
             &self.k[l],
             &self.v[l],
             &mut s.attn.slice_mut(..n * qd),
+            false,
         )
     }
 
