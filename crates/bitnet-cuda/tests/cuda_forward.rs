@@ -1012,11 +1012,13 @@ fn check_model(label: &str, path: &Path, want: Want) {
         // position only, so the result is the same bits as one pass. In passes of 1 (fused
         // decode kernels, with and without the graph, and the batched kernels), attention is
         // the per-query kernel's where one pass used flash attention (f16 q and weights):
-        // within LOGIT_TOL of one pass, with the same argmax.
+        // within LOGIT_TOL of one pass, with the same argmax; and the four ways of running
+        // them the same bits as each other (the fused kernels equal the batched ones).
         // Fused one-token steps run as the persistent kernel unless `persistent` is off.
         let multi = (3..)
             .find(|&s| s >= p.ids.len() || p.ids.len() % s != 1)
             .unwrap();
+        let mut first_ones: Option<Vec<f32>> = None;
         for (step, fused, graph, persistent) in [
             (multi, true, true, true),
             (1, true, true, true),
@@ -1053,6 +1055,13 @@ fn check_model(label: &str, path: &Path, want: Want) {
                     bitnet_backend::argmax(&logits),
                     "{name}: {how}: argmax"
                 );
+                match &first_ones {
+                    Some(f) => assert!(
+                        same_bits(&last, f),
+                        "{name}: {how} differ from the first passes of 1"
+                    ),
+                    None => first_ones = Some(last),
+                }
             }
         }
 
