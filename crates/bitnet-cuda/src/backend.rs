@@ -310,6 +310,8 @@ pub struct CudaContext {
     /// sequence, so that decode steps reuse a graph until the length doubles).
     ctx: usize,
     fused: bool,
+    /// Whether prompt chunks may attend with the flash kernel.
+    flash: bool,
     /// Whether a fused decode step may run as the one persistent kernel.
     persistent: bool,
     /// Built on the first decode step; `Some(None)`: the kernel does not apply here.
@@ -366,6 +368,7 @@ impl CudaContext {
             singles: false,
             ctx: 0,
             fused: true,
+            flash: true,
             persistent: true,
             step: None,
             use_graph: true,
@@ -390,6 +393,13 @@ impl CudaContext {
     /// into attention (the default), or runs the batched kernels; both give the same bits.
     pub fn set_fused(&mut self, on: bool) {
         self.fused = on;
+    }
+
+    /// Whether chunks of two or more tokens attend with the flash kernel (the default where
+    /// the head dimension allows) or with the per-query kernel, as single tokens do (then a
+    /// prompt's bits do not depend on how it is cut into passes at all).
+    pub fn set_flash(&mut self, on: bool) {
+        self.flash = on;
     }
 
     /// Whether a fused decode step runs every layer as one persistent kernel (the default
@@ -508,7 +518,7 @@ impl CudaContext {
         )?;
         // Chunks of two or more tokens (prompts) on the tensor cores, single tokens (decode
         // steps of several sequences) by the per-query kernel with its exact bits.
-        let flash = self.tiles > 0 && d.flash_fits();
+        let flash = self.flash && self.tiles > 0 && d.flash_fits();
         if flash {
             self.gpu.attention_flash(
                 &s.qkv.slice(..n * width),
