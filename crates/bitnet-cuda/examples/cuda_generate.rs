@@ -8,6 +8,7 @@
 //! ./cuda_generate [MODEL.gguf] [--head f16,q8_0,q6_k] [--pp 512] [--tg 128] [--reps 3] [--batch 16,64]
 //! ```
 //! Everything runs through the backend seam (`bitnet_backend::Context`), as the engine runs it.
+//! The prompt is timed with flash attention and again with the per-query attention kernel.
 //! Decode is timed with the step captured as a CUDA graph and with plain launches; `--batch`
 //! times B sequences decoding together (B tokens a step, the batched kernels) and reports
 //! their aggregate tokens/s; the sampled rows time the default sampler with its top-k
@@ -164,9 +165,14 @@ fn bench(weights: &ModelWeights, model: Option<&str>, load_s: f64, o: &Opts) -> 
         .map(|i| (i * 7919 + 13) % vocab as u32)
         .collect();
 
-    // Prompt processing: the whole prompt, the greedy choice after its last token.
-    if pp > 0 {
+    // Prompt processing: the whole prompt, the greedy choice after its last token; then the
+    // same with the per-query attention kernel instead of the flash kernel.
+    for flash in [true, false] {
+        if pp == 0 {
+            break;
+        }
         let mut cx = backend.context(per_seq, KvType::F16, pp)?;
+        cx.set_flash(flash);
         cx.forward_greedy(&[one(&prompt, 0, &table)], vocab)?; // warms the caches
         let mut best = f64::MAX;
         for _ in 0..reps {
@@ -175,7 +181,8 @@ fn bench(weights: &ModelWeights, model: Option<&str>, load_s: f64, o: &Opts) -> 
             best = best.min(t.elapsed().as_secs_f64());
         }
         println!(
-            "pp{pp}: {:.1} ms, {:.0} tokens/s (best of {reps})",
+            "pp{pp}{}: {:.1} ms, {:.0} tokens/s (best of {reps})",
+            if flash { "" } else { " (per-query attention)" },
             best * 1e3,
             pp as f64 / best
         );

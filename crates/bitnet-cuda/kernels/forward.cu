@@ -467,15 +467,21 @@ __device__ void attend(const float* qs, const float* kn, const float* vn, float*
 // 0..n of its own sequence, n = pos[t] + 1, through that sequence's block table
 // blocks + table[t] (see attend). Dynamic shared memory (attn_smem): hd floats of q, 2 * hd
 // unused here, ctx scores (ctx >= n), nwarps * hd partial outputs, ctx / KV_BLOCK block ids.
+// With `skip_runs`, the tokens that attention_flash handles (those of a chunk of two or more
+// tokens: a neighbour in the batch has the same table offset, and the offsets of different
+// sequences differ) are left alone.
 extern "C" __global__ void attention(const float* __restrict__ qkv, int qkv_stride, int nh,
                                      int nkv, int hd, int ctx, const int* __restrict__ pos_t,
                                      const int* __restrict__ table,
                                      const int* __restrict__ blocks,
                                      const u16* __restrict__ kc, const u16* __restrict__ vc,
-                                     float scale, float* __restrict__ out) {
+                                     float scale, float* __restrict__ out, int skip_runs) {
     extern __shared__ float sm[];
     __shared__ float red[32];
     const int h = blockIdx.x, t = blockIdx.y;
+    if (skip_runs && ((t > 0 && table[t - 1] == table[t]) ||
+                      (t + 1 < (int)gridDim.y && table[t + 1] == table[t])))
+        return;
     const int n = pos_t[t] + 1;
     float* qs = sm;
     float* sc = sm + 3 * hd;
@@ -489,6 +495,308 @@ extern "C" __global__ void attention(const float* __restrict__ qkv, int qkv_stri
     __syncthreads();
     attend<MAX_HD>(qs, nullptr, nullptr, sc, sc + ctx, red, n, bt, nkv * hd, h / (nh / nkv), hd, kc, vc,
            scale, out + (size_t)t * nh * hd + (size_t)h * hd, blockDim.x);
+}
+
+// Flash attention of prompt tokens on the f16 tensor cores (mma.sync m16n8k16, f32
+// accumulation). A block takes one query head and one tile of up to FLASH_ROWS consecutive
+// batch tokens of one sequence (tiles[2 * blockIdx.y] is the tile's first token, the next word
+// its token count; the backend cuts every chunk of two or more tokens into such tiles, and
+// their positions increase by one from token to token); warp w owns the tile's rows
+// 16w..16w+15. The keys and values stream through shared memory in chunks of FLASH_KEYS
+// positions (cp.async, double-buffered, rows padded by 8 halves so that the 8 rows an
+// ldmatrix reads fall in distinct banks), chunk c holding positions c * FLASH_KEYS.. of the
+// sequence; the loop runs to the position of the tile's last token.
+//
+// Q is rounded to f16 as it is (scaled scores are formed in f32: s * scale * log2(e), so the
+// softmax uses exp2f); P is rounded to f16 for the P V product. Online softmax per row: running
+// max m, running sum l (f32), O rescaled by exp2(m_old - m_new) whenever m grows.
+//
+// A row's result depends on its own q and position only, never on the other rows of its tile:
+// the chunks are aligned to absolute positions, every row's arithmetic is a fixed sequence of
+// explicitly rounded operations (no contraction that could differ between a thread's two row
+// slots), and a chunk past the row's position is an exact no-op (every score -inf, the max
+// unchanged, so the rescale is exactly 1 and P exactly 0; the values it multiplies are cache
+// values or zeros, finite). So a prompt in passes of any tiling gives the same bits, and a
+// sequence's rows do not depend on the batch around it. Positions past the tile's last one are
+// zero-filled, not loaded: their block ids may lie past the sequence's table.
+#define FLASH_ROWS 64
+#define FLASH_KEYS 64
+#define FLASH_THREADS 128
+
+// Two floats to an f16x2 register, `lo` in the low half (the lower column of a fragment).
+__device__ __forceinline__ u32 pack_h2(float lo, float hi) {
+    u32 r;
+    // cvt's first source goes to the upper half.
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+
+__device__ __forceinline__ void ldsm_x4(u32 addr, u32& r0, u32& r1, u32& r2, u32& r3) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+                 : "r"(addr)
+                 : "memory");
+}
+
+__device__ __forceinline__ void ldsm_x4_t(u32 addr, u32& r0, u32& r1, u32& r2, u32& r3) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+                 : "r"(addr)
+                 : "memory");
+}
+
+// d += a (16x16, row-major fragment) * b (16x8, column fragment), f32 accumulators.
+__device__ __forceinline__ void mma_16816(float* d, const u32* a, u32 b0, u32 b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+        "{%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// The fragment layouts (PTX ISA, mma.m16n8k16 with .f16): lane = 4 * g + tq. A: a[0] row g,
+// columns 2tq, 2tq+1; a[1] row g+8, the same columns; a[2], a[3] as a[0], a[1] at columns + 8.
+// B (k x n): b0 rows 2tq, 2tq+1 of column g, b1 rows + 8. C: c[0], c[1] row g, columns 2tq,
+// 2tq+1; c[2], c[3] row g+8. ldmatrix.x4: lanes 8i..8i+7 address the rows of matrix i, and
+// register i of lane 4r + k holds row r, elements 2k, 2k+1 of matrix i (.trans: column r,
+// rows 2k, 2k+1).
+template <int HD>
+__device__ __forceinline__ void attend_flash(const float* __restrict__ qkv, int qkv_stride,
+                                             int nh, int nkv, const int* __restrict__ pos_t,
+                                             const int* __restrict__ table,
+                                             const int* __restrict__ blocks,
+                                             const int* __restrict__ tiles,
+                                             const u16* __restrict__ kc,
+                                             const u16* __restrict__ vc, float scale,
+                                             float* __restrict__ out) {
+    // Halves per shared row, 16-byte pieces per row, halves per K (or V) buffer.
+    constexpr int LD = HD + 8, PR = HD / 8, BUF = FLASH_KEYS * LD;
+    extern __shared__ __align__(16) u16 fsm[];
+    u16* ks = fsm;            // [2][FLASH_KEYS][LD]
+    u16* vs = fsm + 2 * BUF;  // [2][FLASH_KEYS][LD]
+    const int h = blockIdx.x;
+    const int t0 = tiles[2 * blockIdx.y], cnt = tiles[2 * blockIdx.y + 1];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int g = lane >> 2, tq = lane & 3;
+    const int kvd = nkv * HD;
+    const int* bt = blocks + table[t0];
+    const int kmax = pos_t[t0 + cnt - 1];
+    const int nchunks = kmax / FLASH_KEYS + 1;
+    const u16* kbase = kc + (size_t)(h / (nh / nkv)) * HD;
+    const u16* vbase = vc + (size_t)(h / (nh / nkv)) * HD;
+
+    // Chunk c into buffer buf, as one cp.async group. The chunk is two whole cache blocks: two
+    // block-id loads (side by side) instead of one in front of every row.
+    static_assert(FLASH_KEYS == 2 * KV_BLOCK, "a key chunk is two KV cache blocks");
+    auto load = [&](int c, int buf) {
+        const int p0 = c * FLASH_KEYS;
+        const size_t blk0 = bt[p0 / KV_BLOCK];
+        const size_t blk1 = p0 + KV_BLOCK <= kmax ? bt[p0 / KV_BLOCK + 1] : 0;
+        uint4 zero;
+        zero.x = zero.y = zero.z = zero.w = 0u;
+        // Unrolled further, the loop's addresses stay live through the chunk's math: 250
+        // registers at HD 128 instead of 178.
+#pragma unroll 2
+        for (int u = 0; u < FLASH_KEYS * PR / FLASH_THREADS; ++u) {
+            const int i = threadIdx.x + u * FLASH_THREADS;
+            const int r = i / PR, col = (i % PR) * 8, p = p0 + r;
+            u16* kd = ks + buf * BUF + r * LD + col;
+            u16* vd = vs + buf * BUF + r * LD + col;
+            if (p <= kmax) {
+                const size_t row = (r < KV_BLOCK ? blk0 : blk1) * KV_BLOCK + r % KV_BLOCK;
+                const size_t at = row * kvd + col;
+                cp_async16(kd, kbase + at);
+                cp_async16(vd, vbase + at);
+            } else {
+                *(uint4*)kd = zero;
+                *(uint4*)vd = zero;
+            }
+        }
+        cp_async_commit();
+    };
+    load(0, 0);
+
+    // This thread's two rows (g and g + 8 of its warp's 16); -1: padding past the tile.
+    const int r0 = warp * 16 + g, r1 = r0 + 8;
+    const int pos0 = r0 < cnt ? pos_t[t0 + r0] : -1;
+    const int pos1 = r1 < cnt ? pos_t[t0 + r1] : -1;
+    // The warp's last position: chunks past it change none of its rows (see above).
+    int wlast = max(pos0, pos1);
+    for (int sh = 16; sh > 2; sh >>= 1)
+        wlast = max(wlast, __shfl_xor_sync(0xffffffffu, wlast, sh));
+
+    // Q as A fragments, HD / 16 steps of 16 dimensions.
+    u32 qa[HD / 16][4];
+    {
+        const float* q0 = qkv + (size_t)(t0 + r0) * qkv_stride + (size_t)h * HD + 2 * tq;
+        const float* q1 = qkv + (size_t)(t0 + r1) * qkv_stride + (size_t)h * HD + 2 * tq;
+#pragma unroll
+        for (int kk = 0; kk < HD / 16; ++kk) {
+            float2 x0, x1, x2, x3;
+            x0.x = x0.y = x1.x = x1.y = x2.x = x2.y = x3.x = x3.y = 0.0f;
+            if (r0 < cnt) {
+                x0 = *(const float2*)(q0 + 16 * kk);
+                x2 = *(const float2*)(q0 + 16 * kk + 8);
+            }
+            if (r1 < cnt) {
+                x1 = *(const float2*)(q1 + 16 * kk);
+                x3 = *(const float2*)(q1 + 16 * kk + 8);
+            }
+            qa[kk][0] = pack_h2(x0.x, x0.y);
+            qa[kk][1] = pack_h2(x1.x, x1.y);
+            qa[kk][2] = pack_h2(x2.x, x2.y);
+            qa[kk][3] = pack_h2(x3.x, x3.y);
+        }
+    }
+
+    float o[HD / 8][4];
+#pragma unroll
+    for (int j = 0; j < HD / 8; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
+    float m0 = NEG_INF, m1 = NEG_INF, l0 = 0.0f, l1 = 0.0f;
+    const float cs = __fmul_rn(scale, 1.4426950408889634f);
+    // Byte offsets of this lane's ldmatrix row: K (non-transposed, matrices i = keys 8 * (i >> 1)
+    // + 0..7 at dimensions 8 * (i & 1)) and V (transposed, keys 8 * (i & 1) + 0..7 at dimensions
+    // 8 * (i >> 1)).
+    const u32 kaddr = smem_u32(ks) +
+                      2 * ((8 * (lane >> 4) + (lane & 7)) * LD + 8 * ((lane >> 3) & 1));
+    const u32 vaddr = smem_u32(vs) +
+                      2 * ((8 * ((lane >> 3) & 1) + (lane & 7)) * LD + 8 * (lane >> 4));
+
+    for (int c = 0; c < nchunks; ++c) {
+        if (c + 1 < nchunks) {
+            load(c + 1, (c + 1) & 1);
+        } else {
+            cp_async_commit();  // empty: wait_group 1 below then always means chunk c
+        }
+        cp_async_wait<1>();
+        __syncthreads();
+        if (c * FLASH_KEYS <= wlast) {
+            const u32 kb = kaddr + 2 * (c & 1) * BUF, vb = vaddr + 2 * (c & 1) * BUF;
+            // S = Q K^T: n-tile j is keys 8j..8j+7 of the chunk.
+            float s[FLASH_KEYS / 8][4];
+#pragma unroll
+            for (int j = 0; j < FLASH_KEYS / 8; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+#pragma unroll
+            for (int kk = 0; kk < HD / 16; ++kk) {
+#pragma unroll
+                for (int jp = 0; jp < FLASH_KEYS / 16; ++jp) {
+                    u32 b0, b1, b2, b3;
+                    ldsm_x4(kb + 2 * (16 * jp * LD + 16 * kk), b0, b1, b2, b3);
+                    mma_16816(s[2 * jp], qa[kk], b0, b1);
+                    mma_16816(s[2 * jp + 1], qa[kk], b2, b3);
+                }
+            }
+            // Causal mask and scale; the chunk's max per row over the quad's 4 lanes.
+            const int base = c * FLASH_KEYS + 2 * tq;
+            float mx0 = NEG_INF, mx1 = NEG_INF;
+#pragma unroll
+            for (int j = 0; j < FLASH_KEYS / 8; ++j) {
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int p = base + 8 * j + (e & 1);
+                    const bool seen = p <= (e < 2 ? pos0 : pos1);
+                    s[j][e] = seen ? __fmul_rn(s[j][e], cs) : NEG_INF;
+                }
+                mx0 = fmaxf(mx0, fmaxf(s[j][0], s[j][1]));
+                mx1 = fmaxf(mx1, fmaxf(s[j][2], s[j][3]));
+            }
+#pragma unroll
+            for (int o2 = 1; o2 < 4; o2 <<= 1) {
+                mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, o2));
+                mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, o2));
+            }
+            const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
+            // A row with nothing visible yet subtracts 0 (no -inf - -inf); an unchanged max
+            // rescales by exactly 1.
+            const float ms0 = mn0 == NEG_INF ? 0.0f : mn0, ms1 = mn1 == NEG_INF ? 0.0f : mn1;
+            const float a0 = mn0 == m0 ? 1.0f : exp2f(__fsub_rn(m0, ms0));
+            const float a1 = mn1 == m1 ? 1.0f : exp2f(__fsub_rn(m1, ms1));
+            m0 = mn0;
+            m1 = mn1;
+            l0 = __fmul_rn(l0, a0);
+            l1 = __fmul_rn(l1, a1);
+#pragma unroll
+            for (int j = 0; j < FLASH_KEYS / 8; ++j) {
+                s[j][0] = exp2f(__fsub_rn(s[j][0], ms0));
+                s[j][1] = exp2f(__fsub_rn(s[j][1], ms0));
+                s[j][2] = exp2f(__fsub_rn(s[j][2], ms1));
+                s[j][3] = exp2f(__fsub_rn(s[j][3], ms1));
+                l0 = __fadd_rn(__fadd_rn(l0, s[j][0]), s[j][1]);
+                l1 = __fadd_rn(__fadd_rn(l1, s[j][2]), s[j][3]);
+            }
+#pragma unroll
+            for (int j = 0; j < HD / 8; ++j) {
+                o[j][0] = __fmul_rn(o[j][0], a0);
+                o[j][1] = __fmul_rn(o[j][1], a0);
+                o[j][2] = __fmul_rn(o[j][2], a1);
+                o[j][3] = __fmul_rn(o[j][3], a1);
+            }
+            // O += P V: P's k-step kk (keys 16kk..16kk+15) is S's n-tiles 2kk and 2kk + 1.
+#pragma unroll
+            for (int kk = 0; kk < FLASH_KEYS / 16; ++kk) {
+                const u32 pa[4] = {pack_h2(s[2 * kk][0], s[2 * kk][1]),
+                                   pack_h2(s[2 * kk][2], s[2 * kk][3]),
+                                   pack_h2(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                                   pack_h2(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+                for (int jp = 0; jp < HD / 16; ++jp) {
+                    u32 b0, b1, b2, b3;
+                    ldsm_x4_t(vb + 2 * (16 * kk * LD + 16 * jp), b0, b1, b2, b3);
+                    mma_16816(o[2 * jp], pa, b0, b1);
+                    mma_16816(o[2 * jp + 1], pa, b2, b3);
+                }
+            }
+        }
+        // Every warp is done with buffer c & 1 before the next iteration loads into it.
+        __syncthreads();
+    }
+
+    // The row sums over the quad (each lane adds the same pairs: the same bits in all four).
+#pragma unroll
+    for (int o2 = 1; o2 < 4; o2 <<= 1) {
+        l0 = __fadd_rn(l0, __shfl_xor_sync(0xffffffffu, l0, o2));
+        l1 = __fadd_rn(l1, __shfl_xor_sync(0xffffffffu, l1, o2));
+    }
+    const size_t qd = (size_t)nh * HD;
+    if (r0 < cnt) {
+        float* o0 = out + (size_t)(t0 + r0) * qd + (size_t)h * HD + 2 * tq;
+#pragma unroll
+        for (int j = 0; j < HD / 8; ++j) {
+            float2 v;
+            v.x = __fdiv_rn(o[j][0], l0);
+            v.y = __fdiv_rn(o[j][1], l0);
+            *(float2*)(o0 + 8 * j) = v;
+        }
+    }
+    if (r1 < cnt) {
+        float* o1 = out + (size_t)(t0 + r1) * qd + (size_t)h * HD + 2 * tq;
+#pragma unroll
+        for (int j = 0; j < HD / 8; ++j) {
+            float2 v;
+            v.x = __fdiv_rn(o[j][2], l1);
+            v.y = __fdiv_rn(o[j][3], l1);
+            *(float2*)(o1 + 8 * j) = v;
+        }
+    }
+}
+
+// attend_flash for head dimension 64 and 128. Grid (heads, tiles), FLASH_THREADS threads;
+// dynamic shared memory: flash_smem (AttnDims in ops.rs), K and V double-buffered.
+extern "C" __global__ void __launch_bounds__(FLASH_THREADS)
+    attention_flash_hd64(const float* __restrict__ qkv, int qkv_stride, int nh, int nkv,
+                         const int* __restrict__ pos_t, const int* __restrict__ table,
+                         const int* __restrict__ blocks, const int* __restrict__ tiles,
+                         const u16* __restrict__ kc, const u16* __restrict__ vc, float scale,
+                         float* __restrict__ out) {
+    attend_flash<64>(qkv, qkv_stride, nh, nkv, pos_t, table, blocks, tiles, kc, vc, scale, out);
+}
+
+extern "C" __global__ void __launch_bounds__(FLASH_THREADS)
+    attention_flash_hd128(const float* __restrict__ qkv, int qkv_stride, int nh, int nkv,
+                          const int* __restrict__ pos_t, const int* __restrict__ table,
+                          const int* __restrict__ blocks, const int* __restrict__ tiles,
+                          const u16* __restrict__ kc, const u16* __restrict__ vc, float scale,
+                          float* __restrict__ out) {
+    attend_flash<128>(qkv, qkv_stride, nh, nkv, pos_t, table, blocks, tiles, kc, vc, scale, out);
 }
 
 // Query head h of the one token: the body of rope_attention, run by the block's first `nthr`

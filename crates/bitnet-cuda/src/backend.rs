@@ -13,20 +13,26 @@
 //! replayed after its packed inputs are copied in (the kernels read them from device memory),
 //! so a decode step costs one copy in, one graph launch and one copy back. Batches of several
 //! tokens (prompts, many sequences decoding together) run the batched kernels, whose matmuls
-//! read each weight once for up to 8 tokens.
+//! read each weight once for up to 8 tokens. In those, the chunks of two or more tokens (prompt
+//! passes) attend on the tensor cores (`attention_flash_*`, tiles of up to 64 tokens cut in
+//! `begin`); chunks of one token keep the per-query attention kernel.
 //!
 //! Batch invariance: every kernel computes a token's values with the same operations in the
 //! same order whatever else is in the batch (one norm block per token, exact integer matmuls,
-//! one attention block per head and token, head sums per row in one order, the fused decode
-//! kernels bit-identical to the separate ones), so a sequence's logits do not depend on the
-//! sequences batched with it (tested in `tests/cuda_forward.rs`).
+//! one attention block per head and token or a flash tile whose rows each depend on their own
+//! q and position only, head sums per row in one order, the fused decode kernels bit-identical
+//! to the separate ones), so a sequence's logits do not depend on the sequences batched with
+//! it (tested in `tests/cuda_forward.rs`). A token's attention does depend on whether its
+//! chunk has one token (per-query kernel) or more (flash, f16 q and weights): decoding a prompt
+//! one token a pass agrees with one pass to rounding, not bit for bit, while passes of two or
+//! more tokens each give one pass's bits.
 
 use crate::compile::{FORWARD, TERNARY};
 use crate::decode::PersistentStep;
 use crate::device::Gpu;
 use crate::error::CudaError;
 use crate::model::GpuModel;
-use crate::ops::{ArgmaxScratch, NormInput, PagedBatch};
+use crate::ops::{push_flash_tiles, ArgmaxScratch, NormInput, PagedBatch, FLASH_TILE};
 use crate::sample::TopKScratch;
 use crate::ternary::GpuActivations;
 use bitnet_backend::sampling::TopK;
@@ -56,7 +62,7 @@ fn dev(e: impl Into<CudaError>) -> BackendError {
 
 /// Every kernel the forward pass launches, looked up when the backend loads: compiling (or
 /// reading the cached PTX) then, not inside the first pass or, worse, a graph capture.
-const FORWARD_KERNELS: [&str; 22] = [
+const FORWARD_KERNELS: [&str; 24] = [
     "embed_rows",
     "embed_rows_q6_k",
     "decode_layers",
@@ -64,6 +70,8 @@ const FORWARD_KERNELS: [&str; 22] = [
     "norm_ternary_t1",
     "rope_kv",
     "attention",
+    "attention_flash_hd64",
+    "attention_flash_hd128",
     "rope_attention",
     "gather_rows",
     "quantize_q8_0",
@@ -223,13 +231,15 @@ impl Scratch {
 
 /// Where each part of the packed batch buffer starts (in u32 words): token ids at 0, then per
 /// token its position, cache row and block-table offset, then the rows that want logits, then
-/// the block tables.
+/// the flash-attention tiles (pairs of first token and token count), then the block tables
+/// (last: a one-token step reads past their end, see `batch_views`).
 #[derive(Clone, Copy, Debug, Default)]
 struct Layout {
     pos: usize,
     slot: usize,
     table: usize,
     rows: usize,
+    tiles: usize,
     blocks: usize,
     end: usize,
 }
@@ -297,10 +307,16 @@ pub struct CudaContext {
     n: usize,
     seqs: usize,
     rows: usize,
+    /// Flash-attention tiles of the current batch (its chunks of two or more tokens), and
+    /// whether it also has chunks of one token (for the per-query attention kernel).
+    tiles: usize,
+    singles: bool,
     /// Score capacity of the attention kernels for this batch (a power of two >= its longest
     /// sequence, so that decode steps reuse a graph until the length doubles).
     ctx: usize,
     fused: bool,
+    /// Whether prompt chunks may attend with the flash kernel.
+    flash: bool,
     /// Whether a fused decode step may run as the one persistent kernel.
     persistent: bool,
     /// Built on the first decode step; `Some(None)`: the kernel does not apply here.
@@ -354,8 +370,11 @@ impl CudaContext {
             n: 0,
             seqs: 0,
             rows: 0,
+            tiles: 0,
+            singles: false,
             ctx: 0,
             fused: true,
+            flash: true,
             persistent: true,
             step: None,
             use_graph: true,
@@ -381,6 +400,13 @@ impl CudaContext {
     /// into attention (the default), or runs the batched kernels; both give the same bits.
     pub fn set_fused(&mut self, on: bool) {
         self.fused = on;
+    }
+
+    /// Whether chunks of two or more tokens attend with the flash kernel (the default where
+    /// the head dimension allows) or with the per-query kernel, as single tokens do (then a
+    /// prompt's bits do not depend on how it is cut into passes at all).
+    pub fn set_flash(&mut self, on: bool) {
+        self.flash = on;
     }
 
     /// Whether a fused decode step runs every layer as one persistent kernel (the default
@@ -472,6 +498,9 @@ impl CudaContext {
         let fused = self.fused_step();
         let views = batch_views(&self.meta, self.lay, self.ctx, n, fused);
         let batch = PagedBatch::of(&views);
+        let tiles = self
+            .meta
+            .slice(self.lay.tiles..self.lay.tiles + 2 * self.tiles);
         let s = &mut self.s;
         if fused {
             return self.gpu.rope_attention(
@@ -494,6 +523,24 @@ impl CudaContext {
             &mut self.k[l],
             &mut self.v[l],
         )?;
+        // Chunks of two or more tokens (prompts) on the tensor cores, single tokens (decode
+        // steps of several sequences) by the per-query kernel with its exact bits.
+        let flash = self.flash && self.tiles > 0 && d.flash_fits();
+        if flash {
+            self.gpu.attention_flash(
+                &s.qkv.slice(..n * width),
+                n,
+                d,
+                &batch,
+                &tiles,
+                &self.k[l],
+                &self.v[l],
+                &mut s.attn.slice_mut(..n * qd),
+            )?;
+            if !self.singles {
+                return Ok(());
+            }
+        }
         self.gpu.attention(
             &s.qkv.slice(..n * width),
             n,
@@ -503,6 +550,7 @@ impl CudaContext {
             &self.k[l],
             &self.v[l],
             &mut s.attn.slice_mut(..n * qd),
+            flash,
         )
     }
 
@@ -839,10 +887,11 @@ impl Context for CudaContext {
 
     fn begin(&mut self, seqs: &[SeqChunk<'_>]) -> Result<()> {
         // A batch that fails to begin leaves an empty one, never half of the last.
-        (self.n, self.seqs, self.rows) = (0, 0, 0);
+        (self.n, self.seqs, self.rows, self.tiles) = (0, 0, 0, 0);
         let m = &self.shared.model;
         let vocab = m.embedding().rows();
         let (mut n, mut rows, mut table_words, mut longest) = (0usize, 0usize, 0usize, 0usize);
+        let (mut tile_words, mut singles) = (0usize, false);
         for (i, s) in seqs.iter().enumerate() {
             let bad = |what: String| Err(BackendError::Batch(format!("chunk {i}: {what}")));
             if s.tokens.is_empty() {
@@ -863,6 +912,11 @@ impl Context for CudaContext {
             };
             table_words += need;
             longest = longest.max(end);
+            if s.tokens.len() >= 2 {
+                tile_words += 2 * s.tokens.len().div_ceil(FLASH_TILE);
+            } else {
+                singles = true;
+            }
         }
         let max_len = m.dims.max_attn_len();
         if longest > max_len {
@@ -878,11 +932,19 @@ impl Context for CudaContext {
             slot: 2 * n,
             table: 3 * n,
             rows: 4 * n,
-            blocks: 4 * n + rows,
-            end: 4 * n + rows + table_words,
+            tiles: 4 * n + rows,
+            blocks: 4 * n + rows + tile_words,
+            end: 4 * n + rows + tile_words + table_words,
         };
         let host = &mut self.host;
         host.clear();
+        host.resize(lay.tiles, 0);
+        let mut t = 0usize;
+        for s in seqs {
+            push_flash_tiles(host, t, s.tokens.len());
+            t += s.tokens.len();
+        }
+        debug_assert_eq!(host.len(), lay.blocks);
         host.resize(lay.end, 0);
         let (mut t, mut row, mut tab) = (0usize, lay.rows, lay.blocks);
         for s in seqs {
@@ -928,6 +990,7 @@ impl Context for CudaContext {
         }
         self.lay = lay;
         (self.n, self.seqs, self.rows) = (n, seqs.len(), rows);
+        (self.tiles, self.singles) = (tile_words / 2, singles);
         self.ctx = ctx;
         Ok(())
     }

@@ -27,6 +27,9 @@ pub use backend::{CudaBackend, CudaContext};
 pub use device::{Gpu, GpuInfo};
 pub use error::CudaError;
 pub use model::GpuModel;
-pub use ops::{ArgmaxScratch, AttnDims, GpuDense, NormInput, PagedBatch, MAX_HEAD_DIM};
+pub use ops::{
+    push_flash_tiles, ArgmaxScratch, AttnDims, GpuDense, NormInput, PagedBatch, FLASH_TILE,
+    MAX_HEAD_DIM,
+};
 pub use sample::TopKScratch;
 pub use ternary::{GpuActivations, GpuTernaryMatrix, TernaryKernel};

@@ -32,6 +32,12 @@ const HEAD_WARPS: u32 = 8;
 const HEAD_TOKENS: u32 = 8;
 /// The largest head dimension the attention kernel handles (`MAX_HD` in forward.cu).
 pub const MAX_HEAD_DIM: usize = 256;
+/// Batch tokens (query rows) of a flash-attention tile (`FLASH_ROWS` in forward.cu).
+pub const FLASH_TILE: usize = 64;
+/// Key positions of a flash-attention chunk in shared memory (`FLASH_KEYS`).
+const FLASH_KEYS: usize = 64;
+/// Threads of a flash-attention block: 4 warps of 16 query rows (`FLASH_THREADS`).
+const FLASH_THREADS: u32 = 128;
 
 fn cfg(grid: (u32, u32), block: u32, smem: u32) -> LaunchConfig {
     LaunchConfig {
@@ -235,12 +241,39 @@ impl AttnDims {
         4 * (3 * self.head_dim + ctx + ATTN_PARTIALS * self.head_dim + ctx.div_ceil(KV_BLOCK))
     }
 
+    /// Dynamic shared memory of the flash attention kernel: keys and values of FLASH_KEYS
+    /// positions, double-buffered, as f16 rows padded by 8 halves.
+    pub(crate) fn flash_smem(&self) -> usize {
+        2 * 2 * FLASH_KEYS * (self.head_dim + 8) * 2
+    }
+
+    /// Whether [`Gpu::attention_flash`] takes these shapes: a head dimension of 64 or 128 (its
+    /// two instantiations) and its shared memory within the attention kernels' limit.
+    pub fn flash_fits(&self) -> bool {
+        self.check().is_ok()
+            && matches!(self.head_dim, 64 | 128)
+            && self.flash_smem() <= MAX_ATTN_SMEM
+    }
+
     /// The longest sequence the attention kernel takes (its scores live in shared memory).
     pub fn max_attn_len(&self) -> usize {
         let fixed = 3 * self.head_dim + ATTN_PARTIALS * self.head_dim;
         // ctx scores and ctx / KV_BLOCK block ids in what is left, whole blocks.
         let left = (MAX_ATTN_SMEM / 4).saturating_sub(fixed);
         left / (KV_BLOCK + 1) * KV_BLOCK
+    }
+}
+
+/// Appends the flash-attention tiles of a chunk of `len` consecutive batch tokens of one
+/// sequence, starting at batch token `first`: (first token, token count) pairs of at most
+/// [`FLASH_TILE`] tokens, cut from the chunk's start. A chunk of one token gets none (the
+/// per-query kernel runs it: see `skip_runs` of [`Gpu::attention`]).
+pub fn push_flash_tiles(tiles: &mut Vec<u32>, first: usize, len: usize) {
+    if len < 2 {
+        return;
+    }
+    for at in (0..len).step_by(FLASH_TILE) {
+        tiles.extend([(first + at) as u32, (len - at).min(FLASH_TILE) as u32]);
     }
 }
 
@@ -487,7 +520,9 @@ impl Gpu {
     /// Causal attention of `tokens` query rows (the q part of stacked q | k | v rows) over the
     /// paged f16 caches, token t seeing positions `0..=batch.pos[t]` of its own sequence;
     /// `out` is `[token][q_dim]`. `ctx` bounds every `pos[t] + 1` (the kernel keeps that
-    /// many scores in shared memory).
+    /// many scores in shared memory). With `skip_runs`, only the tokens without a neighbour
+    /// of the same table offset (`batch.table[t +- 1]`) are computed, the others' rows of
+    /// `out` are left as they are: those are [`Self::attention_flash`]'s.
     #[allow(clippy::too_many_arguments)]
     pub fn attention(
         &self,
@@ -499,6 +534,7 @@ impl Gpu {
         k_cache: &CudaSlice<u16>,
         v_cache: &CudaSlice<u16>,
         out: &mut CudaViewMut<'_, f32>,
+        skip_runs: bool,
     ) -> Result<()> {
         dims.check()?;
         batch.check(tokens)?;
@@ -522,6 +558,7 @@ impl Gpu {
             i32_of(ctx, "context")?,
         );
         let scale = 1.0 / (dims.head_dim as f32).sqrt();
+        let skip = i32::from(skip_runs);
         let mut l = self.stream.launch_builder(&f);
         l.arg(qkv)
             .arg(&stride)
@@ -535,11 +572,93 @@ impl Gpu {
             .arg(k_cache)
             .arg(v_cache)
             .arg(&scale)
-            .arg(out);
+            .arg(out)
+            .arg(&skip);
         let grid = (dims.heads as u32, tokens as u32);
         // SAFETY: arguments match the kernel; shared memory holds q, ctx scores and the warps'
         // partial outputs; buffers checked above; positions checked by the caller.
         unsafe { l.launch(cfg(grid, ATTN_THREADS, smem as u32)) }?;
+        Ok(())
+    }
+
+    /// [`Self::attention`] of the tokens in `tiles` on the tensor cores (f16 q and softmax
+    /// weights, f32 sums: agrees with the per-query kernel to rounding, not bit for bit).
+    /// `tiles` holds (first token, token count) pairs as [`push_flash_tiles`] makes them: a
+    /// tile's tokens belong to one sequence, at consecutive positions. Each tile's rows of
+    /// `out` are written, no other. A row's result depends on its own q and position only,
+    /// not on how its sequence was cut into tiles nor on the rest of the batch.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_flash(
+        &self,
+        qkv: &CudaView<'_, f32>,
+        tokens: usize,
+        dims: AttnDims,
+        batch: &PagedBatch<'_>,
+        tiles: &CudaView<'_, u32>,
+        k_cache: &CudaSlice<u16>,
+        v_cache: &CudaSlice<u16>,
+        out: &mut CudaViewMut<'_, f32>,
+    ) -> Result<()> {
+        dims.check()?;
+        batch.check(tokens)?;
+        if !dims.flash_fits() {
+            return Err(CudaError::Unsupported(format!(
+                "flash attention with head dimension {} (the kernel takes 64 and 128)",
+                dims.head_dim
+            )));
+        }
+        if qkv.len() < tokens * dims.qkv_dim()
+            || out.len() < tokens * dims.q_dim()
+            || k_cache.len() != v_cache.len()
+        {
+            return Err(shape(format!(
+                "flash attention: buffers too small for {tokens} tokens"
+            )));
+        }
+        let ntiles = tiles.len() / 2;
+        if !tiles.len().is_multiple_of(2) || ntiles > 65535 {
+            return Err(shape(format!(
+                "flash attention: {} tile words (pairs, at most 65535)",
+                tiles.len()
+            )));
+        }
+        if ntiles == 0 {
+            return Ok(());
+        }
+        let name = if dims.head_dim == 64 {
+            "attention_flash_hd64"
+        } else {
+            "attention_flash_hd128"
+        };
+        let smem = dims.flash_smem();
+        let f = self.kernels.function(FORWARD, name)?;
+        if smem > 48 * 1024 {
+            f.set_attribute(
+                cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                smem as i32,
+            )?;
+        }
+        let stride = dims.qkv_dim() as i32;
+        let (nh, nkv) = (dims.heads as i32, dims.kv_heads as i32);
+        let scale = 1.0 / (dims.head_dim as f32).sqrt();
+        let mut l = self.stream.launch_builder(&f);
+        l.arg(qkv)
+            .arg(&stride)
+            .arg(&nh)
+            .arg(&nkv)
+            .arg(batch.pos)
+            .arg(batch.table)
+            .arg(batch.blocks)
+            .arg(tiles)
+            .arg(k_cache)
+            .arg(v_cache)
+            .arg(&scale)
+            .arg(out);
+        let grid = (dims.heads as u32, ntiles as u32);
+        // SAFETY: arguments match the kernel; shared memory holds the double-buffered key and
+        // value chunks; buffers checked above; the tiles' tokens, positions and block tables
+        // checked by the caller.
+        unsafe { l.launch(cfg(grid, FLASH_THREADS, smem as u32)) }?;
         Ok(())
     }
 
