@@ -42,6 +42,14 @@ __device__ __forceinline__ void cp_async4(void* dst, const void* src) {
                  : "memory");
 }
 
+// 16 bytes from global to shared, of which only the first `n` are read (the rest zero-filled):
+// the last chunk of a buffer whose length is not a multiple of 16.
+__device__ __forceinline__ void cp_async16_n(void* dst, const void* src, u32 n) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src),
+                 "r"(n)
+                 : "memory");
+}
+
 __device__ __forceinline__ void cp_async_commit() {
     asm volatile("cp.async.commit_group;\n" ::: "memory");
 }
@@ -50,4 +58,16 @@ __device__ __forceinline__ void cp_async_commit() {
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+// c += A . B on int8 tensor cores, exact in int32: m16n8k32, A row-major (lane (gid, tig) =
+// (lane / 4, lane % 4) holds a0 / a2: row gid, k slots 4 tig..+3 / 16 + 4 tig..+3, a1 / a3:
+// the same slots of row gid + 8), B column-major (b0 / b1: column gid, the k slots of a0 /
+// a2), c[h]: row gid + 8 (h / 2), column 2 tig + h % 2.
+__device__ __forceinline__ void mma_s8(int* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }

@@ -1022,51 +1022,186 @@ extern "C" __global__ void gather_rows(const float* __restrict__ x, int cols,
     for (int k = threadIdx.x; k < cols; k += blockDim.x) dst[k] = src[k];
 }
 
-// Tokens per warp of the many-row heads: each weight row is read once for this many tokens.
+// Tokens per warp of the many-row Q6_K and dense heads: each weight row is read once for this
+// many tokens.
 #define HEAD_T 8
 
-// head_q8_0 for `ntok` tokens (their Q8_0 values `cols` apart, scales cols / 32 apart): grid
-// (rows / warps, ntok / HEAD_T). Each token's sum runs in head_q8_0's order, so a row's logits
-// are the same bits whichever kernel and batch computed them.
-extern "C" __global__ void head_q8_0_many(const unsigned char* __restrict__ w, int rows,
-                                          int cols, const i8* __restrict__ q,
-                                          const float* __restrict__ d, int ntok,
-                                          float* __restrict__ out) {
-    const int lane = threadIdx.x & 31;
-    const int r = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    if (r >= rows) return;
-    const int t0 = blockIdx.y * HEAD_T, nt = min(HEAD_T, ntok - t0);
-    const int nb = cols >> 5;
-    const u16* row = (const u16*)(w + (size_t)r * nb * 34);
-    float acc[HEAD_T];
+// head_q8_0 for `ntok` tokens (their Q8_0 values `cols` apart, scales cols / 32 apart) on int8
+// tensor cores: grid (ceil(rows / 16), ceil(ntok / 64)), 128 threads. A block stages its 16
+// head rows in shared memory once (they are contiguous and, the head being an allocation of its
+// own, start 16-byte aligned: 16 * 34 * nb bytes a tile) and its four warps each multiply them with 16 tokens, so the head is read from
+// memory once per 64 tokens. Staged, because Q8_0 blocks are 34 bytes, only 2-byte aligned: a
+// warp's fragment loads would each touch 8 rows' cache lines, and the four warps would repeat
+// them. Dynamic shared memory: 544 * nb + 16 bytes (the fragment reads run up to 3 bytes past
+// a row).
+//
+// One Q8_0 block is one k step of mma m16n8k32 (two n8 halves for a warp's 16 tokens): the
+// exact int32 block dot of every (row, token), which then goes through head_q8_0's float steps
+// in head_q8_0's order, so every logit has the one-row kernel's bits (batch invariance). There,
+// lane l folds blocks l, l + 32, ... into a chain acc = fmaf(dw * dx, s, acc) and warp_sum adds
+// the 32 chains by xor butterfly: after offsets 16 .. o, lane i < o holds
+// T(o, i) = T(2o, i) + T(2o, i + o), T(32, i) = chain i, and the logit is T(1, 0) - a binary
+// tree whose leaves, left to right, are the chains in bit-reversed order (0, 16, 8, 24, 4, ...).
+// Here a warp runs the chains one at a time in that order, each for its 16 x 16 outputs (8 a
+// lane, in its accumulator fragment's places), and adds finished subtrees as a binary counter
+// does: level j holds the left sibling (2^j leaves) until the right one is done. At most five
+// pending levels: 48 floats a lane, and a block sweeps its staged rows 32 times from shared
+// memory instead of keeping 32 chains per output.
+//
+// The mma sums over its 32 k slots in any order, so A and B only need the same assignment of
+// elements to slots: as in ternary.cu, lane (gid, tig) takes code bytes 8 tig .. 8 tig + 7 of a
+// block (a0 / a2 row gid, a1 / a3 row gid + 8; b0 / b1 its token's activations at the same
+// positions: one 8-byte load). Rows past `rows` read the tile's last row and tokens past `ntok`
+// the last token; neither is stored.
+#define HMMA_ROWS 16
+#define HMMA_TOKENS 64
+
+// v, which the compiler can no longer recompute from what it was computed from.
+__device__ __forceinline__ int opaque(int v) {
+    asm volatile("" : "+r"(v));
+    return v;
+}
+
+// Bytes o .. o + 7 of shared memory (o even) as two words, from aligned 32-bit loads.
+__device__ __forceinline__ void lds_u32x2_a2(const unsigned char* base, int o, u32* x, u32* y) {
+    const u32* p = (const u32*)(base + (o & ~3));
+    const u32 w0 = p[0], w1 = p[1], w2 = p[2];
+    const u32 sh = (o & 2) * 8;
+    *x = __funnelshift_r(w0, w1, sh);
+    *y = __funnelshift_r(w1, w2, sh);
+}
+
+// An mma accumulator started at I2F_BIAS ends as the bits of the float 1.5 * 2^23 + s, s the
+// block dot (below 32 * 128 * 128 = 2^19 in magnitude: the mantissa takes it without carry), so
+// that one exact fadd gives (float)s: the same bits as the conversion, which runs at a fraction
+// of the fadd rate (8 of them a lane per block).
+#define I2F_BIAS 0x4b400000
+__device__ __forceinline__ float biased_i2f(int c) {
+    return __fsub_rn(__int_as_float(c), 12582912.0f);
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+    head_q8_0_mma(const unsigned char* __restrict__ w, int rows, int cols,
+                  const i8* __restrict__ q, const float* __restrict__ d, int ntok,
+                  float* __restrict__ out) {
+    extern __shared__ __align__(16) unsigned char hs[];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int gid = lane >> 2, tig = lane & 3;
+    const int nb = cols >> 5, rb = nb * 34;
+    const int r0 = blockIdx.x * HMMA_ROWS, nr = min(HMMA_ROWS, rows - r0);
+    {
+        const int bytes = nr * rb;
+        const unsigned char* src = w + (size_t)r0 * rb;
+        for (int o = threadIdx.x * 16; o < bytes; o += blockDim.x * 16)
+            cp_async16_n(hs + o, src + o, (u32)min(16, bytes - o));
+        cp_async_commit();
+        cp_async_wait<0>();
+        __syncthreads();
+    }
+    const int t0 = blockIdx.y * HMMA_TOKENS + warp * 16;
+    if (t0 >= ntok) return;
+    // Where this lane's two rows start in the tile, and its tokens: B columns 8j + gid, output
+    // columns 8j + 2 tig (+1). Offsets (int32 is enough: head_rows checks tokens * cols), made
+    // opaque: NVVM otherwise recomputes them, mins and multiplies, inside the loop.
+    const int rlo = opaque(min(gid, nr - 1) * rb), rhi = opaque(min(gid + 8, nr - 1) * rb);
+    const int alo = opaque(rlo + 2 + 8 * tig), ahi = opaque(rhi + 2 + 8 * tig);
+    int qo[2], xo[2][2];
 #pragma unroll
-    for (int t = 0; t < HEAD_T; ++t) acc[t] = 0.0f;
-    for (int b = lane; b < nb; b += 32) {
-        const u16* blk = row + b * 17;
-        const float dw = h2f(__ldg(blk));
-        int wq[8];
+    for (int j = 0; j < 2; ++j) {
+        qo[j] = opaque(min(t0 + 8 * j + gid, ntok - 1) * cols + 8 * tig);
 #pragma unroll
-        for (int i = 0; i < 8; ++i)
-            wq[i] = (int)((u32)__ldg(blk + 1 + 2 * i) | ((u32)__ldg(blk + 2 + 2 * i) << 16));
+        for (int e = 0; e < 2; ++e)
+            xo[j][e] = opaque(min(t0 + 8 * j + 2 * tig + e, ntok - 1) * nb);
+    }
+    // v[4j + h]: row gid + 8 (h / 2), token t0 + 8j + 2 tig + h % 2; pend[l]: the parked
+    // subtree of level l.
+    float v[8], pend[5][8];
 #pragma unroll
-        for (int t = 0; t < HEAD_T; ++t) {
-            if (t < nt) {
-                const size_t tt = (size_t)(t0 + t);
-                const int* qx = (const int*)(q + tt * cols + b * 32);
-                int s = 0;
+    for (int i = 0; i < 8; ++i) v[i] = 0.0f;
 #pragma unroll
-                for (int i = 0; i < 8; ++i) s = __dp4a(wq[i], qx[i], s);
-                acc[t] = fmaf(__fmul_rn(dw, d[tt * nb + b]), (float)s, acc[t]);
+    for (int l = 0; l < 5; ++l)
+#pragma unroll
+        for (int i = 0; i < 8; ++i) pend[l][i] = 0.0f;
+    // The blocks in the chains' order: leaf k = 0, 1, ..., 31 is chain c = bitrev5(k), blocks
+    // c, c + 32, ... < nb (chain 0 is never empty; chains from nb on are). Each block's
+    // activations and scales are loaded while the one before it computes: from L2, they are
+    // the long wait of a step.
+    auto chain_of = [](int k) { return (int)(__brev((u32)k) >> 27); };
+    uint2 bq[2], bqn[2];
+    float xs[2][2], xsn[2][2];
+    // Block b's activations and scales into bqn / xsn.
+    auto load = [&](int b) {
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+            bqn[j] = __ldg((const uint2*)(q + (u32)(qo[j] + b * 32)));
+#pragma unroll
+            for (int e = 0; e < 2; ++e) xsn[j][e] = __ldg(d + (u32)(xo[j][e] + b));
+        }
+    };
+    int k = 0, b = 0;
+    if (nb > 0) load(0);
+    while (nb > 0) {
+        // The next block, and the leaf it starts (kn > k: chain k ends with b).
+        int kn = k, bn = b + 32;
+        if (bn >= nb) {
+            kn = k + 1;
+            while (kn < 32 && chain_of(kn) >= nb) ++kn;
+            bn = kn < 32 ? chain_of(kn) : -1;
+        }
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+            bq[j] = bqn[j];
+            xs[j][0] = xsn[j][0];
+            xs[j][1] = xsn[j][1];
+        }
+        if (bn >= 0) load(bn);
+
+        const int ob = b * 34;
+        u32 a0, a1, a2, a3;
+        lds_u32x2_a2(hs, alo + ob, &a0, &a2);
+        lds_u32x2_a2(hs, ahi + ob, &a1, &a3);
+        const float dlo = h2f(*(const u16*)(hs + rlo + ob));
+        const float dhi = h2f(*(const u16*)(hs + rhi + ob));
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+            int s[4] = {I2F_BIAS, I2F_BIAS, I2F_BIAS, I2F_BIAS};
+            mma_s8(s, a0, a1, a2, a3, bq[j].x, bq[j].y);
+            v[4 * j + 0] = fmaf(__fmul_rn(dlo, xs[j][0]), biased_i2f(s[0]), v[4 * j + 0]);
+            v[4 * j + 1] = fmaf(__fmul_rn(dlo, xs[j][1]), biased_i2f(s[1]), v[4 * j + 1]);
+            v[4 * j + 2] = fmaf(__fmul_rn(dhi, xs[j][0]), biased_i2f(s[2]), v[4 * j + 2]);
+            v[4 * j + 3] = fmaf(__fmul_rn(dhi, xs[j][1]), biased_i2f(s[3]), v[4 * j + 3]);
+        }
+
+        // Leaves k .. kn - 1 done (all but the first empty): each merges upwards while it
+        // completes a right sibling (bit l of k set), then parks at the first free level
+        // (no break: an unrolled loop with one keeps pend in local memory). After leaf 31, v
+        // is the root.
+        for (; k < kn; ++k) {
+            const int ones = __ffs(~k) - 1;
+#pragma unroll
+            for (int l = 0; l < 5; ++l) {
+                if (l < ones) {
+#pragma unroll
+                    for (int i = 0; i < 8; ++i) v[i] = __fadd_rn(pend[l][i], v[i]);
+                } else if (l == ones) {
+#pragma unroll
+                    for (int i = 0; i < 8; ++i) {
+                        pend[l][i] = v[i];
+                        v[i] = 0.0f;
+                    }
+                }
             }
         }
+        if (bn < 0) break;
+        b = bn;
     }
 #pragma unroll
-    for (int t = 0; t < HEAD_T; ++t) {
-        if (t < nt) {
-            const float a = warp_sum(acc[t]);
-            if (lane == 0) out[(size_t)(t0 + t) * rows + r] = a;
+    for (int j = 0; j < 2; ++j)
+#pragma unroll
+        for (int h = 0; h < 4; ++h) {
+            const int r = r0 + gid + 8 * (h >> 1), t = t0 + 8 * j + 2 * tig + (h & 1);
+            if (r < rows && t < ntok) out[(size_t)t * rows + r] = v[4 * j + h];
         }
-    }
 }
 
 // ---- Q6_K head: llama.cpp's default type for the output tensor of its TQ1_0 / TQ2_0 files ----

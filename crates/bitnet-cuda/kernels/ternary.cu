@@ -193,14 +193,6 @@ TERNARY_KERNEL(8)
 // half warp (4 tokens x 4 lanes) fall on 32 distinct banks.
 #define MMA_BSTRIDE 160
 
-__device__ __forceinline__ void mma_s8(int* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};\n"
-        : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
 template <int BM, int BN, int WGM, int WGN, int KSPLIT, int STAGES>
 __device__ __forceinline__ void ternary_mma(const unsigned char* __restrict__ w, int rows,
                                             int row_bytes, const i8* __restrict__ q, int tokens,

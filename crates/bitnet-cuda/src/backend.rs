@@ -77,7 +77,7 @@ const FORWARD_KERNELS: [&str; 24] = [
     "quantize_q8_0",
     "head_q8_0",
     "head_dense",
-    "head_q8_0_many",
+    "head_q8_0_mma",
     "quantize_q8_k",
     "head_q6_k",
     "head_q6_k_many",

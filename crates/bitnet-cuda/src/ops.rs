@@ -28,8 +28,15 @@ pub(crate) const DECODE_ATTN_THREADS: u32 = 1024;
 const ATTN_PARTIALS: usize = 32;
 /// Head rows per block (a warp each).
 const HEAD_WARPS: u32 = 8;
-/// Tokens per warp of the many-row head kernels (`HEAD_T` in forward.cu).
+/// Tokens per warp of the many-row Q6_K and dense head kernels (`HEAD_T` in forward.cu).
 const HEAD_TOKENS: u32 = 8;
+/// Head rows and tokens per block of the Q8_0 tensor-core head (`HMMA_ROWS`, `HMMA_TOKENS` in
+/// forward.cu; 4 warps of 16 tokens each).
+const HMMA_ROWS: usize = 16;
+const HMMA_TOKENS: usize = 64;
+/// The Q8_0 tensor-core head stages a block's 16 rows in shared memory: up to this much
+/// (12,032 columns); wider heads run the one-token kernel token by token.
+const MAX_HMMA_SMEM: usize = 200 * 1024;
 /// The largest head dimension the attention kernel handles (`MAX_HD` in forward.cu).
 pub const MAX_HEAD_DIM: usize = 256;
 /// Batch tokens (query rows) of a flash-attention tile (`FLASH_ROWS` in forward.cu).
@@ -878,10 +885,11 @@ impl Gpu {
     }
 
     /// [`Self::head`] for `tokens` rows of `x` (`m.cols()` floats each) into `tokens` rows of
-    /// `m.rows()` logits, reading each head row once per 8 tokens. Every row's logits are the
-    /// same bits as [`Self::head`] of that row alone (the same sums in the same order), so a
-    /// sequence's logits do not depend on the batch around it. `q8` / `d8` hold `tokens * cols`
-    /// and `tokens * cols / 32` values for a Q8_0 head (`/ 256` is enough for a Q6_K head).
+    /// `m.rows()` logits. A Q8_0 head runs on int8 tensor cores and reads each head row once
+    /// per 64 tokens (Q6_K and float heads: once per 8). Every row's logits are the same bits as
+    /// [`Self::head`] of that row alone (the same sums in the same order), so a sequence's logits
+    /// do not depend on the batch around it. `q8` / `d8` hold `tokens * cols` and
+    /// `tokens * cols / 32` values for a Q8_0 head (`/ 256` is enough for a Q6_K head).
     pub fn head_rows(
         &self,
         m: &GpuDense,
@@ -909,16 +917,38 @@ impl Gpu {
             )));
         }
         let (rows, cols, ntok) = (m.rows as i32, m.cols as i32, i32_of(tokens, "tokens")?);
+        let hmma_smem = 544 * (m.cols / 32) + 16;
+        if m.ty == DenseType::Q8_0 && hmma_smem > MAX_HMMA_SMEM {
+            for t in 0..tokens {
+                let mut out = logits.slice_mut(t * m.rows..(t + 1) * m.rows);
+                self.head(m, &x.slice(t * m.cols..(t + 1) * m.cols), q8, d8, &mut out)?;
+            }
+            return Ok(());
+        }
         let grid = (
             (m.rows as u32).div_ceil(HEAD_WARPS),
             (tokens as u32).div_ceil(HEAD_TOKENS),
         );
         if self.quantize_head_input(m, x, tokens, q8, d8)? {
-            let name = match m.ty {
-                DenseType::Q6_K => "head_q6_k_many",
-                _ => "head_q8_0_many",
+            let (name, grid, threads, smem) = match m.ty {
+                DenseType::Q6_K => ("head_q6_k_many", grid, 32 * HEAD_WARPS, 0),
+                _ => (
+                    "head_q8_0_mma",
+                    (
+                        m.rows.div_ceil(HMMA_ROWS) as u32,
+                        tokens.div_ceil(HMMA_TOKENS) as u32,
+                    ),
+                    (HMMA_TOKENS / 16 * 32) as u32,
+                    hmma_smem,
+                ),
             };
             let f = self.kernels.function(FORWARD, name)?;
+            if smem > 48 * 1024 {
+                f.set_attribute(
+                    cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    smem as i32,
+                )?;
+            }
             let mut l = self.stream.launch_builder(&f);
             l.arg(&m.data)
                 .arg(&rows)
@@ -927,8 +957,10 @@ impl Gpu {
                 .arg(&*d8)
                 .arg(&ntok)
                 .arg(logits);
-            // SAFETY: arguments match; a warp per row and token tile inside the buffers (checked).
-            unsafe { l.launch(cfg(grid, 32 * HEAD_WARPS, 0)) }?;
+            // SAFETY: arguments match; every row and token tile inside the buffers (checked);
+            // the Q8_0 kernel's shared memory holds its 16 rows (and its fragment reads' 16
+            // bytes past them).
+            unsafe { l.launch(cfg(grid, threads, smem as u32)) }?;
         } else {
             let f = self.kernels.function(FORWARD, "head_dense_many")?;
             let ty = m.code();
