@@ -50,6 +50,16 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 
 const LOGIT_TOL: f32 = 0.15;
+/// Every position's logits of a prompt pass (`Logits::All`) against the CPU's: the prompt's
+/// attention runs on the flash kernel (f16 q and softmax weights; within 1e-3 of the exact
+/// kernel, `flash_attention_matches_per_query_attention`), which flips int8 activations at
+/// rounding boundaries somewhat more often than the float-order differences alone, and a flip
+/// moves logits by up to ~0.1 (the shared model's README: 0.096), so two in one row can pass
+/// LOGIT_TOL (0.153 and 0.162 seen on the H200, 2026-12-04). Held to two flips' worth at most,
+/// a mean that only a handful of flips can reach (a wrong kernel moves every logit), and the
+/// argmax wherever the CPU's lead is wider than twice the tolerance.
+const ROWS_TOL: f32 = 0.25;
+const ROWS_MEAN_TOL: f32 = 1e-2;
 const BATCH_TOL: f32 = 1e-4;
 const FLASH_TOL: f32 = 1e-2;
 
@@ -1015,11 +1025,31 @@ fn check_model(label: &str, path: &Path, want: Want) {
         let mut cs = engine.session(Some(128)).unwrap();
         let cpu_all = cs.eval(&p.ids, CpuLogits::All).unwrap();
         let da = max_abs_diff(&all, &cpu_all);
-        println!("{name}: all {} rows max |gpu - cpu| {da:.5}", p.ids.len());
-        assert!(
-            da <= LOGIT_TOL,
-            "{name}: Logits::All rows differ from the CPU's by {da}"
+        let mean = all
+            .iter()
+            .zip(&cpu_all)
+            .map(|(a, b)| (a - b).abs())
+            .sum::<f32>()
+            / all.len().max(1) as f32;
+        println!(
+            "{name}: all {} rows max |gpu - cpu| {da:.5}, mean {mean:.2e}",
+            p.ids.len()
         );
+        assert!(
+            da <= ROWS_TOL && mean <= ROWS_MEAN_TOL,
+            "{name}: Logits::All rows differ from the CPU's by {da} (mean {mean})"
+        );
+        for (r, (g, c)) in all.chunks(vocab).zip(cpu_all.chunks(vocab)).enumerate() {
+            let mut sorted = c.to_vec();
+            sorted.sort_unstable_by(|a, b| b.total_cmp(a));
+            if sorted.len() < 2 || sorted[0] - sorted[1] > 2.0 * ROWS_TOL {
+                assert_eq!(
+                    bitnet_backend::argmax(g),
+                    bitnet_backend::argmax(c),
+                    "{name}: row {r}'s argmax"
+                );
+            }
+        }
         assert!(
             same_bits(&all[all.len() - vocab..], &logits),
             "{name}: last of All"
@@ -1465,7 +1495,7 @@ fn kjv_top_k_through_the_context_equals_the_host_selection() {
                 repeat: 1.2,
                 presence: 0.3,
                 frequency: 0.1,
-                tokens: tokens[tokens.len() - 8..]
+                tokens: tokens[tokens.len().saturating_sub(8)..]
                     .iter()
                     .collect::<std::collections::BTreeSet<_>>()
                     .into_iter()
