@@ -507,9 +507,11 @@ extern "C" __global__ void attention(const float* __restrict__ qkv, int qkv_stri
 // ldmatrix reads fall in distinct banks), chunk c holding positions c * FLASH_KEYS.. of the
 // sequence; the loop runs to the position of the tile's last token.
 //
-// Q is rounded to f16 as it is (scaled scores are formed in f32: s * scale * log2(e), so the
-// softmax uses exp2f); P is rounded to f16 for the P V product. Online softmax per row: running
-// max m, running sum l (f32), O rescaled by exp2(m_old - m_new) whenever m grows.
+// Q and P (the softmax weights) go to the tensor cores as two f16 halves each (split_h2: the
+// f16 value and its rounding error), two mmas per product, so both keep nearly f32 precision;
+// K and V are the f16 cache. Scaled scores are formed in f32 (s * scale * log2(e), so the
+// softmax uses exp2f). Online softmax per row: running max m, running sum l (f32), O rescaled
+// by exp2(m_old - m_new) whenever m grows.
 //
 // A row's result depends on its own q and position only, never on the other rows of its tile:
 // the chunks are aligned to absolute positions, every row's arithmetic is a fixed sequence of
@@ -529,6 +531,16 @@ __device__ __forceinline__ u32 pack_h2(float lo, float hi) {
     // cvt's first source goes to the upper half.
     asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
     return r;
+}
+
+// Two floats as f16x2 pairs whose sum is each float to ~2^-22 relative (the rounding error of
+// `big` in `small`): the flash kernel multiplies both halves, so q and the softmax weights
+// keep nearly f32 precision on f16 tensor cores. f16 alone (~5e-4 relative) left the prompt's
+// logits ~2e-2 from the exact kernel's, enough to part greedy paths at near ties.
+__device__ __forceinline__ void split_h2(float a, float b, u32& big, u32& small) {
+    const u16 ha = f2h(a), hb = f2h(b);
+    big = (u32)ha | ((u32)hb << 16);
+    small = pack_h2(__fsub_rn(a, h2f(ha)), __fsub_rn(b, h2f(hb)));
 }
 
 __device__ __forceinline__ void ldsm_x4(u32 addr, u32& r0, u32& r1, u32& r2, u32& r3) {
@@ -625,7 +637,7 @@ __device__ __forceinline__ void attend_flash(const float* __restrict__ qkv, int 
         wlast = max(wlast, __shfl_xor_sync(0xffffffffu, wlast, sh));
 
     // Q as A fragments, HD / 16 steps of 16 dimensions.
-    u32 qa[HD / 16][4];
+    u32 qa[HD / 16][4], ql[HD / 16][4];
     {
         const float* q0 = qkv + (size_t)(t0 + r0) * qkv_stride + (size_t)h * HD + 2 * tq;
         const float* q1 = qkv + (size_t)(t0 + r1) * qkv_stride + (size_t)h * HD + 2 * tq;
@@ -641,10 +653,10 @@ __device__ __forceinline__ void attend_flash(const float* __restrict__ qkv, int 
                 x1 = *(const float2*)(q1 + 16 * kk);
                 x3 = *(const float2*)(q1 + 16 * kk + 8);
             }
-            qa[kk][0] = pack_h2(x0.x, x0.y);
-            qa[kk][1] = pack_h2(x1.x, x1.y);
-            qa[kk][2] = pack_h2(x2.x, x2.y);
-            qa[kk][3] = pack_h2(x3.x, x3.y);
+            split_h2(x0.x, x0.y, qa[kk][0], ql[kk][0]);
+            split_h2(x1.x, x1.y, qa[kk][1], ql[kk][1]);
+            split_h2(x2.x, x2.y, qa[kk][2], ql[kk][2]);
+            split_h2(x3.x, x3.y, qa[kk][3], ql[kk][3]);
         }
     }
 
@@ -683,6 +695,8 @@ __device__ __forceinline__ void attend_flash(const float* __restrict__ qkv, int 
                     ldsm_x4(kb + 2 * (16 * jp * LD + 16 * kk), b0, b1, b2, b3);
                     mma_16816(s[2 * jp], qa[kk], b0, b1);
                     mma_16816(s[2 * jp + 1], qa[kk], b2, b3);
+                    mma_16816(s[2 * jp], ql[kk], b0, b1);
+                    mma_16816(s[2 * jp + 1], ql[kk], b2, b3);
                 }
             }
             // Causal mask and scale; the chunk's max per row over the quad's 4 lanes.
@@ -733,16 +747,19 @@ __device__ __forceinline__ void attend_flash(const float* __restrict__ qkv, int 
             // O += P V: P's k-step kk (keys 16kk..16kk+15) is S's n-tiles 2kk and 2kk + 1.
 #pragma unroll
             for (int kk = 0; kk < FLASH_KEYS / 16; ++kk) {
-                const u32 pa[4] = {pack_h2(s[2 * kk][0], s[2 * kk][1]),
-                                   pack_h2(s[2 * kk][2], s[2 * kk][3]),
-                                   pack_h2(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                                   pack_h2(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+                u32 pa[4], pl[4];
+                split_h2(s[2 * kk][0], s[2 * kk][1], pa[0], pl[0]);
+                split_h2(s[2 * kk][2], s[2 * kk][3], pa[1], pl[1]);
+                split_h2(s[2 * kk + 1][0], s[2 * kk + 1][1], pa[2], pl[2]);
+                split_h2(s[2 * kk + 1][2], s[2 * kk + 1][3], pa[3], pl[3]);
 #pragma unroll
                 for (int jp = 0; jp < HD / 16; ++jp) {
                     u32 b0, b1, b2, b3;
                     ldsm_x4_t(vb + 2 * (16 * kk * LD + 16 * jp), b0, b1, b2, b3);
                     mma_16816(o[2 * jp], pa, b0, b1);
                     mma_16816(o[2 * jp + 1], pa, b2, b3);
+                    mma_16816(o[2 * jp], pl, b0, b1);
+                    mma_16816(o[2 * jp + 1], pl, b2, b3);
                 }
             }
         }

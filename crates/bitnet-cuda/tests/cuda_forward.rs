@@ -13,7 +13,8 @@
 //!   measures 0.096 for such flips), and both sides round K/V to f16: held to the README's 0.15
 //!   absolute, with the argmax and every greedy token exact;
 //! - flash attention (prompt chunks, tensor cores) against the per-query kernel: FLASH_TOL, as
-//!   it rounds q and the softmax weights to f16 and sums in another order; a prompt decoded one
+//!   it sums in another order and exponentiates pre-scaled scores with exp2 (q and the softmax
+//!   weights reach the f16 tensor cores as value + rounding-error pairs); a prompt decoded one
 //!   token a pass (per-query attention) against one pass (flash): LOGIT_TOL and the same
 //!   argmax; passes of several tokens against one pass: the same bits (a flash row depends on
 //!   its own q and position only);
@@ -63,7 +64,7 @@ const LOGIT_TOL: f32 = 0.15;
 const ROWS_TOL: f32 = 0.25;
 const ROWS_MEAN_TOL: f32 = 4e-2;
 const BATCH_TOL: f32 = 1e-4;
-const FLASH_TOL: f32 = 1e-2;
+const FLASH_TOL: f32 = 1e-3;
 
 fn kjv_dir() -> PathBuf {
     let shared = std::env::var_os("BITNET_SHARED_DIR")
@@ -557,11 +558,12 @@ impl DevBatch {
 /// layouts that exercise its edges: a long run from position 0, a run after cached positions
 /// (query tiles not aligned to key chunks), runs split 64 | 63 and 64 | 1, and sequences mixing
 /// runs with single tokens; GQA ratios 1 and 4, head dimensions 64 and 128, shuffled blocks.
-/// Run tokens agree within FLASH_TOL: the flash kernel rounds q and the softmax weights to f16
-/// (relative 2^-11 each) and sums in f32 in another order (the tensor cores', and an online
-/// softmax that rescales as the max grows), where the per-query kernel keeps q in f32; a CPU
-/// emulation of those roundings on data like this (values up to 2) differs from the exact
-/// softmax by at most 5e-4 (it grows with the scores' and values' size: 5e-2 at 8). Single
+/// Run tokens agree within FLASH_TOL: the flash kernel feeds q and the softmax weights to the
+/// f16 tensor cores as value + rounding-error pairs (about 2^-22 relative) and sums in f32 in
+/// another order (the tensor cores', and an online softmax that rescales as the max grows,
+/// exp2 of pre-scaled scores), where the per-query kernel keeps q in f32; with plain f16 values
+/// (2^-11 each) it differed by up to 9e-4 on these data, and the whole model's prompt logits by
+/// ~2e-2 on average, enough to part a greedy path from the CPU's at a near tie. Single
 /// tokens stay on the per-query kernel (`skip_runs`): the same bits, and the flash kernel
 /// leaves their rows alone. Last, the same runs cut into other tiles give the same bits: a row
 /// depends on its own q and position only (what makes a prompt in passes of several tokens
