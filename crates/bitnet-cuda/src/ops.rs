@@ -285,6 +285,19 @@ pub fn push_flash_tiles(tiles: &mut Vec<u32>, first: usize, len: usize) {
 }
 
 impl Gpu {
+    /// Kernel `name` of forward.cu, allowed `smem` bytes of dynamic shared memory: beyond the
+    /// 48 KiB a launch gets by default, a kernel must opt in.
+    fn forward_kernel(&self, name: &str, smem: usize) -> Result<CudaFunction> {
+        let f = self.kernels.function(FORWARD, name)?;
+        if smem > 48 * 1024 {
+            f.set_attribute(
+                cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                smem as i32,
+            )?;
+        }
+        Ok(f)
+    }
+
     /// `x[t] = table row tokens[t]` for `tokens.len()` tokens, exactly as
     /// `DenseMatrix::row_f32`. The ids must be below `table.rows()` (the caller checks them:
     /// the kernel cannot report an error).
@@ -368,13 +381,7 @@ impl Gpu {
                 MAX_NORM_SMEM / 1024
             )));
         }
-        let f = self.kernels.function(FORWARD, "norm_quant")?;
-        if smem > 48 * 1024 {
-            f.set_attribute(
-                cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                smem as i32,
-            )?;
-        }
+        let f = self.forward_kernel("norm_quant", smem)?;
         let (in_stride, cols_i, mode) = (i32_of(in_stride, "stride")?, cols as i32, input.mode());
         let qstride = a.as_ref().map_or(0, |a| a.stride as i32);
         let mut l = self.stream.launch_builder(&f);
@@ -439,13 +446,7 @@ impl Gpu {
                 MAX_NORM_SMEM / 1024
             )));
         }
-        let f = self.kernels.function(FORWARD, "norm_ternary_t1")?;
-        if smem > 48 * 1024 {
-            f.set_attribute(
-                cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                smem as i32,
-            )?;
-        }
+        let f = self.forward_kernel("norm_ternary_t1", smem)?;
         let warps = NORM_THREADS / 32;
         let blocks = (w.rows as u32).div_ceil(warps).min(self.sm_count);
         let (cols_i, mode, rows, row_bytes, stride) = (
@@ -638,13 +639,7 @@ impl Gpu {
             "attention_flash_hd128"
         };
         let smem = dims.flash_smem();
-        let f = self.kernels.function(FORWARD, name)?;
-        if smem > 48 * 1024 {
-            f.set_attribute(
-                cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                smem as i32,
-            )?;
-        }
+        let f = self.forward_kernel(name, smem)?;
         let stride = dims.qkv_dim() as i32;
         let (nh, nkv) = (dims.heads as i32, dims.kv_heads as i32);
         let scale = 1.0 / (dims.head_dim as f32).sqrt();
@@ -686,13 +681,7 @@ impl Gpu {
                 MAX_ATTN_SMEM / 1024
             )));
         }
-        let f = self.kernels.function(FORWARD, name)?;
-        if smem > 48 * 1024 {
-            f.set_attribute(
-                cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                smem as i32,
-            )?;
-        }
+        let f = self.forward_kernel(name, smem)?;
         Ok((f, smem))
     }
 
@@ -942,13 +931,7 @@ impl Gpu {
                     hmma_smem,
                 ),
             };
-            let f = self.kernels.function(FORWARD, name)?;
-            if smem > 48 * 1024 {
-                f.set_attribute(
-                    cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                    smem as i32,
-                )?;
-            }
+            let f = self.forward_kernel(name, smem)?;
             let mut l = self.stream.launch_builder(&f);
             l.arg(&m.data)
                 .arg(&rows)

@@ -275,26 +275,12 @@ impl Sampler {
         if p.repeat_penalty != 1.0 && p.repeat_last_n > 0 {
             let from = history.len().saturating_sub(p.repeat_last_n);
             for &id in &history[from..] {
-                by_id
-                    .entry(id)
-                    .or_insert(PenaltyToken {
-                        id,
-                        repeat: false,
-                        count: 0,
-                    })
-                    .repeat = true;
+                penalty_token(&mut by_id, id).repeat = true;
             }
         }
         if p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 {
             for &id in &history[generated.min(history.len())..] {
-                by_id
-                    .entry(id)
-                    .or_insert(PenaltyToken {
-                        id,
-                        repeat: false,
-                        count: 0,
-                    })
-                    .count += 1;
+                penalty_token(&mut by_id, id).count += 1;
             }
         }
         pen.tokens = by_id.into_values().collect();
@@ -302,6 +288,15 @@ impl Sampler {
         pen.tokens.sort_unstable_by_key(|t| t.id);
         pen
     }
+}
+
+/// `id`'s entry in `by_id`, not penalized yet when new.
+fn penalty_token(by_id: &mut HashMap<u32, PenaltyToken>, id: u32) -> &mut PenaltyToken {
+    by_id.entry(id).or_insert(PenaltyToken {
+        id,
+        repeat: false,
+        count: 0,
+    })
 }
 
 /// Length of the shortest prefix of `cand` (sorted, best first) whose weights reach `need`.
