@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! cargo build --release -p bitnet-cuda --example cuda_generate   # here; on the GPU machine:
-//! ./cuda_generate [MODEL.gguf] [--head f16,q8_0,q6_k] [--pp 512] [--tg 128] [--reps 3] [--batch 16,64]
+//! ./cuda_generate [MODEL.gguf] [--head f16,q8_0,q6_k] [--pp 512] [--tg 128] [--reps 3] [--batch 16,64] [--batched-only]
 //! ```
 //! Everything runs through the backend seam (`bitnet_backend::Context`), as the engine runs it.
 //! The prompt is timed with flash attention and again with the per-query attention kernel.
@@ -66,6 +66,7 @@ fn main() -> AnyResult<()> {
     let (mut model, mut head, mut pp, mut tg, mut reps) =
         (None::<String>, None::<String>, 512, 128, 3);
     let mut batches = vec![16usize, 64];
+    let mut batched_only = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut num = || -> AnyResult<usize> { Ok(args.next().ok_or("missing number")?.parse()?) };
@@ -83,6 +84,8 @@ fn main() -> AnyResult<()> {
                     .collect::<Result<_, _>>()?;
             }
             "--fixture-2b4t" => model = None,
+            // Only the batched greedy rows (e.g. under a profiler).
+            "--batched-only" => batched_only = true,
             other if !other.starts_with('-') => model = Some(other.to_string()),
             other => return Err(format!("unknown argument {other}").into()),
         }
@@ -119,6 +122,7 @@ fn main() -> AnyResult<()> {
             tg,
             reps,
             batches: &batches,
+            batched_only,
         };
         bench(&weights, model.as_deref(), load_s, &opts)?;
     }
@@ -130,6 +134,7 @@ struct Opts<'a> {
     tg: usize,
     reps: usize,
     batches: &'a [usize],
+    batched_only: bool,
 }
 
 fn one<'a>(tokens: &'a [u32], start: usize, blocks: &'a [u32]) -> SeqChunk<'a> {
@@ -189,13 +194,18 @@ fn bench(weights: &ModelWeights, model: Option<&str>, load_s: f64, o: &Opts) -> 
     }
 
     // Decode: tg tokens after a one-token prompt, as llama-bench's tgN.
-    for (graph, fused, persistent) in [
-        (false, true, false),
-        (true, false, false),
-        (true, true, false),
-        (false, true, true),
-        (true, true, true),
-    ] {
+    let single: &[(bool, bool, bool)] = if o.batched_only {
+        &[]
+    } else {
+        &[
+            (false, true, false),
+            (true, false, false),
+            (true, true, false),
+            (false, true, true),
+            (true, true, true),
+        ]
+    };
+    for &(graph, fused, persistent) in single {
         let mut cx = backend.context(per_seq, KvType::F16, 1)?;
         cx.set_graph(graph);
         cx.set_fused(fused);
@@ -278,7 +288,11 @@ fn bench(weights: &ModelWeights, model: Option<&str>, load_s: f64, o: &Opts) -> 
 
     // Sampled decode (the default sampler: temperature 0.8, top-k 40, top-p 0.95, min-p
     // 0.05): candidates selected on the GPU against whole rows of logits sampled on the host.
-    for &b in std::iter::once(&1).chain(o.batches) {
+    let sampled: &[usize] = if o.batched_only { &[] } else { o.batches };
+    for &b in std::iter::once(&1)
+        .filter(|_| !o.batched_only)
+        .chain(sampled)
+    {
         for on_gpu in [false, true] {
             let mut cx = backend.context(b * per_seq, KvType::F16, b)?;
             let tables: Vec<Vec<u32>> = (0..b)
