@@ -13,8 +13,9 @@ const WARPS: u32 = 4;
 const TILES: [usize; 4] = [8, 4, 2, 1];
 /// Threads per token of the quantization kernel.
 const QUANT_THREADS: u32 = 256;
-/// At one token, `Auto` runs the skinny tensor-core kernel on matrices of this many rows or
-/// more and the `dp4a` kernel below (measured on an H200: docs/cuda.md).
+/// `Auto`'s split by matrix size (measured on an H200: docs/cuda.md): at one token the skinny
+/// tensor-core kernel runs on matrices of this many rows or more and the `dp4a` kernel below;
+/// at 33-64 tokens the skinny kernel runs below it and 64 x 32 tiles from it on.
 const SKINNY_MIN_ROWS: usize = 8192;
 
 /// A ternary matrix resident on the GPU, in the I2_S row layout of [`TernaryMatrix`] (its
@@ -232,14 +233,20 @@ impl TernaryKernel {
     /// The kernel `Auto` runs for `tokens` tokens times `rows` rows: the fastest per token
     /// count in `cuda_bench` on an H200 (docs/cuda.md, all 2B4T matrices per step), and at one
     /// token per matrix size in `ncu` (the skinny kernel wins on gate/up, 13824 rows, and loses
-    /// on the others, whose few blocks each stream long rows).
+    /// on the others, whose few blocks each stream long rows). From 33 to 128 tokens (many
+    /// sequences decoding together), per matrix in `ncu` and per step in `cuda_generate
+    /// --batched-only` (H200, 2026-12-04): at 33-64 the skinny kernel's four times as many
+    /// blocks win on the matrices of few rows (o and down 29 against 33 us, q/k/v 16 against
+    /// 20 at 64 tokens) and lose on gate/up (49 against 30); at 65-128 64 x 32 tiles beat
+    /// 64 x 64 with a k split (80 sequences 14,074 against 10,166 t/s, 128: 18,857 against
+    /// 18,344).
     fn resolve(self, tokens: usize, rows: usize) -> TernaryKernel {
         match self {
             TernaryKernel::Auto => match tokens {
                 1 if rows < SKINNY_MIN_ROWS => TernaryKernel::Dp4a,
                 0..=32 => TernaryKernel::MmaSkinny,
-                33..=64 => TernaryKernel::Mma64x32,
-                65..=128 => TernaryKernel::Mma64x64K2,
+                33..=64 if rows < SKINNY_MIN_ROWS => TernaryKernel::MmaSkinny,
+                33..=128 => TernaryKernel::Mma64x32,
                 _ => TernaryKernel::Mma64x64,
             },
             forced => forced,
