@@ -137,6 +137,13 @@ struct Opts<'a> {
     batched_only: bool,
 }
 
+/// Block tables of `b` sequences of `per_seq` blocks each, side by side in one cache.
+fn seq_tables(b: usize, per_seq: usize) -> Vec<Vec<u32>> {
+    (0..b)
+        .map(|s| (0..per_seq).map(|i| (s * per_seq + i) as u32).collect())
+        .collect()
+}
+
 fn one<'a>(tokens: &'a [u32], start: usize, blocks: &'a [u32]) -> SeqChunk<'a> {
     SeqChunk {
         tokens,
@@ -257,9 +264,7 @@ fn bench(weights: &ModelWeights, model: Option<&str>, load_s: f64, o: &Opts) -> 
     // Batched decode: B sequences, one token each per step, each over its own blocks.
     for &b in o.batches {
         let mut cx = backend.context(b * per_seq, KvType::F16, b)?;
-        let tables: Vec<Vec<u32>> = (0..b)
-            .map(|s| (0..per_seq).map(|i| (s * per_seq + i) as u32).collect())
-            .collect();
+        let tables = seq_tables(b, per_seq);
         let mut best = f64::MAX;
         for rep in 0..=reps {
             let firsts: Vec<[u32; 1]> =
@@ -295,9 +300,7 @@ fn bench(weights: &ModelWeights, model: Option<&str>, load_s: f64, o: &Opts) -> 
     {
         for on_gpu in [false, true] {
             let mut cx = backend.context(b * per_seq, KvType::F16, b)?;
-            let tables: Vec<Vec<u32>> = (0..b)
-                .map(|s| (0..per_seq).map(|i| (s * per_seq + i) as u32).collect())
-                .collect();
+            let tables = seq_tables(b, per_seq);
             let mut best = f64::MAX;
             for rep in 0..=reps {
                 let mut samplers: Vec<Sampler> = (0..b)

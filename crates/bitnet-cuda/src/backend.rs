@@ -23,9 +23,9 @@
 //! q and position only, head sums per row in one order, the fused decode kernels bit-identical
 //! to the separate ones), so a sequence's logits do not depend on the sequences batched with
 //! it (tested in `tests/cuda_forward.rs`). A token's attention does depend on whether its
-//! chunk has one token (per-query kernel) or more (flash, f16 q and weights): decoding a prompt
-//! one token a pass agrees with one pass to rounding, not bit for bit, while passes of two or
-//! more tokens each give one pass's bits.
+//! chunk has one token (per-query kernel) or more (flash: tensor cores, another summation
+//! order): decoding a prompt one token a pass agrees with one pass to rounding, not bit for
+//! bit, while passes of two or more tokens each give one pass's bits.
 
 use crate::compile::{FORWARD, TERNARY};
 use crate::decode::PersistentStep;
@@ -40,7 +40,7 @@ use bitnet_backend::{
     run_layers, Backend, BackendError, Context, Device, KvType, Logits, SeqChunk, KV_BLOCK,
 };
 use bitnet_models::{Activation, ModelWeights};
-use cudarc::driver::{CudaGraph, CudaSlice, CudaView, DevicePtrMut};
+use cudarc::driver::{CudaGraph, CudaSlice, CudaView};
 use std::sync::Arc;
 
 type Result<T> = std::result::Result<T, BackendError>;
@@ -977,16 +977,10 @@ impl Context for CudaContext {
         self.ensure(n, rows, lay.end.max(lay.blocks + ctx / KV_BLOCK))
             .map_err(dev)?;
         if lay.end > 0 {
-            let stream = &self.gpu.stream;
-            let (dst, _record) = self.meta.device_ptr_mut(stream);
-            // SAFETY: `meta` holds lay.end words (ensured above). A copy from pageable memory
-            // returns once the source is staged, so `host` may change afterwards, and the
-            // kernels queued after it on this stream see the data; cudarc's `memcpy_htod`
-            // would also wait for the copy to land, a stall in front of every decode step.
-            unsafe {
-                cudarc::driver::result::memcpy_htod_async(dst, &self.host[..], stream.cu_stream())
-            }
-            .map_err(dev)?;
+            // `meta` holds lay.end words (ensured above).
+            self.gpu
+                .copy_in_async(&mut self.meta, &self.host)
+                .map_err(dev)?;
         }
         self.lay = lay;
         (self.n, self.seqs, self.rows) = (n, seqs.len(), rows);

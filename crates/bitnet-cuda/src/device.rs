@@ -3,7 +3,7 @@
 
 use crate::compile::KernelCache;
 use crate::error::{CudaError, Result};
-use cudarc::driver::{CudaContext, CudaStream};
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtrMut};
 use std::sync::Arc;
 
 /// What `bitnet` prints about the GPU it runs on.
@@ -120,6 +120,25 @@ impl Gpu {
     /// (free, total) device memory in bytes.
     pub fn mem_info(&self) -> Result<(usize, usize)> {
         Ok(self.ctx.mem_get_info()?)
+    }
+
+    /// Copies `src` into the start of `dst` (which must hold `src.len()` values) on this GPU's
+    /// stream without waiting for it to land: a copy from pageable memory returns once the
+    /// source is staged, so `src` may change afterwards, and the kernels queued after it on
+    /// the stream see the data; cudarc's `memcpy_htod` would also wait for the copy, a stall in
+    /// front of every step.
+    pub(crate) fn copy_in_async(&self, dst: &mut CudaSlice<u32>, src: &[u32]) -> Result<()> {
+        if dst.len() < src.len() {
+            return Err(CudaError::Shape(format!(
+                "a copy of {} words into {}",
+                src.len(),
+                dst.len()
+            )));
+        }
+        let (ptr, _record) = dst.device_ptr_mut(&self.stream);
+        // SAFETY: `dst` holds at least src.len() words (checked); see above for the ordering.
+        unsafe { cudarc::driver::result::memcpy_htod_async(ptr, src, self.stream.cu_stream()) }?;
+        Ok(())
     }
 
     /// Waits for every kernel queued so far (timings, copies back).

@@ -46,7 +46,7 @@ const FLASH_KEYS: usize = 64;
 /// Threads of a flash-attention block: 4 warps of 16 query rows (`FLASH_THREADS`).
 const FLASH_THREADS: u32 = 128;
 
-fn cfg(grid: (u32, u32), block: u32, smem: u32) -> LaunchConfig {
+pub(crate) fn cfg(grid: (u32, u32), block: u32, smem: u32) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (grid.0, grid.1, 1),
         block_dim: (block, 1, 1),

@@ -8,8 +8,9 @@
 use crate::compile::FORWARD;
 use crate::device::Gpu;
 use crate::error::{CudaError, Result};
+use crate::ops::cfg;
 use bitnet_backend::sampling::{best_first, TopK, MAX_TOP_K};
-use cudarc::driver::{CudaSlice, CudaViewMut, DevicePtrMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, CudaViewMut, PushKernelArg};
 
 /// Threads of a selection block (one block per row).
 const TOP_K_THREADS: u32 = 1024;
@@ -92,15 +93,7 @@ impl Gpu {
             s.ids = self.stream.alloc_zeros(total.next_power_of_two())?;
             s.vals = self.stream.alloc_zeros(total.next_power_of_two())?;
         }
-        {
-            let (dst, _record) = s.meta.device_ptr_mut(&self.stream);
-            // SAFETY: `meta` holds at least h.len() words (grown above); a copy from pageable
-            // memory returns once the source is staged, and the kernels queued after it on
-            // this stream see the data.
-            unsafe {
-                cudarc::driver::result::memcpy_htod_async(dst, &h[..], self.stream.cu_stream())
-            }?;
-        }
+        self.copy_in_async(&mut s.meta, h)?;
         let (stride_i, vocab_i, rows_i) = (stride as i64, vocab as i32, r as i32);
         if entries > 0 {
             let f = self.kernels.function(FORWARD, "penalize_logits")?;
@@ -112,11 +105,7 @@ impl Gpu {
                 .arg(&s.meta)
                 .arg(&rows_i)
                 .arg(&n);
-            let cfg = LaunchConfig {
-                grid_dim: ((entries as u32).div_ceil(256), 1, 1),
-                block_dim: (256, 1, 1),
-                shared_mem_bytes: 0,
-            };
+            let cfg = cfg(((entries as u32).div_ceil(256), 1), 256, 0);
             // SAFETY: arguments match the kernel; entries' rows and ids are checked there
             // against `rows` and `vocab`, and r rows of `stride` logits exist (checked above).
             unsafe { l.launch(cfg) }?;
@@ -130,11 +119,7 @@ impl Gpu {
             .arg(&rows_i)
             .arg(&mut s.ids)
             .arg(&mut s.vals);
-        let cfg = LaunchConfig {
-            grid_dim: (r as u32, 1, 1),
-            block_dim: (TOP_K_THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = cfg((r as u32, 1), TOP_K_THREADS, 0);
         // SAFETY: arguments match the kernel; row i writes ids / vals[offset_i .. offset_i +
         // k_i), inside the `total` entries allocated above.
         unsafe { l.launch(cfg) }?;

@@ -435,7 +435,8 @@ impl Session {
         sampler: &Sampler,
         gen_start: usize,
     ) -> Result<Next> {
-        let request = if sampler.params().is_plain_greedy() {
+        let greedy = sampler.params().is_plain_greedy();
+        let request = if greedy {
             None
         } else {
             // Penalties look at the context as it will be when the pick is made.
@@ -443,8 +444,8 @@ impl Session {
             sampler.top_k_request(&history, gen_start, sampled_vocab)
         };
         let pick = match &request {
-            _ if sampler.params().is_plain_greedy() => Pick::Greedy(sampled_vocab),
             Some(req) => Pick::TopK(sampled_vocab, req),
+            None if greedy => Pick::Greedy(sampled_vocab),
             None => Pick::Row,
         };
         let (mut logits, picked) = self.eval_inner(tokens, Logits::Last, pick)?;
