@@ -193,13 +193,48 @@ TERNARY_KERNEL(8)
 // half warp (4 tokens x 4 lanes) fall on 32 distinct banks.
 #define MMA_BSTRIDE 160
 
-template <int BM, int BN, int WGM, int WGN, int KSPLIT, int STAGES>
+// The epilogue of every ternary kernel: the exact integer dot less the activations' sum (the
+// codes are t + 1), scaled as on the CPU, stored or added to what `out` holds.
+__device__ __forceinline__ void ternary_store(float* __restrict__ out, int rows, int r, int t,
+                                              int acc, const int* __restrict__ sums,
+                                              const float* __restrict__ scales,
+                                              const float* __restrict__ wscale, int accumulate) {
+    const float y = __fmul_rn(__fdiv_rn((float)(acc - sums[t]), scales[t]), wscale[r]);
+    float* o = out + (size_t)t * rows + r;
+    *o = accumulate ? __fadd_rn(*o, y) : y;
+}
+
+#if __CUDA_ARCH__ >= 900
+// K split across the CS blocks of a thread-block cluster (Hopper), for batches whose row x
+// token tiles are too few to keep every SM busy: a 64-sequence decode step's o and down are
+// 40 tiles of 64 x 64 for 132 SMs, and a block, one or two warps per scheduler, spends most
+// cycles waiting on its own instructions' latencies. Each block of the cluster runs a 1/CS
+// slice of K, leaves its exact int32 partial tile in its shared memory, and after a cluster
+// barrier block c adds slice c of every block's tile (ld.shared::cluster) and runs the
+// epilogue for it. Integer sums: the unsplit kernel's bits, whatever the split.
+__device__ __forceinline__ void cluster_sync() {
+    asm volatile("barrier.cluster.arrive.release.aligned;\n"
+                 "barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+}
+
+// Word `i` of the int array at `base` (shared memory) in the cluster's block `rank`.
+__device__ __forceinline__ int ld_cluster(const int* base, int i, u32 rank) {
+    u32 remote;
+    asm("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(smem_u32(base + i)), "r"(rank));
+    int v;
+    asm volatile("ld.shared::cluster.s32 %0, [%1];" : "=r"(v) : "r"(remote) : "memory");
+    return v;
+}
+#endif
+
+template <int BM, int BN, int WGM, int WGN, int KSPLIT, int STAGES, int CS>
 __device__ __forceinline__ void ternary_mma(const unsigned char* __restrict__ w, int rows,
                                             int row_bytes, const i8* __restrict__ q, int tokens,
                                             int stride, const int* __restrict__ sums,
                                             const float* __restrict__ scales,
                                             const float* __restrict__ wscale,
                                             float* __restrict__ out, int accumulate) {
+    static_assert(CS == 1 || KSPLIT == 1, "a K split across blocks, or across warps");
     constexpr int THREADS = 32 * WGM * WGN * KSPLIT;
     constexpr int WM = BM / WGM, WN = BN / WGN;
     constexpr int MT = WM / 16, NT = WN / 8;
@@ -210,7 +245,13 @@ __device__ __forceinline__ void ternary_mma(const unsigned char* __restrict__ w,
     const int wmn = warp % (WGM * WGN), ks = warp / (WGM * WGN);
     const int wm = wmn % WGM, wn = wmn / WGM;
     const int r0 = blockIdx.x * BM, t0 = blockIdx.y * BN;
-    const int kblocks = row_bytes >> 5;
+    // This block's share of the I2_S blocks along K (all of them unless K is split across the
+    // blocks of a cluster: CS > 1, grid z = CS, see cluster_sync).
+    const int kper = ((row_bytes >> 5) + CS - 1) / CS;
+    const int kfirst = blockIdx.z * kper;
+    const int kblocks = max(0, min(row_bytes >> 5, kfirst + kper) - kfirst);
+    w += kfirst * 32;
+    q += kfirst * 128;
 
     auto load = [&](int stage, int kb) {
         unsigned char* as = smem + stage * STAGE;
@@ -308,6 +349,36 @@ __device__ __forceinline__ void ternary_mma(const unsigned char* __restrict__ w,
         }
     }
 
+#if __CUDA_ARCH__ >= 900
+    if constexpr (CS > 1) {
+        // Every warp is past its last shared-memory read (the wait above, then this barrier),
+        // so the pipeline buffers take the partial tile: [token][row] of the block's tile.
+        static_assert(BM * BN * 4 <= STAGES * STAGE, "partial tile");
+        int* tile = (int*)smem;
+        __syncthreads();
+#pragma unroll
+        for (int i = 0; i < MT; ++i)
+#pragma unroll
+            for (int j = 0; j < NT; ++j)
+#pragma unroll
+                for (int h = 0; h < 4; ++h)
+                    tile[(wn * WN + 8 * j + 2 * tig + (h & 1)) * BM + wm * WM + 16 * i + gid +
+                         8 * (h >> 1)] = acc[i][j][h];
+        cluster_sync();
+        constexpr int PART = BM * BN / CS;
+        for (int e = blockIdx.z * PART + tid; e < (int)(blockIdx.z + 1) * PART; e += THREADS) {
+            const int r = r0 + e % BM, t = t0 + e / BM;
+            int v = 0;
+#pragma unroll
+            for (int c = 0; c < CS; ++c) v += ld_cluster(tile, e, c);
+            if (r < rows && t < tokens)
+                ternary_store(out, rows, r, t, v, sums, scales, wscale, accumulate);
+        }
+        // No block may leave while another still reads its shared memory.
+        cluster_sync();
+        return;
+    }
+#endif
     // Accumulator h of fragment (i, j): row gid (+8 for h >= 2), token 2 tig (+1 for odd h).
 #pragma unroll
     for (int i = 0; i < MT; ++i)
@@ -317,27 +388,35 @@ __device__ __forceinline__ void ternary_mma(const unsigned char* __restrict__ w,
             for (int h = 0; h < 4; ++h) {
                 const int r = r0 + wm * WM + 16 * i + gid + 8 * (h >> 1);
                 const int t = t0 + wn * WN + 8 * j + 2 * tig + (h & 1);
-                if (r < rows && t < tokens) {
-                    const int exact = acc[i][j][h] - sums[t];
-                    const float y = __fmul_rn(__fdiv_rn((float)exact, scales[t]), wscale[r]);
-                    float* o = out + (size_t)t * rows + r;
-                    *o = accumulate ? __fadd_rn(*o, y) : y;
-                }
+                if (r < rows && t < tokens)
+                    ternary_store(out, rows, r, t, acc[i][j][h], sums, scales, wscale, accumulate);
             }
 }
 
-// Grid (ceil(rows / BM), ceil(tokens / BN)), 32 * WGM * WGN * KSPLIT threads.
-#define TERNARY_MMA_KERNEL(NAME, BM, BN, WGM, WGN, KSPLIT, STAGES)                             \
-    extern "C" __global__ void __launch_bounds__(32 * WGM * WGN * KSPLIT) NAME(                \
+// Grid (ceil(rows / BM), ceil(tokens / BN), CS), 32 * WGM * WGN * KSPLIT threads; CS > 1: a
+// cluster of CS blocks along z splits K (Hopper on).
+#define TERNARY_MMA_KERNEL(NAME, BM, BN, WGM, WGN, KSPLIT, STAGES, CS, ATTR)                   \
+    extern "C" __global__ void __launch_bounds__(32 * WGM * WGN * KSPLIT) ATTR NAME(           \
         const unsigned char* __restrict__ w, int rows, int row_bytes, const i8* __restrict__ q, \
         int tokens, int stride, const int* __restrict__ sums, const float* __restrict__ scales, \
         const float* __restrict__ wscale, float* __restrict__ out, int accumulate) {           \
-        ternary_mma<BM, BN, WGM, WGN, KSPLIT, STAGES>(w, rows, row_bytes, q, tokens, stride,   \
-                                                      sums, scales, wscale, out, accumulate);  \
+        ternary_mma<BM, BN, WGM, WGN, KSPLIT, STAGES, CS>(w, rows, row_bytes, q, tokens, stride, \
+                                                          sums, scales, wscale, out,           \
+                                                          accumulate);                         \
     }
-TERNARY_MMA_KERNEL(ternary_mma_64x32, 64, 32, 2, 2, 1, 4)
-TERNARY_MMA_KERNEL(ternary_mma_64x64, 64, 64, 2, 2, 1, 3)
-TERNARY_MMA_KERNEL(ternary_mma_64x64k2, 64, 64, 2, 2, 2, 3)
+TERNARY_MMA_KERNEL(ternary_mma_64x32, 64, 32, 2, 2, 1, 4, 1, )
+TERNARY_MMA_KERNEL(ternary_mma_64x64, 64, 64, 2, 2, 1, 3, 1, )
+TERNARY_MMA_KERNEL(ternary_mma_64x64k2, 64, 64, 2, 2, 2, 3, 1, )
+TERNARY_MMA_KERNEL(ternary_mma_128x16, 128, 16, 4, 1, 1, 4, 1, )
+#if __CUDA_ARCH__ >= 900
+#define TERNARY_MMA_SPLITS(NAME, BM, BN, WGM, WGN, STAGES)                                     \
+    TERNARY_MMA_KERNEL(NAME##_s2, BM, BN, WGM, WGN, 1, STAGES, 2, __cluster_dims__(1, 1, 2))   \
+    TERNARY_MMA_KERNEL(NAME##_s4, BM, BN, WGM, WGN, 1, STAGES, 4, __cluster_dims__(1, 1, 4))   \
+    TERNARY_MMA_KERNEL(NAME##_s8, BM, BN, WGM, WGN, 1, STAGES, 8, __cluster_dims__(1, 1, 8))
+TERNARY_MMA_SPLITS(ternary_mma_64x32, 64, 32, 2, 2, 4)
+TERNARY_MMA_SPLITS(ternary_mma_64x64, 64, 64, 2, 2, 3)
+TERNARY_MMA_SPLITS(ternary_mma_128x16, 128, 16, 4, 1, 4)
+#endif
 
 // Few tokens (a batch of decode steps): the tiled kernel above has a block per 64 rows, too
 // few blocks and too few weight bytes in flight per block to approach the memory bandwidth

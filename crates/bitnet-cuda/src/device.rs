@@ -24,6 +24,8 @@ pub struct Gpu {
     /// Shared by every stream of the GPU ([`Gpu::with_new_stream`]): kernels compile once.
     pub(crate) kernels: Arc<KernelCache>,
     pub(crate) ternary_kernel: crate::ternary::TernaryKernel,
+    /// Blocks per SM the K split of the tensor-core kernels aims for (0: none).
+    pub(crate) split_k: u32,
     /// Streaming multiprocessors: the fused decode matmul runs a block per SM at most.
     pub(crate) sm_count: u32,
     info: GpuInfo,
@@ -93,6 +95,12 @@ impl Gpu {
                 Ok(v) => v.parse()?,
                 Err(_) => Default::default(),
             },
+            split_k: match std::env::var("BITNET_CUDA_SPLIT_K") {
+                Ok(v) => v.parse().map_err(|_| {
+                    CudaError::Unsupported(format!("BITNET_CUDA_SPLIT_K={v:?}: blocks per SM"))
+                })?,
+                Err(_) => crate::ternary::SPLIT_BLOCKS_PER_SM,
+            },
             sm_count: u32::try_from(sm_count).unwrap_or(1).max(1),
             info,
         })
@@ -108,6 +116,7 @@ impl Gpu {
             stream: self.ctx.new_stream()?,
             kernels: self.kernels.clone(),
             ternary_kernel: self.ternary_kernel,
+            split_k: self.split_k,
             sm_count: self.sm_count,
             info: self.info.clone(),
         })

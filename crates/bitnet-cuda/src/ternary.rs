@@ -17,6 +17,13 @@ const QUANT_THREADS: u32 = 256;
 /// tensor-core kernel runs on matrices of this many rows or more and the `dp4a` kernel below;
 /// at 33-64 tokens the skinny kernel runs below it and 64 x 32 tiles from it on.
 const SKINNY_MIN_ROWS: usize = 8192;
+/// The K split of the tensor-core kernels (Hopper on: the blocks of a thread-block cluster
+/// each take a slice of K and add their partial sums through distributed shared memory, see
+/// `cluster_sync` in ternary.cu): K is cut in 2, 4 or 8 until a matmul has this many blocks
+/// per SM by default ([`Gpu::set_split_k`]), each slice keeping at least
+/// [`SPLIT_MIN_KBLOCKS`] I2_S blocks (128 weights).
+pub(crate) const SPLIT_BLOCKS_PER_SM: u32 = 4;
+const SPLIT_MIN_KBLOCKS: usize = 2;
 
 /// A ternary matrix resident on the GPU, in the I2_S row layout of [`TernaryMatrix`] (its
 /// 32-bit words are dp4a operands as they are: see `kernels/ternary.cu`), with a scale per
@@ -190,10 +197,12 @@ pub enum TernaryKernel {
     Mma64x64,
     /// 64 x 64 tiles, two warps per fragment tile splitting each block's k steps.
     Mma64x64K2,
+    /// Int8 tensor cores, tiles of 128 rows x 16 tokens.
+    Mma128x16,
 }
 
 impl TernaryKernel {
-    pub const ALL: [TernaryKernel; 7] = [
+    pub const ALL: [TernaryKernel; 8] = [
         TernaryKernel::Auto,
         TernaryKernel::Dp4a,
         TernaryKernel::Dp4aW32,
@@ -201,8 +210,9 @@ impl TernaryKernel {
         TernaryKernel::Mma64x32,
         TernaryKernel::Mma64x64,
         TernaryKernel::Mma64x64K2,
+        TernaryKernel::Mma128x16,
     ];
-    pub const NAMES: [&'static str; 7] = [
+    pub const NAMES: [&'static str; 8] = [
         "auto",
         "dp4a",
         "w32",
@@ -210,6 +220,7 @@ impl TernaryKernel {
         "mma64x32",
         "mma64x64",
         "mma64x64k2",
+        "mma128x16",
     ];
 
     pub fn name(self) -> &'static str {
@@ -217,15 +228,56 @@ impl TernaryKernel {
         Self::NAMES[i]
     }
 
-    /// The mma kernel's function name, rows and tokens per tile, threads per block.
-    fn mma(self, tokens: usize) -> Option<(&'static str, u32, u32, u32)> {
+    /// The mma kernel's tile: its function names unsplit and with K split in 2, 4 and 8
+    /// (none for kernels without a split), rows and tokens per tile, threads per block.
+    fn mma(self, tokens: usize) -> Option<MmaTile> {
+        let tile = |names, bm, bn, threads| {
+            Some(MmaTile {
+                names,
+                bm,
+                bn,
+                threads,
+            })
+        };
+        let one = |name| [name, "", "", ""];
         match self {
-            TernaryKernel::MmaSkinny if tokens <= 8 => Some(("ternary_mma_n1", 16, 8, 128)),
-            TernaryKernel::MmaSkinny if tokens <= 16 => Some(("ternary_mma_n2", 16, 16, 128)),
-            TernaryKernel::MmaSkinny => Some(("ternary_mma_n4", 16, 32, 128)),
-            TernaryKernel::Mma64x32 => Some(("ternary_mma_64x32", 64, 32, 128)),
-            TernaryKernel::Mma64x64 => Some(("ternary_mma_64x64", 64, 64, 128)),
-            TernaryKernel::Mma64x64K2 => Some(("ternary_mma_64x64k2", 64, 64, 256)),
+            TernaryKernel::MmaSkinny if tokens <= 8 => tile(one("ternary_mma_n1"), 16, 8, 128),
+            TernaryKernel::MmaSkinny if tokens <= 16 => tile(one("ternary_mma_n2"), 16, 16, 128),
+            TernaryKernel::MmaSkinny => tile(one("ternary_mma_n4"), 16, 32, 128),
+            TernaryKernel::Mma64x32 => tile(
+                [
+                    "ternary_mma_64x32",
+                    "ternary_mma_64x32_s2",
+                    "ternary_mma_64x32_s4",
+                    "ternary_mma_64x32_s8",
+                ],
+                64,
+                32,
+                128,
+            ),
+            TernaryKernel::Mma64x64 => tile(
+                [
+                    "ternary_mma_64x64",
+                    "ternary_mma_64x64_s2",
+                    "ternary_mma_64x64_s4",
+                    "ternary_mma_64x64_s8",
+                ],
+                64,
+                64,
+                128,
+            ),
+            TernaryKernel::Mma64x64K2 => tile(one("ternary_mma_64x64k2"), 64, 64, 256),
+            TernaryKernel::Mma128x16 => tile(
+                [
+                    "ternary_mma_128x16",
+                    "ternary_mma_128x16_s2",
+                    "ternary_mma_128x16_s4",
+                    "ternary_mma_128x16_s8",
+                ],
+                128,
+                16,
+                128,
+            ),
             _ => None,
         }
     }
@@ -254,6 +306,14 @@ impl TernaryKernel {
     }
 }
 
+/// A tensor-core kernel's tile (see [`TernaryKernel::mma`]).
+struct MmaTile {
+    names: [&'static str; 4],
+    bm: u32,
+    bn: u32,
+    threads: u32,
+}
+
 impl std::str::FromStr for TernaryKernel {
     type Err = CudaError;
     fn from_str(s: &str) -> Result<Self> {
@@ -274,6 +334,31 @@ impl Gpu {
     /// Chooses the ternary matmul kernel (tests and benchmarks; the default is `Auto`).
     pub fn set_ternary_kernel(&mut self, k: TernaryKernel) {
         self.ternary_kernel = k;
+    }
+
+    /// Sets how many blocks per SM the K split of the tensor-core kernels aims for (0: no
+    /// split; benchmarks, or `BITNET_CUDA_SPLIT_K`). Either way the results are the same bits.
+    pub fn set_split_k(&mut self, blocks_per_sm: u32) {
+        self.split_k = blocks_per_sm;
+    }
+
+    /// In how many pieces (1, 2, 4 or 8: the cluster sizes the kernels exist for) a
+    /// tensor-core matmul of `tiles` blocks cuts K (`kblocks` I2_S blocks): the fewest that
+    /// give the SMs [`SPLIT_BLOCKS_PER_SM`] blocks each, as far as every piece keeps
+    /// [`SPLIT_MIN_KBLOCKS`]. Thread-block clusters need compute capability 9.0.
+    fn k_splits(&self, tiles: u32, kblocks: usize) -> usize {
+        if self.info().compute_capability.0 < 9 {
+            return 1;
+        }
+        let want = self.split_k as usize * self.sm_count as usize;
+        let mut splits = 1;
+        while splits < 8
+            && tiles as usize * splits < want
+            && kblocks >= 2 * splits * SPLIT_MIN_KBLOCKS
+        {
+            splits *= 2;
+        }
+        splits
     }
 
     /// Quantizes `a.tokens()` rows of `a.cols()` floats (`x`, row-major) into `a`,
@@ -356,16 +441,22 @@ impl Gpu {
         let (rows, row_bytes, stride) = (w.rows as i32, w.row_bytes as i32, a.stride as i32);
         let accumulate = i32::from(accumulate);
         let kernel = self.ternary_kernel.resolve(a.tokens, w.rows);
-        if let Some((name, bm, bn, threads)) = kernel.mma(a.tokens) {
-            let f = self.kernels.function(TERNARY, name)?;
+        if let Some(tile) = kernel.mma(a.tokens) {
             let tokens = a.tokens as i32;
+            let tiles = (
+                (w.rows as u32).div_ceil(tile.bm),
+                (a.tokens as u32).div_ceil(tile.bn),
+            );
+            let mut splits = self.k_splits(tiles.0 * tiles.1, w.row_bytes / 32);
+            while tile.names[splits.trailing_zeros() as usize].is_empty() {
+                splits /= 2;
+            }
+            let f = self
+                .kernels
+                .function(TERNARY, tile.names[splits.trailing_zeros() as usize])?;
             let cfg = LaunchConfig {
-                grid_dim: (
-                    (w.rows as u32).div_ceil(bm),
-                    (a.tokens as u32).div_ceil(bn),
-                    1,
-                ),
-                block_dim: (threads, 1, 1),
+                grid_dim: (tiles.0, tiles.1, splits as u32),
+                block_dim: (tile.threads, 1, 1),
                 shared_mem_bytes: 0,
             };
             let mut launch = self.stream.launch_builder(&f);
@@ -383,7 +474,8 @@ impl Gpu {
                 .arg(&accumulate);
             // SAFETY: argument types match the kernel; it reads `tokens` activation rows and
             // `rows` weight rows (loads past either edge are clamped to the last one) and
-            // writes only `tokens * rows` outputs (all checked above).
+            // writes only `tokens * rows` outputs (all checked above); a split kernel's
+            // cluster is its grid's z extent.
             unsafe { launch.launch(cfg) }?;
             return Ok(());
         }
