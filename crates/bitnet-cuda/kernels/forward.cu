@@ -1228,8 +1228,8 @@ __device__ __forceinline__ void head_q8_0_mma_tile(const unsigned char* __restri
         }
     };
 
-    // v[4 (2 mt + j) + h]: row 16 mt + gid + 8 (h / 2), token t0 + 8j + 2 tig + h % 2. pend[l]:
-    // the parked subtree of level 3 + l.
+    // g, x, y [4 (2 mt + j) + h]: row 16 mt + gid + 8 (h / 2), token t0 + 8j + 2 tig + h % 2.
+    // pend[l]: the parked subtree of level 3 + l.
     float g[N], x[N], y[N], pend[3][N];
 #pragma unroll
     for (int l = 0; l < 3; ++l)
