@@ -1044,48 +1044,56 @@ extern "C" __global__ void gather_rows(const float* __restrict__ x, int cols,
 #define HEAD_T 8
 
 // head_q8_0 for `ntok` tokens (their Q8_0 values `cols` apart, scales cols / 32 apart) on int8
-// tensor cores: grid (ceil(rows / 16), ceil(ntok / 64)), 128 threads. A block stages its 16
-// head rows in shared memory once (they are contiguous and, the head being an allocation of its
-// own, start 16-byte aligned: 16 * 34 * nb bytes a tile) and its four warps each multiply them with 16 tokens, so the head is read from
-// memory once per 64 tokens. Staged, because Q8_0 blocks are 34 bytes, only 2-byte aligned: a
-// warp's fragment loads would each touch 8 rows' cache lines, and the four warps would repeat
-// them. Dynamic shared memory: 544 * nb + 16 bytes (the fragment reads run up to 3 bytes past
-// a row).
+// tensor cores: grid (ceil(rows / (16 MT)), ceil(ntok / 64)), 128 threads. A block stages its
+// 16 MT head rows in shared memory once (they are contiguous and, the head being an allocation
+// of its own, start 16-byte aligned: 544 MT nb bytes a tile) and its four warps each multiply
+// them with 16 tokens, so the head is read from memory once per 64 tokens. Staged, because Q8_0
+// blocks are 34 bytes, only 2-byte aligned: a warp's fragment loads would each touch 8 rows'
+// cache lines, and the four warps would repeat them. 32 rows a block (MT = 2) where two blocks
+// still fit an SM: every activation block a warp loads then feeds 4 mma instead of 2, and the
+// activations (64 x 2560 bytes and their scales for the 2B4T head, read by every block) cross
+// L2 half as often as with 16 rows, which cost more L2 traffic than the head itself. Dynamic
+// shared memory: the tile, 16 bytes (the fragment reads run up to 3 bytes past a row), then each
+// warp's activation ring (HMMA_STAGES x HMMA_SLOT bytes).
 //
-// One Q8_0 block is one k step of mma m16n8k32 (two n8 halves for a warp's 16 tokens): the
-// exact int32 block dot of every (row, token), which then goes through head_q8_0's float steps
-// in head_q8_0's order, so every logit has the one-row kernel's bits (batch invariance). There,
-// lane l folds blocks l, l + 32, ... into a chain acc = fmaf(dw * dx, s, acc) and warp_sum adds
-// the 32 chains by xor butterfly: after offsets 16 .. o, lane i < o holds
+// One Q8_0 block is one k step of mma m16n8k32 (MT x 2 of them for a warp's 16 MT rows and 16
+// tokens): the exact int32 block dot of every (row, token), which then goes through head_q8_0's
+// float steps in head_q8_0's order, so every logit has the one-row kernel's bits (batch
+// invariance). There, lane l folds blocks l, l + 32, ... into a chain acc = fmaf(dw * dx, s,
+// acc) and warp_sum adds the 32 chains by xor butterfly: after offsets 16 .. o, lane i < o holds
 // T(o, i) = T(2o, i) + T(2o, i + o), T(32, i) = chain i, and the logit is T(1, 0) - a binary
 // tree whose leaves, left to right, are the chains in bit-reversed order (0, 16, 8, 24, 4, ...).
-// Here a warp runs the chains one at a time in that order, each for its 16 x 16 outputs (8 a
-// lane, in its accumulator fragment's places), and adds finished subtrees as a binary counter
-// does: level j holds the left sibling (2^j leaves) until the right one is done. At most five
-// pending levels: 48 floats a lane, and a block sweeps its staged rows 32 times from shared
-// memory instead of keeping 32 chains per output.
+// Here a warp runs the chains one at a time in that order, each for its 16 MT x 16 outputs
+// (8 MT a lane, in its accumulator fragments' places), so only a few partial sums per output
+// wait (a block sweeps its staged rows 32 times from shared memory instead of keeping 32 chains
+// per output). Leaves 4m .. 4m + 3 are chains c, c + 16, c + 8, c + 24 (c = bitrev3(m)), whose
+// subtree T(8, c) the code spells out; the eight T(8, c) then merge as a binary counter does
+// (level j holds the left sibling until the right one is done), each level a fixed set of
+// registers: a per-leaf counter with a level index chosen at run time cost moves and predicated
+// adds on every leaf, about as much as the block's float work.
 //
 // The mma sums over its 32 k slots in any order, so A and B only need the same assignment of
 // elements to slots: as in ternary.cu, lane (gid, tig) takes code bytes 8 tig .. 8 tig + 7 of a
 // block (a0 / a2 row gid, a1 / a3 row gid + 8; b0 / b1 its token's activations at the same
-// positions: one 8-byte load). Rows past `rows` read the tile's last row and tokens past `ntok`
-// the last token; neither is stored.
-#define HMMA_ROWS 16
+// positions: one 8-byte load). Rows past `rows` are zeros in the tile and tokens past `ntok`
+// read the last token; neither is stored.
+//
+// A warp's activations (its 16 tokens' 32 code bytes and scale per block) reach it through a
+// ring in shared memory that cp.async fills HMMA_STAGES - 1 blocks ahead in the chains' order:
+// from L2, they were the long wait of every k step when loaded one block ahead into registers.
+// Each warp fills and reads its own ring (__syncwarp, no block barrier), so the ring's first
+// stages load while the tile does.
 #define HMMA_TOKENS 64
+#define HMMA_STAGES 8
+// A ring slot: 16 tokens x 32 code bytes, then their 16 scales, ordered so that lane (gid, tig)
+// reads its four (tokens 2 tig, 2 tig + 1, 8 + 2 tig, 9 + 2 tig) as one float4, then 64 spare
+// bytes.
+#define HMMA_SLOT 640
 
 // v, which the compiler can no longer recompute from what it was computed from.
 __device__ __forceinline__ int opaque(int v) {
     asm volatile("" : "+r"(v));
     return v;
-}
-
-// Bytes o .. o + 7 of shared memory (o even) as two words, from aligned 32-bit loads.
-__device__ __forceinline__ void lds_u32x2_a2(const unsigned char* base, int o, u32* x, u32* y) {
-    const u32* p = (const u32*)(base + (o & ~3));
-    const u32 w0 = p[0], w1 = p[1], w2 = p[2];
-    const u32 sh = (o & 2) * 8;
-    *x = __funnelshift_r(w0, w1, sh);
-    *y = __funnelshift_r(w1, w2, sh);
 }
 
 // An mma accumulator started at I2F_BIAS ends as the bits of the float 1.5 * 2^23 + s, s the
@@ -1097,128 +1105,191 @@ __device__ __forceinline__ float biased_i2f(int c) {
     return __fsub_rn(__int_as_float(c), 12582912.0f);
 }
 
-extern "C" __global__ void __launch_bounds__(128)
-    head_q8_0_mma(const unsigned char* __restrict__ w, int rows, int cols,
-                  const i8* __restrict__ q, const float* __restrict__ d, int ntok,
-                  float* __restrict__ out) {
+template <int MT>
+__device__ __forceinline__ void head_q8_0_mma_tile(const unsigned char* __restrict__ w, int rows,
+                                                   int cols, const i8* __restrict__ q,
+                                                   const float* __restrict__ d, int ntok,
+                                                   float* __restrict__ out) {
+    constexpr int R = 16 * MT, N = 8 * MT, S = HMMA_STAGES;
     extern __shared__ __align__(16) unsigned char hs[];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int gid = lane >> 2, tig = lane & 3;
     const int nb = cols >> 5, rb = nb * 34;
-    const int r0 = blockIdx.x * HMMA_ROWS, nr = min(HMMA_ROWS, rows - r0);
+    const int r0 = blockIdx.x * R, nr = min(R, rows - r0);
+    const int t0 = blockIdx.y * HMMA_TOKENS + warp * 16;
+    const bool active = t0 < ntok;
     {
+        // The whole tile and its 16 bytes of slack, zero past the block's last row.
         const int bytes = nr * rb;
         const unsigned char* src = w + (size_t)r0 * rb;
-        for (int o = threadIdx.x * 16; o < bytes; o += blockDim.x * 16)
-            cp_async16_n(hs + o, src + o, (u32)min(16, bytes - o));
+        for (int o = threadIdx.x * 16; o < R * rb + 16; o += blockDim.x * 16) {
+            const int n = max(0, min(16, bytes - o));
+            cp_async16_n(hs + o, n > 0 ? src + o : src, (u32)n);
+        }
         cp_async_commit();
-        cp_async_wait<0>();
-        __syncthreads();
     }
-    const int t0 = blockIdx.y * HMMA_TOKENS + warp * 16;
-    if (t0 >= ntok) return;
-    // Where this lane's two rows start in the tile, and its tokens: B columns 8j + gid, output
-    // columns 8j + 2 tig (+1). Offsets (int32 is enough: head_rows checks tokens * cols), made
-    // opaque: NVVM otherwise recomputes them, mins and multiplies, inside the loop.
-    const int rlo = opaque(min(gid, nr - 1) * rb), rhi = opaque(min(gid + 8, nr - 1) * rb);
-    const int alo = opaque(rlo + 2 + 8 * tig), ahi = opaque(rhi + 2 + 8 * tig);
-    int qo[2], xo[2][2];
-#pragma unroll
-    for (int j = 0; j < 2; ++j) {
-        qo[j] = opaque(min(t0 + 8 * j + gid, ntok - 1) * cols + 8 * tig);
-#pragma unroll
-        for (int e = 0; e < 2; ++e)
-            xo[j][e] = opaque(min(t0 + 8 * j + 2 * tig + e, ntok - 1) * nb);
-    }
-    // v[4j + h]: row gid + 8 (h / 2), token t0 + 8j + 2 tig + h % 2; pend[l]: the parked
-    // subtree of level l.
-    float v[8], pend[5][8];
-#pragma unroll
-    for (int i = 0; i < 8; ++i) v[i] = 0.0f;
-#pragma unroll
-    for (int l = 0; l < 5; ++l)
-#pragma unroll
-        for (int i = 0; i < 8; ++i) pend[l][i] = 0.0f;
-    // The blocks in the chains' order: leaf k = 0, 1, ..., 31 is chain c = bitrev5(k), blocks
-    // c, c + 32, ... < nb (chain 0 is never empty; chains from nb on are). Each block's
-    // activations and scales are loaded while the one before it computes: from L2, they are
-    // the long wait of a step.
+    const unsigned char* ring = hs + R * rb + 16 + warp * (S * HMMA_SLOT);
+
+    // The ring's producer: lane l copies half of token l / 2's codes and token l % 16's scale
+    // (lanes from 16 on to a spare word of the slot: no branch) of block pb, then pb moves on in
+    // the chains' order (pk: its leaf; -1: all done). Every call commits a group, empty or not,
+    // so that stage i is always group i. Addresses precomputed and opaque: NVVM otherwise
+    // rebuilds them, shared window included, in every call.
+    const u32 ring_s = smem_u32(hs + R * rb + 16 + warp * (S * HMMA_SLOT));
+    const u32 qdst = (u32)opaque((int)ring_s + (lane >> 1) * 32 + (lane & 1) * 16);
+    const u32 ddst = (u32)opaque(
+        (int)ring_s +
+        (lane < 16 ? 512 + 4 * (((lane & 7) >> 1) * 4 + ((lane >> 3) & 1) * 2 + (lane & 1))
+                   : 512 + 64 + 4 * (lane & 15)));
+    const i8* qp = q + (u32)opaque(min(t0 + (lane >> 1), ntok - 1) * cols + (lane & 1) * 16);
+    const float* dp = d + (u32)opaque(min(t0 + (lane & 15), ntok - 1) * nb);
     auto chain_of = [](int k) { return (int)(__brev((u32)k) >> 27); };
-    uint2 bq[2], bqn[2];
-    float xs[2][2], xsn[2][2];
-    // Block b's activations and scales into bqn / xsn.
-    auto load = [&](int b) {
-#pragma unroll
-        for (int j = 0; j < 2; ++j) {
-            bqn[j] = __ldg((const uint2*)(q + (u32)(qo[j] + b * 32)));
-#pragma unroll
-            for (int e = 0; e < 2; ++e) xsn[j][e] = __ldg(d + (u32)(xo[j][e] + b));
+    int pk = 0, pb = nb > 0 ? 0 : -1;
+    auto produce = [&](int slot) {
+        if (pb >= 0) {
+            const u32 so = (u32)slot * HMMA_SLOT;
+            asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(qdst + so),
+                         "l"(qp + pb * 32)
+                         : "memory");
+            asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(ddst + so),
+                         "l"(dp + pb)
+                         : "memory");
+            pb += 32;
+            if (pb >= nb) {
+                do ++pk;
+                while (pk < 32 && chain_of(pk) >= nb);
+                pb = pk < 32 ? chain_of(pk) : -1;
+            }
         }
+        cp_async_commit();
     };
-    int k = 0, b = 0;
-    if (nb > 0) load(0);
-    while (nb > 0) {
-        // The next block, and the leaf it starts (kn > k: chain k ends with b).
-        int kn = k, bn = b + 32;
-        if (bn >= nb) {
-            kn = k + 1;
-            while (kn < 32 && chain_of(kn) >= nb) ++kn;
-            bn = kn < 32 ? chain_of(kn) : -1;
-        }
-#pragma unroll
-        for (int j = 0; j < 2; ++j) {
-            bq[j] = bqn[j];
-            xs[j][0] = xsn[j][0];
-            xs[j][1] = xsn[j][1];
-        }
-        if (bn >= 0) load(bn);
+    if (active) {
+        for (int i = 0; i < S - 1; ++i) produce(i);
+        cp_async_wait<S - 1>();  // the tile
+    } else {
+        cp_async_wait<0>();
+    }
+    __syncthreads();
+    if (!active) return;
 
-        const int ob = b * 34;
-        u32 a0, a1, a2, a3;
-        lds_u32x2_a2(hs, alo + ob, &a0, &a2);
-        lds_u32x2_a2(hs, ahi + ob, &a1, &a3);
-        const float dlo = h2f(*(const u16*)(hs + rlo + ob));
-        const float dhi = h2f(*(const u16*)(hs + rhi + ob));
+    // This lane's A fragment bytes of block 0, and its rows' scale: the MT x 2 row halves lie
+    // 8 rb apart, a multiple of 4, so one alignment serves all. Offsets (int32 is enough:
+    // head_rows checks tokens * cols) made opaque: NVVM otherwise recomputes them in the loop.
+    const int rlo = opaque(gid * rb), alo = opaque(gid * rb + 2 + 8 * tig);
+    // Row half h of the lane's fragment lies h * 8 rb further: warp-uniform, so not opaque (a
+    // uniform register folds it into the loads' addresses).
+    int dlt[2 * MT];
 #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-            int s[4] = {I2F_BIAS, I2F_BIAS, I2F_BIAS, I2F_BIAS};
-            mma_s8(s, a0, a1, a2, a3, bq[j].x, bq[j].y);
-            v[4 * j + 0] = fmaf(__fmul_rn(dlo, xs[j][0]), biased_i2f(s[0]), v[4 * j + 0]);
-            v[4 * j + 1] = fmaf(__fmul_rn(dlo, xs[j][1]), biased_i2f(s[1]), v[4 * j + 1]);
-            v[4 * j + 2] = fmaf(__fmul_rn(dhi, xs[j][0]), biased_i2f(s[2]), v[4 * j + 2]);
-            v[4 * j + 3] = fmaf(__fmul_rn(dhi, xs[j][1]), biased_i2f(s[3]), v[4 * j + 3]);
-        }
+    for (int h = 0; h < 2 * MT; ++h) dlt[h] = h * 8 * rb;
+    const int bo = 16 * tig, bx = 8 * tig + gid * 32;
 
-        // Leaves k .. kn - 1 done (all but the first empty): each merges upwards while it
-        // completes a right sibling (bit l of k set), then parks at the first free level
-        // (no break: an unrolled loop with one keeps pend in local memory). After leaf 31, v
-        // is the root.
-        for (; k < kn; ++k) {
-            const int ones = __ffs(~k) - 1;
+    // Chain c of the outputs into acc; the ring's stage st is the next block.
+    int st = 0;
+    auto chain = [&](int c, float(&acc)[N]) {
 #pragma unroll
-            for (int l = 0; l < 5; ++l) {
-                if (l < ones) {
+        for (int i = 0; i < N; ++i) acc[i] = 0.0f;
+        for (int b = c; b < nb; b += 32) {
+            cp_async_wait<S - 2>();
+            __syncwarp();
+            produce((st + S - 1) & (S - 1));
+            const unsigned char* sl = ring + (st & (S - 1)) * HMMA_SLOT;
+            ++st;
+            const uint2 bq0 = *(const uint2*)(sl + bx), bq1 = *(const uint2*)(sl + bx + 256);
+            const float4 dx = *(const float4*)(sl + 512 + bo);
+            const int ob = b * 34, o = alo + ob;
+            const unsigned char* pa = hs + (o & ~3);
+            const unsigned char* pd = hs + rlo + ob;
+            const u32 sh = (o & 2) * 8;
 #pragma unroll
-                    for (int i = 0; i < 8; ++i) v[i] = __fadd_rn(pend[l][i], v[i]);
-                } else if (l == ones) {
+            for (int mt = 0; mt < MT; ++mt) {
+                u32 a[4];
 #pragma unroll
-                    for (int i = 0; i < 8; ++i) {
-                        pend[l][i] = v[i];
-                        v[i] = 0.0f;
-                    }
+                for (int g = 0; g < 2; ++g) {
+                    const u32* p = (const u32*)(pa + dlt[2 * mt + g]);
+                    const u32 w0 = p[0], w1 = p[1], w2 = p[2];
+                    a[g] = __funnelshift_r(w0, w1, sh);
+                    a[g + 2] = __funnelshift_r(w1, w2, sh);
+                }
+                const float dlo = h2f(*(const u16*)(pd + dlt[2 * mt]));
+                const float dhi = h2f(*(const u16*)(pd + dlt[2 * mt + 1]));
+#pragma unroll
+                for (int j = 0; j < 2; ++j) {
+                    const uint2 bq = j ? bq1 : bq0;
+                    const float x0 = j ? dx.z : dx.x, x1 = j ? dx.w : dx.y;
+                    int s[4] = {I2F_BIAS, I2F_BIAS, I2F_BIAS, I2F_BIAS};
+                    mma_s8(s, a[0], a[1], a[2], a[3], bq.x, bq.y);
+                    float* v = acc + 4 * (2 * mt + j);
+                    v[0] = fmaf(__fmul_rn(dlo, x0), biased_i2f(s[0]), v[0]);
+                    v[1] = fmaf(__fmul_rn(dlo, x1), biased_i2f(s[1]), v[1]);
+                    v[2] = fmaf(__fmul_rn(dhi, x0), biased_i2f(s[2]), v[2]);
+                    v[3] = fmaf(__fmul_rn(dhi, x1), biased_i2f(s[3]), v[3]);
                 }
             }
         }
-        if (bn < 0) break;
-        b = bn;
+    };
+
+    // g, x, y [4 (2 mt + j) + h]: row 16 mt + gid + 8 (h / 2), token t0 + 8j + 2 tig + h % 2.
+    // pend[l]: the parked subtree of level 3 + l.
+    float g[N], x[N], y[N], pend[3][N];
+#pragma unroll
+    for (int l = 0; l < 3; ++l)
+#pragma unroll
+        for (int i = 0; i < N; ++i) pend[l][i] = 0.0f;
+    for (int m = 0; m < 8; ++m) {
+        const int c = (int)(__brev((u32)m) >> 29);
+        chain(c, x);
+        chain(c + 16, y);
+#pragma unroll
+        for (int i = 0; i < N; ++i) g[i] = __fadd_rn(x[i], y[i]);
+        chain(c + 8, x);
+        chain(c + 24, y);
+#pragma unroll
+        for (int i = 0; i < N; ++i) g[i] = __fadd_rn(g[i], __fadd_rn(x[i], y[i]));
+        // g = T(8, c): merge it up while it completes a right sibling (bit l of m set), then
+        // park it. After m = 7, g is the root.
+        const int ones = __ffs(~m) - 1;
+        if (ones == 0) {
+#pragma unroll
+            for (int i = 0; i < N; ++i) pend[0][i] = g[i];
+        } else if (ones == 1) {
+#pragma unroll
+            for (int i = 0; i < N; ++i) pend[1][i] = __fadd_rn(pend[0][i], g[i]);
+        } else if (ones == 2) {
+#pragma unroll
+            for (int i = 0; i < N; ++i)
+                pend[2][i] = __fadd_rn(pend[1][i], __fadd_rn(pend[0][i], g[i]));
+        } else {
+#pragma unroll
+            for (int i = 0; i < N; ++i)
+                g[i] = __fadd_rn(pend[2][i], __fadd_rn(pend[1][i], __fadd_rn(pend[0][i], g[i])));
+        }
     }
 #pragma unroll
-    for (int j = 0; j < 2; ++j)
+    for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-        for (int h = 0; h < 4; ++h) {
-            const int r = r0 + gid + 8 * (h >> 1), t = t0 + 8 * j + 2 * tig + (h & 1);
-            if (r < rows && t < ntok) out[(size_t)t * rows + r] = v[4 * j + h];
-        }
+        for (int j = 0; j < 2; ++j)
+#pragma unroll
+            for (int h = 0; h < 4; ++h) {
+                const int r = r0 + 16 * mt + gid + 8 * (h >> 1);
+                const int t = t0 + 8 * j + 2 * tig + (h & 1);
+                if (r < rows && t < ntok) out[(size_t)t * rows + r] = g[4 * (2 * mt + j) + h];
+            }
+}
+
+// 32 rows a block: where two blocks' shared memory fits an SM (up to 2,784 columns).
+extern "C" __global__ void __launch_bounds__(128)
+    head_q8_0_mma(const unsigned char* __restrict__ w, int rows, int cols,
+                  const i8* __restrict__ q, const float* __restrict__ d, int ntok,
+                  float* __restrict__ out) {
+    head_q8_0_mma_tile<2>(w, rows, cols, q, d, ntok, out);
+}
+
+// 16 rows a block, for wider heads.
+extern "C" __global__ void __launch_bounds__(128, 1)
+    head_q8_0_mma16(const unsigned char* __restrict__ w, int rows, int cols,
+                    const i8* __restrict__ q, const float* __restrict__ d, int ntok,
+                    float* __restrict__ out) {
+    head_q8_0_mma_tile<1>(w, rows, cols, q, d, ntok, out);
 }
 
 // ---- Q6_K head: llama.cpp's default type for the output tensor of its TQ1_0 / TQ2_0 files ----

@@ -30,12 +30,15 @@ const ATTN_PARTIALS: usize = 32;
 const HEAD_WARPS: u32 = 8;
 /// Tokens per warp of the many-row Q6_K and dense head kernels (`HEAD_T` in forward.cu).
 const HEAD_TOKENS: u32 = 8;
-/// Head rows and tokens per block of the Q8_0 tensor-core head (`HMMA_ROWS`, `HMMA_TOKENS` in
-/// forward.cu; 4 warps of 16 tokens each).
-const HMMA_ROWS: usize = 16;
+/// Tokens per block of the Q8_0 tensor-core head (`HMMA_TOKENS` in forward.cu; 4 warps of 16
+/// tokens each).
 const HMMA_TOKENS: usize = 64;
-/// The Q8_0 tensor-core head stages a block's 16 rows in shared memory: up to this much
-/// (12,032 columns); wider heads run the one-token kernel token by token.
+/// Each warp's activation ring of that head: `HMMA_STAGES` slots of `HMMA_SLOT` bytes.
+const HMMA_RING: usize = 4 * 8 * 640;
+/// Its 32-row kernel while two blocks still fit an SM (228 KB, 1 KB a block reserved; up to
+/// 2,784 columns), else the 16-row one up to `MAX_HMMA_SMEM` (10,816 columns); wider heads run
+/// the one-token kernel token by token.
+const HMMA32_SMEM: usize = 113 * 1024;
 const MAX_HMMA_SMEM: usize = 200 * 1024;
 /// The largest head dimension the attention kernel handles (`MAX_HD` in forward.cu).
 pub const MAX_HEAD_DIM: usize = 256;
@@ -906,8 +909,14 @@ impl Gpu {
             )));
         }
         let (rows, cols, ntok) = (m.rows as i32, m.cols as i32, i32_of(tokens, "tokens")?);
-        let hmma_smem = 544 * (m.cols / 32) + 16;
-        if m.ty == DenseType::Q8_0 && hmma_smem > MAX_HMMA_SMEM {
+        // The Q8_0 head's shared memory: its tile of rows, 16 bytes of slack, the rings.
+        let hmma_smem = |tile_rows: usize| tile_rows * 34 * (m.cols / 32) + 16 + HMMA_RING;
+        let (hmma_name, hmma_rows) = if hmma_smem(32) <= HMMA32_SMEM {
+            ("head_q8_0_mma", 32)
+        } else {
+            ("head_q8_0_mma16", 16)
+        };
+        if m.ty == DenseType::Q8_0 && hmma_smem(hmma_rows) > MAX_HMMA_SMEM {
             for t in 0..tokens {
                 let mut out = logits.slice_mut(t * m.rows..(t + 1) * m.rows);
                 self.head(m, &x.slice(t * m.cols..(t + 1) * m.cols), q8, d8, &mut out)?;
@@ -922,13 +931,13 @@ impl Gpu {
             let (name, grid, threads, smem) = match m.ty {
                 DenseType::Q6_K => ("head_q6_k_many", grid, 32 * HEAD_WARPS, 0),
                 _ => (
-                    "head_q8_0_mma",
+                    hmma_name,
                     (
-                        m.rows.div_ceil(HMMA_ROWS) as u32,
+                        m.rows.div_ceil(hmma_rows) as u32,
                         tokens.div_ceil(HMMA_TOKENS) as u32,
                     ),
                     (HMMA_TOKENS / 16 * 32) as u32,
-                    hmma_smem,
+                    hmma_smem(hmma_rows),
                 ),
             };
             let f = self.forward_kernel(name, smem)?;
@@ -941,8 +950,8 @@ impl Gpu {
                 .arg(&ntok)
                 .arg(logits);
             // SAFETY: arguments match; every row and token tile inside the buffers (checked);
-            // the Q8_0 kernel's shared memory holds its 16 rows (and its fragment reads' 16
-            // bytes past them).
+            // the Q8_0 kernel's shared memory holds its tile of rows (and its fragment reads'
+            // 16 bytes past them) and its warps' activation rings.
             unsafe { l.launch(cfg(grid, threads, smem as u32)) }?;
         } else {
             let f = self.kernels.function(FORWARD, "head_dense_many")?;

@@ -801,6 +801,7 @@ fn head_over_many_rows_equals_one_row_at_a_time() {
         (1001, 2560, 70),
         (33, 2560, 2),
         (17, 96, 5),
+        (37, 4096, 67),
         (20, 12_064, 3),
     ];
     for (rows, cols, tokens) in shapes {
