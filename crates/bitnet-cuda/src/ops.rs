@@ -13,7 +13,9 @@ use cudarc::driver::{CudaFunction, CudaSlice, CudaView, CudaViewMut, LaunchConfi
 /// A null device pointer for the kernels' optional outputs.
 const NULL: u64 = 0;
 /// Threads of a norm block (one block per token): as many as can be, since a decode step's
-/// norm is one block whose memory latency is split over them.
+/// norm is one block whose memory latency is split over them. Batches too: 256 threads each
+/// playing four of the 1024 (the same bits) took 13.8 us a norm at 64 tokens on the H200
+/// against 8.1 (`ncu`, 2026-12-04), each thread's loads one latency after another.
 const NORM_THREADS: u32 = 1024;
 /// Norm rows live in shared memory; beyond the 48 KiB a block gets by default the kernel is
 /// given more, up to this.

@@ -14,15 +14,14 @@ const TILES: [usize; 4] = [8, 4, 2, 1];
 /// Threads per token of the quantization kernel.
 const QUANT_THREADS: u32 = 256;
 /// `Auto`'s split by matrix size (measured on an H200: docs/cuda.md): at one token the skinny
-/// tensor-core kernel runs on matrices of this many rows or more and the `dp4a` kernel below;
-/// at 33-64 tokens the skinny kernel runs below it and 64 x 32 tiles from it on.
+/// tensor-core kernel runs on matrices of this many rows or more and the `dp4a` kernel below.
 const SKINNY_MIN_ROWS: usize = 8192;
 /// The K split of the tensor-core kernels (Hopper on: the blocks of a thread-block cluster
 /// each take a slice of K and add their partial sums through distributed shared memory, see
 /// `cluster_sync` in ternary.cu): K is cut in 2, 4 or 8 until a matmul has this many blocks
 /// per SM by default ([`Gpu::set_split_k`]), each slice keeping at least
 /// [`SPLIT_MIN_KBLOCKS`] I2_S blocks (128 weights).
-pub(crate) const SPLIT_BLOCKS_PER_SM: u32 = 4;
+pub(crate) const SPLIT_BLOCKS_PER_SM: u32 = 2;
 const SPLIT_MIN_KBLOCKS: usize = 2;
 
 /// A ternary matrix resident on the GPU, in the I2_S row layout of [`TernaryMatrix`] (its
@@ -283,22 +282,19 @@ impl TernaryKernel {
     }
 
     /// The kernel `Auto` runs for `tokens` tokens times `rows` rows: the fastest per token
-    /// count in `cuda_bench` on an H200 (docs/cuda.md, all 2B4T matrices per step), and at one
-    /// token per matrix size in `ncu` (the skinny kernel wins on gate/up, 13824 rows, and loses
-    /// on the others, whose few blocks each stream long rows). From 33 to 128 tokens (many
-    /// sequences decoding together), per matrix in `ncu` and per step in `cuda_generate
-    /// --batched-only` (H200, 2026-12-04): at 33-64 the skinny kernel's four times as many
-    /// blocks win on the matrices of few rows (o and down 29 against 33 us, q/k/v 16 against
-    /// 20 at 64 tokens) and lose on gate/up (49 against 30); at 65-128 64 x 32 tiles beat
-    /// 64 x 64 with a k split (80 sequences 14,074 against 10,166 t/s, 128: 18,857 against
-    /// 18,344).
+    /// count on an H200 (docs/cuda.md). One token: per matrix in `ncu`, the skinny kernel
+    /// wins on gate/up (13,824 rows) and loses on the others, whose few blocks each stream
+    /// long rows. From 9 tokens on, per step of all 2B4T matrices in `cuda_bench` with K split
+    /// across clusters (2026-12-04, microseconds a step, graph): 16 tokens 128 x 16 1,411
+    /// against the skinny kernel's 1,826; 32: 64 x 32 1,680 (128 x 16 1,664, 64 x 64 2,859);
+    /// 64: 64 x 64 2,083 (64 x 32 2,216, skinny 3,310); 128: 64 x 64 3,056 (64 x 32 3,315).
     fn resolve(self, tokens: usize, rows: usize) -> TernaryKernel {
         match self {
             TernaryKernel::Auto => match tokens {
                 1 if rows < SKINNY_MIN_ROWS => TernaryKernel::Dp4a,
-                0..=32 => TernaryKernel::MmaSkinny,
-                33..=64 if rows < SKINNY_MIN_ROWS => TernaryKernel::MmaSkinny,
-                33..=128 => TernaryKernel::Mma64x32,
+                0..=8 => TernaryKernel::MmaSkinny,
+                9..=16 => TernaryKernel::Mma128x16,
+                17..=32 => TernaryKernel::Mma64x32,
                 _ => TernaryKernel::Mma64x64,
             },
             forced => forced,

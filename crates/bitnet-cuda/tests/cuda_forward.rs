@@ -210,6 +210,60 @@ fn norm_quantize_matches_the_cpu() {
     }
 }
 
+/// A batch's norms give every token the bits it gets alone (batch invariance): the same floats,
+/// int8 values, scales and sums (exact).
+#[test]
+fn batched_norms_equal_one_token_at_a_time() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng(13);
+    for (input, cols, tokens) in [
+        (NormInput::Plain, 2560, 5),
+        (NormInput::Relu2Gate, 6912, 3),
+        (NormInput::SiluGate, 300, 4),
+        (NormInput::Plain, 1000, 2),
+        (NormInput::Plain, 20000, 2),
+    ] {
+        let width = if input == NormInput::Plain {
+            cols
+        } else {
+            2 * cols
+        };
+        let x = rng.vec(tokens * width, 3.0);
+        let w: Vec<f32> = (0..cols).map(|_| 1.0 + 0.5 * rng.f32()).collect();
+        let wd = gpu.stream().clone_htod(&w).unwrap();
+        let run = |rows: &[f32], n: usize| {
+            let xd = gpu.stream().clone_htod(rows).unwrap();
+            let mut y = gpu.stream().alloc_zeros::<f32>(n * cols).unwrap();
+            let mut a = GpuActivations::new(&gpu, n, cols).unwrap();
+            gpu.norm_quantize(
+                &xd.slice(..),
+                n,
+                width,
+                input,
+                &wd,
+                1e-5,
+                Some(&mut y.slice_mut(..)),
+                Some(&mut a),
+            )
+            .unwrap();
+            (
+                gpu.stream().clone_dtoh(&y).unwrap(),
+                a.to_host(&gpu).unwrap(),
+            )
+        };
+        let (y, (q, scales, sums)) = run(&x, tokens);
+        let stride = cols.div_ceil(128) * 128;
+        for t in 0..tokens {
+            let (y1, (q1, s1, m1)) = run(&x[t * width..][..width], 1);
+            let what = format!("{input:?} {cols} token {t} of {tokens}");
+            assert!(same_bits(&y1, &y[t * cols..][..cols]), "{what}: floats");
+            assert_eq!(q1, q[t * stride..][..stride], "{what}: int8");
+            assert_eq!(s1[0].to_bits(), scales[t].to_bits(), "{what}: scale");
+            assert_eq!(m1[0], sums[t], "{what}: sum");
+        }
+    }
+}
+
 /// The fused decode kernel (norm + quantization + ternary matmul in one) gives the same bits
 /// as norm_quantize then ternary_matmul, whose int8 values the test above checks against the
 /// CPU quantizer (and cuda_ops the matmul against the CPU's).
