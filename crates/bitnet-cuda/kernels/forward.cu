@@ -1072,6 +1072,13 @@ extern "C" __global__ void gather_rows(const float* __restrict__ x, int cols,
 // registers: a per-leaf counter with a level index chosen at run time cost moves and predicated
 // adds on every leaf, about as much as the block's float work.
 //
+// FEW (batches of up to 16 tokens, the _few kernels): a block takes 16 tokens and warp w only
+// leaves 8w .. 8w + 7, the subtree T(4, bitrev2(w)): chains congruent to bitrev2(w) mod 4, so
+// its ring carries every fourth block. Warps 1 - 3 leave their subtrees in shared memory and
+// warp 0 adds the tree's top two levels, (S0 + S1) + (S2 + S3). With 16 tokens a warp, such a
+// batch kept one warp of four busy, walking all of its tile's blocks alone. NT = 1 (_few8, up
+// to 8 tokens): each warp multiplies one n tile, not two.
+//
 // The mma sums over its 32 k slots in any order, so A and B only need the same assignment of
 // elements to slots: as in ternary.cu, lane (gid, tig) takes code bytes 8 tig .. 8 tig + 7 of a
 // block (a0 / a2 row gid, a1 / a3 row gid + 8; b0 / b1 its token's activations at the same
@@ -1105,19 +1112,22 @@ __device__ __forceinline__ float biased_i2f(int c) {
     return __fsub_rn(__int_as_float(c), 12582912.0f);
 }
 
-template <int MT>
+// NT: n tiles (8 tokens each) a warp multiplies, 2 but in FEW blocks of at most 8 tokens.
+template <int MT, bool FEW, int NT>
 __device__ __forceinline__ void head_q8_0_mma_tile(const unsigned char* __restrict__ w, int rows,
                                                    int cols, const i8* __restrict__ q,
                                                    const float* __restrict__ d, int ntok,
                                                    float* __restrict__ out) {
-    constexpr int R = 16 * MT, N = 8 * MT, S = HMMA_STAGES;
+    constexpr int R = 16 * MT, N = 4 * MT * NT, S = HMMA_STAGES;
     extern __shared__ __align__(16) unsigned char hs[];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int gid = lane >> 2, tig = lane & 3;
     const int nb = cols >> 5, rb = nb * 34;
     const int r0 = blockIdx.x * R, nr = min(R, rows - r0);
-    const int t0 = blockIdx.y * HMMA_TOKENS + warp * 16;
+    const int t0 = FEW ? blockIdx.y * 16 : blockIdx.y * HMMA_TOKENS + warp * 16;
     const bool active = t0 < ntok;
+    // The leaves this warp computes: all 32, or (FEW) the subtree of leaves 8 warp .. 8 warp + 7.
+    const int k0 = FEW ? 8 * warp : 0, k1 = FEW ? k0 + 8 : 32;
     {
         // The whole tile and its 16 bytes of slack, zero past the block's last row.
         const int bytes = nr * rb;
@@ -1132,9 +1142,9 @@ __device__ __forceinline__ void head_q8_0_mma_tile(const unsigned char* __restri
 
     // The ring's producer: lane l copies half of token l / 2's codes and token l % 16's scale
     // (lanes from 16 on to a spare word of the slot: no branch) of block pb, then pb moves on in
-    // the chains' order (pk: its leaf; -1: all done). Every call commits a group, empty or not,
-    // so that stage i is always group i. Addresses precomputed and opaque: NVVM otherwise
-    // rebuilds them, shared window included, in every call.
+    // the chains' order over leaves k0 .. k1 - 1 (pk: its leaf; pb -1: all done). Every call
+    // commits a group, empty or not, so that stage i is always group i. Addresses precomputed
+    // and opaque: NVVM otherwise rebuilds them, shared window included, in every call.
     const u32 ring_s = smem_u32(hs + R * rb + 16 + warp * (S * HMMA_SLOT));
     const u32 qdst = (u32)opaque((int)ring_s + (lane >> 1) * 32 + (lane & 1) * 16);
     const u32 ddst = (u32)opaque(
@@ -1144,7 +1154,13 @@ __device__ __forceinline__ void head_q8_0_mma_tile(const unsigned char* __restri
     const i8* qp = q + (u32)opaque(min(t0 + (lane >> 1), ntok - 1) * cols + (lane & 1) * 16);
     const float* dp = d + (u32)opaque(min(t0 + (lane & 15), ntok - 1) * nb);
     auto chain_of = [](int k) { return (int)(__brev((u32)k) >> 27); };
-    int pk = 0, pb = nb > 0 ? 0 : -1;
+    int pk = k0 - 1, pb = -1;
+    auto next_chain = [&]() {
+        do ++pk;
+        while (pk < k1 && chain_of(pk) >= nb);
+        pb = pk < k1 ? chain_of(pk) : -1;
+    };
+    next_chain();
     auto produce = [&](int slot) {
         if (pb >= 0) {
             const u32 so = (u32)slot * HMMA_SLOT;
@@ -1155,11 +1171,7 @@ __device__ __forceinline__ void head_q8_0_mma_tile(const unsigned char* __restri
                          "l"(dp + pb)
                          : "memory");
             pb += 32;
-            if (pb >= nb) {
-                do ++pk;
-                while (pk < 32 && chain_of(pk) >= nb);
-                pb = pk < 32 ? chain_of(pk) : -1;
-            }
+            if (pb >= nb) next_chain();
         }
         cp_async_commit();
     };
@@ -1213,12 +1225,12 @@ __device__ __forceinline__ void head_q8_0_mma_tile(const unsigned char* __restri
                 const float dlo = h2f(*(const u16*)(pd + dlt[2 * mt]));
                 const float dhi = h2f(*(const u16*)(pd + dlt[2 * mt + 1]));
 #pragma unroll
-                for (int j = 0; j < 2; ++j) {
+                for (int j = 0; j < NT; ++j) {
                     const uint2 bq = j ? bq1 : bq0;
                     const float x0 = j ? dx.z : dx.x, x1 = j ? dx.w : dx.y;
                     int s[4] = {I2F_BIAS, I2F_BIAS, I2F_BIAS, I2F_BIAS};
                     mma_s8(s, a[0], a[1], a[2], a[3], bq.x, bq.y);
-                    float* v = acc + 4 * (2 * mt + j);
+                    float* v = acc + 4 * (NT * mt + j);
                     v[0] = fmaf(__fmul_rn(dlo, x0), biased_i2f(s[0]), v[0]);
                     v[1] = fmaf(__fmul_rn(dlo, x1), biased_i2f(s[1]), v[1]);
                     v[2] = fmaf(__fmul_rn(dhi, x0), biased_i2f(s[2]), v[2]);
@@ -1228,14 +1240,15 @@ __device__ __forceinline__ void head_q8_0_mma_tile(const unsigned char* __restri
         }
     };
 
-    // g, x, y [4 (2 mt + j) + h]: row 16 mt + gid + 8 (h / 2), token t0 + 8j + 2 tig + h % 2.
+    // g, x, y [4 (NT mt + j) + h]: row 16 mt + gid + 8 (h / 2), token t0 + 8j + 2 tig + h % 2.
     // pend[l]: the parked subtree of level 3 + l.
     float g[N], x[N], y[N], pend[3][N];
 #pragma unroll
     for (int l = 0; l < 3; ++l)
 #pragma unroll
         for (int i = 0; i < N; ++i) pend[l][i] = 0.0f;
-    for (int m = 0; m < 8; ++m) {
+    // g = T(8, c), c = bitrev3(m): leaves 4m .. 4m + 3.
+    auto quad = [&](int m) {
         const int c = (int)(__brev((u32)m) >> 29);
         chain(c, x);
         chain(c + 16, y);
@@ -1245,34 +1258,71 @@ __device__ __forceinline__ void head_q8_0_mma_tile(const unsigned char* __restri
         chain(c + 24, y);
 #pragma unroll
         for (int i = 0; i < N; ++i) g[i] = __fadd_rn(g[i], __fadd_rn(x[i], y[i]));
-        // g = T(8, c): merge it up while it completes a right sibling (bit l of m set), then
-        // park it. After m = 7, g is the root.
-        const int ones = __ffs(~m) - 1;
-        if (ones == 0) {
+    };
+    if constexpr (FEW) {
+        // Leaves 8 warp .. 8 warp + 7 are chains = bitrev2(warp) mod 4 (so the warp's ring walks
+        // only every fourth block): g = T(4, bitrev2(warp)) = T(8, c) + T(8, c + 4).
+        // A loop, not two calls: one copy of quad's four chain loops.
+#pragma unroll 1
+        for (int m = 2 * warp; m < 2 * warp + 2; ++m) {
+            quad(m);
+            if (m & 1) {
 #pragma unroll
-            for (int i = 0; i < N; ++i) pend[0][i] = g[i];
-        } else if (ones == 1) {
+                for (int i = 0; i < N; ++i) g[i] = __fadd_rn(pend[0][i], g[i]);
+            } else {
 #pragma unroll
-            for (int i = 0; i < N; ++i) pend[1][i] = __fadd_rn(pend[0][i], g[i]);
-        } else if (ones == 2) {
+                for (int i = 0; i < N; ++i) pend[0][i] = g[i];
+            }
+        }
+        // The root is (S0 + S1) + (S2 + S3), S_w warp w's subtree: warps 1 - 3 hand theirs to
+        // warp 0 through their own rings, whose copies have all landed (each filled stage was
+        // waited for and read; the later groups are empty).
+        float* xs = (float*)(hs + R * rb + 16);
+        if (warp > 0) {
 #pragma unroll
-            for (int i = 0; i < N; ++i)
-                pend[2][i] = __fadd_rn(pend[1][i], __fadd_rn(pend[0][i], g[i]));
-        } else {
+            for (int i = 0; i < N; ++i) xs[warp * (S * HMMA_SLOT / 4) + i * 32 + lane] = g[i];
+        }
+        __syncthreads();
+        if (warp > 0) return;
 #pragma unroll
-            for (int i = 0; i < N; ++i)
-                g[i] = __fadd_rn(pend[2][i], __fadd_rn(pend[1][i], __fadd_rn(pend[0][i], g[i])));
+        for (int i = 0; i < N; ++i) {
+            const float* o = xs + i * 32 + lane;
+            g[i] = __fadd_rn(__fadd_rn(g[i], o[S * HMMA_SLOT / 4]),
+                             __fadd_rn(o[2 * (S * HMMA_SLOT / 4)], o[3 * (S * HMMA_SLOT / 4)]));
+        }
+    } else {
+        for (int m = 0; m < 8; ++m) {
+            quad(m);
+            // g = T(8, c): merge it up while it completes a right sibling (bit l of m set), then
+            // park it. After m = 7, g is the root.
+            const int ones = __ffs(~m) - 1;
+            if (ones == 0) {
+#pragma unroll
+                for (int i = 0; i < N; ++i) pend[0][i] = g[i];
+            } else if (ones == 1) {
+#pragma unroll
+                for (int i = 0; i < N; ++i) pend[1][i] = __fadd_rn(pend[0][i], g[i]);
+            } else if (ones == 2) {
+#pragma unroll
+                for (int i = 0; i < N; ++i)
+                    pend[2][i] = __fadd_rn(pend[1][i], __fadd_rn(pend[0][i], g[i]));
+            } else {
+#pragma unroll
+                for (int i = 0; i < N; ++i)
+                    g[i] = __fadd_rn(pend[2][i],
+                                     __fadd_rn(pend[1][i], __fadd_rn(pend[0][i], g[i])));
+            }
         }
     }
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-        for (int j = 0; j < 2; ++j)
+        for (int j = 0; j < NT; ++j)
 #pragma unroll
             for (int h = 0; h < 4; ++h) {
                 const int r = r0 + 16 * mt + gid + 8 * (h >> 1);
                 const int t = t0 + 8 * j + 2 * tig + (h & 1);
-                if (r < rows && t < ntok) out[(size_t)t * rows + r] = g[4 * (2 * mt + j) + h];
+                if (r < rows && t < ntok) out[(size_t)t * rows + r] = g[4 * (NT * mt + j) + h];
             }
 }
 
@@ -1281,7 +1331,7 @@ extern "C" __global__ void __launch_bounds__(128)
     head_q8_0_mma(const unsigned char* __restrict__ w, int rows, int cols,
                   const i8* __restrict__ q, const float* __restrict__ d, int ntok,
                   float* __restrict__ out) {
-    head_q8_0_mma_tile<2>(w, rows, cols, q, d, ntok, out);
+    head_q8_0_mma_tile<2, false, 2>(w, rows, cols, q, d, ntok, out);
 }
 
 // 16 rows a block, for wider heads.
@@ -1289,7 +1339,41 @@ extern "C" __global__ void __launch_bounds__(128, 1)
     head_q8_0_mma16(const unsigned char* __restrict__ w, int rows, int cols,
                     const i8* __restrict__ q, const float* __restrict__ d, int ntok,
                     float* __restrict__ out) {
-    head_q8_0_mma_tile<1>(w, rows, cols, q, d, ntok, out);
+    head_q8_0_mma_tile<1, false, 2>(w, rows, cols, q, d, ntok, out);
+}
+
+// head_q8_0_mma for 9 - 16 tokens, where it would leave 3 of 4 warps idle: a block takes 16
+// tokens and its warps split the 32 leaves of the sum instead (grid (ceil(rows / 32), 1)), so a
+// block spends about a quarter as long on its tile.
+extern "C" __global__ void __launch_bounds__(128)
+    head_q8_0_mma_few(const unsigned char* __restrict__ w, int rows, int cols,
+                      const i8* __restrict__ q, const float* __restrict__ d, int ntok,
+                      float* __restrict__ out) {
+    head_q8_0_mma_tile<2, true, 2>(w, rows, cols, q, d, ntok, out);
+}
+
+// 2 - 8 tokens: half the mma and float work (a run-time skip of the second n tile put a branch
+// between the mma, which then no longer overlapped).
+extern "C" __global__ void __launch_bounds__(128)
+    head_q8_0_mma_few8(const unsigned char* __restrict__ w, int rows, int cols,
+                       const i8* __restrict__ q, const float* __restrict__ d, int ntok,
+                       float* __restrict__ out) {
+    head_q8_0_mma_tile<2, true, 1>(w, rows, cols, q, d, ntok, out);
+}
+
+// The same two with 16 rows a block, for wider heads.
+extern "C" __global__ void __launch_bounds__(128, 1)
+    head_q8_0_mma16_few(const unsigned char* __restrict__ w, int rows, int cols,
+                        const i8* __restrict__ q, const float* __restrict__ d, int ntok,
+                        float* __restrict__ out) {
+    head_q8_0_mma_tile<1, true, 2>(w, rows, cols, q, d, ntok, out);
+}
+
+extern "C" __global__ void __launch_bounds__(128, 1)
+    head_q8_0_mma16_few8(const unsigned char* __restrict__ w, int rows, int cols,
+                         const i8* __restrict__ q, const float* __restrict__ d, int ntok,
+                         float* __restrict__ out) {
+    head_q8_0_mma_tile<1, true, 1>(w, rows, cols, q, d, ntok, out);
 }
 
 // ---- Q6_K head: llama.cpp's default type for the output tensor of its TQ1_0 / TQ2_0 files ----

@@ -62,7 +62,7 @@ fn dev(e: impl Into<CudaError>) -> BackendError {
 
 /// Every kernel the forward pass launches, looked up when the backend loads: compiling (or
 /// reading the cached PTX) then, not inside the first pass or, worse, a graph capture.
-const FORWARD_KERNELS: [&str; 25] = [
+const FORWARD_KERNELS: [&str; 29] = [
     "embed_rows",
     "embed_rows_q6_k",
     "decode_layers",
@@ -79,6 +79,10 @@ const FORWARD_KERNELS: [&str; 25] = [
     "head_dense",
     "head_q8_0_mma",
     "head_q8_0_mma16",
+    "head_q8_0_mma_few",
+    "head_q8_0_mma16_few",
+    "head_q8_0_mma_few8",
+    "head_q8_0_mma16_few8",
     "quantize_q8_k",
     "head_q6_k",
     "head_q6_k_many",

@@ -35,6 +35,9 @@ const HEAD_TOKENS: u32 = 8;
 /// Tokens per block of the Q8_0 tensor-core head (`HMMA_TOKENS` in forward.cu; 4 warps of 16
 /// tokens each).
 const HMMA_TOKENS: usize = 64;
+/// Up to this many tokens its `_few` kernels run instead: 16 tokens a block, the 4 warps
+/// splitting the sum over the columns, not the tokens (which would leave 3 warps idle).
+const HMMA_FEW_TOKENS: usize = 16;
 /// Each warp's activation ring of that head: `HMMA_STAGES` slots of `HMMA_SLOT` bytes.
 const HMMA_RING: usize = 4 * 8 * 640;
 /// Its 32-row kernel while two blocks still fit an SM (228 KB, 1 KB a block reserved; up to
@@ -880,10 +883,11 @@ impl Gpu {
 
     /// [`Self::head`] for `tokens` rows of `x` (`m.cols()` floats each) into `tokens` rows of
     /// `m.rows()` logits. A Q8_0 head runs on int8 tensor cores and reads each head row once
-    /// per 64 tokens (Q6_K and float heads: once per 8). Every row's logits are the same bits as
-    /// [`Self::head`] of that row alone (the same sums in the same order), so a sequence's logits
-    /// do not depend on the batch around it. `q8` / `d8` hold `tokens * cols` and
-    /// `tokens * cols / 32` values for a Q8_0 head (`/ 256` is enough for a Q6_K head).
+    /// per 64 tokens (batches of up to 16: once; Q6_K and float heads: once per 8). Every row's
+    /// logits are the same bits as [`Self::head`] of that row alone (the same sums in the same
+    /// order), so a sequence's logits do not depend on the batch around it. `q8` / `d8` hold
+    /// `tokens * cols` and `tokens * cols / 32` values for a Q8_0 head (`/ 256` is enough for a
+    /// Q6_K head).
     pub fn head_rows(
         &self,
         m: &GpuDense,
@@ -913,11 +917,17 @@ impl Gpu {
         let (rows, cols, ntok) = (m.rows as i32, m.cols as i32, i32_of(tokens, "tokens")?);
         // The Q8_0 head's shared memory: its tile of rows, 16 bytes of slack, the rings.
         let hmma_smem = |tile_rows: usize| tile_rows * 34 * (m.cols / 32) + 16 + HMMA_RING;
-        let (hmma_name, hmma_rows) = if hmma_smem(32) <= HMMA32_SMEM {
-            ("head_q8_0_mma", 32)
-        } else {
-            ("head_q8_0_mma16", 16)
+        // Up to 8 tokens, the `_few8` kernels multiply one n tile of 8 tokens, not two.
+        let few = tokens <= HMMA_FEW_TOKENS;
+        let (hmma_name, hmma_rows) = match (hmma_smem(32) <= HMMA32_SMEM, few, tokens <= 8) {
+            (true, false, _) => ("head_q8_0_mma", 32),
+            (true, true, false) => ("head_q8_0_mma_few", 32),
+            (true, true, true) => ("head_q8_0_mma_few8", 32),
+            (false, false, _) => ("head_q8_0_mma16", 16),
+            (false, true, false) => ("head_q8_0_mma16_few", 16),
+            (false, true, true) => ("head_q8_0_mma16_few8", 16),
         };
+        let hmma_tokens = if few { HMMA_FEW_TOKENS } else { HMMA_TOKENS };
         if m.ty == DenseType::Q8_0 && hmma_smem(hmma_rows) > MAX_HMMA_SMEM {
             for t in 0..tokens {
                 let mut out = logits.slice_mut(t * m.rows..(t + 1) * m.rows);
@@ -936,9 +946,9 @@ impl Gpu {
                     hmma_name,
                     (
                         m.rows.div_ceil(hmma_rows) as u32,
-                        tokens.div_ceil(HMMA_TOKENS) as u32,
+                        tokens.div_ceil(hmma_tokens) as u32,
                     ),
-                    (HMMA_TOKENS / 16 * 32) as u32,
+                    128,
                     hmma_smem(hmma_rows),
                 ),
             };

@@ -857,6 +857,16 @@ fn head_over_many_rows_equals_one_row_at_a_time() {
         (17, 96, 5),
         (37, 4096, 67),
         (20, 12_064, 3),
+        // 2 - 16 tokens: the kernels whose warps split the columns (one n tile up to 8 tokens,
+        // two from 9), 32 and 16 rows a block; 1 and 2 blocks a row (most of the 32 chains
+        // empty), 33 (one chain of two blocks).
+        (1001, 2560, 9),
+        (300, 512, 16),
+        (37, 4096, 3),
+        (45, 32, 7),
+        (70, 64, 2),
+        (29, 1056, 13),
+        (19, 4096, 16),
     ];
     for (rows, cols, tokens) in shapes {
         let w = rng.vec(rows * cols, 0.1);
