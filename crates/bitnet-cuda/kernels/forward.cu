@@ -1326,55 +1326,27 @@ __device__ __forceinline__ void head_q8_0_mma_tile(const unsigned char* __restri
             }
 }
 
-// 32 rows a block: where two blocks' shared memory fits an SM (up to 2,784 columns).
-extern "C" __global__ void __launch_bounds__(128)
-    head_q8_0_mma(const unsigned char* __restrict__ w, int rows, int cols,
-                  const i8* __restrict__ q, const float* __restrict__ d, int ntok,
-                  float* __restrict__ out) {
-    head_q8_0_mma_tile<2, false, 2>(w, rows, cols, q, d, ntok, out);
-}
+// head_q8_0_mma_tile<row tiles, few, n tiles> under a name (BOUNDS: __launch_bounds__'s args).
+#define HEAD_Q8_0_MMA_KERNEL(NAME, MT, FEW, NT, BOUNDS)                                        \
+    extern "C" __global__ void __launch_bounds__ BOUNDS NAME(                                  \
+        const unsigned char* __restrict__ w, int rows, int cols, const i8* __restrict__ q,      \
+        const float* __restrict__ d, int ntok, float* __restrict__ out) {                      \
+        head_q8_0_mma_tile<MT, FEW, NT>(w, rows, cols, q, d, ntok, out);                       \
+    }
 
-// 16 rows a block, for wider heads.
-extern "C" __global__ void __launch_bounds__(128, 1)
-    head_q8_0_mma16(const unsigned char* __restrict__ w, int rows, int cols,
-                    const i8* __restrict__ q, const float* __restrict__ d, int ntok,
-                    float* __restrict__ out) {
-    head_q8_0_mma_tile<1, false, 2>(w, rows, cols, q, d, ntok, out);
-}
-
-// head_q8_0_mma for 9 - 16 tokens, where it would leave 3 of 4 warps idle: a block takes 16
-// tokens and its warps split the 32 leaves of the sum instead (grid (ceil(rows / 32), 1)), so a
-// block spends about a quarter as long on its tile.
-extern "C" __global__ void __launch_bounds__(128)
-    head_q8_0_mma_few(const unsigned char* __restrict__ w, int rows, int cols,
-                      const i8* __restrict__ q, const float* __restrict__ d, int ntok,
-                      float* __restrict__ out) {
-    head_q8_0_mma_tile<2, true, 2>(w, rows, cols, q, d, ntok, out);
-}
-
+// 32 rows a block: where two blocks' shared memory fits an SM (up to 2,784 columns); 16 rows a
+// block for wider heads.
+HEAD_Q8_0_MMA_KERNEL(head_q8_0_mma, 2, false, 2, (128))
+HEAD_Q8_0_MMA_KERNEL(head_q8_0_mma16, 1, false, 2, (128, 1))
+// 9 - 16 tokens, where head_q8_0_mma would leave 3 of 4 warps idle: a block takes 16 tokens and
+// its warps split the 32 leaves of the sum instead (grid (ceil(rows / 32), 1)), so a block
+// spends about a quarter as long on its tile.
+HEAD_Q8_0_MMA_KERNEL(head_q8_0_mma_few, 2, true, 2, (128))
+HEAD_Q8_0_MMA_KERNEL(head_q8_0_mma16_few, 1, true, 2, (128, 1))
 // 2 - 8 tokens: half the mma and float work (a run-time skip of the second n tile put a branch
 // between the mma, which then no longer overlapped).
-extern "C" __global__ void __launch_bounds__(128)
-    head_q8_0_mma_few8(const unsigned char* __restrict__ w, int rows, int cols,
-                       const i8* __restrict__ q, const float* __restrict__ d, int ntok,
-                       float* __restrict__ out) {
-    head_q8_0_mma_tile<2, true, 1>(w, rows, cols, q, d, ntok, out);
-}
-
-// The same two with 16 rows a block, for wider heads.
-extern "C" __global__ void __launch_bounds__(128, 1)
-    head_q8_0_mma16_few(const unsigned char* __restrict__ w, int rows, int cols,
-                        const i8* __restrict__ q, const float* __restrict__ d, int ntok,
-                        float* __restrict__ out) {
-    head_q8_0_mma_tile<1, true, 2>(w, rows, cols, q, d, ntok, out);
-}
-
-extern "C" __global__ void __launch_bounds__(128, 1)
-    head_q8_0_mma16_few8(const unsigned char* __restrict__ w, int rows, int cols,
-                         const i8* __restrict__ q, const float* __restrict__ d, int ntok,
-                         float* __restrict__ out) {
-    head_q8_0_mma_tile<1, true, 1>(w, rows, cols, q, d, ntok, out);
-}
+HEAD_Q8_0_MMA_KERNEL(head_q8_0_mma_few8, 2, true, 1, (128))
+HEAD_Q8_0_MMA_KERNEL(head_q8_0_mma16_few8, 1, true, 1, (128, 1))
 
 // ---- Q6_K head: llama.cpp's default type for the output tensor of its TQ1_0 / TQ2_0 files ----
 //

@@ -239,44 +239,25 @@ impl TernaryKernel {
             })
         };
         let one = |name| [name, "", "", ""];
+        // A tile kernel and its K-split forms (TERNARY_MMA_SPLITS in ternary.cu).
+        macro_rules! splits {
+            ($name:literal) => {
+                [
+                    $name,
+                    concat!($name, "_s2"),
+                    concat!($name, "_s4"),
+                    concat!($name, "_s8"),
+                ]
+            };
+        }
         match self {
             TernaryKernel::MmaSkinny if tokens <= 8 => tile(one("ternary_mma_n1"), 16, 8, 128),
             TernaryKernel::MmaSkinny if tokens <= 16 => tile(one("ternary_mma_n2"), 16, 16, 128),
             TernaryKernel::MmaSkinny => tile(one("ternary_mma_n4"), 16, 32, 128),
-            TernaryKernel::Mma64x32 => tile(
-                [
-                    "ternary_mma_64x32",
-                    "ternary_mma_64x32_s2",
-                    "ternary_mma_64x32_s4",
-                    "ternary_mma_64x32_s8",
-                ],
-                64,
-                32,
-                128,
-            ),
-            TernaryKernel::Mma64x64 => tile(
-                [
-                    "ternary_mma_64x64",
-                    "ternary_mma_64x64_s2",
-                    "ternary_mma_64x64_s4",
-                    "ternary_mma_64x64_s8",
-                ],
-                64,
-                64,
-                128,
-            ),
+            TernaryKernel::Mma64x32 => tile(splits!("ternary_mma_64x32"), 64, 32, 128),
+            TernaryKernel::Mma64x64 => tile(splits!("ternary_mma_64x64"), 64, 64, 128),
             TernaryKernel::Mma64x64K2 => tile(one("ternary_mma_64x64k2"), 64, 64, 256),
-            TernaryKernel::Mma128x16 => tile(
-                [
-                    "ternary_mma_128x16",
-                    "ternary_mma_128x16_s2",
-                    "ternary_mma_128x16_s4",
-                    "ternary_mma_128x16_s8",
-                ],
-                128,
-                16,
-                128,
-            ),
+            TernaryKernel::Mma128x16 => tile(splits!("ternary_mma_128x16"), 128, 16, 128),
             _ => None,
         }
     }

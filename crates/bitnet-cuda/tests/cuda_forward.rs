@@ -145,6 +145,47 @@ fn cpu_norm(input: NormInput, row: &[f32], w: &[f32]) -> Vec<f32> {
     y
 }
 
+/// The width of a norm's input rows: the gated FFN inputs are gate | up halves.
+fn norm_width(input: NormInput, cols: usize) -> usize {
+    if input == NormInput::Plain {
+        cols
+    } else {
+        2 * cols
+    }
+}
+
+/// `gpu.norm_quantize` of `tokens` rows of `x` with weights `w`: the floats, then the int8
+/// values, scales and sums.
+#[allow(clippy::type_complexity)]
+fn norm_on_gpu(
+    gpu: &bitnet_cuda::Gpu,
+    input: NormInput,
+    x: &[f32],
+    w: &[f32],
+    tokens: usize,
+) -> (Vec<f32>, (Vec<i8>, Vec<f32>, Vec<i32>)) {
+    let cols = w.len();
+    let xd = gpu.stream().clone_htod(x).unwrap();
+    let wd = gpu.stream().clone_htod(w).unwrap();
+    let mut y = gpu.stream().alloc_zeros::<f32>(tokens * cols).unwrap();
+    let mut a = GpuActivations::new(gpu, tokens, cols).unwrap();
+    gpu.norm_quantize(
+        &xd.slice(..),
+        tokens,
+        norm_width(input, cols),
+        input,
+        &wd,
+        1e-5,
+        Some(&mut y.slice_mut(..)),
+        Some(&mut a),
+    )
+    .unwrap();
+    (
+        gpu.stream().clone_dtoh(&y).unwrap(),
+        a.to_host(gpu).unwrap(),
+    )
+}
+
 #[test]
 fn norm_quantize_matches_the_cpu() {
     let Some(gpu) = gpu() else { return };
@@ -158,31 +199,11 @@ fn norm_quantize_matches_the_cpu() {
         // Wider than the 48 KiB of shared memory a block gets by default.
         (NormInput::Plain, 20000, 2),
     ] {
-        let width = if input == NormInput::Plain {
-            cols
-        } else {
-            2 * cols
-        };
+        let width = norm_width(input, cols);
         let mut x = rng.vec(tokens * width, 3.0);
         x[1] = 40.0; // an outlier sets the quantization scale
         let w: Vec<f32> = (0..cols).map(|_| 1.0 + 0.5 * rng.f32()).collect();
-        let xd = gpu.stream().clone_htod(&x).unwrap();
-        let wd = gpu.stream().clone_htod(&w).unwrap();
-        let mut y = gpu.stream().alloc_zeros::<f32>(tokens * cols).unwrap();
-        let mut a = GpuActivations::new(&gpu, tokens, cols).unwrap();
-        gpu.norm_quantize(
-            &xd.slice(..),
-            tokens,
-            width,
-            input,
-            &wd,
-            1e-5,
-            Some(&mut y.slice_mut(..)),
-            Some(&mut a),
-        )
-        .unwrap();
-        let y = gpu.stream().clone_dtoh(&y).unwrap();
-        let (q, scales, sums) = a.to_host(&gpu).unwrap();
+        let (y, (q, scales, sums)) = norm_on_gpu(&gpu, input, &x, &w, tokens);
         let mut worst = 0f32;
         for t in 0..tokens {
             let want = cpu_norm(input, &x[t * width..][..width], &w);
@@ -198,12 +219,9 @@ fn norm_quantize_matches_the_cpu() {
         // The int8 part is exact given the floats it quantizes.
         let mut cpu = QuantizedActivations::new();
         cpu.quantize(&y, tokens, cols);
+        let stride = cols.div_ceil(128) * 128;
         for t in 0..tokens {
-            assert_eq!(
-                &q[t * a.stride()..][..a.stride()],
-                cpu.q(t),
-                "{input:?} t={t}"
-            );
+            assert_eq!(&q[t * stride..][..stride], cpu.q(t), "{input:?} t={t}");
         }
         assert_eq!(scales, cpu.scales(), "{input:?}");
         assert_eq!(sums, cpu.sums(), "{input:?}");
@@ -223,38 +241,13 @@ fn batched_norms_equal_one_token_at_a_time() {
         (NormInput::Plain, 1000, 2),
         (NormInput::Plain, 20000, 2),
     ] {
-        let width = if input == NormInput::Plain {
-            cols
-        } else {
-            2 * cols
-        };
+        let width = norm_width(input, cols);
         let x = rng.vec(tokens * width, 3.0);
         let w: Vec<f32> = (0..cols).map(|_| 1.0 + 0.5 * rng.f32()).collect();
-        let wd = gpu.stream().clone_htod(&w).unwrap();
-        let run = |rows: &[f32], n: usize| {
-            let xd = gpu.stream().clone_htod(rows).unwrap();
-            let mut y = gpu.stream().alloc_zeros::<f32>(n * cols).unwrap();
-            let mut a = GpuActivations::new(&gpu, n, cols).unwrap();
-            gpu.norm_quantize(
-                &xd.slice(..),
-                n,
-                width,
-                input,
-                &wd,
-                1e-5,
-                Some(&mut y.slice_mut(..)),
-                Some(&mut a),
-            )
-            .unwrap();
-            (
-                gpu.stream().clone_dtoh(&y).unwrap(),
-                a.to_host(&gpu).unwrap(),
-            )
-        };
-        let (y, (q, scales, sums)) = run(&x, tokens);
+        let (y, (q, scales, sums)) = norm_on_gpu(&gpu, input, &x, &w, tokens);
         let stride = cols.div_ceil(128) * 128;
         for t in 0..tokens {
-            let (y1, (q1, s1, m1)) = run(&x[t * width..][..width], 1);
+            let (y1, (q1, s1, m1)) = norm_on_gpu(&gpu, input, &x[t * width..][..width], &w, 1);
             let what = format!("{input:?} {cols} token {t} of {tokens}");
             assert!(same_bits(&y1, &y[t * cols..][..cols]), "{what}: floats");
             assert_eq!(q1, q[t * stride..][..stride], "{what}: int8");
