@@ -1044,8 +1044,8 @@ extern "C" __global__ void gather_rows(const float* __restrict__ x, int cols,
 #define HEAD_T 8
 
 // head_q8_0 for `ntok` tokens (their Q8_0 values `cols` apart, scales cols / 32 apart) on int8
-// tensor cores: grid (ceil(rows / (16 MT)), ceil(ntok / 64)), 128 threads. A block stages its
-// 16 MT head rows in shared memory once (they are contiguous and, the head being an allocation
+// tensor cores: grid (ceil(rows / (16 MT)), ceil(ntok / 64)) (FEW: ceil(ntok / 16)), 128
+// threads. A block stages its 16 MT head rows in shared memory once (they are contiguous and, the head being an allocation
 // of its own, start 16-byte aligned: 544 MT nb bytes a tile) and its four warps each multiply
 // them with 16 tokens, so the head is read from memory once per 64 tokens. Staged, because Q8_0
 // blocks are 34 bytes, only 2-byte aligned: a warp's fragment loads would each touch 8 rows'
@@ -1276,8 +1276,10 @@ __device__ __forceinline__ void head_q8_0_mma_tile(const unsigned char* __restri
         }
         // The root is (S0 + S1) + (S2 + S3), S_w warp w's subtree: warps 1 - 3 hand theirs to
         // warp 0 through their own rings, whose copies have all landed (each filled stage was
-        // waited for and read; the later groups are empty).
+        // waited for and read; the later groups are empty), once every lane of the warp is past
+        // its last read of them.
         float* xs = (float*)(hs + R * rb + 16);
+        __syncwarp();
         if (warp > 0) {
 #pragma unroll
             for (int i = 0; i < N; ++i) xs[warp * (S * HMMA_SLOT / 4) + i * 32 + lane] = g[i];
@@ -1339,8 +1341,8 @@ __device__ __forceinline__ void head_q8_0_mma_tile(const unsigned char* __restri
 HEAD_Q8_0_MMA_KERNEL(head_q8_0_mma, 2, false, 2, (128))
 HEAD_Q8_0_MMA_KERNEL(head_q8_0_mma16, 1, false, 2, (128, 1))
 // 9 - 16 tokens, where head_q8_0_mma would leave 3 of 4 warps idle: a block takes 16 tokens and
-// its warps split the 32 leaves of the sum instead (grid (ceil(rows / 32), 1)), so a block
-// spends about a quarter as long on its tile.
+// its warps split the 32 leaves of the sum instead, so a block spends about a quarter as long on
+// its tile.
 HEAD_Q8_0_MMA_KERNEL(head_q8_0_mma_few, 2, true, 2, (128))
 HEAD_Q8_0_MMA_KERNEL(head_q8_0_mma16_few, 1, true, 2, (128, 1))
 // 2 - 8 tokens: half the mma and float work (a run-time skip of the second n tile put a branch

@@ -247,9 +247,9 @@ __device__ __forceinline__ void ternary_mma(const unsigned char* __restrict__ w,
     const int r0 = blockIdx.x * BM, t0 = blockIdx.y * BN;
     // This block's share of the I2_S blocks along K (all of them unless K is split across the
     // blocks of a cluster: CS > 1, grid z = CS, see cluster_sync).
-    const int kper = ((row_bytes >> 5) + CS - 1) / CS;
-    const int kfirst = blockIdx.z * kper;
-    const int kblocks = max(0, min(row_bytes >> 5, kfirst + kper) - kfirst);
+    // Slices of floor or ceil(K / CS) blocks: none empty where K has CS blocks or more.
+    const int kfirst = (int)blockIdx.z * (row_bytes >> 5) / CS;
+    const int kblocks = ((int)blockIdx.z + 1) * (row_bytes >> 5) / CS - kfirst;
     w += kfirst * 32;
     q += kfirst * 128;
 
@@ -369,8 +369,11 @@ __device__ __forceinline__ void ternary_mma(const unsigned char* __restrict__ w,
         }
     }
 
-#if __CUDA_ARCH__ >= 900
+#if __CUDA_ARCH__ < 900
+    static_assert(CS == 1, "a K split across a cluster needs sm_90");
+#endif
     if constexpr (CS > 1) {
+#if __CUDA_ARCH__ >= 900
         // Every warp is past its last shared-memory read (the wait above, then this barrier),
         // so the pipeline buffers take the partial tile: [token][row] of the block's tile.
         static_assert(BM * BN * 4 <= STAGES * STAGE, "partial tile");
@@ -386,6 +389,7 @@ __device__ __forceinline__ void ternary_mma(const unsigned char* __restrict__ w,
                          8 * (h >> 1)] = acc[i][j][h];
         cluster_sync();
         constexpr int PART = BM * BN / CS;
+        // blockIdx.z is the block's rank in its cluster: the grid is one cluster deep in z.
         for (int e = blockIdx.z * PART + tid; e < (int)(blockIdx.z + 1) * PART; e += THREADS) {
             const int r = r0 + e % BM, t = t0 + e / BM;
             int v = 0;
@@ -396,21 +400,23 @@ __device__ __forceinline__ void ternary_mma(const unsigned char* __restrict__ w,
         }
         // No block may leave while another still reads its shared memory.
         cluster_sync();
-        return;
-    }
 #endif
-    // Accumulator h of fragment (i, j): row gid (+8 for h >= 2), token 2 tig (+1 for odd h).
+    } else {
+        // Accumulator h of fragment (i, j): row gid (+8 for h >= 2), token 2 tig (+1 for odd
+        // h).
 #pragma unroll
-    for (int i = 0; i < MT; ++i)
+        for (int i = 0; i < MT; ++i)
 #pragma unroll
-        for (int j = 0; j < NT; ++j)
+            for (int j = 0; j < NT; ++j)
 #pragma unroll
-            for (int h = 0; h < 4; ++h) {
-                const int r = r0 + wm * WM + 16 * i + gid + 8 * (h >> 1);
-                const int t = t0 + wn * WN + 8 * j + 2 * tig + (h & 1);
-                if (r < rows && t < tokens)
-                    ternary_store(out, rows, r, t, acc[i][j][h], sums, scales, wscale, accumulate);
-            }
+                for (int h = 0; h < 4; ++h) {
+                    const int r = r0 + wm * WM + 16 * i + gid + 8 * (h >> 1);
+                    const int t = t0 + wn * WN + 8 * j + 2 * tig + (h & 1);
+                    if (r < rows && t < tokens)
+                        ternary_store(out, rows, r, t, acc[i][j][h], sums, scales, wscale,
+                                      accumulate);
+                }
+    }
 }
 
 // Grid (ceil(rows / BM), ceil(tokens / BN), CS), 32 * WGM * WGN * KSPLIT threads; CS > 1: a

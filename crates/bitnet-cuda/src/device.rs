@@ -28,6 +28,9 @@ pub struct Gpu {
     pub(crate) split_k: u32,
     /// Streaming multiprocessors: the fused decode matmul runs a block per SM at most.
     pub(crate) sm_count: u32,
+    /// Shared memory a block may opt in to, and an SM's whole (head kernels' tile choice).
+    pub(crate) smem_per_block: usize,
+    pub(crate) smem_per_sm: usize,
     info: GpuInfo,
 }
 
@@ -87,6 +90,11 @@ impl Gpu {
         let sm_count = ctx.attribute(
             cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
         )?;
+        use cudarc::driver::sys::CUdevice_attribute as A;
+        let smem_per_block =
+            ctx.attribute(A::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?;
+        let smem_per_sm =
+            ctx.attribute(A::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_MULTIPROCESSOR)?;
         Ok(Gpu {
             ctx,
             stream,
@@ -97,11 +105,16 @@ impl Gpu {
             },
             split_k: match std::env::var("BITNET_CUDA_SPLIT_K") {
                 Ok(v) => v.parse().map_err(|_| {
-                    CudaError::Unsupported(format!("BITNET_CUDA_SPLIT_K={v:?}: blocks per SM"))
+                    CudaError::Unsupported(format!(
+                        "BITNET_CUDA_SPLIT_K={v:?}: expected the whole number of blocks per SM \
+                         the K split aims for (0: no split)"
+                    ))
                 })?,
                 Err(_) => crate::ternary::SPLIT_BLOCKS_PER_SM,
             },
             sm_count: u32::try_from(sm_count).unwrap_or(1).max(1),
+            smem_per_block: usize::try_from(smem_per_block).unwrap_or(0),
+            smem_per_sm: usize::try_from(smem_per_sm).unwrap_or(0),
             info,
         })
     }
@@ -118,6 +131,8 @@ impl Gpu {
             ternary_kernel: self.ternary_kernel,
             split_k: self.split_k,
             sm_count: self.sm_count,
+            smem_per_block: self.smem_per_block,
+            smem_per_sm: self.smem_per_sm,
             info: self.info.clone(),
         })
     }

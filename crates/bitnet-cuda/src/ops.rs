@@ -38,13 +38,11 @@ const HMMA_TOKENS: usize = 64;
 /// Up to this many tokens its `_few` kernels run instead: 16 tokens a block, the 4 warps
 /// splitting the sum over the columns, not the tokens (which would leave 3 warps idle).
 const HMMA_FEW_TOKENS: usize = 16;
-/// Each warp's activation ring of that head: `HMMA_STAGES` slots of `HMMA_SLOT` bytes.
+/// The activation rings of that head's 4 warps: `HMMA_STAGES` (8) slots of `HMMA_SLOT` (640)
+/// bytes each (forward.cu).
 const HMMA_RING: usize = 4 * 8 * 640;
-/// Its 32-row kernel while two blocks still fit an SM (228 KB, 1 KB a block reserved; up to
-/// 2,784 columns), else the 16-row one up to `MAX_HMMA_SMEM` (10,816 columns); wider heads run
-/// the one-token kernel token by token.
-const HMMA32_SMEM: usize = 113 * 1024;
-const MAX_HMMA_SMEM: usize = 200 * 1024;
+/// Shared memory the driver reserves per block (for the tile choice: two 32-row blocks an SM).
+const SMEM_RESERVED_PER_BLOCK: usize = 1024;
 /// The largest head dimension the attention kernel handles (`MAX_HD` in forward.cu).
 pub const MAX_HEAD_DIM: usize = 256;
 /// Batch tokens (query rows) of a flash-attention tile (`FLASH_ROWS` in forward.cu).
@@ -919,7 +917,13 @@ impl Gpu {
         let hmma_smem = |tile_rows: usize| tile_rows * 34 * (m.cols / 32) + 16 + HMMA_RING;
         // Up to 8 tokens, the `_few8` kernels multiply one n tile of 8 tokens, not two.
         let few = tokens <= HMMA_FEW_TOKENS;
-        let (hmma_name, hmma_rows) = match (hmma_smem(32) <= HMMA32_SMEM, few, tokens <= 8) {
+        // The 32-row kernel while two of its blocks fit an SM (on the H200 up to 2,784
+        // columns), else the 16-row one while one block fits; wider heads run the one-token
+        // kernel token by token. From the device's limits: 2B4T's 32-row tile (105 KB) is over
+        // the 99 KB a block may have on sm_86 / sm_89 GPUs.
+        let two_fit = 2 * (hmma_smem(32) + SMEM_RESERVED_PER_BLOCK) <= self.smem_per_sm
+            && hmma_smem(32) <= self.smem_per_block;
+        let (hmma_name, hmma_rows) = match (two_fit, few, tokens <= 8) {
             (true, false, _) => ("head_q8_0_mma", 32),
             (true, true, false) => ("head_q8_0_mma_few", 32),
             (true, true, true) => ("head_q8_0_mma_few8", 32),
@@ -928,7 +932,7 @@ impl Gpu {
             (false, true, true) => ("head_q8_0_mma16_few8", 16),
         };
         let hmma_tokens = if few { HMMA_FEW_TOKENS } else { HMMA_TOKENS };
-        if m.ty == DenseType::Q8_0 && hmma_smem(hmma_rows) > MAX_HMMA_SMEM {
+        if m.ty == DenseType::Q8_0 && hmma_smem(hmma_rows) > self.smem_per_block {
             for t in 0..tokens {
                 let mut out = logits.slice_mut(t * m.rows..(t + 1) * m.rows);
                 self.head(m, &x.slice(t * m.cols..(t + 1) * m.cols), q8, d8, &mut out)?;

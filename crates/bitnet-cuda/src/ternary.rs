@@ -20,7 +20,7 @@ const SKINNY_MIN_ROWS: usize = 8192;
 /// each take a slice of K and add their partial sums through distributed shared memory, see
 /// `cluster_sync` in ternary.cu): K is cut in 2, 4 or 8 until a matmul has this many blocks
 /// per SM by default ([`Gpu::set_split_k`]), each slice keeping at least
-/// [`SPLIT_MIN_KBLOCKS`] I2_S blocks (128 weights).
+/// [`SPLIT_MIN_KBLOCKS`] I2_S blocks (of 128 weights each).
 pub(crate) const SPLIT_BLOCKS_PER_SM: u32 = 2;
 const SPLIT_MIN_KBLOCKS: usize = 2;
 
@@ -266,9 +266,11 @@ impl TernaryKernel {
     /// count on an H200 (docs/cuda.md). One token: per matrix in `ncu`, the skinny kernel
     /// wins on gate/up (13,824 rows) and loses on the others, whose few blocks each stream
     /// long rows. From 9 tokens on, per step of all 2B4T matrices in `cuda_bench` with K split
-    /// across clusters (2026-12-04, microseconds a step, graph): 16 tokens 128 x 16 1,411
-    /// against the skinny kernel's 1,826; 32: 64 x 32 1,680 (128 x 16 1,664, 64 x 64 2,859);
-    /// 64: 64 x 64 2,083 (64 x 32 2,216, skinny 3,310); 128: 64 x 64 3,056 (64 x 32 3,315).
+    /// across clusters (f023277, before the leaner stage loads; microseconds a step, graph): 16
+    /// tokens 128 x 16 1,411 against the skinny kernel's 1,826; 32: 64 x 32 1,680 and 128 x 16
+    /// 1,664, the same within the runs' spread (64 x 64 2,859); 64: 64 x 64 2,083 (64 x 32
+    /// 2,216, skinny 3,310); 128: 64 x 64 3,056 (64 x 32 3,315). After the leaner loads
+    /// (d62c3cf), `auto` 1,380 / 1,587 / 1,963 / 2,763 at 16 / 32 / 64 / 128 tokens.
     fn resolve(self, tokens: usize, rows: usize) -> TernaryKernel {
         match self {
             TernaryKernel::Auto => match tokens {
@@ -321,8 +323,8 @@ impl Gpu {
 
     /// In how many pieces (1, 2, 4 or 8: the cluster sizes the kernels exist for) a
     /// tensor-core matmul of `tiles` blocks cuts K (`kblocks` I2_S blocks): the fewest that
-    /// give the SMs [`SPLIT_BLOCKS_PER_SM`] blocks each, as far as every piece keeps
-    /// [`SPLIT_MIN_KBLOCKS`]. Thread-block clusters need compute capability 9.0.
+    /// give the SMs the blocks each that [`Gpu::set_split_k`] asks for, as far as every piece
+    /// keeps [`SPLIT_MIN_KBLOCKS`]. Thread-block clusters need compute capability 9.0.
     fn k_splits(&self, tiles: u32, kblocks: usize) -> usize {
         if self.info().compute_capability.0 < 9 {
             return 1;

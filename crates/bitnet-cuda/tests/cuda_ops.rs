@@ -109,14 +109,20 @@ fn check_every_kernel(gpu: &mut Gpu, rng: &mut Rng, rows: usize, cols: usize, to
         let xd = gpu.stream().clone_htod(&x).unwrap();
         let mut a = GpuActivations::new(gpu, tokens, cols).unwrap();
         gpu.quantize(&xd, &mut a).unwrap();
-        for kernel in TernaryKernel::ALL {
+        // The K split unset, at its default and at a target that always cuts in 8 (which
+        // pieces run otherwise depends on the GPU's SM count).
+        for (kernel, split) in TernaryKernel::ALL
+            .into_iter()
+            .flat_map(|k| [(k, 0), (k, 2), (k, 1000)])
+        {
             gpu.set_ternary_kernel(kernel);
+            gpu.set_split_k(split);
             let mut out = gpu.stream().alloc_zeros::<f32>(tokens * rows).unwrap();
             gpu.ternary_matmul(&wd, &a, &mut out.as_view_mut()).unwrap();
             let got = gpu.stream().clone_dtoh(&out).unwrap();
             assert!(
                 same_bits(&got, &want),
-                "{rows}x{cols} tokens={tokens} {kernel:?}: first difference at {:?}",
+                "{rows}x{cols} tokens={tokens} {kernel:?} split {split}: first difference at {:?}",
                 got.iter()
                     .zip(&want)
                     .position(|(a, b)| a.to_bits() != b.to_bits())
@@ -127,11 +133,12 @@ fn check_every_kernel(gpu: &mut Gpu, rng: &mut Rng, rows: usize, cols: usize, to
             let got = gpu.stream().clone_dtoh(&out).unwrap();
             assert!(
                 same_bits(&got, &want_acc),
-                "{rows}x{cols} tokens={tokens} {kernel:?} accumulating"
+                "{rows}x{cols} tokens={tokens} {kernel:?} split {split} accumulating"
             );
         }
     }
     gpu.set_ternary_kernel(TernaryKernel::Auto);
+    gpu.set_split_k(2);
 }
 
 #[test]
