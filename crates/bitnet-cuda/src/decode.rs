@@ -63,10 +63,7 @@ impl PersistentStep {
         {
             return Ok(None);
         }
-        let max_smem = gpu
-            .ctx
-            .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?
-            as usize;
+        let max_smem = gpu.smem_per_block;
         let f = gpu.kernels.function(FORWARD, "decode_layers")?;
         let grid = gpu.sm_count;
         let c = &m.config;

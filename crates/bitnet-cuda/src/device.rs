@@ -28,7 +28,8 @@ pub struct Gpu {
     pub(crate) split_k: u32,
     /// Streaming multiprocessors: the fused decode matmul runs a block per SM at most.
     pub(crate) sm_count: u32,
-    /// Shared memory a block may opt in to, and an SM's whole (head kernels' tile choice).
+    /// Shared memory a block may opt in to (the persistent decode kernel, the heads), and an
+    /// SM's whole (the Q8_0 head's tile choice).
     pub(crate) smem_per_block: usize,
     pub(crate) smem_per_sm: usize,
     info: GpuInfo,

@@ -227,8 +227,8 @@ impl TernaryKernel {
         Self::NAMES[i]
     }
 
-    /// The mma kernel's tile: its function names unsplit and with K split in 2, 4 and 8
-    /// (none for kernels without a split), rows and tokens per tile, threads per block.
+    /// The mma kernel's tile: its function name, followed for tile kernels by its forms with K
+    /// split in 2, 4 and 8; rows and tokens per tile, threads per block.
     fn mma(self, tokens: usize) -> Option<MmaTile> {
         let tile = |names, bm, bn, threads| {
             Some(MmaTile {
@@ -238,11 +238,10 @@ impl TernaryKernel {
                 threads,
             })
         };
-        let one = |name| [name, "", "", ""];
         // A tile kernel and its K-split forms (TERNARY_MMA_SPLITS in ternary.cu).
         macro_rules! splits {
             ($name:literal) => {
-                [
+                &[
                     $name,
                     concat!($name, "_s2"),
                     concat!($name, "_s4"),
@@ -251,12 +250,12 @@ impl TernaryKernel {
             };
         }
         match self {
-            TernaryKernel::MmaSkinny if tokens <= 8 => tile(one("ternary_mma_n1"), 16, 8, 128),
-            TernaryKernel::MmaSkinny if tokens <= 16 => tile(one("ternary_mma_n2"), 16, 16, 128),
-            TernaryKernel::MmaSkinny => tile(one("ternary_mma_n4"), 16, 32, 128),
+            TernaryKernel::MmaSkinny if tokens <= 8 => tile(&["ternary_mma_n1"], 16, 8, 128),
+            TernaryKernel::MmaSkinny if tokens <= 16 => tile(&["ternary_mma_n2"], 16, 16, 128),
+            TernaryKernel::MmaSkinny => tile(&["ternary_mma_n4"], 16, 32, 128),
             TernaryKernel::Mma64x32 => tile(splits!("ternary_mma_64x32"), 64, 32, 128),
             TernaryKernel::Mma64x64 => tile(splits!("ternary_mma_64x64"), 64, 64, 128),
-            TernaryKernel::Mma64x64K2 => tile(one("ternary_mma_64x64k2"), 64, 64, 256),
+            TernaryKernel::Mma64x64K2 => tile(&["ternary_mma_64x64k2"], 64, 64, 256),
             TernaryKernel::Mma128x16 => tile(splits!("ternary_mma_128x16"), 128, 16, 128),
             _ => None,
         }
@@ -287,7 +286,7 @@ impl TernaryKernel {
 
 /// A tensor-core kernel's tile (see [`TernaryKernel::mma`]).
 struct MmaTile {
-    names: [&'static str; 4],
+    names: &'static [&'static str],
     bm: u32,
     bn: u32,
     threads: u32,
@@ -426,10 +425,11 @@ impl Gpu {
                 (w.rows as u32).div_ceil(tile.bm),
                 (a.tokens as u32).div_ceil(tile.bn),
             );
-            let mut splits = self.k_splits(tiles.0 * tiles.1, w.row_bytes / 32);
-            while tile.names[splits.trailing_zeros() as usize].is_empty() {
-                splits /= 2;
-            }
+            let splits = if tile.names.len() > 1 {
+                self.k_splits(tiles.0 * tiles.1, w.row_bytes / 32)
+            } else {
+                1
+            };
             let f = self
                 .kernels
                 .function(TERNARY, tile.names[splits.trailing_zeros() as usize])?;
