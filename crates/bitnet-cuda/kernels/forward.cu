@@ -115,11 +115,7 @@ extern "C" __global__ void embed_rows(const unsigned char* __restrict__ table, i
 
 // The input of a norm: x itself (mode 0), or the gated FFN activation of gate | up halves
 // (mode 1: relu(g)^2 * u, mode 2: silu(g) * u), as ops::relu2_mul / silu_mul.
-// Loads go through L2 only (ld.global.cg): the persistent decode kernel reads rows that other
-// blocks wrote earlier in the same launch, which a stale L1 line would hide.
-__device__ __forceinline__ float norm_input(const float* __restrict__ xt, int cols, int mode, int k) {
-    if (mode == 0) return __ldcg(xt + k);
-    const float g = __ldcg(xt + k), u = __ldcg(xt + cols + k);
+__device__ __forceinline__ float gate_value(float g, float u, int mode) {
     if (mode == 1) {
         const float r = fmaxf(g, 0.0f);  // NaN -> 0, as f32::max
         return __fmul_rn(__fmul_rn(r, r), u);
@@ -127,56 +123,142 @@ __device__ __forceinline__ float norm_input(const float* __restrict__ xt, int co
     return __fmul_rn(__fdiv_rn(g, __fadd_rn(1.0f, expf(-g))), u);
 }
 
+// Four consecutive floats k .. k + 3 of p through L2 only (ld.global.cg: the persistent decode
+// kernel reads rows that other blocks wrote earlier in the same launch, which a stale L1 line
+// would hide); one 16-byte load when `vec` (p 16-byte aligned, n a multiple of 4), else one
+// load per element below n and zeros past it.
+__device__ __forceinline__ float4 ldcg4(const float* __restrict__ p, int k, int n, bool vec) {
+    if (vec) return __ldcg((const float4*)(p + k));
+    return make_float4(k < n ? __ldcg(p + k) : 0.0f, k + 1 < n ? __ldcg(p + k + 1) : 0.0f,
+                       k + 2 < n ? __ldcg(p + k + 2) : 0.0f, k + 3 < n ? __ldcg(p + k + 3) : 0.0f);
+}
+
+// The raw loads of group g (values 4g .. 4g + 3) of a norm's input: x (mode 0), or gate (a)
+// and up (b; not loaded in mode 0).
+struct NormLoad {
+    float4 a, b;
+};
+
+__device__ __forceinline__ void norm_load(NormLoad& l, const float* __restrict__ xt, int cols,
+                                          int mode, int g, bool vec) {
+    l.a = ldcg4(xt, 4 * g, cols, vec);
+    if (mode) l.b = ldcg4(xt + cols, 4 * g, cols, vec);
+}
+
+// The group's input values (zeros past cols: gate_value(0, 0) is 0 in both modes).
+__device__ __forceinline__ float4 norm_values(const NormLoad& l, int mode) {
+    if (mode == 0) return l.a;
+    return make_float4(gate_value(l.a.x, l.b.x, mode), gate_value(l.a.y, l.b.y, mode),
+                       gate_value(l.a.z, l.b.z, mode), gate_value(l.a.w, l.b.w, mode));
+}
+
 // Where int8 value k of a row goes in the chunk-major order the persistent decode kernel
 // reads (`chunks` 16-byte I2_S chunks a row): the 16 values that group g of chunk c multiplies
 // at (g * chunks + c) * 16, so that the lanes of a warp, on consecutive chunks, read
 // consecutive 16 bytes of shared memory (in row order the lanes of a warp hit the same banks).
+// Values 4j .. 4j + 3 stay consecutive (norm_quant_row stores them as one word).
 __device__ __forceinline__ int perm_index(int k, int chunks) {
     const int w = k & 127, r = w & 31;
     return (((w >> 5) * chunks + ((k >> 7) << 1) + (r >> 4)) << 4) + (r & 15);
 }
 
 // One row's norm and quantization (the body of norm_quant; also the prologue of the fused
-// decode matmul, so both give the same bits): y = w * (v * r), r = 1 / sqrt(mean(v^2) + eps)
-// (ops::rms_norm) over the row's `cols` input values v (see norm_input), written to `y` when
+// decode matmuls, so all give the same bits): y = w * (v * r), r = 1 / sqrt(mean(v^2) + eps)
+// (ops::rms_norm) over the row's `cols` input values v (see gate_value), written to `y` when
 // that is not null, then, when `q` is not null, y quantized to int8 exactly as quantize_rows
 // does with y as input (so the int8 values are bit-identical to the CPU quantizer applied to
-// this y): `qstride` bytes (zero past cols), the scale to *s_out and the values' sum to
-// *sum_out in every thread. The sum-of-squares order depends on blockDim: callers that must
-// agree launch the same block size. `row` is `cols` floats of shared memory: the row is read
-// from global memory once, and each global pass costs a memory latency per element a thread
-// handles. The q writes are published to the block by block_sum_i's barriers.
+// this y): `qstride` bytes (a multiple of 4, zero past cols), the scale to *s_out and the
+// values' sum to *sum_out in every thread. The row is read from global memory once, into `row`
+// (cols floats rounded up to 4 of shared memory, 16-byte aligned). Thread i adds the squares
+// of values i, i + blockDim, ... in that order, so the sum of squares depends on blockDim
+// alone: callers that must agree launch the same block size. VEC loads four values a thread
+// at a time (16-byte loads, a quarter of the instructions and requests), then a barrier, then
+// the squares from shared memory: shorter for one token, whose norm is a latency in front of
+// every matmul (the decode kernels: 2B4T's fused decode 1,620 -> 1,500 us a token on the
+// H200); without VEC each thread loads its own values and squares them as they come, which
+// norm_quant's many tokens a launch run faster (pp512 58.3k against 55.2k t/s). The same
+// bits either way. The other passes work on four values a thread (no order to keep: a
+// product per value, a max, an integer sum). The q writes are published to the block by
+// block_sum_i's barriers.
+template <bool VEC>
 __device__ void norm_quant_row(const float* __restrict__ xt, int cols, int mode,
                                const float* __restrict__ w, float eps, float* row,
                                float* __restrict__ y, i8* q, int qstride, float* red,
                                int* red_i, float* s_out, int* sum_out, int perm = 0) {
+    const int nt = blockDim.x, ng = (cols + 3) >> 2;
+    float4* row4 = (float4*)row;
     float ss = 0.0f;
+    if (VEC) {
+        const bool vec = (cols & 3) == 0 && (((size_t)xt) & 15) == 0;
+#pragma unroll 2
+        for (int g = threadIdx.x; g < ng; g += nt) {
+            NormLoad l;
+            norm_load(l, xt, cols, mode, g, vec);
+            row4[g] = norm_values(l, mode);
+        }
+        __syncthreads();
 #pragma unroll 4
-    for (int k = threadIdx.x; k < cols; k += blockDim.x) {
-        const float v = norm_input(xt, cols, mode, k);
-        row[k] = v;
-        ss = fmaf(v, v, ss);
+        for (int k = threadIdx.x; k < cols; k += nt) ss = fmaf(row[k], row[k], ss);
+    } else {
+#pragma unroll 4
+        for (int k = threadIdx.x; k < cols; k += nt) {
+            const float v = mode ? gate_value(__ldcg(xt + k), __ldcg(xt + cols + k), mode) : __ldcg(xt + k);
+            row[k] = v;
+            ss = fmaf(v, v, ss);
+        }
+        // Zeros up to the group boundary: the passes below read whole groups.
+        if (threadIdx.x == 0)
+            for (int k = cols; k < 4 * ng; ++k) row[k] = 0.0f;
     }
     ss = block_sum(ss, red);
     const float r = __fdiv_rn(1.0f, sqrtf(__fadd_rn(__fdiv_rn(ss, (float)cols), eps)));
     float amax = 0.0f;
-    // Each thread reads back only the elements it wrote: no barrier needed between passes.
-#pragma unroll 4
-    for (int k = threadIdx.x; k < cols; k += blockDim.x) {
-        const float v = __fmul_rn(w[k], __fmul_rn(row[k], r));
-        row[k] = v;
-        if (y) y[k] = v;
-        amax = fmaxf(amax, fabsf(v));
+    // Each thread reads back only the groups it wrote in the first pass (block_sum's barriers
+    // keep the sums of squares' reads ahead of these writes): no barrier between passes.
+    const bool wvec = (cols & 3) == 0 && (((size_t)w) & 15) == 0;
+    const bool yvec = y && (cols & 3) == 0 && (((size_t)y) & 15) == 0;
+    for (int g = threadIdx.x; g < ng; g += nt) {
+        const int k = 4 * g;
+        const float4 v = row4[g];
+        float4 wv;
+        if (wvec) {
+            wv = *(const float4*)(w + k);
+        } else {
+            wv = make_float4(w[k], k + 1 < cols ? w[k + 1] : 0.0f, k + 2 < cols ? w[k + 2] : 0.0f,
+                             k + 3 < cols ? w[k + 3] : 0.0f);
+        }
+        const float4 o = make_float4(__fmul_rn(wv.x, __fmul_rn(v.x, r)), __fmul_rn(wv.y, __fmul_rn(v.y, r)),
+                                     __fmul_rn(wv.z, __fmul_rn(v.z, r)), __fmul_rn(wv.w, __fmul_rn(v.w, r)));
+        row4[g] = o;
+        if (yvec) {
+            *(float4*)(y + k) = o;
+        } else if (y) {
+            const float ov[4] = {o.x, o.y, o.z, o.w};
+#pragma unroll
+            for (int i = 0; i < 4; ++i)
+                if (k + i < cols) y[k + i] = ov[i];
+        }
+        amax = fmaxf(amax, fmaxf(fmaxf(fabsf(o.x), fabsf(o.y)), fmaxf(fabsf(o.z), fabsf(o.w))));
     }
     if (!q) return;
     amax = block_max(amax, red);
     const float s = __fdiv_rn(127.0f, fmaxf(amax, 1e-5f));
     int sum = 0;
-    for (int k = threadIdx.x; k < qstride; k += blockDim.x) {
-        int v = 0;
-        if (k < cols) v = (int)fminf(fmaxf(rintf(__fmul_rn(row[k], s)), -128.0f), 127.0f);
-        q[perm ? perm_index(k, perm) : k] = (i8)v;
-        sum += v;
+    for (int g = threadIdx.x; 4 * g < qstride; g += nt) {
+        const int k = 4 * g;
+        u32 packed = 0;
+        if (k < cols) {
+            const float4 o = row4[g];
+            const float ov[4] = {o.x, o.y, o.z, o.w};
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                int v = 0;
+                if (k + i < cols) v = (int)fminf(fmaxf(rintf(__fmul_rn(ov[i], s)), -128.0f), 127.0f);
+                sum += v;
+                packed |= (u32)(v & 0xff) << (8 * i);
+            }
+        }
+        *(u32*)(q + (perm ? perm_index(k, perm) : k)) = packed;
     }
     *s_out = s;
     *sum_out = block_sum_i(sum, red_i);
@@ -195,7 +277,7 @@ extern "C" __global__ void norm_quant(const float* __restrict__ x, int in_stride
     const int t = blockIdx.x;
     float s;
     int sum;
-    norm_quant_row(x + (size_t)t * in_stride, cols, mode, w, eps, row,
+    norm_quant_row<false>(x + (size_t)t * in_stride, cols, mode, w, eps, row,
                    y ? y + (size_t)t * cols : y, q ? q + (size_t)t * qstride : q, qstride, red,
                    red_i, &s, &sum);
     if (q && threadIdx.x == 0) {
@@ -257,7 +339,7 @@ extern "C" __global__ void __launch_bounds__(1024) norm_ternary_t1(const float* 
     }
     float s;
     int sum;
-    norm_quant_row(x, cols, mode, nw, eps, row, nullptr, qs, qstride, red, red_i, &s, &sum);
+    norm_quant_row<true>(x, cols, mode, nw, eps, row, nullptr, qs, qstride, red, red_i, &s, &sum);
     for (; r < rows; r += step) {
         const uint4* wr = (const uint4*)(w + (size_t)r * row_bytes);
         int acc = 0;
@@ -903,28 +985,63 @@ extern "C" __global__ void quantize_q8_0(const float* __restrict__ x, int cols,
 }
 
 // logits[r] = dot(Q8_0 row r, the Q8_0-quantized x): per block the exact integer dot times
-// d_w * d_x, summed in f32 (ggml_vec_dot_q8_0_q8_0). One warp per row, a block per lane.
+// d_w * d_x, summed in f32 (ggml_vec_dot_q8_0_q8_0). One warp per row, a block per lane: lane
+// l folds blocks l, l + 32, ... into acc = fmaf(d_w * d_x, s, acc) and warp_sum adds the lanes
+// (head_q8_0_mma_tile reproduces this order). Blocks are 34 bytes, only 2-byte aligned: read
+// from global memory 2 bytes at a time, a warp's 17 loads per block each touch ~9 cache lines,
+// and ncu showed the L1 95% busy with DRAM at 35%. So when a row is a multiple of 16 bytes
+// (cols a multiple of 256; the head is an allocation of its own, 16-byte aligned) and the
+// launch gave a row per warp of dynamic shared memory, each warp copies its row there with
+// 16-byte loads and the lanes read their blocks 4 bytes at a time.
 extern "C" __global__ void head_q8_0(const unsigned char* __restrict__ w, int rows, int cols,
                                      const i8* __restrict__ q, const float* __restrict__ d,
                                      float* __restrict__ out) {
+    extern __shared__ __align__(16) unsigned char hrow[];
     const int lane = threadIdx.x & 31;
     const int r = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (r >= rows) return;
-    const int nb = cols >> 5;
-    // Blocks are 34 bytes: 2-byte aligned, so the int8 quads are put together from u16 loads.
-    const u16* row = (const u16*)(w + (size_t)r * nb * 34);
+    const int nb = cols >> 5, rb = nb * 34;
     float acc = 0.0f;
-    for (int b = lane; b < nb; b += 32) {
-        const u16* blk = row + b * 17;
-        const float dw = h2f(__ldg(blk));
-        const int* qx = (const int*)(q + b * 32);
-        int s = 0;
+    u32 smem_bytes;
+    asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(smem_bytes));
+    if ((rb & 15) == 0 && smem_bytes >= (blockDim.x >> 5) * (u32)rb) {
+        unsigned char* slot = hrow + (size_t)(threadIdx.x >> 5) * rb;
+        const uint4* src = (const uint4*)(w + (size_t)r * rb);
+        for (int i = lane; i < (rb >> 4); i += 32) ((uint4*)slot)[i] = __ldg(src + i);
+        __syncwarp();
+        const u32* words = (const u32*)slot;
+        for (int b = lane; b < nb; b += 32) {
+            // Block b starts at byte 34 b: word 17 b / 2, at its start (b even: the scale is
+            // that word's low half, the codes straddle words) or half-way (b odd: the scale is
+            // its high half, the codes are the next 8 words).
+            const u32* bw = words + ((17 * b) >> 1);
+            const u32 odd = b & 1;
+            u32 wv[9];
 #pragma unroll
-        for (int i = 0; i < 8; ++i) {
-            const int wq = (int)((u32)__ldg(blk + 1 + 2 * i) | ((u32)__ldg(blk + 2 + 2 * i) << 16));
-            s = __dp4a(wq, qx[i], s);
+            for (int i = 0; i < 9; ++i) wv[i] = bw[i];
+            const float dw = h2f((u16)(wv[0] >> (odd << 4)));
+            const int* qx = (const int*)(q + b * 32);
+            int s = 0;
+#pragma unroll
+            for (int i = 0; i < 8; ++i)
+                s = __dp4a((int)__funnelshift_rc(wv[i], wv[i + 1], 16 + (odd << 4)), qx[i], s);
+            acc = fmaf(__fmul_rn(dw, d[b]), (float)s, acc);
         }
-        acc = fmaf(__fmul_rn(dw, d[b]), (float)s, acc);
+    } else {
+        const u16* row = (const u16*)(w + (size_t)r * rb);
+        for (int b = lane; b < nb; b += 32) {
+            const u16* blk = row + b * 17;
+            const float dw = h2f(__ldg(blk));
+            const int* qx = (const int*)(q + b * 32);
+            int s = 0;
+#pragma unroll
+            for (int i = 0; i < 8; ++i) {
+                const int wq =
+                    (int)((u32)__ldg(blk + 1 + 2 * i) | ((u32)__ldg(blk + 2 + 2 * i) << 16));
+                s = __dp4a(wq, qx[i], s);
+            }
+            acc = fmaf(__fmul_rn(dw, d[b]), (float)s, acc);
+        }
     }
     acc = warp_sum(acc);
     if (lane == 0) out[r] = acc;
@@ -1692,7 +1809,7 @@ __device__ __forceinline__ unsigned ld_acquire(const unsigned* p) {
 // fire-and-forget release add; the wait, acquire loads of one word. The release (after the
 // block's barrier, cumulative over what its threads wrote) and the acquire make every block's
 // writes before the barrier visible to every block after it (readers use L2 loads: see
-// norm_input). Counts wrap at 2^32: compared as a signed difference.
+// ldcg4). Counts wrap at 2^32: compared as a signed difference.
 __device__ __forceinline__ void grid_barrier(unsigned* bar, unsigned base, unsigned k) {
     __syncthreads();
     if (threadIdx.x == 0) {
@@ -1704,35 +1821,38 @@ __device__ __forceinline__ void grid_barrier(unsigned* bar, unsigned base, unsig
     __syncthreads();
 }
 
-// Rows [r0, r1) of a ternary matrix staged in shared memory (`ws`, row r at (r - r0) *
-// row_bytes, then the rows' scales) times the block's int8 row `qs` in chunk-major order (perm_index; sum `sum`,
-// scale `s`), a warp per row, with
-// norm_ternary_t1's epilogue; outputs through L2 (other blocks read them after the barrier).
-// With `own` (the block's copy of its rows of the residual stream) the outputs are added to
-// them, and the sums stored to both.
-__device__ __forceinline__ void staged_rows(const unsigned char* ws, int r0, int r1,
-                                            int row_bytes, const i8* qs, int sum, float s,
-                                            float* out, float* own) {
-    const int lane = threadIdx.x & 31, warps = blockDim.x >> 5, chunks = row_bytes >> 4;
+// staged_rows with L lanes a row (32 / L rows a warp at once): lane j of a row takes chunks
+// j, j + L, ...
+template <int L>
+__device__ __forceinline__ void staged_rows_l(const unsigned char* ws, int r0, int r1,
+                                              int row_bytes, const i8* qs, int sum, float s,
+                                              float* out, float* own) {
+    constexpr int G = 32 / L;
+    const int lane = threadIdx.x & 31, sub = lane % L, warps = blockDim.x >> 5;
+    const int chunks = row_bytes >> 4;
     const float* wscale = (const float*)(ws + (size_t)(r1 - r0) * row_bytes) - r0;
-    for (int r = r0 + (threadIdx.x >> 5); r < r1; r += warps) {
-        const uint4* wr = (const uint4*)(ws + (size_t)(r - r0) * row_bytes);
+    for (int rg = r0 + (threadIdx.x >> 5) * G; rg < r1; rg += warps * G) {
+        const int r = rg + lane / L;
         int acc = 0;
-        for (int c = lane; c < chunks; c += 32) {
-            const uint4 wv = wr[c];
-            const u32 words[4] = {wv.x, wv.y, wv.z, wv.w};
+        if (r < r1) {
+            const uint4* wr = (const uint4*)(ws + (size_t)(r - r0) * row_bytes);
+            for (int c = sub; c < chunks; c += L) {
+                const uint4 wv = wr[c];
+                const u32 words[4] = {wv.x, wv.y, wv.z, wv.w};
 #pragma unroll
-            for (int g = 0; g < 4; ++g) {
-                const int shift = 6 - 2 * g;
-                const int4 qv = *(const int4*)(qs + ((g * chunks + c) << 4));
-                acc = __dp4a((int)((words[0] >> shift) & 0x03030303u), qv.x, acc);
-                acc = __dp4a((int)((words[1] >> shift) & 0x03030303u), qv.y, acc);
-                acc = __dp4a((int)((words[2] >> shift) & 0x03030303u), qv.z, acc);
-                acc = __dp4a((int)((words[3] >> shift) & 0x03030303u), qv.w, acc);
+                for (int g = 0; g < 4; ++g) {
+                    const int shift = 6 - 2 * g;
+                    const int4 qv = *(const int4*)(qs + ((g * chunks + c) << 4));
+                    acc = __dp4a((int)((words[0] >> shift) & 0x03030303u), qv.x, acc);
+                    acc = __dp4a((int)((words[1] >> shift) & 0x03030303u), qv.y, acc);
+                    acc = __dp4a((int)((words[2] >> shift) & 0x03030303u), qv.z, acc);
+                    acc = __dp4a((int)((words[3] >> shift) & 0x03030303u), qv.w, acc);
+                }
             }
         }
-        acc = warp_sum_i(acc);
-        if (lane == 0) {
+#pragma unroll
+        for (int o = L / 2; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+        if (r < r1 && sub == 0) {
             const float yv = __fmul_rn(__fdiv_rn((float)(acc - sum), s), wscale[r]);
             if (own) {
                 const float v = __fadd_rn(own[r - r0], yv);
@@ -1743,6 +1863,27 @@ __device__ __forceinline__ void staged_rows(const unsigned char* ws, int r0, int
             }
         }
     }
+}
+
+// Rows [r0, r1) of a ternary matrix staged in shared memory (`ws`, row r at (r - r0) *
+// row_bytes, then the rows' scales) times the block's int8 row `qs` in chunk-major order
+// (perm_index; sum `sum`, scale `s`), with norm_ternary_t1's epilogue; outputs through L2
+// (other blocks read them after the barrier). With `own` (the block's copy of its rows of the
+// residual stream) the outputs are added to them, and the sums stored to both. A row takes 8
+// or 32 lanes, whichever ends the block's rows in fewer steps of its slowest warp: ~105 rows
+// of 40 chunks of gate/up a block take 8 lanes a row (5 steps; with 32 lanes, 8 steps with a
+// quarter of the lanes busy in every second one), ~20 rows of 108 chunks of down 32. The
+// integer dot is exact in any grouping: the same bits whichever runs.
+__device__ __forceinline__ void staged_rows(const unsigned char* ws, int r0, int r1,
+                                            int row_bytes, const i8* qs, int sum, float s,
+                                            float* out, float* own) {
+    const int n = r1 - r0, chunks = row_bytes >> 4, warps = blockDim.x >> 5;
+    const int s8 = ((n + 3) / 4 + warps - 1) / warps * ((chunks + 7) / 8);
+    const int s32 = (n + warps - 1) / warps * ((chunks + 31) / 32);
+    if (s8 < s32)
+        staged_rows_l<8>(ws, r0, r1, row_bytes, qs, sum, s, out, own);
+    else
+        staged_rows_l<32>(ws, r0, r1, row_bytes, qs, sum, s, out, own);
 }
 
 // Per-layer pointers in the descriptor array (DECODE_PTRS u64 each, in this order).
@@ -1875,7 +2016,7 @@ extern "C" __global__ void __launch_bounds__(1024, 1)
         stage_matrix(desc, d, next, dsm, wbuf, wrows);
         wait_staged();
         mark(l, st, 0);
-        norm_quant_row(in, cols, nmode, nw, eps, row, nullptr, qs, stride, red, red_i, &s, &sum,
+        norm_quant_row<true>(in, cols, nmode, nw, eps, row, nullptr, qs, stride, red, red_i, &s, &sum,
                        stride >> 6);
         mark(l, st, 1);
         slice_of(rows, &r0, &r1);

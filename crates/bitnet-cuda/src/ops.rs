@@ -380,7 +380,8 @@ impl Gpu {
         if tokens == 0 {
             return Ok(());
         }
-        let smem = 4 * cols;
+        // (whole groups of four: norm_quant_row stores 16 bytes at a time)
+        let smem = 4 * cols.div_ceil(4) * 4;
         if smem > MAX_NORM_SMEM {
             return Err(CudaError::Unsupported(format!(
                 "a norm over {cols} values (the kernel keeps a row in {} KiB of shared memory)",
@@ -788,7 +789,18 @@ impl Gpu {
                 DenseType::Q6_K => "head_q6_k",
                 _ => "head_q8_0",
             };
-            let f = self.kernels.function(FORWARD, name)?;
+            // head_q8_0 stages each warp's row in shared memory when rows are whole 16-byte
+            // words and fit (see the kernel; it reads the size it was given).
+            let staged = HEAD_WARPS as usize * m.row_bytes;
+            let smem = match m.ty {
+                DenseType::Q8_0
+                    if m.row_bytes.is_multiple_of(16) && staged <= self.smem_per_block =>
+                {
+                    staged
+                }
+                _ => 0,
+            };
+            let f = self.forward_kernel(name, smem)?;
             let mut l = self.stream.launch_builder(&f);
             l.arg(&m.data)
                 .arg(&rows)
@@ -796,8 +808,9 @@ impl Gpu {
                 .arg(&*q8)
                 .arg(&*d8)
                 .arg(logits);
-            // SAFETY: arguments match; a warp per row inside `rows` (checked).
-            unsafe { l.launch(cfg(grid, 32 * HEAD_WARPS, 0)) }?;
+            // SAFETY: arguments match; a warp per row inside `rows` (checked); the shared
+            // memory holds a row per warp where the kernel stages them.
+            unsafe { l.launch(cfg(grid, 32 * HEAD_WARPS, smem as u32)) }?;
         } else {
             let f = self.kernels.function(FORWARD, "head_dense")?;
             let ty = m.code();
