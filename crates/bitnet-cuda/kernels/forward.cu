@@ -133,23 +133,15 @@ __device__ __forceinline__ float4 ldcg4(const float* __restrict__ p, int k, int 
                        k + 2 < n ? __ldcg(p + k + 2) : 0.0f, k + 3 < n ? __ldcg(p + k + 3) : 0.0f);
 }
 
-// The raw loads of group g (values 4g .. 4g + 3) of a norm's input: x (mode 0), or gate (a)
-// and up (b; not loaded in mode 0).
-struct NormLoad {
-    float4 a, b;
-};
-
-__device__ __forceinline__ void norm_load(NormLoad& l, const float* __restrict__ xt, int cols,
-                                          int mode, int g, bool vec) {
-    l.a = ldcg4(xt, 4 * g, cols, vec);
-    if (mode) l.b = ldcg4(xt + cols, 4 * g, cols, vec);
-}
-
-// The group's input values (zeros past cols: gate_value(0, 0) is 0 in both modes).
-__device__ __forceinline__ float4 norm_values(const NormLoad& l, int mode) {
-    if (mode == 0) return l.a;
-    return make_float4(gate_value(l.a.x, l.b.x, mode), gate_value(l.a.y, l.b.y, mode),
-                       gate_value(l.a.z, l.b.z, mode), gate_value(l.a.w, l.b.w, mode));
+// Group g (values 4g .. 4g + 3) of a norm's input: x (mode 0) or the gated gate | up halves;
+// zeros past cols (gate_value(0, 0) is 0 in both modes).
+__device__ __forceinline__ float4 norm_group(const float* __restrict__ xt, int cols, int mode,
+                                             int g, bool vec) {
+    const float4 a = ldcg4(xt, 4 * g, cols, vec);
+    if (mode == 0) return a;
+    const float4 b = ldcg4(xt + cols, 4 * g, cols, vec);
+    return make_float4(gate_value(a.x, b.x, mode), gate_value(a.y, b.y, mode),
+                       gate_value(a.z, b.z, mode), gate_value(a.w, b.w, mode));
 }
 
 // Where int8 value k of a row goes in the chunk-major order the persistent decode kernel
@@ -191,11 +183,7 @@ __device__ void norm_quant_row(const float* __restrict__ xt, int cols, int mode,
     if (VEC) {
         const bool vec = (cols & 3) == 0 && (((size_t)xt) & 15) == 0;
 #pragma unroll 2
-        for (int g = threadIdx.x; g < ng; g += nt) {
-            NormLoad l;
-            norm_load(l, xt, cols, mode, g, vec);
-            row4[g] = norm_values(l, mode);
-        }
+        for (int g = threadIdx.x; g < ng; g += nt) row4[g] = norm_group(xt, cols, mode, g, vec);
         __syncthreads();
 #pragma unroll 4
         for (int k = threadIdx.x; k < cols; k += nt) ss = fmaf(row[k], row[k], ss);
@@ -213,8 +201,9 @@ __device__ void norm_quant_row(const float* __restrict__ xt, int cols, int mode,
     ss = block_sum(ss, red);
     const float r = __fdiv_rn(1.0f, sqrtf(__fadd_rn(__fdiv_rn(ss, (float)cols), eps)));
     float amax = 0.0f;
-    // Each thread reads back only the groups it wrote in the first pass (block_sum's barriers
-    // keep the sums of squares' reads ahead of these writes): no barrier between passes.
+    // block_sum's barriers order the first pass's writes (and VEC's reads of the squares)
+    // before this pass; from here on each thread touches only its own groups (g = i, i +
+    // blockDim, ...): no barrier between passes.
     const bool wvec = (cols & 3) == 0 && (((size_t)w) & 15) == 0;
     const bool yvec = y && (cols & 3) == 0 && (((size_t)y) & 15) == 0;
     for (int g = threadIdx.x; g < ng; g += nt) {
@@ -266,12 +255,12 @@ __device__ void norm_quant_row(const float* __restrict__ xt, int cols, int mode,
 
 // Per token (one block each): norm_quant_row of row t (rows `in_stride` floats apart) into
 // y[t] and q[t] / scales[t] / sums[t] (either may be null). Dynamic shared memory: `cols`
-// floats.
+// floats rounded up to 4.
 extern "C" __global__ void norm_quant(const float* __restrict__ x, int in_stride, int cols,
                                       int mode, const float* __restrict__ w, float eps,
                                       float* __restrict__ y, i8* __restrict__ q, int qstride,
                                       float* __restrict__ scales, int* __restrict__ sums) {
-    extern __shared__ float row[];
+    extern __shared__ __align__(16) float row[];
     __shared__ float red[32];
     __shared__ int red_i[32];
     const int t = blockIdx.x;
@@ -323,7 +312,7 @@ extern "C" __global__ void __launch_bounds__(1024) norm_ternary_t1(const float* 
                                            int row_bytes, int qstride,
                                            const float* __restrict__ wscale,
                                            float* __restrict__ out, int accumulate) {
-    extern __shared__ float row[];
+    extern __shared__ __align__(16) float row[];
     __shared__ float red[32];
     __shared__ int red_i[32];
     i8* qs = (i8*)(row + ((cols + 3) & ~3));
@@ -1013,7 +1002,9 @@ extern "C" __global__ void head_q8_0(const unsigned char* __restrict__ w, int ro
         for (int b = lane; b < nb; b += 32) {
             // Block b starts at byte 34 b: word 17 b / 2, at its start (b even: the scale is
             // that word's low half, the codes straddle words) or half-way (b odd: the scale is
-            // its high half, the codes are the next 8 words).
+            // its high half, the codes are the next 8 words). An even block's 9 words run 2 bytes
+            // past it, inside the row: rows of whole 16-byte words have nb % 8 == 0, so the
+            // last block is odd.
             const u32* bw = words + ((17 * b) >> 1);
             const u32 odd = b & 1;
             u32 wv[9];

@@ -198,6 +198,10 @@ fn norm_quantize_matches_the_cpu() {
         (NormInput::SiluGate, 300, 4),
         // Wider than the 48 KiB of shared memory a block gets by default.
         (NormInput::Plain, 20000, 2),
+        // Not a multiple of 4: the last group of four is partial (and rows are not 16-byte
+        // aligned), so the kernel loads and stores value by value there.
+        (NormInput::Plain, 1001, 2),
+        (NormInput::Relu2Gate, 302, 3),
     ] {
         let width = norm_width(input, cols);
         let mut x = rng.vec(tokens * width, 3.0);
@@ -240,6 +244,8 @@ fn batched_norms_equal_one_token_at_a_time() {
         (NormInput::SiluGate, 300, 4),
         (NormInput::Plain, 1000, 2),
         (NormInput::Plain, 20000, 2),
+        (NormInput::Plain, 1001, 3),
+        (NormInput::SiluGate, 302, 2),
     ] {
         let width = norm_width(input, cols);
         let x = rng.vec(tokens * width, 3.0);
@@ -259,27 +265,34 @@ fn batched_norms_equal_one_token_at_a_time() {
 
 /// The fused decode kernel (norm + quantization + ternary matmul in one) gives the same bits
 /// as norm_quantize then ternary_matmul, whose int8 values the test above checks against the
-/// CPU quantizer (and cuda_ops the matmul against the CPU's).
+/// CPU quantizer (and cuda_ops the matmul against the CPU's). The fused kernel loads its norm's
+/// input four values a thread, norm_quantize one: the same sums either way.
 #[test]
 fn fused_norm_matmul_equals_norm_then_matmul() {
     let Some(gpu) = gpu() else { return };
     let mut rng = Rng(23);
-    for (input, rows, cols) in [
-        (NormInput::Plain, 3840, 2560),
-        (NormInput::Relu2Gate, 2560, 6912),
-        (NormInput::SiluGate, 7, 300),
+    // (input, rows, cols, where the input starts in its buffer, in floats)
+    for (input, rows, cols, at) in [
+        (NormInput::Plain, 3840, 2560, 0),
+        (NormInput::Relu2Gate, 2560, 6912, 0),
+        (NormInput::SiluGate, 7, 300, 0),
         // More rows than the grid's warps: each warp runs several.
-        (NormInput::Plain, 5000, 256),
+        (NormInput::Plain, 5000, 256, 0),
         // Rows wider than a warp's registers hold, and shared memory past 48 KiB.
-        (NormInput::Plain, 33, 20000),
+        (NormInput::Plain, 33, 20000, 0),
+        // A partial last group of four; an input that is not 16-byte aligned (the fused
+        // kernel then loads value by value).
+        (NormInput::Plain, 9, 1001, 0),
+        (NormInput::Relu2Gate, 5, 302, 0),
+        (NormInput::Plain, 40, 2560, 1),
     ] {
         let width = if input == NormInput::Plain {
             cols
         } else {
             2 * cols
         };
-        let mut x = rng.vec(width, 3.0);
-        x[1] = 40.0;
+        let mut x = rng.vec(at + width, 3.0);
+        x[at + 1] = 40.0;
         let nw: Vec<f32> = (0..cols).map(|_| 1.0 + 0.5 * rng.f32()).collect();
         let codes: Vec<i8> = (0..rows * cols)
             .map(|_| (rng.next() % 3) as i8 - 1)
@@ -292,7 +305,7 @@ fn fused_norm_matmul_equals_norm_then_matmul() {
         for accumulate in [false, true] {
             let mut a = GpuActivations::new(&gpu, 1, cols).unwrap();
             gpu.norm_quantize(
-                &xd.slice(..),
+                &xd.slice(at..),
                 1,
                 width,
                 input,
@@ -311,7 +324,7 @@ fn fused_norm_matmul_equals_norm_then_matmul() {
             }
             .unwrap();
             gpu.norm_ternary_matmul(
-                &xd.slice(..),
+                &xd.slice(at..),
                 input,
                 &nwd,
                 1e-5,
@@ -335,7 +348,7 @@ fn fused_norm_matmul_equals_norm_then_matmul() {
         let short = gpu.stream().clone_htod(&nw[..cols - 1]).unwrap();
         assert!(matches!(
             gpu.norm_ternary_matmul(
-                &xd.slice(..),
+                &xd.slice(at..),
                 input,
                 &short,
                 1e-5,
