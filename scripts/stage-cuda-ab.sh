@@ -75,4 +75,4 @@ for ((r = 1; r <= rounds; r++)); do
 done
 EOF
 chmod +x "$DIR/ab.sh"
-du -sh "$DIR" | sed 's/\t.*//' | xargs -I{} echo "stage-cuda-ab: {} in $DIR; carry [\"$DIR\"]; run: bash $DIR/ab.sh" >&2
+echo "stage-cuda-ab: $(du -sh "$DIR" | cut -f1) in $DIR; carry [\"$DIR\"]; run: bash $DIR/ab.sh" >&2

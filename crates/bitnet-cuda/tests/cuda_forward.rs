@@ -286,11 +286,7 @@ fn fused_norm_matmul_equals_norm_then_matmul() {
         (NormInput::Relu2Gate, 5, 302, 0),
         (NormInput::Plain, 40, 2560, 1),
     ] {
-        let width = if input == NormInput::Plain {
-            cols
-        } else {
-            2 * cols
-        };
+        let width = norm_width(input, cols);
         let mut x = rng.vec(at + width, 3.0);
         x[at + 1] = 40.0;
         let nw: Vec<f32> = (0..cols).map(|_| 1.0 + 0.5 * rng.f32()).collect();
