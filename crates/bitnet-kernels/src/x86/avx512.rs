@@ -175,6 +175,9 @@ unsafe fn ternary_dot_tile<const R: usize, const T: usize>(
             }
         }
     }
+    // Tried and dropped: one transposing add tree per four sums instead of a reduction per
+    // sum (fewer instructions at the KJV model's four-block rows) made pp64 there 10-20%
+    // slower on Zen 4 (5,950 -> 5,000 t/s, interleaved runs), with a store-free read-out too.
     std::array::from_fn(|r| std::array::from_fn(|t| _mm512_reduce_add_epi32(total[r][t])))
 }
 
@@ -449,6 +452,15 @@ unsafe fn dense_dot_quad<const T: usize, const TY: u8>(
 }
 
 /// The Q8_0 / Q6_K dots are the AVX2 ones, as in llama.cpp.
+///
+/// Tried and dropped (2026-12-04, 2-vCPU Zen 4 VM): a Q8_0 row x token tile with `vpdpbusd`
+/// (256-bit: weights offset by 128, `-128 * sum(x)` per lane as the start value, the same
+/// lanes and FMA order, bit-identical; 4 x 4 tiles through the driver's row tiles). In cache
+/// it took 0.58 ns per block and token against the AVX2 kernel's 0.78, but the 2B4T-shaped
+/// Q8_0 head inside `bitnet bench --parallel 16` stayed at 4.03-4.11 ms a token (4.06-4.15
+/// before) and one token got slower (a 4-row tile streams worse than one row); a 512-bit form
+/// with two tokens per register measured slower still. The port counts say more on Intel
+/// (the AVX2 step is five uops on ports 0/1, the VNNI one three): worth measuring there.
 impl<const DECODE_256: bool> BlockKernel for Avx512Vnni<DECODE_256> {
     unsafe fn q8_0_dot<const T: usize>(row: &[u8], q: [&[i8]; T], d: [&[f32]; T]) -> [f32; T] {
         // SAFETY: forwarded contract (AVX-512 implies the AVX2 + FMA + F16C checked with it).
