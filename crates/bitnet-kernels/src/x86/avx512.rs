@@ -56,6 +56,45 @@ fn halves(lo: __m256i, hi: __m256i) -> __m512i {
     _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
 }
 
+/// The horizontal sums of four vectors as one xmm, with one transposing add tree (128-bit
+/// quarters of pairs, then of the pairs' sums, then the dwords within each quarter).
+///
+/// Why: the kernels return their sums through memory, and the caller reads a row's four at
+/// once; four scalar stores from four `_mm512_reduce_add_epi32` cannot be forwarded to that
+/// 16-byte load, which stalled the tile's caller (`perf`: a sixth of a 16-sequence KJV step
+/// on the instruction after the call). One 16-byte store of this vector forwards.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn hsum4_epi32(v: [__m512i; 4]) -> __m128i {
+    let pair = |a: __m512i, b: __m512i| {
+        // [a0 + a2, a1 + a3, b0 + b2, b1 + b3] by 128-bit quarter.
+        _mm512_add_epi32(
+            _mm512_shuffle_i64x2::<0b01_00_01_00>(a, b),
+            _mm512_shuffle_i64x2::<0b11_10_11_10>(a, b),
+        )
+    };
+    let (ab, cd) = (pair(v[0], v[1]), pair(v[2], v[3]));
+    // Quarter i holds vector i's four partial dwords.
+    let x = _mm512_add_epi32(
+        _mm512_shuffle_i64x2::<0b10_00_10_00>(ab, cd),
+        _mm512_shuffle_i64x2::<0b11_01_11_01>(ab, cd),
+    );
+    let x = _mm512_add_epi32(x, _mm512_shuffle_epi32::<0b01_00_11_10>(x));
+    let x = _mm512_add_epi32(x, _mm512_shuffle_epi32::<0b10_11_00_01>(x));
+    let idx = _mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+    _mm512_castsi512_si128(_mm512_permutexvar_epi32(idx, x))
+}
+
+/// Four sums as an array, written by one 16-byte store ([`hsum4_epi32`]).
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn store4(v: __m128i) -> [i32; 4] {
+    let mut out = [0i32; 4];
+    // SAFETY: `out` is 16 bytes; the store is unaligned.
+    unsafe { _mm_storeu_si128(out.as_mut_ptr() as *mut __m128i, v) };
+    out
+}
+
 /// Raw sums `sum_k code_k * q_t[k]` of one packed row against `T` tokens, two blocks per
 /// iteration into separate accumulators (so consecutive blocks' `vpdpbusd` chains overlap),
 /// then an odd trailing block on its own.
@@ -175,10 +214,19 @@ unsafe fn ternary_dot_tile<const R: usize, const T: usize>(
             }
         }
     }
-    // Tried and dropped: one transposing add tree per four sums instead of a reduction per
-    // sum (fewer instructions at the KJV model's four-block rows) made pp64 there 10-20%
-    // slower on Zen 4 (5,950 -> 5,000 t/s, interleaved runs), with a store-free read-out too.
-    std::array::from_fn(|r| std::array::from_fn(|t| _mm512_reduce_add_epi32(total[r][t])))
+    std::array::from_fn(|r| {
+        if T == 4 {
+            let s = store4(hsum4_epi32([
+                total[r][0],
+                total[r][1],
+                total[r][2],
+                total[r][3],
+            ]));
+            std::array::from_fn(|t| s[t])
+        } else {
+            std::array::from_fn(|t| _mm512_reduce_add_epi32(total[r][t]))
+        }
+    })
 }
 
 /// Raw sums of `R` rows against one token. Each block's 128 activations are loaded once for all
