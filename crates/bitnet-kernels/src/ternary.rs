@@ -108,6 +108,7 @@ impl Tiles for TernaryTiles<'_> {
         let acc: [[i32; T]; R] = acc.map(|row| std::array::from_fn(|i| row[i] - sums[i]));
         match self.sink {
             Sink::F32 { outs, scales } => {
+                let out = outs[self.m];
                 // The tile's divisions four at a time ([`to_bitlinear`]): with one `divss` per
                 // output this wrapper took 12% of a 16-sequence step on the KJV model (`perf`).
                 let s: [f32; T] = std::array::from_fn(|i| scales[t0 + i]);
@@ -123,7 +124,7 @@ impl Tiles for TernaryTiles<'_> {
                     for (i, v) in row.into_iter().enumerate() {
                         // SAFETY: t0 + i < tokens and r + j < rows, and the driver runs each
                         // tile once.
-                        unsafe { outs[self.m].write((t0 + i) * rows_n + r + j, v) }
+                        unsafe { out.write((t0 + i) * rows_n + r + j, v) }
                     }
                 }
             }

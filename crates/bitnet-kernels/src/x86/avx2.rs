@@ -11,6 +11,31 @@ use std::arch::x86_64::*;
 
 pub(crate) struct Avx2;
 
+/// The horizontal sums of four vectors, written with one 16-byte store (unpacks pair them up,
+/// two add levels, then the halves). The callers read the four sums of a decode row tile with
+/// one 16-byte load, which four scalar stores (an [`hsum_i32`] each) cannot forward to: `perf`
+/// found the decode tile's caller stalled on that load.
+#[inline]
+#[target_feature(enable = "avx2")]
+pub(crate) fn hsum4_i32(v: [__m256i; 4]) -> [i32; 4] {
+    // [a0 + a2, b0 + b2, a1 + a3, b1 + b3] in each half, likewise c and d.
+    let ab = _mm256_add_epi32(
+        _mm256_unpacklo_epi32(v[0], v[1]),
+        _mm256_unpackhi_epi32(v[0], v[1]),
+    );
+    let cd = _mm256_add_epi32(
+        _mm256_unpacklo_epi32(v[2], v[3]),
+        _mm256_unpackhi_epi32(v[2], v[3]),
+    );
+    // [a, b, c, d] partial sums in each half.
+    let x = _mm256_add_epi32(_mm256_unpacklo_epi64(ab, cd), _mm256_unpackhi_epi64(ab, cd));
+    let s = _mm_add_epi32(_mm256_castsi256_si128(x), _mm256_extracti128_si256::<1>(x));
+    let mut out = [0i32; 4];
+    // SAFETY: `out` is 16 bytes; the store is unaligned.
+    unsafe { _mm_storeu_si128(out.as_mut_ptr() as *mut __m128i, s) };
+    out
+}
+
 /// Blocks of 128 weights whose `maddubs` partial sums may be added in i16 before widening.
 /// Per i16 lane one block adds 4 pairs of `code (0..=2) * q (-128..=127)`, i.e. a value in
 /// [-2048, 2032]; 16 blocks stay within [-32768, 32512], so no wrap and the result is exact.
@@ -221,6 +246,10 @@ unsafe fn ternary_dot_rows<const R: usize>(w: [&[u8]; R], q: &[i8]) -> [i32; R] 
         for r in 0..R {
             acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(acc16[r], ones));
         }
+    }
+    if R == 4 {
+        let s = hsum4_i32([acc[0], acc[1], acc[2], acc[3]]);
+        return std::array::from_fn(|r| s[r]);
     }
     std::array::from_fn(|r| hsum_i32(acc[r]))
 }

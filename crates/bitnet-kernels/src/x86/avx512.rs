@@ -19,7 +19,7 @@
 //! shifts or shuffles on the weight path: one broadcast load and two ANDs per block.
 
 use crate::kernel::{BlockKernel, DenseKernel, QuantizeKernel, TernaryKernel};
-use crate::x86::avx2::{ty_size, Avx2, TY_BF16, TY_F16, TY_F32};
+use crate::x86::avx2::{hsum4_i32, ty_size, Avx2, TY_BF16, TY_F16, TY_F32};
 use crate::x86::prefetch;
 use bitnet_quantization::DenseType;
 use std::arch::x86_64::*;
@@ -319,6 +319,10 @@ unsafe fn ternary_dot_rows_256<const R: usize>(w: [&[u8]; R], q: &[i8]) -> [i32;
             );
             total[r] = _mm256_add_epi32(total[r], s);
         }
+    }
+    if R == 4 {
+        let s = hsum4_i32([total[0], total[1], total[2], total[3]]);
+        return std::array::from_fn(|r| s[r]);
     }
     std::array::from_fn(|r| {
         let v = total[r];
