@@ -39,14 +39,14 @@ fn check_shapes(w: &TernaryMatrix, a: &QuantizedActivations, out_len: usize) {
     );
 }
 
-/// Where a driver call's exact integer results `sum_k t_k * q_k` go, one output per matrix.
+/// Where a driver call's exact integer results `sum_k t_k * q_k` go.
 enum Sink<'a> {
     /// The BitLinear outputs `acc as f32 / s_x[t] * scale`.
     F32 {
         outs: Vec<SharedOut<f32>>,
         scales: &'a [f32],
     },
-    /// The integers themselves.
+    /// The integers themselves, of a call with one matrix.
     I32(SharedOut<i32>),
 }
 
@@ -114,7 +114,7 @@ impl Tiles for TernaryTiles<'_> {
                 let s: [f32; T] = std::array::from_fn(|i| scales[t0 + i]);
                 let ws = w.scale();
                 let v: [[f32; T]; R] = if T == 1 {
-                    // Decode: the rows share the one token's scale.
+                    // One token (decode, or a prompt's last): the rows share its scale.
                     let col = to_bitlinear(acc.map(|row| row[0]), &[s[0]; R], ws);
                     std::array::from_fn(|j| [col[j]; T])
                 } else {
@@ -129,6 +129,7 @@ impl Tiles for TernaryTiles<'_> {
                 }
             }
             Sink::I32(out) => {
+                debug_assert_eq!(self.m, 0, "an I32 sink takes one matrix");
                 for (j, row) in acc.into_iter().enumerate() {
                     for (i, v) in row.into_iter().enumerate() {
                         // SAFETY: as above.

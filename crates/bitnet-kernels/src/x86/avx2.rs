@@ -12,9 +12,9 @@ use std::arch::x86_64::*;
 pub(crate) struct Avx2;
 
 /// The horizontal sums of four vectors, written with one 16-byte store (unpacks pair them up,
-/// two add levels, then the halves). The callers read the four sums of a decode row tile with
-/// one 16-byte load, which four scalar stores (an [`hsum_i32`] each) cannot forward to: `perf`
-/// found the decode tile's caller stalled on that load.
+/// two add levels, then the halves). The callers read the four sums of a row tile (four rows
+/// of one token, or one row of four tokens) with one 16-byte load, which four scalar stores (an
+/// [`hsum_i32`] each) cannot forward to: `perf` found the tile's caller stalled on that load.
 #[inline]
 #[target_feature(enable = "avx2")]
 pub(crate) fn hsum4_i32(v: [__m256i; 4]) -> [i32; 4] {
@@ -45,7 +45,7 @@ const I16_BLOCKS: usize = 16;
 // them without `unsafe`, and nothing else can.
 #[inline]
 #[target_feature(enable = "avx2")]
-fn hsum_i32(v: __m256i) -> i32 {
+pub(crate) fn hsum_i32(v: __m256i) -> i32 {
     let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
     let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
     let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
@@ -127,6 +127,11 @@ unsafe fn ternary_dot<const T: usize>(w: &[u8], q: [&[i8]; T]) -> [i32; T] {
         for t in 0..T {
             acc[t] = _mm256_add_epi32(acc[t], _mm256_madd_epi16(acc16[t], ones));
         }
+    }
+    if T == 4 {
+        // A prompt tile's row: one store for its four tokens (`hsum4_i32`).
+        let s = hsum4_i32([acc[0], acc[1], acc[2], acc[3]]);
+        return std::array::from_fn(|t| s[t]);
     }
     let mut out = [0i32; T];
     for t in 0..T {

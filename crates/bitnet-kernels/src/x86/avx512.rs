@@ -19,7 +19,7 @@
 //! shifts or shuffles on the weight path: one broadcast load and two ANDs per block.
 
 use crate::kernel::{BlockKernel, DenseKernel, QuantizeKernel, TernaryKernel};
-use crate::x86::avx2::{hsum4_i32, ty_size, Avx2, TY_BF16, TY_F16, TY_F32};
+use crate::x86::avx2::{hsum4_i32, hsum_i32, ty_size, Avx2, TY_BF16, TY_F16, TY_F32};
 use crate::x86::prefetch;
 use bitnet_quantization::DenseType;
 use std::arch::x86_64::*;
@@ -56,16 +56,18 @@ fn halves(lo: __m256i, hi: __m256i) -> __m512i {
     _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
 }
 
-/// The horizontal sums of four vectors as one xmm, with one transposing add tree (128-bit
-/// quarters of pairs, then of the pairs' sums, then the dwords within each quarter).
+/// The horizontal sums of four vectors, written with one 16-byte store: one transposing add
+/// tree (128-bit quarters of pairs, then of the pairs' sums, then the dwords within each
+/// quarter).
 ///
 /// Why: the kernels return their sums through memory, and the caller reads a row's four at
 /// once; four scalar stores from four `_mm512_reduce_add_epi32` cannot be forwarded to that
 /// 16-byte load, which stalled the tile's caller (`perf`: a sixth of a 16-sequence KJV step
-/// on the instruction after the call). One 16-byte store of this vector forwards.
+/// on the instruction after the call). The tree alone does not pay: a first try that stored
+/// the four sums one by one (or wrote all 64 bytes and read four back) was 10-20% slower.
 #[inline]
 #[target_feature(enable = "avx512f")]
-fn hsum4_epi32(v: [__m512i; 4]) -> __m128i {
+fn hsum4_epi32(v: [__m512i; 4]) -> [i32; 4] {
     let pair = |a: __m512i, b: __m512i| {
         // [a0 + a2, a1 + a3, b0 + b2, b1 + b3] by 128-bit quarter.
         _mm512_add_epi32(
@@ -82,16 +84,10 @@ fn hsum4_epi32(v: [__m512i; 4]) -> __m128i {
     let x = _mm512_add_epi32(x, _mm512_shuffle_epi32::<0b01_00_11_10>(x));
     let x = _mm512_add_epi32(x, _mm512_shuffle_epi32::<0b10_11_00_01>(x));
     let idx = _mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
-    _mm512_castsi512_si128(_mm512_permutexvar_epi32(idx, x))
-}
-
-/// Four sums as an array, written by one 16-byte store ([`hsum4_epi32`]).
-#[inline]
-#[target_feature(enable = "avx512f")]
-fn store4(v: __m128i) -> [i32; 4] {
+    let s = _mm512_castsi512_si128(_mm512_permutexvar_epi32(idx, x));
     let mut out = [0i32; 4];
     // SAFETY: `out` is 16 bytes; the store is unaligned.
-    unsafe { _mm_storeu_si128(out.as_mut_ptr() as *mut __m128i, v) };
+    unsafe { _mm_storeu_si128(out.as_mut_ptr() as *mut __m128i, s) };
     out
 }
 
@@ -216,12 +212,7 @@ unsafe fn ternary_dot_tile<const R: usize, const T: usize>(
     }
     std::array::from_fn(|r| {
         if T == 4 {
-            let s = store4(hsum4_epi32([
-                total[r][0],
-                total[r][1],
-                total[r][2],
-                total[r][3],
-            ]));
+            let s = hsum4_epi32([total[r][0], total[r][1], total[r][2], total[r][3]]);
             std::array::from_fn(|t| s[t])
         } else {
             std::array::from_fn(|t| _mm512_reduce_add_epi32(total[r][t]))
@@ -268,6 +259,8 @@ unsafe fn ternary_dot_rows<const R: usize>(w: [&[u8]; R], q: &[i8]) -> [i32; R] 
             total[r] = _mm512_add_epi32(total[r], _mm512_add_epi32(g01, g23));
         }
     }
+    // `hsum4_epi32` here (one store for the four rows) measured within 1% on Zen 4 (KJV tg,
+    // `BITNET_ISA=avx512vnni`); this kernel is the Xeon's, where it was not measured.
     std::array::from_fn(|r| _mm512_reduce_add_epi32(total[r]))
 }
 
@@ -324,13 +317,7 @@ unsafe fn ternary_dot_rows_256<const R: usize>(w: [&[u8]; R], q: &[i8]) -> [i32;
         let s = hsum4_i32([total[0], total[1], total[2], total[3]]);
         return std::array::from_fn(|r| s[r]);
     }
-    std::array::from_fn(|r| {
-        let v = total[r];
-        let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
-        let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
-        let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
-        _mm_cvtsi128_si32(s)
-    })
+    std::array::from_fn(|r| hsum_i32(total[r]))
 }
 
 impl<const DECODE_256: bool> TernaryKernel for Avx512Vnni<DECODE_256> {
