@@ -104,7 +104,7 @@ impl Tiles for TernaryTiles<'_> {
             // SAFETY: see above.
             unsafe { K::dot_tile::<R, T>(rows, q) }
         };
-        let (sums, rows_n) = (&a.sums()[t0..t0 + T], w.rows());
+        let sums = &a.sums()[t0..t0 + T];
         let acc: [[i32; T]; R] = acc.map(|row| std::array::from_fn(|i| row[i] - sums[i]));
         match self.sink {
             Sink::F32 { outs, scales } => {
@@ -120,23 +120,36 @@ impl Tiles for TernaryTiles<'_> {
                 } else {
                     acc.map(|row| to_bitlinear(row, &s, ws))
                 };
-                for (j, row) in v.into_iter().enumerate() {
-                    for (i, v) in row.into_iter().enumerate() {
-                        // SAFETY: t0 + i < tokens and r + j < rows, and the driver runs each
-                        // tile once.
-                        unsafe { out.write((t0 + i) * rows_n + r + j, v) }
-                    }
-                }
+                // SAFETY: the driver's tile contract (rows r.., tokens t0.. exist, this task's
+                // alone).
+                unsafe { write_tile(out, v, r, t0, w.rows()) }
             }
             Sink::I32(out) => {
                 debug_assert_eq!(self.m, 0, "an I32 sink takes one matrix");
-                for (j, row) in acc.into_iter().enumerate() {
-                    for (i, v) in row.into_iter().enumerate() {
-                        // SAFETY: as above.
-                        unsafe { out.write((t0 + i) * rows_n + r + j, v) }
-                    }
-                }
+                // SAFETY: as above.
+                unsafe { write_tile(*out, acc, r, t0, w.rows()) }
             }
+        }
+    }
+}
+
+/// Stores a tile `v[row][token]` of rows `r..` and tokens `t0..` into a token-major output of
+/// `rows` rows.
+///
+/// # Safety
+/// The rows and tokens are inside the output, and no other task writes these elements.
+#[inline(always)]
+unsafe fn write_tile<V: Copy, const R: usize, const T: usize>(
+    out: SharedOut<V>,
+    v: [[V; T]; R],
+    r: usize,
+    t0: usize,
+    rows: usize,
+) {
+    for (j, row) in v.into_iter().enumerate() {
+        for (i, x) in row.into_iter().enumerate() {
+            // SAFETY: forwarded contract.
+            unsafe { out.write((t0 + i) * rows + r + j, x) }
         }
     }
 }
