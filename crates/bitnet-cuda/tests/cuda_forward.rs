@@ -1333,6 +1333,89 @@ fn kjv_i2s_gguf_on_the_gpu_matches_cpu_and_reference() {
     check_model("i2_s-gguf", &path, Want::CpuAndReference);
 }
 
+/// Decode steps deep into the KJV model's 1,024-position context (32 KV blocks of a sequence,
+/// shuffled in a cache of 40): the persistent kernel (a head's attention on one block of 1024
+/// threads, through and without the graph), the per-stage fused kernels and the batched kernels
+/// (256 threads a head) must give the same bits step after step (`attend`'s sums do not depend
+/// on the thread count), and the last step the CPU engine's logits within LOGIT_TOL. The
+/// reference prompts are all short; this is where a decode path's long-context arithmetic
+/// (many score rounds, block-table entries past the first few) is compared.
+#[test]
+fn long_context_decode_paths_agree() {
+    if gpu().is_none() {
+        return;
+    }
+    let path = kjv_dir().join("gguf/bitnet-b1.58-kjv-i2_s.gguf");
+    let model = bitnet_models::load(&path, None).unwrap();
+    let backend = CudaBackend::load(0, &model.weights).unwrap();
+    let vocab = backend.model().config().vocab_size;
+    // 1,000 tokens of the reference prompts, then 16 decode steps (the model's context ends at
+    // 1,024).
+    let text: Vec<u32> = reference().iter().flat_map(|p| p.ids.clone()).collect();
+    let (prompt_len, steps) = (1000, 16);
+    let ids: Vec<u32> = text
+        .iter()
+        .cycle()
+        .take(prompt_len + steps)
+        .copied()
+        .collect();
+    let blocks: Vec<u32> = shuffled_blocks(40, 5)[..32].to_vec();
+    let mut runs: Vec<(String, Vec<Vec<f32>>)> = Vec::new();
+    for (graph, fused, persistent) in [
+        (true, true, true),
+        (false, true, true),
+        (true, true, false),
+        (false, false, false),
+    ] {
+        let mut c = backend.context(40, KvType::F16, 1024).unwrap();
+        c.set_graph(graph);
+        c.set_fused(fused);
+        c.set_persistent(persistent);
+        c.forward(&[chunk(&ids[..prompt_len], 0, &blocks, Logits::None)])
+            .unwrap();
+        let mut got = Vec::new();
+        for pos in prompt_len..prompt_len + steps {
+            got.push(
+                c.forward(&[chunk(&ids[pos..=pos], pos, &blocks, Logits::Last)])
+                    .unwrap(),
+            );
+        }
+        runs.push((
+            format!("graph {graph}, fused {fused}, persistent {persistent}"),
+            got,
+        ));
+    }
+    let (first, want) = &runs[0];
+    for (how, got) in &runs[1..] {
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!(
+                same_bits(g, w),
+                "step {i} at position {}: {how} differs from {first} by {}",
+                prompt_len + i,
+                max_abs_diff(g, w)
+            );
+        }
+    }
+    let engine = Engine::load(&path, &EngineOptions::default()).unwrap();
+    let mut cs = engine.session(Some(1024)).unwrap();
+    let cpu = cs.eval(&ids, CpuLogits::Last).unwrap();
+    let last = want.last().unwrap();
+    let d = max_abs_diff(last, &cpu);
+    println!(
+        "long context: {} positions, max |gpu - cpu| {d:.5}; the four decode paths the same bits",
+        ids.len()
+    );
+    assert!(
+        d <= LOGIT_TOL,
+        "GPU and CPU logits at {} differ by {d}",
+        ids.len()
+    );
+    assert_eq!(
+        bitnet_backend::argmax(&last[..vocab]),
+        bitnet_backend::argmax(&cpu)
+    );
+}
+
 /// The same weights in llama.cpp's TQ2_0 and TQ1_0 (converted here from the shared I2_S file,
 /// as `bitnet convert --type` does; the head stays F16): the loaders turn every ternary format
 /// into the same codes, so the GPU must give the reference tokens and logits from each.
