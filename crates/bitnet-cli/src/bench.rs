@@ -47,6 +47,16 @@ pub struct BenchArgs {
         value_delimiter = ','
     )]
     n_gen: Vec<usize>,
+    /// Context depths (llama-bench's -d): each pp and tg test also runs after this many
+    /// tokens are already in the cache (untimed), reported as `pp512 @ d4096`; 0 is the empty
+    /// cache. Comma-separated. The --parallel tests start from empty caches
+    #[arg(
+        short = 'd',
+        long = "n-depth",
+        default_value = "0",
+        value_delimiter = ','
+    )]
+    n_depth: Vec<usize>,
     /// Also measure aggregate generation with this many sequences decoding together through
     /// the continuous-batching scheduler (as `bitnet serve` runs them): test `tgN xK` is K
     /// requests of a one-token prompt and N tokens each, submitted at once; t/s counts every
@@ -146,6 +156,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         .copied()
         .max()
         .unwrap_or(1)
+        + a.n_depth.iter().copied().max().unwrap_or(0)
         + 1;
     let name = match &s.model {
         Some(path) => path
@@ -219,35 +230,51 @@ pub fn run(a: BenchArgs) -> Result<()> {
             }
             Ok(())
         };
-        for &p in a.n_prompt.iter().filter(|&&p| p > 0) {
-            let mut samples = Vec::new();
-            bitnet_inference::profile::take();
-            for rep in 0..=reps {
+        for &d in &a.n_depth {
+            let at = if d > 0 {
+                format!(" @ d{d}")
+            } else {
+                String::new()
+            };
+            // The depth's tokens go in untimed, as one prompt (the session splits it into
+            // batches).
+            let fill = |session: &mut bitnet_inference::Session, toks: Vec<u32>| {
                 session.reset();
-                let toks = tokens(p);
-                let t = Instant::now();
-                session.eval(&toks, Logits::Last)?;
-                if rep > 0 {
-                    samples.push(p as f64 / t.elapsed().as_secs_f64());
+                if d > 0 {
+                    session.eval(&toks, Logits::None)?;
                 }
+                anyhow::Ok(())
+            };
+            for &p in a.n_prompt.iter().filter(|&&p| p > 0) {
+                let mut samples = Vec::new();
+                for rep in 0..=reps {
+                    fill(&mut session, tokens(d))?;
+                    let toks = tokens(p);
+                    bitnet_inference::profile::take();
+                    let t = Instant::now();
+                    session.eval(&toks, Logits::Last)?;
+                    if rep > 0 {
+                        samples.push(p as f64 / t.elapsed().as_secs_f64());
+                    }
+                }
+                report(format!("pp{p}{at}"), samples, p)?;
             }
-            report(format!("pp{p}"), samples, (reps + 1) * p)?;
-        }
-        for &n in a.n_gen.iter().filter(|&&n| n > 0) {
-            let mut samples = Vec::new();
-            bitnet_inference::profile::take();
-            for rep in 0..=reps {
-                session.reset();
-                let toks = tokens(n);
-                let t = Instant::now();
-                for &tok in &toks {
-                    session.eval(&[tok], Logits::Last)?;
+            for &n in a.n_gen.iter().filter(|&&n| n > 0) {
+                let mut samples = Vec::new();
+                for rep in 0..=reps {
+                    fill(&mut session, tokens(d))?;
+                    let toks = tokens(n);
+                    bitnet_inference::profile::take();
+                    let t = Instant::now();
+                    for &tok in &toks {
+                        session.eval(&[tok], Logits::Last)?;
+                    }
+                    if rep > 0 {
+                        samples.push(n as f64 / t.elapsed().as_secs_f64());
+                    }
                 }
-                if rep > 0 {
-                    samples.push(n as f64 / t.elapsed().as_secs_f64());
-                }
+                report(format!("tg{n}{at}"), samples, n)?;
             }
-            report(format!("tg{n}"), samples, (reps + 1) * n)?;
         }
         drop(session);
         for &k in a.parallel.iter().filter(|&&k| k > 0) {

@@ -1,8 +1,11 @@
 //! Quick ternary matmul benchmark at bitnet-b1.58-2B-4T shapes (no criterion).
 //!
 //! ```text
-//! cargo run --release -p bitnet-kernels --example matvec_bench -- [--threads N] [--min-ms N] [--iters N] [--cold-mib N] [--scalar | --isa NAME] [--no-dense | --only-dense]
+//! cargo run --release -p bitnet-kernels --example matvec_bench -- [--threads N] [--min-ms N] [--iters N] [--cold-mib N] [--scalar | --isa NAME] [--no-dense | --only-dense] [--shapes RxC,..] [--tokens N,..]
 //! ```
+//!
+//! `--shapes` replaces the ternary shapes (rows x cols, e.g. `1536x512,512x1536` for the KJV
+//! model's gate/up and down) and `--tokens` the token counts (default 1 and 64).
 //!
 //! For each shape and token count it reports the time per call, the weight bandwidth
 //! (packed weight bytes / time) and GOP/s counting one multiply-add as 2 ops, like a float
@@ -28,6 +31,8 @@ struct Args {
     only_dense: bool,
     cold_mib: usize,
     isa: Isa,
+    shapes: Option<Vec<(usize, usize)>>,
+    tokens: Vec<usize>,
 }
 
 fn parse_args() -> Args {
@@ -39,6 +44,8 @@ fn parse_args() -> Args {
         only_dense: false,
         cold_mib: 1024,
         isa: detected_isa(),
+        shapes: None,
+        tokens: vec![1, 64],
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -59,6 +66,20 @@ fn parse_args() -> Args {
             }
             "--no-dense" => a.skip_dense = true,
             "--only-dense" => a.only_dense = true,
+            "--shapes" => {
+                let list = it.next().unwrap_or_default();
+                let shape = |s: &str| {
+                    let (r, c) = s.split_once('x')?;
+                    Some((r.parse().ok()?, c.parse().ok()?))
+                };
+                let shapes: Option<Vec<(usize, usize)>> = list.split(',').map(shape).collect();
+                a.shapes = Some(shapes.unwrap_or_else(|| panic!("--shapes RxC,.. (got {list})")));
+            }
+            "--tokens" => {
+                let list = it.next().unwrap_or_default();
+                let tokens: Result<Vec<usize>, _> = list.split(',').map(str::parse).collect();
+                a.tokens = tokens.unwrap_or_else(|_| panic!("--tokens N,.. (got {list})"));
+            }
             other => panic!("unknown argument {other}"),
         }
     }
@@ -142,6 +163,8 @@ fn main() {
     // (rows = out_features, cols = in_features): q/o, gate/up, down.
     let shapes: &[(usize, usize)] = if args.only_dense {
         &[]
+    } else if let Some(s) = &args.shapes {
+        s
     } else {
         &[(2560, 2560), (6912, 2560), (2560, 6912)]
     };
@@ -165,7 +188,7 @@ fn main() {
         if bw_probe.is_none() {
             bw_probe = Some(read_bandwidth(&cold));
         }
-        for tokens in [1usize, 64] {
+        for &tokens in &args.tokens {
             let x: Vec<f32> = (0..tokens * cols)
                 .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
                 .collect();

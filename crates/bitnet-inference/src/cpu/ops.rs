@@ -148,16 +148,32 @@ pub(super) fn add_assign(x: &mut [f32], y: &[f32], dim: usize) {
 /// Query tokens per attention task.
 const Q_BLOCK: usize = 8;
 
+/// Into how many tasks the query heads of one KV head are split: the fewest (1: every query
+/// head of a group in one task, so each cached row is read from memory once for all of them)
+/// that still gives the pool even work, i.e. `tasks` a multiple of the threads or at least
+/// four tasks a thread; else one task per query head, the most there can be.
+fn head_splits(group: usize, kv_heads: usize, runs: usize, threads: usize) -> usize {
+    (1..=group)
+        .filter(|s| group.is_multiple_of(*s))
+        .find(|s| {
+            let tasks = kv_heads * s * runs;
+            threads <= 1 || tasks.is_multiple_of(threads) || tasks >= 4 * threads
+        })
+        .unwrap_or(group)
+}
+
 /// Causal grouped-query attention for the new tokens of every chunk, each reading keys and
-/// values for its own positions `0..=pos` through its block table. One task per (query head,
-/// run of at most [`Q_BLOCK`] tokens of one sequence): 20 tasks for a 2B4T decode step, so two
-/// threads split them evenly (per-KV-head tasks split 3:2), and a batch of decode steps gives
-/// 20 per sequence. Each query reads its head's cached rows in place, a block's rows per call
-/// (`Buf::dots` / `Buf::axpys`, f16 converted in registers, per-row results that do not depend
-/// on how the rows are split into calls): a call per cached row cost as much as the
-/// 128-element dot itself, and widened f32 copies of the rows only paid off across many
-/// queries. Results go to `tmp` laid out per task and are scattered into `out`
-/// (`[token][head * head_dim]`) afterwards.
+/// values for its own positions `0..=pos` through its block table. One task per (KV head,
+/// share of its query heads, run of at most [`Q_BLOCK`] tokens of one sequence), the share
+/// chosen by [`head_splits`]. A task walks the cached rows block by block and runs every
+/// (token, query head) of its own on each block before the next, so a block's rows come from
+/// memory once and stay in L1 for the rest: with one task per query head, the query heads of
+/// a group (four in 2B4T) each streamed the whole head's keys and values, 4x the cache traffic
+/// once the context outgrows L2. Each query reads the rows in place, a block's rows per call
+/// (`Buf::dots` / `Buf::axpys`, f16 converted in registers), and every query sees the same
+/// operations in the same order however the queries are grouped into tasks, so the result is
+/// bit-identical for any split and thread count. Results go to `tmp` laid out per task and are
+/// scattered into `out` (`[token][head * head_dim]`) afterwards.
 pub(super) fn attention(
     c: &ModelConfig,
     q: &[f32],
@@ -167,7 +183,7 @@ pub(super) fn attention(
     tmp: &mut Vec<f32>,
     out: &mut [f32],
 ) {
-    let (hd, nh, nkv, kvd) = (c.head_dim, c.num_heads, c.num_kv_heads, c.kv_dim());
+    let (nh, nkv) = (c.num_heads, c.num_kv_heads);
     let group = nh / nkv;
     // Runs of consecutive tokens of one sequence: (chunk, first token in the batch, first
     // token in the chunk, length). A decode step's runs have one token: sizing every run by
@@ -182,46 +198,114 @@ pub(super) fn attention(
             i += len;
         }
     }
-    let block = runs.iter().map(|r| r.3).max().unwrap_or(1);
-    let per_task = block * hd;
+    let threads = bitnet_kernels::pool::current_num_threads();
+    let splits = head_splits(group, nkv, runs.len(), threads);
+    attention_with(c, q, k, v, batch, &runs, splits, tmp, out);
+}
+
+/// [`attention`] over the given runs with the query heads of each KV head in `splits` shares.
+#[allow(clippy::too_many_arguments)]
+fn attention_with(
+    c: &ModelConfig,
+    q: &[f32],
+    k: &Buf,
+    v: &Buf,
+    batch: &Batch,
+    runs: &[(usize, usize, usize, usize)],
+    splits: usize,
+    tmp: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    let (hd, nh, nkv) = (c.head_dim, c.num_heads, c.num_kv_heads);
+    attention_split(c, q, k, v, batch, runs, splits, tmp);
     let nruns = runs.len();
-    resize(tmp, nh * nruns * per_task);
-    let scale = 1.0 / (hd as f32).sqrt();
-    bitnet_kernels::pool::for_each_chunk_mut(tmp, per_task, |task, o| {
-        let (head, r) = (task / nruns, task % nruns);
-        let (ci, tok0, i0, len) = runs[r];
-        let sq = &batch.chunks[ci];
-        let blocks = batch.table(sq);
-        let col = (head / group) * hd;
-        SCORES.with_borrow_mut(|scores| {
+    let (block, heads) = (
+        runs.iter().map(|r| r.3).max().unwrap_or(1),
+        nh / nkv / splits,
+    );
+    for task in 0..nkv * splits * nruns {
+        let (share, r) = (task / nruns, task % nruns);
+        let (_, tok0, _, len) = runs[r];
+        for h in 0..heads {
+            let head = share * heads + h;
             for j in 0..len {
-                let n = sq.start + i0 + j + 1;
-                let qh = &q[((tok0 + j) * nh + head) * hd..][..hd];
-                scores.clear();
-                scores.resize(n, 0.0);
-                for (b, sc) in scores.chunks_mut(KV_BLOCK).enumerate() {
-                    let at = blocks[b] as usize * KV_BLOCK * kvd + col;
-                    k.dots(at, kvd, qh, sc);
-                }
-                scores.iter_mut().for_each(|s| *s *= scale);
-                ops::softmax_inplace(scores);
-                let oh = &mut o[j * hd..][..hd];
-                oh.fill(0.0);
-                for (b, sc) in scores.chunks(KV_BLOCK).enumerate() {
-                    let at = blocks[b] as usize * KV_BLOCK * kvd + col;
-                    v.axpys(at, kvd, sc, oh);
-                }
-            }
-        });
-    });
-    for head in 0..nh {
-        for (r, &(_, tok0, _, len)) in runs.iter().enumerate() {
-            for j in 0..len {
-                let src = &tmp[(head * nruns + r) * per_task + j * hd..][..hd];
+                let src = &tmp[((task * heads + h) * block + j) * hd..][..hd];
                 out[((tok0 + j) * nh + head) * hd..][..hd].copy_from_slice(src);
             }
         }
     }
+}
+
+/// The tasks of [`attention`] with the query heads of each KV head in `splits` shares:
+/// `tmp[task][head of the share][token of the run][head_dim]`, task = share * runs + run
+/// (shares numbered over all KV heads, so share `s` holds query heads `s * heads..`).
+#[allow(clippy::too_many_arguments)]
+fn attention_split(
+    c: &ModelConfig,
+    q: &[f32],
+    k: &Buf,
+    v: &Buf,
+    batch: &Batch,
+    runs: &[(usize, usize, usize, usize)],
+    splits: usize,
+    tmp: &mut Vec<f32>,
+) {
+    let (hd, nh, nkv, kvd) = (c.head_dim, c.num_heads, c.num_kv_heads, c.kv_dim());
+    let heads = nh / nkv / splits;
+    let block = runs.iter().map(|r| r.3).max().unwrap_or(1);
+    let per_task = heads * block * hd;
+    let nruns = runs.len();
+    resize(tmp, nkv * splits * nruns * per_task);
+    let scale = 1.0 / (hd as f32).sqrt();
+    bitnet_kernels::pool::for_each_chunk_mut(tmp, per_task, |task, o| {
+        let (share, r) = (task / nruns, task % nruns);
+        let (ci, tok0, i0, len) = runs[r];
+        let sq = &batch.chunks[ci];
+        let blocks = batch.table(sq);
+        // The share's query heads share * heads.. all read one KV head.
+        let col = (share * heads / (nh / nkv)) * hd;
+        // Query `i` of the task: token `i % len` of the run, head `i / len` of the share,
+        // attending to positions 0..end(i) (its own included).
+        let nq = heads * len;
+        let end = |i: usize| sq.start + i0 + i % len + 1;
+        let longest = sq.start + i0 + len;
+        let query = |i: usize| {
+            let (h, j) = (share * heads + i / len, i % len);
+            &q[((tok0 + j) * nh + h) * hd..][..hd]
+        };
+        SCORES.with_borrow_mut(|scores| {
+            scores.clear();
+            scores.resize(nq * longest, 0.0);
+            let used = &blocks[..longest.div_ceil(KV_BLOCK)];
+            for (b, &id) in used.iter().enumerate() {
+                let at = id as usize * KV_BLOCK * kvd + col;
+                for i in 0..nq {
+                    let n = end(i);
+                    if n > b * KV_BLOCK {
+                        let p = b * KV_BLOCK..n.min((b + 1) * KV_BLOCK);
+                        k.dots(at, kvd, query(i), &mut scores[i * longest..][p]);
+                    }
+                }
+            }
+            for i in 0..nq {
+                let sc = &mut scores[i * longest..][..end(i)];
+                sc.iter_mut().for_each(|s| *s *= scale);
+                ops::softmax_inplace(sc);
+            }
+            o.fill(0.0);
+            for (b, &id) in used.iter().enumerate() {
+                let at = id as usize * KV_BLOCK * kvd + col;
+                for i in 0..nq {
+                    let n = end(i);
+                    if n > b * KV_BLOCK {
+                        let p = b * KV_BLOCK..n.min((b + 1) * KV_BLOCK);
+                        let oh = &mut o[((i / len) * block + i % len) * hd..][..hd];
+                        v.axpys(at, kvd, &scores[i * longest..][p], oh);
+                    }
+                }
+            }
+        });
+    });
 }
 
 thread_local! {
@@ -229,4 +313,121 @@ thread_local! {
     static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     /// A row being normalized in place.
     static NORM_TMP: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::kv_cache::KvCache;
+    use bitnet_backend::KvType;
+
+    #[test]
+    fn head_splits_balance_the_pool() {
+        // 2B4T (5 KV heads, groups of 4), one decode step: 2 threads take 10 tasks, 16 take one
+        // per query head; a batch of 16 steps or one thread keeps whole groups.
+        assert_eq!(head_splits(4, 5, 1, 2), 2);
+        assert_eq!(head_splits(4, 5, 1, 16), 4);
+        assert_eq!(head_splits(4, 5, 16, 16), 1);
+        assert_eq!(head_splits(4, 5, 1, 1), 1);
+        // KJV (2 KV heads): one group per thread on two.
+        assert_eq!(head_splits(4, 2, 1, 2), 1);
+        assert_eq!(head_splits(4, 2, 1, 3), 4);
+        // Multi-head attention: nothing to share.
+        assert_eq!(head_splits(1, 8, 1, 16), 1);
+    }
+
+    /// Every split of the query heads gives the same bits as attending one query at a time
+    /// (what `attention` did before it grouped them): the same `dots` / `axpys` calls per block,
+    /// the same scale and softmax. Two sequences: an 11-token prompt chunk that starts at
+    /// position 37 (a run of 8 and one of 3, crossing a block boundary) and a decode step at
+    /// position 70, over shuffled blocks.
+    #[test]
+    fn grouped_attention_matches_one_query_at_a_time() {
+        let c = ModelConfig {
+            num_heads: 8,
+            num_kv_heads: 2,
+            head_dim: 64,
+            ..bitnet_models::fixture::config_2b4t(bitnet_models::Arch::BitnetB158)
+        };
+        let (hd, nh, kvd) = (c.head_dim, c.num_heads, c.kv_dim());
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut rand = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        };
+        let mut cache = KvCache::new(1, kvd, 8, KvType::F16);
+        let table_a: Vec<u32> = vec![5, 2];
+        let table_b: Vec<u32> = vec![7, 0, 3];
+        for (table, len) in [(&table_a, 48), (&table_b, 71)] {
+            for pos in 0..len {
+                let at = (table[pos / KV_BLOCK] as usize * KV_BLOCK + pos % KV_BLOCK) * kvd;
+                let (kr, vr): (Vec<f32>, Vec<f32>) = (0..kvd).map(|_| (rand(), rand())).unzip();
+                cache.k[0].write(at, &kr);
+                cache.v[0].write(at, &vr);
+            }
+        }
+        let mut blocks = table_a.clone();
+        blocks.extend(&table_b);
+        let batch = Batch {
+            tokens: vec![0; 12],
+            chunks: vec![
+                Chunk {
+                    start: 37,
+                    len: 11,
+                    first: 0,
+                    blocks: (0, 2),
+                },
+                Chunk {
+                    start: 70,
+                    len: 1,
+                    first: 11,
+                    blocks: (2, 5),
+                },
+            ],
+            blocks,
+            slots: Vec::new(),
+            rows: Vec::new(),
+        };
+        let q: Vec<f32> = (0..12 * nh * hd).map(|_| rand() * 4.0).collect();
+        let runs = [(0, 0, 0, 8), (0, 8, 8, 3), (1, 11, 0, 1)];
+
+        let mut want = vec![0.0f32; q.len()];
+        let scale = 1.0 / (hd as f32).sqrt();
+        for (ci, tok, head) in (0..12)
+            .flat_map(|t| (0..nh).map(move |h| (t, h)))
+            .map(|(t, h)| (usize::from(t >= 11), t, h))
+        {
+            let sq = &batch.chunks[ci];
+            let n = sq.start + (tok - sq.first) + 1;
+            let qh = &q[(tok * nh + head) * hd..][..hd];
+            let col = (head / (nh / c.num_kv_heads)) * hd;
+            let mut scores = vec![0.0f32; n];
+            for (b, sc) in scores.chunks_mut(KV_BLOCK).enumerate() {
+                let at = batch.table(sq)[b] as usize * KV_BLOCK * kvd + col;
+                cache.k[0].dots(at, kvd, qh, sc);
+            }
+            scores.iter_mut().for_each(|s| *s *= scale);
+            ops::softmax_inplace(&mut scores);
+            let oh = &mut want[(tok * nh + head) * hd..][..hd];
+            for (b, sc) in scores.chunks(KV_BLOCK).enumerate() {
+                let at = batch.table(sq)[b] as usize * KV_BLOCK * kvd + col;
+                cache.v[0].axpys(at, kvd, sc, oh);
+            }
+        }
+        for splits in [1, 2, 4] {
+            let (mut tmp, mut got) = (Vec::new(), vec![f32::NAN; q.len()]);
+            let (k, v) = (&cache.k[0], &cache.v[0]);
+            attention_with(&c, &q, k, v, &batch, &runs, splits, &mut tmp, &mut got);
+            let same = got
+                .iter()
+                .zip(&want)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(
+                same,
+                "{splits} shares per KV head differ from one query at a time"
+            );
+        }
+    }
 }
