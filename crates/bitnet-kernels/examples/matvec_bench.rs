@@ -73,12 +73,17 @@ fn parse_args() -> Args {
                     Some((r.parse().ok()?, c.parse().ok()?))
                 };
                 let shapes: Option<Vec<(usize, usize)>> = list.split(',').map(shape).collect();
-                a.shapes = Some(shapes.unwrap_or_else(|| panic!("--shapes RxC,.. (got {list})")));
+                let shapes = shapes.filter(|v| v.iter().all(|&(r, c)| r > 0 && c > 0));
+                a.shapes =
+                    Some(shapes.unwrap_or_else(|| panic!("--shapes RxC,.. above 0 (got {list})")));
             }
             "--tokens" => {
                 let list = it.next().unwrap_or_default();
                 let tokens: Result<Vec<usize>, _> = list.split(',').map(str::parse).collect();
-                a.tokens = tokens.unwrap_or_else(|_| panic!("--tokens N,.. (got {list})"));
+                let tokens = tokens
+                    .ok()
+                    .filter(|v: &Vec<usize>| v.iter().all(|&t| t > 0));
+                a.tokens = tokens.unwrap_or_else(|| panic!("--tokens N,.. above 0 (got {list})"));
             }
             other => panic!("unknown argument {other}"),
         }

@@ -148,19 +148,23 @@ pub(super) fn add_assign(x: &mut [f32], y: &[f32], dim: usize) {
 /// Query tokens per attention task.
 const Q_BLOCK: usize = 8;
 
-/// Into how many tasks the query heads of one KV head are split: the fewest (1: every query
-/// head of a group in one task, so each cached row is read from memory once for all of them)
-/// that still gives the pool even work, i.e. `tasks` a multiple of the threads or at least
-/// four tasks a thread; else one task per query head, the most there can be.
+/// Into how many tasks the query heads of one KV head are split. A task of `group / s` query
+/// heads costs that many head-units and the pool runs `ceil(tasks / threads)` rounds of them,
+/// so the time is about `rounds * group / s`; of the splits with the least time the fewest wins
+/// (1: every query head of a group in one task, so each cached row is read from memory once
+/// for all of them; `group`: one task per query head).
 fn head_splits(group: usize, kv_heads: usize, runs: usize, threads: usize) -> usize {
+    let time = |s: usize| (kv_heads * s * runs).div_ceil(threads.max(1)) * (group / s);
     (1..=group)
         .filter(|s| group.is_multiple_of(*s))
-        .find(|s| {
-            let tasks = kv_heads * s * runs;
-            threads <= 1 || tasks.is_multiple_of(threads) || tasks >= 4 * threads
-        })
-        .unwrap_or(group)
+        .min_by_key(|&s| (time(s), s))
+        .unwrap_or(1)
 }
+
+/// Scores a task keeps at once: its queries go through the cached blocks in as many passes as
+/// keep `queries x positions` under this, so a long prompt's 32 queries at 100k positions do
+/// not hold 13 MB of scores (each query's operations are the same in any pass).
+const SCORES_MAX: usize = 16 * 1024;
 
 /// Causal grouped-query attention for the new tokens of every chunk, each reading keys and
 /// values for its own positions `0..=pos` through its block table. One task per (KV head,
@@ -200,10 +204,22 @@ pub(super) fn attention(
     }
     let threads = bitnet_kernels::pool::current_num_threads();
     let splits = head_splits(group, nkv, runs.len(), threads);
-    attention_with(c, q, k, v, batch, &runs, splits, tmp, out);
+    let shape = Split {
+        shares: splits,
+        scores_max: SCORES_MAX,
+    };
+    attention_with(c, q, k, v, batch, &runs, shape, tmp, out);
 }
 
-/// [`attention`] over the given runs with the query heads of each KV head in `splits` shares.
+/// How [`attention`]'s queries are grouped: the query heads of each KV head in `shares` tasks,
+/// and at most `scores_max` scores held at once (a task's queries in passes).
+#[derive(Clone, Copy)]
+struct Split {
+    shares: usize,
+    scores_max: usize,
+}
+
+/// [`attention`] over the given runs, its queries grouped as `split` says.
 #[allow(clippy::too_many_arguments)]
 fn attention_with(
     c: &ModelConfig,
@@ -212,12 +228,12 @@ fn attention_with(
     v: &Buf,
     batch: &Batch,
     runs: &[(usize, usize, usize, usize)],
-    splits: usize,
+    split: Split,
     tmp: &mut Vec<f32>,
     out: &mut [f32],
 ) {
-    let (hd, nh, nkv) = (c.head_dim, c.num_heads, c.num_kv_heads);
-    attention_split(c, q, k, v, batch, runs, splits, tmp);
+    let (hd, nh, nkv, splits) = (c.head_dim, c.num_heads, c.num_kv_heads, split.shares);
+    attention_split(c, q, k, v, batch, runs, split, tmp);
     let nruns = runs.len();
     let (block, heads) = (
         runs.iter().map(|r| r.3).max().unwrap_or(1),
@@ -236,7 +252,7 @@ fn attention_with(
     }
 }
 
-/// The tasks of [`attention`] with the query heads of each KV head in `splits` shares:
+/// The tasks of [`attention`] with the query heads of each KV head in `split.shares` shares:
 /// `tmp[task][head of the share][token of the run][head_dim]`, task = share * runs + run
 /// (shares numbered over all KV heads, so share `s` holds query heads `s * heads..`).
 #[allow(clippy::too_many_arguments)]
@@ -247,10 +263,15 @@ fn attention_split(
     v: &Buf,
     batch: &Batch,
     runs: &[(usize, usize, usize, usize)],
-    splits: usize,
+    split: Split,
     tmp: &mut Vec<f32>,
 ) {
     let (hd, nh, nkv, kvd) = (c.head_dim, c.num_heads, c.num_kv_heads, c.kv_dim());
+    let splits = split.shares;
+    debug_assert!(
+        (nh / nkv).is_multiple_of(splits),
+        "{splits} shares of {nh}/{nkv} heads"
+    );
     let heads = nh / nkv / splits;
     let block = runs.iter().map(|r| r.3).max().unwrap_or(1);
     let per_task = heads * block * hd;
@@ -273,34 +294,39 @@ fn attention_split(
             let (h, j) = (share * heads + i / len, i % len);
             &q[((tok0 + j) * nh + h) * hd..][..hd]
         };
+        let used = &blocks[..longest.div_ceil(KV_BLOCK)];
+        let per_pass = (split.scores_max / longest.max(1)).clamp(1, nq.max(1));
+        o.fill(0.0);
         SCORES.with_borrow_mut(|scores| {
-            scores.clear();
-            scores.resize(nq * longest, 0.0);
-            let used = &blocks[..longest.div_ceil(KV_BLOCK)];
-            for (b, &id) in used.iter().enumerate() {
-                let at = id as usize * KV_BLOCK * kvd + col;
-                for i in 0..nq {
-                    let n = end(i);
-                    if n > b * KV_BLOCK {
-                        let p = b * KV_BLOCK..n.min((b + 1) * KV_BLOCK);
-                        k.dots(at, kvd, query(i), &mut scores[i * longest..][p]);
+            for first in (0..nq).step_by(per_pass) {
+                let pass = first..(first + per_pass).min(nq);
+                // Query i's scores at scores[(i - first) * longest..][..end(i)].
+                scores.clear();
+                scores.resize(pass.len() * longest, 0.0);
+                for (b, &id) in used.iter().enumerate() {
+                    let at = id as usize * KV_BLOCK * kvd + col;
+                    for i in pass.clone() {
+                        let n = end(i);
+                        if n > b * KV_BLOCK {
+                            let p = b * KV_BLOCK..n.min((b + 1) * KV_BLOCK);
+                            k.dots(at, kvd, query(i), &mut scores[(i - first) * longest..][p]);
+                        }
                     }
                 }
-            }
-            for i in 0..nq {
-                let sc = &mut scores[i * longest..][..end(i)];
-                sc.iter_mut().for_each(|s| *s *= scale);
-                ops::softmax_inplace(sc);
-            }
-            o.fill(0.0);
-            for (b, &id) in used.iter().enumerate() {
-                let at = id as usize * KV_BLOCK * kvd + col;
-                for i in 0..nq {
-                    let n = end(i);
-                    if n > b * KV_BLOCK {
-                        let p = b * KV_BLOCK..n.min((b + 1) * KV_BLOCK);
-                        let oh = &mut o[((i / len) * block + i % len) * hd..][..hd];
-                        v.axpys(at, kvd, &scores[i * longest..][p], oh);
+                for i in pass.clone() {
+                    let sc = &mut scores[(i - first) * longest..][..end(i)];
+                    sc.iter_mut().for_each(|s| *s *= scale);
+                    ops::softmax_inplace(sc);
+                }
+                for (b, &id) in used.iter().enumerate() {
+                    let at = id as usize * KV_BLOCK * kvd + col;
+                    for i in pass.clone() {
+                        let n = end(i);
+                        if n > b * KV_BLOCK {
+                            let p = b * KV_BLOCK..n.min((b + 1) * KV_BLOCK);
+                            let oh = &mut o[((i / len) * block + i % len) * hd..][..hd];
+                            v.axpys(at, kvd, &scores[(i - first) * longest..][p], oh);
+                        }
                     }
                 }
             }
@@ -323,15 +349,17 @@ mod tests {
 
     #[test]
     fn head_splits_balance_the_pool() {
-        // 2B4T (5 KV heads, groups of 4), one decode step: 2 threads take 10 tasks, 16 take one
-        // per query head; a batch of 16 steps or one thread keeps whole groups.
+        // 2B4T (5 KV heads, groups of 4), one decode step: 2 threads take 10 tasks (5 rounds of
+        // 2 heads, as fast as 20 single heads and half the reads), 16 threads 10 tasks in one
+        // round; a batch of 16 steps or one thread keeps whole groups.
         assert_eq!(head_splits(4, 5, 1, 2), 2);
-        assert_eq!(head_splits(4, 5, 1, 16), 4);
+        assert_eq!(head_splits(4, 5, 1, 16), 2);
         assert_eq!(head_splits(4, 5, 16, 16), 1);
         assert_eq!(head_splits(4, 5, 1, 1), 1);
         // KJV (2 KV heads): one group per thread on two.
         assert_eq!(head_splits(4, 2, 1, 2), 1);
         assert_eq!(head_splits(4, 2, 1, 3), 4);
+        assert_eq!(head_splits(4, 2, 1, 4), 2);
         // Multi-head attention: nothing to share.
         assert_eq!(head_splits(1, 8, 1, 16), 1);
     }
@@ -339,8 +367,9 @@ mod tests {
     /// Every split of the query heads gives the same bits as attending one query at a time
     /// (what `attention` did before it grouped them): the same `dots` / `axpys` calls per block,
     /// the same scale and softmax. Two sequences: an 11-token prompt chunk that starts at
-    /// position 37 (a run of 8 and one of 3, crossing a block boundary) and a decode step at
-    /// position 70, over shuffled blocks.
+    /// position 28 (a run of 8 and one of 3; the first run's queries end on both sides of the
+    /// block boundary at 32, so some skip the second block) and a decode step at position 70,
+    /// over shuffled blocks.
     #[test]
     fn grouped_attention_matches_one_query_at_a_time() {
         let c = ModelConfig {
@@ -360,7 +389,7 @@ mod tests {
         let mut cache = KvCache::new(1, kvd, 8, KvType::F16);
         let table_a: Vec<u32> = vec![5, 2];
         let table_b: Vec<u32> = vec![7, 0, 3];
-        for (table, len) in [(&table_a, 48), (&table_b, 71)] {
+        for (table, len) in [(&table_a, 39), (&table_b, 71)] {
             for pos in 0..len {
                 let at = (table[pos / KV_BLOCK] as usize * KV_BLOCK + pos % KV_BLOCK) * kvd;
                 let (kr, vr): (Vec<f32>, Vec<f32>) = (0..kvd).map(|_| (rand(), rand())).unzip();
@@ -374,7 +403,7 @@ mod tests {
             tokens: vec![0; 12],
             chunks: vec![
                 Chunk {
-                    start: 37,
+                    start: 28,
                     len: 11,
                     first: 0,
                     blocks: (0, 2),
@@ -416,18 +445,22 @@ mod tests {
                 cache.v[0].axpys(at, kvd, sc, oh);
             }
         }
-        for splits in [1, 2, 4] {
-            let (mut tmp, mut got) = (Vec::new(), vec![f32::NAN; q.len()]);
-            let (k, v) = (&cache.k[0], &cache.v[0]);
-            attention_with(&c, &q, k, v, &batch, &runs, splits, &mut tmp, &mut got);
-            let same = got
-                .iter()
-                .zip(&want)
-                .all(|(a, b)| a.to_bits() == b.to_bits());
-            assert!(
-                same,
-                "{splits} shares per KV head differ from one query at a time"
-            );
+        // Every share count, with all of a task's queries in one pass and one query a pass.
+        for shares in [1, 2, 4] {
+            for scores_max in [SCORES_MAX, 1] {
+                let (mut tmp, mut got) = (Vec::new(), vec![f32::NAN; q.len()]);
+                let (k, v) = (&cache.k[0], &cache.v[0]);
+                let split = Split { shares, scores_max };
+                attention_with(&c, &q, k, v, &batch, &runs, split, &mut tmp, &mut got);
+                let same = got
+                    .iter()
+                    .zip(&want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(
+                    same,
+                    "{shares} shares, {scores_max} scores at once: not the same bits"
+                );
+            }
         }
     }
 }
