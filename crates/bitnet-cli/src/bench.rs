@@ -252,23 +252,18 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 anyhow::Ok(())
             };
             for &p in a.n_prompt.iter().filter(|&&p| p > 0) {
-                let (mut samples, mut stages) = (Vec::new(), Stages::default());
-                for rep in 0..=reps {
+                let (samples, stages) = repeat(reps, || {
                     fill(&mut session, tokens(d))?;
                     let toks = tokens(p);
                     bitnet_inference::profile::take();
                     let t = Instant::now();
                     session.eval(&toks, Logits::Last)?;
-                    if rep > 0 {
-                        samples.push(p as f64 / t.elapsed().as_secs_f64());
-                        stages.add(bitnet_inference::profile::take());
-                    }
-                }
+                    Ok(p as f64 / t.elapsed().as_secs_f64())
+                })?;
                 report(format!("pp{p}{at}"), d, samples, stages, reps * p)?;
             }
             for &n in a.n_gen.iter().filter(|&&n| n > 0) {
-                let (mut samples, mut stages) = (Vec::new(), Stages::default());
-                for rep in 0..=reps {
+                let (samples, stages) = repeat(reps, || {
                     fill(&mut session, tokens(d))?;
                     let toks = tokens(n);
                     bitnet_inference::profile::take();
@@ -276,27 +271,19 @@ pub fn run(a: BenchArgs) -> Result<()> {
                     for &tok in &toks {
                         session.eval(&[tok], Logits::Last)?;
                     }
-                    if rep > 0 {
-                        samples.push(n as f64 / t.elapsed().as_secs_f64());
-                        stages.add(bitnet_inference::profile::take());
-                    }
-                }
+                    Ok(n as f64 / t.elapsed().as_secs_f64())
+                })?;
                 report(format!("tg{n}{at}"), d, samples, stages, reps * n)?;
             }
         }
         drop(session);
         for &k in a.parallel.iter().filter(|&&k| k > 0) {
             for &n in a.n_gen.iter().filter(|&&n| n > 0) {
-                let (mut samples, mut stages) = (Vec::new(), Stages::default());
-                for rep in 0..=reps {
+                let (samples, stages) = repeat(reps, || {
                     let prompts = (0..k).map(|_| tokens(1)).collect();
                     bitnet_inference::profile::take();
-                    let tps = parallel_generation(&engine, prompts, n)?;
-                    if rep > 0 {
-                        samples.push(tps);
-                        stages.add(bitnet_inference::profile::take());
-                    }
-                }
+                    parallel_generation(&engine, prompts, n)
+                })?;
                 report(format!("tg{n} x{k}"), 0, samples, stages, reps * n * k)?;
             }
         }
@@ -380,6 +367,22 @@ fn parallel_generation(engine: &Engine, prompts: Vec<Vec<u32>>, n: usize) -> Res
         }
     }
     Ok(generated as f64 / t.elapsed().as_secs_f64())
+}
+
+/// Runs `one` (which clears the stage counters right before its timed part and returns its
+/// t/s) once to warm up and `reps` times measured: the samples, and the stages of the measured
+/// runs.
+fn repeat(reps: usize, mut one: impl FnMut() -> Result<f64>) -> Result<(Vec<f64>, Stages)> {
+    let (mut samples, mut stages) = (Vec::new(), Stages::default());
+    for rep in 0..=reps {
+        let tps = one()?;
+        let taken = bitnet_inference::profile::take();
+        if rep > 0 {
+            samples.push(tps);
+            stages.add(taken);
+        }
+    }
+    Ok((samples, stages))
 }
 
 /// Stage times summed over a test's timed repetitions (not the warm-up, not the untimed

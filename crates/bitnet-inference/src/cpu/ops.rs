@@ -204,11 +204,11 @@ pub(super) fn attention(
     }
     let threads = bitnet_kernels::pool::current_num_threads();
     let splits = head_splits(group, nkv, runs.len(), threads);
-    let shape = Split {
+    let split = Split {
         shares: splits,
         scores_max: SCORES_MAX,
     };
-    attention_with(c, q, k, v, batch, &runs, shape, tmp, out);
+    attention_with(c, q, k, v, batch, &runs, split, tmp, out);
 }
 
 /// How [`attention`]'s queries are grouped: the query heads of each KV head in `shares` tasks,
@@ -219,7 +219,10 @@ struct Split {
     scores_max: usize,
 }
 
-/// [`attention`] over the given runs, its queries grouped as `split` says.
+/// [`attention`] over the given runs, its queries grouped as `split` says. Task number
+/// `share * runs + run` (shares numbered over all KV heads, so share `s` holds query heads
+/// `s * heads..`) writes `tmp[task][head of the share][token of the run][head_dim]`, scattered
+/// into `out` afterwards.
 #[allow(clippy::too_many_arguments)]
 fn attention_with(
     c: &ModelConfig,
@@ -231,40 +234,6 @@ fn attention_with(
     split: Split,
     tmp: &mut Vec<f32>,
     out: &mut [f32],
-) {
-    let (hd, nh, nkv, splits) = (c.head_dim, c.num_heads, c.num_kv_heads, split.shares);
-    attention_split(c, q, k, v, batch, runs, split, tmp);
-    let nruns = runs.len();
-    let (block, heads) = (
-        runs.iter().map(|r| r.3).max().unwrap_or(1),
-        nh / nkv / splits,
-    );
-    for task in 0..nkv * splits * nruns {
-        let (share, r) = (task / nruns, task % nruns);
-        let (_, tok0, _, len) = runs[r];
-        for h in 0..heads {
-            let head = share * heads + h;
-            for j in 0..len {
-                let src = &tmp[((task * heads + h) * block + j) * hd..][..hd];
-                out[((tok0 + j) * nh + head) * hd..][..hd].copy_from_slice(src);
-            }
-        }
-    }
-}
-
-/// The tasks of [`attention`] with the query heads of each KV head in `split.shares` shares:
-/// `tmp[task][head of the share][token of the run][head_dim]`, task = share * runs + run
-/// (shares numbered over all KV heads, so share `s` holds query heads `s * heads..`).
-#[allow(clippy::too_many_arguments)]
-fn attention_split(
-    c: &ModelConfig,
-    q: &[f32],
-    k: &Buf,
-    v: &Buf,
-    batch: &Batch,
-    runs: &[(usize, usize, usize, usize)],
-    split: Split,
-    tmp: &mut Vec<f32>,
 ) {
     let (hd, nh, nkv, kvd) = (c.head_dim, c.num_heads, c.num_kv_heads, c.kv_dim());
     let splits = split.shares;
@@ -332,6 +301,17 @@ fn attention_split(
             }
         });
     });
+    for task in 0..nkv * splits * nruns {
+        let (share, r) = (task / nruns, task % nruns);
+        let (_, tok0, _, len) = runs[r];
+        for h in 0..heads {
+            let head = share * heads + h;
+            for j in 0..len {
+                let src = &tmp[((task * heads + h) * block + j) * hd..][..hd];
+                out[((tok0 + j) * nh + head) * hd..][..hd].copy_from_slice(src);
+            }
+        }
+    }
 }
 
 thread_local! {

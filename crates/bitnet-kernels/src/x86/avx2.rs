@@ -873,19 +873,16 @@ impl QuantizeKernel for Avx2 {
 // ---------------------------------------------------------------------------------------------
 // f32 vector ops (lengths are checked by the public wrappers in ops.rs)
 
-/// `sum a[k] * b(k)` with `b` read 8 lanes at a time by `load_b(k)` and singly by `tail_b(k)`:
-/// the one loop behind [`dot`] and [`dot_f16`], so a widened f16 row gives the same sum.
+/// The 8 lanes of `sum a[k] * b(k)` over `k < n / 8 * 8`, with `b` read 8 lanes at a time by
+/// `load_b(k)`: four FMA chains 32 values a step, the rest into the first, then
+/// `(c0 + c1) + (c2 + c3)`. The one lane order behind [`dot_by`] and [`dots8_f16`], so a score
+/// has the same bits whichever sums its lanes.
 ///
 /// # Safety
-/// AVX2 + FMA are enabled in the caller; `n <= a.len()`, and `load_b(k)` / `tail_b(k)` are
-/// valid for every `k` with `k + 8 <= n` / `k < n`.
+/// AVX2 + FMA are enabled in the caller; `n <= a.len()`, and `load_b(k)` is valid for every `k`
+/// with `k + 8 <= n`.
 #[inline(always)]
-unsafe fn dot_by(
-    a: &[f32],
-    n: usize,
-    load_b: impl Fn(usize) -> __m256,
-    tail_b: impl Fn(usize) -> f32,
-) -> f32 {
+unsafe fn dot_lanes(a: &[f32], n: usize, load_b: impl Fn(usize) -> __m256) -> __m256 {
     let ap = a.as_ptr();
     // SAFETY: AVX2 + FMA are enabled in every caller (this function's contract; it has no
     // `#[target_feature]` of its own so that it inlines into callers with F16C and without).
@@ -906,13 +903,25 @@ unsafe fn dot_by(
         i += 8;
     }
     // SAFETY: AVX2 is enabled in every caller.
-    let mut s = unsafe {
-        hsum_ps(_mm256_add_ps(
-            _mm256_add_ps(acc[0], acc[1]),
-            _mm256_add_ps(acc[2], acc[3]),
-        ))
-    };
-    for (k, &ak) in a.iter().enumerate().take(n).skip(i) {
+    unsafe { _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])) }
+}
+
+/// `sum a[k] * b(k)` with `b` read 8 lanes at a time by `load_b(k)` and singly by `tail_b(k)`:
+/// the one loop behind [`dot`] and [`dot_f16`], so a widened f16 row gives the same sum.
+///
+/// # Safety
+/// AVX2 + FMA are enabled in the caller; `n <= a.len()`, and `load_b(k)` / `tail_b(k)` are
+/// valid for every `k` with `k + 8 <= n` / `k < n`.
+#[inline(always)]
+unsafe fn dot_by(
+    a: &[f32],
+    n: usize,
+    load_b: impl Fn(usize) -> __m256,
+    tail_b: impl Fn(usize) -> f32,
+) -> f32 {
+    // SAFETY: forwarded contract; AVX2 is enabled in every caller (hsum_ps).
+    let mut s = unsafe { hsum_ps(dot_lanes(a, n, load_b)) };
+    for (k, &ak) in a.iter().enumerate().take(n).skip(n / 8 * 8) {
         s += ak * tail_b(k);
     }
     s
@@ -1024,7 +1033,7 @@ pub(crate) unsafe fn dots_f16(q: &[f32], rows: &[half::f16], stride: usize, out:
 }
 
 /// [`dot_f16`] of `q` against eight rows `stride` apart, `q.len()` a multiple of 8: each row's
-/// lanes go through [`dot_by`]'s chains and adds, then one transposing tree does the eight
+/// lanes come from [`dot_lanes`] as in [`dot_by`], then one transposing tree does the eight
 /// horizontal sums with [`hsum_ps`]'s pairings (lanes `l + 4`, then `l + 2`, then `l + 1`),
 /// so every score has the same bits as a call per row. Why: at a head's 64 or 128 values a
 /// call per row was bound by the latency of its own horizontal sum and its call (`perf`, KJV
@@ -1041,29 +1050,13 @@ unsafe fn dots8_f16(q: &[f32], rows: *const half::f16, stride: usize) -> [f32; 8
     let v: [__m256; 8] = std::array::from_fn(|r| {
         // SAFETY: row r's n values are readable (the contract).
         let bp = unsafe { rows.add(r * stride) };
-        // SAFETY: every index below n, 8 f16 values (16 bytes) at a time.
-        let load =
-            |k: usize| unsafe { _mm256_cvtph_ps(_mm_loadu_si128(bp.add(k) as *const __m128i)) };
-        let qp = q.as_ptr();
-        let mut acc = [_mm256_setzero_ps(); 4];
-        let mut i = 0;
-        while i + 32 <= n {
-            for (j, acc) in acc.iter_mut().enumerate() {
-                // SAFETY: i + 32 <= n = q.len().
-                *acc = _mm256_fmadd_ps(
-                    unsafe { _mm256_loadu_ps(qp.add(i + 8 * j)) },
-                    load(i + 8 * j),
-                    *acc,
-                );
-            }
-            i += 32;
+        // SAFETY: dot_lanes asks for indices below n, 8 f16 values (16 bytes) at a time; AVX2 +
+        // FMA + F16C are enabled here.
+        unsafe {
+            dot_lanes(q, n, |k| {
+                _mm256_cvtph_ps(_mm_loadu_si128(bp.add(k) as *const __m128i))
+            })
         }
-        while i + 8 <= n {
-            // SAFETY: i + 8 <= n.
-            acc[0] = _mm256_fmadd_ps(unsafe { _mm256_loadu_ps(qp.add(i)) }, load(i), acc[0]);
-            i += 8;
-        }
-        _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]))
     });
     // Row r and r + 4 share a register: lanes l + (l + 4) of each (hsum_ps's first add).
     let s: [__m256; 4] = std::array::from_fn(|r| {
