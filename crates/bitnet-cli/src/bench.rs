@@ -149,15 +149,19 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let bytes_per_token = model.weights.decode_bytes_per_token();
     let engine0 = Engine::from_model(model, &opts)?;
     let c = engine0.config().clone();
-    let max_len = a
+    let longest = a
         .n_prompt
         .iter()
         .chain(&a.n_gen)
         .copied()
         .max()
-        .unwrap_or(1)
-        + a.n_depth.iter().copied().max().unwrap_or(0)
-        + 1;
+        .unwrap_or(1);
+    let depth = a.n_depth.iter().copied().max().unwrap_or(0);
+    // The session's context: sized by flags, so checked before anything is allocated by it.
+    let max_len = longest
+        .checked_add(depth)
+        .and_then(|n| n.checked_add(1))
+        .ok_or_else(|| anyhow::anyhow!("{longest} tokens at depth {depth} overflow a context"))?;
     let name = match &s.model {
         Some(path) => path
             .file_name()

@@ -420,6 +420,34 @@ fn bench_takes_llama_bench_lists_and_times_every_decode_step() {
     usage_error(&["bench", "--membw-mib", "64"], &["--membw"]);
 }
 
+#[test]
+fn bench_depth_runs_each_test_after_that_many_cached_tokens() {
+    let rows = bench_json(&["-t", "1", "-p", "4", "-n", "2", "-d", "0,40"]);
+    let got: Vec<(String, u64)> = rows
+        .iter()
+        .map(|r| {
+            let test = r["test"].as_str().unwrap().to_string();
+            (test, r["n_depth"].as_u64().unwrap())
+        })
+        .collect();
+    let want = [("pp4", 0), ("tg2", 0), ("pp4 @ d40", 40), ("tg2 @ d40", 40)];
+    let want: Vec<(String, u64)> = want.map(|(t, d)| (t.to_string(), d)).into();
+    assert_eq!(got, want);
+    // A depth that cannot be a context is an error before anything is allocated for it.
+    let o = bitnet(&[
+        "bench",
+        "-r",
+        "1",
+        "-p",
+        "0",
+        "-n",
+        "4",
+        "-d",
+        "18446744073709551615",
+    ]);
+    expect(&o, 1, &["overflow a context"]);
+}
+
 // ---- tokenize ----
 
 #[test]
