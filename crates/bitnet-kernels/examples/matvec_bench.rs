@@ -1,7 +1,7 @@
 //! Quick ternary matmul benchmark at bitnet-b1.58-2B-4T shapes (no criterion).
 //!
 //! ```text
-//! cargo run --release -p bitnet-kernels --example matvec_bench -- [--threads N] [--min-ms N] [--iters N] [--cold-mib N] [--scalar | --isa NAME] [--no-dense | --only-dense] [--shapes RxC,..] [--tokens N,..]
+//! cargo run --release -p bitnet-kernels --example matvec_bench -- [--threads N] [--min-ms N] [--iters N] [--cold-mib N] [--scalar | --isa NAME] [--no-dense | --only-dense] [--shapes RxC,..] [--tokens N,..] [--spin]
 //! ```
 //!
 //! `--shapes` replaces the ternary shapes (rows x cols, e.g. `1536x512,512x1536` for the KJV
@@ -33,6 +33,7 @@ struct Args {
     isa: Isa,
     shapes: Option<Vec<(usize, usize)>>,
     tokens: Vec<usize>,
+    spin: bool,
 }
 
 fn parse_args() -> Args {
@@ -46,6 +47,7 @@ fn parse_args() -> Args {
         isa: detected_isa(),
         shapes: None,
         tokens: vec![1, 64],
+        spin: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -64,6 +66,7 @@ fn parse_args() -> Args {
                 let name = it.next().unwrap_or_default();
                 a.isa = Isa::from_name(&name).unwrap_or_else(|| panic!("unknown ISA {name}"));
             }
+            "--spin" => a.spin = true,
             "--no-dense" => a.skip_dense = true,
             "--only-dense" => a.only_dense = true,
             "--shapes" => {
@@ -148,13 +151,27 @@ fn read_bandwidth(mats: &[TernaryMatrix]) -> f64 {
 
 fn main() {
     let args = parse_args();
-    if args.threads > 0 {
+    if args.spin {
+        // The engine's pool (what `bitnet run` / `bench` use); rayon otherwise.
+        let threads = if args.threads > 0 {
+            args.threads
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        };
+        let pool = bitnet_kernels::pool::ThreadPool::new(threads).expect("spin pool");
+        return pool.install(|| run(args));
+    }
+    run(args)
+}
+
+fn run(args: Args) {
+    if args.threads > 0 && !args.spin {
         rayon::ThreadPoolBuilder::new()
             .num_threads(args.threads)
             .build_global()
             .expect("rayon pool");
     }
-    let threads = rayon::current_num_threads();
+    let threads = bitnet_kernels::pool::current_num_threads();
     println!(
         "isa={} threads={} (BITNET_FORCE_SCALAR / --scalar for the scalar kernels)",
         args.isa.name(),

@@ -71,6 +71,21 @@ pub(crate) trait Tiles: Sync {
         t0: usize,
         scratch: &mut Self::Scratch,
     );
+
+    /// Rows `r0..r1` of a call with one token (a decode step). The default takes them in
+    /// [`Tiles::row_tiles`] like any token tile; an operand whose per-tile work around the
+    /// kernel call costs as much as its short rows overrides it to do that work once per run
+    /// of rows.
+    ///
+    /// # Safety
+    /// As [`Tiles::tile`], for rows `r0..r1` and token 0 of a one-token call.
+    unsafe fn decode_rows<K: Kernel>(&self, r0: usize, r1: usize, scratch: &mut Self::Scratch)
+    where
+        Self: Sized,
+    {
+        // SAFETY: forwarded contract.
+        unsafe { token_tile::<K, Self>(self, 1, 0, 1, r0, r1, scratch) }
+    }
 }
 
 /// Runs every row of every matrix in `jobs` for `tokens` tokens in one parallel pass on the
@@ -123,22 +138,44 @@ pub(crate) unsafe fn drive<K: Kernel, M: Tiles>(jobs: &[M], tokens: usize) {
 /// As [`drive`]; rows `r0..r1` exist and are this task's alone.
 unsafe fn rows<K: Kernel, M: Tiles>(job: &M, tokens: usize, r0: usize, r1: usize) {
     let mut scratch = M::Scratch::default();
+    if tokens == 1 {
+        // SAFETY: the caller's contract, for the one token.
+        return unsafe { job.decode_rows::<K>(r0, r1, &mut scratch) };
+    }
     let mut t0 = 0;
     while t0 < tokens {
         let nt = (tokens - t0).min(TOKEN_TILE);
-        let mut r = r0;
-        for &nr in job.row_tiles(tokens, nt) {
-            while r + nr <= r1 {
-                // SAFETY: rows r..r + nr are in r0..r1, tokens t0..t0 + nt in 0..tokens.
-                unsafe { tile::<K, M>(job, nr, nt, r, t0, &mut scratch) };
-                r += nr;
-            }
-        }
-        for r in r..r1 {
-            // SAFETY: as above.
-            unsafe { tile::<K, M>(job, 1, nt, r, t0, &mut scratch) };
-        }
+        // SAFETY: tokens t0..t0 + nt are in 0..tokens; the rest is the caller's contract.
+        unsafe { token_tile::<K, M>(job, tokens, t0, nt, r0, r1, &mut scratch) };
         t0 += nt;
+    }
+}
+
+/// Rows `r0..r1` of `job` for tokens `t0..t0 + nt` (one token tile of a call with `tokens`):
+/// the largest row tiles first, the rest one by one.
+///
+/// # Safety
+/// As [`rows`]; tokens `t0..t0 + nt` exist, `1 <= nt <= TOKEN_TILE`.
+unsafe fn token_tile<K: Kernel, M: Tiles>(
+    job: &M,
+    tokens: usize,
+    t0: usize,
+    nt: usize,
+    r0: usize,
+    r1: usize,
+    scratch: &mut M::Scratch,
+) {
+    let mut r = r0;
+    for &nr in job.row_tiles(tokens, nt) {
+        while r + nr <= r1 {
+            // SAFETY: rows r..r + nr are in r0..r1, tokens t0..t0 + nt in 0..tokens.
+            unsafe { tile::<K, M>(job, nr, nt, r, t0, scratch) };
+            r += nr;
+        }
+    }
+    for r in r..r1 {
+        // SAFETY: as above.
+        unsafe { tile::<K, M>(job, 1, nt, r, t0, scratch) };
     }
 }
 

@@ -324,6 +324,21 @@ fn every_isa_on_edge_shapes() {
 }
 
 #[test]
+fn decode_runs_of_rows() {
+    // One token: a task finishes its rows in runs of up to 64 (`decode_rows`). Row counts that
+    // make one-thread chunks hold several runs, a ragged last run and tail rows outside the
+    // four-row tiles, at block-aligned and ragged widths.
+    let mut seed = 101;
+    for rows in [63, 64, 65, 67, 130, 259, 1000, 1003] {
+        for cols in [128, 300, 640] {
+            seed += 1;
+            let (w, x) = random_case(rows, cols, 1, seed);
+            check_all(&w, &x, 1).unwrap();
+        }
+    }
+}
+
+#[test]
 fn isa_names_round_trip() {
     for isa in Isa::ALL {
         assert_eq!(Isa::from_name(isa.name()), Some(isa));
