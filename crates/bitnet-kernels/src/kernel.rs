@@ -33,6 +33,27 @@ pub(crate) trait TernaryKernel {
         out
     }
 
+    /// Raw sums of the consecutive packed rows in `w` (each `row_bytes` long, one per element
+    /// of `out`) against one token: [`Self::dot_rows`] tiles of `R` rows, the rest one by one
+    /// ([`run_rows`]). ISAs override it only to compile that loop with their own features, so
+    /// the tiles inline into it and overlap, instead of each call waiting for its horizontal
+    /// sums before the next one starts.
+    ///
+    /// # Safety
+    /// As [`Self::dot`], for every row; `w.len() == out.len() * row_bytes`.
+    unsafe fn dot_run<const R: usize>(w: &[u8], row_bytes: usize, q: &[i8], out: &mut [i32]) {
+        // SAFETY: forwarded contract.
+        unsafe {
+            run_rows::<R>(
+                w,
+                row_bytes,
+                out,
+                |rows| Self::dot_rows::<R>(rows, q),
+                |row| Self::dot::<1>(row, [q])[0],
+            )
+        }
+    }
+
     /// Raw sums of `R` packed rows against `T` tokens, `[row][token]`: the prompt case. Rows
     /// and tokens both reuse each other's loads, so kernels that are bound by loading
     /// activations (one load per multiply-add instruction with a single row) gain from it;
@@ -46,6 +67,31 @@ pub(crate) trait TernaryKernel {
     ) -> [[i32; T]; R] {
         // SAFETY: forwarded contract.
         w.map(|row| unsafe { Self::dot::<T>(row, q) })
+    }
+}
+
+/// The loop of [`TernaryKernel::dot_run`]: `tile` on each whole group of `R` rows, `one` on
+/// the rest. Always inlined, so an ISA's override compiles it (and the kernels it calls) with
+/// that ISA's features.
+///
+/// # Safety
+/// `w.len() == out.len() * row_bytes`, and `tile` / `one` may be called on those rows.
+#[inline(always)]
+pub(crate) unsafe fn run_rows<const R: usize>(
+    w: &[u8],
+    row_bytes: usize,
+    out: &mut [i32],
+    tile: impl Fn([&[u8]; R]) -> [i32; R],
+    one: impl Fn(&[u8]) -> i32,
+) {
+    debug_assert_eq!(w.len(), out.len() * row_bytes);
+    let row = |j: usize| &w[j * row_bytes..][..row_bytes];
+    let whole = out.len() / R * R;
+    for j in (0..whole).step_by(R.max(1)) {
+        out[j..j + R].copy_from_slice(&tile(std::array::from_fn(|k| row(j + k))));
+    }
+    for (j, o) in out.iter_mut().enumerate().skip(whole) {
+        *o = one(row(j));
     }
 }
 

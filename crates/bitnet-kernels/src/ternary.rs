@@ -146,19 +146,12 @@ impl Tiles for TernaryTiles<'_> {
         while r < r1 {
             let n = (r1 - r).min(DECODE_SPAN);
             let mut acc = [0i32; DECODE_SPAN];
-            let mut j = 0;
-            while j + DECODE_ROWS <= n {
-                let rows: [&[u8]; DECODE_ROWS] = std::array::from_fn(|i| w.row(r + j + i));
-                // SAFETY: the caller guarantees K's ISA; q is `stride` = row_bytes * 4 long.
-                let v = unsafe { K::dot_rows::<DECODE_ROWS>(rows, q) };
-                acc[j..j + DECODE_ROWS].copy_from_slice(&v);
-                j += DECODE_ROWS;
-            }
-            for (k, x) in acc[..n].iter_mut().enumerate().skip(j) {
-                // SAFETY: as above.
-                *x = unsafe { <K as TernaryKernel>::dot::<1>(w.row(r + k), [q]) }[0];
-            }
             let acc = &mut acc[..n];
+            let rb = w.row_bytes();
+            let rows = &w.data()[r * rb..][..n * rb];
+            // SAFETY: the caller guarantees K's ISA; q is `stride` = row_bytes * 4 long; the
+            // run's rows are `n` whole rows.
+            unsafe { K::dot_run::<DECODE_ROWS>(rows, rb, q, acc) };
             for x in acc.iter_mut() {
                 *x -= sum;
             }

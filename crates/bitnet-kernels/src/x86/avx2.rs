@@ -203,6 +203,7 @@ unsafe fn ternary_dot1(w: &[u8], q: &[i8]) -> i32 {
 
 /// Raw sums of `R` rows against one token: every block's 128 activations are loaded once for
 /// all rows, and the horizontal sums and the call are paid once per `R` rows.
+#[inline]
 #[target_feature(enable = "avx2")]
 unsafe fn ternary_dot_rows<const R: usize>(w: [&[u8]; R], q: &[i8]) -> [i32; R] {
     let nb = w[0].len() / 32;
@@ -276,6 +277,29 @@ impl TernaryKernel for Avx2 {
     unsafe fn dot_rows<const R: usize>(w: [&[u8]; R], q: &[i8]) -> [i32; R] {
         // SAFETY: forwarded contract.
         unsafe { ternary_dot_rows::<R>(w, q) }
+    }
+
+    unsafe fn dot_run<const R: usize>(w: &[u8], row_bytes: usize, q: &[i8], out: &mut [i32]) {
+        // SAFETY: forwarded contract.
+        unsafe { ternary_dot_run::<R>(w, row_bytes, q, out) }
+    }
+}
+
+/// [`TernaryKernel::dot_run`] compiled with AVX2, so the row tiles inline into its loop.
+///
+/// # Safety
+/// AVX2; as [`TernaryKernel::dot_run`].
+#[target_feature(enable = "avx2")]
+unsafe fn ternary_dot_run<const R: usize>(w: &[u8], row_bytes: usize, q: &[i8], out: &mut [i32]) {
+    // SAFETY: forwarded contract (AVX2 is enabled here, as the kernels need).
+    unsafe {
+        crate::kernel::run_rows::<R>(
+            w,
+            row_bytes,
+            out,
+            |rows| ternary_dot_rows::<R>(rows, q),
+            |row| ternary_dot1(row, q),
+        )
     }
 }
 
