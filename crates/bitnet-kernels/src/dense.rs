@@ -23,7 +23,7 @@
 
 use crate::dispatch::with_kernel;
 use crate::kernel::{DenseKernel, Kernel};
-use crate::matmul::{self, Tiles, TOKEN_TILE};
+use crate::matmul::{self, RowTiles, Tiles, TOKEN_TILE};
 use crate::pool::SharedOut;
 use crate::{check_isa, detected_isa, Isa};
 use bitnet_quantization::q6_k::{self, quantize_q8_k_block};
@@ -158,6 +158,20 @@ impl Tiles for DenseTiles<'_> {
         self.m.row_bytes()
     }
 
+    unsafe fn run<K: Kernel>(
+        &self,
+        tokens: usize,
+        t0: usize,
+        nt: usize,
+        rows: std::ops::Range<usize>,
+        scratch: &mut Self::Scratch,
+    ) {
+        // SAFETY: forwarded contract.
+        unsafe { matmul::run_tiles::<K, Self>(self, tokens, t0, nt, rows, scratch) }
+    }
+}
+
+impl RowTiles for DenseTiles<'_> {
     fn row_tiles(&self, _tokens: usize, nt: usize) -> &'static [usize] {
         if nt == TOKEN_TILE {
             &[4, 2]
@@ -269,6 +283,20 @@ impl<F: BlockFormat + Sync> Tiles for BlockTiles<'_, F> {
         self.m.row_bytes()
     }
 
+    unsafe fn run<K: Kernel>(
+        &self,
+        tokens: usize,
+        t0: usize,
+        nt: usize,
+        rows: std::ops::Range<usize>,
+        scratch: &mut Self::Scratch,
+    ) {
+        // SAFETY: forwarded contract.
+        unsafe { matmul::run_tiles::<K, Self>(self, tokens, t0, nt, rows, scratch) }
+    }
+}
+
+impl<F: BlockFormat + Sync> RowTiles for BlockTiles<'_, F> {
     fn row_tiles(&self, _tokens: usize, _nt: usize) -> &'static [usize] {
         &[]
     }

@@ -34,22 +34,30 @@ pub(crate) trait TernaryKernel {
     }
 
     /// Raw sums of the consecutive packed rows in `w` (each `row_bytes` long, one per element
-    /// of `out`) against one token: [`Self::dot_rows`] tiles of `R` rows, the rest one by one
-    /// ([`run_rows`]). ISAs override it only to compile that loop with their own features, so
-    /// the tiles inline into it and overlap, instead of each call waiting for its horizontal
-    /// sums before the next one starts.
+    /// of `out`) against `T` tokens: [`Self::dot_rows`] tiles of `R` rows for one token (a
+    /// decode step), [`Self::dot_tile`] tiles for several, the rest one by one
+    /// ([`dot_run_loop`]). ISAs override it only to expand that loop in a function with their
+    /// own features, so the tiles inline into it and overlap, instead of each call waiting for
+    /// its horizontal sums before the next one starts.
     ///
     /// # Safety
     /// As [`Self::dot`], for every row; `w.len() == out.len() * row_bytes`.
-    unsafe fn dot_run<const R: usize>(w: &[u8], row_bytes: usize, q: &[i8], out: &mut [i32]) {
+    unsafe fn dot_run<const R: usize, const T: usize>(
+        w: &[u8],
+        row_bytes: usize,
+        q: [&[i8]; T],
+        out: &mut [[i32; T]],
+    ) {
         // SAFETY: forwarded contract.
         unsafe {
-            run_rows::<R>(
+            dot_run_loop!(
                 w,
                 row_bytes,
+                q,
                 out,
-                |rows| Self::dot_rows::<R>(rows, q),
-                |row| Self::dot::<1>(row, [q])[0],
+                rows: Self::dot_rows::<R>,
+                tile: Self::dot_tile::<R, T>,
+                one: Self::dot::<T>
             )
         }
     }
@@ -70,30 +78,47 @@ pub(crate) trait TernaryKernel {
     }
 }
 
-/// The loop of [`TernaryKernel::dot_run`]: `tile` on each whole group of `R` rows, `one` on
-/// the rest. Always inlined, so an ISA's override compiles it (and the kernels it calls) with
-/// that ISA's features.
+/// The loop of [`TernaryKernel::dot_run`]: `rows` (one token) or `tile` (several) on each whole
+/// group of `R` rows, then `one` on the rest (`R` and `T` are the const generics of the function
+/// it expands in, as in [`TernaryKernel::dot_run`]). A macro, so that it expands inside an ISA's
+/// `#[target_feature]` function and the kernels, named as functions rather than wrapped in
+/// closures, are called directly and inline: closures around them were left out of line and
+/// called once per tile.
 ///
-/// # Safety
-/// `w.len() == out.len() * row_bytes`, and `tile` / `one` may be called on those rows.
-#[inline(always)]
-pub(crate) unsafe fn run_rows<const R: usize>(
-    w: &[u8],
-    row_bytes: usize,
-    out: &mut [i32],
-    tile: impl Fn([&[u8]; R]) -> [i32; R],
-    one: impl Fn(&[u8]) -> i32,
-) {
-    debug_assert_eq!(w.len(), out.len() * row_bytes);
-    let row = |j: usize| &w[j * row_bytes..][..row_bytes];
-    let whole = out.len() / R * R;
-    for j in (0..whole).step_by(R.max(1)) {
-        out[j..j + R].copy_from_slice(&tile(std::array::from_fn(|k| row(j + k))));
-    }
-    for (j, o) in out.iter_mut().enumerate().skip(whole) {
-        *o = one(row(j));
-    }
+/// Must be used in an `unsafe` context whose contract is [`TernaryKernel::dot_run`]'s.
+macro_rules! dot_run_loop {
+    ($w:expr, $row_bytes:expr, $q:expr, $out:expr,
+     rows: $rows:expr, tile: $tile:expr, one: $one:expr) => {{
+        let (w, row_bytes, q, out): (&[u8], usize, [&[i8]; _], &mut [[i32; _]]) =
+            ($w, $row_bytes, $q, $out);
+        debug_assert_eq!(w.len(), out.len() * row_bytes);
+        if row_bytes == 0 {
+            // Rows of no columns (a zero-width matrix) sum to zero.
+            out.fill([0; T]);
+        } else {
+            let mut rows = w.chunks_exact(row_bytes);
+            let mut tiles = out.chunks_exact_mut(R);
+            for tile in &mut tiles {
+                let mut group = [&w[..0]; R];
+                for (g, row) in group.iter_mut().zip(&mut rows) {
+                    *g = row;
+                }
+                if T == 1 {
+                    let v = $rows(group, q[0]);
+                    for (o, v) in tile.iter_mut().zip(v) {
+                        *o = [v; T];
+                    }
+                } else {
+                    tile.copy_from_slice(&$tile(group, q));
+                }
+            }
+            for (o, row) in tiles.into_remainder().iter_mut().zip(rows) {
+                *o = $one(row, q);
+            }
+        }
+    }};
 }
+pub(crate) use dot_run_loop;
 
 /// Dense (F32 / F16 / BF16) dot kernels: the weights are widened to f32 inside the dot.
 pub(crate) trait DenseKernel {

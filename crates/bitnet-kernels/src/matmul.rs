@@ -4,10 +4,10 @@
 //! A call cuts every matrix's rows into chunks (enough for load balance, few enough bytes to stay
 //! in L2 while every token tile streams over them) and runs the chunks on the pool, or inline
 //! when the work is too small to pay for a fork/join. Within a chunk the token tiles are
-//! outermost, so the chunk's weights are read from memory once and then reused from cache; each
-//! token tile takes the rows in the largest row tiles its operand asks for ([`Tiles::row_tiles`])
-//! and the rest one by one. What a tile computes and where its results go is the operand's
-//! business ([`Tiles::tile`]).
+//! outermost, so the chunk's weights are read from memory once and then reused from cache. What a
+//! token tile computes over the chunk's rows and where its results go is the operand's business
+//! ([`Tiles::run`]); the dense ones take the rows in the largest row tiles they ask for
+//! ([`RowTiles`]) and the rest one by one.
 
 use crate::kernel::Kernel;
 use crate::pool;
@@ -55,6 +55,25 @@ pub(crate) trait Tiles: Sync {
         1
     }
 
+    /// Computes rows `r0..r1` for tokens `t0..t0 + nt` (one token tile of a call with
+    /// `tokens` tokens) and stores the results. Operands computed one row tile at a time
+    /// implement [`RowTiles`] and forward here to [`run_tiles`].
+    ///
+    /// # Safety
+    /// The CPU supports `K`'s ISA; the rows and tokens exist, `1 <= nt <= TOKEN_TILE`; no other
+    /// task stores the results of these rows.
+    unsafe fn run<K: Kernel>(
+        &self,
+        tokens: usize,
+        t0: usize,
+        nt: usize,
+        rows: std::ops::Range<usize>,
+        scratch: &mut Self::Scratch,
+    );
+}
+
+/// An operand whose results are computed and stored one row tile at a time ([`run_tiles`]).
+pub(crate) trait RowTiles: Tiles {
     /// The multi-row tiles for a token tile of `nt` of `tokens` tokens, largest first; the rows
     /// left over go one by one. Each entry must be 4 or 2 (the tile sizes the driver
     /// instantiates); others are run row by row.
@@ -63,29 +82,13 @@ pub(crate) trait Tiles: Sync {
     /// Computes rows `r..r + R` for tokens `t0..t0 + T` and stores the results.
     ///
     /// # Safety
-    /// The CPU supports `K`'s ISA; the rows and tokens exist; no other task stores the
-    /// results of these rows.
+    /// As [`Tiles::run`] for those rows and tokens.
     unsafe fn tile<K: Kernel, const R: usize, const T: usize>(
         &self,
         r: usize,
         t0: usize,
         scratch: &mut Self::Scratch,
     );
-
-    /// Rows `r0..r1` of a call with one token (a decode step). The default takes them in
-    /// [`Tiles::row_tiles`] like any token tile; an operand whose per-tile work around the
-    /// kernel call costs as much as its short rows overrides it to do that work once per run
-    /// of rows.
-    ///
-    /// # Safety
-    /// As [`Tiles::tile`], for rows `r0..r1` and token 0 of a one-token call.
-    unsafe fn decode_rows<K: Kernel>(&self, r0: usize, r1: usize, scratch: &mut Self::Scratch)
-    where
-        Self: Sized,
-    {
-        // SAFETY: forwarded contract.
-        unsafe { token_tile::<K, Self>(self, 1, 0, 1, r0, r1, scratch) }
-    }
 }
 
 /// Runs every row of every matrix in `jobs` for `tokens` tokens in one parallel pass on the
@@ -138,34 +141,28 @@ pub(crate) unsafe fn drive<K: Kernel, M: Tiles>(jobs: &[M], tokens: usize) {
 /// As [`drive`]; rows `r0..r1` exist and are this task's alone.
 unsafe fn rows<K: Kernel, M: Tiles>(job: &M, tokens: usize, r0: usize, r1: usize) {
     let mut scratch = M::Scratch::default();
-    if tokens == 1 {
-        // SAFETY: the caller's contract, for the one token.
-        return unsafe { job.decode_rows::<K>(r0, r1, &mut scratch) };
-    }
     let mut t0 = 0;
     while t0 < tokens {
         let nt = (tokens - t0).min(TOKEN_TILE);
         // SAFETY: tokens t0..t0 + nt are in 0..tokens; the rest is the caller's contract.
-        unsafe { token_tile::<K, M>(job, tokens, t0, nt, r0, r1, &mut scratch) };
+        unsafe { job.run::<K>(tokens, t0, nt, r0..r1, &mut scratch) };
         t0 += nt;
     }
 }
 
-/// Rows `r0..r1` of `job` for tokens `t0..t0 + nt` (one token tile of a call with `tokens`):
-/// the largest row tiles first, the rest one by one.
+/// [`Tiles::run`] of a [`RowTiles`] operand: the largest row tiles first, the rest one by one.
 ///
 /// # Safety
-/// As [`rows`]; tokens `t0..t0 + nt` exist, `1 <= nt <= TOKEN_TILE`.
-unsafe fn token_tile<K: Kernel, M: Tiles>(
+/// As [`Tiles::run`].
+pub(crate) unsafe fn run_tiles<K: Kernel, M: RowTiles>(
     job: &M,
     tokens: usize,
     t0: usize,
     nt: usize,
-    r0: usize,
-    r1: usize,
+    rows: std::ops::Range<usize>,
     scratch: &mut M::Scratch,
 ) {
-    let mut r = r0;
+    let (mut r, r1) = (rows.start, rows.end);
     for &nr in job.row_tiles(tokens, nt) {
         while r + nr <= r1 {
             // SAFETY: rows r..r + nr are in r0..r1, tokens t0..t0 + nt in 0..tokens.
@@ -179,11 +176,11 @@ unsafe fn token_tile<K: Kernel, M: Tiles>(
     }
 }
 
-/// [`Tiles::tile`] with the run-time tile shape as const generics.
+/// [`RowTiles::tile`] with the run-time tile shape as const generics.
 ///
 /// # Safety
-/// As [`Tiles::tile`] for rows `r..r + nr` and tokens `t0..t0 + nt`, `1 <= nt <= TOKEN_TILE`.
-unsafe fn tile<K: Kernel, M: Tiles>(
+/// As [`RowTiles::tile`] for rows `r..r + nr` and tokens `t0..t0 + nt`, `1 <= nt <= TOKEN_TILE`.
+unsafe fn tile<K: Kernel, M: RowTiles>(
     job: &M,
     nr: usize,
     nt: usize,

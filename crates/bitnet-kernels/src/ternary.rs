@@ -20,11 +20,12 @@
 
 use crate::activations::QuantizedActivations;
 use crate::dispatch::with_kernel;
-use crate::kernel::{Kernel, TernaryKernel};
+use crate::kernel::Kernel;
 use crate::matmul::{self, Tiles, DECODE_ROWS, PROMPT_ROWS};
 use crate::pool::SharedOut;
 use crate::{check_isa, detected_isa, Isa};
 use bitnet_quantization::TernaryMatrix;
+use std::ops::Range;
 
 fn check_shapes(w: &TernaryMatrix, a: &QuantizedActivations, out_len: usize) {
     assert_eq!(
@@ -75,99 +76,86 @@ impl Tiles for TernaryTiles<'_> {
         DECODE_ROWS
     }
 
-    fn row_tiles(&self, tokens: usize, _nt: usize) -> &'static [usize] {
-        if tokens == 1 {
-            &[DECODE_ROWS]
-        } else {
-            &[PROMPT_ROWS]
-        }
-    }
-
-    unsafe fn tile<K: Kernel, const R: usize, const T: usize>(
+    unsafe fn run<K: Kernel>(
         &self,
-        r: usize,
+        tokens: usize,
         t0: usize,
+        nt: usize,
+        rows: Range<usize>,
         _: &mut (),
     ) {
-        let (w, a) = (self.w, self.a);
-        let rows: [&[u8]; R] = std::array::from_fn(|j| w.row(r + j));
-        let q: [&[i8]; T] = std::array::from_fn(|i| a.q(t0 + i));
-        // Every q(t) is `stride` = row_bytes * 4 long; the caller guarantees the ISA.
-        let acc: [[i32; T]; R] = if R == 1 {
-            // SAFETY: see above.
-            std::array::from_fn(|j| unsafe { <K as TernaryKernel>::dot::<T>(rows[j], q) })
-        } else if a.tokens() == 1 {
-            // SAFETY: see above (T == 1 when there is one token).
-            let v = unsafe { K::dot_rows::<R>(rows, q[0]) };
-            std::array::from_fn(|j| [v[j]; T])
-        } else {
-            // SAFETY: see above.
-            unsafe { K::dot_tile::<R, T>(rows, q) }
-        };
-        let sums = &a.sums()[t0..t0 + T];
-        let acc: [[i32; T]; R] = acc.map(|row| std::array::from_fn(|i| row[i] - sums[i]));
-        match self.sink {
-            Sink::F32 { outs, scales } => {
-                let out = outs[self.m];
-                // The tile's divisions four at a time ([`to_bitlinear`]): with one `divss` per
-                // output this wrapper took 12% of a 16-sequence step on the KJV model (`perf`).
-                let s: [f32; T] = std::array::from_fn(|i| scales[t0 + i]);
-                let ws = w.scale();
-                let v: [[f32; T]; R] = if T == 1 {
-                    // One token (decode, or a prompt's last): the rows share its scale.
-                    let col = to_bitlinear(acc.map(|row| row[0]), &[s[0]; R], ws);
-                    std::array::from_fn(|j| [col[j]; T])
-                } else {
-                    acc.map(|row| to_bitlinear(row, &s, ws))
-                };
-                // SAFETY: the driver's tile contract (rows r.., tokens t0.. exist, this task's
-                // alone).
-                unsafe { write_tile(out, v, r, t0, w.rows()) }
-            }
-            Sink::I32(out) => {
-                debug_assert_eq!(self.m, 0, "an I32 sink takes one matrix");
-                // SAFETY: as above.
-                unsafe { write_tile(*out, acc, r, t0, w.rows()) }
+        // SAFETY: forwarded contract.
+        unsafe {
+            match nt {
+                4 => self.run_t::<K, 4>(tokens, t0, rows),
+                3 => self.run_t::<K, 3>(tokens, t0, rows),
+                2 => self.run_t::<K, 2>(tokens, t0, rows),
+                _ => self.run_t::<K, 1>(tokens, t0, rows),
             }
         }
     }
+}
 
-    /// The decode step's rows: the kernel's row tiles fill the raw sums of up to
-    /// [`DECODE_SPAN`] rows, then one pass turns them into outputs and stores them (one token:
-    /// the rows are contiguous in the output and share the activation scale). Per four-row
-    /// tile, the correction, the divisions and four scalar stores cost about as much as a
-    /// 512-column row tile's kernel (`perf`, KJV shapes); here they run vectorised, off the
-    /// kernels' path. The same operations per output as [`Self::tile`]: bit-identical.
-    unsafe fn decode_rows<K: Kernel>(&self, r0: usize, r1: usize, _: &mut ()) {
+impl TernaryTiles<'_> {
+    /// Rows `rows` for tokens `t0..t0 + T`, in runs of up to [`RUN_ROWS`]: the kernel fills a
+    /// run's raw sums in one call ([`crate::kernel::TernaryKernel::dot_run`]: [`DECODE_ROWS`]-row tiles for
+    /// one token, [`PROMPT_ROWS`]-row tiles for several), then one pass per token corrects,
+    /// scales and stores them (a token's outputs of consecutive rows are contiguous).
+    /// Finishing every tile on its own cost about as much as a 512-column tile's kernel
+    /// (`perf`, KJV shapes: divisions on the kernel's path, scalar stores, a call per tile).
+    /// Every output is `(raw - sum(q)) as f32 / s_x * scale`, as in the reference.
+    ///
+    /// # Safety
+    /// As [`Tiles::run`].
+    unsafe fn run_t<K: Kernel, const T: usize>(
+        &self,
+        tokens: usize,
+        t0: usize,
+        rows: Range<usize>,
+    ) {
         let (w, a) = (self.w, self.a);
-        let q = a.q(0);
-        let sum = a.sums()[0];
-        let mut r = r0;
-        while r < r1 {
-            let n = (r1 - r).min(DECODE_SPAN);
-            let mut acc = [0i32; DECODE_SPAN];
+        let rb = w.row_bytes();
+        // Every q(t) is `stride` = row_bytes * 4 long; the caller guarantees the ISA.
+        let q: [&[i8]; T] = std::array::from_fn(|i| a.q(t0 + i));
+        let mut r = rows.start;
+        while r < rows.end {
+            let n = (rows.end - r).min(RUN_ROWS);
+            let mut acc = [[0i32; T]; RUN_ROWS];
             let acc = &mut acc[..n];
-            let rb = w.row_bytes();
-            let rows = &w.data()[r * rb..][..n * rb];
-            // SAFETY: the caller guarantees K's ISA; q is `stride` = row_bytes * 4 long; the
-            // run's rows are `n` whole rows.
-            unsafe { K::dot_run::<DECODE_ROWS>(rows, rb, q, acc) };
-            for x in acc.iter_mut() {
-                *x -= sum;
-            }
-            match self.sink {
-                Sink::F32 { outs, scales } => {
-                    let (s, ws) = (scales[0], w.scale());
-                    // SAFETY: token 0's outputs of rows r..r + n, this task's alone (the
-                    // driver's contract).
-                    let out = unsafe { outs[self.m].slice_mut(r, n) };
-                    for (o, &x) in out.iter_mut().zip(acc.iter()) {
-                        *o = x as f32 / s * ws;
-                    }
+            let run = &w.data()[r * rb..][..n * rb];
+            // SAFETY: see above; `run` is `n` whole rows.
+            unsafe {
+                if tokens == 1 {
+                    K::dot_run::<DECODE_ROWS, T>(run, rb, q, acc)
+                } else {
+                    K::dot_run::<PROMPT_ROWS, T>(run, rb, q, acc)
                 }
-                Sink::I32(out) => {
-                    // SAFETY: as above.
-                    unsafe { out.slice_mut(r, n) }.copy_from_slice(acc);
+            }
+            for i in 0..T {
+                let t = t0 + i;
+                // Token t's sums gathered contiguously, so the pass below is vectorised (a
+                // strided one was not: one `divss` per output cost pp512 9% on KJV).
+                let mut col = [0i32; RUN_ROWS];
+                let col = &mut col[..n];
+                let sum = a.sums()[t];
+                for (c, x) in col.iter_mut().zip(acc.iter()) {
+                    *c = x[i] - sum;
+                }
+                match self.sink {
+                    Sink::F32 { outs, scales } => {
+                        let (s, ws) = (scales[t], w.scale());
+                        // SAFETY: token t's outputs of rows r..r + n, this task's alone (the
+                        // driver's contract).
+                        let out = unsafe { outs[self.m].slice_mut(t * w.rows() + r, n) };
+                        for (o, &x) in out.iter_mut().zip(col.iter()) {
+                            *o = x as f32 / s * ws;
+                        }
+                    }
+                    Sink::I32(out) => {
+                        debug_assert_eq!(self.m, 0, "an I32 sink takes one matrix");
+                        // SAFETY: as above.
+                        unsafe { out.slice_mut(t * w.rows() + r, n) }.copy_from_slice(col);
+                    }
                 }
             }
             r += n;
@@ -175,57 +163,8 @@ impl Tiles for TernaryTiles<'_> {
     }
 }
 
-/// Rows a one-token call finishes together in [`TernaryTiles::decode_rows`].
-const DECODE_SPAN: usize = 64;
-
-/// Stores a tile `v[row][token]` of rows `r..` and tokens `t0..` into a token-major output of
-/// `rows` rows.
-///
-/// # Safety
-/// The rows and tokens are inside the output, and no other task writes these elements.
-#[inline(always)]
-unsafe fn write_tile<V: Copy, const R: usize, const T: usize>(
-    out: SharedOut<V>,
-    v: [[V; T]; R],
-    r: usize,
-    t0: usize,
-    rows: usize,
-) {
-    for (j, row) in v.into_iter().enumerate() {
-        for (i, x) in row.into_iter().enumerate() {
-            // SAFETY: forwarded contract.
-            unsafe { out.write((t0 + i) * rows + r + j, x) }
-        }
-    }
-}
-
-/// `acc[i] as f32 / s[i] * ws`, four at a time where SSE is there (x86-64's baseline; the
-/// compiler leaves the element loop scalar): the same IEEE quotients and products.
-#[inline(always)]
-fn to_bitlinear<const T: usize>(acc: [i32; T], s: &[f32; T], ws: f32) -> [f32; T] {
-    let mut v = acc.map(|x| x as f32);
-    #[cfg(target_arch = "x86_64")]
-    let done = {
-        use std::arch::x86_64::{_mm_div_ps, _mm_loadu_ps, _mm_mul_ps, _mm_set1_ps, _mm_storeu_ps};
-        for i in (0..T / 4 * 4).step_by(4) {
-            // SAFETY: SSE is part of x86-64; i + 4 <= T for both arrays.
-            unsafe {
-                let q = _mm_div_ps(
-                    _mm_loadu_ps(v.as_ptr().add(i)),
-                    _mm_loadu_ps(s.as_ptr().add(i)),
-                );
-                _mm_storeu_ps(v.as_mut_ptr().add(i), _mm_mul_ps(q, _mm_set1_ps(ws)));
-            }
-        }
-        T / 4 * 4
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let done = 0;
-    for (x, s) in v[done..].iter_mut().zip(&s[done..]) {
-        *x = *x / s * ws;
-    }
-    v
-}
+/// Rows whose raw sums a task collects before finishing them ([`TernaryTiles::run_t`]).
+const RUN_ROWS: usize = 64;
 
 /// Runs the driver over all rows of every matrix in `ws` (all of them read the same
 /// activations), storing every output once into `sink`. `isa` and the shapes are checked by the

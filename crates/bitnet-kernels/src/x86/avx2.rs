@@ -88,6 +88,7 @@ unsafe fn loadu_si(p: *const i8) -> __m256i {
 /// 32-byte block are unpacked once (shift + mask; 16-bit shifts are fine because the mask drops
 /// the bits that cross into the neighbouring byte) and reused for every token, as in
 /// bitnet.cpp's `ggml_vec_dot_i2_i8_s` and llama.cpp's TQ2_0 kernel.
+#[inline]
 #[target_feature(enable = "avx2")]
 unsafe fn ternary_dot<const T: usize>(w: &[u8], q: [&[i8]; T]) -> [i32; T] {
     let nb = w.len() / 32;
@@ -279,28 +280,60 @@ impl TernaryKernel for Avx2 {
         unsafe { ternary_dot_rows::<R>(w, q) }
     }
 
-    unsafe fn dot_run<const R: usize>(w: &[u8], row_bytes: usize, q: &[i8], out: &mut [i32]) {
+    unsafe fn dot_run<const R: usize, const T: usize>(
+        w: &[u8],
+        row_bytes: usize,
+        q: [&[i8]; T],
+        out: &mut [[i32; T]],
+    ) {
         // SAFETY: forwarded contract.
-        unsafe { ternary_dot_run::<R>(w, row_bytes, q, out) }
+        unsafe { ternary_dot_run::<R, T>(w, row_bytes, q, out) }
     }
 }
 
-/// [`TernaryKernel::dot_run`] compiled with AVX2, so the row tiles inline into its loop.
+/// [`TernaryKernel::dot_run`] expanded with AVX2 enabled, so the row tiles inline into its loop.
+/// A prompt's rows go one by one (AVX2 has no multi-row prompt tile: two rows of four tokens
+/// spill its 16 registers).
 ///
 /// # Safety
 /// AVX2; as [`TernaryKernel::dot_run`].
 #[target_feature(enable = "avx2")]
-unsafe fn ternary_dot_run<const R: usize>(w: &[u8], row_bytes: usize, q: &[i8], out: &mut [i32]) {
+unsafe fn ternary_dot_run<const R: usize, const T: usize>(
+    w: &[u8],
+    row_bytes: usize,
+    q: [&[i8]; T],
+    out: &mut [[i32; T]],
+) {
     // SAFETY: forwarded contract (AVX2 is enabled here, as the kernels need).
     unsafe {
-        crate::kernel::run_rows::<R>(
+        crate::kernel::dot_run_loop!(
             w,
             row_bytes,
+            q,
             out,
-            |rows| ternary_dot_rows::<R>(rows, q),
-            |row| ternary_dot1(row, q),
+            rows: ternary_dot_rows::<R>,
+            tile: ternary_dot_tile::<R, T>,
+            one: ternary_dot::<T>
         )
     }
+}
+
+/// A prompt tile of AVX2: its rows one by one.
+///
+/// # Safety
+/// AVX2; as [`ternary_dot`] for every row.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn ternary_dot_tile<const R: usize, const T: usize>(
+    w: [&[u8]; R],
+    q: [&[i8]; T],
+) -> [[i32; T]; R] {
+    let mut out = [[0i32; T]; R];
+    for (o, row) in out.iter_mut().zip(w) {
+        // SAFETY: forwarded contract.
+        *o = unsafe { ternary_dot::<T>(row, q) };
+    }
+    out
 }
 
 /// `clamp(round_half_even(x * s), -128, 127)` of 8 floats at `p`, as i32.
@@ -1071,17 +1104,20 @@ pub(crate) unsafe fn dots_f16(q: &[f32], rows: &[half::f16], stride: usize, out:
 unsafe fn dots8_f16(q: &[f32], rows: *const half::f16, stride: usize) -> [f32; 8] {
     let n = q.len();
     debug_assert!(n.is_multiple_of(8));
-    let v: [__m256; 8] = std::array::from_fn(|r| {
+    // A loop, not `array::from_fn`: a closure that the compiler leaves out of line is called
+    // per row without this function's features (seen costing pp512 9% on KJV).
+    let mut v = [_mm256_setzero_ps(); 8];
+    for (r, v) in v.iter_mut().enumerate() {
         // SAFETY: row r's n values are readable (the contract).
         let bp = unsafe { rows.add(r * stride) };
         // SAFETY: dot_lanes asks for indices below n, 8 f16 values (16 bytes) at a time; AVX2 +
         // FMA + F16C are enabled here.
-        unsafe {
+        *v = unsafe {
             dot_lanes(q, n, |k| {
                 _mm256_cvtph_ps(_mm_loadu_si128(bp.add(k) as *const __m128i))
             })
-        }
-    });
+        };
+    }
     // Row r and r + 4 share a register: lanes l + (l + 4) of each (hsum_ps's first add).
     let s: [__m256; 4] = std::array::from_fn(|r| {
         _mm256_add_ps(
