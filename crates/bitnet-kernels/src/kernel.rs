@@ -16,7 +16,8 @@ pub(crate) trait TernaryKernel {
     /// The CPU must support the kernel's ISA; `q[t].len() >= w.len() * 4`.
     unsafe fn dot<const T: usize>(w: &[u8], q: [&[i8]; T]) -> [i32; T];
 
-    /// Raw sums of `R` packed rows (all the same length) against one token: the decode case.
+    /// Raw sums of `R` packed rows (all the same length) against one token: decode steps (and
+    /// a prompt's last token tile when it holds one token).
     /// Rows are short (640 bytes at 2B4T's 2560 columns), so one row per call leaves the
     /// accumulator chains latency-bound and pays the horizontal sum and the call per 640 bytes;
     /// several rows share every activation load and the set-up. ISAs without a multi-row
@@ -34,9 +35,8 @@ pub(crate) trait TernaryKernel {
     }
 
     /// Raw sums of the consecutive packed rows in `w` (each `row_bytes` long, one per element
-    /// of `out`) against `T` tokens: [`Self::dot_rows`] tiles of `R` rows for one token (a
-    /// decode step), [`Self::dot_tile`] tiles for several, the rest one by one
-    /// ([`dot_run_loop`]). ISAs override it only to expand that loop in a function with their
+    /// of `out`) against `T` tokens: [`Self::dot_rows`] tiles of `R` rows for one token,
+    /// [`Self::dot_tile`] tiles for several, the rest one by one ([`dot_run_loop`]). ISAs override it only to expand that loop in a function with their
     /// own features, so the tiles inline into it and overlap, instead of each call waiting for
     /// its horizontal sums before the next one starts.
     ///
@@ -51,6 +51,8 @@ pub(crate) trait TernaryKernel {
         // SAFETY: forwarded contract.
         unsafe {
             dot_run_loop!(
+                R,
+                T,
                 w,
                 row_bytes,
                 q,
@@ -78,35 +80,35 @@ pub(crate) trait TernaryKernel {
     }
 }
 
-/// The loop of [`TernaryKernel::dot_run`]: `rows` (one token) or `tile` (several) on each whole
-/// group of `R` rows, then `one` on the rest (`R` and `T` are the const generics of the function
-/// it expands in, as in [`TernaryKernel::dot_run`]). A macro, so that it expands inside an ISA's
-/// `#[target_feature]` function and the kernels, named as functions rather than wrapped in
-/// closures, are called directly and inline: closures around them were left out of line and
-/// called once per tile.
+/// The loop of [`TernaryKernel::dot_run`] for `R` rows a tile and `T` tokens: `rows` (one
+/// token) or `tile` (several) on each whole group of `R` rows, then `one` on the rest. A macro,
+/// so that it expands inside an ISA's `#[target_feature]` function and the kernels, named as
+/// functions rather than wrapped in closures, are called directly and inline: closures around
+/// them were left out of line and called once per tile.
 ///
 /// Must be used in an `unsafe` context whose contract is [`TernaryKernel::dot_run`]'s.
 macro_rules! dot_run_loop {
-    ($w:expr, $row_bytes:expr, $q:expr, $out:expr,
+    ($R:ident, $T:ident, $w:expr, $row_bytes:expr, $q:expr, $out:expr,
      rows: $rows:expr, tile: $tile:expr, one: $one:expr) => {{
-        let (w, row_bytes, q, out): (&[u8], usize, [&[i8]; _], &mut [[i32; _]]) =
+        let (w, row_bytes, q, out): (&[u8], usize, [&[i8]; $T], &mut [[i32; $T]]) =
             ($w, $row_bytes, $q, $out);
-        debug_assert_eq!(w.len(), out.len() * row_bytes);
+        // The kernels size every row of a tile from its first: the rows must be whole.
+        assert_eq!(w.len(), out.len() * row_bytes, "dot_run: rows != out");
         if row_bytes == 0 {
             // Rows of no columns (a zero-width matrix) sum to zero.
-            out.fill([0; T]);
+            out.fill([0; $T]);
         } else {
             let mut rows = w.chunks_exact(row_bytes);
-            let mut tiles = out.chunks_exact_mut(R);
+            let mut tiles = out.chunks_exact_mut($R);
             for tile in &mut tiles {
-                let mut group = [&w[..0]; R];
+                let mut group = [&w[..0]; $R];
                 for (g, row) in group.iter_mut().zip(&mut rows) {
                     *g = row;
                 }
-                if T == 1 {
+                if $T == 1 {
                     let v = $rows(group, q[0]);
                     for (o, v) in tile.iter_mut().zip(v) {
-                        *o = [v; T];
+                        *o = [v; $T];
                     }
                 } else {
                     tile.copy_from_slice(&$tile(group, q));

@@ -16,11 +16,11 @@ use crate::pool;
 /// that codes + accumulators stay in the 16 ymm registers.
 pub(crate) const TOKEN_TILE: usize = 4;
 
-/// Rows per ternary decode kernel call ([`crate::kernel::TernaryKernel::dot_rows`]); ternary
+/// Rows per ternary tile for one token ([`crate::kernel::TernaryKernel::dot_rows`]); ternary
 /// chunks are whole multiples of it.
 pub(crate) const DECODE_ROWS: usize = 4;
 
-/// Rows per ternary prompt kernel call ([`crate::kernel::TernaryKernel::dot_tile`]).
+/// Rows per ternary tile for several tokens ([`crate::kernel::TernaryKernel::dot_tile`]).
 pub(crate) const PROMPT_ROWS: usize = 2;
 
 /// Weight bytes per parallel task, sized to stay in L2 while all token tiles stream over them.
@@ -165,7 +165,7 @@ pub(crate) unsafe fn run_tiles<K: Kernel, M: RowTiles>(
     let (mut r, r1) = (rows.start, rows.end);
     for &nr in job.row_tiles(tokens, nt) {
         while r + nr <= r1 {
-            // SAFETY: rows r..r + nr are in r0..r1, tokens t0..t0 + nt in 0..tokens.
+            // SAFETY: rows r..r + nr are in `rows`, tokens t0..t0 + nt in 0..tokens.
             unsafe { tile::<K, M>(job, nr, nt, r, t0, scratch) };
             r += nr;
         }

@@ -21,7 +21,7 @@
 use crate::activations::QuantizedActivations;
 use crate::dispatch::with_kernel;
 use crate::kernel::Kernel;
-use crate::matmul::{self, Tiles, DECODE_ROWS, PROMPT_ROWS};
+use crate::matmul::{self, Tiles, DECODE_ROWS, PROMPT_ROWS, TOKEN_TILE};
 use crate::pool::SharedOut;
 use crate::{check_isa, detected_isa, Isa};
 use bitnet_quantization::TernaryMatrix;
@@ -78,19 +78,20 @@ impl Tiles for TernaryTiles<'_> {
 
     unsafe fn run<K: Kernel>(
         &self,
-        tokens: usize,
+        _tokens: usize,
         t0: usize,
         nt: usize,
         rows: Range<usize>,
         _: &mut (),
     ) {
+        debug_assert!((1..=TOKEN_TILE).contains(&nt), "token tile of {nt}");
         // SAFETY: forwarded contract.
         unsafe {
             match nt {
-                4 => self.run_t::<K, 4>(tokens, t0, rows),
-                3 => self.run_t::<K, 3>(tokens, t0, rows),
-                2 => self.run_t::<K, 2>(tokens, t0, rows),
-                _ => self.run_t::<K, 1>(tokens, t0, rows),
+                4 => self.run_t::<K, 4>(t0, rows),
+                3 => self.run_t::<K, 3>(t0, rows),
+                2 => self.run_t::<K, 2>(t0, rows),
+                _ => self.run_t::<K, 1>(t0, rows),
             }
         }
     }
@@ -98,21 +99,16 @@ impl Tiles for TernaryTiles<'_> {
 
 impl TernaryTiles<'_> {
     /// Rows `rows` for tokens `t0..t0 + T`, in runs of up to [`RUN_ROWS`]: the kernel fills a
-    /// run's raw sums in one call ([`crate::kernel::TernaryKernel::dot_run`]: [`DECODE_ROWS`]-row tiles for
-    /// one token, [`PROMPT_ROWS`]-row tiles for several), then one pass per token corrects,
-    /// scales and stores them (a token's outputs of consecutive rows are contiguous).
-    /// Finishing every tile on its own cost about as much as a 512-column tile's kernel
-    /// (`perf`, KJV shapes: divisions on the kernel's path, scalar stores, a call per tile).
-    /// Every output is `(raw - sum(q)) as f32 / s_x * scale`, as in the reference.
+    /// run's raw sums in one call ([`crate::kernel::TernaryKernel::dot_run`]: tiles of
+    /// [`DECODE_ROWS`] rows for one token, of [`PROMPT_ROWS`] for several), then one pass per
+    /// token corrects, scales and stores them (a token's outputs of consecutive rows are
+    /// contiguous). Finishing every tile on its own cost about as much as a 512-column tile's
+    /// kernel (`perf`, KJV shapes: divisions on the kernel's path, scalar stores, a call per
+    /// tile). Every output is `(raw - sum(q)) as f32 / s_x * scale`, as in the reference.
     ///
     /// # Safety
     /// As [`Tiles::run`].
-    unsafe fn run_t<K: Kernel, const T: usize>(
-        &self,
-        tokens: usize,
-        t0: usize,
-        rows: Range<usize>,
-    ) {
+    unsafe fn run_t<K: Kernel, const T: usize>(&self, t0: usize, rows: Range<usize>) {
         let (w, a) = (self.w, self.a);
         let rb = w.row_bytes();
         // Every q(t) is `stride` = row_bytes * 4 long; the caller guarantees the ISA.
@@ -125,7 +121,7 @@ impl TernaryTiles<'_> {
             let run = &w.data()[r * rb..][..n * rb];
             // SAFETY: see above; `run` is `n` whole rows.
             unsafe {
-                if tokens == 1 {
+                if T == 1 {
                     K::dot_run::<DECODE_ROWS, T>(run, rb, q, acc)
                 } else {
                     K::dot_run::<PROMPT_ROWS, T>(run, rb, q, acc)
@@ -163,8 +159,10 @@ impl TernaryTiles<'_> {
     }
 }
 
-/// Rows whose raw sums a task collects before finishing them ([`TernaryTiles::run_t`]).
+/// Rows whose raw sums a task collects before finishing them ([`TernaryTiles::run_t`]): whole
+/// tiles of either size, so a run that starts on a chunk boundary ends on a tile boundary.
 const RUN_ROWS: usize = 64;
+const _: () = assert!(RUN_ROWS.is_multiple_of(DECODE_ROWS) && RUN_ROWS.is_multiple_of(PROMPT_ROWS));
 
 /// Runs the driver over all rows of every matrix in `ws` (all of them read the same
 /// activations), storing every output once into `sink`. `isa` and the shapes are checked by the

@@ -324,16 +324,19 @@ fn every_isa_on_edge_shapes() {
 }
 
 #[test]
-fn decode_runs_of_rows() {
-    // One token: a task finishes its rows in runs of up to 64 (`decode_rows`). Row counts that
-    // make one-thread chunks hold several runs, a ragged last run and tail rows outside the
-    // four-row tiles, at block-aligned and ragged widths.
+fn runs_of_rows() {
+    // A task finishes its rows in runs of up to 64 (`TernaryTiles::run_t`). Row counts that make
+    // one-thread chunks hold several runs, a ragged last run and rows outside the kernel's
+    // tiles; zero, block-aligned and ragged widths; one token (decode), whole token tiles and
+    // ragged ones (a prompt whose last tile holds one token takes the one-token tiles).
     let mut seed = 101;
-    for rows in [63, 64, 65, 67, 130, 259, 1000, 1003] {
-        for cols in [128, 300, 640] {
-            seed += 1;
-            let (w, x) = random_case(rows, cols, 1, seed);
-            check_all(&w, &x, 1).unwrap();
+    for rows in [63, 65, 130, 259, 1003] {
+        for cols in [0, 128, 300] {
+            for tokens in [1, 2, 5, 8, 9] {
+                seed += 1;
+                let (w, x) = random_case(rows, cols, tokens, seed);
+                check_all(&w, &x, tokens).unwrap();
+            }
         }
     }
 }

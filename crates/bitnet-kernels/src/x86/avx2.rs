@@ -292,8 +292,8 @@ impl TernaryKernel for Avx2 {
 }
 
 /// [`TernaryKernel::dot_run`] expanded with AVX2 enabled, so the row tiles inline into its loop.
-/// A prompt's rows go one by one (AVX2 has no multi-row prompt tile: two rows of four tokens
-/// spill its 16 registers).
+/// With several tokens a tile's rows go one by one (AVX2 has no multi-row prompt tile: two rows
+/// of four tokens spill its 16 registers).
 ///
 /// # Safety
 /// AVX2; as [`TernaryKernel::dot_run`].
@@ -307,13 +307,15 @@ unsafe fn ternary_dot_run<const R: usize, const T: usize>(
     // SAFETY: forwarded contract (AVX2 is enabled here, as the kernels need).
     unsafe {
         crate::kernel::dot_run_loop!(
+            R,
+            T,
             w,
             row_bytes,
             q,
             out,
             rows: ternary_dot_rows::<R>,
             tile: ternary_dot_tile::<R, T>,
-            one: ternary_dot::<T>
+            one: <Avx2 as TernaryKernel>::dot::<T>
         )
     }
 }
