@@ -160,19 +160,18 @@ impl Tiles for DenseTiles<'_> {
 
     unsafe fn run<K: Kernel>(
         &self,
-        tokens: usize,
         t0: usize,
         nt: usize,
         rows: std::ops::Range<usize>,
         scratch: &mut Self::Scratch,
     ) {
         // SAFETY: forwarded contract.
-        unsafe { matmul::run_tiles::<K, Self>(self, tokens, t0, nt, rows, scratch) }
+        unsafe { matmul::run_tiles::<K, Self>(self, t0, nt, rows, scratch) }
     }
 }
 
 impl RowTiles for DenseTiles<'_> {
-    fn row_tiles(&self, _tokens: usize, nt: usize) -> &'static [usize] {
+    fn row_tiles(&self, nt: usize) -> &'static [usize] {
         if nt == TOKEN_TILE {
             &[4, 2]
         } else {
@@ -285,19 +284,18 @@ impl<F: BlockFormat + Sync> Tiles for BlockTiles<'_, F> {
 
     unsafe fn run<K: Kernel>(
         &self,
-        tokens: usize,
         t0: usize,
         nt: usize,
         rows: std::ops::Range<usize>,
         scratch: &mut Self::Scratch,
     ) {
         // SAFETY: forwarded contract.
-        unsafe { matmul::run_tiles::<K, Self>(self, tokens, t0, nt, rows, scratch) }
+        unsafe { matmul::run_tiles::<K, Self>(self, t0, nt, rows, scratch) }
     }
 }
 
 impl<F: BlockFormat + Sync> RowTiles for BlockTiles<'_, F> {
-    fn row_tiles(&self, _tokens: usize, _nt: usize) -> &'static [usize] {
+    fn row_tiles(&self, _nt: usize) -> &'static [usize] {
         &[]
     }
 

@@ -36,9 +36,10 @@ pub(crate) trait TernaryKernel {
 
     /// Raw sums of the consecutive packed rows in `w` (each `row_bytes` long, one per element
     /// of `out`) against `T` tokens: [`Self::dot_rows`] tiles of `R` rows for one token,
-    /// [`Self::dot_tile`] tiles for several, the rest one by one ([`dot_run_loop`]). ISAs override it only to expand that loop in a function with their
-    /// own features, so the tiles inline into it and overlap, instead of each call waiting for
-    /// its horizontal sums before the next one starts.
+    /// [`Self::dot_tile`] tiles for several, the rest one by one ([`dot_run_loop`]). ISAs
+    /// override it only to expand that loop in a function with their own features, so the
+    /// tiles inline into it and overlap, instead of each call waiting for its horizontal sums
+    /// before the next one starts.
     ///
     /// # Safety
     /// As [`Self::dot`], for every row; `w.len() == out.len() * row_bytes`.

@@ -55,16 +55,15 @@ pub(crate) trait Tiles: Sync {
         1
     }
 
-    /// Computes rows `r0..r1` for tokens `t0..t0 + nt` (one token tile of a call with
-    /// `tokens` tokens) and stores the results. Operands computed one row tile at a time
-    /// implement [`RowTiles`] and forward here to [`run_tiles`].
+    /// Computes rows `rows` for tokens `t0..t0 + nt` (one token tile) and stores the results.
+    /// Operands computed one row tile at a time implement [`RowTiles`] and forward here to
+    /// [`run_tiles`].
     ///
     /// # Safety
     /// The CPU supports `K`'s ISA; the rows and tokens exist, `1 <= nt <= TOKEN_TILE`; no other
     /// task stores the results of these rows.
     unsafe fn run<K: Kernel>(
         &self,
-        tokens: usize,
         t0: usize,
         nt: usize,
         rows: std::ops::Range<usize>,
@@ -74,10 +73,10 @@ pub(crate) trait Tiles: Sync {
 
 /// An operand whose results are computed and stored one row tile at a time ([`run_tiles`]).
 pub(crate) trait RowTiles: Tiles {
-    /// The multi-row tiles for a token tile of `nt` of `tokens` tokens, largest first; the rows
+    /// The multi-row tiles for a token tile of `nt` tokens, largest first; the rows
     /// left over go one by one. Each entry must be 4 or 2 (the tile sizes the driver
     /// instantiates); others are run row by row.
-    fn row_tiles(&self, tokens: usize, nt: usize) -> &'static [usize];
+    fn row_tiles(&self, nt: usize) -> &'static [usize];
 
     /// Computes rows `r..r + R` for tokens `t0..t0 + T` and stores the results.
     ///
@@ -145,7 +144,7 @@ unsafe fn rows<K: Kernel, M: Tiles>(job: &M, tokens: usize, r0: usize, r1: usize
     while t0 < tokens {
         let nt = (tokens - t0).min(TOKEN_TILE);
         // SAFETY: tokens t0..t0 + nt are in 0..tokens; the rest is the caller's contract.
-        unsafe { job.run::<K>(tokens, t0, nt, r0..r1, &mut scratch) };
+        unsafe { job.run::<K>(t0, nt, r0..r1, &mut scratch) };
         t0 += nt;
     }
 }
@@ -156,16 +155,15 @@ unsafe fn rows<K: Kernel, M: Tiles>(job: &M, tokens: usize, r0: usize, r1: usize
 /// As [`Tiles::run`].
 pub(crate) unsafe fn run_tiles<K: Kernel, M: RowTiles>(
     job: &M,
-    tokens: usize,
     t0: usize,
     nt: usize,
     rows: std::ops::Range<usize>,
     scratch: &mut M::Scratch,
 ) {
     let (mut r, r1) = (rows.start, rows.end);
-    for &nr in job.row_tiles(tokens, nt) {
+    for &nr in job.row_tiles(nt) {
         while r + nr <= r1 {
-            // SAFETY: rows r..r + nr are in `rows`, tokens t0..t0 + nt in 0..tokens.
+            // SAFETY: rows r..r + nr are in `rows`; the rest is the caller's contract.
             unsafe { tile::<K, M>(job, nr, nt, r, t0, scratch) };
             r += nr;
         }

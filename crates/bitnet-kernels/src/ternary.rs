@@ -76,14 +76,7 @@ impl Tiles for TernaryTiles<'_> {
         DECODE_ROWS
     }
 
-    unsafe fn run<K: Kernel>(
-        &self,
-        _tokens: usize,
-        t0: usize,
-        nt: usize,
-        rows: Range<usize>,
-        _: &mut (),
-    ) {
+    unsafe fn run<K: Kernel>(&self, t0: usize, nt: usize, rows: Range<usize>, _: &mut ()) {
         debug_assert!((1..=TOKEN_TILE).contains(&nt), "token tile of {nt}");
         // SAFETY: forwarded contract.
         unsafe {

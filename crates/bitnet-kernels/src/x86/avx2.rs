@@ -320,7 +320,8 @@ unsafe fn ternary_dot_run<const R: usize, const T: usize>(
     }
 }
 
-/// A prompt tile of AVX2: its rows one by one.
+/// A prompt tile of AVX2: its rows one by one. The trait's default does the same through a
+/// closure; this one calls the kernel directly, so it inlines into [`ternary_dot_run`].
 ///
 /// # Safety
 /// AVX2; as [`ternary_dot`] for every row.
