@@ -283,11 +283,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
         drop(session);
         for &k in a.parallel.iter().filter(|&&k| k > 0) {
             for &n in a.n_gen.iter().filter(|&&n| n > 0) {
-                let (samples, stages) = repeat(reps, || {
-                    let prompts = (0..k).map(|_| tokens(1)).collect();
-                    bitnet_inference::profile::take();
-                    parallel_generation(&engine, prompts, n)
-                })?;
+                let (samples, stages) =
+                    repeat(reps, || parallel_generation(&engine, k, || tokens(1), n))?;
                 report(format!("tg{n} x{k}"), 0, samples, stages, reps * n * k)?;
             }
         }
@@ -333,18 +330,28 @@ pub fn run(a: BenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// Runs one request per prompt at once through a scheduler sized for them, each generating
-/// `n` tokens (greedy, past any end-of-sequence token); returns generated tokens per second
-/// over all of them.
-fn parallel_generation(engine: &Engine, prompts: Vec<Vec<u32>>, n: usize) -> Result<f64> {
-    let k = prompts.len();
-    let ctx = prompts.iter().map(Vec::len).max().unwrap_or(0) + n;
+/// Runs `k` one-token requests (`prompt()` each) at once through a scheduler sized for them,
+/// each generating `n` tokens (greedy, past any end-of-sequence token); returns generated
+/// tokens per second over all of them. `k` comes from the command line: the scheduler checks
+/// the KV cache it implies before any prompt is made.
+fn parallel_generation(
+    engine: &Engine,
+    k: usize,
+    mut prompt: impl FnMut() -> Vec<u32>,
+    n: usize,
+) -> Result<f64> {
+    let ctx = n
+        .checked_add(1)
+        .ok_or_else(|| anyhow::anyhow!("tg{n} overflows a context"))?;
+    let kv_tokens = k
+        .checked_mul(ctx)
+        .ok_or_else(|| anyhow::anyhow!("--parallel {k} x {ctx} positions overflow a KV cache"))?;
     let sched = Scheduler::start(
         engine.clone(),
         SchedulerOptions {
             max_sequences: k,
             ctx_size: Some(ctx),
-            kv_tokens: Some(k * ctx),
+            kv_tokens: Some(kv_tokens),
             max_queue: k,
             ..Default::default()
         },
@@ -355,6 +362,8 @@ fn parallel_generation(engine: &Engine, prompts: Vec<Vec<u32>>, n: usize) -> Res
         ignore_eos: true,
         ..Default::default()
     };
+    let prompts: Vec<Vec<u32>> = (0..k).map(|_| prompt()).collect();
+    bitnet_inference::profile::take();
     let t = Instant::now();
     let mut handles = Vec::with_capacity(k);
     for p in prompts {

@@ -448,6 +448,19 @@ fn bench_depth_runs_each_test_after_that_many_cached_tokens() {
     expect(&o, 1, &["overflow a context"]);
 }
 
+#[test]
+fn bench_parallel_beyond_any_kv_cache_is_an_error() {
+    // --parallel K sizes a scheduler (and K prompts): a K no KV cache can hold is refused
+    // before anything is made for it, whether K x positions overflows or only exceeds the cap.
+    for (k, msg) in [
+        ("18446744073709551615", "overflow a KV cache"),
+        ("100000000", "more than the limit of"),
+    ] {
+        let o = bitnet(&["bench", "-r", "1", "-p", "0", "-n", "3", "--parallel", k]);
+        expect(&o, 1, &[msg]);
+    }
+}
+
 // ---- tokenize ----
 
 #[test]
