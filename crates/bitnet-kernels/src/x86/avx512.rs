@@ -94,6 +94,7 @@ fn hsum4_epi32(v: [__m512i; 4]) -> [i32; 4] {
 /// Raw sums `sum_k code_k * q_t[k]` of one packed row against `T` tokens, two blocks per
 /// iteration into separate accumulators (so consecutive blocks' `vpdpbusd` chains overlap),
 /// then an odd trailing block on its own.
+#[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn ternary_dot<const T: usize>(w: &[u8], q: [&[i8]; T]) -> [i32; T] {
     let nb = w.len() / 32;
@@ -162,6 +163,7 @@ unsafe fn ternary_dot<const T: usize>(w: &[u8], q: [&[i8]; T]) -> [i32; T] {
 /// masked once and each token's 128 activations loaded once for all rows. With one row, two
 /// activation loads feed every two `vpdpbusd`, and the loads set the pace; here `2 * T` loads
 /// feed `2 * R * T` of them, in `2 * R * T` independent accumulator chains.
+#[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn ternary_dot_tile<const R: usize, const T: usize>(
     w: [&[u8]; R],
@@ -223,6 +225,7 @@ unsafe fn ternary_dot_tile<const R: usize, const T: usize>(
 /// Raw sums of `R` rows against one token. Each block's 128 activations are loaded once for all
 /// rows, and the `2 * R` accumulators are independent `vpdpbusd` chains, so their 5-cycle latency
 /// overlaps instead of bounding a 640-byte row.
+#[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn ternary_dot_rows<const R: usize>(w: [&[u8]; R], q: &[i8]) -> [i32; R] {
     let nb = w[0].len() / 32;
@@ -268,6 +271,7 @@ unsafe fn ternary_dot_rows<const R: usize>(w: [&[u8]; R], q: &[i8]) -> [i32; R] 
 /// masked in place (scaled by 64 / 16 / 4 / 1) and each fed to its own `vpdpbusd` chain
 /// against its 32 activations; the scales come off with one shift per chain at each flush.
 /// The same four ops per 32 weight bytes as the 512-bit form, and no broadcast.
+#[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn ternary_dot_rows_256<const R: usize>(w: [&[u8]; R], q: &[i8]) -> [i32; R] {
     let nb = w[0].len() / 32;
@@ -347,6 +351,80 @@ impl<const DECODE_256: bool> TernaryKernel for Avx512Vnni<DECODE_256> {
         } else {
             // SAFETY: forwarded contract.
             unsafe { ternary_dot_tile::<R, T>(w, q) }
+        }
+    }
+
+    unsafe fn dot_run<const R: usize, const T: usize>(
+        w: &[u8],
+        row_bytes: usize,
+        q: [&[i8]; T],
+        out: &mut [[i32; T]],
+    ) {
+        // SAFETY: forwarded contract.
+        unsafe { ternary_dot_run::<DECODE_256, R, T>(w, row_bytes, q, out) }
+    }
+}
+
+/// [`TernaryKernel::dot_run`] expanded with AVX-512 enabled, so the row tiles inline into its
+/// loop (the trait's default calls a `#[target_feature]` kernel per tile, out of line).
+///
+/// # Safety
+/// AVX-512 F/BW/VL/VNNI; as [`TernaryKernel::dot_run`].
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn ternary_dot_run<const DECODE_256: bool, const R: usize, const T: usize>(
+    w: &[u8],
+    row_bytes: usize,
+    q: [&[i8]; T],
+    out: &mut [[i32; T]],
+) {
+    // SAFETY: forwarded contract (the features the kernels need are enabled here).
+    unsafe {
+        crate::kernel::dot_run_loop!(
+            R,
+            T,
+            w,
+            row_bytes,
+            q,
+            out,
+            rows: run_rows::<DECODE_256, R>,
+            tile: run_tile::<R, T>,
+            one: ternary_dot::<T>
+        )
+    }
+}
+
+/// A decode tile of [`ternary_dot_run`]: the kernel `dot_rows` picks, called directly.
+///
+/// # Safety
+/// As [`ternary_dot_rows`].
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn run_rows<const DECODE_256: bool, const R: usize>(w: [&[u8]; R], q: &[i8]) -> [i32; R] {
+    // SAFETY: forwarded contract.
+    unsafe {
+        if DECODE_256 {
+            ternary_dot_rows_256::<R>(w, q)
+        } else {
+            ternary_dot_rows::<R>(w, q)
+        }
+    }
+}
+
+/// A prompt tile of [`ternary_dot_run`], as `dot_tile` picks it.
+///
+/// # Safety
+/// As [`ternary_dot_tile`].
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn run_tile<const R: usize, const T: usize>(w: [&[u8]; R], q: [&[i8]; T]) -> [[i32; T]; R] {
+    // SAFETY: forwarded contract.
+    unsafe {
+        if R == 1 {
+            let mut out = [[0; T]; R];
+            out[0] = ternary_dot::<T>(w[0], q);
+            out
+        } else {
+            ternary_dot_tile::<R, T>(w, q)
         }
     }
 }
