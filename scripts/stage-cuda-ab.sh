@@ -12,7 +12,8 @@
 # kernel files that replace this tree's (those it lacks are this tree's). Only the kernels vary:
 # the Rust side is this tree's, so a variant must keep the kernels' names and arguments. The
 # kernels are compiled by NVRTC when the binary starts (`include_str!`), so each variant is a
-# binary of its own (~6.5 MB; `run` takes 64 MiB with the tracked tree). DIR must be
+# binary of its own (~6.5 MB, carried xz-packed at ~1.7 MB; `run` takes 64 MiB with the tracked
+# tree). DIR must be
 # git-ignored (device-bin*). The runner's default arguments: --head q8_0 --pp 512 --tg 128
 # --reps 2 --batch 0, with BITNET_CUDA_PROFILE=1 (the persistent step's per-stage breakdown).
 set -euo pipefail
@@ -54,6 +55,8 @@ for spec in "$@"; do
     cargo build --release --locked -q -p bitnet-cuda --example cuda_generate
     cp target/release/examples/cuda_generate "$DIR/cg_$name"
     strip "$DIR/cg_$name"
+    # xz: 6.5 -> 1.7 MB, so a call carries several times more variants; ab.sh unpacks them
+    xz -T0 -6 "$DIR/cg_$name"
 done
 
 cat >"$DIR/ab.sh" <<'EOF'
@@ -66,6 +69,12 @@ rounds="${1:-2}"
 shift || true
 args=("$@")
 [[ ${#args[@]} -gt 0 ]] || args=(--head q8_0 --pp 512 --tg 128 --reps 2 --batch 0)
+# The binaries come xz-packed; Python's lzma unpacks them (the GPU machine may have no xz).
+for f in "$B"/cg_*.xz; do
+    [[ -e "$f" ]] || continue
+    python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
+        "$f" "${f%.xz}" && chmod +x "${f%.xz}" && rm -f "$f"
+done
 for ((r = 1; r <= rounds; r++)); do
     for bin in "$B"/cg_*; do
         echo "== ${bin##*/cg_} round $r"
