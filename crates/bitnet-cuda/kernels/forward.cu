@@ -86,6 +86,35 @@ __device__ int block_sum_i(int v, int* red) {
     return warp_sum_i(lane < nw ? red[lane] : 0);
 }
 
+// Block-wide reductions with one barrier instead of two: the caller vouches that every thread
+// has passed a barrier since `slots` (32 words) were last read, which is what group_sum's
+// leading barrier buys. Same partials, same butterflies, so the same bits as block_sum /
+// block_max / block_sum_i. norm_quant_row takes them in turn from its two slot arrays, so that
+// each reduction's slots were last read before the previous reduction's barrier.
+__device__ float block_sum_1(float v, float* slots) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+    v = warp_sum(v);
+    if (lane == 0) slots[warp] = v;
+    __syncthreads();
+    return warp_sum(lane < nw ? slots[lane] : 0.0f);
+}
+
+__device__ float block_max_1(float v, float* slots) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+    v = warp_max(v);
+    if (lane == 0) slots[warp] = v;
+    __syncthreads();
+    return warp_max(lane < nw ? slots[lane] : NEG_INF);
+}
+
+__device__ int block_sum_i_1(int v, int* slots) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+    v = warp_sum_i(v);
+    if (lane == 0) slots[warp] = v;
+    __syncthreads();
+    return warp_sum_i(lane < nw ? slots[lane] : 0);
+}
+
 // Dense element types, as DenseType in bitnet-kernels.
 #define TY_F32 0
 #define TY_F16 1
@@ -171,7 +200,7 @@ __device__ __forceinline__ int perm_index(int k, int chunks) {
 // norm_quant's many tokens a launch run faster (pp512 58.3k against 55.2k t/s). The same
 // bits either way. The other passes work on four values a thread (no order to keep: a
 // product per value, a max, an integer sum). The q writes are published to the block by
-// block_sum_i's barriers.
+// the int sum's barrier.
 template <bool VEC>
 __device__ void norm_quant_row(const float* __restrict__ xt, int cols, int mode,
                                const float* __restrict__ w, float eps, float* row,
@@ -198,7 +227,8 @@ __device__ void norm_quant_row(const float* __restrict__ xt, int cols, int mode,
         if (threadIdx.x == 0)
             for (int k = cols; k < 4 * ng; ++k) row[k] = 0.0f;
     }
-    ss = block_sum(ss, red);
+    // VEC's barrier above follows every earlier read of `red`; without it, block_sum's own.
+    ss = VEC ? block_sum_1(ss, red) : block_sum(ss, red);
     const float r = __fdiv_rn(1.0f, sqrtf(__fadd_rn(__fdiv_rn(ss, (float)cols), eps)));
     float amax = 0.0f;
     // block_sum's barriers order the first pass's writes (and VEC's reads of the squares)
@@ -230,7 +260,9 @@ __device__ void norm_quant_row(const float* __restrict__ xt, int cols, int mode,
         amax = fmaxf(amax, fmaxf(fmaxf(fabsf(o.x), fabsf(o.y)), fmaxf(fabsf(o.z), fabsf(o.w))));
     }
     if (!q) return;
-    amax = block_max(amax, red);
+    // red_i was last read before the barrier of the sum above, red before this one's: each
+    // takes a one-barrier reduction (the max in red_i's words, the int sum in red's).
+    amax = block_max_1(amax, (float*)red_i);
     const float s = __fdiv_rn(127.0f, fmaxf(amax, 1e-5f));
     int sum = 0;
     for (int g = threadIdx.x; 4 * g < qstride; g += nt) {
@@ -250,7 +282,7 @@ __device__ void norm_quant_row(const float* __restrict__ xt, int cols, int mode,
         *(u32*)(q + (perm ? perm_index(k, perm) : k)) = packed;
     }
     *s_out = s;
-    *sum_out = block_sum_i(sum, red_i);
+    *sum_out = block_sum_i_1(sum, (int*)red);
 }
 
 // Per token (one block each): norm_quant_row of row t (rows `in_stride` floats apart) into
