@@ -77,19 +77,10 @@ __device__ float block_sum(float v, float* red) { return group_sum(v, red, block
 
 __device__ float block_max(float v, float* red) { return group_max(v, red, blockDim.x); }
 
-__device__ int block_sum_i(int v, int* red) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
-    v = warp_sum_i(v);
-    __syncthreads();
-    if (lane == 0) red[warp] = v;
-    __syncthreads();
-    return warp_sum_i(lane < nw ? red[lane] : 0);
-}
-
 // Block-wide reductions with one barrier instead of two: the caller vouches that every thread
 // has passed a barrier since `slots` (32 words) were last read, which is what group_sum's
 // leading barrier buys. Same partials, same butterflies, so the same bits as block_sum /
-// block_max / block_sum_i. norm_quant_row takes them in turn from its two slot arrays, so that
+// block_max. norm_quant_row takes them in turn from its two slot arrays, so that
 // each reduction's slots were last read before the previous reduction's barrier.
 __device__ float block_sum_1(float v, float* slots) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
