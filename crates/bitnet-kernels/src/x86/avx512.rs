@@ -331,27 +331,16 @@ impl<const DECODE_256: bool> TernaryKernel for Avx512Vnni<DECODE_256> {
     }
 
     unsafe fn dot_rows<const R: usize>(w: [&[u8]; R], q: &[i8]) -> [i32; R] {
-        if DECODE_256 {
-            // SAFETY: forwarded contract (VL is part of the ISA's check).
-            unsafe { ternary_dot_rows_256::<R>(w, q) }
-        } else {
-            // SAFETY: forwarded contract.
-            unsafe { ternary_dot_rows::<R>(w, q) }
-        }
+        // SAFETY: forwarded contract (VL is part of the ISA's check).
+        unsafe { run_rows::<DECODE_256, R>(w, q) }
     }
 
     unsafe fn dot_tile<const R: usize, const T: usize>(
         w: [&[u8]; R],
         q: [&[i8]; T],
     ) -> [[i32; T]; R] {
-        if R == 1 {
-            // A ragged last row: the one-row kernel pairs blocks for twice the chains.
-            // SAFETY: forwarded contract.
-            std::array::from_fn(|r| unsafe { ternary_dot::<T>(w[r], q) })
-        } else {
-            // SAFETY: forwarded contract.
-            unsafe { ternary_dot_tile::<R, T>(w, q) }
-        }
+        // SAFETY: forwarded contract.
+        unsafe { run_tile::<R, T>(w, q) }
     }
 
     unsafe fn dot_run<const R: usize, const T: usize>(
@@ -393,7 +382,8 @@ unsafe fn ternary_dot_run<const DECODE_256: bool, const R: usize, const T: usize
     }
 }
 
-/// A decode tile of [`ternary_dot_run`]: the kernel `dot_rows` picks, called directly.
+/// A decode tile (`dot_rows`, and [`ternary_dot_run`]'s, where it inlines): on 256-bit or
+/// 512-bit vectors as the ISA says.
 ///
 /// # Safety
 /// As [`ternary_dot_rows`].
@@ -410,7 +400,7 @@ unsafe fn run_rows<const DECODE_256: bool, const R: usize>(w: [&[u8]; R], q: &[i
     }
 }
 
-/// A prompt tile of [`ternary_dot_run`], as `dot_tile` picks it.
+/// A prompt tile (`dot_tile`, and [`ternary_dot_run`]'s, where it inlines).
 ///
 /// # Safety
 /// As [`ternary_dot_tile`].
@@ -419,6 +409,7 @@ unsafe fn run_rows<const DECODE_256: bool, const R: usize>(w: [&[u8]; R], q: &[i
 unsafe fn run_tile<const R: usize, const T: usize>(w: [&[u8]; R], q: [&[i8]; T]) -> [[i32; T]; R] {
     // SAFETY: forwarded contract.
     unsafe {
+        // A ragged last row: the one-row kernel pairs blocks for twice the chains.
         if R == 1 {
             let mut out = [[0; T]; R];
             out[0] = ternary_dot::<T>(w[0], q);
