@@ -53,23 +53,43 @@ __device__ __forceinline__ void group_sync(int nthr) {
 
 // Reductions over the first `nthr` threads (a multiple of 32); each of them gets the result
 // (each warp reduces the same partials in the same order, so the bits depend on nthr alone).
-// `red` is 32 shared slots; the leading barrier lets callers reuse it.
-__device__ float group_sum(float v, float* red, int nthr) {
+// `red` is 32 shared slots. These take one barrier: the caller vouches that every thread of the
+// group has passed a barrier since the slots were last read (norm_quant_row takes its three
+// reductions' slots in turn from two arrays, so each was last read before the previous
+// reduction's barrier). group_sum / group_max add that leading barrier, for callers that reuse
+// `red` at once; the shuffles before it touch registers only, so the bits are the same.
+__device__ float group_sum_1(float v, float* red, int nthr) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (nthr + 31) >> 5;
     v = warp_sum(v);
-    group_sync(nthr);
     if (lane == 0) red[warp] = v;
     group_sync(nthr);
     return warp_sum(lane < nw ? red[lane] : 0.0f);
 }
 
-__device__ float group_max(float v, float* red, int nthr) {
+__device__ float group_max_1(float v, float* red, int nthr) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (nthr + 31) >> 5;
     v = warp_max(v);
-    group_sync(nthr);
     if (lane == 0) red[warp] = v;
     group_sync(nthr);
     return warp_max(lane < nw ? red[lane] : NEG_INF);
+}
+
+__device__ int block_sum_i_1(int v, int* red) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+    v = warp_sum_i(v);
+    if (lane == 0) red[warp] = v;
+    __syncthreads();
+    return warp_sum_i(lane < nw ? red[lane] : 0);
+}
+
+__device__ float group_sum(float v, float* red, int nthr) {
+    group_sync(nthr);
+    return group_sum_1(v, red, nthr);
+}
+
+__device__ float group_max(float v, float* red, int nthr) {
+    group_sync(nthr);
+    return group_max_1(v, red, nthr);
 }
 
 // Block-wide reductions: the whole block as one group.
@@ -77,34 +97,9 @@ __device__ float block_sum(float v, float* red) { return group_sum(v, red, block
 
 __device__ float block_max(float v, float* red) { return group_max(v, red, blockDim.x); }
 
-// Block-wide reductions with one barrier instead of two: the caller vouches that every thread
-// has passed a barrier since `slots` (32 words) were last read, which is what group_sum's
-// leading barrier buys. Same partials, same butterflies, so the same bits as block_sum /
-// block_max. norm_quant_row takes them in turn from its two slot arrays, so that
-// each reduction's slots were last read before the previous reduction's barrier.
-__device__ float block_sum_1(float v, float* slots) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
-    v = warp_sum(v);
-    if (lane == 0) slots[warp] = v;
-    __syncthreads();
-    return warp_sum(lane < nw ? slots[lane] : 0.0f);
-}
+__device__ float block_sum_1(float v, float* red) { return group_sum_1(v, red, blockDim.x); }
 
-__device__ float block_max_1(float v, float* slots) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
-    v = warp_max(v);
-    if (lane == 0) slots[warp] = v;
-    __syncthreads();
-    return warp_max(lane < nw ? slots[lane] : NEG_INF);
-}
-
-__device__ int block_sum_i_1(int v, int* slots) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
-    v = warp_sum_i(v);
-    if (lane == 0) slots[warp] = v;
-    __syncthreads();
-    return warp_sum_i(lane < nw ? slots[lane] : 0);
-}
+__device__ float block_max_1(float v, float* red) { return group_max_1(v, red, blockDim.x); }
 
 // Dense element types, as DenseType in bitnet-kernels.
 #define TY_F32 0
