@@ -13,9 +13,9 @@
 # the Rust side is this tree's, so a variant must keep the kernels' names and arguments. The
 # kernels are compiled by NVRTC when the binary starts (`include_str!`), so each variant is a
 # binary of its own (~6.5 MB, carried xz-packed at ~1.7 MB; `run` takes 64 MiB with the tracked
-# tree). DIR must be
-# git-ignored (device-bin*). The runner's default arguments: --head q8_0 --pp 512 --tg 128
-# --reps 2 --batch 0, with BITNET_CUDA_PROFILE=1 (the persistent step's per-stage breakdown).
+# tree). DIR must be git-ignored (device-bin*). The runner's default arguments: --head q8_0
+# --pp 512 --tg 128 --reps 2 --batch 0, with BITNET_CUDA_PROFILE=1 (the persistent step's
+# per-stage breakdown).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [[ $# -ge 2 ]] || { sed -n '2,18p' "$0" >&2; exit 2; }
@@ -59,6 +59,7 @@ for spec in "$@"; do
     xz -T0 -6 "$DIR/cg_$name"
 done
 
+cp scripts/unpack-xz.py "$DIR/"
 cat >"$DIR/ab.sh" <<'EOF'
 #!/usr/bin/env bash
 # Every variant in turn, ROUNDS times (default 2); the rest of the arguments go to cuda_generate.
@@ -69,12 +70,8 @@ rounds="${1:-2}"
 shift || true
 args=("$@")
 [[ ${#args[@]} -gt 0 ]] || args=(--head q8_0 --pp 512 --tg 128 --reps 2 --batch 0)
-# The binaries come xz-packed; Python's lzma unpacks them (the GPU machine may have no xz).
-for f in "$B"/cg_*.xz; do
-    [[ -e "$f" ]] || continue
-    python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
-        "$f" "${f%.xz}" && chmod +x "${f%.xz}" && rm -f "$f"
-done
+# The binaries come xz-packed (unpack-xz.py: the GPU machine may have no xz).
+python3 "$B/unpack-xz.py" "$B"
 for ((r = 1; r <= rounds; r++)); do
     for bin in "$B"/cg_*; do
         echo "== ${bin##*/cg_} round $r"

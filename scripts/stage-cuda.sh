@@ -44,6 +44,7 @@ strip "$DIR"/cuda_ops "$DIR"/cuda_forward "$DIR"/cuda_generate "$DIR"/cuda_bench
 # xz-packed (38 -> ~12 MB), so the folder leaves room in a call's 64 MiB for A/B binaries
 # (scripts/stage-cuda-ab.sh); check.sh unpacks them
 xz -T0 -6 "$DIR"/cuda_ops "$DIR"/cuda_forward "$DIR"/cuda_generate "$DIR"/cuda_bench "$DIR"/bitnet
+cp scripts/unpack-xz.py "$DIR/"
 D="$DIR/shared/models/bitnet-b1.58-kjv"
 cp "$KJV"/gguf/*.gguf "$D/gguf/"
 cp "$KJV/reference/reference.json" "$D/reference/"
@@ -58,12 +59,8 @@ set -uo pipefail
 B="$(cd "$(dirname "$0")" && pwd)"
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 export BITNET_REQUIRE_CUDA=1 BITNET_SHARED_DIR="$B/shared"
-# The binaries come xz-packed; Python's lzma unpacks them (the GPU machine may have no xz).
-for f in "$B"/*.xz; do
-    [[ -e "$f" ]] || continue
-    python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
-        "$f" "${f%.xz}" && chmod +x "${f%.xz}" && rm -f "$f"
-done
+# The binaries come xz-packed (unpack-xz.py: the GPU machine may have no xz).
+python3 "$B/unpack-xz.py" "$B"
 rc=0
 "$B/cuda_ops" --include-ignored 2>&1 | grep -E "^test |test result|panicked" || rc=1
 "$B/cuda_forward" --test-threads 1 --nocapture 2>&1 |
