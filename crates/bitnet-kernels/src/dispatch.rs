@@ -18,8 +18,10 @@ macro_rules! with_kernel {
                 type $K = $crate::x86::avx2::Avx2;
                 $body
             }
+            // AMX adds only the batched ternary driver (`ternary::drive`); its kernels are
+            // AVX-512's.
             #[cfg(target_arch = "x86_64")]
-            $crate::Isa::Avx512Vnni => {
+            $crate::Isa::Avx512Vnni | $crate::Isa::Amx => {
                 type $K = $crate::x86::avx512::Avx512Vnni<false>;
                 $body
             }

@@ -19,6 +19,10 @@ pub enum Isa {
     /// (AMD Zen 4, see [`splits_512bit_vectors`]), where it streams weights from memory 5-20%
     /// faster than the 512-bit kernel; prompt tiles keep the 512-bit kernel.
     Avx512Vnni256,
+    /// [`Isa::Avx512Vnni`] plus Intel AMX-INT8 (Sapphire Rapids and later): ternary matmuls of 8
+    /// or more tokens (prompts, batched decode) run on tile registers (`tdpbusd`, 16,384
+    /// multiply-adds an instruction), everything else on the [`Isa::Avx512Vnni`] kernels.
+    Amx,
     /// aarch64 Advanced SIMD (every aarch64 application processor).
     Neon,
     /// aarch64 NEON + the dot-product extension (`sdot`; Armv8.2-A+, e.g. Cortex-A55/A76,
@@ -33,11 +37,12 @@ pub enum Isa {
 
 impl Isa {
     /// Every ISA, scalar first (the order of [`Self::from_name`] and of the comparison tests).
-    pub const ALL: [Isa; 7] = [
+    pub const ALL: [Isa; 8] = [
         Isa::Scalar,
         Isa::Avx2,
         Isa::Avx512Vnni,
         Isa::Avx512Vnni256,
+        Isa::Amx,
         Isa::Neon,
         Isa::NeonDotprod,
         Isa::Simd128,
@@ -49,6 +54,7 @@ impl Isa {
             Isa::Scalar => true,
             Isa::Avx2 => avx2_supported(),
             Isa::Avx512Vnni | Isa::Avx512Vnni256 => avx512vnni_supported(),
+            Isa::Amx => amx_supported(),
             Isa::Neon => neon_supported(),
             Isa::NeonDotprod => neon_dotprod_supported(),
             Isa::Simd128 => cfg!(all(target_arch = "wasm32", target_feature = "simd128")),
@@ -61,7 +67,7 @@ impl Isa {
     /// matches on this, so a new ISA is placed in its family here, once.
     pub(crate) fn vector_base(self) -> Isa {
         match self {
-            Isa::Avx512Vnni | Isa::Avx512Vnni256 => Isa::Avx2,
+            Isa::Avx512Vnni | Isa::Avx512Vnni256 | Isa::Amx => Isa::Avx2,
             Isa::NeonDotprod => Isa::Neon,
             isa => isa,
         }
@@ -74,6 +80,7 @@ impl Isa {
             Isa::Avx2 => "avx2",
             Isa::Avx512Vnni => "avx512vnni",
             Isa::Avx512Vnni256 => "avx512vnni256",
+            Isa::Amx => "amx",
             Isa::Neon => "neon",
             Isa::NeonDotprod => "neondot",
             Isa::Simd128 => "simd128",
@@ -109,6 +116,17 @@ fn avx512vnni_supported() -> bool {
             && is_x86_feature_detected!("avx512bw")
             && is_x86_feature_detected!("avx512vnni")
             && is_x86_feature_detected!("avx512vl")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+fn amx_supported() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        avx512vnni_supported() && crate::x86::amx::supported()
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -172,12 +190,12 @@ pub fn splits_512bit_vectors() -> bool {
 }
 
 /// The ISA every dispatched kernel uses, decided on first call and fixed for the process: the
-/// best one the CPU supports (AVX-512 VNNI, at 256 bits where [`splits_512bit_vectors`], then
+/// best one the CPU supports (AMX, then AVX-512 VNNI, at 256 bits where [`splits_512bit_vectors`], then
 /// AVX2 on x86-64; NEON + dot product, then NEON on aarch64; SIMD128 on wasm32 built with it;
 /// else scalar). Two environment variables, read once at that first call, override it for tests
 /// and benchmarks:
 /// - `BITNET_FORCE_SCALAR=1` forces [`Isa::Scalar`] (and wins over `BITNET_ISA`);
-/// - `BITNET_ISA=scalar|avx2|avx512vnni|avx512vnni256|neon|neondot|simd128` picks that ISA. A
+/// - `BITNET_ISA=scalar|avx2|avx512vnni|avx512vnni256|amx|neon|neondot|simd128` picks that ISA. A
 ///   name that is unknown or not supported by this CPU is ignored, with a warning on stderr, and
 ///   the automatic choice is used.
 pub fn detected_isa() -> Isa {
@@ -192,10 +210,17 @@ pub fn detected_isa() -> Isa {
         } else {
             Isa::Avx512Vnni
         };
-        let best = [avx512, Isa::Avx2, Isa::NeonDotprod, Isa::Neon, Isa::Simd128]
-            .into_iter()
-            .find(|i| i.is_supported())
-            .unwrap_or(Isa::Scalar);
+        let best = [
+            Isa::Amx,
+            avx512,
+            Isa::Avx2,
+            Isa::NeonDotprod,
+            Isa::Neon,
+            Isa::Simd128,
+        ]
+        .into_iter()
+        .find(|i| i.is_supported())
+        .unwrap_or(Isa::Scalar);
         match std::env::var("BITNET_ISA") {
             Ok(v) if !v.trim().is_empty() => match Isa::from_name(&v) {
                 Some(isa) if isa.is_supported() => isa,
@@ -210,7 +235,7 @@ pub fn detected_isa() -> Isa {
                 None => {
                     eprintln!(
                         "warning: BITNET_ISA={v}: unknown ISA (expected scalar, avx2, \
-                         avx512vnni, avx512vnni256, neon, neondot or simd128); using {}",
+                         avx512vnni, avx512vnni256, amx, neon, neondot or simd128); using {}",
                         best.name()
                     );
                     best

@@ -51,6 +51,44 @@ enum Sink<'a> {
     I32(SharedOut<i32>),
 }
 
+impl Sink<'_> {
+    /// Finishes and stores the raw sums (`sum code * q`) of token `t` against rows `r..r +
+    /// raw.len()` of matrix `m` (`w`): `raw - sum(q)` is the exact `sum t_k * q_k`, and the F32
+    /// sink stores `acc as f32 / s_x * scale` as the reference does. Overwrites `raw`.
+    ///
+    /// # Safety
+    /// Those outputs exist and no other task accesses them during the call.
+    unsafe fn store(
+        &self,
+        m: usize,
+        w: &TernaryMatrix,
+        a: &QuantizedActivations,
+        t: usize,
+        r: usize,
+        raw: &mut [i32],
+    ) {
+        let sum = a.sums()[t];
+        for x in raw.iter_mut() {
+            *x -= sum;
+        }
+        match self {
+            Sink::F32 { outs, scales } => {
+                let (s, ws) = (scales[t], w.scale());
+                // SAFETY: the caller's contract.
+                let out = unsafe { outs[m].slice_mut(t * w.rows() + r, raw.len()) };
+                for (o, &x) in out.iter_mut().zip(raw.iter()) {
+                    *o = x as f32 / s * ws;
+                }
+            }
+            Sink::I32(out) => {
+                debug_assert_eq!(m, 0, "an I32 sink takes one matrix");
+                // SAFETY: as above.
+                unsafe { out.slice_mut(t * w.rows() + r, raw.len()) }.copy_from_slice(raw);
+            }
+        }
+    }
+}
+
 /// One ternary matrix of a driver call: matrix `m` of the call's [`Sink`].
 struct TernaryTiles<'a> {
     m: usize,
@@ -121,31 +159,16 @@ impl TernaryTiles<'_> {
                 }
             }
             for i in 0..T {
-                let t = t0 + i;
-                // Token t's sums gathered contiguously, so the pass below is vectorised (a
+                // Token t's sums gathered contiguously, so the pass in `store` is vectorised (a
                 // strided one was not: one `divss` per output cost pp512 9% on KJV).
                 let mut col = [0i32; RUN_ROWS];
                 let col = &mut col[..n];
-                let sum = a.sums()[t];
                 for (c, x) in col.iter_mut().zip(acc.iter()) {
-                    *c = x[i] - sum;
+                    *c = x[i];
                 }
-                match self.sink {
-                    Sink::F32 { outs, scales } => {
-                        let (s, ws) = (scales[t], w.scale());
-                        // SAFETY: token t's outputs of rows r..r + n, this task's alone (the
-                        // driver's contract).
-                        let out = unsafe { outs[self.m].slice_mut(t * w.rows() + r, n) };
-                        for (o, &x) in out.iter_mut().zip(col.iter()) {
-                            *o = x as f32 / s * ws;
-                        }
-                    }
-                    Sink::I32(out) => {
-                        debug_assert_eq!(self.m, 0, "an I32 sink takes one matrix");
-                        // SAFETY: as above.
-                        unsafe { out.slice_mut(t * w.rows() + r, n) }.copy_from_slice(col);
-                    }
-                }
+                // SAFETY: token t0 + i's outputs of rows r..r + n, this task's alone (the
+                // driver's contract).
+                unsafe { self.sink.store(self.m, w, a, t0 + i, r, col) };
             }
             r += n;
         }
@@ -161,6 +184,18 @@ const _: () = assert!(RUN_ROWS.is_multiple_of(DECODE_ROWS) && RUN_ROWS.is_multip
 /// activations), storing every output once into `sink`. `isa` and the shapes are checked by the
 /// caller.
 fn drive(isa: Isa, ws: &[&TernaryMatrix], a: &QuantizedActivations, sink: &Sink<'_>) {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Amx && a.tokens() >= crate::x86::amx::MIN_TOKENS && a.stride() > 0 {
+        use crate::x86::amx;
+        let store = |m: usize, t: usize, r: usize, raw: &mut [i32]| {
+            // SAFETY: the AMX driver hands each (matrix, token, row) over exactly once, from
+            // the one task that computed it.
+            unsafe { sink.store(m, ws[m], a, t, r, raw) }
+        };
+        // SAFETY: Isa::Amx is supported (checked by the entry points), which implies AVX2 and
+        // AMX enabled for this process; the shapes are checked and the stride is positive.
+        return unsafe { amx::ternary_matmul(ws, a, &store) };
+    }
     let jobs: Vec<TernaryTiles<'_>> = ws
         .iter()
         .enumerate()

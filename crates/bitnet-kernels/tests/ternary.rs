@@ -83,7 +83,7 @@ proptest! {
     /// The fused q/k/v-style call gives each matrix exactly what its own call gives, under every
     /// pool (one parallel pass mixes the chunks of all matrices).
     #[test]
-    fn many_matches_one_by_one(rows in proptest::collection::vec(1usize..300, 1..4), cols in 1usize..400, tokens in 1usize..=5, seed in any::<u64>()) {
+    fn many_matches_one_by_one(rows in proptest::collection::vec(1usize..300, 1..4), cols in 1usize..400, tokens in 1usize..=20, seed in any::<u64>()) {
         let ws: Vec<TernaryMatrix> = rows
             .iter()
             .enumerate()
@@ -342,6 +342,27 @@ fn runs_of_rows() {
 }
 
 #[test]
+fn batches_of_token_blocks() {
+    // Batches of 8 and more tokens take AMX's tile driver where the CPU has it (Isa::Amx):
+    // panels of 32 or 64 rows with a ragged last one, blocks of 16 tokens with a ragged last
+    // one, several token groups (8 blocks a task), padded columns, a matrix of one row.
+    // Every other ISA runs the same cases.
+    let mut seed = 501;
+    for (rows, cols, tokens) in [
+        (1, 128, 8),
+        (17, 300, 16),
+        (63, 2560, 17),
+        (65, 128, 33),
+        (130, 384, 150),
+        (700, 256, 129),
+    ] {
+        seed += 1;
+        let (w, x) = random_case(rows, cols, tokens, seed);
+        check_all(&w, &x, tokens).unwrap();
+    }
+}
+
+#[test]
 fn isa_names_round_trip() {
     for isa in Isa::ALL {
         assert_eq!(Isa::from_name(isa.name()), Some(isa));
@@ -354,6 +375,8 @@ fn isa_names_round_trip() {
     // VNNI implies the AVX2 kernels it shares the rest of the work with; likewise dotprod and
     // the NEON kernels.
     assert!(!Isa::Avx512Vnni.is_supported() || Isa::Avx2.is_supported());
+    // AMX runs the AVX-512 kernels for everything but batched ternary matmuls.
+    assert!(!Isa::Amx.is_supported() || Isa::Avx512Vnni.is_supported());
     // Both AVX-512 forms need the same features.
     assert_eq!(
         Isa::Avx512Vnni.is_supported(),
@@ -379,6 +402,7 @@ fn isa_names_round_trip() {
             Isa::Avx512Vnni
         };
         let best = [
+            Isa::Amx,
             avx512,
             Isa::Avx2,
             Isa::NeonDotprod,

@@ -1,0 +1,515 @@
+//! Intel AMX-INT8 (Sapphire Rapids and later): the ternary matmul of a batch of tokens on tile
+//! registers ([`Isa::Amx`](crate::Isa::Amx)).
+//!
+//! With several tokens a ternary matmul is bound by arithmetic, not by reading weights: the
+//! VNNI kernels retire 64 multiply-adds per `vpdpbusd` and spend as many instructions again
+//! unpacking the 2-bit codes. One `tdpbusd` multiplies a 16 x 64 tile of unsigned bytes by a
+//! 64 x 16 tile of signed bytes (16,384 multiply-adds) into 16 x 16 exact int32 sums. The codes
+//! are unpacked to a byte each once per panel of rows and reused by every block of 16 tokens,
+//! so the unpacking is paid once per weight whatever the batch.
+//!
+//! The sums are the same exact integers as every other kernel's (`sum code * q`, corrected by
+//! `sum q` in the caller), so results are bit-identical to them.
+//!
+//! Rust has no stable AMX intrinsics; the tile instructions are written as inline assembly. The
+//! compiler never allocates tile registers itself, so they keep their values between the
+//! `asm!` blocks of one function (every block still names the tiles it writes as clobbered).
+
+use crate::activations::QuantizedActivations;
+use crate::pool;
+use bitnet_quantization::TernaryMatrix;
+use std::arch::asm;
+use std::arch::x86_64::*;
+use std::cell::RefCell;
+use std::sync::OnceLock;
+
+/// Batches from this many tokens take the tile kernel; smaller ones the VNNI kernels, whose
+/// work grows with the tokens while a tile pass costs 16 tokens' worth whatever the batch.
+pub(crate) const MIN_TOKENS: usize = 8;
+
+/// Weight rows of one accumulator tile (the `M` of `tdpbusd`).
+pub(crate) const TILE_ROWS: usize = 16;
+/// Tokens of one accumulator tile (`N`).
+pub(crate) const TILE_TOKENS: usize = 16;
+/// Columns (activation bytes) of one `tdpbusd` step (`K`).
+pub(crate) const TILE_K: usize = 64;
+/// Bytes of one packed block of [`TILE_TOKENS`] tokens for one step: 16 rows of 64 bytes.
+const STEP_BYTES: usize = TILE_K * TILE_TOKENS;
+
+/// Whether this CPU and OS run AMX-INT8 for this process: the CPU has AMX-TILE and AMX-INT8,
+/// the OS enables their register state (XCR0 bits 17 and 18), and Linux granted this process
+/// the 8 KiB tile-data state (`arch_prctl(ARCH_REQ_XCOMP_PERM)`, Linux 5.16+; without the
+/// request the first tile instruction faults). Asked once per process.
+pub(crate) fn supported() -> bool {
+    static OK: OnceLock<bool> = OnceLock::new();
+    *OK.get_or_init(detect)
+}
+
+#[cfg(target_os = "linux")]
+fn detect() -> bool {
+    #[allow(unused_unsafe)]
+    // SAFETY: cpuid leaves 0, 1 and 7 exist on every x86-64 CPU that reports them (leaf 7 is
+    // checked against the highest leaf first).
+    let (max_leaf, l1, l7) = unsafe {
+        let max_leaf = __cpuid(0).eax;
+        let l7 = if max_leaf >= 7 {
+            __cpuid_count(7, 0).edx
+        } else {
+            0
+        };
+        (max_leaf, __cpuid(1).ecx, l7)
+    };
+    let (amx_tile, amx_int8, osxsave) = (l7 & (1 << 24), l7 & (1 << 25), l1 & (1 << 27));
+    if max_leaf < 7 || amx_tile == 0 || amx_int8 == 0 || osxsave == 0 {
+        return false;
+    }
+    let xcr0_lo: u32;
+    // SAFETY: OSXSAVE is set, so XGETBV with ECX = 0 is available to user code.
+    unsafe {
+        asm!("xgetbv", in("ecx") 0u32, out("eax") xcr0_lo, out("edx") _, options(nomem, nostack))
+    };
+    const TILE_STATE: u32 = (1 << 17) | (1 << 18);
+    if xcr0_lo & TILE_STATE != TILE_STATE {
+        return false;
+    }
+    const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+    const XFEATURE_XTILEDATA: libc::c_long = 18;
+    // SAFETY: a plain system call with integer arguments; it only changes this process's
+    // permission to use the tile-data state.
+    unsafe {
+        libc::syscall(
+            libc::SYS_arch_prctl,
+            ARCH_REQ_XCOMP_PERM,
+            XFEATURE_XTILEDATA,
+        ) == 0
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn detect() -> bool {
+    false
+}
+
+/// The `ldtilecfg` operand: palette 1, every tile 16 rows of 64 bytes (accumulators: 16 rows
+/// x 16 int32; weights: 16 rows x 64 codes; tokens: 16 column groups x 16 tokens x 4 bytes).
+#[repr(C, align(64))]
+struct TileConfig {
+    palette: u8,
+    start_row: u8,
+    reserved: [u8; 14],
+    colsb: [u16; 16],
+    rows: [u8; 16],
+}
+
+const CONFIG: TileConfig = TileConfig {
+    palette: 1,
+    start_row: 0,
+    reserved: [0; 14],
+    colsb: [64, 64, 64, 64, 64, 64, 64, 64, 0, 0, 0, 0, 0, 0, 0, 0],
+    rows: [16, 16, 16, 16, 16, 16, 16, 16, 0, 0, 0, 0, 0, 0, 0, 0],
+};
+
+/// Tiles configured on the current thread for as long as it lives; released on drop, so a
+/// thread that is done holds no tile state (which the OS would otherwise save and restore on
+/// every context switch).
+pub(crate) struct TileState(());
+
+impl TileState {
+    /// # Safety
+    /// [`supported`] returned true.
+    pub(crate) unsafe fn configure() -> TileState {
+        // SAFETY: AMX is enabled for this process (the caller's contract); CONFIG is a valid
+        // 64-byte palette-1 configuration.
+        unsafe {
+            asm!("ldtilecfg [{}]", in(reg) &CONFIG, options(nostack, readonly));
+        }
+        TileState(())
+    }
+}
+
+impl Drop for TileState {
+    fn drop(&mut self) {
+        // SAFETY: tiles were configured by `configure`; TILERELEASE only resets tile state.
+        unsafe { asm!("tilerelease", options(nostack, nomem)) }
+    }
+}
+
+/// Bytes of [`pack_tokens`]'s output for `tokens` tokens of `k` (padded) columns.
+pub(crate) fn packed_len(tokens: usize, k: usize) -> usize {
+    tokens.div_ceil(TILE_TOKENS) * TILE_TOKENS * k
+}
+
+/// Packs one block of up to 16 tokens' int8 activations (`q[n]`, each `k` long, `k` a multiple
+/// of 64) as the right-hand operand of `tdpbusd`, one 1 KiB tile per 64 columns: row `g` of
+/// step `s` holds columns `s * 64 + 4g .. +4` of token 0, then of token 1, ... Tokens past
+/// `q.len()` are zeros, so their sums are zero and ignored.
+pub(crate) fn pack_tokens(q: &[&[i8]], k: usize, out: &mut [u8]) {
+    debug_assert!(k.is_multiple_of(TILE_K) && q.len() <= TILE_TOKENS);
+    debug_assert_eq!(out.len(), k * TILE_TOKENS);
+    // A 16 x (k / 4) transpose of 4-byte groups: group e of token n goes to out[(e * 16 + n) * 4].
+    for (n, qn) in q.iter().enumerate() {
+        for (e, g) in qn[..k].chunks_exact(4).enumerate() {
+            let o = (e * TILE_TOKENS + n) * 4;
+            for j in 0..4 {
+                out[o + j] = g[j] as u8;
+            }
+        }
+    }
+    for n in q.len()..TILE_TOKENS {
+        for e in 0..k / 4 {
+            out[(e * TILE_TOKENS + n) * 4..][..4].fill(0);
+        }
+    }
+}
+
+/// Unpacks I2_S rows (each `row_bytes` long: 32-byte blocks of 128 weights, byte `j` holding
+/// weights `j, j + 32, j + 64, j + 96` from the high bits down) into one code byte (0..=2) per
+/// weight, `row_bytes * 4` bytes a row, in column order.
+///
+/// # Safety
+/// AVX2 is available; `w.len()` is a multiple of `row_bytes`, a multiple of 32, and
+/// `out.len() == w.len() * 4`.
+#[target_feature(enable = "avx2")]
+pub(crate) unsafe fn unpack_rows(w: &[u8], out: &mut [u8]) {
+    debug_assert!(w.len().is_multiple_of(32) && out.len() == w.len() * 4);
+    let mask = _mm256_set1_epi8(3);
+    for (b, o) in w.chunks_exact(32).zip(out.chunks_exact_mut(128)) {
+        // SAFETY: `b` is 32 bytes and `o` 128 (chunks_exact), unaligned loads and stores.
+        unsafe {
+            let v = _mm256_loadu_si256(b.as_ptr() as *const __m256i);
+            // 16-bit shifts move bits across byte boundaries; the mask keeps each byte's own.
+            let g0 = _mm256_and_si256(_mm256_srli_epi16::<6>(v), mask);
+            let g1 = _mm256_and_si256(_mm256_srli_epi16::<4>(v), mask);
+            let g2 = _mm256_and_si256(_mm256_srli_epi16::<2>(v), mask);
+            let g3 = _mm256_and_si256(v, mask);
+            let p = o.as_mut_ptr() as *mut __m256i;
+            _mm256_storeu_si256(p, g0);
+            _mm256_storeu_si256(p.add(1), g1);
+            _mm256_storeu_si256(p.add(2), g2);
+            _mm256_storeu_si256(p.add(3), g3);
+        }
+    }
+}
+
+/// The raw sums of `P` (1..=4) groups of 16 unpacked rows against one packed block of 16 tokens:
+/// `c[p][m][n] = sum_k codes[p * 16 + m][k] * token_n[k]`, where the codes are `panel`
+/// (`P * 16` rows of `k` bytes, row stride `k`) and the tokens `packed` ([`pack_tokens`]).
+/// The `P` accumulators are independent, so their `tdpbusd` chains overlap.
+///
+/// # Safety
+/// Tiles are configured on this thread ([`TileState::configure`]); `k` is a positive multiple of
+/// [`TILE_K`]; `panel` holds `P * 16 * k` bytes and `packed` `k * 16`.
+pub(crate) unsafe fn panel_dot<const P: usize>(
+    panel: &[u8],
+    k: usize,
+    packed: &[u8],
+    c: &mut [[[i32; TILE_TOKENS]; TILE_ROWS]; P],
+) {
+    const { assert!(P >= 1 && P <= 4) };
+    debug_assert!(k > 0 && k.is_multiple_of(TILE_K));
+    debug_assert!(panel.len() >= P * TILE_ROWS * k && packed.len() >= k * TILE_TOKENS);
+    let group = TILE_ROWS * k;
+    let (a, b) = (panel.as_ptr(), packed.as_ptr());
+    // SAFETY: tiles are configured (the caller's contract). Each
+    // `tileloadd` reads 16 rows of 64 bytes: from `a + p * group + s * 64` with stride `k`, the
+    // last byte at `p * group + 15 * k + s * 64 + 63 < (p + 1) * group <= panel.len()`; from
+    // `b + s * 1024` with stride 64, inside `packed`. `tilestored` writes 16 rows of 64 bytes
+    // into `c[p]`, which is 16 x 16 i32 = 1 KiB.
+    unsafe {
+        asm!("tilezero tmm0", out("tmm0") _, options(nostack, nomem));
+        if P > 1 {
+            asm!("tilezero tmm1", out("tmm1") _, options(nostack, nomem));
+        }
+        if P > 2 {
+            asm!("tilezero tmm2", out("tmm2") _, options(nostack, nomem));
+        }
+        if P > 3 {
+            asm!("tilezero tmm3", out("tmm3") _, options(nostack, nomem));
+        }
+        for s in 0..k / TILE_K {
+            let (bs, as_) = (b.add(s * STEP_BYTES), a.add(s * TILE_K));
+            asm!(
+                "tileloadd tmm6, [{b} + {stride}*1]",
+                "tileloadd tmm4, [{a} + {k}*1]",
+                "tdpbusd tmm0, tmm4, tmm6",
+                b = in(reg) bs, stride = in(reg) TILE_K, a = in(reg) as_, k = in(reg) k,
+                out("tmm0") _, out("tmm4") _, out("tmm6") _,
+                options(nostack, readonly),
+            );
+            // Two weight registers in turn, so a load need not wait for the previous product.
+            if P > 1 {
+                asm!(
+                    "tileloadd tmm5, [{a} + {k}*1]",
+                    "tdpbusd tmm1, tmm5, tmm6",
+                    a = in(reg) as_.add(group), k = in(reg) k,
+                    out("tmm1") _, out("tmm5") _,
+                    options(nostack, readonly),
+                );
+            }
+            if P > 2 {
+                asm!(
+                    "tileloadd tmm4, [{a} + {k}*1]",
+                    "tdpbusd tmm2, tmm4, tmm6",
+                    a = in(reg) as_.add(2 * group), k = in(reg) k,
+                    out("tmm2") _, out("tmm4") _,
+                    options(nostack, readonly),
+                );
+            }
+            if P > 3 {
+                asm!(
+                    "tileloadd tmm5, [{a} + {k}*1]",
+                    "tdpbusd tmm3, tmm5, tmm6",
+                    a = in(reg) as_.add(3 * group), k = in(reg) k,
+                    out("tmm3") _, out("tmm5") _,
+                    options(nostack, readonly),
+                );
+            }
+        }
+        let stride = TILE_TOKENS * 4;
+        let cp = c.as_mut_ptr() as *mut u8;
+        asm!("tilestored [{c} + {s}*1], tmm0", c = in(reg) cp, s = in(reg) stride, options(nostack));
+        if P > 1 {
+            asm!("tilestored [{c} + {s}*1], tmm1", c = in(reg) cp.add(1024), s = in(reg) stride, options(nostack));
+        }
+        if P > 2 {
+            asm!("tilestored [{c} + {s}*1], tmm2", c = in(reg) cp.add(2048), s = in(reg) stride, options(nostack));
+        }
+        if P > 3 {
+            asm!("tilestored [{c} + {s}*1], tmm3", c = in(reg) cp.add(3072), s = in(reg) stride, options(nostack));
+        }
+    }
+}
+
+/// Where [`ternary_matmul`] hands its results: `(matrix, token, first row, raw sums)`.
+pub(crate) type StoreFn<'a> = dyn Fn(usize, usize, usize, &mut [i32]) + Sync + 'a;
+
+/// Token blocks one task takes over its panel: enough to pay for unpacking the panel, few enough
+/// that a long prompt still gives every thread tasks.
+const BLOCKS_PER_TASK: usize = 8;
+
+thread_local! {
+    /// The current task's unpacked panel (up to 64 rows x 6,912 columns for 2B4T: 432 KiB, kept
+    /// in L2 while the token blocks stream over it), reused across tasks and calls.
+    static PANEL: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The raw sums (`sum code * q`, before the `- sum q` correction) of every row of every matrix
+/// in `ws` against every token of `a`, handed to `store(m, t, r0, raw)` (which may overwrite `raw`) a token and up to 64
+/// consecutive rows `r0..` of matrix `m` at a time; each (matrix, token, row) exactly once.
+/// Tasks are (matrix, panel of 16 `P` rows, group of token blocks) on the current pool.
+///
+/// # Safety
+/// [`supported`] returned true and AVX2 is available; every matrix has `a.cols()` columns and
+/// `a.stride() > 0`.
+pub(crate) unsafe fn ternary_matmul(
+    ws: &[&TernaryMatrix],
+    a: &QuantizedActivations,
+    store: &StoreFn<'_>,
+) {
+    // SAFETY: forwarded contract.
+    unsafe { ternary_matmul_on::<false>(ws, a, store) }
+}
+
+/// [`ternary_matmul`], with the tile products computed by [`panel_dot_emulated`] when `EMULATE`
+/// (so the unit tests check the packing and the task split on CPUs without AMX).
+///
+/// # Safety
+/// As [`ternary_matmul`]; with `EMULATE`, only AVX2 is needed.
+unsafe fn ternary_matmul_on<const EMULATE: bool>(
+    ws: &[&TernaryMatrix],
+    a: &QuantizedActivations,
+    store: &StoreFn<'_>,
+) {
+    let (tokens, k) = (a.tokens(), a.stride());
+    debug_assert!(k > 0 && ws.iter().all(|w| w.row_bytes() * 4 == k));
+    let blocks = tokens.div_ceil(TILE_TOKENS);
+    let mut packed = vec![0u8; packed_len(tokens, k)];
+    pool::for_each_chunk_mut(&mut packed, TILE_TOKENS * k, |b, out| {
+        let t0 = b * TILE_TOKENS;
+        let q: Vec<&[i8]> = (t0..tokens.min(t0 + TILE_TOKENS)).map(|t| a.q(t)).collect();
+        pack_tokens(&q, k, out);
+    });
+    let groups = blocks.div_ceil(BLOCKS_PER_TASK);
+    // Four accumulators hide most of `tdpbusd`'s latency; two when that leaves too few tasks to
+    // balance the threads (2,560 rows and one token group: 40 tasks for 16 threads).
+    let tasks_of = |p: usize| -> usize {
+        ws.iter()
+            .map(|w| w.rows().div_ceil(p * TILE_ROWS))
+            .sum::<usize>()
+            * groups
+    };
+    let threads = pool::current_num_threads();
+    let packed = &packed;
+    macro_rules! run {
+        ($P:literal) => {{
+            let panels: Vec<usize> = ws
+                .iter()
+                .map(|w| w.rows().div_ceil($P * TILE_ROWS))
+                .collect();
+            pool::parallel_for(tasks_of($P), |mut i| {
+                let g = i % groups;
+                i /= groups;
+                let mut m = 0;
+                while i >= panels[m] {
+                    i -= panels[m];
+                    m += 1;
+                }
+                // SAFETY: the caller's contract; task (m, i, g) is in range.
+                unsafe { panel_task::<$P, EMULATE>(ws[m], m, i, g, a, packed, store) }
+            })
+        }};
+    }
+    if threads <= 1 || tasks_of(4) >= 3 * threads {
+        run!(4)
+    } else {
+        run!(2)
+    }
+}
+
+/// Task (`m`, panel `panel`, token group `g`) of [`ternary_matmul`].
+///
+/// # Safety
+/// As [`ternary_matmul`]; `panel` and `g` are in range.
+unsafe fn panel_task<const P: usize, const EMULATE: bool>(
+    w: &TernaryMatrix,
+    m: usize,
+    panel: usize,
+    g: usize,
+    a: &QuantizedActivations,
+    packed: &[u8],
+    store: &StoreFn<'_>,
+) {
+    let (tokens, k, rb) = (a.tokens(), a.stride(), w.row_bytes());
+    let r0 = panel * P * TILE_ROWS;
+    let n = (w.rows() - r0).min(P * TILE_ROWS);
+    let blocks = tokens.div_ceil(TILE_TOKENS);
+    PANEL.with_borrow_mut(|buf| {
+        // Rows past `n` keep whatever an earlier task left: valid codes whose sums are dropped.
+        buf.resize(P * TILE_ROWS * k, 0);
+        // SAFETY: AVX2 (the caller's contract); rows r0..r0 + n exist, `n * rb` bytes unpack
+        // into `n * k`.
+        unsafe { unpack_rows(&w.data()[r0 * rb..][..n * rb], &mut buf[..n * k]) };
+        // SAFETY: AMX is enabled for this process (the caller's contract).
+        let _tiles = (!EMULATE).then(|| unsafe { TileState::configure() });
+        let mut c = [[[0i32; TILE_TOKENS]; TILE_ROWS]; P];
+        for b in g * BLOCKS_PER_TASK..blocks.min((g + 1) * BLOCKS_PER_TASK) {
+            let block = &packed[b * TILE_TOKENS * k..][..TILE_TOKENS * k];
+            if EMULATE {
+                panel_dot_emulated::<P>(buf, k, block, &mut c);
+            } else {
+                // SAFETY: tiles configured above; the panel is P * 16 rows of k bytes, the
+                // block 16 tokens of k.
+                unsafe { panel_dot::<P>(buf, k, block, &mut c) };
+            }
+            // Token-major, so each token's rows reach `store` as one slice.
+            let mut by_token = [[0i32; 4 * TILE_ROWS]; TILE_TOKENS];
+            for (i, sums) in c.iter().flatten().enumerate() {
+                for (col, &v) in by_token.iter_mut().zip(sums) {
+                    col[i] = v;
+                }
+            }
+            let nt = TILE_TOKENS.min(tokens - b * TILE_TOKENS);
+            for (j, col) in by_token[..nt].iter_mut().enumerate() {
+                store(m, b * TILE_TOKENS + j, r0, &mut col[..n]);
+            }
+        }
+    });
+}
+
+/// What [`panel_dot`] computes, from the definition of `tdpbusd` over the packed layout
+/// ([`pack_tokens`]): unsigned code times signed activation, summed over `k`.
+fn panel_dot_emulated<const P: usize>(
+    panel: &[u8],
+    k: usize,
+    packed: &[u8],
+    c: &mut [[[i32; TILE_TOKENS]; TILE_ROWS]; P],
+) {
+    for (p, cp) in c.iter_mut().enumerate() {
+        for (m, row) in cp.iter_mut().enumerate() {
+            let codes = &panel[(p * TILE_ROWS + m) * k..][..k];
+            for (n, sum) in row.iter_mut().enumerate() {
+                *sum = (0..k)
+                    .map(|x| {
+                        let at = (x / TILE_K) * STEP_BYTES + (x % TILE_K) / 4 * 64 + n * 4 + x % 4;
+                        i32::from(codes[x]) * i32::from(packed[at] as i8)
+                    })
+                    .sum();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The driver (packing, panels of 32 and 64 rows, token groups, ragged edges) with emulated
+    /// tile products against the element-wise reference: CI machines have no AMX, and on those
+    /// that do `tests/ternary.rs` runs the real instructions through `Isa::Amx`.
+    #[test]
+    fn driver_with_emulated_tiles_matches_reference() {
+        if !std::arch::is_x86_feature_detected!("avx2") {
+            return;
+        }
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let pool = crate::pool::ThreadPool::new(3).unwrap();
+        for (rows, cols, tokens) in [(5, 128, 8), (70, 300, 17), (33, 256, 140), (200, 128, 16)] {
+            let codes: Vec<i8> = (0..rows * cols).map(|_| (next() % 3) as i8 - 1).collect();
+            let ws = [
+                TernaryMatrix::from_codes(rows, cols, &codes, 1.0).unwrap(),
+                TernaryMatrix::from_codes(rows / 2 + 1, cols, &codes[..(rows / 2 + 1) * cols], 1.0)
+                    .unwrap(),
+            ];
+            let x: Vec<f32> = (0..tokens * cols)
+                .map(|_| (next() % 2001) as f32 - 1000.0)
+                .collect();
+            let mut a = QuantizedActivations::default();
+            a.quantize_with(crate::Isa::Scalar, &x, tokens, cols);
+            for threads in [1, 3] {
+                let got: Vec<Vec<std::sync::atomic::AtomicI64>> = ws
+                    .iter()
+                    .map(|w| (0..tokens * w.rows()).map(|_| i64::MIN.into()).collect())
+                    .collect();
+                let store = |m: usize, t: usize, r: usize, raw: &mut [i32]| {
+                    let rows = ws[m].rows();
+                    for (i, &v) in raw.iter().enumerate() {
+                        let old = got[m][t * rows + r + i].swap(
+                            i64::from(v - a.sums()[t]),
+                            std::sync::atomic::Ordering::Relaxed,
+                        );
+                        assert_eq!(old, i64::MIN, "output stored twice");
+                    }
+                };
+                let refs: Vec<&TernaryMatrix> = ws.iter().collect();
+                // SAFETY: AVX2 checked above; emulated tiles need no AMX; shapes agree, k > 0.
+                let run = || unsafe { ternary_matmul_on::<true>(&refs, &a, &store) };
+                if threads == 1 {
+                    run()
+                } else {
+                    pool.install(run)
+                }
+                for (w, got) in ws.iter().zip(&got) {
+                    let mut want = vec![0i32; tokens * w.rows()];
+                    crate::ternary_matmul_i32_scalar(w, &a, &mut want);
+                    let got: Vec<i64> = got
+                        .iter()
+                        .map(|v| v.load(std::sync::atomic::Ordering::Relaxed))
+                        .collect();
+                    let want: Vec<i64> = want.into_iter().map(i64::from).collect();
+                    assert_eq!(
+                        got,
+                        want,
+                        "rows={} cols={cols} tokens={tokens} threads={threads}",
+                        w.rows()
+                    );
+                }
+            }
+        }
+    }
+}
