@@ -25,7 +25,7 @@ use std::sync::OnceLock;
 
 /// Batches from this many tokens take the tile kernel; smaller ones the VNNI kernels, whose
 /// work grows with the tokens while a tile pass costs 16 tokens' worth whatever the batch.
-pub(crate) const MIN_TOKENS: usize = 8;
+pub(crate) const MIN_TOKENS: usize = 16;
 
 /// Weight rows of one accumulator tile (the `M` of `tdpbusd`).
 pub(crate) const TILE_ROWS: usize = 16;
@@ -147,53 +147,65 @@ pub(crate) fn pack_tokens(q: &[&[i8]], k: usize, out: &mut [u8]) {
     debug_assert!(k.is_multiple_of(TILE_K) && q.len() <= TILE_TOKENS);
     debug_assert_eq!(out.len(), k * TILE_TOKENS);
     // A 16 x (k / 4) transpose of 4-byte groups: group e of token n goes to out[(e * 16 + n) * 4].
-    for (n, qn) in q.iter().enumerate() {
-        for (e, g) in qn[..k].chunks_exact(4).enumerate() {
-            let o = (e * TILE_TOKENS + n) * 4;
-            for j in 0..4 {
-                out[o + j] = g[j] as u8;
+    for (e, row) in out.chunks_exact_mut(TILE_TOKENS * 4).enumerate() {
+        let (mine, rest) = row.split_at_mut(q.len() * 4);
+        for (o, qn) in mine.chunks_exact_mut(4).zip(q) {
+            for (d, &v) in o.iter_mut().zip(&qn[e * 4..][..4]) {
+                *d = v as u8;
             }
         }
-    }
-    for n in q.len()..TILE_TOKENS {
-        for e in 0..k / 4 {
-            out[(e * TILE_TOKENS + n) * 4..][..4].fill(0);
-        }
+        rest.fill(0);
     }
 }
 
-/// Unpacks I2_S rows (each `row_bytes` long: 32-byte blocks of 128 weights, byte `j` holding
-/// weights `j, j + 32, j + 64, j + 96` from the high bits down) into one code byte (0..=2) per
-/// weight, `row_bytes * 4` bytes a row, in column order.
+/// Bytes of one unpacked weight tile: 16 rows of 64 codes.
+const TILE_BYTES: usize = TILE_ROWS * TILE_K;
+
+/// Unpacks up to `P * 16` I2_S rows (`w`: whole rows of `row_bytes`, 32-byte blocks of 128
+/// weights, byte `j` holding weights `j, j + 32, j + 64, j + 96` from the high bits down) into
+/// one code byte (0..=2) per weight, laid out as the weight tiles [`panel_dot`] loads: for each
+/// 64-column step `s`, the tiles of row groups `0..P` one after another (tile `s * P + p`, row
+/// `m` of the group at byte `m * 64`). Every tile load then reads 1 KiB in one piece, which the
+/// prefetchers stream, instead of 16 lines a row apart.
 ///
 /// # Safety
-/// AVX2 is available; `w.len()` is a multiple of `row_bytes`, a multiple of 32, and
-/// `out.len() == w.len() * 4`.
+/// AVX2 is available; `row_bytes` is a positive multiple of 32, `w.len()` a multiple of it
+/// and at most `P * 16` rows, and `out.len() == P * 16 * row_bytes * 4`.
 #[target_feature(enable = "avx2")]
-pub(crate) unsafe fn unpack_rows(w: &[u8], out: &mut [u8]) {
-    debug_assert!(w.len().is_multiple_of(32) && out.len() == w.len() * 4);
+pub(crate) unsafe fn unpack_rows<const P: usize>(w: &[u8], row_bytes: usize, out: &mut [u8]) {
+    debug_assert!(row_bytes > 0 && row_bytes.is_multiple_of(32));
+    debug_assert!(w.len().is_multiple_of(row_bytes) && w.len() <= P * TILE_ROWS * row_bytes);
+    debug_assert_eq!(out.len(), P * TILE_ROWS * row_bytes * 4);
     let mask = _mm256_set1_epi8(3);
-    for (b, o) in w.chunks_exact(32).zip(out.chunks_exact_mut(128)) {
-        // SAFETY: `b` is 32 bytes and `o` 128 (chunks_exact), unaligned loads and stores.
-        unsafe {
-            let v = _mm256_loadu_si256(b.as_ptr() as *const __m256i);
-            // 16-bit shifts move bits across byte boundaries; the mask keeps each byte's own.
-            let g0 = _mm256_and_si256(_mm256_srli_epi16::<6>(v), mask);
-            let g1 = _mm256_and_si256(_mm256_srli_epi16::<4>(v), mask);
-            let g2 = _mm256_and_si256(_mm256_srli_epi16::<2>(v), mask);
-            let g3 = _mm256_and_si256(v, mask);
-            let p = o.as_mut_ptr() as *mut __m256i;
-            _mm256_storeu_si256(p, g0);
-            _mm256_storeu_si256(p.add(1), g1);
-            _mm256_storeu_si256(p.add(2), g2);
-            _mm256_storeu_si256(p.add(3), g3);
+    let o = out.as_mut_ptr();
+    for (i, row) in w.chunks_exact(row_bytes).enumerate() {
+        let (p, m) = (i / TILE_ROWS, i % TILE_ROWS);
+        for (bi, b) in row.chunks_exact(32).enumerate() {
+            // Block bi is columns bi * 128..: steps 2 bi (weights from the high two bit pairs)
+            // and 2 bi + 1, 32 columns per bit pair.
+            let at =
+                |step: usize, half: usize| ((step * P + p) * TILE_BYTES + m * TILE_K) + half * 32;
+            // SAFETY: `b` is 32 bytes; step 2 bi + 1 < k / 64 and p < P, so every store's 32
+            // bytes lie inside `out` (`P * 16 * k` bytes).
+            unsafe {
+                let v = _mm256_loadu_si256(b.as_ptr() as *const __m256i);
+                // 16-bit shifts move bits across byte boundaries; the mask keeps each byte's own.
+                let g0 = _mm256_and_si256(_mm256_srli_epi16::<6>(v), mask);
+                let g1 = _mm256_and_si256(_mm256_srli_epi16::<4>(v), mask);
+                let g2 = _mm256_and_si256(_mm256_srli_epi16::<2>(v), mask);
+                let g3 = _mm256_and_si256(v, mask);
+                _mm256_storeu_si256(o.add(at(2 * bi, 0)) as *mut __m256i, g0);
+                _mm256_storeu_si256(o.add(at(2 * bi, 1)) as *mut __m256i, g1);
+                _mm256_storeu_si256(o.add(at(2 * bi + 1, 0)) as *mut __m256i, g2);
+                _mm256_storeu_si256(o.add(at(2 * bi + 1, 1)) as *mut __m256i, g3);
+            }
         }
     }
 }
 
 /// The raw sums of `P` (1..=4) groups of 16 unpacked rows against one packed block of 16 tokens:
-/// `c[p][m][n] = sum_k codes[p * 16 + m][k] * token_n[k]`, where the codes are `panel`
-/// (`P * 16` rows of `k` bytes, row stride `k`) and the tokens `packed` ([`pack_tokens`]).
+/// `c[p][m][n] = sum_k codes[p * 16 + m][k] * token_n[k]`, the codes in `panel`
+/// ([`unpack_rows`]'s layout, `k` columns) and the tokens in `packed` ([`pack_tokens`]).
 /// The `P` accumulators are independent, so their `tdpbusd` chains overlap.
 ///
 /// # Safety
@@ -208,13 +220,93 @@ pub(crate) unsafe fn panel_dot<const P: usize>(
     const { assert!(P >= 1 && P <= 4) };
     debug_assert!(k > 0 && k.is_multiple_of(TILE_K));
     debug_assert!(panel.len() >= P * TILE_ROWS * k && packed.len() >= k * TILE_TOKENS);
-    let group = TILE_ROWS * k;
     let (a, b) = (panel.as_ptr(), packed.as_ptr());
-    // SAFETY: tiles are configured (the caller's contract). Each
-    // `tileloadd` reads 16 rows of 64 bytes: from `a + p * group + s * 64` with stride `k`, the
-    // last byte at `p * group + 15 * k + s * 64 + 63 < (p + 1) * group <= panel.len()`; from
-    // `b + s * 1024` with stride 64, inside `packed`. `tilestored` writes 16 rows of 64 bytes
-    // into `c[p]`, which is 16 x 16 i32 = 1 KiB.
+    // SAFETY: tiles are configured (the caller's contract). Step s reads the token tile at
+    // `b + s * 1 KiB` (inside `packed`, k / 64 tiles) and weight tiles `s * P + p` at
+    // `a + (s * P + p) * 1 KiB` (inside `panel`, k / 64 * P tiles); `tilestored` writes tile p
+    // into `c[p]`, 16 x 16 i32 = 1 KiB.
+    unsafe {
+        zero::<P>();
+        for s in 0..k / TILE_K {
+            step::<P>(a.add(s * P * TILE_BYTES), b.add(s * STEP_BYTES));
+        }
+        store::<P>(c);
+    }
+}
+
+/// [`panel_dot`] straight from the packed rows, for a task with one token block (a batch of up
+/// to 16 decoding sequences): each step's weight tiles are unpacked just before their products
+/// into a buffer that stays in L1, instead of a whole panel written to L2 and read back once.
+///
+/// # Safety
+/// Tiles are configured on this thread; AVX2 is available; `w` is whole rows of `row_bytes`
+/// (a positive multiple of 32), at most `P * 16` of them; `packed` holds `row_bytes * 4 * 16`
+/// bytes.
+pub(crate) unsafe fn panel_dot_streamed<const P: usize>(
+    w: &[u8],
+    row_bytes: usize,
+    packed: &[u8],
+    c: &mut [[[i32; TILE_TOKENS]; TILE_ROWS]; P],
+) {
+    #[repr(C, align(64))]
+    struct Steps([[u8; 4 * TILE_BYTES]; 2]);
+    debug_assert!(row_bytes > 0 && row_bytes.is_multiple_of(32));
+    debug_assert!(w.len().is_multiple_of(row_bytes) && w.len() <= P * TILE_ROWS * row_bytes);
+    debug_assert!(packed.len() >= row_bytes * 4 * TILE_TOKENS);
+    // Two buffers in turn, so unpacking a step need not wait for the previous step's loads.
+    let mut buf = Steps([[0; 4 * TILE_BYTES]; 2]);
+    // SAFETY: the caller's contract; step s unpacks into a 4 KiB buffer holding P tiles and
+    // reads token tile s of the k / 64 in `packed`.
+    unsafe {
+        zero::<P>();
+        for s in 0..row_bytes * 4 / TILE_K {
+            let tiles = &mut buf.0[s % 2];
+            unpack_step::<P>(w, row_bytes, s, tiles);
+            step::<P>(tiles.as_ptr(), packed.as_ptr().add(s * STEP_BYTES));
+        }
+        store::<P>(c);
+    }
+}
+
+/// Step `s`'s weight tiles (columns `s * 64..`) of the rows in `w`, in [`unpack_rows`]'s tile
+/// layout; tiles of rows past the last keep what they held.
+///
+/// # Safety
+/// AVX2 is available; as [`panel_dot_streamed`], and `s < row_bytes * 4 / 64`.
+#[target_feature(enable = "avx2")]
+unsafe fn unpack_step<const P: usize>(
+    w: &[u8],
+    row_bytes: usize,
+    s: usize,
+    out: &mut [u8; 4 * TILE_BYTES],
+) {
+    let mask = _mm256_set1_epi8(3);
+    // Step s is block s / 2's high (even s) or low (odd s) two bit pairs.
+    let block = s / 2 * 32;
+    for (i, row) in w.chunks_exact(row_bytes).enumerate() {
+        let o = (i / TILE_ROWS) * TILE_BYTES + (i % TILE_ROWS) * TILE_K;
+        // SAFETY: block + 32 <= row_bytes; i < P * 16, so `o + 64 <= P KiB <= 4 KiB`.
+        unsafe {
+            let v = _mm256_loadu_si256(row.as_ptr().add(block) as *const __m256i);
+            let (x, y) = if s.is_multiple_of(2) {
+                (_mm256_srli_epi16::<6>(v), _mm256_srli_epi16::<4>(v))
+            } else {
+                (_mm256_srli_epi16::<2>(v), v)
+            };
+            let p = out.as_mut_ptr().add(o);
+            _mm256_storeu_si256(p as *mut __m256i, _mm256_and_si256(x, mask));
+            _mm256_storeu_si256(p.add(32) as *mut __m256i, _mm256_and_si256(y, mask));
+        }
+    }
+}
+
+/// Zeroes accumulators `tmm0..tmm{P-1}`.
+///
+/// # Safety
+/// Tiles are configured on this thread.
+#[inline(always)]
+unsafe fn zero<const P: usize>() {
+    // SAFETY: the caller's contract.
     unsafe {
         asm!("tilezero tmm0", out("tmm0") _, options(nostack, nomem));
         if P > 1 {
@@ -226,45 +318,67 @@ pub(crate) unsafe fn panel_dot<const P: usize>(
         if P > 3 {
             asm!("tilezero tmm3", out("tmm3") _, options(nostack, nomem));
         }
-        for s in 0..k / TILE_K {
-            let (bs, as_) = (b.add(s * STEP_BYTES), a.add(s * TILE_K));
+    }
+}
+
+/// One 64-column step: accumulator `p` += weight tile `at + p KiB` x token tile `bs`.
+///
+/// # Safety
+/// Tiles are configured on this thread; `at` points to `P` KiB of weight tiles and `bs` to a
+/// 1 KiB token tile.
+#[inline(always)]
+unsafe fn step<const P: usize>(at: *const u8, bs: *const u8) {
+    // Every tile is 1 KiB in one piece: 16 rows of 64 bytes.
+    let stride = TILE_K;
+    // SAFETY: the caller's contract.
+    unsafe {
+        asm!(
+            "tileloadd tmm6, [{b} + {stride}*1]",
+            "tileloadd tmm4, [{a} + {stride}*1]",
+            "tdpbusd tmm0, tmm4, tmm6",
+            b = in(reg) bs, a = in(reg) at, stride = in(reg) stride,
+            out("tmm0") _, out("tmm4") _, out("tmm6") _,
+            options(nostack, readonly),
+        );
+        // Two weight registers in turn, so a load need not wait for the previous product.
+        if P > 1 {
             asm!(
-                "tileloadd tmm6, [{b} + {stride}*1]",
-                "tileloadd tmm4, [{a} + {k}*1]",
-                "tdpbusd tmm0, tmm4, tmm6",
-                b = in(reg) bs, stride = in(reg) TILE_K, a = in(reg) as_, k = in(reg) k,
-                out("tmm0") _, out("tmm4") _, out("tmm6") _,
+                "tileloadd tmm5, [{a} + {stride}*1]",
+                "tdpbusd tmm1, tmm5, tmm6",
+                a = in(reg) at.add(TILE_BYTES), stride = in(reg) stride,
+                out("tmm1") _, out("tmm5") _,
                 options(nostack, readonly),
             );
-            // Two weight registers in turn, so a load need not wait for the previous product.
-            if P > 1 {
-                asm!(
-                    "tileloadd tmm5, [{a} + {k}*1]",
-                    "tdpbusd tmm1, tmm5, tmm6",
-                    a = in(reg) as_.add(group), k = in(reg) k,
-                    out("tmm1") _, out("tmm5") _,
-                    options(nostack, readonly),
-                );
-            }
-            if P > 2 {
-                asm!(
-                    "tileloadd tmm4, [{a} + {k}*1]",
-                    "tdpbusd tmm2, tmm4, tmm6",
-                    a = in(reg) as_.add(2 * group), k = in(reg) k,
-                    out("tmm2") _, out("tmm4") _,
-                    options(nostack, readonly),
-                );
-            }
-            if P > 3 {
-                asm!(
-                    "tileloadd tmm5, [{a} + {k}*1]",
-                    "tdpbusd tmm3, tmm5, tmm6",
-                    a = in(reg) as_.add(3 * group), k = in(reg) k,
-                    out("tmm3") _, out("tmm5") _,
-                    options(nostack, readonly),
-                );
-            }
         }
+        if P > 2 {
+            asm!(
+                "tileloadd tmm4, [{a} + {stride}*1]",
+                "tdpbusd tmm2, tmm4, tmm6",
+                a = in(reg) at.add(2 * TILE_BYTES), stride = in(reg) stride,
+                out("tmm2") _, out("tmm4") _,
+                options(nostack, readonly),
+            );
+        }
+        if P > 3 {
+            asm!(
+                "tileloadd tmm5, [{a} + {stride}*1]",
+                "tdpbusd tmm3, tmm5, tmm6",
+                a = in(reg) at.add(3 * TILE_BYTES), stride = in(reg) stride,
+                out("tmm3") _, out("tmm5") _,
+                options(nostack, readonly),
+            );
+        }
+    }
+}
+
+/// Stores accumulators `tmm0..tmm{P-1}` into `c`.
+///
+/// # Safety
+/// Tiles are configured on this thread.
+#[inline(always)]
+unsafe fn store<const P: usize>(c: &mut [[[i32; TILE_TOKENS]; TILE_ROWS]; P]) {
+    // SAFETY: tile p goes to `c[p]`, 16 rows of 16 i32 (64 bytes apart).
+    unsafe {
         let stride = TILE_TOKENS * 4;
         let cp = c.as_mut_ptr() as *mut u8;
         asm!("tilestored [{c} + {s}*1], tmm0", c = in(reg) cp, s = in(reg) stride, options(nostack));
@@ -282,6 +396,9 @@ pub(crate) unsafe fn panel_dot<const P: usize>(
 
 /// Where [`ternary_matmul`] hands its results: `(matrix, token, first row, raw sums)`.
 pub(crate) type StoreFn<'a> = dyn Fn(usize, usize, usize, &mut [i32]) + Sync + 'a;
+
+/// Steps (64 columns) of one block a packing task takes.
+const PACK_STEPS: usize = 8;
 
 /// Token blocks one task takes over its panel: enough to pay for unpacking the panel, few enough
 /// that a long prompt still gives every thread tasks.
@@ -324,10 +441,20 @@ unsafe fn ternary_matmul_on<const EMULATE: bool>(
     debug_assert!(k > 0 && ws.iter().all(|w| w.row_bytes() * 4 == k));
     let blocks = tokens.div_ceil(TILE_TOKENS);
     let mut packed = vec![0u8; packed_len(tokens, k)];
-    pool::for_each_chunk_mut(&mut packed, TILE_TOKENS * k, |b, out| {
+    // In pieces of up to PACK_STEPS steps of one block, so even one block packs on every thread.
+    let steps = k / TILE_K;
+    let pieces = steps.div_ceil(PACK_STEPS);
+    let mut parts: Vec<&mut [u8]> = packed
+        .chunks_mut(TILE_TOKENS * k)
+        .flat_map(|block| block.chunks_mut(PACK_STEPS * STEP_BYTES))
+        .collect();
+    pool::for_each_chunk_mut(&mut parts, 1, |i, part| {
+        let (b, s0) = (i / pieces, i % pieces * PACK_STEPS);
         let t0 = b * TILE_TOKENS;
-        let q: Vec<&[i8]> = (t0..tokens.min(t0 + TILE_TOKENS)).map(|t| a.q(t)).collect();
-        pack_tokens(&q, k, out);
+        let q: Vec<&[i8]> = (t0..tokens.min(t0 + TILE_TOKENS))
+            .map(|t| &a.q(t)[s0 * TILE_K..][..part[0].len() / TILE_TOKENS])
+            .collect();
+        pack_tokens(&q, part[0].len() / TILE_TOKENS, part[0]);
     });
     let groups = blocks.div_ceil(BLOCKS_PER_TASK);
     // Four accumulators hide most of `tdpbusd`'s latency; two when that leaves too few tasks to
@@ -383,35 +510,48 @@ unsafe fn panel_task<const P: usize, const EMULATE: bool>(
     let r0 = panel * P * TILE_ROWS;
     let n = (w.rows() - r0).min(P * TILE_ROWS);
     let blocks = tokens.div_ceil(TILE_TOKENS);
+    let (b0, b1) = (g * BLOCKS_PER_TASK, blocks.min((g + 1) * BLOCKS_PER_TASK));
+    let rows = &w.data()[r0 * rb..][..n * rb];
+    let mut c = [[[0i32; TILE_TOKENS]; TILE_ROWS]; P];
+    // Hands block b's sums to `store`, token-major so each token's rows go as one slice.
+    let finish = |b: usize, c: &[[[i32; TILE_TOKENS]; TILE_ROWS]; P]| {
+        let mut by_token = [[0i32; 4 * TILE_ROWS]; TILE_TOKENS];
+        for (i, sums) in c.iter().flatten().enumerate() {
+            for (col, &v) in by_token.iter_mut().zip(sums) {
+                col[i] = v;
+            }
+        }
+        let nt = TILE_TOKENS.min(tokens - b * TILE_TOKENS);
+        for (j, col) in by_token[..nt].iter_mut().enumerate() {
+            store(m, b * TILE_TOKENS + j, r0, &mut col[..n]);
+        }
+    };
+    let block = |b: usize| &packed[b * TILE_TOKENS * k..][..TILE_TOKENS * k];
+    // SAFETY: AMX is enabled for this process (the caller's contract).
+    let _tiles = (!EMULATE).then(|| unsafe { TileState::configure() });
+    if b1 - b0 == 1 && !EMULATE {
+        // SAFETY: tiles configured; AVX2 (the caller's contract); `rows` is n <= P * 16 whole
+        // rows, the block 16 tokens of k = rb * 4.
+        unsafe { panel_dot_streamed::<P>(rows, rb, block(b0), &mut c) };
+        finish(b0, &c);
+        return;
+    }
     PANEL.with_borrow_mut(|buf| {
-        // Rows past `n` keep whatever an earlier task left: valid codes whose sums are dropped.
+        // Tiles of rows past `n` keep whatever an earlier task left: valid codes whose sums
+        // are dropped.
         buf.resize(P * TILE_ROWS * k, 0);
-        // SAFETY: AVX2 (the caller's contract); rows r0..r0 + n exist, `n * rb` bytes unpack
-        // into `n * k`.
-        unsafe { unpack_rows(&w.data()[r0 * rb..][..n * rb], &mut buf[..n * k]) };
-        // SAFETY: AMX is enabled for this process (the caller's contract).
-        let _tiles = (!EMULATE).then(|| unsafe { TileState::configure() });
-        let mut c = [[[0i32; TILE_TOKENS]; TILE_ROWS]; P];
-        for b in g * BLOCKS_PER_TASK..blocks.min((g + 1) * BLOCKS_PER_TASK) {
-            let block = &packed[b * TILE_TOKENS * k..][..TILE_TOKENS * k];
+        // SAFETY: AVX2 (the caller's contract); `rows` is n <= P * 16 whole rows and the
+        // buffer P * 16 rows of k = rb * 4.
+        unsafe { unpack_rows::<P>(rows, rb, buf) };
+        for b in b0..b1 {
             if EMULATE {
-                panel_dot_emulated::<P>(buf, k, block, &mut c);
+                panel_dot_emulated::<P>(buf, k, block(b), &mut c);
             } else {
                 // SAFETY: tiles configured above; the panel is P * 16 rows of k bytes, the
                 // block 16 tokens of k.
-                unsafe { panel_dot::<P>(buf, k, block, &mut c) };
+                unsafe { panel_dot::<P>(buf, k, block(b), &mut c) };
             }
-            // Token-major, so each token's rows reach `store` as one slice.
-            let mut by_token = [[0i32; 4 * TILE_ROWS]; TILE_TOKENS];
-            for (i, sums) in c.iter().flatten().enumerate() {
-                for (col, &v) in by_token.iter_mut().zip(sums) {
-                    col[i] = v;
-                }
-            }
-            let nt = TILE_TOKENS.min(tokens - b * TILE_TOKENS);
-            for (j, col) in by_token[..nt].iter_mut().enumerate() {
-                store(m, b * TILE_TOKENS + j, r0, &mut col[..n]);
-            }
+            finish(b, &c);
         }
     });
 }
@@ -426,12 +566,13 @@ fn panel_dot_emulated<const P: usize>(
 ) {
     for (p, cp) in c.iter_mut().enumerate() {
         for (m, row) in cp.iter_mut().enumerate() {
-            let codes = &panel[(p * TILE_ROWS + m) * k..][..k];
             for (n, sum) in row.iter_mut().enumerate() {
                 *sum = (0..k)
                     .map(|x| {
-                        let at = (x / TILE_K) * STEP_BYTES + (x % TILE_K) / 4 * 64 + n * 4 + x % 4;
-                        i32::from(codes[x]) * i32::from(packed[at] as i8)
+                        let (s, c) = (x / TILE_K, x % TILE_K);
+                        let code = panel[(s * P + p) * TILE_BYTES + m * TILE_K + c];
+                        let q = packed[s * STEP_BYTES + c / 4 * 64 + n * 4 + c % 4] as i8;
+                        i32::from(code) * i32::from(q)
                     })
                     .sum();
             }
