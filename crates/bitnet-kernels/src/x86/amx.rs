@@ -234,8 +234,8 @@ pub(crate) unsafe fn panel_dot<const P: usize>(
     }
 }
 
-/// [`panel_dot`] straight from the packed rows, for a task with one token block (a batch of up
-/// to 16 decoding sequences): each step's weight tiles are unpacked just before their products
+/// [`panel_dot`] straight from the packed rows, for tasks with few token blocks (a batch of up
+/// to 16 decoding sequences has one): each step's weight tiles are unpacked just before their products
 /// into a buffer that stays in L1, instead of a whole panel written to L2 and read back once.
 ///
 /// # Safety
@@ -397,6 +397,12 @@ unsafe fn store<const P: usize>(c: &mut [[[i32; TILE_TOKENS]; TILE_ROWS]; P]) {
 /// Where [`ternary_matmul`] hands its results: `(matrix, token, first row, raw sums)`.
 pub(crate) type StoreFn<'a> = dyn Fn(usize, usize, usize, &mut [i32]) + Sync + 'a;
 
+/// Tasks of up to this many token blocks unpack their weights step by step for each block
+/// ([`panel_dot_streamed`]); larger ones unpack a panel once for all blocks. Xeon, 16 threads,
+/// 2560 x 2560: one block 51-55 us streamed; two blocks 127-141 us through a panel (VNNI:
+/// 132-138), four 185 us (streamed about 200).
+const STREAM_BLOCKS: usize = 3;
+
 /// Steps (64 columns) of one block a packing task takes.
 const PACK_STEPS: usize = 8;
 
@@ -529,11 +535,13 @@ unsafe fn panel_task<const P: usize, const EMULATE: bool>(
     let block = |b: usize| &packed[b * TILE_TOKENS * k..][..TILE_TOKENS * k];
     // SAFETY: AMX is enabled for this process (the caller's contract).
     let _tiles = (!EMULATE).then(|| unsafe { TileState::configure() });
-    if b1 - b0 == 1 && !EMULATE {
-        // SAFETY: tiles configured; AVX2 (the caller's contract); `rows` is n <= P * 16 whole
-        // rows, the block 16 tokens of k = rb * 4.
-        unsafe { panel_dot_streamed::<P>(rows, rb, block(b0), &mut c) };
-        finish(b0, &c);
+    if b1 - b0 <= STREAM_BLOCKS && !EMULATE {
+        for b in b0..b1 {
+            // SAFETY: tiles configured; AVX2 (the caller's contract); `rows` is n <= P * 16
+            // whole rows, the block 16 tokens of k = rb * 4.
+            unsafe { panel_dot_streamed::<P>(rows, rb, block(b), &mut c) };
+            finish(b, &c);
+        }
         return;
     }
     PANEL.with_borrow_mut(|buf| {
