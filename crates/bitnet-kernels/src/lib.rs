@@ -6,7 +6,8 @@
 //! - [`ops`]: the f32 vector ops of the forward pass.
 //!
 //! Each kernel has a scalar reference (`*_scalar`, public so tests can compare) and SIMD
-//! versions in their own modules: AVX2 (the ternary matmul also AVX-512 VNNI) on x86-64, NEON
+//! versions in their own modules: AVX2 (the ternary matmul also AVX-512 VNNI, and AMX tiles for
+//! batches) on x86-64, NEON
 //! (the ternary matmul and the Q8_0 / Q6_K dots also NEON + dot product) on aarch64, SIMD128 on
 //! wasm32 builds with `+simd128` (WebAssembly has no run-time detection: a module with SIMD
 //! instructions does not even load without it, so there it is a compile-time choice). Which one
@@ -19,7 +20,8 @@
 //!
 //! The modules form a one-way graph:
 //! - leaves: `isa` (what the CPU supports), `kernel` (the kernel traits), [`pool`];
-//! - implementations of the traits: `scalar`, `x86/` (`avx2`, `avx512`), `arm/` (`neon`),
+//! - implementations of the traits: `scalar`, `x86/` (`avx2`, `avx512`; `amx`, the batched
+//!   ternary driver on tile registers that `ternary` hands batches to), `arm/` (`neon`),
 //!   `wasm/` (`simd128`);
 //! - `dispatch`: the one map from [`Isa`] to an implementation;
 //! - drivers, generic over the traits: `matmul` (the one matmul driver and its tile constants),
