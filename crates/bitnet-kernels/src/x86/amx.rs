@@ -340,33 +340,27 @@ unsafe fn step<const P: usize>(at: *const u8, bs: *const u8) {
             out("tmm0") _, out("tmm4") _, out("tmm6") _,
             options(nostack, readonly),
         );
+        // Accumulator $c += weight tile at $at (loaded into $w) x the token tile in tmm6.
+        macro_rules! product {
+            ($c:tt, $w:tt, $at:expr) => {
+                asm!(
+                    concat!("tileloadd ", $w, ", [{a} + {stride}*1]"),
+                    concat!("tdpbusd ", $c, ", ", $w, ", tmm6"),
+                    a = in(reg) $at, stride = in(reg) stride,
+                    out($c) _, out($w) _,
+                    options(nostack, readonly),
+                )
+            };
+        }
         // Two weight registers in turn, so a load need not wait for the previous product.
         if P > 1 {
-            asm!(
-                "tileloadd tmm5, [{a} + {stride}*1]",
-                "tdpbusd tmm1, tmm5, tmm6",
-                a = in(reg) at.add(TILE_BYTES), stride = in(reg) stride,
-                out("tmm1") _, out("tmm5") _,
-                options(nostack, readonly),
-            );
+            product!("tmm1", "tmm5", at.add(TILE_BYTES));
         }
         if P > 2 {
-            asm!(
-                "tileloadd tmm4, [{a} + {stride}*1]",
-                "tdpbusd tmm2, tmm4, tmm6",
-                a = in(reg) at.add(2 * TILE_BYTES), stride = in(reg) stride,
-                out("tmm2") _, out("tmm4") _,
-                options(nostack, readonly),
-            );
+            product!("tmm2", "tmm4", at.add(2 * TILE_BYTES));
         }
         if P > 3 {
-            asm!(
-                "tileloadd tmm5, [{a} + {stride}*1]",
-                "tdpbusd tmm3, tmm5, tmm6",
-                a = in(reg) at.add(3 * TILE_BYTES), stride = in(reg) stride,
-                out("tmm3") _, out("tmm5") _,
-                options(nostack, readonly),
-            );
+            product!("tmm3", "tmm5", at.add(3 * TILE_BYTES));
         }
     }
 }
