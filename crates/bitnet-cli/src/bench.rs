@@ -2,7 +2,7 @@ use crate::args::{resolve, ModelArgs, ModelSourceArgs, PlacementArgs};
 use anyhow::Result;
 use bitnet_inference::{
     Engine, EngineOptions, Event, GenerateOptions, Logits, Request, Rng, SamplingParams, Scheduler,
-    SchedulerOptions, KV_BLOCK,
+    SchedulerOptions,
 };
 use clap::Args;
 use std::io::Write;
@@ -343,14 +343,9 @@ fn parallel_generation(
     let ctx = n
         .checked_add(1)
         .ok_or_else(|| anyhow::anyhow!("tg{n} overflows a context"))?;
-    // Each sequence's context in whole blocks, plus the free block the scheduler keeps for every
-    // running sequence before it admits another: with `k * ctx` positions only about half of the
-    // K sequences ran at a time (tg32 x16: steps of 9 and then 7 tokens).
-    let kv_tokens = ctx
-        .div_ceil(KV_BLOCK)
-        .checked_add(1)
-        .and_then(|b| b.checked_mul(KV_BLOCK))
-        .and_then(|per_seq| per_seq.checked_mul(k))
+    // All K must decode together: with K x ctx positions only about half of them ran at a time
+    // (tg32 x16: steps of 9, then of 7 tokens).
+    let kv_tokens = SchedulerOptions::kv_tokens_for(k, ctx)
         .ok_or_else(|| anyhow::anyhow!("--parallel {k} x {ctx} positions overflow a KV cache"))?;
     let sched = Scheduler::start(
         engine.clone(),

@@ -72,6 +72,19 @@ impl Default for SchedulerOptions {
     }
 }
 
+impl SchedulerOptions {
+    /// KV positions with which `sequences` sequences of up to `ctx` positions each all run
+    /// together: each one's context in whole blocks, plus the free block that admission keeps
+    /// for every running sequence before it admits another (with `sequences * ctx` only about
+    /// half of them run at a time once contexts fill their blocks). `None` on overflow.
+    pub fn kv_tokens_for(sequences: usize, ctx: usize) -> Option<usize> {
+        ctx.div_ceil(KV_BLOCK)
+            .checked_add(1)?
+            .checked_mul(KV_BLOCK)?
+            .checked_mul(sequences)
+    }
+}
+
 /// A snapshot of the scheduler's state and counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SchedulerStats {

@@ -96,6 +96,39 @@ fn concurrent_greedy_requests_equal_the_reference_and_running_alone() {
 /// waiting for blocks and preemption with recomputation; seeded sampling must still give the
 /// same tokens as a request running alone.
 #[test]
+fn a_cache_sized_by_kv_tokens_for_runs_every_sequence_together() {
+    // `bitnet bench --parallel K` sizes its cache so: K one-token prompts submitted at once then
+    // decode in the same steps, about N steps for N tokens each (with K x (N + 1) positions the
+    // scheduler ran about half of them at a time: ~2N steps).
+    let (k, n) = (16, 40);
+    let ctx = n + 1;
+    let sched = Scheduler::start(
+        engine(),
+        SchedulerOptions {
+            max_sequences: k,
+            ctx_size: Some(ctx),
+            kv_tokens: SchedulerOptions::kv_tokens_for(k, ctx),
+            max_queue: k,
+            ..SchedulerOptions::default()
+        },
+    )
+    .unwrap();
+    let handles: Vec<_> = (0..k)
+        .map(|_| sched.submit(Request::new(vec![1], greedy(n))).unwrap())
+        .collect();
+    for h in handles {
+        assert_eq!(collect(h).ids.len(), n);
+    }
+    let steps = sched.stats().steps;
+    // Requests that arrive after the first step join one step late; none waits for another.
+    assert!(
+        steps < (n + k / 2) as u64,
+        "{k} x {n} tokens took {steps} steps"
+    );
+    assert_eq!(SchedulerOptions::kv_tokens_for(usize::MAX, 2), None);
+}
+
+#[test]
 fn chunked_prompts_and_preemption_do_not_change_outputs() {
     let e = engine();
     let tok = e.tokenizer();
