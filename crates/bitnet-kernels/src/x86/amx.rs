@@ -5,8 +5,9 @@
 //! VNNI kernels retire 64 multiply-adds per `vpdpbusd` and spend as many instructions again
 //! unpacking the 2-bit codes. One `tdpbusd` multiplies a 16 x 64 tile of unsigned bytes by a
 //! 64 x 16 tile of signed bytes (16,384 multiply-adds) into 16 x 16 exact int32 sums. The codes
-//! are unpacked to a byte each once per panel of rows and reused by every block of 16 tokens,
-//! so the unpacking is paid once per weight whatever the batch.
+//! are unpacked to a byte each into 1 KiB weight tiles: step by step into L1 for a task of up to
+//! three blocks of 16 tokens (a batch of decoding sequences), once into a panel that every block
+//! reuses for longer prompts.
 //!
 //! The sums are the same exact integers as every other kernel's (`sum code * q`, corrected by
 //! `sum q` in the caller), so results are bit-identical to them.
