@@ -19,7 +19,7 @@ pub enum Isa {
     /// (AMD Zen 4, see [`splits_512bit_vectors`]), where it streams weights from memory 5-20%
     /// faster than the 512-bit kernel; prompt tiles keep the 512-bit kernel.
     Avx512Vnni256,
-    /// [`Isa::Avx512Vnni`] plus Intel AMX-INT8 (Sapphire Rapids and later): ternary matmuls of 8
+    /// [`Isa::Avx512Vnni`] plus Intel AMX-INT8 (Sapphire Rapids and later): ternary matmuls of 16
     /// or more tokens (prompts, batched decode) run on tile registers (`tdpbusd`, 16,384
     /// multiply-adds an instruction), everything else on the [`Isa::Avx512Vnni`] kernels.
     Amx,
@@ -190,9 +190,9 @@ pub fn splits_512bit_vectors() -> bool {
 }
 
 /// The ISA every dispatched kernel uses, decided on first call and fixed for the process: the
-/// best one the CPU supports (AMX, then AVX-512 VNNI, at 256 bits where [`splits_512bit_vectors`], then
-/// AVX2 on x86-64; NEON + dot product, then NEON on aarch64; SIMD128 on wasm32 built with it;
-/// else scalar). Two environment variables, read once at that first call, override it for tests
+/// best one the CPU supports (AMX, then AVX-512 VNNI, at 256 bits where
+/// [`splits_512bit_vectors`], then AVX2 on x86-64; NEON + dot product, then NEON on aarch64;
+/// SIMD128 on wasm32 built with it; else scalar). Two environment variables, read once at that first call, override it for tests
 /// and benchmarks:
 /// - `BITNET_FORCE_SCALAR=1` forces [`Isa::Scalar`] (and wins over `BITNET_ISA`);
 /// - `BITNET_ISA=scalar|avx2|avx512vnni|avx512vnni256|amx|neon|neondot|simd128` picks that ISA. A

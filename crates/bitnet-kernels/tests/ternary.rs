@@ -343,7 +343,7 @@ fn runs_of_rows() {
 
 #[test]
 fn batches_of_token_blocks() {
-    // Batches of 8 and more tokens take AMX's tile driver where the CPU has it (Isa::Amx):
+    // Batches of 16 and more tokens take AMX's tile driver where the CPU has it (Isa::Amx):
     // panels of 32 or 64 rows with a ragged last one, blocks of 16 tokens with a ragged last
     // one, several token groups (8 blocks a task), padded columns, a matrix of one row.
     // Every other ISA runs the same cases.

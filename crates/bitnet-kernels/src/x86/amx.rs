@@ -175,32 +175,11 @@ const TILE_BYTES: usize = TILE_ROWS * TILE_K;
 #[target_feature(enable = "avx2")]
 pub(crate) unsafe fn unpack_rows<const P: usize>(w: &[u8], row_bytes: usize, out: &mut [u8]) {
     debug_assert!(row_bytes > 0 && row_bytes.is_multiple_of(32));
-    debug_assert!(w.len().is_multiple_of(row_bytes) && w.len() <= P * TILE_ROWS * row_bytes);
     debug_assert_eq!(out.len(), P * TILE_ROWS * row_bytes * 4);
-    let mask = _mm256_set1_epi8(3);
-    let o = out.as_mut_ptr();
-    for (i, row) in w.chunks_exact(row_bytes).enumerate() {
-        let (p, m) = (i / TILE_ROWS, i % TILE_ROWS);
-        for (bi, b) in row.chunks_exact(32).enumerate() {
-            // Block bi is columns bi * 128..: steps 2 bi (weights from the high two bit pairs)
-            // and 2 bi + 1, 32 columns per bit pair.
-            let at =
-                |step: usize, half: usize| ((step * P + p) * TILE_BYTES + m * TILE_K) + half * 32;
-            // SAFETY: `b` is 32 bytes; step 2 bi + 1 < k / 64 and p < P, so every store's 32
-            // bytes lie inside `out` (`P * 16 * k` bytes).
-            unsafe {
-                let v = _mm256_loadu_si256(b.as_ptr() as *const __m256i);
-                // 16-bit shifts move bits across byte boundaries; the mask keeps each byte's own.
-                let g0 = _mm256_and_si256(_mm256_srli_epi16::<6>(v), mask);
-                let g1 = _mm256_and_si256(_mm256_srli_epi16::<4>(v), mask);
-                let g2 = _mm256_and_si256(_mm256_srli_epi16::<2>(v), mask);
-                let g3 = _mm256_and_si256(v, mask);
-                _mm256_storeu_si256(o.add(at(2 * bi, 0)) as *mut __m256i, g0);
-                _mm256_storeu_si256(o.add(at(2 * bi, 1)) as *mut __m256i, g1);
-                _mm256_storeu_si256(o.add(at(2 * bi + 1, 0)) as *mut __m256i, g2);
-                _mm256_storeu_si256(o.add(at(2 * bi + 1, 1)) as *mut __m256i, g3);
-            }
-        }
+    for (s, tiles) in out.chunks_exact_mut(P * TILE_BYTES).enumerate() {
+        // SAFETY: AVX2 and the rows as this function's contract; s < row_bytes * 4 / 64 (out
+        // holds that many steps of P tiles).
+        unsafe { unpack_step::<P>(w, row_bytes, s, tiles) };
     }
 }
 
@@ -236,8 +215,9 @@ pub(crate) unsafe fn panel_dot<const P: usize>(
 }
 
 /// [`panel_dot`] straight from the packed rows, for tasks with few token blocks (a batch of up
-/// to 16 decoding sequences has one): each step's weight tiles are unpacked just before their products
-/// into a buffer that stays in L1, instead of a whole panel written to L2 and read back once.
+/// to 16 decoding sequences has one): each step's weight tiles are unpacked just before their
+/// products into a buffer that stays in L1, instead of a whole panel written to L2 and read back
+/// once.
 ///
 /// # Safety
 /// Tiles are configured on this thread; AVX2 is available; `w` is whole rows of `row_bytes`
@@ -262,31 +242,29 @@ pub(crate) unsafe fn panel_dot_streamed<const P: usize>(
         zero::<P>();
         for s in 0..row_bytes * 4 / TILE_K {
             let tiles = &mut buf.0[s % 2];
-            unpack_step::<P>(w, row_bytes, s, tiles);
+            unpack_step::<P>(w, row_bytes, s, &mut tiles[..P * TILE_BYTES]);
             step::<P>(tiles.as_ptr(), packed.as_ptr().add(s * STEP_BYTES));
         }
         store::<P>(c);
     }
 }
 
-/// Step `s`'s weight tiles (columns `s * 64..`) of the rows in `w`, in [`unpack_rows`]'s tile
-/// layout; tiles of rows past the last keep what they held.
+/// Step `s`'s weight tiles (columns `s * 64..`) of the rows in `w` (the `P` tiles of one step
+/// in [`unpack_rows`]'s layout); tiles of rows past the last keep what they held.
 ///
 /// # Safety
-/// AVX2 is available; as [`panel_dot_streamed`], and `s < row_bytes * 4 / 64`.
+/// AVX2 is available; as [`panel_dot_streamed`], `s < row_bytes * 4 / 64` and
+/// `out.len() >= P * 1 KiB`.
 #[target_feature(enable = "avx2")]
-unsafe fn unpack_step<const P: usize>(
-    w: &[u8],
-    row_bytes: usize,
-    s: usize,
-    out: &mut [u8; 4 * TILE_BYTES],
-) {
+unsafe fn unpack_step<const P: usize>(w: &[u8], row_bytes: usize, s: usize, out: &mut [u8]) {
+    debug_assert!(w.len().is_multiple_of(row_bytes) && w.len() <= P * TILE_ROWS * row_bytes);
+    debug_assert!(out.len() >= P * TILE_BYTES && s < row_bytes * 4 / TILE_K);
     let mask = _mm256_set1_epi8(3);
     // Step s is block s / 2's high (even s) or low (odd s) two bit pairs.
     let block = s / 2 * 32;
     for (i, row) in w.chunks_exact(row_bytes).enumerate() {
         let o = (i / TILE_ROWS) * TILE_BYTES + (i % TILE_ROWS) * TILE_K;
-        // SAFETY: block + 32 <= row_bytes; i < P * 16, so `o + 64 <= P KiB <= 4 KiB`.
+        // SAFETY: block + 32 <= row_bytes; i < P * 16, so `o + 64 <= P KiB <= out.len()`.
         unsafe {
             let v = _mm256_loadu_si256(row.as_ptr().add(block) as *const __m256i);
             let (x, y) = if s.is_multiple_of(2) {
@@ -412,8 +390,9 @@ thread_local! {
 }
 
 /// The raw sums (`sum code * q`, before the `- sum q` correction) of every row of every matrix
-/// in `ws` against every token of `a`, handed to `store(m, t, r0, raw)` (which may overwrite `raw`) a token and up to 64
-/// consecutive rows `r0..` of matrix `m` at a time; each (matrix, token, row) exactly once.
+/// in `ws` against every token of `a`, handed to `store(m, t, r0, raw)` (which may overwrite
+/// `raw`) a token and up to 64 consecutive rows `r0..` of matrix `m` at a time; each (matrix,
+/// token, row) exactly once.
 /// Tasks are (matrix, panel of 16 `P` rows, group of token blocks) on the current pool.
 ///
 /// # Safety
@@ -458,23 +437,18 @@ unsafe fn ternary_matmul_on<const EMULATE: bool>(
         pack_tokens(&q, part[0].len() / TILE_TOKENS, part[0]);
     });
     let groups = blocks.div_ceil(BLOCKS_PER_TASK);
-    // Four accumulators hide most of `tdpbusd`'s latency; two when that leaves too few tasks to
-    // balance the threads (2,560 rows and one token group: 40 tasks for 16 threads).
-    let tasks_of = |p: usize| -> usize {
+    // Panels of 16 p rows of each matrix; tasks are those times the token groups.
+    let panels_of = |p: usize| -> Vec<usize> {
         ws.iter()
             .map(|w| w.rows().div_ceil(p * TILE_ROWS))
-            .sum::<usize>()
-            * groups
+            .collect()
     };
     let threads = pool::current_num_threads();
     let packed = &packed;
     macro_rules! run {
-        ($P:literal) => {{
-            let panels: Vec<usize> = ws
-                .iter()
-                .map(|w| w.rows().div_ceil($P * TILE_ROWS))
-                .collect();
-            pool::parallel_for(tasks_of($P), |mut i| {
+        ($panels:expr, $P:literal) => {{
+            let panels: Vec<usize> = $panels;
+            pool::parallel_for(panels.iter().sum::<usize>() * groups, |mut i| {
                 let g = i % groups;
                 i /= groups;
                 let mut m = 0;
@@ -487,10 +461,13 @@ unsafe fn ternary_matmul_on<const EMULATE: bool>(
             })
         }};
     }
-    if threads <= 1 || tasks_of(4) >= 3 * threads {
-        run!(4)
+    // Four accumulators hide most of `tdpbusd`'s latency; two when that leaves too few tasks to
+    // balance the threads (2,560 rows and one token group: 40 tasks for 16 threads).
+    let fours = panels_of(4);
+    if threads <= 1 || fours.iter().sum::<usize>() * groups >= 3 * threads {
+        run!(fours, 4)
     } else {
-        run!(2)
+        run!(panels_of(2), 2)
     }
 }
 
