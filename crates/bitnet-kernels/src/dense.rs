@@ -86,6 +86,21 @@ impl DenseMatrixExt for DenseMatrix {
         }
         let out = SharedOut::new(out);
         match self.ty() {
+            #[cfg(target_arch = "x86_64")]
+            DenseType::Q8_0 if tokens >= 2 && matches!(isa, Isa::Avx512Vnni | Isa::Amx) => {
+                use crate::x86::q8_0_pairs::{pack, Q8PairTiles};
+                let (q, d) = quantize_q8_0(x);
+                let packed = pack(&q, &d, tokens, cols / QK8_0);
+                let job = Q8PairTiles {
+                    m: self,
+                    packed: &packed,
+                    tokens,
+                    out,
+                };
+                // SAFETY: check_isa verified AVX-512 VNNI (which implies AVX2, FMA and F16C
+                // here); `packed` holds every token's pairs.
+                with_kernel!(isa, K => unsafe { matmul::drive::<K, _>(&[job], tokens) })
+            }
             DenseType::Q8_0 => {
                 let (q, d) = quantize_q8_0(x);
                 let job = BlockTiles::<Q8Blocks> {

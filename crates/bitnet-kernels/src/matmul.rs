@@ -55,13 +55,18 @@ pub(crate) trait Tiles: Sync {
         1
     }
 
+    /// Tokens per [`Self::run`] call (the last tile of a call may have fewer).
+    fn token_tile(&self) -> usize {
+        TOKEN_TILE
+    }
+
     /// Computes rows `rows` for tokens `t0..t0 + nt` (one token tile) and stores the results.
     /// Operands computed one row tile at a time implement [`RowTiles`] and forward here to
     /// [`run_tiles`].
     ///
     /// # Safety
-    /// The CPU supports `K`'s ISA; the rows and tokens exist, `1 <= nt <= TOKEN_TILE`; no other
-    /// task stores the results of these rows.
+    /// The CPU supports `K`'s ISA; the rows and tokens exist, `1 <= nt <= self.token_tile()`;
+    /// no other task stores the results of these rows.
     unsafe fn run<K: Kernel>(
         &self,
         t0: usize,
@@ -140,9 +145,10 @@ pub(crate) unsafe fn drive<K: Kernel, M: Tiles>(jobs: &[M], tokens: usize) {
 /// As [`drive`]; rows `r0..r1` exist and are this task's alone.
 unsafe fn rows<K: Kernel, M: Tiles>(job: &M, tokens: usize, r0: usize, r1: usize) {
     let mut scratch = M::Scratch::default();
+    let tile = job.token_tile();
     let mut t0 = 0;
     while t0 < tokens {
-        let nt = (tokens - t0).min(TOKEN_TILE);
+        let nt = (tokens - t0).min(tile);
         // SAFETY: tokens t0..t0 + nt are in 0..tokens; the rest is the caller's contract.
         unsafe { job.run::<K>(t0, nt, r0..r1, &mut scratch) };
         t0 += nt;
