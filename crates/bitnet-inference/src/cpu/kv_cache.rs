@@ -41,6 +41,26 @@ impl Buf {
         }
     }
 
+    /// The rows of `len` elements at offsets `starts` (pairwise disjoint, as the slots of one
+    /// step are), each writable on its own, in the order of `starts`; `None` if two overlap or
+    /// one runs past the end.
+    pub(crate) fn rows_mut(&mut self, starts: &[usize], len: usize) -> Option<Vec<RowMut<'_>>> {
+        match self {
+            Buf::F16(b) => Some(
+                disjoint(b, starts, len)?
+                    .into_iter()
+                    .map(RowMut::F16)
+                    .collect(),
+            ),
+            Buf::F32(b) => Some(
+                disjoint(b, starts, len)?
+                    .into_iter()
+                    .map(RowMut::F32)
+                    .collect(),
+            ),
+        }
+    }
+
     /// `out[p] = dot(q, row p)` for the rows of `q.len()` values at element offsets
     /// `at + p * stride`, read in place.
     pub(crate) fn dots(&self, at: usize, stride: usize, q: &[f32], out: &mut [f32]) {
@@ -66,6 +86,40 @@ impl Buf {
             }
         }
     }
+}
+
+/// One cache row, borrowed for writing ([`Buf::rows_mut`]).
+pub(crate) enum RowMut<'a> {
+    F16(&'a mut [u16]),
+    F32(&'a mut [f32]),
+}
+
+impl RowMut<'_> {
+    /// Stores `src` (the row's length), as [`Buf::write`].
+    pub(crate) fn write(&mut self, src: &[f32]) {
+        match self {
+            RowMut::F16(r) => bytemuck::cast_slice_mut::<u16, f16>(r).convert_from_f32_slice(src),
+            RowMut::F32(r) => r.copy_from_slice(src),
+        }
+    }
+}
+
+/// `buf[s..s + len]` for every `s` in `starts`, in that order.
+fn disjoint<'a, T>(buf: &'a mut [T], starts: &[usize], len: usize) -> Option<Vec<&'a mut [T]>> {
+    let mut order: Vec<usize> = (0..starts.len()).collect();
+    order.sort_unstable_by_key(|&i| starts[i]);
+    let mut rows: Vec<Option<&'a mut [T]>> = starts.iter().map(|_| None).collect();
+    let (mut rest, mut base) = (buf, 0);
+    for i in order {
+        let skip = starts[i].checked_sub(base)?;
+        if rest.len() < skip + len {
+            return None;
+        }
+        let (row, tail) = std::mem::take(&mut rest)[skip..].split_at_mut(len);
+        rows[i] = Some(row);
+        (rest, base) = (tail, starts[i] + len);
+    }
+    rows.into_iter().collect()
 }
 
 pub struct KvCache {

@@ -248,15 +248,48 @@ impl Context for CpuContext {
             let half = c.head_dim / 2;
             let mut timer = Timer::start();
             let (cos, sin) = (&s.cos, &s.sin);
-            for (q, dim) in [(&mut s.q, qd), (&mut s.k, kvd)] {
-                rows_mut(q, dim, |i, row| {
-                    let (cos, sin) = (&cos[i * half..][..half], &sin[i * half..][..half]);
-                    Rope::apply(row, c.head_dim, cos, sin)
+            let rope = |i: usize, q: &mut [f32], k: &mut [f32]| {
+                let (cos, sin) = (&cos[i * half..][..half], &sin[i * half..][..half]);
+                Rope::apply(q, c.head_dim, cos, sin);
+                Rope::apply(k, c.head_dim, cos, sin);
+            };
+            let t = b.slots.len();
+            let parallel =
+                t >= bitnet_kernels::PAR_ROWS && bitnet_kernels::pool::current_num_threads() > 1;
+            let rows = if parallel {
+                let (kc, vc) = (&mut cache.k[layer], &mut cache.v[layer]);
+                kc.rows_mut(&b.slots, kvd).zip(vc.rows_mut(&b.slots, kvd))
+            } else {
+                None
+            };
+            if let Some((kr, vr)) = rows {
+                // A batch: each token's rotations and cache rows in one parallel pass, on the
+                // core that reads its q/k/v rows anyway (a serial cache write pulled every row
+                // back from the cores that computed it).
+                let mut rows: Vec<_> =
+                    s.q.chunks_exact_mut(qd)
+                        .zip(s.k.chunks_exact_mut(kvd))
+                        .zip(s.v.chunks_exact(kvd))
+                        .zip(kr.into_iter().zip(vr))
+                        .collect();
+                bitnet_kernels::pool::for_each_chunk_mut(&mut rows, 1, |i, row| {
+                    let (((q, k), v), (kc, vc)) = &mut row[0];
+                    rope(i, q, k);
+                    kc.write(k);
+                    vc.write(v);
                 });
-            }
-            for (i, &at) in b.slots.iter().enumerate() {
-                cache.k[layer].write(at, &s.k[i * kvd..(i + 1) * kvd]);
-                cache.v[layer].write(at, &s.v[i * kvd..(i + 1) * kvd]);
+            } else {
+                for (i, (q, k)) in
+                    s.q.chunks_exact_mut(qd)
+                        .zip(s.k.chunks_exact_mut(kvd))
+                        .enumerate()
+                {
+                    rope(i, q, k);
+                }
+                for (i, &at) in b.slots.iter().enumerate() {
+                    cache.k[layer].write(at, &s.k[i * kvd..(i + 1) * kvd]);
+                    cache.v[layer].write(at, &s.v[i * kvd..(i + 1) * kvd]);
+                }
             }
             timer.stage(Stage::Rope);
             attention(

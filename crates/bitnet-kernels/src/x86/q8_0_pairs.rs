@@ -184,9 +184,9 @@ impl Q8PairTiles<'_> {
                         let x = _mm512_load_si512((*blk).x.as_ptr() as *const __m512i);
                         let dx = _mm512_load_ps((*blk).d.as_ptr());
                         for (j, a) in acc_i.iter_mut().enumerate() {
-                            let lanes = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(start, w[j], x));
-                            let db = _mm512_mul_ps(_mm512_set1_ps(dw[j][k]), dx);
-                            *a = _mm512_fmadd_ps(db, lanes, *a);
+                            let lanes = _mm512_dpbusd_epi32(start, w[j], x);
+                            let db = _mm512_mul_ps(_mm512_set1_ps(dw[j][k & 15]), dx);
+                            *a = _mm512_fmadd_ps(db, _mm512_cvtepi32_ps(lanes), *a);
                         }
                     }
                 }
