@@ -1,7 +1,7 @@
 //! Per-token int8 activations, the partner of the ternary weights.
 
 use crate::dispatch::with_kernel;
-use crate::kernel::Kernel;
+use crate::kernel::QuantizeKernel;
 use crate::pool::{self, SharedOut};
 use crate::{check_isa, detected_isa, Isa};
 use bitnet_quantization::i2s;
@@ -39,8 +39,54 @@ impl QuantizedActivations {
     /// If `x.len() != tokens * cols` or `isa` is not supported by this CPU.
     pub fn quantize_with(&mut self, isa: Isa, x: &[f32], tokens: usize, cols: usize) {
         check_isa(isa);
+        if !self.shape(x.len(), tokens, cols) {
+            return;
+        }
+        // SAFETY: check_isa verified the ISA; every x[t] is cols long.
+        with_kernel!(isa, K => unsafe {
+            self.quantize_rows(|t, qt| K::quantize_row(&x[t * cols..][..cols], qt))
+        });
+    }
+
+    /// [`Self::quantize`] of rows that `produce(t, row)` first writes into `x` (`tokens` rows of
+    /// `cols`): for a batch, one parallel pass in which each row is quantized by the core that
+    /// produced it (a norm, an activation), instead of a second pass that reads every row back
+    /// from the core that wrote it.
+    ///
+    /// # Panics
+    /// If `x.len() != tokens * cols`.
+    pub fn quantize_produced(
+        &mut self,
+        x: &mut [f32],
+        tokens: usize,
+        cols: usize,
+        produce: impl Fn(usize, &mut [f32]) + Sync,
+    ) {
+        if !self.shape(x.len(), tokens, cols) {
+            return;
+        }
+        let rows = SharedOut::new(x);
+        let row = |t: usize| {
+            // SAFETY: row t is inside x (tokens x cols, checked by shape) and only the call for
+            // token t touches it; x is mutably borrowed for the whole call.
+            let xt = unsafe { rows.slice_mut(t * cols, cols) };
+            produce(t, xt);
+            xt
+        };
+        // SAFETY: detected_isa is supported; each row is cols long.
+        with_kernel!(detected_isa(), K => unsafe {
+            self.quantize_rows(|t, qt| K::quantize_row(row(t), qt))
+        });
+    }
+
+    /// Sets the shapes for `tokens` rows of `cols` and sizes the buffers; false when there is
+    /// nothing to quantize (`cols == 0`: every token gets the empty row's scale and sum).
+    ///
+    /// # Panics
+    /// If `len != tokens * cols`.
+    fn shape(&mut self, len: usize, tokens: usize, cols: usize) -> bool {
         assert_eq!(
-            Some(x.len()),
+            Some(len),
             tokens.checked_mul(cols),
             "QuantizedActivations: x.len() != tokens * cols"
         );
@@ -57,28 +103,26 @@ impl QuantizedActivations {
             self.scales
                 .resize(tokens, 127.0 / bitnet_quantization::SCALE_EPS);
             self.sums.resize(tokens, 0);
-            return;
+            return false;
         }
         self.scales.resize(tokens, 0.0);
         self.sums.resize(tokens, 0);
-        // SAFETY: check_isa verified the ISA.
-        with_kernel!(isa, K => unsafe { self.quantize_rows::<K>(x) });
+        true
     }
 
-    /// Every token's row with `K`'s kernel; the shapes are set.
+    /// Every token's row: `quantize(t, q_t)` writes the codes of token t (`cols` of its
+    /// `stride`) and returns its scale and code sum; the shapes are set.
     ///
     /// # Safety
-    /// The CPU supports `K`'s ISA.
-    unsafe fn quantize_rows<K: Kernel>(&mut self, x: &[f32]) {
+    /// `quantize` is safe to call for every token (the caller guarantees its kernel's ISA).
+    unsafe fn quantize_rows(&mut self, quantize: impl Fn(usize, &mut [i8]) -> (f32, i32) + Sync) {
         let (tokens, cols, stride) = (self.tokens, self.cols, self.stride);
         let (scales, sums) = (
             SharedOut::new(&mut self.scales),
             SharedOut::new(&mut self.sums),
         );
         let row = |t: usize, qt: &mut [i8]| {
-            let (xt, qt) = (&x[t * cols..][..cols], &mut qt[..cols]);
-            // SAFETY: the caller guarantees the ISA; the lengths are equal.
-            let (s, sum) = unsafe { K::quantize_row(xt, qt) };
+            let (s, sum) = quantize(t, &mut qt[..cols]);
             // SAFETY: token t's scale and sum are written by this call only.
             unsafe {
                 scales.write(t, s);

@@ -415,3 +415,34 @@ fn isa_names_round_trip() {
         assert_eq!(Some(detected_isa()), best);
     }
 }
+
+/// `quantize_produced` (each row produced and quantized in one pass) equals producing every row
+/// first and quantizing them after, on every pool: the produced rows, codes, scales and sums.
+/// 1, 15 and 40 tokens: inline, and the parallel pass from `PAR_ROWS` rows on.
+#[test]
+fn quantize_produced_equals_produce_then_quantize() {
+    let cols = 300;
+    let mut rng = Rng(11);
+    for tokens in [1, 15, PAR_ROWS, 40] {
+        let src: Vec<f32> = (0..tokens * cols).map(|_| rng.f32() * 3.0).collect();
+        let produce = |t: usize, row: &mut [f32]| {
+            for (k, v) in row.iter_mut().enumerate() {
+                *v = src[t * cols + k] * (t + 1) as f32 - 0.5;
+            }
+        };
+        let mut want_x = vec![0.0f32; tokens * cols];
+        for (t, row) in want_x.chunks_exact_mut(cols).enumerate() {
+            produce(t, row);
+        }
+        let mut want = QuantizedActivations::new();
+        want.quantize(&want_x, tokens, cols);
+        for pool in pools() {
+            let (mut x, mut got) = (vec![f32::NAN; tokens * cols], QuantizedActivations::new());
+            pool.install(|| got.quantize_produced(&mut x, tokens, cols, produce));
+            assert_eq!(x, want_x, "{tokens} tokens");
+            assert_eq!(got.scales(), want.scales());
+            assert_eq!(got.sums(), want.sums());
+            assert!((0..tokens).all(|t| got.q(t) == want.q(t)));
+        }
+    }
+}

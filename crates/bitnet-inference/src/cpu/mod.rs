@@ -21,10 +21,7 @@ use bitnet_backend::{
 };
 use bitnet_kernels::{ops as kops, ternary_matmul, ternary_matmul_many, DenseMatrixExt};
 use bitnet_models::{Activation, LoadedModel, ModelWeights};
-use ops::{
-    add_assign, attention, norm_inplace, norm_rows, norm_rows_inplace, resize, rows_mut, Batch,
-    Chunk, Scratch,
-};
+use ops::{add_assign, attention, norm_inplace, resize, Batch, Chunk, Scratch};
 use pool::{build_pool, Pool};
 use std::sync::Arc;
 
@@ -228,8 +225,10 @@ impl Context for CpuContext {
             let (c, lw, s) = (&p.w.config, &p.w.layers[layer], p.s);
             let (t, h) = (p.batch.tokens.len(), c.hidden_size);
             let mut timer = Timer::start();
-            norm_rows(&s.x, &lw.attn_norm, c.rms_norm_eps, &mut s.xn, h);
-            s.acts.quantize(&s.xn, t, h);
+            let x = &s.x;
+            s.acts.quantize_produced(&mut s.xn, t, h, |i, xn| {
+                kops::rms_norm(&x[i * h..][..h], &lw.attn_norm, c.rms_norm_eps, xn)
+            });
             timer.stage(Stage::AttnNorm);
             ternary_matmul_many(
                 &[&lw.wq, &lw.wk, &lw.wv],
@@ -311,8 +310,9 @@ impl Context for CpuContext {
             let (c, lw, s) = (&p.w.config, &p.w.layers[layer], p.s);
             let (t, h, qd) = (p.batch.tokens.len(), c.hidden_size, c.q_dim());
             let mut timer = Timer::start();
-            norm_rows_inplace(&mut s.attn, &lw.attn_sub_norm, c.rms_norm_eps, qd);
-            s.acts.quantize(&s.attn, t, qd);
+            s.acts.quantize_produced(&mut s.attn, t, qd, |_, row| {
+                norm_inplace(row, &lw.attn_sub_norm, c.rms_norm_eps)
+            });
             timer.stage(Stage::AttnSubNorm);
             ternary_matmul(&lw.wo, &s.acts, &mut s.proj);
             timer.stage(Stage::Wo);
@@ -327,8 +327,10 @@ impl Context for CpuContext {
             let (c, lw, s) = (&p.w.config, &p.w.layers[layer], p.s);
             let (t, h) = (p.batch.tokens.len(), c.hidden_size);
             let mut timer = Timer::start();
-            norm_rows(&s.x, &lw.ffn_norm, c.rms_norm_eps, &mut s.xn, h);
-            s.acts.quantize(&s.xn, t, h);
+            let x = &s.x;
+            s.acts.quantize_produced(&mut s.xn, t, h, |i, xn| {
+                kops::rms_norm(&x[i * h..][..h], &lw.ffn_norm, c.rms_norm_eps, xn)
+            });
             timer.stage(Stage::FfnNorm);
             ternary_matmul_many(
                 &[&lw.w_gate, &lw.w_up],
@@ -346,7 +348,7 @@ impl Context for CpuContext {
             let (t, h, ffn) = (p.batch.tokens.len(), c.hidden_size, c.intermediate_size);
             let mut timer = Timer::start();
             let (gate, up) = (&s.gate, &s.up);
-            rows_mut(&mut s.hidden, ffn, |i, row| {
+            s.acts.quantize_produced(&mut s.hidden, t, ffn, |i, row| {
                 let (g, u) = (&gate[i * ffn..][..ffn], &up[i * ffn..][..ffn]);
                 match c.activation() {
                     Activation::Relu2 => kops::relu2_mul(g, u, row),
@@ -354,7 +356,6 @@ impl Context for CpuContext {
                 }
                 norm_inplace(row, &lw.ffn_sub_norm, c.rms_norm_eps);
             });
-            s.acts.quantize(&s.hidden, t, ffn);
             timer.stage(Stage::FfnAct);
             ternary_matmul(&lw.w_down, &s.acts, &mut s.proj);
             timer.stage(Stage::Down);

@@ -122,12 +122,6 @@ pub(super) fn rows_mut(data: &mut [f32], dim: usize, f: impl Fn(usize, &mut [f32
     }
 }
 
-pub(super) fn norm_rows(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32], dim: usize) {
-    rows_mut(out, dim, |i, o| {
-        ops::rms_norm(&x[i * dim..][..dim], weight, eps, o)
-    });
-}
-
 pub(super) fn norm_inplace(row: &mut [f32], weight: &[f32], eps: f32) {
     NORM_TMP.with_borrow_mut(|tmp| {
         tmp.clear();
@@ -135,10 +129,6 @@ pub(super) fn norm_inplace(row: &mut [f32], weight: &[f32], eps: f32) {
         ops::rms_norm(row, weight, eps, tmp);
         row.copy_from_slice(tmp);
     });
-}
-
-pub(super) fn norm_rows_inplace(x: &mut [f32], weight: &[f32], eps: f32, dim: usize) {
-    rows_mut(x, dim, |_, row| norm_inplace(row, weight, eps));
 }
 
 pub(super) fn add_assign(x: &mut [f32], y: &[f32], dim: usize) {
