@@ -384,22 +384,15 @@ mod tests {
         }
         let mut blocks = table_a.clone();
         blocks.extend(&table_b);
+        let chunk = |start, len, first, blocks| Chunk {
+            start,
+            len,
+            first,
+            blocks,
+        };
         let batch = Batch {
             tokens: vec![0; 12],
-            chunks: vec![
-                Chunk {
-                    start: 28,
-                    len: 11,
-                    first: 0,
-                    blocks: (0, 2),
-                },
-                Chunk {
-                    start: 70,
-                    len: 1,
-                    first: 11,
-                    blocks: (2, 5),
-                },
-            ],
+            chunks: vec![chunk(28, 11, 0, (0, 2)), chunk(70, 1, 11, (2, 5))],
             blocks,
             slots: Vec::new(),
             rows: Vec::new(),
@@ -412,20 +405,7 @@ mod tests {
         // task's heads in place.
         let decode = Batch {
             tokens: vec![0; 2],
-            chunks: vec![
-                Chunk {
-                    start: 38,
-                    len: 1,
-                    first: 0,
-                    blocks: (0, 2),
-                },
-                Chunk {
-                    start: 70,
-                    len: 1,
-                    first: 1,
-                    blocks: (2, 5),
-                },
-            ],
+            chunks: vec![chunk(38, 1, 0, (0, 2)), chunk(70, 1, 1, (2, 5))],
             ..batch
         };
         check_splits(
