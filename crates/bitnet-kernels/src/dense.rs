@@ -16,8 +16,9 @@
 //!   `d`): activations to Q8_K (`quantize_row_q8_K_ref` per 256 values: f32 `d`, int8 codes),
 //!   dots as the AVX2 `ggml_vec_dot_q6_K_q8_K`.
 //!
-//! The integer lanes are exact, and every kernel (scalar, AVX2, NEON with and without `sdot`)
-//! performs the same float steps in the same order, so they are bit-identical to each other
+//! The integer lanes are exact, and every kernel (scalar, AVX2, NEON with and without `sdot`, and
+//! for batches the AVX-512 VNNI Q8_0 kernel in `x86::q8_0_pairs`) performs the same float steps
+//! in the same order, so they are bit-identical to each other
 //! and to llama.cpp's AVX2 kernels (tests/dense_q6k.rs checks results produced by ggml's own
 //! code).
 

@@ -112,12 +112,12 @@ fn disjoint<'a, T>(buf: &'a mut [T], starts: &[usize], len: usize) -> Option<Vec
     let (mut rest, mut base) = (buf, 0);
     for i in order {
         let skip = starts[i].checked_sub(base)?;
-        if rest.len() < skip + len {
+        if rest.len() < skip.checked_add(len)? {
             return None;
         }
         let (row, tail) = std::mem::take(&mut rest)[skip..].split_at_mut(len);
         rows[i] = Some(row);
-        (rest, base) = (tail, starts[i] + len);
+        (rest, base) = (tail, starts[i] + len); // no overflow: inside `buf` (checked above)
     }
     rows.into_iter().collect()
 }

@@ -166,8 +166,9 @@ const SCORES_MAX: usize = 16 * 1024;
 /// once the context outgrows L2. Each query reads the rows in place, a block's rows per call
 /// (`Buf::dots` / `Buf::axpys`, f16 converted in registers), and every query sees the same
 /// operations in the same order however the queries are grouped into tasks, so the result is
-/// bit-identical for any split and thread count. Results go to `tmp` laid out per task and are
-/// scattered into `out` (`[token][head * head_dim]`) afterwards.
+/// bit-identical for any split and thread count. A decode-only batch writes each task's heads
+/// straight into `out` (`[token][head * head_dim]`); otherwise results go to `tmp` laid out per
+/// task and are scattered into `out` afterwards.
 pub(super) fn attention(
     c: &ModelConfig,
     q: &[f32],
@@ -209,10 +210,11 @@ struct Split {
     scores_max: usize,
 }
 
-/// [`attention`] over the given runs, its queries grouped as `split` says. Task number
-/// `share * runs + run` (shares numbered over all KV heads, so share `s` holds query heads
-/// `s * heads..`) writes `tmp[task][head of the share][token of the run][head_dim]`, scattered
-/// into `out` afterwards.
+/// [`attention`] over the given runs, its queries grouped as `split` says. Task (share, run)
+/// (shares numbered over all KV heads, so share `s` holds query heads `s * heads..`) writes
+/// `[head of the share][token of the run][head_dim]`: in place in `out` when every run is one
+/// token in batch order (task `run * shares + share`), else into `tmp[share * runs + run]`,
+/// scattered into `out` afterwards.
 #[allow(clippy::too_many_arguments)]
 fn attention_with(
     c: &ModelConfig,

@@ -559,7 +559,10 @@ unsafe fn dense_dot_quad<const T: usize, const TY: u8>(
     out
 }
 
-/// The Q8_0 / Q6_K dots are the AVX2 ones, as in llama.cpp.
+/// The Q8_0 / Q6_K dots are the AVX2 ones, as in llama.cpp; batches of two or more tokens take
+/// the 512-bit Q8_0 form with two tokens per register ([`crate::x86::q8_0_pairs`]) on
+/// `Isa::Avx512Vnni` and `Isa::Amx`, which halves the batched head on the lent Xeon (Zen 4
+/// defaults to `Isa::Avx512Vnni256`, which keeps the AVX2 dot, for the reason below).
 ///
 /// Tried and dropped (2026-12-04, 2-vCPU Zen 4 VM): a Q8_0 row x token tile with `vpdpbusd`
 /// (256-bit: weights offset by 128, `-128 * sum(x)` per lane as the start value, the same

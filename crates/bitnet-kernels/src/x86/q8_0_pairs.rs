@@ -75,7 +75,10 @@ pub(crate) fn pack(q: &[i8], d: &[f32], tokens: usize, nb: usize) -> Vec<PairBlo
     out
 }
 
-/// The batched head as a driver operand: rows of `m` against the packed pairs.
+/// The batched head as a driver operand: rows of `m` against the packed pairs. Build it only
+/// after checking that the CPU has AVX-512 F + BW + VNNI (with AVX2, FMA and F16C): its
+/// [`Tiles::run`] runs those instructions whatever kernel `K` the driver names (`dense.rs`
+/// builds it for `Isa::Avx512Vnni` and `Isa::Amx` only).
 pub(crate) struct Q8PairTiles<'a> {
     pub(crate) m: &'a DenseMatrix,
     pub(crate) packed: &'a [PairBlock],
@@ -92,6 +95,10 @@ impl Tiles for Q8PairTiles<'_> {
 
     fn row_bytes(&self) -> usize {
         self.m.row_bytes()
+    }
+
+    fn row_align(&self) -> usize {
+        ROWS
     }
 
     fn token_tile(&self) -> usize {
