@@ -192,8 +192,8 @@ pub fn splits_512bit_vectors() -> bool {
 /// The ISA every dispatched kernel uses, decided on first call and fixed for the process: the
 /// best one the CPU supports (AMX, then AVX-512 VNNI, at 256 bits where
 /// [`splits_512bit_vectors`], then AVX2 on x86-64; NEON + dot product, then NEON on aarch64;
-/// SIMD128 on wasm32 built with it; else scalar). Two environment variables, read once at that first call, override it for tests
-/// and benchmarks:
+/// SIMD128 on wasm32 built with it; else scalar). Two environment variables, read once at that
+/// first call, override it for tests and benchmarks:
 /// - `BITNET_FORCE_SCALAR=1` forces [`Isa::Scalar`] (and wins over `BITNET_ISA`);
 /// - `BITNET_ISA=scalar|avx2|avx512vnni|avx512vnni256|amx|neon|neondot|simd128` picks that ISA. A
 ///   name that is unknown or not supported by this CPU is ignored, with a warning on stderr, and

@@ -34,11 +34,12 @@ impl Buf {
 
     /// Stores `src` at element offset `at`.
     pub(crate) fn write(&mut self, at: usize, src: &[f32]) {
+        let row = at..at + src.len();
         match self {
-            Buf::F16(b) => bytemuck::cast_slice_mut::<u16, f16>(&mut b[at..at + src.len()])
-                .convert_from_f32_slice(src),
-            Buf::F32(b) => b[at..at + src.len()].copy_from_slice(src),
+            Buf::F16(b) => RowMut::F16(&mut b[row]),
+            Buf::F32(b) => RowMut::F32(&mut b[row]),
         }
+        .write(src)
     }
 
     /// The rows of `len` elements at offsets `starts` (pairwise disjoint, as the slots of one
@@ -95,7 +96,7 @@ pub(crate) enum RowMut<'a> {
 }
 
 impl RowMut<'_> {
-    /// Stores `src` (the row's length), as [`Buf::write`].
+    /// Stores `src` (the row's length); the one place a cache row is converted and written.
     pub(crate) fn write(&mut self, src: &[f32]) {
         match self {
             RowMut::F16(r) => bytemuck::cast_slice_mut::<u16, f16>(r).convert_from_f32_slice(src),
