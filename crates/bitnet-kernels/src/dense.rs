@@ -20,7 +20,9 @@
 //! for batches the AVX-512 VNNI Q8_0 kernel in `x86::q8_0_pairs`) performs the same float steps
 //! in the same order, so they are bit-identical to each other
 //! and to llama.cpp's AVX2 kernels (tests/dense_q6k.rs checks results produced by ggml's own
-//! code).
+//! code). The one exception is opt-in: with `BITNET_AMX_Q8_HEAD=1` a Q8_0 matrix on
+//! [`Isa::Amx`] takes the tile kernel of `x86::amx_q8_0` at every token count, which sums the
+//! same integer block dots in block order (within rounding of ggml's result).
 
 use crate::dispatch::with_kernel;
 use crate::kernel::{DenseKernel, Kernel};
@@ -87,6 +89,20 @@ impl DenseMatrixExt for DenseMatrix {
         }
         let out = SharedOut::new(out);
         match self.ty() {
+            #[cfg(target_arch = "x86_64")]
+            DenseType::Q8_0 if isa == Isa::Amx && crate::x86::amx_q8_0::enabled() => {
+                use crate::x86::amx_q8_0::{Packed, Q8AmxTiles};
+                let (q, d) = quantize_q8_0(x);
+                let packed = Packed::new(q, d, tokens, cols / QK8_0);
+                let job = Q8AmxTiles::<false> {
+                    m: self,
+                    packed: &packed,
+                    out,
+                };
+                // SAFETY: check_isa verified Isa::Amx (AMX enabled for this process, with
+                // AVX2, FMA and F16C); `packed` holds every token.
+                with_kernel!(isa, K => unsafe { matmul::drive::<K, _>(&[job], tokens) })
+            }
             #[cfg(target_arch = "x86_64")]
             DenseType::Q8_0 if tokens >= 2 && matches!(isa, Isa::Avx512Vnni | Isa::Amx) => {
                 use crate::x86::q8_0_pairs::{pack, Q8PairTiles};

@@ -101,6 +101,26 @@ pub(crate) fn q8_0_dot<const T: usize>(row: &[u8], q: [&[i8]; T], d: [&[f32]; T]
     acc.map(hsum8)
 }
 
+/// The Q8_0 dot in whole-block order (the AMX head's, `x86::amx_q8_0`): per block the exact
+/// integer dot of all 32 products, converted to f32 and FMA'd with `d_w * d_x` into one
+/// accumulator, block after block. The integers are [`q8_0_dot`]'s; only the float sums differ
+/// (one chain over block sums instead of eight lane chains over quarter-block sums).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn q8_0_dot_blockwise(row: &[u8], q: &[i8], d: &[f32]) -> f32 {
+    const QK: usize = q8_0::QK8_0;
+    let mut acc = 0.0f32;
+    for (b, blk) in row.chunks_exact(q8_0::BLOCK_BYTES).enumerate() {
+        let dw = f16::from_le_bytes([blk[0], blk[1]]).to_f32();
+        let s: i32 = blk[2..]
+            .iter()
+            .zip(&q[b * QK..][..QK])
+            .map(|(&w, &x)| i32::from(w as i8) * i32::from(x))
+            .sum();
+        acc = (dw * d[b]).mul_add(s as f32, acc);
+    }
+    acc
+}
+
 /// The eight i32 lanes of one Q6_K block against one token (the definition the SIMD kernels
 /// reproduce): lane `n` sums `scale[e / 16] * (code[e] - 32) * q8[e]` over the 32 elements `e`
 /// with `(e % 32) / 4 == n`. `w` holds the block's signed codes `code - 32`.

@@ -94,12 +94,14 @@ fn detect() -> bool {
 /// The `ldtilecfg` operand: palette 1, every tile 16 rows of 64 bytes (accumulators: 16 rows
 /// x 16 int32; weights: 16 rows x 64 codes; tokens: 16 column groups x 16 tokens x 4 bytes).
 #[repr(C, align(64))]
-struct TileConfig {
-    palette: u8,
-    start_row: u8,
-    reserved: [u8; 14],
-    colsb: [u16; 16],
-    rows: [u8; 16],
+pub(crate) struct TileConfig {
+    pub(crate) palette: u8,
+    pub(crate) start_row: u8,
+    pub(crate) reserved: [u8; 14],
+    /// Bytes per row of each tile.
+    pub(crate) colsb: [u16; 16],
+    /// Rows of each tile.
+    pub(crate) rows: [u8; 16],
 }
 
 const CONFIG: TileConfig = TileConfig {
@@ -119,10 +121,19 @@ impl TileState {
     /// # Safety
     /// [`supported`] returned true.
     pub(crate) unsafe fn configure() -> TileState {
-        // SAFETY: AMX is enabled for this process (the caller's contract); CONFIG is a valid
-        // 64-byte palette-1 configuration.
+        // SAFETY: the caller's contract; CONFIG is a valid palette-1 configuration.
+        unsafe { TileState::configure_with(&CONFIG) }
+    }
+
+    /// Tiles shaped by `config` (another kernel's shapes).
+    ///
+    /// # Safety
+    /// [`supported`] returned true; `config` is a valid palette-1 configuration (every
+    /// configured tile at most 16 rows of at most 64 bytes).
+    pub(crate) unsafe fn configure_with(config: &TileConfig) -> TileState {
+        // SAFETY: AMX is enabled for this process and `config` is valid (the caller's contract).
         unsafe {
-            asm!("ldtilecfg [{}]", in(reg) &CONFIG, options(nostack, readonly));
+            asm!("ldtilecfg [{}]", in(reg) config, options(nostack, readonly));
         }
         TileState(())
     }
@@ -141,11 +152,12 @@ pub(crate) fn packed_len(tokens: usize, k: usize) -> usize {
 }
 
 /// Packs one block of up to 16 tokens' int8 activations (`q[n]`, each `k` long, `k` a multiple
-/// of 64) as the right-hand operand of `tdpbusd`, one 1 KiB tile per 64 columns: row `g` of
-/// step `s` holds columns `s * 64 + 4g .. +4` of token 0, then of token 1, ... Tokens past
-/// `q.len()` are zeros, so their sums are zero and ignored.
+/// of 4) as the right-hand operand of `tdpbusd` / `tdpbssd`: row `g` holds columns `4g .. +4` of
+/// token 0, then of token 1, ... (64 bytes), so every 64 columns make one 1 KiB tile of 16 rows
+/// and every 32 columns one of 8 rows. Tokens past `q.len()` are zeros, so their sums are zero
+/// and ignored.
 pub(crate) fn pack_tokens(q: &[&[i8]], k: usize, out: &mut [u8]) {
-    debug_assert!(k.is_multiple_of(TILE_K) && q.len() <= TILE_TOKENS);
+    debug_assert!(k.is_multiple_of(4) && q.len() <= TILE_TOKENS);
     debug_assert_eq!(out.len(), k * TILE_TOKENS);
     // A 16 x (k / 4) transpose of 4-byte groups: group e of token n goes to out[(e * 16 + n) * 4].
     for (e, row) in out.chunks_exact_mut(TILE_TOKENS * 4).enumerate() {
