@@ -11,7 +11,7 @@ use std::time::Instant;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stage {
     Embed,
-    /// RMSNorm + int8 quantization before q/k/v.
+    /// The previous layer's residual add, RMSNorm and int8 quantization before q/k/v.
     AttnNorm,
     Qkv,
     /// RoPE and the KV cache write.
@@ -20,18 +20,18 @@ pub enum Stage {
     /// attn_sub_norm + quantization before the output projection.
     AttnSubNorm,
     Wo,
+    /// The attention's residual add, RMSNorm and quantization before gate/up.
     FfnNorm,
     GateUp,
     /// Activation, ffn_sub_norm and quantization before the down projection.
     FfnAct,
     Down,
-    Residual,
-    /// Final norm + LM head.
+    /// The last residual add (rows with logits), final norm and LM head.
     Head,
 }
 
 impl Stage {
-    pub const ALL: [Stage; 13] = [
+    pub const ALL: [Stage; 12] = [
         Stage::Embed,
         Stage::AttnNorm,
         Stage::Qkv,
@@ -43,25 +43,23 @@ impl Stage {
         Stage::GateUp,
         Stage::FfnAct,
         Stage::Down,
-        Stage::Residual,
         Stage::Head,
     ];
 
     pub fn name(self) -> &'static str {
         match self {
             Stage::Embed => "embed",
-            Stage::AttnNorm => "attn norm+quant",
+            Stage::AttnNorm => "add+attn norm+quant",
             Stage::Qkv => "q/k/v matmul",
             Stage::Rope => "rope+kv write",
             Stage::Attention => "attention",
             Stage::AttnSubNorm => "attn sub-norm+quant",
             Stage::Wo => "o matmul",
-            Stage::FfnNorm => "ffn norm+quant",
+            Stage::FfnNorm => "add+ffn norm+quant",
             Stage::GateUp => "gate/up matmul",
             Stage::FfnAct => "act+sub-norm+quant",
             Stage::Down => "down matmul",
-            Stage::Residual => "residual adds",
-            Stage::Head => "final norm+head",
+            Stage::Head => "add+final norm+head",
         }
     }
 }

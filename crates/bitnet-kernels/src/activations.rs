@@ -79,6 +79,35 @@ impl QuantizedActivations {
         });
     }
 
+    /// [`Self::quantize_produced`] where producing row `t` of `x` also updates row `t` of
+    /// `src` (same shape): `produce(t, src_row, x_row)`. The forward pass adds the residual
+    /// into the stream and normalizes it in one pass, on the core that then quantizes the row.
+    ///
+    /// # Panics
+    /// If `x.len() != tokens * cols` or `src.len() != x.len()`.
+    pub fn quantize_produced_from(
+        &mut self,
+        src: &mut [f32],
+        x: &mut [f32],
+        tokens: usize,
+        cols: usize,
+        produce: impl Fn(usize, &mut [f32], &mut [f32]) + Sync,
+    ) {
+        assert_eq!(
+            src.len(),
+            x.len(),
+            "QuantizedActivations: src.len() != x.len()"
+        );
+        let src = SharedOut::new(src);
+        self.quantize_produced(x, tokens, cols, |t, xt| {
+            // SAFETY: row t of src (inside it: same length as x, which `quantize_produced`
+            // checked is tokens x cols) is touched by the call for token t only; src is mutably
+            // borrowed for the whole call.
+            let st = unsafe { src.slice_mut(t * cols, cols) };
+            produce(t, st, xt)
+        });
+    }
+
     /// Sets the shapes for `tokens` rows of `cols` and sizes the buffers; false when there is
     /// nothing to quantize (`cols == 0`: every token gets the empty row's scale and sum).
     ///

@@ -21,7 +21,7 @@ use bitnet_backend::{
 };
 use bitnet_kernels::{ops as kops, ternary_matmul, ternary_matmul_many, DenseMatrixExt};
 use bitnet_models::{Activation, LoadedModel, ModelWeights};
-use ops::{add_assign, attention, norm_inplace, resize, Batch, Chunk, Scratch};
+use ops::{attention, norm_inplace, resize, take_residual, Batch, Chunk, Scratch};
 use pool::{build_pool, Pool};
 use std::sync::Arc;
 
@@ -201,6 +201,7 @@ impl Context for CpuContext {
             let mut timer = Timer::start();
             let (h, qd, kvd, ffn) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size);
             resize(&mut s.x, t * h);
+            s.residual = false;
             for (row, &id) in s.x.chunks_exact_mut(h).zip(&b.tokens) {
                 w.token_embd.row_f32(id as usize, row);
             }
@@ -225,10 +226,13 @@ impl Context for CpuContext {
             let (c, lw, s) = (&p.w.config, &p.w.layers[layer], p.s);
             let (t, h) = (p.batch.tokens.len(), c.hidden_size);
             let mut timer = Timer::start();
-            let x = &s.x;
-            s.acts.quantize_produced(&mut s.xn, t, h, |i, xn| {
-                kops::rms_norm(&x[i * h..][..h], &lw.attn_norm, c.rms_norm_eps, xn)
-            });
+            let (proj, pending) = (&s.proj, s.residual);
+            s.acts
+                .quantize_produced_from(&mut s.x, &mut s.xn, t, h, |i, x, xn| {
+                    take_residual(x, proj, i, pending);
+                    kops::rms_norm(x, &lw.attn_norm, c.rms_norm_eps, xn)
+                });
+            s.residual = false;
             timer.stage(Stage::AttnNorm);
             ternary_matmul_many(
                 &[&lw.wq, &lw.wk, &lw.wv],
@@ -308,16 +312,15 @@ impl Context for CpuContext {
     fn attn_out(&mut self, layer: usize) -> Result<()> {
         self.run(|p| {
             let (c, lw, s) = (&p.w.config, &p.w.layers[layer], p.s);
-            let (t, h, qd) = (p.batch.tokens.len(), c.hidden_size, c.q_dim());
+            let (t, qd) = (p.batch.tokens.len(), c.q_dim());
             let mut timer = Timer::start();
             s.acts.quantize_produced(&mut s.attn, t, qd, |_, row| {
                 norm_inplace(row, &lw.attn_sub_norm, c.rms_norm_eps)
             });
             timer.stage(Stage::AttnSubNorm);
             ternary_matmul(&lw.wo, &s.acts, &mut s.proj);
+            s.residual = true;
             timer.stage(Stage::Wo);
-            add_assign(&mut s.x, &s.proj, h);
-            timer.stage(Stage::Residual);
         });
         Ok(())
     }
@@ -327,10 +330,13 @@ impl Context for CpuContext {
             let (c, lw, s) = (&p.w.config, &p.w.layers[layer], p.s);
             let (t, h) = (p.batch.tokens.len(), c.hidden_size);
             let mut timer = Timer::start();
-            let x = &s.x;
-            s.acts.quantize_produced(&mut s.xn, t, h, |i, xn| {
-                kops::rms_norm(&x[i * h..][..h], &lw.ffn_norm, c.rms_norm_eps, xn)
-            });
+            let (proj, pending) = (&s.proj, s.residual);
+            s.acts
+                .quantize_produced_from(&mut s.x, &mut s.xn, t, h, |i, x, xn| {
+                    take_residual(x, proj, i, pending);
+                    kops::rms_norm(x, &lw.ffn_norm, c.rms_norm_eps, xn)
+                });
+            s.residual = false;
             timer.stage(Stage::FfnNorm);
             ternary_matmul_many(
                 &[&lw.w_gate, &lw.w_up],
@@ -345,7 +351,7 @@ impl Context for CpuContext {
     fn ffn_out(&mut self, layer: usize) -> Result<()> {
         self.run(|p| {
             let (c, lw, s) = (&p.w.config, &p.w.layers[layer], p.s);
-            let (t, h, ffn) = (p.batch.tokens.len(), c.hidden_size, c.intermediate_size);
+            let (t, ffn) = (p.batch.tokens.len(), c.intermediate_size);
             let mut timer = Timer::start();
             let (gate, up) = (&s.gate, &s.up);
             s.acts.quantize_produced(&mut s.hidden, t, ffn, |i, row| {
@@ -358,9 +364,8 @@ impl Context for CpuContext {
             });
             timer.stage(Stage::FfnAct);
             ternary_matmul(&lw.w_down, &s.acts, &mut s.proj);
+            s.residual = true;
             timer.stage(Stage::Down);
-            add_assign(&mut s.x, &s.proj, h);
-            timer.stage(Stage::Residual);
         });
         Ok(())
     }
@@ -375,14 +380,14 @@ impl Context for CpuContext {
             }
             let mut timer = Timer::start();
             let mut normed = vec![0f32; rows.len() * h];
+            // Only the rows with logits take the last FFN's pending output: the stream of the
+            // others ends here.
             for (out, &r) in normed.chunks_exact_mut(h).zip(rows) {
-                kops::rms_norm(
-                    &s.x[r * h..(r + 1) * h],
-                    &w.output_norm,
-                    c.rms_norm_eps,
-                    out,
-                );
+                let x = &mut s.x[r * h..(r + 1) * h];
+                take_residual(x, &s.proj, r, s.residual);
+                kops::rms_norm(x, &w.output_norm, c.rms_norm_eps, out);
             }
+            s.residual = false;
             let head = w.lm_head();
             let mut logits = vec![0f32; rows.len() * head.rows()];
             head.matmul(&normed, rows.len(), &mut logits);

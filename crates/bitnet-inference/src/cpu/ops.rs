@@ -72,6 +72,10 @@ pub(crate) struct Scratch {
     pub(super) cos: Vec<f32>,
     pub(super) sin: Vec<f32>,
     pub(super) acts: QuantizedActivations,
+    /// `proj` holds a sublayer's output not yet added to the residual stream `x`: the next
+    /// norm (a layer's attention or FFN norm, or the final one) adds it in the pass that reads
+    /// the row anyway, instead of a parallel loop of its own.
+    pub(super) residual: bool,
 }
 
 pub(super) fn resize(v: &mut Vec<f32>, n: usize) {
@@ -108,20 +112,6 @@ impl Batch {
     }
 }
 
-/// `f(i, row i)` for the `dim`-sized rows of `data`, spread over the pool when the batch has
-/// enough rows to pay for the loop (a decode step's single row runs inline).
-pub(super) fn rows_mut(data: &mut [f32], dim: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
-    if data.len() >= bitnet_kernels::PAR_ROWS * dim
-        && bitnet_kernels::pool::current_num_threads() > 1
-    {
-        bitnet_kernels::pool::for_each_chunk_mut(data, dim, f);
-    } else {
-        for (i, row) in data.chunks_exact_mut(dim).enumerate() {
-            f(i, row);
-        }
-    }
-}
-
 pub(super) fn norm_inplace(row: &mut [f32], weight: &[f32], eps: f32) {
     NORM_TMP.with_borrow_mut(|tmp| {
         tmp.clear();
@@ -131,8 +121,12 @@ pub(super) fn norm_inplace(row: &mut [f32], weight: &[f32], eps: f32) {
     });
 }
 
-pub(super) fn add_assign(x: &mut [f32], y: &[f32], dim: usize) {
-    rows_mut(x, dim, |i, row| ops::axpy(1.0, &y[i * dim..][..dim], row));
+/// Row `i` of the residual stream `x` before its norm: `x += proj[i]` when a sublayer's output is
+/// pending (`Scratch::residual`), the same f32 additions as a separate pass would make.
+pub(super) fn take_residual(x: &mut [f32], proj: &[f32], i: usize, pending: bool) {
+    if pending {
+        ops::axpy(1.0, &proj[i * x.len()..][..x.len()], x);
+    }
 }
 
 /// Query tokens per attention task.
