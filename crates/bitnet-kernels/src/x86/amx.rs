@@ -91,8 +91,7 @@ fn detect() -> bool {
     false
 }
 
-/// The `ldtilecfg` operand: palette 1, every tile 16 rows of 64 bytes (accumulators: 16 rows
-/// x 16 int32; weights: 16 rows x 64 codes; tokens: 16 column groups x 16 tokens x 4 bytes).
+/// The `ldtilecfg` operand (palette 1): each tile's rows and bytes per row.
 #[repr(C, align(64))]
 pub(crate) struct TileConfig {
     pub(crate) palette: u8,
@@ -104,6 +103,8 @@ pub(crate) struct TileConfig {
     pub(crate) rows: [u8; 16],
 }
 
+/// The ternary kernels' tiles: every one 16 rows of 64 bytes (accumulators: 16 rows x 16 int32;
+/// weights: 16 rows x 64 codes; tokens: 16 column groups x 16 tokens x 4 bytes).
 const CONFIG: TileConfig = TileConfig {
     palette: 1,
     start_row: 0,

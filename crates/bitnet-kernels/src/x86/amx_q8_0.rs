@@ -16,6 +16,10 @@
 //! the block terms' magnitudes), as llama.cpp's own AMX kernels differ from its AVX2 ones. The
 //! kernel runs a single token too (padded to a tile), so a sequence's logits do not depend on
 //! what it is batched with.
+//!
+//! As in `x86::amx`, the tile instructions are inline assembly and the tile registers keep
+//! their values from one `asm!` block to the next (a product issued in one, stored in a later
+//! one): the compiler never allocates tile registers, and nothing in between uses AMX.
 
 use crate::kernel::Kernel;
 use crate::matmul::Tiles;
@@ -397,14 +401,23 @@ mod tests {
         let mut next = rng(0x2545_f491_4f6c_dd1d);
         let pool = crate::pool::ThreadPool::new(3).unwrap();
         // Rows: strips and a ragged tail; blocks: one, odd, a whole scale group and more;
-        // tokens: one, a partial group, a full one, one over, two groups and a bit.
-        for (rows, nb, tokens) in [
+        // tokens: one, a partial group (one and two 8-token vectors), a full one, one over, two
+        // groups and a bit.
+        let shapes = [
             (16, 1, 1),
             (37, 3, 5),
+            (32, 5, 12),
             (64, 8, 16),
             (133, 9, 17),
             (48, 80, 35),
-        ] {
+        ];
+        // On a machine meant to run the real tiles, a silent skip would hide that they did not.
+        let expect_amx = std::env::var("BITNET_EXPECT_AMX").is_ok_and(|v| v == "1");
+        assert!(
+            !expect_amx || super::super::amx::supported(),
+            "BITNET_EXPECT_AMX=1 but AMX is not available to this process"
+        );
+        for (rows, nb, tokens) in shapes {
             let m = matrix(rows, nb, &mut next);
             let q: Vec<i8> = (0..tokens * nb * QK8_0)
                 .map(|_| ((next() % 255) as i32 - 127) as i8)
