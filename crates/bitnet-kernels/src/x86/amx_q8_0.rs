@@ -13,9 +13,10 @@
 //! That is a float order of its own ([`crate::scalar::q8_0_dot_blockwise`]): the integer block
 //! sums are ggml's, but ggml splits each into eight quarter-block lanes with a float chain each
 //! and adds the lanes up at the end. The two orders round differently (a few ulps of the sum of
-//! the block terms' magnitudes), as llama.cpp's own AMX kernels differ from its AVX2 ones. The
-//! kernel runs a single token too (padded to a tile), so a sequence's logits do not depend on
-//! what it is batched with.
+//! the block terms' magnitudes), as llama.cpp's own AMX kernels differ from its AVX2 ones. A
+//! single token (a decode step, bound by memory) takes four rows at a time through AVX2 in the
+//! same block order instead of a tile padded with 15 empty tokens, so a sequence's logits do
+//! not depend on what it is batched with.
 //!
 //! As in `x86::amx`, the tile instructions are inline assembly and the tile registers keep
 //! their values from one `asm!` block to the next (a product issued in one, stored in a later
@@ -26,6 +27,8 @@ use crate::matmul::Tiles;
 use crate::pool::SharedOut;
 use crate::scalar::q8_0_dot_blockwise;
 use crate::x86::amx::{pack_tokens, TileConfig, TileState, TILE_ROWS, TILE_TOKENS};
+use crate::x86::avx2::hsum4_i32_xmm;
+use crate::x86::prefetch;
 use bitnet_quantization::q8_0::{BLOCK_BYTES, QK8_0};
 use bitnet_quantization::DenseMatrix;
 use std::arch::asm;
@@ -135,10 +138,20 @@ impl<const EMULATE: bool> Tiles for Q8AmxTiles<'_, EMULATE> {
         dw: &mut Vec<f32>,
     ) {
         debug_assert!(t0.is_multiple_of(TILE_TOKENS) && (1..=TILE_TOKENS).contains(&nt));
-        // SAFETY: the operand's contract: AMX is enabled for this process unless EMULATE.
-        let _tiles = (!EMULATE).then(|| unsafe { TileState::configure_with(&CONFIG) });
         let mut r = rows.start;
-        while r + TILE_ROWS <= rows.end {
+        if nt == 1 {
+            // One token is a decode step, bound by memory: four rows at a time as four sequential
+            // streams, without the 15 padding tokens a tile would multiply.
+            while r + 4 <= rows.end {
+                // SAFETY: AVX2 + FMA + F16C (the operand's contract); rows r..r + 4 and token
+                // t0 exist and are this task's.
+                unsafe { self.rows4_one_token(r, t0, dw) };
+                r += 4;
+            }
+        }
+        // SAFETY: the operand's contract: AMX is enabled for this process unless EMULATE.
+        let _tiles = (!EMULATE && nt > 1).then(|| unsafe { TileState::configure_with(&CONFIG) });
+        while nt > 1 && r + TILE_ROWS <= rows.end {
             // SAFETY: AVX2 + FMA + F16C and the tiles (the operand's contract); rows
             // r..r + 16 exist and, with tokens t0..t0 + nt, are this task's.
             unsafe {
@@ -150,8 +163,8 @@ impl<const EMULATE: bool> Tiles for Q8AmxTiles<'_, EMULATE> {
             }
             r += TILE_ROWS;
         }
-        // The matrix's last rows (fewer than 16: a tile would read past its end), in the same
-        // float order.
+        // The matrix's last rows (fewer than a tile or a group of four: they would read past its
+        // end), in the same float order.
         let (m, p) = (self.m, self.packed);
         let k = p.nb * QK8_0;
         for r in r..rows.end {
@@ -274,6 +287,61 @@ impl<const EMULATE: bool> Q8AmxTiles<'_, EMULATE> {
                 // SAFETY: (t0 + n, r + i) is an output of this task (the caller's contract).
                 unsafe { self.out.write((t0 + n) * m.rows() + r + i, v) }
             }
+        }
+    }
+}
+
+impl<const EMULATE: bool> Q8AmxTiles<'_, EMULATE> {
+    /// Rows `r..r + 4` against token `t` alone, in block order, stored: per block the rows'
+    /// exact block sums (ggml's AVX2 integer steps: `|w|`, `sign(x, w)`, `maddubs`, `madd`,
+    /// then the four rows' eight lanes added up), converted and FMA'd with `d_w * d_x` into one
+    /// accumulator lane per row.
+    ///
+    /// # Safety
+    /// AVX2, FMA and F16C; rows `r..r + 4` and token `t` exist; no other task writes these
+    /// outputs.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn rows4_one_token(&self, r: usize, t: usize, dw: &mut Vec<f32>) {
+        let (m, p) = (self.m, self.packed);
+        let (nb, rb) = (p.nb, m.row_bytes());
+        let k = nb * QK8_0;
+        // From the matrix, not row r's slice: the kernel reads the three rows after it too.
+        let w = m.data()[r * rb..].as_ptr();
+        let (qx, dx) = (&p.q[t * k..][..k], &p.d[t * nb..][..nb]);
+        dw.resize(4 * nb, 0.0);
+        for (j, dwj) in dw.chunks_exact_mut(nb).enumerate() {
+            // SAFETY: row r + j exists; it holds nb blocks.
+            unsafe { row_scales(w.add(j * rb), dwj) };
+        }
+        let ones = _mm256_set1_epi16(1);
+        // Row j's scale of block b is at dw[j * nb + b].
+        let lanes = _mm_setr_epi32(0, nb as i32, 2 * nb as i32, 3 * nb as i32);
+        let mut acc = _mm_setzero_ps();
+        for b in 0..nb {
+            // SAFETY: block b is in rows r..r + 4 (32 codes after its 2-byte scale) and in
+            // token t's codes; dw holds 4 * nb scales; prefetches never fault.
+            unsafe {
+                let x = _mm256_loadu_si256(qx.as_ptr().add(b * QK8_0).cast());
+                let sums: [__m256i; 4] = std::array::from_fn(|j| {
+                    let at = w.add(j * rb + b * BLOCK_BYTES);
+                    _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(prefetch::DENSE_BYTES) as *const i8);
+                    let wv = _mm256_loadu_si256(at.add(2).cast());
+                    let pairs =
+                        _mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(x, wv));
+                    _mm256_madd_epi16(pairs, ones)
+                });
+                let s = _mm_cvtepi32_ps(hsum4_i32_xmm(sums));
+                let dwb = _mm_i32gather_ps::<4>(dw.as_ptr().add(b), lanes);
+                let d = _mm_mul_ps(dwb, _mm_set1_ps(*dx.get_unchecked(b)));
+                acc = _mm_fmadd_ps(d, s, acc);
+            }
+        }
+        let mut out = [0f32; 4];
+        // SAFETY: 16 writable bytes.
+        unsafe { _mm_storeu_ps(out.as_mut_ptr(), acc) };
+        for (j, v) in out.into_iter().enumerate() {
+            // SAFETY: (t, r + j) is an output of this task (the caller's contract).
+            unsafe { self.out.write(t * m.rows() + r + j, v) }
         }
     }
 }
@@ -405,6 +473,7 @@ mod tests {
         // groups and a bit.
         let shapes = [
             (16, 1, 1),
+            (39, 10, 1),
             (37, 3, 5),
             (32, 5, 12),
             (64, 8, 16),

@@ -11,13 +11,11 @@ use std::arch::x86_64::*;
 
 pub(crate) struct Avx2;
 
-/// The horizontal sums of four vectors, written with one 16-byte store (unpacks pair them up,
-/// two add levels, then the halves). The callers read the four sums of a row tile (four rows
-/// of one token, or one row of four tokens) with one 16-byte load, which four scalar stores (an
-/// [`hsum_i32`] each) cannot forward to: `perf` found the tile's caller stalled on that load.
+/// The horizontal sums of four vectors in lanes 0..4 of one register (unpacks pair them up,
+/// two add levels, then the halves).
 #[inline]
 #[target_feature(enable = "avx2")]
-pub(crate) fn hsum4_i32(v: [__m256i; 4]) -> [i32; 4] {
+pub(crate) fn hsum4_i32_xmm(v: [__m256i; 4]) -> __m128i {
     // [a0 + a2, b0 + b2, a1 + a3, b1 + b3] in each half, likewise c and d.
     let ab = _mm256_add_epi32(
         _mm256_unpacklo_epi32(v[0], v[1]),
@@ -29,7 +27,17 @@ pub(crate) fn hsum4_i32(v: [__m256i; 4]) -> [i32; 4] {
     );
     // [a, b, c, d] partial sums in each half.
     let x = _mm256_add_epi32(_mm256_unpacklo_epi64(ab, cd), _mm256_unpackhi_epi64(ab, cd));
-    let s = _mm_add_epi32(_mm256_castsi256_si128(x), _mm256_extracti128_si256::<1>(x));
+    _mm_add_epi32(_mm256_castsi256_si128(x), _mm256_extracti128_si256::<1>(x))
+}
+
+/// [`hsum4_i32_xmm`] written with one 16-byte store. The callers read the four sums of a row
+/// tile (four rows of one token, or one row of four tokens) with one 16-byte load, which four
+/// scalar stores (an [`hsum_i32`] each) cannot forward to: `perf` found the tile's caller
+/// stalled on that load.
+#[inline]
+#[target_feature(enable = "avx2")]
+pub(crate) fn hsum4_i32(v: [__m256i; 4]) -> [i32; 4] {
+    let s = hsum4_i32_xmm(v);
     let mut out = [0i32; 4];
     // SAFETY: `out` is 16 bytes; the store is unaligned.
     unsafe { _mm_storeu_si128(out.as_mut_ptr() as *mut __m128i, s) };
