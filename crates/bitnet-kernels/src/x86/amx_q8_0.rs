@@ -152,13 +152,16 @@ impl<const EMULATE: bool> Tiles for Q8AmxTiles<'_, EMULATE> {
         // SAFETY: the operand's contract: AMX is enabled for this process unless EMULATE.
         let _tiles = (!EMULATE && nt > 1).then(|| unsafe { TileState::configure_with(&CONFIG) });
         while nt > 1 && r + TILE_ROWS <= rows.end {
-            // SAFETY: AVX2 + FMA + F16C and the tiles (the operand's contract); rows
-            // r..r + 16 exist and, with tokens t0..t0 + nt, are this task's.
+            // SAFETY: AVX2 + FMA + F16C, and AVX-512 F with the tiles unless EMULATE (the
+            // operand's contract); rows r..r + 16 exist and, with tokens t0..t0 + nt, are this
+            // task's.
             unsafe {
-                if nt > 8 {
-                    self.strip::<2>(r, t0, nt, rows.end, dw)
+                if !EMULATE {
+                    self.strip_avx512(r, t0, nt, rows.end, dw)
+                } else if nt > 8 {
+                    self.strip_avx2::<2>(r, t0, nt, rows.end, dw)
                 } else {
-                    self.strip::<1>(r, t0, nt, rows.end, dw)
+                    self.strip_avx2::<1>(r, t0, nt, rows.end, dw)
                 }
             }
             r += TILE_ROWS;
@@ -205,16 +208,47 @@ macro_rules! store_sums {
 }
 
 impl<const EMULATE: bool> Q8AmxTiles<'_, EMULATE> {
-    /// Rows `r..r + 16` against tokens `t0..t0 + nt` (one group; `H` vectors of eight tokens
-    /// cover them), stored. Rows from `r + 16` up to `end` are the task's next strip, requested
-    /// from memory meanwhile.
+    /// [`Self::strip`] with the accumulators in 16 AVX-512 registers (a row each, its 16 tokens
+    /// in the lanes): the machines with AMX have AVX-512, and the scaling is most of the
+    /// vector work.
     ///
     /// # Safety
-    /// AVX2, FMA and F16C; unless `EMULATE`, tiles configured with [`CONFIG`] on this thread;
-    /// rows `r..end` exist (`r + 16 <= end`), `t0` is a multiple of 16 and tokens
-    /// `t0..t0 + nt` are in `packed`; no other task writes these outputs.
+    /// As [`Self::strip`], and AVX-512 F.
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    unsafe fn strip_avx512(&self, r: usize, t0: usize, nt: usize, end: usize, dw: &mut Vec<f32>) {
+        // SAFETY: forwarded contract, with AVX-512 F for the accumulator.
+        unsafe { self.strip::<Zmm>(r, t0, nt, end, dw) }
+    }
+
+    /// [`Self::strip`] with the accumulators in memory, `H` vectors of eight tokens a row (the
+    /// emulated tiles of the tests, which run where AVX-512 may be missing).
+    ///
+    /// # Safety
+    /// As [`Self::strip`].
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn strip<const H: usize>(
+    unsafe fn strip_avx2<const H: usize>(
+        &self,
+        r: usize,
+        t0: usize,
+        nt: usize,
+        end: usize,
+        dw: &mut Vec<f32>,
+    ) {
+        // SAFETY: forwarded contract.
+        unsafe { self.strip::<Ymm<H>>(r, t0, nt, end, dw) }
+    }
+
+    /// Rows `r..r + 16` against tokens `t0..t0 + nt` (one group), stored. Rows from `r + 16` up
+    /// to `end` are the task's next strip, requested from memory meanwhile. Inlined into the
+    /// wrappers above, which enable the features its accumulator `A` needs.
+    ///
+    /// # Safety
+    /// AVX2, FMA and F16C (and what `A` needs); unless `EMULATE`, tiles configured with
+    /// [`CONFIG`] on this thread; rows `r..end` exist (`r + 16 <= end`), `t0` is a multiple of
+    /// 16 and tokens `t0..t0 + nt` are in `packed` (`nt` within `A`'s lanes); no other task
+    /// writes these outputs.
+    #[inline(always)]
+    unsafe fn strip<A: Accumulators>(
         &self,
         r: usize,
         t0: usize,
@@ -243,7 +277,8 @@ impl<const EMULATE: bool> Q8AmxTiles<'_, EMULATE> {
         }
         let next = (end - r - TILE_ROWS).min(TILE_ROWS);
         let mut sums = Sums([[[0; TILE_TOKENS]; TILE_ROWS]; 2]);
-        let mut acc = [[0f32; TILE_TOKENS]; TILE_ROWS];
+        // SAFETY: the features `A` needs (the caller's contract).
+        let mut acc = unsafe { A::zero() };
         // Block b's weight tile starts after its scale in row r; the rows follow `rb` apart.
         let wt = |b: usize| w.wrapping_add(b * BLOCK_BYTES + 2);
         // SAFETY: each product reads 16 rows x 32 bytes inside rows r..r + 16 and a 512-byte
@@ -279,9 +314,11 @@ impl<const EMULATE: bool> Q8AmxTiles<'_, EMULATE> {
                     let line = w.wrapping_add((TILE_ROWS + i) * rb + b * BLOCK_BYTES);
                     _mm_prefetch::<_MM_HINT_T0>(line as *const i8);
                 }
-                scale_block::<H>(&sums.0[cur], dw, b, nb, dx.add(b * TILE_TOKENS), &mut acc);
+                acc.add(&sums.0[cur], dw, b, nb, dx.add(b * TILE_TOKENS));
             }
         }
+        // SAFETY: as above.
+        let acc = unsafe { acc.rows() };
         for (i, acc_i) in acc.iter().enumerate() {
             for (n, &v) in acc_i[..nt].iter().enumerate() {
                 // SAFETY: (t0 + n, r + i) is an output of this task (the caller's contract).
@@ -369,34 +406,111 @@ unsafe fn row_scales(row: *const u8, out: &mut [f32]) {
     }
 }
 
-/// Block `b`'s sums into the accumulators: `acc[i][n] += (d_w[i][b] * d_x[n]) * sum[i][n]`
-/// with one rounding (FMA), for the first `8 H` tokens.
-///
-/// # Safety
-/// AVX2 + FMA; `dx` points to 16 scales; `dw` holds 16 rows of `nb` scales, `b < nb`.
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn scale_block<const H: usize>(
-    sums: &[[i32; TILE_TOKENS]; TILE_ROWS],
-    dw: &[f32],
-    b: usize,
-    nb: usize,
-    dx: *const f32,
-    acc: &mut [[f32; TILE_TOKENS]; TILE_ROWS],
-) {
-    debug_assert!(dw.len() == TILE_ROWS * nb && b < nb);
-    // SAFETY: the caller's contract: 16 scales at dx; every index below is in bounds.
-    unsafe {
-        let dxv: [__m256; H] = std::array::from_fn(|h| _mm256_loadu_ps(dx.add(8 * h)));
-        for (i, (s, a)) in sums.iter().zip(acc.iter_mut()).enumerate() {
-            let dwi = _mm256_set1_ps(*dw.get_unchecked(i * nb + b));
-            for (h, &dxh) in dxv.iter().enumerate() {
-                let v = _mm256_cvtepi32_ps(_mm256_loadu_si256(s.as_ptr().add(8 * h).cast()));
-                let ap = a.as_mut_ptr().add(8 * h);
-                let d = _mm256_mul_ps(dwi, dxh);
-                _mm256_storeu_ps(ap, _mm256_fmadd_ps(d, v, _mm256_loadu_ps(ap)));
+/// The float accumulators of a strip: 16 rows x 16 tokens, `acc[i][n] += (d_w[i][b] *
+/// d_x[n]) * sum[i][n]` block after block with one rounding (FMA).
+trait Accumulators: Sized {
+    /// # Safety
+    /// The CPU has the features the implementation uses.
+    unsafe fn zero() -> Self;
+
+    /// Block `b`'s sums (`sums[i][n]`, row `i`, token `n`) with the rows' scales
+    /// `dw[i * nb + b]` and the tokens' `dx[0..16]`.
+    ///
+    /// # Safety
+    /// As [`Self::zero`]; `dx` points to 16 scales; `dw` holds 16 rows of `nb` scales, `b < nb`.
+    unsafe fn add(
+        &mut self,
+        sums: &[[i32; TILE_TOKENS]; TILE_ROWS],
+        dw: &[f32],
+        b: usize,
+        nb: usize,
+        dx: *const f32,
+    );
+
+    /// # Safety
+    /// As [`Self::zero`].
+    unsafe fn rows(&self) -> [[f32; TILE_TOKENS]; TILE_ROWS];
+}
+
+/// In memory, the first `8 H` tokens in `H` ymm vectors a row.
+struct Ymm<const H: usize>([[f32; TILE_TOKENS]; TILE_ROWS]);
+
+impl<const H: usize> Accumulators for Ymm<H> {
+    unsafe fn zero() -> Self {
+        Ymm([[0.0; TILE_TOKENS]; TILE_ROWS])
+    }
+
+    #[inline(always)]
+    unsafe fn add(
+        &mut self,
+        sums: &[[i32; TILE_TOKENS]; TILE_ROWS],
+        dw: &[f32],
+        b: usize,
+        nb: usize,
+        dx: *const f32,
+    ) {
+        debug_assert!(dw.len() == TILE_ROWS * nb && b < nb);
+        // SAFETY: AVX2 + FMA (the caller's contract); 16 scales at dx; every index below is
+        // in bounds.
+        unsafe {
+            let dxv: [__m256; H] = std::array::from_fn(|h| _mm256_loadu_ps(dx.add(8 * h)));
+            for (i, (s, a)) in sums.iter().zip(self.0.iter_mut()).enumerate() {
+                let dwi = _mm256_set1_ps(*dw.get_unchecked(i * nb + b));
+                for (h, &dxh) in dxv.iter().enumerate() {
+                    let v = _mm256_cvtepi32_ps(_mm256_loadu_si256(s.as_ptr().add(8 * h).cast()));
+                    let ap = a.as_mut_ptr().add(8 * h);
+                    let d = _mm256_mul_ps(dwi, dxh);
+                    _mm256_storeu_ps(ap, _mm256_fmadd_ps(d, v, _mm256_loadu_ps(ap)));
+                }
             }
         }
+    }
+
+    unsafe fn rows(&self) -> [[f32; TILE_TOKENS]; TILE_ROWS] {
+        self.0
+    }
+}
+
+/// In 16 zmm registers, one a row.
+struct Zmm([__m512; TILE_ROWS]);
+
+impl Accumulators for Zmm {
+    #[inline(always)]
+    unsafe fn zero() -> Self {
+        // SAFETY: AVX-512 F (the caller's contract).
+        Zmm([unsafe { _mm512_setzero_ps() }; TILE_ROWS])
+    }
+
+    #[inline(always)]
+    unsafe fn add(
+        &mut self,
+        sums: &[[i32; TILE_TOKENS]; TILE_ROWS],
+        dw: &[f32],
+        b: usize,
+        nb: usize,
+        dx: *const f32,
+    ) {
+        debug_assert!(dw.len() == TILE_ROWS * nb && b < nb);
+        // SAFETY: AVX-512 F (the caller's contract); 16 scales at dx; every index below is in
+        // bounds.
+        unsafe {
+            let dxv = _mm512_loadu_ps(dx);
+            for (i, (s, a)) in sums.iter().zip(self.0.iter_mut()).enumerate() {
+                let dwi = _mm512_set1_ps(*dw.get_unchecked(i * nb + b));
+                let v = _mm512_cvtepi32_ps(_mm512_loadu_si512(s.as_ptr().cast()));
+                *a = _mm512_fmadd_ps(_mm512_mul_ps(dwi, dxv), v, *a);
+            }
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn rows(&self) -> [[f32; TILE_TOKENS]; TILE_ROWS] {
+        let mut out = [[0.0; TILE_TOKENS]; TILE_ROWS];
+        for (o, &a) in out.iter_mut().zip(&self.0) {
+            // SAFETY: AVX-512 F (the caller's contract); 64 writable bytes.
+            unsafe { _mm512_storeu_ps(o.as_mut_ptr(), a) };
+        }
+        out
     }
 }
 
@@ -483,7 +597,7 @@ mod tests {
         // On a machine meant to run the real tiles, a silent skip would hide that they did not.
         let expect_amx = std::env::var("BITNET_EXPECT_AMX").is_ok_and(|v| v == "1");
         assert!(
-            !expect_amx || super::super::amx::supported(),
+            !expect_amx || (super::super::amx::supported() && is_x86_feature_detected!("avx512f")),
             "BITNET_EXPECT_AMX=1 but AMX is not available to this process"
         );
         for (rows, nb, tokens) in shapes {
@@ -533,7 +647,7 @@ mod tests {
                 }
             }
             let mut runs: Vec<(&str, bool)> = vec![("emulated", true)];
-            if super::super::amx::supported() {
+            if super::super::amx::supported() && is_x86_feature_detected!("avx512f") {
                 runs.push(("amx", false));
             }
             for (name, emulate) in runs {
