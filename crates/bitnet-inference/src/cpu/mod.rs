@@ -21,7 +21,7 @@ use bitnet_backend::{
 };
 use bitnet_kernels::{ops as kops, ternary_matmul, ternary_matmul_many, DenseMatrixExt};
 use bitnet_models::{Activation, LoadedModel, ModelWeights};
-use ops::{attention, norm_inplace, resize, take_residual, Batch, Chunk, Scratch};
+use ops::{attention, norm_inplace, norm_stream, resize, take_residual, Batch, Chunk, Scratch};
 use pool::{build_pool, Pool};
 use std::sync::Arc;
 
@@ -226,13 +226,7 @@ impl Context for CpuContext {
             let (c, lw, s) = (&p.w.config, &p.w.layers[layer], p.s);
             let (t, h) = (p.batch.tokens.len(), c.hidden_size);
             let mut timer = Timer::start();
-            let (proj, pending) = (&s.proj, s.residual);
-            s.acts
-                .quantize_produced_from(&mut s.x, &mut s.xn, t, h, |i, x, xn| {
-                    take_residual(x, proj, i, pending);
-                    kops::rms_norm(x, &lw.attn_norm, c.rms_norm_eps, xn)
-                });
-            s.residual = false;
+            norm_stream(s, t, h, &lw.attn_norm, c.rms_norm_eps);
             timer.stage(Stage::AttnNorm);
             ternary_matmul_many(
                 &[&lw.wq, &lw.wk, &lw.wv],
@@ -330,13 +324,7 @@ impl Context for CpuContext {
             let (c, lw, s) = (&p.w.config, &p.w.layers[layer], p.s);
             let (t, h) = (p.batch.tokens.len(), c.hidden_size);
             let mut timer = Timer::start();
-            let (proj, pending) = (&s.proj, s.residual);
-            s.acts
-                .quantize_produced_from(&mut s.x, &mut s.xn, t, h, |i, x, xn| {
-                    take_residual(x, proj, i, pending);
-                    kops::rms_norm(x, &lw.ffn_norm, c.rms_norm_eps, xn)
-                });
-            s.residual = false;
+            norm_stream(s, t, h, &lw.ffn_norm, c.rms_norm_eps);
             timer.stage(Stage::FfnNorm);
             ternary_matmul_many(
                 &[&lw.w_gate, &lw.w_up],

@@ -121,6 +121,19 @@ pub(super) fn norm_inplace(row: &mut [f32], weight: &[f32], eps: f32) {
     });
 }
 
+/// The residual stream's `t` rows (`h` wide) through the RMSNorm `weight` into `s.xn` and its
+/// quantized activations, each row taking the pending sublayer output first ([`take_residual`]):
+/// one parallel pass.
+pub(super) fn norm_stream(s: &mut Scratch, t: usize, h: usize, weight: &[f32], eps: f32) {
+    let (proj, pending) = (&s.proj, s.residual);
+    s.acts
+        .quantize_produced_from(&mut s.x, &mut s.xn, t, h, |i, x, xn| {
+            take_residual(x, proj, i, pending);
+            ops::rms_norm(x, weight, eps, xn)
+        });
+    s.residual = false;
+}
+
 /// Row `i` of the residual stream `x` before its norm: `x += proj[i]` when a sublayer's output is
 /// pending (`Scratch::residual`), the same f32 additions as a separate pass would make.
 pub(super) fn take_residual(x: &mut [f32], proj: &[f32], i: usize, pending: bool) {
