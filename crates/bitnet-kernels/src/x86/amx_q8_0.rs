@@ -102,8 +102,9 @@ impl Packed {
 
 /// The head as a driver operand: rows of `m` against `packed`, in strips of 16 rows and
 /// groups of 16 tokens. Build it with `EMULATE = false` only where [`super::amx::supported`]
-/// returned true and the CPU has AVX2, FMA and F16C; with `EMULATE` the tile products are
-/// computed in software from the same memory (tests).
+/// returned true and the CPU has AVX-512 F, AVX2, FMA and F16C (`Isa::Amx`); with `EMULATE` the
+/// tile products are computed in software from the same memory and only AVX2, FMA and F16C are
+/// needed (tests).
 pub(crate) struct Q8AmxTiles<'a, const EMULATE: bool> {
     pub(crate) m: &'a DenseMatrix,
     pub(crate) packed: &'a Packed,
