@@ -59,7 +59,7 @@ pub(crate) fn enabled() -> bool {
 }
 
 /// A call's quantized activations (`q[t * cols + k]`, `d[t * nb + b]`) and, per group of 16
-/// tokens, the kernel's operands: every block's token tile ([`pack_tokens`]' layout, block `b`
+/// tokens (none for a single token), the tile kernel's operands: every block's token tile ([`pack_tokens`]' layout, block `b`
 /// at `b * 512`) and the block scales as `[block][16 tokens]`, zero for padding tokens.
 pub(crate) struct Packed {
     q: Vec<i8>,
@@ -73,7 +73,12 @@ impl Packed {
     pub(crate) fn new(q: Vec<i8>, d: Vec<f32>, tokens: usize, nb: usize) -> Packed {
         let k = nb * QK8_0;
         assert!(q.len() == tokens * k && d.len() == tokens * nb);
-        let groups = tokens.div_ceil(TILE_TOKENS);
+        // One token takes the row kernel, which reads `q` and `d` as they are: no tiles.
+        let groups = if tokens > 1 {
+            tokens.div_ceil(TILE_TOKENS)
+        } else {
+            0
+        };
         let mut codes = vec![0u8; groups * nb * BLOCK_TILE];
         let mut scales = vec![0f32; groups * nb * TILE_TOKENS];
         for (g, (codes, scales)) in codes
