@@ -20,9 +20,9 @@
 //! for batches the AVX-512 VNNI Q8_0 kernel in `x86::q8_0_pairs`) performs the same float steps
 //! in the same order, so they are bit-identical to each other
 //! and to llama.cpp's AVX2 kernels (tests/dense_q6k.rs checks results produced by ggml's own
-//! code). The one exception is opt-in: with `BITNET_AMX_Q8_HEAD=1` a Q8_0 matrix on
-//! [`Isa::Amx`] takes the tile kernel of `x86::amx_q8_0` at every token count, which sums the
-//! same integer block dots in block order (within rounding of ggml's result).
+//! code). The one exception: a Q8_0 matrix on [`Isa::Amx`] takes the tile kernel of
+//! `x86::amx_q8_0` at every token count (unless `BITNET_AMX_Q8_HEAD=0`), which sums the same
+//! integer block dots in block order (within rounding of ggml's result).
 
 use crate::dispatch::with_kernel;
 use crate::kernel::{DenseKernel, Kernel};

@@ -75,10 +75,10 @@ fn check(m: &DenseMatrix, w: &[f32], x: &[f32], tokens: usize, out: &[f32]) -> R
 }
 
 /// The float order of `isa`'s Q8_0 matmul: ggml's (0) everywhere, except the AMX tile kernel
-/// that `BITNET_AMX_Q8_HEAD=1` turns on (1: whole-block sums, `x86::amx_q8_0`). Kernels of one
-/// order are bit-identical; the two orders agree within rounding (`check`).
+/// that `Isa::Amx` takes unless `BITNET_AMX_Q8_HEAD=0` (1: whole-block sums, `x86::amx_q8_0`).
+/// Kernels of one order are bit-identical; the two orders agree within rounding (`check`).
 fn order(isa: Isa) -> usize {
-    usize::from(isa == Isa::Amx && std::env::var("BITNET_AMX_Q8_HEAD").is_ok_and(|v| v == "1"))
+    usize::from(isa == Isa::Amx && std::env::var("BITNET_AMX_Q8_HEAD").map_or(true, |v| v != "0"))
 }
 
 proptest! {
