@@ -308,15 +308,42 @@ pub fn run_layers<C: Context + ?Sized>(c: &mut C, seqs: &[SeqChunk<'_>]) -> Resu
 
 /// Index of the largest value (the first one on ties; NaN never wins). 0 for an empty slice.
 pub fn argmax(xs: &[f32]) -> u32 {
-    let mut best = 0;
-    let mut best_v = f32::NEG_INFINITY;
-    for (i, &v) in xs.iter().enumerate() {
-        if v > best_v {
-            best = i;
-            best_v = v;
+    max_first(xs).map_or(0, |(i, _)| i as u32)
+}
+
+/// The largest value above negative infinity (NaN never counts) and the index of its first
+/// occurrence; `None` when there is none. Equal to the one-pass `if v > best` scan, in two passes
+/// that vectorize (a decode step of 16 sequences picks from 16 x 128k logits: the scan's
+/// compare-and-branch chain took 1.2 ms of a ~20 ms step, these passes about a third of it).
+pub fn max_first(xs: &[f32]) -> Option<(usize, f32)> {
+    // Independent lanes so the compiler keeps a vector of maxima (`f32::max` skips NaN).
+    const LANES: usize = 16;
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let mut chunks = xs.chunks_exact(LANES);
+    for c in &mut chunks {
+        for (m, &v) in lanes.iter_mut().zip(c) {
+            *m = m.max(v);
         }
     }
-    best as u32
+    let best = lanes
+        .into_iter()
+        .chain(chunks.remainder().iter().copied())
+        .fold(f32::NEG_INFINITY, f32::max);
+    if best == f32::NEG_INFINITY {
+        return None;
+    }
+    // The first block holding it (a vectorized test of 64 values), then its place there.
+    const BLOCK: usize = 64;
+    xs.chunks(BLOCK).enumerate().find_map(|(b, blk)| {
+        blk.iter()
+            .fold(false, |hit, &v| hit | (v == best))
+            .then(|| {
+                blk.iter()
+                    .position(|&v| v == best)
+                    .map(|i| (b * BLOCK + i, best))
+            })
+            .flatten()
+    })
 }
 
 #[cfg(test)]
@@ -338,5 +365,60 @@ mod tests {
         assert_eq!(argmax(&[1.0, 3.0, 3.0, f32::NAN]), 1);
         assert_eq!(argmax(&[f32::NAN, -1.0]), 1);
         assert_eq!(argmax(&[]), 0);
+        assert_eq!(argmax(&[f32::NEG_INFINITY, f32::NAN]), 0);
+        assert_eq!(max_first(&[f32::NAN, f32::NEG_INFINITY]), None);
+    }
+
+    /// The one-pass scan that `argmax` replaced: the definition.
+    fn argmax_scan(xs: &[f32]) -> u32 {
+        let (mut best, mut best_v) = (0, f32::NEG_INFINITY);
+        for (i, &v) in xs.iter().enumerate() {
+            if v > best_v {
+                best = i;
+                best_v = v;
+            }
+        }
+        best as u32
+    }
+
+    #[test]
+    fn argmax_equals_the_one_pass_scan() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        // Few distinct values (ties everywhere), signed zeros, NaN and infinities, lengths
+        // around the lane and block sizes.
+        let pool = [
+            0.0,
+            -0.0,
+            1.5,
+            -2.0,
+            3.0,
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+        ];
+        for len in (0..200).chain([1000, 4099]) {
+            for _ in 0..20 {
+                let rare = next() % 4 == 0;
+                let xs: Vec<f32> = (0..len)
+                    .map(|_| {
+                        let r = next();
+                        if rare && r % 50 != 0 {
+                            pool[(r % 2) as usize + 5 * usize::from(r % 3 == 0)]
+                        } else {
+                            pool[(r % pool.len() as u64) as usize]
+                        }
+                    })
+                    .collect();
+                assert_eq!(argmax(&xs), argmax_scan(&xs), "{xs:?}");
+                let v: Vec<f32> = (0..len).map(|_| (next() % 1000) as f32 / 7.0).collect();
+                assert_eq!(argmax(&v), argmax_scan(&v));
+            }
+        }
     }
 }
