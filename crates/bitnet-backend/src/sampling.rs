@@ -94,15 +94,34 @@ pub fn best_first(a: &(u32, f32), b: &(u32, f32)) -> std::cmp::Ordering {
 pub fn top_k(logits: &mut [f32], req: &TopK, buf: &mut Vec<(u32, f32)>) {
     req.penalties.apply(logits);
     buf.clear();
+    candidates(logits, 0, req, buf);
+    keep_best(buf, req.k);
+}
+
+/// Appends the `k` best `(first_id + i, scaled(logits[i], temperature))` to `buf`, unordered
+/// (penalties not applied: the caller has). The `k` best of a row are among the `k` best of
+/// each of its pieces ([`best_first`] is a total order: ids are distinct), so a row can be
+/// selected piece by piece in parallel and the pieces' candidates merged with [`keep_best`].
+pub fn candidates(logits: &[f32], first_id: u32, req: &TopK, buf: &mut Vec<(u32, f32)>) {
+    let start = buf.len();
     buf.extend(
-        logits
-            .iter()
-            .enumerate()
-            .map(|(i, &l)| (i as u32, scaled(l, req.temperature))),
+        (first_id..)
+            .zip(logits)
+            .map(|(i, &l)| (i, scaled(l, req.temperature))),
     );
-    if req.k < buf.len() {
-        buf.select_nth_unstable_by(req.k.max(1) - 1, best_first);
-        buf.truncate(req.k.max(1));
+    let k = req.k.max(1);
+    if k < buf.len() - start {
+        buf[start..].select_nth_unstable_by(k - 1, best_first);
+        buf.truncate(start + k);
+    }
+}
+
+/// Keeps the `k` best of `buf` (at least one), best first.
+pub fn keep_best(buf: &mut Vec<(u32, f32)>, k: usize) {
+    let k = k.max(1);
+    if k < buf.len() {
+        buf.select_nth_unstable_by(k - 1, best_first);
+        buf.truncate(k);
     }
     buf.sort_unstable_by(best_first);
 }
