@@ -439,6 +439,11 @@ fn head(p: &mut Parts<'_>, out: &mut Vec<f32>) -> usize {
 /// Logits a parallel task scans (64 KiB): a 128k vocabulary is eight tasks a row.
 const PIECE: usize = 16 * 1024;
 
+thread_local! {
+    static PIECE_CANDIDATES: std::cell::RefCell<Vec<(u32, f32)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// [`bitnet_backend::sampling::top_k`] of every row (the first `n` of each `stride` logits):
 /// penalties in place, then each piece's candidates on the installed pool, merged per row.
 fn top_k_rows(
@@ -464,8 +469,13 @@ fn top_k_rows(
         let (r, k) = (i / pieces, i % pieces);
         let start = (k * PIECE).min(n);
         let piece = &logits[r * stride..][start..n.min(start + PIECE)];
-        // Ids fit u32: the vocabulary is a model dimension (checked at load).
-        sampling::candidates(piece, start as u32, &rows[r], &mut slot[0]);
+        // A piece's 16k candidates in a buffer each worker keeps; only its k best are copied.
+        PIECE_CANDIDATES.with_borrow_mut(|buf| {
+            buf.clear();
+            // Ids fit u32: the vocabulary is a model dimension (checked at load).
+            sampling::candidates(piece, start as u32, &rows[r], buf);
+            slot[0] = buf.clone();
+        });
     });
     Ok(found
         .chunks_mut(pieces)
