@@ -278,6 +278,14 @@ pub trait Context: Send {
         self.greedy(vocab)
     }
 
+    /// `f(i)` for every `i < n`, on this backend's host threads where it has them (the engine
+    /// samples whole rows of logits there: ~1 ms of `exp` over a 128k vocabulary a row, which
+    /// a batch of 16 sequences would otherwise spend in turn on one thread between steps).
+    /// The default runs them in turn on the caller.
+    fn parallel_for(&self, n: usize, f: &(dyn Fn(usize) + Sync)) {
+        (0..n).for_each(f)
+    }
+
     /// One whole pass ending in [`Self::top_k`].
     fn forward_top_k(
         &mut self,

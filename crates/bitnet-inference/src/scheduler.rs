@@ -190,7 +190,6 @@ impl Scheduler {
             max_batch_tokens,
             ctx,
             stats,
-            logits: Vec::new(),
         };
         let thread = std::thread::Builder::new()
             .name("bitnet-scheduler".into())
@@ -375,8 +374,6 @@ struct Worker {
     max_batch_tokens: usize,
     ctx: usize,
     stats: SchedulerStats,
-    /// One sequence's logits while it samples, reused across tokens.
-    logits: Vec<f32>,
 }
 
 /// How a sequence leaves the running set.
@@ -611,7 +608,8 @@ impl Worker {
             Out::Candidates(c) => c.iter_mut().map(Pick::Candidates).collect(),
         };
         let mut rows = picks.into_iter();
-        let mut exits = Vec::new();
+        // The sequences that sample this step, in plan order, with their share of `out`.
+        let mut ready = Vec::new();
         for &(i, n) in &plan {
             let seq = &mut self.running[i];
             seq.computed += n;
@@ -622,13 +620,23 @@ impl Worker {
             let Some(row) = rows.next() else {
                 return Err("forward pass returned too few logits".into());
             };
-            let (ctx, before, buf) = (self.ctx, seq.tokens.len(), &mut self.logits);
-            let sampled = catch_unwind(AssertUnwindSafe(|| {
-                next_token(seq, row, buf, ctx, stop_ids)
-            }))
-            .unwrap_or_else(|p| Some(Exit::Failed(panic_message(&p))));
+            ready.push((i, row));
+        }
+        let choices = choose_all(&mut self.running, ready, &*self.context);
+        let mut exits = Vec::new();
+        for (i, choice) in choices {
+            let seq = &mut self.running[i];
+            let before = seq.tokens.len();
+            let ctx = self.ctx;
+            let exit = match choice {
+                Choice::Token(next, logprobs) => catch_unwind(AssertUnwindSafe(|| {
+                    accept(seq, next, logprobs, ctx, stop_ids)
+                }))
+                .unwrap_or_else(|p| Some(Exit::Failed(panic_message(&p)))),
+                Choice::Exit(e) => Some(e),
+            };
             self.stats.generated_tokens += (seq.tokens.len() - before) as u64;
-            if let Some(e) = sampled {
+            if let Some(e) = exit {
                 exits.push((i, e));
             }
         }
@@ -777,32 +785,105 @@ fn register_full_blocks(blocks: &mut BlockManager, seq: &mut Sequence) {
     }
 }
 
-/// Samples `seq`'s next token from `pick` (the logits after its last token, or the backend's
-/// argmax of them when that is all the sampler would take), streams it, and says whether the
-/// sequence is done.
-fn next_token(
-    seq: &mut Sequence,
-    pick: Pick<'_>,
-    logits: &mut Vec<f32>,
-    ctx: usize,
-    stop_ids: &[u32],
-) -> Option<Exit> {
-    if seq.generated() >= seq.opts.max_tokens {
-        return Some(Exit::Finished(FinishReason::Length));
+/// A row's log-softmax and its top entries (best first), for a request that asked.
+type RowLogprobs = (Vec<f32>, Vec<(u32, f32)>);
+
+/// A sequence being sampled on some thread: its pick going in, its choice coming out.
+type SampleTask<'a, 'p> = Mutex<(&'a mut Sequence, Option<Pick<'p>>, Option<Choice>)>;
+
+/// What sampling made of a sequence's share of a step.
+enum Choice {
+    /// The next token, with its log-softmax row and top entries when the request asked.
+    Token(u32, Option<RowLogprobs>),
+    /// Done before sampling (its token budget was spent), or its sampler panicked.
+    Exit(Exit),
+}
+
+/// Each ready sequence's [`choose`], in the order given. Whole rows of logits are sampled on
+/// the backend's threads (`Context::parallel_for`): a row costs ~1 ms (the softmax's `exp` over
+/// a 128k vocabulary), and 16 of them in turn held a decode step of the 16-core host up by 12
+/// ms. Each task uses only its own sequence, so every draw is the one a serial loop makes.
+fn choose_all(
+    running: &mut [Sequence],
+    ready: Vec<(usize, Pick<'_>)>,
+    context: &dyn Context,
+) -> Vec<(usize, Choice)> {
+    let rows = ready
+        .iter()
+        .filter(|(_, p)| matches!(p, Pick::Row(_)))
+        .count();
+    let mut seqs: Vec<Option<&mut Sequence>> = running.iter_mut().map(Some).collect();
+    let tasks: Vec<(usize, SampleTask<'_, '_>)> = ready
+        .into_iter()
+        .filter_map(|(i, pick)| {
+            let seq = seqs.get_mut(i)?.take()?;
+            Some((i, Mutex::new((seq, Some(pick), None))))
+        })
+        .collect();
+    let run = |t: usize| {
+        let mut task = lock(&tasks[t].1);
+        let (seq, pick, out) = &mut *task;
+        if let Some(pick) = pick.take() {
+            let choice = catch_unwind(AssertUnwindSafe(|| choose(seq, pick)))
+                .unwrap_or_else(|p| Choice::Exit(Exit::Failed(panic_message(&p))));
+            *out = Some(choice);
+        }
+    };
+    if rows > 1 {
+        context.parallel_for(tasks.len(), &run);
+    } else {
+        (0..tasks.len()).for_each(run);
     }
-    let (next, logprobs) = match pick {
+    tasks
+        .into_iter()
+        .map(|(i, task)| {
+            let (_, _, out) = task.into_inner().unwrap_or_else(PoisonError::into_inner);
+            let choice = out.unwrap_or_else(|| {
+                Choice::Exit(Exit::Failed(
+                    "internal error: a sequence was not sampled".into(),
+                ))
+            });
+            (i, choice)
+        })
+        .collect()
+}
+
+thread_local! {
+    /// A row of logits while its sampler edits it (penalties), per thread.
+    static SAMPLE_ROW: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Samples `seq`'s next token from `pick` (the logits after its last token, the backend's
+/// argmax of them, or its top-k candidates, whichever the sampler takes).
+fn choose(seq: &mut Sequence, pick: Pick<'_>) -> Choice {
+    if seq.generated() >= seq.opts.max_tokens {
+        return Choice::Exit(Exit::Finished(FinishReason::Length));
+    }
+    match pick {
         Pick::Row(row) => {
             let logprobs = seq.logprobs.map(|k| top_logprobs(row, k));
             // The sampler edits logits in place (penalties); the row is the batch's.
-            logits.clear();
-            logits.extend_from_slice(row);
-            let next = seq.sampler.sample(logits, &seq.tokens, seq.prompt_len);
-            (next, logprobs)
+            let next = SAMPLE_ROW.with_borrow_mut(|buf| {
+                buf.clear();
+                buf.extend_from_slice(row);
+                seq.sampler.sample(buf, &seq.tokens, seq.prompt_len)
+            });
+            Choice::Token(next, logprobs)
         }
         // Only taken for sequences that want no logprobs (`Worker::step`).
-        Pick::Id(id) => (id, None),
-        Pick::Candidates(c) => (seq.sampler.sample_candidates(c), None),
-    };
+        Pick::Id(id) => Choice::Token(id, None),
+        Pick::Candidates(c) => Choice::Token(seq.sampler.sample_candidates(c), None),
+    }
+}
+
+/// Appends `next` to `seq`, streams it, and says whether the sequence is done.
+fn accept(
+    seq: &mut Sequence,
+    next: u32,
+    logprobs: Option<RowLogprobs>,
+    ctx: usize,
+    stop_ids: &[u32],
+) -> Option<Exit> {
     if seq.first_token.is_none() {
         seq.first_token = Some(seq.submitted.elapsed());
     }
@@ -842,7 +923,7 @@ fn next_token(
 }
 
 /// Log-softmax of `row` and its `k` largest entries (best first, ties by lower id).
-fn top_logprobs(row: &[f32], k: usize) -> (Vec<f32>, Vec<(u32, f32)>) {
+fn top_logprobs(row: &[f32], k: usize) -> RowLogprobs {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let sum: f64 = row.iter().map(|&l| ((l - max) as f64).exp()).sum();
     let lse = max + sum.ln() as f32;

@@ -178,6 +178,48 @@ fn chunked_prompts_and_preemption_do_not_change_outputs() {
     assert!(s.steps > 100, "prompts went in chunks of 7: {s:?}");
 }
 
+/// With top-k off (the OpenAI API's sampling) every sampling sequence gets its whole row of
+/// logits, and the rows of one step are sampled in parallel on the backend's threads: each
+/// sequence must still draw exactly the tokens it draws alone.
+#[test]
+fn whole_row_sampling_in_a_batch_equals_running_alone() {
+    let e = engine();
+    let ids = e.tokenizer().encode("In the beginning", true).unwrap();
+    let opts = |seed| GenerateOptions {
+        max_tokens: 24,
+        sampling: SamplingParams {
+            temperature: 0.9,
+            top_k: 0,
+            top_p: 0.95,
+            seed: Some(seed),
+            ..Default::default()
+        },
+        ignore_eos: true,
+        ..Default::default()
+    };
+    let sched = Scheduler::start(e.clone(), SchedulerOptions::default()).unwrap();
+    let alone: Vec<Outcome> = (0..6)
+        .map(|i| collect(sched.submit(Request::new(ids.clone(), opts(i))).unwrap()))
+        .collect();
+    let before = sched.stats().steps;
+    let handles: Vec<_> = (0..6)
+        .map(|i| sched.submit(Request::new(ids.clone(), opts(i))).unwrap())
+        .collect();
+    for (h, a) in handles.into_iter().zip(&alone) {
+        let out = collect(h);
+        assert_eq!(out.ids, a.ids);
+        assert_eq!(out.text, a.text);
+    }
+    // Alone they took 6 x 24 steps; together most steps sampled several rows.
+    let together = sched.stats().steps - before;
+    assert!(
+        together < 3 * 24,
+        "the requests did not run together: {together} steps"
+    );
+    // Different seeds draw different texts (the test would be blind to a shared sampler).
+    assert!(alone.iter().any(|a| a.ids != alone[0].ids));
+}
+
 #[test]
 fn a_shared_prefix_is_computed_once() {
     let e = engine();

@@ -391,6 +391,12 @@ impl Context for CpuContext {
         })
     }
 
+    fn parallel_for(&self, n: usize, f: &(dyn Fn(usize) + Sync)) {
+        self.shared
+            .pool
+            .install(|| bitnet_kernels::pool::parallel_for(n, f))
+    }
+
     /// The whole pass inside one `install`: rayon's pool would otherwise move every operation
     /// to a worker thread and back.
     fn forward(&mut self, seqs: &[SeqChunk<'_>]) -> Result<Vec<f32>> {
