@@ -445,6 +445,20 @@ fn head(p: &mut Parts<'_>, out: &mut Vec<f32>) -> usize {
 /// Logits a parallel task scans (64 KiB): a 128k vocabulary is eight tasks a row.
 const PIECE: usize = 16 * 1024;
 
+/// Task `i` of a parallel pass over rows of logits (the first `n` of each `stride`) in `pieces`
+/// pieces a row: its row, its first logit's index in the row, and the piece.
+fn piece(
+    logits: &[f32],
+    stride: usize,
+    n: usize,
+    pieces: usize,
+    i: usize,
+) -> (usize, usize, &[f32]) {
+    let (r, k) = (i / pieces, i % pieces);
+    let start = (k * PIECE).min(n);
+    (r, start, &logits[r * stride..][start..n.min(start + PIECE)])
+}
+
 thread_local! {
     static PIECE_CANDIDATES: std::cell::RefCell<Vec<(u32, f32)>> =
         const { std::cell::RefCell::new(Vec::new()) };
@@ -472,9 +486,7 @@ fn top_k_rows(
     let pieces = n.div_ceil(PIECE).max(1);
     let mut found: Vec<Vec<(u32, f32)>> = vec![Vec::new(); count * pieces];
     bitnet_kernels::pool::for_each_chunk_mut(&mut found, 1, |i, slot| {
-        let (r, k) = (i / pieces, i % pieces);
-        let start = (k * PIECE).min(n);
-        let piece = &logits[r * stride..][start..n.min(start + PIECE)];
+        let (r, start, piece) = piece(logits, stride, n, pieces, i);
         // A piece's 16k candidates in a buffer each worker keeps; only its k best are copied.
         PIECE_CANDIDATES.with_borrow_mut(|buf| {
             buf.clear();
@@ -501,9 +513,7 @@ fn argmax_rows(logits: &[f32], stride: usize, n: usize) -> Vec<u32> {
     let pieces = n.div_ceil(PIECE).max(1);
     let mut best: Vec<Option<(usize, f32)>> = vec![None; rows * pieces];
     bitnet_kernels::pool::for_each_chunk_mut(&mut best, 1, |i, slot| {
-        let (r, k) = (i / pieces, i % pieces);
-        let start = (k * PIECE).min(n);
-        let piece = &logits[r * stride..][start..n.min(start + PIECE)];
+        let (_, start, piece) = piece(logits, stride, n, pieces, i);
         slot[0] = bitnet_backend::max_first(piece).map(|(j, v)| (start + j, v));
     });
     best.chunks(pieces)
