@@ -348,7 +348,7 @@ pub fn max_first(xs: &[f32]) -> Option<(usize, f32)> {
             .then(|| {
                 blk.iter()
                     .position(|&v| v == best)
-                    .map(|i| (b * BLOCK + i, best))
+                    .map(|i| (b * BLOCK + i, blk[i]))
             })
             .flatten()
     })

@@ -98,8 +98,8 @@ pub fn top_k(logits: &mut [f32], req: &TopK, buf: &mut Vec<(u32, f32)>) {
     keep_best(buf, req.k);
 }
 
-/// Appends the `k` best `(first_id + i, scaled(logits[i], temperature))` to `buf`, unordered
-/// (penalties not applied: the caller has). The `k` best of a row are among the `k` best of
+/// Appends the `max(k, 1)` best `(first_id + i, scaled(logits[i], temperature))` to `buf` (all
+/// of them when fewer), unordered (penalties not applied: the caller has). The `k` best of a row are among the `k` best of
 /// each of its pieces ([`best_first`] is a total order: ids are distinct), so a row can be
 /// selected piece by piece in parallel and the pieces' candidates merged with [`keep_best`].
 pub fn candidates(logits: &[f32], first_id: u32, req: &TopK, buf: &mut Vec<(u32, f32)>) {
@@ -116,7 +116,7 @@ pub fn candidates(logits: &[f32], first_id: u32, req: &TopK, buf: &mut Vec<(u32,
     }
 }
 
-/// Keeps the `k` best of `buf` (at least one), best first.
+/// Keeps the `max(k, 1)` best of `buf` (all of them when fewer), best first.
 pub fn keep_best(buf: &mut Vec<(u32, f32)>, k: usize) {
     let k = k.max(1);
     if k < buf.len() {

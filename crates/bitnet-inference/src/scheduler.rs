@@ -608,7 +608,8 @@ impl Worker {
             Out::Candidates(c) => c.iter_mut().map(Pick::Candidates).collect(),
         };
         let mut rows = picks.into_iter();
-        // The sequences that sample this step, in plan order, with their share of `out`.
+        // The sequences that sample this step, in plan order, with their share of `out` (a
+        // short `out` fails the step, and with it every running request, before any samples).
         let mut ready = Vec::new();
         for &(i, n) in &plan {
             let seq = &mut self.running[i];

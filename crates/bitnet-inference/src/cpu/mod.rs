@@ -414,6 +414,19 @@ impl Context for CpuContext {
             self.greedy(vocab)
         })
     }
+
+    fn forward_top_k(
+        &mut self,
+        seqs: &[SeqChunk<'_>],
+        vocab: usize,
+        rows: &[TopK],
+    ) -> Result<Vec<Vec<(u32, f32)>>> {
+        let shared = Arc::clone(&self.shared);
+        shared.pool.install(|| {
+            run_layers(self, seqs)?;
+            self.top_k(vocab, rows)
+        })
+    }
 }
 
 /// The final norm and the LM head for the batch's rows with logits, into `out` (`rows x vocab`,

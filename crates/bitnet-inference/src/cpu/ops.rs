@@ -72,7 +72,8 @@ pub(crate) struct Scratch {
     pub(super) cos: Vec<f32>,
     pub(super) sin: Vec<f32>,
     pub(super) acts: QuantizedActivations,
-    /// The LM head's output of a greedy step, kept for the next one.
+    /// The LM head's output of a greedy or top-k step, kept for the next one (its largest
+    /// size: the rows that sample, at most the running sequences).
     pub(super) logits: Vec<f32>,
     /// `proj` holds a sublayer's output not yet added to the residual stream `x`: the next
     /// norm (a layer's attention or FFN norm, or the final one) adds it in the pass that reads
