@@ -99,9 +99,10 @@ pub fn top_k(logits: &mut [f32], req: &TopK, buf: &mut Vec<(u32, f32)>) {
 }
 
 /// Appends the `max(k, 1)` best `(first_id + i, scaled(logits[i], temperature))` to `buf` (all
-/// of them when fewer), unordered (penalties not applied: the caller has). The `k` best of a row are among the `k` best of
-/// each of its pieces ([`best_first`] is a total order: ids are distinct), so a row can be
-/// selected piece by piece in parallel and the pieces' candidates merged with [`keep_best`].
+/// of them when fewer), unordered (penalties not applied: the caller has). The `k` best of a
+/// row are among the `k` best of each of its pieces ([`best_first`] is a total order: ids are
+/// distinct), so a row can be selected piece by piece in parallel and the pieces' candidates
+/// merged with [`keep_best`].
 pub fn candidates(logits: &[f32], first_id: u32, req: &TopK, buf: &mut Vec<(u32, f32)>) {
     let start = buf.len();
     buf.extend(

@@ -143,6 +143,32 @@ impl CpuContext {
             })
         })
     }
+
+    /// The final norm and the head into the logits buffer kept between steps, then `f` over it
+    /// (`rows x vocab`, and the vocabulary size), on this backend's threads.
+    fn with_logits<R: Send>(&mut self, f: impl FnOnce(&mut [f32], usize) -> R + Send) -> R {
+        self.run(|mut p| {
+            let mut logits = std::mem::take(&mut p.s.logits);
+            let stride = head(&mut p, &mut logits);
+            let out = f(&mut logits, stride);
+            p.s.logits = logits;
+            out
+        })
+    }
+
+    /// The whole pass, ending in `last`, inside one `install`: rayon's pool would otherwise move
+    /// every operation to a worker thread and back.
+    fn whole_pass<R: Send>(
+        &mut self,
+        seqs: &[SeqChunk<'_>],
+        last: impl FnOnce(&mut Self) -> Result<R> + Send,
+    ) -> Result<R> {
+        let shared = Arc::clone(&self.shared);
+        shared.pool.install(|| {
+            run_layers(self, seqs)?;
+            last(self)
+        })
+    }
 }
 
 impl Context for CpuContext {
@@ -369,26 +395,14 @@ impl Context for CpuContext {
     /// fresh vector would zero, and fault in, every step), then the rows' argmax in parallel
     /// pieces: one thread scanning 16 x 128k logits took 1.2 ms of a ~20 ms batched step.
     fn greedy(&mut self, vocab: usize) -> Result<Vec<u32>> {
-        Ok(self.run(|mut p| {
-            let mut logits = std::mem::take(&mut p.s.logits);
-            let stride = head(&mut p, &mut logits);
-            let ids = argmax_rows(&logits, stride, vocab.min(stride));
-            p.s.logits = logits;
-            ids
-        }))
+        Ok(self.with_logits(|logits, stride| argmax_rows(logits, stride, vocab.min(stride))))
     }
 
     /// As [`Self::greedy`]: the head into the kept buffer, then every row's candidates in
     /// pieces on the pool (each piece's `k` best, merged per row). One thread selecting 40 of
     /// 128k took about 0.5 ms a row: a sampled decode step of 16 sequences waited 8 ms on it.
     fn top_k(&mut self, vocab: usize, rows: &[TopK]) -> Result<Vec<Vec<(u32, f32)>>> {
-        self.run(|mut p| {
-            let mut logits = std::mem::take(&mut p.s.logits);
-            let stride = head(&mut p, &mut logits);
-            let out = top_k_rows(&mut logits, stride, vocab.min(stride), rows);
-            p.s.logits = logits;
-            out
-        })
+        self.with_logits(|logits, stride| top_k_rows(logits, stride, vocab.min(stride), rows))
     }
 
     fn parallel_for(&self, n: usize, f: &(dyn Fn(usize) + Sync)) {
@@ -397,22 +411,12 @@ impl Context for CpuContext {
             .install(|| bitnet_kernels::pool::parallel_for(n, f))
     }
 
-    /// The whole pass inside one `install`: rayon's pool would otherwise move every operation
-    /// to a worker thread and back.
     fn forward(&mut self, seqs: &[SeqChunk<'_>]) -> Result<Vec<f32>> {
-        let shared = Arc::clone(&self.shared);
-        shared.pool.install(|| {
-            run_layers(self, seqs)?;
-            self.logits()
-        })
+        self.whole_pass(seqs, |c| c.logits())
     }
 
     fn forward_greedy(&mut self, seqs: &[SeqChunk<'_>], vocab: usize) -> Result<Vec<u32>> {
-        let shared = Arc::clone(&self.shared);
-        shared.pool.install(|| {
-            run_layers(self, seqs)?;
-            self.greedy(vocab)
-        })
+        self.whole_pass(seqs, |c| c.greedy(vocab))
     }
 
     fn forward_top_k(
@@ -421,11 +425,7 @@ impl Context for CpuContext {
         vocab: usize,
         rows: &[TopK],
     ) -> Result<Vec<Vec<(u32, f32)>>> {
-        let shared = Arc::clone(&self.shared);
-        shared.pool.install(|| {
-            run_layers(self, seqs)?;
-            self.top_k(vocab, rows)
-        })
+        self.whole_pass(seqs, |c| c.top_k(vocab, rows))
     }
 }
 
