@@ -23,6 +23,7 @@ mod request;
 mod sampler;
 mod scheduler;
 pub mod settings;
+mod softmax;
 mod stop;
 
 pub use bitnet_backend::{

@@ -3,6 +3,7 @@
 //! The order follows transformers' logits processors (penalties, temperature, top-k, top-p,
 //! min-p), so settings mean what users of that stack expect.
 
+use crate::softmax;
 use bitnet_backend::argmax;
 use bitnet_backend::sampling::{self, best_first, Penalties, PenaltyToken, TopK, MAX_TOP_K};
 use serde::{Deserialize, Serialize};
@@ -138,6 +139,8 @@ pub struct Sampler {
     params: SamplingParams,
     rng: Rng,
     buf: Vec<(u32, f32)>,
+    /// Chunk sums of a whole row's weights ([`softmax::weigh`]), kept between calls.
+    sums: Vec<f32>,
 }
 
 impl Sampler {
@@ -153,6 +156,7 @@ impl Sampler {
             rng: Rng::new(seed),
             params,
             buf: Vec::new(),
+            sums: Vec::new(),
         }
     }
 
@@ -181,7 +185,8 @@ impl Sampler {
 
     /// Picks the next token. `history` is the whole context so far (prompt and generated);
     /// `generated` is where the generated part starts (presence/frequency penalties look only
-    /// at generated tokens, as in the OpenAI API).
+    /// at generated tokens, as in the OpenAI API). `logits` is scratch: it is left holding
+    /// penalized logits, scaled ones or softmax weights.
     pub fn sample(&mut self, logits: &mut [f32], history: &[u32], generated: usize) -> u32 {
         let mut cand = std::mem::take(&mut self.buf);
         if let Some(req) = self.top_k_request(history, generated, logits.len()) {
@@ -193,8 +198,11 @@ impl Sampler {
                 self.buf = cand;
                 return argmax(logits);
             }
-            // Every token is a candidate (top-k off, or as wide as the vocabulary); top-k
-            // beyond what a device selects still cuts here.
+            if p.top_k == 0 || p.top_k >= logits.len() {
+                self.buf = cand;
+                return self.sample_row(logits);
+            }
+            // Top-k beyond what a device selects: cut here.
             cand.clear();
             cand.extend(
                 logits
@@ -202,11 +210,9 @@ impl Sampler {
                     .enumerate()
                     .map(|(i, &l)| (i as u32, sampling::scaled(l, p.temperature))),
             );
-            if p.top_k > 0 && p.top_k < cand.len() {
-                cand.select_nth_unstable_by(p.top_k - 1, best_first);
-                cand.truncate(p.top_k);
-                cand.sort_unstable_by(best_first);
-            }
+            cand.select_nth_unstable_by(p.top_k - 1, best_first);
+            cand.truncate(p.top_k);
+            cand.sort_unstable_by(best_first);
         }
         let id = self.sample_candidates(&mut cand);
         self.buf = cand;
@@ -217,14 +223,67 @@ impl Sampler {
     /// device or [`sampling::top_k`] returns them; the list is reused as scratch): the same
     /// token [`Self::sample`] picks from the whole row, with the same random draw.
     pub fn sample_candidates(&mut self, cand: &mut Vec<(u32, f32)>) -> u32 {
-        let p = &self.params;
-        if p.temperature == 0.0 {
+        if self.params.temperature == 0.0 {
             return cand.first().map_or(0, |c| c.0);
         }
         // Unnormalized softmax: the best candidate weighs 1.
         let max = cand.iter().map(|c| c.1).fold(f32::NEG_INFINITY, f32::max);
-        cand.iter_mut().for_each(|c| c.1 = (c.1 - max).exp());
-        let total: f64 = cand.iter().map(|c| c.1 as f64).sum();
+        cand.iter_mut()
+            .for_each(|c| c.1 = softmax::exp_nonpos(c.1 - max));
+        let total = cand.iter().map(|c| c.1 as f64).sum();
+        self.draw(cand, total)
+    }
+
+    /// Samples a whole row of penalized logits (top-k off): its softmax weights and the draw in
+    /// vectorized passes over the row itself (see [`softmax`]); only a nucleus (top-p < 1)
+    /// needs the weights as a sortable list.
+    fn sample_row(&mut self, row: &mut [f32]) -> u32 {
+        let (temperature, top_p, min_p) = (
+            self.params.temperature,
+            self.params.top_p,
+            self.params.min_p,
+        );
+        let max = softmax::scale_and_max(row, temperature);
+        if max == f32::INFINITY {
+            // Infinitely more likely than any finite logit: the first such token.
+            return row.iter().position(|&x| x == f32::INFINITY).unwrap_or(0) as u32;
+        }
+        if max == f32::NEG_INFINITY {
+            // Nothing is possible (every logit NaN or -inf): argmax's answer.
+            return 0;
+        }
+        let mut sums = std::mem::take(&mut self.sums);
+        let id = if top_p < 1.0 {
+            softmax::weigh(row, max, 0.0, &mut sums);
+            let total: f64 = sums.iter().map(|&s| s as f64).sum();
+            // Tokens lighter than this hold less than 1 - top_p of the mass together, so the
+            // nucleus is among the others: only they become candidates.
+            let floor = ((1.0 - top_p as f64) * total / row.len() as f64) as f32;
+            let mut cand = std::mem::take(&mut self.buf);
+            cand.clear();
+            cand.extend(
+                (0u32..)
+                    .zip(row.iter())
+                    .filter(|(_, &w)| w > 0.0 && w >= floor)
+                    .map(|(i, &w)| (i, w)),
+            );
+            let id = self.draw(&mut cand, total);
+            self.buf = cand;
+            id
+        } else {
+            softmax::weigh(row, max, min_p, &mut sums);
+            let u = self.rng.next_f64();
+            softmax::pick(row, &sums, u).unwrap_or(0) as u32
+        };
+        self.sums = sums;
+        id
+    }
+
+    /// Draws from `cand`, whose weights are unnormalized softmax weights (the best is 1) of a
+    /// row whose weights sum to `total`: top-p, then min-p, then one uniform draw over what is
+    /// left, in list order.
+    fn draw(&mut self, cand: &mut Vec<(u32, f32)>, total: f64) -> u32 {
+        let p = &self.params;
         if p.top_p < 1.0 {
             // The smallest set of most likely tokens whose mass reaches top_p. Sorting all
             // 128k candidates per token cost milliseconds; the nucleus is nearly always small,
@@ -454,6 +513,45 @@ mod tests {
         assert!(Sampler::new(SamplingParams::default())
             .top_k_request(&history, 0, 40)
             .is_none());
+    }
+
+    /// A nucleus over a long, flat tail (most of it left out of the candidate list by the
+    /// weight floor): the head's frequencies follow the softmax renormalized to the nucleus,
+    /// and the nucleus takes the tail's tokens in id order (equal weights: smaller id first).
+    #[test]
+    fn a_nucleus_cut_from_a_long_tail_keeps_its_mass() {
+        let vocab = 20_000;
+        let mut logits = vec![-10.0f32; vocab];
+        logits[..3].copy_from_slice(&[0.0, 2f32.ln(), 4f32.ln()]);
+        // Weights relative to the best token (4): the head 1/4, 1/2, 1, each tail token e^-10 / 4.
+        let tail_w = (-10f64).exp() / 4.0;
+        let total = 1.75 + (vocab - 3) as f64 * tail_w;
+        let top_p = 0.9;
+        // The head, then as much of the tail as the nucleus needs.
+        let tail_needed = ((top_p * total - 1.75) / tail_w).ceil() as usize;
+        assert!(tail_needed > 1000 && tail_needed < vocab - 3);
+        let mut s = Sampler::new(SamplingParams {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: top_p as f32,
+            min_p: 0.0,
+            seed: Some(5),
+            ..Default::default()
+        });
+        let n = 4000;
+        let mut counts = [0usize; 3];
+        for _ in 0..n {
+            let t = s.sample(&mut logits.clone(), &[], 0) as usize;
+            assert!(t < 3 + tail_needed, "token {t} is outside the nucleus");
+            if t < 3 {
+                counts[t] += 1;
+            }
+        }
+        let nucleus = 1.75 + tail_needed as f64 * tail_w;
+        for (i, w) in [0.25, 0.5, 1.0].iter().enumerate() {
+            let (got, expect) = (counts[i] as f64 / n as f64, w / nucleus);
+            assert!((got - expect).abs() < 0.03, "token {i}: {got} vs {expect}");
+        }
     }
 
     /// Frequencies follow the softmax, with and without a nucleus wider than the sorted head
