@@ -228,6 +228,16 @@ impl Sampler {
         }
         // Unnormalized softmax: the best candidate weighs 1.
         let max = cand.iter().map(|c| c.1).fold(f32::NEG_INFINITY, f32::max);
+        if max.is_infinite() {
+            // As the whole row decides (`sample_row`), with no draw: the first `+inf` token, or
+            // the first token when nothing is possible.
+            return cand
+                .iter()
+                .filter(|c| max == f32::NEG_INFINITY || c.1 == max)
+                .map(|c| c.0)
+                .min()
+                .unwrap_or(0);
+        }
         cand.iter_mut()
             .for_each(|c| c.1 = softmax::exp_nonpos(c.1 - max));
         let total = cand.iter().map(|c| c.1 as f64).sum();
@@ -515,25 +525,29 @@ mod tests {
             .is_none());
     }
 
-    /// A nucleus over a long, flat tail (most of it left out of the candidate list by the
-    /// weight floor): the head's frequencies follow the softmax renormalized to the nucleus,
-    /// and the nucleus takes the tail's tokens in id order (equal weights: smaller id first).
+    /// A nucleus over a two-level tail: the near tail reaches into the nucleus, the far tail
+    /// (18,000 tokens) lies below the weight floor, so it never becomes a candidate. The head's
+    /// frequencies follow the softmax renormalized to the nucleus, which takes the near tail's
+    /// tokens in id order (equal weights: smaller id first).
     #[test]
     fn a_nucleus_cut_from_a_long_tail_keeps_its_mass() {
-        let vocab = 20_000;
-        let mut logits = vec![-10.0f32; vocab];
+        let (vocab, near) = (20_000, 2_000);
+        let mut logits = vec![-12.0f32; vocab];
         logits[..3].copy_from_slice(&[0.0, 2f32.ln(), 4f32.ln()]);
-        // Weights relative to the best token (4): the head 1/4, 1/2, 1, each tail token e^-10 / 4.
-        let tail_w = (-10f64).exp() / 4.0;
-        let total = 1.75 + (vocab - 3) as f64 * tail_w;
-        let top_p = 0.9;
-        // The head, then as much of the tail as the nucleus needs.
-        let tail_needed = ((top_p * total - 1.75) / tail_w).ceil() as usize;
-        assert!(tail_needed > 1000 && tail_needed < vocab - 3);
+        logits[3..3 + near].fill(-4.0);
+        // Weights relative to the best token (4): the head 1/4, 1/2, 1, then e^-4 / 4, e^-12 / 4.
+        let (near_w, far_w) = ((-4f64).exp() / 4.0, (-12f64).exp() / 4.0);
+        let total = 1.75 + near as f64 * near_w + (vocab - 3 - near) as f64 * far_w;
+        let top_p = 0.9f32;
+        let floor = (1.0 - top_p as f64) * total / vocab as f64;
+        assert!(far_w < floor && near_w > floor);
+        // The head, then as much of the near tail as the nucleus needs (+-1 for rounding).
+        let near_needed = ((top_p as f64 * total - 1.75) / near_w).ceil() as usize;
+        assert!(near_needed > 100 && near_needed < near - 100);
         let mut s = Sampler::new(SamplingParams {
             temperature: 1.0,
             top_k: 0,
-            top_p: top_p as f32,
+            top_p,
             min_p: 0.0,
             seed: Some(5),
             ..Default::default()
@@ -542,15 +556,66 @@ mod tests {
         let mut counts = [0usize; 3];
         for _ in 0..n {
             let t = s.sample(&mut logits.clone(), &[], 0) as usize;
-            assert!(t < 3 + tail_needed, "token {t} is outside the nucleus");
+            assert!(t <= 3 + near_needed, "token {t} is outside the nucleus");
             if t < 3 {
                 counts[t] += 1;
             }
         }
-        let nucleus = 1.75 + tail_needed as f64 * tail_w;
+        let nucleus = 1.75 + near_needed as f64 * near_w;
         for (i, w) in [0.25, 0.5, 1.0].iter().enumerate() {
             let (got, expect) = (counts[i] as f64 / n as f64, w / nucleus);
             assert!((got - expect).abs() < 0.03, "token {i}: {got} vs {expect}");
+        }
+    }
+
+    /// Rows the softmax cannot weigh: an infinite logit wins outright (the first one), and a row
+    /// of NaN and -inf gives the first token, as argmax; the top-k candidates of the same row
+    /// pick the same, with no random draw on either path. Top-k as wide as the row takes the
+    /// whole-row path (the same draws as top-k off).
+    #[test]
+    fn rows_of_infinities_and_a_top_k_as_wide_as_the_row() {
+        let params = SamplingParams {
+            temperature: 0.7,
+            top_k: 0,
+            seed: Some(9),
+            ..Default::default()
+        };
+        let rows: [&[f32]; 3] = [
+            &[1.0, f32::INFINITY, 3.0, f32::INFINITY],
+            &[f32::NAN, f32::NEG_INFINITY, f32::NAN, f32::NEG_INFINITY],
+            &[f32::NEG_INFINITY, 0.5, f32::NAN, 2.0],
+        ];
+        for (row, want) in rows.iter().zip([Some(1u32), Some(0), None]) {
+            let mut whole = Sampler::new(params.clone());
+            let mut cands = Sampler::new(SamplingParams {
+                top_k: 3,
+                ..params.clone()
+            });
+            let req = cands.top_k_request(&[], 0, 10).unwrap();
+            let mut c = Vec::new();
+            sampling::top_k(&mut row.to_vec(), &req, &mut c);
+            let a = whole.sample(&mut row.to_vec(), &[], 0);
+            let b = cands.sample_candidates(&mut c);
+            if let Some(w) = want {
+                assert_eq!((a, b), (w, w), "{row:?}");
+                // No draw was taken: both streams are where a fresh sampler's is.
+                assert_eq!(whole.rng.next_u64(), Rng::new(9).next_u64());
+                assert_eq!(cands.rng.next_u64(), Rng::new(9).next_u64());
+            } else {
+                assert!(a == 1 || a == 3, "{row:?}: {a}");
+            }
+        }
+        let row: Vec<f32> = (0..500).map(|i| ((i * 31 % 97) as f32) * 0.05).collect();
+        let mut off = Sampler::new(params.clone());
+        let mut wide = Sampler::new(SamplingParams {
+            top_k: 500,
+            ..params
+        });
+        for _ in 0..50 {
+            assert_eq!(
+                off.sample(&mut row.clone(), &[], 0),
+                wide.sample(&mut row.clone(), &[], 0)
+            );
         }
     }
 
