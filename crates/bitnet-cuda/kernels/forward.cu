@@ -54,10 +54,9 @@ __device__ __forceinline__ void group_sync(int nthr) {
 // Reductions over the first `nthr` threads (a multiple of 32); each of them gets the result
 // (each warp reduces the same partials in the same order, so the bits depend on nthr alone).
 // `red` is 32 shared slots. These take one barrier: the caller vouches that every thread of the
-// group has passed a barrier since the slots were last read (norm_quant_row takes its three
-// reductions' slots in turn from two arrays, so each was last read before the previous
-// reduction's barrier). group_sum / group_max add that leading barrier, for callers that reuse
-// `red` at once; the shuffles before it touch registers only, so the bits are the same.
+// group has passed a barrier since the slots were last read. group_sum / group_max add that
+// leading barrier, for callers that reuse `red` at once; the shuffles before it touch registers
+// only, so the bits are the same.
 __device__ float group_sum_1(float v, float* red, int nthr) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (nthr + 31) >> 5;
     v = warp_sum(v);
@@ -96,10 +95,6 @@ __device__ float group_max(float v, float* red, int nthr) {
 __device__ float block_sum(float v, float* red) { return group_sum(v, red, blockDim.x); }
 
 __device__ float block_max(float v, float* red) { return group_max(v, red, blockDim.x); }
-
-__device__ float block_sum_1(float v, float* red) { return group_sum_1(v, red, blockDim.x); }
-
-__device__ float block_max_1(float v, float* red) { return group_max_1(v, red, blockDim.x); }
 
 // Dense element types, as DenseType in bitnet-kernels.
 #define TY_F32 0
@@ -170,61 +165,43 @@ __device__ __forceinline__ int perm_index(int k, int chunks) {
 }
 
 // One row's norm and quantization (the body of norm_quant; also the prologue of the fused
-// decode matmuls, so all give the same bits): y = w * (v * r), r = 1 / sqrt(mean(v^2) + eps)
-// (ops::rms_norm) over the row's `cols` input values v (see gate_value), written to `y` when
-// that is not null, then, when `q` is not null, y quantized to int8 exactly as quantize_rows
-// does with y as input (so the int8 values are bit-identical to the CPU quantizer applied to
-// this y): `qstride` bytes (a multiple of 4, zero past cols), the scale to *s_out and the
-// values' sum to *sum_out in every thread. The row is read from global memory once, into `row`
-// (cols floats rounded up to 4 of shared memory, 16-byte aligned). Thread i adds the squares
-// of values i, i + blockDim, ... in that order, so the sum of squares depends on blockDim
-// alone: callers that must agree launch the same block size. VEC loads four values a thread
-// at a time (16-byte loads, a quarter of the instructions and requests), then a barrier, then
-// the squares from shared memory: shorter for one token, whose norm is a latency in front of
-// every matmul (the decode kernels: 2B4T's fused decode 1,620 -> 1,500 us a token on the
-// H200); without VEC each thread loads its own values and squares them as they come, which
-// norm_quant's many tokens a launch run faster (pp512 58.3k against 55.2k t/s). The same
-// bits either way. The other passes work on four values a thread (no order to keep: a
-// product per value, a max, an integer sum). The q writes are published to the block by
-// the int sum's barrier.
-template <bool VEC>
+// decode matmuls and of the persistent decode kernel's matrix stages, so all give the same
+// bits): y = (w * v) * r, r = 1 / sqrt(mean(v^2) + eps) (ops::rms_norm computes w * (v * r):
+// the same to a rounding) over the row's `cols` input values v (see gate_value), written to
+// `y` when that is not null, then, when `q` is not null, y quantized to int8 exactly as
+// quantize_rows does with y as input (so the int8 values are bit-identical to the CPU
+// quantizer applied to this y): `qstride` bytes (a multiple of 4, zero past cols), the scale
+// to *s_out and the values' sum to *sum_out in every thread.
+//
+// A norm is a latency in front of every matmul of a decode step, so it takes two block
+// barriers, not four. Thread i owns groups of four values g = i, i + blockDim, ... and loads
+// each once (16 bytes when aligned); its sum of squares is one fmaf chain over its groups in
+// that order (so the sum depends on blockDim alone: callers that must agree launch the same
+// block size), and in the same pass it takes max |w * v|. Because y = (w * v) * r with r > 0
+// and rounding is monotone, max |y| = max |w * v| * r exactly: the absmax needs no pass after
+// r, and both reductions share one barrier. The products w * v wait in `row` (cols floats
+// rounded up to 4 of shared memory, 16-byte aligned), each thread reading back only its own
+// groups; the int sum's barrier then publishes the int8 row. `red` is 96 shared slots: the
+// sum of squares, the max and the int sum each take 32 (the first two are read after the
+// first barrier and written again only after the second; the int sum's are read after the
+// second and written again only after a later call's first), so a caller may run this again
+// at once. Earlier definitions (the squares in another order, y = w * (v * r)) gave other
+// bits by a rounding.
 __device__ void norm_quant_row(const float* __restrict__ xt, int cols, int mode,
                                const float* __restrict__ w, float eps, float* row,
                                float* __restrict__ y, i8* q, int qstride, float* red,
-                               int* red_i, float* s_out, int* sum_out, int perm = 0) {
+                               float* s_out, int* sum_out, int perm = 0) {
     const int nt = blockDim.x, ng = (cols + 3) >> 2;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (nt + 31) >> 5;
     float4* row4 = (float4*)row;
-    float ss = 0.0f;
-    if (VEC) {
-        const bool vec = (cols & 3) == 0 && (((size_t)xt) & 15) == 0;
-#pragma unroll 2
-        for (int g = threadIdx.x; g < ng; g += nt) row4[g] = norm_group(xt, cols, mode, g, vec);
-        __syncthreads();
-#pragma unroll 4
-        for (int k = threadIdx.x; k < cols; k += nt) ss = fmaf(row[k], row[k], ss);
-    } else {
-#pragma unroll 4
-        for (int k = threadIdx.x; k < cols; k += nt) {
-            const float v = mode ? gate_value(__ldcg(xt + k), __ldcg(xt + cols + k), mode) : __ldcg(xt + k);
-            row[k] = v;
-            ss = fmaf(v, v, ss);
-        }
-        // Zeros up to the group boundary: the passes below read whole groups.
-        if (threadIdx.x == 0)
-            for (int k = cols; k < 4 * ng; ++k) row[k] = 0.0f;
-    }
-    // VEC's barrier above follows every earlier read of `red`; without it, block_sum's own.
-    ss = VEC ? block_sum_1(ss, red) : block_sum(ss, red);
-    const float r = __fdiv_rn(1.0f, sqrtf(__fadd_rn(__fdiv_rn(ss, (float)cols), eps)));
-    float amax = 0.0f;
-    // block_sum's barriers order the first pass's writes (and VEC's reads of the squares)
-    // before this pass; from here on each thread touches only its own groups (g = i, i +
-    // blockDim, ...): no barrier between passes.
+    const bool vec = (cols & 3) == 0 && (((size_t)xt) & 15) == 0;
     const bool wvec = (cols & 3) == 0 && (((size_t)w) & 15) == 0;
-    const bool yvec = y && (cols & 3) == 0 && (((size_t)y) & 15) == 0;
+    float ss = 0.0f, m = 0.0f;
+#pragma unroll 2
     for (int g = threadIdx.x; g < ng; g += nt) {
         const int k = 4 * g;
-        const float4 v = row4[g];
+        // Zeros past cols (gate_value(0, 0) is 0 in both modes; w is 0 there).
+        const float4 v = norm_group(xt, cols, mode, g, vec);
         float4 wv;
         if (wvec) {
             wv = *(const float4*)(w + k);
@@ -232,35 +209,56 @@ __device__ void norm_quant_row(const float* __restrict__ xt, int cols, int mode,
             wv = make_float4(w[k], k + 1 < cols ? w[k + 1] : 0.0f, k + 2 < cols ? w[k + 2] : 0.0f,
                              k + 3 < cols ? w[k + 3] : 0.0f);
         }
-        const float4 o = make_float4(__fmul_rn(wv.x, __fmul_rn(v.x, r)), __fmul_rn(wv.y, __fmul_rn(v.y, r)),
-                                     __fmul_rn(wv.z, __fmul_rn(v.z, r)), __fmul_rn(wv.w, __fmul_rn(v.w, r)));
-        row4[g] = o;
-        if (yvec) {
-            *(float4*)(y + k) = o;
-        } else if (y) {
-            const float ov[4] = {o.x, o.y, o.z, o.w};
+        ss = fmaf(v.x, v.x, ss);
+        ss = fmaf(v.y, v.y, ss);
+        ss = fmaf(v.z, v.z, ss);
+        ss = fmaf(v.w, v.w, ss);
+        const float4 p = make_float4(__fmul_rn(wv.x, v.x), __fmul_rn(wv.y, v.y),
+                                     __fmul_rn(wv.z, v.z), __fmul_rn(wv.w, v.w));
+        m = fmaxf(m, fmaxf(fmaxf(fabsf(p.x), fabsf(p.y)), fmaxf(fabsf(p.z), fabsf(p.w))));
+        row4[g] = p;
+    }
+    ss = warp_sum(ss);
+    m = warp_max(m);
+    if (lane == 0) {
+        red[warp] = ss;
+        red[32 + warp] = m;
+    }
+    __syncthreads();
+    ss = warp_sum(lane < nw ? red[lane] : 0.0f);
+    m = warp_max(lane < nw ? red[32 + lane] : NEG_INF);
+    const float r = __fdiv_rn(1.0f, sqrtf(__fadd_rn(__fdiv_rn(ss, (float)cols), eps)));
+    const bool yvec = y && (cols & 3) == 0 && (((size_t)y) & 15) == 0;
+    if (y) {
+        for (int g = threadIdx.x; g < ng; g += nt) {
+            const int k = 4 * g;
+            const float4 p = row4[g];
+            const float4 o = make_float4(__fmul_rn(p.x, r), __fmul_rn(p.y, r), __fmul_rn(p.z, r),
+                                         __fmul_rn(p.w, r));
+            if (yvec) {
+                *(float4*)(y + k) = o;
+            } else {
+                const float ov[4] = {o.x, o.y, o.z, o.w};
 #pragma unroll
-            for (int i = 0; i < 4; ++i)
-                if (k + i < cols) y[k + i] = ov[i];
+                for (int i = 0; i < 4; ++i)
+                    if (k + i < cols) y[k + i] = ov[i];
+            }
         }
-        amax = fmaxf(amax, fmaxf(fmaxf(fabsf(o.x), fabsf(o.y)), fmaxf(fabsf(o.z), fabsf(o.w))));
     }
     if (!q) return;
-    // red_i was last read before the barrier of the sum above, red before this one's: each
-    // takes a one-barrier reduction (the max in red_i's words, the int sum in red's).
-    amax = block_max_1(amax, (float*)red_i);
-    const float s = __fdiv_rn(127.0f, fmaxf(amax, 1e-5f));
+    const float s = __fdiv_rn(127.0f, fmaxf(__fmul_rn(m, r), 1e-5f));
     int sum = 0;
     for (int g = threadIdx.x; 4 * g < qstride; g += nt) {
         const int k = 4 * g;
         u32 packed = 0;
         if (k < cols) {
-            const float4 o = row4[g];
-            const float ov[4] = {o.x, o.y, o.z, o.w};
+            const float4 p = row4[g];
+            const float ov[4] = {p.x, p.y, p.z, p.w};
 #pragma unroll
             for (int i = 0; i < 4; ++i) {
                 int v = 0;
-                if (k + i < cols) v = (int)fminf(fmaxf(rintf(__fmul_rn(ov[i], s)), -128.0f), 127.0f);
+                if (k + i < cols)
+                    v = (int)fminf(fmaxf(rintf(__fmul_rn(__fmul_rn(ov[i], r), s)), -128.0f), 127.0f);
                 sum += v;
                 packed |= (u32)(v & 0xff) << (8 * i);
             }
@@ -268,7 +266,7 @@ __device__ void norm_quant_row(const float* __restrict__ xt, int cols, int mode,
         *(u32*)(q + (perm ? perm_index(k, perm) : k)) = packed;
     }
     *s_out = s;
-    *sum_out = block_sum_i_1(sum, (int*)red);
+    *sum_out = block_sum_i_1(sum, (int*)(red + 64));
 }
 
 // Per token (one block each): norm_quant_row of row t (rows `in_stride` floats apart) into
@@ -279,14 +277,13 @@ extern "C" __global__ void norm_quant(const float* __restrict__ x, int in_stride
                                       float* __restrict__ y, i8* __restrict__ q, int qstride,
                                       float* __restrict__ scales, int* __restrict__ sums) {
     extern __shared__ __align__(16) float row[];
-    __shared__ float red[32];
-    __shared__ int red_i[32];
+    __shared__ float red[96];  // norm_quant_row's three slot arrays
     const int t = blockIdx.x;
     float s;
     int sum;
-    norm_quant_row<false>(x + (size_t)t * in_stride, cols, mode, w, eps, row,
+    norm_quant_row(x + (size_t)t * in_stride, cols, mode, w, eps, row,
                    y ? y + (size_t)t * cols : y, q ? q + (size_t)t * qstride : q, qstride, red,
-                   red_i, &s, &sum);
+                   &s, &sum);
     if (q && threadIdx.x == 0) {
         scales[t] = s;
         sums[t] = sum;
@@ -331,8 +328,7 @@ extern "C" __global__ void __launch_bounds__(1024) norm_ternary_t1(const float* 
                                            const float* __restrict__ wscale,
                                            float* __restrict__ out, int accumulate) {
     extern __shared__ __align__(16) float row[];
-    __shared__ float red[32];
-    __shared__ int red_i[32];
+    __shared__ float red[96];  // norm_quant_row's three slot arrays
     i8* qs = (i8*)(row + ((cols + 3) & ~3));
     const int lane = threadIdx.x & 31;
     const int warps = blockDim.x >> 5, step = gridDim.x * warps;
@@ -346,7 +342,7 @@ extern "C" __global__ void __launch_bounds__(1024) norm_ternary_t1(const float* 
     }
     float s;
     int sum;
-    norm_quant_row<true>(x, cols, mode, nw, eps, row, nullptr, qs, qstride, red, red_i, &s, &sum);
+    norm_quant_row(x, cols, mode, nw, eps, row, nullptr, qs, qstride, red, &s, &sum);
     for (; r < rows; r += step) {
         const uint4* wr = (const uint4*)(w + (size_t)r * row_bytes);
         int acc = 0;
@@ -1993,8 +1989,7 @@ extern "C" __global__ void __launch_bounds__(1024, 1)
                   float* gate_up, unsigned* bar, int wbuf, int wrows,
                   unsigned long long* prof) {
     extern __shared__ __align__(16) unsigned char dsm[];
-    __shared__ float red[32];
-    __shared__ int red_i[32];
+    __shared__ float red[96];  // norm_quant_row's three slot arrays
     const int qd = nh * hd;
     const StepDims d = {nlayers, h, qd, qd + 2 * nkv * hd, ffn, rb_h, rb_q, rb_f};
     const int maxcols = max(h, max(qd, ffn));
@@ -2025,7 +2020,7 @@ extern "C" __global__ void __launch_bounds__(1024, 1)
         stage_matrix(desc, d, next, dsm, wbuf, wrows);
         wait_staged();
         mark(l, st, 0);
-        norm_quant_row<true>(in, cols, nmode, nw, eps, row, nullptr, qs, stride, red, red_i, &s, &sum,
+        norm_quant_row(in, cols, nmode, nw, eps, row, nullptr, qs, stride, red, &s, &sum,
                        stride >> 6);
         mark(l, st, 1);
         slice_of(rows, &r0, &r1);

@@ -265,8 +265,8 @@ fn batched_norms_equal_one_token_at_a_time() {
 
 /// The fused decode kernel (norm + quantization + ternary matmul in one) gives the same bits
 /// as norm_quantize then ternary_matmul, whose int8 values the test above checks against the
-/// CPU quantizer (and cuda_ops the matmul against the CPU's). The fused kernel loads its norm's
-/// input four values a thread, norm_quantize one: the same sums either way.
+/// CPU quantizer (and cuda_ops the matmul against the CPU's): both run norm_quant_row with the
+/// same block size.
 #[test]
 fn fused_norm_matmul_equals_norm_then_matmul() {
     let Some(gpu) = gpu() else { return };
@@ -1031,6 +1031,46 @@ fn greedy_through(
     out
 }
 
+/// The CPU engine's logits before each of `tokens`, decoded after `prompt` one at a time
+/// (each one's argmax, checked: `tokens` are the CPU's greedy tokens).
+fn cpu_logits_along(engine: &Engine, prompt: &[u32], tokens: &[u32]) -> Vec<Vec<f32>> {
+    let mut cs = engine.session(Some(128)).unwrap();
+    let mut logits = cs.eval(prompt, CpuLogits::Last).unwrap();
+    let mut steps = Vec::with_capacity(tokens.len());
+    for &t in tokens {
+        assert_eq!(
+            bitnet_backend::argmax(&logits),
+            t,
+            "CPU greedy against its own logits"
+        );
+        let next = cs.eval(&[t], CpuLogits::Last).unwrap();
+        steps.push(std::mem::replace(&mut logits, next));
+    }
+    steps
+}
+
+/// The GPU's greedy tokens equal the CPU's up to the first step where the CPU's lead is
+/// within twice LOGIT_TOL (both logits may move by LOGIT_TOL, so either order is right there);
+/// from such a step on the two decode different texts and are not compared. Where the GPU
+/// parts from the CPU, its token must be one that the CPU's logits put within that margin of
+/// the CPU's pick. (The KJV chat prompt with a Q6_K head has a lead of 0.004 at step 25.)
+fn greedy_agrees_up_to_a_near_tie(name: &str, gpu: &[u32], cpu: &[u32], cpu_steps: &[Vec<f32>]) {
+    assert_eq!(gpu.len(), cpu.len(), "{name}: GPU greedy length");
+    let Some(i) = gpu.iter().zip(cpu).position(|(g, c)| g != c) else {
+        return;
+    };
+    let l = &cpu_steps[i];
+    let lead = l[cpu[i] as usize] - l[gpu[i] as usize];
+    println!(
+        "{name}: GPU greedy parts from the CPU's at step {i} (token {} for {}; the CPU's lead {lead:.4})",
+        gpu[i], cpu[i]
+    );
+    assert!(
+        lead <= 2.0 * LOGIT_TOL,
+        "{name}: GPU greedy {gpu:?} parts from the CPU's {cpu:?} at step {i}, where the CPU leads by {lead}"
+    );
+}
+
 /// Which outputs a model's GPU results must equal.
 #[derive(Clone, Copy, PartialEq)]
 enum Want {
@@ -1191,6 +1231,8 @@ fn check_model(label: &str, path: &Path, want: Want) {
         if vs_ref {
             assert_eq!(cpu_greedy, p.greedy, "{name}: CPU greedy");
         }
+        let cpu_steps = cpu_logits_along(&engine, &p.ids, &cpu_greedy);
+        let mut first_gpu: Option<Vec<u32>> = None;
         for (graph, fused, persistent) in [
             (true, true, true),
             (false, true, true),
@@ -1202,10 +1244,15 @@ fn check_model(label: &str, path: &Path, want: Want) {
             c.set_fused(fused);
             c.set_persistent(persistent);
             let g = greedy_through(&mut c, &p.ids, &blocks, p.greedy.len(), vocab);
-            assert_eq!(
-                g, cpu_greedy,
-                "{name}: GPU greedy (graph {graph}, fused {fused}, persistent {persistent})"
-            );
+            let how = format!("graph {graph}, fused {fused}, persistent {persistent}");
+            match &first_gpu {
+                // Every decode path gives the same bits, so the same tokens.
+                Some(f) => assert_eq!(&g, f, "{name}: GPU greedy ({how}) against the first path"),
+                None => {
+                    greedy_agrees_up_to_a_near_tie(&name, &g, &cpu_greedy, &cpu_steps);
+                    first_gpu = Some(g);
+                }
+            }
         }
     }
     println!("{label}: worst max |gpu - cpu| {worst_cpu:.5}, |gpu - reference| {worst_ref:.5}");
