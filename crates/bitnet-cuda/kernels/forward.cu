@@ -1784,13 +1784,22 @@ extern "C" __global__ void argmax_rows(const float* __restrict__ logits, long lo
 // commits them as one cp.async group (an empty group when bytes is 0, so that every stage
 // commits exactly one group and cp.async.wait_group 1 always means "all but the newest").
 // Then `n` floats of `scales` after them (at dst + bytes, 16-byte aligned) and `nc` floats of
-// `nw` at dst + nw_at, 4 bytes a copy.
+// `nw` at dst + nw_at, 4 bytes a copy. With `src2` (gate/up's pairs), a second part of as many
+// rows follows each: its rows after the first's, its scales after the first's.
 __device__ __forceinline__ void stage_rows(unsigned char* dst, const unsigned char* src,
                                            size_t bytes, const float* scales, int n,
+                                           const unsigned char* src2, const float* scales2,
                                            const float* nw, int nc, int nw_at) {
+    const int parts = src2 ? 2 : 1;
     for (size_t o = (size_t)threadIdx.x * 16; o < bytes; o += (size_t)blockDim.x * 16)
         cp_async16(dst + o, src + o);
-    for (int i = threadIdx.x; i < n; i += blockDim.x) cp_async4(dst + bytes + 4 * i, scales + i);
+    if (src2)
+        for (size_t o = (size_t)threadIdx.x * 16; o < bytes; o += (size_t)blockDim.x * 16)
+            cp_async16(dst + bytes + o, src2 + o);
+    unsigned char* sd = dst + parts * bytes;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) cp_async4(sd + 4 * i, scales + i);
+    if (src2)
+        for (int i = threadIdx.x; i < n; i += blockDim.x) cp_async4(sd + 4 * (n + i), scales2 + i);
     for (int i = threadIdx.x; i < nc; i += blockDim.x) cp_async4(dst + nw_at + 4 * i, nw + i);
     cp_async_commit();
 }
@@ -1827,20 +1836,26 @@ __device__ __forceinline__ void grid_barrier(unsigned* bar, unsigned base, unsig
 }
 
 // staged_rows with L lanes a row (32 / L rows a warp at once): lane j of a row takes chunks
-// j, j + L, ...
+// j, j + L, ... With `gate` (gate/up's pairs: a relu2 or silu mode), [r0, r1) are rows of the
+// gate half, staged as r1 - r0 gate rows then the same rows of the up half: local row 2i is
+// gate row r0 + i and 2i + 1 its up row, on neighbouring lane groups of one warp, and the
+// gate's lanes write gate_value(g, u) to out[r0 + i] - what the down stage's norm would
+// otherwise compute in every block from both halves (the same operations on the same floats:
+// the same bits).
 template <int L>
 __device__ __forceinline__ void staged_rows_l(const unsigned char* ws, int r0, int r1,
                                               int row_bytes, const i8* qs, int sum, float s,
-                                              float* out, float* own) {
+                                              float* out, float* own, int gate) {
     constexpr int G = 32 / L;
     const int lane = threadIdx.x & 31, sub = lane % L, warps = blockDim.x >> 5;
-    const int chunks = row_bytes >> 4;
-    const float* wscale = (const float*)(ws + (size_t)(r1 - r0) * row_bytes) - r0;
-    for (int rg = r0 + (threadIdx.x >> 5) * G; rg < r1; rg += warps * G) {
-        const int r = rg + lane / L;
+    const int chunks = row_bytes >> 4, n = r1 - r0, total = gate ? 2 * n : n;
+    const float* wscale = (const float*)(ws + (size_t)total * row_bytes);
+    for (int rg = (threadIdx.x >> 5) * G; rg < total; rg += warps * G) {
+        const int i = rg + lane / L;
+        const int lr = gate ? ((i & 1) ? n + (i >> 1) : i >> 1) : i;
         int acc = 0;
-        if (r < r1) {
-            const uint4* wr = (const uint4*)(ws + (size_t)(r - r0) * row_bytes);
+        if (i < total) {
+            const uint4* wr = (const uint4*)(ws + (size_t)lr * row_bytes);
             for (int c = sub; c < chunks; c += L) {
                 const uint4 wv = wr[c];
                 const u32 words[4] = {wv.x, wv.y, wv.z, wv.w};
@@ -1857,11 +1872,17 @@ __device__ __forceinline__ void staged_rows_l(const unsigned char* ws, int r0, i
         }
 #pragma unroll
         for (int o = L / 2; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
-        if (r < r1 && sub == 0) {
-            const float yv = __fmul_rn(__fdiv_rn((float)(acc - sum), s), wscale[r]);
+        const float yv = i < total ? __fmul_rn(__fdiv_rn((float)(acc - sum), s), wscale[lr]) : 0.0f;
+        if (gate) {
+            // G is even and rg a multiple of G: a pair never straddles two warps' rows.
+            const float u = __shfl_down_sync(0xffffffffu, yv, L);
+            if (i < total && sub == 0 && (i & 1) == 0)
+                __stcg(out + r0 + (i >> 1), gate_value(yv, u, gate));
+        } else if (i < total && sub == 0) {
+            const int r = r0 + i;
             if (own) {
-                const float v = __fadd_rn(own[r - r0], yv);
-                own[r - r0] = v;
+                const float v = __fadd_rn(own[i], yv);
+                own[i] = v;
                 __stcg(out + r, v);
             } else {
                 __stcg(out + r, yv);
@@ -1881,14 +1902,15 @@ __device__ __forceinline__ void staged_rows_l(const unsigned char* ws, int r0, i
 // integer dot is exact in any grouping: the same bits whichever runs.
 __device__ __forceinline__ void staged_rows(const unsigned char* ws, int r0, int r1,
                                             int row_bytes, const i8* qs, int sum, float s,
-                                            float* out, float* own) {
+                                            float* out, float* own, int gate) {
     const int n = r1 - r0, chunks = row_bytes >> 4, warps = blockDim.x >> 5;
     const int s8 = ((n + 3) / 4 + warps - 1) / warps * ((chunks + 7) / 8);
     const int s32 = (n + warps - 1) / warps * ((chunks + 31) / 32);
-    if (s8 < s32)
-        staged_rows_l<8>(ws, r0, r1, row_bytes, qs, sum, s, out, own);
+    // Pairs need both rows in one warp: 8 lanes a row.
+    if (gate || s8 < s32)
+        staged_rows_l<8>(ws, r0, r1, row_bytes, qs, sum, s, out, own, gate);
     else
-        staged_rows_l<32>(ws, r0, r1, row_bytes, qs, sum, s, out, own);
+        staged_rows_l<32>(ws, r0, r1, row_bytes, qs, sum, s, out, own, 0);
 }
 
 // Per-layer pointers in the descriptor array (DECODE_PTRS u64 each, in this order).
@@ -1945,6 +1967,8 @@ __device__ __forceinline__ void stage_matrix(const unsigned long long* __restric
     size_t bytes = 0;
     const unsigned char* src = nullptr;
     const float* scales = nullptr;
+    const unsigned char* src2 = nullptr;
+    const float* scales2 = nullptr;
     const float* nw = nullptr;
     int n = 0, nc = 0;
     if (m < 4 * d.nlayers) {
@@ -1957,11 +1981,16 @@ __device__ __forceinline__ void stage_matrix(const unsigned long long* __restric
             default: rows = d.h, rb = d.rb_f, which = D_DOWN; break;
         }
         int r0, r1;
-        slice_of(rows, &r0, &r1);
+        // gate/up: the block's rows of the gate half and the same rows of the up half.
+        slice_of((m & 3) == 2 ? d.ffn : rows, &r0, &r1);
         src = (const unsigned char*)p[which] + (size_t)r0 * rb;
         bytes = (size_t)(r1 - r0) * rb;
         scales = (const float*)p[which + 1] + r0;
         n = r1 - r0;
+        if ((m & 3) == 2) {
+            src2 = src + (size_t)d.ffn * rb;
+            scales2 = scales + d.ffn;
+        }
         // The norm in front of the matrix, and its width.
         const int norm = (m & 3) == 0   ? D_ATTN_NORM
                          : (m & 3) == 1 ? D_ATTN_SUB_NORM
@@ -1970,7 +1999,7 @@ __device__ __forceinline__ void stage_matrix(const unsigned long long* __restric
         nw = (const float*)p[norm];
         nc = (m & 3) == 1 ? d.qd : (m & 3) == 3 ? d.ffn : d.h;
     }
-    stage_rows(buf0 + (size_t)(m & 1) * wbuf, src, bytes, scales, n, nw, nc, wrows);
+    stage_rows(buf0 + (size_t)(m & 1) * wbuf, src, bytes, scales, n, src2, scales2, nw, nc, wrows);
 }
 
 // The layers of one decode step (after embed_rows has written x; the head runs after it).
@@ -2010,10 +2039,11 @@ extern "C" __global__ void __launch_bounds__(1024, 1)
     // Stage `st` of layer l (0 q/k/v, 1 attention, 2 o, 3 gate/up, 4 down) stamps 4 points
     // (BITNET_CUDA_PROFILE): its weights landed, its norm done, its work done, its barrier past.
     auto mark = [&](int l, int st, int i) { stamp(prof, 1 + 20 * l + 4 * st + i); };
-    // A matrix stage: out = W . quant(norm(in)) (accumulated into out with `acc`), the block's
-    // rows from buffer `buf`, while matrix `next` streams into the other buffer.
+    // A matrix stage: out = W . quant(norm(in)) (added to the residual rows with `own`), the
+    // block's rows from buffer `buf`, while matrix `next` streams into the other buffer; with
+    // `gate`, W is gate/up and `rows` its pairs (see staged_rows_l).
     auto matrix = [&](int l, int st, int next, const float* in, int cols, int nmode, int buf,
-                      int rows, int rb, float* out, float* own) {
+                      int rows, int rb, float* out, float* own, int gate) {
         const unsigned char* ws = dsm + (size_t)buf * wbuf;
         const float* nw = (const float*)(ws + wrows);
         const int stride = (cols + 127) & ~127;
@@ -2024,7 +2054,7 @@ extern "C" __global__ void __launch_bounds__(1024, 1)
                        stride >> 6);
         mark(l, st, 1);
         slice_of(rows, &r0, &r1);
-        staged_rows(ws, r0, r1, rb, qs, sum, s, out, own);
+        staged_rows(ws, r0, r1, rb, qs, sum, s, out, own, gate);
         mark(l, st, 2);
         grid_barrier(bar, base, ++k);
         mark(l, st, 3);
@@ -2035,7 +2065,7 @@ extern "C" __global__ void __launch_bounds__(1024, 1)
     for (int l = 0; l < nlayers; ++l) {
         const unsigned long long* p = desc + (size_t)l * DECODE_PTRS;
         const int m = 4 * l;
-        matrix(l, 0, m + 1, x, h, 0, 0, d.width, rb_h, qkv, nullptr);
+        matrix(l, 0, m + 1, x, h, 0, 0, d.width, rb_h, qkv, nullptr, 0);
 
         // RoPE + attention, a query head per block on the first attn_threads threads
         mark(l, 1, 0);
@@ -2047,9 +2077,11 @@ extern "C" __global__ void __launch_bounds__(1024, 1)
         grid_barrier(bar, base, ++k);
         mark(l, 1, 3);
 
-        matrix(l, 2, m + 2, attn, qd, 0, 1, h, rb_q, x, xown);
-        matrix(l, 3, m + 3, x, h, 0, 0, 2 * ffn, rb_h, gate_up, nullptr);
-        matrix(l, 4, m + 4, gate_up, ffn, mode, 1, h, rb_f, x, xown);
+        matrix(l, 2, m + 2, attn, qd, 0, 1, h, rb_q, x, xown, 0);
+        // gate/up by pairs: gate_up's first ffn floats get the gated activation, which the
+        // down stage's norm reads as a plain input.
+        matrix(l, 3, m + 3, x, h, 0, 0, ffn, rb_h, gate_up, nullptr, mode);
+        matrix(l, 4, m + 4, gate_up, ffn, 0, 1, h, rb_f, x, xown, 0);
     }
     cp_async_wait<0>();
     // Every block is past its read of bar[1] (it arrived at the last barrier).

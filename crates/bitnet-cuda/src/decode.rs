@@ -72,9 +72,15 @@ impl PersistentStep {
         let per = |rows: usize| rows.div_ceil(grid as usize);
         let mut wbuf = 0;
         for l in &m.layers {
-            for w in [&l.qkv, &l.wo, &l.gate_up, &l.down] {
-                // The block's rows, then their f32 scales.
-                wbuf = wbuf.max(per(w.rows) * (w.row_bytes + 4));
+            // The block's rows, then their f32 scales; gate/up's by pairs (the block's rows of
+            // the gate half and the same rows of the up half).
+            for (w, rows) in [
+                (&l.qkv, per(l.qkv.rows)),
+                (&l.wo, per(l.wo.rows)),
+                (&l.gate_up, 2 * per(l.gate_up.rows / 2)),
+                (&l.down, per(l.down.rows)),
+            ] {
+                wbuf = wbuf.max(rows * (w.row_bytes + 4));
             }
         }
         let maxcols = h.max(qd).max(ffn);
