@@ -167,7 +167,8 @@ __device__ __forceinline__ int perm_index(int k, int chunks) {
 // One row's norm and quantization (the body of norm_quant; also the prologue of the fused
 // decode matmuls and of the persistent decode kernel's matrix stages, so all give the same
 // bits): y = (w * v) * r, r = 1 / sqrt(mean(v^2) + eps) (ops::rms_norm computes w * (v * r):
-// the same to a rounding) over the row's `cols` input values v (see gate_value), written to
+// the same to a rounding, away from overflow and subnormals, which activations do not reach)
+// over the row's `cols` input values v (see gate_value), written to
 // `y` when that is not null, then, when `q` is not null, y quantized to int8 exactly as
 // quantize_rows does with y as input (so the int8 values are bit-identical to the CPU
 // quantizer applied to this y): `qstride` bytes (a multiple of 4, zero past cols), the scale
@@ -185,7 +186,9 @@ __device__ __forceinline__ int perm_index(int k, int chunks) {
 // sum of squares, the max and the int sum each take 32 (the first two are read after the
 // first barrier and written again only after the second; the int sum's are read after the
 // second and written again only after a later call's first), so a caller may run this again
-// at once. Earlier definitions (the squares in another order, y = w * (v * r)) gave other
+// at once - with `q`: without it the function returns after the first barrier, and a caller
+// that runs it again must pass a barrier first (norm_quant runs it once a block). Earlier
+// definitions (the squares in another order, y = w * (v * r)) gave other
 // bits by a rounding.
 __device__ void norm_quant_row(const float* __restrict__ xt, int cols, int mode,
                                const float* __restrict__ w, float eps, float* row,

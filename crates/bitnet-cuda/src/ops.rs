@@ -339,11 +339,12 @@ impl Gpu {
         Ok(())
     }
 
-    /// Per token: `y = w * (v * r)` with `r = 1 / sqrt(mean(v^2) + eps)` (`ops::rms_norm`) over
-    /// the row's input `v` (see [`NormInput`]; rows `in_stride` floats apart, `w.len()`
-    /// outputs), written to `y` if given and quantized to int8 into `a` if given (exactly as
-    /// `QuantizedActivations::quantize` of that `y`; the sum of squares is summed in another
-    /// order than on the CPU, so `y` agrees to float rounding).
+    /// Per token: `y = (w * v) * r` with `r = 1 / sqrt(mean(v^2) + eps)` (`ops::rms_norm`
+    /// computes `w * (v * r)`) over the row's input `v` (see [`NormInput`]; rows `in_stride`
+    /// floats apart, `w.len()` outputs), written to `y` if given and quantized to int8 into `a`
+    /// if given (exactly as `QuantizedActivations::quantize` of that `y`; the products are
+    /// grouped and the sum of squares summed in another order than on the CPU, so `y` agrees
+    /// to float rounding).
     #[allow(clippy::too_many_arguments)]
     pub fn norm_quantize(
         &self,
