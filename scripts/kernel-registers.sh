@@ -18,17 +18,8 @@ eval "$("$ROOT/scripts/setup-nvrtc.sh")"
 VERSION="${NVRTC_VERSION:-12.9.86}"
 OUT="$ROOT/third_party/build-ptxas"
 PTXAS="$OUT/nvidia/cuda_nvcc/bin/ptxas"
-if [[ ! -x "$PTXAS" || "$(cat "$OUT/.version" 2>/dev/null)" != "$VERSION" ]]; then
-    echo "kernel-registers: nvidia-cuda-nvcc-cu12==$VERSION from PyPI" >&2
-    rm -rf "$OUT" && mkdir -p "$OUT/download"
-    python3 -m pip download --quiet --no-deps --only-binary :all: \
-        --platform manylinux2014_x86_64 --python-version 3 \
-        -d "$OUT/download" "nvidia-cuda-nvcc-cu12==$VERSION" >&2
-    python3 -m zipfile -e "$OUT"/download/nvidia_cuda_nvcc_cu12-*.whl "$OUT"
-    rm -rf "$OUT/download"
-    chmod +x "$PTXAS"
-    echo "$VERSION" >"$OUT/.version"
-fi
+"$ROOT/scripts/nvidia-wheel.sh" nvidia-cuda-nvcc-cu12 "$VERSION" "$OUT" nvidia/cuda_nvcc/bin/ptxas
+chmod +x "$PTXAS"
 K="$ROOT/crates/bitnet-cuda/kernels"
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
