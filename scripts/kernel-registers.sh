@@ -15,7 +15,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SM="${1:-sm_90}"
 [[ "$SM" =~ ^sm_[0-9]+a?$ ]] || { echo "kernel-registers: '$SM' is not sm_NN" >&2; exit 2; }
 eval "$("$ROOT/scripts/setup-nvrtc.sh")"
-VERSION="${NVRTC_VERSION:-12.9.86}"
+# ptxas of the same CUDA release as the NVRTC that setup-nvrtc.sh unpacked.
+VERSION="$(cat "$ROOT/third_party/build-nvrtc/.version")"
 OUT="$ROOT/third_party/build-ptxas"
 PTXAS="$OUT/nvidia/cuda_nvcc/bin/ptxas"
 "$ROOT/scripts/nvidia-wheel.sh" nvidia-cuda-nvcc-cu12 "$VERSION" "$OUT" nvidia/cuda_nvcc/bin/ptxas

@@ -168,11 +168,11 @@ __device__ __forceinline__ int perm_index(int k, int chunks) {
 // decode matmuls and of the persistent decode kernel's matrix stages, so all give the same
 // bits): y = (w * v) * r, r = 1 / sqrt(mean(v^2) + eps) (ops::rms_norm computes w * (v * r):
 // the same to a rounding, away from overflow and subnormals, which activations do not reach)
-// over the row's `cols` input values v (see gate_value), written to
-// `y` when that is not null, then, when `q` is not null, y quantized to int8 exactly as
-// quantize_rows does with y as input (so the int8 values are bit-identical to the CPU
-// quantizer applied to this y): `qstride` bytes (a multiple of 4, zero past cols), the scale
-// to *s_out and the values' sum to *sum_out in every thread.
+// over the row's `cols` input values v (see gate_value), written to `y` when that is not null,
+// then, when `q` is not null, y quantized to int8 exactly as quantize_rows does with y as input
+// (so the int8 values are bit-identical to the CPU quantizer applied to this y): `qstride`
+// bytes (a multiple of 4, zero past cols), the scale to *s_out and the values' sum to *sum_out
+// in every thread.
 //
 // A norm is a latency in front of every matmul of a decode step, so it takes two block
 // barriers, not four. Thread i owns groups of four values g = i, i + blockDim, ... and loads
@@ -188,8 +188,7 @@ __device__ __forceinline__ int perm_index(int k, int chunks) {
 // second and written again only after a later call's first), so a caller may run this again
 // at once - with `q`: without it the function returns after the first barrier, and a caller
 // that runs it again must pass a barrier first (norm_quant runs it once a block). Earlier
-// definitions (the squares in another order, y = w * (v * r)) gave other
-// bits by a rounding.
+// definitions (the squares in another order, y = w * (v * r)) gave other bits by a rounding.
 __device__ void norm_quant_row(const float* __restrict__ xt, int cols, int mode,
                                const float* __restrict__ w, float eps, float* row,
                                float* __restrict__ y, i8* q, int qstride, float* red,
@@ -1980,12 +1979,12 @@ __device__ __forceinline__ void stage_matrix(const unsigned long long* __restric
         switch (m & 3) {
             case 0: rows = d.width, rb = d.rb_h, which = D_QKV; break;
             case 1: rows = d.h, rb = d.rb_q, which = D_WO; break;
-            case 2: rows = 2 * d.ffn, rb = d.rb_h, which = D_GATE_UP; break;
+            // gate/up by pairs: the block's rows of the gate half, then the same rows of up.
+            case 2: rows = d.ffn, rb = d.rb_h, which = D_GATE_UP; break;
             default: rows = d.h, rb = d.rb_f, which = D_DOWN; break;
         }
         int r0, r1;
-        // gate/up: the block's rows of the gate half and the same rows of the up half.
-        slice_of((m & 3) == 2 ? d.ffn : rows, &r0, &r1);
+        slice_of(rows, &r0, &r1);
         src = (const unsigned char*)p[which] + (size_t)r0 * rb;
         bytes = (size_t)(r1 - r0) * rb;
         scales = (const float*)p[which + 1] + r0;
