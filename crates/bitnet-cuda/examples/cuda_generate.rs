@@ -10,8 +10,8 @@
 //! Everything runs through the backend seam (`bitnet_backend::Context`), as the engine runs it.
 //! The prompt is timed with flash attention and again with the per-query attention kernel.
 //! Decode is timed with the step captured as a CUDA graph and with plain launches; `--batch`
-//! times B sequences decoding together (B tokens a step, the batched kernels) and reports
-//! their aggregate tokens/s; the sampled rows time the default sampler with its top-k
+//! times B sequences decoding together (B tokens a step, the batched kernels, as a graph and
+//! as plain launches) and reports their aggregate tokens/s; the sampled rows time the default sampler with its top-k
 //! candidates selected on the GPU against whole rows of logits sampled on the host.
 
 use bitnet_backend::{Context, KvType, Logits, SeqChunk, KV_BLOCK};
@@ -262,8 +262,9 @@ fn bench(weights: &ModelWeights, model: Option<&str>, load_s: f64, o: &Opts) -> 
     }
 
     // Batched decode: B sequences, one token each per step, each over its own blocks.
-    for &b in o.batches {
+    for (b, graph) in o.batches.iter().flat_map(|&b| [(b, true), (b, false)]) {
         let mut cx = backend.context(b * per_seq, KvType::F16, b)?;
+        cx.set_graph(graph);
         let tables = seq_tables(b, per_seq);
         let mut best = f64::MAX;
         for rep in 0..=reps {
@@ -284,8 +285,9 @@ fn bench(weights: &ModelWeights, model: Option<&str>, load_s: f64, o: &Opts) -> 
             }
         }
         println!(
-            "tg{tg} x {b} sequences (batched): {:.1} us/step, {:.0} tokens/s aggregate (best of \
-             {reps})",
+            "tg{tg} x {b} sequences (batched, {}): {:.1} us/step, {:.0} tokens/s aggregate \
+             (best of {reps})",
+            if graph { "graph" } else { "launches" },
             best / tg as f64 * 1e6,
             (b * tg) as f64 / best
         );

@@ -13,7 +13,8 @@
 //! replayed after its packed inputs are copied in (the kernels read them from device memory),
 //! so a decode step costs one copy in, one graph launch and one copy back. Batches of several
 //! tokens (prompts, many sequences decoding together) run the batched kernels, whose matmuls
-//! read each weight once for up to 8 tokens. In those, the chunks of two or more tokens (prompt
+//! read each weight once for many tokens; a decode step of several sequences (one token each)
+//! is a graph too, one for each number of sequences that recurs. In those, the chunks of two or more tokens (prompt
 //! passes) attend on the tensor cores (`attention_flash_*`, tiles of up to 64 tokens cut in
 //! `begin`); chunks of one token keep the per-query attention kernel.
 //!
@@ -275,6 +276,9 @@ fn batch_views(
 /// What a captured graph ran: replayable for a batch that needs the same launches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct GraphKey {
+    /// Sequences of the decode step, one token and one logit row each (the kernels' grids and
+    /// the ternary kernel chosen for that many tokens).
+    seqs: usize,
     /// The attention kernels' score capacity (their shared memory).
     ctx: usize,
     /// `Some(vocab)`: ends in the greedy choice over that many logits.
@@ -282,6 +286,10 @@ struct GraphKey {
     fused: bool,
     persistent: bool,
 }
+
+/// How many decode graphs a context keeps (a server's step changes shape as sequences come
+/// and go; each shape's graph is a few hundred kernel nodes).
+const MAX_GRAPHS: usize = 8;
 
 struct Graph(CudaGraph);
 // SAFETY: a graph exec handle is a driver object usable from any thread (launch binds the CUDA
@@ -327,7 +335,11 @@ pub struct CudaContext {
     /// Built on the first decode step; `Some(None)`: the kernel does not apply here.
     step: Option<Option<PersistentStep>>,
     use_graph: bool,
-    graph: Option<(GraphKey, Graph)>,
+    /// Captured decode graphs, oldest first.
+    graphs: Vec<(GraphKey, Graph)>,
+    /// Decode shapes run once without a graph: a shape is captured when it comes again, so
+    /// that a step seen once (a server's batch between two arrivals) costs no capture.
+    seen: Vec<GraphKey>,
 }
 
 impl CudaContext {
@@ -383,7 +395,8 @@ impl CudaContext {
             persistent: true,
             step: None,
             use_graph: true,
-            graph: None,
+            graphs: Vec::new(),
+            seen: Vec::new(),
             kv_blocks: blocks,
             k,
             v,
@@ -395,8 +408,8 @@ impl CudaContext {
         })
     }
 
-    /// Whether a decode step (one token of one sequence) replays a captured CUDA graph (the
-    /// default) or launches its kernels one by one.
+    /// Whether a decode step (one token of each of one or more sequences) replays a captured
+    /// CUDA graph (the default) or launches its kernels one by one.
     pub fn set_graph(&mut self, on: bool) {
         self.use_graph = on;
     }
@@ -455,13 +468,13 @@ impl CudaContext {
         if n > self.s.tokens || rows > self.s.rows {
             let tokens = self.s.tokens.max(n.next_power_of_two());
             let r = self.s.rows.max(rows.next_power_of_two());
-            self.graph = None;
+            self.graphs.clear();
             // The old buffers go first: the new ones may need their memory.
             self.s = Scratch::new(&self.gpu, &self.shared.model, 1, 1)?;
             self.s = Scratch::new(&self.gpu, &self.shared.model, tokens, r)?;
         }
         if words > self.meta.len() {
-            self.graph = None;
+            self.graphs.clear();
             self.meta = self.gpu.stream.alloc_zeros(words.next_power_of_two())?;
         }
         Ok(())
@@ -823,37 +836,65 @@ impl CudaContext {
         Ok(ids)
     }
 
-    /// Whether `seqs` is a decode step the captured graph can run.
+    /// Whether `seqs` is a decode step a captured graph can run: every chunk one token that
+    /// wants its logits (the rows are then the tokens in order, read from the packed buffer).
     fn graph_step(&self, seqs: &[SeqChunk<'_>]) -> bool {
-        self.use_graph && matches!(seqs, [s] if s.tokens.len() == 1 && s.want != Logits::None)
+        self.use_graph
+            && !seqs.is_empty()
+            && seqs
+                .iter()
+                .all(|s| s.tokens.len() == 1 && s.want != Logits::None)
     }
 
-    /// The batch already begun, through the graph for its shape (captured on first use).
+    /// The batch already begun, through the graph for its shape: captured the second time the
+    /// shape comes, replayed after that; the first time its kernels are launched one by one.
     fn replay(&mut self, greedy: Option<usize>) -> CudaResult<()> {
         let key = GraphKey {
+            seqs: self.seqs,
             ctx: self.ctx,
             greedy,
             fused: self.fused,
             persistent: self.persistent_step(),
         };
-        if self.graph.as_ref().is_none_or(|(k, _)| *k != key) {
-            self.graph = None;
-            let g = match self.capture(greedy) {
-                Ok(g) => g,
-                // A driver that cannot record a cooperative launch in a graph still runs the
-                // per-stage kernels: retry without the persistent kernel, for good.
-                Err(_) if key.persistent => {
-                    self.step = Some(None);
-                    return self.replay(greedy);
-                }
-                Err(e) => return Err(e),
-            };
-            self.graph = Some((key, Graph(g)));
-        }
-        if let Some((_, g)) = &self.graph {
+        if let Some((_, g)) = self.graphs.iter().find(|(k, _)| *k == key) {
             g.0.launch()?;
+            return Ok(());
         }
+        let Some(at) = self.seen.iter().position(|k| *k == key) else {
+            if self.seen.len() == MAX_GRAPHS {
+                self.seen.remove(0);
+            }
+            self.seen.push(key);
+            return self.pass(greedy);
+        };
+        self.seen.remove(at);
+        let g = match self.capture(greedy) {
+            Ok(g) => g,
+            // A driver that cannot record a cooperative launch in a graph still runs the
+            // per-stage kernels: retry without the persistent kernel, for good.
+            Err(_) if key.persistent => {
+                self.step = Some(None);
+                return self.replay(greedy);
+            }
+            Err(e) => return Err(e),
+        };
+        g.launch()?;
+        if self.graphs.len() == MAX_GRAPHS {
+            self.graphs.remove(0);
+        }
+        self.graphs.push((key, Graph(g)));
         Ok(())
+    }
+
+    /// The kernels of a pass over the batch already begun, through the head and, for
+    /// `greedy`, the argmax (launched, or recorded while a graph is captured).
+    fn pass(&mut self, greedy: Option<usize>) -> CudaResult<()> {
+        self.layers_op()?;
+        self.head_op()?;
+        match greedy {
+            Some(v) => self.argmax_op(v),
+            None => Ok(()),
+        }
     }
 
     /// Records the pass (recording runs nothing); the launches read every input that changes
@@ -862,14 +903,7 @@ impl CudaContext {
         use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
         let stream = self.gpu.stream.clone();
         stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
-        let recorded = (|| {
-            self.layers_op()?;
-            self.head_op()?;
-            match greedy {
-                Some(v) => self.argmax_op(v),
-                None => Ok(()),
-            }
-        })();
+        let recorded = self.pass(greedy);
         // Capture must end even when recording failed, or the stream stays unusable.
         let graph = stream.end_capture(CUgraphInstantiate_flags(0));
         recorded?;

@@ -1343,7 +1343,9 @@ fn batch_invariance(label: &str, backend: &CudaBackend, prompts: &[RefPrompt], v
         let chunks: Vec<SeqChunk> = (0..4)
             .map(|s| chunk(&toks[s], pos[s], tables[s], Logits::Last))
             .collect();
-        // Alternate the two ways of asking: logits, and the greedy choice on the GPU.
+        // Alternate the two ways of asking: logits, and the greedy choice on the GPU. Each is
+        // a decode shape of its own: launched at its first step, captured as a graph at its
+        // second, replayed at its third (at new positions, read from the packed batch).
         if i % 2 == 0 {
             let l = batch.forward(&chunks).unwrap();
             worst = worst.max(max_abs_diff(&l[..vocab], &want[i + 1]));
