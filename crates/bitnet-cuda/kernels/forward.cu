@@ -405,8 +405,6 @@ extern "C" __global__ void rope_kv(float* __restrict__ qkv, int nh, int nkv, int
 
 // Attention head dims up to this many (8 f32 accumulators per lane, pairs of f16 per load).
 #define MAX_HD 256
-// Positions whose keys (values) a warp loads before using the first of them.
-#define ATT_U 4
 
 // Softmax attention of one query head (its q in shared `qs`) over positions 0..n of KV head
 // kvh of the sequence whose block table is `bt`, into out_h: scores scaled after the dot,
@@ -418,68 +416,110 @@ extern "C" __global__ void rope_kv(float* __restrict__ qkv, int nh, int nkv, int
 // every nthr: the sums are defined over ATT_VW = 32 "virtual warps" of 32 lanes (1024 virtual
 // threads), and a real warp plays ATT_VW / (nthr / 32) of them in turn. So the batched kernel
 // runs prompts with few threads per (head, token) and a decode step runs one head with 1024,
-// and a token's attention is the same whichever ran it. Sum of the exponentials: virtual
-// thread v adds positions v, v + 1024, ...; each virtual warp's 32 lanes are added by one
-// butterfly, then its 32 partials by another. Values: virtual warp w accumulates positions
-// w, w + 32, ... in order; the 32 partial outputs are added in warp order. Scores are per
-// position and the max is exact, so their order does not matter. MHD: the largest head_dim
-// the caller handles (registers per lane).
+// and a token's attention is the same whichever ran it. A score: lane l's fmaf chain over the
+// pairs 2j, 2j + 1 of j = l, l + 32, ..., then the lanes added by one xor butterfly (warp_sum's
+// order). Sum of the exponentials: virtual thread v adds positions v, v + 1024, ...; each
+// virtual warp's 32 lanes are added by one butterfly, then its 32 partials by another. Values:
+// virtual warp w accumulates positions w, w + 32, ... in order; the 32 partial outputs are
+// added in warp order. Scores are per position and the max is exact, so their order does not
+// matter. MHD: the largest head_dim the caller handles (registers per lane).
 #define ATT_VW 32
-template <int MHD>
-__device__ void attend(const float* qs, const float* kn, const float* vn, float* sc,
-                       float* part, float* red, int n, const int* bt, int kvd, int kvh, int hd,
-                       const u16* __restrict__ kc, const u16* __restrict__ vc, float scale,
-                       float* __restrict__ out_h, int nthr) {
+
+// The butterfly sums of four values at once, d[u] of every lane into lanes 8u..8u+7: at the
+// first two levels each lane sends the values its partner keeps, so 6 shuffles instead of 20.
+// Each level adds the same pairs as warp_sum's level (float addition commutes), so lane 8u ends
+// with warp_sum(d[u])'s bits.
+__device__ __forceinline__ float warp_sum4(const float d[4]) {
+    const int lane = threadIdx.x & 31;
+    const bool hi16 = lane & 16, hi8 = lane & 8;
+    const float a0 = (hi16 ? d[2] : d[0]) + __shfl_xor_sync(0xffffffffu, hi16 ? d[0] : d[2], 16);
+    const float a1 = (hi16 ? d[3] : d[1]) + __shfl_xor_sync(0xffffffffu, hi16 ? d[1] : d[3], 16);
+    float b = (hi8 ? a1 : a0) + __shfl_xor_sync(0xffffffffu, hi8 ? a0 : a1, 8);
+    for (int o = 4; o > 0; o >>= 1) b += __shfl_xor_sync(0xffffffffu, b, o);
+    return b;
+}
+
+// Position p's row of a cache head (base: the cache plus the head's offset) as 32-bit words:
+// unsigned arithmetic and one widening multiply (cache_row's signed division and 64-bit product
+// were most of a position's instructions in attend's loops).
+__device__ __forceinline__ const u32* kv_row(const u16* base, const int* bt, int p, int kvd) {
+    const u32 up = (u32)p;
+    const u32 row = (u32)bt[up / KV_BLOCK] * KV_BLOCK + up % KV_BLOCK;
+    return (const u32*)(base + (unsigned long long)row * (u32)kvd);
+}
+
+// The body of attend for MHD / 64 pairs a lane; FULL: hd == MHD, so every pair is in range and
+// no lane needs its bounds checked. Position n - 1 from kn / vn is handled after the cache's
+// positions: it is the last of its virtual warp's values, so the order stays as defined.
+template <int MHD, bool FULL>
+__device__ void attend_pairs(const float* qs, const float* kn, const float* vn, float* sc,
+                             float* part, float* red, int n, const int* bt, int kvd, int kvh,
+                             int hd, const u16* __restrict__ kc, const u16* __restrict__ vc,
+                             float scale, float* __restrict__ out_h, int nthr) {
+    constexpr int J = MHD / 64;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = nthr >> 5;
-    // Each warp loads the keys of ATT_U of its positions before the first dot product, so
-    // that ATT_U memory latencies overlap instead of following one another.
-    for (int p0 = warp; p0 < n; p0 += ATT_U * nw) {
-        u32 kp[ATT_U][MHD / 64];
+    // Positions read from the cache: all but a fresh last one.
+    const int m = kn ? n - 1 : n;
+    const size_t head = (size_t)kvh * hd;
+    bool on[J];
+    float q0[J], q1[J];
 #pragma unroll
-        for (int u = 0; u < ATT_U; ++u) {
-            const int p = p0 + u * nw;
-            if (p < n && !(kn && p == n - 1)) {
-                const u32* kr = (const u32*)(kc + cache_row(bt, p) * kvd + (size_t)kvh * hd);
+    for (int jj = 0; jj < J; ++jj) {
+        const int j = lane + 32 * jj;
+        on[jj] = FULL || 2 * j < hd;
+        q0[jj] = on[jj] ? qs[2 * j] : 0.0f;
+        q1[jj] = on[jj] ? qs[2 * j + 1] : 0.0f;
+    }
+    // Scores: each warp loads the keys of 4 of its positions (past the end: the last one again)
+    // before the first dot product, so that 4 memory latencies overlap instead of following one
+    // another, and adds the four dot products' lanes together.
+    for (int p0 = warp; p0 < m; p0 += 4 * nw) {
+        u32 kp[4][J];
 #pragma unroll
-                for (int jj = 0; jj < MHD / 64; ++jj)
-                    if (2 * (lane + 32 * jj) < hd) kp[u][jj] = __ldg(kr + lane + 32 * jj);
-            }
+        for (int u = 0; u < 4; ++u) {
+            const int p = min(p0 + u * nw, m - 1);
+            const u32* kr = kv_row(kc + head, bt, p, kvd);
+#pragma unroll
+            for (int jj = 0; jj < J; ++jj)
+                if (on[jj]) kp[u][jj] = __ldg(kr + lane + 32 * jj);
         }
+        float d[4];
 #pragma unroll
-        for (int u = 0; u < ATT_U; ++u) {
-            const int p = p0 + u * nw;
-            if (p >= n) break;
-            float d = 0.0f;
+        for (int u = 0; u < 4; ++u) {
+            d[u] = 0.0f;
 #pragma unroll
-            for (int jj = 0; jj < MHD / 64; ++jj) {
-                const int j = lane + 32 * jj;
-                if (2 * j < hd) {
-                    float k0, k1;
-                    if (kn && p == n - 1) {
-                        k0 = kn[2 * j];
-                        k1 = kn[2 * j + 1];
-                    } else {
-                        k0 = h2f((u16)(kp[u][jj] & 0xffffu));
-                        k1 = h2f((u16)(kp[u][jj] >> 16));
-                    }
-                    d = fmaf(qs[2 * j], k0, d);
-                    d = fmaf(qs[2 * j + 1], k1, d);
+            for (int jj = 0; jj < J; ++jj)
+                if (on[jj]) {
+                    d[u] = fmaf(q0[jj], h2f((u16)(kp[u][jj] & 0xffffu)), d[u]);
+                    d[u] = fmaf(q1[jj], h2f((u16)(kp[u][jj] >> 16)), d[u]);
                 }
-            }
-            d = warp_sum(d);
-            if (lane == 0) sc[p] = __fmul_rn(d, scale);
         }
+        const float s = warp_sum4(d);
+        const int p = p0 + (lane >> 3) * nw;
+        if ((lane & 7) == 0 && p < m) sc[p] = __fmul_rn(s, scale);
+    }
+    if (kn && warp == (n - 1) % nw) {
+        float d = 0.0f;
+#pragma unroll
+        for (int jj = 0; jj < J; ++jj)
+            if (on[jj]) {
+                const int j = lane + 32 * jj;
+                d = fmaf(q0[jj], kn[2 * j], d);
+                d = fmaf(q1[jj], kn[2 * j + 1], d);
+            }
+        d = warp_sum(d);
+        if (lane == 0) sc[n - 1] = __fmul_rn(d, scale);
     }
     group_sync(nthr);
-    float m = NEG_INF;
-    for (int p = threadIdx.x; p < n; p += nthr) m = fmaxf(m, sc[p]);
-    m = group_max(m, red, nthr);
+    float mx = NEG_INF;
+    for (int p = threadIdx.x; p < n; p += nthr) mx = fmaxf(mx, sc[p]);
+    mx = group_max(mx, red, nthr);
     // Sum of the exponentials over the virtual threads lane + 32 * w for this warp's virtual
     // warps w = warp, warp + nw, ...
     for (int w = warp; w < ATT_VW; w += nw) {
         float sum = 0.0f;
         for (int p = lane + 32 * w; p < n; p += 32 * ATT_VW) {
-            const float e = expf(__fsub_rn(sc[p], m));
+            const float e = expf(__fsub_rn(sc[p], mx));
             sc[p] = e;
             sum += e;
         }
@@ -492,55 +532,51 @@ __device__ void attend(const float* qs, const float* kn, const float* vn, float*
     // Every thread has read part[0..32) before it is overwritten below.
     group_sync(nthr);
 
-    // The values, virtual warp by virtual warp; each loads ATT_U positions ahead.
+    // The values, virtual warp by virtual warp; each loads 4 positions ahead.
     for (int w = warp; w < ATT_VW; w += nw) {
-        float acc[MHD / 32];
+        float acc[2 * J];
 #pragma unroll
-        for (int j = 0; j < MHD / 32; ++j) acc[j] = 0.0f;
-        for (int p0 = w; p0 < n; p0 += ATT_U * ATT_VW) {
-            u32 vp[ATT_U][MHD / 64];
+        for (int j = 0; j < 2 * J; ++j) acc[j] = 0.0f;
+        for (int p0 = w; p0 < m; p0 += 4 * ATT_VW) {
+            u32 vp[4][J];
 #pragma unroll
-            for (int u = 0; u < ATT_U; ++u) {
-                const int p = p0 + u * ATT_VW;
-                if (p < n && !(vn && p == n - 1)) {
-                    const u32* vr = (const u32*)(vc + cache_row(bt, p) * kvd + (size_t)kvh * hd);
+            for (int u = 0; u < 4; ++u) {
+                const int p = min(p0 + u * ATT_VW, m - 1);
+                const u32* vr = kv_row(vc + head, bt, p, kvd);
 #pragma unroll
-                    for (int j = 0; j < MHD / 64; ++j)
-                        if (2 * (lane + 32 * j) < hd) vp[u][j] = __ldg(vr + lane + 32 * j);
-                }
+                for (int jj = 0; jj < J; ++jj)
+                    if (on[jj]) vp[u][jj] = __ldg(vr + lane + 32 * jj);
             }
 #pragma unroll
-            for (int u = 0; u < ATT_U; ++u) {
+            for (int u = 0; u < 4; ++u) {
                 const int p = p0 + u * ATT_VW;
-                if (p >= n) break;
+                if (p >= m) break;
                 const float wgt = __fmul_rn(sc[p], inv);
-                const bool fresh = vn && p == n - 1;
 #pragma unroll
-                for (int j = 0; j < MHD / 64; ++j) {
-                    const int e = lane + 32 * j;
-                    if (2 * e < hd) {
-                        float v0, v1;
-                        if (fresh) {
-                            v0 = vn[2 * e];
-                            v1 = vn[2 * e + 1];
-                        } else {
-                            v0 = h2f((u16)(vp[u][j] & 0xffffu));
-                            v1 = h2f((u16)(vp[u][j] >> 16));
-                        }
-                        acc[2 * j] = fmaf(wgt, v0, acc[2 * j]);
-                        acc[2 * j + 1] = fmaf(wgt, v1, acc[2 * j + 1]);
+                for (int jj = 0; jj < J; ++jj)
+                    if (on[jj]) {
+                        acc[2 * jj] = fmaf(wgt, h2f((u16)(vp[u][jj] & 0xffffu)), acc[2 * jj]);
+                        acc[2 * jj + 1] = fmaf(wgt, h2f((u16)(vp[u][jj] >> 16)), acc[2 * jj + 1]);
                     }
-                }
             }
+        }
+        if (vn && w == (n - 1) % ATT_VW) {
+            const float wgt = __fmul_rn(sc[n - 1], inv);
+#pragma unroll
+            for (int jj = 0; jj < J; ++jj)
+                if (on[jj]) {
+                    const int e = lane + 32 * jj;
+                    acc[2 * jj] = fmaf(wgt, vn[2 * e], acc[2 * jj]);
+                    acc[2 * jj + 1] = fmaf(wgt, vn[2 * e + 1], acc[2 * jj + 1]);
+                }
         }
 #pragma unroll
-        for (int j = 0; j < MHD / 64; ++j) {
-            const int e = lane + 32 * j;
-            if (2 * e < hd) {
-                part[w * hd + 2 * e] = acc[2 * j];
-                part[w * hd + 2 * e + 1] = acc[2 * j + 1];
+        for (int jj = 0; jj < J; ++jj)
+            if (on[jj]) {
+                const int e = lane + 32 * jj;
+                part[w * hd + 2 * e] = acc[2 * jj];
+                part[w * hd + 2 * e + 1] = acc[2 * jj + 1];
             }
-        }
     }
     group_sync(nthr);
     for (int i = threadIdx.x; i < hd; i += nthr) {
@@ -550,6 +586,35 @@ __device__ void attend(const float* qs, const float* kn, const float* vn, float*
     }
 }
 
+// Attention for head dimensions up to MHD: FIT > 0, a kernel built for head dimension FIT alone
+// (no bounds checks, the fewest registers); FIT < 0, any head dimension, bounds checked per
+// lane; FIT == 0 (the persistent decode kernel, one build for every model), 64 and 128
+// (2B4T's) and MHD without checks, others with. The same bits whichever runs.
+template <int MHD, int FIT>
+__device__ void attend(const float* qs, const float* kn, const float* vn, float* sc,
+                       float* part, float* red, int n, const int* bt, int kvd, int kvh, int hd,
+                       const u16* __restrict__ kc, const u16* __restrict__ vc, float scale,
+                       float* __restrict__ out_h, int nthr) {
+    if constexpr (FIT > 0)
+        attend_pairs<FIT, true>(qs, kn, vn, sc, part, red, n, bt, kvd, kvh, hd, kc, vc, scale,
+                                out_h, nthr);
+    else if constexpr (FIT < 0)
+        attend_pairs<MHD, false>(qs, kn, vn, sc, part, red, n, bt, kvd, kvh, hd, kc, vc, scale,
+                                 out_h, nthr);
+    else if (hd == MHD)
+        attend_pairs<MHD, true>(qs, kn, vn, sc, part, red, n, bt, kvd, kvh, hd, kc, vc, scale,
+                                out_h, nthr);
+    else if (MHD > 128 && hd == 128)
+        attend_pairs<128, true>(qs, kn, vn, sc, part, red, n, bt, kvd, kvh, hd, kc, vc, scale,
+                                out_h, nthr);
+    else if (MHD > 64 && hd == 64)
+        attend_pairs<64, true>(qs, kn, vn, sc, part, red, n, bt, kvd, kvh, hd, kc, vc, scale,
+                               out_h, nthr);
+    else
+        attend_pairs<MHD, false>(qs, kn, vn, sc, part, red, n, bt, kvd, kvh, hd, kc, vc, scale,
+                                 out_h, nthr);
+}
+
 // Causal grouped-query attention of query head blockIdx.x of token blockIdx.y over positions
 // 0..n of its own sequence, n = pos[t] + 1, through that sequence's block table
 // blocks + table[t] (see attend). Dynamic shared memory (attn_smem): hd floats of q, 2 * hd
@@ -557,7 +622,8 @@ __device__ void attend(const float* qs, const float* kn, const float* vn, float*
 // With `skip_runs`, the tokens that attention_flash handles (those of a chunk of two or more
 // tokens: a neighbour in the batch has the same table offset, and the offsets of different
 // sequences differ) are left alone.
-extern "C" __global__ void attention(const float* __restrict__ qkv, int qkv_stride, int nh,
+template <int FIT>
+__device__ void attention_body(const float* __restrict__ qkv, int qkv_stride, int nh,
                                      int nkv, int hd, int ctx, const int* __restrict__ pos_t,
                                      const int* __restrict__ table,
                                      const int* __restrict__ blocks,
@@ -580,9 +646,24 @@ extern "C" __global__ void attention(const float* __restrict__ qkv, int qkv_stri
     const int* table_t = blocks + table[t];
     for (int i = threadIdx.x; i < (n + KV_BLOCK - 1) / KV_BLOCK; i += blockDim.x) bt[i] = table_t[i];
     __syncthreads();
-    attend<MAX_HD>(qs, nullptr, nullptr, sc, sc + ctx, red, n, bt, nkv * hd, h / (nh / nkv), hd, kc, vc,
+    attend<MAX_HD, FIT>(qs, nullptr, nullptr, sc, sc + ctx, red, n, bt, nkv * hd, h / (nh / nkv), hd, kc, vc,
            scale, out + (size_t)t * nh * hd + (size_t)h * hd, blockDim.x);
 }
+
+#define ATTENTION_KERNEL(NAME, FIT)                                                            \
+    extern "C" __global__ void NAME(const float* __restrict__ qkv, int qkv_stride, int nh,     \
+                                    int nkv, int hd, int ctx, const int* __restrict__ pos_t,  \
+                                    const int* __restrict__ table,                            \
+                                    const int* __restrict__ blocks,                           \
+                                    const u16* __restrict__ kc, const u16* __restrict__ vc,   \
+                                    float scale, float* __restrict__ out, int skip_runs) {    \
+        attention_body<FIT>(qkv, qkv_stride, nh, nkv, hd, ctx, pos_t, table, blocks, kc, vc,  \
+                            scale, out, skip_runs);                                           \
+    }
+// Built for head dimension 64, 128, and any (the host picks by the model's).
+ATTENTION_KERNEL(attention_hd64, 64)
+ATTENTION_KERNEL(attention_hd128, 128)
+ATTENTION_KERNEL(attention, -1)
 
 // Flash attention of prompt tokens on the f16 tensor cores (mma.sync m16n8k16, f32
 // accumulation). A block takes one query head and one tile of up to FLASH_ROWS consecutive
@@ -907,7 +988,7 @@ extern "C" __global__ void __launch_bounds__(FLASH_THREADS)
 // threads (the persistent decode kernel runs it with fewer threads than its block has, and the
 // same bits as rope_attention for the same nthr). `sm` is attn_smem(ctx) bytes of shared
 // memory. q, k and v are read through L2 (written by other blocks in the same launch there).
-template <int MHD>
+template <int MHD, int FIT>
 __device__ void rope_attend(int h, const float* __restrict__ qkv, int nh, int nkv, int hd,
                             int ctx, const float* __restrict__ inv_freq,
                             const int* __restrict__ pos_t, const int* __restrict__ slot,
@@ -952,7 +1033,7 @@ __device__ void rope_attend(int h, const float* __restrict__ qkv, int nh, int nk
         }
     }
     group_sync(nthr);
-    attend<MHD>(qs, kn, vn, sc, sc + ctx, red, n, bt, kvd, kvh, hd, kc, vc, scale, out + (size_t)h * hd,
+    attend<MHD, FIT>(qs, kn, vn, sc, sc + ctx, red, n, bt, kvd, kvh, hd, kc, vc, scale, out + (size_t)h * hd,
            nthr);
 }
 
@@ -962,17 +1043,22 @@ __device__ void rope_attend(int h, const float* __restrict__ qkv, int nh, int nk
 // the new value rounded to f16 as the cache holds it; the group's first query head writes them
 // to the caches, and every block reads position n - 1 from shared memory, not from the cache
 // another block is writing. Same bits as rope_kv then attention.
-extern "C" __global__ void rope_attention(const float* __restrict__ qkv, int nh, int nkv,
-                                          int hd, int ctx, const float* __restrict__ inv_freq,
-                                          const int* __restrict__ pos_t,
-                                          const int* __restrict__ slot,
-                                          const int* __restrict__ blocks, u16* kc, u16* vc,
-                                          float scale, float* __restrict__ out) {
-    extern __shared__ float sm[];
-    __shared__ float red[32];
-    rope_attend<MAX_HD>(blockIdx.x, qkv, nh, nkv, hd, ctx, inv_freq, pos_t, slot, blocks, kc, vc,
-                        scale, out, blockDim.x, sm, red);
-}
+#define ROPE_ATTENTION_KERNEL(NAME, FIT)                                                       \
+    extern "C" __global__ void NAME(const float* __restrict__ qkv, int nh, int nkv, int hd,    \
+                                    int ctx, const float* __restrict__ inv_freq,              \
+                                    const int* __restrict__ pos_t,                            \
+                                    const int* __restrict__ slot,                             \
+                                    const int* __restrict__ blocks, u16* kc, u16* vc,         \
+                                    float scale, float* __restrict__ out) {                   \
+        extern __shared__ float sm[];                                                         \
+        __shared__ float red[32];                                                             \
+        rope_attend<MAX_HD, FIT>(blockIdx.x, qkv, nh, nkv, hd, ctx, inv_freq, pos_t, slot,    \
+                                 blocks, kc, vc, scale, out, blockDim.x, sm, red);            \
+    }
+// Built for head dimension 64, 128, and any (the host picks by the model's).
+ROPE_ATTENTION_KERNEL(rope_attention_hd64, 64)
+ROPE_ATTENTION_KERNEL(rope_attention_hd128, 128)
+ROPE_ATTENTION_KERNEL(rope_attention, -1)
 
 // ggml's quantize_row_q8_0 on one row of `cols` floats (as dense_q8::quantize_activations):
 // per 32 values amax, d = f16(amax / 127), q = round_half_even(x * (127 / amax)). One warp per
@@ -2073,7 +2159,7 @@ extern "C" __global__ void __launch_bounds__(1024, 1)
         mark(l, 1, 0);
         mark(l, 1, 1);
         if ((int)blockIdx.x < nh && (int)threadIdx.x < attn_threads)
-            rope_attend<DECODE_MAX_HD>(blockIdx.x, qkv, nh, nkv, hd, ctx, inv_freq, pos_t, slot, blocks,
+            rope_attend<DECODE_MAX_HD, 0>(blockIdx.x, qkv, nh, nkv, hd, ctx, inv_freq, pos_t, slot, blocks,
                         (u16*)p[D_K], (u16*)p[D_V], scale, attn, attn_threads, row, red);
         mark(l, 1, 2);
         grid_barrier(bar, base, ++k);

@@ -63,7 +63,7 @@ fn dev(e: impl Into<CudaError>) -> BackendError {
 
 /// Every kernel the forward pass launches, looked up when the backend loads: compiling (or
 /// reading the cached PTX) then, not inside the first pass or, worse, a graph capture.
-const FORWARD_KERNELS: [&str; 29] = [
+pub(crate) const FORWARD_KERNELS: [&str; 33] = [
     "embed_rows",
     "embed_rows_q6_k",
     "decode_layers",
@@ -71,9 +71,13 @@ const FORWARD_KERNELS: [&str; 29] = [
     "norm_ternary_t1",
     "rope_kv",
     "attention",
+    "attention_hd64",
+    "attention_hd128",
     "attention_flash_hd64",
     "attention_flash_hd128",
     "rope_attention",
+    "rope_attention_hd64",
+    "rope_attention_hd128",
     "gather_rows",
     "quantize_q8_0",
     "head_q8_0",
@@ -94,7 +98,7 @@ const FORWARD_KERNELS: [&str; 29] = [
     "penalize_logits",
     "top_k_rows",
 ];
-const TERNARY_KERNELS: [&str; 8] = [
+pub(crate) const TERNARY_KERNELS: [&str; 8] = [
     "ternary_matmul_t8",
     "ternary_matmul_t4",
     "ternary_matmul_t2",

@@ -174,8 +174,9 @@ mod tests {
     use super::*;
 
     /// Every kernel file compiles with NVRTC for the GPU generations the kernels target
-    /// (Ampere and Hopper), without a GPU: the kernels are compiled at run time, so a kernel
-    /// that does not compile would otherwise first fail on a user's GPU. CI unpacks NVRTC from
+    /// (Ampere and Hopper), without a GPU, and has every kernel the backend looks up when it
+    /// loads: the kernels are compiled at run time, so a kernel that does not compile (or a
+    /// name that is not there) would otherwise first fail on a user's GPU. CI unpacks NVRTC from
     /// PyPI (`scripts/setup-nvrtc.sh`) and sets `BITNET_REQUIRE_NVRTC=1`: there, a missing
     /// library fails this test instead of skipping it.
     #[test]
@@ -189,8 +190,12 @@ mod tests {
             eprintln!("no libnvrtc on this machine: kernel compilation not checked");
             return;
         }
+        let looked_up = [
+            (TERNARY, &crate::backend::TERNARY_KERNELS[..]),
+            (FORWARD, &crate::backend::FORWARD_KERNELS[..]),
+        ];
         for arch in ["compute_80", "compute_90"] {
-            for src in [TERNARY, FORWARD] {
+            for (src, names) in looked_up {
                 let ptx = cudarc::nvrtc::compile_ptx_with_opts(
                     src.code,
                     CompileOptions {
@@ -205,7 +210,14 @@ mod tests {
                     }
                     other => panic!("{} for {arch}: {other}", src.name),
                 });
-                assert!(ptx.to_src().contains(".entry"), "{} for {arch}", src.name);
+                let ptx = ptx.to_src();
+                for name in names {
+                    assert!(
+                        ptx.contains(&format!(".entry {name}(")),
+                        "{} for {arch}: no kernel {name}",
+                        src.name
+                    );
+                }
             }
         }
     }

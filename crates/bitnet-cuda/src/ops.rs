@@ -689,7 +689,14 @@ impl Gpu {
                 MAX_ATTN_SMEM / 1024
             )));
         }
-        let f = self.forward_kernel(name, smem)?;
+        // Builds for head dimensions 64 and 128 need no bounds checks and fewer registers
+        // (more blocks an SM for many tokens); the same bits as the general one.
+        let fit = match dims.head_dim {
+            64 => "_hd64",
+            128 => "_hd128",
+            _ => "",
+        };
+        let f = self.forward_kernel(&format!("{name}{fit}"), smem)?;
         Ok((f, smem))
     }
 
