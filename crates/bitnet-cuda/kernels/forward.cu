@@ -448,10 +448,35 @@ __device__ __forceinline__ const u32* kv_row(const u16* base, const int* bt, int
     return (const u32*)(base + (unsigned long long)row * (u32)kvd);
 }
 
+// The rows (lane's words of J pairs) of positions p0, p0 + step, p0 + 2 step, p0 + 3 step; past
+// m - 1, the last one again (loaded, never used).
+template <int J>
+__device__ __forceinline__ void load_rows4(u32 (&r)[4][J], const u16* base, const int* bt, int p0,
+                                           int step, int m, int kvd, const bool (&on)[J],
+                                           int lane) {
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+        const u32* row = kv_row(base, bt, min(p0 + u * step, m - 1), kvd);
+#pragma unroll
+        for (int jj = 0; jj < J; ++jj)
+            if (on[jj]) r[u][jj] = __ldg(row + lane + 32 * jj);
+    }
+}
+
+template <int J>
+__device__ __forceinline__ void copy_rows4(u32 (&to)[4][J], const u32 (&from)[4][J]) {
+#pragma unroll
+    for (int u = 0; u < 4; ++u)
+#pragma unroll
+        for (int jj = 0; jj < J; ++jj) to[u][jj] = from[u][jj];
+}
+
 // The body of attend for MHD / 64 pairs a lane; FULL: hd == MHD, so every pair is in range and
-// no lane needs its bounds checked. Position n - 1 from kn / vn is handled after the cache's
+// no lane needs its bounds checked. PIPE: each round's loads are issued a round ahead (twice
+// the registers; the persistent kernel, at its 64, spills with it and keeps its loads together
+// without it). Position n - 1 from kn / vn is handled after the cache's
 // positions: it is the last of its virtual warp's values, so the order stays as defined.
-template <int MHD, bool FULL>
+template <int MHD, bool FULL, bool PIPE>
 __device__ void attend_pairs(const float* qs, const float* kn, const float* vn, float* sc,
                              float* part, float* red, int n, const int* bt, int kvd, int kvh,
                              int hd, const u16* __restrict__ kc, const u16* __restrict__ vc,
@@ -470,19 +495,15 @@ __device__ void attend_pairs(const float* qs, const float* kn, const float* vn, 
         q0[jj] = on[jj] ? qs[2 * j] : 0.0f;
         q1[jj] = on[jj] ? qs[2 * j + 1] : 0.0f;
     }
-    // Scores: each warp loads the keys of 4 of its positions (past the end: the last one again)
-    // before the first dot product, so that 4 memory latencies overlap instead of following one
-    // another, and adds the four dot products' lanes together.
+    // Scores: each warp loads the keys of 4 of its positions at once, so that 4 memory latencies
+    // overlap, and the next 4 while it uses them (ptxas otherwise moved loads down to their
+    // uses, one latency after another); the four dot products' lanes are added together.
+    u32 kp[4][J], kq[4][J];
+    if (PIPE && warp < m) load_rows4<J>(kp, kc + head, bt, warp, nw, m, kvd, on, lane);
     for (int p0 = warp; p0 < m; p0 += 4 * nw) {
-        u32 kp[4][J];
-#pragma unroll
-        for (int u = 0; u < 4; ++u) {
-            const int p = min(p0 + u * nw, m - 1);
-            const u32* kr = kv_row(kc + head, bt, p, kvd);
-#pragma unroll
-            for (int jj = 0; jj < J; ++jj)
-                if (on[jj]) kp[u][jj] = __ldg(kr + lane + 32 * jj);
-        }
+        const bool more = PIPE && p0 + 4 * nw < m;
+        if (!PIPE) load_rows4<J>(kp, kc + head, bt, p0, nw, m, kvd, on, lane);
+        if (more) load_rows4<J>(kq, kc + head, bt, p0 + 4 * nw, nw, m, kvd, on, lane);
         float d[4];
 #pragma unroll
         for (int u = 0; u < 4; ++u) {
@@ -497,6 +518,7 @@ __device__ void attend_pairs(const float* qs, const float* kn, const float* vn, 
         const float s = warp_sum4(d);
         const int p = p0 + (lane >> 3) * nw;
         if ((lane & 7) == 0 && p < m) sc[p] = __fmul_rn(s, scale);
+        if (more) copy_rows4<J>(kp, kq);
     }
     if (kn && warp == (n - 1) % nw) {
         float d = 0.0f;
@@ -532,21 +554,17 @@ __device__ void attend_pairs(const float* qs, const float* kn, const float* vn, 
     // Every thread has read part[0..32) before it is overwritten below.
     group_sync(nthr);
 
-    // The values, virtual warp by virtual warp; each loads 4 positions ahead.
+    // The values, virtual warp by virtual warp, 4 positions at a time, the next 4 on their way.
     for (int w = warp; w < ATT_VW; w += nw) {
         float acc[2 * J];
 #pragma unroll
         for (int j = 0; j < 2 * J; ++j) acc[j] = 0.0f;
+        u32 vp[4][J], vq[4][J];
+        if (PIPE && w < m) load_rows4<J>(vp, vc + head, bt, w, ATT_VW, m, kvd, on, lane);
         for (int p0 = w; p0 < m; p0 += 4 * ATT_VW) {
-            u32 vp[4][J];
-#pragma unroll
-            for (int u = 0; u < 4; ++u) {
-                const int p = min(p0 + u * ATT_VW, m - 1);
-                const u32* vr = kv_row(vc + head, bt, p, kvd);
-#pragma unroll
-                for (int jj = 0; jj < J; ++jj)
-                    if (on[jj]) vp[u][jj] = __ldg(vr + lane + 32 * jj);
-            }
+            const bool more = PIPE && p0 + 4 * ATT_VW < m;
+            if (!PIPE) load_rows4<J>(vp, vc + head, bt, p0, ATT_VW, m, kvd, on, lane);
+            if (more) load_rows4<J>(vq, vc + head, bt, p0 + 4 * ATT_VW, ATT_VW, m, kvd, on, lane);
 #pragma unroll
             for (int u = 0; u < 4; ++u) {
                 const int p = p0 + u * ATT_VW;
@@ -559,6 +577,7 @@ __device__ void attend_pairs(const float* qs, const float* kn, const float* vn, 
                         acc[2 * jj + 1] = fmaf(wgt, h2f((u16)(vp[u][jj] >> 16)), acc[2 * jj + 1]);
                     }
             }
+            if (more) copy_rows4<J>(vp, vq);
         }
         if (vn && w == (n - 1) % ATT_VW) {
             const float wgt = __fmul_rn(sc[n - 1], inv);
@@ -587,31 +606,32 @@ __device__ void attend_pairs(const float* qs, const float* kn, const float* vn, 
 }
 
 // Attention for head dimensions up to MHD: FIT > 0, a kernel built for head dimension FIT alone
-// (no bounds checks, the fewest registers); FIT < 0, any head dimension, bounds checked per
-// lane; FIT == 0 (the persistent decode kernel, one build for every model), 64 and 128
-// (2B4T's) and MHD without checks, others with. The same bits whichever runs.
+// (no bounds checks, the fewest registers, loads a round ahead); FIT < 0, any head dimension,
+// bounds checked per lane; FIT == 0 (the persistent decode kernel, one build for
+// every model), 64 and 128 (2B4T's) and MHD without checks, others with. The same bits
+// whichever runs.
 template <int MHD, int FIT>
 __device__ void attend(const float* qs, const float* kn, const float* vn, float* sc,
                        float* part, float* red, int n, const int* bt, int kvd, int kvh, int hd,
                        const u16* __restrict__ kc, const u16* __restrict__ vc, float scale,
                        float* __restrict__ out_h, int nthr) {
     if constexpr (FIT > 0)
-        attend_pairs<FIT, true>(qs, kn, vn, sc, part, red, n, bt, kvd, kvh, hd, kc, vc, scale,
+        attend_pairs<FIT, true, true>(qs, kn, vn, sc, part, red, n, bt, kvd, kvh, hd, kc, vc, scale,
                                 out_h, nthr);
     else if constexpr (FIT < 0)
-        attend_pairs<MHD, false>(qs, kn, vn, sc, part, red, n, bt, kvd, kvh, hd, kc, vc, scale,
+        attend_pairs<MHD, false, false>(qs, kn, vn, sc, part, red, n, bt, kvd, kvh, hd, kc, vc, scale,
                                  out_h, nthr);
     else if (hd == MHD)
-        attend_pairs<MHD, true>(qs, kn, vn, sc, part, red, n, bt, kvd, kvh, hd, kc, vc, scale,
+        attend_pairs<MHD, true, false>(qs, kn, vn, sc, part, red, n, bt, kvd, kvh, hd, kc, vc, scale,
                                 out_h, nthr);
     else if (MHD > 128 && hd == 128)
-        attend_pairs<128, true>(qs, kn, vn, sc, part, red, n, bt, kvd, kvh, hd, kc, vc, scale,
+        attend_pairs<128, true, false>(qs, kn, vn, sc, part, red, n, bt, kvd, kvh, hd, kc, vc, scale,
                                 out_h, nthr);
     else if (MHD > 64 && hd == 64)
-        attend_pairs<64, true>(qs, kn, vn, sc, part, red, n, bt, kvd, kvh, hd, kc, vc, scale,
+        attend_pairs<64, true, false>(qs, kn, vn, sc, part, red, n, bt, kvd, kvh, hd, kc, vc, scale,
                                out_h, nthr);
     else
-        attend_pairs<MHD, false>(qs, kn, vn, sc, part, red, n, bt, kvd, kvh, hd, kc, vc, scale,
+        attend_pairs<MHD, false, false>(qs, kn, vn, sc, part, red, n, bt, kvd, kvh, hd, kc, vc, scale,
                                  out_h, nthr);
 }
 
@@ -1044,7 +1064,8 @@ __device__ void rope_attend(int h, const float* __restrict__ qkv, int nh, int nk
 // to the caches, and every block reads position n - 1 from shared memory, not from the cache
 // another block is writing. Same bits as rope_kv then attention.
 #define ROPE_ATTENTION_KERNEL(NAME, FIT)                                                       \
-    extern "C" __global__ void NAME(const float* __restrict__ qkv, int nh, int nkv, int hd,    \
+    extern "C" __global__ void __launch_bounds__(1024)                                         \
+        NAME(const float* __restrict__ qkv, int nh, int nkv, int hd,                          \
                                     int ctx, const float* __restrict__ inv_freq,              \
                                     const int* __restrict__ pos_t,                            \
                                     const int* __restrict__ slot,                             \
