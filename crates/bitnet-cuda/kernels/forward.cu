@@ -606,7 +606,7 @@ __device__ void attend_pairs(const float* qs, const float* kn, const float* vn, 
 }
 
 // Attention for head dimensions up to MHD: FIT > 0, a kernel built for head dimension FIT alone
-// (no bounds checks, the fewest registers, loads a round ahead); FIT < 0, any head dimension,
+// (no bounds checks, loads a round ahead); FIT < 0, any head dimension,
 // bounds checked per lane; FIT == 0 (the persistent decode kernel, one build for
 // every model), 64 and 128 (2B4T's) and MHD without checks, others with. The same bits
 // whichever runs.
@@ -638,7 +638,7 @@ __device__ void attend(const float* qs, const float* kn, const float* vn, float*
 // Causal grouped-query attention of query head blockIdx.x of token blockIdx.y over positions
 // 0..n of its own sequence, n = pos[t] + 1, through that sequence's block table
 // blocks + table[t] (see attend). Dynamic shared memory (attn_smem): hd floats of q, 2 * hd
-// unused here, ctx scores (ctx >= n), nwarps * hd partial outputs, ctx / KV_BLOCK block ids.
+// unused here, ctx scores (ctx >= n), ATT_VW * hd partial outputs, ctx / KV_BLOCK block ids.
 // With `skip_runs`, the tokens that attention_flash handles (those of a chunk of two or more
 // tokens: a neighbour in the batch has the same table offset, and the offsets of different
 // sequences differ) are left alone.
@@ -648,8 +648,8 @@ __device__ void attention_body(const float* __restrict__ qkv, int qkv_stride, in
                                      const int* __restrict__ table,
                                      const int* __restrict__ blocks,
                                      const u16* __restrict__ kc, const u16* __restrict__ vc,
-                                     float scale, float* __restrict__ out, int skip_runs) {
-    extern __shared__ float sm[];
+                                     float scale, float* __restrict__ out, int skip_runs,
+                                     float* sm) {
     __shared__ float red[32];
     const int h = blockIdx.x, t = blockIdx.y;
     if (skip_runs && ((t > 0 && table[t - 1] == table[t]) ||
@@ -677,8 +677,9 @@ __device__ void attention_body(const float* __restrict__ qkv, int qkv_stride, in
                                     const int* __restrict__ blocks,                           \
                                     const u16* __restrict__ kc, const u16* __restrict__ vc,   \
                                     float scale, float* __restrict__ out, int skip_runs) {    \
+        extern __shared__ float sm[];                                                         \
         attention_body<FIT>(qkv, qkv_stride, nh, nkv, hd, ctx, pos_t, table, blocks, kc, vc,  \
-                            scale, out, skip_runs);                                           \
+                            scale, out, skip_runs, sm);                                       \
     }
 // Built for head dimension 64, 128, and any (the host picks by the model's).
 ATTENTION_KERNEL(attention_hd64, 64)
@@ -1064,7 +1065,7 @@ __device__ void rope_attend(int h, const float* __restrict__ qkv, int nh, int nk
 // to the caches, and every block reads position n - 1 from shared memory, not from the cache
 // another block is writing. Same bits as rope_kv then attention.
 #define ROPE_ATTENTION_KERNEL(NAME, FIT)                                                       \
-    extern "C" __global__ void __launch_bounds__(1024)                                         \
+    extern "C" __global__ void __launch_bounds__(1024, 1)                                      \
         NAME(const float* __restrict__ qkv, int nh, int nkv, int hd,                          \
                                     int ctx, const float* __restrict__ inv_freq,              \
                                     const int* __restrict__ pos_t,                            \
@@ -2267,33 +2268,26 @@ __device__ unsigned long long block_scan_u64(unsigned long long v, unsigned long
     return before + x - v;
 }
 
-// One block per row of `logits` (rows `stride` apart, the first `vocab` values of each): the
-// row's k best (see above) into ids / vals at meta's offset for the row, in no particular
-// order (the host sorts k values). A radix select over the 32-bit keys, 8 bits a pass from the
-// top, finds the k-th largest key `thr` and how many of its ties to take (`kr`); a last pass
-// in id order (each thread a contiguous range, ranks from a block-wide prefix sum) writes the
-// keys above thr and the kr ties with the smallest ids.
-extern "C" __global__ void __launch_bounds__(1024) top_k_rows(const float* __restrict__ logits,
-                                                             long long stride, int vocab,
-                                                             const u32* __restrict__ meta,
-                                                             int rows, u32* __restrict__ ids,
-                                                             float* __restrict__ vals) {
+// The k best of n (id, value) pairs that get(i) gives for i = 0..n (see above), by this block,
+// into ids / vals[0..k) in no particular order (the host sorts k values). Pairs of one value
+// must come in increasing id order (the ties with the smallest ids are taken by position). A
+// radix select over the 32-bit keys, 8 bits a pass from the top, finds the k-th largest key
+// `thr` and how many of its ties to take (`kr`); a last pass in order (each thread a
+// contiguous range, ranks from a block-wide prefix sum) writes the keys above thr and the kr
+// first ties.
+template <class Get>
+__device__ void top_k_select(const Get& get, int n, u32 k, u32* __restrict__ ids,
+                             float* __restrict__ vals) {
     __shared__ u32 hist[256];
     __shared__ u32 pick[2];
     __shared__ unsigned long long red[32];
-    const int r = blockIdx.x;
-    const float* l = logits + (size_t)r * stride;
-    const float t = __uint_as_float(meta[rows + r]);
-    const u32 k = min(meta[r], (u32)vocab);
-    const u32 at = meta[5 * rows + r];
-    if (k == 0) return;
     u32 prefix = 0, mask = 0, kr = k;
     for (int pass = 0; pass < 4; ++pass) {
         const int shift = 24 - 8 * pass;
         for (int i = threadIdx.x; i < 256; i += blockDim.x) hist[i] = 0;
         __syncthreads();
-        for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
-            const u32 key = top_k_key(top_k_scaled(l[i], t));
+        for (int i = threadIdx.x; i < n; i += blockDim.x) {
+            const u32 key = top_k_key(get(i).y);
             if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & 255u], 1u);
         }
         __syncthreads();
@@ -2327,11 +2321,11 @@ extern "C" __global__ void __launch_bounds__(1024) top_k_rows(const float* __res
         // Every thread has read pick before the next pass's scan overwrites it.
         __syncthreads();
     }
-    const int per = (vocab + blockDim.x - 1) / blockDim.x;
-    const int i0 = min(vocab, (int)threadIdx.x * per), i1 = min(vocab, i0 + per);
+    const int per = (n + blockDim.x - 1) / blockDim.x;
+    const int i0 = min(n, (int)threadIdx.x * per), i1 = min(n, i0 + per);
     u32 g = 0, e = 0;
     for (int i = i0; i < i1; ++i) {
-        const u32 key = top_k_key(top_k_scaled(l[i], t));
+        const u32 key = top_k_key(get(i).y);
         g += key > prefix;
         e += key == prefix;
     }
@@ -2341,8 +2335,8 @@ extern "C" __global__ void __launch_bounds__(1024) top_k_rows(const float* __res
     u32 gi = (u32)(before & 0xffffffffu), ei = (u32)(before >> 32);
     const u32 ties_at = k - kr;
     for (int i = i0; i < i1; ++i) {
-        const float v = top_k_scaled(l[i], t);
-        const u32 key = top_k_key(v);
+        const float2 c = get(i);
+        const u32 key = top_k_key(c.y);
         u32 slot = 0xffffffffu;
         if (key > prefix) {
             slot = gi++;
@@ -2351,8 +2345,86 @@ extern "C" __global__ void __launch_bounds__(1024) top_k_rows(const float* __res
             ++ei;
         }
         if (slot != 0xffffffffu) {
-            ids[at + slot] = (u32)i;
-            vals[at + slot] = v;
+            ids[slot] = __float_as_uint(c.x);
+            vals[slot] = c.y;
         }
     }
+}
+
+// Logits l[0..n) as top-k pairs (id first + i, the scaled value), the id's bits in .x.
+struct ScaledLogits {
+    const float* l;
+    float t;
+    int first;
+    __device__ float2 operator()(int i) const {
+        return make_float2(__uint_as_float((u32)(first + i)), top_k_scaled(l[i], t));
+    }
+};
+
+// Candidate pairs from top_k_split.
+struct Candidates {
+    const u32* ids;
+    const float* vals;
+    __device__ float2 operator()(int i) const {
+        return make_float2(__uint_as_float(ids[i]), vals[i]);
+    }
+};
+
+// One block per row of `logits` (rows `stride` apart, the first `vocab` values of each): the
+// row's k best into ids / vals at meta's offset for the row.
+extern "C" __global__ void __launch_bounds__(1024) top_k_rows(const float* __restrict__ logits,
+                                                             long long stride, int vocab,
+                                                             const u32* __restrict__ meta,
+                                                             int rows, u32* __restrict__ ids,
+                                                             float* __restrict__ vals) {
+    const int r = blockIdx.x;
+    const u32 k = min(meta[r], (u32)vocab);
+    const u32 at = meta[5 * rows + r];
+    if (k == 0) return;
+    const ScaledLogits get{logits + (size_t)r * stride, __uint_as_float(meta[rows + r]), 0};
+    top_k_select(get, vocab, k, ids + at, vals + at);
+}
+
+// Rows of two chunks or more (a block a row would leave most SMs idle): block (c, r) selects the k best of
+// chunk c (`chunk` >= k ids from c * chunk) of row r into the candidates at (offset of row r)
+// * chunks + c * k (the last chunk may hold fewer than k ids: it gives them all). Each chunk's
+// list has every value's pairs in increasing id order (top_k_select's last pass writes in id
+// order among the keys above its threshold and among its ties), and the chunks follow one
+// another in id order, so top_k_merge can take ties by position. The global k best are among
+// the chunks' (one beaten by fewer than k overall is beaten by fewer than k in its chunk).
+extern "C" __global__ void __launch_bounds__(256) top_k_split(const float* __restrict__ logits,
+                                                             long long stride, int vocab,
+                                                             const u32* __restrict__ meta,
+                                                             int rows, int chunk,
+                                                             u32* __restrict__ cand_ids,
+                                                             float* __restrict__ cand_vals) {
+    const int c = blockIdx.x, r = blockIdx.y, chunks = gridDim.x;
+    const u32 k = min(meta[r], (u32)vocab);
+    if (k == 0) return;
+    const int first = c * chunk, n = min(chunk, vocab - first);
+    const size_t at = (size_t)meta[5 * rows + r] * chunks + (size_t)c * k;
+    const ScaledLogits get{logits + (size_t)r * stride + first, __uint_as_float(meta[rows + r]),
+                           first};
+    top_k_select(get, n, min(k, (u32)n), cand_ids + at, cand_vals + at);
+}
+
+// One block per row: the k best of top_k_split's candidates of the row into ids / vals at
+// meta's offset for the row (the same pairs as top_k_rows).
+extern "C" __global__ void __launch_bounds__(1024) top_k_merge(const u32* __restrict__ meta,
+                                                              int rows, int vocab, int chunk,
+                                                              int chunks,
+                                                              const u32* __restrict__ cand_ids,
+                                                              const float* __restrict__ cand_vals,
+                                                              u32* __restrict__ ids,
+                                                              float* __restrict__ vals) {
+    const int r = blockIdx.x;
+    const u32 k = min(meta[r], (u32)vocab);
+    if (k == 0) return;
+    const u32 at = meta[5 * rows + r];
+    const size_t from = (size_t)at * chunks;
+    // Every chunk gives k pairs but the last, which gives min(k, its ids).
+    const int last = vocab - (chunks - 1) * chunk;
+    const int n = (chunks - 1) * (int)k + min((int)k, last);
+    const Candidates get{cand_ids + from, cand_vals + from};
+    top_k_select(get, n, k, ids + at, vals + at);
 }

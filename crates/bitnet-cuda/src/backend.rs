@@ -9,8 +9,8 @@
 //!
 //! One token of one sequence (decode) takes the fused path: each norm + int8 quantization runs
 //! inside the matmul that consumes it and RoPE + the KV write inside attention, 4 kernels a
-//! layer instead of 10, the same bits. Such a step is captured once as a CUDA graph and then
-//! replayed after its packed inputs are copied in (the kernels read them from device memory),
+//! layer instead of 10, the same bits. Such a step is captured as a CUDA graph (the second time
+//! its shape comes) and then replayed after its packed inputs are copied in (the kernels read them from device memory),
 //! so a decode step costs one copy in, one graph launch and one copy back. Batches of several
 //! tokens (prompts, many sequences decoding together) run the batched kernels, whose matmuls
 //! read each weight once for many tokens; a decode step of several sequences (one token each)
@@ -63,7 +63,7 @@ fn dev(e: impl Into<CudaError>) -> BackendError {
 
 /// Every kernel the forward pass launches, looked up when the backend loads: compiling (or
 /// reading the cached PTX) then, not inside the first pass or, worse, a graph capture.
-pub(crate) const FORWARD_KERNELS: [&str; 33] = [
+pub(crate) const FORWARD_KERNELS: [&str; 35] = [
     "embed_rows",
     "embed_rows_q6_k",
     "decode_layers",
@@ -97,6 +97,8 @@ pub(crate) const FORWARD_KERNELS: [&str; 33] = [
     "argmax_rows",
     "penalize_logits",
     "top_k_rows",
+    "top_k_split",
+    "top_k_merge",
 ];
 pub(crate) const TERNARY_KERNELS: [&str; 8] = [
     "ternary_matmul_t8",
@@ -301,7 +303,7 @@ struct Graph(CudaGraph);
 unsafe impl Send for Graph {}
 
 /// One stream of forward passes on the GPU: a paged f16 KV cache, scratch, and the captured
-/// decode graph.
+/// decode graphs.
 pub struct CudaContext {
     shared: Arc<Shared>,
     /// The backend's GPU with a stream of this context's own.
@@ -339,7 +341,7 @@ pub struct CudaContext {
     /// Built on the first decode step; `Some(None)`: the kernel does not apply here.
     step: Option<Option<PersistentStep>>,
     use_graph: bool,
-    /// Captured decode graphs, oldest first.
+    /// Captured decode graphs, least recently used first.
     graphs: Vec<(GraphKey, Graph)>,
     /// Decode shapes run once without a graph: a shape is captured when it comes again, so
     /// that a step seen once (a server's batch between two arrivals) costs no capture.
@@ -857,11 +859,14 @@ impl CudaContext {
             seqs: self.seqs,
             ctx: self.ctx,
             greedy,
-            fused: self.fused,
+            fused: self.fused_step(),
             persistent: self.persistent_step(),
         };
-        if let Some((_, g)) = self.graphs.iter().find(|(k, _)| *k == key) {
+        if let Some(at) = self.graphs.iter().position(|(k, _)| *k == key) {
+            // Least recently used last out: a hit moves to the back.
+            let (k, g) = self.graphs.remove(at);
             g.0.launch()?;
+            self.graphs.push((k, g));
             return Ok(());
         }
         let Some(at) = self.seen.iter().position(|k| *k == key) else {

@@ -294,12 +294,12 @@ impl Gpu {
     /// Kernel `name` of forward.cu, allowed `smem` bytes of dynamic shared memory: beyond the
     /// 48 KiB a launch gets by default, a kernel must opt in.
     fn forward_kernel(&self, name: &str, smem: usize) -> Result<CudaFunction> {
+        use cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES as MAX_SMEM;
         let f = self.kernels.function(FORWARD, name)?;
-        if smem > 48 * 1024 {
-            f.set_attribute(
-                cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                smem as i32,
-            )?;
+        // Only ever raised: a captured graph may launch this kernel with more shared memory than
+        // the launch at hand (graphs of several score capacities are kept).
+        if smem > 48 * 1024 && f.get_attribute(MAX_SMEM)? < smem as i32 {
+            f.set_attribute(MAX_SMEM, smem as i32)?;
         }
         Ok(f)
     }
@@ -689,8 +689,8 @@ impl Gpu {
                 MAX_ATTN_SMEM / 1024
             )));
         }
-        // Builds for head dimensions 64 and 128 need no bounds checks and fewer registers
-        // (more blocks an SM for many tokens); the same bits as the general one.
+        // Builds for head dimensions 64 and 128 need no bounds checks and issue their loads a
+        // round ahead; the same bits as the general one.
         let fit = match dims.head_dim {
             64 => "_hd64",
             128 => "_hd128",

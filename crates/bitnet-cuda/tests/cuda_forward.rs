@@ -1647,6 +1647,51 @@ fn top_k_on_the_gpu_equals_the_host_selection() {
     })
     .collect();
     check(stride, vocab, &rows, host, "small vocabulary");
+    // Rows long enough for the selection split over chunks of 4,096 ids: ties
+    // within and across chunks, the largest value tied across a chunk boundary (k = 1 must take
+    // the smaller id), a row of one value, a row of NaN but its last 100, a last chunk shorter
+    // than k.
+    let (stride, vocab) = (20_000, 16_900);
+    let mut host = rng.vec(4 * stride, 8.0);
+    for i in [5, 4100, 9000, 15000] {
+        host[i] = 9.5;
+    }
+    host[4095] = 100.0;
+    host[4096] = 100.0;
+    host[8191] = 99.0;
+    host[12288] = 99.0;
+    host.copy_within(0..stride, 3 * stride);
+    host[stride..2 * stride].fill(0.5);
+    for v in &mut host[2 * stride..2 * stride + vocab - 100] {
+        *v = f32::NAN;
+    }
+    let plain = || Penalties {
+        repeat: 1.0,
+        ..Default::default()
+    };
+    let rows = [
+        TopK {
+            k: 40,
+            temperature: 0.8,
+            penalties: penalties(&mut rng, vocab, 50),
+        },
+        TopK {
+            k: MAX_TOP_K,
+            temperature: 1.0,
+            penalties: plain(),
+        },
+        TopK {
+            k: 300,
+            temperature: 1.0,
+            penalties: penalties(&mut rng, vocab, 50),
+        },
+        TopK {
+            k: 1,
+            temperature: 1.0,
+            penalties: plain(),
+        },
+    ];
+    check(stride, vocab, &rows, host, "chunked selection");
     // One row of a 2B4T-sized vocabulary with the default sampler's k.
     let vocab = 128_256;
     let host = rng.vec(vocab, 10.0);
