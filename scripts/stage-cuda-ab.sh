@@ -10,7 +10,9 @@
 #
 # SOURCE is a git revision (its crates/bitnet-cuda/kernels/*.cu and *.cuh) or a folder holding
 # kernel files that replace this tree's (those it lacks are this tree's). Only the kernels vary:
-# the Rust side is this tree's, so a variant must keep the kernels' names and arguments. The
+# the Rust side is this tree's, so a variant must keep the kernels' names and arguments. For a
+# change on the host side too, SOURCE @REV builds the whole tree at REV (a git worktree, its own
+# target folder: $AB_TARGET_DIR, default target/stage-ab-rev; the first build takes minutes). The
 # kernels are compiled by NVRTC when the binary starts (`include_str!`), so each variant is a
 # binary of its own (~6.5 MB, carried xz-packed at ~1.7 MB; `run` takes 64 MiB with the tracked
 # tree). DIR must be git-ignored (device-bin*). The runner's default arguments: --head q8_0
@@ -18,7 +20,7 @@
 # per-stage breakdown).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[[ $# -ge 2 ]] || { sed -n '2,18p' "$0" >&2; exit 2; }
+[[ $# -ge 2 ]] || { sed -n '2,20p' "$0" >&2; exit 2; }
 DIR="$1"
 shift
 if ! git check-ignore -q "${DIR%/}/"; then
@@ -39,6 +41,23 @@ for spec in "$@"; do
     if [[ "$name" == "$spec" || ! "$name" =~ ^[A-Za-z0-9_-]+$ ]]; then
         echo "stage-cuda-ab: '$spec' is not NAME=SOURCE (NAME: letters, digits, _ or -)" >&2
         exit 2
+    fi
+    if [[ "$src" == @* ]]; then
+        rev="${src#@}"
+        git rev-parse --verify -q "$rev^{commit}" >/dev/null ||
+            { echo "stage-cuda-ab: $rev is not a revision" >&2; exit 2; }
+        echo "stage-cuda-ab: building $name (the whole tree at $rev)" >&2
+        wt="$(mktemp -d)"
+        git worktree add -q --detach "$wt" "$rev"
+        target="${AB_TARGET_DIR:-$PWD/target/stage-ab-rev}"
+        (cd "$wt" && CARGO_TARGET_DIR="$target" \
+            cargo build --release --locked -q -p bitnet-cuda --example cuda_generate) ||
+            { git worktree remove --force "$wt"; exit 1; }
+        git worktree remove --force "$wt"
+        cp "$target/release/examples/cuda_generate" "$DIR/cg_$name"
+        strip "$DIR/cg_$name"
+        xz -T0 -6 "$DIR/cg_$name"
+        continue
     fi
     cp "$SAVED"/* "$K/"
     if [[ -d "$src" ]]; then
