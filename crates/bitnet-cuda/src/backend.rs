@@ -297,6 +297,70 @@ struct GraphKey {
 /// and go; each shape's graph is a few hundred kernel nodes).
 const MAX_GRAPHS: usize = 8;
 
+/// What a decode step of a given shape does with the graphs a context keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Plan {
+    /// Replay the kept graph (`GraphCache::last`).
+    Replay,
+    /// The shape's second time: capture it, then `insert` the graph.
+    Capture,
+    /// The shape's first time: launch the kernels one by one.
+    Launch,
+}
+
+/// The decode graphs of a context, least recently used first, and the shapes run once without
+/// one: a shape is captured the second time it comes, so that a step seen once (a server's
+/// batch between two arrivals) costs no capture.
+struct GraphCache<G> {
+    graphs: Vec<(GraphKey, G)>,
+    seen: Vec<GraphKey>,
+}
+
+impl<G> GraphCache<G> {
+    fn new() -> Self {
+        GraphCache {
+            graphs: Vec::new(),
+            seen: Vec::new(),
+        }
+    }
+
+    /// Forgets the graphs (they point into buffers that are being replaced).
+    fn clear(&mut self) {
+        self.graphs.clear();
+    }
+
+    /// What to do for `key`. A hit becomes the most recently used (`last`).
+    fn plan(&mut self, key: GraphKey) -> Plan {
+        if let Some(at) = self.graphs.iter().position(|(k, _)| *k == key) {
+            let hit = self.graphs.remove(at);
+            self.graphs.push(hit);
+            return Plan::Replay;
+        }
+        if let Some(at) = self.seen.iter().position(|k| *k == key) {
+            self.seen.remove(at);
+            return Plan::Capture;
+        }
+        if self.seen.len() == MAX_GRAPHS {
+            self.seen.remove(0);
+        }
+        self.seen.push(key);
+        Plan::Launch
+    }
+
+    /// The most recently used graph.
+    fn last(&self) -> Option<&G> {
+        self.graphs.last().map(|(_, g)| g)
+    }
+
+    /// Keeps a graph captured for `key`, dropping the least recently used past `MAX_GRAPHS`.
+    fn insert(&mut self, key: GraphKey, g: G) {
+        if self.graphs.len() == MAX_GRAPHS {
+            self.graphs.remove(0);
+        }
+        self.graphs.push((key, g));
+    }
+}
+
 struct Graph(CudaGraph);
 // SAFETY: a graph exec handle is a driver object usable from any thread (launch binds the CUDA
 // context first); its context is used by one thread at a time (every use takes `&mut self`).
@@ -341,11 +405,7 @@ pub struct CudaContext {
     /// Built on the first decode step; `Some(None)`: the kernel does not apply here.
     step: Option<Option<PersistentStep>>,
     use_graph: bool,
-    /// Captured decode graphs, least recently used first.
-    graphs: Vec<(GraphKey, Graph)>,
-    /// Decode shapes run once without a graph: a shape is captured when it comes again, so
-    /// that a step seen once (a server's batch between two arrivals) costs no capture.
-    seen: Vec<GraphKey>,
+    graphs: GraphCache<Graph>,
 }
 
 impl CudaContext {
@@ -401,8 +461,7 @@ impl CudaContext {
             persistent: true,
             step: None,
             use_graph: true,
-            graphs: Vec::new(),
-            seen: Vec::new(),
+            graphs: GraphCache::new(),
             kv_blocks: blocks,
             k,
             v,
@@ -862,37 +921,30 @@ impl CudaContext {
             fused: self.fused_step(),
             persistent: self.persistent_step(),
         };
-        if let Some(at) = self.graphs.iter().position(|(k, _)| *k == key) {
-            // Least recently used last out: a hit moves to the back.
-            let (k, g) = self.graphs.remove(at);
-            g.0.launch()?;
-            self.graphs.push((k, g));
-            return Ok(());
-        }
-        let Some(at) = self.seen.iter().position(|k| *k == key) else {
-            if self.seen.len() == MAX_GRAPHS {
-                self.seen.remove(0);
+        match self.graphs.plan(key) {
+            Plan::Replay => {
+                if let Some(g) = self.graphs.last() {
+                    g.0.launch()?;
+                }
+                Ok(())
             }
-            self.seen.push(key);
-            return self.pass(greedy);
-        };
-        self.seen.remove(at);
-        let g = match self.capture(greedy) {
-            Ok(g) => g,
-            // A driver that cannot record a cooperative launch in a graph still runs the
-            // per-stage kernels: retry without the persistent kernel, for good.
-            Err(_) if key.persistent => {
-                self.step = Some(None);
-                return self.replay(greedy);
+            Plan::Launch => self.pass(greedy),
+            Plan::Capture => {
+                let g = match self.capture(greedy) {
+                    Ok(g) => g,
+                    // A driver that cannot record a cooperative launch in a graph still runs
+                    // the per-stage kernels: retry without the persistent kernel, for good.
+                    Err(_) if key.persistent => {
+                        self.step = Some(None);
+                        return self.replay(greedy);
+                    }
+                    Err(e) => return Err(e),
+                };
+                g.launch()?;
+                self.graphs.insert(key, Graph(g));
+                Ok(())
             }
-            Err(e) => return Err(e),
-        };
-        g.launch()?;
-        if self.graphs.len() == MAX_GRAPHS {
-            self.graphs.remove(0);
         }
-        self.graphs.push((key, Graph(g)));
-        Ok(())
     }
 
     /// The kernels of a pass over the batch already begun, through the head and, for
@@ -1124,4 +1176,73 @@ impl Context for CudaContext {
 enum Proj {
     Qkv,
     GateUp,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(seqs: usize) -> GraphKey {
+        GraphKey {
+            seqs,
+            ctx: 256,
+            greedy: Some(1000),
+            fused: seqs == 1,
+            persistent: false,
+        }
+    }
+
+    #[test]
+    fn a_shape_is_captured_the_second_time_and_replayed_after() {
+        let mut c = GraphCache::new();
+        assert_eq!(c.plan(key(16)), Plan::Launch);
+        assert_eq!(c.plan(key(64)), Plan::Launch);
+        assert_eq!(c.plan(key(16)), Plan::Capture);
+        c.insert(key(16), 16);
+        assert_eq!(c.plan(key(16)), Plan::Replay);
+        assert_eq!(c.last(), Some(&16));
+        assert_eq!(c.plan(key(64)), Plan::Capture);
+        c.insert(key(64), 64);
+        // A hit becomes the most recently used, whatever was inserted last.
+        assert_eq!(c.plan(key(16)), Plan::Replay);
+        assert_eq!(c.last(), Some(&16));
+        // Cleared graphs start over: launched once, captured the next time.
+        c.clear();
+        assert_eq!(c.plan(key(16)), Plan::Launch);
+        assert_eq!(c.plan(key(16)), Plan::Capture);
+    }
+
+    #[test]
+    fn the_least_recently_used_graph_goes_first() {
+        let mut c = GraphCache::new();
+        for s in 1..=MAX_GRAPHS {
+            assert_eq!(c.plan(key(s)), Plan::Launch);
+            assert_eq!(c.plan(key(s)), Plan::Capture);
+            c.insert(key(s), s);
+        }
+        // Shape 1 used again: shape 2 is now the least recently used.
+        assert_eq!(c.plan(key(1)), Plan::Replay);
+        let new = MAX_GRAPHS + 1;
+        assert_eq!(c.plan(key(new)), Plan::Launch);
+        assert_eq!(c.plan(key(new)), Plan::Capture);
+        c.insert(key(new), new);
+        assert_eq!(c.graphs.len(), MAX_GRAPHS);
+        assert_eq!(c.plan(key(1)), Plan::Replay);
+        assert_eq!(c.plan(key(2)), Plan::Launch);
+        for s in 3..=new {
+            assert_eq!(c.plan(key(s)), Plan::Replay, "shape {s}");
+            assert_eq!(c.last(), Some(&s));
+        }
+    }
+
+    #[test]
+    fn shapes_seen_once_are_remembered_up_to_the_limit() {
+        let mut c = GraphCache::<usize>::new();
+        for s in 1..=MAX_GRAPHS + 1 {
+            assert_eq!(c.plan(key(s)), Plan::Launch);
+        }
+        // The first was forgotten to make room; the last MAX_GRAPHS are remembered.
+        assert_eq!(c.plan(key(1)), Plan::Launch);
+        assert_eq!(c.plan(key(MAX_GRAPHS + 1)), Plan::Capture);
+    }
 }
