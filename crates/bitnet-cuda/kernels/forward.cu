@@ -474,8 +474,8 @@ __device__ __forceinline__ void copy_rows4(u32 (&to)[4][J], const u32 (&from)[4]
 // The body of attend for MHD / 64 pairs a lane; FULL: hd == MHD, so every pair is in range and
 // no lane needs its bounds checked. PIPE: each round's loads are issued a round ahead (twice
 // the registers; the persistent kernel, at its 64, spills with it and keeps its loads together
-// without it). Position n - 1 from kn / vn is handled after the cache's
-// positions: it is the last of its virtual warp's values, so the order stays as defined.
+// without it). Position n - 1 from kn / vn is handled after the cache's positions: it is the
+// last of its virtual warp's values, so the order stays as defined.
 template <int MHD, bool FULL, bool PIPE>
 __device__ void attend_pairs(const float* qs, const float* kn, const float* vn, float* sc,
                              float* part, float* red, int n, const int* bt, int kvd, int kvh,
@@ -606,34 +606,31 @@ __device__ void attend_pairs(const float* qs, const float* kn, const float* vn, 
 }
 
 // Attention for head dimensions up to MHD: FIT > 0, a kernel built for head dimension FIT alone
-// (no bounds checks, loads a round ahead); FIT < 0, any head dimension,
-// bounds checked per lane; FIT == 0 (the persistent decode kernel, one build for
-// every model), 64 and 128 (2B4T's) and MHD without checks, others with. The same bits
-// whichever runs.
+// (no bounds checks, loads a round ahead); FIT < 0, any head dimension, bounds checked per lane;
+// FIT == 0 (the persistent decode kernel, one build for every model), 64 and 128 (2B4T's) and
+// MHD without checks, others with. The same bits whichever runs.
+#define ATTEND_PAIRS(MHD_, FULL_, PIPE_)                                                       \
+    attend_pairs<MHD_, FULL_, PIPE_>(qs, kn, vn, sc, part, red, n, bt, kvd, kvh, hd, kc, vc,  \
+                                     scale, out_h, nthr)
 template <int MHD, int FIT>
 __device__ void attend(const float* qs, const float* kn, const float* vn, float* sc,
                        float* part, float* red, int n, const int* bt, int kvd, int kvh, int hd,
                        const u16* __restrict__ kc, const u16* __restrict__ vc, float scale,
                        float* __restrict__ out_h, int nthr) {
     if constexpr (FIT > 0)
-        attend_pairs<FIT, true, true>(qs, kn, vn, sc, part, red, n, bt, kvd, kvh, hd, kc, vc, scale,
-                                out_h, nthr);
+        ATTEND_PAIRS(FIT, true, true);
     else if constexpr (FIT < 0)
-        attend_pairs<MHD, false, false>(qs, kn, vn, sc, part, red, n, bt, kvd, kvh, hd, kc, vc, scale,
-                                 out_h, nthr);
+        ATTEND_PAIRS(MHD, false, false);
     else if (hd == MHD)
-        attend_pairs<MHD, true, false>(qs, kn, vn, sc, part, red, n, bt, kvd, kvh, hd, kc, vc, scale,
-                                out_h, nthr);
+        ATTEND_PAIRS(MHD, true, false);
     else if (MHD > 128 && hd == 128)
-        attend_pairs<128, true, false>(qs, kn, vn, sc, part, red, n, bt, kvd, kvh, hd, kc, vc, scale,
-                                out_h, nthr);
+        ATTEND_PAIRS(128, true, false);
     else if (MHD > 64 && hd == 64)
-        attend_pairs<64, true, false>(qs, kn, vn, sc, part, red, n, bt, kvd, kvh, hd, kc, vc, scale,
-                               out_h, nthr);
+        ATTEND_PAIRS(64, true, false);
     else
-        attend_pairs<MHD, false, false>(qs, kn, vn, sc, part, red, n, bt, kvd, kvh, hd, kc, vc, scale,
-                                 out_h, nthr);
+        ATTEND_PAIRS(MHD, false, false);
 }
+#undef ATTEND_PAIRS
 
 // Causal grouped-query attention of query head blockIdx.x of token blockIdx.y over positions
 // 0..n of its own sequence, n = pos[t] + 1, through that sequence's block table
@@ -643,13 +640,11 @@ __device__ void attend(const float* qs, const float* kn, const float* vn, float*
 // tokens: a neighbour in the batch has the same table offset, and the offsets of different
 // sequences differ) are left alone.
 template <int FIT>
-__device__ void attention_body(const float* __restrict__ qkv, int qkv_stride, int nh,
-                                     int nkv, int hd, int ctx, const int* __restrict__ pos_t,
-                                     const int* __restrict__ table,
-                                     const int* __restrict__ blocks,
-                                     const u16* __restrict__ kc, const u16* __restrict__ vc,
-                                     float scale, float* __restrict__ out, int skip_runs,
-                                     float* sm) {
+__device__ void attention_body(const float* __restrict__ qkv, int qkv_stride, int nh, int nkv,
+                               int hd, int ctx, const int* __restrict__ pos_t,
+                               const int* __restrict__ table, const int* __restrict__ blocks,
+                               const u16* __restrict__ kc, const u16* __restrict__ vc,
+                               float scale, float* __restrict__ out, int skip_runs, float* sm) {
     __shared__ float red[32];
     const int h = blockIdx.x, t = blockIdx.y;
     if (skip_runs && ((t > 0 && table[t - 1] == table[t]) ||
@@ -666,8 +661,9 @@ __device__ void attention_body(const float* __restrict__ qkv, int qkv_stride, in
     const int* table_t = blocks + table[t];
     for (int i = threadIdx.x; i < (n + KV_BLOCK - 1) / KV_BLOCK; i += blockDim.x) bt[i] = table_t[i];
     __syncthreads();
-    attend<MAX_HD, FIT>(qs, nullptr, nullptr, sc, sc + ctx, red, n, bt, nkv * hd, h / (nh / nkv), hd, kc, vc,
-           scale, out + (size_t)t * nh * hd + (size_t)h * hd, blockDim.x);
+    attend<MAX_HD, FIT>(qs, nullptr, nullptr, sc, sc + ctx, red, n, bt, nkv * hd, h / (nh / nkv),
+                        hd, kc, vc, scale, out + (size_t)t * nh * hd + (size_t)h * hd,
+                        blockDim.x);
 }
 
 #define ATTENTION_KERNEL(NAME, FIT)                                                            \
@@ -1054,8 +1050,8 @@ __device__ void rope_attend(int h, const float* __restrict__ qkv, int nh, int nk
         }
     }
     group_sync(nthr);
-    attend<MHD, FIT>(qs, kn, vn, sc, sc + ctx, red, n, bt, kvd, kvh, hd, kc, vc, scale, out + (size_t)h * hd,
-           nthr);
+    attend<MHD, FIT>(qs, kn, vn, sc, sc + ctx, red, n, bt, kvd, kvh, hd, kc, vc, scale,
+                     out + (size_t)h * hd, nthr);
 }
 
 // Decode (one token of one sequence, whose block table is `blocks`: ctx / KV_BLOCK readable
@@ -2181,8 +2177,9 @@ extern "C" __global__ void __launch_bounds__(1024, 1)
         mark(l, 1, 0);
         mark(l, 1, 1);
         if ((int)blockIdx.x < nh && (int)threadIdx.x < attn_threads)
-            rope_attend<DECODE_MAX_HD, 0>(blockIdx.x, qkv, nh, nkv, hd, ctx, inv_freq, pos_t, slot, blocks,
-                        (u16*)p[D_K], (u16*)p[D_V], scale, attn, attn_threads, row, red);
+            rope_attend<DECODE_MAX_HD, 0>(blockIdx.x, qkv, nh, nkv, hd, ctx, inv_freq, pos_t,
+                                          slot, blocks, (u16*)p[D_K], (u16*)p[D_V], scale, attn,
+                                          attn_threads, row, red);
         mark(l, 1, 2);
         grid_barrier(bar, base, ++k);
         mark(l, 1, 3);
@@ -2385,9 +2382,10 @@ extern "C" __global__ void __launch_bounds__(1024) top_k_rows(const float* __res
     top_k_select(get, vocab, k, ids + at, vals + at);
 }
 
-// Rows of two chunks or more (a block a row would leave most SMs idle): block (c, r) selects the k best of
-// chunk c (`chunk` >= k ids from c * chunk) of row r into the candidates at (offset of row r)
-// * chunks + c * k (the last chunk may hold fewer than k ids: it gives them all). Each chunk's
+// Rows of two chunks or more (a block a row would leave most SMs idle): block (c, r) selects
+// the k best of chunk c (`chunk` >= k ids from c * chunk) of row r into the candidates at
+// (offset of row r) * chunks + c * k (the last chunk may hold fewer than k ids: it gives them
+// all). Each chunk's
 // list has every value's pairs in increasing id order (top_k_select's last pass writes in id
 // order among the keys above its threshold and among its ties), and the chunks follow one
 // another in id order, so top_k_merge can take ties by position. The global k best are among

@@ -9,14 +9,15 @@
 //!
 //! One token of one sequence (decode) takes the fused path: each norm + int8 quantization runs
 //! inside the matmul that consumes it and RoPE + the KV write inside attention, 4 kernels a
-//! layer instead of 10, the same bits. Such a step is captured as a CUDA graph (the second time
-//! its shape comes) and then replayed after its packed inputs are copied in (the kernels read them from device memory),
-//! so a decode step costs one copy in, one graph launch and one copy back. Batches of several
-//! tokens (prompts, many sequences decoding together) run the batched kernels, whose matmuls
-//! read each weight once for many tokens; a decode step of several sequences (one token each)
-//! is a graph too, one for each number of sequences that recurs. In those, the chunks of two or more tokens (prompt
-//! passes) attend on the tensor cores (`attention_flash_*`, tiles of up to 64 tokens cut in
-//! `begin`); chunks of one token keep the per-query attention kernel.
+//! layer instead of 10, the same bits. Such a step is captured as a CUDA graph (the second
+//! time its shape comes) and then replayed after its packed inputs are copied in (the kernels
+//! read them from device memory), so a decode step costs one copy in, one graph launch and one
+//! copy back. Batches of several tokens (prompts, many sequences decoding together) run the
+//! batched kernels, whose matmuls read each weight once for many tokens; a decode step of
+//! several sequences (one token each) is a graph too, one for each number of sequences that
+//! recurs. In those batches, the chunks of two or more tokens (prompt passes) attend on the
+//! tensor cores (`attention_flash_*`, tiles of up to 64 tokens cut in `begin`); chunks of one
+//! token keep the per-query attention kernel.
 //!
 //! Batch invariance: every kernel computes a token's values with the same operations in the
 //! same order whatever else is in the batch (one norm block per token, exact integer matmuls,

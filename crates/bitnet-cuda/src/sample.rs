@@ -1,5 +1,5 @@
-//! Sampling's top-k selection on the GPU (`penalize_logits`, `top_k_rows` in
-//! `kernels/forward.cu`): the penalties, the temperature and the choice of each row's `k` best
+//! Sampling's top-k selection on the GPU (`penalize_logits`, then `top_k_rows`, or
+//! `top_k_split` + `top_k_merge` for rows of two chunks or more, in `kernels/forward.cu`): the penalties, the temperature and the choice of each row's `k` best
 //! tokens run where the logits are, and only `k` (id, value) pairs per row come back instead of
 //! the whole vocabulary (half a megabyte a row at 128k tokens, and a 128k-element selection on
 //! the host per token). The candidates are `bitnet_backend::sampling::top_k`'s bit for bit
