@@ -36,6 +36,33 @@ __device__ __forceinline__ void cp_async16(void* dst, const void* src) {
                  : "memory");
 }
 
+// An L2 policy that evicts the lines it touches first: for weights, read once a token and never
+// again before L2 has turned over many times, so that they do not push out what is read again
+// soon (the KV cache, the activations).
+__device__ __forceinline__ unsigned long long l2_evict_first() {
+    unsigned long long p;
+    asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(p));
+    return p;
+}
+
+// cp_async16 under an L2 policy (l2_evict_first).
+__device__ __forceinline__ void cp_async16_hint(void* dst, const void* src,
+                                                unsigned long long policy) {
+    asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;\n" ::"r"(
+                     smem_u32(dst)),
+                 "l"(src), "l"(policy)
+                 : "memory");
+}
+
+// __ldg of 16 bytes under an L2 policy (l2_evict_first).
+__device__ __forceinline__ uint4 ldg16_hint(const uint4* p, unsigned long long policy) {
+    uint4 v;
+    asm volatile("ld.global.nc.L2::cache_hint.v4.u32 {%0, %1, %2, %3}, [%4], %5;"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p), "l"(policy));
+    return v;
+}
+
 // 4 bytes global -> shared (.ca: the only cache mode for copies under 16 bytes).
 __device__ __forceinline__ void cp_async4(void* dst, const void* src) {
     asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(smem_u32(dst)), "l"(src)
