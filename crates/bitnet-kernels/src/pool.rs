@@ -215,7 +215,17 @@ impl ThreadPool {
         s.job
             .store(&job as *const Job as *mut Job, Ordering::Relaxed);
         let open = ((s.state.load(Ordering::Relaxed) >> 1) + 1) << 1 | 1;
-        s.state.store(open, Ordering::SeqCst);
+        // Opening and closing are swaps, not stores: each is followed by a load of what the
+        // workers write (`sleepers` here, `active` below), and that store-then-load order is
+        // what keeps a worker from joining a loop that is gone. SeqCst stores and loads give it
+        // by the memory model, but qemu-user on an x86 host runs an aarch64 `stlr` then `ldar`
+        // as a plain store and load that the host's store buffer may reorder; an atomic
+        // read-modify-write becomes a locked host instruction, a full barrier. Measured under
+        // qemu-aarch64 (the CI's aarch64 tests): with stores, 4 of 10 runs of
+        // `back_to_back_loops_run_every_task_once` had a worker read the job after the caller
+        // had cleared it; with swaps, none of 140. Natively the cost is nil (x86's SeqCst store
+        // is an `xchg` already).
+        s.state.swap(open, Ordering::SeqCst);
         if s.sleepers.load(Ordering::SeqCst) > 0 {
             let _guard = lock(&s.park);
             s.wake.notify_all();
@@ -228,7 +238,7 @@ impl ThreadPool {
         }
         // Close the loop, then wait for the workers that joined it to leave: a late worker
         // either registered before the close (and is waited for here) or sees it closed.
-        s.state.store(open & !1, Ordering::SeqCst);
+        s.state.swap(open & !1, Ordering::SeqCst);
         while s.active.load(Ordering::SeqCst) > 0 {
             polls = polls.wrapping_add(1);
             relax(polls);
@@ -313,12 +323,16 @@ fn worker(s: &Shared, me: usize) {
         s.active.fetch_add(1, Ordering::SeqCst);
         if s.state.load(Ordering::SeqCst) == state {
             let job = s.job.load(Ordering::Acquire);
-            // The loop's opening store publishes `job`, so it is never null here by the memory
-            // model; yet one CI run under qemu-aarch64 aborted on a null `job` (2026-12-06,
-            // not reproduced). A thread that takes no index is harmless (the caller and the
-            // other threads run every index), so a null `job` counts as a loop it came too
-            // late for, not as a crash.
-            if !job.is_null() {
+            // The loop's opening swap publishes `job` and its closing swap keeps the caller
+            // from clearing it while this thread is registered, so it is not null here. Were
+            // that order lost (as qemu-user lost it while those were plain stores: see
+            // for_each), a thread that takes no index is still harmless - the caller and the
+            // other threads run every index - so a null job is a loop it came too late for.
+            // Tests count such arrivals, which must not happen.
+            if job.is_null() {
+                #[cfg(test)]
+                tests::NULL_JOBS.fetch_add(1, Ordering::Relaxed);
+            } else {
                 // SAFETY: the loop is open and this thread is registered, so `job` points to
                 // the caller's live Job (see ThreadPool::for_each).
                 s.work(unsafe { &*job }, me);
@@ -437,6 +451,9 @@ pub fn for_each_chunk_mut<T: Send>(
 mod tests {
     use super::*;
 
+    /// Workers that found a loop open but its job cleared (see `worker`).
+    pub(super) static NULL_JOBS: AtomicUsize = AtomicUsize::new(0);
+
     #[test]
     fn every_index_runs_once_across_many_jobs() {
         for threads in [1, 2, 3, 5] {
@@ -471,6 +488,11 @@ mod tests {
             }
             let got: Vec<usize> = hits.iter().map(|h| h.load(Ordering::Relaxed)).collect();
             assert_eq!(got, expected, "{threads} threads");
+            assert_eq!(
+                NULL_JOBS.load(Ordering::Relaxed),
+                0,
+                "a worker read a cleared job"
+            );
         }
     }
 
