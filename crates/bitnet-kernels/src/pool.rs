@@ -284,6 +284,10 @@ fn relax(polls: u32) {
     }
 }
 
+/// Workers that found a loop open but its job cleared (see `worker`): the tests require none.
+#[cfg(test)]
+static NULL_JOBS: AtomicUsize = AtomicUsize::new(0);
+
 fn worker(s: &Shared, me: usize) {
     let mut seen = s.state.load(Ordering::SeqCst);
     loop {
@@ -331,7 +335,7 @@ fn worker(s: &Shared, me: usize) {
             // Tests count such arrivals, which must not happen.
             if job.is_null() {
                 #[cfg(test)]
-                tests::NULL_JOBS.fetch_add(1, Ordering::Relaxed);
+                NULL_JOBS.fetch_add(1, Ordering::Relaxed);
             } else {
                 // SAFETY: the loop is open and this thread is registered, so `job` points to
                 // the caller's live Job (see ThreadPool::for_each).
@@ -450,9 +454,6 @@ pub fn for_each_chunk_mut<T: Send>(
 #[cfg(all(test, not(target_family = "wasm")))]
 mod tests {
     use super::*;
-
-    /// Workers that found a loop open but its job cleared (see `worker`).
-    pub(super) static NULL_JOBS: AtomicUsize = AtomicUsize::new(0);
 
     #[test]
     fn every_index_runs_once_across_many_jobs() {
