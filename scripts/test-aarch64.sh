@@ -3,6 +3,11 @@
 # qemu-user, so the non-x86 paths (scalar, NEON, NEON + dotprod) are exercised on an x86-64 machine.
 # Extra arguments go to the test binaries, e.g. scripts/test-aarch64.sh -- --include-ignored
 #
+# qemu-user is weaker than the Arm memory model in one place that matters here: on an x86 host it
+# lets an `stlr` (a SeqCst store) pass a later `ldar` (a SeqCst load), so a store-then-load
+# handshake must use a read-modify-write (a locked host instruction) to hold under these tests;
+# see bitnet-kernels' pool.rs, whose loop opening and closing are swaps for that reason.
+#
 # Uses Debian's rustc-web/cargo-web (/usr/bin), not rustup: see scripts/setup-aarch64.sh.
 # Output goes to target/aarch64 so it never invalidates the host build in target/.
 set -euo pipefail
