@@ -2370,25 +2370,10 @@ struct Candidates {
     }
 };
 
-// One block per row of `logits` (rows `stride` apart, the first `vocab` values of each): the
-// row's k best into ids / vals at meta's offset for the row.
-extern "C" __global__ void __launch_bounds__(1024) top_k_rows(const float* __restrict__ logits,
-                                                             long long stride, int vocab,
-                                                             const u32* __restrict__ meta,
-                                                             int rows, u32* __restrict__ ids,
-                                                             float* __restrict__ vals) {
-    const int r = blockIdx.x;
-    const u32 k = min(meta[r], (u32)vocab);
-    const u32 at = meta[5 * rows + r];
-    if (k == 0) return;
-    const ScaledLogits get{logits + (size_t)r * stride, __uint_as_float(meta[rows + r]), 0};
-    top_k_select(get, vocab, k, ids + at, vals + at);
-}
-
-// Rows of two chunks or more (a block a row would leave most SMs idle): block (c, r) selects
-// the k best of chunk c (`chunk` >= k ids from c * chunk) of row r into the candidates at
-// (offset of row r) * chunks + c * k (the last chunk may hold fewer than k ids: it gives them
-// all). Each chunk's
+// Block (c, r) selects the k best of chunk c (`chunk` >= k ids from c * chunk) of row r (rows
+// `stride` apart, the first `vocab` values of each) into the candidates at (offset of row r) *
+// chunks + c * k (the last chunk may hold fewer than k ids: it gives them all). A row of one
+// chunk (chunk = vocab) is its own k best: the candidates are then the results. Each chunk's
 // list has every value's pairs in increasing id order (top_k_select's last pass writes in id
 // order among the keys above its threshold and among its ties), and the chunks follow one
 // another in id order, so top_k_merge can take ties by position. The global k best are among
@@ -2410,7 +2395,7 @@ extern "C" __global__ void __launch_bounds__(256) top_k_split(const float* __res
 }
 
 // One block per row: the k best of top_k_split's candidates of the row into ids / vals at
-// meta's offset for the row (the same pairs as top_k_rows).
+// meta's offset for the row (the same pairs as one block over the whole row).
 extern "C" __global__ void __launch_bounds__(1024) top_k_merge(const u32* __restrict__ meta,
                                                               int rows, int vocab, int chunk,
                                                               int chunks,

@@ -64,7 +64,7 @@ fn dev(e: impl Into<CudaError>) -> BackendError {
 
 /// Every kernel the forward pass launches, looked up when the backend loads: compiling (or
 /// reading the cached PTX) then, not inside the first pass or, worse, a graph capture.
-pub(crate) const FORWARD_KERNELS: [&str; 35] = [
+pub(crate) const FORWARD_KERNELS: [&str; 34] = [
     "embed_rows",
     "embed_rows_q6_k",
     "decode_layers",
@@ -97,7 +97,6 @@ pub(crate) const FORWARD_KERNELS: [&str; 35] = [
     "argmax_advance",
     "argmax_rows",
     "penalize_logits",
-    "top_k_rows",
     "top_k_split",
     "top_k_merge",
 ];

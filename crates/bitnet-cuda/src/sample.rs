@@ -1,6 +1,6 @@
-//! Sampling's top-k selection on the GPU (`penalize_logits`, then `top_k_rows`, or
-//! `top_k_split` + `top_k_merge` for rows of two chunks or more, in `kernels/forward.cu`): the penalties, the temperature and the choice of each row's `k` best
-//! tokens run where the logits are, and only `k` (id, value) pairs per row come back instead of
+//! Sampling's top-k selection on the GPU (`penalize_logits`, then `top_k_split`, and
+//! `top_k_merge` for rows of two chunks or more, in `kernels/forward.cu`): the penalties, the
+//! temperature and the choice of each row's `k` best tokens run where the logits are, and only `k` (id, value) pairs per row come back instead of
 //! the whole vocabulary (half a megabyte a row at 128k tokens, and a 128k-element selection on
 //! the host per token). The candidates are `bitnet_backend::sampling::top_k`'s bit for bit
 //! (tested in `tests/cuda_forward.rs`), so a seeded sampler draws the same tokens either way.
@@ -12,9 +12,10 @@ use crate::ops::cfg;
 use bitnet_backend::sampling::{best_first, TopK, MAX_TOP_K};
 use cudarc::driver::{CudaSlice, CudaViewMut, PushKernelArg};
 
-/// Threads of a selection block (one block per row).
+/// Threads of a `top_k_merge` block (one block per row).
 const TOP_K_THREADS: u32 = 1024;
-/// Ids a `top_k_split` block selects from (at least `MAX_TOP_K`), and its threads.
+/// Ids a `top_k_split` block selects from (at least `MAX_TOP_K`; a row of one chunk takes one
+/// block, straight into the results), and its threads.
 const TOP_K_CHUNK: usize = 4096;
 const TOP_K_SPLIT_THREADS: u32 = 256;
 
@@ -120,7 +121,8 @@ impl Gpu {
         }
         // A row of two chunks or more is selected by a block a chunk, then a block a row over
         // the chunks' candidates: the same reads, spread over many more SMs (one block over a
-        // 128K vocabulary took ~220 us of a sampled step at batch 1).
+        // 128K vocabulary took ~220 us of a sampled step at batch 1). A row of one chunk is
+        // its own candidates: one block, writing the results.
         let chunks = vocab.div_ceil(TOP_K_CHUNK);
         if chunks >= 2 {
             let cands = chunks * total;
@@ -128,21 +130,30 @@ impl Gpu {
                 s.cand_ids = self.stream.alloc_zeros(cands.next_power_of_two())?;
                 s.cand_vals = self.stream.alloc_zeros(cands.next_power_of_two())?;
             }
-            let (chunk_i, chunks_i) = (TOP_K_CHUNK as i32, chunks as i32);
-            let f = self.kernels.function(FORWARD, "top_k_split")?;
-            let mut l = self.stream.launch_builder(&f);
-            l.arg(&mut *logits)
-                .arg(&stride_i)
-                .arg(&vocab_i)
-                .arg(&s.meta)
-                .arg(&rows_i)
-                .arg(&chunk_i)
-                .arg(&mut s.cand_ids)
-                .arg(&mut s.cand_vals);
-            let grid = cfg((chunks as u32, r as u32), TOP_K_SPLIT_THREADS, 0);
-            // SAFETY: arguments match the kernel; block (c, i) writes at most k_i candidates
-            // at offset_i * chunks + c * k_i, inside the chunks * total allocated above.
-            unsafe { l.launch(grid) }?;
+        }
+        let chunk_i = TOP_K_CHUNK.min(vocab) as i32;
+        let (out_ids, out_vals) = if chunks >= 2 {
+            (&mut s.cand_ids, &mut s.cand_vals)
+        } else {
+            (&mut s.ids, &mut s.vals)
+        };
+        let f = self.kernels.function(FORWARD, "top_k_split")?;
+        let mut l = self.stream.launch_builder(&f);
+        l.arg(&mut *logits)
+            .arg(&stride_i)
+            .arg(&vocab_i)
+            .arg(&s.meta)
+            .arg(&rows_i)
+            .arg(&chunk_i)
+            .arg(out_ids)
+            .arg(out_vals);
+        let grid = cfg((chunks as u32, r as u32), TOP_K_SPLIT_THREADS, 0);
+        // SAFETY: arguments match the kernel; block (c, i) writes at most k_i pairs at
+        // offset_i * chunks + c * k_i: inside the chunks * total candidates allocated above, or
+        // with one chunk inside the `total` results.
+        unsafe { l.launch(grid) }?;
+        if chunks >= 2 {
+            let chunks_i = chunks as i32;
             let f = self.kernels.function(FORWARD, "top_k_merge")?;
             let mut l = self.stream.launch_builder(&f);
             l.arg(&s.meta)
@@ -157,20 +168,6 @@ impl Gpu {
             // SAFETY: arguments match the kernel; row i reads the candidates written above
             // and writes ids / vals[offset_i .. offset_i + k_i), inside `total`.
             unsafe { l.launch(cfg((r as u32, 1), TOP_K_THREADS, 0)) }?;
-        } else {
-            let f = self.kernels.function(FORWARD, "top_k_rows")?;
-            let mut l = self.stream.launch_builder(&f);
-            l.arg(&mut *logits)
-                .arg(&stride_i)
-                .arg(&vocab_i)
-                .arg(&s.meta)
-                .arg(&rows_i)
-                .arg(&mut s.ids)
-                .arg(&mut s.vals);
-            let cfg = cfg((r as u32, 1), TOP_K_THREADS, 0);
-            // SAFETY: arguments match the kernel; row i writes ids / vals[offset_i .. offset_i +
-            // k_i), inside the `total` entries allocated above.
-            unsafe { l.launch(cfg) }?;
         }
         let ids = self.stream.clone_dtoh(&s.ids.slice(..total))?;
         let vals = self.stream.clone_dtoh(&s.vals.slice(..total))?;
