@@ -1,9 +1,10 @@
 //! Sampling's top-k selection on the GPU (`penalize_logits`, then `top_k_split`, and
 //! `top_k_merge` for rows of two chunks or more, in `kernels/forward.cu`): the penalties, the
-//! temperature and the choice of each row's `k` best tokens run where the logits are, and only `k` (id, value) pairs per row come back instead of
-//! the whole vocabulary (half a megabyte a row at 128k tokens, and a 128k-element selection on
-//! the host per token). The candidates are `bitnet_backend::sampling::top_k`'s bit for bit
-//! (tested in `tests/cuda_forward.rs`), so a seeded sampler draws the same tokens either way.
+//! temperature and the choice of each row's `k` best tokens run where the logits are, and only
+//! `k` (id, value) pairs per row come back instead of the whole vocabulary (half a megabyte a
+//! row at 128k tokens, and a 128k-element selection on the host per token). The candidates are
+//! `bitnet_backend::sampling::top_k`'s bit for bit (tested in `tests/cuda_forward.rs`), so a
+//! seeded sampler draws the same tokens either way.
 
 use crate::compile::FORWARD;
 use crate::device::Gpu;
@@ -124,19 +125,17 @@ impl Gpu {
         // 128K vocabulary took ~220 us of a sampled step at batch 1). A row of one chunk is
         // its own candidates: one block, writing the results.
         let chunks = vocab.div_ceil(TOP_K_CHUNK);
-        if chunks >= 2 {
+        let (out_ids, out_vals) = if chunks >= 2 {
             let cands = chunks * total;
             if s.cand_ids.len() < cands {
                 s.cand_ids = self.stream.alloc_zeros(cands.next_power_of_two())?;
                 s.cand_vals = self.stream.alloc_zeros(cands.next_power_of_two())?;
             }
-        }
-        let chunk_i = TOP_K_CHUNK.min(vocab) as i32;
-        let (out_ids, out_vals) = if chunks >= 2 {
             (&mut s.cand_ids, &mut s.cand_vals)
         } else {
             (&mut s.ids, &mut s.vals)
         };
+        let chunk_i = TOP_K_CHUNK.min(vocab) as i32;
         let f = self.kernels.function(FORWARD, "top_k_split")?;
         let mut l = self.stream.launch_builder(&f);
         l.arg(&mut *logits)
