@@ -1094,54 +1094,103 @@ extern "C" __global__ void quantize_q8_0(const float* __restrict__ x, int cols,
 }
 
 // logits[r] = dot(Q8_0 row r, the Q8_0-quantized x): per block the exact integer dot times
-// d_w * d_x, summed in f32 (ggml_vec_dot_q8_0_q8_0). One warp per row, a block per lane: lane
+// d_w * d_x, summed in f32 (ggml_vec_dot_q8_0_q8_0). A warp per row, a block per lane: lane
 // l folds blocks l, l + 32, ... into acc = fmaf(d_w * d_x, s, acc) and warp_sum adds the lanes
-// (head_q8_0_mma_tile reproduces this order). Blocks are 34 bytes, only 2-byte aligned: read
-// from global memory 2 bytes at a time, a warp's 17 loads per block each touch ~9 cache lines,
-// and ncu showed the L1 95% busy with DRAM at 35%. So when a row is a multiple of 16 bytes
-// (cols a multiple of 256; the head is an allocation of its own, 16-byte aligned) and the
-// launch gave a row per warp of dynamic shared memory, each warp copies its row there with
-// 16-byte loads and the lanes read their blocks 4 bytes at a time.
-extern "C" __global__ void head_q8_0(const unsigned char* __restrict__ w, int rows, int cols,
-                                     const i8* __restrict__ q, const float* __restrict__ d,
-                                     float* __restrict__ out) {
+// (head_q8_0_mma_tile reproduces this order). Warps take rows a grid of warps apart (the host
+// launches a few blocks an SM), so each lane loads its activation blocks once, into
+// registers, where rows are at most 32 * HEAD_KB blocks: ncu showed the kernel bound by L1
+// (94% busy, DRAM 59%) when every row re-read them. Weight blocks are 34 bytes, only 2-byte
+// aligned: read from global memory 2 bytes at a time, a warp's 17 loads per block each touch ~9
+// cache lines. So when a row is a multiple of 16 bytes (cols a multiple of 256; the head is an
+// allocation of its own, 16-byte aligned) and the launch gave a row per warp of dynamic shared
+// memory, each warp copies its row there with 16-byte loads and the lanes read their blocks 4
+// bytes at a time.
+#define HEAD_KB 4
+
+// Block b's integer dot with the activations qx from a staged row's words (see head_q8_0).
+__device__ __forceinline__ int head_block_dot(const u32* words, int b, const int* qx, float& dw) {
+    // Block b starts at byte 34 b: word 17 b / 2, at its start (b even: the scale is that
+    // word's low half, the codes straddle words) or half-way (b odd: the scale is its high
+    // half, the codes are the next 8 words). An even block's 9 words run 2 bytes past it,
+    // inside the row: rows of whole 16-byte words have nb % 8 == 0, so the last block is odd.
+    const u32* bw = words + ((17 * b) >> 1);
+    const u32 odd = b & 1;
+    u32 wv[9];
+#pragma unroll
+    for (int i = 0; i < 9; ++i) wv[i] = bw[i];
+    dw = h2f((u16)(wv[0] >> (odd << 4)));
+    int s = 0;
+#pragma unroll
+    for (int i = 0; i < 8; ++i)
+        s = __dp4a((int)__funnelshift_rc(wv[i], wv[i + 1], 16 + (odd << 4)), qx[i], s);
+    return s;
+}
+
+extern "C" __global__ void __launch_bounds__(256, 4)
+    head_q8_0(const unsigned char* __restrict__ w, int rows, int cols, const i8* __restrict__ q,
+              const float* __restrict__ d, float* __restrict__ out) {
     extern __shared__ __align__(16) unsigned char hrow[];
-    const int lane = threadIdx.x & 31;
-    const int r = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    if (r >= rows) return;
+    const int lane = threadIdx.x & 31, wpb = blockDim.x >> 5;
+    const int r0 = blockIdx.x * wpb + (threadIdx.x >> 5), step = gridDim.x * wpb;
     const int nb = cols >> 5, rb = nb * 34;
-    float acc = 0.0f;
     u32 smem_bytes;
     asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(smem_bytes));
-    if ((rb & 15) == 0 && smem_bytes >= (blockDim.x >> 5) * (u32)rb) {
+    if ((rb & 15) == 0 && smem_bytes >= wpb * (u32)rb) {
         unsigned char* slot = hrow + (size_t)(threadIdx.x >> 5) * rb;
-        const uint4* src = (const uint4*)(w + (size_t)r * rb);
+        const u32* words = (const u32*)slot;
         // 349 MB a token for 2B4T: through L2 once, without pushing out the KV cache.
         const unsigned long long once = l2_evict_first();
-        for (int i = lane; i < (rb >> 4); i += 32) ((uint4*)slot)[i] = ldg16_hint(src + i, once);
-        __syncwarp();
-        const u32* words = (const u32*)slot;
-        for (int b = lane; b < nb; b += 32) {
-            // Block b starts at byte 34 b: word 17 b / 2, at its start (b even: the scale is
-            // that word's low half, the codes straddle words) or half-way (b odd: the scale is
-            // its high half, the codes are the next 8 words). An even block's 9 words run 2 bytes
-            // past it, inside the row: rows of whole 16-byte words have nb % 8 == 0, so the
-            // last block is odd.
-            const u32* bw = words + ((17 * b) >> 1);
-            const u32 odd = b & 1;
-            u32 wv[9];
+        if (nb <= 32 * HEAD_KB) {
+            int xq[HEAD_KB][8];
+            float xd[HEAD_KB];
 #pragma unroll
-            for (int i = 0; i < 9; ++i) wv[i] = bw[i];
-            const float dw = h2f((u16)(wv[0] >> (odd << 4)));
-            const int* qx = (const int*)(q + b * 32);
-            int s = 0;
+            for (int k = 0; k < HEAD_KB; ++k) {
+                const int b = lane + 32 * k;
+                const int* qx = (const int*)(q + (b < nb ? b : 0) * 32);
 #pragma unroll
-            for (int i = 0; i < 8; ++i)
-                s = __dp4a((int)__funnelshift_rc(wv[i], wv[i + 1], 16 + (odd << 4)), qx[i], s);
-            acc = fmaf(__fmul_rn(dw, d[b]), (float)s, acc);
+                for (int i = 0; i < 8; ++i) xq[k][i] = qx[i];
+                xd[k] = d[b < nb ? b : 0];
+            }
+            for (int r = r0; r < rows; r += step) {
+                const uint4* src = (const uint4*)(w + (size_t)r * rb);
+                for (int i = lane; i < (rb >> 4); i += 32)
+                    ((uint4*)slot)[i] = ldg16_hint(src + i, once);
+                __syncwarp();
+                float acc = 0.0f;
+#pragma unroll
+                for (int k = 0; k < HEAD_KB; ++k) {
+                    const int b = lane + 32 * k;
+                    if (b >= nb) break;
+                    float dw;
+                    const int s = head_block_dot(words, b, xq[k], dw);
+                    acc = fmaf(__fmul_rn(dw, xd[k]), (float)s, acc);
+                }
+                // Every lane has read the slot before the next row overwrites it.
+                __syncwarp();
+                acc = warp_sum(acc);
+                if (lane == 0) out[r] = acc;
+            }
+            return;
         }
-    } else {
+        for (int r = r0; r < rows; r += step) {
+            const uint4* src = (const uint4*)(w + (size_t)r * rb);
+            for (int i = lane; i < (rb >> 4); i += 32) ((uint4*)slot)[i] = ldg16_hint(src + i, once);
+            __syncwarp();
+            float acc = 0.0f;
+            for (int b = lane; b < nb; b += 32) {
+                float dw;
+                const int s = head_block_dot(words, b, (const int*)(q + b * 32), dw);
+                acc = fmaf(__fmul_rn(dw, d[b]), (float)s, acc);
+            }
+            __syncwarp();
+            acc = warp_sum(acc);
+            if (lane == 0) out[r] = acc;
+        }
+        return;
+    }
+    for (int r = r0; r < rows; r += step) {
         const u16* row = (const u16*)(w + (size_t)r * rb);
+        float acc = 0.0f;
         for (int b = lane; b < nb; b += 32) {
             const u16* blk = row + b * 17;
             const float dw = h2f(__ldg(blk));
@@ -1155,9 +1204,9 @@ extern "C" __global__ void head_q8_0(const unsigned char* __restrict__ w, int ro
             }
             acc = fmaf(__fmul_rn(dw, d[b]), (float)s, acc);
         }
+        acc = warp_sum(acc);
+        if (lane == 0) out[r] = acc;
     }
-    acc = warp_sum(acc);
-    if (lane == 0) out[r] = acc;
 }
 
 // logits[r] = dot(row r, x) for F32 / F16 / BF16 rows, f32 accumulation. One warp per row;

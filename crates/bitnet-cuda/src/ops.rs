@@ -30,6 +30,8 @@ pub(crate) const DECODE_ATTN_THREADS: u32 = 1024;
 const ATTN_PARTIALS: usize = 32;
 /// Head rows per block (a warp each).
 const HEAD_WARPS: u32 = 8;
+/// Blocks an SM of the one-token Q8_0 head (its `__launch_bounds__(256, 4)`).
+const HEAD_Q8_BLOCKS_PER_SM: u32 = 4;
 /// Tokens per warp of the many-row Q6_K and dense head kernels (`HEAD_T` in forward.cu).
 const HEAD_TOKENS: u32 = 8;
 /// Tokens per block of the Q8_0 tensor-core head (`HMMA_TOKENS` in forward.cu; 4 warps of 16
@@ -808,6 +810,12 @@ impl Gpu {
                 }
                 _ => 0,
             };
+            // head_q8_0's warps loop over rows a grid of warps apart and keep their
+            // activations in registers: a few blocks an SM (its launch bounds) load them once.
+            let grid = match m.ty {
+                DenseType::Q6_K => grid,
+                _ => (grid.0.min(self.sm_count * HEAD_Q8_BLOCKS_PER_SM), 1),
+            };
             let f = self.forward_kernel(name, smem)?;
             let mut l = self.stream.launch_builder(&f);
             l.arg(&m.data)
@@ -816,8 +824,9 @@ impl Gpu {
                 .arg(&*q8)
                 .arg(&*d8)
                 .arg(logits);
-            // SAFETY: arguments match; a warp per row inside `rows` (checked); the shared
-            // memory holds a row per warp where the kernel stages them.
+            // SAFETY: arguments match; a warp per row inside `rows` (checked; head_q8_0's
+            // warps step through rows by the grid's warp count); the shared memory holds a
+            // row per warp where the kernel stages them.
             unsafe { l.launch(cfg(grid, 32 * HEAD_WARPS, smem as u32)) }?;
         } else {
             let f = self.kernels.function(FORWARD, "head_dense")?;
