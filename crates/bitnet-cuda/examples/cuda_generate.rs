@@ -245,9 +245,13 @@ fn bench(weights: &ModelWeights, model: Option<&str>, load_s: f64, o: &Opts) -> 
                 parts.join(", ")
             );
         }
+        // Every path gives the same bits, so the same ids: their digest says so at a glance.
+        let digest = ids.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &i| {
+            (h ^ u64::from(i)).wrapping_mul(0x100_0000_01b3)
+        });
         println!(
             "tg{tg} ({}, {}): {:.1} us/token, {:.0} tokens/s, {:.0} GB/s of weights (best of \
-             {reps}; first ids {:?})",
+             {reps}; first ids {:?}, ids digest {digest:016x})",
             if graph { "graph" } else { "launches" },
             match (fused, persistent) {
                 (true, true) => "persistent kernel",

@@ -408,7 +408,8 @@ extern "C" __global__ void rope_kv(float* __restrict__ qkv, int nh, int nkv, int
 
 // Softmax attention of one query head (its q in shared `qs`) over positions 0..n of KV head
 // kvh of the sequence whose block table is `bt`, into out_h: scores scaled after the dot,
-// softmax subtracting the max, weights = e * (1 / sum), as forward.rs. With `kn` / `vn`
+// softmax subtracting the max, weights = e * (1 / sum), as forward.rs, chunk by chunk (below).
+// With `kn` / `vn`
 // (shared, the f16-rounded values) position n - 1 is read from them instead of the cache: the
 // fused decode kernels write that position in this same launch.
 //
@@ -423,7 +424,18 @@ extern "C" __global__ void rope_kv(float* __restrict__ qkv, int nh, int nkv, int
 // virtual warp w accumulates positions w, w + 32, ... in order; the 32 partial outputs are
 // added in warp order. Scores are per position and the max is exact, so their order does not
 // matter. MHD: the largest head_dim the caller handles (registers per lane).
+//
+// Chunks (flash decoding): the positions are cut into chunks of ATT_CHUNK from 0, and the
+// above is one chunk's softmax (its own max m_c and sum l_c) and its weighted values o_c. The
+// chunks are then folded in order: (M, L, U) starts as chunk 0's (m, l, l o); chunk c gives
+// M' = max(M, m_c), a = exp(M - M'), b = exp(m_c - M') (one of them exp(0) = 1), L' = a L +
+// b l_c and U' = a U + (b l_c) o_c; the output is U / L. A sequence of one chunk is that
+// chunk's o. So a chunk
+// can be computed by any block: a long sequence's chunks spread over many blocks (split mode:
+// each writes its (o_c, m_c, l_c) record, the last to finish folds them), or one block runs
+// them in turn, with the same bits.
 #define ATT_VW 32
+#define ATT_CHUNK 256
 
 // The butterfly sums of four values at once, d[u] of every lane into lanes 8u..8u+7: at the
 // first two levels each lane sends the values its partner keeps, so 6 shuffles instead of 20.
@@ -471,20 +483,36 @@ __device__ __forceinline__ void copy_rows4(u32 (&to)[4][J], const u32 (&from)[4]
         for (int jj = 0; jj < J; ++jj) to[u][jj] = from[u][jj];
 }
 
+// One fold step (see ATT_CHUNK): the running (M, L) take chunk (mc, lc); the running U is
+// then a U + wb o_c. One exponential: the other factor is exp(0) = 1.
+__device__ __forceinline__ void att_fold(float& M, float& L, float mc, float lc, float& a,
+                                         float& wb) {
+    const bool up = mc > M;
+    const float e = expf(__fsub_rn(fminf(M, mc), fmaxf(M, mc)));
+    a = up ? e : 1.0f;
+    wb = __fmul_rn(up ? 1.0f : e, lc);
+    L = __fadd_rn(__fmul_rn(a, L), wb);
+    M = fmaxf(M, mc);
+}
+
 // The body of attend for MHD / 64 pairs a lane; FULL: hd == MHD, so every pair is in range and
 // no lane needs its bounds checked. PIPE: each round's loads are issued a round ahead (twice
 // the registers; the persistent kernel, at its 64, spills with it and keeps its loads together
 // without it). Position n - 1 from kn / vn is handled after the cache's positions: it is the
-// last of its virtual warp's values, so the order stays as defined.
+// last of its virtual warp's values, so the order stays as defined. Computes chunk c of the
+// head's positions: where it is the only one, into out_h; otherwise o_c into part[0..hd) and
+// (m_c, l_c) into ml[0..2), left to the caller (no barrier after them).
 template <int MHD, bool FULL, bool PIPE>
 __device__ void attend_pairs(const float* qs, const float* kn, const float* vn, float* sc,
-                             float* part, float* red, int n, const int* bt, int kvd, int kvh,
-                             int hd, const u16* __restrict__ kc, const u16* __restrict__ vc,
-                             float scale, float* __restrict__ out_h, int nthr) {
+                             float* part, float* ml, float* red, int n, int c, const int* bt,
+                             int kvd, int kvh, int hd, const u16* __restrict__ kc,
+                             const u16* __restrict__ vc, float scale, float* __restrict__ out_h,
+                             int nthr) {
     constexpr int J = MHD / 64;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = nthr >> 5;
-    // Positions read from the cache: all but a fresh last one.
-    const int m = kn ? n - 1 : n;
+    // This chunk's positions lo..hi, those in the cache lo..mh (all but a fresh last one);
+    // scores at sc[p - lo].
+    const int lo = c * ATT_CHUNK, hi = min(lo + ATT_CHUNK, n), mh = min(hi, kn ? n - 1 : n);
     const size_t head = (size_t)kvh * hd;
     bool on[J];
     float q0[J], q1[J];
@@ -499,11 +527,11 @@ __device__ void attend_pairs(const float* qs, const float* kn, const float* vn, 
     // overlap, and the next 4 while it uses them (ptxas otherwise moved loads down to their
     // uses, one latency after another); the four dot products' lanes are added together.
     u32 kp[4][J], kq[4][J];
-    if (PIPE && warp < m) load_rows4<J>(kp, kc + head, bt, warp, nw, m, kvd, on, lane);
-    for (int p0 = warp; p0 < m; p0 += 4 * nw) {
-        const bool more = PIPE && p0 + 4 * nw < m;
-        if (!PIPE) load_rows4<J>(kp, kc + head, bt, p0, nw, m, kvd, on, lane);
-        if (more) load_rows4<J>(kq, kc + head, bt, p0 + 4 * nw, nw, m, kvd, on, lane);
+    if (PIPE && lo + warp < mh) load_rows4<J>(kp, kc + head, bt, lo + warp, nw, mh, kvd, on, lane);
+    for (int p0 = lo + warp; p0 < mh; p0 += 4 * nw) {
+        const bool more = PIPE && p0 + 4 * nw < mh;
+        if (!PIPE) load_rows4<J>(kp, kc + head, bt, p0, nw, mh, kvd, on, lane);
+        if (more) load_rows4<J>(kq, kc + head, bt, p0 + 4 * nw, nw, mh, kvd, on, lane);
         float d[4];
 #pragma unroll
         for (int u = 0; u < 4; ++u) {
@@ -517,10 +545,10 @@ __device__ void attend_pairs(const float* qs, const float* kn, const float* vn, 
         }
         const float s = warp_sum4(d);
         const int p = p0 + (lane >> 3) * nw;
-        if ((lane & 7) == 0 && p < m) sc[p] = __fmul_rn(s, scale);
+        if ((lane & 7) == 0 && p < mh) sc[p - lo] = __fmul_rn(s, scale);
         if (more) copy_rows4<J>(kp, kq);
     }
-    if (kn && warp == (n - 1) % nw) {
+    if (kn && hi == n && warp == (n - 1) % nw) {
         float d = 0.0f;
 #pragma unroll
         for (int jj = 0; jj < J; ++jj)
@@ -530,17 +558,17 @@ __device__ void attend_pairs(const float* qs, const float* kn, const float* vn, 
                 d = fmaf(q1[jj], kn[2 * j + 1], d);
             }
         d = warp_sum(d);
-        if (lane == 0) sc[n - 1] = __fmul_rn(d, scale);
+        if (lane == 0) sc[n - 1 - lo] = __fmul_rn(d, scale);
     }
     group_sync(nthr);
     float mx = NEG_INF;
-    for (int p = threadIdx.x; p < n; p += nthr) mx = fmaxf(mx, sc[p]);
+    for (int p = threadIdx.x; p < hi - lo; p += nthr) mx = fmaxf(mx, sc[p]);
     mx = group_max(mx, red, nthr);
     // Sum of the exponentials over the virtual threads lane + 32 * w for this warp's virtual
-    // warps w = warp, warp + nw, ...
+    // warps w = warp, warp + nw, ... (a chunk gives each at most one position).
     for (int w = warp; w < ATT_VW; w += nw) {
         float sum = 0.0f;
-        for (int p = lane + 32 * w; p < n; p += 32 * ATT_VW) {
+        for (int p = lane + 32 * w; p < hi - lo; p += 32 * ATT_VW) {
             const float e = expf(__fsub_rn(sc[p], mx));
             sc[p] = e;
             sum += e;
@@ -551,6 +579,10 @@ __device__ void attend_pairs(const float* qs, const float* kn, const float* vn, 
     group_sync(nthr);
     const float sum = warp_sum(part[lane]);
     const float inv = __fdiv_rn(1.0f, sum);
+    if (threadIdx.x == 0) {
+        ml[0] = mx;
+        ml[1] = sum;
+    }
     // Every thread has read part[0..32) before it is overwritten below.
     group_sync(nthr);
 
@@ -560,16 +592,16 @@ __device__ void attend_pairs(const float* qs, const float* kn, const float* vn, 
 #pragma unroll
         for (int j = 0; j < 2 * J; ++j) acc[j] = 0.0f;
         u32 vp[4][J], vq[4][J];
-        if (PIPE && w < m) load_rows4<J>(vp, vc + head, bt, w, ATT_VW, m, kvd, on, lane);
-        for (int p0 = w; p0 < m; p0 += 4 * ATT_VW) {
-            const bool more = PIPE && p0 + 4 * ATT_VW < m;
-            if (!PIPE) load_rows4<J>(vp, vc + head, bt, p0, ATT_VW, m, kvd, on, lane);
-            if (more) load_rows4<J>(vq, vc + head, bt, p0 + 4 * ATT_VW, ATT_VW, m, kvd, on, lane);
+        if (PIPE && lo + w < mh) load_rows4<J>(vp, vc + head, bt, lo + w, ATT_VW, mh, kvd, on, lane);
+        for (int p0 = lo + w; p0 < mh; p0 += 4 * ATT_VW) {
+            const bool more = PIPE && p0 + 4 * ATT_VW < mh;
+            if (!PIPE) load_rows4<J>(vp, vc + head, bt, p0, ATT_VW, mh, kvd, on, lane);
+            if (more) load_rows4<J>(vq, vc + head, bt, p0 + 4 * ATT_VW, ATT_VW, mh, kvd, on, lane);
 #pragma unroll
             for (int u = 0; u < 4; ++u) {
                 const int p = p0 + u * ATT_VW;
-                if (p >= m) break;
-                const float wgt = __fmul_rn(sc[p], inv);
+                if (p >= mh) break;
+                const float wgt = __fmul_rn(sc[p - lo], inv);
 #pragma unroll
                 for (int jj = 0; jj < J; ++jj)
                     if (on[jj]) {
@@ -579,8 +611,8 @@ __device__ void attend_pairs(const float* qs, const float* kn, const float* vn, 
             }
             if (more) copy_rows4<J>(vp, vq);
         }
-        if (vn && w == (n - 1) % ATT_VW) {
-            const float wgt = __fmul_rn(sc[n - 1], inv);
+        if (vn && hi == n && w == (n - 1) % ATT_VW) {
+            const float wgt = __fmul_rn(sc[n - 1 - lo], inv);
 #pragma unroll
             for (int jj = 0; jj < J; ++jj)
                 if (on[jj]) {
@@ -598,25 +630,31 @@ __device__ void attend_pairs(const float* qs, const float* kn, const float* vn, 
             }
     }
     group_sync(nthr);
+    // Thread i alone reads column i of part, so o_c can replace its first row in place.
+    const bool whole = n <= ATT_CHUNK;
     for (int i = threadIdx.x; i < hd; i += nthr) {
         float o = 0.0f;
         for (int w = 0; w < ATT_VW; ++w) o += part[w * hd + i];
-        out_h[i] = o;
+        if (whole)
+            out_h[i] = o;
+        else
+            part[i] = o;
     }
 }
 
-// Attention for head dimensions up to MHD: FIT > 0, a kernel built for head dimension FIT alone
-// (no bounds checks, loads a round ahead); FIT < 0, any head dimension, bounds checked per lane;
-// FIT == 0 (the persistent decode kernel, one build for every model), 64 and 128 (2B4T's) and
-// MHD without checks, others with. The same bits whichever runs.
+// Attention for head dimensions up to MHD, chunk c (see attend_pairs): FIT > 0, a kernel built
+// for head dimension FIT alone (no bounds checks, loads a round ahead); FIT < 0, any head
+// dimension, bounds checked per lane; FIT == 0 (the persistent decode kernel, one build for
+// every model), 64 and 128 (2B4T's) and MHD without checks, others with. The same bits
+// whichever runs.
 #define ATTEND_PAIRS(MHD_, FULL_, PIPE_)                                                       \
-    attend_pairs<MHD_, FULL_, PIPE_>(qs, kn, vn, sc, part, red, n, bt, kvd, kvh, hd, kc, vc,  \
-                                     scale, out_h, nthr)
+    attend_pairs<MHD_, FULL_, PIPE_>(qs, kn, vn, sc, part, ml, red, n, c, bt, kvd, kvh, hd, kc, \
+                                     vc, scale, out_h, nthr)
 template <int MHD, int FIT>
 __device__ void attend(const float* qs, const float* kn, const float* vn, float* sc,
-                       float* part, float* red, int n, const int* bt, int kvd, int kvh, int hd,
-                       const u16* __restrict__ kc, const u16* __restrict__ vc, float scale,
-                       float* __restrict__ out_h, int nthr) {
+                       float* part, float* ml, float* red, int n, int c, const int* bt, int kvd,
+                       int kvh, int hd, const u16* __restrict__ kc, const u16* __restrict__ vc,
+                       float scale, float* __restrict__ out_h, int nthr) {
     if constexpr (FIT > 0)
         ATTEND_PAIRS(FIT, true, true);
     else if constexpr (FIT < 0)
@@ -632,14 +670,86 @@ __device__ void attend(const float* qs, const float* kn, const float* vn, float*
 }
 #undef ATTEND_PAIRS
 
+// Every chunk of a head in turn in this block (attend_pairs leaves each chunk's o_c in part and
+// (m_c, l_c) in ml), folded in chunk order (U in orun: hd floats of shared memory), then
+// out_h = U / L.
+template <int MHD, int FIT>
+__device__ void attend_chunks(const float* qs, const float* kn, const float* vn, float* sc,
+                              float* part, float* ml, float* orun, float* red, int n,
+                              const int* bt, int kvd, int kvh, int hd,
+                              const u16* __restrict__ kc, const u16* __restrict__ vc,
+                              float scale, float* __restrict__ out_h, int nthr) {
+    const int nc = (n + ATT_CHUNK - 1) / ATT_CHUNK;
+    float M = 0.0f, L = 0.0f;
+    for (int c = 0; c < nc; ++c) {
+        attend<MHD, FIT>(qs, kn, vn, sc, part, ml, red, n, c, bt, kvd, kvh, hd, kc, vc, scale,
+                         out_h, nthr);
+        if (nc == 1) return;
+        group_sync(nthr);
+        // Read before the next chunk writes them: its part and ml writes come after two of
+        // its barriers.
+        const float mc = ml[0], lc = ml[1];
+        float a = 0.0f, wb = 0.0f;
+        if (c > 0) att_fold(M, L, mc, lc, a, wb);
+        else
+            M = mc, L = lc;
+        for (int i = threadIdx.x; i < hd; i += nthr)
+            orun[i] = c == 0 ? __fmul_rn(lc, part[i])
+                             : __fadd_rn(__fmul_rn(a, orun[i]), __fmul_rn(wb, part[i]));
+    }
+    for (int i = threadIdx.x; i < hd; i += nthr) out_h[i] = __fdiv_rn(orun[i], L);
+}
+
+// Split mode, after attend_pairs ran chunk c of nc (> 1) in this block: its record (o_c from
+// part, (m_c, l_c) from ml: this thread's own writes) to rec + c (hd + 2); the last of the
+// head's blocks to finish (counter `tick`, zeroed again by it) folds the records, in chunk
+// order as attend_chunks, into out_h.
+__device__ void attend_split_done(const float* part, const float* ml, int c, int nc, float* rec,
+                                  unsigned* tick, int hd, float* __restrict__ out_h, int nthr) {
+    __shared__ int att_last;
+    const int stride = hd + 2;
+    float* r = rec + (size_t)c * stride;
+    for (int i = threadIdx.x; i < hd; i += nthr) r[i] = part[i];
+    if (threadIdx.x == 0) {
+        r[hd] = ml[0];
+        r[hd + 1] = ml[1];
+    }
+    __threadfence();
+    group_sync(nthr);
+    if (threadIdx.x == 0) {
+        const bool last = atomicAdd(tick, 1u) == (unsigned)(nc - 1);
+        if (last) atomicExch(tick, 0u);
+        att_last = last;
+    }
+    group_sync(nthr);
+    if (!att_last) return;
+    __threadfence();
+    // Written by other blocks of this launch: read through L2.
+    for (int i = threadIdx.x; i < hd; i += nthr) {
+        float M = __ldcg(rec + hd), L = __ldcg(rec + hd + 1);
+        float u = __fmul_rn(L, __ldcg(rec + i));
+        for (int k = 1; k < nc; ++k) {
+            const float* rk = rec + (size_t)k * stride;
+            float a, wb;
+            att_fold(M, L, __ldcg(rk + hd), __ldcg(rk + hd + 1), a, wb);
+            u = __fadd_rn(__fmul_rn(a, u), __fmul_rn(wb, __ldcg(rk + i)));
+        }
+        out_h[i] = __fdiv_rn(u, L);
+    }
+}
+
 // Causal grouped-query attention of query head blockIdx.x of token blockIdx.y over positions
 // 0..n of its own sequence, n = pos[t] + 1, through that sequence's block table
-// blocks + table[t] (see attend). Dynamic shared memory (attn_smem): hd floats of q, 2 * hd
-// unused here, ctx scores (ctx >= n), ATT_VW * hd partial outputs, ctx / KV_BLOCK block ids.
+// blocks + table[t] (see attend). CHUNKS: the chunks in turn (attend_chunks); otherwise the
+// one chunk of sequences of at most ATT_CHUNK positions (the host's choice by the batch's
+// longest: the loop over chunks costs ~30 registers, fewer blocks an SM in a decode batch of
+// short sequences). Dynamic shared memory (attn_smem): hd
+// floats of q, 2 * hd unused here, hd of running output and a chunk's max and sum, ATT_CHUNK
+// scores, ATT_VW * hd partial outputs, ctx / KV_BLOCK block ids (ctx >= n).
 // With `skip_runs`, the tokens that attention_flash handles (those of a chunk of two or more
 // tokens: a neighbour in the batch has the same table offset, and the offsets of different
 // sequences differ) are left alone.
-template <int FIT>
+template <int FIT, bool CHUNKS>
 __device__ void attention_body(const float* __restrict__ qkv, int qkv_stride, int nh, int nkv,
                                int hd, int ctx, const int* __restrict__ pos_t,
                                const int* __restrict__ table, const int* __restrict__ blocks,
@@ -652,21 +762,26 @@ __device__ void attention_body(const float* __restrict__ qkv, int qkv_stride, in
         return;
     const int n = pos_t[t] + 1;
     float* qs = sm;
-    float* sc = sm + 3 * hd;
+    float* sc = sm + 4 * hd + 2;
     // The block table in shared memory: each position's row is then one shared load away
     // instead of a global one in front of every key and value load.
-    int* bt = (int*)(sc + ctx + ATT_VW * hd);
+    int* bt = (int*)(sc + ATT_CHUNK + ATT_VW * hd);
     const float* q = qkv + (size_t)t * qkv_stride + (size_t)h * hd;
     for (int i = threadIdx.x; i < hd; i += blockDim.x) qs[i] = q[i];
     const int* table_t = blocks + table[t];
     for (int i = threadIdx.x; i < (n + KV_BLOCK - 1) / KV_BLOCK; i += blockDim.x) bt[i] = table_t[i];
     __syncthreads();
-    attend<MAX_HD, FIT>(qs, nullptr, nullptr, sc, sc + ctx, red, n, bt, nkv * hd, h / (nh / nkv),
-                        hd, kc, vc, scale, out + (size_t)t * nh * hd + (size_t)h * hd,
-                        blockDim.x);
+    float* out_h = out + (size_t)t * nh * hd + (size_t)h * hd;
+    if constexpr (CHUNKS)
+        attend_chunks<MAX_HD, FIT>(qs, nullptr, nullptr, sc, sc + ATT_CHUNK, sm + 4 * hd,
+                                   sm + 3 * hd, red, n, bt, nkv * hd, h / (nh / nkv), hd, kc, vc,
+                                   scale, out_h, blockDim.x);
+    else
+        attend<MAX_HD, FIT>(qs, nullptr, nullptr, sc, sc + ATT_CHUNK, sm + 4 * hd, red, n, 0, bt,
+                            nkv * hd, h / (nh / nkv), hd, kc, vc, scale, out_h, blockDim.x);
 }
 
-#define ATTENTION_KERNEL(NAME, FIT)                                                            \
+#define ATTENTION_KERNEL(NAME, FIT, CHUNKS)                                                    \
     extern "C" __global__ void NAME(const float* __restrict__ qkv, int qkv_stride, int nh,     \
                                     int nkv, int hd, int ctx, const int* __restrict__ pos_t,  \
                                     const int* __restrict__ table,                            \
@@ -674,13 +789,17 @@ __device__ void attention_body(const float* __restrict__ qkv, int qkv_stride, in
                                     const u16* __restrict__ kc, const u16* __restrict__ vc,   \
                                     float scale, float* __restrict__ out, int skip_runs) {    \
         extern __shared__ float sm[];                                                         \
-        attention_body<FIT>(qkv, qkv_stride, nh, nkv, hd, ctx, pos_t, table, blocks, kc, vc,  \
-                            scale, out, skip_runs, sm);                                       \
+        attention_body<FIT, CHUNKS>(qkv, qkv_stride, nh, nkv, hd, ctx, pos_t, table, blocks,  \
+                                    kc, vc, scale, out, skip_runs, sm);                       \
     }
-// Built for head dimension 64, 128, and any (the host picks by the model's).
-ATTENTION_KERNEL(attention_hd64, 64)
-ATTENTION_KERNEL(attention_hd128, 128)
-ATTENTION_KERNEL(attention, -1)
+// Built for head dimension 64, 128, and any (the host picks by the model's), for sequences of
+// one chunk and of any length.
+ATTENTION_KERNEL(attention_hd64, 64, false)
+ATTENTION_KERNEL(attention_hd128, 128, false)
+ATTENTION_KERNEL(attention, -1, false)
+ATTENTION_KERNEL(attention_chunks_hd64, 64, true)
+ATTENTION_KERNEL(attention_chunks_hd128, 128, true)
+ATTENTION_KERNEL(attention_chunks, -1, true)
 
 // Flash attention of prompt tokens on the f16 tensor cores (mma.sync m16n8k16, f32
 // accumulation). A block takes one query head and one tile of up to FLASH_ROWS consecutive
@@ -1001,28 +1120,39 @@ extern "C" __global__ void __launch_bounds__(FLASH_THREADS)
     attend_flash<128>(qkv, qkv_stride, nh, nkv, pos_t, table, blocks, tiles, kc, vc, scale, out);
 }
 
-// Query head h of the one token: the body of rope_attention, run by the block's first `nthr`
-// threads (the persistent decode kernel runs it with fewer threads than its block has, and the
-// same bits as rope_attention for the same nthr). `sm` is attn_smem(ctx) bytes of shared
-// memory. q, k and v are read through L2 (written by other blocks in the same launch there).
+// The (head, chunk) that rope_attend ran, for rope_attend_done: kept in shared memory, not in
+// registers through the attention (the persistent kernel has none to spare there).
+__shared__ int att_item[2];
+
+// Chunk `chunk` (of ATT_CHUNK positions, see attend) of query head h of the one token: the body of
+// rope_attention, run by the block's first `nthr` threads (the persistent decode kernel runs
+// it with fewer threads than its block has, and the same bits as rope_attention for the same
+// nthr). The caller skips chunks past the token's position, and then runs rope_attend_done.
+// `sm` is attn_smem(ctx) bytes of shared memory. q, k and v are read through L2 (written by
+// other blocks in the same launch there).
 template <int MHD, int FIT>
-__device__ void rope_attend(int h, const float* __restrict__ qkv, int nh, int nkv, int hd,
-                            int ctx, const float* __restrict__ inv_freq,
+__device__ void rope_attend(int h, int chunk, const float* __restrict__ qkv, int nh, int nkv,
+                            int hd, int ctx, const float* __restrict__ inv_freq,
                             const int* __restrict__ pos_t, const int* __restrict__ slot,
                             const int* __restrict__ blocks, u16* kc, u16* vc, float scale,
                             float* __restrict__ out, int nthr, float* sm, float* red) {
     const int half = hd >> 1, group = nh / nkv, kvh = h / group;
     const int pos = pos_t[0], n = pos + 1;
+    // The new position's chunk writes it to the caches (other chunks do not read it).
+    const bool writes = h % group == 0 && pos < (chunk + 1) * ATT_CHUNK;
     const int qd = nh * hd, kvd = nkv * hd;
     float* qs = sm;
     float* kn = sm + hd;
     float* vn = sm + 2 * hd;
-    float* sc = sm + 3 * hd;
-    int* bt = (int*)(sc + ctx + ATT_VW * hd);
-    // All ctx / KV_BLOCK entries, whether the sequence uses them or not: these loads then
-    // wait for nothing, where loading n / KV_BLOCK of them would wait for pos first, and
-    // every load in this kernel's prologue is a memory latency in front of the whole step.
-    for (int i = threadIdx.x; i < ctx / KV_BLOCK; i += nthr) bt[i] = blocks[i];
+    float* sc = sm + 4 * hd + 2;
+    int* bt = (int*)(sc + ATT_CHUNK + ATT_VW * hd);
+    // The chunk's block ids, at their own indices, whether the sequence reaches them or not:
+    // these loads then wait for nothing, where loading only those below n would wait for pos
+    // first, and every load in this kernel's prologue is a memory latency in front of the
+    // whole step.
+    const int b0 = chunk * (ATT_CHUNK / KV_BLOCK);
+    const int b1 = min(ctx / KV_BLOCK, b0 + ATT_CHUNK / KV_BLOCK);
+    for (int i = b0 + threadIdx.x; i < b1; i += nthr) bt[i] = blocks[i];
     const float* q = qkv + (size_t)h * hd;
     const float* k = qkv + qd + (size_t)kvh * hd;
     const float* v = qkv + qd + kvd + (size_t)kvh * hd;
@@ -1042,16 +1172,35 @@ __device__ void rope_attend(int h, const float* __restrict__ qkv, int nh, int nk
         kn[i + half] = h2f(b);
         vn[i] = h2f(va);
         vn[i + half] = h2f(vb);
-        if (h % group == 0) {
+        if (writes) {
             kc[at + i] = a;
             kc[at + i + half] = b;
             vc[at + i] = va;
             vc[at + i + half] = vb;
         }
     }
+    if (threadIdx.x == 0) {
+        att_item[0] = h;
+        att_item[1] = chunk;
+    }
     group_sync(nthr);
-    attend<MHD, FIT>(qs, kn, vn, sc, sc + ctx, red, n, bt, kvd, kvh, hd, kc, vc, scale,
-                     out + (size_t)h * hd, nthr);
+    attend<MHD, FIT>(qs, kn, vn, sc, sc + ATT_CHUNK, sm + 4 * hd, red, n, chunk, bt, kvd, kvh, hd,
+                     kc, vc, scale, out + (size_t)h * hd, nthr);
+}
+
+// After rope_attend of chunk c of head h (sm as there): where the token's positions span
+// several chunks, this chunk's record and, by the head's last block, the fold (split mode;
+// `rec`: heads x ceil(ctx / ATT_CHUNK) records of hd + 2 floats, `tick`: a counter a head).
+// Apart from rope_attend so that its arguments are not held in registers through attention.
+__device__ __forceinline__ void rope_attend_done(int hd, int ctx, const int* __restrict__ pos_t,
+                                                 float* __restrict__ out, int nthr, float* sm,
+                                                 float* rec, unsigned* tick) {
+    const int nc = pos_t[0] / ATT_CHUNK + 1;
+    if (nc == 1) return;
+    const int h = att_item[0], c = att_item[1];
+    attend_split_done(sm + 4 * hd + 2 + ATT_CHUNK, sm + 4 * hd, c, nc,
+                      rec + (size_t)h * ((ctx + ATT_CHUNK - 1) / ATT_CHUNK) * (hd + 2),
+                      tick + h, hd, out + (size_t)h * hd, nthr);
 }
 
 // Decode (one token of one sequence, whose block table is `blocks`: ctx / KV_BLOCK readable
@@ -1059,7 +1208,10 @@ __device__ void rope_attend(int h, const float* __restrict__ qkv, int nh, int nk
 // query head and its group's new key (the same operations as rope_kv) into shared memory, with
 // the new value rounded to f16 as the cache holds it; the group's first query head writes them
 // to the caches, and every block reads position n - 1 from shared memory, not from the cache
-// another block is writing. Same bits as rope_kv then attention.
+// another block is writing. Same bits as rope_kv then attention. Grid (heads, ctx / ATT_CHUNK
+// rounded up): a block per chunk of the head's positions (split mode of attend; `rec`: heads x
+// chunks records of hd + 2 floats, `tick`: a zeroed counter per head); chunks past the token's
+// position have nothing to do.
 #define ROPE_ATTENTION_KERNEL(NAME, FIT)                                                       \
     extern "C" __global__ void __launch_bounds__(1024, 1)                                      \
         NAME(const float* __restrict__ qkv, int nh, int nkv, int hd,                          \
@@ -1067,11 +1219,14 @@ __device__ void rope_attend(int h, const float* __restrict__ qkv, int nh, int nk
                                     const int* __restrict__ pos_t,                            \
                                     const int* __restrict__ slot,                             \
                                     const int* __restrict__ blocks, u16* kc, u16* vc,         \
-                                    float scale, float* __restrict__ out) {                   \
+                                    float scale, float* __restrict__ out, float* rec,         \
+                                    unsigned* tick) {                                         \
         extern __shared__ float sm[];                                                         \
         __shared__ float red[32];                                                             \
-        rope_attend<MAX_HD, FIT>(blockIdx.x, qkv, nh, nkv, hd, ctx, inv_freq, pos_t, slot,    \
-                                 blocks, kc, vc, scale, out, blockDim.x, sm, red);            \
+        if ((int)blockIdx.y * ATT_CHUNK > pos_t[0]) return;                                   \
+        rope_attend<MAX_HD, FIT>(blockIdx.x, blockIdx.y, qkv, nh, nkv, hd, ctx, inv_freq,     \
+                                 pos_t, slot, blocks, kc, vc, scale, out, blockDim.x, sm, red); \
+        rope_attend_done(hd, ctx, pos_t, out, blockDim.x, sm, rec, tick);                     \
     }
 // Built for head dimension 64, 128, and any (the host picks by the model's).
 ROPE_ATTENTION_KERNEL(rope_attention_hd64, 64)
@@ -2160,21 +2315,53 @@ __device__ __forceinline__ void stage_matrix(const unsigned long long* __restric
     stage_rows(buf0 + (size_t)(m & 1) * wbuf, src, bytes, scales, n, src2, scales2, nw, nc, wrows);
 }
 
+// The attention stage of decode_layers_long: (query head, chunk) pairs over the grid, the
+// heads' first chunks on the first blocks, on the first nthr threads.
+__device__ __forceinline__ void decode_attention(const float* __restrict__ qkv, int nh, int nkv,
+                                              int hd, int ctx,
+                                              const float* __restrict__ inv_freq,
+                                              const int* __restrict__ pos_t,
+                                              const int* __restrict__ slot,
+                                              const int* __restrict__ blocks, u16* kc, u16* vc,
+                                              float scale, float* __restrict__ attn, int nthr,
+                                              float* sm, float* red, float* rec,
+                                              unsigned* tick) {
+    const int items = nh * (pos_t[0] / ATT_CHUNK + 1);
+    for (int it = blockIdx.x; it < items; it += gridDim.x) {
+        // The last item's shared memory is read to the end before this one writes it.
+        if (it != (int)blockIdx.x) group_sync(nthr);
+        rope_attend<DECODE_MAX_HD, 0>(it % nh, it / nh, qkv, nh, nkv, hd, ctx, inv_freq, pos_t,
+                                      slot, blocks, kc, vc, scale, attn, nthr, sm, red);
+        rope_attend_done(hd, ctx, pos_t, attn, nthr, sm, rec, tick);
+    }
+}
+
 // The layers of one decode step (after embed_rows has written x; the head runs after it).
 // Grid: at most one block per SM, all resident (cooperative launch); NORM_THREADS threads.
 // Dynamic shared memory: two weight buffers of `wbuf` bytes (a block's largest slice of any
 // matrix with its scales, then from `wrows` the norm weights), then a region that holds either
 // a norm row (max(h, qd, ffn) floats rounded to 4, then the int8 row) or the attention's
 // attn_smem(ctx) bytes. `bar`: two zeroed words of this context's own. desc: DECODE_PTRS
-// pointers per layer.
-extern "C" __global__ void __launch_bounds__(1024, 1)
-    decode_layers(const unsigned long long* __restrict__ desc, int nlayers, int h, int nh,
-                  int nkv, int hd, int ffn, int mode, int rb_h, int rb_q, int rb_f, int ctx,
-                  int attn_threads, const float* __restrict__ inv_freq, float eps, float scale,
-                  const int* __restrict__ pos_t, const int* __restrict__ slot,
-                  const int* __restrict__ blocks, float* x, float* qkv, float* attn,
-                  float* gate_up, unsigned* bar, int wbuf, int wrows,
-                  unsigned long long* prof) {
+// pointers per layer. `arec`, `atick`: the attention's split records and counters, as
+// rope_attention's. Two builds: decode_layers for contexts of one attention chunk (ctx <=
+// ATT_CHUNK: a block per head, as rope_attention's first chunk), decode_layers_long for any
+// (chunks over the grid, the last block of a head folding them). The long build's item loop
+// and fold cost ptxas registers that the kernel, at its 64, takes from the matrix stages
+// (spills: ~90 us a token at short contexts on the H100), hence the short build.
+#define DECODE_LAYERS_PARAMS                                                                    \
+    const unsigned long long *__restrict__ desc, int nlayers, int h, int nh, int nkv, int hd,  \
+        int ffn, int mode, int rb_h, int rb_q, int rb_f, int ctx, int attn_threads,            \
+        const float *__restrict__ inv_freq, float eps, float scale,                            \
+        const int *__restrict__ pos_t, const int *__restrict__ slot,                           \
+        const int *__restrict__ blocks, float *x, float *qkv, float *attn, float *gate_up,     \
+        unsigned *bar, int wbuf, int wrows, float *arec, unsigned *atick,                      \
+        unsigned long long *prof
+#define DECODE_LAYERS_ARGS                                                                      \
+    desc, nlayers, h, nh, nkv, hd, ffn, mode, rb_h, rb_q, rb_f, ctx, attn_threads, inv_freq,   \
+        eps, scale, pos_t, slot, blocks, x, qkv, attn, gate_up, bar, wbuf, wrows, arec, atick,  \
+        prof
+template <bool LONG>
+__device__ __forceinline__ void decode_layers_body(DECODE_LAYERS_PARAMS) {
     extern __shared__ __align__(16) unsigned char dsm[];
     __shared__ float red[96];  // norm_quant_row's three slot arrays
     const int qd = nh * hd;
@@ -2225,13 +2412,20 @@ extern "C" __global__ void __launch_bounds__(1024, 1)
         const int m = 4 * l;
         matrix(l, 0, m + 1, x, h, 0, 0, d.width, rb_h, qkv, nullptr, 0);
 
-        // RoPE + attention, a query head per block on the first attn_threads threads
+        // RoPE + attention on the first attn_threads threads: (query head, chunk) pairs, the
+        // heads' first chunks on the first blocks.
         mark(l, 1, 0);
         mark(l, 1, 1);
-        if ((int)blockIdx.x < nh && (int)threadIdx.x < attn_threads)
-            rope_attend<DECODE_MAX_HD, 0>(blockIdx.x, qkv, nh, nkv, hd, ctx, inv_freq, pos_t,
+        if constexpr (LONG) {
+            if ((int)threadIdx.x < attn_threads)
+                decode_attention(qkv, nh, nkv, hd, ctx, inv_freq, pos_t, slot, blocks,
+                                 (u16*)p[D_K], (u16*)p[D_V], scale, attn, attn_threads, row, red,
+                                 arec, atick);
+        } else if ((int)blockIdx.x < nh && (int)threadIdx.x < attn_threads) {
+            rope_attend<DECODE_MAX_HD, 0>(blockIdx.x, 0, qkv, nh, nkv, hd, ctx, inv_freq, pos_t,
                                           slot, blocks, (u16*)p[D_K], (u16*)p[D_V], scale, attn,
                                           attn_threads, row, red);
+        }
         mark(l, 1, 2);
         grid_barrier(bar, base, ++k);
         mark(l, 1, 3);
@@ -2245,6 +2439,14 @@ extern "C" __global__ void __launch_bounds__(1024, 1)
     cp_async_wait<0>();
     // Every block is past its read of bar[1] (it arrived at the last barrier).
     if (blockIdx.x == 0 && threadIdx.x == 0) bar[1] = base + k * gridDim.x;
+}
+
+extern "C" __global__ void __launch_bounds__(1024, 1) decode_layers(DECODE_LAYERS_PARAMS) {
+    decode_layers_body<false>(DECODE_LAYERS_ARGS);
+}
+
+extern "C" __global__ void __launch_bounds__(1024, 1) decode_layers_long(DECODE_LAYERS_PARAMS) {
+    decode_layers_body<true>(DECODE_LAYERS_ARGS);
 }
 
 // ---- Top-k candidates for sampling (bitnet_backend::sampling::top_k) ----

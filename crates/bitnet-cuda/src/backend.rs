@@ -34,7 +34,7 @@ use crate::decode::PersistentStep;
 use crate::device::Gpu;
 use crate::error::CudaError;
 use crate::model::GpuModel;
-use crate::ops::{push_flash_tiles, ArgmaxScratch, NormInput, PagedBatch, FLASH_TILE};
+use crate::ops::{push_flash_tiles, ArgmaxScratch, AttnSplit, NormInput, PagedBatch, FLASH_TILE};
 use crate::sample::TopKScratch;
 use crate::ternary::GpuActivations;
 use bitnet_backend::sampling::TopK;
@@ -64,16 +64,20 @@ fn dev(e: impl Into<CudaError>) -> BackendError {
 
 /// Every kernel the forward pass launches, looked up when the backend loads: compiling (or
 /// reading the cached PTX) then, not inside the first pass or, worse, a graph capture.
-pub(crate) const FORWARD_KERNELS: [&str; 34] = [
+pub(crate) const FORWARD_KERNELS: [&str; 38] = [
     "embed_rows",
     "embed_rows_q6_k",
     "decode_layers",
+    "decode_layers_long",
     "norm_quant",
     "norm_ternary_t1",
     "rope_kv",
     "attention",
     "attention_hd64",
     "attention_hd128",
+    "attention_chunks",
+    "attention_chunks_hd64",
+    "attention_chunks_hd128",
     "attention_flash_hd64",
     "attention_flash_hd128",
     "rope_attention",
@@ -379,6 +383,8 @@ pub struct CudaContext {
     s: Scratch,
     argmax: ArgmaxScratch,
     top_k: TopKScratch,
+    /// A decode step's attention records, one chunk of a head a block (sized for `ctx`).
+    split: AttnSplit,
     /// Where the single-row argmax also writes the next token and position (unused here).
     spare_tok: CudaSlice<u32>,
     spare_pos: CudaSlice<i32>,
@@ -444,6 +450,7 @@ impl CudaContext {
         let s = Scratch::new(&gpu, m, max_batch_tokens.max(1), 1)?;
         let argmax = ArgmaxScratch::new(&gpu)?;
         let top_k = TopKScratch::new(&gpu)?;
+        let split = AttnSplit::new(&gpu, m.dims, 0).map_err(dev)?;
         Ok(CudaContext {
             spare_tok: st.alloc_zeros(1).map_err(dev)?,
             spare_pos: st.alloc_zeros(1).map_err(dev)?,
@@ -468,6 +475,7 @@ impl CudaContext {
             s,
             argmax,
             top_k,
+            split,
             gpu,
             shared,
         })
@@ -595,6 +603,7 @@ impl CudaContext {
                 &mut self.k[l],
                 &mut self.v[l],
                 &mut s.attn.slice_mut(..qd),
+                &mut self.split,
             );
         }
         self.gpu.rope_kv(
@@ -851,6 +860,7 @@ impl CudaContext {
                     &mut s.qkv.slice_mut(..d.qkv_dim()),
                     &mut s.attn.slice_mut(..d.q_dim()),
                     &mut s.gate_up.slice_mut(..2 * ffn),
+                    &mut self.split,
                 );
             }
         }
@@ -1021,8 +1031,8 @@ impl Context for CudaContext {
         let max_len = m.dims.max_attn_len();
         if longest > max_len {
             return Err(BackendError::Unsupported(format!(
-                "a sequence of {longest} positions on the GPU (its attention kernel keeps a \
-                 head's scores in shared memory: at most {max_len} positions for head \
+                "a sequence of {longest} positions on the GPU (its attention kernel keeps the \
+                 sequence's block ids in shared memory: at most {max_len} positions for head \
                  dimension {})",
                 m.dims.head_dim
             )));
@@ -1076,6 +1086,12 @@ impl Context for CudaContext {
         // Past the end: room for the ctx / KV_BLOCK block ids the fused decode kernel loads.
         self.ensure(n, rows, lay.end.max(lay.blocks + ctx / KV_BLOCK))
             .map_err(dev)?;
+        let dims = self.shared.model.dims;
+        if !self.split.fits(dims, ctx) {
+            // New records: the captured graphs hold the old ones.
+            self.graphs.clear();
+            self.split = AttnSplit::new(&self.gpu, dims, ctx).map_err(dev)?;
+        }
         if lay.end > 0 {
             // `meta` holds lay.end words (ensured above).
             self.gpu

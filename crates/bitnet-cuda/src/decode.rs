@@ -11,7 +11,7 @@ use crate::compile::FORWARD;
 use crate::device::Gpu;
 use crate::error::{CudaError, Result};
 use crate::model::GpuModel;
-use crate::ops::{NormInput, PagedBatch, DECODE_ATTN_THREADS};
+use crate::ops::{AttnSplit, NormInput, PagedBatch, ATT_CHUNK, DECODE_ATTN_THREADS};
 use bitnet_models::Activation;
 use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
 use cudarc::driver::{CudaSlice, CudaViewMut, DevicePtr, LaunchConfig, PushKernelArg};
@@ -24,6 +24,9 @@ const PTRS: usize = 14;
 const MAX_HEAD_DIM: usize = 128;
 /// The most residual-stream rows one block keeps (`DECODE_OWN_ROWS` in forward.cu).
 const OWN_ROWS: usize = 64;
+/// The kernel for contexts of one attention chunk, and for longer ones.
+const KERNEL: &str = "decode_layers";
+const KERNEL_LONG: &str = "decode_layers_long";
 /// Room for the kernel's static shared memory (reduction slots, the barrier base).
 const STATIC_SMEM: usize = 1024;
 
@@ -64,7 +67,6 @@ impl PersistentStep {
             return Ok(None);
         }
         let max_smem = gpu.smem_per_block;
-        let f = gpu.kernels.function(FORWARD, "decode_layers")?;
         let grid = gpu.sm_count;
         let c = &m.config;
         let d = m.dims;
@@ -88,19 +90,23 @@ impl PersistentStep {
         let wrows = wbuf.div_ceil(16) * 16;
         let wbuf = wrows + 4 * maxcols.div_ceil(4) * 4;
         let norm_region = 4 * maxcols.div_ceil(4) * 4 + maxcols.div_ceil(128) * 128;
-        if per(h) > OWN_ROWS || d.head_dim > MAX_HEAD_DIM {
+        // The short build gives each query head a block of its own.
+        if per(h) > OWN_ROWS || d.head_dim > MAX_HEAD_DIM || d.heads > grid as usize {
             return Ok(None);
         }
         if 2 * wbuf + norm_region + STATIC_SMEM > max_smem {
             return Ok(None);
         }
         let smem = 2 * wbuf + norm_region;
-        f.set_attribute(
-            CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-            (max_smem - STATIC_SMEM) as i32,
-        )?;
-        if f.occupancy_max_active_blocks_per_multiprocessor(THREADS, smem, None)? < 1 {
-            return Ok(None);
+        for name in [KERNEL, KERNEL_LONG] {
+            let f = gpu.kernels.function(FORWARD, name)?;
+            f.set_attribute(
+                CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                (max_smem - STATIC_SMEM) as i32,
+            )?;
+            if f.occupancy_max_active_blocks_per_multiprocessor(THREADS, smem, None)? < 1 {
+                return Ok(None);
+            }
         }
         let s = &gpu.stream;
         let mut table = Vec::with_capacity(m.layers.len() * PTRS);
@@ -159,9 +165,15 @@ impl PersistentStep {
         qkv: &mut CudaViewMut<'_, f32>,
         attn: &mut CudaViewMut<'_, f32>,
         gate_up: &mut CudaViewMut<'_, f32>,
+        split: &mut AttnSplit,
     ) -> Result<()> {
         let c = &m.config;
         let d = m.dims;
+        if !split.fits(d, ctx) {
+            return Err(CudaError::Shape(format!(
+                "persistent decode step: attention split records for {ctx} positions"
+            )));
+        }
         let smem = self.smem(m, ctx).ok_or_else(|| {
             CudaError::Unsupported(format!(
                 "the persistent decode step over {ctx} positions (shared memory)"
@@ -205,7 +217,13 @@ impl PersistentStep {
         ];
         let (eps, scale) = (c.rms_norm_eps, 1.0 / (d.head_dim as f32).sqrt());
         let (wbuf, wrows) = (int(self.wbuf)?, int(self.wrows)?);
-        let f = gpu.kernels.function(FORWARD, "decode_layers")?;
+        // Contexts of one attention chunk take the build without the split (see forward.cu).
+        let name = if ctx <= ATT_CHUNK {
+            KERNEL
+        } else {
+            KERNEL_LONG
+        };
+        let f = gpu.kernels.function(FORWARD, name)?;
         let mut l = gpu.stream.launch_builder(&f);
         l.arg(&self.desc);
         for a in &args {
@@ -224,6 +242,8 @@ impl PersistentStep {
             .arg(&mut self.bar)
             .arg(&wbuf)
             .arg(&wrows);
+        let (rec, tick) = split.args();
+        l.arg(rec).arg(tick);
         match &mut self.prof {
             Some(p) => l.arg(p),
             None => l.arg(&0u64),
@@ -237,7 +257,7 @@ impl PersistentStep {
         // weights and this context's caches (alive as long as the context); buffers checked
         // above; the cooperative launch keeps every block resident, which the grid barrier
         // needs; the shared memory holds the two weight buffers and the larger of a norm row
-        // and the attention's scores (checked against the GPU's limit).
+        // and the attention's (checked against the GPU's limit); the split records cover ctx.
         unsafe { l.launch_cooperative(cfg) }?;
         Ok(())
     }

@@ -28,8 +28,8 @@ pub use device::{Gpu, GpuInfo};
 pub use error::CudaError;
 pub use model::GpuModel;
 pub use ops::{
-    push_flash_tiles, ArgmaxScratch, AttnDims, GpuDense, NormInput, PagedBatch, FLASH_TILE,
-    MAX_HEAD_DIM,
+    push_flash_tiles, ArgmaxScratch, AttnDims, AttnSplit, GpuDense, NormInput, PagedBatch,
+    FLASH_TILE, MAX_HEAD_DIM,
 };
 pub use sample::TopKScratch;
 pub use ternary::{GpuActivations, GpuTernaryMatrix, TernaryKernel};

@@ -28,6 +28,10 @@ pub(crate) const ATTN_THREADS: u32 = 256;
 pub(crate) const DECODE_ATTN_THREADS: u32 = 1024;
 /// The partial outputs of attention: one per virtual warp (`ATT_VW` in forward.cu).
 const ATTN_PARTIALS: usize = 32;
+/// Positions of an attention chunk (`ATT_CHUNK` in forward.cu): a head's softmax is computed
+/// chunk by chunk and the chunks folded in order, so that a long sequence's chunks can run on
+/// blocks of their own (flash decoding) with the bits of one block running them in turn.
+pub(crate) const ATT_CHUNK: usize = 256;
 /// Head rows per block (a warp each).
 const HEAD_WARPS: u32 = 8;
 /// Blocks an SM of the one-token Q8_0 head (its `__launch_bounds__(256, 4)`).
@@ -250,10 +254,12 @@ impl AttnDims {
     }
 
     /// Dynamic shared memory of the attention kernel for sequences of up to `ctx` positions.
-    /// (q, and the new key and value of the fused decode kernel, then the scores, the warps'
-    /// partial outputs and the sequence's block ids.)
+    /// (q, and the new key and value of the fused decode kernel, the running output and a
+    /// chunk's max and sum, then a chunk's scores, the warps' partial outputs and the
+    /// sequence's block ids.)
     pub(crate) fn attn_smem(&self, ctx: usize) -> usize {
-        4 * (3 * self.head_dim + ctx + ATTN_PARTIALS * self.head_dim + ctx.div_ceil(KV_BLOCK))
+        let fixed = 4 * self.head_dim + 2 + ATT_CHUNK + ATTN_PARTIALS * self.head_dim;
+        4 * (fixed + ctx.div_ceil(KV_BLOCK))
     }
 
     /// Dynamic shared memory of the flash attention kernel: keys and values of FLASH_KEYS
@@ -270,12 +276,54 @@ impl AttnDims {
             && self.flash_smem() <= MAX_ATTN_SMEM
     }
 
-    /// The longest sequence the attention kernel takes (its scores live in shared memory).
+    /// The longest sequence the attention kernel takes (its block ids live in shared
+    /// memory).
     pub fn max_attn_len(&self) -> usize {
-        let fixed = 3 * self.head_dim + ATTN_PARTIALS * self.head_dim;
-        // ctx scores and ctx / KV_BLOCK block ids in what is left, whole blocks.
-        let left = (MAX_ATTN_SMEM / 4).saturating_sub(fixed);
-        left / (KV_BLOCK + 1) * KV_BLOCK
+        let fixed = 4 * self.head_dim + 2 + ATT_CHUNK + ATTN_PARTIALS * self.head_dim;
+        // A block id per KV_BLOCK positions in what is left.
+        (MAX_ATTN_SMEM / 4).saturating_sub(fixed) * KV_BLOCK
+    }
+}
+
+/// The records of attention split over blocks (forward.cu's `attend` in split mode): per query
+/// head, a record of `head_dim + 2` floats for each chunk of [`ATT_CHUNK`] positions up to the
+/// context, and a counter that the last of the head's blocks to finish finds and zeroes.
+pub struct AttnSplit {
+    rec: CudaSlice<f32>,
+    tick: CudaSlice<u32>,
+}
+
+impl AttnSplit {
+    fn records(dims: AttnDims, ctx: usize) -> usize {
+        dims.heads * ctx.div_ceil(ATT_CHUNK) * (dims.head_dim + 2)
+    }
+
+    /// Records for one token's heads over up to `ctx` positions.
+    pub fn new(gpu: &Gpu, dims: AttnDims, ctx: usize) -> Result<AttnSplit> {
+        Ok(AttnSplit {
+            rec: gpu.stream.alloc_zeros(Self::records(dims, ctx).max(1))?,
+            tick: gpu.stream.alloc_zeros(dims.heads.max(1))?,
+        })
+    }
+
+    /// Whether these records cover `ctx` positions of these heads.
+    pub fn fits(&self, dims: AttnDims, ctx: usize) -> bool {
+        self.rec.len() >= Self::records(dims, ctx) && self.tick.len() >= dims.heads
+    }
+
+    fn check(&self, dims: AttnDims, ctx: usize) -> Result<()> {
+        if self.fits(dims, ctx) {
+            return Ok(());
+        }
+        Err(shape(format!(
+            "attention split records: {} floats for {} heads over {ctx} positions",
+            self.rec.len(),
+            dims.heads
+        )))
+    }
+
+    pub(crate) fn args(&mut self) -> (&mut CudaSlice<f32>, &mut CudaSlice<u32>) {
+        (&mut self.rec, &mut self.tick)
     }
 }
 
@@ -538,7 +586,7 @@ impl Gpu {
     /// Causal attention of `tokens` query rows (the q part of stacked q | k | v rows) over the
     /// paged f16 caches, token t seeing positions `0..=batch.pos[t]` of its own sequence;
     /// `out` is `[token][q_dim]`. `ctx` bounds every `pos[t] + 1` (the kernel keeps that
-    /// many scores in shared memory). With `skip_runs`, only the tokens without a neighbour
+    /// many positions' block ids in shared memory). With `skip_runs`, only the tokens without a neighbour
     /// of the same table offset (`batch.table[t +- 1]`) are computed, the others' rows of
     /// `out` are left as they are: those are [`Self::attention_flash`]'s.
     #[allow(clippy::too_many_arguments)]
@@ -567,7 +615,14 @@ impl Gpu {
         if tokens == 0 {
             return Ok(());
         }
-        let (f, smem) = self.attention_kernel("attention", dims, ctx)?;
+        // Batches whose sequences fit one chunk take the build without the loop over chunks
+        // (fewer registers; the same bits).
+        let name = if ctx <= ATT_CHUNK {
+            "attention"
+        } else {
+            "attention_chunks"
+        };
+        let (f, smem) = self.attention_kernel(name, dims, ctx)?;
         let stride = dims.qkv_dim() as i32;
         let (nh, nkv, hd, ctx_i) = (
             dims.heads as i32,
@@ -593,8 +648,9 @@ impl Gpu {
             .arg(out)
             .arg(&skip);
         let grid = (dims.heads as u32, tokens as u32);
-        // SAFETY: arguments match the kernel; shared memory holds q, ctx scores and the warps'
-        // partial outputs; buffers checked above; positions checked by the caller.
+        // SAFETY: arguments match the kernel; shared memory holds q, the running output, a
+        // chunk's scores, the warps' partial outputs and the block ids; buffers checked above;
+        // positions checked by the caller.
         unsafe { l.launch(cfg(grid, ATTN_THREADS, smem as u32)) }?;
         Ok(())
     }
@@ -674,7 +730,7 @@ impl Gpu {
         Ok(())
     }
 
-    /// An attention kernel and its dynamic shared memory for `ctx` positions (a head's scores
+    /// An attention kernel and its dynamic shared memory for `ctx` positions (their block ids
     /// are kept there), with the opt-in above 48 KiB; a context that cannot fit is refused.
     fn attention_kernel(
         &self,
@@ -685,8 +741,8 @@ impl Gpu {
         let smem = dims.attn_smem(ctx);
         if smem > MAX_ATTN_SMEM {
             return Err(CudaError::Unsupported(format!(
-                "a context of {ctx} positions (this attention kernel keeps a head's scores in \
-                 shared memory: {} KiB of at most {} KiB)",
+                "a context of {ctx} positions (this attention kernel keeps a sequence's block \
+                 ids in shared memory: {} KiB of at most {} KiB)",
                 smem / 1024,
                 MAX_ATTN_SMEM / 1024
             )));
@@ -705,7 +761,8 @@ impl Gpu {
     /// One token's [`Self::rope_kv`] and [`Self::attention`] as one kernel (the same bits):
     /// token 0 of `batch`, whose block table must start at `batch.blocks[0]` (`table` is not
     /// read) and `batch.blocks` hold at least `ctx / KV_BLOCK` entries (the kernel loads them
-    /// all without waiting for the position).
+    /// all without waiting for the position). A block per head and chunk of [`ATT_CHUNK`]
+    /// positions, the chunks' records in `split`.
     #[allow(clippy::too_many_arguments)]
     pub fn rope_attention(
         &self,
@@ -717,9 +774,11 @@ impl Gpu {
         k_cache: &mut CudaSlice<u16>,
         v_cache: &mut CudaSlice<u16>,
         out: &mut CudaViewMut<'_, f32>,
+        split: &mut AttnSplit,
     ) -> Result<()> {
         dims.check()?;
         batch.check(1)?;
+        split.check(dims, ctx)?;
         if batch.blocks.len() < ctx / KV_BLOCK {
             return Err(shape(format!(
                 "rope + attention: {} block ids for {ctx} positions",
@@ -756,13 +815,17 @@ impl Gpu {
             .arg(k_cache)
             .arg(v_cache)
             .arg(&scale)
-            .arg(out);
-        // SAFETY: arguments match the kernel; shared memory holds q, the new k and v, ctx
-        // scores and the warps' partial outputs; buffers checked above; the position checked
-        // by the caller.
+            .arg(out)
+            .arg(&mut split.rec)
+            .arg(&mut split.tick);
+        let chunks = u32::try_from(ctx.div_ceil(ATT_CHUNK))
+            .map_err(|_| shape(format!("rope + attention over {ctx} positions")))?;
+        // SAFETY: arguments match the kernel; shared memory holds q, the new k and v, the
+        // running output, a chunk's scores, the warps' partial outputs and the block ids;
+        // buffers and the split records checked above; the position checked by the caller.
         unsafe {
             l.launch(cfg(
-                (dims.heads as u32, 1),
+                (dims.heads as u32, chunks),
                 DECODE_ATTN_THREADS,
                 smem as u32,
             ))

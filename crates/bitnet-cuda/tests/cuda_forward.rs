@@ -36,8 +36,8 @@ mod common;
 use bitnet_backend::{Backend, BackendError, Context, KvType, Logits, SeqChunk, KV_BLOCK};
 use bitnet_common::Storage;
 use bitnet_cuda::{
-    push_flash_tiles, ArgmaxScratch, AttnDims, CudaBackend, CudaError, GpuActivations, GpuDense,
-    GpuTernaryMatrix, NormInput, PagedBatch,
+    push_flash_tiles, ArgmaxScratch, AttnDims, AttnSplit, CudaBackend, CudaError, GpuActivations,
+    GpuDense, GpuTernaryMatrix, NormInput, PagedBatch,
 };
 use bitnet_inference::{
     Engine, EngineOptions, GenerateOptions, Logits as CpuLogits, SamplingParams,
@@ -562,6 +562,131 @@ fn rope_and_attention_match_a_cpu_reference() {
         let vg = unpage(gpu.stream().clone_dtoh(&vc).unwrap());
         assert!(max_abs_diff(&kg, &cpu.k) < 4e-3, "{dims:?}: key cache");
         assert_eq!(vg, cpu.v, "{dims:?}: value cache");
+    }
+}
+
+/// Attention in chunks of 256 positions (flash decoding: each chunk's softmax, then the chunks
+/// folded in order; forward.cu's `attend`). The fused decode kernel gives each chunk of a head
+/// a block of its own and the last block to finish folds the chunks' records; the per-query
+/// kernel runs the chunks in turn in one block (its build without the loop where the context
+/// is one chunk). They must give the same bits at one chunk, a chunk and one position, two
+/// whole chunks, and several, for head dimensions 64, 128 and 96 (the general build), over
+/// shuffled blocks; a second run over the same records too (the split leaves its counters
+/// zeroed). Both within 2e-3 of a CPU reference (f32 sums in another order, one softmax over
+/// all positions: the chunks' fold is the same function, rounded differently).
+#[test]
+fn attention_split_over_chunks_equals_one_block_and_the_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng(41);
+    for (heads, kv_heads, head_dim) in [(8, 2, 64), (20, 5, 128), (4, 2, 96)] {
+        let dims = AttnDims {
+            heads,
+            kv_heads,
+            head_dim,
+        };
+        let (qd, kvd) = (dims.q_dim(), dims.kv_dim());
+        let inv_freq: Vec<f32> = (0..head_dim / 2)
+            .map(|i| 1.0 / 500000f32.powf((2 * i) as f32 / head_dim as f32))
+            .collect();
+        let fd = gpu.stream().clone_htod(&inv_freq).unwrap();
+        for n in [1usize, 256, 257, 512, 700, 1300] {
+            let ctx = n.next_power_of_two().max(256);
+            let nblocks = ctx / KV_BLOCK + 3;
+            let table = shuffled_blocks(nblocks, n as u64)[..ctx / KV_BLOCK].to_vec();
+            let mut cpu = CpuAttention {
+                dims,
+                inv_freq: inv_freq.clone(),
+                k: vec![0.0; n * kvd],
+                v: vec![0.0; n * kvd],
+            };
+            // Positions 0..n - 1 in the caches: f16 at their paged rows, as f32 for the CPU.
+            let cache_len = nblocks * KV_BLOCK * kvd;
+            let (mut kh, mut vh) = (vec![0u16; cache_len], vec![0u16; cache_len]);
+            for p in 0..n - 1 {
+                let row = (table[p / KV_BLOCK] as usize * KV_BLOCK + p % KV_BLOCK) * kvd;
+                for i in 0..kvd {
+                    let k = f16::from_f32(rng.f32() * 2.0);
+                    let v = f16::from_f32(rng.f32() * 2.0);
+                    (kh[row + i], vh[row + i]) = (k.to_bits(), v.to_bits());
+                    (cpu.k[p * kvd + i], cpu.v[p * kvd + i]) = (k.to_f32(), v.to_f32());
+                }
+            }
+            let qkv = rng.vec(dims.qkv_dim(), 2.0);
+            let (_, want) = cpu.token(&qkv, n - 1);
+            let db = DevBatch::new(&gpu, &[(n - 1, 1)], std::slice::from_ref(&table));
+            let [pos, slot, tab, blocks] = db.views();
+            let batch = PagedBatch {
+                pos: &pos,
+                slot: &slot,
+                table: &tab,
+                blocks: &blocks,
+            };
+            let up = |h: &[u16]| gpu.stream().clone_htod(h).unwrap();
+            // One block a head: rope_kv, then the per-query kernel.
+            let (mut kc, mut vc) = (up(&kh), up(&vh));
+            let mut rotated = gpu.stream().clone_htod(&qkv).unwrap();
+            gpu.rope_kv(
+                &mut rotated.slice_mut(..),
+                1,
+                dims,
+                &fd,
+                &batch,
+                &mut kc,
+                &mut vc,
+            )
+            .unwrap();
+            let mut one = gpu.stream().alloc_zeros::<f32>(qd).unwrap();
+            gpu.attention(
+                &rotated.slice(..),
+                1,
+                dims,
+                ctx,
+                &batch,
+                &kc,
+                &vc,
+                &mut one.slice_mut(..),
+                false,
+            )
+            .unwrap();
+            let one = gpu.stream().clone_dtoh(&one).unwrap();
+            let d = max_abs_diff(&one, &want);
+            assert!(
+                d < 2e-3,
+                "{dims:?}, {n} positions: attention differs from the CPU by {d}"
+            );
+            // A block per chunk of a head, twice over the same records.
+            let mut split = AttnSplit::new(&gpu, dims, ctx).unwrap();
+            let raw = gpu.stream().clone_htod(&qkv).unwrap();
+            let (mut kc2, mut vc2) = (up(&kh), up(&vh));
+            for round in 0..2 {
+                let mut out = gpu.stream().alloc_zeros::<f32>(qd).unwrap();
+                gpu.rope_attention(
+                    &raw.slice(..),
+                    dims,
+                    ctx,
+                    &fd,
+                    &batch,
+                    &mut kc2,
+                    &mut vc2,
+                    &mut out.slice_mut(..),
+                    &mut split,
+                )
+                .unwrap();
+                let out = gpu.stream().clone_dtoh(&out).unwrap();
+                assert!(
+                    same_bits(&out, &one),
+                    "{dims:?}, {n} positions, round {round}: a block per chunk differs from \
+                     one block by {}",
+                    max_abs_diff(&out, &one)
+                );
+            }
+            // The split kernel wrote the new position to the caches as rope_kv did.
+            let down = |c: &cudarc::driver::CudaSlice<u16>| gpu.stream().clone_dtoh(c).unwrap();
+            assert!(
+                down(&kc2) == down(&kc) && down(&vc2) == down(&vc),
+                "{dims:?}, {n}: caches"
+            );
+        }
     }
 }
 
