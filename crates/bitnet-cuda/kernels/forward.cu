@@ -409,9 +409,8 @@ extern "C" __global__ void rope_kv(float* __restrict__ qkv, int nh, int nkv, int
 // Softmax attention of one query head (its q in shared `qs`) over positions 0..n of KV head
 // kvh of the sequence whose block table is `bt`, into out_h: scores scaled after the dot,
 // softmax subtracting the max, weights = e * (1 / sum), as forward.rs, chunk by chunk (below).
-// With `kn` / `vn`
-// (shared, the f16-rounded values) position n - 1 is read from them instead of the cache: the
-// fused decode kernels write that position in this same launch.
+// With `kn` / `vn` (shared, the f16-rounded values) position n - 1 is read from them instead of
+// the cache: the fused decode kernels write that position in this same launch.
 //
 // Run by the block's first `nthr` threads (32 to 1024, a power of two), with the same bits for
 // every nthr: the sums are defined over ATT_VW = 32 "virtual warps" of 32 lanes (1024 virtual
@@ -430,10 +429,9 @@ extern "C" __global__ void rope_kv(float* __restrict__ qkv, int nh, int nkv, int
 // chunks are then folded in order: (M, L, U) starts as chunk 0's (m, l, l o); chunk c gives
 // M' = max(M, m_c), a = exp(M - M'), b = exp(m_c - M') (one of them exp(0) = 1), L' = a L +
 // b l_c and U' = a U + (b l_c) o_c; the output is U / L. A sequence of one chunk is that
-// chunk's o. So a chunk
-// can be computed by any block: a long sequence's chunks spread over many blocks (split mode:
-// each writes its (o_c, m_c, l_c) record, the last to finish folds them), or one block runs
-// them in turn, with the same bits.
+// chunk's o, the bits of the definition before chunks. So a chunk can be computed by any block:
+// a long sequence's chunks spread over many blocks (split mode: each writes its (o_c, m_c, l_c)
+// record, the last to finish folds them), or one block runs them in turn, with the same bits.
 #define ATT_VW 32
 #define ATT_CHUNK 256
 
