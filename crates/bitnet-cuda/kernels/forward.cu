@@ -736,6 +736,18 @@ __device__ void attend_split_done(const float* part, const float* ml, int c, int
     }
 }
 
+// The attention kernels' dynamic shared memory (attn_smem(ctx) bytes; host: AttnDims::
+// attn_smem), in floats: q, the fused decode kernels' new key and value, the running output of
+// attend_chunks, a chunk's max and sum, a chunk's scores, the warps' partial outputs, then the
+// sequence's block ids (ints, ctx / KV_BLOCK).
+struct AttnSmem {
+    float *qs, *kn, *vn, *orun, *ml, *sc, *part;
+    int* bt;
+    __device__ __forceinline__ AttnSmem(float* sm, int hd)
+        : qs(sm), kn(sm + hd), vn(sm + 2 * hd), orun(sm + 3 * hd), ml(sm + 4 * hd),
+          sc(sm + 4 * hd + 2), part(sc + ATT_CHUNK), bt((int*)(part + ATT_VW * hd)) {}
+};
+
 // Causal grouped-query attention of query head blockIdx.x of token blockIdx.y over positions
 // 0..n of its own sequence, n = pos[t] + 1, through that sequence's block table
 // blocks + table[t] (see attend). CHUNKS: the chunks in turn (attend_chunks); otherwise the
@@ -759,23 +771,22 @@ __device__ void attention_body(const float* __restrict__ qkv, int qkv_stride, in
                       (t + 1 < (int)gridDim.y && table[t + 1] == table[t])))
         return;
     const int n = pos_t[t] + 1;
-    float* qs = sm;
-    float* sc = sm + 4 * hd + 2;
+    const AttnSmem a(sm, hd);
+    const float* q = qkv + (size_t)t * qkv_stride + (size_t)h * hd;
+    for (int i = threadIdx.x; i < hd; i += blockDim.x) a.qs[i] = q[i];
     // The block table in shared memory: each position's row is then one shared load away
     // instead of a global one in front of every key and value load.
-    int* bt = (int*)(sc + ATT_CHUNK + ATT_VW * hd);
-    const float* q = qkv + (size_t)t * qkv_stride + (size_t)h * hd;
-    for (int i = threadIdx.x; i < hd; i += blockDim.x) qs[i] = q[i];
     const int* table_t = blocks + table[t];
-    for (int i = threadIdx.x; i < (n + KV_BLOCK - 1) / KV_BLOCK; i += blockDim.x) bt[i] = table_t[i];
+    for (int i = threadIdx.x; i < (n + KV_BLOCK - 1) / KV_BLOCK; i += blockDim.x)
+        a.bt[i] = table_t[i];
     __syncthreads();
     float* out_h = out + (size_t)t * nh * hd + (size_t)h * hd;
     if constexpr (CHUNKS)
-        attend_chunks<MAX_HD, FIT>(qs, nullptr, nullptr, sc, sc + ATT_CHUNK, sm + 4 * hd,
-                                   sm + 3 * hd, red, n, bt, nkv * hd, h / (nh / nkv), hd, kc, vc,
-                                   scale, out_h, blockDim.x);
+        attend_chunks<MAX_HD, FIT>(a.qs, nullptr, nullptr, a.sc, a.part, a.ml, a.orun, red, n,
+                                   a.bt, nkv * hd, h / (nh / nkv), hd, kc, vc, scale, out_h,
+                                   blockDim.x);
     else
-        attend<MAX_HD, FIT>(qs, nullptr, nullptr, sc, sc + ATT_CHUNK, sm + 4 * hd, red, n, 0, bt,
+        attend<MAX_HD, FIT>(a.qs, nullptr, nullptr, a.sc, a.part, a.ml, red, n, 0, a.bt,
                             nkv * hd, h / (nh / nkv), hd, kc, vc, scale, out_h, blockDim.x);
 }
 
@@ -1122,10 +1133,10 @@ extern "C" __global__ void __launch_bounds__(FLASH_THREADS)
 // registers through the attention (the persistent kernel has none to spare there).
 __shared__ int att_item[2];
 
-// Chunk `chunk` (of ATT_CHUNK positions, see attend) of query head h of the one token: the body of
-// rope_attention, run by the block's first `nthr` threads (the persistent decode kernel runs
-// it with fewer threads than its block has, and the same bits as rope_attention for the same
-// nthr). The caller skips chunks past the token's position, and then runs rope_attend_done.
+// Chunk `chunk` (of ATT_CHUNK positions, see attend) of query head h of the one token: the
+// body of rope_attention, run by the block's first `nthr` threads (the persistent decode kernel
+// runs it with fewer threads than its block has, and the same bits as rope_attention for the
+// same nthr). The caller skips chunks past the token's position, and then runs rope_attend_done.
 // `sm` is attn_smem(ctx) bytes of shared memory. q, k and v are read through L2 (written by
 // other blocks in the same launch there).
 template <int MHD, int FIT>
@@ -1139,11 +1150,9 @@ __device__ void rope_attend(int h, int chunk, const float* __restrict__ qkv, int
     // The new position's chunk writes it to the caches (other chunks do not read it).
     const bool writes = h % group == 0 && pos < (chunk + 1) * ATT_CHUNK;
     const int qd = nh * hd, kvd = nkv * hd;
-    float* qs = sm;
-    float* kn = sm + hd;
-    float* vn = sm + 2 * hd;
-    float* sc = sm + 4 * hd + 2;
-    int* bt = (int*)(sc + ATT_CHUNK + ATT_VW * hd);
+    const AttnSmem a(sm, hd);
+    float *qs = a.qs, *kn = a.kn, *vn = a.vn;
+    int* bt = a.bt;
     // The chunk's block ids, at their own indices, whether the sequence reaches them or not:
     // these loads then wait for nothing, where loading only those below n would wait for pos
     // first, and every load in this kernel's prologue is a memory latency in front of the
@@ -1182,8 +1191,8 @@ __device__ void rope_attend(int h, int chunk, const float* __restrict__ qkv, int
         att_item[1] = chunk;
     }
     group_sync(nthr);
-    attend<MHD, FIT>(qs, kn, vn, sc, sc + ATT_CHUNK, sm + 4 * hd, red, n, chunk, bt, kvd, kvh, hd,
-                     kc, vc, scale, out + (size_t)h * hd, nthr);
+    attend<MHD, FIT>(qs, kn, vn, a.sc, a.part, a.ml, red, n, chunk, bt, kvd, kvh, hd, kc, vc,
+                     scale, out + (size_t)h * hd, nthr);
 }
 
 // After rope_attend of chunk c of head h (sm as there): where the token's positions span
@@ -1196,7 +1205,8 @@ __device__ __forceinline__ void rope_attend_done(int hd, int ctx, const int* __r
     const int nc = pos_t[0] / ATT_CHUNK + 1;
     if (nc == 1) return;
     const int h = att_item[0], c = att_item[1];
-    attend_split_done(sm + 4 * hd + 2 + ATT_CHUNK, sm + 4 * hd, c, nc,
+    const AttnSmem a(sm, hd);
+    attend_split_done(a.part, a.ml, c, nc,
                       rec + (size_t)h * ((ctx + ATT_CHUNK - 1) / ATT_CHUNK) * (hd + 2),
                       tick + h, hd, out + (size_t)h * hd, nthr);
 }

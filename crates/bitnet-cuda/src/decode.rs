@@ -169,11 +169,7 @@ impl PersistentStep {
     ) -> Result<()> {
         let c = &m.config;
         let d = m.dims;
-        if !split.fits(d, ctx) {
-            return Err(CudaError::Shape(format!(
-                "persistent decode step: attention split records for {ctx} positions"
-            )));
-        }
+        split.check(d, ctx)?;
         let smem = self.smem(m, ctx).ok_or_else(|| {
             CudaError::Unsupported(format!(
                 "the persistent decode step over {ctx} positions (shared memory)"

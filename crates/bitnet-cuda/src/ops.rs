@@ -258,8 +258,12 @@ impl AttnDims {
     /// chunk's max and sum, then a chunk's scores, the warps' partial outputs and the
     /// sequence's block ids.)
     pub(crate) fn attn_smem(&self, ctx: usize) -> usize {
-        let fixed = 4 * self.head_dim + 2 + ATT_CHUNK + ATTN_PARTIALS * self.head_dim;
-        4 * (fixed + ctx.div_ceil(KV_BLOCK))
+        4 * (self.attn_smem_fixed() + ctx.div_ceil(KV_BLOCK))
+    }
+
+    /// The floats of [`Self::attn_smem`] before the block ids (`AttnSmem` in forward.cu).
+    fn attn_smem_fixed(&self) -> usize {
+        4 * self.head_dim + 2 + ATT_CHUNK + ATTN_PARTIALS * self.head_dim
     }
 
     /// Dynamic shared memory of the flash attention kernel: keys and values of FLASH_KEYS
@@ -279,9 +283,8 @@ impl AttnDims {
     /// The longest sequence the attention kernel takes (its block ids live in shared
     /// memory).
     pub fn max_attn_len(&self) -> usize {
-        let fixed = 4 * self.head_dim + 2 + ATT_CHUNK + ATTN_PARTIALS * self.head_dim;
         // A block id per KV_BLOCK positions in what is left.
-        (MAX_ATTN_SMEM / 4).saturating_sub(fixed) * KV_BLOCK
+        (MAX_ATTN_SMEM / 4).saturating_sub(self.attn_smem_fixed()) * KV_BLOCK
     }
 }
 
@@ -311,7 +314,7 @@ impl AttnSplit {
         self.rec.len() >= Self::records(dims, ctx) && self.tick.len() >= dims.heads
     }
 
-    fn check(&self, dims: AttnDims, ctx: usize) -> Result<()> {
+    pub(crate) fn check(&self, dims: AttnDims, ctx: usize) -> Result<()> {
         if self.fits(dims, ctx) {
             return Ok(());
         }
@@ -586,9 +589,9 @@ impl Gpu {
     /// Causal attention of `tokens` query rows (the q part of stacked q | k | v rows) over the
     /// paged f16 caches, token t seeing positions `0..=batch.pos[t]` of its own sequence;
     /// `out` is `[token][q_dim]`. `ctx` bounds every `pos[t] + 1` (the kernel keeps that
-    /// many positions' block ids in shared memory). With `skip_runs`, only the tokens without a neighbour
-    /// of the same table offset (`batch.table[t +- 1]`) are computed, the others' rows of
-    /// `out` are left as they are: those are [`Self::attention_flash`]'s.
+    /// many positions' block ids in shared memory). With `skip_runs`, only the tokens without
+    /// a neighbour of the same table offset (`batch.table[t +- 1]`) are computed, the others'
+    /// rows of `out` are left as they are: those are [`Self::attention_flash`]'s.
     #[allow(clippy::too_many_arguments)]
     pub fn attention(
         &self,
