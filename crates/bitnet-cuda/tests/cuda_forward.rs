@@ -1517,24 +1517,42 @@ fn kjv_i2s_gguf_on_the_gpu_matches_cpu_and_reference() {
 /// (many score rounds, block-table entries past the first few) is compared.
 #[test]
 fn long_context_decode_paths_agree() {
+    decode_paths_agree(1000, 16, 40);
+}
+
+/// As [`long_context_decode_paths_agree`], past the model's trained context (the kernels take
+/// any position; RoPE's frequencies are computed, not tabled): at 4,400-4,416 positions a head
+/// has 18 chunks of 256, so the persistent step's attention stage has 8 x 18 = 144 (head,
+/// chunk) items for the 132 blocks of an H100 or H200 and deals them in two rounds, a block
+/// folding records that blocks of either round wrote; the fused path splits `rope_attention`
+/// over a grid of 8 x 18 blocks and the batched path folds the 18 chunks in turn. The CPU
+/// engine (one softmax over the whole context, not chunks) within the same LOGIT_TOL.
+#[test]
+fn decode_past_the_trained_context_with_more_attention_items_than_blocks() {
+    decode_paths_agree(4400, 16, 150);
+}
+
+/// A prompt of `prompt_len` tokens (the reference prompts over and over, fed in pieces of at
+/// most 1,024), then `steps` decode steps, through four decode paths over `blocks` shuffled KV
+/// blocks (the sequence takes as many as it needs of them).
+fn decode_paths_agree(prompt_len: usize, steps: usize, blocks: usize) {
     if gpu().is_none() {
         return;
     }
+    const PIECE: usize = 1024;
     let path = kjv_dir().join("gguf/bitnet-b1.58-kjv-i2_s.gguf");
     let model = bitnet_models::load(&path, None).unwrap();
     let backend = CudaBackend::load(0, &model.weights).unwrap();
     let vocab = backend.model().config().vocab_size;
-    // 1,000 tokens of the reference prompts, then 16 decode steps (the model's context ends at
-    // 1,024).
     let text: Vec<u32> = reference().iter().flat_map(|p| p.ids.clone()).collect();
-    let (prompt_len, steps) = (1000, 16);
     let ids: Vec<u32> = text
         .iter()
         .cycle()
         .take(prompt_len + steps)
         .copied()
         .collect();
-    let blocks: Vec<u32> = shuffled_blocks(40, 5)[..32].to_vec();
+    let table: Vec<u32> =
+        shuffled_blocks(blocks, 5)[..(prompt_len + steps).div_ceil(KV_BLOCK)].to_vec();
     let mut runs: Vec<(String, Vec<Vec<f32>>)> = Vec::new();
     for (graph, fused, persistent) in [
         (true, true, true),
@@ -1542,16 +1560,19 @@ fn long_context_decode_paths_agree() {
         (true, true, false),
         (false, false, false),
     ] {
-        let mut c = backend.context(40, KvType::F16, 1024).unwrap();
+        let mut c = backend.context(blocks, KvType::F16, PIECE).unwrap();
         c.set_graph(graph);
         c.set_fused(fused);
         c.set_persistent(persistent);
-        c.forward(&[chunk(&ids[..prompt_len], 0, &blocks, Logits::None)])
-            .unwrap();
+        for at in (0..prompt_len).step_by(PIECE) {
+            let end = (at + PIECE).min(prompt_len);
+            c.forward(&[chunk(&ids[at..end], at, &table, Logits::None)])
+                .unwrap();
+        }
         let mut got = Vec::new();
         for pos in prompt_len..prompt_len + steps {
             got.push(
-                c.forward(&[chunk(&ids[pos..=pos], pos, &blocks, Logits::Last)])
+                c.forward(&[chunk(&ids[pos..=pos], pos, &table, Logits::Last)])
                     .unwrap(),
             );
         }
@@ -1572,7 +1593,7 @@ fn long_context_decode_paths_agree() {
         }
     }
     let engine = Engine::load(&path, &EngineOptions::default()).unwrap();
-    let mut cs = engine.session(Some(1024)).unwrap();
+    let mut cs = engine.session(Some(ids.len())).unwrap();
     let cpu = cs.eval(&ids, CpuLogits::Last).unwrap();
     let last = want.last().unwrap();
     let d = max_abs_diff(last, &cpu);
