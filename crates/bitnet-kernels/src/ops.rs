@@ -142,6 +142,119 @@ pub fn dots_f16(q: &[f32], rows: &[f16], stride: usize, out: &mut [f32]) {
     }
 }
 
+/// Whether the AVX-512 forms of the group ops run here.
+#[cfg(target_arch = "x86_64")]
+fn avx512_ops() -> bool {
+    matches!(
+        detected_isa(),
+        crate::Isa::Avx512Vnni | crate::Isa::Avx512Vnni256 | crate::Isa::Amx
+    )
+}
+
+/// [`dots_f16`] for a group of queries that read the same rows (the query heads of one KV head):
+/// query `j` is `qs[j * n..][..n]`, and `out[j * out_stride + p]` gets its score against row
+/// `p < rows_n` (`rows[p * stride..][..n]`). The same bits as one [`dots_f16`] call per query;
+/// on AVX-512 each row is widened once for up to four queries.
+///
+/// # Panics
+/// If `n` is 0 or does not divide `qs.len()`, if `rows` is too short for `rows_n` rows, or if
+/// `out` is too short or its rows would overlap (`out_stride < rows_n` with two queries or more).
+pub fn dots_f16_group(
+    qs: &[f32],
+    n: usize,
+    rows: &[f16],
+    stride: usize,
+    rows_n: usize,
+    out: &mut [f32],
+    out_stride: usize,
+) {
+    assert!(
+        n > 0 && qs.len().is_multiple_of(n),
+        "dots_f16_group: queries of {n} values"
+    );
+    let nq = qs.len() / n;
+    assert!(
+        rows_fit(rows_n, stride, n, rows.len()),
+        "dots_f16_group: rows too short"
+    );
+    assert!(
+        (nq < 2 || out_stride >= rows_n) && rows_fit(nq, out_stride, rows_n, out.len()),
+        "dots_f16_group: out too short"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if avx512_ops() && n.is_multiple_of(32) {
+        use crate::x86::avx512_kv::{dots_f16_group as group, GROUP};
+        for (c, q) in qs.chunks(GROUP * n).enumerate() {
+            let o = &mut out[c * GROUP * out_stride..];
+            // SAFETY: the ISA has AVX-512 F, AVX2, FMA and F16C; n % 32 == 0; the lengths were
+            // checked above (chunk c's queries write rows c * GROUP.. of `out`).
+            unsafe {
+                match q.len() / n {
+                    1 => group::<1>(q, n, rows, stride, rows_n, o, out_stride),
+                    2 => group::<2>(q, n, rows, stride, rows_n, o, out_stride),
+                    3 => group::<3>(q, n, rows, stride, rows_n, o, out_stride),
+                    _ => group::<GROUP>(q, n, rows, stride, rows_n, o, out_stride),
+                }
+            }
+        }
+        return;
+    }
+    for (j, q) in qs.chunks_exact(n).enumerate() {
+        dots_f16(q, rows, stride, &mut out[j * out_stride..][..rows_n]);
+    }
+}
+
+/// [`axpys_f16`] for a group of queries over the same rows: `ys[j * n..][..n] += alphas[j *
+/// a_stride + p] * rows[p * stride..][..n]` for every row `p < rows_n` in order. The same bits
+/// as one [`axpys_f16`] call per query; on AVX-512 each row is widened once for up to four.
+///
+/// # Panics
+/// If `n` is 0 or does not divide `ys.len()`, or if `rows` or `alphas` are too short.
+pub fn axpys_f16_group(
+    alphas: &[f32],
+    a_stride: usize,
+    rows_n: usize,
+    rows: &[f16],
+    stride: usize,
+    ys: &mut [f32],
+    n: usize,
+) {
+    assert!(
+        n > 0 && ys.len().is_multiple_of(n),
+        "axpys_f16_group: outputs of {n} values"
+    );
+    let nq = ys.len() / n;
+    assert!(
+        rows_fit(rows_n, stride, n, rows.len()),
+        "axpys_f16_group: rows too short"
+    );
+    assert!(
+        rows_fit(nq, a_stride, rows_n, alphas.len()),
+        "axpys_f16_group: alphas too short"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if avx512_ops() && n.is_multiple_of(64) {
+        use crate::x86::avx512_kv::{axpys_f16_group as group, GROUP};
+        for (c, y) in ys.chunks_mut(GROUP * n).enumerate() {
+            let a = &alphas[c * GROUP * a_stride..];
+            // SAFETY: the ISA has AVX-512 F and F16C; n % 64 == 0; the lengths were checked
+            // above (chunk c's queries read rows c * GROUP.. of `alphas`).
+            unsafe {
+                match y.len() / n {
+                    1 => group::<1>(a, a_stride, rows_n, rows, stride, y, n),
+                    2 => group::<2>(a, a_stride, rows_n, rows, stride, y, n),
+                    3 => group::<3>(a, a_stride, rows_n, rows, stride, y, n),
+                    _ => group::<GROUP>(a, a_stride, rows_n, rows, stride, y, n),
+                }
+            }
+        }
+        return;
+    }
+    for (j, y) in ys.chunks_exact_mut(n).enumerate() {
+        axpys_f16(&alphas[j * a_stride..][..rows_n], rows, stride, y);
+    }
+}
+
 /// `y += alphas[p] * rows[p * stride..][..y.len()]` for every `p` in order (one query's
 /// attention output from cached f16 values); the same result as one [`axpy_f16`] per row.
 ///

@@ -58,6 +58,35 @@ proptest! {
         }
         prop_assert!(y.iter().zip(&y1).all(|(p, q)| p.to_bits() == q.to_bits()));
     }
+
+    /// The group forms (the query heads of one KV head over the same rows; AVX-512 widens a
+    /// row once for four of them) equal one many-row call per query, bit for bit: head sizes
+    /// that take the AVX-512 path (multiples of 32 / 64) and others, 1-9 queries (chunks of
+    /// four and a rest), strided outputs and weights.
+    #[test]
+    fn group_f16_ops_equal_query_by_query(n in prop_oneof![1usize..100, (1usize..5).prop_map(|k| 32 * k)], nq in 1usize..10, rows in 0usize..40, pad in 0usize..20, gap in 0usize..5, seed in any::<u64>()) {
+        let stride = n + pad;
+        let (qs, _) = vecs(nq * n, seed, 2.0);
+        let (cache, _) = vecs(rows * stride + n, seed ^ 7, 3.0);
+        let h: Vec<half::f16> = cache.iter().map(|&v| half::f16::from_f32(v)).collect();
+        let out_stride = rows + gap;
+        let mut out = vec![f32::NAN; nq * out_stride + rows];
+        ops::dots_f16_group(&qs, n, &h, stride, rows, &mut out, out_stride);
+        for (j, q) in qs.chunks_exact(n).enumerate() {
+            let mut want = vec![0.0f32; rows];
+            ops::dots_f16(q, &h, stride, &mut want);
+            let got = &out[j * out_stride..][..rows];
+            prop_assert!(got.iter().zip(&want).all(|(g, w)| g.to_bits() == w.to_bits()), "query {} of {}", j, nq);
+        }
+        let (alphas, _) = vecs(nq * out_stride + rows, seed ^ 13, 1.0);
+        let mut ys = qs.clone();
+        ops::axpys_f16_group(&alphas, out_stride, rows, &h, stride, &mut ys, n);
+        for (j, y) in ys.chunks_exact(n).enumerate() {
+            let mut want = qs[j * n..][..n].to_vec();
+            ops::axpys_f16(&alphas[j * out_stride..][..rows], &h, stride, &mut want);
+            prop_assert!(y.iter().zip(&want).all(|(g, w)| g.to_bits() == w.to_bits()), "query {} of {}", j, nq);
+        }
+    }
 }
 
 proptest! {

@@ -87,6 +87,58 @@ impl Buf {
             }
         }
     }
+
+    /// [`Self::dots`] for a group of queries over the same rows (query `j` at `qs[j * n..][..n]`,
+    /// its scores at `out[j * out_stride..][..rows_n]`): an f16 row is widened once for several
+    /// queries where the CPU allows; every score has the bits of its own [`Self::dots`] call.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn dots_group(
+        &self,
+        at: usize,
+        stride: usize,
+        qs: &[f32],
+        n: usize,
+        rows_n: usize,
+        out: &mut [f32],
+        out_stride: usize,
+    ) {
+        match self {
+            Buf::F16(b) => {
+                ops::dots_f16_group(qs, n, &Self::f16(b)[at..], stride, rows_n, out, out_stride)
+            }
+            Buf::F32(_) => {
+                for (j, q) in qs.chunks_exact(n).enumerate() {
+                    self.dots(at, stride, q, &mut out[j * out_stride..][..rows_n]);
+                }
+            }
+        }
+    }
+
+    /// [`Self::axpys`] for a group of queries over the same rows: `ys[j * n..][..n] +=
+    /// alphas[j * a_stride + p] * row p` in row order, each output with the bits of its own
+    /// [`Self::axpys`] call.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn axpys_group(
+        &self,
+        at: usize,
+        stride: usize,
+        alphas: &[f32],
+        a_stride: usize,
+        rows_n: usize,
+        ys: &mut [f32],
+        n: usize,
+    ) {
+        match self {
+            Buf::F16(b) => {
+                ops::axpys_f16_group(alphas, a_stride, rows_n, &Self::f16(b)[at..], stride, ys, n)
+            }
+            Buf::F32(_) => {
+                for (j, y) in ys.chunks_exact_mut(n).enumerate() {
+                    self.axpys(at, stride, &alphas[j * a_stride..][..rows_n], y);
+                }
+            }
+        }
+    }
 }
 
 /// One cache row, borrowed for writing ([`Buf::rows_mut`]).

@@ -173,8 +173,9 @@ const SCORES_MAX: usize = 16 * 1024;
 /// (token, query head) of its own on each block before the next, so a block's rows come from
 /// memory once and stay in L1 for the rest: with one task per query head, the query heads of
 /// a group (four in 2B4T) each streamed the whole head's keys and values, 4x the cache traffic
-/// once the context outgrows L2. Each query reads the rows in place, a block's rows per call
-/// (`Buf::dots` / `Buf::axpys`, f16 converted in registers), and every query sees the same
+/// once the context outgrows L2. The queries of one token (the task's query heads) read a
+/// block's rows in place in one call (`Buf::dots_group` / `Buf::axpys_group`, f16 widened in
+/// registers, once for up to four queries on AVX-512), and every query sees the same
 /// operations in the same order however the queries are grouped into tasks, so the result is
 /// bit-identical for any split and thread count. A decode-only batch writes each task's heads
 /// straight into `out` (`[token][head * head_dim]`); otherwise results go to `tmp` laid out per
@@ -222,7 +223,7 @@ struct Split {
 
 /// [`attention`] over the given runs, its queries grouped as `split` says. Task (share, run)
 /// (shares numbered over all KV heads, so share `s` holds query heads `s * heads..`) writes
-/// `[head of the share][token of the run][head_dim]`: in place in `out` when every run is one
+/// `[token of the run][head of the share][head_dim]`: in place in `out` when every run is one
 /// token in batch order (task `run * shares + share`), else into `tmp[share * runs + run]`,
 /// scattered into `out` afterwards.
 #[allow(clippy::too_many_arguments)]
@@ -248,22 +249,27 @@ fn attention_with(
     let per_task = heads * block * hd;
     let nruns = runs.len();
     let scale = 1.0 / (hd as f32).sqrt();
-    // Task (share, run r) into `o`: `[head of the share][token of the run][head_dim]`.
+    // Task (share, run r) into `o`: `[token of the run][head of the share][head_dim]`.
     let task = |share: usize, r: usize, o: &mut [f32]| {
         let (ci, tok0, i0, len) = runs[r];
         let sq = &batch.chunks[ci];
         let blocks = batch.table(sq);
         // The share's query heads share * heads.. all read one KV head.
         let col = (share * heads / (nh / nkv)) * hd;
-        // Query `i` of the task: token `i % len` of the run, head `i / len` of the share,
-        // attending to positions 0..end(i) (its own included).
+        // Query `i` of the task: token `i / heads` of the run, head `i % heads` of the share,
+        // attending to positions 0..end(i) (its own included). A token's queries are one
+        // group: the same positions, their vectors side by side in `q`, their outputs side by
+        // side in `o` (`[token][head][head_dim]`), so a cached row is read once for all of them.
         let nq = heads * len;
-        let end = |i: usize| sq.start + i0 + i % len + 1;
+        let end = |i: usize| sq.start + i0 + i / heads + 1;
         let longest = sq.start + i0 + len;
-        let query = |i: usize| {
-            let (h, j) = (share * heads + i / len, i % len);
-            &q[((tok0 + j) * nh + h) * hd..][..hd]
+        // Queries i..g, all of one token.
+        let queries = |i: usize, g: usize| {
+            let h = share * heads + i % heads;
+            &q[((tok0 + i / heads) * nh + h) * hd..][..(g - i) * hd]
         };
+        // The end of the group that starts at query i of a pass ending at `last`.
+        let group_end = |i: usize, last: usize| ((i / heads + 1) * heads).min(last);
         let used = &blocks[..longest.div_ceil(KV_BLOCK)];
         let per_pass = (split.scores_max / longest.max(1)).clamp(1, nq.max(1));
         o.fill(0.0);
@@ -275,12 +281,15 @@ fn attention_with(
                 scores.resize(pass.len() * longest, 0.0);
                 for (b, &id) in used.iter().enumerate() {
                     let at = id as usize * KV_BLOCK * kvd + col;
-                    for i in pass.clone() {
-                        let n = end(i);
+                    let mut i = pass.start;
+                    while i < pass.end {
+                        let (g, n) = (group_end(i, pass.end), end(i));
                         if n > b * KV_BLOCK {
                             let p = b * KV_BLOCK..n.min((b + 1) * KV_BLOCK);
-                            k.dots(at, kvd, query(i), &mut scores[(i - first) * longest..][p]);
+                            let out = &mut scores[(i - first) * longest + p.start..];
+                            k.dots_group(at, kvd, queries(i, g), hd, p.len(), out, longest);
                         }
+                        i = g;
                     }
                 }
                 for i in pass.clone() {
@@ -290,13 +299,16 @@ fn attention_with(
                 }
                 for (b, &id) in used.iter().enumerate() {
                     let at = id as usize * KV_BLOCK * kvd + col;
-                    for i in pass.clone() {
-                        let n = end(i);
+                    let mut i = pass.start;
+                    while i < pass.end {
+                        let (g, n) = (group_end(i, pass.end), end(i));
                         if n > b * KV_BLOCK {
                             let p = b * KV_BLOCK..n.min((b + 1) * KV_BLOCK);
-                            let oh = &mut o[((i / len) * block + i % len) * hd..][..hd];
-                            v.axpys(at, kvd, &scores[(i - first) * longest..][p], oh);
+                            let alphas = &scores[(i - first) * longest + p.start..];
+                            let ys = &mut o[i * hd..g * hd];
+                            v.axpys_group(at, kvd, alphas, longest, p.len(), ys, hd);
                         }
+                        i = g;
                     }
                 }
             }
@@ -321,12 +333,10 @@ fn attention_with(
     for task in 0..shares * nruns {
         let (share, r) = (task / nruns, task % nruns);
         let (_, tok0, _, len) = runs[r];
-        for h in 0..heads {
-            let head = share * heads + h;
-            for j in 0..len {
-                let src = &tmp[((task * heads + h) * block + j) * hd..][..hd];
-                out[((tok0 + j) * nh + head) * hd..][..hd].copy_from_slice(src);
-            }
+        for j in 0..len {
+            // The task's heads of token j, side by side in `tmp` and in `out`.
+            let src = &tmp[(task * block + j) * heads * hd..][..heads * hd];
+            out[((tok0 + j) * nh + share * heads) * hd..][..heads * hd].copy_from_slice(src);
         }
     }
 }

@@ -1129,6 +1129,19 @@ unsafe fn dots8_f16(q: &[f32], rows: *const half::f16, stride: usize) -> [f32; 8
             })
         };
     }
+    let sums = hsum_ps8(v);
+    let mut out = [0.0f32; 8];
+    // SAFETY: `out` is 32 bytes; the store is unaligned.
+    unsafe { _mm256_storeu_ps(out.as_mut_ptr(), sums) };
+    out
+}
+
+/// [`hsum_ps`] of eight registers at once, sum `r` in lane `r`: one transposing tree of 20 ops
+/// with hsum_ps's pairings (lanes `l + 4`, then `l + 2`, then `l + 1`), so each sum has the bits
+/// of its own `hsum_ps` call.
+#[inline]
+#[target_feature(enable = "avx2")]
+pub(crate) fn hsum_ps8(v: [__m256; 8]) -> __m256 {
     // Row r and r + 4 share a register: lanes l + (l + 4) of each (hsum_ps's first add).
     let s: [__m256; 4] = std::array::from_fn(|r| {
         _mm256_add_ps(
@@ -1146,14 +1159,10 @@ unsafe fn dots8_f16(q: &[f32], rows: *const half::f16, stride: usize) -> [f32; 8
     };
     let (u01, u23) = (pair(s[0], s[1]), pair(s[2], s[3]));
     // Lane 0 + lane 1 of each (the last add): rows 0..4 in the low half, 4..8 in the high.
-    let sums = _mm256_add_ps(
+    _mm256_add_ps(
         _mm256_shuffle_ps::<0b10_00_10_00>(u01, u23),
         _mm256_shuffle_ps::<0b11_01_11_01>(u01, u23),
-    );
-    let mut out = [0.0f32; 8];
-    // SAFETY: `out` is 32 bytes; the store is unaligned.
-    unsafe { _mm256_storeu_ps(out.as_mut_ptr(), sums) };
-    out
+    )
 }
 
 /// `y += alphas[p] * rows[p * stride..][..y.len()]` for every `p` in order: the attention output

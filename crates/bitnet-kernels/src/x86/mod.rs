@@ -1,13 +1,15 @@
 //! x86-64 kernels: [`avx2::Avx2`] (AVX2 + FMA + F16C: ternary, dense, Q8_0 / Q6_K, activation
 //! quantization, vector ops) and [`avx512::Avx512Vnni`] (AVX-512 VNNI ternary and the dense
 //! 4 x 4 tile; everything else it takes from AVX2), [`amx`] (batched ternary matmuls on AMX
-//! tiles), [`q8_0_pairs`] (the batched Q8_0 head on AVX-512 VNNI), [`amx_q8_0`] (the Q8_0 head
+//! tiles), [`avx512_kv`] (the attention's f16 cache reads for a group of query heads),
+//! [`q8_0_pairs`] (the batched Q8_0 head on AVX-512 VNNI), [`amx_q8_0`] (the Q8_0 head
 //! on AMX tiles, opt-in), plus the software prefetch distances they use.
 
 pub(crate) mod amx;
 pub(crate) mod amx_q8_0;
 pub(crate) mod avx2;
 pub(crate) mod avx512;
+pub(crate) mod avx512_kv;
 pub(crate) mod q8_0_pairs;
 
 /// How far ahead the decode kernels request weights, for rows read once per token. Hardware
