@@ -154,7 +154,7 @@ fn avx512_ops() -> bool {
 /// [`dots_f16`] for a group of queries that read the same rows (the query heads of one KV head):
 /// query `j` is `qs[j * n..][..n]`, and `out[j * out_stride + p]` gets its score against row
 /// `p < rows_n` (`rows[p * stride..][..n]`). The same bits as one [`dots_f16`] call per query;
-/// on AVX-512 each row is widened once for up to four queries.
+/// on AVX-512, where `n % 32 == 0`, each row is widened once for up to four queries.
 ///
 /// # Panics
 /// If `n` is 0 or does not divide `qs.len()`, if `rows` is too short for `rows_n` rows, or if
@@ -193,7 +193,8 @@ pub fn dots_f16_group(
                     1 => group::<1>(q, n, rows, stride, rows_n, o, out_stride),
                     2 => group::<2>(q, n, rows, stride, rows_n, o, out_stride),
                     3 => group::<3>(q, n, rows, stride, rows_n, o, out_stride),
-                    _ => group::<GROUP>(q, n, rows, stride, rows_n, o, out_stride),
+                    4 => group::<4>(q, n, rows, stride, rows_n, o, out_stride),
+                    _ => unreachable!("chunks of at most GROUP = 4 queries"),
                 }
             }
         }
@@ -206,7 +207,8 @@ pub fn dots_f16_group(
 
 /// [`axpys_f16`] for a group of queries over the same rows: `ys[j * n..][..n] += alphas[j *
 /// a_stride + p] * rows[p * stride..][..n]` for every row `p < rows_n` in order. The same bits
-/// as one [`axpys_f16`] call per query; on AVX-512 each row is widened once for up to four.
+/// as one [`axpys_f16`] call per query; on AVX-512, where `n % 64 == 0`, each row is widened
+/// once for up to four.
 ///
 /// # Panics
 /// If `n` is 0 or does not divide `ys.len()`, or if `rows` or `alphas` are too short.
@@ -244,7 +246,8 @@ pub fn axpys_f16_group(
                     1 => group::<1>(a, a_stride, rows_n, rows, stride, y, n),
                     2 => group::<2>(a, a_stride, rows_n, rows, stride, y, n),
                     3 => group::<3>(a, a_stride, rows_n, rows, stride, y, n),
-                    _ => group::<GROUP>(a, a_stride, rows_n, rows, stride, y, n),
+                    4 => group::<4>(a, a_stride, rows_n, rows, stride, y, n),
+                    _ => unreachable!("chunks of at most GROUP = 4 outputs"),
                 }
             }
         }

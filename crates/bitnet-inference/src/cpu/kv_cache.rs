@@ -107,6 +107,7 @@ impl Buf {
                 ops::dots_f16_group(qs, n, &Self::f16(b)[at..], stride, rows_n, out, out_stride)
             }
             Buf::F32(_) => {
+                debug_assert!(n > 0 && qs.len().is_multiple_of(n));
                 for (j, q) in qs.chunks_exact(n).enumerate() {
                     self.dots(at, stride, q, &mut out[j * out_stride..][..rows_n]);
                 }
@@ -133,6 +134,7 @@ impl Buf {
                 ops::axpys_f16_group(alphas, a_stride, rows_n, &Self::f16(b)[at..], stride, ys, n)
             }
             Buf::F32(_) => {
+                debug_assert!(n > 0 && ys.len().is_multiple_of(n));
                 for (j, y) in ys.chunks_exact_mut(n).enumerate() {
                     self.axpys(at, stride, &alphas[j * a_stride..][..rows_n], y);
                 }

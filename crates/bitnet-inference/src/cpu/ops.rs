@@ -286,8 +286,8 @@ fn attention_with(
                         let (g, n) = (group_end(i, pass.end), end(i));
                         if n > b * KV_BLOCK {
                             let p = b * KV_BLOCK..n.min((b + 1) * KV_BLOCK);
-                            let out = &mut scores[(i - first) * longest + p.start..];
-                            k.dots_group(at, kvd, queries(i, g), hd, p.len(), out, longest);
+                            let sc = &mut scores[(i - first) * longest + p.start..];
+                            k.dots_group(at, kvd, queries(i, g), hd, p.len(), sc, longest);
                         }
                         i = g;
                     }
@@ -476,7 +476,9 @@ mod tests {
             }
         }
         for shares in [1, 2, 4] {
-            for scores_max in [SCORES_MAX, 1] {
+            // 117 scores: passes of three queries where a task's longest position is 36-39, so
+            // a pass starts a group of a token's heads part way.
+            for scores_max in [SCORES_MAX, 117, 1] {
                 let (mut tmp, mut got) = (Vec::new(), vec![f32::NAN; q.len()]);
                 let (k, v) = (&cache.k[0], &cache.v[0]);
                 let split = Split { shares, scores_max };

@@ -944,7 +944,8 @@ impl QuantizeKernel for Avx2 {
 /// The 8 lanes of `sum a[k] * b(k)` over `k < n / 8 * 8`, with `b` read 8 lanes at a time by
 /// `load_b(k)`: four FMA chains 32 values a step, the rest into the first, then
 /// `(c0 + c1) + (c2 + c3)`. The one lane order behind [`dot_by`] and [`dots8_f16`], so a score
-/// has the same bits whichever sums its lanes.
+/// has the same bits whichever sums its lanes; `avx512_kv::dots_f16_group` restates it on
+/// 512-bit registers (two chains to a register): a change here must be made there too.
 ///
 /// # Safety
 /// AVX2 + FMA are enabled in the caller; `n <= a.len()`, and `load_b(k)` is valid for every `k`

@@ -15,8 +15,9 @@ use crate::x86::avx2::hsum_ps8;
 use half::f16;
 use std::arch::x86_64::*;
 
-/// The most queries one call of a kernel here takes.
+/// The most queries one call of a kernel here takes (the dispatch in `ops.rs` instantiates 1-4).
 pub(crate) const GROUP: usize = 4;
+const _: () = assert!(GROUP == 4);
 
 /// Eight f32 lanes of a 512-bit register's upper half.
 #[inline]
@@ -142,5 +143,87 @@ pub(crate) unsafe fn axpys_f16_group<const Q: usize>(
             }
         }
         i += 64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::x86::avx2;
+
+    fn vals(n: usize, seed: u32) -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i as u32).wrapping_mul(2_654_435_761) ^ seed) as f32 / u32::MAX as f32 - 0.5)
+            .collect()
+    }
+
+    /// The kernels themselves (not through `ops`, whose dispatch may pick the call per query)
+    /// against the AVX2 one-query forms, bit for bit, for every group size, on CPUs with
+    /// AVX-512: head sizes 32-256, 0-19 rows (eight-row groups and a rest), strided outputs.
+    #[test]
+    fn group_kernels_equal_the_avx2_forms() {
+        if !crate::Isa::Avx512Vnni.is_supported() {
+            return;
+        }
+        fn check<const Q: usize>(n: usize, rows_n: usize) {
+            let stride = n + 24;
+            let qs = vals(Q * n, 1);
+            let rows: Vec<f16> = vals(rows_n * stride + n, 2)
+                .iter()
+                .map(|&v| f16::from_f32(8.0 * v))
+                .collect();
+            let out_stride = rows_n + 3;
+            let mut out = vec![f32::NAN; Q * out_stride];
+            let alphas = vals(Q * out_stride, 3);
+            let mut ys = vals(Q * n, 4);
+            let y0 = ys.clone();
+            // SAFETY: AVX-512 F (and with it AVX2, FMA, F16C) is supported; n % 64 == 0 or
+            // n % 32 == 0 as each kernel asks; the lengths hold Q queries, rows and outputs.
+            unsafe {
+                dots_f16_group::<Q>(&qs, n, &rows, stride, rows_n, &mut out, out_stride);
+                if n.is_multiple_of(64) {
+                    axpys_f16_group::<Q>(&alphas, out_stride, rows_n, &rows, stride, &mut ys, n);
+                }
+            }
+            for j in 0..Q {
+                let mut want = vec![0.0f32; rows_n];
+                // SAFETY: as above.
+                unsafe { avx2::dots_f16(&qs[j * n..][..n], &rows, stride, &mut want) };
+                let got = &out[j * out_stride..][..rows_n];
+                assert!(
+                    got.iter()
+                        .zip(&want)
+                        .all(|(g, w)| g.to_bits() == w.to_bits()),
+                    "dots: query {j} of {Q}, n {n}, {rows_n} rows"
+                );
+                if n.is_multiple_of(64) {
+                    let mut want = y0[j * n..][..n].to_vec();
+                    // SAFETY: as above.
+                    unsafe {
+                        avx2::axpys_f16(
+                            &alphas[j * out_stride..][..rows_n],
+                            &rows,
+                            stride,
+                            &mut want,
+                        )
+                    };
+                    let got = &ys[j * n..][..n];
+                    assert!(
+                        got.iter()
+                            .zip(&want)
+                            .all(|(g, w)| g.to_bits() == w.to_bits()),
+                        "axpys: query {j} of {Q}, n {n}, {rows_n} rows"
+                    );
+                }
+            }
+        }
+        for n in [32, 64, 96, 128, 256] {
+            for rows_n in [0, 1, 7, 8, 9, 16, 19] {
+                check::<1>(n, rows_n);
+                check::<2>(n, rows_n);
+                check::<3>(n, rows_n);
+                check::<4>(n, rows_n);
+            }
+        }
     }
 }
