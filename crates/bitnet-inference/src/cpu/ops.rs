@@ -268,8 +268,14 @@ fn attention_with(
             let h = share * heads + i % heads;
             &q[((tok0 + i / heads) * nh + h) * hd..][..(g - i) * hd]
         };
-        // The end of the group that starts at query i of a pass ending at `last`.
-        let group_end = |i: usize, last: usize| ((i / heads + 1) * heads).min(last);
+        // The groups (i, g) of a pass: its first query and every token's first head start one,
+        // which ends at the next token or the pass's end.
+        let groups = |pass: std::ops::Range<usize>| {
+            let end = pass.end;
+            pass.clone()
+                .filter(move |&i| i == pass.start || i.is_multiple_of(heads))
+                .map(move |i| (i, ((i / heads + 1) * heads).min(end)))
+        };
         let used = &blocks[..longest.div_ceil(KV_BLOCK)];
         let per_pass = (split.scores_max / longest.max(1)).clamp(1, nq.max(1));
         o.fill(0.0);
@@ -281,15 +287,13 @@ fn attention_with(
                 scores.resize(pass.len() * longest, 0.0);
                 for (b, &id) in used.iter().enumerate() {
                     let at = id as usize * KV_BLOCK * kvd + col;
-                    let mut i = pass.start;
-                    while i < pass.end {
-                        let (g, n) = (group_end(i, pass.end), end(i));
+                    for (i, g) in groups(pass.clone()) {
+                        let n = end(i);
                         if n > b * KV_BLOCK {
                             let p = b * KV_BLOCK..n.min((b + 1) * KV_BLOCK);
                             let sc = &mut scores[(i - first) * longest + p.start..];
                             k.dots_group(at, kvd, queries(i, g), hd, p.len(), sc, longest);
                         }
-                        i = g;
                     }
                 }
                 for i in pass.clone() {
@@ -299,16 +303,14 @@ fn attention_with(
                 }
                 for (b, &id) in used.iter().enumerate() {
                     let at = id as usize * KV_BLOCK * kvd + col;
-                    let mut i = pass.start;
-                    while i < pass.end {
-                        let (g, n) = (group_end(i, pass.end), end(i));
+                    for (i, g) in groups(pass.clone()) {
+                        let n = end(i);
                         if n > b * KV_BLOCK {
                             let p = b * KV_BLOCK..n.min((b + 1) * KV_BLOCK);
                             let alphas = &scores[(i - first) * longest + p.start..];
                             let ys = &mut o[i * hd..g * hd];
                             v.axpys_group(at, kvd, alphas, longest, p.len(), ys, hd);
                         }
-                        i = g;
                     }
                 }
             }
