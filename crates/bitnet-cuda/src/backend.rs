@@ -31,7 +31,7 @@
 
 use crate::compile::{FORWARD, TERNARY};
 use crate::decode::PersistentStep;
-use crate::device::Gpu;
+use crate::device::{Gpu, HostStage};
 use crate::error::CudaError;
 use crate::model::GpuModel;
 use crate::ops::{push_flash_tiles, ArgmaxScratch, AttnSplit, NormInput, PagedBatch, FLASH_TILE};
@@ -412,6 +412,9 @@ pub struct CudaContext {
     step: Option<Option<PersistentStep>>,
     use_graph: bool,
     graphs: GraphCache<Graph>,
+    /// Page-locked memory the logits and the picked ids come back through.
+    host_logits: HostStage<f32>,
+    host_ids: HostStage<u32>,
 }
 
 impl CudaContext {
@@ -469,6 +472,8 @@ impl CudaContext {
             step: None,
             use_graph: true,
             graphs: GraphCache::new(),
+            host_logits: HostStage::default(),
+            host_ids: HostStage::default(),
             kv_blocks: blocks,
             k,
             v,
@@ -874,12 +879,13 @@ impl CudaContext {
         Ok(())
     }
 
-    fn read_logits(&self) -> CudaResult<Vec<f32>> {
+    fn read_logits(&mut self) -> CudaResult<Vec<f32>> {
         let len = self.rows * self.shared.model.head.rows();
         if len == 0 {
             return Ok(Vec::new());
         }
-        Ok(self.gpu.stream.clone_dtoh(&self.s.logits.slice(..len))?)
+        self.host_logits
+            .read(&self.gpu, &self.s.logits.slice(..len))
     }
 
     /// Each requested row's top-k candidates (`Gpu::top_k`) of the logits in `s.logits`.
@@ -901,14 +907,12 @@ impl CudaContext {
         )
     }
 
-    fn read_ids(&self, vocab: usize) -> CudaResult<Vec<u32>> {
-        let mut ids = vec![0u32; self.rows];
-        if self.rows > 0 && vocab > 0 {
-            self.gpu
-                .stream
-                .memcpy_dtoh(&self.s.ids.slice(..self.rows), &mut ids)?;
+    fn read_ids(&mut self, vocab: usize) -> CudaResult<Vec<u32>> {
+        if self.rows == 0 || vocab == 0 {
+            return Ok(vec![0; self.rows]);
         }
-        Ok(ids)
+        self.host_ids
+            .read(&self.gpu, &self.s.ids.slice(..self.rows))
     }
 
     /// Whether `seqs` is a decode step a captured graph can run: every chunk one token that

@@ -3,7 +3,7 @@
 
 use crate::compile::KernelCache;
 use crate::error::{CudaError, Result};
-use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtrMut};
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream, CudaView, DevicePtrMut};
 use std::sync::Arc;
 
 /// What `bitnet` prints about the GPU it runs on.
@@ -174,5 +174,64 @@ impl Gpu {
     /// The stream kernels run on (for benchmarks that record events).
     pub fn stream(&self) -> &Arc<CudaStream> {
         &self.stream
+    }
+}
+
+/// Page-locked host memory that results come back through (logits, token ids, top-k
+/// candidates). A copy into pageable memory goes through the driver's own staging buffer in
+/// pieces, each waited for; into page-locked memory it is one DMA. For a 2B4T row of logits
+/// (128,256 floats, 513 KB) that is the difference between a decode step that returns its
+/// logits and one that only returns the argmax, which llama.cpp's CUDA backend also avoids
+/// with a pinned output buffer. Grows to the largest copy asked of it, up to [`Self::MAX_BYTES`];
+/// larger copies (a long prompt's logits for every position) take the pageable path.
+pub(crate) struct HostStage<T> {
+    buf: Option<cudarc::driver::PinnedHostSlice<T>>,
+}
+
+impl<T> Default for HostStage<T> {
+    fn default() -> Self {
+        HostStage { buf: None }
+    }
+}
+
+impl<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits + Copy> HostStage<T> {
+    /// Page-locked memory is a scarce, unswappable resource: 64 logit rows of a 128k
+    /// vocabulary (32.8 MB) fit, a whole perplexity window's do not need to.
+    const MAX_BYTES: usize = 64 << 20;
+
+    /// `src`'s values on the host, once the work queued before the copy is done.
+    pub(crate) fn read(&mut self, gpu: &Gpu, src: &CudaView<'_, T>) -> Result<Vec<T>> {
+        let n = src.len();
+        let bytes = n.saturating_mul(std::mem::size_of::<T>());
+        if n == 0 || bytes > Self::MAX_BYTES {
+            return Ok(gpu.stream.clone_dtoh(src)?);
+        }
+        let buf = match &mut self.buf {
+            Some(b) if b.len() >= n => b,
+            slot => {
+                // The old buffer goes first (its drop waits for its last copy).
+                *slot = None;
+                let len = n
+                    .next_power_of_two()
+                    .min(Self::MAX_BYTES / std::mem::size_of::<T>().max(1))
+                    .max(n);
+                // Flags 0: not write-combined (cudarc's `alloc_pinned` default), which the
+                // host reads slowly.
+                // SAFETY: cuMemHostAlloc's memory is uninitialised; it is zeroed below before
+                // any slice of it is made.
+                let b = slot.insert(unsafe { gpu.ctx.alloc_pinned_with_flags::<T>(len, 0) }?);
+                // SAFETY: `len` values of `T` were just allocated there, and all zero bits is a
+                // valid `T` (`ValidAsZeroBits`).
+                unsafe { std::ptr::write_bytes(b.as_mut_ptr()?, 0, len) };
+                b
+            }
+        };
+        // cudarc copies as many values as the destination holds: give it exactly `n`.
+        let host = &mut buf.as_mut_slice()?[..n];
+        gpu.stream.memcpy_dtoh(src, host)?;
+        // Into page-locked memory the copy is asynchronous, and with event tracking off
+        // (`Gpu::open`) nothing else waits for it: wait for the stream.
+        gpu.stream.synchronize()?;
+        Ok(host.to_vec())
     }
 }

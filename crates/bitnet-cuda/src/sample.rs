@@ -7,7 +7,7 @@
 //! seeded sampler draws the same tokens either way.
 
 use crate::compile::FORWARD;
-use crate::device::Gpu;
+use crate::device::{Gpu, HostStage};
 use crate::error::{CudaError, Result};
 use crate::ops::cfg;
 use bitnet_backend::sampling::{best_first, TopK, MAX_TOP_K};
@@ -29,6 +29,9 @@ pub struct TopKScratch {
     cand_ids: CudaSlice<u32>,
     cand_vals: CudaSlice<f32>,
     host: Vec<u32>,
+    /// Page-locked memory the candidates come back through.
+    host_ids: HostStage<u32>,
+    host_vals: HostStage<f32>,
 }
 
 impl TopKScratch {
@@ -40,6 +43,8 @@ impl TopKScratch {
             cand_ids: gpu.stream.alloc_zeros(1)?,
             cand_vals: gpu.stream.alloc_zeros(1)?,
             host: Vec::new(),
+            host_ids: HostStage::default(),
+            host_vals: HostStage::default(),
         })
     }
 }
@@ -168,8 +173,8 @@ impl Gpu {
             // and writes ids / vals[offset_i .. offset_i + k_i), inside `total`.
             unsafe { l.launch(cfg((r as u32, 1), TOP_K_THREADS, 0)) }?;
         }
-        let ids = self.stream.clone_dtoh(&s.ids.slice(..total))?;
-        let vals = self.stream.clone_dtoh(&s.vals.slice(..total))?;
+        let ids = s.host_ids.read(self, &s.ids.slice(..total))?;
+        let vals = s.host_vals.read(self, &s.vals.slice(..total))?;
         let mut at = 0;
         Ok(rows
             .iter()

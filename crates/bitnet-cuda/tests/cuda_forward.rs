@@ -1924,3 +1924,103 @@ fn kjv_top_k_through_the_context_equals_the_host_selection() {
         tokens.push(want[0].0);
     }
 }
+
+/// Logits come back through page-locked memory that grows to a power of two (`HostStage`),
+/// so a vocabulary that is not one matters: 1,000 tokens here (2B4T's is 128,256; KJV's 4,096
+/// hid a copy of the whole buffer, past the logits, which the driver refused with
+/// CUDA_ERROR_INVALID_VALUE). A random-weight model written as a GGUF file: one sequence's
+/// prompt, then three sequences at once (a larger buffer), then one decode step of the first
+/// (a smaller copy into it), then three more steps through the decode graph. Every row equals
+/// the same sequence alone on the GPU (BATCH_TOL) and the CPU engine on the same file
+/// (LOGIT_TOL), and each step's argmax is the GPU's own `forward_greedy` pick on a twin
+/// context: a read before the copy landed would return the previous step's row.
+#[test]
+fn logits_of_a_vocabulary_not_a_power_of_two_come_back_whole() {
+    use bitnet_models::export::{write_gguf, DenseFormat, ExportOptions, TernaryFormat};
+    use bitnet_models::{fixture, Arch};
+    if gpu().is_none() {
+        return;
+    }
+    let vocab = 1000;
+    let mut config = fixture::config_2b4t(Arch::BitnetB158);
+    (config.hidden_size, config.intermediate_size) = (256, 512);
+    (config.num_layers, config.num_heads, config.num_kv_heads) = (2, 4, 2);
+    (config.head_dim, config.vocab_size) = (64, vocab);
+    config.max_position_embeddings = 512;
+    let weights = fixture::random_weights(&config, 5).unwrap();
+    let path = std::env::temp_dir().join(format!("bitnet-vocab-1000-{}.gguf", std::process::id()));
+    let opts = ExportOptions {
+        ternary: TernaryFormat::I2S,
+        dense: DenseFormat::F16,
+        name: "vocab-1000".into(),
+    };
+    write_gguf(&weights, &fixture::synthetic_vocab(vocab), &opts, &path).unwrap();
+    let model = bitnet_models::load(&path, None).unwrap();
+    let engine = Engine::load(&path, &EngineOptions::default()).unwrap();
+    let _ = std::fs::remove_file(&path);
+    let backend = CudaBackend::load(0, &model.weights).unwrap();
+
+    let prompts: [Vec<u32>; 3] = [
+        vec![1, 200, 300, 999, 5],
+        vec![7, 8, 9],
+        (0..11).map(|i| (i * 89 % vocab) as u32).collect(),
+    ];
+    let tables: Vec<Vec<u32>> = (0..3)
+        .map(|s| vec![2 * s as u32, 2 * s as u32 + 1])
+        .collect();
+    let cpu_rows = |ids: &[u32]| {
+        let mut s = engine.session(Some(128)).unwrap();
+        s.eval(ids, CpuLogits::Last).unwrap()
+    };
+    let mut worst_cpu = 0f32;
+    let mut check = |what: &str, gpu: &[f32], ids: &[u32]| {
+        assert_eq!(gpu.len(), vocab, "{what}");
+        let d = max_abs_diff(gpu, &cpu_rows(ids));
+        worst_cpu = worst_cpu.max(d);
+        assert!(d <= LOGIT_TOL, "{what}: GPU and CPU logits differ by {d}");
+    };
+
+    // One row (1,000 values into a 1,024-value buffer).
+    let mut alone = backend.new_context(8, KvType::F16, 64).unwrap();
+    let first = alone
+        .forward(&[chunk(&prompts[0], 0, &tables[0], Logits::Last)])
+        .unwrap();
+    check("one sequence", &first, &prompts[0]);
+    // Three rows at once (the buffer grows), each as the sequence alone.
+    let mut three = backend.new_context(8, KvType::F16, 64).unwrap();
+    let chunks: Vec<SeqChunk> = (0..3)
+        .map(|s| chunk(&prompts[s], 0, &tables[s], Logits::Last))
+        .collect();
+    let rows = three.forward(&chunks).unwrap();
+    assert_eq!(rows.len(), 3 * vocab);
+    let d = max_abs_diff(&rows[..vocab], &first);
+    assert!(d <= BATCH_TOL, "batched row 0 differs from alone by {d}");
+    for (s, p) in prompts.iter().enumerate() {
+        check(
+            &format!("batched sequence {s}"),
+            &rows[s * vocab..][..vocab],
+            p,
+        );
+    }
+    // Decode steps of sequence 0 (one row again into the larger buffer; from the second
+    // step on through the captured graph), against a twin context's greedy pick.
+    let mut twin = backend.new_context(8, KvType::F16, 64).unwrap();
+    let mut ids = prompts[0].clone();
+    let mut next = twin
+        .forward_greedy(&[chunk(&prompts[0], 0, &tables[0], Logits::Last)], vocab)
+        .unwrap()[0];
+    assert_eq!(next, bitnet_backend::argmax(&first));
+    for step in 0..4 {
+        let pos = ids.len();
+        ids.push(next);
+        let row = alone
+            .forward(&[chunk(&ids[pos..], pos, &tables[0], Logits::Last)])
+            .unwrap();
+        check(&format!("decode step {step}"), &row, &ids);
+        next = twin
+            .forward_greedy(&[chunk(&ids[pos..], pos, &tables[0], Logits::Last)], vocab)
+            .unwrap()[0];
+        assert_eq!(next, bitnet_backend::argmax(&row), "decode step {step}");
+    }
+    println!("vocabulary of 1,000: max |gpu - cpu| {worst_cpu:.5} over 8 rows");
+}
