@@ -195,36 +195,39 @@ impl<T> Default for HostStage<T> {
 }
 
 impl<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits + Copy> HostStage<T> {
-    /// Page-locked memory is a scarce, unswappable resource: 64 logit rows of a 128k
-    /// vocabulary (32.8 MB) fit, a whole perplexity window's do not need to.
+    /// Page-locked memory is a scarce, unswappable resource, kept by its context until the
+    /// context goes: 130 logit rows of a 128k vocabulary (a decode step of 64 sequences takes
+    /// 32.8 MB) fit, a whole perplexity window's need not.
     const MAX_BYTES: usize = 64 << 20;
 
-    /// `src`'s values on the host, once the work queued before the copy is done.
+    /// `src`'s values on the host, once the work queued before the copy is done. Where no
+    /// page-locked memory can be had (the driver refuses it), through pageable memory as before.
     pub(crate) fn read(&mut self, gpu: &Gpu, src: &CudaView<'_, T>) -> Result<Vec<T>> {
         let n = src.len();
-        let bytes = n.saturating_mul(std::mem::size_of::<T>());
-        if n == 0 || bytes > Self::MAX_BYTES {
+        let size = std::mem::size_of::<T>().max(1);
+        if n == 0 || n.saturating_mul(size) > Self::MAX_BYTES {
             return Ok(gpu.stream.clone_dtoh(src)?);
         }
-        let buf = match &mut self.buf {
-            Some(b) if b.len() >= n => b,
-            slot => {
-                // The old buffer goes first (its drop waits for its last copy).
-                *slot = None;
-                let len = n
-                    .next_power_of_two()
-                    .min(Self::MAX_BYTES / std::mem::size_of::<T>().max(1))
-                    .max(n);
-                // Flags 0: not write-combined (cudarc's `alloc_pinned` default), which the
-                // host reads slowly.
-                // SAFETY: cuMemHostAlloc's memory is uninitialised; it is zeroed below before
-                // any slice of it is made.
-                let b = slot.insert(unsafe { gpu.ctx.alloc_pinned_with_flags::<T>(len, 0) }?);
-                // SAFETY: `len` values of `T` were just allocated there, and all zero bits is a
-                // valid `T` (`ValidAsZeroBits`).
-                unsafe { std::ptr::write_bytes(b.as_mut_ptr()?, 0, len) };
-                b
-            }
+        if self.buf.as_ref().is_none_or(|b| b.len() < n) {
+            // The old buffer goes first (its drop waits for its last copy).
+            self.buf = None;
+            let len = n.next_power_of_two().min(Self::MAX_BYTES / size);
+            // Flags 0: not write-combined (cudarc's `alloc_pinned` default), which the host
+            // reads slowly.
+            // SAFETY: cuMemHostAlloc's memory is uninitialised; it is zeroed below before any
+            // slice of it is made.
+            self.buf = match unsafe { gpu.ctx.alloc_pinned_with_flags::<T>(len, 0) } {
+                Ok(mut b) => {
+                    // SAFETY: `len` values of `T` were just allocated there, and all zero bits
+                    // is a valid `T` (`ValidAsZeroBits`).
+                    unsafe { std::ptr::write_bytes(b.as_mut_ptr()?, 0, len) };
+                    Some(b)
+                }
+                Err(_) => None,
+            };
+        }
+        let Some(buf) = &mut self.buf else {
+            return Ok(gpu.stream.clone_dtoh(src)?);
         };
         // cudarc copies as many values as the destination holds: give it exactly `n`.
         let host = &mut buf.as_mut_slice()?[..n];
