@@ -151,6 +151,10 @@ mod tests {
     use super::*;
     use crate::x86::avx2;
 
+    fn same_bits(a: &[f32], b: &[f32]) -> bool {
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+    }
+
     fn vals(n: usize, seed: u32) -> Vec<f32> {
         (0..n)
             .map(|i| ((i as u32).wrapping_mul(2_654_435_761) ^ seed) as f32 / u32::MAX as f32 - 0.5)
@@ -191,9 +195,7 @@ mod tests {
                 unsafe { avx2::dots_f16(&qs[j * n..][..n], &rows, stride, &mut want) };
                 let got = &out[j * out_stride..][..rows_n];
                 assert!(
-                    got.iter()
-                        .zip(&want)
-                        .all(|(g, w)| g.to_bits() == w.to_bits()),
+                    same_bits(got, &want),
                     "dots: query {j} of {Q}, n {n}, {rows_n} rows"
                 );
                 if n.is_multiple_of(64) {
@@ -209,9 +211,7 @@ mod tests {
                     };
                     let got = &ys[j * n..][..n];
                     assert!(
-                        got.iter()
-                            .zip(&want)
-                            .all(|(g, w)| g.to_bits() == w.to_bits()),
+                        same_bits(got, &want),
                         "axpys: query {j} of {Q}, n {n}, {rows_n} rows"
                     );
                 }
