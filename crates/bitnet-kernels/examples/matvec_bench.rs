@@ -1,11 +1,13 @@
 //! Quick ternary matmul benchmark at bitnet-b1.58-2B-4T shapes (no criterion).
 //!
 //! ```text
-//! cargo run --release -p bitnet-kernels --example matvec_bench -- [--threads N] [--min-ms N] [--iters N] [--cold-mib N] [--scalar | --isa NAME] [--no-dense | --only-dense] [--shapes RxC,..] [--tokens N,..] [--spin]
+//! cargo run --release -p bitnet-kernels --example matvec_bench -- [--threads N] [--min-ms N] [--iters N] [--cold-mib N] [--scalar | --isa NAME] [--no-dense | --only-dense] [--shapes RxC,..] [--tokens N,..] [--dense-shape RxC] [--spin]
 //! ```
 //!
 //! `--shapes` replaces the ternary shapes (rows x cols, e.g. `1536x512,512x1536` for the KJV
-//! model's gate/up and down) and `--tokens` the token counts (default 1 and 64).
+//! model's gate/up and down) and `--tokens` the token counts (default 1 and 64). `--dense-shape`
+//! replaces the head's (default 2B4T's 128256x2560; `4096x512` is the KJV model's, which stays in
+//! cache, so its kernels' arithmetic shows instead of the memory's bandwidth).
 //!
 //! For each shape and token count it reports the time per call, the weight bandwidth
 //! (packed weight bytes / time) and GOP/s counting one multiply-add as 2 ops, like a float
@@ -33,6 +35,7 @@ struct Args {
     isa: Isa,
     shapes: Option<Vec<(usize, usize)>>,
     tokens: Vec<usize>,
+    dense_shape: (usize, usize),
     spin: bool,
 }
 
@@ -47,6 +50,7 @@ fn parse_args() -> Args {
         isa: detected_isa(),
         shapes: None,
         tokens: vec![1, 64],
+        dense_shape: (128_256, 2560),
         spin: false,
     };
     let mut it = std::env::args().skip(1);
@@ -79,6 +83,15 @@ fn parse_args() -> Args {
                 let shapes = shapes.filter(|v| v.iter().all(|&(r, c)| r > 0 && c > 0));
                 a.shapes =
                     Some(shapes.unwrap_or_else(|| panic!("--shapes RxC,.. above 0 (got {list})")));
+            }
+            "--dense-shape" => {
+                let v = it.next().unwrap_or_default();
+                let shape = v
+                    .split_once('x')
+                    .and_then(|(r, c)| Some((r.parse().ok()?, c.parse().ok()?)))
+                    .filter(|&(r, c): &(usize, usize)| r > 0 && c > 0 && c % 256 == 0);
+                a.dense_shape = shape
+                    .unwrap_or_else(|| panic!("--dense-shape RxC, C a multiple of 256 (got {v})"));
             }
             "--tokens" => {
                 let list = it.next().unwrap_or_default();
@@ -279,7 +292,7 @@ fn run(args: Args) {
     // The tied LM head of 2B4T (128256 x 2560), one decode token, in F16, BF16, Q8_0 and Q6_K:
     // the other big stream of a decode step.
     if !args.skip_dense {
-        let (rows, cols) = (128_256usize, 2560usize);
+        let (rows, cols) = args.dense_shape;
         let x: Vec<f32> = (0..cols).map(|i| (i % 17) as f32 / 17.0 - 0.5).collect();
         let mut out = vec![0f32; rows];
         for ty in [
@@ -351,9 +364,10 @@ fn run(args: Args) {
             }
             let t = median(samples);
             println!(
-                "dense {ty:?} {rows}x{cols} x 1 token: {:.1} ms, {:.2} GB/s",
-                t * 1e3,
-                m.nbytes() as f64 / t / 1e9
+                "dense {ty:?} {rows}x{cols} x 1 token: {:.1} us, {:.2} GB/s, {:.1} GFLOP/s",
+                t * 1e6,
+                m.nbytes() as f64 / t / 1e9,
+                2.0 * (rows * cols) as f64 / t / 1e9
             );
             // 16 tokens: a batch of sequences decoding together, where the head is compute-bound.
             let xs: Vec<f32> = (0..16).flat_map(|_| x.iter().copied()).collect();
@@ -371,8 +385,8 @@ fn run(args: Args) {
             let t = median(samples);
             let flop = 2.0 * (rows * cols * 16) as f64;
             println!(
-                "dense {ty:?} {rows}x{cols} x 16 tokens: {:.1} ms, {:.1} GFLOP/s, {:.1} GFLOP/cpu-s",
-                t * 1e3,
+                "dense {ty:?} {rows}x{cols} x 16 tokens: {:.1} us, {:.1} GFLOP/s, {:.1} GFLOP/cpu-s",
+                t * 1e6,
                 flop / t / 1e9,
                 flop / cpu / 1e9
             );

@@ -136,6 +136,23 @@ pub(crate) trait DenseKernel {
         buf: &mut Vec<f32>,
     ) -> [f32; T];
 
+    /// [`Self::dot`] of `R` rows against one token (decode: the LM head): the same sum per row
+    /// as `dot::<1>`, so a row's value does not depend on the rows beside it. A head that stays
+    /// in cache (the KJV model's 4096 x 512) is bound by one row's FMA chains and its horizontal
+    /// sum, not by memory; kernels that run several rows' chains side by side override this.
+    ///
+    /// # Safety
+    /// As [`Self::dot`], for every row.
+    unsafe fn dot_rows<const R: usize>(
+        rows: [&[u8]; R],
+        ty: DenseType,
+        x: &[f32],
+        buf: &mut Vec<f32>,
+    ) -> [f32; R] {
+        // SAFETY: forwarded contract.
+        rows.map(|row| unsafe { Self::dot::<1>(row, ty, [x], buf)[0] })
+    }
+
     /// [`Self::dot`] for two rows. A batch of tokens (prompt tiles, many sequences decoding
     /// together) makes the LM head compute-bound: kernels that can share each token's loads
     /// between two rows override this.

@@ -64,6 +64,29 @@ proptest! {
             }
         }
     }
+
+    /// One token (decode) runs rows side by side (`DenseKernel::dot_rows`); each row's value
+    /// must be the bits that row gets alone, so a logit never depends on the rows beside it.
+    #[test]
+    fn one_token_rows_equal_each_row_alone(rows in 1usize..100, cols in 1usize..300,
+                          ty in prop_oneof![Just(DenseType::F32), Just(DenseType::F16), Just(DenseType::BF16)],
+                          seed in any::<u64>()) {
+        let mut rng = Rng(seed | 1);
+        let (m, _) = matrix(rows, cols, ty, &mut rng);
+        let x: Vec<f32> = (0..cols).map(|_| rng.f32()).collect();
+        for &isa in &isas() {
+            let mut out = vec![f32::NAN; rows];
+            m.matmul_with(isa, &x, 1, &mut out);
+            for (r, got) in out.iter().enumerate() {
+                let one = DenseMatrix::new(1, cols, ty,
+                    Storage::from_vec(m.row(r).to_vec())).unwrap();
+                let mut alone = [f32::NAN];
+                one.matmul_with(isa, &x, 1, &mut alone);
+                prop_assert_eq!(got.to_bits(), alone[0].to_bits(),
+                    "{:?} {:?} row {} of {}: {} vs {} alone", isa, ty, r, rows, got, alone[0]);
+            }
+        }
+    }
 }
 
 #[test]

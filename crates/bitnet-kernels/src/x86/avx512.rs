@@ -455,6 +455,16 @@ impl<const DECODE_256: bool> DenseKernel for Avx512Vnni<DECODE_256> {
         unsafe { <Avx2 as DenseKernel>::dot_pair::<T>(rows, ty, x, buf) }
     }
 
+    unsafe fn dot_rows<const R: usize>(
+        rows: [&[u8]; R],
+        ty: DenseType,
+        x: &[f32],
+        buf: &mut Vec<f32>,
+    ) -> [f32; R] {
+        // SAFETY: as above.
+        unsafe { <Avx2 as DenseKernel>::dot_rows::<R>(rows, ty, x, buf) }
+    }
+
     unsafe fn dot_quad<const T: usize>(
         rows: [&[u8]; 4],
         ty: DenseType,
