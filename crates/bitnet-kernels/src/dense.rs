@@ -278,6 +278,19 @@ trait BlockFormat {
     /// As [`crate::kernel::BlockKernel::q8_0_dot`].
     unsafe fn dot<K: Kernel, const T: usize>(row: &[u8], q: [&[i8]; T], d: [&[f32]; T])
         -> [f32; T];
+
+    /// `R` rows against one token, each row's value its `dot` bits.
+    ///
+    /// # Safety
+    /// As [`Self::dot`], for every row.
+    unsafe fn dot_rows<K: Kernel, const R: usize>(
+        rows: [&[u8]; R],
+        q: &[i8],
+        d: &[f32],
+    ) -> [f32; R] {
+        // SAFETY: forwarded contract.
+        rows.map(|row| unsafe { Self::dot::<K, 1>(row, [q], [d])[0] })
+    }
 }
 
 struct Q8Blocks;
@@ -292,6 +305,15 @@ impl BlockFormat for Q8Blocks {
     ) -> [f32; T] {
         // SAFETY: forwarded contract.
         unsafe { K::q8_0_dot::<T>(row, q, d) }
+    }
+
+    unsafe fn dot_rows<K: Kernel, const R: usize>(
+        rows: [&[u8]; R],
+        q: &[i8],
+        d: &[f32],
+    ) -> [f32; R] {
+        // SAFETY: forwarded contract.
+        unsafe { K::q8_0_dot_rows::<R>(rows, q, d) }
     }
 }
 
@@ -345,8 +367,13 @@ impl<F: BlockFormat + Sync> Tiles for BlockTiles<'_, F> {
 }
 
 impl<F: BlockFormat + Sync> RowTiles for BlockTiles<'_, F> {
-    fn row_tiles(&self, _nt: usize) -> &'static [usize] {
-        &[]
+    fn row_tiles(&self, nt: usize) -> &'static [usize] {
+        // one token of a head held in cache: [`BlockFormat::dot_rows`], as DenseTiles does
+        if nt == 1 && self.m.nbytes() <= CACHED_DENSE_BYTES {
+            &[DENSE_DECODE_ROWS]
+        } else {
+            &[]
+        }
     }
 
     unsafe fn tile<K: Kernel, const R: usize, const T: usize>(
@@ -359,6 +386,16 @@ impl<F: BlockFormat + Sync> RowTiles for BlockTiles<'_, F> {
         let nb = cols / F::QK;
         let q: [&[i8]; T] = std::array::from_fn(|i| &self.q[(t0 + i) * cols..][..cols]);
         let d: [&[f32]; T] = std::array::from_fn(|i| &self.d[(t0 + i) * nb..][..nb]);
+        if T == 1 {
+            let rows: [&[u8]; R] = std::array::from_fn(|j| m.row(r + j));
+            // SAFETY: as below, for every row.
+            let v = unsafe { F::dot_rows::<K, R>(rows, q[0], d[0]) };
+            for (j, v) in v.into_iter().enumerate() {
+                // SAFETY: (t0, r + j) is in bounds and written by this task only.
+                unsafe { self.out.write(t0 * m.rows() + r + j, v) }
+            }
+            return;
+        }
         for j in 0..R {
             // SAFETY: the caller guarantees K's ISA; the row is whole blocks and q / d cover
             // them for every token.

@@ -216,6 +216,16 @@ pub(crate) trait BlockKernel {
     /// covers them (32 codes, one scale per block).
     unsafe fn q8_0_dot<const T: usize>(row: &[u8], q: [&[i8]; T], d: [&[f32]; T]) -> [f32; T];
 
+    /// [`Self::q8_0_dot`] of `R` rows against one token, each row's value its bits alone (as
+    /// [`crate::kernel::DenseKernel::dot_rows`], for a Q8_0 head that stays in cache).
+    ///
+    /// # Safety
+    /// As [`Self::q8_0_dot`], for every row.
+    unsafe fn q8_0_dot_rows<const R: usize>(rows: [&[u8]; R], q: &[i8], d: &[f32]) -> [f32; R] {
+        // SAFETY: forwarded contract.
+        rows.map(|row| unsafe { Self::q8_0_dot::<1>(row, [q], [d])[0] })
+    }
+
     /// Q6_K weights x Q8_K activations (`ggml_vec_dot_q6_K_q8_K`).
     ///
     /// # Safety

@@ -782,65 +782,83 @@ unsafe fn q8_0_blocks<const T: usize, const N: usize>(
 /// AVX2 + FMA + F16C; `q[t].len() >= blocks * 32`, `d[t].len() >= blocks`.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q8_0_dot<const T: usize>(row: &[u8], q: [&[i8]; T], d: [&[f32]; T]) -> [f32; T] {
-    let nb = row.len() / Q8_BLOCK_BYTES;
+    // SAFETY: forwarded contract.
+    unsafe { q8_0_dot_rows::<1, T>([row], q, d)[0] }
+}
+
+/// [`q8_0_dot`] for `R` rows, interleaved a group of 8 blocks at a time: each row keeps its
+/// own accumulators and order (its value is `q8_0_dot`'s bits), and the rows' FMA chains, one
+/// per token, overlap instead of one row's chain setting the pace of a head held in cache.
+///
+/// # Safety
+/// As [`q8_0_dot`], for every row (all the same length).
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q8_0_dot_rows<const R: usize, const T: usize>(
+    rows: [&[u8]; R],
+    q: [&[i8]; T],
+    d: [&[f32]; T],
+) -> [[f32; T]; R] {
+    let nb = rows[0].len() / Q8_BLOCK_BYTES;
     for t in 0..T {
         debug_assert!(q[t].len() >= nb * Q8_QK && d[t].len() >= nb);
     }
-    let mut acc = [_mm256_setzero_ps(); T];
-    let rp = row.as_ptr();
+    debug_assert!(rows.iter().all(|r| r.len() == nb * Q8_BLOCK_BYTES));
+    let mut acc = [[_mm256_setzero_ps(); T]; R];
+    let rps = rows.map(|r| r.as_ptr());
     // The block scales are converted 8 at a time and multiplied by the activation scales
     // up front (the same f32 products ggml forms per block), so the inner loop only
     // broadcasts them: no scalar f16 conversion on the accumulator's dependency chain.
-    let mut dd = [[0.0f32; 8]; T];
+    let mut dd = [[[0.0f32; 8]; T]; R];
     let mut b0 = 0;
     while b0 + 8 <= nb {
-        // SAFETY: b0 + 8 <= nb = row.len() / Q8_BLOCK_BYTES, so blocks b0..b0 + 8 are in the
-        // row, and in every q[t] / d[t] (this function's contract); prefetches never fault.
-        unsafe {
-            // The head streams every row once per token: keep the lines
-            // `prefetch::DENSE_BYTES` ahead in flight (8 blocks = 272 bytes per iteration,
-            // 5 lines cover them).
-            let ahead = rp.wrapping_add(b0 * Q8_BLOCK_BYTES + prefetch::DENSE_BYTES);
-            for l in 0..5 {
-                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(l * 64) as *const i8);
+        for (r, &rp) in rps.iter().enumerate() {
+            // SAFETY: b0 + 8 <= nb = row.len() / Q8_BLOCK_BYTES, so blocks b0..b0 + 8 are in
+            // the row, and in every q[t] / d[t] (this function's contract); prefetches never
+            // fault.
+            unsafe {
+                // The head streams every row once per token: keep the lines
+                // `prefetch::DENSE_BYTES` ahead in flight (8 blocks = 272 bytes per iteration,
+                // 5 lines cover them).
+                let ahead = rp.wrapping_add(b0 * Q8_BLOCK_BYTES + prefetch::DENSE_BYTES);
+                for l in 0..5 {
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(l * 64) as *const i8);
+                }
+                let h: [u16; 8] = std::array::from_fn(|i| {
+                    (rp.add((b0 + i) * Q8_BLOCK_BYTES) as *const u16).read_unaligned()
+                });
+                let dw = _mm256_cvtph_ps(_mm_loadu_si128(h.as_ptr() as *const __m128i));
+                for t in 0..T {
+                    let dx = _mm256_loadu_ps(d[t].as_ptr().add(b0));
+                    _mm256_storeu_ps(dd[r][t].as_mut_ptr(), _mm256_mul_ps(dw, dx));
+                }
+                q8_0_blocks::<T, 8>(rp, q, b0, &dd[r], 0, &mut acc[r]);
             }
-            let h: [u16; 8] = std::array::from_fn(|i| {
-                (rp.add((b0 + i) * Q8_BLOCK_BYTES) as *const u16).read_unaligned()
-            });
-            let dw = _mm256_cvtph_ps(_mm_loadu_si128(h.as_ptr() as *const __m128i));
-            for t in 0..T {
-                let dx = _mm256_loadu_ps(d[t].as_ptr().add(b0));
-                _mm256_storeu_ps(dd[t].as_mut_ptr(), _mm256_mul_ps(dw, dx));
-            }
-            q8_0_blocks::<T, 8>(rp, q, b0, &dd, 0, &mut acc);
         }
         b0 += 8;
     }
     if b0 < nb {
         let n = nb - b0;
-        // SAFETY: blocks b0..nb are in the row and in every q[t] / d[t], as above.
-        unsafe {
-            let mut h = [0u16; 8];
-            for (i, hi) in h.iter_mut().enumerate().take(n) {
-                *hi = (rp.add((b0 + i) * Q8_BLOCK_BYTES) as *const u16).read_unaligned();
-            }
-            let dw = _mm256_cvtph_ps(_mm_loadu_si128(h.as_ptr() as *const __m128i));
-            for t in 0..T {
-                let mut dx = [0.0f32; 8];
-                dx[..n].copy_from_slice(&d[t][b0..nb]);
-                let v = _mm256_mul_ps(dw, _mm256_loadu_ps(dx.as_ptr()));
-                _mm256_storeu_ps(dd[t].as_mut_ptr(), v);
-            }
-            for i in 0..n {
-                q8_0_blocks::<T, 1>(rp, q, b0 + i, &dd, i, &mut acc);
+        for (r, &rp) in rps.iter().enumerate() {
+            // SAFETY: blocks b0..nb are in the row and in every q[t] / d[t], as above.
+            unsafe {
+                let mut h = [0u16; 8];
+                for (i, hi) in h.iter_mut().enumerate().take(n) {
+                    *hi = (rp.add((b0 + i) * Q8_BLOCK_BYTES) as *const u16).read_unaligned();
+                }
+                let dw = _mm256_cvtph_ps(_mm_loadu_si128(h.as_ptr() as *const __m128i));
+                for t in 0..T {
+                    let mut dx = [0.0f32; 8];
+                    dx[..n].copy_from_slice(&d[t][b0..nb]);
+                    let v = _mm256_mul_ps(dw, _mm256_loadu_ps(dx.as_ptr()));
+                    _mm256_storeu_ps(dd[r][t].as_mut_ptr(), v);
+                }
+                for i in 0..n {
+                    q8_0_blocks::<T, 1>(rp, q, b0 + i, &dd[r], i, &mut acc[r]);
+                }
             }
         }
     }
-    let mut out = [0.0f32; T];
-    for t in 0..T {
-        out[t] = hsum_ps(acc[t]);
-    }
-    out
+    acc.map(|a| a.map(|v| hsum_ps(v)))
 }
 
 /// `vpshufb` controls that spread the i16 scales of group `g` (32 elements; `g % 4` here,
@@ -964,6 +982,11 @@ impl BlockKernel for Avx2 {
     unsafe fn q8_0_dot<const T: usize>(row: &[u8], q: [&[i8]; T], d: [&[f32]; T]) -> [f32; T] {
         // SAFETY: forwarded contract (AVX2 + FMA + F16C).
         unsafe { q8_0_dot(row, q, d) }
+    }
+
+    unsafe fn q8_0_dot_rows<const R: usize>(rows: [&[u8]; R], q: &[i8], d: &[f32]) -> [f32; R] {
+        // SAFETY: forwarded contract.
+        unsafe { q8_0_dot_rows::<R, 1>(rows, [q], [d]).map(|v| v[0]) }
     }
 
     unsafe fn q6_k_dot<const T: usize>(row: &[u8], q: [&[i8]; T], d: [&[f32]; T]) -> [f32; T] {

@@ -588,6 +588,11 @@ impl<const DECODE_256: bool> BlockKernel for Avx512Vnni<DECODE_256> {
         unsafe { <Avx2 as BlockKernel>::q8_0_dot(row, q, d) }
     }
 
+    unsafe fn q8_0_dot_rows<const R: usize>(rows: [&[u8]; R], q: &[i8], d: &[f32]) -> [f32; R] {
+        // SAFETY: as above.
+        unsafe { <Avx2 as BlockKernel>::q8_0_dot_rows::<R>(rows, q, d) }
+    }
+
     unsafe fn q6_k_dot<const T: usize>(row: &[u8], q: [&[i8]; T], d: [&[f32]; T]) -> [f32; T] {
         // SAFETY: as above.
         unsafe { <Avx2 as BlockKernel>::q6_k_dot(row, q, d) }
