@@ -46,6 +46,17 @@ const DENSE_DECODE_ROWS: usize = 2;
 /// row at a time keeps faster (31 ms against 39 with two rows, one core).
 const CACHED_DENSE_BYTES: usize = 8 << 20;
 
+/// The row tiles for one token of `m`: [`DENSE_DECODE_ROWS`] where `m` stays in cache (see
+/// [`CACHED_DENSE_BYTES`]), else none (one row at a time). Both head operands (float and
+/// block-quantized) decide by this.
+fn one_token_row_tiles(m: &DenseMatrix) -> &'static [usize] {
+    if m.nbytes() <= CACHED_DENSE_BYTES {
+        &[DENSE_DECODE_ROWS]
+    } else {
+        &[]
+    }
+}
+
 /// The CPU operations on a [`DenseMatrix`] (import the trait to call them as methods).
 pub trait DenseMatrixExt {
     /// `out[t * rows + r] = dot(x[t], row r)` with f32 accumulation, over row chunks on the
@@ -219,7 +230,7 @@ impl RowTiles for DenseTiles<'_> {
         match nt {
             TOKEN_TILE => &[4, 2],
             // one token (decode): [`DenseKernel::dot_rows`], each row's bits as one at a time
-            1 if self.m.nbytes() <= CACHED_DENSE_BYTES => &[DENSE_DECODE_ROWS],
+            1 => one_token_row_tiles(self.m),
             _ => &[],
         }
     }
@@ -368,9 +379,9 @@ impl<F: BlockFormat + Sync> Tiles for BlockTiles<'_, F> {
 
 impl<F: BlockFormat + Sync> RowTiles for BlockTiles<'_, F> {
     fn row_tiles(&self, nt: usize) -> &'static [usize] {
-        // one token of a head held in cache: [`BlockFormat::dot_rows`], as DenseTiles does
-        if nt == 1 && self.m.nbytes() <= CACHED_DENSE_BYTES {
-            &[DENSE_DECODE_ROWS]
+        // one token: [`BlockFormat::dot_rows`], as DenseTiles does
+        if nt == 1 {
+            one_token_row_tiles(self.m)
         } else {
             &[]
         }
