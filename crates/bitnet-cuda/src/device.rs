@@ -203,10 +203,21 @@ impl<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits + Copy> Hos
     /// `src`'s values on the host, once the work queued before the copy is done. Where no
     /// page-locked memory can be had (the driver refuses it), through pageable memory as before.
     pub(crate) fn read(&mut self, gpu: &Gpu, src: &CudaView<'_, T>) -> Result<Vec<T>> {
+        let queued = self.queue(gpu, src)?;
+        gpu.stream.synchronize()?;
+        self.take(queued)
+    }
+
+    /// Queues the copy of `src` behind the work before it, for [`Self::take`] once the caller
+    /// has synchronized the stream: several results (top-k's ids and values) then come back
+    /// with one wait, not one each. Into page-locked memory the copy is asynchronous, and with
+    /// event tracking off (`Gpu::open`) nothing but that synchronization waits for it. Copies
+    /// that cannot go through the stage are done at once, through pageable memory.
+    pub(crate) fn queue(&mut self, gpu: &Gpu, src: &CudaView<'_, T>) -> Result<Queued<T>> {
         let n = src.len();
         let size = std::mem::size_of::<T>().max(1);
         if n == 0 || n.saturating_mul(size) > Self::MAX_BYTES {
-            return Ok(gpu.stream.clone_dtoh(src)?);
+            return Ok(Queued::Done(gpu.stream.clone_dtoh(src)?));
         }
         if self.buf.as_ref().is_none_or(|b| b.len() < n) {
             // The old buffer goes first (its drop waits for its last copy).
@@ -227,14 +238,28 @@ impl<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits + Copy> Hos
             };
         }
         let Some(buf) = &mut self.buf else {
-            return Ok(gpu.stream.clone_dtoh(src)?);
+            return Ok(Queued::Done(gpu.stream.clone_dtoh(src)?));
         };
         // cudarc copies as many values as the destination holds: give it exactly `n`.
-        let host = &mut buf.as_mut_slice()?[..n];
-        gpu.stream.memcpy_dtoh(src, host)?;
-        // Into page-locked memory the copy is asynchronous, and with event tracking off
-        // (`Gpu::open`) nothing else waits for it: wait for the stream.
-        gpu.stream.synchronize()?;
-        Ok(host.to_vec())
+        gpu.stream.memcpy_dtoh(src, &mut buf.as_mut_slice()?[..n])?;
+        Ok(Queued::Staged(n))
     }
+
+    /// The values of a [`Self::queue`]d copy. The caller has synchronized the stream since,
+    /// and queued nothing else into this stage in between.
+    pub(crate) fn take(&mut self, queued: Queued<T>) -> Result<Vec<T>> {
+        match queued {
+            Queued::Done(v) => Ok(v),
+            Queued::Staged(n) => match &mut self.buf {
+                Some(buf) => Ok(buf.as_mut_slice()?[..n].to_vec()),
+                None => Err(CudaError::Shape("a staged copy without its stage".into())),
+            },
+        }
+    }
+}
+
+/// A copy [`HostStage::queue`] started: its first `n` staged values, or values already back.
+pub(crate) enum Queued<T> {
+    Staged(usize),
+    Done(Vec<T>),
 }

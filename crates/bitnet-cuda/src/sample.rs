@@ -173,8 +173,11 @@ impl Gpu {
             // and writes ids / vals[offset_i .. offset_i + k_i), inside `total`.
             unsafe { l.launch(cfg((r as u32, 1), TOP_K_THREADS, 0)) }?;
         }
-        let ids = s.host_ids.read(self, &s.ids.slice(..total))?;
-        let vals = s.host_vals.read(self, &s.vals.slice(..total))?;
+        // Both copies behind the kernels, then one wait for all of it.
+        let ids = s.host_ids.queue(self, &s.ids.slice(..total))?;
+        let vals = s.host_vals.queue(self, &s.vals.slice(..total))?;
+        self.stream.synchronize()?;
+        let (ids, vals) = (s.host_ids.take(ids)?, s.host_vals.take(vals)?);
         let mut at = 0;
         Ok(rows
             .iter()
