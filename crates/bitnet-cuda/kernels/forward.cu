@@ -1314,6 +1314,43 @@ extern "C" __global__ void __launch_bounds__(256, 4)
                 for (int i = 0; i < 8; ++i) xq[k][i] = qx[i];
                 xd[k] = d[b < nb ? b : 0];
             }
+            if (smem_bytes >= 2 * wpb * (u32)rb) {
+                // Two slots a warp: the next row's copy (cp.async, no registers) is in flight
+                // while this one is multiplied, so a warp always has a row coming in.
+                unsigned char* slots = hrow + (size_t)(threadIdx.x >> 5) * 2 * rb;
+                auto fetch = [&](int r, int b) {
+                    if (r < rows) {
+                        const uint4* src = (const uint4*)(w + (size_t)r * rb);
+                        uint4* dst = (uint4*)(slots + (size_t)b * rb);
+                        for (int i = lane; i < (rb >> 4); i += 32)
+                            cp_async16_hint(dst + i, src + i, once);
+                    }
+                    cp_async_commit();
+                };
+                fetch(r0, 0);
+                int b = 0;
+                for (int r = r0; r < rows; r += step, b ^= 1) {
+                    fetch(r + step, b ^ 1);
+                    cp_async_wait<1>();
+                    __syncwarp();
+                    const u32* ws = (const u32*)(slots + (size_t)b * rb);
+                    float acc = 0.0f;
+#pragma unroll
+                    for (int k = 0; k < HEAD_KB; ++k) {
+                        const int bl = lane + 32 * k;
+                        if (bl >= nb) break;
+                        float dw;
+                        const int s = head_block_dot(ws, bl, xq[k], dw);
+                        acc = fmaf(__fmul_rn(dw, xd[k]), (float)s, acc);
+                    }
+                    // Every lane has read this slot before the next iteration's copy fills it.
+                    __syncwarp();
+                    acc = warp_sum(acc);
+                    if (lane == 0) out[r] = acc;
+                }
+                cp_async_wait<0>();
+                return;
+            }
             for (int r = r0; r < rows; r += step) {
                 const uint4* src = (const uint4*)(w + (size_t)r * rb);
                 for (int i = lane; i < (rb >> 4); i += 32)

@@ -866,13 +866,20 @@ impl Gpu {
                 _ => "head_q8_0",
             };
             // head_q8_0 stages each warp's row in shared memory when rows are whole 16-byte
-            // words and fit (see the kernel; it reads the size it was given).
+            // words and fit, in two slots a warp where those fit (the next row streams in while
+            // one is multiplied); the kernel reads the size it was given.
             let staged = HEAD_WARPS as usize * m.row_bytes;
             let smem = match m.ty {
-                DenseType::Q8_0
-                    if m.row_bytes.is_multiple_of(16) && staged <= self.smem_per_block =>
-                {
-                    staged
+                DenseType::Q8_0 if m.row_bytes.is_multiple_of(16) => {
+                    if 2 * staged * HEAD_Q8_BLOCKS_PER_SM as usize <= self.smem_per_sm
+                        && 2 * staged <= self.smem_per_block
+                    {
+                        2 * staged
+                    } else if staged <= self.smem_per_block {
+                        staged
+                    } else {
+                        0
+                    }
                 }
                 _ => 0,
             };
