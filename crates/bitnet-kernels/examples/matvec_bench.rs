@@ -80,18 +80,26 @@ fn parse_args() -> Args {
                     Some((r.parse().ok()?, c.parse().ok()?))
                 };
                 let shapes: Option<Vec<(usize, usize)>> = list.split(',').map(shape).collect();
-                let shapes = shapes.filter(|v| v.iter().all(|&(r, c)| r > 0 && c > 0));
-                a.shapes =
-                    Some(shapes.unwrap_or_else(|| panic!("--shapes RxC,.. above 0 (got {list})")));
+                let shapes = shapes.filter(|v| {
+                    v.iter().all(|&(r, c)| {
+                        r > 0 && c > 0 && r.checked_mul(c).is_some_and(|n| n <= 1 << 36)
+                    })
+                });
+                a.shapes = Some(shapes.unwrap_or_else(|| {
+                    panic!("--shapes RxC,.. above 0, R x C at most 2^36 (got {list})")
+                }));
             }
             "--dense-shape" => {
                 let v = it.next().unwrap_or_default();
                 let shape = v
                     .split_once('x')
                     .and_then(|(r, c)| Some((r.parse().ok()?, c.parse().ok()?)))
-                    .filter(|&(r, c): &(usize, usize)| r > 0 && c > 0 && c % 256 == 0);
-                a.dense_shape = shape
-                    .unwrap_or_else(|| panic!("--dense-shape RxC, C a multiple of 256 (got {v})"));
+                    .filter(|&(r, c): &(usize, usize)| r > 0 && c > 0 && c % 256 == 0)
+                    // f32 rows are the largest of the benchmark's copies: at most 16 GiB of them.
+                    .filter(|&(r, c)| r.checked_mul(c).is_some_and(|n| n <= 1 << 32));
+                a.dense_shape = shape.unwrap_or_else(|| {
+                    panic!("--dense-shape RxC, C a multiple of 256, R x C at most 2^32 (got {v})")
+                });
             }
             "--tokens" => {
                 let list = it.next().unwrap_or_default();
