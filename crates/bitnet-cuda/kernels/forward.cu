@@ -1289,6 +1289,23 @@ __device__ __forceinline__ int head_block_dot(const u32* words, int b, const int
     return s;
 }
 
+// A lane's share of a staged row's dot with the activation blocks it holds in registers
+// (blocks lane, lane + 32, ...), in block order: the partial sum that warp_sum adds up.
+__device__ __forceinline__ float head_row_lane(const u32* words, int nb, const int (&xq)[HEAD_KB][8],
+                                               const float (&xd)[HEAD_KB]) {
+    const int lane = threadIdx.x & 31;
+    float acc = 0.0f;
+#pragma unroll
+    for (int k = 0; k < HEAD_KB; ++k) {
+        const int b = lane + 32 * k;
+        if (b >= nb) break;
+        float dw;
+        const int s = head_block_dot(words, b, xq[k], dw);
+        acc = fmaf(__fmul_rn(dw, xd[k]), (float)s, acc);
+    }
+    return acc;
+}
+
 extern "C" __global__ void __launch_bounds__(256, 4)
     head_q8_0(const unsigned char* __restrict__ w, int rows, int cols, const i8* __restrict__ q,
               const float* __restrict__ d, float* __restrict__ out) {
@@ -1333,16 +1350,7 @@ extern "C" __global__ void __launch_bounds__(256, 4)
                     fetch(r + step, b ^ 1);
                     cp_async_wait<1>();
                     __syncwarp();
-                    const u32* ws = (const u32*)(slots + (size_t)b * rb);
-                    float acc = 0.0f;
-#pragma unroll
-                    for (int k = 0; k < HEAD_KB; ++k) {
-                        const int bl = lane + 32 * k;
-                        if (bl >= nb) break;
-                        float dw;
-                        const int s = head_block_dot(ws, bl, xq[k], dw);
-                        acc = fmaf(__fmul_rn(dw, xd[k]), (float)s, acc);
-                    }
+                    float acc = head_row_lane((const u32*)(slots + (size_t)b * rb), nb, xq, xd);
                     // Every lane has read this slot before the next iteration's copy fills it.
                     __syncwarp();
                     acc = warp_sum(acc);
@@ -1356,15 +1364,7 @@ extern "C" __global__ void __launch_bounds__(256, 4)
                 for (int i = lane; i < (rb >> 4); i += 32)
                     ((uint4*)slot)[i] = ldg16_hint(src + i, once);
                 __syncwarp();
-                float acc = 0.0f;
-#pragma unroll
-                for (int k = 0; k < HEAD_KB; ++k) {
-                    const int b = lane + 32 * k;
-                    if (b >= nb) break;
-                    float dw;
-                    const int s = head_block_dot(words, b, xq[k], dw);
-                    acc = fmaf(__fmul_rn(dw, xd[k]), (float)s, acc);
-                }
+                float acc = head_row_lane(words, nb, xq, xd);
                 // Every lane has read the slot before the next row overwrites it.
                 __syncwarp();
                 acc = warp_sum(acc);
