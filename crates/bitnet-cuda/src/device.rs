@@ -205,7 +205,9 @@ impl<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits + Copy> Hos
     pub(crate) fn read(&mut self, gpu: &Gpu, src: &CudaView<'_, T>) -> Result<Vec<T>> {
         let queued = self.queue(gpu, src)?;
         gpu.stream.synchronize()?;
-        self.take(queued)
+        // SAFETY: the stream was synchronized after the copy was queued, and nothing else was
+        // queued into this stage since.
+        unsafe { self.take(queued) }
     }
 
     /// Queues the copy of `src` behind the work before it, for [`Self::take`] once the caller
@@ -220,7 +222,12 @@ impl<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits + Copy> Hos
             return Ok(Queued::Done(gpu.stream.clone_dtoh(src)?));
         }
         if self.buf.as_ref().is_none_or(|b| b.len() < n) {
-            // The old buffer goes first (its drop waits for its last copy).
+            // The old buffer goes first. Its drop waits for no copy (cudarc's event for it is
+            // never recorded): a copy queued into it whose caller returned early on an error
+            // must land before the memory is freed.
+            if self.buf.is_some() {
+                gpu.stream.synchronize()?;
+            }
             self.buf = None;
             let len = n.next_power_of_two().min(Self::MAX_BYTES / size);
             // Flags 0: not write-combined (cudarc's `alloc_pinned` default), which the host
@@ -245,9 +252,12 @@ impl<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits + Copy> Hos
         Ok(Queued::Staged(n))
     }
 
-    /// The values of a [`Self::queue`]d copy. The caller has synchronized the stream since,
-    /// and queued nothing else into this stage in between.
-    pub(crate) fn take(&mut self, queued: Queued<T>) -> Result<Vec<T>> {
+    /// The values of a [`Self::queue`]d copy.
+    ///
+    /// # Safety
+    /// The stream was synchronized after the copy was queued, and nothing else was queued into
+    /// this stage in between: otherwise the copy may still be writing the memory read here.
+    pub(crate) unsafe fn take(&mut self, queued: Queued<T>) -> Result<Vec<T>> {
         match queued {
             Queued::Done(v) => Ok(v),
             Queued::Staged(n) => match &mut self.buf {

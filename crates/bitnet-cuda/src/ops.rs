@@ -36,6 +36,9 @@ pub(crate) const ATT_CHUNK: usize = 256;
 const HEAD_WARPS: u32 = 8;
 /// Blocks an SM of the one-token Q8_0 head (its `__launch_bounds__(256, 4)`).
 const HEAD_Q8_BLOCKS_PER_SM: u32 = 4;
+/// `HEAD_KB` of forward.cu: `head_q8_0` holds a lane's activation blocks in registers (and
+/// double-buffers its rows) for rows of at most `32 * HEAD_KB` blocks.
+const HEAD_KB: usize = 4;
 /// Tokens per warp of the many-row Q6_K and dense head kernels (`HEAD_T` in forward.cu).
 const HEAD_TOKENS: u32 = 8;
 /// Tokens per block of the Q8_0 tensor-core head (`HMMA_TOKENS` in forward.cu; 4 warps of 16
@@ -871,7 +874,12 @@ impl Gpu {
             let staged = HEAD_WARPS as usize * m.row_bytes;
             let smem = match m.ty {
                 DenseType::Q8_0 if m.row_bytes.is_multiple_of(16) => {
-                    if 2 * staged * HEAD_Q8_BLOCKS_PER_SM as usize <= self.smem_per_sm
+                    // Two slots only where the kernel uses them (activations held in
+                    // registers: at most 32 * HEAD_KB blocks a row) and its blocks still fit
+                    // an SM together.
+                    let blocks = HEAD_Q8_BLOCKS_PER_SM as usize;
+                    if m.cols / 32 <= 32 * HEAD_KB
+                        && blocks * (2 * staged + SMEM_RESERVED_PER_BLOCK) <= self.smem_per_sm
                         && 2 * staged <= self.smem_per_block
                     {
                         2 * staged

@@ -175,9 +175,18 @@ impl Gpu {
         }
         // Both copies behind the kernels, then one wait for all of it.
         let ids = s.host_ids.queue(self, &s.ids.slice(..total))?;
-        let vals = s.host_vals.queue(self, &s.vals.slice(..total))?;
+        let vals = match s.host_vals.queue(self, &s.vals.slice(..total)) {
+            Ok(v) => v,
+            Err(e) => {
+                // The ids' copy may be in flight into memory that outlives this call.
+                let _ = self.stream.synchronize();
+                return Err(e);
+            }
+        };
         self.stream.synchronize()?;
-        let (ids, vals) = (s.host_ids.take(ids)?, s.host_vals.take(vals)?);
+        // SAFETY: the stream was synchronized after both copies were queued, each into a
+        // stage of its own.
+        let (ids, vals) = unsafe { (s.host_ids.take(ids)?, s.host_vals.take(vals)?) };
         let mut at = 0;
         Ok(rows
             .iter()

@@ -988,6 +988,9 @@ fn head_over_many_rows_equals_one_row_at_a_time() {
         // activations in registers (2,560 columns) or read per row (4,352: 136 blocks a row).
         (9_001, 2560, 2),
         (5_001, 4352, 2),
+        // Two slots a warp (the next row copied while one is multiplied) past 48 KB of shared
+        // memory a block: 3,264-byte rows.
+        (9_001, 3072, 2),
         // 2 - 16 tokens: the kernels whose warps split the columns (one n tile up to 8 tokens,
         // two from 9), 32 and 16 rows a block; 1 and 2 blocks a row (most of the 32 chains
         // empty), 33 (one chain of two blocks).
