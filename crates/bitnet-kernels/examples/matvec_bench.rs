@@ -82,7 +82,7 @@ fn parse_args() -> Args {
                 let shapes: Option<Vec<(usize, usize)>> = list.split(',').map(shape).collect();
                 let shapes = shapes.filter(|v| {
                     v.iter().all(|&(r, c)| {
-                        r > 0 && c > 0 && r.checked_mul(c).is_some_and(|n| n <= 1 << 36)
+                        r > 0 && c > 0 && r.checked_mul(c).is_some_and(|n| n as u64 <= 1u64 << 36)
                     })
                 });
                 a.shapes = Some(shapes.unwrap_or_else(|| {
@@ -96,7 +96,7 @@ fn parse_args() -> Args {
                     .and_then(|(r, c)| Some((r.parse().ok()?, c.parse().ok()?)))
                     .filter(|&(r, c): &(usize, usize)| r > 0 && c > 0 && c % 256 == 0)
                     // f32 rows are the largest of the benchmark's copies: at most 16 GiB of them.
-                    .filter(|&(r, c)| r.checked_mul(c).is_some_and(|n| n <= 1 << 32));
+                    .filter(|&(r, c)| r.checked_mul(c).is_some_and(|n| n as u64 <= 1u64 << 32));
                 a.dense_shape = shape.unwrap_or_else(|| {
                     panic!("--dense-shape RxC, C a multiple of 256, R x C at most 2^32 (got {v})")
                 });
