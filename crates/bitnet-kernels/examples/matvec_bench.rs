@@ -75,28 +75,16 @@ fn parse_args() -> Args {
             "--only-dense" => a.only_dense = true,
             "--shapes" => {
                 let list = it.next().unwrap_or_default();
-                let shape = |s: &str| {
-                    let (r, c) = s.split_once('x')?;
-                    Some((r.parse().ok()?, c.parse().ok()?))
-                };
-                let shapes: Option<Vec<(usize, usize)>> = list.split(',').map(shape).collect();
-                let shapes = shapes.filter(|v| {
-                    v.iter().all(|&(r, c)| {
-                        r > 0 && c > 0 && r.checked_mul(c).is_some_and(|n| n as u64 <= 1u64 << 36)
-                    })
-                });
+                let shapes: Option<Vec<(usize, usize)>> =
+                    list.split(',').map(|s| shape(s, 1 << 36)).collect();
                 a.shapes = Some(shapes.unwrap_or_else(|| {
                     panic!("--shapes RxC,.. above 0, R x C at most 2^36 (got {list})")
                 }));
             }
             "--dense-shape" => {
                 let v = it.next().unwrap_or_default();
-                let shape = v
-                    .split_once('x')
-                    .and_then(|(r, c)| Some((r.parse().ok()?, c.parse().ok()?)))
-                    .filter(|&(r, c): &(usize, usize)| r > 0 && c > 0 && c % 256 == 0)
-                    // f32 rows are the largest of the benchmark's copies: at most 16 GiB of them.
-                    .filter(|&(r, c)| r.checked_mul(c).is_some_and(|n| n as u64 <= 1u64 << 32));
+                // f32 rows are the largest of the benchmark's copies: at most 16 GiB of them.
+                let shape = shape(&v, 1 << 32).filter(|&(_, c)| c % 256 == 0);
                 a.dense_shape = shape.unwrap_or_else(|| {
                     panic!("--dense-shape RxC, C a multiple of 256, R x C at most 2^32 (got {v})")
                 });
@@ -113,6 +101,15 @@ fn parse_args() -> Args {
         }
     }
     a
+}
+
+/// `RxC` with both above 0 and at most `max` elements in all (no allocation is sized by an
+/// overflowing product).
+fn shape(s: &str, max: u64) -> Option<(usize, usize)> {
+    let (r, c) = s.split_once('x')?;
+    let (r, c): (usize, usize) = (r.parse().ok()?, c.parse().ok()?);
+    let n = r.checked_mul(c)?;
+    (r > 0 && c > 0 && n as u64 <= max).then_some((r, c))
 }
 
 /// `n` pseudo-random packed bytes whose four 2-bit codes are each in {0, 1, 2} (valid I2_S).
