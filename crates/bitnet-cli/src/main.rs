@@ -22,7 +22,7 @@ use std::ffi::OsString;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "bitnet", version, about = "Run BitNet b1.58 (ternary) language models on the CPU", long_about = None)]
+#[command(name = "bitnet", version, about = "Run BitNet b1.58 (ternary) language models on the CPU or an NVIDIA GPU", long_about = None)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -49,6 +49,7 @@ enum Command {
     /// Write a random-weight model with real shapes (e.g. 2B4T) as GGUF, for benchmarks
     Fixture(fixture::FixtureArgs),
     /// Download a model from the Hugging Face Hub into its cache; prints the local path
+    #[command(visible_alias = "download")]
     Pull(hub::PullArgs),
     /// Models in the Hugging Face cache, with their sizes
     List(hub::ListArgs),

@@ -224,6 +224,10 @@ fn pull_prints_the_path_and_a_checkpoint_folder_runs_too() {
         !path.join("README.md").exists(),
         "only what the model needs"
     );
+    // `download` is the same command (the name other tools use), and a second pull of a cached
+    // snapshot prints the same path.
+    let again = ok(e.run(&["download", FOLDER_REPO], &[]));
+    assert_eq!(Path::new(again.trim_end()), path);
     let out = ok(e.run(
         &[
             "run",
