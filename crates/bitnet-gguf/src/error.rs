@@ -87,6 +87,17 @@ pub enum GgufError {
         max: u64,
     },
 
+    /// More array elements in the whole metadata than any real file has: each decoded element
+    /// takes 32 bytes of memory where a `u8` takes one byte of file, so the file size alone
+    /// does not bound what its arrays would cost.
+    #[error("{what} at offset {offset} has {count} items, past the limit of {max} metadata array items a file")]
+    TooManyItems {
+        what: String,
+        offset: u64,
+        count: u64,
+        max: u64,
+    },
+
     #[error("tensor {tensor:?} has {n_dims} dimensions (at most {max} are supported)")]
     TooManyDims {
         tensor: String,
@@ -133,6 +144,7 @@ impl GgufError {
             | GgufError::InvalidUtf8 { what, .. }
             | GgufError::UnknownValueType { what, .. }
             | GgufError::TooLarge { what, .. }
+            | GgufError::TooManyItems { what, .. }
             | GgufError::NestingTooDeep { what, .. }
             | GgufError::ArrayTypeMismatch { what, .. } => {
                 *what = format!("{what} of {context}");

@@ -19,7 +19,7 @@ mod writer;
 pub use bitnet_common::Storage;
 pub use error::GgufError;
 pub use output::{check_output_path, write_atomically};
-pub use reader::{GgufFile, MAX_ARRAY_DEPTH};
+pub use reader::{GgufFile, MAX_ARRAY_DEPTH, MAX_METADATA_ITEMS};
 pub use types::{GgmlType, MetadataValue, TensorInfo, ValueType, I2S_TAIL_BYTES, MAX_DIMS};
 pub use writer::{GgufWriter, TensorSink};
 

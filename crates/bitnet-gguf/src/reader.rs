@@ -1,6 +1,8 @@
 //! GGUF parsing. Every length and count comes from untrusted bytes, so each is checked against
 //! the bytes actually left before anything is allocated: a hostile header can make us fail, but
-//! not panic, loop for long, or allocate more than a small multiple of the file size.
+//! not panic, loop for long, or allocate more than a small multiple of the file size (and, for
+//! metadata arrays, whose elements can take one byte of file and 32 of memory, more than
+//! `MAX_METADATA_ITEMS` elements).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -21,6 +23,12 @@ pub const MAX_ARRAY_DEPTH: usize = 16;
 const MIN_KV_BYTES: u64 = 8 + 4 + 1;
 /// Smallest possible tensor info: u64 name length, u32 n_dims, u32 type, u64 offset.
 const MIN_TENSOR_INFO_BYTES: u64 = 8 + 4 + 4 + 8;
+/// The most array elements a file's metadata may hold, all arrays (nested ones too) together.
+/// A decoded element is a 32-byte [`MetadataValue`] however few bytes it took in the file (one
+/// for `u8`), so this, not the file size, bounds the memory of a hostile `u8` array: 512 MiB at
+/// most. Real files stay far below: 2B4T's tokenizer has ~410K items, a 256K vocabulary with
+/// scores, types and merges under 2M.
+pub const MAX_METADATA_ITEMS: u64 = 1 << 24;
 /// Largest alignment we accept; llama.cpp stores it as u32, and anything bigger is nonsense.
 pub(crate) const MAX_ALIGNMENT: u64 = 1 << 31;
 
@@ -52,6 +60,8 @@ pub(crate) fn alignment_from_value(value: &MetadataValue) -> Result<u64> {
 struct Cursor<'a> {
     buf: &'a [u8],
     pos: usize,
+    /// Array elements decoded so far (against MAX_METADATA_ITEMS).
+    items: u64,
 }
 
 impl<'a> Cursor<'a> {
@@ -164,6 +174,15 @@ impl<'a> Cursor<'a> {
                 }
                 let elem = self.value_type("array element type")?;
                 let count = self.count(elem.min_encoded_size(), "array length")?;
+                self.items = self.items.saturating_add(count as u64);
+                if self.items > MAX_METADATA_ITEMS {
+                    return Err(GgufError::TooManyItems {
+                        what: "array length".to_owned(),
+                        offset,
+                        count: count as u64,
+                        max: MAX_METADATA_ITEMS,
+                    });
+                }
                 let mut items = Vec::with_capacity(count);
                 for _ in 0..count {
                     items.push(self.value(elem, depth + 1)?);
@@ -204,6 +223,7 @@ impl GgufFile {
         let mut cur = Cursor {
             buf: storage.as_bytes(),
             pos: 0,
+            items: 0,
         };
 
         let magic = cur.array::<4>("magic")?;

@@ -283,6 +283,42 @@ fn absurd_counts_are_rejected_before_allocating() {
 }
 
 #[test]
+fn metadata_arrays_are_bounded_by_their_items_not_only_the_file_size() {
+    // One byte of file per u8 element, 32 bytes of memory once decoded: a 16 MiB array would
+    // take 512 MiB. One element past the limit is refused before anything is reserved.
+    let n = bitnet_gguf::MAX_METADATA_ITEMS + 1;
+    let mut r = Raw::default();
+    r.str("blob")
+        .u32(ValueType::Array.id())
+        .u32(ValueType::U8.id())
+        .u64(n)
+        .bytes(&vec![7; n as usize]);
+    let err = parse_err(&with_kv(1, &r));
+    assert!(
+        matches!(err, GgufError::TooManyItems { count, .. } if count == n),
+        "{err}"
+    );
+    assert!(err.to_string().contains("\"blob\""), "names the key: {err}");
+    // The limit counts every array of the file: nested ones add up.
+    let mut r = Raw::default();
+    r.str("nested")
+        .u32(ValueType::Array.id())
+        .u32(ValueType::Array.id())
+        .u64(2)
+        .u32(ValueType::U8.id())
+        .u64(1)
+        .bytes(&[1])
+        .u32(ValueType::U8.id())
+        .u64(n - 3)
+        .bytes(&vec![2; (n - 3) as usize]);
+    let err = parse_err(&with_kv(1, &r));
+    assert!(
+        matches!(err, GgufError::TooManyItems { count, .. } if count == n - 3),
+        "{err}"
+    );
+}
+
+#[test]
 fn nesting_is_bounded() {
     let nested = |depth: usize| {
         let mut r = Raw::default();
