@@ -154,25 +154,46 @@ impl ModelConfig {
                 )))
             }
         };
-        let num_heads = c.num_attention_heads;
+        // The sizes have no default: a missing one is named (not reported as "0 is out of
+        // range").
+        let need = |v: Option<usize>, name: &str| {
+            v.ok_or_else(|| ModelError::Config(format!("config.json has no {name}")))
+        };
+        let hidden_size = need(c.hidden_size, "hidden_size")?;
+        let intermediate_size = need(c.intermediate_size, "intermediate_size")?;
+        let num_layers = need(c.num_hidden_layers, "num_hidden_layers")?;
+        let num_heads = need(c.num_attention_heads, "num_attention_heads")?;
+        let vocab_size = need(c.vocab_size, "vocab_size")?;
         let head_dim = match c.head_dim {
             Some(h) => h,
-            None if num_heads > 0 => c.hidden_size / num_heads,
+            None if num_heads > 0 => hidden_size / num_heads,
             None => 0,
         };
         let rope_theta = c
             .rope_theta
             .or_else(|| c.rope_parameters.as_ref().and_then(|p| p.rope_theta))
             .unwrap_or(10000.0);
+        // transformers 4 writes `rope_scaling` (`type` or `rope_type`, `factor`), 5 folds it
+        // into `rope_parameters`; either way a scaled RoPE this engine does not apply would
+        // load and attend wrongly without a word, so it is refused.
+        for (what, p) in [
+            ("rope_scaling", c.rope_scaling.as_ref()),
+            ("rope_parameters", c.rope_parameters.as_ref()),
+        ] {
+            if let Some(p) = p {
+                let kind = p.rope_type.as_deref().or(p.r#type.as_deref());
+                check_rope_scaling(&format!("config.json {what}"), kind, p.factor)?;
+            }
+        }
         let cfg = ModelConfig {
             arch,
-            hidden_size: c.hidden_size,
-            intermediate_size: c.intermediate_size,
-            num_layers: c.num_hidden_layers,
+            hidden_size,
+            intermediate_size,
+            num_layers,
             num_heads,
             num_kv_heads: c.num_key_value_heads.unwrap_or(num_heads),
             head_dim,
-            vocab_size: c.vocab_size,
+            vocab_size,
             max_position_embeddings: c.max_position_embeddings.unwrap_or(2048),
             rope_theta: rope_theta as f32,
             rms_norm_eps: c.rms_norm_eps.unwrap_or(1e-5) as f32,
@@ -257,6 +278,22 @@ impl ModelConfig {
             rms_norm_eps: get_opt_f32("attention.layer_norm_rms_epsilon")?.unwrap_or(1e-5),
             tie_word_embeddings: file.tensor("output.weight").is_none(),
         };
+        // llama.cpp reads a missing `rope.scaling.type` as linear, which a factor of 1 (or none)
+        // leaves plain.
+        let scaling = match file.get(&key("rope.scaling.type")) {
+            None => None,
+            Some(v) => Some(v.as_str().ok_or_else(|| {
+                ModelError::Config(format!(
+                    "metadata key {} is not a string",
+                    key("rope.scaling.type")
+                ))
+            })?),
+        };
+        check_rope_scaling(
+            &format!("metadata key {}", key("rope.scaling.type")),
+            scaling,
+            get_opt_f32("rope.scaling.factor")?.map(f64::from),
+        )?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -328,21 +365,17 @@ struct HfConfig {
     architectures: Option<Vec<String>>,
     model_type: Option<String>,
     hidden_act: Option<String>,
-    #[serde(default)]
-    hidden_size: usize,
-    #[serde(default)]
-    intermediate_size: usize,
-    #[serde(default)]
-    num_hidden_layers: usize,
-    #[serde(default)]
-    num_attention_heads: usize,
+    hidden_size: Option<usize>,
+    intermediate_size: Option<usize>,
+    num_hidden_layers: Option<usize>,
+    num_attention_heads: Option<usize>,
     num_key_value_heads: Option<usize>,
     head_dim: Option<usize>,
-    #[serde(default)]
-    vocab_size: usize,
+    vocab_size: Option<usize>,
     max_position_embeddings: Option<usize>,
     rope_theta: Option<f64>,
     rope_parameters: Option<RopeParameters>,
+    rope_scaling: Option<RopeParameters>,
     rms_norm_eps: Option<f64>,
     tie_word_embeddings: Option<bool>,
 }
@@ -350,6 +383,28 @@ struct HfConfig {
 #[derive(Deserialize)]
 struct RopeParameters {
     rope_theta: Option<f64>,
+    rope_type: Option<String>,
+    r#type: Option<String>,
+    factor: Option<f64>,
+}
+
+/// Plain RoPE is all this engine applies: a scaling kind other than none / default (linear
+/// only with a factor of 1, which scales nothing) is an error naming what the file asks for.
+fn check_rope_scaling(what: &str, kind: Option<&str>, factor: Option<f64>) -> Result<()> {
+    let plain_factor = factor.is_none_or(|f| f == 1.0 || f == 0.0);
+    let ok = match kind {
+        None | Some("linear") => plain_factor,
+        Some("none") | Some("default") => true,
+        Some(_) => false,
+    };
+    if ok {
+        return Ok(());
+    }
+    let factor = factor.map(|f| format!(", factor {f}")).unwrap_or_default();
+    Err(ModelError::Config(format!(
+        "{what} asks for RoPE scaling '{}'{factor}, which is not supported (plain RoPE only)",
+        kind.unwrap_or("linear")
+    )))
 }
 
 #[cfg(test)]
@@ -388,5 +443,61 @@ mod tests {
         .unwrap_err();
         assert!(e.to_string().contains("vocab_size"), "{e}");
         assert!(ModelConfig::from_hf_json("not json").is_err());
+        let e = ModelConfig::from_hf_json(
+            r#"{"model_type":"bitnet","intermediate_size":64,"num_hidden_layers":1,
+               "num_attention_heads":4,"vocab_size":10}"#,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("has no hidden_size"), "{e}");
+    }
+
+    #[test]
+    fn a_scaled_rope_is_refused_and_a_plain_one_accepted() {
+        let kjv = std::fs::read_to_string("../../../shared/models/bitnet-b1.58-kjv/config.json")
+            .expect("shared model present");
+        let with = |key: &str, value: &str| {
+            let mut v: serde_json::Value = serde_json::from_str(&kjv).unwrap();
+            v[key] = serde_json::from_str(value).unwrap();
+            ModelConfig::from_hf_json(&v.to_string())
+        };
+        for (key, value, kind) in [
+            (
+                "rope_scaling",
+                r#"{"type":"linear","factor":4.0}"#,
+                "linear",
+            ),
+            (
+                "rope_scaling",
+                r#"{"rope_type":"llama3","factor":8.0}"#,
+                "llama3",
+            ),
+            (
+                "rope_scaling",
+                r#"{"type":"dynamic","rope_type":"dynamic","factor":2.0}"#,
+                "dynamic",
+            ),
+            (
+                "rope_parameters",
+                r#"{"rope_theta":500000,"rope_type":"yarn","factor":4}"#,
+                "yarn",
+            ),
+        ] {
+            let e = with(key, value).unwrap_err();
+            assert!(
+                e.to_string().contains(&format!("RoPE scaling '{kind}'")),
+                "{key} {value}: {e}"
+            );
+        }
+        for (key, value) in [
+            ("rope_scaling", "null"),
+            ("rope_scaling", r#"{"type":"linear","factor":1.0}"#),
+            ("rope_scaling", r#"{"rope_type":"default"}"#),
+            (
+                "rope_parameters",
+                r#"{"rope_theta":10000,"rope_type":"default"}"#,
+            ),
+        ] {
+            with(key, value).unwrap_or_else(|e| panic!("{key} {value}: {e}"));
+        }
     }
 }

@@ -303,6 +303,23 @@ fn absurd_metadata_values() {
             &["rope_theta"],
         ),
         ("rope.freq_base", MetadataValue::F32(-1.0), &["rope_theta"]),
+        // Scaled RoPE is not applied, so a file asking for it is refused (llama.cpp reads a
+        // missing type as linear: a factor other than 1 alone is a scaling too).
+        (
+            "rope.scaling.type",
+            MetadataValue::String("yarn".into()),
+            &["rope.scaling.type", "RoPE scaling 'yarn'", "not supported"],
+        ),
+        (
+            "rope.scaling.factor",
+            MetadataValue::F32(4.0),
+            &["RoPE scaling 'linear', factor 4"],
+        ),
+        (
+            "rope.scaling.type",
+            MetadataValue::U32(1),
+            &["rope.scaling.type", "not a string"],
+        ),
         (
             "attention.layer_norm_rms_epsilon",
             MetadataValue::F32(-1e-5),
