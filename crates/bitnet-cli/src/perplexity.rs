@@ -44,6 +44,7 @@ pub fn run(a: PerplexityArgs) -> Result<()> {
             &base,
             &text,
             chunk,
+            s.ctx_size,
             &mut crate::progress::reporter(&bar),
         );
         bar.finish_and_clear();
@@ -64,6 +65,7 @@ pub fn run(a: PerplexityArgs) -> Result<()> {
         &engine,
         &text,
         chunk,
+        s.ctx_size,
         &mut crate::progress::reporter(&bar),
     );
     bar.finish_and_clear();

@@ -20,9 +20,20 @@ impl Perplexity {
 }
 
 /// Each line (with its newline) is tokenized alone; lines are packed greedily into chunks of
-/// BOS + at most `chunk` tokens (a line is never split).
-fn line_chunks(engine: &Engine, text: &str, chunk: usize) -> Result<Vec<Vec<u32>>> {
+/// BOS + at most `chunk` tokens (a line is never split). A line longer than a chunk gets one of
+/// its own, up to `ctx` positions with BOS (the caller's context size; default the model's
+/// trained context).
+fn line_chunks(
+    engine: &Engine,
+    text: &str,
+    chunk: usize,
+    ctx: Option<usize>,
+) -> Result<Vec<Vec<u32>>> {
     let trained = engine.config().max_position_embeddings;
+    let (limit, whose) = match ctx {
+        Some(c) => (c, "--ctx-size"),
+        None => (trained, "the model's trained context"),
+    };
     if chunk == 0 || chunk >= trained {
         return Err(EngineError::Settings(format!(
             "chunk of {chunk} tokens: it must be at least 1 and, with BOS, fit the model's trained context of {trained} tokens"
@@ -39,12 +50,13 @@ fn line_chunks(engine: &Engine, text: &str, chunk: usize) -> Result<Vec<Vec<u32>
         if cur.len() + ids.len() > chunk + 1 && cur.len() > 1 {
             chunks.push(std::mem::replace(&mut cur, vec![bos]));
         }
-        cur.extend(ids);
+        cur.extend(&ids);
         // A line is never split, so one longer than the context cannot be scored.
-        if cur.len() > trained {
+        if cur.len() > limit {
             return Err(EngineError::BadInput(format!(
-                "line {} has more tokens than the model's context of {trained}; split it",
-                lineno + 1
+                "line {} has {} tokens: with BOS, more than a context of {limit} ({whose}) holds; split it",
+                lineno + 1,
+                ids.len()
             )));
         }
     }
@@ -69,17 +81,20 @@ fn mean(what: &'static str, sum: f64, n: usize) -> Result<f64> {
 
 /// Lines packed into chunks as [`line_chunks`] does; every token after each chunk's BOS is scored.
 pub fn line_packed(engine: &Engine, text: &str, chunk: usize) -> Result<Perplexity> {
-    line_packed_with_progress(engine, text, chunk, &mut |_, _| {})
+    line_packed_with_progress(engine, text, chunk, None, &mut |_, _| {})
 }
 
-/// [`line_packed`], telling `progress(done, total)` how many chunks are scored.
+/// [`line_packed`] within a context of `ctx` positions (None: the model's trained context; a
+/// line longer than that is an error), telling `progress(done, total)` how many chunks are
+/// scored.
 pub fn line_packed_with_progress(
     engine: &Engine,
     text: &str,
     chunk: usize,
+    ctx: Option<usize>,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Perplexity> {
-    let chunks = line_chunks(engine, text, chunk)?;
+    let chunks = line_chunks(engine, text, chunk, ctx)?;
     let longest = chunks.iter().map(Vec::len).max().unwrap_or(1);
     let mut session = engine.session(Some(longest))?;
     let vocab = engine.config().vocab_size;
@@ -122,15 +137,17 @@ pub struct Divergence {
 /// [`line_packed`], with both perplexities. The two engines must share the vocabulary (same
 /// token ids); both run chunk by chunk, so memory stays at one chunk's logits per model.
 pub fn divergence(engine: &Engine, base: &Engine, text: &str, chunk: usize) -> Result<Divergence> {
-    divergence_with_progress(engine, base, text, chunk, &mut |_, _| {})
+    divergence_with_progress(engine, base, text, chunk, None, &mut |_, _| {})
 }
 
-/// [`divergence`], telling `progress(done, total)` how many chunks are scored.
+/// [`divergence`] within a context of `ctx` positions (as [`line_packed_with_progress`]),
+/// telling `progress(done, total)` how many chunks are scored.
 pub fn divergence_with_progress(
     engine: &Engine,
     base: &Engine,
     text: &str,
     chunk: usize,
+    ctx: Option<usize>,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Divergence> {
     let vocab = engine.config().vocab_size;
@@ -140,8 +157,8 @@ pub fn divergence_with_progress(
             base.config().vocab_size
         )));
     }
-    let chunks = line_chunks(engine, text, chunk)?;
-    if line_chunks(base, text, chunk)? != chunks {
+    let chunks = line_chunks(engine, text, chunk, ctx)?;
+    if line_chunks(base, text, chunk, ctx)? != chunks {
         return Err(EngineError::Settings(
             "the two models tokenize the text differently".into(),
         ));

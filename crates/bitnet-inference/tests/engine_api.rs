@@ -106,7 +106,7 @@ fn context_limits_are_clear_errors_or_finish_reasons() {
 
 #[test]
 fn perplexity_refuses_empty_text_and_chunks_beyond_the_context() {
-    use bitnet_inference::perplexity::{divergence, line_packed};
+    use bitnet_inference::perplexity::{divergence, line_packed, line_packed_with_progress};
     let e = engine();
     match line_packed(&e, "", 256) {
         Err(EngineError::BadInput(m)) => assert!(m.contains("nothing to score"), "{m}"),
@@ -122,8 +122,19 @@ fn perplexity_refuses_empty_text_and_chunks_beyond_the_context() {
     }
     let long = "and the LORD said ".repeat(400);
     let err = line_packed(&e, &long, 256).unwrap_err();
-    assert!(err.to_string().contains("line 1 has more tokens"), "{err}");
+    assert!(
+        err.to_string().contains("line 1 has") && err.to_string().contains("trained context"),
+        "{err}"
+    );
     line_packed(&e, "In the beginning\n", 1023).unwrap();
+    // A line longer than the chunk gets a chunk of its own, but never more than the caller's
+    // context (`perplexity -c 64`).
+    let mid = "and the LORD said ".repeat(20);
+    let whole = line_packed_with_progress(&e, &mid, 16, None, &mut |_, _| {}).unwrap();
+    assert_eq!(whole.chunks, 1);
+    let err = line_packed_with_progress(&e, &mid, 16, Some(64), &mut |_, _| {}).unwrap_err();
+    assert!(err.to_string().contains("--ctx-size"), "{err}");
+    line_packed_with_progress(&e, &mid, 16, Some(whole.tokens + 1), &mut |_, _| {}).unwrap();
 }
 
 #[test]
