@@ -143,8 +143,20 @@ pub struct Sampler {
     sums: Vec<f32>,
 }
 
+/// Temperatures below this sample as greedy: `logit / temperature` overflows f32 to +inf for
+/// ordinary logits once the temperature is subnormal (10 / 1e-40), and every +inf would tie, so
+/// the pick went to the lowest id with a positive logit instead of the best one. At 1e-30 a logit
+/// of 3.4e8 still divides finitely, and any two logits an ulp apart already differ by more than
+/// e^1000 in weight: greedy in all but exact ties.
+pub const MIN_SAMPLING_TEMPERATURE: f32 = 1e-30;
+
 impl Sampler {
-    pub fn new(params: SamplingParams) -> Sampler {
+    /// A sampler for `params` (a temperature below [`MIN_SAMPLING_TEMPERATURE`] becomes 0,
+    /// greedy, as [`Self::params`] then says).
+    pub fn new(mut params: SamplingParams) -> Sampler {
+        if params.temperature < MIN_SAMPLING_TEMPERATURE {
+            params.temperature = 0.0;
+        }
         let seed = params.seed.unwrap_or_else(|| {
             let t = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -388,6 +400,33 @@ mod tests {
     fn greedy_takes_first_max() {
         let mut s = Sampler::new(SamplingParams::greedy());
         assert_eq!(s.sample(&mut [0.1, 3.0, 3.0, -1.0], &[], 0), 1);
+    }
+
+    #[test]
+    fn a_vanishing_temperature_is_greedy_not_the_first_overflow() {
+        // 5 / 1e-40 is +inf, as is 1 / 1e-40: the pick went to id 0 (the first +inf).
+        for top_k in [0, 2, 40] {
+            let mut s = Sampler::new(SamplingParams {
+                temperature: 1e-40,
+                top_k,
+                seed: Some(1),
+                ..Default::default()
+            });
+            assert!(s.params().is_plain_greedy());
+            assert_eq!(
+                s.sample(&mut [1.0, 5.0, 3.0, -2.0], &[], 0),
+                1,
+                "top_k {top_k}"
+            );
+        }
+        // At the threshold it still samples (and, the logits far apart, takes the best).
+        let mut s = Sampler::new(SamplingParams {
+            temperature: MIN_SAMPLING_TEMPERATURE,
+            seed: Some(1),
+            ..Default::default()
+        });
+        assert!(!s.params().is_plain_greedy());
+        assert_eq!(s.sample(&mut [1.0, 5.0, 3.0, -2.0], &[], 0), 1);
     }
 
     #[test]
