@@ -41,7 +41,8 @@ pub struct ServeArgs {
     /// Largest request body in bytes (413 above)
     #[arg(long = "max-body-bytes", default_value_t = 4 << 20)]
     max_body_bytes: usize,
-    /// Seconds a client may take to send a request's headers, and then its body
+    /// Seconds a client may take to send a request's headers, then its body, and to take more
+    /// of a response it has stopped reading (its connection is closed then)
     #[arg(long, default_value_t = 30)]
     timeout: u64,
     /// Seconds in-flight requests may run after SIGTERM/SIGINT before they are cancelled

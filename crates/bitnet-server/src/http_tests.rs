@@ -147,6 +147,58 @@ async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_dropped_and_frees_its_slot() {
+    let s = Server::start(
+        Script::Flood,
+        ServerConfig {
+            max_connections: 1,
+            ..config()
+        },
+    )
+    .await;
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let mut c = sock.connect(s.addr).await.unwrap();
+    let body = json!({"prompt": "And God said", "max_tokens": 8, "stream": true}).to_string();
+    c.write_all(
+        format!(
+            "POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut head = [0u8; 12];
+    c.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    // The stream never ends and the client reads no more: once the socket buffers are full
+    // (~3 MB here) the server's writes stall, and after the timeout (2 s) it closes the
+    // connection, which drops the request. Before, both stayed until the client left.
+    s.wait_live(1).await;
+    let t = Instant::now();
+    while s.mock.live.load(Ordering::SeqCst) != 0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the request of a client that stopped reading stayed live"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The one connection slot serves the next client.
+    *s.mock.script.lock().unwrap() = Script::Echo;
+    let (st, _, v) = s
+        .post(
+            "/v1/completions",
+            json!({"prompt": "And God said", "max_tokens": 2}),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    drop(c);
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn completions_chat_and_models() {
     let s = Server::start(Script::Echo, config()).await;

@@ -26,7 +26,8 @@ pub struct ServerConfig {
     pub api_key: Option<String>,
     /// Largest request body accepted (413 above).
     pub max_body_bytes: usize,
-    /// How long a client may take to send a request's headers, and then its body.
+    /// How long a client may take to send a request's headers, then its body, and to take
+    /// more of a response once the socket's buffers are full (a client that stopped reading).
     pub read_timeout: Duration,
     /// How long in-flight requests may run on after a shutdown signal before they are
     /// cancelled.
@@ -154,7 +155,14 @@ pub async fn serve(
                     let _slot = slot;
                     let mut builder = hyper::server::conn::http1::Builder::new();
                     builder.timer(TokioTimer::new()).header_read_timeout(read_timeout);
-                    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                    // A client that stops reading a response would otherwise hold its slot
+                    // and the unsent rest (megabytes with n > 1 and logprobs) forever: a write
+                    // that makes no progress for the timeout fails and closes the connection.
+                    // Only blocked writes count, so an idle stream (its keep-alive comments
+                    // taken) or a slow reader that keeps up is never cut.
+                    let mut io = tokio_io_timeout::TimeoutStream::new(stream);
+                    io.set_write_timeout(Some(read_timeout));
+                    let conn = builder.serve_connection(TokioIo::new(Box::pin(io)), svc);
                     let mut conn = std::pin::pin!(conn);
                     tokio::select! {
                         r = conn.as_mut() => {

@@ -39,6 +39,8 @@ pub enum Script {
     Hang,
     /// Refuse with a full queue.
     Full,
+    /// Tokens without end, whatever max_tokens says (a response bigger than any socket buffer).
+    Flood,
 }
 
 pub struct Mock {
@@ -122,6 +124,21 @@ impl Backend for Mock {
             )
             .boxed(),
             Script::Hang => futures::stream::pending().boxed(),
+            Script::Flood => {
+                // 256 tokens a millisecond, as an engine would hand them over: in bursts, with
+                // the task yielding between them.
+                // A token with text (the prompt's first is BOS, which prints nothing).
+                let token = events
+                    .into_iter()
+                    .find(|e| matches!(e, Event::Token { text, .. } if !text.is_empty()));
+                let burst: Vec<Event> = token.into_iter().cycle().take(256).collect();
+                futures::stream::unfold(burst, |burst| async move {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    Some((futures::stream::iter(burst.clone()), burst))
+                })
+                .flatten()
+                .boxed()
+            }
         };
         // `live` goes with the stream: dropping the stream is the cancellation.
         Ok(s.map(move |e| {
