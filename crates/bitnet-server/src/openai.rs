@@ -36,6 +36,15 @@ pub struct GenerationRequest {
     pub min_p: Option<f64>,
     pub repetition_penalty: Option<f64>,
     pub ignore_eos: Option<bool>,
+    // Fields this server cannot honour: read only to refuse them (params::refuse_unsupported)
+    // where they would change the answer, instead of a 200 that quietly ignores them.
+    pub response_format: Option<Value>,
+    pub tools: Option<Value>,
+    pub tool_choice: Option<Value>,
+    pub functions: Option<Value>,
+    pub logit_bias: Option<Value>,
+    pub suffix: Option<Value>,
+    pub best_of: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -95,12 +95,76 @@ fn range_f64(param: &str, v: Option<f64>, default: f64, lo: f64, hi: f64) -> Res
 
 /// Checks everything that does not need the tokenizer. `ctx` is the engine's context per
 /// sequence.
+/// Fields whose meaning this server does not implement, refused with a 400 naming them (as
+/// vLLM and llama-server do without the matching option) rather than answered as if absent:
+/// a client asking for JSON output or a tool call must not get prose and a 200. Their neutral
+/// values pass: `{"type": "text"}`, no tools (or `tool_choice: "none"`), an empty bias, an
+/// empty suffix, `best_of` no more than `n`.
+fn refuse_unsupported(req: &GenerationRequest) -> Result<(), ApiError> {
+    let present = |v: &Option<Value>| match v {
+        None | Some(Value::Null) => false,
+        Some(Value::Array(a)) => !a.is_empty(),
+        Some(Value::Object(o)) => !o.is_empty(),
+        Some(Value::String(s)) => !s.is_empty(),
+        Some(_) => true,
+    };
+    if let Some(rf) = req.response_format.as_ref().filter(|v| !v.is_null()) {
+        let kind = rf.get("type").and_then(Value::as_str);
+        if kind != Some("text") {
+            return Err(ApiError::invalid_param(
+                "response_format",
+                format!(
+                    "response_format {} is not supported: only {{\"type\": \"text\"}} (no constrained JSON output)",
+                    kind.map_or_else(|| rf.to_string(), |k| format!("of type '{k}'"))
+                ),
+            ));
+        }
+    }
+    let no_tools = req.tool_choice.as_ref().and_then(Value::as_str) == Some("none");
+    for (param, v) in [("tools", &req.tools), ("functions", &req.functions)] {
+        if present(v) && !no_tools {
+            return Err(ApiError::invalid_param(
+                param,
+                "tool and function calling are not supported by this server",
+            ));
+        }
+    }
+    if present(&req.logit_bias) {
+        return Err(ApiError::invalid_param(
+            "logit_bias",
+            "logit_bias is not supported by this server",
+        ));
+    }
+    if present(&req.suffix) {
+        return Err(ApiError::invalid_param(
+            "suffix",
+            "suffix (text after the insertion point) is not supported by this server",
+        ));
+    }
+    if req.stream_options.is_some() && req.stream != Some(true) {
+        return Err(ApiError::invalid_param(
+            "stream_options",
+            "stream_options is only allowed when stream is true",
+        ));
+    }
+    if let Some(b) = req.best_of {
+        if b > req.n.unwrap_or(1) {
+            return Err(ApiError::invalid_param(
+                "best_of",
+                "best_of larger than n is not supported (every choice generated is returned)",
+            ));
+        }
+    }
+    Ok(())
+}
+
 pub fn plan(
     req: &GenerationRequest,
     endpoint: Endpoint,
     ctx: usize,
     defaults: &RequestDefaults,
 ) -> Result<Plan, ApiError> {
+    refuse_unsupported(req)?;
     let d = &defaults.sampling;
     let or = |v: Option<f64>, server: Option<f32>| v.or(server.map(f64::from));
     let prompts = match endpoint {
@@ -480,6 +544,36 @@ mod tests {
     }
 
     #[test]
+    fn neutral_values_of_unsupported_fields_pass() {
+        for json in [
+            r#"{"messages":[{"role":"user","content":"a"}],"response_format":{"type":"text"}}"#,
+            r#"{"messages":[{"role":"user","content":"a"}],"response_format":null,"tools":[],"logit_bias":{}}"#,
+            r#"{"messages":[{"role":"user","content":"a"}],"tools":[{"type":"function"}],"tool_choice":"none"}"#,
+            r#"{"messages":[{"role":"user","content":"a"}],"stream":true,"stream_options":{"include_usage":false}}"#,
+        ] {
+            plan(
+                &req(json),
+                Endpoint::Chat,
+                1024,
+                &RequestDefaults::default(),
+            )
+            .unwrap_or_else(|e| panic!("{json}: {e:?}"));
+        }
+        for json in [
+            r#"{"prompt":"a","suffix":"","best_of":2,"n":2}"#,
+            r#"{"prompt":"a","suffix":null,"best_of":1}"#,
+        ] {
+            plan(
+                &req(json),
+                Endpoint::Completions,
+                1024,
+                &RequestDefaults::default(),
+            )
+            .unwrap_or_else(|e| panic!("{json}: {e:?}"));
+        }
+    }
+
+    #[test]
     fn extensions_and_max_completion_tokens() {
         let p = plan(
             &req(r#"{"messages":[{"role":"developer","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}],
@@ -544,6 +638,9 @@ mod tests {
                 "stop",
             ),
             (r#"{}"#, "prompt"),
+            (r#"{"prompt":"a","suffix":"b"}"#, "suffix"),
+            (r#"{"prompt":"a","best_of":3,"n":2}"#, "best_of"),
+            (r#"{"prompt":"a","logit_bias":{"1":5}}"#, "logit_bias"),
         ] {
             let e = err(json, c);
             assert_eq!(e.status, 400, "{json}");
@@ -573,6 +670,39 @@ mod tests {
             (
                 r#"{"messages":[{"role":"user","content":"a"}],"logprobs":true,"top_logprobs":21}"#,
                 "top_logprobs",
+            ),
+            // What this server cannot honour is refused, not quietly ignored.
+            (
+                r#"{"messages":[{"role":"user","content":"a"}],"response_format":{"type":"json_object"}}"#,
+                "response_format",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"a"}],"response_format":{"type":"json_schema","json_schema":{"name":"x"}}}"#,
+                "response_format",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"a"}],"response_format":"json"}"#,
+                "response_format",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"a"}],"tools":[{"type":"function","function":{"name":"f"}}]}"#,
+                "tools",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"a"}],"tools":[{"type":"function"}],"tool_choice":"required"}"#,
+                "tools",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"a"}],"functions":[{"name":"f"}]}"#,
+                "functions",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"a"}],"logit_bias":{"50256":-100}}"#,
+                "logit_bias",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"a"}],"stream_options":{"include_usage":true}}"#,
+                "stream_options",
             ),
         ] {
             let e = err(json, ch);
