@@ -270,6 +270,19 @@ async fn read_body(app: &App, headers: &HeaderMap, body: Body) -> Result<Bytes, 
 
 /// Parses JSON into `T`; a wrong type or value names the field (`param`) it was found in.
 pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    // RFC 8259 lets a parser skip a byte order mark (Python's and nlohmann's do).
+    let bytes = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(bytes);
+    // A request is an object: serde would also fill a struct from an array of its fields in
+    // order, and its error for one names Rust's struct ("struct GenerationRequest with 28
+    // elements").
+    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') | None => {}
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "the request body must be a JSON object ({...})",
+            ))
+        }
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
@@ -490,4 +503,27 @@ where
     resp.headers_mut()
         .insert("x-accel-buffering", HeaderValue::from_static("no"));
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_body_is_an_object_and_may_start_with_a_byte_order_mark() {
+        let ok = |b: &[u8]| parse_json::<GenerationRequest>(b).map(|r| r.prompt.is_some());
+        assert!(ok(b"{\"prompt\":\"a\"}").unwrap());
+        assert!(ok(b"\xef\xbb\xbf {\"prompt\":\"a\"}").unwrap());
+        for body in [
+            &b"[]"[..],
+            b"[\"kjv\"]",
+            b" null",
+            b"\"x\"",
+            b"\xef\xbb\xbf[1]",
+        ] {
+            let e = ok(body).unwrap_err();
+            assert_eq!(e.status, 400, "{body:?}");
+            assert!(e.message.contains("JSON object"), "{body:?}: {}", e.message);
+        }
+    }
 }
