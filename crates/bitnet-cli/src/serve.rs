@@ -51,6 +51,10 @@ pub struct ServeArgs {
     /// Connections served at once; more wait in the listen backlog until one closes
     #[arg(long = "max-connections", default_value_t = 1024)]
     max_connections: usize,
+    /// A web origin whose pages may call the API from a browser (CORS), e.g.
+    /// https://chat.example; `*` for any; repeat for several [default: none]
+    #[arg(long = "cors-origin", value_name = "ORIGIN")]
+    cors_origin: Vec<String>,
     /// No load report on stderr
     #[arg(short, long)]
     quiet: bool,
@@ -70,6 +74,8 @@ pub fn run(a: ServeArgs) -> Result<()> {
     crate::validate::positive("--parallel", a.parallel)?;
     crate::validate::positive("--max-queue", a.max_queue)?;
     crate::validate::positive("--max-connections", a.max_connections)?;
+    bitnet_server::check_cors_origins(&a.cors_origin)
+        .map_err(|e| crate::validate::usage(format!("--cors-origin: {e}")))?;
     let engine = crate::load_engine(&s, a.quiet)?;
     if let Some(c) = s.ctx_size {
         crate::warn_long_context(&engine, c);
@@ -113,6 +119,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         read_timeout: Duration::from_secs(a.timeout.max(1)),
         shutdown_timeout: Duration::from_secs(a.shutdown_timeout),
         max_connections: a.max_connections,
+        cors_origins: a.cors_origin.clone(),
         // The settings file's and BITNET_* variables' sampling keys (as `run` reads them) are
         // the defaults of requests that leave those fields out.
         defaults: bitnet_server::RequestDefaults {

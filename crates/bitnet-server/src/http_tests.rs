@@ -200,6 +200,80 @@ async fn a_client_that_stops_reading_is_dropped_and_frees_its_slot() {
 }
 
 #[tokio::test]
+async fn browsers_of_the_allowed_origins_may_call_the_api() {
+    let origin = "https://chat.example";
+    let s = Server::start(
+        Script::Echo,
+        ServerConfig {
+            api_key: Some("k".into()),
+            cors_origins: vec![origin.into()],
+            ..config()
+        },
+    )
+    .await;
+    // The preflight carries no key and is answered; the request that follows still needs one.
+    let pre = |from: &'static str| {
+        client()
+            .request(reqwest::Method::OPTIONS, s.url("/v1/chat/completions"))
+            .header("origin", from)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization, content-type",
+            )
+            .send()
+    };
+    let r = pre(origin).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let h = r.headers();
+    assert_eq!(h["access-control-allow-origin"], origin);
+    assert!(h["access-control-allow-methods"]
+        .to_str()
+        .unwrap()
+        .contains("POST"));
+    let allowed = h["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .to_lowercase();
+    assert!(allowed.contains("authorization") && allowed.contains("content-type"));
+    let r = pre("https://elsewhere.example").await.unwrap();
+    assert!(r.headers().get("access-control-allow-origin").is_none());
+    let post = |key: Option<&str>| {
+        let mut b = client()
+            .post(s.url("/v1/completions"))
+            .header("origin", origin)
+            .json(&json!({"prompt": "And God said", "max_tokens": 2}));
+        if let Some(k) = key {
+            b = b.bearer_auth(k);
+        }
+        b.send()
+    };
+    let r = post(Some("k")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["access-control-allow-origin"], origin);
+    // A refusal carries the header too, so the page can read why.
+    let r = post(None).await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["access-control-allow-origin"], origin);
+    s.stop().await;
+
+    // Off by default: no header, and a preflight is a method this route does not have.
+    let s = Server::start(Script::Echo, config()).await;
+    let r = client()
+        .request(reqwest::Method::OPTIONS, s.url("/v1/completions"))
+        .header("origin", origin)
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    assert!(r.headers().get("access-control-allow-origin").is_none());
+    s.stop().await;
+    // An origin that cannot be a header value is refused before the server listens.
+    assert!(crate::routes::check_cors_origins(&["https://a\nb".into()]).is_err());
+}
+
+#[tokio::test]
 async fn completions_chat_and_models() {
     let s = Server::start(Script::Echo, config()).await;
     let (st, _, v) = s

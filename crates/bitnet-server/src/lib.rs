@@ -29,4 +29,5 @@ mod testing;
 pub use backend::{Backend, EventStream};
 pub use errors::ApiError;
 pub use params::{RequestDefaults, MAX_CHOICES, MAX_STOP, MAX_STOP_BYTES};
+pub use routes::check_cors_origins;
 pub use server::{serve, ServerConfig};

@@ -26,12 +26,49 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
 /// SSE comments while a stream waits (queued, or a long prompt), so proxies keep the
 /// connection open and a vanished client is noticed by the failed write.
 const SSE_KEEP_ALIVE: Duration = Duration::from_secs(10);
 
+/// The CORS layer for `origins` (see `ServerConfig::cors_origins`); `None` when empty. The
+/// layer sits outside the key check: a browser's preflight carries no credentials, and the
+/// request that follows is checked as any other.
+fn cors(origins: &[String]) -> Result<Option<CorsLayer>, String> {
+    if origins.is_empty() {
+        return Ok(None);
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        let list = origins
+            .iter()
+            .map(|o| {
+                HeaderValue::from_str(o.trim_end_matches('/'))
+                    .map_err(|_| format!("CORS origin {o:?} is not a valid header value"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        AllowOrigin::list(list)
+    };
+    Ok(Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+            .max_age(Duration::from_secs(600)),
+    ))
+}
+
+/// Checks `ServerConfig::cors_origins` (each a valid header value), for a caller to report
+/// before it loads a model; `serve` checks it again before it listens.
+pub fn check_cors_origins(origins: &[String]) -> Result<(), String> {
+    cors(origins).map(|_| ())
+}
+
 pub fn router(app: Arc<App>) -> Router {
+    // Checked by `serve` before it gets here (`check_cors_origins`).
+    let cors = cors(&app.config.cors_origins).ok().flatten();
     let protected = Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
@@ -39,7 +76,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/models/{*model}", get(model))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(app.clone(), require_key));
-    Router::new()
+    let router = Router::new()
         .merge(protected)
         .route("/health", get(health))
         .route("/", get(crate::page::index))
@@ -48,7 +85,11 @@ pub fn router(app: Arc<App>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(app.clone(), track))
-        .with_state(app)
+        .with_state(app);
+    match cors {
+        Some(c) => router.layer(c),
+        None => router,
+    }
 }
 
 /// Counts every response by route and status, and requests in flight.

@@ -40,6 +40,10 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Sampling values and `max_tokens` for requests that leave them out.
     pub defaults: crate::params::RequestDefaults,
+    /// Web origins (`https://app.example`, or `*` for any) whose pages may call the API from a
+    /// browser (CORS: preflights answered, `Access-Control-Allow-Origin` on responses). Empty:
+    /// none beyond this server's own page, as browsers default to.
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -52,6 +56,7 @@ impl Default for ServerConfig {
             shutdown_timeout: Duration::from_secs(30),
             max_connections: 1024,
             defaults: Default::default(),
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -120,6 +125,8 @@ pub async fn serve(
             );
         }
     }
+    crate::routes::check_cors_origins(&config.cors_origins)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     let app = Arc::new(App::new(config, backend));
     let router = crate::routes::router(app.clone());
     let (closing_tx, closing_rx) = watch::channel(false);
