@@ -5,8 +5,7 @@
 
 use bitnet_inference::Settings;
 
-/// More worker threads than this is a typo, not a machine: each is a spinning OS thread.
-pub const MAX_THREADS: usize = 1024;
+pub use bitnet_inference::MAX_THREADS;
 
 /// A bad setting or flag value; `main` exits with code 2 for it.
 #[derive(Debug, thiserror::Error)]

@@ -118,7 +118,8 @@ typedef struct bitnet_session bitnet_session;
 
 // How to load a model. Start from `bitnet_model_default_params()` and change fields.
 typedef struct bitnet_model_params {
-    // Worker threads of the forward pass; 0 = one per physical core.
+    // Worker threads of the forward pass; 0 = one per physical core; at most 1024
+    // (BITNET_ERR_INVALID_ARGUMENT above).
     uint32_t n_threads;
     // Prompt tokens per forward batch; 0 = the default (512).
     uint32_t n_batch;

@@ -108,17 +108,24 @@ pub fn check_out<T>(buf: *mut T, cap: usize, what: &str) -> Result<()> {
     check_span::<T>(buf, cap, what)
 }
 
-/// Writes one value to a required out-parameter.
-///
-/// # Safety
-/// A non-NULL `out` must be valid for writing a `T`.
-pub unsafe fn write_out<T>(out: *mut T, value: T, what: &str) -> Result<()> {
+/// Checks a required out-parameter (non-NULL, aligned) before anything is made for it: a
+/// handle registered and then not deliverable would be an object nobody can free.
+pub fn check_out_ptr<T>(out: *mut T, what: &str) -> Result<()> {
     if out.is_null() {
         return Err(Error::null(what));
     }
     if !out.is_aligned() {
         return Err(Error::invalid(format!("{what} is not aligned")));
     }
+    Ok(())
+}
+
+/// Writes one value to a required out-parameter.
+///
+/// # Safety
+/// A non-NULL `out` must be valid for writing a `T`.
+pub unsafe fn write_out<T>(out: *mut T, value: T, what: &str) -> Result<()> {
+    check_out_ptr(out, what)?;
     // SAFETY: non-NULL, aligned, writable per contract.
     unsafe { out.write(value) };
     Ok(())
@@ -135,18 +142,23 @@ pub unsafe fn copy_out<T: Copy>(
     n_out: *mut usize,
     what: &str,
 ) -> Result<()> {
+    // The buffer is checked before the size is written: on any failure but "too small" the
+    // out-parameters stay as they were (the header's promise).
+    let fits = cap >= src.len();
+    if fits && !src.is_empty() {
+        if buf.is_null() {
+            return Err(Error::null(what));
+        }
+        check_span::<T>(buf, cap, what)?;
+    }
     // SAFETY: forwarded contract.
     unsafe { write_out(n_out, src.len(), "the size out-parameter")? };
-    if cap < src.len() {
+    if !fits {
         return Err(too_small(what, src.len(), cap));
     }
     if src.is_empty() {
         return Ok(());
     }
-    if buf.is_null() {
-        return Err(Error::null(what));
-    }
-    check_span::<T>(buf, cap, what)?;
     // SAFETY: `buf` holds at least `src.len()` elements (cap >= len) and cannot overlap a
     // slice the library owns.
     unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), buf, src.len()) };
@@ -164,14 +176,15 @@ pub unsafe fn copy_text_out(
     n_bytes: *mut usize,
     what: &str,
 ) -> Result<()> {
+    let need = text.len() + 1;
+    // As in copy_out: the buffer first, so that a failure leaves `*n_bytes` alone.
+    if cap >= need && buf.is_null() {
+        return Err(Error::null(what));
+    }
     // SAFETY: forwarded contract.
     unsafe { write_out(n_bytes, text.len(), "the size out-parameter")? };
-    let need = text.len() + 1;
     if cap < need {
         return Err(too_small(what, need, cap));
-    }
-    if buf.is_null() {
-        return Err(Error::null(what));
     }
     let buf = buf.cast::<u8>();
     // SAFETY: `buf` holds `cap >= text.len() + 1` bytes.

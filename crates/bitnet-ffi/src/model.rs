@@ -2,7 +2,9 @@
 //! chat template.
 
 use crate::bitnet_token;
-use crate::buffers::{copy_out, copy_text_out, path_in, slice_in, str_in, text_in, write_out};
+use crate::buffers::{
+    check_out_ptr, copy_out, copy_text_out, path_in, slice_in, str_in, text_in, write_out,
+};
 use crate::registry::{self, Object};
 use crate::status::{bitnet_status, guard, Error, Result};
 use bitnet_inference::{Engine, EngineOptions, KvType};
@@ -34,7 +36,8 @@ pub enum bitnet_kv_type {
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct bitnet_model_params {
-    /// Worker threads of the forward pass; 0 = one per physical core.
+    /// Worker threads of the forward pass; 0 = one per physical core; at most 1024
+    /// (BITNET_ERR_INVALID_ARGUMENT above).
     pub n_threads: u32,
     /// Prompt tokens per forward batch; 0 = the default (512).
     pub n_batch: u32,
@@ -176,9 +179,7 @@ pub unsafe extern "C" fn bitnet_model_load(
     out: *mut *mut bitnet_model,
 ) -> bitnet_status {
     guard("bitnet_model_load", || {
-        if out.is_null() {
-            return Err(Error::null("out"));
-        }
+        check_out_ptr(out, "out")?;
         // SAFETY: `path` is NULL or NUL-terminated (this function's contract).
         let path = unsafe { path_in(path, "path")? };
         // SAFETY: `params` is NULL or readable, and its `tokenizer_dir` NULL or NUL-terminated
@@ -217,9 +218,7 @@ pub unsafe extern "C" fn bitnet_model_load_from_buffer(
     out: *mut *mut bitnet_model,
 ) -> bitnet_status {
     guard("bitnet_model_load_from_buffer", || {
-        if out.is_null() {
-            return Err(Error::null("out"));
-        }
+        check_out_ptr(out, "out")?;
         if data.is_null() {
             return Err(Error::null("data"));
         }

@@ -2,7 +2,7 @@
 //! settings (penalties, then greedy or temperature + top-k / top-p / min-p, seeded).
 
 use crate::bitnet_token;
-use crate::buffers::write_out;
+use crate::buffers::{check_out_ptr, write_out};
 use crate::registry::{self, Object};
 use crate::session::{bitnet_session, session};
 use crate::status::{bitnet_status, guard, Error, Result};
@@ -120,9 +120,7 @@ pub unsafe extern "C" fn bitnet_sampler_new(
     out: *mut *mut bitnet_sampler,
 ) -> bitnet_status {
     guard("bitnet_sampler_new", || {
-        if out.is_null() {
-            return Err(Error::null("out"));
-        }
+        check_out_ptr(out, "out")?;
         let p = if params.is_null() {
             bitnet_sampling_default_params()
         } else {
@@ -175,9 +173,7 @@ pub unsafe extern "C" fn bitnet_sampler_sample(
     out: *mut bitnet_token,
 ) -> bitnet_status {
     guard("bitnet_sampler_sample", || {
-        if out.is_null() {
-            return Err(Error::null("out"));
-        }
+        check_out_ptr(out, "out")?;
         let smp = self::sampler(sampler)?;
         let sess = self::session(session)?;
         let mut smp = registry::lock(&smp, "the sampler")?;

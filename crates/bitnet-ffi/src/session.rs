@@ -2,7 +2,7 @@
 //! generations with a streaming callback.
 
 use crate::bitnet_token;
-use crate::buffers::{check_out, copy_out, slice_in, str_in, write_out};
+use crate::buffers::{check_out, check_out_ptr, copy_out, slice_in, str_in, write_out};
 use crate::model::{bitnet_model, check_ids, model};
 use crate::registry::{self, Object};
 use crate::sampler::{bitnet_sampling_greedy_params, bitnet_sampling_params};
@@ -176,9 +176,7 @@ pub unsafe extern "C" fn bitnet_session_new(
     out: *mut *mut bitnet_session,
 ) -> bitnet_status {
     guard("bitnet_session_new", || {
-        if out.is_null() {
-            return Err(Error::null("out"));
-        }
+        check_out_ptr(out, "out")?;
         let m = self::model(model)?;
         let p = if params.is_null() {
             bitnet_session_default_params()

@@ -76,14 +76,31 @@ pub struct Engine {
     inner: Arc<Inner>,
 }
 
+/// More worker threads than this is a typo, not a machine: each is a spinning OS thread, and
+/// the pool allocates per-thread state (4 billion of them asked 512 GiB and aborted).
+pub const MAX_THREADS: usize = 1024;
+
+/// `threads` (at least 1) if it is at most [`MAX_THREADS`].
+fn checked_threads(threads: usize) -> Result<usize> {
+    if threads > MAX_THREADS {
+        return Err(EngineError::Settings(format!(
+            "{threads} worker threads: at most {MAX_THREADS}"
+        )));
+    }
+    Ok(threads.max(1))
+}
+
 impl Engine {
     pub fn load(path: &Path, opts: &EngineOptions) -> Result<Engine> {
+        // Before the load: a bad count should not cost one.
+        opts.threads.map(checked_threads).transpose()?;
         let model = bitnet_models::load_with(path, opts.tokenizer.as_deref(), opts.placement())?;
         Engine::from_model(model, opts)
     }
 
     /// An engine over a GGUF model held in memory (see `bitnet_models::load_gguf_bytes`).
     pub fn load_bytes(bytes: Vec<u8>, name: &str, opts: &EngineOptions) -> Result<Engine> {
+        opts.threads.map(checked_threads).transpose()?;
         let model = bitnet_models::load_gguf_bytes(bytes, name, opts.placement())?;
         Engine::from_model(model, opts)
     }
@@ -96,10 +113,10 @@ impl Engine {
             model.tokenizer.vocab_size(),
             model.weights.config.vocab_size,
         )?;
-        let threads = opts
-            .threads
-            .unwrap_or_else(crate::settings::physical_cores)
-            .max(1);
+        let threads = checked_threads(
+            opts.threads
+                .unwrap_or_else(|| crate::settings::physical_cores().min(MAX_THREADS)),
+        )?;
         let model = Arc::new(model);
         let backend = crate::device::open(opts.device, &model, threads)?;
         let batch_size = opts.batch_size.max(1);
@@ -118,7 +135,7 @@ impl Engine {
     /// the CPU backend has them: another device's backend is shared as it is.
     pub fn with_threads(&self, threads: usize) -> Result<Engine> {
         let inner = &self.inner;
-        let threads = threads.max(1);
+        let threads = checked_threads(threads)?;
         let backend = match inner.backend.device() {
             Device::Cpu => crate::device::open(Device::Cpu, &inner.model, threads)?,
             _ => Arc::clone(&inner.backend),

@@ -33,7 +33,7 @@ pub use cpu::{CpuBackend, CpuContext, KvCache};
 pub use device::check_device;
 pub use engine::{
     generate_stream, Engine, EngineOptions, FinishReason, GenerateOptions, Generation, Session,
-    StreamEvent, Timings, MAX_KV_POSITIONS,
+    StreamEvent, Timings, MAX_KV_POSITIONS, MAX_THREADS,
 };
 pub use error::{EngineError, Result};
 pub use request::{

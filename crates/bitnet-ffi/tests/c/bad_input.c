@@ -41,6 +41,19 @@ static int passed, failed;
         if (got_ == (want)) printf("ok   %-60.60s -> %s\n", #call, msg_);                     \
     } while (0)
 
+/* This process's thread count (Linux), -1 where unknown: a model left alive keeps its worker
+ * threads, so a leaked one shows here. */
+static int thread_count(void) {
+    FILE *f = fopen("/proc/self/status", "r");
+    if (!f) return -1;
+    char line[256];
+    int n = -1;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "Threads: %d", &n) == 1) break;
+    fclose(f);
+    return n;
+}
+
 static unsigned char *read_file(const char *path, size_t *len) {
     FILE *f = fopen(path, "rb");
     if (!f) return NULL;
@@ -174,6 +187,21 @@ int main(int argc, char **argv) {
     EXPECT_STATUS(bitnet_model_load_from_buffer(&one, 1, &tok_dir, &model),
                   BITNET_ERR_INVALID_ARGUMENT, "tokenizer_dir");
     corrupt_models(model_path, argv[2], &mp);
+    bitnet_model_params many = mp;
+    many.n_threads = UINT32_MAX;
+    EXPECT_STATUS(bitnet_model_load(model_path, &many, &model), BITNET_ERR_INVALID_ARGUMENT,
+                  "at most 1024");
+    /* An out-parameter the library refuses (misaligned) must not leave a model behind that
+     * nobody holds: it is checked before anything is loaded. */
+    _Alignas(8) unsigned char slot[16];
+    bitnet_model_params three = mp;
+    three.n_threads = 3;
+    int threads_before = thread_count();
+    for (int i = 0; i < 3; i++)
+        EXPECT_STATUS(bitnet_model_load(model_path, &three, (bitnet_model **)(slot + 1)),
+                      BITNET_ERR_INVALID_ARGUMENT, "not aligned");
+    EXPECT(thread_count() == threads_before, "no model left behind: %d threads, were %d",
+           thread_count(), threads_before);
 
     if (bitnet_model_load(model_path, &mp, &model) != BITNET_OK) {
         printf("FAIL cannot load %s: %s\n", model_path, bitnet_last_error());
@@ -197,6 +225,7 @@ int main(int argc, char **argv) {
                   "not a live");
 
     /* Tokenize / detokenize: bad text, small buffers, ids outside the vocabulary. */
+    _Alignas(8) unsigned char buf_bytes[64];
     bitnet_token ids[64];
     size_t n = 0;
     const char *text = "In the beginning";
@@ -210,8 +239,15 @@ int main(int argc, char **argv) {
     EXPECT_STATUS(bitnet_tokenize(model, text, strlen(text), true, ids, 2, &n),
                   BITNET_ERR_BUFFER_TOO_SMALL, "holds 2 but 4");
     EXPECT(n == 4, "needed size reported: %zu", n);
+    n = 777;
     EXPECT_STATUS(bitnet_tokenize(model, text, strlen(text), true, NULL, 4, &n),
                   BITNET_ERR_NULL_ARGUMENT, "tokens is NULL");
+    EXPECT(n == 777, "size left alone on an error that is not BUFFER_TOO_SMALL: %zu", n);
+    EXPECT_STATUS(bitnet_tokenize(model, text, strlen(text), true, (bitnet_token *)(buf_bytes + 1),
+                                  4, &n),
+                  BITNET_ERR_INVALID_ARGUMENT, "aligned");
+    EXPECT(n == 777, "size left alone: %zu", n);
+    n = 4;
     EXPECT(bitnet_tokenize(model, text, strlen(text), true, ids, n, &n) == BITNET_OK &&
                ids[0] == 0 && ids[1] == 1145 && ids[2] == 263 && ids[3] == 2112,
            "tokenize into an exact buffer");
