@@ -356,8 +356,11 @@ fn short_seed_and_no_mmap() {
 fn perplexity_ctx_size_is_the_context_per_chunk() {
     let dir = tempfile::tempdir().unwrap();
     let text = std::fs::read_to_string(workspace_root().join(HF_DIR).join("data/val.txt")).unwrap();
+    // Verses that fit a context of 64 with BOS (~3.5 bytes a token): a longer line is
+    // refused under -c 64 (below), where `--chunk 63` alone gives it a context of its own.
+    let short: Vec<&str> = text.lines().filter(|l| l.len() <= 150).take(40).collect();
     let f = dir.path().join("val40.txt");
-    std::fs::write(&f, text.lines().take(40).collect::<Vec<_>>().join("\n")).unwrap();
+    std::fs::write(&f, short.join("\n")).unwrap();
     let f = f.to_str().unwrap();
     let ppl = |extra: &[&str]| {
         let mut args = vec!["perplexity", "-f", f];
@@ -371,6 +374,19 @@ fn perplexity_ctx_size_is_the_context_per_chunk() {
     let chunks = |s: &str| -> usize { s.split_whitespace().nth(1).unwrap().parse().unwrap() };
     assert!(chunks(&c64) > chunks(&ppl(&[])), "{c64}");
     usage_error(&["perplexity", "-f", f, "-c", "1"], &["--ctx-size 1"]);
+    let long = dir.path().join("long.txt");
+    std::fs::write(
+        &long,
+        format!("{}\n{}", short[0], "and the LORD said ".repeat(30)),
+    )
+    .unwrap();
+    let long = long.to_str().unwrap();
+    ok(bitnet(&["perplexity", "-f", long, "--chunk", "63"]));
+    expect(
+        &bitnet(&["perplexity", "-f", long, "-c", "64"]),
+        4,
+        &["line 2 has", "context of 64 (--ctx-size)"],
+    );
     usage_error(
         &["perplexity", "-f", f, "-c", "64", "--chunk", "64"],
         &["--chunk 64", "--ctx-size 64"],
