@@ -522,6 +522,11 @@ mod tests {
         plan(&req(json), ep, 1024, &RequestDefaults::default()).unwrap_err()
     }
 
+    fn planned(json: &str, ep: Endpoint) -> Plan {
+        plan(&req(json), ep, 1024, &RequestDefaults::default())
+            .unwrap_or_else(|e| panic!("{json}: {e:?}"))
+    }
+
     #[test]
     fn openai_defaults() {
         let p = plan(
@@ -551,25 +556,13 @@ mod tests {
             r#"{"messages":[{"role":"user","content":"a"}],"tools":[{"type":"function"}],"tool_choice":"none"}"#,
             r#"{"messages":[{"role":"user","content":"a"}],"stream":true,"stream_options":{"include_usage":false}}"#,
         ] {
-            plan(
-                &req(json),
-                Endpoint::Chat,
-                1024,
-                &RequestDefaults::default(),
-            )
-            .unwrap_or_else(|e| panic!("{json}: {e:?}"));
+            planned(json, Endpoint::Chat);
         }
         for json in [
             r#"{"prompt":"a","suffix":"","best_of":2,"n":2}"#,
             r#"{"prompt":"a","suffix":null,"best_of":1}"#,
         ] {
-            plan(
-                &req(json),
-                Endpoint::Completions,
-                1024,
-                &RequestDefaults::default(),
-            )
-            .unwrap_or_else(|e| panic!("{json}: {e:?}"));
+            planned(json, Endpoint::Completions);
         }
     }
 

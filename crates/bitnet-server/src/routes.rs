@@ -61,14 +61,14 @@ fn cors(origins: &[String]) -> Result<Option<CorsLayer>, String> {
 }
 
 /// Checks `ServerConfig::cors_origins` (each a valid header value), for a caller to report
-/// before it loads a model; `serve` checks it again before it listens.
+/// before it loads a model (`router` refuses them too).
 pub fn check_cors_origins(origins: &[String]) -> Result<(), String> {
     cors(origins).map(|_| ())
 }
 
-pub fn router(app: Arc<App>) -> Router {
-    // Checked by `serve` before it gets here (`check_cors_origins`).
-    let cors = cors(&app.config.cors_origins).ok().flatten();
+/// The routes over `app`; an error for CORS origins that are no header values.
+pub fn router(app: Arc<App>) -> Result<Router, String> {
+    let cors = cors(&app.config.cors_origins)?;
     let protected = Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
@@ -86,10 +86,10 @@ pub fn router(app: Arc<App>) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(app.clone(), track))
         .with_state(app);
-    match cors {
+    Ok(match cors {
         Some(c) => router.layer(c),
         None => router,
-    }
+    })
 }
 
 /// Counts every response by route and status, and requests in flight.

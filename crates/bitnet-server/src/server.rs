@@ -125,10 +125,11 @@ pub async fn serve(
             );
         }
     }
-    crate::routes::check_cors_origins(&config.cors_origins)
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     let app = Arc::new(App::new(config, backend));
-    let router = crate::routes::router(app.clone());
+    // A configuration the router cannot be built from (a CORS origin that is no header value)
+    // is the caller's error, before anything is served.
+    let router = crate::routes::router(app.clone())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     let (closing_tx, closing_rx) = watch::channel(false);
     let mut conns = JoinSet::new();
     let slots = Arc::new(Semaphore::new(app.config.max_connections.max(1)));
